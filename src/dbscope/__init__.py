@@ -1,0 +1,30 @@
+"""dbscope: async SQLAlchemy sessions for FastAPI, scoped right, pooled right, failing safely.
+
+The public API is what ``__all__`` lists; every other module is private. ``import dbscope``
+does not import FastAPI: the integration loads when ``db.session`` is first used.
+"""
+
+from dbscope._database import Database, PoolStats
+from dbscope._engine import ServerInfo
+from dbscope._exceptions import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DbscopeError,
+    LifecycleError,
+    NoSessionError,
+)
+from dbscope._settings import DatabaseSettings
+from dbscope._unit_of_work import UnitOfWork
+
+__all__ = [
+    "ConfigurationError",
+    "Database",
+    "DatabaseSettings",
+    "DatabaseUnavailableError",
+    "DbscopeError",
+    "LifecycleError",
+    "NoSessionError",
+    "PoolStats",
+    "ServerInfo",
+    "UnitOfWork",
+]

@@ -1,0 +1,329 @@
+"""Database: the one object an application holds, from start-up to shutdown.
+
+It has three states, each with its own message for a wrong move::
+
+    new ──connect()──▶ connected ──dispose()──▶ disposed ──connect()──▶ connected ...
+
+``connect()`` builds the engine inside the running event loop and proves the server answers;
+``dispose()`` closes every pooled connection and is idempotent. A disposed Database can be
+connected again, so one module-level ``db`` serves consecutive app lifespans (two TestClient
+blocks, two test functions on different event loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from dbscope._engine import ServerInfo, build_engine, check_engine_options, engine_options, verify
+from dbscope._exceptions import LifecycleError, NoSessionError
+from dbscope._settings import DatabaseSettings, load_settings
+from dbscope._unit_of_work import UnitOfWork, run_unit, session_factory
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+logger = logging.getLogger("dbscope")
+
+State = Literal["new", "connected", "disposed"]
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the connection pool.
+
+    Attributes:
+        size: connections the pool keeps (``pool_size``).
+        checked_out: connections in use by a unit of work right now.
+        checked_in: idle connections waiting in the pool.
+        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
+    """
+
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+
+
+class Database:
+    """An async SQLAlchemy engine, its pool and its sessions, scoped per unit of work.
+
+    Args:
+        url: the database URL, e.g. ``postgresql+asyncpg://app@localhost/app``. A URL without
+            a driver (``postgresql://``) gets an installed async driver.
+        schema: a PostgreSQL schema every unit of work targets (``SET LOCAL search_path``).
+        **options: any :class:`DatabaseSettings` field (``pool_size``, ``pool_timeout``, ...)
+            and any other ``create_async_engine`` option (``connect_args``, ...).
+
+    Raises:
+        ConfigurationError: a setting or option is invalid; raised here, not on first use.
+
+    Example::
+
+        db = Database("postgresql+asyncpg://app@localhost/app", pool_size=20)
+        async with db:
+            async with db.transaction() as session:
+                await session.execute(...)
+    """
+
+    def __init__(self, url: str | URL | None = None, *, schema: str | None = None, **options: Any):
+        fields = DatabaseSettings.model_fields
+        values = {name: options.pop(name) for name in list(options) if name in fields}
+        if url is not None:
+            values["database_url"] = url
+        if schema is not None:
+            values["postgres_schema"] = schema
+        self._setup(load_settings(from_env=False, **values), options)
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "", *, env_file: str | None = None, **engine_options: Any
+    ) -> Database:
+        """Build a Database from environment variables (and an optional ``.env`` file).
+
+        Reads ``DATABASE_URL``, or ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``,
+        ``POSTGRES_PORT`` and ``POSTGRES_DB``; and ``POSTGRES_SCHEMA``, ``POOL_SIZE``,
+        ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``,
+        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, each behind ``prefix`` if given.
+
+        Args:
+            prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.
+            env_file: a dotenv file to read as well; the environment wins over it.
+            **engine_options: extra ``create_async_engine`` options.
+        """
+        return cls.from_settings(
+            load_settings(from_env=True, env_prefix=prefix, env_file=env_file), **engine_options
+        )
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, **engine_options: Any) -> Database:
+        """Build a Database from a :class:`DatabaseSettings` made elsewhere."""
+        database = cls.__new__(cls)
+        database._setup(settings, engine_options)
+        return database
+
+    def _setup(self, settings: DatabaseSettings, extra: dict[str, Any]) -> None:
+        options = engine_options(settings, extra)
+        check_engine_options(settings.url, options)
+        self._settings = settings
+        self._options = options
+        self._state: State = "new"
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ServerInfo | None = None
+        self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
+        self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the engine in the running event loop and check that the server answers.
+
+        Raises:
+            LifecycleError: the Database is already connected.
+            DatabaseUnavailableError: the server could not be reached (the message names
+                host and port).
+            ConfigurationError: the server refused the user, password or database.
+        """
+        if self._state == "connected":
+            message = (
+                f"{self!r} is already connected: connect() was called twice, or two lifespans "
+                "share it. Call dispose() before connecting again, or use only one of "
+                "`async with db:`, `await db.connect()` and `FastAPI(lifespan=db.lifespan)`."
+            )
+            raise LifecycleError(message)
+        engine = build_engine(self._settings, self._options)
+        engine, self._server = await verify(engine, self._settings, self._options)
+        self._engine = engine
+        self._sessions = session_factory(bind=engine)
+        self._loop = asyncio.get_running_loop()
+        self._state = "connected"
+        logger.info(
+            "Connected to %s %s at %r (pool_size=%s, max_overflow=%s, pool_timeout=%ss)",
+            self._server.backend,
+            ".".join(map(str, self._server.version)),
+            self._settings.url,
+            self._settings.pool_size,
+            self._settings.max_overflow,
+            self._settings.pool_timeout,
+        )
+
+    async def dispose(self) -> None:
+        """Close every pooled connection. Calling it again, or before connect(), does nothing."""
+        if self._engine is not None:
+            engine, self._engine, self._sessions = self._engine, None, None
+            self._state = "disposed"
+            await engine.dispose()
+            logger.info("Disposed the connection pool of %r", self._settings.url)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.dispose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Connect on start-up and dispose on shutdown: ``FastAPI(lifespan=db.lifespan)``.
+
+        To compose with an application's own lifespan, enter it inside that one::
+
+            @asynccontextmanager
+            async def lifespan(app):
+                async with db.lifespan(app):
+                    yield
+        """
+        async with self:
+            yield
+
+    # -- units of work -----------------------------------------------------------------------
+
+    @property
+    def session(self) -> Callable[..., Awaitable[AsyncSession]]:
+        """The FastAPI dependency giving the request's session: ``Depends(db.session)``.
+
+        One session per request; it commits after the endpoint returns and before the
+        response is sent, and rolls back on any exception. See ``dbscope.fastapi``.
+        """
+        if self._session_dependency is None:
+            # Imported here so that `import dbscope` never imports FastAPI.
+            from dbscope.fastapi import session_dependency
+
+            self._session_dependency = session_dependency(self)
+        return self._session_dependency
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, schema: str | None = None) -> AsyncIterator[AsyncSession]:
+        """A session in its own transaction: committed if the block ends normally.
+
+        Any exception rolls the transaction back and propagates unchanged; an outage (pool
+        exhausted, server unreachable, connection lost) propagates as
+        DatabaseUnavailableError. Inside the block, ``current_session()`` returns this session.
+
+        Args:
+            schema: a PostgreSQL schema for this transaction only, instead of the default.
+        """
+        async with self.unit_of_work() as unit:
+            if schema is not None:
+                await unit.use_schema(schema)
+            yield unit.session
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """The building block of requests and transactions: yields the UnitOfWork itself."""
+        async with run_unit(self._session_maker(), self._current, self._settings) as unit:
+            yield unit
+
+    def current_session(self) -> AsyncSession:
+        """The session of the request or transaction running in this task.
+
+        Raises:
+            NoSessionError: no unit of work is active here.
+        """
+        unit = self._current.get()
+        if unit is None:
+            message = (
+                "db.current_session() was called outside a unit of work. A session exists "
+                "inside a request whose endpoint or dependencies ask for db.session "
+                "(Annotated[AsyncSession, Depends(db.session)]), and inside "
+                "`async with db.transaction():` blocks."
+            )
+            raise NoSessionError(message)
+        return unit.session
+
+    async def use_schema(self, name: str | None) -> None:
+        """Target PostgreSQL schema ``name`` for the rest of the current unit of work.
+
+        The name must be a plain identifier and is quoted; it lasts until the unit ends and
+        never reaches the next user of the connection. ``None`` returns to the default.
+
+        Raises:
+            NoSessionError: no unit of work is active here.
+            ValueError: the name is not a plain identifier.
+        """
+        self.current_session()
+        unit = self._current.get()
+        assert unit is not None
+        await unit.use_schema(name)
+
+    def _session_maker(self) -> async_sessionmaker[AsyncSession]:
+        if self._sessions is None:
+            raise LifecycleError(self._not_connected_message())
+        if self._loop is not asyncio.get_running_loop():
+            message = (
+                f"{self!r} was connected in another event loop; an engine cannot move between "
+                "loops. Dispose it and connect again in this loop (for tests: connect in a "
+                "fixture that runs in the test's loop)."
+            )
+            raise LifecycleError(message)
+        return self._sessions
+
+    def _not_connected_message(self) -> str:
+        if self._state == "disposed":
+            return (
+                f"{self!r} was disposed (its lifespan ended or dispose() was called). Call "
+                "`await db.connect()` or enter `async with db:` again before using it."
+            )
+        return (
+            f"{self!r} is not connected yet. In FastAPI pass lifespan=db.lifespan to "
+            "FastAPI(...) (or enter `async with db.lifespan(app):` in your own lifespan); "
+            "elsewhere use `async with db:` or `await db.connect()` first."
+        )
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The AsyncEngine; exists between connect() and dispose()."""
+        if self._engine is None:
+            raise LifecycleError(self._not_connected_message())
+        return self._engine
+
+    @property
+    def settings(self) -> DatabaseSettings:
+        """The validated settings this Database was built from."""
+        return self._settings
+
+    @property
+    def url(self) -> URL:
+        """The database URL; its str and repr mask the password."""
+        return self._settings.url
+
+    @property
+    def state(self) -> State:
+        """``"new"``, ``"connected"`` or ``"disposed"``."""
+        return self._state
+
+    @property
+    def server(self) -> ServerInfo | None:
+        """The backend and version the server reported at connect(), or None before."""
+        return self._server
+
+    def stats(self) -> PoolStats:
+        """Count the pool's connections: in use, idle and beyond pool_size."""
+        pool: Any = self.engine.pool
+        return PoolStats(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            checked_in=pool.checkedin(),
+            overflow=pool.overflow(),
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({self._settings.url!r}, state={self._state!r})"

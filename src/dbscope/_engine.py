@@ -1,0 +1,332 @@
+"""Building, checking and disposing engines; telling an outage from a bug.
+
+The engine options are checked at construction by letting SQLAlchemy build (and drop) an
+engine, since SQLAlchemy knows best which options a dialect and pool accept; dbscope only
+rewrites its answer into a message that says the fix. The real engine is built in
+``Database.connect()``, inside the running event loop, because asyncio pools and driver
+connections belong to the loop that made them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+
+from dbscope._exceptions import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    UnavailableCause,
+)
+from dbscope._settings import DatabaseSettings
+
+# Options that only a queue pool takes: passed on for a user's own poolclass only when the
+# user set them, so that NullPool works without dbscope's defaults getting in its way.
+QUEUE_POOL_OPTIONS: Final = ("pool_size", "max_overflow", "pool_timeout")
+# Options people mean when they misspell one; used only to suggest a fix.
+KNOWN_ENGINE_OPTIONS: Final = (
+    "poolclass",
+    "connect_args",
+    "execution_options",
+    "isolation_level",
+    "json_serializer",
+    "json_deserializer",
+    "pool_use_lifo",
+    "pool_reset_on_return",
+    "echo_pool",
+    "hide_parameters",
+    "logging_name",
+    "pool_logging_name",
+    "query_cache_size",
+    "async_creator",
+    "plugins",
+)
+# A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
+MYSQL_RECYCLE_SECONDS: Final = 3600
+
+# Connection-level failures: PostgreSQL SQLSTATE class 08, admin shutdown, crash shutdown,
+# cannot-connect-now, too many connections; MySQL/MariaDB client and server codes for the same.
+LOST_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+LOST_MYSQL_CODES: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
+RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
+    "pool_timeout": 1,
+    "connection_lost": 1,
+    "unreachable": 5,
+}
+
+
+def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Combine the settings, the per-database defaults and the user's engine options."""
+    url = settings.url
+    backend = url.get_backend_name()
+    options: dict[str, Any] = {
+        "echo": settings.echo,
+        "pool_pre_ping": settings.pool_pre_ping if settings.pool_pre_ping is not None else True,
+        "pool_recycle": _recycle(settings, backend),
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+    }
+    if settings.is_memory:
+        # One connection holds the whole database: never recycle it, and pinging it buys
+        # nothing, since a replacement would be an empty database.
+        options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
+        options.update(pool_recycle=-1, pool_pre_ping=bool(settings.pool_pre_ping))
+    if "poolclass" in extra:
+        for name in QUEUE_POOL_OPTIONS:
+            if name not in settings.model_fields_set:
+                del options[name]
+    user_connect_args = dict(extra.get("connect_args", {}))
+    options.update(extra)
+    options["connect_args"] = {**_default_connect_args(settings), **user_connect_args}
+    return options
+
+
+def _recycle(settings: DatabaseSettings, backend: str) -> int:
+    if settings.pool_recycle is not None:
+        return settings.pool_recycle
+    return MYSQL_RECYCLE_SECONDS if backend in ("mysql", "mariadb") else -1
+
+
+def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+    """The connect timeout and application name, in each driver's own words."""
+    driver = settings.url.get_driver_name()
+    timeout = settings.connect_timeout
+    name = settings.application_name
+    if driver == "asyncpg":
+        args: dict[str, Any] = {"timeout": timeout}
+        if name:
+            args["server_settings"] = {"application_name": name}
+        return args
+    if driver == "psycopg":
+        # libpq takes whole seconds and treats values below 2 as 2.
+        args = {"connect_timeout": max(2, round(timeout))}
+        if name:
+            args["application_name"] = name
+        return args
+    if driver in ("asyncmy", "aiomysql"):
+        return {"connect_timeout": timeout}
+    return {}
+
+
+def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
+    """Let SQLAlchemy judge the options now, and explain its verdict; builds no connection."""
+    try:
+        create_async_engine(url, **options)
+    except TypeError as error:
+        raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
+    except ArgumentError as error:
+        pool = options.get("poolclass")
+        if pool is not None and issubclass(pool, QueuePool) and not pool.is_async:
+            message = (
+                f"poolclass={pool.__name__} cannot be used with asyncio. Remove poolclass "
+                "(dbscope uses AsyncAdaptedQueuePool), or pass AsyncAdaptedQueuePool or NullPool."
+            )
+            raise ConfigurationError(message) from None
+        raise ConfigurationError(f"Invalid engine option: {error}") from None
+    except InvalidRequestError as error:
+        raise ConfigurationError(f"Invalid database URL {url!r}: {error}") from None
+    except ModuleNotFoundError as error:
+        message = (
+            f"The URL {url!r} needs the module {error.name!r}, which is not installed; "
+            "install the async driver for this database."
+        )
+        raise ConfigurationError(message) from None
+
+
+def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
+    # SQLAlchemy says: "Invalid argument(s) 'a','b' sent to create_engine(), using
+    # configuration PGDialect_asyncpg/NullPool/Engine. ..."
+    head, _, tail = text.partition(" sent to ")
+    names = re.findall(r"'([^']+)'", head)
+    configuration = re.search(r"configuration (\S+?)\.?\s", tail)
+    pool = configuration.group(1).split("/")[1] if configuration else "this pool"
+    known = [*DatabaseSettings.model_fields, *KNOWN_ENGINE_OPTIONS, "url", "schema"]
+    problems = []
+    for name in names:
+        if name in QUEUE_POOL_OPTIONS:
+            problems.append(
+                f"{name}={options.get(name)!r} does not apply to {pool}, which keeps no queue "
+                f"of connections; remove {name}, or remove poolclass to get a queue pool"
+            )
+            continue
+        guesses = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {guesses[0]!r}?" if guesses else "see the list of settings"
+        problems.append(f"unknown option {name!r}: {hint}")
+    return "Invalid Database option: " + "; ".join(problems) + "."
+
+
+def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:
+    """Create the engine with its per-database event listeners; call inside the event loop."""
+    engine = create_async_engine(settings.url, **options)
+    if settings.url.get_backend_name() == "sqlite":
+        _configure_sqlite(engine, wal=not settings.is_memory)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    pragmas = ["PRAGMA foreign_keys=ON"]
+    if wal:
+        # WAL lets readers proceed while one connection writes.
+        pragmas.append("PRAGMA journal_mode=WAL")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # The sqlite3 module's own transaction handling issues BEGIN only before writes and
+        # breaks SAVEPOINT; turn it off and let SQLAlchemy say BEGIN (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``Database.connect()`` learned from the server."""
+
+    backend: str
+    version: tuple[int | str, ...]
+
+
+async def verify(
+    engine: AsyncEngine, settings: DatabaseSettings, options: Mapping[str, Any]
+) -> tuple[AsyncEngine, ServerInfo]:
+    """Open one connection to prove the database is there; fix the MySQL recycle if needed.
+
+    Returns the engine to use (rebuilt when the server's ``wait_timeout`` is shorter than the
+    recycle) and what the server said about itself.
+
+    Raises:
+        DatabaseUnavailableError: the server could not be reached.
+        ConfigurationError: the server refused the connection (user, password, database).
+    """
+    url = settings.url
+    try:
+        async with engine.connect() as connection:
+            version = connection.dialect.server_version_info or ()
+            wait_timeout = None
+            if url.get_backend_name() in ("mysql", "mariadb"):
+                result = await connection.exec_driver_sql("SELECT @@wait_timeout")
+                wait_timeout = int(result.scalar_one())
+    except Exception as error:
+        await engine.dispose()
+        raise connect_error(error, url) from error
+    info = ServerInfo(backend=url.get_backend_name(), version=tuple(version))
+    recycle = options.get("pool_recycle", -1)
+    if wait_timeout is not None and (recycle < 0 or recycle >= wait_timeout):
+        # The server closes idle connections after wait_timeout; recycle them before that.
+        await engine.dispose()
+        engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
+    return engine, info
+
+
+def connect_error(error: BaseException, url: URL) -> DatabaseUnavailableError | ConfigurationError:
+    """Describe a failed first connection, naming host and port and never the password."""
+    reason = str(getattr(error, "orig", None) or error) or type(error).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    where = f"{url.get_backend_name()} at {url.host or 'localhost'}:{url.port or 'default port'}"
+    if url.database:
+        where += f", database {url.database!r}"
+    if unavailable_cause(error) is not None or isinstance(error, OSError):
+        message = (
+            f"Could not connect to {where}: {reason}. Check that the server is running and "
+            "that the host and port in the URL are right."
+        )
+        return DatabaseUnavailableError(
+            message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
+        )
+    message = (
+        f"Could not connect to {where} as user {url.username!r}: {reason}. Check the user, "
+        "password and database in the URL."
+    )
+    return ConfigurationError(message)
+
+
+def unavailable_cause(error: BaseException) -> UnavailableCause | None:
+    """Tell whether ``error`` means the database cannot serve now (an outage, not a bug)."""
+    if isinstance(error, PoolTimeoutError):
+        return "pool_timeout"
+    if _raised_while_connecting(error.__traceback__):
+        if isinstance(error, DBAPIError | OSError):
+            return "unreachable"
+        return None
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return "connection_lost"
+        if _sqlstate(error.orig) in LOST_SQLSTATES or (_sqlstate(error.orig) or "").startswith(
+            "08"
+        ):
+            return "connection_lost"
+        if _mysql_code(error.orig) in LOST_MYSQL_CODES:
+            return "connection_lost"
+    return None
+
+
+def _raised_while_connecting(traceback: TracebackType | None) -> bool:
+    # An OSError is a database outage only when it comes out of the pool opening a
+    # connection; elsewhere it is the application's own (a missing file, say).
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "__connect" and frame.f_globals.get("__name__") == (
+            "sqlalchemy.pool.base"
+        ):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    # psycopg: orig.sqlstate; asyncpg through SQLAlchemy: orig.sqlstate or orig.__cause__.
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def _mysql_code(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def outage_error(
+    error: BaseException, settings: DatabaseSettings
+) -> DatabaseUnavailableError | None:
+    """The DatabaseUnavailableError that ``error`` amounts to, or None if it is no outage."""
+    cause = unavailable_cause(error)
+    if cause is None:
+        return None
+    url = settings.url
+    if cause == "pool_timeout":
+        message = (
+            f"No database connection was free within pool_timeout={settings.pool_timeout}s "
+            f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow}): the "
+            "service is overloaded."
+        )
+    elif cause == "unreachable":
+        message = (
+            f"The database at {url.host or 'localhost'}:{url.port or 'default port'} could not "
+            "be reached."
+        )
+    else:
+        message = (
+            "The connection to the database was lost during the unit of work (server restart, "
+            "terminated backend or network cut)."
+        )
+    return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])

@@ -1,0 +1,53 @@
+"""The errors dbscope raises.
+
+Every error derives from :class:`DbscopeError`::
+
+    DbscopeError
+    ├── ConfigurationError        a setting, URL or option is wrong (raised at construction)
+    ├── LifecycleError            the Database is used in a state that does not allow it
+    ├── NoSessionError            current_session() outside a request or transaction
+    └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
+
+Errors of the application and of the database that are not outages (an IntegrityError, a
+ValueError, an HTTPException) are never wrapped: they reach the caller as they were raised.
+
+This module is a leaf: it imports nothing from the rest of dbscope.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+UnavailableCause = Literal["pool_timeout", "unreachable", "connection_lost"]
+
+
+class DbscopeError(Exception):
+    """Base class of every error raised by dbscope."""
+
+
+class ConfigurationError(DbscopeError, ValueError):
+    """A setting, URL or option is invalid; the message names the value and the fix."""
+
+
+class LifecycleError(DbscopeError, RuntimeError):
+    """The Database was used before connect(), after dispose(), or connected twice."""
+
+
+class NoSessionError(DbscopeError, LookupError):
+    """``current_session()`` was called where no unit of work is active."""
+
+
+class DatabaseUnavailableError(DbscopeError):
+    """The database cannot serve this unit of work right now; retrying later may succeed.
+
+    Attributes:
+        cause: ``"pool_timeout"`` (no pooled connection was free within ``pool_timeout``),
+            ``"unreachable"`` (a new connection could not be opened) or
+            ``"connection_lost"`` (the connection died during the unit of work).
+        retry_after: seconds a client should wait before retrying.
+    """
+
+    def __init__(self, message: str, *, cause: UnavailableCause, retry_after: int) -> None:
+        super().__init__(message)
+        self.cause: UnavailableCause = cause
+        self.retry_after = retry_after

@@ -1,0 +1,331 @@
+"""DatabaseSettings: where the database is and how its pool behaves, validated up front.
+
+Settings come from keyword arguments (``Database(url, pool_size=20)``) or from the environment
+(``Database.from_env()``), and every mistake is reported when they are made, not on the first
+request. The URL is kept as a SQLAlchemy ``URL``, whose repr masks the password, and pydantic
+is told never to echo input values in its errors, so no password reaches a message or log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any, Final
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from dbscope._exceptions import ConfigurationError
+
+# The async drivers dbscope knows for each backend, in order of preference when the URL names
+# none, with the extra that installs each.
+ASYNC_DRIVERS: Final[dict[str, tuple[str, ...]]] = {
+    "postgresql": ("asyncpg", "psycopg"),
+    "mysql": ("asyncmy", "aiomysql"),
+    "mariadb": ("asyncmy", "aiomysql"),
+    "sqlite": ("aiosqlite",),
+}
+INSTALL_HINTS: Final[dict[str, str]] = {
+    "asyncpg": "pip install 'dbscope[asyncpg]'",
+    "psycopg": "pip install 'dbscope[psycopg]'",
+    "asyncmy": "pip install 'dbscope[mysql]'",
+    "aiomysql": "pip install aiomysql",
+    "aiosqlite": "pip install aiosqlite",
+}
+# Backends written under another name by hosting platforms (Heroku, Render, Fly).
+BACKEND_ALIASES: Final[dict[str, str]] = {"postgres": "postgresql"}
+
+# A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
+# (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
+SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+URL_FORM: Final = "dialect+driver://user:password@host:port/database"
+
+
+def validate_schema_name(name: str) -> str:
+    """Return ``name`` if it is a plain identifier usable as a schema, else raise ValueError."""
+    if SCHEMA_NAME.fullmatch(name):
+        return name
+    message = (
+        f"The schema name {name!r} is not a plain identifier; use letters, digits, '_' and "
+        "'$' only, starting with a letter or '_', at most 63 characters."
+    )
+    raise ValueError(message)
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    """Tell whether ``url`` names an in-memory SQLite database."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def resolve_async_url(url: URL) -> URL:
+    """Return ``url`` with an installed async driver, or raise ValueError saying which to use.
+
+    A URL without a driver (``postgresql://``) gets the first installed async driver for its
+    backend; a synchronous driver is refused with the URLs that would work instead.
+    Backends dbscope does not know are left for SQLAlchemy to judge.
+    """
+    backend = BACKEND_ALIASES.get(url.get_backend_name(), url.get_backend_name())
+    drivers = ASYNC_DRIVERS.get(backend)
+    if drivers is None:
+        return url
+    alternatives = " or ".join(f"'{backend}+{d}://'" for d in drivers)
+    if "+" not in url.drivername:
+        installed = [d for d in drivers if importlib.util.find_spec(d) is not None]
+        if not installed:
+            message = (
+                f"The URL names no driver for {backend} and no async driver for it is "
+                f"installed; install one with: {INSTALL_HINTS[drivers[0]]}"
+            )
+            raise ValueError(message)
+        return url.set(drivername=f"{backend}+{installed[0]}")
+    driver = url.get_driver_name()
+    if driver not in drivers:
+        message = (
+            f"The URL uses the driver '{driver}', which is synchronous; dbscope needs an async "
+            f"driver: use {alternatives}."
+        )
+        raise ValueError(message)
+    if importlib.util.find_spec(driver) is None:
+        message = (
+            f"The URL uses the driver '{driver}', which is not installed: {INSTALL_HINTS[driver]}"
+        )
+        raise ValueError(message)
+    return url.set(drivername=f"{backend}+{driver}")
+
+
+def parse_url(value: str | URL) -> URL:
+    """Parse a URL string; the error never repeats the string, which may hold a password."""
+    if isinstance(value, URL):
+        return value
+    try:
+        return make_url(value)
+    except ArgumentError:
+        message = (
+            f"The database URL could not be parsed (its value is not shown, it may hold a "
+            f"password); write it as {URL_FORM}, for example "
+            "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'."
+        )
+        raise ValueError(message) from None
+
+
+class DatabaseSettings(BaseSettings):
+    """Where the database is and how to pool its connections.
+
+    Every field can be given as a keyword argument or read from the environment variable of
+    the same name in capitals (``POOL_SIZE``), optionally behind a prefix
+    (``DatabaseSettings(_env_prefix="APP_")`` reads ``APP_POOL_SIZE``).
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        env_ignore_empty=True,
+        arbitrary_types_allowed=True,
+        use_attribute_docstrings=True,
+    )
+
+    database_url: URL | None = None
+    """The database URL, e.g. ``postgresql+asyncpg://app@localhost/app``. Wins over the parts."""
+    postgres_user: str | None = None
+    """PostgreSQL user, used when ``database_url`` is not set."""
+    postgres_password: SecretStr | None = None
+    """PostgreSQL password, used when ``database_url`` is not set."""
+    postgres_host: str | None = None
+    """PostgreSQL host (default ``localhost``), used when ``database_url`` is not set."""
+    postgres_port: int | None = Field(default=None, ge=1, le=65535)
+    """PostgreSQL port (default 5432), used when ``database_url`` is not set."""
+    postgres_db: str | None = None
+    """PostgreSQL database name, used when ``database_url`` is not set."""
+    postgres_schema: str | None = None
+    """Schema that every unit of work targets (PostgreSQL ``SET LOCAL search_path``)."""
+    pool_size: int = 5
+    """Connections kept open in the pool."""
+    max_overflow: int = 10
+    """Connections opened beyond ``pool_size`` under load, closed when returned."""
+    pool_timeout: float = 5.0
+    """Seconds a unit of work waits for a free connection before it fails with 503."""
+    pool_recycle: int | None = None
+    """Seconds after which a connection is replaced; -1 never. Default: per database."""
+    pool_pre_ping: bool | None = None
+    """Test a connection before use, replacing dead ones. Default: on (off for in-memory)."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for a new connection to open; ``pool_timeout`` does not cover it."""
+    echo: bool = False
+    """Log every SQL statement (SQLAlchemy's ``echo``)."""
+    application_name: str | None = None
+    """Name shown for the connections in PostgreSQL's ``pg_stat_activity``."""
+
+    _url: URL = PrivateAttr()
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _parse_database_url(cls, value: Any) -> Any:
+        return parse_url(value) if isinstance(value, str | URL) else value
+
+    @field_validator("postgres_schema")
+    @classmethod
+    def _check_schema(cls, value: str | None) -> str | None:
+        return None if value is None else validate_schema_name(value)
+
+    @field_validator("pool_size")
+    @classmethod
+    def _check_pool_size(cls, value: int) -> int:
+        if value < 1:
+            message = (
+                f"must be at least 1, got {value}: it is the number of connections "
+                "kept open (SQLAlchemy's 0, 'no limit', would let load open connections "
+                "without bound)"
+            )
+            raise ValueError(message)
+        return value
+
+    @field_validator("max_overflow")
+    @classmethod
+    def _check_max_overflow(cls, value: int) -> int:
+        if value < 0:
+            message = (
+                f"must be 0 or more, got {value}: it is the number of extra "
+                "connections allowed under load (an unbounded overflow would let load exhaust "
+                "the server's connection limit)"
+            )
+            raise ValueError(message)
+        return value
+
+    @field_validator("pool_timeout", "connect_timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if value <= 0:
+            message = f"must be a positive number of seconds, got {value}"
+            raise ValueError(message)
+        return value
+
+    @field_validator("pool_recycle")
+    @classmethod
+    def _check_recycle(cls, value: int | None) -> int | None:
+        if value is not None and value < -1:
+            message = f"must be a number of seconds, or -1 to never recycle; got {value}"
+            raise ValueError(message)
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> DatabaseSettings:
+        url = self.database_url or self._url_from_parts()
+        self._url = resolve_async_url(url)
+        backend = self._url.get_backend_name()
+        if self.postgres_schema is not None and backend != "postgresql":
+            message = (
+                f"postgres_schema is set, but the database is {backend}, which has no schemas "
+                "to switch between; remove the setting or name the database in the URL."
+            )
+            raise ValueError(message)
+        if is_memory_sqlite(self._url):
+            self._check_memory_pool()
+        return self
+
+    def _url_from_parts(self) -> URL:
+        parts = (self.postgres_user, self.postgres_host, self.postgres_db)
+        if all(part is None for part in parts):
+            message = (
+                "No database is configured: set DATABASE_URL (for example "
+                "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'), "
+                "or POSTGRES_HOST, POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB, or pass "
+                "the URL to Database(...)."
+            )
+            raise ValueError(message)
+        password = self.postgres_password
+        return URL.create(
+            "postgresql",
+            username=self.postgres_user,
+            password=None if password is None else password.get_secret_value(),
+            host=self.postgres_host or "localhost",
+            port=self.postgres_port,
+            database=self.postgres_db,
+        )
+
+    def _check_memory_pool(self) -> None:
+        # An in-memory SQLite database lives and dies with its one connection: a pool of
+        # exactly one connection, never recycled, is what shares it across the app.
+        if "pool_size" in self.model_fields_set and self.pool_size != 1:
+            message = (
+                f"pool_size={self.pool_size} cannot apply to an in-memory SQLite database: it "
+                "lives in a single connection that dbscope shares across the app. Remove "
+                "pool_size, or use a file ('sqlite+aiosqlite:///app.db') for a real pool."
+            )
+            raise ValueError(message)
+
+    @property
+    def url(self) -> URL:
+        """The resolved URL, with an async driver. Its repr and str mask the password."""
+        return self._url
+
+    @property
+    def is_memory(self) -> bool:
+        """Whether the database is an in-memory SQLite database."""
+        return is_memory_sqlite(self._url)
+
+
+def describe_validation_error(error: ValidationError, env_prefix: str = "") -> str:
+    """Turn pydantic's error into one message per field, naming argument and variable.
+
+    Input values are shown only for fields that cannot hold a secret.
+    """
+    secret_fields = {"database_url", "postgres_password"}
+    lines = []
+    for item in error.errors(include_url=False, include_input=True):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        text = item["msg"].removeprefix("Value error, ")
+        if field and field not in secret_fields and item["type"] != "value_error":
+            text = f"{text} (got {item['input']!r})"
+        if not field:
+            lines.append(text)
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {field!r}")
+        else:
+            lines.append(f"{field} (environment variable {env_prefix}{field.upper()}): {text}")
+    return "Invalid database settings: " + "; ".join(lines)
+
+
+class _ArgumentSettings(DatabaseSettings):
+    """DatabaseSettings made from arguments alone: ``Database(url, ...)`` never reads the
+    environment, so a stray ``POOL_SIZE`` cannot change a pool configured in code."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def load_settings(
+    *, from_env: bool, env_prefix: str = "", env_file: str | None = None, **values: Any
+) -> DatabaseSettings:
+    """Build DatabaseSettings from ``values`` (and the environment if ``from_env``).
+
+    Raises:
+        ConfigurationError: a value is invalid; the message names it and the fix.
+    """
+    try:
+        if from_env:
+            return DatabaseSettings(_env_prefix=env_prefix, _env_file=env_file, **values)
+        return _ArgumentSettings(**values)
+    except ValidationError as error:
+        # `from None`: pydantic's own error would print the input values in a traceback.
+        raise ConfigurationError(describe_validation_error(error, env_prefix)) from None

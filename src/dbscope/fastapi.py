@@ -1,0 +1,90 @@
+"""FastAPI integration: a request is one unit of work, committed before the response is sent.
+
+``Depends(db.session)`` resolves to :func:`session_dependency`'s plain dependency, whose own
+parameter is a *function-scoped* yield dependency (``Depends(..., scope="function")``).
+FastAPI ends a function-scoped dependency after the endpoint returns and before it sends the
+response, so the commit happens while the client still waits: a failed commit becomes an
+error response, never a 2xx. The user writes no ``scope=`` themselves.
+
+How a request's transaction ends:
+
+============================================  ==========================================
+the endpoint ...                              the transaction
+============================================  ==========================================
+returns a value, or a Response                commits
+raises anything (HTTPException, validation    rolls back; the exception propagates
+error, a handled custom exception, ...)       unchanged, so the status code is the app's
+sets ``response.status_code >= 400`` on the   rolls back
+injected ``Response``
+is cancelled (client gone, timeout)           rolls back; the connection returns
+============================================  ==========================================
+
+An endpoint that *returns* an error response (``return JSONResponse(status_code=400)``)
+commits, as Django's ``ATOMIC_REQUESTS`` and Rails do: FastAPI never shows that response to a
+dependency. Raise ``HTTPException`` instead, or call ``await session.rollback()`` before
+returning.
+
+An outage (no free connection within ``pool_timeout``, an unreachable server, a connection
+lost mid-request) becomes ``503 Service Unavailable`` with a ``Retry-After`` header.
+
+This is the only module of dbscope that imports FastAPI or Starlette.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
+# in session_dependency(), whose annotations name local functions.
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope._exceptions import DatabaseUnavailableError
+from dbscope._unit_of_work import UnitOfWork
+
+try:
+    from fastapi import Depends, HTTPException, Response
+except ModuleNotFoundError as error:  # pragma: no cover - exercised only without FastAPI
+    message = "dbscope.fastapi needs FastAPI: pip install 'dbscope[fastapi]'"
+    raise ModuleNotFoundError(message, name=error.name) from error
+
+if TYPE_CHECKING:
+    from dbscope._database import Database
+
+logger = logging.getLogger("dbscope")
+
+__all__ = ["service_unavailable", "session_dependency"]
+
+
+def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
+    """The 503 response for an outage: ``Retry-After`` and a JSON body naming the cause."""
+    return HTTPException(
+        status_code=503,
+        detail={"cause": error.cause, "message": str(error)},
+        headers={"Retry-After": str(error.retry_after)},
+    )
+
+
+def session_dependency(db: "Database") -> Callable[..., Awaitable[AsyncSession]]:
+    """Build the dependency behind ``db.session`` (use ``db.session``, not this).
+
+    Every dependency and endpoint of one request that asks for it gets the same session.
+    """
+
+    async def request_unit_of_work(response: Response) -> AsyncIterator[UnitOfWork]:
+        try:
+            async with db.unit_of_work() as unit:
+                yield unit
+                # `response` is the one FastAPI injects; an endpoint that set an error status
+                # on it reports a failure without raising.
+                if response.status_code is not None and response.status_code >= 400:
+                    unit.rollback_only = True
+        except DatabaseUnavailableError as error:
+            logger.warning("Answering 503: %s", error)
+            raise service_unavailable(error) from error
+
+    async def session(
+        unit: Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")],
+    ) -> AsyncSession:
+        return unit.session
+
+    return session

@@ -1,0 +1,128 @@
+"""Shared test fixtures: real databases chosen by a list of URLs, and a real uvicorn server.
+
+Servers are taken from the environment, with the local defaults:
+
+- ``DBSCOPE_TEST_POSTGRES_URL`` (``postgresql://postgres@127.0.0.1:5432/test``), run through
+  both asyncpg and psycopg;
+- ``DBSCOPE_TEST_MYSQL_URL`` (``mysql+asyncmy://root@127.0.0.1:3306/test``);
+- SQLite needs nothing: each test gets a file of its own.
+
+An unreachable server skips its tests locally and fails them under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL = os.environ.get(
+    "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("DBSCOPE_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+
+BACKENDS = ("sqlite", "asyncpg", "psycopg", "asyncmy")
+POSTGRES_DRIVERS = ("asyncpg", "psycopg")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Run every coroutine test through anyio's pytest plugin (on asyncio, below).
+
+    Marking here, before anyio's own hook looks, is what lets anyio add its fixture to tests
+    that are parametrized over databases as well.
+    """
+    if inspect.iscoroutinefunction(obj):
+        pytest.mark.anyio(obj)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """SQLAlchemy's asyncio extension runs on asyncio only."""
+    return "asyncio"
+
+
+@functools.cache
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(url: str) -> None:
+    """Skip (locally) or fail (under CI=true) when the server behind ``url`` is down."""
+    parsed = make_url(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
+    if _reachable(host, port):
+        return
+    message = (
+        f"No database server at {host}:{port}; start it as DEVELOPERS.md says, "
+        "or point DBSCOPE_TEST_POSTGRES_URL / DBSCOPE_TEST_MYSQL_URL elsewhere."
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def url_for(backend: str, tmp_path: Path) -> str:
+    """The test database URL for one backend ('sqlite', 'asyncpg', 'psycopg', 'asyncmy')."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    if backend in POSTGRES_DRIVERS:
+        url = make_url(POSTGRES_URL).set(drivername=f"postgresql+{backend}")
+        rendered = url.render_as_string(hide_password=False)
+        require_server(rendered)
+        return rendered
+    require_server(MYSQL_URL)
+    return MYSQL_URL
+
+
+@pytest.fixture(params=BACKENDS)
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(db_backend: str, tmp_path: Path) -> str:
+    """A URL for each backend in turn: SQLite file, asyncpg, psycopg, asyncmy."""
+    return url_for(db_backend, tmp_path)
+
+
+@pytest.fixture(params=POSTGRES_DRIVERS)
+def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A PostgreSQL URL through asyncpg, then through psycopg."""
+    return url_for(str(request.param), tmp_path)
+
+
+@pytest.fixture
+def mysql_url(tmp_path: Path) -> str:
+    """The MariaDB/MySQL URL through asyncmy."""
+    return url_for("asyncmy", tmp_path)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file of this test's own."""
+    return url_for("sqlite", tmp_path)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Remove every variable Database.from_env() reads, so tests set only their own."""
+    names = (
+        "DATABASE_URL POSTGRES_USER POSTGRES_PASSWORD POSTGRES_HOST POSTGRES_PORT POSTGRES_DB "
+        "POSTGRES_SCHEMA POOL_SIZE MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_PRE_PING "
+        "CONNECT_TIMEOUT ECHO APPLICATION_NAME"
+    ).split()
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    yield monkeypatch
