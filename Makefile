@@ -1,0 +1,34 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint check clean
+
+# A virtualenv with dbscope (editable) and everything the tests use; rebuilt when
+# pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $(STAMP)
+
+## Run the example notes service on http://127.0.0.1:8000 (SQLite unless DATABASE_URL is set).
+demo: $(STAMP)
+	$(BIN)/python -m examples.notes
+
+## Run the whole test suite against SQLite, PostgreSQL and MariaDB.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Lint, format check and strict type check.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests examples benchmarks
+	$(BIN)/python -m ruff format --check src tests examples benchmarks
+	$(BIN)/python -m mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
