@@ -1,4 +1,4 @@
-"""Building, checking and disposing engines; telling an outage from a bug.
+"""Building, checking and verifying engines.
 
 The engine options are checked at construction by letting SQLAlchemy build (and drop) an
 engine, since SQLAlchemy knows best which options a dialect and pool accept; dbscope only
@@ -13,21 +13,16 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
-from dbscope._exceptions import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    UnavailableCause,
-)
+from dbscope._exceptions import ConfigurationError
+from dbscope._outages import connect_error
 from dbscope._settings import DatabaseSettings
 
 # Options that only a queue pool takes: passed on for a user's own poolclass only when the
@@ -53,16 +48,6 @@ KNOWN_ENGINE_OPTIONS: Final = (
 )
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 MYSQL_RECYCLE_SECONDS: Final = 3600
-
-# Connection-level failures: PostgreSQL SQLSTATE class 08, admin shutdown, crash shutdown,
-# cannot-connect-now, too many connections; MySQL/MariaDB client and server codes for the same.
-LOST_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
-LOST_MYSQL_CODES: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
-RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
-    "pool_timeout": 1,
-    "connection_lost": 1,
-    "unreachable": 5,
-}
 
 
 def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,100 +218,3 @@ async def verify(
         await engine.dispose()
         engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
     return engine, info
-
-
-def connect_error(error: BaseException, url: URL) -> DatabaseUnavailableError | ConfigurationError:
-    """Describe a failed first connection, naming host and port and never the password."""
-    reason = str(getattr(error, "orig", None) or error) or type(error).__name__
-    if url.password:
-        reason = reason.replace(str(url.password), "***")
-    where = f"{url.get_backend_name()} at {url.host or 'localhost'}:{url.port or 'default port'}"
-    if url.database:
-        where += f", database {url.database!r}"
-    if unavailable_cause(error) is not None or isinstance(error, OSError):
-        message = (
-            f"Could not connect to {where}: {reason}. Check that the server is running and "
-            "that the host and port in the URL are right."
-        )
-        return DatabaseUnavailableError(
-            message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
-        )
-    message = (
-        f"Could not connect to {where} as user {url.username!r}: {reason}. Check the user, "
-        "password and database in the URL."
-    )
-    return ConfigurationError(message)
-
-
-def unavailable_cause(error: BaseException) -> UnavailableCause | None:
-    """Tell whether ``error`` means the database cannot serve now (an outage, not a bug)."""
-    if isinstance(error, PoolTimeoutError):
-        return "pool_timeout"
-    if _raised_while_connecting(error.__traceback__):
-        if isinstance(error, DBAPIError | OSError):
-            return "unreachable"
-        return None
-    if isinstance(error, DBAPIError):
-        if error.connection_invalidated:
-            return "connection_lost"
-        if _sqlstate(error.orig) in LOST_SQLSTATES or (_sqlstate(error.orig) or "").startswith(
-            "08"
-        ):
-            return "connection_lost"
-        if _mysql_code(error.orig) in LOST_MYSQL_CODES:
-            return "connection_lost"
-    return None
-
-
-def _raised_while_connecting(traceback: TracebackType | None) -> bool:
-    # An OSError is a database outage only when it comes out of the pool opening a
-    # connection; elsewhere it is the application's own (a missing file, say).
-    while traceback is not None:
-        frame = traceback.tb_frame
-        if frame.f_code.co_name == "__connect" and frame.f_globals.get("__name__") == (
-            "sqlalchemy.pool.base"
-        ):
-            return True
-        traceback = traceback.tb_next
-    return False
-
-
-def _sqlstate(orig: BaseException | None) -> str | None:
-    # psycopg: orig.sqlstate; asyncpg through SQLAlchemy: orig.sqlstate or orig.__cause__.
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-    return None
-
-
-def _mysql_code(orig: BaseException | None) -> int | None:
-    args = getattr(orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def outage_error(
-    error: BaseException, settings: DatabaseSettings
-) -> DatabaseUnavailableError | None:
-    """The DatabaseUnavailableError that ``error`` amounts to, or None if it is no outage."""
-    cause = unavailable_cause(error)
-    if cause is None:
-        return None
-    url = settings.url
-    if cause == "pool_timeout":
-        message = (
-            f"No database connection was free within pool_timeout={settings.pool_timeout}s "
-            f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow}): the "
-            "service is overloaded."
-        )
-    elif cause == "unreachable":
-        message = (
-            f"The database at {url.host or 'localhost'}:{url.port or 'default port'} could not "
-            "be reached."
-        )
-    else:
-        message = (
-            "The connection to the database was lost during the unit of work (server restart, "
-            "terminated backend or network cut)."
-        )
-    return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])

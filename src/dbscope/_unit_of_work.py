@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from dbscope._engine import outage_error
+from dbscope._outages import outage_error
 from dbscope._settings import DatabaseSettings, validate_schema_name
 
 logger = logging.getLogger("dbscope")

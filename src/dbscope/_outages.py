@@ -1,0 +1,160 @@
+"""Telling an outage from a bug.
+
+An outage is the database being unable to serve right now: no free pooled connection within
+``pool_timeout``, a server that cannot be reached, or a connection that died mid-transaction.
+Requests answer those with 503 and ``Retry-After``; everything else (an IntegrityError, a
+syntax error, a wrong password) is a bug or a misconfiguration and is never disguised as one.
+
+Drivers disagree on exception classes, so the verdict rests on SQLSTATEs, MySQL error codes,
+SQLAlchemy's own ``connection_invalidated`` flag, and whether the error came out of the pool
+opening a connection.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Final
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError, UnavailableCause
+from dbscope._settings import DatabaseSettings
+
+# Connection-level failures: PostgreSQL SQLSTATE class 08, admin shutdown, crash shutdown,
+# cannot-connect-now, too many connections; MySQL/MariaDB client and server codes for the same.
+LOST_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+LOST_MYSQL_CODES: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
+# Refusals that no retry will cure: wrong user, password or database name.
+REFUSED_SQLSTATE_PREFIXES: Final = ("28", "3D000")
+REFUSED_MYSQL_CODES: Final = frozenset({1044, 1045, 1049})
+PASSING_FATAL_STATES: Final = (
+    "starting up",
+    "shutting down",
+    "recovery",
+    "too many",
+    "administrator command",
+)
+RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
+    "pool_timeout": 1,
+    "connection_lost": 1,
+    "unreachable": 5,
+}
+
+
+def connect_error(error: BaseException, url: URL) -> DatabaseUnavailableError | ConfigurationError:
+    """Describe a failed first connection, naming host and port and never the password."""
+    reason = (str(getattr(error, "orig", None) or error) or type(error).__name__).strip()
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    if url.get_backend_name() == "sqlite":
+        message = (
+            f"Could not open the SQLite database {url.database!r}: {reason}. Check that its "
+            "directory exists and is writable."
+        )
+        return ConfigurationError(message)
+    where = f"{url.get_backend_name()} at {url.host or 'localhost'}:{url.port or 'default port'}"
+    if url.database:
+        where += f", database {url.database!r}"
+    if unavailable_cause(error) is not None:
+        message = (
+            f"Could not connect to {where}: {reason} (check that the server is running and "
+            "that the host and port in the URL are right)"
+        )
+        return DatabaseUnavailableError(
+            message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
+        )
+    message = (
+        f"Could not connect to {where} as user {url.username!r}: {reason} (check the user, "
+        "password and database in the URL)"
+    )
+    return ConfigurationError(message)
+
+
+def unavailable_cause(error: BaseException) -> UnavailableCause | None:
+    """Tell whether ``error`` means the database cannot serve now (an outage, not a bug)."""
+    if isinstance(error, PoolTimeoutError):
+        return "pool_timeout"
+    if _raised_while_connecting(error.__traceback__):
+        if isinstance(error, DBAPIError) and _refused(error):
+            return None
+        if isinstance(error, DBAPIError | OSError):
+            return "unreachable"
+        return None
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return "connection_lost"
+        if _sqlstate(error.orig) in LOST_SQLSTATES or (_sqlstate(error.orig) or "").startswith(
+            "08"
+        ):
+            return "connection_lost"
+        if _mysql_code(error.orig) in LOST_MYSQL_CODES:
+            return "connection_lost"
+    return None
+
+
+def _refused(error: DBAPIError) -> bool:
+    sqlstate = _sqlstate(error.orig)
+    if sqlstate is not None:
+        return sqlstate.startswith(REFUSED_SQLSTATE_PREFIXES)
+    if _mysql_code(error.orig) is not None:
+        return _mysql_code(error.orig) in REFUSED_MYSQL_CODES
+    # libpq (psycopg) gives no SQLSTATE for a failed connect; a FATAL message means the
+    # server answered, and refused us for good unless it is one of its passing states.
+    text = str(error.orig)
+    return "FATAL:" in text and not any(state in text for state in PASSING_FATAL_STATES)
+
+
+def _raised_while_connecting(traceback: TracebackType | None) -> bool:
+    # An OSError is a database outage only when it comes out of the pool opening a
+    # connection; elsewhere it is the application's own (a missing file, say).
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "__connect" and frame.f_globals.get("__name__") == (
+            "sqlalchemy.pool.base"
+        ):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    # psycopg: orig.sqlstate; asyncpg through SQLAlchemy: orig.sqlstate or orig.__cause__.
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def _mysql_code(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def outage_error(
+    error: BaseException, settings: DatabaseSettings
+) -> DatabaseUnavailableError | None:
+    """The DatabaseUnavailableError that ``error`` amounts to, or None if it is no outage."""
+    cause = unavailable_cause(error)
+    if cause is None:
+        return None
+    url = settings.url
+    if cause == "pool_timeout":
+        message = (
+            f"No database connection was free within pool_timeout={settings.pool_timeout}s "
+            f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow}): the "
+            "service is overloaded."
+        )
+    elif cause == "unreachable":
+        message = (
+            f"The database at {url.host or 'localhost'}:{url.port or 'default port'} could not "
+            "be reached."
+        )
+    else:
+        message = (
+            "The connection to the database was lost during the unit of work (server restart, "
+            "terminated backend or network cut)."
+        )
+    return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])
