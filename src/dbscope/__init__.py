@@ -28,3 +28,8 @@ __all__ = [
     "ServerInfo",
     "UnitOfWork",
 ]
+
+# Tracebacks and reprs name the public module, not the private one a class lives in.
+for _name in __all__:
+    globals()[_name].__module__ = "dbscope"
+del _name

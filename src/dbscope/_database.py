@@ -86,7 +86,12 @@ class Database:
 
     @classmethod
     def from_env(
-        cls, prefix: str = "", *, env_file: str | None = None, **engine_options: Any
+        cls,
+        prefix: str = "",
+        *,
+        env_file: str | None = None,
+        default_url: str | URL | None = None,
+        **engine_options: Any,
     ) -> Database:
         """Build a Database from environment variables (and an optional ``.env`` file).
 
@@ -98,11 +103,14 @@ class Database:
         Args:
             prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.
             env_file: a dotenv file to read as well; the environment wins over it.
+            default_url: the URL to use when the environment names no database, e.g.
+                ``"sqlite+aiosqlite:///app.db"`` for a zero-setup development default.
             **engine_options: extra ``create_async_engine`` options.
         """
-        return cls.from_settings(
-            load_settings(from_env=True, env_prefix=prefix, env_file=env_file), **engine_options
+        settings = load_settings(
+            from_env=True, env_prefix=prefix, env_file=env_file, default_url=default_url
         )
+        return cls.from_settings(settings, **engine_options)
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings, **engine_options: Any) -> Database:

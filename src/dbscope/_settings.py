@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -49,6 +50,7 @@ BACKEND_ALIASES: Final[dict[str, str]] = {"postgres": "postgresql"}
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
+NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
 
 
 def validate_schema_name(name: str) -> str:
@@ -244,7 +246,7 @@ class DatabaseSettings(BaseSettings):
                 "or POSTGRES_HOST, POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB, or pass "
                 "the URL to Database(...)."
             )
-            raise ValueError(message)
+            raise PydanticCustomError(NO_DATABASE, message)
         password = self.postgres_password
         return URL.create(
             "postgresql",
@@ -315,17 +317,30 @@ class _ArgumentSettings(DatabaseSettings):
 
 
 def load_settings(
-    *, from_env: bool, env_prefix: str = "", env_file: str | None = None, **values: Any
+    *,
+    from_env: bool,
+    env_prefix: str = "",
+    env_file: str | None = None,
+    default_url: str | URL | None = None,
+    **values: Any,
 ) -> DatabaseSettings:
     """Build DatabaseSettings from ``values`` (and the environment if ``from_env``).
+
+    ``default_url`` is used only when neither a URL nor its PostgreSQL parts are given.
 
     Raises:
         ConfigurationError: a value is invalid; the message names it and the fix.
     """
     try:
-        if from_env:
+        if not from_env:
+            return _ArgumentSettings(**values)
+        try:
             return DatabaseSettings(_env_prefix=env_prefix, _env_file=env_file, **values)
-        return _ArgumentSettings(**values)
+        except ValidationError as error:
+            if default_url is None or {e["type"] for e in error.errors()} != {NO_DATABASE}:
+                raise
+            values["database_url"] = default_url
+            return DatabaseSettings(_env_prefix=env_prefix, _env_file=env_file, **values)
     except ValidationError as error:
         # `from None`: pydantic's own error would print the input values in a traceback.
         raise ConfigurationError(describe_validation_error(error, env_prefix)) from None
