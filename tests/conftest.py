@@ -16,11 +16,12 @@ import functools
 import inspect
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from dbscope import DatabaseSettings
 
 POSTGRES_URL = os.environ.get(
     "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -116,13 +117,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Remove every variable Database.from_env() reads, so tests set only their own."""
-    names = (
-        "DATABASE_URL POSTGRES_USER POSTGRES_PASSWORD POSTGRES_HOST POSTGRES_PORT POSTGRES_DB "
-        "POSTGRES_SCHEMA POOL_SIZE MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_PRE_PING "
-        "CONNECT_TIMEOUT ECHO APPLICATION_NAME"
-    ).split()
-    for name in names:
-        monkeypatch.delenv(name, raising=False)
-    yield monkeypatch
+    for name in DatabaseSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch

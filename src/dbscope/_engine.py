@@ -9,9 +9,11 @@ connections belong to the loop that made them.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -100,8 +102,23 @@ def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
             args["application_name"] = name
         return args
     if driver in ("asyncmy", "aiomysql"):
-        return {"connect_timeout": timeout}
+        return {"connect_timeout": timeout, "async_creator_fn": _bounded_connect(driver, timeout)}
     return {}
+
+
+def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any]]:
+    """The driver's connect, given up after ``timeout`` seconds.
+
+    asyncmy and aiomysql apply their ``connect_timeout`` to opening the socket only: a server
+    that accepts and then never greets would hang the connect, and the request, forever.
+    SQLAlchemy's async dialects call ``async_creator_fn`` in place of the driver's connect.
+    """
+    connect = importlib.import_module(driver).connect
+
+    async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wait_for(connect(*args, **kwargs), timeout)
+
+    return connect_within_timeout
 
 
 def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
@@ -112,7 +129,9 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
     except ArgumentError as error:
         pool = options.get("poolclass")
-        if pool is not None and issubclass(pool, QueuePool) and not pool.is_async:
+        if pool is not None and issubclass(pool, QueuePool) and not issubclass(
+            pool, AsyncAdaptedQueuePool
+        ):
             message = (
                 f"poolclass={pool.__name__} cannot be used with asyncio. Remove poolclass "
                 "(dbscope uses AsyncAdaptedQueuePool), or pass AsyncAdaptedQueuePool or NullPool."
@@ -208,9 +227,11 @@ async def verify(
             if url.get_backend_name() in ("mysql", "mariadb"):
                 result = await connection.exec_driver_sql("SELECT @@wait_timeout")
                 wait_timeout = int(result.scalar_one())
-    except Exception as error:
+    except BaseException as error:
         await engine.dispose()
-        raise connect_error(error, url) from error
+        if isinstance(error, Exception):
+            raise connect_error(error, url) from error
+        raise
     info = ServerInfo(backend=url.get_backend_name(), version=tuple(version))
     recycle = options.get("pool_recycle", -1)
     if wait_timeout is not None and (recycle < 0 or recycle >= wait_timeout):

@@ -113,7 +113,7 @@ def parse_url(value: str | URL) -> URL:
         return value
     try:
         return make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port, e.g. a missing host
         message = (
             f"The database URL could not be parsed (its value is not shown, it may hold a "
             f"password); write it as {URL_FORM}, for example "

@@ -1,0 +1,243 @@
+"""The Database lifecycle: new, connected, disposed, with one message per wrong move.
+
+Consecutive lifespans (two TestClient blocks, two ``asyncio.run`` calls) reuse one Database,
+as a module-level ``db`` in an application would. No ``from __future__ import annotations``:
+the endpoints use a ``Session`` alias built inside a function.
+"""
+
+import asyncio
+import contextlib
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, LifecycleError
+
+with warnings.catch_warnings():
+    # Starlette 1.10 deprecates running its TestClient on httpx (it wants httpx2, which this
+    # environment does not install); the warning is about the test client, not about dbscope.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+TABLE = "lifecycle_rows"
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
+    """An app that adds a row and counts the rows; its lifespan is db.lifespan by default."""
+    app = FastAPI(lifespan=lifespan or db.lifespan)
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
+    @app.post("/rows")
+    async def add_row(session: Session) -> dict[str, int]:
+        await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
+        count = (await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one()
+        return {"count": int(count)}
+
+    return app
+
+
+async def create_table(db: Database) -> None:
+    """(Re)create the test table; the Database must be connected."""
+    async with db.transaction() as session:
+        await session.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+        await session.execute(text(f"CREATE TABLE {TABLE} (value INTEGER)"))
+
+
+async def drop_table(db: Database) -> None:
+    """Drop the test table; the Database must be connected."""
+    async with db.transaction() as session:
+        await session.execute(text(f"DROP TABLE {TABLE}"))
+
+
+async def connected_once(db: Database, work: str) -> int:
+    """Connect, create or drop the table or add a row, then dispose; returns the row count."""
+    async with db:
+        if work == "create":
+            await create_table(db)
+            return 0
+        if work == "drop":
+            await drop_table(db)
+            return 0
+        async with db.transaction() as session:
+            await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
+            return int((await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one())
+
+
+def transaction_error(db: Database) -> LifecycleError:
+    """The LifecycleError that a transaction on ``db`` raises in a new event loop."""
+
+    async def use() -> None:
+        async with db.transaction():
+            pass
+
+    with pytest.raises(LifecycleError) as info:
+        asyncio.run(use())
+    return info.value
+
+
+# -- before connect ---------------------------------------------------------------------------
+
+
+async def test_a_request_before_the_lifespan_ran_raises_lifecycle_error(sqlite_url: str) -> None:
+    """A request to an app whose lifespan never ran raises LifecycleError naming the lifespan."""
+    app = build_app(Database(sqlite_url))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        with pytest.raises(LifecycleError, match=r"pass lifespan=db\.lifespan to FastAPI"):
+            await client.post("/rows")
+
+
+async def test_a_request_before_the_lifespan_ran_answers_500(sqlite_url: str) -> None:
+    """Served without its lifespan, the app answers 500 rather than hanging or 2xx."""
+    app = build_app(Database(sqlite_url))
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/rows")
+    assert response.status_code == 500
+
+
+async def test_a_transaction_before_connect_says_to_connect_first(sqlite_url: str) -> None:
+    """db.transaction() before connect() raises LifecycleError naming `async with db`."""
+    db = Database(sqlite_url)
+    with pytest.raises(LifecycleError) as info:
+        async with db.transaction():
+            pass
+    assert "is not connected yet" in str(info.value)
+    assert "`async with db:`" in str(info.value)
+    assert "await db.connect()" in str(info.value)
+
+
+# -- connect, dispose, connect ----------------------------------------------------------------
+
+
+async def test_connecting_twice_raises_its_own_lifecycle_error(database_url: str) -> None:
+    """A second connect() fails saying the Database is already connected, and it stays usable."""
+    db = Database(database_url)
+    async with db:
+        with pytest.raises(LifecycleError) as info:
+            await db.connect()
+        async with db.transaction() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+    assert "already connected" in str(info.value)
+    assert "dispose()" in str(info.value)
+
+
+async def test_a_disposed_database_says_how_to_reconnect(database_url: str) -> None:
+    """Using a disposed Database raises its own LifecycleError, unlike a never-connected one."""
+    db = Database(database_url)
+    await db.connect()
+    await db.dispose()
+    with pytest.raises(LifecycleError) as info:
+        async with db.transaction():
+            pass
+    message = str(info.value)
+    assert "was disposed" in message
+    assert "not connected yet" not in message
+    assert "await db.connect()" in message
+
+
+async def test_a_disposed_database_connects_again(database_url: str) -> None:
+    """connect() after dispose() gives a working Database again."""
+    db = Database(database_url)
+    await db.connect()
+    await db.dispose()
+    async with db, db.transaction() as session:
+        assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_dispose_twice_is_harmless(database_url: str) -> None:
+    """A second dispose() does nothing and raises nothing."""
+    db = Database(database_url)
+    await db.connect()
+    await db.dispose()
+    await db.dispose()
+    assert db.state == "disposed"
+
+
+async def test_dispose_before_connect_does_nothing(database_url: str) -> None:
+    """dispose() on a new Database leaves it new, and it connects afterwards."""
+    db = Database(database_url)
+    await db.dispose()
+    states = [db.state]
+    async with db:
+        states.append(db.state)
+    assert states == ["new", "connected"]
+
+
+# -- consecutive lifespans and event loops ----------------------------------------------------
+
+
+def test_two_test_client_lifespans_in_a_row_share_one_database(database_url: str) -> None:
+    """Two TestClient blocks (each its own event loop) one after the other both serve requests."""
+    db = Database(database_url)
+    app = build_app(db)
+    asyncio.run(connected_once(db, "create"))
+    try:
+        with TestClient(app) as client:
+            first = client.post("/rows")
+        with TestClient(app) as client:
+            second = client.post("/rows")
+    finally:
+        asyncio.run(connected_once(db, "drop"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.json(), second.json()) == ({"count": 1}, {"count": 2})
+    assert db.state == "disposed"
+
+
+def test_two_asyncio_runs_in_a_row_share_one_database(database_url: str) -> None:
+    """`async with db:` in two separate asyncio.run() calls both work on one Database."""
+    db = Database(database_url)
+    asyncio.run(connected_once(db, "create"))
+    try:
+        counts = [asyncio.run(connected_once(db, "add")) for _ in range(2)]
+    finally:
+        asyncio.run(connected_once(db, "drop"))
+    assert counts == [1, 2]
+
+
+def test_a_database_connected_in_another_event_loop_is_refused_clearly(
+    database_url: str,
+) -> None:
+    """Using a Database from a loop other than the one it connected in raises LifecycleError."""
+    db = Database(database_url)
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(db.connect())
+        error = transaction_error(db)
+        # Still whole in its own loop: the refusal touched nothing.
+        home.run_until_complete(db.dispose())
+    finally:
+        home.close()
+    assert "was connected in another event loop" in str(error)
+    assert "connect again in this loop" in str(error)
+
+
+async def test_a_composed_lifespan_connects_and_disposes(database_url: str) -> None:
+    """An app's own lifespan entering db.lifespan(app) serves requests, then disposes."""
+    db = Database(database_url)
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with db.lifespan(app):
+            events.append(db.state)
+            await create_table(db)
+            yield
+            await drop_table(db)
+        events.append(db.state)
+
+    app = build_app(db, lifespan)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/rows")
+    assert response.json() == {"count": 1}
+    assert events == ["connected", "disposed"]

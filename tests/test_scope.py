@@ -1,0 +1,251 @@
+"""One session per unit of work: shared by everything in a request, reachable from services.
+
+No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside a
+function.
+"""
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, NoSessionError
+
+TABLE = "scope_rows"
+
+
+class SavepointUndone(Exception):
+    """Raised inside a savepoint to roll it back."""
+
+
+class BusinessRuleBroken(Exception):
+    """An application error that a transaction must let through unchanged."""
+
+
+def build_app(db: Database) -> FastAPI:
+    """Endpoints that compare sessions, commit mid-request and use a savepoint."""
+    app = FastAPI(lifespan=db.lifespan)
+    Session = Annotated[AsyncSession, Depends(db.session)]
+    seen: list[AsyncSession] = []
+    app.state.seen = seen
+
+    def service_session_id() -> int:
+        # A service function: no parameters, it finds the session of the running request.
+        return id(db.current_session())
+
+    async def yielding(session: Session) -> AsyncIterator[int]:
+        # The user's own request-scoped yield dependency.
+        yield id(session)
+
+    async def plain(session: Session) -> int:
+        return id(session)
+
+    def plain_sync(session: Session) -> int:
+        return id(session)
+
+    async def nested(session: Session, inner: Annotated[int, Depends(plain)]) -> int:
+        return id(session) if inner == id(session) else -1
+
+    @app.get("/same-session")
+    async def same_session(
+        session: Session,
+        from_yield: Annotated[int, Depends(yielding)],
+        from_plain: Annotated[int, Depends(plain)],
+        from_sync: Annotated[int, Depends(plain_sync)],
+        from_nested: Annotated[int, Depends(nested)],
+    ) -> dict[str, bool]:
+        mine = id(session)
+        return {
+            "yield_dependency": from_yield == mine,
+            "plain_dependency": from_plain == mine,
+            "sync_dependency": from_sync == mine,
+            "nested_dependency": from_nested == mine,
+            "service": service_session_id() == mine,
+        }
+
+    @app.get("/remember")
+    async def remember(session: Session) -> None:
+        seen.append(session)
+
+    @app.post("/commit-then-fail")
+    async def commit_then_fail(session: Session) -> None:
+        await insert(session, 1)
+        await session.commit()
+        await insert(session, 2)
+        raise HTTPException(status_code=409, detail="second row refused")
+
+    @app.post("/savepoint")
+    async def savepoint(session: Session) -> dict[str, bool]:
+        await insert(session, 1)
+        try:
+            async with session.begin_nested():
+                await insert(session, 2)
+                raise SavepointUndone
+        except SavepointUndone:
+            pass
+        await insert(session, 3)
+        return {"done": True}
+
+    return app
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    """An in-process client; the test runs the lifespan."""
+    transport = httpx.ASGITransport(app)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def insert(session: AsyncSession, value: int) -> None:
+    """Add one row to the test table."""
+    await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (:v)"), {"v": value})
+
+
+async def create_table(db: Database) -> None:
+    """(Re)create the test table."""
+    async with db.transaction() as session:
+        await session.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+        await session.execute(text(f"CREATE TABLE {TABLE} (value INTEGER)"))
+
+
+async def rows_then_drop(db: Database) -> Sequence[int]:
+    """The values stored in the test table, in order; drops the table."""
+    async with db.transaction() as session:
+        result = await session.execute(text(f"SELECT value FROM {TABLE} ORDER BY value"))
+        values = result.scalars().all()
+        await session.execute(text(f"DROP TABLE {TABLE}"))
+    return values
+
+
+async def insert_then_raise(db: Database, error: Exception) -> None:
+    """Insert a row in a db.transaction() block, then raise ``error`` inside it."""
+    async with db.transaction() as session:
+        await insert(session, 7)
+        raise error
+
+
+# -- one session per request ------------------------------------------------------------------
+
+
+async def test_every_dependency_and_service_share_the_request_session(database_url: str) -> None:
+    """Endpoint, yield/plain/sync/nested dependencies and current_session() agree on one session."""
+    db = Database(database_url)
+    app = build_app(db)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        response = await client.get("/same-session")
+    assert response.status_code == 200
+    assert response.json() == {
+        "yield_dependency": True,
+        "plain_dependency": True,
+        "sync_dependency": True,
+        "nested_dependency": True,
+        "service": True,
+    }
+
+
+async def test_two_requests_get_two_sessions(sqlite_url: str) -> None:
+    """Consecutive requests never share a session object."""
+    db = Database(sqlite_url)
+    app = build_app(db)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        for _ in range(2):
+            assert (await client.get("/remember")).status_code == 200
+    first, second = app.state.seen
+    assert first is not second
+
+
+# -- current_session() ------------------------------------------------------------------------
+
+
+async def test_current_session_outside_a_unit_of_work_says_where_sessions_exist(
+    sqlite_url: str,
+) -> None:
+    """current_session() on a connected Database, outside any unit, raises NoSessionError."""
+    db = Database(sqlite_url)
+    async with db:
+        with pytest.raises(NoSessionError) as info:
+            db.current_session()
+    assert "db.session" in str(info.value)
+    assert "db.transaction()" in str(info.value)
+
+
+async def test_current_session_is_the_transaction_session_until_the_block_ends(
+    database_url: str,
+) -> None:
+    """Inside db.transaction() current_session() is its session; after the block it raises."""
+    db = Database(database_url)
+    async with db:
+        async with db.transaction() as session:
+            assert db.current_session() is session
+        with pytest.raises(NoSessionError):
+            db.current_session()
+
+
+async def test_a_nested_transaction_restores_the_outer_session(database_url: str) -> None:
+    """After an inner db.transaction() block, current_session() is the outer session again."""
+    db = Database(database_url)
+    async with db:
+        async with db.transaction() as outer:
+            async with db.transaction() as inner:
+                assert inner is not outer
+                assert db.current_session() is inner
+            assert db.current_session() is outer
+        with pytest.raises(NoSessionError):
+            db.current_session()
+
+
+# -- how a transaction ends -------------------------------------------------------------------
+
+
+async def test_a_transaction_commits_when_its_block_ends_normally(database_url: str) -> None:
+    """Rows written in a db.transaction() block that ends normally are stored."""
+    db = Database(database_url)
+    async with db:
+        await create_table(db)
+        async with db.transaction() as session:
+            await insert(session, 7)
+        assert await rows_then_drop(db) == [7]
+
+
+async def test_a_transaction_rolls_back_and_lets_the_error_through(database_url: str) -> None:
+    """An exception in the block rolls the rows back and propagates as the same object."""
+    db = Database(database_url)
+    error = BusinessRuleBroken("no")
+    async with db:
+        await create_table(db)
+        with pytest.raises(BusinessRuleBroken) as info:
+            await insert_then_raise(db, error)
+        assert await rows_then_drop(db) == []
+    assert info.value is error
+
+
+# -- inside a request -------------------------------------------------------------------------
+
+
+async def test_an_explicit_commit_mid_request_keeps_what_it_committed(database_url: str) -> None:
+    """A commit() mid-request stores its rows; the error after it rolls back only the rest."""
+    db = Database(database_url)
+    app = build_app(db)
+    async with app.router.lifespan_context(app):
+        await create_table(db)
+        async with client_for(app) as client:
+            response = await client.post("/commit-then-fail")
+        stored = await rows_then_drop(db)
+    assert response.status_code == 409
+    assert stored == [1]
+
+
+async def test_a_rolled_back_savepoint_keeps_the_rest_of_the_request(database_url: str) -> None:
+    """A savepoint rolled back by an exception undoes its rows only; the request commits."""
+    db = Database(database_url)
+    app = build_app(db)
+    async with app.router.lifespan_context(app):
+        await create_table(db)
+        async with client_for(app) as client:
+            response = await client.post("/savepoint")
+        stored = await rows_then_drop(db)
+    assert response.status_code == 200
+    assert stored == [1, 3]
