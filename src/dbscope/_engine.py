@@ -129,8 +129,10 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
     except ArgumentError as error:
         pool = options.get("poolclass")
-        if pool is not None and issubclass(pool, QueuePool) and not issubclass(
-            pool, AsyncAdaptedQueuePool
+        if (
+            pool is not None
+            and issubclass(pool, QueuePool)
+            and not issubclass(pool, AsyncAdaptedQueuePool)
         ):
             message = (
                 f"poolclass={pool.__name__} cannot be used with asyncio. Remove poolclass "

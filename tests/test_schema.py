@@ -1,0 +1,229 @@
+"""PostgreSQL schemas: set per unit of work with SET LOCAL, never leaked, never injected.
+
+Each schema holds a ``schema_marker`` table whose one row names it, so ``SELECT name FROM
+schema_marker`` tells which schema a statement really targets; ``public`` has one too. With
+``pool_size=1`` every request runs on the same connection, which the tests check by its
+backend pid, so a schema left on the connection would reach the next request.
+
+No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
+a function.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
+
+from dbscope import ConfigurationError, Database
+
+SCHEMA_A = "schema_test_a"
+SCHEMA_B = "schema_test_b"
+INJECTION = "x; DROP TABLE schema_victim; --"
+SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
+
+
+@contextlib.asynccontextmanager
+async def admin(postgres_url: str) -> AsyncIterator[AsyncConnection]:
+    """An autocommit connection of the test's own, outside dbscope."""
+    engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            yield connection
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def default_search_path(postgres_url: str) -> AsyncIterator[str]:
+    """Create the schemas, markers and victim table; give the server's default search_path."""
+    async with admin(postgres_url) as connection:
+        for place, name in ((SCHEMA_A, "a"), (SCHEMA_B, "b"), ("public", "public")):
+            if place != "public":
+                await connection.execute(text(f"DROP SCHEMA IF EXISTS {place} CASCADE"))
+                await connection.execute(text(f"CREATE SCHEMA {place}"))
+            await connection.execute(text(f"DROP TABLE IF EXISTS {place}.schema_marker"))
+            await connection.execute(text(f"CREATE TABLE {place}.schema_marker (name TEXT)"))
+            insert = f"INSERT INTO {place}.schema_marker (name) VALUES (:name)"
+            await connection.execute(text(insert), {"name": name})
+        await connection.execute(text("DROP TABLE IF EXISTS public.schema_victim"))
+        await connection.execute(text("CREATE TABLE public.schema_victim (id INTEGER)"))
+        default = str((await connection.execute(text("SHOW search_path"))).scalar_one())
+        yield default
+        for place in (SCHEMA_A, SCHEMA_B):
+            await connection.execute(text(f"DROP SCHEMA {place} CASCADE"))
+        await connection.execute(text("DROP TABLE public.schema_marker"))
+        await connection.execute(text("DROP TABLE public.schema_victim"))
+
+
+async def where_am_i(session: AsyncSession | AsyncConnection) -> dict[str, Any]:
+    """The search_path, the marker it resolves to and the backend pid behind ``session``."""
+    return {
+        "search_path": (await session.execute(text("SHOW search_path"))).scalar_one(),
+        "marker": (await session.execute(text("SELECT name FROM schema_marker"))).scalar_one(),
+        "pid": (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one(),
+    }
+
+
+def build_app(db: Database) -> FastAPI:
+    """``/where`` reports where statements go, after ``use_schema(schema)`` if given (after a
+    first query when ``late``)."""
+    app = FastAPI()
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
+    @app.get("/where")
+    async def where(
+        session: Session, schema: str | None = None, late: bool = False
+    ) -> dict[str, Any]:
+        if late:  # switch in a transaction that has already begun
+            await session.execute(text("SELECT 1"))
+        if schema is not None:
+            await db.use_schema(schema)
+        return await where_am_i(session)
+
+    @app.get("/where-then-fail")
+    async def where_then_fail(session: Session, schema: str) -> None:
+        await db.use_schema(schema)
+        raise HTTPException(status_code=409, detail=await where_am_i(session))
+
+    @app.post("/commit-midway")
+    async def commit_midway(session: Session) -> dict[str, Any]:
+        before = await where_am_i(session)
+        await session.commit()
+        return {"before": before, "after": await where_am_i(session)}
+
+    return app
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    """An in-process client that answers a 500 like a server does instead of raising."""
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def victim_exists(postgres_url: str) -> bool:
+    """Whether the table ``public.schema_victim`` is still there."""
+    async with admin(postgres_url) as connection:
+        query = text("SELECT to_regclass('public.schema_victim') IS NOT NULL")
+        return bool((await connection.execute(query)).scalar_one())
+
+
+async def test_a_schema_used_by_a_committed_request_does_not_reach_the_next_one(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """After a request on schema a commits, the next one on that connection has the default."""
+    async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
+        first = (await client.get("/where", params={"schema": SCHEMA_A})).json()
+        second = (await client.get("/where")).json()
+    assert first["marker"] == "a"
+    assert first["search_path"] == SCHEMA_A
+    assert second["pid"] == first["pid"]
+    assert second["search_path"] == default_search_path
+    assert second["marker"] == "public"
+
+
+async def test_a_schema_switched_after_the_first_query_does_not_reach_the_next_request(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """use_schema(a) in a transaction already begun lasts only until that request ends."""
+    async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
+        first = (await client.get("/where", params={"schema": SCHEMA_A, "late": True})).json()
+        second = (await client.get("/where")).json()
+    assert first["marker"] == "a"
+    assert second["pid"] == first["pid"]
+    assert second["search_path"] == default_search_path
+    assert second["marker"] == "public"
+
+
+async def test_a_schema_used_by_a_failed_request_does_not_reach_the_next_one(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """After a request on schema a raises, the next one on that connection has the default."""
+    async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
+        failed = await client.get("/where-then-fail", params={"schema": SCHEMA_A})
+        second = (await client.get("/where")).json()
+    assert failed.status_code == 409
+    first = failed.json()["detail"]
+    assert first["marker"] == "a"
+    assert second["pid"] == first["pid"]
+    assert second["search_path"] == default_search_path
+    assert second["marker"] == "public"
+
+
+async def test_the_schema_option_applies_to_every_unit_of_work(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """With Database(schema=a), every request and transaction on the connection targets a."""
+    async with Database(postgres_url, schema=SCHEMA_A, **SMALL_POOL) as db:
+        async with client_for(build_app(db)) as client:
+            requests = [(await client.get("/where")).json() for _ in range(3)]
+        async with db.transaction() as session:
+            transaction = await where_am_i(session)
+    seen = [*requests, transaction]
+    assert [place["marker"] for place in seen] == ["a"] * 4
+    assert len({place["pid"] for place in seen}) == 1
+
+
+async def test_the_schema_option_is_not_left_on_the_pooled_connection(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """Outside dbscope's units, the connection a unit on schema a used has the default."""
+    async with Database(postgres_url, schema=SCHEMA_A, **SMALL_POOL) as db:
+        async with db.transaction() as session:
+            inside = await where_am_i(session)
+        async with db.engine.connect() as connection:
+            outside = await where_am_i(connection)
+    assert inside["marker"] == "a"
+    assert outside["pid"] == inside["pid"]
+    assert outside["search_path"] == default_search_path
+
+
+async def test_the_schema_option_survives_a_commit_in_the_middle_of_a_request(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """After ``await session.commit()`` in an endpoint, statements still target schema a."""
+    db = Database(postgres_url, schema=SCHEMA_A, **SMALL_POOL)
+    async with db, client_for(build_app(db)) as client:
+        response = await client.post("/commit-midway")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["before"]["marker"] == "a"
+    assert body["after"]["marker"] == "a"
+    assert body["after"]["search_path"] == SCHEMA_A
+
+
+async def test_use_schema_overrides_the_schema_option_for_one_unit_only(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """With Database(schema=a), a unit on schema b is followed by units on a again."""
+    db = Database(postgres_url, schema=SCHEMA_A, **SMALL_POOL)
+    async with db, client_for(build_app(db)) as client:
+        switched = (await client.get("/where", params={"schema": SCHEMA_B})).json()
+        after = (await client.get("/where")).json()
+    assert switched["marker"] == "b"
+    assert after["marker"] == "a"
+    assert after["pid"] == switched["pid"]
+
+
+async def test_use_schema_rejects_a_name_that_is_not_an_identifier(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """``use_schema("x; DROP TABLE ...")`` raises ValueError and runs no SQL from it."""
+    async with Database(postgres_url) as db:
+        with pytest.raises(ValueError, match="not a plain identifier"):
+            async with db.transaction():
+                await db.use_schema(INJECTION)
+    assert await victim_exists(postgres_url)
+
+
+async def test_the_schema_option_rejects_a_name_that_is_not_an_identifier(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """``Database(url, schema="x; DROP TABLE ...")`` fails at construction."""
+    with pytest.raises(ConfigurationError, match="not a plain identifier"):
+        Database(postgres_url, schema=INJECTION)
+    assert await victim_exists(postgres_url)
