@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import event, text
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbscope import Database
+from tests.helpers import client_for
 
 
 class PoolAtResponseStart:
@@ -84,12 +84,6 @@ def build_app(db: Database) -> FastAPI:
         return {"sum": one + two + three}
 
     return app
-
-
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client that answers a 500 like a server does instead of raising."""
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
 def count_checkouts(db: Database) -> list[object]:

@@ -20,9 +20,10 @@ import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import Database
+from tests.helpers import admin, client_for
 
 SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
 
@@ -63,12 +64,6 @@ def build_app(db: Database) -> FastAPI:
     return app
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client that answers a 500 like a server does instead of raising."""
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
-
-
 def assert_unavailable(response: httpx.Response, cause: str) -> None:
     """``response`` is a 503 with Retry-After and a JSON body naming ``cause``."""
     assert response.status_code == 503, response.text
@@ -77,17 +72,6 @@ def assert_unavailable(response: httpx.Response, cause: str) -> None:
     assert detail["cause"] == cause
     assert isinstance(detail["message"], str)
     assert detail["message"]
-
-
-@contextlib.asynccontextmanager
-async def admin(database_url: str) -> AsyncIterator[AsyncConnection]:
-    """An autocommit connection of the test's own, outside dbscope."""
-    engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            yield connection
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

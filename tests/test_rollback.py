@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
-import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from dbscope import Database
+from tests.helpers import client_for
 
 APPLICATION_NAME = f"dbscope-test-rollback-{os.getpid()}"
 
@@ -139,12 +139,6 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         yield database
         async with database.transaction() as session:
             await session.execute(text("DROP TABLE rb_rows"))
-
-
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client that answers a 500 like a server does instead of raising."""
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
 async def post(db: Database, path: str) -> tuple[int, list[str], list[str]]:

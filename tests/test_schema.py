@@ -9,7 +9,6 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 a function.
 """
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,25 +16,15 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import ConfigurationError, Database
+from tests.helpers import admin
 
 SCHEMA_A = "schema_test_a"
 SCHEMA_B = "schema_test_b"
 INJECTION = "x; DROP TABLE schema_victim; --"
 SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
-
-
-@contextlib.asynccontextmanager
-async def admin(postgres_url: str) -> AsyncIterator[AsyncConnection]:
-    """An autocommit connection of the test's own, outside dbscope."""
-    engine = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            yield connection
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
