@@ -4,6 +4,9 @@ It has three states, each with its own message for a wrong move::
 
     new ──connect()──▶ connected ──dispose()──▶ disposed ──connect()──▶ connected ...
 
+and, for tests, ``bind_to(connection)`` puts any state in ``bound`` for the length of a
+``with`` block: every unit of work then runs inside that connection's transaction.
+
 ``connect()`` builds the engine inside the running event loop and proves the server answers;
 ``dispose()`` closes every pooled connection and is idempotent. A disposed Database can be
 connected again, so one module-level ``db`` serves consecutive app lifespans (two TestClient
@@ -15,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbscope._engine import ServerInfo, build_engine, check_engine_options, engine_options, verify
 from dbscope._exceptions import LifecycleError, NoSessionError
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbscope")
 
-State = Literal["new", "connected", "disposed"]
+State = Literal["new", "connected", "disposed", "bound"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class Database:
                 host and port).
             ConfigurationError: the server refused the user, password or database.
         """
+        if self._state == "bound":
+            return  # a test owns the connection; the app's lifespan leaves it alone
         if self._state == "connected":
             message = (
                 f"{self!r} is already connected: connect() was called twice, or two lifespans "
@@ -168,6 +173,8 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""
+        if self._state == "bound":
+            return  # the binding test closes its own connection
         if self._engine is not None:
             engine, self._engine, self._sessions = self._engine, None, None
             self._state = "disposed"
@@ -199,6 +206,27 @@ class Database:
         """
         async with self:
             yield
+
+    @contextlib.contextmanager
+    def bind_to(self, connection: AsyncConnection) -> Iterator[None]:
+        """Run every unit of work inside ``connection``'s transaction: the testing hook.
+
+        Within the block, requests and ``transaction()`` blocks use sessions bound to
+        ``connection`` whose commits and rollbacks are savepoints
+        (``join_transaction_mode="create_savepoint"``), so the test can roll everything back
+        at the end by rolling back its own transaction. ``connect()`` and ``dispose()`` do
+        nothing meanwhile, so the app's lifespan can run. All units share the one
+        connection: run them one at a time. ``dbscope.testing`` and the pytest plugin use it.
+        """
+        saved = (self._state, self._engine, self._sessions, self._loop)
+        self._state = "bound"
+        self._engine = connection.engine
+        self._sessions = session_factory(bind=connection, join_transaction_mode="create_savepoint")
+        self._loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            self._state, self._engine, self._sessions, self._loop = saved
 
     # -- units of work -----------------------------------------------------------------------
 
@@ -315,7 +343,7 @@ class Database:
 
     @property
     def state(self) -> State:
-        """``"new"``, ``"connected"`` or ``"disposed"``."""
+        """``"new"``, ``"connected"``, ``"disposed"``, or ``"bound"`` (see bind_to())."""
         return self._state
 
     @property
