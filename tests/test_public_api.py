@@ -18,6 +18,7 @@ PUBLIC_NAMES = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbscopeError",
+    "LazyLoadError",
     "LifecycleError",
     "NoSessionError",
     "PoolStats",

@@ -10,6 +10,7 @@ from dbscope._exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
     DbscopeError,
+    LazyLoadError,
     LifecycleError,
     NoSessionError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbscopeError",
+    "LazyLoadError",
     "LifecycleError",
     "NoSessionError",
     "PoolStats",

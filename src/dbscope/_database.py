@@ -158,7 +158,9 @@ class Database:
         engine = build_engine(self._settings, self._options)
         engine, self._server = await verify(engine, self._settings, self._options)
         self._engine = engine
-        self._sessions = session_factory(bind=engine)
+        self._sessions = session_factory(
+            bind=engine, raise_on_lazy_load=self._settings.raise_on_lazy_load
+        )
         self._loop = asyncio.get_running_loop()
         self._state = "connected"
         logger.info(
@@ -208,7 +210,9 @@ class Database:
             yield
 
     @contextlib.contextmanager
-    def bind_to(self, connection: AsyncConnection) -> Iterator[None]:
+    def bind_to(
+        self, connection: AsyncConnection, *, raise_on_lazy_load: bool | None = None
+    ) -> Iterator[None]:
         """Run every unit of work inside ``connection``'s transaction: the testing hook.
 
         Within the block, requests and ``transaction()`` blocks use sessions bound to
@@ -217,11 +221,20 @@ class Database:
         at the end by rolling back its own transaction. ``connect()`` and ``dispose()`` do
         nothing meanwhile, so the app's lifespan can run. All units share the one
         connection: run them one at a time. ``dbscope.testing`` and the pytest plugin use it.
+
+        Args:
+            connection: a connection with a transaction begun.
+            raise_on_lazy_load: refuse every lazy load meanwhile (default: the setting).
         """
+        strict = (
+            self._settings.raise_on_lazy_load if raise_on_lazy_load is None else raise_on_lazy_load
+        )
         saved = (self._state, self._engine, self._sessions, self._loop)
         self._state = "bound"
         self._engine = connection.engine
-        self._sessions = session_factory(bind=connection, join_transaction_mode="create_savepoint")
+        self._sessions = session_factory(
+            bind=connection, join_transaction_mode="create_savepoint", raise_on_lazy_load=strict
+        )
         self._loop = asyncio.get_running_loop()
         try:
             yield

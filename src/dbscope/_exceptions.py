@@ -6,6 +6,7 @@ Every error derives from :class:`DbscopeError`::
     ├── ConfigurationError        a setting, URL or option is wrong (raised at construction)
     ├── LifecycleError            the Database is used in a state that does not allow it
     ├── NoSessionError            current_session() outside a request or transaction
+    ├── LazyLoadError             an unloaded relationship was read where it cannot load
     └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
 
 Errors of the application and of the database that are not outages (an IntegrityError, a
@@ -35,6 +36,10 @@ class LifecycleError(DbscopeError, RuntimeError):
 
 class NoSessionError(DbscopeError, LookupError):
     """``current_session()`` was called where no unit of work is active."""
+
+
+class LazyLoadError(DbscopeError, AttributeError):
+    """An unloaded relationship was read where loading it lazily cannot (or may not) work."""
 
 
 class DatabaseUnavailableError(DbscopeError):

@@ -169,6 +169,8 @@ class DatabaseSettings(BaseSettings):
     """Log every SQL statement (SQLAlchemy's ``echo``)."""
     application_name: str | None = None
     """Name shown for the connections in PostgreSQL's ``pg_stat_activity``."""
+    raise_on_lazy_load: bool = False
+    """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""
 
     _url: URL = PrivateAttr()
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
+from dbscope._lazy_loads import STRICT_KEY, refuse_lazy_loads
 from dbscope._outages import outage_error
 from dbscope._settings import DatabaseSettings, validate_schema_name
 
@@ -76,12 +77,18 @@ class UnitOfWork:
             info[APPLIED_SCHEMA_KEY] = name
 
 
-def session_factory(**options: Any) -> async_sessionmaker[AsyncSession]:
+refuse_lazy_loads(UnitSession)
+
+
+def session_factory(
+    *, raise_on_lazy_load: bool, **options: Any
+) -> async_sessionmaker[AsyncSession]:
     """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes."""
     return async_sessionmaker(
         sync_session_class=UnitSession,
         expire_on_commit=False,
         autoflush=False,
+        info={STRICT_KEY: raise_on_lazy_load},
         **options,
     )
 
