@@ -13,6 +13,7 @@ import pytest
 import dbscope
 
 PUBLIC_NAMES = [
+    "Attempt",
     "ConfigurationError",
     "Database",
     "DatabaseSettings",
@@ -22,8 +23,14 @@ PUBLIC_NAMES = [
     "LifecycleError",
     "NoSessionError",
     "PoolStats",
+    "RetriesExhaustedError",
+    "RetryPolicy",
+    "Retrying",
     "ServerInfo",
+    "StatementTimeoutError",
     "UnitOfWork",
+    "UnitOfWorkEndedError",
+    "UnitOptions",
 ]
 HEAVY_PACKAGES = ("fastapi", "starlette", "pytest", "dbscope.fastapi")
 

@@ -4,8 +4,8 @@ The public API is what ``__all__`` lists; every other module is private. ``impor
 does not import FastAPI: the integration loads when ``db.session`` is first used.
 """
 
-from dbscope._database import Database, PoolStats
-from dbscope._engine import ServerInfo
+from dbscope._database import Database
+from dbscope._engine import PoolStats, ServerInfo
 from dbscope._exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -13,11 +13,16 @@ from dbscope._exceptions import (
     LazyLoadError,
     LifecycleError,
     NoSessionError,
+    RetriesExhaustedError,
+    StatementTimeoutError,
+    UnitOfWorkEndedError,
 )
+from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit_of_work import UnitOfWork, UnitOptions
 
 __all__ = [
+    "Attempt",
     "ConfigurationError",
     "Database",
     "DatabaseSettings",
@@ -27,8 +32,14 @@ __all__ = [
     "LifecycleError",
     "NoSessionError",
     "PoolStats",
+    "RetriesExhaustedError",
+    "RetryPolicy",
+    "Retrying",
     "ServerInfo",
+    "StatementTimeoutError",
     "UnitOfWork",
+    "UnitOfWorkEndedError",
+    "UnitOptions",
 ]
 
 # Tracebacks and reprs name the public module, not the private one a class lives in.

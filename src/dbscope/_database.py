@@ -20,17 +20,25 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from dbscope._engine import ServerInfo, build_engine, check_engine_options, engine_options, verify
+from dbscope._engine import (
+    PoolCounters,
+    PoolStats,
+    ServerInfo,
+    build_engine,
+    check_engine_options,
+    engine_options,
+    verify,
+)
 from dbscope._exceptions import LifecycleError, NoSessionError
+from dbscope._retry import P, Retrying, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
-from dbscope._unit_of_work import UnitOfWork, run_unit, session_factory
+from dbscope._unit_of_work import UnitOfWork, UnitOptions, run_unit, session_factory
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -38,23 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbscope")
 
 State = Literal["new", "connected", "disposed", "bound"]
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of the connection pool.
-
-    Attributes:
-        size: connections the pool keeps (``pool_size``).
-        checked_out: connections in use by a unit of work right now.
-        checked_in: idle connections waiting in the pool.
-        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
-    """
-
-    size: int
-    checked_out: int
-    checked_in: int
-    overflow: int
 
 
 class Database:
@@ -129,11 +120,13 @@ class Database:
         self._options = options
         self._state: State = "new"
         self._engine: AsyncEngine | None = None
+        self._counters: PoolCounters | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ServerInfo | None = None
         self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
+        self._dependencies: dict[UnitOptions, Callable[..., Awaitable[AsyncSession]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -158,6 +151,7 @@ class Database:
         engine = build_engine(self._settings, self._options)
         engine, self._server = await verify(engine, self._settings, self._options)
         self._engine = engine
+        self._counters = PoolCounters(engine)
         self._sessions = session_factory(
             bind=engine, raise_on_lazy_load=self._settings.raise_on_lazy_load
         )
@@ -229,9 +223,10 @@ class Database:
         strict = (
             self._settings.raise_on_lazy_load if raise_on_lazy_load is None else raise_on_lazy_load
         )
-        saved = (self._state, self._engine, self._sessions, self._loop)
+        saved = (self._state, self._engine, self._sessions, self._loop, self._counters)
         self._state = "bound"
         self._engine = connection.engine
+        self._counters = PoolCounters(connection.engine)
         self._sessions = session_factory(
             bind=connection, join_transaction_mode="create_savepoint", raise_on_lazy_load=strict
         )
@@ -239,7 +234,8 @@ class Database:
         try:
             yield
         finally:
-            self._state, self._engine, self._sessions, self._loop = saved
+            self._counters.close()
+            self._state, self._engine, self._sessions, self._loop, self._counters = saved
 
     # -- units of work -----------------------------------------------------------------------
 
@@ -257,8 +253,53 @@ class Database:
             self._session_dependency = session_dependency(self)
         return self._session_dependency
 
+    @property
+    def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
+        """The FastAPI dependency for a read-only request: ``Depends(db.read_session)``.
+
+        It never commits, and on PostgreSQL runs ``SET TRANSACTION READ ONLY``, so a write
+        fails loudly instead of being kept. It is a unit of work of its own: do not mix it
+        with ``db.session`` in one request.
+        """
+        return self.session_with(read_only=True)
+
+    def session_with(
+        self,
+        *,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+    ) -> Callable[..., Awaitable[AsyncSession]]:
+        """A FastAPI session dependency with per-request options.
+
+        ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
+        that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
+        transaction at that level. The same options give the same dependency object, so all
+        uses within one request share one session.
+        """
+        options = UnitOptions(
+            read_only=read_only,
+            isolation_level=isolation_level,
+            statement_timeout=statement_timeout,
+        )
+        if options == UnitOptions():
+            return self.session
+        options.check(self._settings.url.get_backend_name())
+        if options not in self._dependencies:
+            from dbscope.fastapi import session_dependency
+
+            self._dependencies[options] = session_dependency(self, options)
+        return self._dependencies[options]
+
     @contextlib.asynccontextmanager
-    async def transaction(self, *, schema: str | None = None) -> AsyncIterator[AsyncSession]:
+    async def transaction(
+        self,
+        *,
+        schema: str | None = None,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+    ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
         Any exception rolls the transaction back and propagates unchanged; an outage (pool
@@ -267,17 +308,116 @@ class Database:
 
         Args:
             schema: a PostgreSQL schema for this transaction only, instead of the default.
+            read_only: never commit (and ``SET TRANSACTION READ ONLY`` on PostgreSQL).
+            isolation_level: e.g. ``"SERIALIZABLE"``; default: the database's.
+            statement_timeout: seconds a statement may run before it is cancelled
+                (StatementTimeoutError); PostgreSQL and MariaDB/MySQL.
         """
-        async with self.unit_of_work() as unit:
-            if schema is not None:
-                await unit.use_schema(schema)
+        options = UnitOptions(read_only, isolation_level, statement_timeout, schema)
+        async with self.unit_of_work(options) as unit:
             yield unit.session
 
     @contextlib.asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+    async def unit_of_work(self, options: UnitOptions | None = None) -> AsyncIterator[UnitOfWork]:
         """The building block of requests and transactions: yields the UnitOfWork itself."""
-        async with run_unit(self._session_maker(), self._current, self._settings) as unit:
+        options = options or UnitOptions()
+        options.check(self._settings.url.get_backend_name())
+        unit_cm = run_unit(self._session_maker(), self._current, self._settings, options)
+        async with unit_cm as unit:
             yield unit
+
+    def on_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` after the current unit of work commits; never if it rolls back.
+
+        ``callback`` takes no arguments and may be a coroutine function. Callbacks run in
+        registration order, after the commit and (in a request) before the response is sent.
+        One registered inside a savepoint that rolls back is dropped with it. One that raises
+        is logged with its traceback and changes nothing else.
+
+        Raises:
+            NoSessionError: no unit of work is active here.
+        """
+        self.current_session()
+        unit = self._current.get()
+        assert unit is not None
+        unit.on_commit(callback)
+
+    async def parallel(
+        self, *queries: Callable[[AsyncSession], Awaitable[T]], read_only: bool = True
+    ) -> list[T]:
+        """Run independent queries concurrently, each in a unit of work of its own.
+
+        ``users, orders = await db.parallel(load_users, load_orders)``, where each argument
+        takes a session and returns an awaitable. One AsyncSession must never be shared
+        between tasks; this gives each query its own session and connection (so it needs
+        ``len(queries)`` free connections). If one query fails, the others are cancelled and
+        the error propagates. Units are read-only unless ``read_only=False``.
+        """
+
+        async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
+            async with self.transaction(read_only=read_only) as session:
+                return await query(session)
+
+        tasks = [asyncio.ensure_future(run(query)) for query in queries]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def stream(
+        self,
+        body: Callable[[AsyncSession], AsyncIterator[T]],
+        *,
+        read_only: bool = False,
+        statement_timeout: float | None = None,
+    ) -> AsyncIterator[T]:
+        """Run a streamed body as a unit of work of its own; commits only if it completes.
+
+        ``return StreamingResponse(db.stream(rows))`` where ``rows(session)`` is an async
+        generator. The stream's transaction commits when the last chunk has been produced,
+        and rolls back if the client goes away (or anything raises) before then. The
+        request's own session cannot be used in a streaming body: its unit of work ended
+        when the endpoint returned.
+        """
+        options = UnitOptions(read_only=read_only, statement_timeout=statement_timeout)
+        async with self.unit_of_work(options) as unit:
+            async for item in body(unit.session):
+                yield item
+
+    def retrying(self, **policy: Any) -> Retrying:
+        """Run a block as a unit of work again, from the start, after a conflict::
+
+            async for attempt in db.retrying(attempts=5):
+                async with attempt as session:
+                    ...
+
+        Each attempt is a fresh ``db.transaction()``. It is re-run when the database reports
+        a serialization failure (SQLSTATE 40001) or deadlock (40P01; MySQL 1213, and 1205
+        with ``lock_timeouts=True``), after an exponential backoff with jitter; each retry is
+        logged, and ``.retries`` counts them. Other errors propagate at once, unchanged. When
+        attempts run out, RetriesExhaustedError is raised (409 in FastAPI).
+
+        Args:
+            **policy: ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
+                ``lock_timeouts`` (False).
+        """
+        return Retrying(self.unit_of_work, retry_policy(**policy))
+
+    def retry(
+        self, **policy: Any
+    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+        """Decorate an endpoint so that its request's unit of work is retried on conflicts.
+
+        The endpoint body is re-run, after a rollback, when it or its commit meets a
+        serialization failure or deadlock (see ``retrying()``). Only for endpoints without
+        external side effects: an email sent or an API called in a failed attempt happens
+        again. Put ``@db.retry()`` below the route decorator; the endpoint must depend on
+        ``db.session``.
+        """
+        return retry_in_unit(self._current.get, retry_policy(**policy))
 
     def current_session(self) -> AsyncSession:
         """The session of the request or transaction running in this task.
@@ -365,14 +505,10 @@ class Database:
         return self._server
 
     def stats(self) -> PoolStats:
-        """Count the pool's connections: in use, idle and beyond pool_size."""
-        pool: Any = self.engine.pool
-        return PoolStats(
-            size=pool.size(),
-            checked_out=pool.checkedout(),
-            checked_in=pool.checkedin(),
-            overflow=pool.overflow(),
-        )
+        """Count the pool's connections: in use, idle, beyond pool_size, and replaced."""
+        if self._counters is None or self._engine is None:
+            raise LifecycleError(self._not_connected_message())
+        return self._counters.stats()
 
     def __repr__(self) -> str:
         return f"Database({self._settings.url!r}, state={self._state!r})"

@@ -48,6 +48,8 @@ KNOWN_ENGINE_OPTIONS: Final = (
     "async_creator",
     "plugins",
 )
+# Set on a MariaDB connection's info while a unit's statement timeout is in force.
+STATEMENT_TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 MYSQL_RECYCLE_SECONDS: Final = 3600
 
@@ -175,9 +177,23 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
 def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:
     """Create the engine with its per-database event listeners; call inside the event loop."""
     engine = create_async_engine(settings.url, **options)
-    if settings.url.get_backend_name() == "sqlite":
+    backend = settings.url.get_backend_name()
+    if backend == "sqlite":
         _configure_sqlite(engine, wal=not settings.is_memory)
+    elif backend in ("mysql", "mariadb"):
+        event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
     return engine
+
+
+def _reset_statement_timeout(
+    dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any
+) -> None:
+    # A unit's statement timeout on MariaDB is a session variable (there is no SET LOCAL):
+    # put it back before the connection serves anyone else.
+    if record.info.pop(STATEMENT_TIMEOUT_FLAG, False):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET SESSION max_statement_time = DEFAULT")
+        cursor.close()
 
 
 def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
@@ -241,3 +257,53 @@ async def verify(
         await engine.dispose()
         engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
     return engine, info
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the connection pool.
+
+    Attributes:
+        size: connections the pool keeps (``pool_size``).
+        checked_out: connections in use by a unit of work right now.
+        checked_in: idle connections waiting in the pool.
+        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
+        invalidated: connections thrown away since connect() because they died, failed a
+            pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
+            reconnect.
+    """
+
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    invalidated: int
+
+
+class PoolCounters:
+    """What the pool's events count over the life of one engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.invalidated = 0
+        event.listen(engine.sync_engine, "invalidate", self._count_invalidation)
+        event.listen(engine.sync_engine, "soft_invalidate", self._count_invalidation)
+
+    def close(self) -> None:
+        """Stop counting (the engine outlives these counters)."""
+        event.remove(self.engine.sync_engine, "invalidate", self._count_invalidation)
+        event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
+
+    def _count_invalidation(self, *args: Any) -> None:
+        self.invalidated += 1
+
+    def stats(self) -> PoolStats:
+        """The pool's numbers now."""
+        pool: Any = self.engine.pool
+        return PoolStats(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            checked_in=pool.checkedin(),
+            overflow=pool.overflow(),
+            invalidated=self.invalidated,
+        )

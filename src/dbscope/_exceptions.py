@@ -7,6 +7,9 @@ Every error derives from :class:`DbscopeError`::
     ├── LifecycleError            the Database is used in a state that does not allow it
     ├── NoSessionError            current_session() outside a request or transaction
     ├── LazyLoadError             an unloaded relationship was read where it cannot load
+    ├── UnitOfWorkEndedError      a session was used after its unit of work ended
+    ├── StatementTimeoutError     a statement ran longer than the unit's statement_timeout
+    ├── RetriesExhaustedError     a retried unit of work kept conflicting
     └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
 
 Errors of the application and of the database that are not outages (an IntegrityError, a
@@ -40,6 +43,29 @@ class NoSessionError(DbscopeError, LookupError):
 
 class LazyLoadError(DbscopeError, AttributeError):
     """An unloaded relationship was read where loading it lazily cannot (or may not) work."""
+
+
+class UnitOfWorkEndedError(DbscopeError, RuntimeError):
+    """A session was used after its unit of work ended (e.g. in a background task)."""
+
+
+class StatementTimeoutError(DbscopeError):
+    """A statement ran longer than the unit's ``statement_timeout`` and was cancelled.
+
+    The transaction is rolled back; the connection itself is healthy and back in the pool.
+    """
+
+
+class RetriesExhaustedError(DbscopeError):
+    """A unit of work failed with a serialization failure or deadlock on every attempt.
+
+    Attributes:
+        attempts: how many times the unit ran.
+    """
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class DatabaseUnavailableError(DbscopeError):

@@ -13,14 +13,27 @@ opening a connection.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError, UnavailableCause
+from dbscope._exceptions import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    StatementTimeoutError,
+    UnavailableCause,
+)
 from dbscope._settings import DatabaseSettings
+
+
+class UnitOptionsLike(Protocol):
+    """What the statement-timeout check reads of a unit's options."""
+
+    @property
+    def statement_timeout(self) -> float | None: ...
+
 
 # Connection-level failures: PostgreSQL SQLSTATE class 08, admin shutdown, crash shutdown,
 # cannot-connect-now, too many connections; MySQL/MariaDB client and server codes for the same.
@@ -85,21 +98,19 @@ def unavailable_cause(error: BaseException) -> UnavailableCause | None:
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return "connection_lost"
-        if _sqlstate(error.orig) in LOST_SQLSTATES or (_sqlstate(error.orig) or "").startswith(
-            "08"
-        ):
+        if sqlstate(error.orig) in LOST_SQLSTATES or (sqlstate(error.orig) or "").startswith("08"):
             return "connection_lost"
-        if _mysql_code(error.orig) in LOST_MYSQL_CODES:
+        if mysql_code(error.orig) in LOST_MYSQL_CODES:
             return "connection_lost"
     return None
 
 
 def _refused(error: DBAPIError) -> bool:
-    sqlstate = _sqlstate(error.orig)
-    if sqlstate is not None:
-        return sqlstate.startswith(REFUSED_SQLSTATE_PREFIXES)
-    if _mysql_code(error.orig) is not None:
-        return _mysql_code(error.orig) in REFUSED_MYSQL_CODES
+    code = sqlstate(error.orig)
+    if code is not None:
+        return code.startswith(REFUSED_SQLSTATE_PREFIXES)
+    if mysql_code(error.orig) is not None:
+        return mysql_code(error.orig) in REFUSED_MYSQL_CODES
     # libpq (psycopg) gives no SQLSTATE for a failed connect; a FATAL message means the
     # server answered, and refused us for good unless it is one of its passing states.
     text = str(error.orig)
@@ -119,7 +130,7 @@ def _raised_while_connecting(traceback: TracebackType | None) -> bool:
     return False
 
 
-def _sqlstate(orig: BaseException | None) -> str | None:
+def sqlstate(orig: BaseException | None) -> str | None:
     # psycopg: orig.sqlstate; asyncpg through SQLAlchemy: orig.sqlstate or orig.__cause__.
     for candidate in (orig, getattr(orig, "__cause__", None)):
         code = getattr(candidate, "sqlstate", None)
@@ -128,7 +139,7 @@ def _sqlstate(orig: BaseException | None) -> str | None:
     return None
 
 
-def _mysql_code(orig: BaseException | None) -> int | None:
+def mysql_code(orig: BaseException | None) -> int | None:
     args = getattr(orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 
@@ -158,3 +169,25 @@ def outage_error(
             "terminated backend or network cut)."
         )
     return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])
+
+
+# PostgreSQL query_canceled; MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
+TIMEOUT_SQLSTATE: Final = "57014"
+TIMEOUT_MYSQL_CODES: Final = frozenset({1969, 3024})
+
+
+def statement_timeout_error(
+    error: BaseException, options: UnitOptionsLike
+) -> StatementTimeoutError | None:
+    """The StatementTimeoutError ``error`` amounts to, if the unit set a statement timeout."""
+    if options.statement_timeout is None or not isinstance(error, DBAPIError):
+        return None
+    if sqlstate(error.orig) != TIMEOUT_SQLSTATE and mysql_code(error.orig) not in (
+        TIMEOUT_MYSQL_CODES
+    ):
+        return None
+    message = (
+        f"A statement ran longer than statement_timeout={options.statement_timeout}s and was "
+        "cancelled; the transaction was rolled back."
+    )
+    return StatementTimeoutError(message)

@@ -4,50 +4,81 @@ A request and a ``db.transaction()`` block are both units of work. The unit is p
 context variable so that service code can reach its session, and it ends in exactly one way:
 commit when the body finished normally, rollback when it raised (or asked for a rollback).
 The session is closed even when the task is cancelled, so its connection always returns to
-the pool.
+the pool; after that, the session refuses to be used again. Callbacks registered with
+``on_commit`` run after the commit, never after a rollback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, SessionTransaction
 
-from dbscope._lazy_loads import STRICT_KEY, refuse_lazy_loads
-from dbscope._outages import outage_error
+from dbscope._exceptions import ConfigurationError
+from dbscope._lazy_loads import STRICT_KEY
+from dbscope._outages import outage_error, statement_timeout_error
+from dbscope._session_events import (
+    APPLIED_SCHEMA_KEY,
+    ENDED_KEY,
+    READ_ONLY_KEY,
+    SCHEMA_KEY,
+    TIMEOUT_KEY,
+    CommitHook,
+    UnitSession,
+    add_commit_hook,
+    quote_schema,
+    take_due_hooks,
+)
 from dbscope._settings import DatabaseSettings, validate_schema_name
 
 logger = logging.getLogger("dbscope")
 
-SCHEMA_KEY: Final = "dbscope.schema"
-APPLIED_SCHEMA_KEY: Final = "dbscope.applied_schema"
+ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
 
 
-class UnitSession(Session):
-    """The synchronous session behind every dbscope AsyncSession; carries the schema hook."""
+@dataclass(frozen=True)
+class UnitOptions:
+    """How one unit of work runs.
 
+    Attributes:
+        read_only: never commit; on PostgreSQL, ``SET TRANSACTION READ ONLY`` as well.
+        isolation_level: e.g. ``"SERIALIZABLE"``; None keeps the database's default.
+        statement_timeout: seconds any one statement may run (PostgreSQL, MariaDB/MySQL).
+        schema: PostgreSQL schema for this unit; None keeps the Database's.
+    """
 
-@event.listens_for(UnitSession, "after_begin")
-def _apply_schema(
-    session: Session, transaction: SessionTransaction, connection: Connection
-) -> None:
-    # SET LOCAL lasts until the transaction ends, so the schema can never leak to the next
-    # user of the pooled connection; running it at every begin keeps it after a commit().
-    name = session.info.get(SCHEMA_KEY)
-    if name is not None:
-        connection.exec_driver_sql(f"SET LOCAL search_path TO {_quote(connection.dialect, name)}")
-    session.info[APPLIED_SCHEMA_KEY] = name
+    read_only: bool = False
+    isolation_level: str | None = None
+    statement_timeout: float | None = None
+    schema: str | None = None
 
-
-def _quote(dialect: Dialect, name: str) -> str:
-    return dialect.identifier_preparer.quote_identifier(validate_schema_name(name))
+    def check(self, backend: str) -> None:
+        """Raise ConfigurationError for an option this backend cannot honour."""
+        if self.isolation_level is not None and self.isolation_level not in ISOLATION_LEVELS:
+            message = (
+                f"isolation_level={self.isolation_level!r} is not one of "
+                f"{', '.join(ISOLATION_LEVELS)}."
+            )
+            raise ConfigurationError(message)
+        if self.statement_timeout is not None:
+            if self.statement_timeout <= 0:
+                timeout = self.statement_timeout
+                message = f"statement_timeout must be a positive number of seconds, got {timeout}."
+                raise ConfigurationError(message)
+            if backend not in ("postgresql", "mysql", "mariadb"):
+                message = (
+                    f"statement_timeout is not available on {backend}; it needs PostgreSQL "
+                    "or MariaDB/MySQL. Remove it, or bound the work with asyncio.timeout()."
+                )
+                raise ConfigurationError(message)
+        if self.schema is not None:
+            validate_schema_name(self.schema)
 
 
 class UnitOfWork:
@@ -64,6 +95,15 @@ class UnitOfWork:
         self.session = session
         self.rollback_only = False
 
+    def on_commit(self, callback: CommitHook) -> None:
+        """Run ``callback`` (a function or coroutine function, no arguments) after the commit.
+
+        It runs once the transaction it was registered in has committed, in registration
+        order; never if that transaction, or a savepoint it was registered in, rolls back.
+        A callback that raises is logged with its traceback and does not affect the unit.
+        """
+        add_commit_hook(self.session.sync_session, callback)
+
     async def use_schema(self, name: str | None) -> None:
         """Make the unit's statements target schema ``name`` (None: the server's default)."""
         if name is not None:
@@ -72,12 +112,9 @@ class UnitOfWork:
         info[SCHEMA_KEY] = name
         connection = await self.session.connection()  # begins, and applies the schema, if new
         if info.get(APPLIED_SCHEMA_KEY) != name:
-            target = "DEFAULT" if name is None else _quote(connection.dialect, name)
+            target = "DEFAULT" if name is None else quote_schema(connection.dialect, name)
             await connection.exec_driver_sql(f"SET LOCAL search_path TO {target}")
             info[APPLIED_SCHEMA_KEY] = name
-
-
-refuse_lazy_loads(UnitSession)
 
 
 def session_factory(
@@ -98,29 +135,41 @@ async def run_unit(
     factory: async_sessionmaker[AsyncSession],
     current: ContextVar[UnitOfWork | None],
     settings: DatabaseSettings,
+    options: UnitOptions,
 ) -> AsyncIterator[UnitOfWork]:
     """Run one unit of work; commit if the body returns, roll back if it raises.
 
     An outage (pool timeout, unreachable server, lost connection) leaves as
-    DatabaseUnavailableError; every other exception leaves unchanged.
+    DatabaseUnavailableError, a cancelled slow statement as StatementTimeoutError; every
+    other exception leaves unchanged.
     """
     session = factory()
-    session.info[SCHEMA_KEY] = settings.postgres_schema
+    info = session.info
+    info[SCHEMA_KEY] = options.schema or settings.postgres_schema
+    info[READ_ONLY_KEY] = options.read_only
+    info[TIMEOUT_KEY] = options.statement_timeout
     unit = UnitOfWork(session)
+    unit.rollback_only = options.read_only
     token = current.set(unit)
     try:
         async with _ending(unit):
+            if options.isolation_level is not None:
+                await session.connection(
+                    execution_options={"isolation_level": options.isolation_level}
+                )
             yield unit
     except Exception as error:
-        outage = outage_error(error, settings)
-        if outage is None:
+        translated = outage_error(error, settings) or statement_timeout_error(error, options)
+        if translated is None:
             raise
-        raise outage from error
+        raise translated from error
     finally:
         # The unit may end in another context than it began (a generator closed by the
         # garbage collector); the variable then belongs to a context that is gone anyway.
         with contextlib.suppress(ValueError):
             current.reset(token)
+        info[ENDED_KEY] = True
+    await run_commit_hooks(session)
 
 
 @contextlib.asynccontextmanager
@@ -146,3 +195,14 @@ async def _ending(unit: UnitOfWork) -> AsyncIterator[None]:
         logger.warning("Closing the session failed after %r", failure, exc_info=error)
     if failure is not None:
         raise failure
+
+
+async def run_commit_hooks(session: AsyncSession) -> None:
+    """Run the callbacks whose transaction committed; log, never raise, their errors."""
+    for callback in take_due_hooks(session.sync_session):
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("An on_commit callback failed: %r", callback)

@@ -38,8 +38,12 @@ from typing import TYPE_CHECKING, Annotated
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope._exceptions import DatabaseUnavailableError
-from dbscope._unit_of_work import UnitOfWork
+from dbscope._exceptions import (
+    DatabaseUnavailableError,
+    RetriesExhaustedError,
+    StatementTimeoutError,
+)
+from dbscope._unit_of_work import UnitOfWork, UnitOptions
 
 try:
     from fastapi import Depends, HTTPException, Response
@@ -64,7 +68,9 @@ def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
     )
 
 
-def session_dependency(db: "Database") -> Callable[..., Awaitable[AsyncSession]]:
+def session_dependency(
+    db: "Database", options: UnitOptions | None = None
+) -> Callable[..., Awaitable[AsyncSession]]:
     """Build the dependency behind ``db.session`` (use ``db.session``, not this).
 
     Every dependency and endpoint of one request that asks for it gets the same session.
@@ -72,7 +78,7 @@ def session_dependency(db: "Database") -> Callable[..., Awaitable[AsyncSession]]
 
     async def request_unit_of_work(response: Response) -> AsyncIterator[UnitOfWork]:
         try:
-            async with db.unit_of_work() as unit:
+            async with db.unit_of_work(options) as unit:
                 yield unit
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising.
@@ -81,6 +87,14 @@ def session_dependency(db: "Database") -> Callable[..., Awaitable[AsyncSession]]
         except DatabaseUnavailableError as error:
             logger.warning("Answering 503: %s", error)
             raise service_unavailable(error) from error
+        except StatementTimeoutError as error:
+            logger.warning("Answering 504: %s", error)
+            raise HTTPException(
+                504, {"cause": "statement_timeout", "message": str(error)}
+            ) from error
+        except RetriesExhaustedError as error:
+            logger.warning("Answering 409: %s", error)
+            raise HTTPException(409, {"cause": "conflict", "message": str(error)}) from error
 
     async def session(
         unit: Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")],
