@@ -27,6 +27,7 @@ PUBLIC_NAMES = [
     "RetryPolicy",
     "Retrying",
     "ServerInfo",
+    "SessionSharedError",
     "StatementTimeoutError",
     "UnitOfWork",
     "UnitOfWorkEndedError",

@@ -14,6 +14,7 @@ from dbscope._exceptions import (
     LifecycleError,
     NoSessionError,
     RetriesExhaustedError,
+    SessionSharedError,
     StatementTimeoutError,
     UnitOfWorkEndedError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RetryPolicy",
     "Retrying",
     "ServerInfo",
+    "SessionSharedError",
     "StatementTimeoutError",
     "UnitOfWork",
     "UnitOfWorkEndedError",

@@ -321,7 +321,11 @@ class Database:
     async def unit_of_work(self, options: UnitOptions | None = None) -> AsyncIterator[UnitOfWork]:
         """The building block of requests and transactions: yields the UnitOfWork itself."""
         options = options or UnitOptions()
-        options.check(self._settings.url.get_backend_name())
+        backend = self._settings.url.get_backend_name()
+        if self._server is not None and self._server.isolation_levels:
+            options.check(backend, self._server.isolation_levels)
+        else:
+            options.check(backend)
         unit_cm = run_unit(self._session_maker(), self._current, self._settings, options)
         async with unit_cm as unit:
             yield unit
@@ -387,7 +391,14 @@ class Database:
             async for item in body(unit.session):
                 yield item
 
-    def retrying(self, **policy: Any) -> Retrying:
+    def retrying(
+        self,
+        *,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+        schema: str | None = None,
+        **policy: Any,
+    ) -> Retrying:
         """Run a block as a unit of work again, from the start, after a conflict::
 
             async for attempt in db.retrying(attempts=5):
@@ -401,10 +412,14 @@ class Database:
         attempts run out, RetriesExhaustedError is raised (409 in FastAPI).
 
         Args:
+            isolation_level: the level of every attempt, e.g. ``"SERIALIZABLE"``.
+            statement_timeout: as for ``transaction()``.
+            schema: as for ``transaction()``.
             **policy: ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
         """
-        return Retrying(self.unit_of_work, retry_policy(**policy))
+        options = UnitOptions(False, isolation_level, statement_timeout, schema)
+        return Retrying(lambda: self.unit_of_work(options), retry_policy(**policy))
 
     def retry(
         self, **policy: Any

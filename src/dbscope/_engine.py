@@ -180,9 +180,25 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     backend = settings.url.get_backend_name()
     if backend == "sqlite":
         _configure_sqlite(engine, wal=not settings.is_memory)
+    elif backend == "postgresql":
+        event.listen(engine.sync_engine, "connect", _check_client_connection)
     elif backend in ("mysql", "mariadb"):
         event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
     return engine
+
+
+def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
+    # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
+    # cancelled requests would pile up running backends. The WHERE keeps older servers,
+    # which lack the setting, out of it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT set_config('client_connection_check_interval', '100', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000"
+    )
+    cursor.close()
+    dbapi_connection.commit()  # the drivers opened a transaction; a rollback would undo it
 
 
 def _reset_statement_timeout(
@@ -223,6 +239,7 @@ class ServerInfo:
 
     backend: str
     version: tuple[int | str, ...]
+    isolation_levels: tuple[str, ...] = ()
 
 
 async def verify(
@@ -241,6 +258,9 @@ async def verify(
     try:
         async with engine.connect() as connection:
             version = connection.dialect.server_version_info or ()
+            raw = await connection.get_raw_connection()
+            assert raw.dbapi_connection is not None
+            levels = connection.dialect.get_isolation_level_values(raw.dbapi_connection)
             wait_timeout = None
             if url.get_backend_name() in ("mysql", "mariadb"):
                 result = await connection.exec_driver_sql("SELECT @@wait_timeout")
@@ -250,7 +270,11 @@ async def verify(
         if isinstance(error, Exception):
             raise connect_error(error, url) from error
         raise
-    info = ServerInfo(backend=url.get_backend_name(), version=tuple(version))
+    info = ServerInfo(
+        backend=url.get_backend_name(),
+        version=tuple(version),
+        isolation_levels=tuple(level for level in levels if level != "AUTOCOMMIT"),
+    )
     recycle = options.get("pool_recycle", -1)
     if wait_timeout is not None and (recycle < 0 or recycle >= wait_timeout):
         # The server closes idle connections after wait_timeout; recycle them before that.

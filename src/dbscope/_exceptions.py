@@ -8,6 +8,7 @@ Every error derives from :class:`DbscopeError`::
     ├── NoSessionError            current_session() outside a request or transaction
     ├── LazyLoadError             an unloaded relationship was read where it cannot load
     ├── UnitOfWorkEndedError      a session was used after its unit of work ended
+    ├── SessionSharedError        one session was used by two tasks at once
     ├── StatementTimeoutError     a statement ran longer than the unit's statement_timeout
     ├── RetriesExhaustedError     a retried unit of work kept conflicting
     └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
@@ -41,12 +42,20 @@ class NoSessionError(DbscopeError, LookupError):
     """``current_session()`` was called where no unit of work is active."""
 
 
-class LazyLoadError(DbscopeError, AttributeError):
-    """An unloaded relationship was read where loading it lazily cannot (or may not) work."""
+class LazyLoadError(DbscopeError):
+    """An unloaded relationship was read where loading it lazily cannot (or may not) work.
+
+    Deliberately not an AttributeError: pydantic's ``from_attributes`` (FastAPI's
+    ``response_model``) would take that for a missing attribute and answer ``null``.
+    """
 
 
 class UnitOfWorkEndedError(DbscopeError, RuntimeError):
     """A session was used after its unit of work ended (e.g. in a background task)."""
+
+
+class SessionSharedError(DbscopeError):
+    """One session was used by two tasks at once; each task needs its own session."""
 
 
 class StatementTimeoutError(DbscopeError):

@@ -16,12 +16,13 @@ from types import TracebackType
 from typing import Final, Protocol
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IllegalStateChangeError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dbscope._exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
+    SessionSharedError,
     StatementTimeoutError,
     UnavailableCause,
 )
@@ -191,3 +192,27 @@ def statement_timeout_error(
         "cancelled; the transaction was rolled back."
     )
     return StatementTimeoutError(message)
+
+
+# What SQLAlchemy and the drivers say when two tasks use one session or connection at once.
+SHARED_SESSION_WORDS: Final = (
+    "concurrent operations are not permitted",
+    "another operation is in progress",
+)
+
+
+def shared_session_error(error: BaseException) -> SessionSharedError | None:
+    """A clear error for one session used by two tasks at once, which drivers and
+    SQLAlchemy report in their own words (a state change in progress, another operation in
+    progress)."""
+    text = str(error)
+    if not isinstance(error, IllegalStateChangeError) and not any(
+        words in text for words in SHARED_SESSION_WORDS
+    ):
+        return None
+    message = (
+        "One session was used by two tasks at once (asyncio.gather over one session?). A "
+        "session and its connection run one statement at a time: give each concurrent query "
+        "its own session with `await db.parallel(...)`."
+    )
+    return SessionSharedError(message)

@@ -83,10 +83,11 @@ class RetryPolicy:
     def describe(self, error: BaseException) -> str:
         """A short name for the conflict, for logs and messages."""
         assert isinstance(error, DBAPIError)
-        code = sqlstate(error.orig) or mysql_code(error.orig)
-        return {"40001": "serialization failure", "40P01": "deadlock"}.get(
-            str(code), f"error {code}"
-        )
+        code = mysql_code(error.orig)
+        if code is not None:  # MySQL reports its deadlocks with SQLSTATE 40001 as well
+            return "deadlock" if code == MYSQL_DEADLOCK else f"lock wait timeout ({code})"
+        state = sqlstate(error.orig)
+        return {"40001": "serialization failure", "40P01": "deadlock"}.get(str(state), f"{state}")
 
 
 class Attempt:

@@ -10,6 +10,7 @@ the pool; after that, the session refuses to be used again. Callbacks registered
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -18,11 +19,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbscope._exceptions import ConfigurationError
 from dbscope._lazy_loads import STRICT_KEY
-from dbscope._outages import outage_error, statement_timeout_error
+from dbscope._outages import outage_error, shared_session_error, statement_timeout_error
 from dbscope._session_events import (
     APPLIED_SCHEMA_KEY,
     ENDED_KEY,
@@ -39,6 +40,9 @@ from dbscope._settings import DatabaseSettings, validate_schema_name
 
 logger = logging.getLogger("dbscope")
 
+# A session used by another task is closed again every 10 ms, for at most 30 s.
+CLOSE_INTERVAL = 0.01
+CLOSE_ATTEMPTS = 3000
 ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
 
 
@@ -58,12 +62,15 @@ class UnitOptions:
     statement_timeout: float | None = None
     schema: str | None = None
 
-    def check(self, backend: str) -> None:
-        """Raise ConfigurationError for an option this backend cannot honour."""
-        if self.isolation_level is not None and self.isolation_level not in ISOLATION_LEVELS:
+    def check(self, backend: str, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
+        """Raise ConfigurationError for an option this backend cannot honour.
+
+        ``isolation_levels``: what the connected database and driver accept, once known.
+        """
+        if self.isolation_level is not None and self.isolation_level not in isolation_levels:
             message = (
-                f"isolation_level={self.isolation_level!r} is not one of "
-                f"{', '.join(ISOLATION_LEVELS)}."
+                f"isolation_level={self.isolation_level!r} is not available here; use one of "
+                f"{', '.join(isolation_levels)}."
             )
             raise ConfigurationError(message)
         if self.statement_timeout is not None:
@@ -143,7 +150,7 @@ async def run_unit(
     DatabaseUnavailableError, a cancelled slow statement as StatementTimeoutError; every
     other exception leaves unchanged.
     """
-    session = factory()
+    session = factory(**_isolated_bind(factory, options.isolation_level))
     info = session.info
     info[SCHEMA_KEY] = options.schema or settings.postgres_schema
     info[READ_ONLY_KEY] = options.read_only
@@ -153,13 +160,16 @@ async def run_unit(
     token = current.set(unit)
     try:
         async with _ending(unit):
-            if options.isolation_level is not None:
-                await session.connection(
-                    execution_options={"isolation_level": options.isolation_level}
-                )
             yield unit
     except Exception as error:
-        translated = outage_error(error, settings) or statement_timeout_error(error, options)
+        translated = (
+            outage_error(error, settings)
+            or statement_timeout_error(error, options)
+            or shared_session_error(error)
+        )
+        # Work committed earlier in the unit (an explicit commit()) stays committed, and so
+        # its callbacks are due even though the unit failed afterwards.
+        await run_commit_hooks(session)
         if translated is None:
             raise
         raise translated from error
@@ -170,6 +180,19 @@ async def run_unit(
             current.reset(token)
         info[ENDED_KEY] = True
     await run_commit_hooks(session)
+
+
+def _isolated_bind(
+    factory: async_sessionmaker[AsyncSession], isolation_level: str | None
+) -> dict[str, Any]:
+    # The level must hold for every transaction of the unit (a retried attempt, a mid-unit
+    # commit), and a pooled connection is reset when returned: bind the session to an engine
+    # view with the level, which applies it at each checkout. A test's bound connection keeps
+    # the level of the transaction the test began.
+    bind = factory.kw.get("bind")
+    if isolation_level is None or not isinstance(bind, AsyncEngine):
+        return {}
+    return {"bind": bind.execution_options(isolation_level=isolation_level)}
 
 
 @contextlib.asynccontextmanager
@@ -188,13 +211,30 @@ async def _ending(unit: UnitOfWork) -> AsyncIterator[None]:
             else:
                 await unit.session.commit()
     except BaseException as error:
-        if failure is None or error is failure:
+        if error is failure or not isinstance(error, Exception):
             raise
-        # Closing a session whose connection broke can raise a second error; the first one
-        # explains what happened, so it is the one that propagates.
+        # Closing failed: the connection broke, or another task is still inside this session
+        # (asyncio.gather over one session). Close again once it is idle, so that no
+        # connection stays checked out; the first error is the one that explains.
+        await _close_when_idle(unit.session)
+        if failure is None:
+            raise
         logger.warning("Closing the session failed after %r", failure, exc_info=error)
     if failure is not None:
         raise failure
+
+
+async def _close_when_idle(session: AsyncSession) -> None:
+    # Invalidate rather than close: another task may still be mid-statement on the
+    # connection, which a rollback cannot interrupt; a dropped connection costs a reconnect.
+    for _ in range(CLOSE_ATTEMPTS):
+        await asyncio.sleep(CLOSE_INTERVAL)
+        try:
+            await session.invalidate()
+        except Exception:  # noqa: S112 - still busy provisioning; the loop is bounded
+            continue
+        return
+    logger.error("Could not close a session still in use by another task; it leaks.")
 
 
 async def run_commit_hooks(session: AsyncSession) -> None:

@@ -1,0 +1,184 @@
+"""A streamed response is a unit of work of its own: committed only if the stream completes.
+
+The stream tests talk HTTP to uvicorn in a subprocess (tests/apps/stream_app.py): only a real
+server sees a client go away. ``/rows/{tag}`` inserts one row per chunk, five chunks 0.2 s
+apart; clients that read two chunks and hang up must leave no row behind, and no connection
+checked out. Rows are counted on a connection of the test's own.
+
+No ``from __future__ import annotations``: the in-process endpoints use a ``Session`` alias
+built inside a function.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import anyio
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.responses import StreamingResponse
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, UnitOfWorkEndedError
+from tests.helpers import admin, client_for
+from tests.server import running_server
+
+APP = "stream_app:app"
+SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
+CLIENTS = 20
+RecordProperty = Callable[[str, object], None]
+
+
+@pytest.fixture
+async def st_rows(database_url: str) -> AsyncIterator[None]:
+    """An empty ``st_rows`` table for the test, dropped after it."""
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS st_rows"))
+        create = "CREATE TABLE st_rows (tag VARCHAR(40) NOT NULL, number INTEGER NOT NULL)"
+        await connection.execute(text(create))
+    yield
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE st_rows"))
+
+
+async def stored_rows(database_url: str) -> int:
+    """How many rows ``st_rows`` holds, counted outside the app."""
+    async with admin(database_url) as connection:
+        count = await connection.scalar(text("SELECT count(*) FROM st_rows"))
+        return int(count or 0)
+
+
+async def read_lines(client: httpx.AsyncClient, path: str, lines: int | None) -> list[str]:
+    """Stream ``path``; read ``lines`` lines (all if None), then hang up."""
+    received: list[str] = []
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            received.append(line)
+            if len(received) == lines:
+                break
+    return received
+
+
+async def quiet_stats(client: httpx.AsyncClient, within: float = 5.0) -> dict[str, Any]:
+    """The server's ``/stats`` once no connection is checked out (or after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        stats: dict[str, Any] = (await client.get("/stats")).json()
+        if stats["pool"]["checked_out"] == 0 or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.usefixtures("st_rows")
+async def test_clients_that_leave_a_stream_halfway_leave_no_rows_committed(
+    database_url: str, db_backend: str, record_property: RecordProperty
+) -> None:
+    """20 clients read 2 of 5 row-per-chunk chunks and hang up: 0 rows, 0 checked out."""
+    env = {"DATABASE_URL": database_url, "POOL_SIZE": str(CLIENTS), "MAX_OVERFLOW": "0"}
+    with running_server(APP, env) as base_url:
+        limits = httpx.Limits(max_connections=CLIENTS + 1)
+        async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+            with anyio.fail_after(20):
+                received = await asyncio.gather(
+                    *(read_lines(client, f"/rows/c{n}", 2) for n in range(CLIENTS))
+                )
+                stats = await quiet_stats(client)
+        rows = await stored_rows(database_url)
+    pool = stats["pool"]
+    print(f"\n[{db_backend}] {CLIENTS} streams left after 2 of 5 chunks: rows={rows} pool={pool}")
+    record_property("rows", rows)
+    record_property("checked_out", pool["checked_out"])
+    assert received == [[f"c{n} 0", f"c{n} 1"] for n in range(CLIENTS)]
+    assert rows == 0
+    assert pool["checked_out"] == 0
+    assert stats["warnings"] == []
+    assert stats["errors"] == []
+    assert [line for line in stats["log"] if line.startswith("sqlalchemy")] == []
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("st_rows")
+async def test_a_stream_read_to_the_end_commits_its_rows(database_url: str) -> None:
+    """A client that reads all five chunks finds the five rows stored; nothing checked out."""
+    env = {"DATABASE_URL": database_url, "STREAM_CHUNK_PAUSE": "0.01"}
+    with running_server(APP, env) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            received = await read_lines(client, "/rows/whole", None)
+            stats = await quiet_stats(client)
+        rows = await stored_rows(database_url)
+    assert received == [f"whole {n}" for n in range(5)]
+    assert rows == 5
+    assert stats["pool"]["checked_out"] == 0
+
+
+def build_app(db: Database) -> FastAPI:
+    """In-process endpoints: a body that fails halfway, and one using the request's session.
+
+    ``app.state.refused`` collects the errors the request's session gave the stream's body.
+    """
+    app = FastAPI()
+    app.state.refused = []
+    Session = Annotated[AsyncSession, Depends(db.session)]
+    insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, :number)")
+
+    @app.get("/fails-halfway")
+    async def fails_halfway() -> StreamingResponse:
+        async def rows(session: AsyncSession) -> AsyncIterator[str]:
+            for number in range(5):
+                if number == 3:
+                    raise RuntimeError("the stream's body failed after three rows")
+                await session.execute(insert, {"tag": "failing", "number": number})
+                yield f"{number}\n"
+
+        return StreamingResponse(db.stream(rows), media_type="text/plain")
+
+    @app.get("/request-session")
+    async def request_session(session: Session) -> StreamingResponse:
+        await session.execute(insert, {"tag": "request", "number": 0})
+
+        async def rows() -> AsyncIterator[str]:
+            try:
+                await session.execute(insert, {"tag": "body", "number": 1})
+            except UnitOfWorkEndedError as error:
+                app.state.refused.append(error)
+            yield "done\n"
+
+        return StreamingResponse(rows(), media_type="text/plain")
+
+    return app
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_a_stream_whose_body_fails_halfway_commits_nothing(database_url: str) -> None:
+    """A body that raises after three rows rolls them back and returns its connection."""
+    async with Database(database_url) as db:
+        async with client_for(build_app(db)) as client:
+            response = await client.get("/fails-halfway")
+        checked_out = db.stats().checked_out
+    rows = await stored_rows(database_url)
+    assert response.text == "0\n1\n2\n"
+    assert rows == 0
+    assert checked_out == 0
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_a_streaming_body_using_the_requests_session_gets_unit_of_work_ended(
+    database_url: str,
+) -> None:
+    """The request's session refuses the body of its StreamingResponse; its row is kept."""
+    async with Database(database_url) as db:
+        app = build_app(db)
+        async with client_for(app) as client:
+            response = await client.get("/request-session")
+        checked_out = db.stats().checked_out
+    rows = await stored_rows(database_url)
+    assert response.text == "done\n"
+    assert [type(error) for error in app.state.refused] == [UnitOfWorkEndedError]
+    assert rows == 1
+    assert checked_out == 0

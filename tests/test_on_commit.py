@@ -1,0 +1,295 @@
+"""on_commit callbacks run after the commit, in order, and never for work that rolled back.
+
+Each test registers callbacks that append to a list, then checks the list against what was
+committed (read back in a unit of work of its own). In a request, a pure ASGI middleware
+records when the response starts, so the order "callback, then response" is observed, not
+inferred.
+
+No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
+a function.
+"""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dbscope import Database, NoSessionError
+from tests.helpers import client_for
+
+INSERT = text("INSERT INTO oc_rows (label) VALUES (:label)")
+
+
+class Boom(Exception):
+    """The error that makes a unit, a savepoint or a callback fail."""
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A connected Database over an empty ``oc_rows`` table."""
+    database = Database(database_url)
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text("DROP TABLE IF EXISTS oc_rows"))
+            await session.execute(text("CREATE TABLE oc_rows (label VARCHAR(40) NOT NULL)"))
+        yield database
+        async with database.transaction() as session:
+            await session.execute(text("DROP TABLE oc_rows"))
+
+
+async def stored_labels(db: Database) -> list[str]:
+    """The labels committed so far, read in a unit of work of their own."""
+    async with db.transaction() as session:
+        result = await session.execute(text("SELECT label FROM oc_rows ORDER BY label"))
+        return list(result.scalars())
+
+
+def appender(calls: list[str], label: str) -> Callable[[], None]:
+    """A plain callback that appends ``label`` to ``calls``."""
+    return lambda: calls.append(label)
+
+
+def async_appender(calls: list[str], label: str) -> Callable[[], object]:
+    """A coroutine-function callback that appends ``label`` to ``calls``."""
+
+    async def callback() -> None:
+        calls.append(label)
+
+    return callback
+
+
+async def test_callbacks_run_after_the_commit_in_registration_order(db: Database) -> None:
+    """Plain and async callbacks run once the block has committed, in the order registered."""
+    calls: list[str] = []
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "row"})
+        db.on_commit(appender(calls, "first"))
+        db.on_commit(async_appender(calls, "second"))
+        db.on_commit(appender(calls, "third"))
+        await session.flush()
+        assert calls == []
+    assert calls == ["first", "second", "third"]
+
+
+async def test_a_callback_sees_the_committed_row(db: Database) -> None:
+    """A callback reading in a unit of its own finds the row: it ran after the COMMIT."""
+    seen: list[list[str]] = []
+
+    async def read_back() -> None:
+        seen.append(await stored_labels(db))
+
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "row"})
+        db.on_commit(read_back)
+    assert seen == [["row"]]
+
+
+async def test_callbacks_never_run_when_the_unit_rolls_back(db: Database) -> None:
+    """A block that raises rolls back, and its callbacks are dropped."""
+    calls: list[str] = []
+
+    async def write_then_fail() -> None:
+        async with db.transaction() as session:
+            await session.execute(INSERT, {"label": "row"})
+            db.on_commit(appender(calls, "dropped"))
+            raise Boom
+
+    with pytest.raises(Boom):
+        await write_then_fail()
+    assert calls == []
+    assert await stored_labels(db) == []
+
+
+async def test_callbacks_registered_before_an_explicit_rollback_are_dropped(
+    db: Database,
+) -> None:
+    """After ``session.rollback()`` only the callbacks registered later run."""
+    calls: list[str] = []
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "rolled-back"})
+        db.on_commit(appender(calls, "before"))
+        await session.rollback()
+        await session.execute(INSERT, {"label": "kept"})
+        db.on_commit(appender(calls, "after"))
+    assert calls == ["after"]
+    assert await stored_labels(db) == ["kept"]
+
+
+async def test_a_callback_registered_in_a_rolled_back_savepoint_is_dropped(
+    db: Database,
+) -> None:
+    """Rolling back a savepoint drops its callbacks and keeps those of the outer transaction."""
+    calls: list[str] = []
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "outer"})
+        db.on_commit(appender(calls, "outer-before"))
+        with contextlib.suppress(Boom):
+            async with session.begin_nested():
+                await session.execute(INSERT, {"label": "savepoint"})
+                db.on_commit(appender(calls, "savepoint"))
+                raise Boom
+        db.on_commit(appender(calls, "outer-after"))
+    assert calls == ["outer-before", "outer-after"]
+    assert await stored_labels(db) == ["outer"]
+
+
+async def test_a_callback_registered_in_a_released_savepoint_runs_after_the_outer_commit(
+    db: Database,
+) -> None:
+    """A released savepoint's callback waits for the outer COMMIT, then runs."""
+    calls: list[str] = []
+    async with db.transaction() as session:
+        async with session.begin_nested():
+            await session.execute(INSERT, {"label": "savepoint"})
+            db.on_commit(appender(calls, "savepoint"))
+        assert calls == []
+    assert calls == ["savepoint"]
+    assert await stored_labels(db) == ["savepoint"]
+
+
+async def test_a_failing_callback_is_logged_and_the_next_ones_still_run(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises is logged with its traceback; the data and later callbacks stay."""
+    calls: list[str] = []
+
+    def fail() -> None:
+        raise Boom("the callback failed")
+
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "row"})
+        db.on_commit(fail)
+        db.on_commit(appender(calls, "after-the-failure"))
+    errors = [r for r in caplog.records if r.name == "dbscope" and r.levelno == logging.ERROR]
+    assert calls == ["after-the-failure"]
+    assert await stored_labels(db) == ["row"]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], Boom)
+
+
+async def test_a_callback_of_a_mid_unit_commit_runs_even_if_the_unit_later_fails(
+    db: Database,
+) -> None:
+    """Work committed by ``session.commit()`` gets its callback, whatever happens after it."""
+    calls: list[str] = []
+
+    async def commit_then_fail() -> None:
+        async with db.transaction() as session:
+            await session.execute(INSERT, {"label": "committed"})
+            db.on_commit(appender(calls, "committed"))
+            await session.commit()
+            await session.execute(INSERT, {"label": "rolled-back"})
+            db.on_commit(appender(calls, "rolled-back"))
+            raise Boom
+
+    with pytest.raises(Boom):
+        await commit_then_fail()
+    assert await stored_labels(db) == ["committed"]
+    assert calls == ["committed"]
+
+
+async def test_unit_of_work_on_commit_runs_after_its_commit(db: Database) -> None:
+    """``UnitOfWork.on_commit`` registers on that unit, like ``db.on_commit`` inside it."""
+    calls: list[str] = []
+    async with db.unit_of_work() as unit:
+        await unit.session.execute(INSERT, {"label": "row"})
+        unit.on_commit(appender(calls, "unit"))
+        assert calls == []
+    assert calls == ["unit"]
+
+
+async def test_on_commit_outside_a_unit_of_work_raises_no_session_error(db: Database) -> None:
+    """With no unit of work active, registering a callback is refused."""
+    with pytest.raises(NoSessionError):
+        db.on_commit(lambda: None)
+
+
+class ResponseStart:
+    """Pure ASGI middleware: appends "response-start" to ``events`` when the response starts."""
+
+    def __init__(self, app: ASGIApp, events: list[str]) -> None:
+        self.app = app
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.events.append("response-start")
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
+def build_app(db: Database) -> FastAPI:
+    """Endpoints that write a row and register callbacks appending to ``app.state.events``."""
+    app = FastAPI()
+    app.state.events = []
+    app.add_middleware(ResponseStart, events=app.state.events)
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
+    def fail() -> None:
+        raise Boom("the callback failed")
+
+    @app.post("/ok")
+    async def ok(session: Session) -> dict[str, str]:
+        await session.execute(INSERT, {"label": "ok"})
+        db.on_commit(async_appender(app.state.events, "callback"))
+        return {"status": "ok"}
+
+    @app.post("/failing-callback")
+    async def failing_callback(session: Session) -> dict[str, str]:
+        await session.execute(INSERT, {"label": "failing-callback"})
+        db.on_commit(fail)
+        db.on_commit(appender(app.state.events, "callback"))
+        return {"status": "ok"}
+
+    @app.post("/conflict")
+    async def conflict(session: Session) -> None:
+        await session.execute(INSERT, {"label": "conflict"})
+        db.on_commit(appender(app.state.events, "callback"))
+        raise HTTPException(409, "conflict")
+
+    return app
+
+
+async def test_in_a_request_callbacks_run_before_the_response_starts(db: Database) -> None:
+    """The callback has run when the response begins to go out."""
+    app = build_app(db)
+    async with client_for(app) as client:
+        response = await client.post("/ok")
+    assert response.status_code == 200
+    assert app.state.events == ["callback", "response-start"]
+    assert await stored_labels(db) == ["ok"]
+
+
+async def test_a_failing_callback_in_a_request_still_answers_2xx_with_the_row_committed(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises is logged; the client gets its 200 and the row is stored."""
+    app = build_app(db)
+    async with client_for(app) as client:
+        response = await client.post("/failing-callback")
+    errors = [r for r in caplog.records if r.name == "dbscope" and r.levelno == logging.ERROR]
+    assert response.status_code == 200, response.text
+    assert app.state.events == ["callback", "response-start"]
+    assert await stored_labels(db) == ["failing-callback"]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], Boom)
+
+
+async def test_callbacks_of_a_request_that_fails_never_run(db: Database) -> None:
+    """An endpoint that raises HTTPException(409) rolls back and drops its callback."""
+    app = build_app(db)
+    async with client_for(app) as client:
+        response = await client.post("/conflict")
+    assert response.status_code == 409
+    assert app.state.events == ["response-start"]
+    assert await stored_labels(db) == []

@@ -1,0 +1,379 @@
+"""Per-unit options: statement timeout, isolation level and read-only, and nothing left behind.
+
+Options are set per ``db.transaction(...)`` or per request (``db.session_with(...)``,
+``db.read_session``), and must end with their unit: with ``pool_size=1`` the next unit gets the
+very same connection (its backend id proves it), and finds the server's defaults there.
+
+No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
+a function.
+"""
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import ConfigurationError, Database, StatementTimeoutError
+from tests.helpers import admin, client_for
+
+SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
+ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
+TIMEOUT = 0.2
+SLOW = 2.0
+INSERT = text("INSERT INTO uo_rows (value) VALUES (1)")
+
+
+def slow_query(db: Database) -> str:
+    """A statement that runs SLOW seconds on this backend."""
+    if db.url.get_backend_name() == "postgresql":
+        return f"SELECT pg_sleep({SLOW})"
+    return f"SELECT SLEEP({SLOW})"
+
+
+def backend_id_query(db: Database) -> str:
+    """The query naming the server connection (backend) the session runs on."""
+    if db.url.get_backend_name() == "postgresql":
+        return "SELECT pg_backend_pid()"
+    return "SELECT CONNECTION_ID()"
+
+
+def timeout_query(db: Database) -> str:
+    """The query giving the statement timeout in force; '0' / 0 means none."""
+    if db.url.get_backend_name() == "postgresql":
+        return "SHOW statement_timeout"
+    return "SELECT @@max_statement_time"
+
+
+def isolation_query(db: Database) -> str:
+    """The query giving the isolation level in force, on PostgreSQL or MariaDB."""
+    if db.url.get_backend_name() == "postgresql":
+        return "SHOW transaction_isolation"
+    return "SELECT @@tx_isolation"
+
+
+def level_name(value: object) -> str:
+    """'serializable' and 'SERIALIZABLE', 'repeatable read' and 'REPEATABLE-READ' alike."""
+    return str(value).upper().replace("-", " ")
+
+
+async def connection_state(db: Database) -> tuple[Any, Any]:
+    """The backend id and the statement timeout a new unit of work finds."""
+    async with db.transaction() as session:
+        backend = await session.scalar(text(backend_id_query(db)))
+        timeout = await session.scalar(text(timeout_query(db)))
+    return backend, timeout
+
+
+def is_default_timeout(value: object) -> bool:
+    """Whether ``value`` is the server's 'no statement timeout'."""
+    return str(value) == "0" or value == 0
+
+
+async def run_slow_query(db: Database, backends: list[Any], *, commit_first: bool = False) -> None:
+    """In a unit with a TIMEOUT statement timeout: note the backend id, then run a SLOW query.
+
+    With ``commit_first``, the unit commits a first transaction before the slow query.
+    """
+    async with db.transaction(statement_timeout=TIMEOUT) as session:
+        backends.append(await session.scalar(text(backend_id_query(db))))
+        if commit_first:
+            await session.commit()
+        await session.execute(text(slow_query(db)))
+
+
+@pytest.fixture
+async def uo_rows(database_url: str) -> AsyncIterator[None]:
+    """An empty ``uo_rows`` table for the test, dropped after it."""
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS uo_rows"))
+        await connection.execute(text("CREATE TABLE uo_rows (value INTEGER NOT NULL)"))
+    yield
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE uo_rows"))
+
+
+async def stored_rows(database_url: str) -> int:
+    """How many rows ``uo_rows`` holds, counted outside dbscope."""
+    async with admin(database_url) as connection:
+        return int(await connection.scalar(text("SELECT count(*) FROM uo_rows")) or 0)
+
+
+# -- statement timeout ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_statement_running_past_the_units_timeout_raises_statement_timeout(
+    database_url: str,
+) -> None:
+    """A 2 s statement in a unit with statement_timeout=0.2 is cut short with the error."""
+    async with Database(database_url) as db:
+        started = time.monotonic()
+        with pytest.raises(StatementTimeoutError):
+            await run_slow_query(db, [])
+        elapsed = time.monotonic() - started
+        assert db.stats().checked_out == 0
+    assert elapsed < SLOW / 2
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_the_connection_is_healthy_and_back_to_no_timeout_after_a_statement_timeout(
+    database_url: str,
+) -> None:
+    """The same pooled connection serves the next unit, without the timeout, not replaced."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        backends: list[Any] = []
+        with pytest.raises(StatementTimeoutError):
+            await run_slow_query(db, backends)
+        backend, timeout = await connection_state(db)
+        invalidated = db.stats().invalidated
+    assert backends == [backend]
+    assert is_default_timeout(timeout), timeout
+    assert invalidated == 0
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_statement_timeout_does_not_outlive_a_unit_that_succeeds(
+    database_url: str,
+) -> None:
+    """After a unit with a timeout commits, the next unit on its connection has none."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        async with db.transaction(statement_timeout=TIMEOUT) as session:
+            timed_backend = await session.scalar(text(backend_id_query(db)))
+            inside = await session.scalar(text(timeout_query(db)))
+        backend, timeout = await connection_state(db)
+    assert not is_default_timeout(inside)
+    assert backend == timed_backend
+    assert is_default_timeout(timeout), timeout
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_statement_timeout_holds_after_a_mid_unit_commit(database_url: str) -> None:
+    """The timeout applies to the unit's next transaction as well."""
+    async with Database(database_url) as db:
+        with pytest.raises(StatementTimeoutError):
+            await run_slow_query(db, [], commit_first=True)
+
+
+def build_timeout_app(db: Database) -> FastAPI:
+    """``/slow`` runs under a 0.2 s statement timeout; ``/state`` reads the connection."""
+    app = FastAPI()
+    TimedSession = Annotated[AsyncSession, Depends(db.session_with(statement_timeout=TIMEOUT))]
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
+    @app.get("/slow")
+    async def slow(session: TimedSession) -> dict[str, str]:
+        await session.execute(text(slow_query(db)))
+        return {"status": "finished"}
+
+    @app.get("/state")
+    async def state(session: Session) -> dict[str, str]:
+        backend = await session.scalar(text(backend_id_query(db)))
+        timeout = await session.scalar(text(timeout_query(db)))
+        return {"backend": str(backend), "timeout": str(timeout)}
+
+    return app
+
+
+def build_read_only_app(db: Database) -> FastAPI:
+    """``/write`` inserts a row and ``/count`` counts them, both on ``db.read_session``."""
+    app = FastAPI()
+    ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
+
+    @app.post("/write")
+    async def write(session: ReadSession) -> dict[str, str]:
+        await session.execute(INSERT)
+        return {"status": "written"}
+
+    @app.get("/count")
+    async def count(session: ReadSession) -> dict[str, int]:
+        return {"rows": int(await session.scalar(text("SELECT count(*) FROM uo_rows")) or 0)}
+
+    return app
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_request_past_its_statement_timeout_answers_504(database_url: str) -> None:
+    """session_with(statement_timeout=0.2) turns a 2 s query into 504 statement_timeout."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        async with client_for(build_timeout_app(db)) as client:
+            before = (await client.get("/state")).json()
+            started = time.monotonic()
+            response = await client.get("/slow")
+            elapsed = time.monotonic() - started
+            after = (await client.get("/state")).json()
+        assert db.stats().checked_out == 0
+    assert response.status_code == 504, response.text
+    detail = response.json()["detail"]
+    assert detail["cause"] == "statement_timeout"
+    assert detail["message"]
+    assert elapsed < SLOW / 2
+    assert after == before  # the same connection, with the server's default timeout
+
+
+async def test_sqlite_refuses_a_statement_timeout(sqlite_url: str) -> None:
+    """SQLite cannot cancel a statement: both forms raise ConfigurationError."""
+    async with Database(sqlite_url) as db:
+        with pytest.raises(ConfigurationError):
+            db.session_with(statement_timeout=1)
+        with pytest.raises(ConfigurationError):
+            async with db.transaction(statement_timeout=1):
+                pass
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+async def test_a_statement_timeout_that_is_not_positive_is_a_configuration_error(
+    postgres_url: str, seconds: float
+) -> None:
+    """statement_timeout=0 or below is refused when the dependency is made."""
+    async with Database(postgres_url) as db:
+        with pytest.raises(ConfigurationError):
+            db.session_with(statement_timeout=seconds)
+
+
+# -- isolation level --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("level", ["SERIALIZABLE", "REPEATABLE READ"])
+async def test_a_transaction_runs_at_the_isolation_level_it_asks_for(
+    database_url: str, level: str
+) -> None:
+    """Inside the unit the server reports the level; the next unit is back to the default."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        async with db.transaction() as session:
+            default = level_name(await session.scalar(text(isolation_query(db))))
+        async with db.transaction(isolation_level=level) as session:
+            inside = level_name(await session.scalar(text(isolation_query(db))))
+        async with db.transaction() as session:
+            after = level_name(await session.scalar(text(isolation_query(db))))
+    assert inside == level
+    assert after == default
+
+
+async def test_sqlite_runs_a_transaction_read_uncommitted_when_asked(sqlite_url: str) -> None:
+    """READ UNCOMMITTED turns on SQLite's read_uncommitted pragma for that unit only."""
+    async with Database(sqlite_url, **ONE_CONNECTION) as db:
+        async with db.transaction(isolation_level="READ UNCOMMITTED") as session:
+            inside = await session.scalar(text("PRAGMA read_uncommitted"))
+        async with db.transaction() as session:
+            after = await session.scalar(text("PRAGMA read_uncommitted"))
+    assert (inside, after) == (1, 0)
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_the_isolation_level_holds_after_a_mid_unit_commit(database_url: str) -> None:
+    """The unit's next transaction, after ``session.commit()``, runs at the same level."""
+    async with (
+        Database(database_url) as db,
+        db.transaction(isolation_level="SERIALIZABLE") as session,
+    ):
+        first = level_name(await session.scalar(text(isolation_query(db))))
+        await session.commit()
+        second = level_name(await session.scalar(text(isolation_query(db))))
+    assert (first, second) == ("SERIALIZABLE", "SERIALIZABLE")
+
+
+@pytest.mark.parametrize("level", ["SNAPSHOT", "serialisable", ""])
+async def test_an_unknown_isolation_level_is_a_configuration_error(
+    database_url: str, level: str
+) -> None:
+    """A level that is not one of the four standard ones is refused, in both forms."""
+    async with Database(database_url) as db:
+        with pytest.raises(ConfigurationError):
+            db.session_with(isolation_level=level)
+        with pytest.raises(ConfigurationError):
+            async with db.transaction(isolation_level=level):
+                pass
+
+
+@pytest.mark.parametrize(
+    ("db_backend", "level"),
+    [("sqlite", "REPEATABLE READ"), ("sqlite", "READ COMMITTED"), ("asyncpg", "READ UNCOMMITTED")],
+)
+async def test_an_isolation_level_the_backend_refuses_is_a_configuration_error(
+    database_url: str, level: str
+) -> None:
+    """A standard level this backend's driver rejects is refused like an unknown one."""
+    async with Database(database_url) as db:
+        with pytest.raises(ConfigurationError, match=level):
+            async with db.transaction(isolation_level=level):
+                pass
+        assert db.stats().checked_out == 0
+
+
+# -- read only --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncmy"])
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_read_only_request_never_commits(database_url: str) -> None:
+    """A write in a read_session request is never committed, though the request succeeds."""
+    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+        response = await client.post("/write")
+    assert response.status_code == 200
+    assert await stored_rows(database_url) == 0
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_write_in_a_read_only_request_fails_on_postgresql(database_url: str) -> None:
+    """PostgreSQL refuses the write of a read_session request: 500, nothing stored."""
+    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+        response = await client.post("/write")
+    assert response.status_code == 500
+    assert await stored_rows(database_url) == 0
+
+
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_read_only_request_reads(database_url: str) -> None:
+    """A read_session request reads what is committed."""
+    async with admin(database_url) as connection:
+        await connection.execute(INSERT)
+    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+        response = await client.get("/count")
+    assert response.status_code == 200
+    assert response.json() == {"rows": 1}
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_read_only_transaction_is_read_only_on_postgresql(database_url: str) -> None:
+    """transaction(read_only=True): the server reports it, and refuses a write."""
+    async with Database(database_url) as db:
+        seen: list[Any] = []
+        with pytest.raises(DBAPIError) as refused:
+            await write_read_only(db, seen)
+    assert seen == ["on"]
+    assert "read-only" in str(refused.value)
+    assert await stored_rows(database_url) == 0
+
+
+async def write_read_only(db: Database, seen: list[Any]) -> None:
+    """In a read-only unit: note ``transaction_read_only``, then insert a row."""
+    async with db.transaction(read_only=True) as session:
+        seen.append(await session.scalar(text("SHOW transaction_read_only")))
+        await session.execute(INSERT)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncmy"])
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_read_only_transaction_never_commits(database_url: str) -> None:
+    """transaction(read_only=True) ends in a rollback where the server allows the write."""
+    async with Database(database_url) as db, db.transaction(read_only=True) as session:
+        await session.execute(INSERT)
+    assert await stored_rows(database_url) == 0
+
+
+async def test_the_same_options_give_the_same_dependency(database_url: str) -> None:
+    """One dependency per set of options, so one request shares one session; none is db.session."""
+    db = Database(database_url)
+    assert db.session_with() is db.session
+    assert db.session_with(read_only=True) is db.read_session
+    assert db.session_with(isolation_level="SERIALIZABLE") is db.session_with(
+        isolation_level="SERIALIZABLE"
+    )
