@@ -1,16 +1,8 @@
 """Database: the one object an application holds, from start-up to shutdown.
 
-It has three states, each with its own message for a wrong move::
-
-    new ──connect()──▶ connected ──dispose()──▶ disposed ──connect()──▶ connected ...
-
-and, for tests, ``bind_to(connection)`` puts any state in ``bound`` for the length of a
-``with`` block: every unit of work then runs inside that connection's transaction.
-
-``connect()`` builds the engine inside the running event loop and proves the server answers;
-``dispose()`` closes every pooled connection and is idempotent. A disposed Database can be
-connected again, so one module-level ``db`` serves consecutive app lifespans (two TestClient
-blocks, two test functions on different event loops).
+It owns the settings, the engine's lifecycle (see ``_lifecycle.py``) and the units of work:
+requests (through ``dbscope.fastapi``), ``transaction()`` blocks, retried units, streams and
+parallel reads, all reaching their session through one context variable.
 """
 
 from __future__ import annotations
@@ -21,31 +13,27 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from dbscope._engine import (
-    PoolCounters,
     PoolStats,
     ServerInfo,
-    build_engine,
     check_engine_options,
     engine_options,
-    verify,
 )
-from dbscope._exceptions import LifecycleError, NoSessionError
+from dbscope._exceptions import NoSessionError
+from dbscope._lifecycle import Lifecycle, State
 from dbscope._retry import P, Retrying, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
-from dbscope._unit_of_work import UnitOfWork, UnitOptions, run_unit, session_factory
+from dbscope._unit_of_work import UnitOfWork, UnitOptions, run_unit
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
 logger = logging.getLogger("dbscope")
-
-State = Literal["new", "connected", "disposed", "bound"]
 
 
 class Database:
@@ -117,13 +105,7 @@ class Database:
         options = engine_options(settings, extra)
         check_engine_options(settings.url, options)
         self._settings = settings
-        self._options = options
-        self._state: State = "new"
-        self._engine: AsyncEngine | None = None
-        self._counters: PoolCounters | None = None
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ServerInfo | None = None
+        self._lifecycle = Lifecycle(settings, options, f"Database({settings.url!r})")
         self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
         self._dependencies: dict[UnitOptions, Callable[..., Awaitable[AsyncSession]]] = {}
@@ -139,43 +121,11 @@ class Database:
                 host and port).
             ConfigurationError: the server refused the user, password or database.
         """
-        if self._state == "bound":
-            return  # a test owns the connection; the app's lifespan leaves it alone
-        if self._state == "connected":
-            message = (
-                f"{self!r} is already connected: connect() was called twice, or two lifespans "
-                "share it. Call dispose() before connecting again, or use only one of "
-                "`async with db:`, `await db.connect()` and `FastAPI(lifespan=db.lifespan)`."
-            )
-            raise LifecycleError(message)
-        engine = build_engine(self._settings, self._options)
-        engine, self._server = await verify(engine, self._settings, self._options)
-        self._engine = engine
-        self._counters = PoolCounters(engine)
-        self._sessions = session_factory(
-            bind=engine, raise_on_lazy_load=self._settings.raise_on_lazy_load
-        )
-        self._loop = asyncio.get_running_loop()
-        self._state = "connected"
-        logger.info(
-            "Connected to %s %s at %r (pool_size=%s, max_overflow=%s, pool_timeout=%ss)",
-            self._server.backend,
-            ".".join(map(str, self._server.version)),
-            self._settings.url,
-            self._settings.pool_size,
-            self._settings.max_overflow,
-            self._settings.pool_timeout,
-        )
+        await self._lifecycle.connect()
 
     async def dispose(self) -> None:
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""
-        if self._state == "bound":
-            return  # the binding test closes its own connection
-        if self._engine is not None:
-            engine, self._engine, self._sessions = self._engine, None, None
-            self._state = "disposed"
-            await engine.dispose()
-            logger.info("Disposed the connection pool of %r", self._settings.url)
+        await self._lifecycle.dispose()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -223,19 +173,8 @@ class Database:
         strict = (
             self._settings.raise_on_lazy_load if raise_on_lazy_load is None else raise_on_lazy_load
         )
-        saved = (self._state, self._engine, self._sessions, self._loop, self._counters)
-        self._state = "bound"
-        self._engine = connection.engine
-        self._counters = PoolCounters(connection.engine)
-        self._sessions = session_factory(
-            bind=connection, join_transaction_mode="create_savepoint", raise_on_lazy_load=strict
-        )
-        self._loop = asyncio.get_running_loop()
-        try:
+        with self._lifecycle.bind_to(connection, raise_on_lazy_load=strict):
             yield
-        finally:
-            self._counters.close()
-            self._state, self._engine, self._sessions, self._loop, self._counters = saved
 
     # -- units of work -----------------------------------------------------------------------
 
@@ -322,11 +261,11 @@ class Database:
         """The building block of requests and transactions: yields the UnitOfWork itself."""
         options = options or UnitOptions()
         backend = self._settings.url.get_backend_name()
-        if self._server is not None and self._server.isolation_levels:
-            options.check(backend, self._server.isolation_levels)
+        if self._lifecycle.server is not None and self._lifecycle.server.isolation_levels:
+            options.check(backend, self._lifecycle.server.isolation_levels)
         else:
             options.check(backend)
-        unit_cm = run_unit(self._session_maker(), self._current, self._settings, options)
+        unit_cm = run_unit(self._lifecycle.session_maker(), self._current, self._settings, options)
         async with unit_cm as unit:
             yield unit
 
@@ -466,38 +405,12 @@ class Database:
         assert unit is not None
         await unit.use_schema(name)
 
-    def _session_maker(self) -> async_sessionmaker[AsyncSession]:
-        if self._sessions is None:
-            raise LifecycleError(self._not_connected_message())
-        if self._loop is not asyncio.get_running_loop():
-            message = (
-                f"{self!r} was connected in another event loop; an engine cannot move between "
-                "loops. Dispose it and connect again in this loop (for tests: connect in a "
-                "fixture that runs in the test's loop)."
-            )
-            raise LifecycleError(message)
-        return self._sessions
-
-    def _not_connected_message(self) -> str:
-        if self._state == "disposed":
-            return (
-                f"{self!r} was disposed (its lifespan ended or dispose() was called). Call "
-                "`await db.connect()` or enter `async with db:` again before using it."
-            )
-        return (
-            f"{self!r} is not connected yet. In FastAPI pass lifespan=db.lifespan to "
-            "FastAPI(...) (or enter `async with db.lifespan(app):` in your own lifespan); "
-            "elsewhere use `async with db:` or `await db.connect()` first."
-        )
-
     # -- introspection -----------------------------------------------------------------------
 
     @property
     def engine(self) -> AsyncEngine:
         """The AsyncEngine; exists between connect() and dispose()."""
-        if self._engine is None:
-            raise LifecycleError(self._not_connected_message())
-        return self._engine
+        return self._lifecycle.engine
 
     @property
     def settings(self) -> DatabaseSettings:
@@ -512,18 +425,16 @@ class Database:
     @property
     def state(self) -> State:
         """``"new"``, ``"connected"``, ``"disposed"``, or ``"bound"`` (see bind_to())."""
-        return self._state
+        return self._lifecycle.state
 
     @property
     def server(self) -> ServerInfo | None:
         """The backend and version the server reported at connect(), or None before."""
-        return self._server
+        return self._lifecycle.server
 
     def stats(self) -> PoolStats:
         """Count the pool's connections: in use, idle, beyond pool_size, and replaced."""
-        if self._counters is None or self._engine is None:
-            raise LifecycleError(self._not_connected_message())
-        return self._counters.stats()
+        return self._lifecycle.stats()
 
     def __repr__(self) -> str:
-        return f"Database({self._settings.url!r}, state={self._state!r})"
+        return f"Database({self._settings.url!r}, state={self.state!r})"

@@ -1,0 +1,152 @@
+"""The states of a Database's engine, and one message for each wrong move.
+
+::
+
+    new ──connect()──▶ connected ──dispose()──▶ disposed ──connect()──▶ connected ...
+
+and, for tests, ``bind_to(connection)`` puts any state in ``bound`` for the length of a
+``with`` block: every unit of work then runs inside that connection's transaction.
+
+``connect()`` builds the engine inside the running event loop and proves the server answers;
+``dispose()`` closes every pooled connection and is idempotent. A disposed engine can be
+connected again, so one module-level ``db`` serves consecutive app lifespans (two TestClient
+blocks, two test functions on different event loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from dbscope._engine import PoolCounters, PoolStats, ServerInfo, build_engine, verify
+from dbscope._exceptions import LifecycleError
+from dbscope._settings import DatabaseSettings
+from dbscope._unit_of_work import session_factory
+
+logger = logging.getLogger("dbscope")
+
+State = Literal["new", "connected", "disposed", "bound"]
+
+
+class Lifecycle:
+    """The engine, pool and sessionmaker of one Database, and the state they are in.
+
+    Args:
+        settings: the validated settings.
+        options: the checked ``create_async_engine`` options.
+        label: how messages name the Database (its repr, which masks the password).
+    """
+
+    def __init__(self, settings: DatabaseSettings, options: Mapping[str, Any], label: str):
+        self.settings = settings
+        self.options = options
+        self.label = label
+        self.state: State = "new"
+        self.server: ServerInfo | None = None
+        self._engine: AsyncEngine | None = None
+        self._counters: PoolCounters | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self) -> None:
+        """Build the engine in the running loop and prove the server answers."""
+        if self.state == "bound":
+            return  # a test owns the connection; the app's lifespan leaves it alone
+        if self.state == "connected":
+            message = (
+                f"{self.label} is already connected: connect() was called twice, or two "
+                "lifespans share it. Call dispose() before connecting again, or use only one "
+                "of `async with db:`, `await db.connect()` and `FastAPI(lifespan=db.lifespan)`."
+            )
+            raise LifecycleError(message)
+        engine = build_engine(self.settings, self.options)
+        engine, self.server = await verify(engine, self.settings, self.options)
+        self._engine = engine
+        self._counters = PoolCounters(engine)
+        self._sessions = session_factory(
+            bind=engine, raise_on_lazy_load=self.settings.raise_on_lazy_load
+        )
+        self._loop = asyncio.get_running_loop()
+        self.state = "connected"
+        logger.info(
+            "Connected to %s %s at %r (pool_size=%s, max_overflow=%s, pool_timeout=%ss)",
+            self.server.backend,
+            ".".join(map(str, self.server.version)),
+            self.settings.url,
+            self.settings.pool_size,
+            self.settings.max_overflow,
+            self.settings.pool_timeout,
+        )
+
+    async def dispose(self) -> None:
+        """Close every pooled connection; again, or before connect(), it does nothing."""
+        if self.state == "bound":
+            return  # the binding test closes its own connection
+        if self._engine is not None:
+            engine, self._engine, self._sessions = self._engine, None, None
+            self.state = "disposed"
+            await engine.dispose()
+            logger.info("Disposed the connection pool of %r", self.settings.url)
+
+    @contextlib.contextmanager
+    def bind_to(self, connection: AsyncConnection, *, raise_on_lazy_load: bool) -> Iterator[None]:
+        """Make every session join ``connection``'s transaction, with savepoints."""
+        saved = (self.state, self._engine, self._sessions, self._loop, self._counters)
+        self.state = "bound"
+        self._engine = connection.engine
+        counters = self._counters = PoolCounters(connection.engine)
+        self._sessions = session_factory(
+            bind=connection,
+            join_transaction_mode="create_savepoint",
+            raise_on_lazy_load=raise_on_lazy_load,
+        )
+        self._loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            counters.close()
+            self.state, self._engine, self._sessions, self._loop, self._counters = saved
+
+    def session_maker(self) -> async_sessionmaker[AsyncSession]:
+        """The sessionmaker, if the engine exists and belongs to the running loop."""
+        if self._sessions is None:
+            raise LifecycleError(self.not_connected_message())
+        if self._loop is not asyncio.get_running_loop():
+            message = (
+                f"{self.label} was connected in another event loop; an engine cannot move "
+                "between loops. Dispose it and connect again in this loop (for tests: connect "
+                "in a fixture that runs in the test's loop)."
+            )
+            raise LifecycleError(message)
+        return self._sessions
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The AsyncEngine, between connect() and dispose()."""
+        if self._engine is None:
+            raise LifecycleError(self.not_connected_message())
+        return self._engine
+
+    def stats(self) -> PoolStats:
+        """The pool's numbers now."""
+        if self._counters is None or self._engine is None:
+            raise LifecycleError(self.not_connected_message())
+        return self._counters.stats()
+
+    def not_connected_message(self) -> str:
+        """What to say when the engine is needed and there is none."""
+        if self.state == "disposed":
+            return (
+                f"{self.label} was disposed (its lifespan ended or dispose() was called). "
+                "Call `await db.connect()` or enter `async with db:` again before using it."
+            )
+        return (
+            f"{self.label} is not connected yet. In FastAPI pass lifespan=db.lifespan to "
+            "FastAPI(...) (or enter `async with db.lifespan(app):` in your own lifespan); "
+            "elsewhere use `async with db:` or `await db.connect()` first."
+        )
