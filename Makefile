@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint check clean
+.PHONY: demo test lint check clean bench
 
 # A virtualenv with dbscope (editable) and everything the tests use; rebuilt when
 # pyproject.toml changes.
@@ -29,6 +29,11 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy
 
 check: lint test
+
+## Benchmark dbscope against raw asyncpg, SQLAlchemy and other libraries (docs/benchmarks.md).
+## Builds benchmarks/.venv, installs wrk if missing, takes under 20 minutes.
+bench:
+	PYTHON=$(PYTHON) bash benchmarks/setup.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

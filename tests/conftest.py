@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 
 from dbscope import DatabaseSettings
 
+pytest_plugins = ["pytester"]
+
 POSTGRES_URL = os.environ.get(
     "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -4,8 +4,9 @@ Run it from the repository root with ``uvicorn examples.notes.app:app`` or
 ``python -m examples.notes``. It uses ``DATABASE_URL`` (read by ``Database.from_env()``) when
 set, and otherwise a SQLite file, ``notes.db``, in the current directory.
 
-The application is built by :func:`create_app` from a :class:`dbscope.Database`, so tests
-build their own against their own database; ``app`` below is the one uvicorn serves.
+The application is built by :func:`create_app` from a :class:`dbscope.Database`; ``app``
+below is the one uvicorn serves, and the one the tests use: dbscope's pytest plugin runs
+its ``db`` in each test's transaction, on the test database (see conftest.py).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
@@ -133,8 +134,8 @@ def create_app(db: Database) -> FastAPI:
     async def health(session: Session) -> Health:
         """Answer 200 when the database answers; dbscope turns an outage into a 503."""
         await session.execute(text("SELECT 1"))
-        backend = db.server.backend if db.server is not None else "unknown"
-        return Health(status="ok", database=backend)
+        # The database of the connection that answered (in tests, the test database).
+        return Health(status="ok", database=session.get_bind().dialect.name)
 
     return app
 

@@ -1,9 +1,78 @@
-"""Fixtures for the example's tests (tests/conftest.py does not reach examples/)."""
+"""The example's test set-up: dbscope's pytest plugin, told which app, Database and tables.
+
+Every test runs in one transaction that is rolled back at its end, HTTP requests included,
+once on a SQLite file and once on PostgreSQL (``DBSCOPE_TEST_POSTGRES_URL``, default
+``postgresql://postgres@127.0.0.1:5432/test``; skipped when that server is down, failed
+instead under ``CI=true``). tests/conftest.py does not reach examples/, so this file stands
+alone, as a project's own conftest.py would.
+"""
+
+import os
+import socket
 
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
+
+from dbscope import Database
+
+from .app import app, db
+from .models import Base
+
+POSTGRES_URL = os.environ.get(
+    "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def dbscope_database() -> Database:
+    """The Database the app uses; the plugin runs its units of work in each test's transaction."""
+    return db
+
+
+@pytest.fixture(scope="session")
+def dbscope_app() -> FastAPI:
+    """The app that uvicorn serves."""
+    return app
+
+
+@pytest.fixture(scope="session")
+def dbscope_metadata() -> MetaData:
+    """The example's tables, created once per database and dropped at the end."""
+    return Base.metadata
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def dbscope_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file of the run's own, then the PostgreSQL test database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('notes') / 'notes.db'}"
+    require_server(POSTGRES_URL)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def dbscope_raise_on_lazy_load() -> bool:
+    """Any lazy load fails the tests: every endpoint loads up front what it shows."""
+    return True
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     """SQLAlchemy's asyncio extension runs on asyncio only."""
     return "asyncio"
+
+
+def require_server(url: str) -> None:
+    """Skip when the server is down; fail instead under CI=true."""
+    parsed = make_url(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5432
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        message = f"No PostgreSQL server at {host}:{port} (set DBSCOPE_TEST_POSTGRES_URL)."
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)

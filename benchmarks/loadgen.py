@@ -1,0 +1,231 @@
+"""A small HTTP/1.1 load generator on asyncio streams, for the smoke mode and the overload.
+
+wrk measures throughput better, but it reports neither each status code nor when each
+response arrived; the overload scenario needs both, and the smoke test must run where wrk is
+not installed. Each client keeps one keep-alive connection to 127.0.0.1 and sends one request
+after another until the deadline; requests still in flight then are abandoned (their
+connections closed) and not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+HOST: Final = "127.0.0.1"
+# A server that refuses or drops connections must not turn a client into a busy loop.
+ERROR_PAUSE: Final = 0.01
+
+T = TypeVar("T")
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on uvloop when it is installed (a faster client), else on asyncio."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ModuleNotFoundError:
+        return asyncio.run(coroutine)
+    result: T = uvloop.run(coroutine)
+    return result
+
+
+@dataclass(frozen=True)
+class Response:
+    """One completed request: when it was sent (seconds after the start), how long it took,
+    and its status."""
+
+    sent: float
+    latency: float
+    status: int
+
+
+class ServerClosed(ConnectionError):
+    """The server closed a keep-alive connection before answering the next request on it."""
+
+
+@dataclass
+class LoadResult:
+    """Everything a load run saw.
+
+    Attributes:
+        duration: seconds of load.
+        responses: every response that arrived before the deadline.
+        transport_errors: requests that got no response (refused, reset, timed out).
+        reconnects: keep-alive connections the server closed between two requests (as
+            uvicorn does after a 500); the request is sent again on a new connection.
+    """
+
+    duration: float
+    responses: list[Response] = field(default_factory=list)
+    transport_errors: int = 0
+    reconnects: int = 0
+
+    @property
+    def statuses(self) -> Counter[int]:
+        """How many responses had each status."""
+        return Counter(response.status for response in self.responses)
+
+    @property
+    def requests_per_second(self) -> float:
+        """Completed responses per second of load."""
+        return len(self.responses) / self.duration if self.duration else 0.0
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The ``fraction`` quantile (nearest rank) of ``values``, or None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def request_bytes(path: str) -> bytes:
+    """A keep-alive GET for ``path`` on 127.0.0.1."""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: dbscope-bench\r\n\r\n".encode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one response; return its status and whether the connection stays open.
+
+    Raises:
+        ServerClosed: the connection ended before a single byte of the response.
+    """
+    try:
+        status_line = await reader.readuntil(b"\r\n")
+    except asyncio.IncompleteReadError as error:
+        if not error.partial:
+            raise ServerClosed from error
+        raise
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        message = f"Not an HTTP response: {status_line[:80]!r}"
+        raise ConnectionError(message)
+    status = int(parts[1])
+    length: int | None = None
+    chunked = False
+    keep_alive = True
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        if line == b"\r\n":
+            break
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value:
+            chunked = True
+        elif name == b"connection" and value == b"close":
+            keep_alive = False
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length is not None:
+        await reader.readexactly(length)
+    else:
+        await reader.read()  # the body ends when the server closes the connection
+        keep_alive = False
+    return status, keep_alive
+
+
+class _Client:
+    """One connection sending requests one after another."""
+
+    def __init__(self, port: int, path: str, start: float, result: LoadResult) -> None:
+        self.port = port
+        self.request = request_bytes(path)
+        self.start = start
+        self.result = result
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, deadline: float, wait: float) -> None:
+        reader: asyncio.StreamReader | None = None
+        try:
+            while time.monotonic() < deadline:
+                reused = reader is not None
+                try:
+                    if reader is None:
+                        reader = await self._connect(wait)
+                    sent = time.monotonic()
+                    status, keep_alive = await asyncio.wait_for(self._send(reader), wait)
+                except (OSError, EOFError, ValueError, TimeoutError) as error:
+                    self.close()
+                    reader = None
+                    if reused and isinstance(error, ServerClosed | ConnectionError):
+                        self.result.reconnects += 1
+                    else:
+                        self.result.transport_errors += 1
+                        await asyncio.sleep(ERROR_PAUSE)
+                    continue
+                latency = time.monotonic() - sent
+                self.result.responses.append(Response(sent - self.start, latency, status))
+                if not keep_alive:
+                    self.close()
+                    reader = None
+        finally:
+            self.close()
+
+    async def _connect(self, wait: float) -> asyncio.StreamReader:
+        reader, self.writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), wait)
+        return reader
+
+    async def _send(self, reader: asyncio.StreamReader) -> tuple[int, bool]:
+        if self.writer is None:
+            raise ServerClosed
+        self.writer.write(self.request)
+        return await read_response(reader)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def run_load(
+    port: int, path: str, *, connections: int, duration: float, wait: float = 30.0
+) -> LoadResult:
+    """Send requests for ``path`` over ``connections`` connections for ``duration`` seconds.
+
+    A request that gets no response within ``wait`` seconds counts as a transport error.
+    Requests in flight at the deadline are abandoned: their connections are closed, as a
+    load balancer's would be, and they are not counted.
+    """
+    start = time.monotonic()
+    deadline = start + duration
+    result = LoadResult(duration=duration)
+    clients = [_Client(port, path, start, result) for _ in range(connections)]
+    tasks = [asyncio.create_task(client.run(deadline, wait)) for client in clients]
+    try:
+        await asyncio.sleep(duration)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return result
+
+
+async def fetch_status(port: int, path: str, wait: float) -> int | None:
+    """One request on a fresh connection; its status, or None if none came within ``wait`` s."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        reader, opened = await asyncio.wait_for(asyncio.open_connection(HOST, port), wait)
+        writer = opened
+        opened.write(request_bytes(path))
+        status, _ = await asyncio.wait_for(read_response(reader), wait)
+    except (OSError, EOFError, ValueError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    return status
