@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbscope")
 
 
+DEFAULT_OPTIONS = UnitOptions()
+
+
 class Database:
     """An async SQLAlchemy engine, its pool and its sessions, scoped per unit of work.
 
@@ -105,6 +108,7 @@ class Database:
         options = engine_options(settings, extra)
         check_engine_options(settings.url, options)
         self._settings = settings
+        self._backend = settings.url.get_backend_name()
         self._lifecycle = Lifecycle(settings, options, f"Database({settings.url!r})")
         self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
@@ -223,7 +227,7 @@ class Database:
         )
         if options == UnitOptions():
             return self.session
-        options.check(self._settings.url.get_backend_name())
+        options.check(self._backend)
         if options not in self._dependencies:
             from dbscope.fastapi import session_dependency
 
@@ -259,12 +263,13 @@ class Database:
     @contextlib.asynccontextmanager
     async def unit_of_work(self, options: UnitOptions | None = None) -> AsyncIterator[UnitOfWork]:
         """The building block of requests and transactions: yields the UnitOfWork itself."""
-        options = options or UnitOptions()
-        backend = self._settings.url.get_backend_name()
-        if self._lifecycle.server is not None and self._lifecycle.server.isolation_levels:
-            options.check(backend, self._lifecycle.server.isolation_levels)
-        else:
-            options.check(backend)
+        options = options or DEFAULT_OPTIONS
+        if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
+            server = self._lifecycle.server
+            if server is not None and server.isolation_levels:
+                options.check(self._backend, server.isolation_levels)
+            else:
+                options.check(self._backend)
         unit_cm = run_unit(self._lifecycle.session_maker(), self._current, self._settings, options)
         async with unit_cm as unit:
             yield unit
