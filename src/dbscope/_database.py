@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
@@ -32,8 +31,6 @@ from dbscope._unit_of_work import UnitOfWork, UnitOptions, run_unit
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
-
-logger = logging.getLogger("dbscope")
 
 
 DEFAULT_OPTIONS = UnitOptions()
@@ -225,9 +222,9 @@ class Database:
             isolation_level=isolation_level,
             statement_timeout=statement_timeout,
         )
-        if options == UnitOptions():
+        if options == DEFAULT_OPTIONS:
             return self.session
-        options.check(self._backend)
+        self._check(options)
         if options not in self._dependencies:
             from dbscope.fastapi import session_dependency
 
@@ -265,14 +262,18 @@ class Database:
         """The building block of requests and transactions: yields the UnitOfWork itself."""
         options = options or DEFAULT_OPTIONS
         if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
-            server = self._lifecycle.server
-            if server is not None and server.isolation_levels:
-                options.check(self._backend, server.isolation_levels)
-            else:
-                options.check(self._backend)
+            self._check(options)
         unit_cm = run_unit(self._lifecycle.session_maker(), self._current, self._settings, options)
         async with unit_cm as unit:
             yield unit
+
+    def _check(self, options: UnitOptions) -> None:
+        # Before connect(), only the standard levels are known; after it, the server's own.
+        server = self._lifecycle.server
+        if server is not None and server.isolation_levels:
+            options.check(self._backend, server.isolation_levels)
+        else:
+            options.check(self._backend)
 
     def on_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` after the current unit of work commits; never if it rolls back.
@@ -285,10 +286,7 @@ class Database:
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        self.current_session()
-        unit = self._current.get()
-        assert unit is not None
-        unit.on_commit(callback)
+        self._current_unit().on_commit(callback)
 
     async def parallel(
         self, *queries: Callable[[AsyncSession], Awaitable[T]], read_only: bool = True
@@ -384,16 +382,19 @@ class Database:
         Raises:
             NoSessionError: no unit of work is active here.
         """
+        return self._current_unit().session
+
+    def _current_unit(self) -> UnitOfWork:
         unit = self._current.get()
         if unit is None:
             message = (
-                "db.current_session() was called outside a unit of work. A session exists "
-                "inside a request whose endpoint or dependencies ask for db.session "
-                "(Annotated[AsyncSession, Depends(db.session)]), and inside "
-                "`async with db.transaction():` blocks."
+                "There is no unit of work here (db.current_session(), db.on_commit() and "
+                "db.use_schema() need one). A session exists inside a request whose endpoint "
+                "or dependencies ask for db.session (Annotated[AsyncSession, "
+                "Depends(db.session)]), and inside `async with db.transaction():` blocks."
             )
             raise NoSessionError(message)
-        return unit.session
+        return unit
 
     async def use_schema(self, name: str | None) -> None:
         """Target PostgreSQL schema ``name`` for the rest of the current unit of work.
@@ -405,10 +406,7 @@ class Database:
             NoSessionError: no unit of work is active here.
             ValueError: the name is not a plain identifier.
         """
-        self.current_session()
-        unit = self._current.get()
-        assert unit is not None
-        await unit.use_schema(name)
+        await self._current_unit().use_schema(name)
 
     # -- introspection -----------------------------------------------------------------------
 
