@@ -87,12 +87,15 @@ async def test_objects_stay_readable_after_their_transaction_commits(database_ur
             await drop_tables(db)
 
 
-async def test_pre_ping_is_on_by_default(database_url: str) -> None:
-    """Every database with a real pool tests connections before use unless told otherwise."""
-    db = Database(database_url)
+async def test_connections_are_checked_before_use_by_default(database_url: str) -> None:
+    """Every server's connections are checked before use (pinged once idle); SQLite's not."""
+    db = Database(database_url, pool_size=1, max_overflow=0, pool_pre_ping_after=0)
     async with db:
-        # SQLAlchemy has no public accessor for pre-ping; the pool's flag is what it obeys.
-        assert db.engine.pool._pre_ping is True
+        for _ in range(3):
+            async with db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+        pinged = db.stats().pinged
+    assert pinged == (0 if database_url.startswith("sqlite") else 2)
 
 
 # -- SQLite -----------------------------------------------------------------------------------

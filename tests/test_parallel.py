@@ -155,7 +155,13 @@ async def test_gathering_two_queries_on_one_session_fails_and_leaves_nothing_che
         "mysql": "SELECT SLEEP(0.1)",
         "sqlite": "SELECT 1",
     }
-    async with Database(database_url, pool_size=2, max_overflow=0) as db:
+    # SQLAlchemy sees the misuse when the second task arrives while the first is still
+    # getting its connection; a ping at checkout (pool_pre_ping_after=0) keeps it there long
+    # enough. Without an await there, the drivers' own locks serialize the two queries.
+    options: dict[str, Any] = {"pool_size": 2, "max_overflow": 0, "pool_pre_ping_after": 0}
+    async with Database(database_url, **options) as db:
+        async with db.transaction() as session:  # a connection to ping at the next checkout
+            await session.execute(text("SELECT 1"))
         query = text(slow[db.url.get_backend_name()])
         tasks: list[asyncio.Future[Any]] = []
         sessions: list[AsyncSession] = []

@@ -23,6 +23,14 @@ from tests.server import free_port
 SERVER_BACKENDS = ("asyncpg", "psycopg", "asyncmy")
 
 
+async def pings_in_three_units(db: Database) -> int:
+    """How many pings three units of work, one after another, cost."""
+    for _ in range(3):
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+    return db.stats().pinged
+
+
 def queue_pool(db: Database) -> QueuePool:
     """The connected engine's pool, which must be a queue pool."""
     pool = db.engine.pool
@@ -83,8 +91,6 @@ POOL_VARIABLES: dict[str, tuple[str, PoolProbe, object]] = {
     "MAX_OVERFLOW": ("2", lambda db: queue_pool(db)._max_overflow, 2),
     "POOL_TIMEOUT": ("1.5", lambda db: queue_pool(db).timeout(), 1.5),
     "POOL_RECYCLE": ("120", lambda db: queue_pool(db)._recycle, 120),
-    # SQLAlchemy has no public accessor for pre-ping; the pool's flag is what it obeys.
-    "POOL_PRE_PING": ("false", lambda db: queue_pool(db)._pre_ping, False),
     "ECHO": ("true", lambda db: db.engine.echo, True),
 }
 
@@ -117,6 +123,7 @@ async def test_boolean_variables_parse_as_booleans(
     """'false' and '0' turn a flag off, 'true' and '1' turn it on, in settings and engine."""
     clean_env.setenv("DATABASE_URL", sqlite_url)
     clean_env.setenv(variable, text_value)
+    clean_env.setenv("POOL_PRE_PING_AFTER", "0")  # ping at every use, if checked at all
     db = Database.from_env()
     async with db:
         if variable == "ECHO":
@@ -124,7 +131,7 @@ async def test_boolean_variables_parse_as_booleans(
             assert db.engine.echo is expected
         else:
             assert db.settings.pool_pre_ping is expected
-            assert queue_pool(db)._pre_ping is expected
+            assert await pings_in_three_units(db) == (2 if expected else 0)
 
 
 def test_an_unreadable_boolean_variable_is_rejected_naming_it(

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
 from dbscope._exceptions import ConfigurationError
+from dbscope._liveness import LivenessCheck
 from dbscope._outages import connect_error
 from dbscope._settings import DatabaseSettings
 
@@ -60,7 +61,8 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     backend = url.get_backend_name()
     options: dict[str, Any] = {
         "echo": settings.echo,
-        "pool_pre_ping": settings.pool_pre_ping if settings.pool_pre_ping is not None else True,
+        # dbscope checks connections itself (_liveness), without SQLAlchemy's ping per use.
+        "pool_pre_ping": False,
         "pool_recycle": _recycle(settings, backend),
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
@@ -70,7 +72,7 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
         # One connection holds the whole database: never recycle it, and pinging it buys
         # nothing, since a replacement would be an empty database.
         options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
-        options.update(pool_recycle=-1, pool_pre_ping=bool(settings.pool_pre_ping))
+        options.update(pool_recycle=-1)
     if "poolclass" in extra:
         for name in QUEUE_POOL_OPTIONS:
             if name not in settings.model_fields_set:
@@ -187,6 +189,17 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     return engine
 
 
+def ping_after(settings: DatabaseSettings) -> float | None:
+    """Seconds idle after which a connection is pinged before use; None: never checked.
+
+    Connections are checked by default, unless the database is a file, which cannot hang up.
+    """
+    checked = settings.pool_pre_ping
+    if checked is None:
+        checked = settings.url.get_backend_name() != "sqlite"
+    return settings.pool_pre_ping_after if checked else None
+
+
 def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
     # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
@@ -295,6 +308,8 @@ class PoolStats:
         invalidated: connections thrown away since connect() because they died, failed a
             pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
             reconnect.
+        pinged: connections pinged before use since connect(), because they had been idle
+            for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
     """
 
     size: int
@@ -302,14 +317,16 @@ class PoolStats:
     checked_in: int
     overflow: int
     invalidated: int
+    pinged: int = 0
 
 
 class PoolCounters:
     """What the pool's events count over the life of one engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, ping_after: float | None = None) -> None:
         self.engine = engine
         self.invalidated = 0
+        self.liveness = None if ping_after is None else LivenessCheck(engine, ping_after)
         event.listen(engine.sync_engine, "invalidate", self._count_invalidation)
         event.listen(engine.sync_engine, "soft_invalidate", self._count_invalidation)
 
@@ -317,6 +334,8 @@ class PoolCounters:
         """Stop counting (the engine outlives these counters)."""
         event.remove(self.engine.sync_engine, "invalidate", self._count_invalidation)
         event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
+        if self.liveness is not None:
+            self.liveness.close()
 
     def _count_invalidation(self, *args: Any) -> None:
         self.invalidated += 1
@@ -330,4 +349,5 @@ class PoolCounters:
             checked_in=pool.checkedin(),
             overflow=pool.overflow(),
             invalidated=self.invalidated,
+            pinged=0 if self.liveness is None else self.liveness.pings,
         )

@@ -23,7 +23,14 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from dbscope._engine import PoolCounters, PoolStats, ServerInfo, build_engine, verify
+from dbscope._engine import (
+    PoolCounters,
+    PoolStats,
+    ServerInfo,
+    build_engine,
+    ping_after,
+    verify,
+)
 from dbscope._exceptions import LifecycleError
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import session_factory
@@ -67,7 +74,7 @@ class Lifecycle:
         engine = build_engine(self.settings, self.options)
         engine, self.server = await verify(engine, self.settings, self.options)
         self._engine = engine
-        self._counters = PoolCounters(engine)
+        self._counters = PoolCounters(engine, ping_after(self.settings))
         self._sessions = session_factory(
             bind=engine, raise_on_lazy_load=self.settings.raise_on_lazy_load
         )

@@ -162,7 +162,9 @@ class DatabaseSettings(BaseSettings):
     pool_recycle: int | None = None
     """Seconds after which a connection is replaced; -1 never. Default: per database."""
     pool_pre_ping: bool | None = None
-    """Test a connection before use, replacing dead ones. Default: on (off for in-memory)."""
+    """Check a connection before use, replacing dead ones. Default: on (off for SQLite)."""
+    pool_pre_ping_after: float = 1.0
+    """Seconds idle after which the check pings the server (0: at every use)."""
     connect_timeout: float = 5.0
     """Seconds to wait for a new connection to open; ``pool_timeout`` does not cover it."""
     echo: bool = False
@@ -213,6 +215,14 @@ class DatabaseSettings(BaseSettings):
     def _check_timeout(cls, value: float) -> float:
         if value <= 0:
             message = f"must be a positive number of seconds, got {value}"
+            raise ValueError(message)
+        return value
+
+    @field_validator("pool_pre_ping_after")
+    @classmethod
+    def _check_ping_after(cls, value: float) -> float:
+        if value < 0:
+            message = f"must be 0 (ping at every use) or a number of seconds, got {value}"
             raise ValueError(message)
         return value
 
