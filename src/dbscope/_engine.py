@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
+from dbscope._admission import QueuedPool
 from dbscope._exceptions import ConfigurationError
 from dbscope._liveness import LivenessCheck
 from dbscope._outages import connect_error
@@ -73,10 +74,19 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
         # nothing, since a replacement would be an empty database.
         options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
         options.update(pool_recycle=-1)
+    if "poolclass" in extra and settings.pool_max_waiters is not None:
+        message = (
+            f"pool_max_waiters={settings.pool_max_waiters} applies to dbscope's own pool, but "
+            f"poolclass={getattr(extra['poolclass'], '__name__', extra['poolclass'])!r} replaces "
+            "it; remove one of the two."
+        )
+        raise ConfigurationError(message)
     if "poolclass" in extra:
         for name in QUEUE_POOL_OPTIONS:
             if name not in settings.model_fields_set:
                 del options[name]
+    elif not settings.is_memory:
+        options.update(poolclass=QueuedPool, max_waiters=settings.pool_max_waiters)
     user_connect_args = dict(extra.get("connect_args", {}))
     options.update(extra)
     options["connect_args"] = {**_default_connect_args(settings), **user_connect_args}
@@ -310,6 +320,7 @@ class PoolStats:
             reconnect.
         pinged: connections pinged before use since connect(), because they had been idle
             for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
+        waiting: requests waiting in line for a connection right now.
     """
 
     size: int
@@ -318,6 +329,7 @@ class PoolStats:
     overflow: int
     invalidated: int
     pinged: int = 0
+    waiting: int = 0
 
 
 class PoolCounters:
@@ -350,4 +362,5 @@ class PoolCounters:
             overflow=pool.overflow(),
             invalidated=self.invalidated,
             pinged=0 if self.liveness is None else self.liveness.pings,
+            waiting=pool.waiting() if isinstance(pool, QueuedPool) else 0,
         )

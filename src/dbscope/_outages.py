@@ -7,7 +7,8 @@ syntax error, a wrong password) is a bug or a misconfiguration and is never disg
 
 Drivers disagree on exception classes, so the verdict rests on SQLSTATEs, MySQL error codes,
 SQLAlchemy's own ``connection_invalidated`` flag, and whether the error came out of the pool
-opening a connection.
+opening a connection; for a driver connection used directly (``db.lease()``), on the
+driver's own codes and on whether the driver reports its connection closed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IllegalStateChangeError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from dbscope._admission import LineFullError
 from dbscope._exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -152,8 +154,21 @@ def outage_error(
     cause = unavailable_cause(error)
     if cause is None:
         return None
+    return unavailable_error(cause, settings)
+
+
+def unavailable_error(
+    cause: UnavailableCause, settings: DatabaseSettings
+) -> DatabaseUnavailableError:
+    """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved."""
     url = settings.url
-    if cause == "pool_timeout":
+    if isinstance(error, LineFullError):
+        message = (
+            f"All database connections are busy and pool_max_waiters="
+            f"{settings.pool_max_waiters} requests already wait for one: the service is "
+            "overloaded."
+        )
+    elif cause == "pool_timeout":
         message = (
             f"No database connection was free within pool_timeout={settings.pool_timeout}s "
             f"(pool_size={settings.pool_size}, max_overflow={settings.max_overflow}): the "
@@ -166,10 +181,30 @@ def outage_error(
         )
     else:
         message = (
-            "The connection to the database was lost during the unit of work (server restart, "
-            "terminated backend or network cut)."
+            "The connection to the database was lost while in use (server restart, terminated "
+            "backend or network cut)."
         )
     return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])
+
+
+def driver_connection_lost(error: BaseException, *, closed: bool) -> bool:
+    """Tell whether ``error``, raised by a driver connection used without SQLAlchemy, means
+    that the connection died.
+
+    No SQLAlchemy wrapper marks such an error: the verdict rests on the driver's own SQLSTATE
+    or MySQL code, and, for an error that carries neither (asyncpg's "connection is closed",
+    an OSError from the socket), on whether the driver now reports its connection closed.
+
+    Args:
+        error: an error of the driver, or an OSError, raised while the connection was in use.
+        closed: the driver reports the connection closed or broken.
+    """
+    if mysql_code(error) in LOST_MYSQL_CODES:
+        return True
+    code = sqlstate(error)
+    if code is not None and (code in LOST_SQLSTATES or code.startswith("08")):
+        return True
+    return closed
 
 
 # PostgreSQL query_canceled; MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.

@@ -159,6 +159,8 @@ class DatabaseSettings(BaseSettings):
     """Connections opened beyond ``pool_size`` under load, closed when returned."""
     pool_timeout: float = 5.0
     """Seconds a unit of work waits for a free connection before it fails with 503."""
+    pool_max_waiters: int | None = None
+    """Requests that may wait for a connection at once; beyond it, 503 at once. None: any."""
     pool_recycle: int | None = None
     """Seconds after which a connection is replaced; -1 never. Default: per database."""
     pool_pre_ping: bool | None = None
@@ -215,6 +217,18 @@ class DatabaseSettings(BaseSettings):
     def _check_timeout(cls, value: float) -> float:
         if value <= 0:
             message = f"must be a positive number of seconds, got {value}"
+            raise ValueError(message)
+        return value
+
+    @field_validator("pool_max_waiters")
+    @classmethod
+    def _check_max_waiters(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            message = (
+                f"must be 0 or more, got {value}: it is how many requests may wait for a "
+                "connection (0: none wait, an exhausted pool answers at once); leave it unset "
+                "for no bound"
+            )
             raise ValueError(message)
         return value
 

@@ -1,0 +1,203 @@
+"""The wait line in front of the pool: first come, first served, and bounded when asked.
+
+The pool is exhausted for real: a unit of work holds its connection (``pool_size=1,
+max_overflow=0``) while others queue behind it, on every backend.
+
+No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
+a function.
+"""
+
+import asyncio
+from typing import Annotated, Any
+
+import anyio
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.pool import NullPool
+
+from dbscope import ConfigurationError, Database, DatabaseUnavailableError
+from tests.helpers import client_for
+
+ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
+
+
+class Holder:
+    """A unit of work that keeps the pool's only connection until released."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def hold(self) -> None:
+        """Check the connection out, say so, and keep it until ``release`` is set."""
+        async with self.db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+            self.holding.set()
+            await self.release.wait()
+
+
+async def until_waiting(db: Database, count: int) -> None:
+    """Wait until ``count`` checkouts wait in line."""
+    with anyio.fail_after(10):
+        while True:
+            if db.stats().waiting == count:
+                return
+            await asyncio.sleep(0.005)
+
+
+async def served_in_order(db: Database, label: str, order: list[str]) -> None:
+    """A unit of work that notes when it got its connection."""
+    async with db.transaction() as session:
+        await session.execute(text("SELECT 1"))
+        order.append(label)
+
+
+async def test_waiters_are_served_first_come_first_served(database_url: str) -> None:
+    """A connection handed back goes to the longest waiter, never to a request just arrived.
+
+    The newcomer is started by the pool's own ``checkin`` event as the holder hands its
+    connection back: the moment at which SQLAlchemy's plain asyncio pool lets it overtake.
+    """
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        holder = Holder(db)
+        order: list[str] = []
+        newcomers: list[asyncio.Future[None]] = []
+
+        def newcomer_arrives(*_: object) -> None:
+            if holder.release.is_set() and not newcomers:
+                newcomers.append(asyncio.ensure_future(served_in_order(db, "newcomer", order)))
+
+        event.listen(db.engine.sync_engine, "checkin", newcomer_arrives)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(holder.hold)
+            await holder.holding.wait()
+            for index in range(5):
+                tasks.start_soon(served_in_order, db, f"waiter {index}", order)
+                await until_waiting(db, index + 1)
+            holder.release.set()
+        await asyncio.gather(*newcomers)
+        stats = db.stats()
+    assert order == [f"waiter {index}" for index in range(5)] + ["newcomer"]
+    assert (stats.checked_out, stats.waiting) == (0, 0)
+
+
+async def test_a_full_line_fails_at_once_while_the_waiters_keep_their_place(
+    database_url: str,
+) -> None:
+    """With pool_max_waiters=2, a third waiter gets pool_timeout at once; the two are served."""
+    async with Database(database_url, pool_max_waiters=2, pool_timeout=30, **ONE_CONNECTION) as db:
+        holder = Holder(db)
+        order: list[str] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(holder.hold)
+            await holder.holding.wait()
+            for index in range(2):
+                tasks.start_soon(served_in_order, db, f"waiter {index}", order)
+            await until_waiting(db, 2)
+            with pytest.raises(DatabaseUnavailableError) as caught:
+                await served_in_order(db, "turned away", order)
+            waiting_after_refusal = db.stats().waiting
+            holder.release.set()
+        stats = db.stats()
+    assert caught.value.cause == "pool_timeout"
+    assert "pool_max_waiters=2" in str(caught.value)
+    assert waiting_after_refusal == 2
+    assert order == ["waiter 0", "waiter 1"]
+    assert (stats.checked_out, stats.waiting) == (0, 0)
+
+
+async def test_zero_waiters_means_an_exhausted_pool_answers_at_once(database_url: str) -> None:
+    """pool_max_waiters=0: nobody waits; a free connection is still taken."""
+    async with Database(database_url, pool_max_waiters=0, pool_timeout=30, **ONE_CONNECTION) as db:
+        await served_in_order(db, "alone", [])
+        holder = Holder(db)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(holder.hold)
+            await holder.holding.wait()
+            with pytest.raises(DatabaseUnavailableError, match="pool_max_waiters=0"):
+                await served_in_order(db, "turned away", [])
+            holder.release.set()
+        await served_in_order(db, "after", [])
+        assert db.stats().checked_out == 0
+
+
+async def test_a_waiter_that_times_out_or_is_cancelled_leaves_the_line(database_url: str) -> None:
+    """pool_timeout still bounds each wait; a cancelled waiter gives its place up."""
+    async with Database(database_url, pool_timeout=0.2, **ONE_CONNECTION) as db:
+        holder = Holder(db)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(holder.hold)
+            await holder.holding.wait()
+            with pytest.raises(DatabaseUnavailableError) as caught:
+                await served_in_order(db, "timed out", [])
+            cancelled = asyncio.ensure_future(served_in_order(db, "cancelled", []))
+            await until_waiting(db, 1)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            waiting = db.stats().waiting
+            holder.release.set()
+        order: list[str] = []
+        for label in ("next", "and next"):
+            await served_in_order(db, label, order)
+        stats = db.stats()
+    assert caught.value.cause == "pool_timeout"
+    assert waiting == 0
+    assert order == ["next", "and next"]
+    assert (stats.checked_out, stats.waiting) == (0, 0)
+
+
+def build_app(db: Database, holder: Holder) -> FastAPI:
+    """``/hold`` keeps the connection until released; ``/query`` runs one statement."""
+    app = FastAPI()
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
+    @app.get("/hold")
+    async def hold(session: Session) -> dict[str, str]:
+        await session.execute(text("SELECT 1"))
+        holder.holding.set()
+        await holder.release.wait()
+        return {"status": "held"}
+
+    @app.get("/query")
+    async def query(session: Session) -> dict[str, int]:
+        return {"value": int((await session.execute(text("SELECT 1"))).scalar_one())}
+
+    return app
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_a_request_beyond_the_line_answers_503_at_once(database_url: str) -> None:
+    """Over HTTP semantics: the excess request gets 503 with Retry-After; the waiter 200."""
+    async with Database(database_url, pool_max_waiters=1, pool_timeout=30, **ONE_CONNECTION) as db:
+        holder = Holder(db)
+        async with client_for(build_app(db, holder)) as client:
+            held = asyncio.ensure_future(client.get("/hold"))
+            await holder.holding.wait()
+            waiter = asyncio.ensure_future(client.get("/query"))
+            await until_waiting(db, 1)
+            turned_away = await client.get("/query")
+            holder.release.set()
+            responses = [await held, await waiter]
+    assert turned_away.status_code == 503
+    assert turned_away.headers["Retry-After"] == "1"
+    assert turned_away.json()["detail"]["cause"] == "pool_timeout"
+    assert "pool_max_waiters=1" in turned_away.json()["detail"]["message"]
+    assert [response.status_code for response in responses] == [200, 200]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"pool_max_waiters": -1}, "pool_max_waiters"),
+        ({"pool_max_waiters": 5, "poolclass": NullPool}, "pool_max_waiters=5"),
+    ],
+)
+def test_a_wrong_pool_max_waiters_is_refused_naming_it(options: dict[str, Any], named: str) -> None:
+    """A negative line, or a line with a pool of the user's own, fails at construction."""
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        Database("postgresql+asyncpg://app:secret@localhost/app", **options)
+    assert "secret" not in str(caught.value)
