@@ -32,19 +32,29 @@ PROBE_PAUSE: Final = 0.05
 TRACEBACK: Final = "Traceback (most recent call last)"
 
 
+# dbscope's wait line: 10 waiters behind 5 connections held 50 ms each is a wait of ~100 ms.
+MAX_WAITERS: Final = 2 * POOL_SIZE
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """One overloaded server: a variant and the pool_timeout it runs with (None: default)."""
+    """One overloaded server: a variant, its pool_timeout and its wait line (None: default)."""
 
     variant: str
     label: str
     pool_timeout: float | None
+    pool_max_waiters: int | None = None
 
 
 SCENARIOS: Final = (
     Scenario("blog", "blog pattern, pool_timeout=2", 2.0),
-    Scenario("dbscope_session", "dbscope, pool_timeout=2", 2.0),
-    Scenario("dbscope_session", "dbscope, default pool_timeout (5 s)", None),
+    Scenario("dbscope_session", "dbscope, pool_timeout=2, no bound on the line", 2.0),
+    Scenario(
+        "dbscope_session",
+        f"dbscope, default pool_timeout, pool_max_waiters={MAX_WAITERS}",
+        None,
+        MAX_WAITERS,
+    ),
 )
 
 
@@ -56,6 +66,7 @@ class OverloadResult:
     label: str
     pool_size: int
     pool_timeout: float | None
+    pool_max_waiters: int | None
     clients: int
     duration: float
     responses: int
@@ -113,6 +124,8 @@ def run_scenario(
     """Start the variant with a pool of five, overload it for ``duration`` s, and measure."""
     env = {"BENCH_POOL_SIZE": str(POOL_SIZE), "BENCH_MAX_OVERFLOW": "0"}
     env["BENCH_POOL_TIMEOUT"] = "" if scenario.pool_timeout is None else str(scenario.pool_timeout)
+    waiters = scenario.pool_max_waiters
+    env["BENCH_POOL_MAX_WAITERS"] = "" if waiters is None else str(waiters)
     with servers.running(
         scenario.label, scenario.variant, env=env, log=log, core=server_core, fast=fast
     ) as server:
@@ -128,6 +141,7 @@ def run_scenario(
         label=scenario.label,
         pool_size=POOL_SIZE,
         pool_timeout=scenario.pool_timeout,
+        pool_max_waiters=scenario.pool_max_waiters,
         clients=CLIENTS,
         duration=duration,
         responses=len(responses),

@@ -58,12 +58,15 @@ class BenchSettings:
         max_overflow: connections beyond the pool (``BENCH_MAX_OVERFLOW``).
         pool_timeout: seconds a request waits for a connection (``BENCH_POOL_TIMEOUT``);
             None leaves each library's own default.
+        pool_max_waiters: dbscope's bound on the wait line (``BENCH_POOL_MAX_WAITERS``);
+            None leaves it unbounded. Only dbscope's variants read it: no other layer has one.
     """
 
     url: str
     pool_size: int
     max_overflow: int
     pool_timeout: float | None
+    pool_max_waiters: int | None = None
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -81,6 +84,14 @@ class BenchSettings:
             options["pool_timeout"] = self.pool_timeout
         return options
 
+    @property
+    def dbscope_options(self) -> dict[str, Any]:
+        """The pool options for ``Database(...)``: the same, plus dbscope's wait line."""
+        options = self.engine_options
+        if self.pool_max_waiters is not None:
+            options["pool_max_waiters"] = self.pool_max_waiters
+        return options
+
 
 def bench_settings() -> BenchSettings:
     """Read the ``BENCH_*`` variables, with the defaults of a local run."""
@@ -91,6 +102,9 @@ def bench_settings() -> BenchSettings:
         max_overflow=int(environ.get("BENCH_MAX_OVERFLOW", "0")),
         pool_timeout=float(environ["BENCH_POOL_TIMEOUT"])
         if environ.get("BENCH_POOL_TIMEOUT")
+        else None,
+        pool_max_waiters=int(environ["BENCH_POOL_MAX_WAITERS"])
+        if environ.get("BENCH_POOL_MAX_WAITERS")
         else None,
     )
 

@@ -20,7 +20,7 @@ from benchmarks.variants.common import (
 from dbscope import Database
 
 settings = bench_settings()
-db = Database(settings.sqlalchemy_url, **settings.engine_options)
+db = Database(settings.sqlalchemy_url, **settings.dbscope_options)
 app = FastAPI(lifespan=db.lifespan)
 Session = Annotated[AsyncSession, Depends(db.session)]
 
