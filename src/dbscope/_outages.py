@@ -154,15 +154,18 @@ def outage_error(
     cause = unavailable_cause(error)
     if cause is None:
         return None
-    return unavailable_error(cause, settings)
+    return unavailable_error(cause, settings, line_full=isinstance(error, LineFullError))
 
 
 def unavailable_error(
-    cause: UnavailableCause, settings: DatabaseSettings
+    cause: UnavailableCause, settings: DatabaseSettings, *, line_full: bool = False
 ) -> DatabaseUnavailableError:
-    """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved."""
+    """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
+
+    ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
+    """
     url = settings.url
-    if isinstance(error, LineFullError):
+    if line_full:
         message = (
             f"All database connections are busy and pool_max_waiters="
             f"{settings.pool_max_waiters} requests already wait for one: the service is "
