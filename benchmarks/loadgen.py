@@ -91,8 +91,18 @@ def request_bytes(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: dbscope-bench\r\n\r\n".encode()
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Read one response; return its status and whether the connection stays open.
+@dataclass(frozen=True)
+class Head:
+    """What a client acts on in a response: its status, whether the connection stays open,
+    and the seconds ``Retry-After`` asks it to wait (None without the header)."""
+
+    status: int
+    keep_alive: bool
+    retry_after: float | None
+
+
+async def read_response(reader: asyncio.StreamReader) -> Head:
+    """Read one response, body included; return what a client acts on.
 
     Raises:
         ServerClosed: the connection ended before a single byte of the response.
@@ -111,6 +121,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     length: int | None = None
     chunked = False
     keep_alive = True
+    retry_after: float | None = None
     while True:
         line = await reader.readuntil(b"\r\n")
         if line == b"\r\n":
@@ -123,6 +134,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             chunked = True
         elif name == b"connection" and value == b"close":
             keep_alive = False
+        elif name == b"retry-after" and value.isdigit():
+            retry_after = float(value)
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -134,13 +147,17 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     else:
         await reader.read()  # the body ends when the server closes the connection
         keep_alive = False
-    return status, keep_alive
+    return Head(status, keep_alive, retry_after)
 
 
 class _Client:
-    """One connection sending requests one after another."""
+    """One connection sending requests one after another; with ``back_off``, a client that
+    waits as ``Retry-After`` asks (as urllib3's retries do) before its next request."""
 
-    def __init__(self, port: int, path: str, start: float, result: LoadResult) -> None:
+    def __init__(
+        self, port: int, path: str, start: float, result: LoadResult, *, back_off: bool
+    ) -> None:
+        self.back_off = back_off
         self.port = port
         self.request = request_bytes(path)
         self.start = start
@@ -156,7 +173,7 @@ class _Client:
                     if reader is None:
                         reader = await self._connect(wait)
                     sent = time.monotonic()
-                    status, keep_alive = await asyncio.wait_for(self._send(reader), wait)
+                    head = await asyncio.wait_for(self._send(reader), wait)
                 except (OSError, EOFError, ValueError, TimeoutError) as error:
                     self.close()
                     reader = None
@@ -167,10 +184,14 @@ class _Client:
                         await asyncio.sleep(ERROR_PAUSE)
                     continue
                 latency = time.monotonic() - sent
-                self.result.responses.append(Response(sent - self.start, latency, status))
-                if not keep_alive:
+                self.result.responses.append(Response(sent - self.start, latency, head.status))
+                if not head.keep_alive:
                     self.close()
                     reader = None
+                if self.back_off and head.retry_after is not None:
+                    await asyncio.sleep(
+                        min(head.retry_after, max(0.0, deadline - time.monotonic()))
+                    )
         finally:
             self.close()
 
@@ -178,7 +199,7 @@ class _Client:
         reader, self.writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), wait)
         return reader
 
-    async def _send(self, reader: asyncio.StreamReader) -> tuple[int, bool]:
+    async def _send(self, reader: asyncio.StreamReader) -> Head:
         if self.writer is None:
             raise ServerClosed
         self.writer.write(self.request)
@@ -191,9 +212,17 @@ class _Client:
 
 
 async def run_load(
-    port: int, path: str, *, connections: int, duration: float, wait: float = 30.0
+    port: int,
+    path: str,
+    *,
+    connections: int,
+    duration: float,
+    wait: float = 30.0,
+    back_off: bool = False,
 ) -> LoadResult:
     """Send requests for ``path`` over ``connections`` connections for ``duration`` seconds.
+
+    With ``back_off``, each client waits as a response's ``Retry-After`` asks.
 
     A request that gets no response within ``wait`` seconds counts as a transport error.
     Requests in flight at the deadline are abandoned: their connections are closed, as a
@@ -202,7 +231,7 @@ async def run_load(
     start = time.monotonic()
     deadline = start + duration
     result = LoadResult(duration=duration)
-    clients = [_Client(port, path, start, result) for _ in range(connections)]
+    clients = [_Client(port, path, start, result, back_off=back_off) for _ in range(connections)]
     tasks = [asyncio.create_task(client.run(deadline, wait)) for client in clients]
     try:
         await asyncio.sleep(duration)
@@ -222,10 +251,10 @@ async def fetch_status(port: int, path: str, wait: float) -> int | None:
         reader, opened = await asyncio.wait_for(asyncio.open_connection(HOST, port), wait)
         writer = opened
         opened.write(request_bytes(path))
-        status, _ = await asyncio.wait_for(read_response(reader), wait)
+        head = await asyncio.wait_for(read_response(reader), wait)
     except (OSError, EOFError, ValueError, TimeoutError):
         return None
     finally:
         if writer is not None:
             writer.close()
-    return status
+    return head.status

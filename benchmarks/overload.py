@@ -13,6 +13,7 @@ the load stops.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,16 +45,24 @@ class Scenario:
     label: str
     pool_timeout: float | None
     pool_max_waiters: int | None = None
+    back_off: bool = False
 
 
-SCENARIOS: Final = (
+SERVERS: Final = (
     Scenario("blog", "blog pattern, pool_timeout=2", 2.0),
     Scenario("dbscope_session", "dbscope, pool_timeout=2, no bound on the line", 2.0),
-    Scenario(
-        "dbscope_session",
-        f"dbscope, default pool_timeout, pool_max_waiters={MAX_WAITERS}",
-        None,
-        MAX_WAITERS,
+    Scenario("dbscope_session", f"dbscope, pool_max_waiters={MAX_WAITERS}", None, MAX_WAITERS),
+)
+# Clients that send again at once, and clients that wait as Retry-After asks (urllib3's
+# retries do): shedding at once helps only the second kind, while the first turns every
+# refusal into another request at once.
+SCENARIOS: Final = (
+    *SERVERS,
+    *(
+        dataclasses.replace(
+            scenario, label=f"{scenario.label}; clients honour Retry-After", back_off=True
+        )
+        for scenario in SERVERS
     ),
 )
 
@@ -67,6 +76,7 @@ class OverloadResult:
     pool_size: int
     pool_timeout: float | None
     pool_max_waiters: int | None
+    back_off: bool
     clients: int
     duration: float
     responses: int
@@ -108,13 +118,17 @@ async def _recovery(port: int) -> float | None:
     return None
 
 
-async def _measure(port: int, duration: float) -> tuple[float, loadgen.LoadResult, float | None]:
+async def _measure(
+    port: int, duration: float, *, back_off: bool
+) -> tuple[float, loadgen.LoadResult, float | None]:
     """The pool's capacity, then the overload, then the time to recover."""
     capacity = await loadgen.run_load(
         port, "/hold", connections=CAPACITY_CLIENTS, duration=CAPACITY_SECONDS
     )
     served = sum(1 for r in capacity.responses if r.status == 200) / CAPACITY_SECONDS
-    result = await loadgen.run_load(port, "/hold", connections=CLIENTS, duration=duration)
+    result = await loadgen.run_load(
+        port, "/hold", connections=CLIENTS, duration=duration, back_off=back_off
+    )
     return served, result, await _recovery(port)
 
 
@@ -129,7 +143,9 @@ def run_scenario(
     with servers.running(
         scenario.label, scenario.variant, env=env, log=log, core=server_core, fast=fast
     ) as server:
-        capacity, load, healthy_after = loadgen.run_async(_measure(server.port, duration))
+        capacity, load, healthy_after = loadgen.run_async(
+            _measure(server.port, duration, back_off=scenario.back_off)
+        )
         output = server.log_text()
     responses = load.responses
     ok = [r.latency for r in responses if 200 <= r.status < 300]
@@ -142,6 +158,7 @@ def run_scenario(
         pool_size=POOL_SIZE,
         pool_timeout=scenario.pool_timeout,
         pool_max_waiters=scenario.pool_max_waiters,
+        back_off=scenario.back_off,
         clients=CLIENTS,
         duration=duration,
         responses=len(responses),
