@@ -38,7 +38,7 @@ VARIANTS: Final = (
     Variant("sa_core", "SQLAlchemy Core"),
     Variant(BASELINE, "blog pattern (ORM)", pre_ping=True),
     Variant("dbscope_session", "dbscope Session", pre_ping=True),
-    Variant("dbscope_fast", "dbscope db.engine (Core)", pre_ping=True),
+    Variant("dbscope_fast", "dbscope db.leased (asyncpg)", pre_ping=True),
     Variant(
         "with_advanced_alchemy",
         "advanced-alchemy",

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    import asyncpg
 
 TABLE: Final = "bench_world"
 ROWS: Final = 10_000
@@ -181,4 +184,34 @@ async def core_change(connection: AsyncConnection, queries: int) -> list[Row]:
     await connection.execute(
         UPDATE_ROW, [{"w_id": row["id"], "w_number": row["randomNumber"]} for row in rows]
     )
+    return rows
+
+
+# -- the driver work: the same statements through asyncpg's own API ------------------------
+
+
+async def raw_read(connection: asyncpg.Connection, row_id: int) -> Row:
+    """Read one row with ``fetchrow`` on an asyncpg connection."""
+    record = await connection.fetchrow(RAW_SELECT, row_id)
+    assert record is not None
+    return {"id": record["id"], "randomNumber": record["randomnumber"]}
+
+
+async def raw_one(connection: asyncpg.Connection) -> Row:
+    """Read one random row."""
+    return await raw_read(connection, random_id())
+
+
+async def raw_many(connection: asyncpg.Connection, queries: int) -> list[Row]:
+    """Read ``queries`` random rows, one ``fetchrow`` after another, on one connection."""
+    return [await raw_read(connection, row_id) for row_id in random_ids(clamp(queries))]
+
+
+async def raw_change(connection: asyncpg.Connection, queries: int) -> list[Row]:
+    """Read ``queries`` random rows and write new numbers in one executemany; the caller
+    holds the transaction."""
+    rows = await raw_many(connection, queries)
+    for row in rows:
+        row["randomNumber"] = random_id()
+    await connection.executemany(RAW_UPDATE, [(row["id"], row["randomNumber"]) for row in rows])
     return rows

@@ -1,45 +1,49 @@
-"""dbscope's fastest path today: Core statements on ``db.engine``, inside dbscope's lifespan.
+"""dbscope's fast path for hot endpoints: the asyncpg connection leased from dbscope's pool.
 
-dbscope has no dedicated fast path for hot endpoints yet; the quickest thing its public API
-offers is its engine (with dbscope's pool settings and pre-ping) used without a session. The
-profile in docs/benchmarks.md lists what a real fast path would remove.
+``Depends(db.leased)`` gives each request the driver connection of one of dbscope's pooled
+connections; the endpoints run the raw asyncpg variant's own functions on it (``fetchrow``,
+``executemany``), and ``/updates`` runs them in the driver's transaction. What dbscope still
+adds over the raw pool: its pool limits, its liveness check, 503 on outages, and the
+connection back in the pool before the response is sent.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from benchmarks.variants.common import (
     NODB_BODY,
     bench_settings,
-    core_change,
-    core_many,
-    core_one,
+    raw_change,
+    raw_many,
+    raw_one,
 )
 from dbscope import Database
 
 settings = bench_settings()
-db = Database(settings.sqlalchemy_url, **settings.engine_options)
+db = Database(settings.sqlalchemy_url, **settings.dbscope_options)
 app = FastAPI(lifespan=db.lifespan)
+Leased = Annotated[asyncpg.Connection, Depends(db.leased)]
 
 
 @app.get("/db")
-async def one() -> JSONResponse:
-    async with db.engine.connect() as connection:
-        return JSONResponse(await core_one(connection))
+async def one(connection: Leased) -> JSONResponse:
+    return JSONResponse(await raw_one(connection))
 
 
 @app.get("/queries")
-async def many(q: int = 1) -> JSONResponse:
-    async with db.engine.connect() as connection:
-        return JSONResponse(await core_many(connection, q))
+async def many(connection: Leased, q: int = 1) -> JSONResponse:
+    return JSONResponse(await raw_many(connection, q))
 
 
 @app.get("/updates")
-async def change(q: int = 1) -> JSONResponse:
-    async with db.engine.begin() as connection:
-        rows = await core_change(connection, q)
+async def change(connection: Leased, q: int = 1) -> JSONResponse:
+    async with connection.transaction():  # each statement alone would commit by itself
+        rows = await raw_change(connection, q)
     return JSONResponse(rows)
 
 

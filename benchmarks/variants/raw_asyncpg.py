@@ -11,13 +11,10 @@ from fastapi.responses import JSONResponse
 
 from benchmarks.variants.common import (
     NODB_BODY,
-    RAW_SELECT,
-    RAW_UPDATE,
-    Row,
     bench_settings,
-    clamp,
-    random_id,
-    random_ids,
+    raw_change,
+    raw_many,
+    raw_one,
 )
 
 settings = bench_settings()
@@ -39,31 +36,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 
 
-async def _read(connection: asyncpg.Connection, row_id: int) -> Row:
-    record = await connection.fetchrow(RAW_SELECT, row_id)
-    assert record is not None
-    return {"id": record["id"], "randomNumber": record["randomnumber"]}
-
-
 @app.get("/db")
 async def one() -> JSONResponse:
     async with pools[0].acquire() as connection:
-        return JSONResponse(await _read(connection, random_id()))
+        return JSONResponse(await raw_one(connection))
 
 
 @app.get("/queries")
 async def many(q: int = 1) -> JSONResponse:
     async with pools[0].acquire() as connection:
-        return JSONResponse([await _read(connection, i) for i in random_ids(clamp(q))])
+        return JSONResponse(await raw_many(connection, q))
 
 
 @app.get("/updates")
 async def change(q: int = 1) -> JSONResponse:
     async with pools[0].acquire() as connection, connection.transaction():
-        rows = [await _read(connection, i) for i in random_ids(clamp(q))]
-        for row in rows:
-            row["randomNumber"] = random_id()
-        await connection.executemany(RAW_UPDATE, [(r["id"], r["randomNumber"]) for r in rows])
+        rows = await raw_change(connection, q)
     return JSONResponse(rows)
 
 

@@ -2,7 +2,8 @@
 
 It owns the settings, the engine's lifecycle (see ``_lifecycle.py``) and the units of work:
 requests (through ``dbscope.fastapi``), ``transaction()`` blocks, retried units, streams and
-parallel reads, all reaching their session through one context variable.
+parallel reads, all reaching their session through one context variable. ``lease()`` lends
+a pooled driver connection without a session, for hot reads (see ``_lease.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dbscope._engine import (
     engine_options,
 )
 from dbscope._exceptions import NoSessionError
+from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._retry import P, Retrying, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
@@ -110,6 +112,7 @@ class Database:
         self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
         self._dependencies: dict[UnitOptions, Callable[..., Awaitable[AsyncSession]]] = {}
+        self._lease_dependency: Callable[..., Awaitable[Any]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -407,6 +410,49 @@ class Database:
             ValueError: the name is not a plain identifier.
         """
         await self._current_unit().use_schema(name)
+
+    # -- the driver connection, for hot reads -----------------------------------------------
+
+    def lease(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The driver's own connection, checked out of the pool: the fast path for hot reads.
+
+        ``async with db.lease() as conn:`` gives the driver connection of one pooled
+        connection (``asyncpg.Connection``, ``psycopg.AsyncConnection``, an asyncmy or
+        aiosqlite connection), with no session and no transaction: each statement is its own
+        transaction, in the driver's SQL dialect (``$1`` parameters on asyncpg). A write that
+        needs atomicity uses the driver's transaction (``async with conn.transaction():``) or
+        ``db.transaction()``.
+
+        The pool's limits and liveness check apply as for sessions. The connection goes back
+        to the pool when the block ends, whatever happens: a transaction left open is rolled
+        back first, and a connection that was lost, or whose block was cancelled mid-statement,
+        is discarded. Errors other than outages propagate unchanged. None of the unit-of-work
+        features apply: no ``on_commit``, retries, schema or statement timeout.
+
+        Raises:
+            LifecycleError: the Database is not connected, or was connected in another event
+                loop.
+            ConfigurationError: the URL's driver is not one of those four.
+            DatabaseUnavailableError: no connection was free within ``pool_timeout``
+                (``"pool_timeout"``), the server could not be reached (``"unreachable"``), or
+                the connection died during the block (``"connection_lost"``).
+        """
+        return lease_connection(self._lifecycle, self._settings)
+
+    @property
+    def leased(self) -> Callable[..., Awaitable[Any]]:
+        """The FastAPI dependency giving a leased driver connection: ``Depends(db.leased)``.
+
+        ``conn: Annotated[asyncpg.Connection, Depends(db.leased)]`` gets what ``db.lease()``
+        gives, for the request; the connection goes back to the pool after the endpoint
+        returns and before the response is sent. Outages answer 503 with ``Retry-After``, as
+        for ``db.session``. Taking both in one request holds two connections.
+        """
+        if self._lease_dependency is None:
+            from dbscope.fastapi import lease_dependency
+
+            self._lease_dependency = lease_dependency(self)
+        return self._lease_dependency
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -132,6 +132,14 @@ class Lifecycle:
             raise LifecycleError(message)
         return self._sessions
 
+    def bind(self) -> AsyncEngine | AsyncConnection:
+        """What units of work run on: the engine, or while bound, the test's connection.
+
+        The same checks as session_maker(): connected, and in the running loop.
+        """
+        bind: AsyncEngine | AsyncConnection = self.session_maker().kw["bind"]
+        return bind
+
     @property
     def engine(self) -> AsyncEngine:
         """The AsyncEngine, between connect() and dispose()."""

@@ -190,24 +190,25 @@ def unavailable_error(
     return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])
 
 
-def driver_connection_lost(error: BaseException, *, closed: bool) -> bool:
+def driver_connection_lost(error: BaseException, *, unusable: bool) -> bool:
     """Tell whether ``error``, raised by a driver connection used without SQLAlchemy, means
     that the connection died.
 
     No SQLAlchemy wrapper marks such an error: the verdict rests on the driver's own SQLSTATE
     or MySQL code, and, for an error that carries neither (asyncpg's "connection is closed",
-    an OSError from the socket), on whether the driver now reports its connection closed.
+    an OSError from the socket), on whether the driver can still use its connection.
 
     Args:
         error: an error of the driver, or an OSError, raised while the connection was in use.
-        closed: the driver reports the connection closed or broken.
+        unusable: the driver reports the connection closed or broken, or the error is one
+            after which the driver cannot go on with it.
     """
     if mysql_code(error) in LOST_MYSQL_CODES:
         return True
     code = sqlstate(error)
     if code is not None and (code in LOST_SQLSTATES or code.startswith("08")):
         return True
-    return closed
+    return unusable
 
 
 # PostgreSQL query_canceled; MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.

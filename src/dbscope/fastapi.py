@@ -27,6 +27,10 @@ returning.
 An outage (no free connection within ``pool_timeout``, an unreachable server, a connection
 lost mid-request) becomes ``503 Service Unavailable`` with a ``Retry-After`` header.
 
+``Depends(db.leased)`` lends the request a pooled driver connection instead of a session
+(see ``Database.lease()``): built the same way, it goes back to the pool before the response
+is sent, and its outages answer 503 the same way.
+
 This is the only module of dbscope that imports FastAPI or Starlette.
 """
 
@@ -34,7 +38,7 @@ This is the only module of dbscope that imports FastAPI or Starlette.
 # in session_dependency(), whose annotations name local functions.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,7 +60,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbscope")
 
-__all__ = ["service_unavailable", "session_dependency"]
+__all__ = ["lease_dependency", "service_unavailable", "session_dependency"]
 
 
 def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
@@ -102,3 +106,27 @@ def session_dependency(
         return unit.session
 
     return session
+
+
+def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
+    """Build the dependency behind ``db.leased`` (use ``db.leased``, not this).
+
+    Like ``db.session``, a plain dependency over a function-scoped one, so the connection goes
+    back to the pool before the response is sent, whichever scope the user's ``Depends`` has.
+    Every use within one request gets the same connection.
+    """
+
+    async def request_lease() -> AsyncIterator[Any]:
+        try:
+            async with db.lease() as connection:
+                yield connection
+        except DatabaseUnavailableError as error:
+            logger.warning("Answering 503: %s", error)
+            raise service_unavailable(error) from error
+
+    async def leased(
+        connection: Annotated[Any, Depends(request_lease, scope="function")],
+    ) -> Any:
+        return connection
+
+    return leased

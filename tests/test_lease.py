@@ -1,0 +1,529 @@
+"""db.lease() and Depends(db.leased): the driver connection, lent from dbscope's pool.
+
+Every fault is real, as in test_outages.py: the pool is exhausted by a lease that holds the
+only connection, backends are terminated from a connection of the test's own, queries are
+cancelled while the server runs them. The bodies speak each driver's own API (see
+``fetch_value``), since that is what a lease hands over.
+
+No ``from __future__ import annotations``: the endpoints use aliases built inside a function.
+"""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dbscope import Database, DatabaseUnavailableError, DbscopeError, LifecycleError
+from dbscope.testing import open_session, rolled_back
+from tests.helpers import admin, client_for
+from tests.test_docs import python_blocks, run_block
+from tests.test_on_commit import ResponseStart
+from tests.test_outages import SERVER_BACKENDS, assert_unavailable, kill, wait_until_none
+
+TABLE = "lease_rows"
+SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
+
+
+# -- speaking each driver's language ---------------------------------------------------------
+
+
+def driver_of(connection: Any) -> str:
+    """'asyncpg', 'psycopg', 'asyncmy' or 'aiosqlite': the package of the driver connection."""
+    return type(connection).__module__.partition(".")[0]
+
+
+async def fetch_value(connection: Any, sql: str) -> Any:
+    """The first column of the first row of ``sql``, through the driver's own API."""
+    driver = driver_of(connection)
+    if driver == "asyncpg":
+        return await connection.fetchval(sql)
+    if driver == "psycopg":
+        cursor = await connection.execute(sql)
+        row = await cursor.fetchone()
+    elif driver == "asyncmy":
+        async with connection.cursor() as cursor:
+            await cursor.execute(sql)
+            row = await cursor.fetchone()
+    else:
+        async with connection.execute(sql) as cursor:
+            row = await cursor.fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def execute(connection: Any, sql: str) -> None:
+    """Run one statement through the driver's own API."""
+    driver = driver_of(connection)
+    if driver in ("asyncpg", "psycopg"):
+        await connection.execute(sql)
+    elif driver == "asyncmy":
+        async with connection.cursor() as cursor:
+            await cursor.execute(sql)
+    else:
+        await (await connection.execute(sql)).close()
+
+
+def in_transaction(connection: Any) -> bool:
+    """Whether the driver connection has a transaction open (its own state, no round trip)."""
+    driver = driver_of(connection)
+    if driver == "asyncpg":
+        return bool(connection.is_in_transaction())
+    if driver == "psycopg":
+        from psycopg.pq import TransactionStatus
+
+        return bool(connection.info.transaction_status != TransactionStatus.IDLE)
+    if driver == "asyncmy":
+        return bool(connection.get_transaction_status())
+    return bool(connection.in_transaction)
+
+
+def backend_id_query(connection: Any) -> str:
+    """The query naming the server process behind the connection."""
+    if driver_of(connection) == "asyncmy":
+        return "SELECT CONNECTION_ID()"
+    return "SELECT pg_backend_pid()"
+
+
+async def lease_and_run(db: Database, sql: str) -> None:
+    """Run one statement on a leased connection."""
+    async with db.lease() as connection:
+        await execute(connection, sql)
+
+
+async def lease_then_raise(db: Database, error: Exception) -> None:
+    """Run a query on a leased connection, then raise ``error`` inside the block."""
+    async with db.lease() as connection:
+        await fetch_value(connection, "SELECT 1")
+        raise error
+
+
+async def insert_then_raise(db: Database, error: Exception) -> None:
+    """Insert a row in a transaction, then raise ``error`` inside it."""
+    async with db.transaction() as session:
+        await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (2)"))
+        raise error
+
+
+async def insert_in_lease_then_raise(db: Database, error: Exception) -> None:
+    """Insert a row through a leased connection, then raise ``error`` inside the block."""
+    async with db.lease() as connection:
+        await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (2)")
+        raise error
+
+
+async def kill_mid_lease(db: Database, connection: AsyncConnection) -> None:
+    """Lease a connection, end its server process from ``connection``, then query on it."""
+    async with db.lease() as leased:
+        await kill(connection, await fetch_value(leased, backend_id_query(leased)))
+        await fetch_value(leased, "SELECT 1")
+
+
+# -- fixtures and the app -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lease_rows(database_url: str) -> AsyncIterator[None]:
+    """An empty ``lease_rows`` table for the test, dropped after it."""
+    async with admin(database_url) as connection:
+        await connection.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
+        await connection.execute(text(f"CREATE TABLE {TABLE} (value INTEGER NOT NULL)"))
+        yield
+        await connection.execute(text(f"DROP TABLE {TABLE}"))
+
+
+async def stored_rows(connection: AsyncConnection) -> int:
+    """How many rows ``lease_rows`` holds, seen from the test's own connection."""
+    return int((await connection.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one())
+
+
+def build_app(db: Database) -> FastAPI:
+    """Endpoints on leased connections; ``app.state.events`` records each connection's
+    return to the pool ("checkin") and each response's start ("response-start")."""
+    app = FastAPI()
+    app.state.events = []
+    app.state.started = asyncio.Event()
+    app.state.release = asyncio.Event()
+    app.state.backend_id = None
+    Leased = Annotated[Any, Depends(db.leased)]
+    LeasedForTheFunction = Annotated[Any, Depends(db.leased, scope="function")]
+
+    @app.get("/one")
+    async def one(connection: Leased) -> dict[str, int]:
+        return {"one": int(await fetch_value(connection, "SELECT 1"))}
+
+    @app.get("/one-function-scope")
+    async def one_function_scope(connection: LeasedForTheFunction) -> dict[str, int]:
+        return {"one": int(await fetch_value(connection, "SELECT 1"))}
+
+    @app.get("/twice")
+    async def twice(first: Leased, second: Leased) -> dict[str, bool]:
+        return {"same": first is second}
+
+    @app.get("/syntax-error")
+    async def syntax_error(connection: Leased) -> dict[str, int]:
+        await execute(connection, "SELEC 1")
+        return {}
+
+    @app.get("/hold")
+    async def hold(connection: Leased) -> dict[str, int]:
+        app.state.backend_id = await fetch_value(connection, backend_id_query(connection))
+        app.state.started.set()
+        await app.state.release.wait()
+        return {"one": int(await fetch_value(connection, "SELECT 1"))}
+
+    app.add_middleware(ResponseStart, events=app.state.events)
+    event.listen(db.engine.sync_engine, "checkin", lambda *_: app.state.events.append("checkin"))
+    return app
+
+
+# -- db.lease() ------------------------------------------------------------------------------
+
+
+async def test_a_lease_reads_through_the_driver_connection(
+    database_url: str, db_backend: str
+) -> None:
+    """The block gets the driver's own connection, checked out of the pool, then returned."""
+    async with Database(database_url) as db:
+        async with db.lease() as connection:
+            value = await fetch_value(connection, "SELECT 1")
+            during = db.stats().checked_out
+        after = db.stats()
+    expected_driver = "aiosqlite" if db_backend == "sqlite" else db_backend
+    assert driver_of(connection) == expected_driver
+    assert value == 1
+    assert during == 1
+    assert (after.checked_out, after.invalidated) == (0, 0)
+
+
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_write_through_a_lease_commits_by_itself(database_url: str) -> None:
+    """Without a transaction of its own, a statement is committed when it returns."""
+    async with (
+        Database(database_url) as db,
+        admin(database_url) as connection,
+        db.lease() as leased,
+    ):
+        await execute(leased, f"INSERT INTO {TABLE} (value) VALUES (1)")
+        seen_meanwhile = await stored_rows(connection)
+    assert seen_meanwhile == 1
+
+
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_lease_leaves_the_connection_to_sessions_as_it_found_it(
+    database_url: str,
+) -> None:
+    """After a lease, a transaction on the same pooled connection still rolls back as a whole."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        await lease_and_run(db, f"INSERT INTO {TABLE} (value) VALUES (1)")
+        with pytest.raises(RuntimeError, match="undo"):
+            await insert_then_raise(db, RuntimeError("undo"))
+        async with db.transaction() as session:
+            values = (await session.execute(text(f"SELECT value FROM {TABLE}"))).scalars().all()
+    assert values == [1]
+
+
+async def test_an_error_of_the_body_propagates_unchanged_and_the_connection_returns(
+    database_url: str,
+) -> None:
+    """An application error leaves the block as raised; the connection goes back, kept."""
+    error = ValueError("not a number")
+    async with Database(database_url) as db:
+        with pytest.raises(ValueError, match="not a number") as info:
+            await lease_then_raise(db, error)
+        stats = db.stats()
+    assert info.value is error
+    assert (stats.checked_out, stats.invalidated) == (0, 0)
+
+
+async def test_a_database_error_propagates_unchanged_and_the_connection_stays_usable(
+    database_url: str,
+) -> None:
+    """A syntax error is the driver's own exception, not an outage; the connection serves on."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        with pytest.raises(Exception) as info:  # noqa: PT011 - each driver has its own class
+            await lease_and_run(db, "SELEC 1")
+        async with db.lease() as connection:
+            value = await fetch_value(connection, "SELECT 1")
+        stats = db.stats()
+    assert not isinstance(info.value, DbscopeError)
+    assert type(info.value).__module__.partition(".")[0] in (
+        "asyncpg",
+        "psycopg",
+        "asyncmy",
+        "sqlite3",
+    )
+    assert value == 1
+    assert (stats.checked_out, stats.invalidated) == (0, 0)
+
+
+async def test_an_os_error_of_the_application_is_not_an_outage(database_url: str) -> None:
+    """An OSError raised by the body itself, on a live connection, propagates unchanged."""
+    error = FileNotFoundError("settings.toml")
+    async with Database(database_url) as db:
+        with pytest.raises(FileNotFoundError) as info:
+            await lease_then_raise(db, error)
+        stats = db.stats()
+    assert info.value is error
+    assert (stats.checked_out, stats.invalidated) == (0, 0)
+
+
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_transaction_left_open_is_rolled_back_before_the_next_lease(
+    database_url: str,
+) -> None:
+    """A BEGIN without COMMIT is undone at the end of the block; the next user sees nothing."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        async with db.lease() as connection:
+            await execute(connection, "BEGIN")
+            await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (1)")
+            opened = in_transaction(connection)
+        async with db.lease() as connection:
+            still_open = in_transaction(connection)
+            visible = await fetch_value(connection, f"SELECT count(*) FROM {TABLE}")
+        stats = db.stats()
+    assert opened
+    assert not still_open
+    assert visible == 0
+    assert (stats.checked_out, stats.invalidated) == (0, 0)  # rolled back, not thrown away
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("cancelled_by", ["asyncio.wait_for", "anyio cancel scope"])
+async def test_a_lease_cancelled_mid_query_is_discarded(
+    database_url: str, cancelled_by: str
+) -> None:
+    """A block cancelled while the server sleeps throws its connection away, and the server
+    stops the query; the pool serves the next lease. A cancel scope, which cancels every
+    await of the clean-up again (Starlette's on a client disconnect), changes nothing."""
+    name = f"dbscope-test-lease-{os.getpid()}"
+    async with Database(database_url, application_name=name, **SMALL_POOL) as db:
+
+        async def sleep_on_the_server() -> None:
+            async with db.lease() as connection:
+                await execute(connection, "SELECT pg_sleep(30)")
+
+        if cancelled_by == "asyncio.wait_for":
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sleep_on_the_server(), timeout=0.3)
+        else:
+            with anyio.move_on_after(0.3) as scope:
+                await sleep_on_the_server()
+            assert scope.cancelled_caught
+        stats = db.stats()
+        async with db.lease() as connection:
+            value = await fetch_value(connection, "SELECT 1")
+        async with admin(database_url) as connection:
+            sleeping = (
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = :name AND query LIKE 'SELECT pg_sleep%'"
+            )
+            await wait_until_none(connection, sleeping, name=name)
+    assert (stats.checked_out, stats.invalidated) == (0, 1)
+    assert value == 1
+
+
+async def test_an_exhausted_pool_raises_pool_timeout(database_url: str) -> None:
+    """While a lease holds the only connection, another lease fails within pool_timeout."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        async with db.lease():
+            with anyio.fail_after(5), pytest.raises(DatabaseUnavailableError) as info:
+                await lease_and_run(db, "SELECT 1")
+            during = db.stats().checked_out
+        after = db.stats().checked_out
+    assert info.value.cause == "pool_timeout"
+    assert info.value.retry_after > 0
+    assert (during, after) == (1, 0)
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_backend_terminated_mid_lease_raises_connection_lost(database_url: str) -> None:
+    """A lease whose server process is killed gets DatabaseUnavailableError("connection_lost")
+    at its next statement, and the dead connection leaves the pool."""
+    async with Database(database_url) as db, admin(database_url) as connection:
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await kill_mid_lease(db, connection)
+        stats = db.stats()
+        async with db.lease() as leased:
+            value = await fetch_value(leased, "SELECT 1")
+    assert info.value.cause == "connection_lost"
+    assert (stats.checked_out, stats.invalidated) == (0, 1)
+    assert value == 1
+
+
+async def test_a_lease_before_connect_raises_the_sessions_lifecycle_error(sqlite_url: str) -> None:
+    """Before connect(), a lease is refused with the very message a transaction gets."""
+    db = Database(sqlite_url)
+    with pytest.raises(LifecycleError) as lease_error:
+        async with db.lease():
+            pass
+    with pytest.raises(LifecycleError) as transaction_error:
+        async with db.transaction():
+            pass
+    assert str(lease_error.value) == str(transaction_error.value)
+    assert "is not connected yet" in str(lease_error.value)
+
+
+def test_a_lease_in_another_event_loop_raises_the_sessions_lifecycle_error(
+    sqlite_url: str,
+) -> None:
+    """A Database connected in one loop refuses a lease in another, as it refuses sessions."""
+    db = Database(sqlite_url)
+
+    async def lease() -> None:
+        async with db.lease():
+            pass
+
+    async def transaction() -> None:
+        async with db.transaction():
+            pass
+
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(db.connect())
+        with pytest.raises(LifecycleError) as lease_error:
+            asyncio.run(lease())
+        with pytest.raises(LifecycleError) as transaction_error:
+            asyncio.run(transaction())
+        home.run_until_complete(db.dispose())
+    finally:
+        home.close()
+    assert str(lease_error.value) == str(transaction_error.value)
+    assert "was connected in another event loop" in str(lease_error.value)
+
+
+# -- in a test's rolled-back transaction -----------------------------------------------------
+
+
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_lease_in_a_rolled_back_test_joins_the_test_transaction(
+    database_url: str,
+) -> None:
+    """Bound to a test's connection, a lease writes inside the test's transaction: the test
+    sees the row, and nothing is left once the test's transaction is rolled back."""
+    db = Database(database_url)
+    async with Database(database_url) as test_db, rolled_back(db, test_db.engine):
+        async with db.lease() as connection:
+            await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (1)")
+        async with open_session(db) as session:
+            seen = (await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one()
+    async with admin(database_url) as connection:
+        kept = await stored_rows(connection)
+    assert seen == 1
+    assert kept == 0
+
+
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_failed_lease_in_a_rolled_back_test_undoes_only_its_own_writes(
+    database_url: str,
+) -> None:
+    """A lease that raises while bound rolls back to its savepoint; the test's rows stay."""
+    db = Database(database_url)
+    async with Database(database_url) as test_db, rolled_back(db, test_db.engine):
+        async with open_session(db) as session:
+            await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
+            await session.commit()  # a savepoint while bound
+        with pytest.raises(ValueError, match="undo"):
+            await insert_in_lease_then_raise(db, ValueError("undo"))
+        async with open_session(db) as session:
+            values = (await session.execute(text(f"SELECT value FROM {TABLE}"))).scalars().all()
+    assert values == [1]
+
+
+# -- Depends(db.leased) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/one", "/one-function-scope"])
+async def test_the_endpoint_connection_returns_to_the_pool_before_the_response(
+    database_url: str, path: str
+) -> None:
+    """With either scope, the connection is back in the pool before the response starts, so
+    a pool of one serves request after request."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        app = build_app(db)
+        async with client_for(app) as client:
+            responses = [await client.get(path) for _ in range(3)]
+    assert [response.status_code for response in responses] == [200] * 3
+    assert [response.json() for response in responses] == [{"one": 1}] * 3
+    assert app.state.events == ["checkin", "response-start"] * 3
+
+
+async def test_every_use_in_one_request_gets_the_same_connection(database_url: str) -> None:
+    """Two parameters asking for db.leased in one request get one connection."""
+    async with Database(database_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
+        response = await client.get("/twice")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"same": True}
+
+
+async def test_a_database_error_in_the_endpoint_answers_500_not_503(database_url: str) -> None:
+    """A syntax error is a bug: 500; the connection is kept, and serves the next request."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        async with client_for(build_app(db)) as client:
+            failed = await client.get("/syntax-error")
+            after = await client.get("/one")
+        stats = db.stats()
+    assert failed.status_code == 500
+    assert after.status_code == 200
+    assert (stats.checked_out, stats.invalidated) == (0, 0)
+
+
+async def test_an_exhausted_pool_answers_503_pool_timeout(database_url: str) -> None:
+    """While a lease holds the only connection, the endpoint answers 503 with Retry-After."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        async with client_for(build_app(db)) as client:
+            async with db.lease():
+                with anyio.fail_after(5):
+                    refused = await client.get("/one")
+            served = await client.get("/one")
+        assert db.stats().checked_out == 0
+    assert_unavailable(refused, "pool_timeout")
+    assert served.status_code == 200
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_backend_terminated_during_a_request_answers_503_connection_lost(
+    database_url: str,
+) -> None:
+    """A leased connection killed while the endpoint waits gives 503, and leaves the pool."""
+    async with Database(database_url) as db:
+        app = build_app(db)
+        async with client_for(app) as client, admin(database_url) as connection:
+            request = asyncio.create_task(client.get("/hold"))
+            await asyncio.wait_for(app.state.started.wait(), timeout=10)
+            await kill(connection, app.state.backend_id)
+            app.state.release.set()
+            with anyio.fail_after(10):
+                response = await request
+        stats = db.stats()
+    assert_unavailable(response, "connection_lost")
+    assert (stats.checked_out, stats.invalidated) == (0, 1)
+
+
+# -- the documented example ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_the_fastapi_guide_hot_read_example_serves_a_note(database_url: str) -> None:
+    """The leased-connection example of docs/fastapi.md answers a note, and 404 for none."""
+    [block] = [code for code in python_blocks("docs/fastapi.md") if "db.leased" in code]
+    namespace = run_block(block, database_url)
+    db, app = namespace["db"], namespace["app"]
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS notes"))
+        await connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)"))
+        await connection.execute(text("INSERT INTO notes VALUES (1, 'hello')"))
+        try:
+            async with db.lifespan(app), client_for(app) as client:
+                found = await client.get("/notes/1")
+                missing = await client.get("/notes/2")
+        finally:
+            await connection.execute(text("DROP TABLE notes"))
+    assert found.status_code == 200, found.text
+    assert found.json() == {"id": 1, "text": "hello"}
+    assert missing.status_code == 404
