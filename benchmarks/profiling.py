@@ -5,11 +5,13 @@ that what is measured is the app and its database layer alone:
 
 - CPU microseconds and wall microseconds per request, for each variant on ``/db``, on
   ``/nodb``, and on ``/session-only`` (a request that takes a session and runs no SQL);
-- the same with ``pool_pre_ping`` switched off, to price the ping;
+- the blog pattern with SQLAlchemy's ``pool_pre_ping`` switched off, to price its ping
+  (dbscope pings only connections that have been idle, which a busy loop never has);
 - dbscope's fast path for hot reads (``db.leased``) and the candidates it was chosen from (a
   Core statement without its transaction, the driver connection taken from SQLAlchemy's pool)
   next to the raw asyncpg pool;
-- round trips per request, counted with SQLAlchemy's engine and pool events;
+- round trips per request, counted with SQLAlchemy's engine and pool events (and dbscope's
+  pings with ``db.stats()``);
 - function calls per request (cProfile), dbscope's own functions among them;
 - a pyinstrument call tree of dbscope's ``/db``.
 
@@ -28,7 +30,7 @@ import pstats
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -117,13 +119,8 @@ async def per_request(
     wall: dict[str, list[float]] = {name: [] for name in measurements}
     for repeat in range(REPEATS + 1):  # the first round only warms up
         for name, measurement in measurements.items():
-            if measurement.without_ping is not None:
-                _set_pre_ping(measurement.without_ping, False)
-            try:
+            with _pre_ping_off(measurement.without_ping):
                 spent_cpu, spent_wall = await _timed(measurement.call, count)
-            finally:
-                if measurement.without_ping is not None:
-                    _set_pre_ping(measurement.without_ping, True)
             if repeat:
                 cpu[name].append(spent_cpu / count * 1e6)
                 wall[name].append(spent_wall / count * 1e6)
@@ -160,11 +157,14 @@ def _engine(module: ModuleType) -> AsyncEngine | None:
 
 
 @contextlib.contextmanager
-def counted_round_trips(engine: AsyncEngine) -> Any:
+def counted_round_trips(module: ModuleType, engine: AsyncEngine) -> Any:
     """Count, while the block runs, what each request sends to the server."""
     counts: Counter[str] = Counter()
     sync_engine = engine.sync_engine
-    pre_ping = bool(getattr(sync_engine.pool, "_pre_ping", False))
+    # SQLAlchemy's pre-ping pings at every checkout; dbscope's check counts its own pings.
+    db = getattr(module, "db", None)
+    pre_ping = db is None and bool(getattr(sync_engine.pool, "_pre_ping", False))
+    pinged_before = db.stats().pinged if db is not None else 0
 
     def checkout(*_: Any) -> None:
         if pre_ping:
@@ -196,13 +196,26 @@ def counted_round_trips(engine: AsyncEngine) -> Any:
     finally:
         for target, name, function in listeners:
             event.remove(target, name, function)
+        if db is not None:
+            counts["ping"] += db.stats().pinged - pinged_before
 
 
-def _set_pre_ping(module: ModuleType, value: bool) -> None:
-    # An experiment only: flips SQLAlchemy's private switch to price the ping.
+@contextlib.contextmanager
+def _pre_ping_off(module: ModuleType | None) -> Iterator[None]:
+    # An experiment only: flips SQLAlchemy's private switch to price the ping, and puts back
+    # what was there.
+    if module is None:
+        yield
+        return
     engine = _engine(module)
     assert engine is not None
-    engine.sync_engine.pool._pre_ping = value
+    pool = engine.sync_engine.pool
+    before = pool._pre_ping
+    pool._pre_ping = False
+    try:
+        yield
+    finally:
+        pool._pre_ping = before
 
 
 def _fast_path_candidates(dbscope_fast: ModuleType) -> dict[str, Measurement]:
@@ -228,12 +241,9 @@ def _fast_path_candidates(dbscope_fast: ModuleType) -> dict[str, Measurement]:
     route = asgi_get(dbscope_fast.app, "/db")
     return {
         "fast: db.leased /db": Measurement(route),
-        "fast: db.leased /db, no pre-ping": Measurement(route, dbscope_fast),
-        "fast: Core on db.engine, AUTOCOMMIT, no pre-ping, no HTTP route": Measurement(
-            core_autocommit, dbscope_fast
-        ),
-        "fast: driver connection from db.engine's pool, no ping, no HTTP route": Measurement(
-            driver_connection, dbscope_fast
+        "fast: Core on db.engine, AUTOCOMMIT, no HTTP route": Measurement(core_autocommit),
+        "fast: driver connection from db.engine's pool, no HTTP route": Measurement(
+            driver_connection
         ),
     }
 
@@ -311,9 +321,10 @@ async def _measure(modules: dict[str, ModuleType], output: Path) -> dict[str, An
         for name, module in modules.items():
             measurements[f"{name} /nodb"] = Measurement(asgi_get(module.app, "/nodb"))
             measurements[f"{name} /db"] = Measurement(asgi_get(module.app, "/db"))
-            if name in ("blog", "dbscope_session"):
+            if name == "blog":
                 route = asgi_get(module.app, "/db")
                 measurements[f"{name} /db, no pre-ping"] = Measurement(route, module)
+            if name in ("blog", "dbscope_session"):
                 measurements[f"{name} /session-only"] = Measurement(
                     asgi_get(module.app, "/session-only")
                 )
@@ -325,7 +336,7 @@ async def _measure(modules: dict[str, ModuleType], output: Path) -> dict[str, An
             if engine is None or name == "dbscope_fast":
                 continue  # no engine, or statements on the driver connection, unseen by events
             call = asgi_get(module.app, "/db")
-            with counted_round_trips(engine) as counts:
+            with counted_round_trips(module, engine) as counts:
                 for _ in range(200):
                     await call()
             trips[name] = {kind: n / 200 for kind, n in sorted(counts.items())}

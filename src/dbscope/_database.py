@@ -29,7 +29,7 @@ from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._retry import P, Retrying, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
-from dbscope._unit_of_work import UnitOfWork, UnitOptions, run_unit
+from dbscope._unit_of_work import UnitOfWork, UnitOptions, UnitRun
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -260,15 +260,18 @@ class Database:
         async with self.unit_of_work(options) as unit:
             yield unit.session
 
-    @contextlib.asynccontextmanager
-    async def unit_of_work(self, options: UnitOptions | None = None) -> AsyncIterator[UnitOfWork]:
-        """The building block of requests and transactions: yields the UnitOfWork itself."""
+    def unit_of_work(self, options: UnitOptions | None = None) -> UnitRun:
+        """The building block of requests and transactions: ``async with`` it for the
+        UnitOfWork itself.
+
+        Raises:
+            LifecycleError: the Database is not connected, or was connected in another loop.
+            ConfigurationError: ``options`` this backend cannot honour.
+        """
         options = options or DEFAULT_OPTIONS
         if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
             self._check(options)
-        unit_cm = run_unit(self._lifecycle.session_maker(), self._current, self._settings, options)
-        async with unit_cm as unit:
-            yield unit
+        return UnitRun(self._lifecycle.session_maker(), self._current, self._settings, options)
 
     def _check(self, options: UnitOptions) -> None:
         # Before connect(), only the standard levels are known; after it, the server's own.

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -137,49 +136,105 @@ def session_factory(
     )
 
 
-@contextlib.asynccontextmanager
-async def run_unit(
-    factory: async_sessionmaker[AsyncSession],
-    current: ContextVar[UnitOfWork | None],
-    settings: DatabaseSettings,
-    options: UnitOptions,
-) -> AsyncIterator[UnitOfWork]:
-    """Run one unit of work; commit if the body returns, roll back if it raises.
+class UnitRun:
+    """Run one unit of work: ``async with UnitRun(...) as unit:`` commits if the body
+    returns and rolls back if it raises.
 
     An outage (pool timeout, unreachable server, lost connection) leaves as
     DatabaseUnavailableError, a cancelled slow statement as StatementTimeoutError; every
-    other exception leaves unchanged.
+    other exception leaves unchanged. A class rather than nested generator context managers:
+    every request enters one, and each generator layer costs a few microseconds.
     """
-    session = factory(**_isolated_bind(factory, options.isolation_level))
-    info = session.info
-    info[SCHEMA_KEY] = options.schema or settings.postgres_schema
-    info[READ_ONLY_KEY] = options.read_only
-    info[TIMEOUT_KEY] = options.statement_timeout
-    unit = UnitOfWork(session)
-    unit.rollback_only = options.read_only
-    token = current.set(unit)
-    try:
-        async with _ending(unit):
-            yield unit
-    except Exception as error:
-        translated = (
-            outage_error(error, settings)
-            or statement_timeout_error(error, options)
-            or shared_session_error(error)
-        )
-        # Work committed earlier in the unit (an explicit commit()) stays committed, and so
-        # its callbacks are due even though the unit failed afterwards.
-        await run_commit_hooks(session)
-        if translated is None:
-            raise
-        raise translated from error
-    finally:
+
+    __slots__ = ("_current", "_options", "_settings", "_token", "unit")
+
+    def __init__(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        current: ContextVar[UnitOfWork | None],
+        settings: DatabaseSettings,
+        options: UnitOptions,
+    ) -> None:
+        session = factory(**_isolated_bind(factory, options.isolation_level))
+        info = session.info
+        info[SCHEMA_KEY] = options.schema or settings.postgres_schema
+        info[READ_ONLY_KEY] = options.read_only
+        info[TIMEOUT_KEY] = options.statement_timeout
+        self.unit = UnitOfWork(session)
+        self.unit.rollback_only = options.read_only
+        self._current = current
+        self._settings = settings
+        self._options = options
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._token = self._current.set(self.unit)
+        return self.unit
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, failure: BaseException | None, traceback: Any
+    ) -> bool:
+        error = failure
+        try:
+            await self._end(failure)
+        except BaseException as end_error:
+            error = end_error
+        finally:
+            self._leave()
+        if error is None or isinstance(error, Exception):
+            # Work committed earlier in the unit (an explicit commit()) stays committed, so
+            # its callbacks are due even when the unit failed afterwards.
+            await run_commit_hooks(self.unit.session)
+        if error is None:
+            return False
+        if isinstance(error, Exception):
+            translated = (
+                outage_error(error, self._settings)
+                or statement_timeout_error(error, self._options)
+                or shared_session_error(error)
+            )
+            if translated is not None:
+                raise translated from error
+        if error is failure:
+            return False  # the body's own exception goes on, with its traceback untouched
+        raise error
+
+    async def _end(self, failure: BaseException | None) -> None:
+        """Commit or roll back, then close; the body's own error wins over a close error.
+
+        Raises what ended the unit other than the body's error: a failed commit, a failed
+        close when nothing failed before it, a cancellation.
+        """
+        session = self.unit.session
+        outcome = failure
+        if failure is None:
+            try:
+                if self.unit.rollback_only:
+                    await session.rollback()
+                else:
+                    await session.commit()
+            except BaseException as error:
+                outcome = error
+        try:
+            # AsyncSession's own exit closes to completion, even when the task is cancelled
+            # meanwhile, so that the connection always returns to the pool.
+            await session.__aexit__(None, None, None)
+        except Exception as error:
+            # Closing failed: the connection broke, or another task is still inside this
+            # session (asyncio.gather over one session). Close again once it is idle, so
+            # that no connection stays checked out; the first error is the one that explains.
+            await _close_when_idle(session)
+            if outcome is None:
+                raise
+            logger.warning("Closing the session failed after %r", outcome, exc_info=error)
+        if outcome is not None and outcome is not failure:
+            raise outcome
+
+    def _leave(self) -> None:
         # The unit may end in another context than it began (a generator closed by the
         # garbage collector); the variable then belongs to a context that is gone anyway.
         with contextlib.suppress(ValueError):
-            current.reset(token)
-        info[ENDED_KEY] = True
-    await run_commit_hooks(session)
+            self._current.reset(self._token)
+        self.unit.session.info[ENDED_KEY] = True
 
 
 def _isolated_bind(
@@ -193,35 +248,6 @@ def _isolated_bind(
     if isolation_level is None or not isinstance(bind, AsyncEngine):
         return {}
     return {"bind": bind.execution_options(isolation_level=isolation_level)}
-
-
-@contextlib.asynccontextmanager
-async def _ending(unit: UnitOfWork) -> AsyncIterator[None]:
-    """Commit or roll back, then close; the body's own error always wins over a close error."""
-    failure: BaseException | None = None
-    try:
-        async with unit.session:  # closes to completion, even when the task is cancelled
-            try:
-                yield
-            except BaseException as error:
-                failure = error
-                raise
-            if unit.rollback_only:
-                await unit.session.rollback()
-            else:
-                await unit.session.commit()
-    except BaseException as error:
-        if error is failure or not isinstance(error, Exception):
-            raise
-        # Closing failed: the connection broke, or another task is still inside this session
-        # (asyncio.gather over one session). Close again once it is idle, so that no
-        # connection stays checked out; the first error is the one that explains.
-        await _close_when_idle(unit.session)
-        if failure is None:
-            raise
-        logger.warning("Closing the session failed after %r", failure, exc_info=error)
-    if failure is not None:
-        raise failure
 
 
 async def _close_when_idle(session: AsyncSession) -> None:
