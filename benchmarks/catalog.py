@@ -16,13 +16,11 @@ class Variant:
         label: how tables and the chart name it.
         requires: importable modules it needs beyond the project's dependencies, with the
             distribution that installs each.
-        pre_ping: whether its pool pings a connection at every checkout.
     """
 
     name: str
     label: str
     requires: tuple[tuple[str, str], ...] = ()
-    pre_ping: bool = False
 
     def missing(self) -> str | None:
         """Why the variant cannot run here (the install command), or None if it can."""
@@ -36,9 +34,9 @@ BASELINE: Final = "blog"
 VARIANTS: Final = (
     Variant("raw_asyncpg", "raw asyncpg pool"),
     Variant("sa_core", "SQLAlchemy Core"),
-    Variant(BASELINE, "blog pattern (ORM)", pre_ping=True),
-    Variant("dbscope_session", "dbscope Session", pre_ping=True),
-    Variant("dbscope_fast", "dbscope db.leased (asyncpg)", pre_ping=True),
+    Variant(BASELINE, "blog pattern (ORM)"),
+    Variant("dbscope_session", "dbscope Session"),
+    Variant("dbscope_fast", "dbscope db.lease() (asyncpg)"),
     Variant(
         "with_advanced_alchemy",
         "advanced-alchemy",
@@ -49,7 +47,6 @@ VARIANTS: Final = (
         "with_fastapi_async_sqlalchemy",
         "fastapi-async-sqlalchemy",
         requires=(("fastapi_async_sqlalchemy", "fastapi-async-sqlalchemy"),),
-        pre_ping=True,
     ),
 )
 BY_NAME: Final = {variant.name: variant for variant in VARIANTS}

@@ -7,9 +7,9 @@ that what is measured is the app and its database layer alone:
   ``/nodb``, and on ``/session-only`` (a request that takes a session and runs no SQL);
 - the blog pattern with SQLAlchemy's ``pool_pre_ping`` switched off, to price its ping
   (dbscope pings only connections that have been idle, which a busy loop never has);
-- dbscope's fast path for hot reads (``db.leased``) and the candidates it was chosen from (a
-  Core statement without its transaction, the driver connection taken from SQLAlchemy's pool)
-  next to the raw asyncpg pool;
+- dbscope's fast path for hot reads (``async with db.lease()`` and ``Depends(db.leased)``)
+  and the candidates it was chosen from (a Core statement without its transaction, the driver
+  connection taken from SQLAlchemy's pool) next to the raw asyncpg pool;
 - round trips per request, counted with SQLAlchemy's engine and pool events (and dbscope's
   pings with ``db.stats()``);
 - function calls per request (cProfile), dbscope's own functions among them;
@@ -34,15 +34,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks import loadgen
-from benchmarks.variants.common import NODB_BODY, RAW_SELECT, core_one, random_id
+from benchmarks.variants.common import NODB_BODY, RAW_SELECT, core_one, random_id, raw_one
 
 REQUESTS: Final = 1000
 PROFILED_REQUESTS: Final = 1000
@@ -238,9 +238,15 @@ def _fast_path_candidates(dbscope_fast: ModuleType) -> dict[str, Measurement]:
             await core_one(connection)
         return 200
 
-    route = asgi_get(dbscope_fast.app, "/db")
+    async def leased_db(connection: Any) -> JSONResponse:
+        return JSONResponse(await raw_one(connection))
+
+    # Set after the fact, as for /session-only: this module's annotations are strings.
+    leased_db.__annotations__["connection"] = Annotated[Any, Depends(dbscope_fast.db.leased)]
+    dbscope_fast.app.add_api_route("/db-leased", leased_db, methods=["GET"])
     return {
-        "fast: db.leased /db": Measurement(route),
+        "fast: async with db.lease() /db": Measurement(asgi_get(dbscope_fast.app, "/db")),
+        "fast: Depends(db.leased) /db": Measurement(asgi_get(dbscope_fast.app, "/db-leased")),
         "fast: Core on db.engine, AUTOCOMMIT, no HTTP route": Measurement(core_autocommit),
         "fast: driver connection from db.engine's pool, no HTTP route": Measurement(
             driver_connection

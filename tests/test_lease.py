@@ -20,6 +20,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbscope import Database, DatabaseUnavailableError, DbscopeError, LifecycleError
+from dbscope.fastapi import add_exception_handlers
 from dbscope.testing import open_session, rolled_back
 from tests.helpers import admin, client_for
 from tests.test_docs import python_blocks, run_block
@@ -28,6 +29,7 @@ from tests.test_outages import SERVER_BACKENDS, assert_unavailable, kill, wait_u
 
 TABLE = "lease_rows"
 SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
+TIMEOUT = 0.2
 
 
 # -- speaking each driver's language ---------------------------------------------------------
@@ -177,9 +179,28 @@ def build_app(db: Database) -> FastAPI:
         await app.state.release.wait()
         return {"one": int(await fetch_value(connection, "SELECT 1"))}
 
+    @app.get("/inline")
+    async def inline() -> dict[str, int]:
+        async with db.lease() as connection:
+            return {"one": int(await fetch_value(connection, "SELECT 1"))}
+
+    @app.get("/in-a-transaction")
+    async def in_a_transaction(seconds: float = 0) -> dict[str, int]:
+        if not seconds:
+            async with db.transaction() as session:
+                return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
+        async with db.transaction(statement_timeout=TIMEOUT) as session:
+            await session.execute(text(f"SELECT {sleep_function(db)}({seconds})"))
+        return {"one": 1}
+
     app.add_middleware(ResponseStart, events=app.state.events)
     event.listen(db.engine.sync_engine, "checkin", lambda *_: app.state.events.append("checkin"))
     return app
+
+
+def sleep_function(db: Database) -> str:
+    """The server function that sleeps for its argument's seconds."""
+    return "pg_sleep" if db.url.get_backend_name() == "postgresql" else "SLEEP"
 
 
 # -- db.lease() ------------------------------------------------------------------------------
@@ -505,14 +526,56 @@ async def test_a_backend_terminated_during_a_request_answers_503_connection_lost
     assert (stats.checked_out, stats.invalidated) == (0, 1)
 
 
+# -- the exception handlers, for leases and transactions inside an endpoint --------------------
+
+
+@pytest.mark.parametrize("path", ["/inline", "/in-a-transaction"])
+async def test_with_the_handlers_an_exhausted_pool_inside_an_endpoint_answers_503(
+    database_url: str, path: str
+) -> None:
+    """add_exception_handlers maps an outage raised in the endpoint's own code, as the
+    dependencies map theirs; without them the same request is a 500."""
+    async with Database(database_url, **SMALL_POOL) as db:
+        handled, bare = build_app(db), build_app(db)
+        add_exception_handlers(handled)
+        async with client_for(handled) as client, client_for(bare) as bare_client:
+            async with db.lease():
+                with anyio.fail_after(5):
+                    refused = await client.get(path)
+                    unhandled = await bare_client.get(path)
+            served = await client.get(path)
+        assert db.stats().checked_out == 0
+    assert_unavailable(refused, "pool_timeout")
+    assert unhandled.status_code == 500
+    assert served.status_code == 200
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_504(
+    database_url: str,
+) -> None:
+    """A db.transaction() in the endpoint whose statement runs past its timeout: 504."""
+    async with Database(database_url) as db:
+        app = build_app(db)
+        add_exception_handlers(app)
+        async with client_for(app) as client:
+            with anyio.fail_after(10):
+                response = await client.get("/in-a-transaction", params={"seconds": 2})
+    assert response.status_code == 504
+    assert response.json()["detail"]["cause"] == "statement_timeout"
+
+
 # -- the documented example ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
-async def test_the_fastapi_guide_hot_read_example_serves_a_note(database_url: str) -> None:
-    """The leased-connection example of docs/fastapi.md answers a note, and 404 for none."""
-    [block] = [code for code in python_blocks("docs/fastapi.md") if "db.leased" in code]
-    namespace = run_block(block, database_url)
+async def test_the_fastapi_guide_hot_read_examples_serve_a_note(database_url: str) -> None:
+    """The two leased-connection examples of docs/fastapi.md (the ``async with`` block, then
+    ``Depends(db.leased)`` added to the same app) answer a note, and 404 for none."""
+    blocks = python_blocks("docs/fastapi.md")
+    start = next(i for i, code in enumerate(blocks) if "db.lease()" in code)
+    namespace = run_block(blocks[start], database_url)
+    exec(compile(blocks[start + 1], "<docs>", "exec"), namespace)  # noqa: S102 - our own docs
     db, app = namespace["db"], namespace["app"]
     async with admin(database_url) as connection:
         await connection.execute(text("DROP TABLE IF EXISTS notes"))
@@ -522,8 +585,12 @@ async def test_the_fastapi_guide_hot_read_example_serves_a_note(database_url: st
             async with db.lifespan(app), client_for(app) as client:
                 found = await client.get("/notes/1")
                 missing = await client.get("/notes/2")
+                found_text = await client.get("/notes/1/text")
+                missing_text = await client.get("/notes/2/text")
         finally:
             await connection.execute(text("DROP TABLE notes"))
     assert found.status_code == 200, found.text
     assert found.json() == {"id": 1, "text": "hello"}
     assert missing.status_code == 404
+    assert found_text.json() == "hello"
+    assert missing_text.status_code == 404

@@ -8,13 +8,14 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 a function.
 """
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -358,6 +359,52 @@ async def write_read_only(db: Database, seen: list[Any]) -> None:
     async with db.transaction(read_only=True) as session:
         seen.append(await session.scalar(text("SHOW transaction_read_only")))
         await session.execute(INSERT)
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_read_only_unit_begins_read_only_without_a_statement_of_its_own(
+    database_url: str,
+) -> None:
+    """On PostgreSQL the unit begins with BEGIN READ ONLY: no SET TRANSACTION is sent."""
+    async with Database(database_url) as db:
+        with sent_statements(db) as sent:
+            async with db.transaction(read_only=True) as session:
+                seen = await session.scalar(text("SHOW transaction_read_only"))
+    assert seen == "on"
+    assert sent == ["SHOW transaction_read_only"]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.usefixtures("uo_rows")
+async def test_the_next_unit_on_the_connection_of_a_read_only_one_can_write(
+    database_url: str,
+) -> None:
+    """Read-only ends with its unit: the same pooled connection then takes a write."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        async with db.transaction(read_only=True) as session:
+            read_only_backend = await session.scalar(text(backend_id_query(db)))
+        async with db.transaction() as session:
+            backend = await session.scalar(text(backend_id_query(db)))
+            seen = await session.scalar(text("SHOW transaction_read_only"))
+            await session.execute(INSERT)
+    assert backend == read_only_backend
+    assert seen == "off"
+    assert await stored_rows(database_url) == 1
+
+
+@contextlib.contextmanager
+def sent_statements(db: Database) -> Iterator[list[str]]:
+    """The statements ``db``'s engine sends while the block runs (BEGIN and COMMIT excepted)."""
+    sent: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", note)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite", "asyncmy"])

@@ -1,18 +1,18 @@
 """dbscope's fast path for hot endpoints: the asyncpg connection leased from dbscope's pool.
 
-``Depends(db.leased)`` gives each request the driver connection of one of dbscope's pooled
-connections; the endpoints run the raw asyncpg variant's own functions on it (``fetchrow``,
-``executemany``), and ``/updates`` runs them in the driver's transaction. What dbscope still
-adds over the raw pool: its pool limits, its liveness check, 503 on outages, and the
-connection back in the pool before the response is sent.
+Each endpoint leases the driver connection of one of dbscope's pooled connections with
+``async with db.lease()`` and runs the raw asyncpg variant's own functions on it
+(``fetchrow``, ``executemany``); ``/updates`` runs them in the driver's transaction. The
+block form is the fastest: ``Depends(db.leased)`` gives the same connection through a yield
+dependency, whose machinery in FastAPI costs more than the lease itself (see
+docs/benchmarks.md). What dbscope still adds over the raw pool: its pool limits and wait
+line, its liveness check, 503 on outages (``add_exception_handlers``), and the connection back
+in the pool before the response is sent.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import asyncpg
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from benchmarks.variants.common import (
@@ -23,28 +23,31 @@ from benchmarks.variants.common import (
     raw_one,
 )
 from dbscope import Database
+from dbscope.fastapi import add_exception_handlers
 
 settings = bench_settings()
 db = Database(settings.sqlalchemy_url, **settings.dbscope_options)
 app = FastAPI(lifespan=db.lifespan)
-Leased = Annotated[asyncpg.Connection, Depends(db.leased)]
+add_exception_handlers(app)
 
 
 @app.get("/db")
-async def one(connection: Leased) -> JSONResponse:
-    return JSONResponse(await raw_one(connection))
+async def one() -> JSONResponse:
+    async with db.lease() as connection:
+        return JSONResponse(await raw_one(connection))
 
 
 @app.get("/queries")
-async def many(connection: Leased, q: int = 1) -> JSONResponse:
-    return JSONResponse(await raw_many(connection, q))
+async def many(q: int = 1) -> JSONResponse:
+    async with db.lease() as connection:
+        return JSONResponse(await raw_many(connection, q))
 
 
 @app.get("/updates")
-async def change(connection: Leased, q: int = 1) -> JSONResponse:
-    async with connection.transaction():  # each statement alone would commit by itself
-        rows = await raw_change(connection, q)
-    return JSONResponse(rows)
+async def change(q: int = 1) -> JSONResponse:
+    async with db.lease() as connection, connection.transaction():
+        # Without the driver's transaction each statement would commit by itself.
+        return JSONResponse(await raw_change(connection, q))
 
 
 @app.get("/nodb")

@@ -53,7 +53,12 @@ def _configure_transaction(
 ) -> None:
     info = session.info
     backend = connection.dialect.name
-    if info.get(READ_ONLY_KEY) and backend == "postgresql":
+    if (
+        info.get(READ_ONLY_KEY)
+        and backend == "postgresql"
+        # Begun with BEGIN READ ONLY already, unless bound to a test's connection.
+        and not connection.get_execution_options().get("postgresql_readonly")
+    ):
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
     timeout = info.get(TIMEOUT_KEY)
     if timeout is not None:

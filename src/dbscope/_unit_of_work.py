@@ -50,7 +50,7 @@ class UnitOptions:
     """How one unit of work runs.
 
     Attributes:
-        read_only: never commit; on PostgreSQL, ``SET TRANSACTION READ ONLY`` as well.
+        read_only: never commit; on PostgreSQL, a ``READ ONLY`` transaction as well.
         isolation_level: e.g. ``"SERIALIZABLE"``; None keeps the database's default.
         statement_timeout: seconds any one statement may run (PostgreSQL, MariaDB/MySQL).
         schema: PostgreSQL schema for this unit; None keeps the Database's.
@@ -155,7 +155,7 @@ class UnitRun:
         settings: DatabaseSettings,
         options: UnitOptions,
     ) -> None:
-        session = factory(**_isolated_bind(factory, options.isolation_level))
+        session = factory(**_unit_bind(factory, options))
         info = session.info
         info[SCHEMA_KEY] = options.schema or settings.postgres_schema
         info[READ_ONLY_KEY] = options.read_only
@@ -237,17 +237,22 @@ class UnitRun:
         self.unit.session.info[ENDED_KEY] = True
 
 
-def _isolated_bind(
-    factory: async_sessionmaker[AsyncSession], isolation_level: str | None
-) -> dict[str, Any]:
-    # The level must hold for every transaction of the unit (a retried attempt, a mid-unit
-    # commit), and a pooled connection is reset when returned: bind the session to an engine
-    # view with the level, which applies it at each checkout. A test's bound connection keeps
-    # the level of the transaction the test began.
+def _unit_bind(factory: async_sessionmaker[AsyncSession], options: UnitOptions) -> dict[str, Any]:
+    # An isolation level must hold for every transaction of the unit (a retried attempt, a
+    # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
+    # engine view with the level, which applies it at each checkout. On PostgreSQL the same
+    # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
+    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
+    # began (after_begin then sets read-only itself).
     bind = factory.kw.get("bind")
-    if isolation_level is None or not isinstance(bind, AsyncEngine):
+    if not isinstance(bind, AsyncEngine):
         return {}
-    return {"bind": bind.execution_options(isolation_level=isolation_level)}
+    view: dict[str, Any] = {}
+    if options.isolation_level is not None:
+        view["isolation_level"] = options.isolation_level
+    if options.read_only and bind.dialect.name == "postgresql":
+        view["postgresql_readonly"] = True
+    return {"bind": bind.execution_options(**view)} if view else {}
 
 
 async def _close_when_idle(session: AsyncSession) -> None:

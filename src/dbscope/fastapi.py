@@ -29,7 +29,9 @@ lost mid-request) becomes ``503 Service Unavailable`` with a ``Retry-After`` hea
 
 ``Depends(db.leased)`` lends the request a pooled driver connection instead of a session
 (see ``Database.lease()``): built the same way, it goes back to the pool before the response
-is sent, and its outages answer 503 the same way.
+is sent, and its outages answer 503 the same way. :func:`add_exception_handlers` gives the
+same answers to dbscope's errors raised elsewhere in a request (``async with db.lease()``, a
+``db.transaction()`` block in an endpoint).
 
 This is the only module of dbscope that imports FastAPI or Starlette.
 """
@@ -38,7 +40,7 @@ This is the only module of dbscope that imports FastAPI or Starlette.
 # in session_dependency(), whose annotations name local functions.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,7 +52,8 @@ from dbscope._exceptions import (
 from dbscope._unit_of_work import UnitOfWork, UnitOptions
 
 try:
-    from fastapi import Depends, HTTPException, Response
+    from fastapi import Depends, FastAPI, HTTPException, Request, Response
+    from fastapi.exception_handlers import http_exception_handler
 except ModuleNotFoundError as error:  # pragma: no cover - exercised only without FastAPI
     message = "dbscope.fastapi needs FastAPI: pip install 'dbscope[fastapi]'"
     raise ModuleNotFoundError(message, name=error.name) from error
@@ -60,7 +63,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbscope")
 
-__all__ = ["lease_dependency", "service_unavailable", "session_dependency"]
+__all__ = [
+    "add_exception_handlers",
+    "http_error",
+    "lease_dependency",
+    "service_unavailable",
+    "session_dependency",
+]
+
+
+# dbscope's errors that are the database's state rather than a bug, and so not a 500.
+HANDLED: Final = (DatabaseUnavailableError, StatementTimeoutError, RetriesExhaustedError)
 
 
 def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
@@ -70,6 +83,40 @@ def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
         detail={"cause": error.cause, "message": str(error)},
         headers={"Retry-After": str(error.retry_after)},
     )
+
+
+def http_error(
+    error: DatabaseUnavailableError | StatementTimeoutError | RetriesExhaustedError,
+) -> HTTPException:
+    """The response for one of dbscope's errors, logged as one line without a traceback.
+
+    An outage answers 503 with ``Retry-After``, a statement timeout 504, a transaction whose
+    retries ran out 409; the JSON body names the cause.
+    """
+    if isinstance(error, DatabaseUnavailableError):
+        logger.warning("Answering 503: %s", error)
+        return service_unavailable(error)
+    if isinstance(error, StatementTimeoutError):
+        logger.warning("Answering 504: %s", error)
+        return HTTPException(504, {"cause": "statement_timeout", "message": str(error)})
+    logger.warning("Answering 409: %s", error)
+    return HTTPException(409, {"cause": "conflict", "message": str(error)})
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Answer dbscope's errors raised anywhere in ``app`` as ``Depends(db.session)`` does.
+
+    ``db.session`` and ``db.leased`` map their own errors; these handlers do the same for the
+    rest: ``async with db.lease()`` or ``db.transaction()`` inside an endpoint, a service
+    called by one. Call it once, after creating the app.
+    """
+
+    async def handle(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HANDLED)
+        return await http_exception_handler(request, http_error(error))
+
+    for kind in HANDLED:
+        app.add_exception_handler(kind, handle)
 
 
 def session_dependency(
@@ -88,17 +135,8 @@ def session_dependency(
                 # on it reports a failure without raising.
                 if response.status_code is not None and response.status_code >= 400:
                     unit.rollback_only = True
-        except DatabaseUnavailableError as error:
-            logger.warning("Answering 503: %s", error)
-            raise service_unavailable(error) from error
-        except StatementTimeoutError as error:
-            logger.warning("Answering 504: %s", error)
-            raise HTTPException(
-                504, {"cause": "statement_timeout", "message": str(error)}
-            ) from error
-        except RetriesExhaustedError as error:
-            logger.warning("Answering 409: %s", error)
-            raise HTTPException(409, {"cause": "conflict", "message": str(error)}) from error
+        except HANDLED as error:
+            raise http_error(error) from error
 
     async def session(
         unit: Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")],
@@ -121,8 +159,7 @@ def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
             async with db.lease() as connection:
                 yield connection
         except DatabaseUnavailableError as error:
-            logger.warning("Answering 503: %s", error)
-            raise service_unavailable(error) from error
+            raise http_error(error) from error
 
     async def leased(
         connection: Annotated[Any, Depends(request_lease, scope="function")],
