@@ -13,6 +13,7 @@ driver's own codes and on whether the driver reports its connection closed.
 
 from __future__ import annotations
 
+import random
 from types import TracebackType
 from typing import Final, Protocol
 
@@ -57,6 +58,8 @@ RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
     "connection_lost": 1,
     "unreachable": 5,
 }
+# Retry-After for a request refused at once because the wait line is full.
+SHED_RETRY_AFTER: Final = (1, 2)
 
 
 def connect_error(error: BaseException, url: URL) -> DatabaseUnavailableError | ConfigurationError:
@@ -187,7 +190,12 @@ def unavailable_error(
             "The connection to the database was lost while in use (server restart, terminated "
             "backend or network cut)."
         )
-    return DatabaseUnavailableError(message, cause=cause, retry_after=RETRY_AFTER[cause])
+    retry_after = RETRY_AFTER[cause]
+    if line_full:
+        # Requests refused together come back together, and are refused together again: a
+        # spread of 1 to 2 s splits the crowd in two, each half a shorter burst of refusals.
+        retry_after = random.choice(SHED_RETRY_AFTER)  # noqa: S311 - a spread, not a secret
+    return DatabaseUnavailableError(message, cause=cause, retry_after=retry_after)
 
 
 def driver_connection_lost(error: BaseException, *, unusable: bool) -> bool:
