@@ -200,9 +200,9 @@ class Database:
     def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
         """The FastAPI dependency for a read-only request: ``Depends(db.read_session)``.
 
-        It never commits, and on PostgreSQL its transaction is ``READ ONLY``, so a write
-        fails loudly instead of being kept. It is a unit of work of its own: do not mix it
-        with ``db.session`` in one request.
+        It never commits, and on PostgreSQL and MariaDB/MySQL its transaction is ``READ
+        ONLY``, so a write fails loudly instead of being kept. It is a unit of work of its
+        own: do not mix it with ``db.session`` in one request.
         """
         return self.session_with(read_only=True)
 
@@ -251,7 +251,7 @@ class Database:
 
         Args:
             schema: a PostgreSQL schema for this transaction only, instead of the default.
-            read_only: never commit (and a ``READ ONLY`` transaction on PostgreSQL).
+            read_only: never commit (and a ``READ ONLY`` transaction on PostgreSQL, MariaDB).
             isolation_level: e.g. ``"SERIALIZABLE"``; default: the database's.
             statement_timeout: seconds a statement may run before it is cancelled
                 (StatementTimeoutError); PostgreSQL and MariaDB/MySQL.

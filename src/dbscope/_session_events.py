@@ -53,13 +53,8 @@ def _configure_transaction(
 ) -> None:
     info = session.info
     backend = connection.dialect.name
-    if (
-        info.get(READ_ONLY_KEY)
-        and backend == "postgresql"
-        # Begun with BEGIN READ ONLY already, unless bound to a test's connection.
-        and not connection.get_execution_options().get("postgresql_readonly")
-    ):
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    if info.get(READ_ONLY_KEY):
+        _make_read_only(connection, backend)
     timeout = info.get(TIMEOUT_KEY)
     if timeout is not None:
         milliseconds = max(1, round(timeout * 1000))
@@ -76,6 +71,19 @@ def _configure_transaction(
             f"SET LOCAL search_path TO {quote_schema(connection.dialect, name)}"
         )
     info[APPLIED_SCHEMA_KEY] = name
+
+
+def _make_read_only(connection: Connection, backend: str) -> None:
+    if backend == "postgresql":
+        # Begun with BEGIN READ ONLY already, unless bound to a test's connection, where the
+        # setting ends with the unit's savepoint.
+        if not connection.get_execution_options().get("postgresql_readonly"):
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    elif backend in ("mysql", "mariadb") and not connection.in_nested_transaction():
+        # MariaDB/MySQL begin a transaction implicitly, at the first statement: this one,
+        # sent before any, makes that transaction read-only. In a test's transaction (the
+        # unit is a savepoint) it would outlive the unit, so there the unit only rolls back.
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 @event.listens_for(UnitSession, "after_transaction_create")

@@ -50,7 +50,7 @@ class UnitOptions:
     """How one unit of work runs.
 
     Attributes:
-        read_only: never commit; on PostgreSQL, a ``READ ONLY`` transaction as well.
+        read_only: never commit; on PostgreSQL and MariaDB/MySQL, a ``READ ONLY`` transaction.
         isolation_level: e.g. ``"SERIALIZABLE"``; None keeps the database's default.
         statement_timeout: seconds any one statement may run (PostgreSQL, MariaDB/MySQL).
         schema: PostgreSQL schema for this unit; None keeps the Database's.
