@@ -104,11 +104,17 @@ def unavailable_cause(error: BaseException) -> UnavailableCause | None:
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return "connection_lost"
-        if sqlstate(error.orig) in LOST_SQLSTATES or (sqlstate(error.orig) or "").startswith("08"):
-            return "connection_lost"
-        if mysql_code(error.orig) in LOST_MYSQL_CODES:
+        if _lost_by_code(error.orig):
             return "connection_lost"
     return None
+
+
+def _lost_by_code(orig: BaseException | None) -> bool:
+    # The driver's own verdict: a connection-level SQLSTATE, or MySQL's code for the same.
+    code = sqlstate(orig)
+    if code is not None and (code in LOST_SQLSTATES or code.startswith("08")):
+        return True
+    return mysql_code(orig) in LOST_MYSQL_CODES
 
 
 def _refused(error: DBAPIError) -> bool:
@@ -211,12 +217,7 @@ def driver_connection_lost(error: BaseException, *, unusable: bool) -> bool:
         unusable: the driver reports the connection closed or broken, or the error is one
             after which the driver cannot go on with it.
     """
-    if mysql_code(error) in LOST_MYSQL_CODES:
-        return True
-    code = sqlstate(error)
-    if code is not None and (code in LOST_SQLSTATES or code.startswith("08")):
-        return True
-    return unusable
+    return _lost_by_code(error) or unusable
 
 
 # PostgreSQL query_canceled; MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
