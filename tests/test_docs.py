@@ -1,29 +1,19 @@
 """The code in README.md and docs/ runs as written."""
 
 import re
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
-ROOT = Path(__file__).parent.parent
-
-
-def python_blocks(document: str) -> list[str]:
-    """The ```python blocks of a Markdown file under the repository root."""
-    source = (ROOT / document).read_text()
-    return re.findall(r"```python\n(.*?)```", source, flags=re.DOTALL)
-
-
-def run_block(code: str, url: str) -> dict[str, Any]:
-    """Execute a documented block as a module, with its database URL replaced by ``url``."""
-    code = code.replace('"postgresql+asyncpg://app@localhost/app"', repr(url))
-    module = ModuleType("documented_example")
-    exec(compile(code, "<docs>", "exec"), module.__dict__)  # noqa: S102 - our own docs
-    return module.__dict__
+from tests.documented import (
+    DOCS_URL,
+    block_containing,
+    python_blocks,
+    run_async_block,
+    run_block,
+)
 
 
 # The quick start uses INSERT ... RETURNING, which MariaDB 10.11 lacks.
@@ -67,3 +57,29 @@ async def test_scripts_guide_example_deletes_the_rows(
         left = (await session.execute(text("SELECT id FROM notes"))).scalars().all()
         await session.execute(text("DROP TABLE notes"))
     assert left == [4]
+
+
+def shown_server(shown: str) -> str:
+    """A ServerInfo repr with its version numbers left out: they are the server's own."""
+    return re.sub(r"version=\([0-9, ]+\)", "version=(...)", shown)
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_the_pool_figures_in_the_scripts_guide_are_what_db_stats_gives(
+    database_url: str,
+) -> None:
+    """Each PoolStats, ServerInfo and URL the scripts guide shows is what the code gives."""
+    code = block_containing("docs/scripts.md", "db.stats()")
+    namespace: dict[str, Any] = {}
+    code = code.replace(DOCS_URL, repr(database_url))
+    seen = await run_async_block(code, namespace)
+    claims = [
+        (shown_server(comment), shown_server(shown))
+        if comment.startswith("ServerInfo(")
+        else (comment, shown)
+        for comment, shown in seen
+        if comment.startswith(("PoolStats(", "ServerInfo(", "postgresql"))
+    ]
+    assert len(claims) == 5
+    for comment, shown in claims:
+        assert shown == comment

@@ -1,0 +1,125 @@
+"""Run what the docs show: their python blocks, and the apps they build, served by uvicorn.
+
+A documented app is served by a real uvicorn server inside the test's own event loop, over
+HTTP on 127.0.0.1: the client sees what a server sends (a failed commit is a response, not an
+exception in the test), while the test keeps the app's ``Database`` at hand (``db.stats()``)
+and the server's log records reach ``caplog``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+ROOT = Path(__file__).parent.parent
+DOCS_URL = '"postgresql+asyncpg://app@localhost/app"'
+STARTUP_TIMEOUT = 20.0
+
+
+def python_blocks(document: str) -> list[str]:
+    """The ```python blocks of a Markdown file under the repository root."""
+    source = (ROOT / document).read_text()
+    return re.findall(r"```python\n(.*?)```", source, flags=re.DOTALL)
+
+
+def text_blocks(document: str) -> list[str]:
+    """The ```text blocks of a Markdown file: output the docs show."""
+    source = (ROOT / document).read_text()
+    return re.findall(r"```text\n(.*?)```", source, flags=re.DOTALL)
+
+
+def block_containing(document: str, needle: str) -> str:
+    """The one python block of ``document`` that contains ``needle``."""
+    found = [block for block in python_blocks(document) if needle in block]
+    if len(found) != 1:
+        message = f"{document} has {len(found)} python blocks containing {needle!r}, not 1"
+        raise LookupError(message)
+    return found[0]
+
+
+def run_block(
+    code: str,
+    url: str,
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    replace: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Execute a documented block as a module, with its database URL replaced by ``url``.
+
+    ``namespace`` gives what the page defined earlier (``db``, ``app``, ``Session``);
+    ``replace`` swaps literal text, such as a timeout too long to wait for in a test.
+    """
+    code = code.replace(DOCS_URL, repr(url))
+    for old, new in (replace or {}).items():
+        if old not in code:
+            raise LookupError(f"{old!r} is not in the block")
+        code = code.replace(old, new)
+    module = ModuleType("documented_example")
+    module.__dict__.update(namespace or {})
+    exec(compile(code, "<docs>", "exec"), module.__dict__)  # noqa: S102 - our own docs
+    return module.__dict__
+
+
+async def run_async_block(code: str, namespace: dict[str, Any]) -> list[tuple[str, str]]:
+    """Run a block written with top-level ``await``; return each commented expression's repr.
+
+    A line such as ``db.stats()  # PoolStats(...)`` is a claim about what the expression
+    gives: the result is ``(comment, repr(value))`` for every such expression statement.
+    """
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    seen: list[tuple[str, str]] = []
+    namespace["_documented_seen"] = seen
+
+    class Record(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> ast.AST:
+            line = lines[node.lineno - 1]
+            if "#" not in line or isinstance(node.value, ast.Await):
+                return node
+            comment = line.split("#", 1)[1].strip()
+            append = ast.Attribute(ast.Name("_documented_seen", ast.Load()), "append", ast.Load())
+            shown = ast.Call(ast.Name("repr", ast.Load()), [node.value], [])
+            call = ast.Expr(
+                ast.Call(append, [ast.Tuple([ast.Constant(comment), shown], ast.Load())], [])
+            )
+            return ast.copy_location(call, node)
+
+    tree = ast.fix_missing_locations(Record().visit(tree))
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    result = eval(compile(tree, "<docs>", "exec", flags=flags), namespace)  # noqa: S307
+    if result is not None:
+        await result
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve ``app`` (its lifespan included) with uvicorn in this event loop; yield its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()  # the reason it stopped
+                    raise RuntimeError("uvicorn stopped before it started serving")
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
