@@ -4,6 +4,8 @@ The public API is what ``__all__`` lists; every other module is private. ``impor
 does not import FastAPI: the integration loads when ``db.session`` is first used.
 """
 
+from importlib import metadata as _metadata
+
 from dbscope._database import Database
 from dbscope._engine import PoolStats, ServerInfo
 from dbscope._exceptions import (
@@ -48,3 +50,6 @@ __all__ = [
 for _name in __all__:
     globals()[_name].__module__ = "dbscope"
 del _name
+
+# Read from the installed distribution, so that pyproject.toml is the one place it is written.
+__version__: str = _metadata.version("dbscope")
