@@ -1,0 +1,121 @@
+"""Database URLs as users write them: checked, with the password where masking covers it,
+and described for messages without it.
+
+SQLAlchemy's ``URL`` masks its password in ``repr``, ``str`` and ``render_as_string``, but
+only the password in ``user:password@``: one given as ``?password=`` is an ordinary query
+value, printed in full. :func:`normalize_url` moves it where the masking applies (the drivers
+receive the same keyword either way). A password with an unencoded ``@`` is split by the
+parser, and its tail taken for the host: that URL is refused before anything shows its host.
+
+Messages name where a database is with :func:`describe_location`, built from the URL's parts,
+never from its text: replacing the password in a message would also replace its letters
+wherever else they occur, and show a short password by the words it mangled.
+
+This module imports nothing of dbscope's but ``_exceptions``.
+"""
+
+from __future__ import annotations
+
+from itertools import zip_longest
+from typing import Final
+
+from sqlalchemy.engine import URL
+
+from dbscope._exceptions import ConfigurationError
+
+# The port a driver uses when the URL names none, for the messages that name it.
+DEFAULT_PORTS: Final = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def normalize_url(url: URL) -> URL:
+    """Return ``url`` with its password where SQLAlchemy masks it, after checking its user part.
+
+    Raises:
+        ConfigurationError: an unencoded ``@`` in the user name or password, or a password
+            given twice; the message shows no part of the URL's user or password.
+    """
+    check_user_part(url)
+    return move_query_password(url)
+
+
+def check_user_part(url: URL) -> None:
+    """Refuse a URL whose host holds an ``@``: the tail of a password with an unencoded ``@``.
+
+    ``user:pa@ss@host`` parses as password ``pa`` at host ``ss@host``, which the host would
+    then show in every message. No host name holds an ``@``, so this is never a real host.
+    """
+    if url.host is None or "@" not in url.host:
+        return
+    message = (
+        "The database URL has an '@' in its user name or password that is not "
+        "percent-encoded, so its host cannot be told apart (the URL is not shown, it holds "
+        "a password): write each '@' inside the user name or password as %40, e.g. "
+        "'postgresql+asyncpg://app:pa%40ss@db.internal/app' for the password 'pa@ss'."
+    )
+    raise ConfigurationError(message)
+
+
+def move_query_password(url: URL) -> URL:
+    """Move a ``?password=`` query value into the URL's password, where it is masked."""
+    value = url.query.get("password")
+    if value is None:
+        return url
+    if isinstance(value, str) and url.password is None:
+        return url.difference_update_query(["password"]).set(password=value)
+    where = "in user:password@ and as ?password=" if isinstance(value, str) else "twice"
+    message = (
+        f"The database URL gives a password {where} (neither is shown): keep one, "
+        "preferably in user:password@ with special characters percent-encoded."
+    )
+    raise ConfigurationError(message)
+
+
+def describe_location(url: URL) -> str:
+    """Where ``url`` points, for messages: backend, every host:port tried, database.
+
+    E.g. ``postgresql at 127.0.0.1:5499, 127.0.0.1:5498, database 'test'``. Built from the
+    URL's parts: it never contains the user or the password.
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite database {url.database or ':memory:'!r}"
+    where = f"{backend} at {', '.join(host_ports(url))}"
+    if url.database:
+        where += f", database {url.database!r}"
+    return where
+
+
+def host_ports(url: URL) -> list[str]:
+    """Each ``host:port`` a driver tries for ``url``, in order, with default ports filled in.
+
+    Besides ``host:port``, PostgreSQL URLs may list hosts in the query, as SQLAlchemy reads
+    them: ``?host=h1:p1&host=h2:p2``, or ``?host=h1,h2&port=p1,p2``.
+    """
+    default_port = url.port or DEFAULT_PORTS.get(url.get_backend_name())
+    pairs: list[tuple[str | None, str | int | None]]
+    hosts = url.query.get("host")
+    if isinstance(hosts, tuple):  # host=h1:p1&host=h2:p2
+        pairs = [_split_host_port(token) for token in hosts]
+    elif hosts is not None:  # host=h1,h2 (&port=p1,p2), or host=h1:p1
+        ports = url.query.get("port", ())
+        port_list = ports.split(",") if isinstance(ports, str) else list(ports)
+        names = hosts.split(",")
+        if len(names) == 1 and not port_list:
+            pairs = [_split_host_port(names[0])]
+        else:
+            pairs = list(zip_longest(names, port_list))
+    else:
+        pairs = [(url.host, url.port)]
+    return [_host_port(host, port or default_port) for host, port in pairs]
+
+
+def _split_host_port(token: str) -> tuple[str, str | None]:
+    host, _, port = token.partition(":")
+    return host, port or None
+
+
+def _host_port(host: str | None, port: str | int | None) -> str:
+    host = host or "localhost"
+    if ":" in host:  # an IPv6 address, bracketed as in a URL
+        host = f"[{host}]"
+    return f"{host}:{port or 'default port'}"
