@@ -16,12 +16,14 @@ import functools
 import inspect
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from dbscope import DatabaseSettings
+from dbscope import Database, DatabaseSettings
+from tests.helpers import Tables
 
 pytest_plugins = ["pytester"]
 
@@ -116,6 +118,21 @@ def mysql_url(tmp_path: Path) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file of this test's own."""
     return url_for("sqlite", tmp_path)
+
+
+@pytest.fixture
+async def tables(database_url: str) -> AsyncIterator[Tables]:
+    """Tables for the test on its database, made outside dbscope; dropped after the test."""
+    made = Tables(database_url)
+    yield made
+    await made.drop_all()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A connected Database on the test's database; disposed after the test."""
+    async with Database(database_url) as database:
+        yield database
 
 
 @pytest.fixture

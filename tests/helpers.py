@@ -1,17 +1,121 @@
-"""Small helpers shared by the test modules."""
+"""Small helpers shared by the test modules.
+
+- clients: :func:`client_for`, an in-process client;
+- apps: :func:`app_with` builds an app from its routes' bodies, :class:`ResponseStart` sees
+  the response begin;
+- the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`;
+- faults: :func:`kill` ends a server connection, :func:`assert_unavailable` checks a 503.
+"""
 
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any
 
+import anyio
 import httpx
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from fastapi import Depends, FastAPI
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dbscope import Database
+
+# The backends that run a server (and so have connections to kill), by driver.
+SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
+# The query naming the server connection (backend) a session or connection runs on.
+BACKEND_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+
+Body = Callable[..., Awaitable[Any]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client that answers a 500 like a server does instead of raising."""
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+# -- clients and apps -------------------------------------------------------------------------
+
+
+def client_for(app: ASGIApp, *, raise_app_exceptions: bool = False) -> httpx.AsyncClient:
+    """An in-process client that answers a 500 like a server does instead of raising.
+
+    It does not run the app's lifespan: the test connects the Database itself.
+    ``raise_app_exceptions=True`` raises the app's unhandled exception in the test instead.
+    """
+    transport = httpx.ASGITransport(app, raise_app_exceptions=raise_app_exceptions)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def app_with(
+    session: Callable[..., Any],
+    routes: Mapping[str, Body],
+    *,
+    lifespan: Lifespan | None = None,
+) -> FastAPI:
+    """An app serving each ``"METHOD /path"`` of ``routes`` with its body.
+
+    A body is an endpoint whose parameters annotated ``AsyncSession`` get the request's session
+    from the ``session`` dependency (``db.session``, ``db.read_session``, ...); its other
+    parameters are FastAPI's, as usual (path and query parameters, ``Response``, ...).
+    """
+    app = FastAPI(lifespan=lifespan)
+    session_parameter = Annotated[AsyncSession, Depends(session)]
+    for route, body in routes.items():
+        method, path = route.split(" ", 1)
+        app.add_api_route(path, _endpoint(body, session_parameter), methods=[method])
+    return app
+
+
+def _endpoint(body: Body, session_parameter: object) -> Body:
+    """``body`` as an endpoint: its ``AsyncSession`` parameters turned into the dependency."""
+    hints = typing.get_type_hints(body, include_extras=True)
+    signature = inspect.signature(body)
+    parameters = [
+        parameter.replace(
+            annotation=session_parameter
+            if hints.get(parameter.name) is AsyncSession
+            else hints.get(parameter.name, parameter.annotation)
+        )
+        for parameter in signature.parameters.values()
+    ]
+
+    async def endpoint(**arguments: Any) -> Any:
+        return await body(**arguments)
+
+    endpoint.__dict__["__signature__"] = signature.replace(
+        parameters=parameters, return_annotation=hints.get("return", signature.return_annotation)
+    )
+    endpoint.__name__ = endpoint.__qualname__ = body.__name__
+    endpoint.__doc__ = body.__doc__
+    return endpoint
+
+
+class ResponseStart:
+    """Pure ASGI middleware: calls ``on_start()`` when the response begins to go out."""
+
+    def __init__(self, app: ASGIApp, on_start: Callable[[], None]) -> None:
+        self.app = app
+        self.on_start = on_start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def noting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.on_start()
+            await send(message)
+
+        await self.app(scope, receive, noting_send)
+
+
+def assert_unavailable(response: httpx.Response, cause: str) -> None:
+    """``response`` is a 503 with Retry-After and a JSON body naming ``cause``."""
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) > 0
+    detail = response.json()["detail"]
+    assert detail["cause"] == cause
+    assert isinstance(detail["message"], str)
+    assert detail["message"]
+
+
+# -- the database, from outside dbscope -------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
@@ -23,3 +127,73 @@ async def admin(database_url: str) -> AsyncIterator[AsyncConnection]:
             yield connection
     finally:
         await engine.dispose()
+
+
+async def count_rows(database_url: str, table: str) -> int:
+    """How many rows ``table`` holds, counted on a connection of the test's own."""
+    async with admin(database_url) as connection:
+        return int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def stored(db: Database, query: str) -> list[Any]:
+    """The first column of every row ``query`` gives, read in a unit of work of its own."""
+    async with db.transaction() as session:
+        return list((await session.execute(text(query))).scalars())
+
+
+class Tables:
+    """The tables of one test, made on its database outside dbscope and dropped after it.
+
+    The ``tables`` fixture (tests/conftest.py) gives one and drops what it made.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._made: list[str | MetaData] = []
+
+    async def create(self, name: str, columns: str) -> None:
+        """(Re)create the empty table ``name (columns)``, on any backend."""
+        async with admin(self.database_url) as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+            await connection.execute(text(f"CREATE TABLE {name} ({columns})"))
+        self._made.append(name)
+
+    async def create_all(self, metadata: MetaData) -> None:
+        """(Re)create the empty tables of ``metadata``."""
+        async with admin(self.database_url) as connection:
+            await connection.run_sync(metadata.drop_all)
+            await connection.run_sync(metadata.create_all)
+        self._made.append(metadata)
+
+    async def drop_all(self) -> None:
+        """Drop every table made, the last made first."""
+        async with admin(self.database_url) as connection:
+            for made in reversed(self._made):
+                if isinstance(made, MetaData):
+                    await connection.run_sync(made.drop_all)
+                else:
+                    await connection.execute(text(f"DROP TABLE {made}"))
+        self._made.clear()
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+async def wait_until_none(connection: AsyncConnection, count: str, **params: Any) -> None:
+    """Wait until the ``count`` query, run on ``connection``, gives 0."""
+    with anyio.fail_after(10):
+        while True:
+            if not (await connection.execute(text(count), params)).scalar_one():
+                return
+            await anyio.sleep(0.02)
+
+
+async def kill(connection: AsyncConnection, backend_id: int) -> None:
+    """End the server side of the connection ``backend_id``, and wait until it is gone."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_terminate_backend(:id)"), {"id": backend_id})
+        count = "SELECT count(*) FROM pg_stat_activity WHERE pid = :id"
+    else:
+        await connection.execute(text(f"KILL CONNECTION {int(backend_id)}"))
+        count = "SELECT count(*) FROM information_schema.processlist WHERE id = :id"
+    await wait_until_none(connection, count, id=backend_id)

@@ -4,24 +4,19 @@ Each test registers callbacks that append to a list, then checks the list agains
 committed (read back in a unit of work of its own). In a request, a pure ASGI middleware
 records when the response starts, so the order "callback, then response" is observed, not
 inferred.
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
 """
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from collections.abc import Callable
 
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbscope import Database, NoSessionError
-from tests.helpers import client_for
+from tests.helpers import ResponseStart, Tables, app_with, client_for, stored
 
 INSERT = text("INSERT INTO oc_rows (label) VALUES (:label)")
 
@@ -30,24 +25,15 @@ class Boom(Exception):
     """The error that makes a unit, a savepoint or a callback fail."""
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """A connected Database over an empty ``oc_rows`` table."""
-    database = Database(database_url)
-    async with database:
-        async with database.transaction() as session:
-            await session.execute(text("DROP TABLE IF EXISTS oc_rows"))
-            await session.execute(text("CREATE TABLE oc_rows (label VARCHAR(40) NOT NULL)"))
-        yield database
-        async with database.transaction() as session:
-            await session.execute(text("DROP TABLE oc_rows"))
+@pytest.fixture(autouse=True)
+async def oc_rows(tables: Tables) -> None:
+    """An empty ``oc_rows`` table for every test; ``db`` (tests/conftest.py) connects to it."""
+    await tables.create("oc_rows", "label VARCHAR(40) NOT NULL")
 
 
 async def stored_labels(db: Database) -> list[str]:
     """The labels committed so far, read in a unit of work of their own."""
-    async with db.transaction() as session:
-        result = await session.execute(text("SELECT label FROM oc_rows ORDER BY label"))
-        return list(result.scalars())
+    return await stored(db, "SELECT label FROM oc_rows ORDER BY label")
 
 
 def appender(calls: list[str], label: str) -> Callable[[], None]:
@@ -211,51 +197,35 @@ async def test_on_commit_outside_a_unit_of_work_raises_no_session_error(db: Data
         db.on_commit(lambda: None)
 
 
-class ResponseStart:
-    """Pure ASGI middleware: appends "response-start" to ``events`` when the response starts."""
-
-    def __init__(self, app: ASGIApp, events: list[str]) -> None:
-        self.app = app
-        self.events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def recording_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.events.append("response-start")
-            await send(message)
-
-        await self.app(scope, receive, recording_send)
-
-
 def build_app(db: Database) -> FastAPI:
     """Endpoints that write a row and register callbacks appending to ``app.state.events``."""
-    app = FastAPI()
-    app.state.events = []
-    app.add_middleware(ResponseStart, events=app.state.events)
-    Session = Annotated[AsyncSession, Depends(db.session)]
+    events: list[str] = []
 
     def fail() -> None:
         raise Boom("the callback failed")
 
-    @app.post("/ok")
-    async def ok(session: Session) -> dict[str, str]:
+    async def ok(session: AsyncSession) -> dict[str, str]:
         await session.execute(INSERT, {"label": "ok"})
-        db.on_commit(async_appender(app.state.events, "callback"))
+        db.on_commit(async_appender(events, "callback"))
         return {"status": "ok"}
 
-    @app.post("/failing-callback")
-    async def failing_callback(session: Session) -> dict[str, str]:
+    async def failing_callback(session: AsyncSession) -> dict[str, str]:
         await session.execute(INSERT, {"label": "failing-callback"})
         db.on_commit(fail)
-        db.on_commit(appender(app.state.events, "callback"))
+        db.on_commit(appender(events, "callback"))
         return {"status": "ok"}
 
-    @app.post("/conflict")
-    async def conflict(session: Session) -> None:
+    async def conflict(session: AsyncSession) -> None:
         await session.execute(INSERT, {"label": "conflict"})
-        db.on_commit(appender(app.state.events, "callback"))
+        db.on_commit(appender(events, "callback"))
         raise HTTPException(409, "conflict")
 
+    app = app_with(
+        db.session,
+        {"POST /ok": ok, "POST /failing-callback": failing_callback, "POST /conflict": conflict},
+    )
+    app.state.events = events
+    app.add_middleware(ResponseStart, on_start=lambda: events.append("response-start"))
     return app
 
 

@@ -11,7 +11,7 @@ inside a function, which FastAPI must be able to resolve at runtime.
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from dbscope import Database
-from tests.helpers import client_for
+from tests.helpers import Tables, client_for, stored
 
 APPLICATION_NAME = f"dbscope-test-rollback-{os.getpid()}"
 
@@ -123,22 +123,15 @@ def build_app(session_dependency: Callable[..., Any]) -> FastAPI:
 
 async def stored_labels(db: Database) -> list[str]:
     """The labels committed so far, read in a unit of work of their own."""
-    async with db.transaction() as session:
-        result = await session.execute(text("SELECT label FROM rb_rows ORDER BY label"))
-        return list(result.scalars())
+    return await stored(db, "SELECT label FROM rb_rows ORDER BY label")
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """A connected Database over an empty ``rb_rows`` table."""
-    database = Database(database_url, application_name=APPLICATION_NAME)
-    async with database:
-        async with database.transaction() as session:
-            await session.execute(text("DROP TABLE IF EXISTS rb_rows"))
-            await session.execute(text("CREATE TABLE rb_rows (label VARCHAR(40) NOT NULL)"))
+async def db(database_url: str, tables: Tables) -> AsyncIterator[Database]:
+    """A connected Database over an empty ``rb_rows`` table, named in pg_stat_activity."""
+    await tables.create("rb_rows", "label VARCHAR(40) NOT NULL")
+    async with Database(database_url, application_name=APPLICATION_NAME) as database:
         yield database
-        async with database.transaction() as session:
-            await session.execute(text("DROP TABLE rb_rows"))
 
 
 async def post(db: Database, path: str) -> tuple[int, list[str], list[str]]:
@@ -230,18 +223,40 @@ async def test_the_status_code_is_the_one_the_app_gives_without_dbscope(
     assert status == plain.status_code
 
 
-async def test_a_request_cancelled_while_the_endpoint_awaits_rolls_back(db: Database) -> None:
-    """A request cancelled after its write stores nothing and gives its connection back."""
+async def cancel_in_flight(
+    db: Database, path: str, ready: Callable[[], Awaitable[bool]]
+) -> list[str]:
+    """POST ``path``; once its endpoint has written and ``ready()`` holds, cancel the request.
+
+    Returns the labels the endpoint wrote.
+    """
     app = build_app(db.session)
     async with client_for(app) as client:
-        request = asyncio.create_task(client.post("/cancel"))
+        request = asyncio.create_task(client.post(path))
         await asyncio.wait_for(app.state.started.wait(), timeout=10)
-        assert db.stats().checked_out == 1
+        with anyio.fail_after(10):
+            while True:
+                if await ready():
+                    break
+                await asyncio.sleep(0.02)
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
+    return list(app.state.written)
+
+
+async def test_a_request_cancelled_while_the_endpoint_awaits_rolls_back(db: Database) -> None:
+    """A request cancelled after its write stores nothing and gives its connection back."""
+    checked_out: list[int] = []
+
+    async def holding_its_connection() -> bool:
+        checked_out.append(db.stats().checked_out)
+        return True
+
+    written = await cancel_in_flight(db, "/cancel", holding_its_connection)
+    assert checked_out == [1]
     assert db.stats().checked_out == 0
-    assert app.state.written == ["cancel"]
+    assert written == ["cancel"]
     assert await stored_labels(db) == []
 
 
@@ -259,18 +274,7 @@ async def sleeping_in_postgres(db: Database) -> bool:
 @pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
 async def test_a_request_cancelled_in_the_middle_of_a_query_rolls_back(db: Database) -> None:
     """A request cancelled while PostgreSQL runs its query stores nothing, leaks nothing."""
-    app = build_app(db.session)
-    async with client_for(app) as client:
-        request = asyncio.create_task(client.post("/cancel-mid-query"))
-        await asyncio.wait_for(app.state.started.wait(), timeout=10)
-        with anyio.fail_after(10):
-            while True:
-                if await sleeping_in_postgres(db):
-                    break
-                await asyncio.sleep(0.02)
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
+    written = await cancel_in_flight(db, "/cancel-mid-query", lambda: sleeping_in_postgres(db))
     assert db.stats().checked_out == 0
-    assert app.state.written == ["cancel-mid-query"]
+    assert written == ["cancel-mid-query"]
     assert await stored_labels(db) == []
