@@ -9,10 +9,41 @@ the relationship: ``'Note.author' is not available due to lazy='raise'``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, String, Text, func
+from sqlalchemy import DateTime, Dialect, ForeignKey, String, Text, TypeDecorator, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A point in time, read back as a timezone-aware datetime in UTC on every database.
+
+    PostgreSQL's ``timestamp with time zone`` returns aware datetimes, in the session's time
+    zone. SQLite has no such type: it stores the text without an offset and returns naive
+    datetimes, which in this app are UTC, since SQLite's ``CURRENT_TIMESTAMP`` (the
+    ``server_default`` below) is UTC. Without this type the API would show SQLite's
+    timestamps without a time zone, and clients would read them as their own local time.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse a naive datetime: which time zone it means is a guess."""
+        if value is not None and value.tzinfo is None:
+            message = f"{value!r} has no time zone; pass an aware one, e.g. datetime.now(UTC)."
+            raise ValueError(message)
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        """The stored time in UTC; a naive one (SQLite's) is UTC already."""
+        if value is None:
+            return None
+        moment: datetime = value
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -44,7 +75,7 @@ class Note(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     author_id: Mapped[int] = mapped_column(ForeignKey("example_authors.id"), index=True)
 
     author: Mapped[Author] = relationship(back_populates="notes", lazy="raise")
