@@ -76,3 +76,10 @@ def require_server(url: str) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL test database, for tests that run the service on it themselves."""
+    require_server(POSTGRES_URL)
+    return POSTGRES_URL
