@@ -7,9 +7,10 @@ does not import FastAPI: the integration loads when ``db.session`` is first used
 from importlib import metadata as _metadata
 
 from dbscope._database import Database
-from dbscope._engine import PoolStats, ServerInfo
+from dbscope._engine import ServerInfo
 from dbscope._exceptions import (
     ConfigurationError,
+    ConstraintViolationError,
     DatabaseUnavailableError,
     DbscopeError,
     LazyLoadError,
@@ -20,6 +21,7 @@ from dbscope._exceptions import (
     StatementTimeoutError,
     UnitOfWorkEndedError,
 )
+from dbscope._pool import PoolStats
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import UnitOfWork, UnitOptions
@@ -27,6 +29,7 @@ from dbscope._unit_of_work import UnitOfWork, UnitOptions
 __all__ = [
     "Attempt",
     "ConfigurationError",
+    "ConstraintViolationError",
     "Database",
     "DatabaseSettings",
     "DatabaseUnavailableError",

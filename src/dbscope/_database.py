@@ -10,32 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from dbscope._engine import (
-    PoolStats,
-    ServerInfo,
-    check_engine_options,
-    engine_options,
-)
-from dbscope._exceptions import NoSessionError
+from dbscope._engine import ServerInfo, check_engine_options, engine_options
+from dbscope._errors import Limits
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
-from dbscope._retry import P, Retrying, T, retry_in_unit, retry_policy
+from dbscope._pool import PoolStats
+from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
-from dbscope._unit_of_work import UnitOfWork, UnitOptions, UnitRun
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
-
-DEFAULT_OPTIONS = UnitOptions()
+from dbscope._unit_of_work import DEFAULT_OPTIONS, UnitOfWork, UnitOptions, Units
 
 
 class Database:
@@ -107,12 +96,15 @@ class Database:
         options = engine_options(settings, extra)
         check_engine_options(settings.url, options)
         self._settings = settings
-        self._backend = settings.url.get_backend_name()
         self._lifecycle = Lifecycle(settings, options, f"Database({settings.url!r})")
-        self._current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
-        self._session_dependency: Callable[..., Awaitable[AsyncSession]] | None = None
-        self._dependencies: dict[UnitOptions, Callable[..., Awaitable[AsyncSession]]] = {}
-        self._lease_dependency: Callable[..., Awaitable[Any]] | None = None
+        self._limits = Limits(
+            url=settings.url,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_max_waiters=settings.pool_max_waiters,
+        )
+        self._units = Units(self._lifecycle.session_maker, self._limits, settings.postgres_schema)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,6 +173,9 @@ class Database:
             yield
 
     # -- units of work -----------------------------------------------------------------------
+    #
+    # Every entry point that opens units takes the same options (UnitOptions): read_only,
+    # isolation_level, statement_timeout and schema.
 
     @property
     def session(self) -> Callable[..., Awaitable[AsyncSession]]:
@@ -189,12 +184,9 @@ class Database:
         One session per request; it commits after the endpoint returns and before the
         response is sent, and rolls back on any exception. See ``dbscope.fastapi``.
         """
-        if self._session_dependency is None:
-            # Imported here so that `import dbscope` never imports FastAPI.
-            from dbscope.fastapi import session_dependency
+        from dbscope import fastapi  # here, so that `import dbscope` never imports FastAPI
 
-            self._session_dependency = session_dependency(self)
-        return self._session_dependency
+        return fastapi.session_dependency(self, DEFAULT_OPTIONS)
 
     @property
     def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
@@ -212,55 +204,51 @@ class Database:
         read_only: bool = False,
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
+        schema: str | None = None,
     ) -> Callable[..., Awaitable[AsyncSession]]:
-        """A FastAPI session dependency with per-request options.
+        """A FastAPI session dependency with per-request options (see ``transaction()``).
 
         ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
         that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
-        transaction at that level. The same options give the same dependency object, so all
-        uses within one request share one session.
+        transaction at that level (with ``@db.retry()`` on the endpoint to re-run it after a
+        conflict). The same options give the same dependency object, so all uses within one
+        request share one session.
         """
-        options = UnitOptions(
-            read_only=read_only,
-            isolation_level=isolation_level,
-            statement_timeout=statement_timeout,
-        )
-        if options == DEFAULT_OPTIONS:
-            return self.session
-        self._check(options)
-        if options not in self._dependencies:
-            from dbscope.fastapi import session_dependency
+        from dbscope import fastapi
 
-            self._dependencies[options] = session_dependency(self, options)
-        return self._dependencies[options]
+        options = self._options(read_only, isolation_level, statement_timeout, schema)
+        return fastapi.session_dependency(self, options)
 
     @contextlib.asynccontextmanager
     async def transaction(
         self,
         *,
-        schema: str | None = None,
         read_only: bool = False,
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
+        schema: str | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
         Any exception rolls the transaction back and propagates unchanged; an outage (pool
         exhausted, server unreachable, connection lost) propagates as
-        DatabaseUnavailableError. Inside the block, ``current_session()`` returns this session.
+        DatabaseUnavailableError, and a constraint failing at the COMMIT as
+        ConstraintViolationError. Inside the block, ``current_session()`` returns this session.
 
         Args:
-            schema: a PostgreSQL schema for this transaction only, instead of the default.
             read_only: never commit (and a ``READ ONLY`` transaction on PostgreSQL, MariaDB).
             isolation_level: e.g. ``"SERIALIZABLE"``; default: the database's.
             statement_timeout: seconds a statement may run before it is cancelled
                 (StatementTimeoutError); PostgreSQL and MariaDB/MySQL.
+            schema: a PostgreSQL schema for this transaction only, instead of the default.
         """
-        options = UnitOptions(read_only, isolation_level, statement_timeout, schema)
-        async with self.unit_of_work(options) as unit:
+        options = self._options(read_only, isolation_level, statement_timeout, schema)
+        async with self._units.open(options) as unit:
             yield unit.session
 
-    def unit_of_work(self, options: UnitOptions | None = None) -> UnitRun:
+    def unit_of_work(
+        self, options: UnitOptions = DEFAULT_OPTIONS
+    ) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
         """The building block of requests and transactions: ``async with`` it for the
         UnitOfWork itself.
 
@@ -268,18 +256,35 @@ class Database:
             LifecycleError: the Database is not connected, or was connected in another loop.
             ConfigurationError: ``options`` this backend cannot honour.
         """
-        options = options or DEFAULT_OPTIONS
         if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
             self._check(options)
-        return UnitRun(self._lifecycle.session_maker(), self._current, self._settings, options)
+        return self._units.open(options)
+
+    def _options(
+        self,
+        read_only: bool,
+        isolation_level: str | None,
+        statement_timeout: float | None,
+        schema: str | None,
+    ) -> UnitOptions:
+        options = UnitOptions(
+            read_only=read_only,
+            isolation_level=isolation_level,
+            statement_timeout=statement_timeout,
+            schema=schema,
+        )
+        if options == DEFAULT_OPTIONS:
+            return DEFAULT_OPTIONS
+        self._check(options)
+        return options
 
     def _check(self, options: UnitOptions) -> None:
         # Before connect(), only the standard levels are known; after it, the server's own.
         server = self._lifecycle.server
         if server is not None and server.isolation_levels:
-            options.check(self._backend, server.isolation_levels)
+            options.check(self._units.rules, server.isolation_levels)
         else:
-            options.check(self._backend)
+            options.check(self._units.rules)
 
     def on_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` after the current unit of work commits; never if it rolls back.
@@ -292,10 +297,15 @@ class Database:
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        self._current_unit().on_commit(callback)
+        self._units.running().on_commit(callback)
 
     async def parallel(
-        self, *queries: Callable[[AsyncSession], Awaitable[T]], read_only: bool = True
+        self,
+        *queries: Callable[[AsyncSession], Awaitable[T]],
+        read_only: bool = True,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+        schema: str | None = None,
     ) -> list[T]:
         """Run independent queries concurrently, each in a unit of work of its own.
 
@@ -303,12 +313,14 @@ class Database:
         takes a session and returns an awaitable. One AsyncSession must never be shared
         between tasks; this gives each query its own session and connection (so it needs
         ``len(queries)`` free connections). If one query fails, the others are cancelled and
-        the error propagates. Units are read-only unless ``read_only=False``.
+        the error propagates. Units are read-only unless ``read_only=False``; the other
+        options apply to each unit as in ``transaction()``.
         """
+        options = self._options(read_only, isolation_level, statement_timeout, schema)
 
         async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with self.transaction(read_only=read_only) as session:
-                return await query(session)
+            async with self._units.open(options) as unit:
+                return await query(unit.session)
 
         tasks = [asyncio.ensure_future(run(query)) for query in queries]
         try:
@@ -324,7 +336,9 @@ class Database:
         body: Callable[[AsyncSession], AsyncIterator[T]],
         *,
         read_only: bool = False,
+        isolation_level: str | None = None,
         statement_timeout: float | None = None,
+        schema: str | None = None,
     ) -> AsyncIterator[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
@@ -332,20 +346,22 @@ class Database:
         generator. The stream's transaction commits when the last chunk has been produced,
         and rolls back if the client goes away (or anything raises) before then. The
         request's own session cannot be used in a streaming body: its unit of work ended
-        when the endpoint returned.
+        when the endpoint returned. The options are those of ``transaction()``.
         """
-        options = UnitOptions(read_only=read_only, statement_timeout=statement_timeout)
-        async with self.unit_of_work(options) as unit:
+        options = self._options(read_only, isolation_level, statement_timeout, schema)
+        async with self._units.open(options) as unit:
             async for item in body(unit.session):
                 yield item
 
     def retrying(
         self,
         *,
+        read_only: bool = False,
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
-        **policy: Any,
+        policy: RetryPolicy | None = None,
+        **policy_fields: Any,
     ) -> Retrying:
         """Run a block as a unit of work again, from the start, after a conflict::
 
@@ -353,34 +369,42 @@ class Database:
                 async with attempt as session:
                     ...
 
-        Each attempt is a fresh ``db.transaction()``. It is re-run when the database reports
-        a serialization failure (SQLSTATE 40001) or deadlock (40P01; MySQL 1213, and 1205
-        with ``lock_timeouts=True``), after an exponential backoff with jitter; each retry is
-        logged, and ``.retries`` counts them. Other errors propagate at once, unchanged. When
-        attempts run out, RetriesExhaustedError is raised (409 in FastAPI).
+        Each attempt is a fresh ``db.transaction()`` with the given options. It is re-run
+        when the database reports a serialization failure (SQLSTATE 40001) or deadlock
+        (40P01; MySQL 1213, and 1205 with ``lock_timeouts=True``), after an exponential
+        backoff with jitter; each retry is logged, and ``.retries`` counts them. Other errors
+        propagate at once, unchanged. When attempts run out, RetriesExhaustedError is raised
+        (409 in FastAPI).
 
         Args:
-            isolation_level: the level of every attempt, e.g. ``"SERIALIZABLE"``.
-            statement_timeout: as for ``transaction()``.
-            schema: as for ``transaction()``.
-            **policy: ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
+            read_only, isolation_level, statement_timeout, schema: as for ``transaction()``.
+            policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
+                ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
         """
-        options = UnitOptions(False, isolation_level, statement_timeout, schema)
-        return Retrying(lambda: self.unit_of_work(options), retry_policy(**policy))
+        options = self._options(read_only, isolation_level, statement_timeout, schema)
+        return Retrying(
+            lambda: self._units.open(options),
+            retry_policy(policy, **policy_fields),
+            self._units.rules,
+        )
 
     def retry(
-        self, **policy: Any
+        self, *, policy: RetryPolicy | None = None, **policy_fields: Any
     ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
         """Decorate an endpoint so that its request's unit of work is retried on conflicts.
 
         The endpoint body is re-run, after a rollback, when it or its commit meets a
-        serialization failure or deadlock (see ``retrying()``). Only for endpoints without
-        external side effects: an email sent or an API called in a failed attempt happens
-        again. Put ``@db.retry()`` below the route decorator; the endpoint must depend on
-        ``db.session``.
+        serialization failure or deadlock (see ``retrying()``, which takes the same
+        ``policy``). Only for endpoints without external side effects: an email sent or an
+        API called in a failed attempt happens again. Put ``@db.retry()`` below the route
+        decorator; the endpoint must depend on ``db.session``, or on ``db.session_with(...)``:
+        the unit is the request's, so its options are the dependency's (e.g.
+        ``db.session_with(isolation_level="SERIALIZABLE")``), not the decorator's.
         """
-        return retry_in_unit(self._current.get, retry_policy(**policy))
+        return retry_in_unit(
+            self._units.current.get, retry_policy(policy, **policy_fields), self._units.rules
+        )
 
     def current_session(self) -> AsyncSession:
         """The session of the request or transaction running in this task.
@@ -388,19 +412,7 @@ class Database:
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        return self._current_unit().session
-
-    def _current_unit(self) -> UnitOfWork:
-        unit = self._current.get()
-        if unit is None:
-            message = (
-                "There is no unit of work here (db.current_session(), db.on_commit() and "
-                "db.use_schema() need one). A session exists inside a request whose endpoint "
-                "or dependencies ask for db.session (Annotated[AsyncSession, "
-                "Depends(db.session)]), and inside `async with db.transaction():` blocks."
-            )
-            raise NoSessionError(message)
-        return unit
+        return self._units.running().session
 
     async def use_schema(self, name: str | None) -> None:
         """Target PostgreSQL schema ``name`` for the rest of the current unit of work.
@@ -412,7 +424,7 @@ class Database:
             NoSessionError: no unit of work is active here.
             ValueError: the name is not a plain identifier.
         """
-        await self._current_unit().use_schema(name)
+        await self._units.running().use_schema(name)
 
     # -- the driver connection, for hot reads -----------------------------------------------
 
@@ -440,7 +452,7 @@ class Database:
                 (``"pool_timeout"``), the server could not be reached (``"unreachable"``), or
                 the connection died during the block (``"connection_lost"``).
         """
-        return lease_connection(self._lifecycle, self._settings)
+        return lease_connection(self._lifecycle, self._limits)
 
     @property
     def leased(self) -> Callable[..., Awaitable[Any]]:
@@ -451,11 +463,9 @@ class Database:
         returns and before the response is sent. Outages answer 503 with ``Retry-After``, as
         for ``db.session``. Taking both in one request holds two connections.
         """
-        if self._lease_dependency is None:
-            from dbscope.fastapi import lease_dependency
+        from dbscope import fastapi  # here, so that `import dbscope` never imports FastAPI
 
-            self._lease_dependency = lease_dependency(self)
-        return self._lease_dependency
+        return fastapi.lease_dependency(self)
 
     # -- introspection -----------------------------------------------------------------------
 

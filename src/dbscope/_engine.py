@@ -9,24 +9,21 @@ connections belong to the loop that made them.
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-import importlib
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
-from dbscope._admission import QueuedPool
+from dbscope._dialects import backend, driver
+from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
-from dbscope._liveness import LivenessCheck
-from dbscope._outages import connect_error
+from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 
 # Options that only a queue pool takes: passed on for a user's own poolclass only when the
@@ -50,21 +47,16 @@ KNOWN_ENGINE_OPTIONS: Final = (
     "async_creator",
     "plugins",
 )
-# Set on a MariaDB connection's info while a unit's statement timeout is in force.
-STATEMENT_TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
-# A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
-MYSQL_RECYCLE_SECONDS: Final = 3600
 
 
 def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
     """Combine the settings, the per-database defaults and the user's engine options."""
-    url = settings.url
-    backend = url.get_backend_name()
+    _refuse_autocommit(extra)
     options: dict[str, Any] = {
         "echo": settings.echo,
-        # dbscope checks connections itself (_liveness), without SQLAlchemy's ping per use.
+        # dbscope checks connections itself (_pool), without SQLAlchemy's ping per use.
         "pool_pre_ping": False,
-        "pool_recycle": _recycle(settings, backend),
+        "pool_recycle": _recycle(settings),
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
@@ -93,46 +85,36 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     return options
 
 
-def _recycle(settings: DatabaseSettings, backend: str) -> int:
+def _refuse_autocommit(extra: Mapping[str, Any]) -> None:
+    # In autocommit every statement commits at once: a request that fails half-way would keep
+    # its first writes, which is what a unit of work exists to prevent.
+    for given, level in (
+        ("isolation_level", extra.get("isolation_level")),
+        ("execution_options", dict(extra.get("execution_options") or {}).get("isolation_level")),
+    ):
+        if isinstance(level, str) and level.upper() == "AUTOCOMMIT":
+            message = (
+                f"{given} sets isolation_level={level!r} for every connection, which would "
+                "make each statement commit on its own: a failed request would keep its "
+                "writes. Remove it. For statements outside a transaction use `async with "
+                "db.lease()` (the driver connection in autocommit); for a stricter level per "
+                "unit, db.transaction(isolation_level=...) or db.session_with(...)."
+            )
+            raise ConfigurationError(message)
+
+
+def _recycle(settings: DatabaseSettings) -> int:
     if settings.pool_recycle is not None:
         return settings.pool_recycle
-    return MYSQL_RECYCLE_SECONDS if backend in ("mysql", "mariadb") else -1
+    return backend(settings.url.get_backend_name()).recycle
 
 
 def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     """The connect timeout and application name, in each driver's own words."""
-    driver = settings.url.get_driver_name()
-    timeout = settings.connect_timeout
-    name = settings.application_name
-    if driver == "asyncpg":
-        args: dict[str, Any] = {"timeout": timeout}
-        if name:
-            args["server_settings"] = {"application_name": name}
-        return args
-    if driver == "psycopg":
-        # libpq takes whole seconds and treats values below 2 as 2.
-        args = {"connect_timeout": max(2, round(timeout))}
-        if name:
-            args["application_name"] = name
-        return args
-    if driver in ("asyncmy", "aiomysql"):
-        return {"connect_timeout": timeout, "async_creator_fn": _bounded_connect(driver, timeout)}
-    return {}
-
-
-def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any]]:
-    """The driver's connect, given up after ``timeout`` seconds.
-
-    asyncmy and aiomysql apply their ``connect_timeout`` to opening the socket only: a server
-    that accepts and then never greets would hang the connect, and the request, forever.
-    SQLAlchemy's async dialects call ``async_creator_fn`` in place of the driver's connect.
-    """
-    connect = importlib.import_module(driver).connect
-
-    async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wait_for(connect(*args, **kwargs), timeout)
-
-    return connect_within_timeout
+    known = driver(settings.url.get_driver_name())
+    if known is None:
+        return {}
+    return known.connect_args(settings.connect_timeout, settings.application_name)
 
 
 def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
@@ -189,13 +171,7 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
 def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:
     """Create the engine with its per-database event listeners; call inside the event loop."""
     engine = create_async_engine(settings.url, **options)
-    backend = settings.url.get_backend_name()
-    if backend == "sqlite":
-        _configure_sqlite(engine, wal=not settings.is_memory)
-    elif backend == "postgresql":
-        event.listen(engine.sync_engine, "connect", _check_client_connection)
-    elif backend in ("mysql", "mariadb"):
-        event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
+    backend(settings.url.get_backend_name()).configure(engine, memory=settings.is_memory)
     return engine
 
 
@@ -206,54 +182,8 @@ def ping_after(settings: DatabaseSettings) -> float | None:
     """
     checked = settings.pool_pre_ping
     if checked is None:
-        checked = settings.url.get_backend_name() != "sqlite"
+        checked = backend(settings.url.get_backend_name()).pinged
     return settings.pool_pre_ping_after if checked else None
-
-
-def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
-    # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
-    # cancelled requests would pile up running backends. The WHERE keeps older servers,
-    # which lack the setting, out of it.
-    cursor = dbapi_connection.cursor()
-    cursor.execute(
-        "SELECT set_config('client_connection_check_interval', '100', false) "
-        "WHERE current_setting('server_version_num')::int >= 140000"
-    )
-    cursor.close()
-    dbapi_connection.commit()  # the drivers opened a transaction; a rollback would undo it
-
-
-def _reset_statement_timeout(
-    dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any
-) -> None:
-    # A unit's statement timeout on MariaDB is a session variable (there is no SET LOCAL):
-    # put it back before the connection serves anyone else.
-    if record.info.pop(STATEMENT_TIMEOUT_FLAG, False):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SET SESSION max_statement_time = DEFAULT")
-        cursor.close()
-
-
-def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
-    pragmas = ["PRAGMA foreign_keys=ON"]
-    if wal:
-        # WAL lets readers proceed while one connection writes.
-        pragmas.append("PRAGMA journal_mode=WAL")
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        # The sqlite3 module's own transaction handling issues BEGIN only before writes and
-        # breaks SAVEPOINT; turn it off and let SQLAlchemy say BEGIN (below).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in pragmas:
-            cursor.execute(pragma)
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
 
 
 @dataclass(frozen=True)
@@ -284,10 +214,7 @@ async def verify(
             raw = await connection.get_raw_connection()
             assert raw.dbapi_connection is not None
             levels = connection.dialect.get_isolation_level_values(raw.dbapi_connection)
-            wait_timeout = None
-            if url.get_backend_name() in ("mysql", "mariadb"):
-                result = await connection.exec_driver_sql("SELECT @@wait_timeout")
-                wait_timeout = int(result.scalar_one())
+            wait_timeout = await backend(url.get_backend_name()).idle_timeout(connection)
     except BaseException as error:
         await engine.dispose()
         if isinstance(error, Exception):
@@ -304,63 +231,3 @@ async def verify(
         await engine.dispose()
         engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
     return engine, info
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of the connection pool.
-
-    Attributes:
-        size: connections the pool keeps (``pool_size``).
-        checked_out: connections in use by a unit of work right now.
-        checked_in: idle connections waiting in the pool.
-        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
-        invalidated: connections thrown away since connect() because they died, failed a
-            pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
-            reconnect.
-        pinged: connections pinged before use since connect(), because they had been idle
-            for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
-        waiting: requests waiting in line for a connection right now.
-    """
-
-    size: int
-    checked_out: int
-    checked_in: int
-    overflow: int
-    invalidated: int
-    pinged: int = 0
-    waiting: int = 0
-
-
-class PoolCounters:
-    """What the pool's events count over the life of one engine."""
-
-    def __init__(self, engine: AsyncEngine, ping_after: float | None = None) -> None:
-        self.engine = engine
-        self.invalidated = 0
-        self.liveness = None if ping_after is None else LivenessCheck(engine, ping_after)
-        event.listen(engine.sync_engine, "invalidate", self._count_invalidation)
-        event.listen(engine.sync_engine, "soft_invalidate", self._count_invalidation)
-
-    def close(self) -> None:
-        """Stop counting (the engine outlives these counters)."""
-        event.remove(self.engine.sync_engine, "invalidate", self._count_invalidation)
-        event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
-        if self.liveness is not None:
-            self.liveness.close()
-
-    def _count_invalidation(self, *args: Any) -> None:
-        self.invalidated += 1
-
-    def stats(self) -> PoolStats:
-        """The pool's numbers now."""
-        pool: Any = self.engine.pool
-        return PoolStats(
-            size=pool.size(),
-            checked_out=pool.checkedout(),
-            checked_in=pool.checkedin(),
-            overflow=pool.overflow(),
-            invalidated=self.invalidated,
-            pinged=0 if self.liveness is None else self.liveness.pings,
-            waiting=pool.waiting() if isinstance(pool, QueuedPool) else 0,
-        )

@@ -11,6 +11,7 @@ Every error derives from :class:`DbscopeError`::
     ├── SessionSharedError        one session was used by two tasks at once
     ├── StatementTimeoutError     a statement ran longer than the unit's statement_timeout
     ├── RetriesExhaustedError     a retried unit of work kept conflicting
+    ├── ConstraintViolationError  a constraint failed at COMMIT (also an IntegrityError)
     └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
 
 Errors of the application and of the database that are not outages (an IntegrityError, a
@@ -21,7 +22,9 @@ This module is a leaf: it imports nothing from the rest of dbscope.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
+
+from sqlalchemy.exc import IntegrityError
 
 UnavailableCause = Literal["pool_timeout", "unreachable", "connection_lost"]
 
@@ -91,3 +94,39 @@ class DatabaseUnavailableError(DbscopeError):
         super().__init__(message)
         self.cause: UnavailableCause = cause
         self.retry_after = retry_after
+
+
+class ConstraintViolationError(DbscopeError, IntegrityError):
+    """A unique, foreign key, check or exclusion constraint failed at COMMIT.
+
+    Raised when the unit's own commit fails this way (a deferred constraint, or a flush of
+    pending objects at commit), after the body returned, where the application could not
+    catch it: FastAPI answers 409. It is also the ``IntegrityError`` it replaces, so code that
+    catches that still does. Its message names the constraint, never the row's values.
+
+    Attributes:
+        constraint: the constraint's name, when the driver reports it.
+    """
+
+    def __init__(self, message: str, error: IntegrityError, constraint: str | None) -> None:
+        # No parameters kept: they hold the row's values, which may be personal data.
+        orig = error.orig if error.orig is not None else error
+        IntegrityError.__init__(self, error.statement, None, orig, hide_parameters=True)
+        self.constraint = constraint
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    @classmethod
+    def at_commit(cls, error: IntegrityError, constraint: str | None) -> Self:
+        """The error for ``error``, raised by a unit's COMMIT."""
+        named = f"the constraint {constraint!r}" if constraint else "a constraint"
+        message = (
+            f"The transaction could not commit: it violates {named} (checked at COMMIT, after "
+            "the endpoint returned); nothing was stored."
+        )
+        return cls(message, error, constraint)

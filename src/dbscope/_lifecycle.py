@@ -23,15 +23,9 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from dbscope._engine import (
-    PoolCounters,
-    PoolStats,
-    ServerInfo,
-    build_engine,
-    ping_after,
-    verify,
-)
+from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
+from dbscope._pool import PoolCounters, PoolStats
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import session_factory
 

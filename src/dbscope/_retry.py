@@ -2,16 +2,20 @@
 
 Under SERIALIZABLE or REPEATABLE READ, or whenever two transactions lock rows in opposite
 orders, the database aborts one of them and expects the application to run it again from the
-start. Retryability is read from the SQLSTATE (40001 serialization failure, 40P01 deadlock) or
-the MySQL/MariaDB error code (1213 deadlock; 1205 lock wait timeout, on request), never from
-the exception class, which differs between asyncpg and psycopg for the same failure.
+start. Whether an error is such a conflict is the backend's verdict from its own codes
+(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213, and 1205 on request),
+never the exception class, which differs between asyncpg and psycopg for the same failure.
 
-Each retry waits an exponential backoff with full jitter, is logged, and is counted.
+There is one loop, :class:`Retrying`: ``db.retrying()`` hands its attempts to the caller, each
+a fresh unit of work, and ``@db.retry()`` runs the decorated endpoint through the same loop
+over the request's own unit. Each retry waits an exponential backoff with full jitter, is
+logged, and is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -23,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._dialects import Backend
 from dbscope._exceptions import ConfigurationError, NoSessionError, RetriesExhaustedError
-from dbscope._outages import mysql_code, sqlstate
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -33,17 +37,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbscope")
 
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-MYSQL_DEADLOCK = 1213
-MYSQL_LOCK_WAIT_TIMEOUT = 1205
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How often and how patiently to re-run a unit of work.
+
+    Pass one as ``db.retrying(policy=...)`` or ``db.retry(policy=...)``, or its fields as
+    keyword arguments.
 
     Attributes:
         attempts: runs in all, the first included (at least 1).
@@ -63,7 +66,10 @@ class RetryPolicy:
             message = f"attempts must be at least 1, got {self.attempts}."
             raise ConfigurationError(message)
         if self.backoff < 0 or self.max_backoff < 0:
-            message = "backoff and max_backoff must be 0 or more seconds."
+            message = (
+                f"backoff and max_backoff must be 0 or more seconds, got backoff="
+                f"{self.backoff} and max_backoff={self.max_backoff}."
+            )
             raise ConfigurationError(message)
 
     def delay(self, retry: int) -> float:
@@ -71,23 +77,35 @@ class RetryPolicy:
         ceiling = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
-    def is_retryable(self, error: BaseException) -> bool:
-        """Whether ``error`` is a conflict that running the unit again can resolve."""
-        if not isinstance(error, DBAPIError):
-            return False
-        if sqlstate(error.orig) in RETRYABLE_SQLSTATES:
-            return True
-        code = mysql_code(error.orig)
-        return code == MYSQL_DEADLOCK or (self.lock_timeouts and code == MYSQL_LOCK_WAIT_TIMEOUT)
 
-    def describe(self, error: BaseException) -> str:
-        """A short name for the conflict, for logs and messages."""
-        assert isinstance(error, DBAPIError)
-        code = mysql_code(error.orig)
-        if code is not None:  # MySQL reports its deadlocks with SQLSTATE 40001 as well
-            return "deadlock" if code == MYSQL_DEADLOCK else f"lock wait timeout ({code})"
-        state = sqlstate(error.orig)
-        return {"40001": "serialization failure", "40P01": "deadlock"}.get(str(state), f"{state}")
+def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPolicy:
+    """``policy``, or a RetryPolicy from keyword arguments; ConfigurationError for a mix or
+    an unknown option."""
+    if policy is not None:
+        if options:
+            message = (
+                f"Pass either policy=RetryPolicy(...) or its fields, not both: got policy and "
+                f"{', '.join(sorted(options))}."
+            )
+            raise ConfigurationError(message)
+        return policy
+    try:
+        return RetryPolicy(**options)
+    except TypeError as error:
+        raise ConfigurationError(f"Invalid retry option: {error}") from None
+
+
+def _conflict(error: BaseException, rules: Backend, policy: RetryPolicy) -> str | None:
+    """The conflict ``error`` is, named for logs and messages; None if it is no conflict."""
+    if not isinstance(error, DBAPIError):
+        return None
+    kind = rules.error_kind(error.orig)
+    if kind == "conflict":
+        code = rules.error_code(error.orig)
+        return "serialization failure" if code == "40001" else "deadlock"
+    if kind == "lock_wait" and policy.lock_timeouts:
+        return f"lock wait timeout ({rules.error_code(error.orig)})"
+    return None
 
 
 class Attempt:
@@ -137,9 +155,13 @@ class Retrying:
         self,
         open_unit: Callable[[], AbstractAsyncContextManager[UnitOfWork]],
         policy: RetryPolicy,
+        rules: Backend,
+        name: str = "The unit of work",
     ) -> None:
         self.open_unit = open_unit
         self.policy = policy
+        self.rules = rules
+        self.name = name
         self.retries = 0
         self._number = 0
         self._done = False
@@ -161,19 +183,20 @@ class Retrying:
 
     def failed(self, number: int, error: Exception) -> bool:
         """Decide about a failed attempt: True to run again, else raise."""
-        if not self.policy.is_retryable(error):
+        conflict = _conflict(error, self.rules, self.policy)
+        if conflict is None:
             self._done = True
             return False  # the attempt's own error propagates unchanged
-        conflict = self.policy.describe(error)
         if number >= self.policy.attempts:
             self._done = True
             message = (
-                f"The unit of work failed with a {conflict} on all {number} attempts; the "
+                f"{self.name} failed with a {conflict} on all {number} attempts; the "
                 "conflicting work is too contended. Retry later, or raise attempts."
             )
             raise RetriesExhaustedError(message, attempts=number) from error
         logger.warning(
-            "Retrying a unit of work after a %s (attempt %d of %d)",
+            "Retrying %s after a %s (attempt %d of %d)",
+            self.name[0].lower() + self.name[1:],
             conflict,
             number,
             self.policy.attempts,
@@ -181,61 +204,42 @@ class Retrying:
         return True
 
 
-def retry_in_unit(
-    current: Callable[[], UnitOfWork | None], policy: RetryPolicy
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Decorate an async function (an endpoint) to re-run it in the current unit of work.
+@contextlib.asynccontextmanager
+async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
+    # One attempt of a decorated endpoint: its work is committed here, so that a conflict at
+    # COMMIT is retried too, and rolled back before the next attempt.
+    try:
+        yield unit
+        await unit.session.commit()
+    except BaseException:
+        await unit.session.rollback()
+        raise
 
-    The function runs inside the request's unit of work; each attempt is committed by the
-    decorator, so that a conflict at COMMIT is retried too, and rolled back before a retry.
-    """
+
+def retry_in_unit(
+    current: Callable[[], UnitOfWork | None], policy: RetryPolicy, rules: Backend
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorate an async function (an endpoint) to re-run it in the current unit of work."""
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        name = function.__qualname__
+
         @functools.wraps(function)
         async def retried(*args: P.args, **kwargs: P.kwargs) -> T:
             unit = current()
             if unit is None:
                 message = (
-                    f"{function.__qualname__} is decorated with db.retry() but runs outside a "
-                    "unit of work: make the endpoint depend on db.session (a `Session` "
-                    "parameter, or dependencies=[Depends(db.session)])."
+                    f"{name} is decorated with db.retry() but runs outside a unit of work: "
+                    "make the endpoint depend on db.session (a `Session` parameter, or "
+                    "dependencies=[Depends(db.session)])."
                 )
                 raise NoSessionError(message)
-            for number in range(1, policy.attempts + 1):
-                try:
-                    result = await function(*args, **kwargs)
-                    await unit.session.commit()
-                except Exception as error:
-                    await unit.session.rollback()
-                    if not policy.is_retryable(error):
-                        raise
-                    conflict = policy.describe(error)
-                    if number == policy.attempts:
-                        message = (
-                            f"{function.__qualname__} failed with a {conflict} on all "
-                            f"{number} attempts."
-                        )
-                        raise RetriesExhaustedError(message, attempts=number) from error
-                    logger.warning(
-                        "Retrying %s after a %s (attempt %d of %d)",
-                        function.__qualname__,
-                        conflict,
-                        number,
-                        policy.attempts,
-                    )
-                    await asyncio.sleep(policy.delay(number))
-                else:
-                    return result
-            raise AssertionError("unreachable")  # pragma: no cover
+            results: list[T] = []
+            async for attempt in Retrying(lambda: _in_request_unit(unit), policy, rules, name):
+                async with attempt:
+                    results.append(await function(*args, **kwargs))
+            return results[-1]
 
         return retried
 
     return decorate
-
-
-def retry_policy(**options: Any) -> RetryPolicy:
-    """A RetryPolicy from keyword arguments, raising ConfigurationError for unknown ones."""
-    try:
-        return RetryPolicy(**options)
-    except TypeError as error:
-        raise ConfigurationError(f"Invalid retry option: {error}") from None

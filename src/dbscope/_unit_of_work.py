@@ -1,54 +1,54 @@
 """The unit of work: one session, one transaction, committed or rolled back as a whole.
 
-A request and a ``db.transaction()`` block are both units of work. The unit is published in a
-context variable so that service code can reach its session, and it ends in exactly one way:
-commit when the body finished normally, rollback when it raised (or asked for a rollback).
-The session is closed even when the task is cancelled, so its connection always returns to
-the pool; after that, the session refuses to be used again. Callbacks registered with
-``on_commit`` run after the commit, never after a rollback.
+A request and a ``db.transaction()`` block are both units of work. :class:`Units` opens them
+for one Database and publishes the running one in a context variable, so that service code
+can reach its session; each ends in exactly one way: commit when the body finished normally,
+rollback when it raised (or asked for a rollback). The session is closed even when the task
+is cancelled, so its connection always returns to the pool; after that, the session refuses
+to be used again. Callbacks registered with ``on_commit`` run after the commit, never after a
+rollback. What the unit asks of its transactions is one :class:`UnitOptions`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from dbscope._exceptions import ConfigurationError
+from dbscope._dialects import Backend, Begin
+from dbscope._errors import Limits, translate
+from dbscope._exceptions import ConfigurationError, NoSessionError
 from dbscope._lazy_loads import STRICT_KEY
-from dbscope._outages import outage_error, shared_session_error, statement_timeout_error
-from dbscope._session_events import (
-    APPLIED_SCHEMA_KEY,
-    ENDED_KEY,
-    READ_ONLY_KEY,
-    SCHEMA_KEY,
-    TIMEOUT_KEY,
+from dbscope._session import (
     CommitHook,
+    UnitAsyncSession,
     UnitSession,
+    UnitState,
     add_commit_hook,
-    quote_schema,
+    attach_state,
     take_due_hooks,
 )
-from dbscope._settings import DatabaseSettings, validate_schema_name
+from dbscope._settings import validate_schema_name
 
 logger = logging.getLogger("dbscope")
 
-# A session used by another task is closed again every 10 ms, for at most 30 s.
-CLOSE_INTERVAL = 0.01
-CLOSE_ATTEMPTS = 3000
-ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+ISOLATION_LEVELS: Final = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+# How long a unit's end waits for another task still inside its session.
+IDLE_WAIT_SECONDS: Final = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UnitOptions:
-    """How one unit of work runs.
+    """How one unit of work runs; every entry point that opens units takes these.
 
     Attributes:
         read_only: never commit; on PostgreSQL and MariaDB/MySQL, a ``READ ONLY`` transaction.
@@ -62,7 +62,15 @@ class UnitOptions:
     statement_timeout: float | None = None
     schema: str | None = None
 
-    def check(self, backend: str, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
+    def __post_init__(self) -> None:
+        if self.schema is not None:
+            validate_schema_name(self.schema)
+        if self.statement_timeout is not None and self.statement_timeout <= 0:
+            timeout = self.statement_timeout
+            message = f"statement_timeout must be a positive number of seconds, got {timeout}."
+            raise ConfigurationError(message)
+
+    def check(self, rules: Backend, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
         """Raise ConfigurationError for an option this backend cannot honour.
 
         ``isolation_levels``: what the connected database and driver accept, once known.
@@ -73,19 +81,25 @@ class UnitOptions:
                 f"{', '.join(isolation_levels)}."
             )
             raise ConfigurationError(message)
-        if self.statement_timeout is not None:
-            if self.statement_timeout <= 0:
-                timeout = self.statement_timeout
-                message = f"statement_timeout must be a positive number of seconds, got {timeout}."
-                raise ConfigurationError(message)
-            if backend not in ("postgresql", "mysql", "mariadb"):
-                message = (
-                    f"statement_timeout is not available on {backend}; it needs PostgreSQL "
-                    "or MariaDB/MySQL. Remove it, or bound the work with asyncio.timeout()."
-                )
-                raise ConfigurationError(message)
-        if self.schema is not None:
-            validate_schema_name(self.schema)
+        if self.statement_timeout is not None and not rules.has_statement_timeout:
+            message = (
+                f"statement_timeout is not available on {rules.name}; it needs PostgreSQL "
+                "or MariaDB/MySQL. Remove it, or bound the work with asyncio.timeout()."
+            )
+            raise ConfigurationError(message)
+        if self.schema is not None and not rules.has_schemas:
+            message = (
+                f"schema={self.schema!r} is not available on {rules.name}, which has no "
+                "schemas to switch between (PostgreSQL has); remove it."
+            )
+            raise ConfigurationError(message)
+
+    def merged(self, **changes: Any) -> UnitOptions:
+        """These options with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_OPTIONS: Final = UnitOptions()
 
 
 class UnitOfWork:
@@ -96,10 +110,11 @@ class UnitOfWork:
         rollback_only: when set, the unit rolls back instead of committing at its end.
     """
 
-    __slots__ = ("rollback_only", "session")
+    __slots__ = ("rollback_only", "session", "state")
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, state: UnitState) -> None:
         self.session = session
+        self.state = state
         self.rollback_only = False
 
     def on_commit(self, callback: CommitHook) -> None:
@@ -109,19 +124,18 @@ class UnitOfWork:
         order; never if that transaction, or a savepoint it was registered in, rolls back.
         A callback that raises is logged with its traceback and does not affect the unit.
         """
-        add_commit_hook(self.session.sync_session, callback)
+        add_commit_hook(self.session.sync_session, self.state, callback)
 
     async def use_schema(self, name: str | None) -> None:
         """Make the unit's statements target schema ``name`` (None: the server's default)."""
         if name is not None:
             validate_schema_name(name)
-        info = self.session.info
-        info[SCHEMA_KEY] = name
+        state = self.state
+        state.begin = dataclasses.replace(state.begin, schema=name)
         connection = await self.session.connection()  # begins, and applies the schema, if new
-        if info.get(APPLIED_SCHEMA_KEY) != name:
-            target = "DEFAULT" if name is None else quote_schema(connection.dialect, name)
-            await connection.exec_driver_sql(f"SET LOCAL search_path TO {target}")
-            info[APPLIED_SCHEMA_KEY] = name
+        if state.applied_schema != name:
+            await connection.exec_driver_sql(state.rules.schema_statement(connection.dialect, name))
+            state.applied_schema = name
 
 
 def session_factory(
@@ -129,6 +143,7 @@ def session_factory(
 ) -> async_sessionmaker[AsyncSession]:
     """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes."""
     return async_sessionmaker(
+        class_=UnitAsyncSession,
         sync_session_class=UnitSession,
         expire_on_commit=False,
         autoflush=False,
@@ -137,43 +152,83 @@ def session_factory(
     )
 
 
+class Units:
+    """Opens the units of work of one Database and knows which one runs in this context.
+
+    Args:
+        sessions: gives the sessionmaker (raising LifecycleError when there is none).
+        limits: what error messages quote (pool numbers, where the database is).
+        schema: the Database's default schema.
+    """
+
+    def __init__(
+        self,
+        sessions: Callable[[], async_sessionmaker[AsyncSession]],
+        limits: Limits,
+        schema: str | None,
+    ) -> None:
+        self.sessions = sessions
+        self.limits = limits
+        self.rules = limits.backend
+        self.schema = schema
+        self.current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
+
+    def open(self, options: UnitOptions = DEFAULT_OPTIONS) -> UnitRun:
+        """A unit of work to enter with ``async with``."""
+        return UnitRun(self, options)
+
+    def running(self) -> UnitOfWork:
+        """The unit of work of this context.
+
+        Raises:
+            NoSessionError: no unit of work is active here.
+        """
+        unit = self.current.get()
+        if unit is None:
+            message = (
+                "There is no unit of work here (db.current_session(), db.on_commit() and "
+                "db.use_schema() need one). A session exists inside a request whose endpoint "
+                "or dependencies ask for db.session (Annotated[AsyncSession, "
+                "Depends(db.session)]), and inside `async with db.transaction():` blocks."
+            )
+            raise NoSessionError(message)
+        return unit
+
+
 class UnitRun:
     """Run one unit of work: ``async with UnitRun(...) as unit:`` commits if the body
     returns and rolls back if it raises.
 
-    An outage (pool timeout, unreachable server, lost connection) leaves as
-    DatabaseUnavailableError, a cancelled slow statement as StatementTimeoutError; every
-    other exception leaves unchanged. A class rather than nested generator context managers:
-    every request enters one, and each generator layer costs a few microseconds.
+    Errors leave through the one door (``dbscope._errors.translate``): an outage as
+    DatabaseUnavailableError, a cancelled slow statement as StatementTimeoutError, a
+    constraint failing at COMMIT as ConstraintViolationError; every other exception leaves
+    unchanged. A class rather than nested generator context managers: every request enters
+    one, and each generator layer costs a few microseconds.
     """
 
-    __slots__ = ("_current", "_options", "_settings", "_token", "unit")
+    __slots__ = ("_limits", "_token", "_units", "unit")
 
-    def __init__(
-        self,
-        factory: async_sessionmaker[AsyncSession],
-        current: ContextVar[UnitOfWork | None],
-        settings: DatabaseSettings,
-        options: UnitOptions,
-    ) -> None:
-        session = factory(**_unit_bind(factory, options))
-        info = session.info
-        info[SCHEMA_KEY] = options.schema or settings.postgres_schema
-        info[READ_ONLY_KEY] = options.read_only
-        info[TIMEOUT_KEY] = options.statement_timeout
-        self.unit = UnitOfWork(session)
+    def __init__(self, units: Units, options: UnitOptions) -> None:
+        factory = units.sessions()
+        session = factory(**_unit_bind(factory, units.rules, options))
+        begin = Begin(options.read_only, options.statement_timeout, options.schema or units.schema)
+        state = attach_state(session.sync_session, UnitState(units.rules, begin))
+        self.unit = UnitOfWork(session, state)
         self.unit.rollback_only = options.read_only
-        self._current = current
-        self._settings = settings
-        self._options = options
+        self._units = units
+        self._limits = units.limits
+        if options.statement_timeout is not None:
+            self._limits = dataclasses.replace(
+                units.limits, statement_timeout=options.statement_timeout
+            )
 
     async def __aenter__(self) -> UnitOfWork:
-        self._token = self._current.set(self.unit)
+        self._token = self._units.current.set(self.unit)
         return self.unit
 
     async def __aexit__(
         self, kind: type[BaseException] | None, failure: BaseException | None, traceback: Any
-    ) -> bool:
+    ) -> None:
         error = failure
         try:
             await self._end(failure)
@@ -184,19 +239,15 @@ class UnitRun:
         if error is None or isinstance(error, Exception):
             # Work committed earlier in the unit (an explicit commit()) stays committed, so
             # its callbacks are due even when the unit failed afterwards.
-            await run_commit_hooks(self.unit.session)
+            await run_commit_hooks(self.unit.state)
         if error is None:
-            return False
+            return
         if isinstance(error, Exception):
-            translated = (
-                outage_error(error, self._settings)
-                or statement_timeout_error(error, self._options)
-                or shared_session_error(error)
-            )
+            translated = translate(error, self._limits, at_commit=error is not failure)
             if translated is not None:
                 raise translated from error
         if error is failure:
-            return False  # the body's own exception goes on, with its traceback untouched
+            return  # the body's own exception goes on, with its traceback untouched
         raise error
 
     async def _end(self, failure: BaseException | None) -> None:
@@ -206,6 +257,8 @@ class UnitRun:
         close when nothing failed before it, a cancellation.
         """
         session = self.unit.session
+        assert isinstance(session, UnitAsyncSession)
+        await _wait_idle(session)
         outcome = failure
         if failure is None:
             try:
@@ -220,10 +273,10 @@ class UnitRun:
             # meanwhile, so that the connection always returns to the pool.
             await session.__aexit__(None, None, None)
         except Exception as error:
-            # Closing failed: the connection broke, or another task is still inside this
-            # session (asyncio.gather over one session). Close again once it is idle, so
-            # that no connection stays checked out; the first error is the one that explains.
-            await _close_when_idle(session)
+            # Closing failed: the connection broke. Drop it, so that none stays checked out;
+            # the first error is the one that explains.
+            with contextlib.suppress(Exception):
+                await session.invalidate()
             if outcome is None:
                 raise
             logger.warning("Closing the session failed after %r", outcome, exc_info=error)
@@ -234,52 +287,55 @@ class UnitRun:
         # The unit may end in another context than it began (a generator closed by the
         # garbage collector); the variable then belongs to a context that is gone anyway.
         with contextlib.suppress(ValueError):
-            self._current.reset(self._token)
-        self.unit.session.info[ENDED_KEY] = True
+            self._units.current.reset(self._token)
+        self.unit.state.ended = True
 
 
-def _unit_bind(factory: async_sessionmaker[AsyncSession], options: UnitOptions) -> dict[str, Any]:
+async def _wait_idle(session: UnitAsyncSession) -> None:
+    # Another task may still be inside the session (asyncio.gather over it): the one that
+    # came second was refused, the first finishes its statement before the unit ends.
+    try:
+        async with asyncio.timeout(IDLE_WAIT_SECONDS):
+            await session.wait_idle()
+    except TimeoutError:
+        logger.error("A session stayed in use by another task; its connection is dropped.")
+        session._user = None  # the unit's end goes on; invalidate() discards the connection
+        await session.invalidate()
+
+
+def _unit_bind(
+    factory: async_sessionmaker[AsyncSession], rules: Backend, options: UnitOptions
+) -> dict[str, Any]:
     # An isolation level must hold for every transaction of the unit (a retried attempt, a
     # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
     # engine view with the level, which applies it at each checkout. On PostgreSQL the same
     # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
     # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
-    # began (after_begin then sets read-only itself).
+    # began (the backend's begin() then sets read-only itself).
     bind = factory.kw.get("bind")
     if not isinstance(bind, AsyncEngine):
         return {}
-    read_only = options.read_only and bind.dialect.name == "postgresql"
+    read_only = rules.read_only_view if options.read_only else None
     if options.isolation_level is None and not read_only:
         return {}
     return {"bind": _engine_view(bind, options.isolation_level, read_only)}
 
 
 @functools.lru_cache(maxsize=32)
-def _engine_view(engine: AsyncEngine, isolation_level: str | None, read_only: bool) -> AsyncEngine:
+def _engine_view(
+    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
+) -> AsyncEngine:
     # Built once per engine and options rather than per unit: a view costs about 30 µs. The
     # cache keeps at most 32 views, and the engines behind them, alive.
-    view: dict[str, Any] = {"postgresql_readonly": True} if read_only else {}
+    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
     if isolation_level is not None:
         view["isolation_level"] = isolation_level
     return engine.execution_options(**view)
 
 
-async def _close_when_idle(session: AsyncSession) -> None:
-    # Invalidate rather than close: another task may still be mid-statement on the
-    # connection, which a rollback cannot interrupt; a dropped connection costs a reconnect.
-    for _ in range(CLOSE_ATTEMPTS):
-        await asyncio.sleep(CLOSE_INTERVAL)
-        try:
-            await session.invalidate()
-        except Exception:  # noqa: S112 - still busy provisioning; the loop is bounded
-            continue
-        return
-    logger.error("Could not close a session still in use by another task; it leaks.")
-
-
-async def run_commit_hooks(session: AsyncSession) -> None:
+async def run_commit_hooks(state: UnitState) -> None:
     """Run the callbacks whose transaction committed; log, never raise, their errors."""
-    for callback in take_due_hooks(session.sync_session):
+    for callback in take_due_hooks(state):
         try:
             result = callback()
             if inspect.isawaitable(result):

@@ -38,13 +38,17 @@ This is the only module of dbscope that imports FastAPI or Starlette.
 
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
+import asyncio
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._exceptions import (
+    ConstraintViolationError,
     DatabaseUnavailableError,
     RetriesExhaustedError,
     StatementTimeoutError,
@@ -63,17 +67,59 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbscope")
 
-__all__ = [
-    "add_exception_handlers",
-    "http_error",
-    "lease_dependency",
-    "service_unavailable",
-    "session_dependency",
-]
-
+__all__ = ["add_exception_handlers", "http_error", "service_unavailable"]
 
 # dbscope's errors that are the database's state rather than a bug, and so not a 500.
-HANDLED: Final = (DatabaseUnavailableError, StatementTimeoutError, RetriesExhaustedError)
+HANDLED: Final = (
+    DatabaseUnavailableError,
+    StatementTimeoutError,
+    RetriesExhaustedError,
+    ConstraintViolationError,
+)
+Handled = (
+    DatabaseUnavailableError
+    | StatementTimeoutError
+    | RetriesExhaustedError
+    | (ConstraintViolationError)
+)
+# Under overload every refused request would log a line: the first of each kind is logged at
+# once, the rest are counted and summed up in one line per interval.
+SUMMARY_INTERVAL: Final = 5.0
+
+
+class _ErrorLog:
+    """Logs the first answer of each kind, then one summary line per interval, with counts."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._since: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def warn(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        since = self._since.get(kind)
+        if since is None or now - since >= self.interval:
+            self._summarize(kind)
+            self._since[kind] = now
+            logger.warning("Answering %s: %s", kind, text)
+            return
+        count = self._counts.get(kind, 0)
+        self._counts[kind] = count + 1
+        if count == 0:  # the first one held back in this interval: summed up at its end
+            asyncio.get_running_loop().call_later(
+                self.interval - (now - since), self._summarize, kind
+            )
+
+    def _summarize(self, kind: str) -> None:
+        count = self._counts.pop(kind, 0)
+        if count:
+            self._since[kind] = time.monotonic()
+            logger.warning(
+                "Answered %s %d more times in the last %.0f s", kind, count, self.interval
+            )
+
+
+_error_log = _ErrorLog(SUMMARY_INTERVAL)
 
 
 def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
@@ -85,21 +131,29 @@ def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
     )
 
 
-def http_error(
-    error: DatabaseUnavailableError | StatementTimeoutError | RetriesExhaustedError,
-) -> HTTPException:
-    """The response for one of dbscope's errors, logged as one line without a traceback.
+def http_error(error: Handled) -> HTTPException:
+    """The response for one of dbscope's errors, logged without a traceback.
 
     An outage answers 503 with ``Retry-After``, a statement timeout 504, a transaction whose
-    retries ran out 409; the JSON body names the cause.
+    retries ran out 409, a constraint that failed at COMMIT 409 naming the constraint (never
+    the row's values); the JSON body names the cause. The first of each kind is logged at
+    once, then one line per 5 s counts the rest.
     """
     if isinstance(error, DatabaseUnavailableError):
-        logger.warning("Answering 503: %s", error)
+        _error_log.warn(f"503 ({error.cause})", str(error))
         return service_unavailable(error)
     if isinstance(error, StatementTimeoutError):
-        logger.warning("Answering 504: %s", error)
+        _error_log.warn("504 (statement_timeout)", str(error))
         return HTTPException(504, {"cause": "statement_timeout", "message": str(error)})
-    logger.warning("Answering 409: %s", error)
+    if isinstance(error, ConstraintViolationError):
+        _error_log.warn("409 (constraint_violation)", str(error))
+        detail = {
+            "cause": "constraint_violation",
+            "constraint": error.constraint,
+            "message": str(error),
+        }
+        return HTTPException(409, detail)
+    _error_log.warn("409 (conflict)", str(error))
     return HTTPException(409, {"cause": "conflict", "message": str(error)})
 
 
@@ -119,17 +173,37 @@ def add_exception_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handle)
 
 
+# The dependencies of each Database, by options: FastAPI shares a dependency's value within
+# a request by the dependency's identity, so the same options must give the same function.
+# Weak keys: the cache keeps no Database alive (the dependencies hold it weakly too).
+_sessions: "weakref.WeakKeyDictionary[Database, dict[UnitOptions, Callable[..., Any]]]" = (
+    weakref.WeakKeyDictionary()
+)
+_leases: "weakref.WeakKeyDictionary[Database, Callable[..., Any]]" = weakref.WeakKeyDictionary()
+
+
 def session_dependency(
-    db: "Database", options: UnitOptions | None = None
+    db: "Database", options: UnitOptions
 ) -> Callable[..., Awaitable[AsyncSession]]:
-    """Build the dependency behind ``db.session`` (use ``db.session``, not this).
+    """The dependency behind ``db.session`` and ``db.session_with(...)``, one per options.
 
     Every dependency and endpoint of one request that asks for it gets the same session.
     """
+    by_options = _sessions.setdefault(db, {})
+    dependency = by_options.get(options)
+    if dependency is None:
+        dependency = by_options[options] = _session_dependency(weakref.ref(db), options)
+    return dependency
 
+
+def _session_dependency(
+    db: "weakref.ref[Database]", options: UnitOptions
+) -> Callable[..., Awaitable[AsyncSession]]:
     async def request_unit_of_work(response: Response) -> AsyncIterator[UnitOfWork]:
+        database = db()
+        assert database is not None, "the Database of this app was garbage-collected"
         try:
-            async with db.unit_of_work(options) as unit:
+            async with database.unit_of_work(options) as unit:
                 yield unit
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising.
@@ -147,18 +221,26 @@ def session_dependency(
 
 
 def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
-    """Build the dependency behind ``db.leased`` (use ``db.leased``, not this).
+    """The dependency behind ``db.leased``.
 
     Like ``db.session``, a plain dependency over a function-scoped one, so the connection goes
     back to the pool before the response is sent, whichever scope the user's ``Depends`` has.
     Every use within one request gets the same connection.
     """
+    dependency = _leases.get(db)
+    if dependency is None:
+        dependency = _leases[db] = _lease_dependency(weakref.ref(db))
+    return dependency
 
+
+def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[Any]]:
     async def request_lease() -> AsyncIterator[Any]:
+        database = db()
+        assert database is not None, "the Database of this app was garbage-collected"
         try:
-            async with db.lease() as connection:
+            async with database.lease() as connection:
                 yield connection
-        except DatabaseUnavailableError as error:
+        except HANDLED as error:
             raise http_error(error) from error
 
     async def leased(

@@ -1,0 +1,131 @@
+"""The two records every database is described by: its backend, and each of its drivers.
+
+A :class:`Backend` holds what one server speaks: which statements set up a unit's transaction,
+which error codes mean a lost connection, a refusal, a timeout, a conflict or a violated
+constraint, and what its engines need at start-up. A :class:`Driver` holds what one client
+library needs: its connect arguments, a round-trip-free liveness test, and what a lease does
+with its connection object. Nothing outside ``dbscope._dialects`` writes a backend or driver
+name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# What an error means, read from the database's own code (never from the exception class,
+# which differs between drivers for the same failure):
+#   lost        the connection is gone or the server cannot serve now; it may heal by itself
+#   refused     wrong user, password or database, a missing privilege: it will not heal
+#   timeout     a statement ran past the unit's statement_timeout and was cancelled
+#   conflict    a serialization failure or deadlock: running the unit again may succeed
+#   lock_wait   a lock wait timed out (retried only on request)
+#   constraint  a unique, foreign key, check or exclusion constraint was violated
+ErrorKind = Literal["lost", "refused", "timeout", "conflict", "lock_wait", "constraint"]
+
+# What a driver connection is doing, as far as its driver knows without asking the server.
+LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
+
+
+def _no_errors() -> tuple[type[BaseException], ...]:
+    return ()
+
+
+def _never_dead(connection: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Driver:
+    """What dbscope does with one driver's connections.
+
+    Attributes:
+        name: the driver's name in a URL (``postgresql+<name>://``).
+        install: the command that installs it.
+        connect_args: its connect arguments for a timeout (seconds) and an application name.
+        looks_dead: a test of an idle connection without a round trip: True if it may be dead.
+        errors: its exception base classes (imported only once the driver is used).
+        fatal: its errors after which it cannot go on with the connection, though it may not
+            report it closed yet.
+        status: the connection's state, read without a round trip (for leases).
+        rollback: roll back a transaction a lease left open.
+        set_autocommit: switch autocommit on or off, returning the previous state; None for a
+            driver whose connections are in autocommit already.
+        async_creator: wraps the driver's connect (given a timeout), or None to use it as is.
+    """
+
+    name: str
+    install: str
+    connect_args: Callable[[float, str | None], dict[str, Any]] = lambda timeout, name: {}
+    looks_dead: Callable[[Any], bool] = _never_dead
+    errors: Callable[[], tuple[type[BaseException], ...]] = _no_errors
+    fatal: Callable[[], tuple[type[BaseException], ...]] = _no_errors
+    status: Callable[[Any], LeaseStatus] | None = None
+    rollback: Callable[[Any], Awaitable[object]] | None = None
+    set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
+
+
+@dataclass(frozen=True)
+class Begin:
+    """What a unit asks of each transaction it begins."""
+
+    read_only: bool = False
+    statement_timeout: float | None = None
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One database server's rules. Subclassed once per backend; instances are constants.
+
+    Attributes:
+        name: SQLAlchemy's backend name.
+        aliases: other names URLs use for it (``postgres``, ``mariadb``).
+        drivers: its async drivers, in order of preference when a URL names none.
+        has_schemas: whether a unit can target a schema (``search_path``).
+        has_statement_timeout: whether a unit can bound its statements' time.
+        recycle: seconds after which a pooled connection is replaced by default; -1: never.
+        pinged: whether idle connections are checked before use by default.
+        read_only_view: execution options (set to True) that make a transaction begin read
+            only in its BEGIN statement, saving a statement per read-only unit.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    drivers: Mapping[str, Driver] = field(default_factory=dict)
+    has_schemas: bool = False
+    has_statement_timeout: bool = False
+    recycle: int = -1
+    pinged: bool = True
+    read_only_view: tuple[str, ...] = ()
+
+    def begin(self, connection: Connection, wanted: Begin) -> None:
+        """Apply ``wanted`` to the transaction ``connection`` has just begun."""
+
+    def schema_statement(self, dialect: Dialect, schema: str | None) -> str:
+        """The statement that makes the rest of the transaction target ``schema``."""
+        message = f"{self.name} has no schemas to switch between."
+        raise NotImplementedError(message)
+
+    def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
+        """Install the engine-wide event listeners this backend needs."""
+
+    async def idle_timeout(self, connection: Any) -> int | None:
+        """Seconds after which the server closes an idle connection, if it says so."""
+        return None
+
+    def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
+        """What the driver error ``orig`` means, from this backend's codes."""
+        return None
+
+    def error_code(self, orig: BaseException | None) -> str | None:
+        """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
+        return None
+
+    def constraint_name(self, orig: BaseException | None) -> str | None:
+        """The name of the constraint a violation error names, if the driver tells it."""
+        return None

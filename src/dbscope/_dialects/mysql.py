@@ -1,0 +1,178 @@
+"""MariaDB and MySQL, through asyncmy (and aiomysql, with fewer checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
+
+# Client and server codes for a connection that is gone or cannot be had now: too many
+# connections, server shutdown, can't connect, unknown host, server gone away, lost.
+LOST: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
+# Refusals no retry cures: access denied to a database, wrong user or password, unknown
+# database, a missing table or column privilege.
+REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143})
+DEADLOCK: Final = 1213
+LOCK_WAIT_TIMEOUT: Final = 1205
+# MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
+TIMEOUTS: Final = frozenset({1969, 3024})
+# Duplicate entry, a parent row in use, no parent row, a check constraint, a NULL refused.
+CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, 1048})
+# Set on a connection's info while a unit's statement timeout is in force.
+TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
+
+
+def error_number(orig: BaseException | None) -> int | None:
+    """The MySQL error number of a driver error (its first argument)."""
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class MySQL(Backend):
+    """MariaDB/MySQL's rules: session variables put back on return, error numbers."""
+
+    def begin(self, connection: Connection, wanted: Begin) -> None:
+        if wanted.read_only and not connection.in_nested_transaction():
+            # MariaDB/MySQL begin a transaction implicitly, at the first statement: this one,
+            # sent before any, makes that transaction read-only. In a test's transaction (the
+            # unit is a savepoint) it would outlive the unit, so there the unit only rolls back.
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if wanted.statement_timeout is not None:
+            # No SET LOCAL here: the session value is put back when the connection returns to
+            # the pool (_reset_statement_timeout).
+            seconds = max(1, round(wanted.statement_timeout * 1000)) / 1000
+            connection.exec_driver_sql(f"SET SESSION max_statement_time = {seconds}")
+            connection.info[TIMEOUT_FLAG] = True
+
+    def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
+        event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
+
+    async def idle_timeout(self, connection: Any) -> int | None:
+        result = await connection.exec_driver_sql("SELECT @@wait_timeout")
+        return int(result.scalar_one())
+
+    def error_code(self, orig: BaseException | None) -> str | None:
+        number = error_number(orig)
+        return None if number is None else str(number)
+
+    def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
+        # MySQL's SQLSTATEs are coarse (42000 for an unknown database and a syntax error
+        # alike): the error number decides.
+        number = error_number(orig)
+        if number in LOST:
+            return "lost"
+        if number in REFUSED:
+            return "refused"
+        if number == DEADLOCK:
+            return "conflict"
+        if number == LOCK_WAIT_TIMEOUT:
+            return "lock_wait"
+        if number in TIMEOUTS:
+            return "timeout"
+        if number in CONSTRAINTS:
+            return "constraint"
+        return None
+
+    def constraint_name(self, orig: BaseException | None) -> str | None:
+        # "Duplicate entry '...' for key 'name'" names the row's values: take only the key.
+        text = str(getattr(orig, "args", ("", ""))[-1])
+        for marker in ("for key '", "CONSTRAINT `"):
+            if marker in text:
+                name = text.split(marker, 1)[1]
+                return name.split("'" if marker.endswith("'") else "`", 1)[0]
+        return None
+
+
+def _reset_statement_timeout(
+    dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any
+) -> None:
+    # A unit's statement timeout is a session variable: put it back before the connection
+    # serves anyone else.
+    if record.info.pop(TIMEOUT_FLAG, False):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET SESSION max_statement_time = DEFAULT")
+        cursor.close()
+
+
+def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any]]:
+    """The driver's connect, given up after ``timeout`` seconds.
+
+    asyncmy and aiomysql apply their ``connect_timeout`` to opening the socket only: a server
+    that accepts and then never greets would hang the connect, and the request, forever.
+    SQLAlchemy's async dialects call ``async_creator_fn`` in place of the driver's connect.
+    """
+    connect = importlib.import_module(driver).connect
+
+    async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wait_for(connect(*args, **kwargs), timeout)
+
+    return connect_within_timeout
+
+
+def _connect_args(driver: str) -> Callable[[float, str | None], dict[str, Any]]:
+    def connect_args(timeout: float, name: str | None) -> dict[str, Any]:
+        return {"connect_timeout": timeout, "async_creator_fn": _bounded_connect(driver, timeout)}
+
+    return connect_args
+
+
+def _asyncmy_closing(connection: Any) -> bool:
+    # asyncmy reads in the event loop too, and its transport starts closing when the server
+    # hangs up. It offers no public flag for that; without the attribute (another version),
+    # the idle ping alone remains.
+    transport = getattr(connection, "_transport", None)
+    return transport is not None and bool(transport.is_closing())
+
+
+def _asyncmy_errors() -> tuple[type[BaseException], ...]:
+    from asyncmy.errors import MySQLError
+
+    return (MySQLError,)
+
+
+def _asyncmy_status(connection: Any) -> LeaseStatus:
+    if not connection.connected:
+        return "closed"
+    return "in_transaction" if connection.get_transaction_status() else "idle"
+
+
+async def _asyncmy_rollback(connection: Any) -> None:
+    await connection.rollback()
+
+
+async def _asyncmy_set_autocommit(connection: Any, value: bool) -> bool:
+    previous = bool(connection.get_autocommit())
+    if previous != value:
+        await connection.autocommit(value)  # SET AUTOCOMMIT: a round trip
+    return previous
+
+
+ASYNCMY: Final = Driver(
+    name="asyncmy",
+    install="pip install 'dbscope[mysql]'",
+    connect_args=_connect_args("asyncmy"),
+    looks_dead=_asyncmy_closing,
+    errors=_asyncmy_errors,
+    status=_asyncmy_status,
+    rollback=_asyncmy_rollback,
+    set_autocommit=_asyncmy_set_autocommit,
+)
+AIOMYSQL: Final = Driver(
+    name="aiomysql", install="pip install aiomysql", connect_args=_connect_args("aiomysql")
+)
+# A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
+BACKEND: Final = MySQL(
+    name="mysql",
+    aliases=("mariadb",),
+    drivers={"asyncmy": ASYNCMY, "aiomysql": AIOMYSQL},
+    has_statement_timeout=True,
+    recycle=3600,
+)

@@ -1,0 +1,230 @@
+"""PostgreSQL, through asyncpg and psycopg 3."""
+
+from __future__ import annotations
+
+import select
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
+
+# Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
+# too many connections.
+LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+# Refusals no retry cures: class 28 (authentication), 3D000 (no such database), 42501 (a
+# missing privilege).
+REFUSED: Final = ("28", "3D000", "42501")
+CONFLICTS: Final = frozenset({"40001", "40P01"})
+QUERY_CANCELED: Final = "57014"
+# libpq (psycopg) gives no SQLSTATE for a failed connect: a FATAL message means the server
+# answered, and refused for good unless it is in one of these passing states.
+PASSING_FATAL_STATES: Final = (
+    "starting up",
+    "shutting down",
+    "recovery",
+    "too many",
+    "administrator command",
+)
+
+
+def sqlstate(orig: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error: psycopg's own, or asyncpg's (behind SQLAlchemy's
+    adaptation, on the cause)."""
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+class PostgreSQL(Backend):
+    """PostgreSQL's rules: ``SET LOCAL`` for every unit setting, SQLSTATEs for errors."""
+
+    def begin(self, connection: Connection, wanted: Begin) -> None:
+        # A read-only unit on its own engine begins with BEGIN READ ONLY (an engine view, see
+        # _unit_of_work); bound to a test's connection it is a savepoint, and says so here.
+        if wanted.read_only and not connection.get_execution_options().get("postgresql_readonly"):
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if wanted.statement_timeout is not None:
+            milliseconds = max(1, round(wanted.statement_timeout * 1000))
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+        if wanted.schema is not None:
+            connection.exec_driver_sql(self.schema_statement(connection.dialect, wanted.schema))
+
+    def schema_statement(self, dialect: Dialect, schema: str | None) -> str:
+        # The name was checked to be a plain identifier (UnitOptions); quoted all the same.
+        target = "DEFAULT" if schema is None else dialect.identifier_preparer.quote(schema)
+        return f"SET LOCAL search_path TO {target}"
+
+    def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
+        event.listen(engine.sync_engine, "connect", _check_client_connection)
+
+    def error_code(self, orig: BaseException | None) -> str | None:
+        return sqlstate(orig)
+
+    def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
+        code = sqlstate(orig)
+        if code is None:
+            text = str(orig)
+            if "FATAL:" in text and not any(state in text for state in PASSING_FATAL_STATES):
+                return "refused"
+            return None
+        if code in LOST or code.startswith("08"):
+            return "lost"
+        if code.startswith(REFUSED):
+            return "refused"
+        if code in CONFLICTS:
+            return "conflict"
+        if code == QUERY_CANCELED:
+            return "timeout"
+        if code.startswith("23"):
+            return "constraint"
+        return None
+
+    def constraint_name(self, orig: BaseException | None) -> str | None:
+        for candidate in (orig, getattr(orig, "__cause__", None)):
+            name = getattr(candidate, "constraint_name", None)  # asyncpg
+            diag = getattr(candidate, "diag", None)  # psycopg
+            name = name or getattr(diag, "constraint_name", None)
+            if isinstance(name, str):
+                return name
+        return None
+
+
+def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
+    # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
+    # cancelled requests would pile up running backends. The WHERE keeps older servers,
+    # which lack the setting, out of it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT set_config('client_connection_check_interval', '100', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000"
+    )
+    cursor.close()
+    dbapi_connection.commit()  # the drivers opened a transaction; a rollback would undo it
+
+
+# -- asyncpg -----------------------------------------------------------------------------------
+
+
+def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"timeout": timeout}
+    if name:
+        args["server_settings"] = {"application_name": name}
+    return args
+
+
+def _asyncpg_closed(connection: Any) -> bool:
+    # asyncpg reads the socket in the event loop and marks the connection closed as soon as
+    # the server hangs up.
+    return bool(connection.is_closed())
+
+
+def _asyncpg_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _asyncpg_fatal() -> tuple[type[BaseException], ...]:
+    # The protocol is out of step: typically the server's FATAL "terminating connection"
+    # arrived on an idle connection, before asyncpg saw the socket close.
+    import asyncpg
+
+    return (asyncpg.InternalClientError,)
+
+
+def _asyncpg_status(connection: Any) -> LeaseStatus:
+    if connection.is_closed():
+        return "closed"
+    return "in_transaction" if connection.is_in_transaction() else "idle"
+
+
+async def _asyncpg_rollback(connection: Any) -> None:
+    await connection.execute("ROLLBACK")
+
+
+# -- psycopg -----------------------------------------------------------------------------------
+
+
+def _psycopg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
+    # libpq takes whole seconds and treats values below 2 as 2.
+    args: dict[str, Any] = {"connect_timeout": max(2, round(timeout))}
+    if name:
+        args["application_name"] = name
+    return args
+
+
+def _psycopg_unread_input(connection: Any) -> bool:
+    # An idle psycopg connection is not read until its next query: data waiting on the socket
+    # means the server spoke (a FATAL on termination, an end of file, a notification).
+    if connection.closed:
+        return True
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _psycopg_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+def _psycopg_status(connection: Any) -> LeaseStatus:
+    from psycopg.pq import TransactionStatus
+
+    if connection.closed or connection.broken:
+        return "closed"
+    status = connection.info.transaction_status
+    if status == TransactionStatus.IDLE:
+        return "idle"
+    if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return "in_transaction"
+    return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
+
+
+async def _psycopg_rollback(connection: Any) -> None:
+    await connection.rollback()
+
+
+async def _psycopg_set_autocommit(connection: Any, value: bool) -> bool:
+    previous = bool(connection.autocommit)
+    if previous != value:
+        await connection.set_autocommit(value)  # a client-side switch: no round trip
+    return previous
+
+
+ASYNCPG: Final = Driver(
+    name="asyncpg",
+    install="pip install 'dbscope[asyncpg]'",
+    connect_args=_asyncpg_connect_args,
+    looks_dead=_asyncpg_closed,
+    errors=_asyncpg_errors,
+    fatal=_asyncpg_fatal,
+    status=_asyncpg_status,
+    rollback=_asyncpg_rollback,
+)
+PSYCOPG: Final = Driver(
+    name="psycopg",
+    install="pip install 'dbscope[psycopg]'",
+    connect_args=_psycopg_connect_args,
+    looks_dead=_psycopg_unread_input,
+    errors=_psycopg_errors,
+    status=_psycopg_status,
+    rollback=_psycopg_rollback,
+    set_autocommit=_psycopg_set_autocommit,
+)
+BACKEND: Final = PostgreSQL(
+    name="postgresql",
+    aliases=("postgres",),
+    drivers={"asyncpg": ASYNCPG, "psycopg": PSYCOPG},
+    has_schemas=True,
+    has_statement_timeout=True,
+    read_only_view=("postgresql_readonly",),
+)

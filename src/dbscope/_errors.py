@@ -1,0 +1,228 @@
+"""The one door where driver and SQLAlchemy errors become dbscope's errors.
+
+Every place that talks to the database (a unit of work, a lease, the first connect, a retried
+unit) hands what it caught to :func:`translate`, which answers with the dbscope error it
+amounts to, or None when it is the application's own or the database's verdict on the
+application's SQL (an IntegrityError in the body, a syntax error), which then propagates
+unchanged:
+
+====================================================  =====================================
+the error                                             becomes
+====================================================  =====================================
+no pooled connection within pool_timeout, or a full   DatabaseUnavailableError
+wait line; a server that cannot be reached; a         ("pool_timeout", "unreachable",
+connection lost mid-unit                              "connection_lost"): 503
+wrong user, password or database, missing privilege   ConfigurationError: 500
+a statement past the unit's statement_timeout         StatementTimeoutError: 504
+one session used by two tasks at once                 SessionSharedError: 500
+a constraint violated at COMMIT                       ConstraintViolationError: 409
+====================================================  =====================================
+
+Drivers disagree on exception classes, so the verdict rests on each backend's codes
+(``dbscope._dialects``), on SQLAlchemy's ``connection_invalidated`` flag, and on whether the
+error came out of the pool opening a connection.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from dbscope._dialects import Backend, backend
+from dbscope._exceptions import (
+    ConfigurationError,
+    ConstraintViolationError,
+    DatabaseUnavailableError,
+    DbscopeError,
+    SessionSharedError,
+    StatementTimeoutError,
+    UnavailableCause,
+)
+from dbscope._urls import describe_location
+
+RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
+    "pool_timeout": 1,
+    "connection_lost": 1,
+    "unreachable": 5,
+}
+# Retry-After for a request refused at once because the wait line is full: requests refused
+# together come back together, and a spread of 1 to 2 s splits the crowd in two.
+SHED_RETRY_AFTER: Final = (1, 2)
+# What SQLAlchemy and the drivers say when two tasks use one session or connection at once.
+SHARED_SESSION_WORDS: Final = (
+    "concurrent operations are not permitted",
+    "another operation is in progress",
+)
+
+
+class LineFullError(PoolTimeoutError):
+    """The pool is exhausted and ``pool_max_waiters`` checkouts already wait: refused at once."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the messages quote: where the database is and the numbers that were exceeded."""
+
+    url: URL
+    pool_size: int = 0
+    max_overflow: int = 0
+    pool_timeout: float = 0.0
+    pool_max_waiters: int | None = None
+    statement_timeout: float | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The rules of the database these limits belong to."""
+        return backend(self.url.get_backend_name())
+
+
+def translate(
+    error: BaseException, limits: Limits, *, at_commit: bool = False
+) -> DbscopeError | None:
+    """The dbscope error ``error`` amounts to, or None if it is the application's own.
+
+    Args:
+        error: what a unit of work, a lease or a connect caught.
+        limits: the settings the message names (and the unit's statement timeout, if any).
+        at_commit: ``error`` was raised by the unit's own COMMIT, after its body returned.
+    """
+    if isinstance(error, DbscopeError):
+        return None
+    if isinstance(error, PoolTimeoutError):
+        return unavailable("pool_timeout", limits, line_full=isinstance(error, LineFullError))
+    rules = limits.backend
+    if _raised_while_connecting(error.__traceback__):
+        if isinstance(error, DBAPIError) and rules.error_kind(error.orig) == "refused":
+            return refused(error, limits)
+        if isinstance(error, DBAPIError | OSError):
+            return unavailable("unreachable", limits)
+        return None
+    if _shared_session(error):
+        return shared_session()
+    if not isinstance(error, DBAPIError):
+        return None
+    kind = rules.error_kind(error.orig)
+    if error.connection_invalidated or kind == "lost":
+        return unavailable("connection_lost", limits)
+    if kind == "refused":
+        return refused(error, limits)
+    if kind == "timeout" and limits.statement_timeout is not None:
+        message = (
+            f"A statement ran longer than statement_timeout={limits.statement_timeout}s and "
+            "was cancelled; the transaction was rolled back."
+        )
+        return StatementTimeoutError(message)
+    if kind == "constraint" and at_commit and isinstance(error, IntegrityError):
+        return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig))
+    return None
+
+
+def connect_error(error: BaseException, url: URL) -> DbscopeError:
+    """Describe a failed first connection: where, and the fix; never the password."""
+    reason = (str(getattr(error, "orig", None) or error) or type(error).__name__).strip()
+    if url.get_backend_name() == "sqlite":
+        message = (
+            f"Could not open the SQLite database {url.database!r}: {reason}. Check that its "
+            "directory exists and is writable."
+        )
+        return ConfigurationError(message)
+    translated = translate(error, Limits(url))
+    if isinstance(translated, DatabaseUnavailableError):
+        message = (
+            f"Could not connect to {describe_location(url)}: {reason} (check that the server "
+            "is running and that the host and port in the URL are right)"
+        )
+        return DatabaseUnavailableError(
+            message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
+        )
+    message = (
+        f"Could not connect to {describe_location(url)} as user {url.username!r}: {reason} "
+        "(check the user, password and database in the URL, and the user's privileges)"
+    )
+    return ConfigurationError(message)
+
+
+def refused(error: DBAPIError, limits: Limits) -> ConfigurationError:
+    """The server refused the user, password, database or a privilege: no retry cures it."""
+    code = limits.backend.error_code(error.orig)
+    message = (
+        f"The database at {describe_location(limits.url)} refused the request for good "
+        f"(error {code}: {str(error.orig).strip()}): check the user, password and database "
+        "in the URL, and the user's privileges."
+    )
+    return ConfigurationError(message)
+
+
+def unavailable(
+    cause: UnavailableCause, limits: Limits, *, line_full: bool = False
+) -> DatabaseUnavailableError:
+    """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
+
+    ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
+    """
+    if line_full:
+        message = (
+            f"All database connections are busy and pool_max_waiters="
+            f"{limits.pool_max_waiters} requests already wait for one: the service is "
+            "overloaded."
+        )
+    elif cause == "pool_timeout":
+        message = (
+            f"No database connection was free within pool_timeout={limits.pool_timeout}s "
+            f"(pool_size={limits.pool_size}, max_overflow={limits.max_overflow}): the "
+            "service is overloaded."
+        )
+    elif cause == "unreachable":
+        message = f"The database at {describe_location(limits.url)} could not be reached."
+    else:
+        message = (
+            "The connection to the database was lost while in use (server restart, terminated "
+            "backend or network cut)."
+        )
+    retry_after = RETRY_AFTER[cause]
+    if line_full:
+        retry_after = random.choice(SHED_RETRY_AFTER)  # noqa: S311 - a spread, not a secret
+    return DatabaseUnavailableError(message, cause=cause, retry_after=retry_after)
+
+
+def shared_session() -> SessionSharedError:
+    """The error for one session used by two tasks at once."""
+    message = (
+        "One session was used by two tasks at once (asyncio.gather over one session?). A "
+        "session and its connection run one statement at a time: give each concurrent query "
+        "its own session with `await db.parallel(...)`."
+    )
+    return SessionSharedError(message)
+
+
+def lease_lost(error: BaseException, rules: Backend, *, unusable: bool) -> bool:
+    """Tell whether ``error``, raised by a driver connection used without SQLAlchemy, means
+    that the connection died: the backend's code says so, or the driver cannot go on with it.
+    """
+    return rules.error_kind(error) == "lost" or unusable
+
+
+def _shared_session(error: BaseException) -> bool:
+    if isinstance(error, IllegalStateChangeError):
+        return True
+    text = str(error)
+    return any(words in text for words in SHARED_SESSION_WORDS)
+
+
+def _raised_while_connecting(traceback: TracebackType | None) -> bool:
+    # An OSError is a database outage only when it comes out of the pool opening a
+    # connection; elsewhere it is the application's own (a missing file, say).
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "__connect" and frame.f_globals.get("__name__") == (
+            "sqlalchemy.pool.base"
+        ):
+            return True
+        traceback = traceback.tb_next
+    return False

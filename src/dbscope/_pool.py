@@ -1,0 +1,233 @@
+"""dbscope's pool: a fair wait line in front of it, a checkout check, and its counters.
+
+The wait line. SQLAlchemy's asyncio pool waits on an ``asyncio.Queue``: a request that
+arrives just as a connection comes back takes it ahead of the waiter that was woken for it,
+so under load some requests wait the whole ``pool_timeout`` while newcomers are served at
+once; and every excess request waits. :class:`QueuedPool` puts a line in front of the
+checkout: a connection handed back goes to the longest waiter, never to a newcomer, and with
+``max_waiters`` set, a request arriving when the line is full fails at once (503 in FastAPI)
+instead of waiting its turn to time out. The line is anyio's ``CapacityLimiter``, one token
+per connection the pool may open.
+
+The checkout check. SQLAlchemy's ``pool_pre_ping`` sends a round trip at every checkout, the
+largest single cost of a one-row request, for a connection used a millisecond ago. Most
+connections die by the server closing them, which the driver can see without asking
+(``Driver.looks_dead``): :class:`LivenessCheck` asks the driver first, and pings only a
+connection that looks suspicious or has been idle for ``pool_pre_ping_after`` seconds, long
+enough to have died silently (a dropped NAT entry, a host gone without closing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_only
+
+from dbscope._dialects import driver
+from dbscope._errors import LineFullError
+
+# When the connection was last returned to the pool (time.monotonic()); absent while it has
+# never been checked in, that is, just after it was opened.
+CHECKED_IN_AT: Final = "dbscope.checked_in_at"
+
+
+class QueuedPool(AsyncAdaptedQueuePool):
+    """``AsyncAdaptedQueuePool`` behind a fair wait line of at most ``max_waiters``.
+
+    Args:
+        creator: as for every SQLAlchemy pool.
+        max_waiters: how many checkouts may wait for a connection at once; None for no bound.
+        **options: ``AsyncAdaptedQueuePool``'s own (``pool_size``, ``max_overflow``,
+            ``timeout``...).
+    """
+
+    def __init__(self, creator: Any, max_waiters: int | None = None, **options: Any) -> None:
+        super().__init__(creator, **options)
+        self.max_waiters = max_waiters
+        # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
+        self._line: anyio.CapacityLimiter | None = None
+        self._tickets: dict[ConnectionPoolEntry, object] = {}
+
+    def recreate(self) -> QueuedPool:
+        """A fresh pool with the same settings (SQLAlchemy's dispose() replaces the pool)."""
+        pool = super().recreate()
+        assert isinstance(pool, QueuedPool)
+        pool.max_waiters = self.max_waiters
+        return pool
+
+    def waiting(self) -> int:
+        """How many checkouts wait in line now."""
+        return 0 if self._line is None else self._line.statistics().tasks_waiting
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        ticket = object()
+        self._enter_line(ticket)
+        try:
+            record = super()._do_get()
+        except BaseException:
+            self._leave_line(ticket)
+            raise
+        self._tickets[record] = ticket
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        ticket = self._tickets.pop(record, None)
+        try:
+            super()._do_return_conn(record)
+        finally:
+            if ticket is not None:
+                self._leave_line(ticket)
+
+    def _enter_line(self, ticket: object) -> None:
+        line = self._line
+        if line is None:
+            unbounded = self._max_overflow < 0  # SQLAlchemy's -1: no limit
+            capacity = math.inf if unbounded else self.size() + self._max_overflow
+            line = self._line = anyio.CapacityLimiter(capacity)
+        try:
+            line.acquire_on_behalf_of_nowait(ticket)  # no await when a connection is free
+            return
+        except anyio.WouldBlock:
+            pass
+        if self.max_waiters is not None and self.waiting() >= self.max_waiters:
+            message = (
+                f"The connection pool is exhausted and {self.max_waiters} requests already "
+                f"wait for a connection (pool_max_waiters={self.max_waiters}); "
+                "answered at once instead of queueing."
+            )
+            raise LineFullError(message, code="3o7r")
+        await_only(self._wait_in_line(line, ticket))
+
+    async def _wait_in_line(self, line: anyio.CapacityLimiter, ticket: object) -> None:
+        try:
+            # asyncio's own timeout: SQLAlchemy's asyncio pool runs on asyncio only, and it
+            # costs a fraction of an anyio cancel scope on this path, which every waiter takes.
+            async with asyncio.timeout(self._timeout):
+                await line.acquire_on_behalf_of(ticket)
+        except TimeoutError:
+            message = (
+                f"QueuePool limit of size {self.size()} overflow {self._max_overflow} reached, "
+                f"connection timed out, timeout {self._timeout:.2f}"
+            )
+            raise PoolTimeoutError(message, code="3o7r") from None
+
+    def _leave_line(self, ticket: object) -> None:
+        assert self._line is not None
+        self._line.release_on_behalf_of(ticket)
+
+
+class LivenessCheck:
+    """Checks each connection at checkout: for free always, with a ping once idle long enough.
+
+    Attributes:
+        pings: the pings sent so far.
+    """
+
+    def __init__(self, engine: AsyncEngine, ping_after: float) -> None:
+        self.engine = engine
+        self.ping_after = ping_after
+        self.pings = 0
+        known = driver(engine.dialect.driver)
+        self._looks_dead = known.looks_dead if known is not None else lambda connection: False
+        event.listen(engine.sync_engine, "checkin", self._remember_checkin)
+        event.listen(engine.sync_engine, "checkout", self._check)
+
+    def close(self) -> None:
+        """Stop checking (the engine outlives this check)."""
+        event.remove(self.engine.sync_engine, "checkin", self._remember_checkin)
+        event.remove(self.engine.sync_engine, "checkout", self._check)
+
+    def _remember_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[CHECKED_IN_AT] = time.monotonic()
+
+    def _check(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, _: PoolProxiedConnection
+    ) -> None:
+        checked_in_at = record.info.get(CHECKED_IN_AT)
+        if checked_in_at is None:
+            return  # just opened
+        idle = time.monotonic() - checked_in_at
+        if idle >= self.ping_after or self._looks_dead(dbapi_connection.driver_connection):
+            self.pings += 1
+            self._ping(dbapi_connection)
+
+    def _ping(self, dbapi_connection: Any) -> None:
+        # As SQLAlchemy's own pre-ping: a disconnect makes the pool replace the connection and
+        # check out again; any other error is the caller's.
+        dialect = self.engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise DisconnectionError(f"The connection failed its ping: {error}") from error
+            raise
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the connection pool.
+
+    Attributes:
+        size: connections the pool keeps (``pool_size``).
+        checked_out: connections in use by a unit of work right now.
+        checked_in: idle connections waiting in the pool.
+        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
+        invalidated: connections thrown away since connect() because they died, failed a
+            pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
+            reconnect.
+        pinged: connections pinged before use since connect(), because they had been idle
+            for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
+        waiting: requests waiting in line for a connection right now.
+    """
+
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    invalidated: int
+    pinged: int = 0
+    waiting: int = 0
+
+
+class PoolCounters:
+    """What the pool's events count over the life of one engine."""
+
+    def __init__(self, engine: AsyncEngine, ping_after: float | None = None) -> None:
+        self.engine = engine
+        self.invalidated = 0
+        self.liveness = None if ping_after is None else LivenessCheck(engine, ping_after)
+        event.listen(engine.sync_engine, "invalidate", self._count_invalidation)
+        event.listen(engine.sync_engine, "soft_invalidate", self._count_invalidation)
+
+    def close(self) -> None:
+        """Stop counting (the engine outlives these counters)."""
+        event.remove(self.engine.sync_engine, "invalidate", self._count_invalidation)
+        event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
+        if self.liveness is not None:
+            self.liveness.close()
+
+    def _count_invalidation(self, *args: Any) -> None:
+        self.invalidated += 1
+
+    def stats(self) -> PoolStats:
+        """The pool's numbers now."""
+        pool: Any = self.engine.pool
+        return PoolStats(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            checked_in=pool.checkedin(),
+            overflow=pool.overflow(),
+            invalidated=self.invalidated,
+            pinged=0 if self.liveness is None else self.liveness.pings,
+            waiting=pool.waiting() if isinstance(pool, QueuedPool) else 0,
+        )

@@ -1,0 +1,210 @@
+"""The session classes behind every dbscope unit of work, and what they do at each transaction.
+
+A unit's wishes for its transactions (read-only, a statement timeout, a schema) live in one
+typed :class:`UnitState` on the session, and ``after_begin`` hands them to the backend's rules
+(``dbscope._dialects``) once per transaction, as statements that end with the transaction:
+nothing is left on the pooled connection for the next user, and a mid-unit ``commit()`` gets
+the same settings again.
+
+The same state keeps the unit's on-commit callbacks: a callback belongs to the (possibly
+nested) transaction it was registered in, is dropped when that transaction or one around it
+rolls back, and becomes due when the outermost transaction commits.
+
+:class:`UnitAsyncSession` lets one task at a time in: a second task that uses the session
+while the first is inside one of its methods gets SessionSharedError at once, before it
+touches the connection, and the unit's end waits for the first to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from dbscope._dialects import Backend, Begin
+from dbscope._errors import shared_session
+from dbscope._exceptions import UnitOfWorkEndedError
+from dbscope._lazy_loads import refuse_lazy_loads
+
+CommitHook = Callable[[], Any]
+T = TypeVar("T")
+
+# The AsyncSession methods that run on the connection: the ones a second task must not enter.
+GUARDED_METHODS: Final = (
+    "close",
+    "commit",
+    "connection",
+    "delete",
+    "execute",
+    "flush",
+    "get",
+    "get_one",
+    "invalidate",
+    "merge",
+    "refresh",
+    "reset",
+    "rollback",
+    "run_sync",
+    "scalar",
+    "scalars",
+    "stream",
+    "stream_scalars",
+)
+
+
+@dataclass(eq=False)
+class UnitState:
+    """Everything a unit of work keeps on its session.
+
+    Attributes:
+        rules: the backend's rules, which apply ``begin`` to each transaction.
+        begin: what each transaction of the unit begins with.
+        applied_schema: the schema the current transaction targets.
+        ended: the unit has ended; the session refuses to begin again.
+        pending: callbacks with the transaction they were registered in.
+        due: callbacks whose transaction committed, waiting to run.
+    """
+
+    rules: Backend
+    begin: Begin
+    applied_schema: str | None = None
+    ended: bool = False
+    pending: list[tuple[SessionTransaction | None, CommitHook]] = field(default_factory=list)
+    due: list[CommitHook] = field(default_factory=list)
+
+
+class UnitSession(Session):
+    """The synchronous session behind every dbscope AsyncSession."""
+
+    unit: UnitState | None = None
+
+
+refuse_lazy_loads(UnitSession)
+
+
+class UnitAsyncSession(AsyncSession):
+    """An AsyncSession that one task at a time may use; see the module's docstring."""
+
+    _user: asyncio.Task[Any] | None = None
+    _depth = 0
+    _idle: asyncio.Event | None = None
+
+    async def wait_idle(self) -> None:
+        """Return once no other task is inside one of the session's methods."""
+        while self._user is not None and self._user is not asyncio.current_task():
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+def _one_task_at_a_time(
+    method: Callable[..., Coroutine[Any, Any, T]],
+) -> Callable[..., Coroutine[Any, Any, T]]:
+    @functools.wraps(method)
+    async def guarded(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
+        task = asyncio.current_task()
+        if self._user is not None and self._user is not task:
+            raise shared_session()
+        self._user = task
+        self._depth += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._user = None
+                if self._idle is not None:
+                    self._idle.set()
+                    self._idle = None
+
+    return guarded
+
+
+for _name in GUARDED_METHODS:
+    setattr(UnitAsyncSession, _name, _one_task_at_a_time(getattr(AsyncSession, _name)))
+del _name
+
+
+def attach_state(session: Session, state: UnitState) -> UnitState:
+    """Make ``state`` the unit state of ``session``, one of dbscope's sessions."""
+    assert isinstance(session, UnitSession)
+    session.unit = state
+    return state
+
+
+def unit_state(session: Session) -> UnitState | None:
+    """The unit state of ``session``, if it belongs to a dbscope unit of work."""
+    return session.unit if isinstance(session, UnitSession) else None
+
+
+@event.listens_for(UnitSession, "after_begin")
+def _configure_transaction(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    state = unit_state(session)
+    if state is None:
+        return
+    state.rules.begin(connection, state.begin)
+    state.applied_schema = state.begin.schema
+
+
+@event.listens_for(UnitSession, "after_transaction_create")
+def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> None:
+    state = unit_state(session)
+    if transaction.parent is None and state is not None and state.ended:
+        message = (
+            "This session belongs to a unit of work that has ended (its request already "
+            "answered, or its transaction block exited); using it would open a transaction "
+            "that nobody commits. Open a new one: `async with db.transaction() as session:`."
+        )
+        raise UnitOfWorkEndedError(message)
+
+
+def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) -> None:
+    """Register ``callback`` on the innermost transaction of ``session`` now."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    state.pending.append((transaction, callback))
+
+
+def take_due_hooks(state: UnitState) -> list[CommitHook]:
+    """The callbacks whose transaction has committed, in registration order; forgets them."""
+    due, state.due = state.due, []
+    return due
+
+
+@event.listens_for(UnitSession, "after_commit")
+def _hooks_become_due(session: Session) -> None:
+    # after_commit follows the outermost transaction only; savepoints keep their hooks pending
+    # until the transaction around them commits.
+    state = unit_state(session)
+    if state is not None:
+        state.due.extend(callback for _, callback in state.pending)
+        state.pending.clear()
+
+
+@event.listens_for(UnitSession, "after_soft_rollback")
+def _drop_rolled_back_hooks(session: Session, previous_transaction: SessionTransaction) -> None:
+    state = unit_state(session)
+    if state is not None and state.pending:
+        state.pending[:] = [
+            (transaction, callback)
+            for transaction, callback in state.pending
+            if not _inside(transaction, previous_transaction)
+        ]
+
+
+def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    if outer.parent is None:
+        return True  # the whole transaction rolled back
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
