@@ -111,7 +111,11 @@ def serving(environment: dict[str, str], log: Path) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         print(log.read_text())  # pytest shows what a fixture prints only when a test fails
 
 
