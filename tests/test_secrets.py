@@ -8,6 +8,7 @@ __future__ import annotations``: the endpoints use a ``Session`` alias built ins
 
 import logging
 import traceback
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +19,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import ConfigurationError, Database, DatabaseUnavailableError, DbscopeError
+from dbscope import (
+    ConfigurationError,
+    Database,
+    DatabaseUnavailableError,
+    DbscopeError,
+    LifecycleError,
+)
 from tests.conftest import url_for
+from tests.helpers import admin
 from tests.server import free_port
 
 PASSWORD = "s3cr3t-Pa55"
@@ -152,7 +160,7 @@ def test_a_sync_driver_error_hides_the_password() -> None:
 def test_an_unparseable_url_error_hides_the_password(url: str) -> None:
     """The error for a URL that cannot be parsed does not repeat the password in it."""
     error = config_error(url)
-    assert "DATABASE_URL" in str(error)
+    assert "argument url" in str(error)
     assert_hidden(str(error), repr(error), full_traceback(error))
 
 
@@ -179,7 +187,74 @@ def test_an_invalid_pool_size_variable_error_hides_the_password(
     assert_hidden(str(info.value), repr(info.value), full_traceback(info.value))
 
 
+def test_a_password_with_an_unencoded_at_is_rejected_showing_none_of_it() -> None:
+    """user:pass@word@host fails asking for %40, and shows neither half of the password."""
+    split_password = PASSWORD.replace("-", "@")
+    error = config_error(f"postgresql+asyncpg://app:{split_password}@db.example/app")
+    assert "%40" in str(error)
+    assert_hidden(str(error), repr(error), full_traceback(error))
+
+
+# -- a password given as ?password= -----------------------------------------------------------
+
+QUERY_PASSWORD_URLS = [
+    f"postgresql+asyncpg://app@db.example:5432/app?password={PASSWORD}",
+    f"postgresql+psycopg://app@db.example:5432/app?sslmode=disable&password={PASSWORD}",
+    f"mysql+asyncmy://app@db.example:3306/app?password={PASSWORD}",
+]
+
+
+@pytest.mark.parametrize("url", QUERY_PASSWORD_URLS, ids=["asyncpg", "psycopg", "asyncmy"])
+def test_a_query_password_is_hidden_in_repr_and_str(url: str) -> None:
+    """A ?password= is masked like any password in the Database, its URL and its settings."""
+    db = Database(url)
+    assert "db.example" in repr(db)
+    assert_hidden(repr(db), str(db), repr(db.url), str(db.url), repr(db.settings))
+
+
+async def test_a_query_password_is_hidden_in_a_lifecycle_error() -> None:
+    """A transaction before connect() fails naming the Database without its ?password=."""
+    db = Database(QUERY_PASSWORD_URLS[0])
+    with pytest.raises(LifecycleError) as info:
+        async with db.transaction():
+            pass
+    assert "db.example" in str(info.value)
+    assert_hidden(str(info.value), repr(info.value), full_traceback(info.value))
+
+
+async def test_a_query_password_is_the_password_the_driver_logs_in_with(postgres_url: str) -> None:
+    """A role with a password connects through ?password=, which the driver gets as password.
+
+    The local server trusts 127.0.0.1, so the login alone would pass with any password; the
+    driver's connect arguments show it is given this one.
+    """
+    role = f"dbscope_password_{uuid.uuid4().hex[:8]}"
+    url = make_url(postgres_url).set(username=role).update_query_dict({"password": PASSWORD})
+    async with admin(postgres_url) as connection:
+        await connection.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"))
+        try:
+            db = Database(url.render_as_string(hide_password=False))
+            async with db, db.transaction() as session:
+                user = (await session.execute(text("SELECT current_user"))).scalar_one()
+                _, connect_args = db.engine.dialect.create_connect_args(db.engine.url)
+        finally:
+            await connection.execute(text(f"DROP ROLE {role}"))
+    assert user == role
+    assert connect_args["password"] == PASSWORD
+
+
 # -- connection errors ------------------------------------------------------------------------
+
+
+async def test_a_connect_error_shows_the_servers_words_whole_beside_a_short_password(
+    postgres_url: str,
+) -> None:
+    """With the password 'x', the server's "does not exist" is shown whole, not "e***ist"."""
+    url = make_url(postgres_url).set(password="x", database="dbscope_no_such_db")
+    db = Database(url.render_as_string(hide_password=False))
+    with pytest.raises(ConfigurationError) as info:
+        await db.connect()
+    assert 'database "dbscope_no_such_db" does not exist' in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool, QueuePool
 
-from dbscope import ConfigurationError, Database, DatabaseUnavailableError
+from dbscope import ConfigurationError, Database, DatabaseSettings, DatabaseUnavailableError
 from tests.conftest import POSTGRES_URL, require_server, url_for
+from tests.documented import block_containing, run_block
 from tests.server import free_port
 
 SERVER_BACKENDS = ("asyncpg", "psycopg", "asyncmy")
@@ -251,6 +252,58 @@ def test_an_unparseable_url_is_rejected_showing_the_expected_form(url: str) -> N
     assert "dialect+driver://user:password@host:port/database" in str(info.value)
 
 
+SettingsInCode = Callable[[str], object]
+IN_CODE: dict[str, SettingsInCode] = {
+    "Database": lambda url: Database(url, pool_size=-1),
+    "DatabaseSettings": lambda url: DatabaseSettings(database_url=url, pool_size=-1),
+}
+
+
+@pytest.mark.parametrize("make", list(IN_CODE))
+def test_a_setting_given_in_code_is_named_as_its_keyword_argument(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, make: str
+) -> None:
+    """pool_size=-1 passed to Database(...) or DatabaseSettings(...) is named so, not POOL_SIZE."""
+    with pytest.raises(ConfigurationError) as info:
+        IN_CODE[make](sqlite_url)
+    assert "keyword argument pool_size=-1: must be at least 1" in str(info.value)
+    assert "POOL_SIZE" not in str(info.value)
+
+
+def test_a_setting_read_from_the_environment_is_named_as_its_prefixed_variable(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """APP_POOL_SIZE=-1 read by from_env("APP_") is named with its prefix and its value."""
+    clean_env.setenv("APP_DATABASE_URL", sqlite_url)
+    clean_env.setenv("APP_POOL_SIZE", "-1")
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env("APP_")
+    assert "environment variable APP_POOL_SIZE='-1': must be at least 1" in str(info.value)
+
+
+def test_a_schema_on_sqlite_is_rejected_saying_only_postgresql_has_schemas(
+    sqlite_url: str,
+) -> None:
+    """schema="app" on SQLite names the argument as given and says SQLite has no schemas."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, schema="app")
+    assert "keyword argument schema='app': only PostgreSQL has schemas" in str(info.value)
+    assert "a SQLite file is a database of its own" in str(info.value)
+    assert "postgres_schema" not in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "APP_"])
+def test_a_misspelled_variable_is_named_when_no_database_is_configured(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, prefix: str
+) -> None:
+    """With only DATABSE_URL set, "no database is configured" asks about DATABASE_URL."""
+    clean_env.setenv(f"{prefix}DATABSE_URL", sqlite_url)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env(prefix)
+    assert "No database is configured" in str(info.value)
+    assert f"{prefix}DATABSE_URL is set: did you mean {prefix}DATABASE_URL?" in str(info.value)
+
+
 def test_no_url_in_the_environment_is_rejected_naming_database_url(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
@@ -291,6 +344,42 @@ async def test_a_sqlite_url_without_driver_uses_aiosqlite(tmp_path: Path) -> Non
     assert path.exists()
 
 
+# -- documented: a URL object, settings made apart ---------------------------------------------
+
+
+async def test_the_documented_url_object_connects_with_its_password_as_written(
+    postgres_url: str,
+) -> None:
+    """docs/configuration.md's URL.create(...) connects, its unencoded password intact."""
+    server = make_url(postgres_url)
+    block = block_containing("docs/configuration.md", "URL.create(")
+    parts = {
+        '"postgresql+asyncpg"': repr(server.drivername),
+        'username="app"': f"username={server.username!r}",
+        'host="db.internal"': f"host={server.host!r}",
+        "port=5432": f"port={server.port or 5432}",
+        'database="app"': f"database={server.database!r}",
+    }
+    db = run_block(block, postgres_url, replace=parts)["db"]
+    assert db.url.password == "p@ss:w/rd%"
+    async with db, db.transaction() as session:
+        user = (await session.execute(text("SELECT current_user"))).scalar_one()
+    assert user == server.username
+
+
+async def test_the_documented_settings_build_a_database_with_their_pool(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """docs/configuration.md's DatabaseSettings(_env_prefix="BILLING_", pool_size=20) works."""
+    clean_env.setenv("BILLING_DATABASE_URL", sqlite_url)
+    block = block_containing("docs/configuration.md", "Database.from_settings(")
+    db = run_block(block, sqlite_url)["db"]
+    assert db.url.render_as_string(hide_password=False) == sqlite_url
+    async with db:
+        assert queue_pool(db).size() == 20
+        assert await select_one(db) == 1
+
+
 # -- connecting -------------------------------------------------------------------------------
 
 
@@ -306,6 +395,26 @@ async def test_an_unreachable_server_fails_connect_naming_host_and_port(driverna
     assert f"127.0.0.1:{port}" in str(info.value)
     assert info.value.cause == "unreachable"
     assert db.state == "new"
+
+
+MULTI_HOST_FORMS = {
+    "host=h:p&host=h:p": "?host=127.0.0.1:{0}&host=127.0.0.1:{1}",
+    "host=h,h&port=p,p": "?host=127.0.0.1,127.0.0.1&port={0},{1}",
+}
+
+
+@pytest.mark.parametrize("form", list(MULTI_HOST_FORMS))
+@pytest.mark.parametrize("drivername", ["postgresql+asyncpg", "postgresql+psycopg"])
+async def test_a_multi_host_url_reaching_no_host_fails_connect_naming_every_host(
+    drivername: str, form: str
+) -> None:
+    """connect() to two hosts that nothing listens on raises an error naming both host:ports."""
+    first = free_port()
+    second = next(port for port in iter(free_port, None) if port != first)
+    db = Database(f"{drivername}://app@/app" + MULTI_HOST_FORMS[form].format(first, second))
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.connect()
+    assert f"at 127.0.0.1:{first}, 127.0.0.1:{second}, database 'app'" in str(info.value)
 
 
 @pytest.mark.parametrize("backend", SERVER_BACKENDS)

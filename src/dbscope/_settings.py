@@ -2,15 +2,24 @@
 
 Settings come from keyword arguments (``Database(url, pool_size=20)``) or from the environment
 (``Database.from_env()``), and every mistake is reported when they are made, not on the first
-request. The URL is kept as a SQLAlchemy ``URL``, whose repr masks the password, and pydantic
-is told never to echo input values in its errors, so no password reaches a message or log.
+request. The URL is kept as a SQLAlchemy ``URL``, whose repr masks the password (a
+``?password=`` is moved there first, see ``_urls.py``), and pydantic is told never to echo
+input values in its errors, so no password reaches a message or log.
+
+Every mistake is a ConfigurationError naming the setting as the caller wrote it: the keyword
+argument (``pool_size=-1``) for settings given in code, the variable (``APP_POOL_SIZE``) for
+those read from the environment.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import os
 import re
-from typing import Any, Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import (
     Field,
@@ -22,10 +31,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from dbscope._exceptions import ConfigurationError
+from dbscope._urls import is_memory_sqlite, parse_url
 
 # The async drivers dbscope knows for each backend, in order of preference when the URL names
 # none, with the extra that installs each.
@@ -49,8 +58,18 @@ BACKEND_ALIASES: Final[dict[str, str]] = {"postgres": "postgresql"}
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
-URL_FORM: Final = "dialect+driver://user:password@host:port/database"
+# What a schema is called elsewhere, for those who ask for one where there is none.
+SCHEMA_ADVICE: Final = {
+    "sqlite": ": a SQLite file is a database of its own, so tables kept apart get a file each.",
+    "mysql": ": in MySQL a schema is a database; name it in the URL instead.",
+    "mariadb": ": in MariaDB a schema is a database; name it in the URL instead.",
+}
+
 NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
+# The error type of a check across settings that blames one: its context names the setting.
+SETTING_ERROR: Final = "setting"
+# Settings whose values are never shown: they hold a password, or may.
+SECRET_FIELDS: Final = frozenset({"database_url", "postgres_password"})
 
 
 def validate_schema_name(name: str) -> str:
@@ -62,13 +81,6 @@ def validate_schema_name(name: str) -> str:
         "'$' only, starting with a letter or '_', at most 63 characters."
     )
     raise ValueError(message)
-
-
-def is_memory_sqlite(url: URL) -> bool:
-    """Tell whether ``url`` names an in-memory SQLite database."""
-    if url.get_backend_name() != "sqlite":
-        return False
-    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
 def resolve_async_url(url: URL) -> URL:
@@ -105,21 +117,6 @@ def resolve_async_url(url: URL) -> URL:
         )
         raise ValueError(message)
     return url.set(drivername=f"{backend}+{driver}")
-
-
-def parse_url(value: str | URL) -> URL:
-    """Parse a URL string; the error never repeats the string, which may hold a password."""
-    if isinstance(value, URL):
-        return value
-    try:
-        return make_url(value)
-    except (ArgumentError, ValueError):  # ValueError: a non-numeric port, e.g. a missing host
-        message = (
-            f"The database URL could not be parsed (its value is not shown, it may hold a "
-            f"password); write it as {URL_FORM}, for example "
-            "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'."
-        )
-        raise ValueError(message) from None
 
 
 class DatabaseSettings(BaseSettings):
@@ -177,6 +174,33 @@ class DatabaseSettings(BaseSettings):
     """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""
 
     _url: URL = PrivateAttr()
+    # The name a caller gave a field under, when not the field's own (Database's url=).
+    _argument_names: ClassVar[Mapping[str, str]] = {}
+    _reads_env: ClassVar[bool] = True
+
+    if not TYPE_CHECKING:  # mypy keeps checking keyword arguments against the fields
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as error:
+                message = describe_validation_error(error, type(self)._sources(values))
+                # `from None`: pydantic's error would print the input values in a traceback.
+                raise ConfigurationError(message) from None
+
+    @classmethod
+    def _sources(cls, values: Mapping[str, Any]) -> Sources:
+        config = cls.model_config
+        return Sources(
+            arguments={
+                name: cls._argument_names.get(name, name)
+                for name in values
+                if name in cls.model_fields
+            },
+            env_prefix=values.get("_env_prefix") or config.get("env_prefix") or "",
+            env_file=values.get("_env_file") or config.get("env_file"),
+            reads_env=cls._reads_env,
+        )
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -251,14 +275,19 @@ class DatabaseSettings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_url(self) -> DatabaseSettings:
         url = self.database_url or self._url_from_parts()
-        self._url = resolve_async_url(url)
+        try:
+            self._url = resolve_async_url(url)
+        except ValueError as error:
+            if self.database_url is None:
+                raise
+            raise setting_error("database_url", None, str(error)) from None
         backend = self._url.get_backend_name()
         if self.postgres_schema is not None and backend != "postgresql":
             message = (
-                f"postgres_schema is set, but the database is {backend}, which has no schemas "
-                "to switch between; remove the setting or name the database in the URL."
+                f"only PostgreSQL has schemas to switch between, and the URL names a {backend} "
+                f"database. Remove the schema{SCHEMA_ADVICE.get(backend, '.')}"
             )
-            raise ValueError(message)
+            raise setting_error("postgres_schema", self.postgres_schema, message)
         if is_memory_sqlite(self._url):
             self._check_memory_pool()
         return self
@@ -266,13 +295,8 @@ class DatabaseSettings(BaseSettings):
     def _url_from_parts(self) -> URL:
         parts = (self.postgres_user, self.postgres_host, self.postgres_db)
         if all(part is None for part in parts):
-            message = (
-                "No database is configured: set DATABASE_URL (for example "
-                "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'), "
-                "or POSTGRES_HOST, POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB, or pass "
-                "the URL to Database(...)."
-            )
-            raise PydanticCustomError(NO_DATABASE, message)
+            # Worded by Sources.no_database(), which knows where the URL could have come from.
+            raise PydanticCustomError(NO_DATABASE, "No database is configured.")
         password = self.postgres_password
         return URL.create(
             "postgresql",
@@ -288,11 +312,11 @@ class DatabaseSettings(BaseSettings):
         # exactly one connection, never recycled, is what shares it across the app.
         if "pool_size" in self.model_fields_set and self.pool_size != 1:
             message = (
-                f"pool_size={self.pool_size} cannot apply to an in-memory SQLite database: it "
-                "lives in a single connection that dbscope shares across the app. Remove "
-                "pool_size, or use a file ('sqlite+aiosqlite:///app.db') for a real pool."
+                "an in-memory SQLite database lives in a single connection that dbscope "
+                "shares across the app, so its pool holds one. Remove the pool size, or use a "
+                "file ('sqlite+aiosqlite:///app.db') for a real pool."
             )
-            raise ValueError(message)
+            raise setting_error("pool_size", self.pool_size, message)
 
     @property
     def url(self) -> URL:
@@ -305,30 +329,103 @@ class DatabaseSettings(BaseSettings):
         return is_memory_sqlite(self._url)
 
 
-def describe_validation_error(error: ValidationError, env_prefix: str = "") -> str:
-    """Turn pydantic's error into one message per field, naming argument and variable.
+def setting_error(setting: str, value: object, message: str) -> PydanticCustomError:
+    """An error of a check across settings that blames ``setting``, which had ``value``."""
+    context = {"setting": setting, "value": value, "message": message}
+    return PydanticCustomError(SETTING_ERROR, "{message}", context)
 
-    Input values are shown only for fields that cannot hold a secret.
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the settings came from, to name each in messages as the caller wrote it."""
+
+    arguments: Mapping[str, str] = field(default_factory=dict)
+    """The fields given as arguments, each with the argument's name."""
+    env_prefix: str = ""
+    env_file: object = None
+    reads_env: bool = True
+
+    def label(self, setting: str, value: object) -> str:
+        """``keyword argument pool_size=-1``, or ``environment variable APP_POOL_SIZE='-1'``."""
+        shown = "" if setting in SECRET_FIELDS else f"={value!r}"
+        if setting in self.arguments:
+            name = self.arguments[setting]
+            return f"keyword argument {name}{shown}" if shown else f"argument {name}"
+        variable = f"{self.env_prefix}{setting}".upper()
+        if self.env_file is not None and variable not in environment_names():
+            return f"variable {variable}{shown} in {self.env_file}"
+        return f"environment variable {variable}{shown}"
+
+    def no_database(self) -> str:
+        """What to set when no database is named, with any misspelled variable that is set."""
+        examples = "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'"
+        if not self.reads_env:
+            return (
+                f"No database is configured: pass the URL to Database(...), e.g. {examples}, "
+                "or build it with Database.from_env() to read DATABASE_URL."
+            )
+        p = self.env_prefix.upper()
+        message = (
+            f"No database is configured: set {p}DATABASE_URL (for example {examples}), or "
+            f"{p}POSTGRES_HOST, {p}POSTGRES_USER, {p}POSTGRES_PASSWORD and {p}POSTGRES_DB, or "
+            "pass the URL to Database(...)."
+        )
+        return " ".join([message, *misspelled_variables(p)])
+
+
+def environment_names() -> set[str]:
+    """The environment's variable names, in capitals (pydantic-settings ignores their case)."""
+    return {name.upper() for name in os.environ}
+
+
+def misspelled_variables(prefix: str) -> list[str]:
+    """``X is set: did you mean Y?`` for each environment variable close to a setting's name."""
+    known = [f"{prefix}{name}".upper() for name in DatabaseSettings.model_fields]
+    hints: list[str] = []
+    for name in sorted(environment_names().difference(known)):
+        if prefix and f"{prefix}{name}" in known:  # the prefix forgotten
+            close = [f"{prefix}{name}"]
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        hints.extend(f"{name} is set: did you mean {match}?" for match in close)
+    return hints
+
+
+def describe_validation_error(error: ValidationError, sources: Sources) -> str:
+    """Turn pydantic's error into one message per setting, named as the caller gave it.
+
+    Values are shown only for settings that cannot hold a secret.
     """
-    secret_fields = {"database_url", "postgres_password"}
     lines = []
     for item in error.errors(include_url=False, include_input=True):
-        field = str(item["loc"][0]) if item["loc"] else ""
+        context = item.get("ctx") or {}
+        setting = context.get("setting") or (str(item["loc"][0]) if item["loc"] else "")
         text = item["msg"].removeprefix("Value error, ")
-        if field and field not in secret_fields and item["type"] != "value_error":
-            text = f"{text} (got {item['input']!r})"
-        if not field:
-            lines.append(text)
+        if item["type"] == NO_DATABASE:
+            lines.append(sources.no_database())
         elif item["type"] == "extra_forbidden":
-            lines.append(f"unknown setting {field!r}")
+            close = difflib.get_close_matches(setting, DatabaseSettings.model_fields, n=1)
+            lines.append(
+                f"unknown setting {setting!r}"
+                + "".join(f": did you mean {match!r}?" for match in close)
+            )
+        elif not setting:
+            lines.append(text)
         else:
-            lines.append(f"{field} (environment variable {env_prefix}{field.upper()}): {text}")
+            value = context.get("value", item["input"])
+            lines.append(f"{sources.label(setting, value)}: {text}")
     return "Invalid database settings: " + "; ".join(lines)
 
 
 class _ArgumentSettings(DatabaseSettings):
     """DatabaseSettings made from arguments alone: ``Database(url, ...)`` never reads the
     environment, so a stray ``POOL_SIZE`` cannot change a pool configured in code."""
+
+    _argument_names: ClassVar[Mapping[str, str]] = {
+        "database_url": "url",
+        "postgres_schema": "schema",
+    }
+    _reads_env: ClassVar[bool] = False
 
     @classmethod
     def settings_customise_sources(
@@ -340,6 +437,24 @@ class _ArgumentSettings(DatabaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+class _DefaultUrlSettings(DatabaseSettings):
+    """DatabaseSettings read from an environment that names no database, with from_env's
+    ``default_url`` in its place."""
+
+    _argument_names: ClassVar[Mapping[str, str]] = {"database_url": "default_url"}
+
+
+class _DatabaseLocation(BaseSettings):
+    """The settings that name the database, read alone: whether the environment names one."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    database_url: str | None = None
+    postgres_user: str | None = None
+    postgres_host: str | None = None
+    postgres_db: str | None = None
 
 
 def load_settings(
@@ -357,16 +472,11 @@ def load_settings(
     Raises:
         ConfigurationError: a value is invalid; the message names it and the fix.
     """
-    try:
-        if not from_env:
-            return _ArgumentSettings(**values)
-        try:
-            return DatabaseSettings(_env_prefix=env_prefix, _env_file=env_file, **values)
-        except ValidationError as error:
-            if default_url is None or {e["type"] for e in error.errors()} != {NO_DATABASE}:
-                raise
-            values["database_url"] = default_url
-            return DatabaseSettings(_env_prefix=env_prefix, _env_file=env_file, **values)
-    except ValidationError as error:
-        # `from None`: pydantic's own error would print the input values in a traceback.
-        raise ConfigurationError(describe_validation_error(error, env_prefix)) from None
+    if not from_env:
+        return _ArgumentSettings(**values)
+    settings_class = DatabaseSettings
+    if default_url is not None:
+        location = _DatabaseLocation(_env_prefix=env_prefix, _env_file=env_file)
+        if not any(location.model_dump().values()):
+            settings_class, values["database_url"] = _DefaultUrlSettings, default_url
+    return settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)

@@ -19,12 +19,37 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import Final
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from dbscope._exceptions import ConfigurationError
 
+URL_FORM: Final = "dialect+driver://user:password@host:port/database"
 # The port a driver uses when the URL names none, for the messages that name it.
 DEFAULT_PORTS: Final = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def parse_url(value: str | URL) -> URL:
+    """Parse and check a URL; the error never repeats the string, which may hold a password."""
+    if isinstance(value, URL):
+        return normalize_url(value)
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port, e.g. a missing host
+        message = (
+            f"The database URL could not be parsed (its value is not shown, it may hold a "
+            f"password); write it as {URL_FORM}, for example "
+            "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'."
+        )
+        raise ValueError(message) from None
+    return normalize_url(url)
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    """Tell whether ``url`` names an in-memory SQLite database."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
 def normalize_url(url: URL) -> URL:
