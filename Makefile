@@ -22,11 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## Lint, format check and strict type check.
+## Lint, format check, strict type check and the import layers (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests examples benchmarks
 	$(BIN)/python -m ruff format --check src tests examples benchmarks
 	$(BIN)/python -m mypy
+	$(BIN)/lint-imports
 
 check: lint test
 

@@ -17,9 +17,9 @@ from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStat
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.
 LOST: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
-# Refusals no retry cures: access denied to a database, wrong user or password, unknown
-# database, a missing table or column privilege.
-REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143})
+# Refusals no retry cures: access denied to a database, wrong user or password (with or
+# without one), unknown database, a missing table, column or other privilege.
+REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143, 1227, 1698})
 DEADLOCK: Final = 1213
 LOCK_WAIT_TIMEOUT: Final = 1205
 # MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.

@@ -1,0 +1,176 @@
+"""What each kind of database error becomes: refusals are configuration errors, for good;
+constraints that fail at COMMIT answer 409 naming the constraint; AUTOCOMMIT is refused."""
+
+import asyncio
+import logging
+import uuid
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import String, UniqueConstraint, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+
+from dbscope import ConfigurationError, ConstraintViolationError, Database
+from tests.helpers import SERVER_BACKENDS, Tables, admin, client_for, stored
+
+SECRET_VALUE = "row-value-that-must-not-leak"
+# The summary of held-back lines comes 5 s after the first; a little more, on a busy machine.
+SUMMARY_WAIT = 5.5
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"isolation_level": "AUTOCOMMIT"}, {"execution_options": {"isolation_level": "autocommit"}}],
+)
+def test_an_autocommit_database_is_refused_at_construction(
+    sqlite_url: str, setting: dict[str, object]
+) -> None:
+    """AUTOCOMMIT for every connection would let a failed request keep its writes."""
+    with pytest.raises(ConfigurationError) as refused:
+        Database(sqlite_url, **setting)
+    assert "db.lease()" in str(refused.value)
+    assert "isolation_level=" in str(refused.value)
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_database_that_does_not_exist_is_a_configuration_error(database_url: str) -> None:
+    """Connecting to a missing database is a mistake to fix, not an outage to wait out."""
+    missing = make_url(database_url).set(database="dbscope_no_such_database")
+    db = Database(missing.render_as_string(hide_password=False))
+    with pytest.raises(ConfigurationError, match="dbscope_no_such_database"):
+        await db.connect()
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_an_unknown_user_is_a_configuration_error(database_url: str) -> None:
+    """A user the server does not know is refused for good, on every server."""
+    stranger = make_url(database_url).set(username="dbscope_nobody", password="x")
+    db = Database(stranger.render_as_string(hide_password=False))
+    with pytest.raises(ConfigurationError, match="dbscope_nobody") as refused:
+        await db.connect()
+    assert "does not e***ist" not in str(refused.value)
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_database_dropped_while_the_app_runs_answers_500_not_503(
+    database_url: str,
+) -> None:
+    """A new connection refused at run time is a configuration error: 500, no Retry-After."""
+    name = f"dbscope_gone_{uuid.uuid4().hex[:8]}"
+    async with admin(database_url) as connection:
+        await connection.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    db = Database(url, poolclass=NullPool)  # every unit opens a new connection
+    app = FastAPI()
+
+    @app.get("/")
+    async def read(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    async with db:
+        async with admin(database_url) as connection:
+            force = " WITH (FORCE)" if connection.dialect.name == "postgresql" else ""
+            await connection.execute(text(f"DROP DATABASE {name}{force}"))
+        async with client_for(app) as client:
+            response = await client.get("/")
+        with pytest.raises(ConfigurationError, match=name):
+            async with db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+    assert response.status_code == 500
+    assert "retry-after" not in response.headers
+
+
+# -- constraints at COMMIT ----------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "err_items"
+    __table_args__ = (UniqueConstraint("label", name="err_label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(64))
+
+
+async def test_a_unique_constraint_failing_at_commit_answers_409_naming_it(
+    database_url: str, tables: Tables
+) -> None:
+    """A duplicate flushed by the commit, after the endpoint returned, answers 409 naming the
+    constraint and never the row's values; nothing is stored."""
+    await tables.create_all(Base.metadata)
+    async with Database(database_url) as db:
+        async with db.transaction() as session:
+            session.add(Item(id=1, label=SECRET_VALUE))
+        app = FastAPI()
+
+        @app.post("/items/{item_id}")
+        async def add(
+            item_id: int, session: Annotated[AsyncSession, Depends(db.session)]
+        ) -> dict[str, int]:
+            session.add(Item(id=item_id, label=SECRET_VALUE))  # flushed by the COMMIT
+            return {"id": item_id}
+
+        async with client_for(app) as client:
+            response = await client.post("/items/2")
+        labels = await stored(db, "SELECT label FROM err_items")
+    assert response.status_code == 409, response.text
+    body = response.json()["detail"]
+    assert body["cause"] == "constraint_violation"
+    if not database_url.startswith("sqlite"):  # SQLite's message names columns, not the name
+        assert body["constraint"] == "err_label"
+    assert SECRET_VALUE not in response.text
+    assert labels == [SECRET_VALUE]
+
+
+async def test_a_constraint_failing_at_the_end_of_a_transaction_is_still_an_integrity_error(
+    database_url: str, tables: Tables
+) -> None:
+    """Outside requests the commit's violation is a ConstraintViolationError, which is also the
+    IntegrityError scripts catch, and neither its message nor its repr holds a value."""
+    await tables.create_all(Base.metadata)
+    async with Database(database_url) as db:
+        with pytest.raises(IntegrityError) as failed:
+            async with db.transaction() as session:
+                session.add_all([Item(id=1, label=SECRET_VALUE), Item(id=2, label=SECRET_VALUE)])
+        labels = await stored(db, "SELECT label FROM err_items")
+    assert isinstance(failed.value, ConstraintViolationError)
+    assert SECRET_VALUE not in str(failed.value)
+    assert SECRET_VALUE not in repr(failed.value)
+    assert labels == []
+
+
+# -- the log under overload -----------------------------------------------------------------------
+
+
+async def test_a_burst_of_503s_logs_one_line_then_one_summary(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 requests refused by a full wait line log one warning at once, then one line that
+    counts the other 49."""
+    db = Database(sqlite_url, pool_size=1, max_overflow=0, pool_max_waiters=0)
+    app = FastAPI()
+
+    @app.get("/")
+    async def read(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    caplog.set_level(logging.WARNING, logger="dbscope")
+    async with db, db.transaction() as held:
+        await held.execute(text("SELECT 1"))  # the only connection, held
+        async with client_for(app) as client:
+            statuses = [(await client.get("/")).status_code for _ in range(50)]
+        answered = [r for r in caplog.records if "503" in r.getMessage()]
+        await asyncio.sleep(SUMMARY_WAIT)
+    lines = [r.getMessage() for r in caplog.records if "503" in r.getMessage()]
+    assert statuses == [503] * 50
+    assert len(answered) == 1
+    assert len(lines) == 2
+    assert "49 more times" in lines[1]
