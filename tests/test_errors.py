@@ -4,7 +4,7 @@ constraints that fail at COMMIT answer 409 naming the constraint; AUTOCOMMIT is 
 import asyncio
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
@@ -28,7 +28,7 @@ SUMMARY_WAIT = 5.5
     [{"isolation_level": "AUTOCOMMIT"}, {"execution_options": {"isolation_level": "autocommit"}}],
 )
 def test_an_autocommit_database_is_refused_at_construction(
-    sqlite_url: str, setting: dict[str, object]
+    sqlite_url: str, setting: dict[str, Any]
 ) -> None:
     """AUTOCOMMIT for every connection would let a failed request keep its writes."""
     with pytest.raises(ConfigurationError) as refused:

@@ -1,0 +1,90 @@
+"""One session used by two tasks at once is refused every time, with one clear error, and
+leaves nothing behind: no connection dropped, none checked out, nothing left in the loop."""
+
+import asyncio
+import logging
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, SessionSharedError
+from tests.helpers import client_for
+
+SLOW = {
+    "sqlite": "SELECT 1",
+    "postgresql": "SELECT pg_sleep(0.05)",
+    "mysql": "SELECT SLEEP(0.05)",
+}
+ROUNDS = 20
+
+
+def slow_query(session: AsyncSession) -> str:
+    """A statement that takes a while on the session's backend (SQLite: one step)."""
+    return SLOW[session.get_bind().dialect.name]
+
+
+async def test_gather_over_one_session_is_refused_every_time(database_url: str) -> None:
+    """Every round of asyncio.gather over one session raises SessionSharedError, warm or
+    cold, and the unit waits for the first task before it ends: no connection is dropped."""
+    refused = 0
+    async with Database(database_url) as db:
+        for _ in range(ROUNDS):
+            with pytest.raises(SessionSharedError):  # noqa: PT012 - the unit's end is the point
+                async with db.transaction() as session:
+                    query = text(slow_query(session))
+                    await asyncio.gather(session.execute(query), session.execute(query))
+            refused += 1
+        stats = db.stats()
+        async with db.transaction() as session:
+            after = (await session.execute(text("SELECT 1"))).scalar_one()
+    assert refused == ROUNDS
+    assert stats.checked_out == 0
+    assert stats.invalidated == 0
+    assert after == 1
+
+
+async def test_the_refused_task_never_touched_the_connection(database_url: str) -> None:
+    """The first task's statement completes; only the second is refused, before it runs."""
+    async with Database(database_url) as db, db.transaction() as session:
+        query = text(slow_query(session))
+        outcomes = await asyncio.gather(
+            session.execute(query), session.execute(query), return_exceptions=True
+        )
+        still_usable = (await session.execute(text("SELECT 2"))).scalar_one()
+    assert not isinstance(outcomes[0], BaseException)
+    assert isinstance(outcomes[1], SessionSharedError)
+    assert still_usable == 2
+
+
+async def test_a_request_sharing_its_session_answers_500_with_one_clear_error(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over HTTP it is a bug of the app: 500, one SessionSharedError and no other error
+    logged; the next requests are served normally on the same pool."""
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    app = FastAPI()
+
+    @app.get("/shared")
+    async def shared(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+        query = text(slow_query(session))
+        await asyncio.gather(session.execute(query), session.execute(query))
+        return 1
+
+    @app.get("/alone")
+    async def alone(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    caplog.set_level(logging.WARNING)
+    async with db, client_for(app) as client:
+        failed = await client.get("/shared")
+        served = [(await client.get("/alone")).status_code for _ in range(5)]
+        stats = db.stats()
+    assert failed.status_code == 500
+    assert served == [200] * 5
+    assert stats.checked_out == 0
+    assert stats.invalidated == 0
+    assert not [r for r in caplog.records if "IllegalStateChange" in r.getMessage()]
+    assert not [r for r in caplog.records if "Closing the session failed" in r.getMessage()]
