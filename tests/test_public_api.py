@@ -15,6 +15,7 @@ import dbscope
 PUBLIC_NAMES = [
     "Attempt",
     "ConfigurationError",
+    "ConstraintViolationError",
     "Database",
     "DatabaseSettings",
     "DatabaseUnavailableError",
