@@ -2,15 +2,19 @@
 
 Each of these inputs once answered 500 on one database or another: ids and offsets beyond
 64 bits (SQLite) or 32 bits (PostgreSQL), a NUL character (PostgreSQL), a string that is not
-valid Unicode. Like every test of the example they run on SQLite and on PostgreSQL.
+valid Unicode; and SQLite's timestamps were shown without their time zone. Like every test
+of the example they run on SQLite and on PostgreSQL.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from .models import Author, Note
 from .schemas import MAX_BODY_LENGTH, MAX_ID
 
 pytestmark = pytest.mark.anyio
@@ -114,3 +118,24 @@ async def test_timestamps_carry_their_time_zone(dbscope_client: httpx.AsyncClien
         assert moment.utcoffset() == timedelta(0), text
         # UTC indeed, not the server's local time labelled UTC.
         assert abs(datetime.now(UTC) - moment) < timedelta(minutes=5), text
+
+
+async def test_a_time_written_with_an_offset_is_stored_as_the_same_instant(
+    dbscope_client: httpx.AsyncClient, dbscope_session: AsyncSession
+) -> None:
+    """A created_at set in UTC+2 reads back two hours earlier in UTC; a naive one is refused."""
+    author = Author(name="Ada")
+    written = Note(
+        title="t",
+        author=author,
+        created_at=datetime(2024, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+    )
+    dbscope_session.add(written)
+    await dbscope_session.commit()
+
+    shown = (await dbscope_client.get(f"/notes/{written.id}")).json()["created_at"]
+
+    assert shown == "2024-01-01T10:00:00Z"
+    dbscope_session.add(Note(title="naive", author=author, created_at=datetime(2024, 1, 1)))
+    with pytest.raises(StatementError, match="has no time zone"):
+        await dbscope_session.flush()
