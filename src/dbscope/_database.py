@@ -8,7 +8,6 @@ a pooled driver connection without a session, for hot reads (see ``_lease.py``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
@@ -18,16 +17,16 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from dbscope._engine import ServerInfo, check_engine_options, engine_options
+from dbscope._entry_points import UnitEntryPoints
 from dbscope._errors import Limits
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
-from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
 from dbscope._settings import DatabaseSettings, load_settings
-from dbscope._unit_of_work import DEFAULT_OPTIONS, UnitOfWork, UnitOptions, Units
+from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
 
 
-class Database:
+class Database(UnitEntryPoints):
     """An async SQLAlchemy engine, its pool and its sessions, scoped per unit of work.
 
     Args:
@@ -172,10 +171,7 @@ class Database:
         with self._lifecycle.bind_to(connection, raise_on_lazy_load=strict):
             yield
 
-    # -- units of work -----------------------------------------------------------------------
-    #
-    # Every entry point that opens units takes the same options (UnitOptions): read_only,
-    # isolation_level, statement_timeout and schema.
+    # -- FastAPI dependencies (the other units of work: _entry_points.py) ---------------------
 
     @property
     def session(self) -> Callable[..., Awaitable[AsyncSession]]:
@@ -218,213 +214,6 @@ class Database:
 
         options = self._options(read_only, isolation_level, statement_timeout, schema)
         return fastapi.session_dependency(self, options)
-
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self,
-        *,
-        read_only: bool = False,
-        isolation_level: str | None = None,
-        statement_timeout: float | None = None,
-        schema: str | None = None,
-    ) -> AsyncIterator[AsyncSession]:
-        """A session in its own transaction: committed if the block ends normally.
-
-        Any exception rolls the transaction back and propagates unchanged; an outage (pool
-        exhausted, server unreachable, connection lost) propagates as
-        DatabaseUnavailableError, and a constraint failing at the COMMIT as
-        ConstraintViolationError. Inside the block, ``current_session()`` returns this session.
-
-        Args:
-            read_only: never commit (and a ``READ ONLY`` transaction on PostgreSQL, MariaDB).
-            isolation_level: e.g. ``"SERIALIZABLE"``; default: the database's.
-            statement_timeout: seconds a statement may run before it is cancelled
-                (StatementTimeoutError); PostgreSQL and MariaDB/MySQL.
-            schema: a PostgreSQL schema for this transaction only, instead of the default.
-        """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options) as unit:
-            yield unit.session
-
-    def unit_of_work(
-        self, options: UnitOptions = DEFAULT_OPTIONS
-    ) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
-        """The building block of requests and transactions: ``async with`` it for the
-        UnitOfWork itself.
-
-        Raises:
-            LifecycleError: the Database is not connected, or was connected in another loop.
-            ConfigurationError: ``options`` this backend cannot honour.
-        """
-        if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
-            self._check(options)
-        return self._units.open(options)
-
-    def _options(
-        self,
-        read_only: bool,
-        isolation_level: str | None,
-        statement_timeout: float | None,
-        schema: str | None,
-    ) -> UnitOptions:
-        options = UnitOptions(
-            read_only=read_only,
-            isolation_level=isolation_level,
-            statement_timeout=statement_timeout,
-            schema=schema,
-        )
-        if options == DEFAULT_OPTIONS:
-            return DEFAULT_OPTIONS
-        self._check(options)
-        return options
-
-    def _check(self, options: UnitOptions) -> None:
-        # Before connect(), only the standard levels are known; after it, the server's own.
-        server = self._lifecycle.server
-        if server is not None and server.isolation_levels:
-            options.check(self._units.rules, server.isolation_levels)
-        else:
-            options.check(self._units.rules)
-
-    def on_commit(self, callback: Callable[[], Any]) -> None:
-        """Run ``callback`` after the current unit of work commits; never if it rolls back.
-
-        ``callback`` takes no arguments and may be a coroutine function. Callbacks run in
-        registration order, after the commit and (in a request) before the response is sent.
-        One registered inside a savepoint that rolls back is dropped with it. One that raises
-        is logged with its traceback and changes nothing else.
-
-        Raises:
-            NoSessionError: no unit of work is active here.
-        """
-        self._units.running().on_commit(callback)
-
-    async def parallel(
-        self,
-        *queries: Callable[[AsyncSession], Awaitable[T]],
-        read_only: bool = True,
-        isolation_level: str | None = None,
-        statement_timeout: float | None = None,
-        schema: str | None = None,
-    ) -> list[T]:
-        """Run independent queries concurrently, each in a unit of work of its own.
-
-        ``users, orders = await db.parallel(load_users, load_orders)``, where each argument
-        takes a session and returns an awaitable. One AsyncSession must never be shared
-        between tasks; this gives each query its own session and connection (so it needs
-        ``len(queries)`` free connections). If one query fails, the others are cancelled and
-        the error propagates. Units are read-only unless ``read_only=False``; the other
-        options apply to each unit as in ``transaction()``.
-        """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-
-        async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with self._units.open(options) as unit:
-                return await query(unit.session)
-
-        tasks = [asyncio.ensure_future(run(query)) for query in queries]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
-    async def stream(
-        self,
-        body: Callable[[AsyncSession], AsyncIterator[T]],
-        *,
-        read_only: bool = False,
-        isolation_level: str | None = None,
-        statement_timeout: float | None = None,
-        schema: str | None = None,
-    ) -> AsyncIterator[T]:
-        """Run a streamed body as a unit of work of its own; commits only if it completes.
-
-        ``return StreamingResponse(db.stream(rows))`` where ``rows(session)`` is an async
-        generator. The stream's transaction commits when the last chunk has been produced,
-        and rolls back if the client goes away (or anything raises) before then. The
-        request's own session cannot be used in a streaming body: its unit of work ended
-        when the endpoint returned. The options are those of ``transaction()``.
-        """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options) as unit:
-            async for item in body(unit.session):
-                yield item
-
-    def retrying(
-        self,
-        *,
-        read_only: bool = False,
-        isolation_level: str | None = None,
-        statement_timeout: float | None = None,
-        schema: str | None = None,
-        policy: RetryPolicy | None = None,
-        **policy_fields: Any,
-    ) -> Retrying:
-        """Run a block as a unit of work again, from the start, after a conflict::
-
-            async for attempt in db.retrying(attempts=5):
-                async with attempt as session:
-                    ...
-
-        Each attempt is a fresh ``db.transaction()`` with the given options. It is re-run
-        when the database reports a serialization failure (SQLSTATE 40001) or deadlock
-        (40P01; MySQL 1213, and 1205 with ``lock_timeouts=True``), after an exponential
-        backoff with jitter; each retry is logged, and ``.retries`` counts them. Other errors
-        propagate at once, unchanged. When attempts run out, RetriesExhaustedError is raised
-        (409 in FastAPI).
-
-        Args:
-            read_only, isolation_level, statement_timeout, schema: as for ``transaction()``.
-            policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
-                ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
-                ``lock_timeouts`` (False).
-        """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        return Retrying(
-            lambda: self._units.open(options),
-            retry_policy(policy, **policy_fields),
-            self._units.rules,
-        )
-
-    def retry(
-        self, *, policy: RetryPolicy | None = None, **policy_fields: Any
-    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-        """Decorate an endpoint so that its request's unit of work is retried on conflicts.
-
-        The endpoint body is re-run, after a rollback, when it or its commit meets a
-        serialization failure or deadlock (see ``retrying()``, which takes the same
-        ``policy``). Only for endpoints without external side effects: an email sent or an
-        API called in a failed attempt happens again. Put ``@db.retry()`` below the route
-        decorator; the endpoint must depend on ``db.session``, or on ``db.session_with(...)``:
-        the unit is the request's, so its options are the dependency's (e.g.
-        ``db.session_with(isolation_level="SERIALIZABLE")``), not the decorator's.
-        """
-        return retry_in_unit(
-            self._units.current.get, retry_policy(policy, **policy_fields), self._units.rules
-        )
-
-    def current_session(self) -> AsyncSession:
-        """The session of the request or transaction running in this task.
-
-        Raises:
-            NoSessionError: no unit of work is active here.
-        """
-        return self._units.running().session
-
-    async def use_schema(self, name: str | None) -> None:
-        """Target PostgreSQL schema ``name`` for the rest of the current unit of work.
-
-        The name must be a plain identifier and is quoted; it lasts until the unit ends and
-        never reaches the next user of the connection. ``None`` returns to the default.
-
-        Raises:
-            NoSessionError: no unit of work is active here.
-            ValueError: the name is not a plain identifier.
-        """
-        await self._units.running().use_schema(name)
 
     # -- the driver connection, for hot reads -----------------------------------------------
 
