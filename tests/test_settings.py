@@ -161,6 +161,32 @@ async def test_from_env_with_a_prefix_reads_only_the_prefixed_variables(
         assert queue_pool(db).size() == 4
 
 
+def test_from_env_uses_default_url_when_the_environment_names_no_database(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """from_env(default_url=...) with no DATABASE_URL nor POSTGRES_* variable uses the default."""
+    clean_env.setenv("POOL_SIZE", "3")
+    db = Database.from_env(default_url=sqlite_url)
+    assert db.url.render_as_string(hide_password=False) == sqlite_url
+    assert db.settings.pool_size == 3
+
+
+NAMING_VARIABLES = {
+    "DATABASE_URL": "postgresql+asyncpg://app@db.example/app",
+    "POSTGRES_HOST": "db.example",
+}
+
+
+@pytest.mark.parametrize("variable", list(NAMING_VARIABLES))
+def test_a_database_named_in_the_environment_wins_over_default_url(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, variable: str
+) -> None:
+    """DATABASE_URL, or one of the POSTGRES_* parts, is used instead of from_env's default_url."""
+    clean_env.setenv(variable, NAMING_VARIABLES[variable])
+    db = Database.from_env(default_url=sqlite_url)
+    assert db.url.host == "db.example"
+
+
 async def test_database_arguments_ignore_a_stray_pool_size_variable(
     clean_env: pytest.MonkeyPatch, sqlite_url: str
 ) -> None:

@@ -124,7 +124,11 @@ class DatabaseSettings(BaseSettings):
 
     Every field can be given as a keyword argument or read from the environment variable of
     the same name in capitals (``POOL_SIZE``), optionally behind a prefix
-    (``DatabaseSettings(_env_prefix="APP_")`` reads ``APP_POOL_SIZE``).
+    (``DatabaseSettings(_env_prefix="APP_")`` reads ``APP_POOL_SIZE``); a keyword argument
+    wins. ``Database.from_settings(settings)`` builds a Database from it.
+
+    Raises:
+        ConfigurationError: a value is invalid; the message names it as given, and the fix.
     """
 
     model_config = SettingsConfigDict(
