@@ -1,12 +1,14 @@
 """Small helpers shared by the test modules.
 
-- clients: :func:`client_for`, an in-process client;
+- clients: :func:`client_for`, an in-process client, and :func:`send` for one request;
 - apps: :func:`app_with` builds an app from its routes' bodies, :class:`ResponseStart` sees
   the response begin;
 - the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`;
-- faults: :func:`kill` ends a server connection, :func:`assert_unavailable` checks a 503.
+- faults: :func:`kill` ends a server connection (:func:`kill_mid_request` in a request),
+  :func:`assert_unavailable` checks a 503.
 """
 
+import asyncio
 import contextlib
 import inspect
 import typing
@@ -43,6 +45,16 @@ def client_for(app: ASGIApp, *, raise_app_exceptions: bool = False) -> httpx.Asy
     """
     transport = httpx.ASGITransport(app, raise_app_exceptions=raise_app_exceptions)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def send(app: ASGIApp, route: str, **options: Any) -> httpx.Response:
+    """One request, ``"METHOD /path"``, to ``app`` through :func:`client_for`.
+
+    ``options`` go to ``httpx.AsyncClient.request`` (``params``, ``json``, ...).
+    """
+    method, path = route.split(" ", 1)
+    async with client_for(app) as client:
+        return await client.request(method, path, **options)
 
 
 def app_with(
@@ -186,6 +198,23 @@ async def wait_until_none(connection: AsyncConnection, count: str, **params: Any
             if not (await connection.execute(text(count), params)).scalar_one():
                 return
             await anyio.sleep(0.02)
+
+
+async def kill_mid_request(
+    database_url: str, app: FastAPI, request: Awaitable[httpx.Response]
+) -> httpx.Response:
+    """Send ``request`` and kill its server connection while the endpoint waits; its response.
+
+    The endpoint tells ``app.state.backend_id`` and sets ``app.state.started``, then waits
+    for ``app.state.release``, which is set once the backend is gone.
+    """
+    response = asyncio.ensure_future(request)
+    await asyncio.wait_for(app.state.started.wait(), timeout=10)
+    async with admin(database_url) as connection:
+        await kill(connection, app.state.backend_id)
+    app.state.release.set()
+    with anyio.fail_after(10):
+        return await response
 
 
 async def kill(connection: AsyncConnection, backend_id: int) -> None:

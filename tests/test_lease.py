@@ -10,7 +10,6 @@ No ``from __future__ import annotations``: the endpoints use aliases built insid
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
@@ -22,10 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dbscope import Database, DatabaseUnavailableError, DbscopeError, LifecycleError
 from dbscope.fastapi import add_exception_handlers
 from dbscope.testing import open_session, rolled_back
-from tests.helpers import admin, client_for
-from tests.test_docs import python_blocks, run_block
-from tests.test_on_commit import ResponseStart
-from tests.test_outages import SERVER_BACKENDS, assert_unavailable, kill, wait_until_none
+from tests.documented import python_blocks, run_block
+from tests.helpers import (
+    SERVER_BACKENDS,
+    ResponseStart,
+    Tables,
+    admin,
+    assert_unavailable,
+    client_for,
+    count_rows,
+    kill,
+    kill_mid_request,
+    send,
+    wait_until_none,
+)
 
 TABLE = "lease_rows"
 SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
@@ -130,18 +139,9 @@ async def kill_mid_lease(db: Database, connection: AsyncConnection) -> None:
 
 
 @pytest.fixture
-async def lease_rows(database_url: str) -> AsyncIterator[None]:
-    """An empty ``lease_rows`` table for the test, dropped after it."""
-    async with admin(database_url) as connection:
-        await connection.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        await connection.execute(text(f"CREATE TABLE {TABLE} (value INTEGER NOT NULL)"))
-        yield
-        await connection.execute(text(f"DROP TABLE {TABLE}"))
-
-
-async def stored_rows(connection: AsyncConnection) -> int:
-    """How many rows ``lease_rows`` holds, seen from the test's own connection."""
-    return int((await connection.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one())
+async def lease_rows(tables: Tables) -> None:
+    """An empty ``lease_rows`` table for the test."""
+    await tables.create(TABLE, "value INTEGER NOT NULL")
 
 
 def build_app(db: Database) -> FastAPI:
@@ -193,7 +193,7 @@ def build_app(db: Database) -> FastAPI:
             await session.execute(text(f"SELECT {sleep_function(db)}({seconds})"))
         return {"one": 1}
 
-    app.add_middleware(ResponseStart, events=app.state.events)
+    app.add_middleware(ResponseStart, on_start=lambda: app.state.events.append("response-start"))
     event.listen(db.engine.sync_engine, "checkin", lambda *_: app.state.events.append("checkin"))
     return app
 
@@ -225,13 +225,9 @@ async def test_a_lease_reads_through_the_driver_connection(
 @pytest.mark.usefixtures("lease_rows")
 async def test_a_write_through_a_lease_commits_by_itself(database_url: str) -> None:
     """Without a transaction of its own, a statement is committed when it returns."""
-    async with (
-        Database(database_url) as db,
-        admin(database_url) as connection,
-        db.lease() as leased,
-    ):
+    async with Database(database_url) as db, db.lease() as leased:
         await execute(leased, f"INSERT INTO {TABLE} (value) VALUES (1)")
-        seen_meanwhile = await stored_rows(connection)
+        seen_meanwhile = await count_rows(database_url, TABLE)
     assert seen_meanwhile == 1
 
 
@@ -433,8 +429,7 @@ async def test_a_lease_in_a_rolled_back_test_joins_the_test_transaction(
             await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (1)")
         async with open_session(db) as session:
             seen = (await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one()
-    async with admin(database_url) as connection:
-        kept = await stored_rows(connection)
+    kept = await count_rows(database_url, TABLE)
     assert seen == 1
     assert kept == 0
 
@@ -476,8 +471,8 @@ async def test_the_endpoint_connection_returns_to_the_pool_before_the_response(
 
 async def test_every_use_in_one_request_gets_the_same_connection(database_url: str) -> None:
     """Two parameters asking for db.leased in one request get one connection."""
-    async with Database(database_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
-        response = await client.get("/twice")
+    async with Database(database_url, **SMALL_POOL) as db:
+        response = await send(build_app(db), "GET /twice")
     assert response.status_code == 200, response.text
     assert response.json() == {"same": True}
 
@@ -496,19 +491,13 @@ async def test_a_database_error_in_the_endpoint_answers_500_not_503(database_url
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 async def test_a_backend_terminated_during_a_request_answers_503_connection_lost(
-    database_url: str,
+    database_url: str, db: Database
 ) -> None:
     """A leased connection killed while the endpoint waits gives 503, and leaves the pool."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client, admin(database_url) as connection:
-            request = asyncio.create_task(client.get("/hold"))
-            await asyncio.wait_for(app.state.started.wait(), timeout=10)
-            await kill(connection, app.state.backend_id)
-            app.state.release.set()
-            with anyio.fail_after(10):
-                response = await request
-        stats = db.stats()
+    app = build_app(db)
+    async with client_for(app) as client:
+        response = await kill_mid_request(database_url, app, client.get("/hold"))
+    stats = db.stats()
     assert_unavailable(response, "connection_lost")
     assert (stats.checked_out, stats.invalidated) == (0, 1)
 
@@ -543,15 +532,13 @@ async def test_an_exhausted_pool_answers_503_pool_timeout(
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_504(
-    database_url: str,
+    db: Database,
 ) -> None:
     """A db.transaction() in the endpoint whose statement runs past its timeout: 504."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        add_exception_handlers(app)
-        async with client_for(app) as client:
-            with anyio.fail_after(10):
-                response = await client.get("/in-a-transaction", params={"seconds": 2})
+    app = build_app(db)
+    add_exception_handlers(app)
+    with anyio.fail_after(10):
+        response = await send(app, "GET /in-a-transaction", params={"seconds": 2})
     assert response.status_code == 504
     assert response.json()["detail"]["cause"] == "statement_timeout"
 
@@ -560,7 +547,9 @@ async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
-async def test_the_fastapi_guide_hot_read_examples_serve_a_note(database_url: str) -> None:
+async def test_the_fastapi_guide_hot_read_examples_serve_a_note(
+    database_url: str, tables: Tables
+) -> None:
     """The two leased-connection examples of docs/fastapi.md (the ``async with`` block, then
     ``Depends(db.leased)`` added to the same app) answer a note, and 404 for none."""
     blocks = python_blocks("docs/fastapi.md")
@@ -568,18 +557,14 @@ async def test_the_fastapi_guide_hot_read_examples_serve_a_note(database_url: st
     namespace = run_block(blocks[start], database_url)
     exec(compile(blocks[start + 1], "<docs>", "exec"), namespace)  # noqa: S102 - our own docs
     db, app = namespace["db"], namespace["app"]
+    await tables.create("notes", "id INTEGER PRIMARY KEY, text TEXT")
     async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS notes"))
-        await connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)"))
         await connection.execute(text("INSERT INTO notes VALUES (1, 'hello')"))
-        try:
-            async with db.lifespan(app), client_for(app) as client:
-                found = await client.get("/notes/1")
-                missing = await client.get("/notes/2")
-                found_text = await client.get("/notes/1/text")
-                missing_text = await client.get("/notes/2/text")
-        finally:
-            await connection.execute(text("DROP TABLE notes"))
+    async with db.lifespan(app), client_for(app) as client:
+        found = await client.get("/notes/1")
+        missing = await client.get("/notes/2")
+        found_text = await client.get("/notes/1/text")
+        missing_text = await client.get("/notes/2/text")
     assert found.status_code == 200, found.text
     assert found.json() == {"id": 1, "text": "hello"}
     assert missing.status_code == 404

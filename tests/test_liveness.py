@@ -14,11 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from dbscope import ConfigurationError, Database
-from tests.helpers import admin
-from tests.test_outages import kill
-
-SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
-BACKEND_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+from tests.helpers import BACKEND_ID, SERVER_BACKENDS, admin, kill
 
 
 async def backend_id(db: Database) -> int:

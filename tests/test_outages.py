@@ -11,49 +11,48 @@ a function.
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 import anyio
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
-from tests.helpers import admin, client_for
+from tests.helpers import (
+    BACKEND_ID,
+    SERVER_BACKENDS,
+    Tables,
+    admin,
+    app_with,
+    assert_unavailable,
+    client_for,
+    count_rows,
+    kill_mid_request,
+    wait_until_none,
+)
 
-SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
+ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
 
 
 def build_app(db: Database) -> FastAPI:
     """``/query`` runs one query; ``/hold`` writes, then waits for ``app.state.release``."""
-    app = FastAPI()
-    app.state.started = asyncio.Event()
-    app.state.release = asyncio.Event()
-    app.state.backend_id = None
-    Session = Annotated[AsyncSession, Depends(db.session)]
-    backend_id_query = {
-        "postgresql": "SELECT pg_backend_pid()",
-        "mysql": "SELECT CONNECTION_ID()",
-        "sqlite": "SELECT NULL",
-    }[db.url.get_backend_name()]
 
-    @app.get("/query")
-    async def query(session: Session) -> dict[str, int]:
+    async def query(session: AsyncSession) -> dict[str, int]:
         return {"one": int((await session.execute(text("SELECT 1"))).scalar_one())}
 
-    @app.get("/hold-briefly")
-    async def hold_briefly(session: Session) -> dict[str, int]:
+    async def hold_briefly(session: AsyncSession) -> dict[str, int]:
         await session.execute(text("SELECT 1"))
         await asyncio.sleep(0.1)
         return {"one": 1}
 
-    @app.post("/hold")
-    async def hold(session: Session, then: Literal["query", "commit"]) -> dict[str, str]:
+    async def hold(session: AsyncSession, then: Literal["query", "commit"]) -> dict[str, str]:
         await session.execute(text("INSERT INTO outage_rows (value) VALUES (1)"))
+        backend_id_query = BACKEND_ID.get(db.url.get_backend_name(), "SELECT NULL")
         app.state.backend_id = (await session.execute(text(backend_id_query))).scalar_one()
         app.state.started.set()
         await app.state.release.wait()
@@ -61,32 +60,19 @@ def build_app(db: Database) -> FastAPI:
             await session.execute(text("SELECT 1"))
         return {"then": then}
 
+    app = app_with(
+        db.session, {"GET /query": query, "GET /hold-briefly": hold_briefly, "POST /hold": hold}
+    )
+    app.state.started = asyncio.Event()
+    app.state.release = asyncio.Event()
+    app.state.backend_id = None
     return app
 
 
-def assert_unavailable(response: httpx.Response, cause: str) -> None:
-    """``response`` is a 503 with Retry-After and a JSON body naming ``cause``."""
-    assert response.status_code == 503, response.text
-    assert int(response.headers["retry-after"]) > 0
-    detail = response.json()["detail"]
-    assert detail["cause"] == cause
-    assert isinstance(detail["message"], str)
-    assert detail["message"]
-
-
 @pytest.fixture
-async def outage_rows(database_url: str) -> AsyncIterator[None]:
-    """An empty ``outage_rows`` table for the test, dropped after it."""
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS outage_rows"))
-        await connection.execute(text("CREATE TABLE outage_rows (value INTEGER NOT NULL)"))
-        yield
-        await connection.execute(text("DROP TABLE outage_rows"))
-
-
-async def stored_rows(connection: AsyncConnection) -> int:
-    """How many rows ``outage_rows`` holds."""
-    return int((await connection.execute(text("SELECT count(*) FROM outage_rows"))).scalar_one())
+async def outage_rows(tables: Tables) -> None:
+    """An empty ``outage_rows`` table for the test."""
+    await tables.create("outage_rows", "value INTEGER NOT NULL")
 
 
 class TcpProxy:
@@ -159,19 +145,35 @@ async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
         await proxy.cut()
 
 
-@pytest.mark.usefixtures("outage_rows")
-async def test_an_exhausted_pool_answers_503_pool_timeout(database_url: str) -> None:
-    """While a request holds the only connection, the next one gets 503 within pool_timeout."""
-    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
-    async with Database(database_url, **options) as db:
+@contextlib.asynccontextmanager
+async def the_only_connection_held(
+    database_url: str,
+) -> AsyncIterator[tuple[Database, httpx.AsyncClient, Callable[[], Awaitable[httpx.Response]]]]:
+    """A pool of one connection, held by a ``POST /hold`` request until ``release()``.
+
+    Yields the Database, a client of the app, and ``release``, which lets the holder finish
+    and gives its response.
+    """
+    async with Database(database_url, **ONE_CONNECTION) as db:
         app = build_app(db)
         async with client_for(app) as client:
             holder = asyncio.create_task(client.post("/hold?then=commit"))
             await asyncio.wait_for(app.state.started.wait(), timeout=10)
-            with anyio.fail_after(5):
-                response = await client.get("/query")
-            app.state.release.set()
-            held = await holder
+
+            async def release() -> httpx.Response:
+                app.state.release.set()
+                return await holder
+
+            yield db, client, release
+
+
+@pytest.mark.usefixtures("outage_rows")
+async def test_an_exhausted_pool_answers_503_pool_timeout(database_url: str) -> None:
+    """While a request holds the only connection, the next one gets 503 within pool_timeout."""
+    async with the_only_connection_held(database_url) as (db, client, release):
+        with anyio.fail_after(5):
+            response = await client.get("/query")
+        held = await release()
         assert db.stats().checked_out == 0
     assert_unavailable(response, "pool_timeout")
     assert held.status_code == 200
@@ -182,16 +184,10 @@ async def test_requests_succeed_again_once_the_pool_has_a_free_connection(
     database_url: str,
 ) -> None:
     """After the holder of the only connection finishes, the next request gets 200."""
-    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
-    async with Database(database_url, **options) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            holder = asyncio.create_task(client.post("/hold?then=commit"))
-            await asyncio.wait_for(app.state.started.wait(), timeout=10)
-            refused = await client.get("/query")
-            app.state.release.set()
-            await holder
-            after = await client.get("/query")
+    async with the_only_connection_held(database_url) as (_, client, release):
+        refused = await client.get("/query")
+        await release()
+        after = await client.get("/query")
     assert refused.status_code == 503
     assert after.status_code == 200, after.text
 
@@ -249,43 +245,17 @@ async def test_requests_succeed_after_every_pooled_backend_is_terminated(
     assert statuses == [200] * 10
 
 
-async def wait_until_none(connection: AsyncConnection, count: str, **params: Any) -> None:
-    """Wait until the ``count`` query, run on ``connection``, gives 0."""
-    with anyio.fail_after(10):
-        while True:
-            if not (await connection.execute(text(count), params)).scalar_one():
-                return
-            await asyncio.sleep(0.02)
-
-
-async def kill(connection: AsyncConnection, backend_id: int) -> None:
-    """End the server side of the connection ``backend_id``, and wait until it is gone."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_terminate_backend(:id)"), {"id": backend_id})
-        count = "SELECT count(*) FROM pg_stat_activity WHERE pid = :id"
-    else:
-        await connection.execute(text(f"KILL CONNECTION {int(backend_id)}"))
-        count = "SELECT count(*) FROM information_schema.processlist WHERE id = :id"
-    await wait_until_none(connection, count, id=backend_id)
-
-
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 @pytest.mark.parametrize("then", ["query", "commit"])
 @pytest.mark.usefixtures("outage_rows")
 async def test_a_connection_lost_in_the_middle_of_a_request_answers_503(
-    database_url: str, then: str
+    database_url: str, db: Database, then: str
 ) -> None:
     """A backend killed while the endpoint waits in its transaction gives 503, never 500."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client, admin(database_url) as connection:
-            request = asyncio.create_task(client.post(f"/hold?then={then}"))
-            await asyncio.wait_for(app.state.started.wait(), timeout=10)
-            await kill(connection, app.state.backend_id)
-            app.state.release.set()
-            with anyio.fail_after(10):
-                response = await request
-            stored = await stored_rows(connection)
-        assert db.stats().checked_out == 0
+    app = build_app(db)
+    async with client_for(app) as client:
+        response = await kill_mid_request(database_url, app, client.post(f"/hold?then={then}"))
+    stored = await count_rows(database_url, "outage_rows")
+    assert db.stats().checked_out == 0
     assert_unavailable(response, "connection_lost")
     assert stored == 0
