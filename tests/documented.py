@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -26,23 +27,23 @@ DOCS_URL = '"postgresql+asyncpg://app@localhost/app"'
 STARTUP_TIMEOUT = 20.0
 
 
+def blocks(document: str, language: str = "python") -> list[str]:
+    """The fenced blocks of one language (python; text for output the docs show) of a
+    Markdown file under the repository root."""
+    source = (ROOT / document).read_text()
+    return re.findall(rf"```{language}\n(.*?)```", source, flags=re.DOTALL)
+
+
 def python_blocks(document: str) -> list[str]:
     """The ```python blocks of a Markdown file under the repository root."""
-    source = (ROOT / document).read_text()
-    return re.findall(r"```python\n(.*?)```", source, flags=re.DOTALL)
+    return blocks(document)
 
 
-def text_blocks(document: str) -> list[str]:
-    """The ```text blocks of a Markdown file: output the docs show."""
-    source = (ROOT / document).read_text()
-    return re.findall(r"```text\n(.*?)```", source, flags=re.DOTALL)
-
-
-def block_containing(document: str, needle: str) -> str:
-    """The one python block of ``document`` that contains ``needle``."""
-    found = [block for block in python_blocks(document) if needle in block]
+def block_containing(document: str, needle: str, language: str = "python") -> str:
+    """The one block of ``document`` in ``language`` that contains ``needle``."""
+    found = [block for block in blocks(document, language) if needle in block]
     if len(found) != 1:
-        message = f"{document} has {len(found)} python blocks containing {needle!r}, not 1"
+        message = f"{document} has {len(found)} {language} blocks containing {needle!r}, not 1"
         raise LookupError(message)
     return found[0]
 
@@ -53,20 +54,32 @@ def run_block(
     *,
     namespace: Mapping[str, Any] | None = None,
     replace: Mapping[str, str] | None = None,
+    module_name: str = "documented_example",
 ) -> dict[str, Any]:
     """Execute a documented block as a module, with its database URL replaced by ``url``.
 
     ``namespace`` gives what the page defined earlier (``db``, ``app``, ``Session``);
-    ``replace`` swaps literal text, such as a timeout too long to wait for in a test.
+    ``replace`` swaps literal text, such as a timeout too long to wait for in a test;
+    ``module_name`` is the module the block's classes say they belong to.
     """
     code = code.replace(DOCS_URL, repr(url))
     for old, new in (replace or {}).items():
         if old not in code:
             raise LookupError(f"{old!r} is not in the block")
         code = code.replace(old, new)
-    module = ModuleType("documented_example")
+    module = ModuleType(module_name)
     module.__dict__.update(namespace or {})
-    exec(compile(code, "<docs>", "exec"), module.__dict__)  # noqa: S102 - our own docs
+    # SQLAlchemy resolves a mapped class's annotations through sys.modules, as it does for a
+    # module imported from a file.
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        exec(compile(code, "<docs>", "exec"), module.__dict__)  # noqa: S102 - our own docs
+    finally:
+        if previous is None:
+            del sys.modules[module_name]
+        else:
+            sys.modules[module_name] = previous
     return module.__dict__
 
 

@@ -1,19 +1,29 @@
 """The code in README.md and docs/ runs as written."""
 
+import asyncio
+import contextlib
+import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from uvicorn.logging import DefaultFormatter
 
+from dbscope import Database
 from tests.documented import (
     DOCS_URL,
     block_containing,
     python_blocks,
     run_async_block,
     run_block,
+    serving,
 )
+from tests.helpers import admin
 
 
 # The quick start uses INSERT ... RETURNING, which MariaDB 10.11 lacks.
@@ -83,3 +93,189 @@ async def test_the_pool_figures_in_the_scripts_guide_are_what_db_stats_gives(
     assert len(claims) == 5
     for comment, shown in claims:
         assert shown == comment
+
+
+# -- units-of-work.md: a SERIALIZABLE endpoint retried by @db.retry --------------------------
+
+RETRIED_BLOCK = ("docs/units-of-work.md", "SerializableSession")
+LOCK_WAIT_TIMEOUT = 10.0
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    """The records of ``logger``, as the docs show them: ``LEVEL logger: message``."""
+    return [
+        f"{record.levelname} {record.name}: {record.getMessage()}"
+        for record in caplog.records
+        if record.name == logger
+    ]
+
+
+@contextlib.asynccontextmanager
+async def ledger(database_url: str) -> AsyncIterator[AsyncConnection]:
+    """A fresh ``ledger`` holding 100; yields an autocommit connection of the test's own."""
+    engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS ledger"))
+            await connection.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
+            await connection.execute(text("INSERT INTO ledger (amount) VALUES (100)"))
+            yield connection
+            await connection.execute(text("DROP TABLE ledger"))
+    finally:
+        await engine.dispose()
+
+
+async def withdraw_together(database_url: str, base_url: str) -> list[httpx.Response]:
+    """POST two withdrawals of 30 that both read the balance before either inserts.
+
+    A transaction of the test's own holds ``ledger`` in SHARE mode, which lets the requests
+    read and stops their INSERTs; once both wait for it, it lets them go.
+    """
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as holder, httpx.AsyncClient(base_url=base_url) as client:
+            await holder.execute(text("LOCK TABLE ledger IN SHARE MODE"))
+            requests = [
+                asyncio.ensure_future(client.post("/withdrawals", params={"amount": 30}))
+                for _ in range(2)
+            ]
+            waiting = text(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'ledger'::regclass AND NOT granted"
+            )
+            async with asyncio.timeout(LOCK_WAIT_TIMEOUT):
+                # The server's lock table is the only signal: nothing to wait on but a poll.
+                while await holder.scalar(waiting) != 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await holder.commit()
+            return list(await asyncio.gather(*requests))
+    finally:
+        await engine.dispose()
+
+
+async def test_a_retried_serializable_endpoint_commits_both_conflicting_requests(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The documented SERIALIZABLE withdrawal: two in a write skew both 200, one retry."""
+    caplog.set_level(logging.WARNING, logger="dbscope")
+    namespace = run_block(block_containing(*RETRIED_BLOCK), postgres_url)
+    async with ledger(postgres_url) as connection:
+        async with serving(namespace["app"]) as base_url:
+            responses = await withdraw_together(postgres_url, base_url)
+        balance = await connection.scalar(text("SELECT SUM(amount) FROM ledger"))
+    assert [response.status_code for response in responses] == [200, 200]
+    assert sorted(response.json()["balance"] for response in responses) == [40, 70]
+    assert balance == 40
+    documented = block_containing("docs/units-of-work.md", "Retrying withdraw", "text")
+    assert log_lines(caplog, "dbscope") == documented.splitlines()
+
+
+async def test_the_serializable_endpoint_without_retry_answers_500_to_the_loser(
+    postgres_url: str,
+) -> None:
+    """The same write skew without @db.retry: one 200, one 500, one withdrawal stored."""
+    without_retry = {"@db.retry(attempts=5)  # below the route decorator\n": ""}
+    code = block_containing(*RETRIED_BLOCK)
+    namespace = run_block(code, postgres_url, replace=without_retry)
+    async with ledger(postgres_url) as connection:
+        async with serving(namespace["app"]) as base_url:
+            responses = await withdraw_together(postgres_url, base_url)
+        balance = await connection.scalar(text("SELECT SUM(amount) FROM ledger"))
+    assert sorted(response.status_code for response in responses) == [200, 500]
+    assert balance == 70
+
+
+# -- units-of-work.md: the timeout middleware --------------------------------------------------
+
+SLEEP = {"postgresql": "SELECT pg_sleep(2)", "mysql": "SELECT SLEEP(2)"}
+
+
+def slow_app(db: Database) -> FastAPI:
+    """``GET /slow`` writes a row, then runs a 2 s query: far past a 0.3 s timeout."""
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.get("/slow", dependencies=[Depends(db.session)])
+    async def slow() -> dict[str, str]:
+        session = db.current_session()
+        await session.execute(text("INSERT INTO slow_rows (value) VALUES (1)"))
+        await session.execute(text(SLEEP[db.url.get_backend_name()]))
+        return {"status": "slept"}
+
+    return app
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg", "asyncmy"])
+async def test_a_request_past_the_documented_timeout_gets_504_and_gives_its_connection_back(
+    database_url: str,
+) -> None:
+    """The timeout middleware answers 504 with nothing stored and nothing checked out."""
+    db = Database(database_url)
+    app = slow_app(db)
+    code = block_containing("docs/units-of-work.md", "class TimeoutMiddleware")
+    run_block(code, database_url, namespace={"app": app}, replace={"seconds=10": "seconds=0.3"})
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS slow_rows"))
+        await connection.execute(text("CREATE TABLE slow_rows (value INTEGER)"))
+        async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.get("/slow")
+            stats = db.stats()
+        stored = await connection.scalar(text("SELECT count(*) FROM slow_rows"))
+        await connection.execute(text("DROP TABLE slow_rows"))
+    assert (response.status_code, response.text) == (504, "Gateway Timeout")
+    assert stats.checked_out == 0
+    assert stats.invalidated == 1
+    assert stored == 0
+
+
+# -- units-of-work.md: a LazyLoadError in a response model, as the client and the log see it ---
+
+
+def as_uvicorn_prints(record: logging.LogRecord) -> str:
+    """A log record in uvicorn's default console format, its traceback's frames left out."""
+    formatted = DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False).format(record)
+    shown: list[str] = []
+    in_frames = False
+    for line in formatted.splitlines():
+        if line == "Traceback (most recent call last):":
+            shown += [line, "  ..."]
+            in_frames = True
+        elif in_frames and line.startswith(" "):
+            continue
+        else:
+            in_frames = False
+            shown.append(line)
+    return "\n".join(shown)
+
+
+def without_addresses(shown: str) -> str:
+    """Output with object addresses left out: they differ from run to run."""
+    return re.sub(r" at 0x[0-9a-f]+>", " at 0x...>", shown)
+
+
+async def test_a_lazy_load_in_a_response_model_shows_as_the_docs_say(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The documented 500 and uvicorn's log record for an unloaded relationship, verbatim."""
+    caplog.set_level(logging.ERROR, logger="uvicorn.error")
+    code = block_containing("docs/units-of-work.md", "response_model=NoteOut")
+    namespace = run_block(code, sqlite_url, module_name="app")
+    db, base = namespace["db"], namespace["Base"]
+    async with serving(namespace["app"]) as base_url:
+        async with db.transaction() as session:
+            connection = await session.connection()
+            await connection.run_sync(base.metadata.create_all)
+            session.add(namespace["Author"](id=1, name="ann"))
+            await session.flush()
+            session.add(namespace["Note"](id=1, title="first", author_id=1))
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.get("/notes/1")
+    records = [record for record in caplog.records if record.name == "uvicorn.error"]
+    documented_response = block_containing("docs/units-of-work.md", "HTTP/1.1 500", "text")
+    documented_log = block_containing("docs/units-of-work.md", "ASGI application", "text")
+    status_line, content_type, _, body = documented_response.splitlines()
+    assert f"HTTP/1.1 {response.status_code} {response.reason_phrase}" == status_line
+    assert f"content-type: {response.headers['content-type']}" == content_type
+    assert response.text == body
+    assert len(records) == 1
+    assert without_addresses(as_uvicorn_prints(records[0])) == without_addresses(
+        documented_log.rstrip("\n")
+    )
