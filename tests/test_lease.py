@@ -21,20 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dbscope import Database, DatabaseUnavailableError, DbscopeError, LifecycleError
 from dbscope.fastapi import add_exception_handlers
 from dbscope.testing import open_session, rolled_back
+from tests import helpers
 from tests.documented import python_blocks, run_block
-from tests.helpers import (
-    SERVER_BACKENDS,
-    ResponseStart,
-    Tables,
-    admin,
-    assert_unavailable,
-    client_for,
-    count_rows,
-    kill,
-    kill_mid_request,
-    send,
-    wait_until_none,
-)
 
 TABLE = "lease_rows"
 SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
@@ -131,7 +119,7 @@ async def insert_in_lease_then_raise(db: Database, error: Exception) -> None:
 async def kill_mid_lease(db: Database, connection: AsyncConnection) -> None:
     """Lease a connection, end its server process from ``connection``, then query on it."""
     async with db.lease() as leased:
-        await kill(connection, await fetch_value(leased, backend_id_query(leased)))
+        await helpers.kill(connection, await fetch_value(leased, backend_id_query(leased)))
         await fetch_value(leased, "SELECT 1")
 
 
@@ -139,7 +127,7 @@ async def kill_mid_lease(db: Database, connection: AsyncConnection) -> None:
 
 
 @pytest.fixture
-async def lease_rows(tables: Tables) -> None:
+async def lease_rows(tables: helpers.Tables) -> None:
     """An empty ``lease_rows`` table for the test."""
     await tables.create(TABLE, "value INTEGER NOT NULL")
 
@@ -193,7 +181,9 @@ def build_app(db: Database) -> FastAPI:
             await session.execute(text(f"SELECT {sleep_function(db)}({seconds})"))
         return {"one": 1}
 
-    app.add_middleware(ResponseStart, on_start=lambda: app.state.events.append("response-start"))
+    app.add_middleware(
+        helpers.ResponseStart, on_start=lambda: app.state.events.append("response-start")
+    )
     event.listen(db.engine.sync_engine, "checkin", lambda *_: app.state.events.append("checkin"))
     return app
 
@@ -227,7 +217,7 @@ async def test_a_write_through_a_lease_commits_by_itself(database_url: str) -> N
     """Without a transaction of its own, a statement is committed when it returns."""
     async with Database(database_url) as db, db.lease() as leased:
         await execute(leased, f"INSERT INTO {TABLE} (value) VALUES (1)")
-        seen_meanwhile = await count_rows(database_url, TABLE)
+        seen_meanwhile = await helpers.count_rows(database_url, TABLE)
     assert seen_meanwhile == 1
 
 
@@ -335,12 +325,12 @@ async def test_a_lease_cancelled_mid_query_is_discarded(
         stats = db.stats()
         async with db.lease() as connection:
             value = await fetch_value(connection, "SELECT 1")
-        async with admin(database_url) as connection:
+        async with helpers.admin(database_url) as connection:
             sleeping = (
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE application_name = :name AND query LIKE 'SELECT pg_sleep%'"
             )
-            await wait_until_none(connection, sleeping, name=name)
+            await helpers.wait_until_none(connection, sleeping, name=name)
     assert (stats.checked_out, stats.invalidated) == (0, 1)
     assert value == 1
 
@@ -358,11 +348,11 @@ async def test_an_exhausted_pool_raises_pool_timeout(database_url: str) -> None:
     assert (during, after) == (1, 0)
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_backend_terminated_mid_lease_raises_connection_lost(database_url: str) -> None:
     """A lease whose server process is killed gets DatabaseUnavailableError("connection_lost")
     at its next statement, and the dead connection leaves the pool."""
-    async with Database(database_url) as db, admin(database_url) as connection:
+    async with Database(database_url) as db, helpers.admin(database_url) as connection:
         with pytest.raises(DatabaseUnavailableError) as info:
             await kill_mid_lease(db, connection)
         stats = db.stats()
@@ -429,7 +419,7 @@ async def test_a_lease_in_a_rolled_back_test_joins_the_test_transaction(
             await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (1)")
         async with open_session(db) as session:
             seen = (await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one()
-    kept = await count_rows(database_url, TABLE)
+    kept = await helpers.count_rows(database_url, TABLE)
     assert seen == 1
     assert kept == 0
 
@@ -462,7 +452,7 @@ async def test_the_endpoint_connection_returns_to_the_pool_before_the_response(
     a pool of one serves request after request."""
     async with Database(database_url, **SMALL_POOL) as db:
         app = build_app(db)
-        async with client_for(app) as client:
+        async with helpers.client_for(app) as client:
             responses = [await client.get(path) for _ in range(3)]
     assert [response.status_code for response in responses] == [200] * 3
     assert [response.json() for response in responses] == [{"one": 1}] * 3
@@ -472,7 +462,7 @@ async def test_the_endpoint_connection_returns_to_the_pool_before_the_response(
 async def test_every_use_in_one_request_gets_the_same_connection(database_url: str) -> None:
     """Two parameters asking for db.leased in one request get one connection."""
     async with Database(database_url, **SMALL_POOL) as db:
-        response = await send(build_app(db), "GET /twice")
+        response = await helpers.send(build_app(db), "GET /twice")
     assert response.status_code == 200, response.text
     assert response.json() == {"same": True}
 
@@ -480,7 +470,7 @@ async def test_every_use_in_one_request_gets_the_same_connection(database_url: s
 async def test_a_database_error_in_the_endpoint_answers_500_not_503(database_url: str) -> None:
     """A syntax error is a bug: 500; the connection is kept, and serves the next request."""
     async with Database(database_url, **SMALL_POOL) as db:
-        async with client_for(build_app(db)) as client:
+        async with helpers.client_for(build_app(db)) as client:
             failed = await client.get("/syntax-error")
             after = await client.get("/one")
         stats = db.stats()
@@ -489,16 +479,16 @@ async def test_a_database_error_in_the_endpoint_answers_500_not_503(database_url
     assert (stats.checked_out, stats.invalidated) == (0, 0)
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_backend_terminated_during_a_request_answers_503_connection_lost(
     database_url: str, db: Database
 ) -> None:
     """A leased connection killed while the endpoint waits gives 503, and leaves the pool."""
     app = build_app(db)
-    async with client_for(app) as client:
-        response = await kill_mid_request(database_url, app, client.get("/hold"))
+    async with helpers.client_for(app) as client:
+        response = await helpers.kill_mid_request(database_url, app, client.get("/hold"))
     stats = db.stats()
-    assert_unavailable(response, "connection_lost")
+    helpers.assert_unavailable(response, "connection_lost")
     assert (stats.checked_out, stats.invalidated) == (0, 1)
 
 
@@ -518,19 +508,19 @@ async def test_an_exhausted_pool_answers_503_pool_timeout(
     async with Database(database_url, **SMALL_POOL) as db:
         handled, bare = build_app(db), build_app(db)
         add_exception_handlers(handled)
-        async with client_for(handled) as client, client_for(bare) as bare_client:
+        async with helpers.client_for(handled) as client, helpers.client_for(bare) as bare_client:
             async with db.lease():
                 with anyio.fail_after(5):
                     refused = await client.get(path)
                     unhandled = await bare_client.get(path)
             served = await client.get(path)
         assert db.stats().checked_out == 0
-    assert_unavailable(refused, "pool_timeout")
+    helpers.assert_unavailable(refused, "pool_timeout")
     assert unhandled.status_code == status_without_handlers
     assert served.status_code == 200
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_504(
     db: Database,
 ) -> None:
@@ -538,7 +528,7 @@ async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_
     app = build_app(db)
     add_exception_handlers(app)
     with anyio.fail_after(10):
-        response = await send(app, "GET /in-a-transaction", params={"seconds": 2})
+        response = await helpers.send(app, "GET /in-a-transaction", params={"seconds": 2})
     assert response.status_code == 504
     assert response.json()["detail"]["cause"] == "statement_timeout"
 
@@ -548,7 +538,7 @@ async def test_with_the_handlers_a_statement_timeout_inside_an_endpoint_answers_
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
 async def test_the_fastapi_guide_hot_read_examples_serve_a_note(
-    database_url: str, tables: Tables
+    database_url: str, tables: helpers.Tables
 ) -> None:
     """The two leased-connection examples of docs/fastapi.md (the ``async with`` block, then
     ``Depends(db.leased)`` added to the same app) answer a note, and 404 for none."""
@@ -558,9 +548,9 @@ async def test_the_fastapi_guide_hot_read_examples_serve_a_note(
     exec(compile(blocks[start + 1], "<docs>", "exec"), namespace)  # noqa: S102 - our own docs
     db, app = namespace["db"], namespace["app"]
     await tables.create("notes", "id INTEGER PRIMARY KEY, text TEXT")
-    async with admin(database_url) as connection:
+    async with helpers.admin(database_url) as connection:
         await connection.execute(text("INSERT INTO notes VALUES (1, 'hello')"))
-    async with db.lifespan(app), client_for(app) as client:
+    async with db.lifespan(app), helpers.client_for(app) as client:
         found = await client.get("/notes/1")
         missing = await client.get("/notes/2")
         found_text = await client.get("/notes/1/text")

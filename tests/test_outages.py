@@ -23,18 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
-from tests.helpers import (
-    BACKEND_ID,
-    SERVER_BACKENDS,
-    Tables,
-    admin,
-    app_with,
-    assert_unavailable,
-    client_for,
-    count_rows,
-    kill_mid_request,
-    wait_until_none,
-)
+from tests import helpers
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5}
 
@@ -52,7 +41,7 @@ def build_app(db: Database) -> FastAPI:
 
     async def hold(session: AsyncSession, then: Literal["query", "commit"]) -> dict[str, str]:
         await session.execute(text("INSERT INTO outage_rows (value) VALUES (1)"))
-        backend_id_query = BACKEND_ID.get(db.url.get_backend_name(), "SELECT NULL")
+        backend_id_query = helpers.BACKEND_ID.get(db.url.get_backend_name(), "SELECT NULL")
         app.state.backend_id = (await session.execute(text(backend_id_query))).scalar_one()
         app.state.started.set()
         await app.state.release.wait()
@@ -60,7 +49,7 @@ def build_app(db: Database) -> FastAPI:
             await session.execute(text("SELECT 1"))
         return {"then": then}
 
-    app = app_with(
+    app = helpers.app_with(
         db.session, {"GET /query": query, "GET /hold-briefly": hold_briefly, "POST /hold": hold}
     )
     app.state.started = asyncio.Event()
@@ -70,7 +59,7 @@ def build_app(db: Database) -> FastAPI:
 
 
 @pytest.fixture
-async def outage_rows(tables: Tables) -> None:
+async def outage_rows(tables: helpers.Tables) -> None:
     """An empty ``outage_rows`` table for the test."""
     await tables.create("outage_rows", "value INTEGER NOT NULL")
 
@@ -156,7 +145,7 @@ async def the_only_connection_held(
     """
     async with Database(database_url, **ONE_CONNECTION) as db:
         app = build_app(db)
-        async with client_for(app) as client:
+        async with helpers.client_for(app) as client:
             holder = asyncio.create_task(client.post("/hold?then=commit"))
             await asyncio.wait_for(app.state.started.wait(), timeout=10)
 
@@ -175,7 +164,7 @@ async def test_an_exhausted_pool_answers_503_pool_timeout(database_url: str) -> 
             response = await client.get("/query")
         held = await release()
         assert db.stats().checked_out == 0
-    assert_unavailable(response, "pool_timeout")
+    helpers.assert_unavailable(response, "pool_timeout")
     assert held.status_code == 200
 
 
@@ -192,26 +181,26 @@ async def test_requests_succeed_again_once_the_pool_has_a_free_connection(
     assert after.status_code == 200, after.text
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_an_unreachable_database_answers_503_unreachable(database_url: str) -> None:
     """Once the server cannot be reached after start-up, requests get 503, not 500."""
     async with proxied(database_url) as (proxy, url), Database(url, connect_timeout=2) as db:
-        async with client_for(build_app(db)) as client:
+        async with helpers.client_for(build_app(db)) as client:
             before = await client.get("/query")
             await proxy.cut()
             with anyio.fail_after(10):
                 response = await client.get("/query")
         assert db.stats().checked_out == 0
     assert before.status_code == 200
-    assert_unavailable(response, "unreachable")
+    helpers.assert_unavailable(response, "unreachable")
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_the_app_recovers_when_the_database_is_reachable_again(database_url: str) -> None:
     """After an outage, the same app serves requests again without a restart."""
     async with proxied(database_url) as (proxy, url):
         db = Database(url, connect_timeout=2)
-        async with db, client_for(build_app(db)) as client:
+        async with db, helpers.client_for(build_app(db)) as client:
             await client.get("/query")
             await proxy.cut()
             during = await client.get("/query")
@@ -228,24 +217,24 @@ async def test_requests_succeed_after_every_pooled_backend_is_terminated(
     """pg_terminate_backend on every pooled connection costs no failed request (pre-ping)."""
     name = f"dbscope-test-outages-{os.getpid()}"
     db = Database(database_url, application_name=name, pool_size=3)
-    async with db, client_for(build_app(db)) as client:
+    async with db, helpers.client_for(build_app(db)) as client:
         warm = await asyncio.gather(*(client.get("/hold-briefly") for _ in range(3)))
         assert [r.status_code for r in warm] == [200] * 3
         assert db.stats().checked_in == 3
-        async with admin(database_url) as connection:
+        async with helpers.admin(database_url) as connection:
             terminate = (
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = :name"
             )
             terminated = (await connection.execute(text(terminate), {"name": name})).all()
             count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
-            await wait_until_none(connection, count, name=name)
+            await helpers.wait_until_none(connection, count, name=name)
         statuses = [(await client.get("/query")).status_code for _ in range(10)]
     assert len(terminated) == 3
     assert statuses == [200] * 10
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.parametrize("then", ["query", "commit"])
 @pytest.mark.usefixtures("outage_rows")
 async def test_a_connection_lost_in_the_middle_of_a_request_answers_503(
@@ -253,9 +242,11 @@ async def test_a_connection_lost_in_the_middle_of_a_request_answers_503(
 ) -> None:
     """A backend killed while the endpoint waits in its transaction gives 503, never 500."""
     app = build_app(db)
-    async with client_for(app) as client:
-        response = await kill_mid_request(database_url, app, client.post(f"/hold?then={then}"))
-    stored = await count_rows(database_url, "outage_rows")
+    async with helpers.client_for(app) as client:
+        response = await helpers.kill_mid_request(
+            database_url, app, client.post(f"/hold?then={then}")
+        )
+    stored = await helpers.count_rows(database_url, "outage_rows")
     assert db.stats().checked_out == 0
-    assert_unavailable(response, "connection_lost")
+    helpers.assert_unavailable(response, "connection_lost")
     assert stored == 0

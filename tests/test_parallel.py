@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, SessionSharedError
-from tests.helpers import admin
+from tests.helpers import Tables, count_rows
 
 PARALLEL = 10
 INSERT = text("INSERT INTO par_rows (value) VALUES (1)")
@@ -31,20 +31,9 @@ class Boom(Exception):
 
 
 @pytest.fixture
-async def par_rows(database_url: str) -> AsyncIterator[None]:
-    """An empty ``par_rows`` table for the test, dropped after it."""
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS par_rows"))
-        await connection.execute(text("CREATE TABLE par_rows (value INTEGER NOT NULL)"))
-    yield
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE par_rows"))
-
-
-async def stored_rows(database_url: str) -> int:
-    """How many rows ``par_rows`` holds, counted outside dbscope."""
-    async with admin(database_url) as connection:
-        return int(await connection.scalar(text("SELECT count(*) FROM par_rows")) or 0)
+async def par_rows(tables: Tables) -> None:
+    """An empty ``par_rows`` table for the test."""
+    await tables.create("par_rows", "value INTEGER NOT NULL")
 
 
 def overlapping_query(number: int, barrier: asyncio.Barrier) -> Callable[[AsyncSession], Any]:
@@ -131,7 +120,7 @@ async def test_parallel_writes_are_not_kept_by_default(database_url: str) -> Non
     async with Database(database_url) as db:
         with contextlib.suppress(DBAPIError):  # PostgreSQL refuses the write outright
             await db.parallel(write, write)
-    assert await stored_rows(database_url) == 0
+    assert await count_rows(database_url, "par_rows") == 0
 
 
 @pytest.mark.usefixtures("par_rows")
@@ -143,7 +132,7 @@ async def test_parallel_writes_commit_when_not_read_only(database_url: str) -> N
 
     async with Database(database_url) as db:
         await db.parallel(write, write, read_only=False)
-    assert await stored_rows(database_url) == 2
+    assert await count_rows(database_url, "par_rows") == 2
 
 
 async def test_gathering_two_queries_on_one_session_fails_and_leaves_nothing_checked_out(

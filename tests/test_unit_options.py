@@ -10,7 +10,7 @@ a function.
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
@@ -21,9 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, StatementTimeoutError
 from dbscope.testing import any_loop_engine, rolled_back
-from tests.helpers import admin, client_for
+from tests import helpers
 
-SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 TIMEOUT = 0.2
 SLOW = 2.0
@@ -39,9 +38,7 @@ def slow_query(db: Database) -> str:
 
 def backend_id_query(db: Database) -> str:
     """The query naming the server connection (backend) the session runs on."""
-    if db.url.get_backend_name() == "postgresql":
-        return "SELECT pg_backend_pid()"
-    return "SELECT CONNECTION_ID()"
+    return helpers.BACKEND_ID[db.url.get_backend_name()]
 
 
 def timeout_query(db: Database) -> str:
@@ -89,26 +86,15 @@ async def run_slow_query(db: Database, backends: list[Any], *, commit_first: boo
 
 
 @pytest.fixture
-async def uo_rows(database_url: str) -> AsyncIterator[None]:
-    """An empty ``uo_rows`` table for the test, dropped after it."""
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS uo_rows"))
-        await connection.execute(text("CREATE TABLE uo_rows (value INTEGER NOT NULL)"))
-    yield
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE uo_rows"))
-
-
-async def stored_rows(database_url: str) -> int:
-    """How many rows ``uo_rows`` holds, counted outside dbscope."""
-    async with admin(database_url) as connection:
-        return int(await connection.scalar(text("SELECT count(*) FROM uo_rows")) or 0)
+async def uo_rows(tables: helpers.Tables) -> None:
+    """An empty ``uo_rows`` table for the test."""
+    await tables.create("uo_rows", "value INTEGER NOT NULL")
 
 
 # -- statement timeout ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_statement_running_past_the_units_timeout_raises_statement_timeout(
     database_url: str,
 ) -> None:
@@ -122,7 +108,7 @@ async def test_a_statement_running_past_the_units_timeout_raises_statement_timeo
     assert elapsed < SLOW / 2
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_the_connection_is_healthy_and_back_to_no_timeout_after_a_statement_timeout(
     database_url: str,
 ) -> None:
@@ -138,7 +124,7 @@ async def test_the_connection_is_healthy_and_back_to_no_timeout_after_a_statemen
     assert invalidated == 0
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_statement_timeout_does_not_outlive_a_unit_that_succeeds(
     database_url: str,
 ) -> None:
@@ -153,7 +139,7 @@ async def test_a_statement_timeout_does_not_outlive_a_unit_that_succeeds(
     assert is_default_timeout(timeout), timeout
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_statement_timeout_holds_after_a_mid_unit_commit(database_url: str) -> None:
     """The timeout applies to the unit's next transaction as well."""
     async with Database(database_url) as db:
@@ -163,46 +149,39 @@ async def test_a_statement_timeout_holds_after_a_mid_unit_commit(database_url: s
 
 def build_timeout_app(db: Database) -> FastAPI:
     """``/slow`` runs under a 0.2 s statement timeout; ``/state`` reads the connection."""
-    app = FastAPI()
-    TimedSession = Annotated[AsyncSession, Depends(db.session_with(statement_timeout=TIMEOUT))]
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.get("/slow")
-    async def slow(session: TimedSession) -> dict[str, str]:
+    async def slow(session: AsyncSession) -> dict[str, str]:
         await session.execute(text(slow_query(db)))
         return {"status": "finished"}
 
-    @app.get("/state")
-    async def state(session: Session) -> dict[str, str]:
+    async def state(session: Annotated[AsyncSession, Depends(db.session)]) -> dict[str, str]:
         backend = await session.scalar(text(backend_id_query(db)))
         timeout = await session.scalar(text(timeout_query(db)))
         return {"backend": str(backend), "timeout": str(timeout)}
 
+    app = helpers.app_with(db.session_with(statement_timeout=TIMEOUT), {"GET /slow": slow})
+    app.add_api_route("/state", state, methods=["GET"])
     return app
 
 
 def build_read_only_app(db: Database) -> FastAPI:
     """``/write`` inserts a row and ``/count`` counts them, both on ``db.read_session``."""
-    app = FastAPI()
-    ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
 
-    @app.post("/write")
-    async def write(session: ReadSession) -> dict[str, str]:
+    async def write(session: AsyncSession) -> dict[str, str]:
         await session.execute(INSERT)
         return {"status": "written"}
 
-    @app.get("/count")
-    async def count(session: ReadSession) -> dict[str, int]:
+    async def count(session: AsyncSession) -> dict[str, int]:
         return {"rows": int(await session.scalar(text("SELECT count(*) FROM uo_rows")) or 0)}
 
-    return app
+    return helpers.app_with(db.read_session, {"POST /write": write, "GET /count": count})
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_request_past_its_statement_timeout_answers_504(database_url: str) -> None:
     """session_with(statement_timeout=0.2) turns a 2 s query into 504 statement_timeout."""
     async with Database(database_url, **ONE_CONNECTION) as db:
-        async with client_for(build_timeout_app(db)) as client:
+        async with helpers.client_for(build_timeout_app(db)) as client:
             before = (await client.get("/state")).json()
             started = time.monotonic()
             response = await client.get("/slow")
@@ -240,7 +219,7 @@ async def test_a_statement_timeout_that_is_not_positive_is_a_configuration_error
 # -- isolation level --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.parametrize("level", ["SERIALIZABLE", "REPEATABLE READ"])
 async def test_a_transaction_runs_at_the_isolation_level_it_asks_for(
     database_url: str, level: str
@@ -267,7 +246,7 @@ async def test_sqlite_runs_a_transaction_read_uncommitted_when_asked(sqlite_url:
     assert (inside, after) == (1, 0)
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_the_isolation_level_holds_after_a_mid_unit_commit(database_url: str) -> None:
     """The unit's next transaction, after ``session.commit()``, runs at the same level."""
     async with (
@@ -315,29 +294,29 @@ async def test_an_isolation_level_the_backend_refuses_is_a_configuration_error(
 @pytest.mark.usefixtures("uo_rows")
 async def test_a_read_only_request_never_commits(database_url: str) -> None:
     """A write in a read_session request is never committed, though the request succeeds."""
-    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
         response = await client.post("/write")
     assert response.status_code == 200
-    assert await stored_rows(database_url) == 0
+    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.usefixtures("uo_rows")
 async def test_a_write_in_a_read_only_request_fails_on_a_server(database_url: str) -> None:
     """PostgreSQL and MariaDB refuse the write of a read_session request: 500, nothing
     stored."""
-    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
         response = await client.post("/write")
     assert response.status_code == 500
-    assert await stored_rows(database_url) == 0
+    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
 @pytest.mark.usefixtures("uo_rows")
 async def test_a_read_only_request_reads(database_url: str) -> None:
     """A read_session request reads what is committed."""
-    async with admin(database_url) as connection:
+    async with helpers.admin(database_url) as connection:
         await connection.execute(INSERT)
-    async with Database(database_url) as db, client_for(build_read_only_app(db)) as client:
+    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
         response = await client.get("/count")
     assert response.status_code == 200
     assert response.json() == {"rows": 1}
@@ -353,7 +332,7 @@ async def test_a_read_only_transaction_is_read_only_on_postgresql(database_url: 
             await write_read_only(db, seen)
     assert seen == ["on"]
     assert "read-only" in str(refused.value)
-    assert await stored_rows(database_url) == 0
+    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
 async def write_read_only(db: Database, seen: list[Any]) -> None:
@@ -376,7 +355,7 @@ async def test_a_read_only_unit_begins_read_only_without_a_statement_of_its_own(
     assert sent == ["SHOW transaction_read_only"]
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.usefixtures("uo_rows")
 async def test_the_next_unit_on_the_connection_of_a_read_only_one_can_write(
     database_url: str,
@@ -389,7 +368,7 @@ async def test_the_next_unit_on_the_connection_of_a_read_only_one_can_write(
             backend = await session.scalar(text(backend_id_query(db)))
             await session.execute(INSERT)
     assert backend == read_only_backend
-    assert await stored_rows(database_url) == 1
+    assert await helpers.count_rows(database_url, "uo_rows") == 1
 
 
 @contextlib.contextmanager
@@ -415,10 +394,10 @@ async def test_a_read_only_transaction_refuses_a_write_on_mariadb(database_url: 
         with pytest.raises(DBAPIError, match="READ ONLY"):
             async with db.transaction(read_only=True) as session:
                 await session.execute(INSERT)
-    assert await stored_rows(database_url) == 0
+    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.usefixtures("uo_rows")
 async def test_a_read_only_unit_inside_a_test_transaction_leaves_it_writable(
     database_url: str,
@@ -441,7 +420,7 @@ async def test_a_read_only_transaction_never_commits(database_url: str) -> None:
     """transaction(read_only=True) ends in a rollback where the server allows the write."""
     async with Database(database_url) as db, db.transaction(read_only=True) as session:
         await session.execute(INSERT)
-    assert await stored_rows(database_url) == 0
+    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
 async def test_the_same_options_give_the_same_dependency(database_url: str) -> None:
