@@ -4,35 +4,27 @@ Run it from the repository root with ``uvicorn examples.notes.app:app`` or
 ``python -m examples.notes``. It uses ``DATABASE_URL`` (read by ``Database.from_env()``) when
 set, and otherwise a SQLite file, ``notes.db``, in the current directory.
 
-The application is built by :func:`create_app` from a :class:`dbscope.Database`; ``app``
-below is the one uvicorn serves, and the one the tests use: dbscope's pytest plugin runs
-its ``db`` in each test's transaction, on the test database (see conftest.py).
+The application is built by :func:`create_app` from a :class:`dbscope.Database`, with the
+routers of routes.py; ``app`` below is the one uvicorn serves, and the one the tests use:
+dbscope's pytest plugin runs its ``db`` in each test's transaction, on the test database
+(see conftest.py).
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
-# run time, and they name `Session`, an alias local to create_app().
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, selectinload
 
 from dbscope import Database
 
-from .models import Author, Base, Note
-from .schemas import MAX_ID, AuthorCreate, AuthorDetail, AuthorOut, Health, NoteCreate, NoteOut
-from .services import AuthorNotFoundError, create_note
+from .models import Base
+from .routes import authors_router, health_router, notes_router
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///notes.db"
-
-# An id in the path: beyond the id columns' range it is a 422, like an id that is not a number.
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def database_from_env() -> Database:
@@ -82,82 +74,8 @@ def create_app(db: Database) -> FastAPI:
         lifespan=lifespan,
         exception_handlers={RequestValidationError: refuse_invalid_request},
     )
-    # One session per request, committed after the endpoint returns and before the response.
-    Session = Annotated[AsyncSession, Depends(db.session)]
-
-    @app.post("/authors", status_code=201)
-    async def post_author(payload: AuthorCreate, session: Session) -> AuthorOut:
-        """Create an author."""
-        author = Author(name=payload.name)
-        session.add(author)
-        await session.flush()  # assigns author.id
-        return AuthorOut.model_validate(author)
-
-    @app.get("/authors/{author_id}")
-    async def get_author(author_id: IdPath, session: Session) -> AuthorDetail:
-        """An author with all their notes."""
-        # selectinload: one more query, `WHERE author_id IN (...)`, for the collection.
-        statement = select(Author).where(Author.id == author_id).options(selectinload(Author.notes))
-        author = await session.scalar(statement)
-        if author is None:
-            raise HTTPException(404, f"There is no author with id {author_id}.")
-        return AuthorDetail.model_validate(author)
-
-    # The endpoint takes no session itself: asking for db.session in `dependencies` is what
-    # makes the request a unit of work, and create_note() finds it with db.current_session().
-    @app.post("/notes", status_code=201, dependencies=[Depends(db.session)])
-    async def post_note(payload: NoteCreate) -> NoteOut:
-        """Create a note; 404 if its author does not exist (and nothing is stored)."""
-        try:
-            note = await create_note(
-                db, author_id=payload.author_id, title=payload.title, body=payload.body
-            )
-        except AuthorNotFoundError as error:
-            # Raising rolls the request's transaction back.
-            raise HTTPException(404, str(error)) from error
-        return NoteOut.model_validate(note)
-
-    @app.get("/notes")
-    async def list_notes(
-        session: Session,
-        limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    ) -> list[NoteOut]:
-        """Notes, oldest first, each with its author."""
-        # joinedload: the author comes in the same query, one row per note (many-to-one).
-        statement = (
-            select(Note)
-            .options(joinedload(Note.author))
-            .order_by(Note.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        notes = await session.scalars(statement)
-        return [NoteOut.model_validate(note) for note in notes]
-
-    @app.get("/notes/{note_id}")
-    async def get_note(note_id: IdPath, session: Session) -> NoteOut:
-        """One note with its author."""
-        note = await session.get(Note, note_id, options=[joinedload(Note.author)])
-        if note is None:
-            raise HTTPException(404, f"There is no note with id {note_id}.")
-        return NoteOut.model_validate(note)
-
-    @app.delete("/notes/{note_id}", status_code=204)
-    async def delete_note(note_id: IdPath, session: Session) -> None:
-        """Delete a note."""
-        note = await session.get(Note, note_id)
-        if note is None:
-            raise HTTPException(404, f"There is no note with id {note_id}.")
-        await session.delete(note)
-
-    @app.get("/health")
-    async def health(session: Session) -> Health:
-        """Answer 200 when the database answers; dbscope turns an outage into a 503."""
-        await session.execute(text("SELECT 1"))
-        # The database of the connection that answered (in tests, the test database).
-        return Health(status="ok", database=session.get_bind().dialect.name)
-
+    for router in (authors_router(db), notes_router(db), health_router(db)):
+        app.include_router(router)
     return app
 
 
