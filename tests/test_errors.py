@@ -1,9 +1,10 @@
 """What each kind of database error becomes: refusals are configuration errors, for good;
 constraints that fail at COMMIT answer 409 naming the constraint; AUTOCOMMIT is refused."""
 
-import asyncio
-import logging
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -150,27 +151,51 @@ async def test_a_constraint_failing_at_the_end_of_a_transaction_is_still_an_inte
 # -- the log under overload -----------------------------------------------------------------------
 
 
-async def test_a_burst_of_503s_logs_one_line_then_one_summary(
-    sqlite_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """50 requests refused by a full wait line log one warning at once, then one line that
-    counts the other 49."""
-    db = Database(sqlite_url, pool_size=1, max_overflow=0, pool_max_waiters=0)
-    app = FastAPI()
+BURST_SCRIPT = """
+import asyncio, logging, sys
+from typing import Annotated
+import httpx
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from dbscope import Database
 
-    @app.get("/")
-    async def read(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
-        return int((await session.execute(text("SELECT 1"))).scalar_one())
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s", stream=sys.stdout)
+db = Database(sys.argv[1], pool_size=1, max_overflow=0, pool_max_waiters=0)
+app = FastAPI()
 
-    caplog.set_level(logging.WARNING, logger="dbscope")
+@app.get("/")
+async def read(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+    return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+async def main() -> None:
+    transport = httpx.ASGITransport(app)
     async with db, db.transaction() as held:
         await held.execute(text("SELECT 1"))  # the only connection, held
-        async with client_for(app) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             statuses = [(await client.get("/")).status_code for _ in range(50)]
-        answered = [r for r in caplog.records if "503" in r.getMessage()]
-        await asyncio.sleep(SUMMARY_WAIT)
-    lines = [r.getMessage() for r in caplog.records if "503" in r.getMessage()]
-    assert statuses == [503] * 50
-    assert len(answered) == 1
-    assert len(lines) == 2
-    assert "49 more times" in lines[1]
+        print("statuses", sorted(set(statuses)), len(statuses), flush=True)
+        await asyncio.sleep(float(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+def test_a_burst_of_503s_logs_one_line_then_one_summary(tmp_path: Path, sqlite_url: str) -> None:
+    """50 requests refused by a full wait line log one warning at once, then one line that
+    counts the other 49 (in a process of its own, so no other test's 503 came before)."""
+    script = tmp_path / "burst.py"
+    script.write_text(BURST_SCRIPT)
+    completed = subprocess.run(
+        [sys.executable, str(script), sqlite_url, str(SUMMARY_WAIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = completed.stdout.splitlines()
+    warnings = [line for line in lines if line.startswith("dbscope ")]
+    assert "statuses [503] 50" in lines
+    assert len(warnings) == 2, completed.stdout
+    assert warnings[0].startswith("dbscope Answering 503 (pool_timeout): All database connections")
+    assert "503 (pool_timeout) 49 more times" in warnings[1]

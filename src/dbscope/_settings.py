@@ -13,12 +13,8 @@ those read from the environment.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import (
@@ -33,43 +29,19 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from dbscope._dialects import backend, resolve_async_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._urls import is_memory_sqlite, parse_url
-
-# The async drivers dbscope knows for each backend, in order of preference when the URL names
-# none, with the extra that installs each.
-ASYNC_DRIVERS: Final[dict[str, tuple[str, ...]]] = {
-    "postgresql": ("asyncpg", "psycopg"),
-    "mysql": ("asyncmy", "aiomysql"),
-    "mariadb": ("asyncmy", "aiomysql"),
-    "sqlite": ("aiosqlite",),
-}
-INSTALL_HINTS: Final[dict[str, str]] = {
-    "asyncpg": "pip install 'dbscope[asyncpg]'",
-    "psycopg": "pip install 'dbscope[psycopg]'",
-    "asyncmy": "pip install 'dbscope[mysql]'",
-    "aiomysql": "pip install aiomysql",
-    "aiosqlite": "pip install aiosqlite",
-}
-# Backends written under another name by hosting platforms (Heroku, Render, Fly).
-BACKEND_ALIASES: Final[dict[str, str]] = {"postgres": "postgresql"}
+from dbscope._setting_sources import (
+    NO_DATABASE,
+    Sources,
+    describe_validation_error,
+    setting_error,
+)
+from dbscope._urls import is_memory, parse_url
 
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-
-# What a schema is called elsewhere, for those who ask for one where there is none.
-SCHEMA_ADVICE: Final = {
-    "sqlite": ": a SQLite file is a database of its own, so tables kept apart get a file each.",
-    "mysql": ": in MySQL a schema is a database; name it in the URL instead.",
-    "mariadb": ": in MariaDB a schema is a database; name it in the URL instead.",
-}
-
-NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
-# The error type of a check across settings that blames one: its context names the setting.
-SETTING_ERROR: Final = "setting"
-# Settings whose values are never shown: they hold a password, or may.
-SECRET_FIELDS: Final = frozenset({"database_url", "postgres_password"})
 
 
 def validate_schema_name(name: str) -> str:
@@ -81,42 +53,6 @@ def validate_schema_name(name: str) -> str:
         "'$' only, starting with a letter or '_', at most 63 characters."
     )
     raise ValueError(message)
-
-
-def resolve_async_url(url: URL) -> URL:
-    """Return ``url`` with an installed async driver, or raise ValueError saying which to use.
-
-    A URL without a driver (``postgresql://``) gets the first installed async driver for its
-    backend; a synchronous driver is refused with the URLs that would work instead.
-    Backends dbscope does not know are left for SQLAlchemy to judge.
-    """
-    backend = BACKEND_ALIASES.get(url.get_backend_name(), url.get_backend_name())
-    drivers = ASYNC_DRIVERS.get(backend)
-    if drivers is None:
-        return url
-    alternatives = " or ".join(f"'{backend}+{d}://'" for d in drivers)
-    if "+" not in url.drivername:
-        installed = [d for d in drivers if importlib.util.find_spec(d) is not None]
-        if not installed:
-            message = (
-                f"The URL names no driver for {backend} and no async driver for it is "
-                f"installed; install one with: {INSTALL_HINTS[drivers[0]]}"
-            )
-            raise ValueError(message)
-        return url.set(drivername=f"{backend}+{installed[0]}")
-    driver = url.get_driver_name()
-    if driver not in drivers:
-        message = (
-            f"The URL uses the driver '{driver}', which is synchronous; dbscope needs an async "
-            f"driver: use {alternatives}."
-        )
-        raise ValueError(message)
-    if importlib.util.find_spec(driver) is None:
-        message = (
-            f"The URL uses the driver '{driver}', which is not installed: {INSTALL_HINTS[driver]}"
-        )
-        raise ValueError(message)
-    return url.set(drivername=f"{backend}+{driver}")
 
 
 class DatabaseSettings(BaseSettings):
@@ -188,7 +124,8 @@ class DatabaseSettings(BaseSettings):
             try:
                 super().__init__(**values)
             except ValidationError as error:
-                message = describe_validation_error(error, type(self)._sources(values))
+                sources = type(self)._sources(values)
+                message = describe_validation_error(error, sources)
                 # `from None`: pydantic's error would print the input values in a traceback.
                 raise ConfigurationError(message) from None
 
@@ -204,6 +141,7 @@ class DatabaseSettings(BaseSettings):
             env_prefix=values.get("_env_prefix") or config.get("env_prefix") or "",
             env_file=values.get("_env_file") or config.get("env_file"),
             reads_env=cls._reads_env,
+            fields=tuple(cls.model_fields),
         )
 
     @field_validator("database_url", mode="before")
@@ -285,14 +223,14 @@ class DatabaseSettings(BaseSettings):
             if self.database_url is None:
                 raise
             raise setting_error("database_url", None, str(error)) from None
-        backend = self._url.get_backend_name()
-        if self.postgres_schema is not None and backend != "postgresql":
+        rules = backend(self._url.get_backend_name())
+        if self.postgres_schema is not None and not rules.has_schemas:
             message = (
-                f"only PostgreSQL has schemas to switch between, and the URL names a {backend} "
-                f"database. Remove the schema{SCHEMA_ADVICE.get(backend, '.')}"
+                f"only PostgreSQL has schemas to switch between, and the URL names a "
+                f"{self._url.get_backend_name()} database. Remove the schema{rules.schema_advice}"
             )
             raise setting_error("postgres_schema", self.postgres_schema, message)
-        if is_memory_sqlite(self._url):
+        if is_memory(self._url):
             self._check_memory_pool()
         return self
 
@@ -330,95 +268,7 @@ class DatabaseSettings(BaseSettings):
     @property
     def is_memory(self) -> bool:
         """Whether the database is an in-memory SQLite database."""
-        return is_memory_sqlite(self._url)
-
-
-def setting_error(setting: str, value: object, message: str) -> PydanticCustomError:
-    """An error of a check across settings that blames ``setting``, which had ``value``."""
-    context = {"setting": setting, "value": value, "message": message}
-    return PydanticCustomError(SETTING_ERROR, "{message}", context)
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Where the settings came from, to name each in messages as the caller wrote it."""
-
-    arguments: Mapping[str, str] = field(default_factory=dict)
-    """The fields given as arguments, each with the argument's name."""
-    env_prefix: str = ""
-    env_file: object = None
-    reads_env: bool = True
-
-    def label(self, setting: str, value: object) -> str:
-        """``keyword argument pool_size=-1``, or ``environment variable APP_POOL_SIZE='-1'``."""
-        shown = "" if setting in SECRET_FIELDS else f"={value!r}"
-        if setting in self.arguments:
-            name = self.arguments[setting]
-            return f"keyword argument {name}{shown}" if shown else f"argument {name}"
-        variable = f"{self.env_prefix}{setting}".upper()
-        if self.env_file is not None and variable not in environment_names():
-            return f"variable {variable}{shown} in {self.env_file}"
-        return f"environment variable {variable}{shown}"
-
-    def no_database(self) -> str:
-        """What to set when no database is named, with any misspelled variable that is set."""
-        examples = "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'"
-        if not self.reads_env:
-            return (
-                f"No database is configured: pass the URL to Database(...), e.g. {examples}, "
-                "or build it with Database.from_env() to read DATABASE_URL."
-            )
-        p = self.env_prefix.upper()
-        message = (
-            f"No database is configured: set {p}DATABASE_URL (for example {examples}), or "
-            f"{p}POSTGRES_HOST, {p}POSTGRES_USER, {p}POSTGRES_PASSWORD and {p}POSTGRES_DB, or "
-            "pass the URL to Database(...)."
-        )
-        return " ".join([message, *misspelled_variables(p)])
-
-
-def environment_names() -> set[str]:
-    """The environment's variable names, in capitals (pydantic-settings ignores their case)."""
-    return {name.upper() for name in os.environ}
-
-
-def misspelled_variables(prefix: str) -> list[str]:
-    """``X is set: did you mean Y?`` for each environment variable close to a setting's name."""
-    known = [f"{prefix}{name}".upper() for name in DatabaseSettings.model_fields]
-    hints: list[str] = []
-    for name in sorted(environment_names().difference(known)):
-        if prefix and f"{prefix}{name}" in known:  # the prefix forgotten
-            close = [f"{prefix}{name}"]
-        else:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
-        hints.extend(f"{name} is set: did you mean {match}?" for match in close)
-    return hints
-
-
-def describe_validation_error(error: ValidationError, sources: Sources) -> str:
-    """Turn pydantic's error into one message per setting, named as the caller gave it.
-
-    Values are shown only for settings that cannot hold a secret.
-    """
-    lines = []
-    for item in error.errors(include_url=False, include_input=True):
-        context = item.get("ctx") or {}
-        setting = context.get("setting") or (str(item["loc"][0]) if item["loc"] else "")
-        text = item["msg"].removeprefix("Value error, ")
-        if item["type"] == NO_DATABASE:
-            lines.append(sources.no_database())
-        elif item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(setting, DatabaseSettings.model_fields, n=1)
-            lines.append(
-                f"unknown setting {setting!r}"
-                + "".join(f": did you mean {match!r}?" for match in close)
-            )
-        elif not setting:
-            lines.append(text)
-        else:
-            value = context.get("value", item["input"])
-            lines.append(f"{sources.label(setting, value)}: {text}")
-    return "Invalid database settings: " + "; ".join(lines)
+        return is_memory(self._url)
 
 
 class _ArgumentSettings(DatabaseSettings):

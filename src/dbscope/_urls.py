@@ -22,11 +22,11 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from dbscope._dialects import backend
 from dbscope._exceptions import ConfigurationError
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
 # The port a driver uses when the URL names none, for the messages that name it.
-DEFAULT_PORTS: Final = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
 
 
 def parse_url(value: str | URL) -> URL:
@@ -45,11 +45,9 @@ def parse_url(value: str | URL) -> URL:
     return normalize_url(url)
 
 
-def is_memory_sqlite(url: URL) -> bool:
-    """Tell whether ``url`` names an in-memory SQLite database."""
-    if url.get_backend_name() != "sqlite":
-        return False
-    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+def is_memory(url: URL) -> bool:
+    """Tell whether ``url`` names a database that lives in one connection (in-memory SQLite)."""
+    return backend(url.get_backend_name()).is_memory(url)
 
 
 def normalize_url(url: URL) -> URL:
@@ -101,10 +99,10 @@ def describe_location(url: URL) -> str:
     E.g. ``postgresql at 127.0.0.1:5499, 127.0.0.1:5498, database 'test'``. Built from the
     URL's parts: it never contains the user or the password.
     """
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return f"sqlite database {url.database or ':memory:'!r}"
-    where = f"{backend} at {', '.join(host_ports(url))}"
+    name = url.get_backend_name()
+    if backend(name).default_port is None and not url.host:  # a file, or memory
+        return f"{name} database {url.database or ':memory:'!r}"
+    where = f"{name} at {', '.join(host_ports(url))}"
     if url.database:
         where += f", database {url.database!r}"
     return where
@@ -116,7 +114,7 @@ def host_ports(url: URL) -> list[str]:
     Besides ``host:port``, PostgreSQL URLs may list hosts in the query, as SQLAlchemy reads
     them: ``?host=h1:p1&host=h2:p2``, or ``?host=h1,h2&port=p1,p2``.
     """
-    default_port = url.port or DEFAULT_PORTS.get(url.get_backend_name())
+    default_port = url.port or backend(url.get_backend_name()).default_port
     pairs: list[tuple[str | None, str | int | None]]
     hosts = url.query.get("host")
     if isinstance(hosts, tuple):  # host=h1:p1&host=h2:p2

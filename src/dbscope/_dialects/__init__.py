@@ -8,7 +8,10 @@ codes from its errors.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Final
+
+from sqlalchemy.engine import URL
 
 from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
@@ -23,12 +26,14 @@ __all__ = [
     "LeaseStatus",
     "backend",
     "driver",
+    "resolve_async_url",
 ]
 
 BACKENDS: Final = (postgresql.BACKEND, mysql.BACKEND, sqlite.BACKEND)
 GENERIC: Final = Backend(name="generic", aliases=())
 _BY_NAME: Final = {name: b for b in BACKENDS for name in (b.name, *b.aliases)}
 _DRIVERS: Final = {name: d for b in BACKENDS for name, d in b.drivers.items()}
+_SQLALCHEMY_NAMES: Final = ("postgresql", "mysql", "mariadb", "sqlite")
 
 
 def backend(name: str) -> Backend:
@@ -39,3 +44,42 @@ def backend(name: str) -> Backend:
 def driver(name: str) -> Driver | None:
     """The record of driver ``name``, or None for a driver dbscope does not know."""
     return _DRIVERS.get(name)
+
+
+def resolve_async_url(url: URL) -> URL:
+    """Return ``url`` with an installed async driver, or raise ValueError saying which to use.
+
+    A URL without a driver (``postgresql://``) gets the first installed async driver for its
+    backend; a synchronous driver is refused with the URLs that would work instead.
+    Backends dbscope does not know are left for SQLAlchemy to judge.
+    """
+    rules = backend(url.get_backend_name())
+    if rules is GENERIC:
+        return url
+    # SQLAlchemy knows "mariadb" (a dialect of its own) but not "postgres".
+    prefix = url.get_backend_name() if url.get_backend_name() in _SQLALCHEMY_NAMES else rules.name
+    drivers = list(rules.drivers.values())
+    if "+" not in url.drivername:
+        installed = [d for d in drivers if importlib.util.find_spec(d.name) is not None]
+        if not installed:
+            message = (
+                f"The URL names no driver for {prefix} and no async driver for it is "
+                f"installed; install one with: {drivers[0].install}"
+            )
+            raise ValueError(message)
+        return url.set(drivername=f"{prefix}+{installed[0].name}")
+    name = url.get_driver_name()
+    if name not in rules.drivers:
+        alternatives = " or ".join(f"'{prefix}+{d.name}://'" for d in drivers)
+        message = (
+            f"The URL uses the driver '{name}', which is synchronous; dbscope needs an async "
+            f"driver: use {alternatives}."
+        )
+        raise ValueError(message)
+    if importlib.util.find_spec(name) is None:
+        message = (
+            f"The URL uses the driver '{name}', which is not installed: "
+            f"{rules.drivers[name].install}"
+        )
+        raise ValueError(message)
+    return url.set(drivername=f"{prefix}+{name}")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # What an error means, read from the database's own code (never from the exception class,
@@ -84,7 +84,8 @@ class Backend:
 
     Attributes:
         name: SQLAlchemy's backend name.
-        aliases: other names URLs use for it (``postgres``, ``mariadb``).
+        aliases: other names URLs use for it: SQLAlchemy's own (``mariadb``), kept in the URL,
+            and others (``postgres``, from hosting platforms), rewritten to ``name``.
         drivers: its async drivers, in order of preference when a URL names none.
         has_schemas: whether a unit can target a schema (``search_path``).
         has_statement_timeout: whether a unit can bound its statements' time.
@@ -92,6 +93,8 @@ class Backend:
         pinged: whether idle connections are checked before use by default.
         read_only_view: execution options (set to True) that make a transaction begin read
             only in its BEGIN statement, saving a statement per read-only unit.
+        default_port: the server's port when a URL names none.
+        schema_advice: what to do instead, said to those who ask for a schema here.
     """
 
     name: str
@@ -102,6 +105,12 @@ class Backend:
     recycle: int = -1
     pinged: bool = True
     read_only_view: tuple[str, ...] = ()
+    default_port: int | None = None
+    schema_advice: str = "."
+
+    def is_memory(self, url: URL) -> bool:
+        """Whether ``url`` names a database that lives in one connection's memory."""
+        return False
 
     def begin(self, connection: Connection, wanted: Begin) -> None:
         """Apply ``wanted`` to the transaction ``connection`` has just begun."""

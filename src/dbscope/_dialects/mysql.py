@@ -175,4 +175,6 @@ BACKEND: Final = MySQL(
     drivers={"asyncmy": ASYNCMY, "aiomysql": AIOMYSQL},
     has_statement_timeout=True,
     recycle=3600,
+    default_port=3306,
+    schema_advice=": in MariaDB and MySQL a schema is a database; name it in the URL instead.",
 )

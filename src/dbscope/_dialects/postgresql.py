@@ -227,4 +227,5 @@ BACKEND: Final = PostgreSQL(
     has_schemas=True,
     has_statement_timeout=True,
     read_only_view=("postgresql_readonly",),
+    default_port=5432,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -37,6 +37,9 @@ class SQLite(Backend):
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
+
+    def is_memory(self, url: URL) -> bool:
+        return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
     def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
         code = getattr(orig, "sqlite_errorcode", None)
@@ -71,4 +74,10 @@ AIOSQLITE: Final = Driver(
     status=_aiosqlite_status,
     rollback=_aiosqlite_rollback,
 )
-BACKEND: Final = SQLite(name="sqlite", aliases=(), drivers={"aiosqlite": AIOSQLITE}, pinged=False)
+BACKEND: Final = SQLite(
+    name="sqlite",
+    aliases=(),
+    drivers={"aiosqlite": AIOSQLITE},
+    pinged=False,
+    schema_advice=": a SQLite file is a database of its own, so tables kept apart get a file each.",
+)

@@ -1,0 +1,114 @@
+"""Naming each setting in an error the way its caller gave it.
+
+A keyword argument (``pool_size=-1``) for settings given in code, the variable
+(``environment variable APP_POOL_SIZE='-1'``) for those read from the environment; a value
+only for settings that cannot hold a secret; and near misses of the known names
+(``DATABSE_URL is set: did you mean DATABASE_URL?``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+
+NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
+# The error type of a check across settings that blames one: its context names the setting.
+SETTING_ERROR: Final = "setting"
+# Settings whose values are never shown: they hold a password, or may.
+SECRET_FIELDS: Final = frozenset({"database_url", "postgres_password"})
+
+
+def setting_error(setting: str, value: object, message: str) -> PydanticCustomError:
+    """An error of a check across settings that blames ``setting``, which had ``value``."""
+    context = {"setting": setting, "value": value, "message": message}
+    return PydanticCustomError(SETTING_ERROR, "{message}", context)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the settings came from, to name each in messages as the caller wrote it."""
+
+    arguments: Mapping[str, str] = field(default_factory=dict)
+    """The fields given as arguments, each with the argument's name."""
+    env_prefix: str = ""
+    env_file: object = None
+    reads_env: bool = True
+    fields: tuple[str, ...] = ()
+    """Every setting's name."""
+
+    def label(self, setting: str, value: object) -> str:
+        """``keyword argument pool_size=-1``, or ``environment variable APP_POOL_SIZE='-1'``."""
+        shown = "" if setting in SECRET_FIELDS else f"={value!r}"
+        if setting in self.arguments:
+            name = self.arguments[setting]
+            return f"keyword argument {name}{shown}" if shown else f"argument {name}"
+        variable = f"{self.env_prefix}{setting}".upper()
+        if self.env_file is not None and variable not in environment_names():
+            return f"variable {variable}{shown} in {self.env_file}"
+        return f"environment variable {variable}{shown}"
+
+    def no_database(self) -> str:
+        """What to set when no database is named, with any misspelled variable that is set."""
+        examples = "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'"
+        if not self.reads_env:
+            return (
+                f"No database is configured: pass the URL to Database(...), e.g. {examples}, "
+                "or build it with Database.from_env() to read DATABASE_URL."
+            )
+        p = self.env_prefix.upper()
+        message = (
+            f"No database is configured: set {p}DATABASE_URL (for example {examples}), or "
+            f"{p}POSTGRES_HOST, {p}POSTGRES_USER, {p}POSTGRES_PASSWORD and {p}POSTGRES_DB, or "
+            "pass the URL to Database(...)."
+        )
+        return " ".join([message, *misspelled_variables(p, self.fields)])
+
+
+def environment_names() -> set[str]:
+    """The environment's variable names, in capitals (pydantic-settings ignores their case)."""
+    return {name.upper() for name in os.environ}
+
+
+def misspelled_variables(prefix: str, fields: tuple[str, ...]) -> list[str]:
+    """``X is set: did you mean Y?`` for each environment variable close to a setting's name."""
+    known = [f"{prefix}{name}".upper() for name in fields]
+    hints: list[str] = []
+    for name in sorted(environment_names().difference(known)):
+        if prefix and f"{prefix}{name}" in known:  # the prefix forgotten
+            close = [f"{prefix}{name}"]
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        hints.extend(f"{name} is set: did you mean {match}?" for match in close)
+    return hints
+
+
+def describe_validation_error(error: ValidationError, sources: Sources) -> str:
+    """Turn pydantic's error into one message per setting, named as the caller gave it.
+
+    Values are shown only for settings that cannot hold a secret.
+    """
+    lines = []
+    for item in error.errors(include_url=False, include_input=True):
+        context = item.get("ctx") or {}
+        setting = context.get("setting") or (str(item["loc"][0]) if item["loc"] else "")
+        text = item["msg"].removeprefix("Value error, ")
+        if item["type"] == NO_DATABASE:
+            lines.append(sources.no_database())
+        elif item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(setting, sources.fields, n=1)
+            lines.append(
+                f"unknown setting {setting!r}"
+                + "".join(f": did you mean {match!r}?" for match in close)
+            )
+        elif not setting:
+            lines.append(text)
+        else:
+            value = context.get("value", item["input"])
+            lines.append(f"{sources.label(setting, value)}: {text}")
+    return "Invalid database settings: " + "; ".join(lines)
