@@ -126,9 +126,10 @@ def translate(
 def connect_error(error: BaseException, url: URL) -> DbscopeError:
     """Describe a failed first connection: where, and the fix; never the password."""
     reason = (str(getattr(error, "orig", None) or error) or type(error).__name__).strip()
-    if url.get_backend_name() == "sqlite":
+    rules = backend(url.get_backend_name())
+    if rules.drivers and rules.default_port is None:  # a file: no server to wait for
         message = (
-            f"Could not open the SQLite database {url.database!r}: {reason}. Check that its "
+            f"Could not open the {describe_location(url)}: {reason}. Check that its "
             "directory exists and is writable."
         )
         return ConfigurationError(message)

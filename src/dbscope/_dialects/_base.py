@@ -93,7 +93,8 @@ class Backend:
         pinged: whether idle connections are checked before use by default.
         read_only_view: execution options (set to True) that make a transaction begin read
             only in its BEGIN statement, saving a statement per read-only unit.
-        default_port: the server's port when a URL names none.
+        default_port: the server's port when a URL names none; None for a database that is a
+            file, with no server to reach.
         schema_advice: what to do instead, said to those who ask for a schema here.
     """
 
