@@ -60,9 +60,9 @@ def level_name(value: object) -> str:
     return str(value).upper().replace("-", " ")
 
 
-async def connection_state(db: Database) -> tuple[Any, Any]:
-    """The backend id and the statement timeout a new unit of work finds."""
-    async with db.transaction() as session:
+async def connection_state(db: Database, **options: Any) -> tuple[Any, Any]:
+    """The backend id and the statement timeout a new unit of work with ``options`` finds."""
+    async with db.transaction(**options) as session:
         backend = await session.scalar(text(backend_id_query(db)))
         timeout = await session.scalar(text(timeout_query(db)))
     return backend, timeout
@@ -130,9 +130,7 @@ async def test_a_statement_timeout_does_not_outlive_a_unit_that_succeeds(
 ) -> None:
     """After a unit with a timeout commits, the next unit on its connection has none."""
     async with Database(database_url, **ONE_CONNECTION) as db:
-        async with db.transaction(statement_timeout=TIMEOUT) as session:
-            timed_backend = await session.scalar(text(backend_id_query(db)))
-            inside = await session.scalar(text(timeout_query(db)))
+        timed_backend, inside = await connection_state(db, statement_timeout=TIMEOUT)
         backend, timeout = await connection_state(db)
     assert not is_default_timeout(inside)
     assert backend == timed_backend
@@ -206,16 +204,6 @@ async def test_sqlite_refuses_a_statement_timeout(sqlite_url: str) -> None:
                 pass
 
 
-@pytest.mark.parametrize("seconds", [0, -1])
-async def test_a_statement_timeout_that_is_not_positive_is_a_configuration_error(
-    postgres_url: str, seconds: float
-) -> None:
-    """statement_timeout=0 or below is refused when the dependency is made."""
-    async with Database(postgres_url) as db:
-        with pytest.raises(ConfigurationError):
-            db.session_with(statement_timeout=seconds)
-
-
 # -- isolation level --------------------------------------------------------------------------
 
 
@@ -259,16 +247,26 @@ async def test_the_isolation_level_holds_after_a_mid_unit_commit(database_url: s
     assert (first, second) == ("SERIALIZABLE", "SERIALIZABLE")
 
 
-@pytest.mark.parametrize("level", ["SNAPSHOT", "serialisable", ""])
-async def test_an_unknown_isolation_level_is_a_configuration_error(
-    database_url: str, level: str
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"statement_timeout": 0}, id="statement_timeout-0"),
+        pytest.param({"statement_timeout": -1}, id="statement_timeout-negative"),
+        pytest.param({"isolation_level": "SNAPSHOT"}, id="isolation_level-SNAPSHOT"),
+        pytest.param({"isolation_level": "serialisable"}, id="isolation_level-serialisable"),
+        pytest.param({"isolation_level": ""}, id="isolation_level-empty"),
+    ],
+)
+async def test_an_option_out_of_its_range_is_a_configuration_error(
+    database_url: str, options: dict[str, Any]
 ) -> None:
-    """A level that is not one of the four standard ones is refused, in both forms."""
+    """A statement timeout of 0 or below, or a level that is not one of the four standard
+    ones, is refused in both forms: when the dependency is made, and by a transaction."""
     async with Database(database_url) as db:
         with pytest.raises(ConfigurationError):
-            db.session_with(isolation_level=level)
+            db.session_with(**options)
         with pytest.raises(ConfigurationError):
-            async with db.transaction(isolation_level=level):
+            async with db.transaction(**options):
                 pass
 
 
@@ -362,8 +360,7 @@ async def test_the_next_unit_on_the_connection_of_a_read_only_one_can_write(
 ) -> None:
     """Read-only ends with its unit: the same pooled connection then takes a write."""
     async with Database(database_url, **ONE_CONNECTION) as db:
-        async with db.transaction(read_only=True) as session:
-            read_only_backend = await session.scalar(text(backend_id_query(db)))
+        read_only_backend, _ = await connection_state(db, read_only=True)
         async with db.transaction() as session:
             backend = await session.scalar(text(backend_id_query(db)))
             await session.execute(INSERT)
