@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.catalog import BASELINE, BY_NAME, LOADS
+from benchmarks.catalog import BASELINE, BY_NAME, LOADS, Load
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,17 @@ def overload_markdown(results: list[dict[str, Any]]) -> str:
     """The overload figures, one column per scenario."""
     if not results:
         return ""
+    lines = ["| | " + " | ".join(r["label"] for r in results) + " |"]
+    lines.append("|---|" + "---:|" * len(results))
+    lines += [
+        f"| {name} | " + " | ".join(values) + " |" for name, values in _overload_rows(results)
+    ]
+    return "\n".join(lines) + "\n"
 
-    def cell(value: Any, unit: str = "") -> str:
-        return "—" if value is None else f"{value}{unit}"
 
-    rows: list[tuple[str, list[str]]] = [
+def _overload_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The rows of the overload table: a name, then one cell per scenario."""
+    return [
         ("responses in the load window", [str(r["responses"]) for r in results]),
         (
             "statuses",
@@ -148,16 +154,16 @@ def overload_markdown(results: list[dict[str, Any]]) -> str:
             "connections closed by the server",
             [str(r["reconnects"]) for r in results],
         ),
-        ("time to the first 503", [cell(r["first_503_s"], " s") for r in results]),
+        ("time to the first 503", [_cell(r["first_503_s"], " s") for r in results]),
         (
             "p50 / p99 of the 2xx",
             [f"{r['success_p50_ms']} / {r['success_p99_ms']} ms" for r in results],
         ),
         (
             "p50 / p99 of the 503s",
-            [f"{cell(r['shed_p50_ms'])} / {cell(r['shed_p99_ms'])} ms" for r in results],
+            [f"{_cell(r['shed_p50_ms'])} / {_cell(r['shed_p99_ms'])} ms" for r in results],
         ),
-        ("p50 of the 500s", [cell(r["error_500_p50_ms"], " ms") for r in results]),
+        ("p50 of the 500s", [_cell(r["error_500_p50_ms"], " ms") for r in results]),
         (
             "what the pool serves to 10 clients (nominal 100 req/s)",
             [f"{r['capacity_rps']} req/s" for r in results],
@@ -169,17 +175,17 @@ def overload_markdown(results: list[dict[str, Any]]) -> str:
         (
             "healthy again (GET /db 200) after the load",
             [
-                f"{cell(r['healthy_after_s'], ' s')} ({'yes' if r['healthy_within_1s'] else 'no'})"
+                f"{_cell(r['healthy_after_s'], ' s')} ({'yes' if r['healthy_within_1s'] else 'no'})"
                 for r in results
             ],
         ),
         ("tracebacks logged", [str(r["tracebacks"]) for r in results]),
         ("log lines", [str(r["log_lines"]) for r in results]),
     ]
-    lines = ["| | " + " | ".join(r["label"] for r in results) + " |"]
-    lines.append("|---|" + "---:|" * len(results))
-    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows]
-    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, unit: str = "") -> str:
+    return "—" if value is None else f"{value}{unit}"
 
 
 def chart(summaries: list[Summary], path: Path, title: str) -> None:
@@ -200,60 +206,67 @@ def chart(summaries: list[Summary], path: Path, title: str) -> None:
     panels = [axis for row in axes for axis in row]
     for axis in panels[len(loads) :]:
         axis.axis("off")
-    colors = {name: _color(name) for name in variants}
     for index, (axis, load) in enumerate(zip(panels, loads, strict=False)):
         rows = {s.variant: s for s in summaries if s.load == load.key}
-        names = [name for name in variants if name in rows]
-        values = [rows[name].rps_median for name in names]
-        low = [rows[name].rps_median - rows[name].rps_min for name in names]
-        high = [rows[name].rps_max - rows[name].rps_median for name in names]
-        positions = list(range(len(names)))[::-1]
-        axis.barh(
-            positions,
-            values,
-            xerr=[low, high],
-            color=[colors[name] for name in names],
-            capsize=3,
-            error_kw={"elinewidth": 1, "ecolor": "#333333"},
-        )
-        axis.set_yticks(positions)
-        axis.set_yticklabels(
-            [BY_NAME[name].label for name in names] if index % columns == 0 else []
-        )
-        axis.set_title(f"GET {load.path}\n{load.connections} connections", fontsize=10)
-        axis.set_xlabel("requests/s (median, min-max)")
-        axis.grid(axis="x", alpha=0.3)
-        limit = max(rows[name].rps_max for name in names)
-        axis.set_xlim(0, limit * 1.35)
-        for position, name in zip(positions, names, strict=True):
-            ratio = rows[name].ratio_median
-            label = f"{rows[name].rps_median:,.0f}"
-            if ratio is not None:
-                label += f"  {ratio:.2f}x"
-            axis.text(limit * 0.02 + rows[name].rps_max, position, label, va="center", fontsize=8)
+        bars = [rows[name] for name in variants if name in rows]
+        _panel(axis, load, bars, labelled=index % columns == 0)
     if len(panels) > len(loads):
-        legend = panels[len(loads)]
-        notes = [
-            ("#2a7ab9", "dbscope"),
-            ("#e08a1e", "blog pattern: the reference (1.00x)"),
-            ("#7d7d7d", "raw asyncpg, SQLAlchemy Core"),
-            ("#b5b5b5", "other libraries"),
-        ]
-        for row, (color, text) in enumerate(notes):
-            legend.add_patch(plt.Rectangle((0.02, 0.8 - row * 0.12), 0.06, 0.07, color=color))
-            legend.text(0.11, 0.835 - row * 0.12, text, va="center", fontsize=9)
-        legend.text(
-            0.02, 0.25,
-            "bar: median of the runs; whisker: min-max\n"
-            "label: median req/s, then the median ratio to\n"
-            "the blog pattern's run right beside each run",
-            fontsize=8.5, va="top",
-        )  # fmt: skip
+        _legend(panels[len(loads)])
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _panel(axis: Any, load: Load, rows: list[Summary], *, labelled: bool) -> None:
+    """One load's bars, top to bottom in ``rows``' order; variant names on ``labelled`` only."""
+    values = [s.rps_median for s in rows]
+    low = [s.rps_median - s.rps_min for s in rows]
+    high = [s.rps_max - s.rps_median for s in rows]
+    positions = list(range(len(rows)))[::-1]
+    axis.barh(
+        positions,
+        values,
+        xerr=[low, high],
+        color=[_color(s.variant) for s in rows],
+        capsize=3,
+        error_kw={"elinewidth": 1, "ecolor": "#333333"},
+    )
+    axis.set_yticks(positions)
+    axis.set_yticklabels([BY_NAME[s.variant].label for s in rows] if labelled else [])
+    axis.set_title(f"GET {load.path}\n{load.connections} connections", fontsize=10)
+    axis.set_xlabel("requests/s (median, min-max)")
+    axis.grid(axis="x", alpha=0.3)
+    limit = max(s.rps_max for s in rows)
+    axis.set_xlim(0, limit * 1.35)
+    for position, s in zip(positions, rows, strict=True):
+        label = f"{s.rps_median:,.0f}"
+        if s.ratio_median is not None:
+            label += f"  {s.ratio_median:.2f}x"
+        axis.text(limit * 0.02 + s.rps_max, position, label, va="center", fontsize=8)
+
+
+def _legend(axis: Any) -> None:
+    """The colours and how to read a bar, in the first free panel."""
+    from matplotlib.patches import Rectangle  # only the benchmark environment has it
+
+    notes = [
+        ("#2a7ab9", "dbscope"),
+        ("#e08a1e", "blog pattern: the reference (1.00x)"),
+        ("#7d7d7d", "raw asyncpg, SQLAlchemy Core"),
+        ("#b5b5b5", "other libraries"),
+    ]
+    for row, (color, text) in enumerate(notes):
+        axis.add_patch(Rectangle((0.02, 0.8 - row * 0.12), 0.06, 0.07, color=color))
+        axis.text(0.11, 0.835 - row * 0.12, text, va="center", fontsize=9)
+    axis.text(
+        0.02, 0.25,
+        "bar: median of the runs; whisker: min-max\n"
+        "label: median req/s, then the median ratio to\n"
+        "the blog pattern's run right beside each run",
+        fontsize=8.5, va="top",
+    )  # fmt: skip
 
 
 def _color(name: str) -> str:
