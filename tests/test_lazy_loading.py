@@ -11,7 +11,6 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 a function.
 """
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pytest
@@ -31,7 +30,7 @@ from sqlalchemy.orm import (
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dbscope import Database, LazyLoadError
-from tests.helpers import admin, client_for
+from tests.helpers import Tables, admin, send
 
 
 class Base(AsyncAttrs, DeclarativeBase):
@@ -81,11 +80,10 @@ class NoteMaybeAuthorOut(BaseModel):
 
 
 @pytest.fixture
-async def notes(database_url: str) -> AsyncIterator[None]:
+async def notes(database_url: str, tables: Tables) -> None:
     """The author 'ann' (id 1) with the notes 'first' (id 1) and 'second' (id 2)."""
+    await tables.create_all(Base.metadata)
     async with admin(database_url) as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
         await connection.execute(insert(Author).values(id=1, name="ann"))
         await connection.execute(
             insert(Note),
@@ -94,9 +92,6 @@ async def notes(database_url: str) -> AsyncIterator[None]:
                 {"id": 2, "title": "second", "author_id": 1},
             ],
         )
-    yield
-    async with admin(database_url) as connection:
-        await connection.run_sync(Base.metadata.drop_all)
 
 
 async def get_note(session: AsyncSession) -> Note:
@@ -122,33 +117,24 @@ def note_author_name(session: Any) -> str:
 # -- the default ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("model", "attribute"), [(Note, "author"), (Author, "notes")])
 @pytest.mark.usefixtures("notes")
 async def test_an_unloaded_relationship_read_in_async_code_raises_lazy_load_error(
-    database_url: str,
+    db: Database, model: type[Base], attribute: str
 ) -> None:
-    """``note.author`` not loaded: LazyLoadError naming Note.author, not MissingGreenlet."""
-    async with Database(database_url) as db, db.transaction() as session:
-        note = await get_note(session)
-        with pytest.raises(LazyLoadError, match=r"Note\.author") as raised:
-            _ = note.author
+    """``note.author`` (many-to-one) or ``author.notes`` (a collection) not loaded:
+    LazyLoadError naming Note.author or Author.notes, not MissingGreenlet."""
+    async with db.transaction() as session:
+        row = await session.get(model, 1)
+        with pytest.raises(LazyLoadError, match=rf"{model.__name__}\.{attribute}") as raised:
+            getattr(row, attribute)
     assert not isinstance(raised.value, MissingGreenlet)
 
 
 @pytest.mark.usefixtures("notes")
-async def test_an_unloaded_collection_read_in_async_code_raises_lazy_load_error(
-    database_url: str,
-) -> None:
-    """``author.notes`` not loaded: LazyLoadError naming Author.notes."""
-    async with Database(database_url) as db, db.transaction() as session:
-        author = await get_author(session)
-        with pytest.raises(LazyLoadError, match=r"Author\.notes"):
-            _ = author.notes
-
-
-@pytest.mark.usefixtures("notes")
-async def test_awaitable_attrs_still_load_a_relationship_by_default(database_url: str) -> None:
+async def test_awaitable_attrs_still_load_a_relationship_by_default(db: Database) -> None:
     """``await note.awaitable_attrs.author`` runs the load it asks for."""
-    async with Database(database_url) as db, db.transaction() as session:
+    async with db.transaction() as session:
         note = await get_note(session)
         author = await note.awaitable_attrs.author
         notes = await author.awaitable_attrs.notes
@@ -157,9 +143,9 @@ async def test_awaitable_attrs_still_load_a_relationship_by_default(database_url
 
 
 @pytest.mark.usefixtures("notes")
-async def test_run_sync_still_loads_a_relationship_by_default(database_url: str) -> None:
+async def test_run_sync_still_loads_a_relationship_by_default(db: Database) -> None:
     """Plain attribute access inside ``session.run_sync`` lazy-loads as SQLAlchemy does."""
-    async with Database(database_url) as db, db.transaction() as session:
+    async with db.transaction() as session:
         name = await session.run_sync(note_author_name)
     assert name == "ann"
 
@@ -304,40 +290,25 @@ def build_app(db: Database) -> FastAPI:
     return app
 
 
+@pytest.mark.parametrize("path", ["/unloaded", "/unloaded-optional"])
 @pytest.mark.usefixtures("notes")
 async def test_a_response_built_from_an_unloaded_relationship_fails_with_lazy_load_error(
-    database_url: str,
+    db: Database, path: str
 ) -> None:
-    """A response model reading ``note.author``: a 500 that names the LazyLoadError."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            response = await client.get("/unloaded")
-    assert response.status_code == 500
+    """A response model reading ``note.author``: a 500 that names the LazyLoadError. An
+    optional ``author`` field fails the same way; it is never answered as null."""
+    app = build_app(db)
+    response = await send(app, f"GET {path}")
+    assert response.status_code == 500, response.text
     assert not blames_a_missing_greenlet(app.state.errors)
     assert blames_the_lazy_load(app.state.errors), app.state.errors
 
 
 @pytest.mark.usefixtures("notes")
-async def test_an_unloaded_optional_relationship_is_never_answered_as_null(
-    database_url: str,
-) -> None:
-    """An optional ``author`` field that was not loaded fails; it is not sent as null."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            response = await client.get("/unloaded-optional")
-    assert response.status_code == 500, response.text
-    assert blames_the_lazy_load(app.state.errors), app.state.errors
-
-
-@pytest.mark.usefixtures("notes")
-async def test_a_response_with_the_relationship_loaded_answers_200(database_url: str) -> None:
+async def test_a_response_with_the_relationship_loaded_answers_200(db: Database) -> None:
     """The control: the same response model with ``joinedload`` gives the note and author."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            response = await client.get("/loaded")
+    app = build_app(db)
+    response = await send(app, "GET /loaded")
     assert response.status_code == 200, response.text
     assert response.json() == {"title": "first", "author": {"name": "ann"}}
     assert app.state.errors == []
