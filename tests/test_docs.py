@@ -279,3 +279,40 @@ async def test_a_lazy_load_in_a_response_model_shows_as_the_docs_say(
     assert without_addresses(as_uvicorn_prints(records[0])) == without_addresses(
         documented_log.rstrip("\n")
     )
+
+
+# -- migration.md: the app's other yield dependencies -----------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_the_migration_guides_function_scoped_audit_session_answers_a_failed_commit(
+    database_url: str,
+) -> None:
+    """The guide's AuditSession, scope="function": a commit that fails is a 500, not a 200."""
+    db = Database(database_url)
+    code = block_containing("docs/migration.md", "async def audit_session")
+    audit_session = run_block(code, database_url, namespace={"db": db})["AuditSession"]
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.post("/children/{parent_id}")
+    async def add_child(parent_id: int, audit: audit_session) -> None:  # type: ignore[valid-type]
+        statement = text("INSERT INTO children (parent_id) VALUES (:parent_id)")
+        await audit.execute(statement, {"parent_id": parent_id})  # type: ignore[attr-defined]
+
+    async with admin(database_url) as connection:
+        await connection.execute(text("DROP TABLE IF EXISTS children"))
+        await connection.execute(text("DROP TABLE IF EXISTS parents"))
+        await connection.execute(text("CREATE TABLE parents (id INTEGER PRIMARY KEY)"))
+        await connection.execute(
+            text(
+                "CREATE TABLE children (parent_id INTEGER NOT NULL REFERENCES parents (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.post("/children/2")
+        stored = await connection.scalar(text("SELECT count(*) FROM children"))
+        await connection.execute(text("DROP TABLE children"))
+        await connection.execute(text("DROP TABLE parents"))
+    assert response.status_code == 500
+    assert stored == 0

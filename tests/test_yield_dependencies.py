@@ -1,0 +1,114 @@
+"""An app's own yield dependency that commits after ``yield`` commits after the response.
+
+Since FastAPI 0.118 the code after ``yield`` in a dependency of the default scope runs once
+the response has been sent; ``Depends(..., scope="function")`` runs it before. This holds for
+any such dependency, a ``db.transaction()`` block around the ``yield`` included, which is why
+docs/migration.md says to move them all. The app (tests/apps/yield_commit_app.py) runs under
+uvicorn in a subprocess: an in-process client would raise the failed commit in the test.
+Figures are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.helpers import admin
+from tests.server import running_server
+
+pytestmark = pytest.mark.server
+
+APP = "yield_commit_app:app"
+WRITES = 300
+RecordProperty = Callable[[str, object], None]
+
+
+@contextlib.asynccontextmanager
+async def tables(database_url: str, *statements: str) -> AsyncIterator[AsyncConnection]:
+    """Run ``statements`` (DROP/CREATE) on an autocommit connection, yield it, drop the
+    tables they created."""
+    created = [statement.split()[2] for statement in statements if statement.startswith("CREATE")]
+    async with admin(database_url) as connection:
+        for table in reversed(created):
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        for statement in statements:
+            await connection.execute(text(statement))
+        yield connection
+        for table in reversed(created):
+            await connection.execute(text(f"DROP TABLE {table}"))
+
+
+ROWS = ("CREATE TABLE yd_rows (value INTEGER NOT NULL)",)
+# A foreign key checked only at COMMIT (PostgreSQL): the parent 1 exists, no other.
+CHILDREN = (
+    "CREATE TABLE yd_parent (id INTEGER PRIMARY KEY)",
+    "CREATE TABLE yd_child (parent_id INTEGER NOT NULL REFERENCES yd_parent (id)"
+    " DEFERRABLE INITIALLY DEFERRED)",
+    "INSERT INTO yd_parent (id) VALUES (1)",
+)
+
+
+async def post_orphan(database_url: str, scope: str) -> tuple[httpx.Response, int]:
+    """POST a child of a parent that does not exist; the response and the children stored."""
+    async with tables(database_url, *CHILDREN) as connection:
+        with running_server(APP, {"DATABASE_URL": database_url}) as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+                response = await client.post(f"/{scope}/children/2")
+        stored = int(await connection.scalar(text("SELECT count(*) FROM yd_child")) or 0)
+    return response, stored
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_request_scoped_dependency_answers_200_for_a_commit_that_fails(
+    database_url: str,
+) -> None:
+    """Its commit runs after the response: the client has a 200 and nothing is stored."""
+    response, stored = await post_orphan(database_url, "request-scoped")
+    assert response.status_code == 200
+    assert stored == 0
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_function_scoped_dependency_answers_500_for_a_commit_that_fails(
+    database_url: str,
+) -> None:
+    """With scope="function" its commit runs before the response: the client has a 500."""
+    response, stored = await post_orphan(database_url, "function-scoped")
+    assert response.status_code == 500
+    assert stored == 0
+
+
+async def unseen_writes(database_url: str, scope: str) -> list[int]:
+    """POST WRITES rows one after another; those not yet visible when their 200 arrived."""
+    unseen: list[int] = []
+    query = text("SELECT count(*) FROM yd_rows WHERE value = :value")
+    async with tables(database_url, *ROWS) as connection:
+        with running_server(APP, {"DATABASE_URL": database_url}) as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+                for value in range(WRITES):
+                    response = await client.post(f"/{scope}/rows/{value}")
+                    assert response.status_code == 200, response.text
+                    if await connection.scalar(query, {"value": value}) != 1:
+                        unseen.append(value)
+    return unseen
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg", "psycopg", "asyncmy"])
+async def test_every_write_of_a_function_scoped_dependency_is_visible_at_its_200(
+    database_url: str, db_backend: str, record_property: RecordProperty
+) -> None:
+    """300 writes through scope="function": each is there when its 200 arrives. The same
+    writes through the default scope are counted beside them, for the docs."""
+    function_scoped = await unseen_writes(database_url, "function-scoped")
+    request_scoped = await unseen_writes(database_url, "request-scoped")
+    print(
+        f"\n[{db_backend}] writes not yet visible at their 200, of {WRITES}: "
+        f"request scope {len(request_scoped)}, function scope {len(function_scoped)}"
+    )
+    record_property("unseen_request_scoped", len(request_scoped))
+    assert function_scoped == []
