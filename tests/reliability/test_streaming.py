@@ -4,26 +4,23 @@ The stream tests talk HTTP to uvicorn in a subprocess (tests/apps/stream_app.py)
 server sees a client go away. ``/rows/{tag}`` inserts one row per chunk, five chunks 0.2 s
 apart; clients that read two chunks and hang up must leave no row behind, and no connection
 checked out. Rows are counted on a connection of the test's own.
-
-No ``from __future__ import annotations``: the in-process endpoints use a ``Session`` alias
-built inside a function.
 """
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, UnitOfWorkEndedError
-from tests.helpers import admin, client_for
+from tests.helpers import Tables, app_with, count_rows, send
 from tests.server import running_server
 
 APP = "stream_app:app"
@@ -33,22 +30,9 @@ RecordProperty = Callable[[str, object], None]
 
 
 @pytest.fixture
-async def st_rows(database_url: str) -> AsyncIterator[None]:
-    """An empty ``st_rows`` table for the test, dropped after it."""
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS st_rows"))
-        create = "CREATE TABLE st_rows (tag VARCHAR(40) NOT NULL, number INTEGER NOT NULL)"
-        await connection.execute(text(create))
-    yield
-    async with admin(database_url) as connection:
-        await connection.execute(text("DROP TABLE st_rows"))
-
-
-async def stored_rows(database_url: str) -> int:
-    """How many rows ``st_rows`` holds, counted outside the app."""
-    async with admin(database_url) as connection:
-        count = await connection.scalar(text("SELECT count(*) FROM st_rows"))
-        return int(count or 0)
+async def st_rows(tables: Tables) -> None:
+    """An empty ``st_rows`` table for the test."""
+    await tables.create("st_rows", "tag VARCHAR(40) NOT NULL, number INTEGER NOT NULL")
 
 
 async def read_lines(client: httpx.AsyncClient, path: str, lines: int | None) -> list[str]:
@@ -89,7 +73,7 @@ async def test_clients_that_leave_a_stream_halfway_leave_no_rows_committed(
                     *(read_lines(client, f"/rows/c{n}", 2) for n in range(CLIENTS))
                 )
                 stats = await quiet_stats(client)
-        rows = await stored_rows(database_url)
+        rows = await count_rows(database_url, "st_rows")
     pool = stats["pool"]
     print(f"\n[{db_backend}] {CLIENTS} streams left after 2 of 5 chunks: rows={rows} pool={pool}")
     record_property("rows", rows)
@@ -111,7 +95,7 @@ async def test_a_stream_read_to_the_end_commits_its_rows(database_url: str) -> N
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             received = await read_lines(client, "/rows/whole", None)
             stats = await quiet_stats(client)
-        rows = await stored_rows(database_url)
+        rows = await count_rows(database_url, "st_rows")
     assert received == [f"whole {n}" for n in range(5)]
     assert rows == 5
     assert stats["pool"]["checked_out"] == 0
@@ -122,12 +106,9 @@ def build_app(db: Database) -> FastAPI:
 
     ``app.state.refused`` collects the errors the request's session gave the stream's body.
     """
-    app = FastAPI()
-    app.state.refused = []
-    Session = Annotated[AsyncSession, Depends(db.session)]
+    refused: list[Exception] = []
     insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, :number)")
 
-    @app.get("/fails-halfway")
     async def fails_halfway() -> StreamingResponse:
         async def rows(session: AsyncSession) -> AsyncIterator[str]:
             for number in range(5):
@@ -138,30 +119,33 @@ def build_app(db: Database) -> FastAPI:
 
         return StreamingResponse(db.stream(rows), media_type="text/plain")
 
-    @app.get("/request-session")
-    async def request_session(session: Session) -> StreamingResponse:
+    async def request_session(session: AsyncSession) -> StreamingResponse:
         await session.execute(insert, {"tag": "request", "number": 0})
 
         async def rows() -> AsyncIterator[str]:
             try:
                 await session.execute(insert, {"tag": "body", "number": 1})
             except UnitOfWorkEndedError as error:
-                app.state.refused.append(error)
+                refused.append(error)
             yield "done\n"
 
         return StreamingResponse(rows(), media_type="text/plain")
 
+    app = app_with(
+        db.session, {"GET /fails-halfway": fails_halfway, "GET /request-session": request_session}
+    )
+    app.state.refused = refused
     return app
 
 
 @pytest.mark.usefixtures("st_rows")
-async def test_a_stream_whose_body_fails_halfway_commits_nothing(database_url: str) -> None:
+async def test_a_stream_whose_body_fails_halfway_commits_nothing(
+    database_url: str, db: Database
+) -> None:
     """A body that raises after three rows rolls them back and returns its connection."""
-    async with Database(database_url) as db:
-        async with client_for(build_app(db)) as client:
-            response = await client.get("/fails-halfway")
-        checked_out = db.stats().checked_out
-    rows = await stored_rows(database_url)
+    response = await send(build_app(db), "GET /fails-halfway")
+    checked_out = db.stats().checked_out
+    rows = await count_rows(database_url, "st_rows")
     assert response.text == "0\n1\n2\n"
     assert rows == 0
     assert checked_out == 0
@@ -169,15 +153,13 @@ async def test_a_stream_whose_body_fails_halfway_commits_nothing(database_url: s
 
 @pytest.mark.usefixtures("st_rows")
 async def test_a_streaming_body_using_the_requests_session_gets_unit_of_work_ended(
-    database_url: str,
+    database_url: str, db: Database
 ) -> None:
     """The request's session refuses the body of its StreamingResponse; its row is kept."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            response = await client.get("/request-session")
-        checked_out = db.stats().checked_out
-    rows = await stored_rows(database_url)
+    app = build_app(db)
+    response = await send(app, "GET /request-session")
+    checked_out = db.stats().checked_out
+    rows = await count_rows(database_url, "st_rows")
     assert response.text == "done\n"
     assert [type(error) for error in app.state.refused] == [UnitOfWorkEndedError]
     assert rows == 1
