@@ -12,7 +12,8 @@ inside a function.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import httpx
@@ -30,6 +31,7 @@ PAGE = "docs/fastapi.md"
 AUDIT_ROWS = "SELECT method, path, status FROM audit_log ORDER BY path"
 RESPONSE_TIMEOUT = 5.0
 APPEAR_TIMEOUT = 5.0
+AUDIT_TABLE = "CREATE TABLE audit_log (method VARCHAR(10), path VARCHAR(40), status INTEGER)"
 
 
 def documented_page(database_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -75,9 +77,7 @@ async def tables(database_url: str) -> AsyncIterator[AsyncConnection]:
         for table in ("notes", "audit_log"):
             await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         await connection.execute(text("CREATE TABLE notes (text VARCHAR(40))"))
-        await connection.execute(
-            text("CREATE TABLE audit_log (method VARCHAR(10), path VARCHAR(40), status INTEGER)")
-        )
+        await connection.execute(text(AUDIT_TABLE))
         yield connection
         for table in ("notes", "audit_log"):
             await connection.execute(text(f"DROP TABLE {table}"))
@@ -91,36 +91,53 @@ async def rows(connection: AsyncConnection, query: str) -> list[tuple[Any, ...]]
 # -- no unit of work in middleware ------------------------------------------------------------
 
 
-class CurrentSessionProbe:
-    """Pure ASGI middleware: calls ``db.current_session()`` before and after the app."""
+class UnitOfWorkProbe:
+    """Pure ASGI middleware: asks for the unit of work before and after the call to the app,
+    through ``db.current_session()``, ``db.on_commit()`` and ``db.use_schema()``."""
 
-    def __init__(self, app: ASGIApp, db: Database, outcomes: dict[str, object]) -> None:
+    def __init__(self, app: ASGIApp, db: Database, outcomes: dict[str, list[object]]) -> None:
         self.app = app
         self.db = db
         self.outcomes = outcomes
 
-    def probe(self) -> object:
-        try:
-            return self.db.current_session()
-        except NoSessionError as error:
-            return error
+    async def probe(self) -> list[object]:
+        """What each of the three calls gave: its result, or the NoSessionError it raised."""
+        calls: list[Callable[[], Awaitable[object]]] = [
+            self.current_session,
+            self.on_commit,
+            lambda: self.db.use_schema(None),
+        ]
+        outcomes: list[object] = []
+        for call in calls:
+            try:
+                outcomes.append(await call())
+            except NoSessionError as error:
+                outcomes.append(error)
+        return outcomes
+
+    async def current_session(self) -> object:
+        return self.db.current_session()
+
+    async def on_commit(self) -> object:
+        self.db.on_commit(lambda: None)
+        return "registered"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.outcomes["before"] = self.probe()
+        self.outcomes["before"] = await self.probe()
         await self.app(scope, receive, send)
-        self.outcomes["after"] = self.probe()
+        self.outcomes["after"] = await self.probe()
 
 
 async def probe_a_request(
     database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[httpx.Response, dict[str, object]]:
+) -> tuple[httpx.Response, dict[str, list[object]]]:
     """POST /notes through the probe; the response, and what the probe got."""
     page = documented_page(database_url, monkeypatch)
-    outcomes: dict[str, object] = {}
-    page["app"].add_middleware(CurrentSessionProbe, db=page["db"], outcomes=outcomes)
+    outcomes: dict[str, list[object]] = {}
+    page["app"].add_middleware(UnitOfWorkProbe, db=page["db"], outcomes=outcomes)
     add_note_endpoints(page["app"], page["db"])
     async with (
         tables(database_url),
@@ -131,22 +148,24 @@ async def probe_a_request(
     return response, outcomes
 
 
-async def test_current_session_raises_no_session_error_in_middleware_before_the_app_runs(
+async def test_middleware_has_no_unit_of_work_before_the_app_runs(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before the call to the app, no unit of work exists yet: NoSessionError."""
+    """Before the call to the app, current_session(), on_commit() and use_schema() raise
+    NoSessionError: the request's unit of work does not exist yet."""
     response, outcomes = await probe_a_request(database_url, monkeypatch)
     assert response.status_code == 200
-    assert isinstance(outcomes["before"], NoSessionError)
+    assert [type(outcome) for outcome in outcomes["before"]] == [NoSessionError] * 3
 
 
-async def test_current_session_raises_no_session_error_in_middleware_after_the_app_returns(
+async def test_middleware_has_no_unit_of_work_after_the_app_returns(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the call to the app, the request's unit of work has ended: NoSessionError."""
+    """After the call to the app, current_session(), on_commit() and use_schema() raise
+    NoSessionError: the request's unit of work has ended."""
     response, outcomes = await probe_a_request(database_url, monkeypatch)
     assert response.status_code == 200
-    assert isinstance(outcomes["after"], NoSessionError)
+    assert [type(outcome) for outcome in outcomes["after"]] == [NoSessionError] * 3
 
 
 # -- the documented audit middleware ----------------------------------------------------------
@@ -180,6 +199,27 @@ async def test_an_unhandled_error_is_audited_as_500(
     assert response.status_code == 500
     assert notes == []
     assert audit == [("POST", "/errors", 500)]
+
+
+async def test_an_audit_write_that_fails_leaves_the_answer_as_it_was(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no audit_log table, the request still gets its 200 and its note is stored; the
+    audit's error reaches the server's log."""
+    caplog.set_level(logging.ERROR, logger="uvicorn.error")
+    page = audited_app(database_url, monkeypatch)
+    async with tables(database_url) as connection:
+        await connection.execute(text("DROP TABLE audit_log"))
+        async with serving(page["app"]) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.post("/notes")
+        notes = await rows(connection, "SELECT text FROM notes")
+        await connection.execute(text(AUDIT_TABLE))
+    logged = [record for record in caplog.records if record.name == "uvicorn.error"]
+    assert response.status_code == 200
+    assert notes == [("kept",)]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "audit_log" in str(logged[0].exc_info[1])
 
 
 async def test_the_client_has_its_answer_before_the_audit_row_is_committed(
