@@ -4,16 +4,16 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 function.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, NoSessionError
+from tests.helpers import Tables, client_for, send, stored
 
 TABLE = "scope_rows"
 
@@ -93,31 +93,28 @@ def build_app(db: Database) -> FastAPI:
     return app
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client; the test runs the lifespan."""
-    transport = httpx.ASGITransport(app)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
-
-
 async def insert(session: AsyncSession, value: int) -> None:
     """Add one row to the test table."""
     await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (:v)"), {"v": value})
 
 
-async def create_table(db: Database) -> None:
-    """(Re)create the test table."""
-    async with db.transaction() as session:
-        await session.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        await session.execute(text(f"CREATE TABLE {TABLE} (value INTEGER)"))
+@pytest.fixture
+async def scope_rows(tables: Tables) -> None:
+    """An empty test table."""
+    await tables.create(TABLE, "value INTEGER")
 
 
-async def rows_then_drop(db: Database) -> Sequence[int]:
-    """The values stored in the test table, in order; drops the table."""
-    async with db.transaction() as session:
-        result = await session.execute(text(f"SELECT value FROM {TABLE} ORDER BY value"))
-        values = result.scalars().all()
-        await session.execute(text(f"DROP TABLE {TABLE}"))
-    return values
+async def rows(db: Database) -> list[int]:
+    """The values stored in the test table, in order."""
+    return await stored(db, f"SELECT value FROM {TABLE} ORDER BY value")
+
+
+async def post_then_rows(db: Database, path: str) -> tuple[int, list[int]]:
+    """POST ``path`` to the app, inside its lifespan: the status, and the values stored."""
+    app = build_app(db)
+    async with app.router.lifespan_context(app):
+        response = await send(app, f"POST {path}")
+        return response.status_code, await rows(db)
 
 
 async def insert_then_raise(db: Database, error: Exception) -> None:
@@ -200,52 +197,34 @@ async def test_a_nested_transaction_restores_the_outer_session(database_url: str
 # -- how a transaction ends -------------------------------------------------------------------
 
 
-async def test_a_transaction_commits_when_its_block_ends_normally(database_url: str) -> None:
+@pytest.mark.usefixtures("scope_rows")
+async def test_a_transaction_commits_when_its_block_ends_normally(db: Database) -> None:
     """Rows written in a db.transaction() block that ends normally are stored."""
-    db = Database(database_url)
-    async with db:
-        await create_table(db)
-        async with db.transaction() as session:
-            await insert(session, 7)
-        assert await rows_then_drop(db) == [7]
+    async with db.transaction() as session:
+        await insert(session, 7)
+    assert await rows(db) == [7]
 
 
-async def test_a_transaction_rolls_back_and_lets_the_error_through(database_url: str) -> None:
+@pytest.mark.usefixtures("scope_rows")
+async def test_a_transaction_rolls_back_and_lets_the_error_through(db: Database) -> None:
     """An exception in the block rolls the rows back and propagates as the same object."""
-    db = Database(database_url)
     error = BusinessRuleBroken("no")
-    async with db:
-        await create_table(db)
-        with pytest.raises(BusinessRuleBroken) as info:
-            await insert_then_raise(db, error)
-        assert await rows_then_drop(db) == []
+    with pytest.raises(BusinessRuleBroken) as info:
+        await insert_then_raise(db, error)
+    assert await rows(db) == []
     assert info.value is error
 
 
 # -- inside a request -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("scope_rows")
 async def test_an_explicit_commit_mid_request_keeps_what_it_committed(database_url: str) -> None:
     """A commit() mid-request stores its rows; the error after it rolls back only the rest."""
-    db = Database(database_url)
-    app = build_app(db)
-    async with app.router.lifespan_context(app):
-        await create_table(db)
-        async with client_for(app) as client:
-            response = await client.post("/commit-then-fail")
-        stored = await rows_then_drop(db)
-    assert response.status_code == 409
-    assert stored == [1]
+    assert await post_then_rows(Database(database_url), "/commit-then-fail") == (409, [1])
 
 
+@pytest.mark.usefixtures("scope_rows")
 async def test_a_rolled_back_savepoint_keeps_the_rest_of_the_request(database_url: str) -> None:
     """A savepoint rolled back by an exception undoes its rows only; the request commits."""
-    db = Database(database_url)
-    app = build_app(db)
-    async with app.router.lifespan_context(app):
-        await create_table(db)
-        async with client_for(app) as client:
-            response = await client.post("/savepoint")
-        stored = await rows_then_drop(db)
-    assert response.status_code == 200
-    assert stored == [1, 3]
+    assert await post_then_rows(Database(database_url), "/savepoint") == (200, [1, 3])
