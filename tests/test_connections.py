@@ -9,38 +9,23 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbscope import Database
-from tests.helpers import client_for
-
-
-class PoolAtResponseStart:
-    """Pure ASGI middleware: records ``checked_out`` when the response starts going out."""
-
-    def __init__(self, app: ASGIApp, db: Database, seen: list[int]) -> None:
-        self.app = app
-        self.db = db
-        self.seen = seen
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_and_record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.seen.append(self.db.stats().checked_out)
-            await send(message)
-
-        await self.app(scope, receive, send_and_record)
+from tests.helpers import ResponseStart, client_for, send
 
 
 def build_app(db: Database) -> FastAPI:
     """The endpoints under test; ``app.state.at_start`` gets the middleware's counts."""
     app = FastAPI()
     app.state.at_start = []
-    app.add_middleware(PoolAtResponseStart, db=db, seen=app.state.at_start)
+    app.add_middleware(
+        ResponseStart, on_start=lambda: app.state.at_start.append(db.stats().checked_out)
+    )
     Session = Annotated[AsyncSession, Depends(db.session)]
 
     async def first(session: Session) -> int:
@@ -97,50 +82,51 @@ def count_checkouts(db: Database) -> list[object]:
     return checkouts
 
 
-async def test_a_request_that_runs_no_sql_checks_out_no_connection(database_url: str) -> None:
-    """An endpoint that takes the Session but never queries costs no checkout."""
+async def checkouts_for(
+    database_url: str, path: str, control: str
+) -> tuple[httpx.Response, httpx.Response, int]:
+    """GET ``path``, then ``control`` (which runs SQL): both responses, and how many
+    connections were checked out meanwhile."""
     async with Database(database_url) as db:
         checkouts = count_checkouts(db)
         async with client_for(build_app(db)) as client:
-            response = await client.get("/no-sql")
-            control = await client.get("/query")
+            response = await client.get(path)
+            control_response = await client.get(control)
+    return response, control_response, len(checkouts)
+
+
+async def test_a_request_that_runs_no_sql_checks_out_no_connection(database_url: str) -> None:
+    """An endpoint that takes the Session but never queries costs no checkout."""
+    response, control, checkouts = await checkouts_for(database_url, "/no-sql", "/query")
     assert response.status_code == 200
     assert response.json() == {"has_session": True}
     assert control.status_code == 200
-    assert len(checkouts) == 1  # the control's, and only it
+    assert checkouts == 1  # the control's, and only it
 
 
 async def test_a_request_failing_validation_checks_out_no_connection(database_url: str) -> None:
     """A 422 before the endpoint runs costs no checkout."""
-    async with Database(database_url) as db:
-        checkouts = count_checkouts(db)
-        async with client_for(build_app(db)) as client:
-            response = await client.get("/needs-int?n=not-a-number")
-            control = await client.get("/needs-int?n=3")
+    response, control, checkouts = await checkouts_for(
+        database_url, "/needs-int?n=not-a-number", "/needs-int?n=3"
+    )
     assert response.status_code == 422
     assert control.json() == {"n": 3}
-    assert len(checkouts) == 1  # the control's, and only it
+    assert checkouts == 1  # the control's, and only it
 
 
-async def test_the_connection_is_back_before_the_response_starts(database_url: str) -> None:
+async def test_the_connection_is_back_before_the_response_starts(db: Database) -> None:
     """At ``http.response.start`` no connection is checked out any more."""
-    async with Database(database_url) as db:
-        app = build_app(db)
-        async with client_for(app) as client:
-            response = await client.get("/query")
+    app = build_app(db)
+    response = await send(app, "GET /query")
     assert response.status_code == 200
     assert response.headers["x-checked-out"] == "0"  # before the endpoint's first query
     assert app.state.at_start == [0]
 
 
-async def test_the_connection_is_back_before_a_streamed_body_is_produced(
-    database_url: str,
-) -> None:
+async def test_the_connection_is_back_before_a_streamed_body_is_produced(db: Database) -> None:
     """A StreamingResponse body sees no connection checked out; the endpoint saw one."""
-    async with Database(database_url) as db:
-        async with client_for(build_app(db)) as client:
-            response = await client.get("/stream")
-        assert db.stats().checked_out == 0
+    response = await send(build_app(db), "GET /stream")
+    assert db.stats().checked_out == 0
     assert response.status_code == 200
     assert response.text == "1,0"
 
