@@ -1,23 +1,17 @@
-"""The defaults dbscope chooses per database, observed on real servers and files.
-
-No ``from __future__ import annotations``: an endpoint uses a ``Session`` alias built inside a
-function.
-"""
+"""The defaults dbscope chooses per database, observed on real servers and files."""
 
 import socket
 from collections.abc import Iterator
-from typing import Annotated
 
 import anyio
-import httpx
 import pytest
-from fastapi import Depends, FastAPI
-from sqlalchemy import ForeignKey, String, text
+from sqlalchemy import Column, ForeignKey, Integer, String, Table, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import Database, DatabaseUnavailableError
+from tests.helpers import app_with, send
 
 MEMORY_URL = "sqlite+aiosqlite:///:memory:"
 
@@ -34,19 +28,14 @@ class Item(Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
-class Parent(Base):
-    """The referenced side of a foreign key."""
-
-    __tablename__ = "defaults_parents"
-    id: Mapped[int] = mapped_column(primary_key=True)
-
-
-class Child(Base):
-    """The referencing side of a foreign key."""
-
-    __tablename__ = "defaults_children"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    parent_id: Mapped[int] = mapped_column(ForeignKey(Parent.id))
+# A foreign key, in Core: the orphan row is inserted as a plain INSERT.
+parents = Table("defaults_parents", Base.metadata, Column("id", Integer, primary_key=True))
+children = Table(
+    "defaults_children",
+    Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("parent_id", ForeignKey(parents.c.id), nullable=False),
+)
 
 
 async def create_tables(db: Database) -> None:
@@ -109,7 +98,7 @@ async def test_sqlite_enforces_foreign_keys(where: str, sqlite_url: str) -> None
         await create_tables(db)
         with pytest.raises(IntegrityError):
             async with db.transaction() as session:
-                session.add(Child(parent_id=42))
+                await session.execute(insert(children).values(parent_id=42))
         assert await scalar(db, "SELECT count(*) FROM defaults_children") == 0
         await drop_tables(db)
 
@@ -124,21 +113,17 @@ async def test_a_sqlite_file_is_in_wal_mode(sqlite_url: str) -> None:
 async def test_in_memory_sqlite_is_one_database_across_the_app() -> None:
     """A table made in one transaction is there in the next and in a request."""
     db = Database(MEMORY_URL)
-    app = FastAPI(lifespan=db.lifespan)
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.get("/count")
-    async def count(session: Session) -> int:
+    async def count(session: AsyncSession) -> int:
         return int((await session.execute(text("SELECT count(*) FROM shared"))).scalar_one())
 
+    app = app_with(db.session, {"GET /count": count}, lifespan=db.lifespan)
     async with app.router.lifespan_context(app):
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE shared (value INTEGER)"))
             await session.execute(text("INSERT INTO shared (value) VALUES (1)"))
         in_transaction = await scalar(db, "SELECT count(*) FROM shared")
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.get("/count")
+        response = await send(app, "GET /count")
     assert in_transaction == 1
     assert response.json() == 1
 
