@@ -47,13 +47,15 @@ def client_for(app: ASGIApp, *, raise_app_exceptions: bool = False) -> httpx.Asy
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
-async def send(app: ASGIApp, route: str, **options: Any) -> httpx.Response:
+async def send(
+    app: ASGIApp, route: str, *, raise_app_exceptions: bool = False, **options: Any
+) -> httpx.Response:
     """One request, ``"METHOD /path"``, to ``app`` through :func:`client_for`.
 
     ``options`` go to ``httpx.AsyncClient.request`` (``params``, ``json``, ...).
     """
     method, path = route.split(" ", 1)
-    async with client_for(app) as client:
+    async with client_for(app, raise_app_exceptions=raise_app_exceptions) as client:
         return await client.request(method, path, **options)
 
 

@@ -1,8 +1,7 @@
 """The Database lifecycle: new, connected, disposed, with one message per wrong move.
 
 Consecutive lifespans (two TestClient blocks, two ``asyncio.run`` calls) reuse one Database,
-as a module-level ``db`` in an application would. No ``from __future__ import annotations``:
-the endpoints use a ``Session`` alias built inside a function.
+as a module-level ``db`` in an application would.
 """
 
 import asyncio
@@ -10,15 +9,14 @@ import contextlib
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated
 
-import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, LifecycleError
+from tests.helpers import app_with, send
 
 with warnings.catch_warnings():
     # Starlette 1.10 deprecates running its TestClient on httpx (it wants httpx2, which this
@@ -32,16 +30,13 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
     """An app that adds a row and counts the rows; its lifespan is db.lifespan by default."""
-    app = FastAPI(lifespan=lifespan or db.lifespan)
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.post("/rows")
-    async def add_row(session: Session) -> dict[str, int]:
+    async def add_row(session: AsyncSession) -> dict[str, int]:
         await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
         count = (await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one()
         return {"count": int(count)}
 
-    return app
+    return app_with(db.session, {"POST /rows": add_row}, lifespan=lifespan or db.lifespan)
 
 
 async def create_table(db: Database) -> None:
@@ -89,18 +84,13 @@ def transaction_error(db: Database) -> LifecycleError:
 async def test_a_request_before_the_lifespan_ran_raises_lifecycle_error(sqlite_url: str) -> None:
     """A request to an app whose lifespan never ran raises LifecycleError naming the lifespan."""
     app = build_app(Database(sqlite_url))
-    transport = httpx.ASGITransport(app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        with pytest.raises(LifecycleError, match=r"pass lifespan=db\.lifespan to FastAPI"):
-            await client.post("/rows")
+    with pytest.raises(LifecycleError, match=r"pass lifespan=db\.lifespan to FastAPI"):
+        await send(app, "POST /rows", raise_app_exceptions=True)
 
 
 async def test_a_request_before_the_lifespan_ran_answers_500(sqlite_url: str) -> None:
     """Served without its lifespan, the app answers 500 rather than hanging or 2xx."""
-    app = build_app(Database(sqlite_url))
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.post("/rows")
+    response = await send(build_app(Database(sqlite_url)), "POST /rows")
     assert response.status_code == 500
 
 
@@ -236,8 +226,6 @@ async def test_a_composed_lifespan_connects_and_disposes(database_url: str) -> N
 
     app = build_app(db, lifespan)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post("/rows")
+        response = await send(app, "POST /rows", raise_app_exceptions=True)
     assert response.json() == {"count": 1}
     assert events == ["connected", "disposed"]
