@@ -1,36 +1,25 @@
 """The quickest proof that a request's unit of work commits, on every backend."""
 
-from typing import Annotated
-
-import httpx
-from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
+from tests.helpers import Tables, app_with, send, stored
 
 
-async def test_a_request_commits_its_write(database_url: str) -> None:
+async def test_a_request_commits_its_write(database_url: str, tables: Tables) -> None:
     """A row written by an endpoint is there after the response, read on another session."""
+    await tables.create("smoke", "value INTEGER")
     db = Database(database_url)
-    app = FastAPI(lifespan=db.lifespan)
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.post("/rows/{value}")
-    async def add(value: int, session: Session) -> dict[str, int]:
+    async def add(value: int, session: AsyncSession) -> dict[str, int]:
         await session.execute(text("INSERT INTO smoke (value) VALUES (:v)"), {"v": value})
         return {"value": value}
 
+    app = app_with(db.session, {"POST /rows/{value}": add}, lifespan=db.lifespan)
     async with db.lifespan(app):
-        async with db.transaction() as session:
-            await session.execute(text("DROP TABLE IF EXISTS smoke"))
-            await session.execute(text("CREATE TABLE smoke (value INTEGER)"))
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post("/rows/7")
-        async with db.transaction() as session:
-            stored = (await session.execute(text("SELECT value FROM smoke"))).scalars().all()
-            await session.execute(text("DROP TABLE smoke"))
+        response = await send(app, "POST /rows/7", raise_app_exceptions=True)
+        values = await stored(db, "SELECT value FROM smoke")
         assert response.status_code == 200
-        assert stored == [7]
+        assert values == [7]
         assert db.stats().checked_out == 0
