@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import ConfigurationError, Database
-from tests.helpers import admin
+from tests.helpers import admin, client_for
 
 SCHEMA_A = "schema_test_a"
 SCHEMA_B = "schema_test_b"
@@ -88,12 +88,6 @@ def build_app(db: Database) -> FastAPI:
     return app
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """An in-process client that answers a 500 like a server does instead of raising."""
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
-
-
 async def victim_exists(postgres_url: str) -> bool:
     """Whether the table ``public.schema_victim`` is still there."""
     async with admin(postgres_url) as connection:
@@ -101,46 +95,50 @@ async def victim_exists(postgres_url: str) -> bool:
         return bool((await connection.execute(query)).scalar_one())
 
 
-async def test_a_schema_used_by_a_committed_request_does_not_reach_the_next_one(
-    postgres_url: str, default_search_path: str
-) -> None:
-    """After a request on schema a commits, the next one on that connection has the default."""
+async def on_schema_a_then_default(
+    postgres_url: str, path: str, **params: Any
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """On a pool of one connection: GET ``path`` on schema a, then ``/where`` with no schema.
+
+    Returns the first response, and where the second request's statements went.
+    """
     async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
-        first = (await client.get("/where", params={"schema": SCHEMA_A})).json()
+        first = await client.get(path, params={"schema": SCHEMA_A, **params})
         second = (await client.get("/where")).json()
+    return first, second
+
+
+def assert_back_to_the_default(
+    first: dict[str, Any], second: dict[str, Any], default_search_path: str
+) -> None:
+    """``second`` ran on ``first``'s connection, with the server's default search_path."""
+    assert second["pid"] == first["pid"]
+    assert second["search_path"] == default_search_path
+    assert second["marker"] == "public"
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["first-thing", "after-a-query"])
+async def test_a_schema_used_by_a_committed_request_does_not_reach_the_next_one(
+    postgres_url: str, default_search_path: str, late: bool
+) -> None:
+    """After a request on schema a commits, the next one on that connection has the default;
+    also when the request switched after its first query, in a transaction already begun."""
+    response, second = await on_schema_a_then_default(postgres_url, "/where", late=late)
+    first = response.json()
     assert first["marker"] == "a"
     assert first["search_path"] == SCHEMA_A
-    assert second["pid"] == first["pid"]
-    assert second["search_path"] == default_search_path
-    assert second["marker"] == "public"
-
-
-async def test_a_schema_switched_after_the_first_query_does_not_reach_the_next_request(
-    postgres_url: str, default_search_path: str
-) -> None:
-    """use_schema(a) in a transaction already begun lasts only until that request ends."""
-    async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
-        first = (await client.get("/where", params={"schema": SCHEMA_A, "late": True})).json()
-        second = (await client.get("/where")).json()
-    assert first["marker"] == "a"
-    assert second["pid"] == first["pid"]
-    assert second["search_path"] == default_search_path
-    assert second["marker"] == "public"
+    assert_back_to_the_default(first, second, default_search_path)
 
 
 async def test_a_schema_used_by_a_failed_request_does_not_reach_the_next_one(
     postgres_url: str, default_search_path: str
 ) -> None:
     """After a request on schema a raises, the next one on that connection has the default."""
-    async with Database(postgres_url, **SMALL_POOL) as db, client_for(build_app(db)) as client:
-        failed = await client.get("/where-then-fail", params={"schema": SCHEMA_A})
-        second = (await client.get("/where")).json()
-    assert failed.status_code == 409
-    first = failed.json()["detail"]
+    response, second = await on_schema_a_then_default(postgres_url, "/where-then-fail")
+    assert response.status_code == 409
+    first = response.json()["detail"]
     assert first["marker"] == "a"
-    assert second["pid"] == first["pid"]
-    assert second["search_path"] == default_search_path
-    assert second["marker"] == "public"
+    assert_back_to_the_default(first, second, default_search_path)
 
 
 async def test_the_schema_option_applies_to_every_unit_of_work(
