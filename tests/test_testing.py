@@ -168,10 +168,10 @@ def lifespan_app(events: list[str], *, fail: bool = False) -> FastAPI:
 async def test_the_lifespan_may_end_in_another_task_than_it_began() -> None:
     """Start-up and shutdown run in the lifespan's own task, as fixtures' halves may not."""
     events: list[str] = []
-    lifespan = testing.lifespan(lifespan_app(events))
+    running = testing.running_app(lifespan_app(events))
 
-    await asyncio.create_task(lifespan.__aenter__())
-    await asyncio.create_task(lifespan.__aexit__(None, None, None))
+    await asyncio.create_task(running.__aenter__())
+    await asyncio.create_task(running.__aexit__(None, None, None))
 
     assert events == ["startup", "shutdown"]
 
@@ -190,7 +190,7 @@ async def test_the_client_passes_the_lifespan_state_to_requests() -> None:
 async def test_a_failing_startup_raises_the_apps_own_error() -> None:
     """The lifespan's exception reaches the test unchanged."""
     with pytest.raises(ValueError, match="the cache is unreachable"):
-        async with testing.lifespan(lifespan_app([], fail=True)):
+        async with testing.running_app(lifespan_app([], fail=True)):
             pass
 
 
@@ -227,3 +227,13 @@ def test_importing_dbscope_testing_imports_neither_pytest_nor_fastapi() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert completed.stdout.strip() == "[]"
+
+
+def test_dbscope_testing_exports_its_helpers_under_the_public_module() -> None:
+    """The package lists its helpers once, sorted, and each names dbscope.testing as home."""
+    homes = {name: getattr(testing, name).__module__ for name in testing.__all__}
+
+    assert testing.__all__ == sorted(testing.__all__)
+    assert set(homes.values()) == {"dbscope.testing"}
+    assert "running_app" in homes
+    assert "lifespan" not in homes

@@ -1,18 +1,4 @@
-"""Test helpers for any test runner: one rolled-back transaction per test, HTTP included.
-
-The pytest plugin (``dbscope._pytest_plugin``, docs/testing.md) is a thin layer of fixtures
-over these functions; they also serve unittest or a script::
-
-    from dbscope.testing import any_loop_engine, client, create_tables, rolled_back
-
-    create_tables(TEST_URL, metadata=Base.metadata)        # once, before the tests
-    with any_loop_engine(TEST_URL) as engine:
-        ...
-        # in each test, inside its event loop:
-        async with rolled_back(db, engine):                # db = the app's Database
-            async with client(app) as http:                # the app's lifespan runs
-                await http.post("/notes", json={...})      # commits become savepoints
-        # everything the test and the app wrote is gone here
+"""Isolation helpers: one rolled-back transaction per test, and the tables made once per run.
 
 Event loops: an engine's pooled connections belong to the loop that opened them.
 :func:`any_loop_engine` keeps no connection between uses, so tests that each get a new loop
@@ -20,7 +6,9 @@ can share it (each test then opens one connection). When the loop outlives a tes
 engine built in that loop (``async with Database(TEST_URL) as test_db: test_db.engine``)
 saves the connection set-up: a test then costs a BEGIN and a ROLLBACK.
 
-This module imports neither pytest nor httpx (:func:`client` imports httpx when called).
+The synchronous helpers (:func:`any_loop_engine`, :func:`create_tables`,
+:func:`drop_tables`) run their database work in a worker thread with an event loop of its
+own, so they can be called with or without a running loop.
 """
 
 from __future__ import annotations
@@ -28,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
@@ -39,27 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database
 
-if TYPE_CHECKING:
-    import httpx
-
-__all__ = [
-    "any_loop_engine",
-    "client",
-    "create_tables",
-    "drop_tables",
-    "lifespan",
-    "open_session",
-    "rolled_back",
-]
-
 T = TypeVar("T")
-
-# The ASGI callable, in the words of the ASGI specification (FastAPI and Starlette apps fit).
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # -- one transaction per test ------------------------------------------------------------------
@@ -141,97 +109,6 @@ def any_loop_engine(url: str | URL) -> Iterator[AsyncEngine]:
         yield database.engine
     finally:
         _in_new_loop(database.dispose)
-
-
-# -- the app's lifespan and an HTTP client -----------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp) -> AsyncIterator[ASGIApp]:
-    """Start ``app`` as a server would, and shut it down at the end: the ASGI lifespan.
-
-    The lifespan runs in a task of its own, as under uvicorn, so it may enter and exit task
-    groups freely. An exception raised at start-up or shutdown propagates unchanged.
-
-    Yields:
-        The app to send requests to: it hands the lifespan's state (what a lifespan yields)
-        to each request as ``request.state``, as servers do.
-    """
-    state: dict[str, Any] = {}
-    to_app: asyncio.Queue[Message] = asyncio.Queue()
-    from_app: asyncio.Queue[Message] = asyncio.Queue()
-    scope: Scope = {
-        "type": "lifespan",
-        "asgi": {"version": "3.0", "spec_version": "2.0"},
-        "state": state,
-    }
-
-    async def run_lifespan() -> None:
-        await app(scope, to_app.get, from_app.put)
-
-    task = asyncio.create_task(run_lifespan())
-    try:
-        await to_app.put({"type": "lifespan.startup"})
-        started = await _lifespan_reply(task, from_app, "startup")
-    except BaseException:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise
-
-    async def app_with_state(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = {**scope, "state": state.copy()}
-        await app(scope, receive, send)
-
-    try:
-        yield app_with_state
-    finally:
-        if started:
-            await to_app.put({"type": "lifespan.shutdown"})
-            await _lifespan_reply(task, from_app, "shutdown")
-        await task
-
-
-async def _lifespan_reply(
-    task: asyncio.Task[None], replies: asyncio.Queue[Message], step: str
-) -> bool:
-    """Wait for the app's answer to ``lifespan.<step>``; False if it has no lifespan."""
-    reply = asyncio.ensure_future(replies.get())
-    await asyncio.wait({reply, task}, return_when=asyncio.FIRST_COMPLETED)
-    if not reply.done():
-        reply.cancel()
-        task.result()  # raises the app's own exception, if it failed
-        return False  # the app returned without answering: it has no lifespan
-    message = reply.result()
-    if message["type"] == f"lifespan.{step}.failed":
-        if task.done():
-            task.result()  # Starlette re-raises the error after reporting it: raise that one
-        else:
-            task.cancel()
-        detail = message.get("message") or "no reason given"
-        raise RuntimeError(f"The app's lifespan {step} failed: {detail}")
-    return True
-
-
-@contextlib.asynccontextmanager
-async def client(
-    app: ASGIApp, *, base_url: str = "http://testserver"
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An ``httpx.AsyncClient`` that sends requests to ``app`` in-process, inside its lifespan.
-
-    An exception the app does not handle is raised in the test (the client does not turn it
-    into a 500). Needs httpx: ``pip install 'dbscope[testing]'``.
-    """
-    try:
-        import httpx
-    except ModuleNotFoundError as error:  # pragma: no cover - exercised only without httpx
-        message = "dbscope.testing.client needs httpx: pip install 'dbscope[testing]'"
-        raise ModuleNotFoundError(message, name=error.name) from error
-    async with lifespan(app) as running:
-        transport = httpx.ASGITransport(app=running)
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
-            yield http
 
 
 # -- tables, once per test run -----------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""The synchronous fixtures: the settings, the run's own database and its tables.
+
+Each setting is a session fixture that a project may override in its conftest.py (an app
+built by a factory, a URL computed at run time). The async fixtures are in
+``_async_fixtures``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData
+
+from dbscope import Database
+from dbscope._pytest_plugin._options import configured_url, flag
+from dbscope._pytest_plugin._reporting import SetupError, explained, fail, say
+from dbscope._pytest_plugin._run_database import (
+    RunDatabase,
+    close_run_database,
+    describe,
+    open_run_database,
+)
+from dbscope._pytest_plugin._tables import Tables, refusal
+
+DEFAULT_DATABASE = pytest.StashKey[Database]()
+# The databases this run made or found for itself, by the URL dbscope_run_url gave.
+RUN_DATABASES = pytest.StashKey[dict[str, RunDatabase]]()
+
+
+# -- the settings ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dbscope_url(request: pytest.FixtureRequest) -> str:
+    """The database the test database is named after: --dbscope-url, $DBSCOPE_TEST_URL, ini."""
+    url = configured_url(request.config)
+    if not url:
+        fail(
+            "dbscope needs a database to name the test database after (it runs the tests in "
+            "name_test, which it creates and drops). Name it with --dbscope-url=URL, or the "
+            "environment variable DBSCOPE_TEST_URL, or dbscope_url = 'URL' in "
+            "[tool.pytest.ini_options] of pyproject.toml, or override the session-scoped "
+            "fixture dbscope_url in conftest.py. For example: "
+            "postgresql+asyncpg://postgres@localhost/test or sqlite+aiosqlite:///test.db"
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def dbscope_metadata(request: pytest.FixtureRequest) -> MetaData | None:
+    """The tables to create, from dbscope_metadata ('module:Base.metadata'); None if unset."""
+    found = _load(request.config, "dbscope_metadata")
+    if found is None:
+        return None
+    metadata = found if isinstance(found, MetaData) else getattr(found, "metadata", None)
+    if not isinstance(metadata, MetaData):
+        spec = request.config.getini("dbscope_metadata")
+        fail(
+            f"dbscope_metadata = {spec!r} is a {type(found).__name__}, not a MetaData: name "
+            "your declarative base or its metadata, e.g. 'myapp.models:Base.metadata'."
+        )
+    return metadata
+
+
+@pytest.fixture(scope="session")
+def dbscope_alembic_config(request: pytest.FixtureRequest) -> Path | None:
+    """The alembic.ini whose migrations make the tables (dbscope_alembic_config); or None."""
+    value = str(request.config.getini("dbscope_alembic_config")).strip()
+    if not value:
+        return None
+    path = request.config.rootpath / value
+    if not path.is_file():
+        fail(f"dbscope_alembic_config = {value!r}: there is no file {str(path)!r}.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dbscope_database(request: pytest.FixtureRequest, dbscope_run_url: str) -> Database:
+    """The app's Database (dbscope_database = 'module:db'); else a new one on the test URL.
+
+    Whatever URL it was built with, during a test it runs every unit of work in the test's
+    transaction, in the test database.
+    """
+    found = _load(request.config, "dbscope_database")
+    if found is None:
+        with explained("the test database URL"):
+            database = Database(dbscope_run_url)
+        request.config.stash[DEFAULT_DATABASE] = database
+        return database
+    if not isinstance(found, Database):
+        spec = request.config.getini("dbscope_database")
+        fail(
+            f"dbscope_database = {spec!r} is a {type(found).__name__}, not a "
+            "dbscope.Database: name the `db = Database(...)` your app uses."
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def dbscope_app(request: pytest.FixtureRequest) -> Any:
+    """The ASGI app under test (dbscope_app = 'module:app', or a function returning it)."""
+    found = _load(request.config, "dbscope_app")
+    if found is None:
+        fail(
+            "dbscope_client needs your app: set dbscope_app = 'myapp.main:app' (the "
+            "FastAPI app, or a function without arguments that returns it) in "
+            "[tool.pytest.ini_options], or override the fixture dbscope_app in conftest.py."
+        )
+    if inspect.isfunction(found) and not _required_parameters(found):
+        return found()
+    return found
+
+
+@pytest.fixture
+def dbscope_raise_on_lazy_load(request: pytest.FixtureRequest) -> bool | None:
+    """True: every lazy load raises LazyLoadError (--dbscope-raise-on-lazy-load).
+
+    None (without the option) follows the Database's own raise_on_lazy_load setting.
+    """
+    return True if flag(request.config, "dbscope_raise_on_lazy_load") else None
+
+
+# -- the run's database and its tables ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dbscope_run_url(
+    request: pytest.FixtureRequest,
+    dbscope_url: str,
+    dbscope_metadata: MetaData | None,
+    dbscope_alembic_config: Path | None,
+) -> Iterator[str]:
+    """The URL of the database the tests run in: the run's own, named after dbscope_url.
+
+    Made when the run begins and dropped when it ends (see ``_run_database``). Without
+    dbscope_metadata or dbscope_alembic_config the plugin makes no tables, so it makes no
+    database either: the tests run in dbscope_url's database, which must have the tables.
+    """
+    config = request.config
+    if dbscope_metadata is None and dbscope_alembic_config is None:
+        yield dbscope_url
+        return
+    report = functools.partial(say, config)
+    with explained("setting up the test database"):
+        database = open_run_database(
+            dbscope_url, reuse=flag(config, "dbscope_reuse_db"), say=report
+        )
+    url = database.url.render_as_string(hide_password=False)
+    config.stash.setdefault(RUN_DATABASES, {})[url] = database
+    yield url
+    with explained("dropping the test database"):
+        close_run_database(database, kept_by=_kept_by(config), say=report)
+
+
+@pytest.fixture(scope="session")
+def dbscope_tables(
+    request: pytest.FixtureRequest,
+    dbscope_run_url: str,
+    dbscope_metadata: MetaData | None,
+    dbscope_alembic_config: Path | None,
+) -> Iterator[None]:
+    """Create the app's tables once per run, refusing to run on tables dbscope did not make.
+
+    With neither dbscope_metadata nor dbscope_alembic_config, the tables are left as they
+    are: the test database must have them already.
+    """
+    if dbscope_metadata is None and dbscope_alembic_config is None:
+        yield
+        return
+    config = request.config
+    database = config.stash.get(RUN_DATABASES, {}).get(dbscope_run_url)
+    tables = Tables(dbscope_run_url, dbscope_metadata, dbscope_alembic_config)
+    with explained("creating the tables"):
+        if database is None or not database.reused:
+            _refuse_existing(config, tables, database)
+        made = tables.create(with_schemas=database is not None and database.owned)
+    yield
+    if (database is not None and database.owned) or _kept_by(config) is not None:
+        return  # the database goes with its tables, or everything stays
+    with explained("dropping the tables"):
+        if not tables.drop(made) and made:
+            say(config, f"kept the tables the migrations made: {', '.join(sorted(made))}")
+
+
+def _refuse_existing(config: pytest.Config, tables: Tables, database: RunDatabase | None) -> None:
+    found = tables.existing()
+    if found and not flag(config, "dbscope_use_existing_tables"):
+        label = database.label if database is not None else describe(Database(tables.url).url)
+        raise SetupError(refusal(label, found))
+
+
+def _kept_by(config: pytest.Config) -> str | None:
+    """The option that keeps the run's database and tables at the end, if one is given."""
+    for name in ("dbscope_reuse_db", "dbscope_keep_tables"):
+        if flag(config, name):
+            return "--" + name.replace("_", "-")
+    return None
+
+
+# -- loading what the settings name ------------------------------------------------------------
+
+
+def _load(config: pytest.Config, setting: str) -> object | None:
+    """The object a 'package.module:attribute' setting names, or None if it is unset."""
+    spec = str(config.getini(setting)).strip()
+    if not spec:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        fail(f"{setting} = {spec!r} is not of the form 'package.module:attribute'.")
+    try:
+        found: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # the module exists but fails to import something of its own
+        fail(
+            f"{setting} = {spec!r}: there is no module {module_name!r} on sys.path; "
+            "pytest's `pythonpath` setting (e.g. pythonpath = ['src']) adds directories."
+        )
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            fail(f"{setting} = {spec!r}: {module_name} has no attribute {attribute!r}.")
+        found = getattr(found, part)
+    return found
+
+
+def _required_parameters(function: Callable[..., Any]) -> list[str]:
+    return [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]

@@ -1,0 +1,55 @@
+"""How the plugin speaks: failures without a traceback that say what to change, and notes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+from dbscope import DbscopeError
+
+
+class SetupError(Exception):
+    """The run's database or tables cannot be set up as asked; the message says why and how."""
+
+
+def fail(message: str) -> NoReturn:
+    """Fail the test (or the fixture) with ``message`` alone."""
+    pytest.fail(message, pytrace=False)
+
+
+@contextlib.contextmanager
+def explained(doing: str) -> Iterator[None]:
+    """Report dbscope's own errors (bad URL, server down, refusals) without a traceback."""
+    try:
+        yield
+    except (DbscopeError, SetupError) as error:
+        # `from None`: the message says it all; the chained tracebacks would bury it.
+        raise pytest.fail.Exception(f"dbscope, {doing}: {error}", pytrace=False) from None
+
+
+def require_asyncio() -> None:
+    """Fail unless an asyncio loop runs: SQLAlchemy's async engines need one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        fail(
+            "dbscope's fixtures need asyncio (SQLAlchemy's async engines run on asyncio "
+            "only); with anyio, define an anyio_backend fixture that returns 'asyncio'."
+        )
+
+
+def say(config: pytest.Config, message: str) -> None:
+    """Write ``message`` on a line of its own in the terminal, between the progress dots."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    # Fixtures run while pytest captures the output, which it shows only for failed tests.
+    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with suspended:
+        reporter.ensure_newline()
+        reporter.write_line(f"dbscope: {message}")

@@ -1,0 +1,44 @@
+"""Test helpers for any test runner: one rolled-back transaction per test, HTTP included.
+
+The pytest plugin (``dbscope._pytest_plugin``, docs/testing.md) is a thin layer of fixtures
+over these functions; they also serve unittest or a script::
+
+    from dbscope.testing import any_loop_engine, client, create_tables, rolled_back
+
+    create_tables(TEST_URL, metadata=Base.metadata)        # once, before the tests
+    with any_loop_engine(TEST_URL) as engine:
+        ...
+        # in each test, inside its event loop:
+        async with rolled_back(db, engine):                # db = the app's Database
+            async with client(app) as http:                # the app's lifespan runs
+                await http.post("/notes", json={...})      # commits become savepoints
+        # everything the test and the app wrote is gone here
+
+Two modules: ``_isolation`` (transactions, engines, tables) and ``_asgi`` (running an ASGI
+app in-process and a client for it; it knows nothing of databases). This package imports
+neither pytest nor httpx (:func:`client` imports httpx when called).
+"""
+
+from dbscope.testing._asgi import client, running_app
+from dbscope.testing._isolation import (
+    any_loop_engine,
+    create_tables,
+    drop_tables,
+    open_session,
+    rolled_back,
+)
+
+__all__ = [
+    "any_loop_engine",
+    "client",
+    "create_tables",
+    "drop_tables",
+    "open_session",
+    "rolled_back",
+    "running_app",
+]
+
+# Tracebacks and help() name the public module, not the private one a helper lives in.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
