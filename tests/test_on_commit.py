@@ -31,6 +31,12 @@ async def oc_rows(tables: Tables) -> None:
     await tables.create("oc_rows", "label VARCHAR(40) NOT NULL")
 
 
+@pytest.fixture
+def calls() -> list[str]:
+    """What the test's callbacks appended, in the order they ran."""
+    return []
+
+
 async def stored_labels(db: Database) -> list[str]:
     """The labels committed so far, read in a unit of work of their own."""
     return await stored(db, "SELECT label FROM oc_rows ORDER BY label")
@@ -50,9 +56,10 @@ def async_appender(calls: list[str], label: str) -> Callable[[], object]:
     return callback
 
 
-async def test_callbacks_run_after_the_commit_in_registration_order(db: Database) -> None:
+async def test_callbacks_run_after_the_commit_in_registration_order(
+    db: Database, calls: list[str]
+) -> None:
     """Plain and async callbacks run once the block has committed, in the order registered."""
-    calls: list[str] = []
     async with db.transaction() as session:
         await session.execute(INSERT, {"label": "row"})
         db.on_commit(appender(calls, "first"))
@@ -76,9 +83,8 @@ async def test_a_callback_sees_the_committed_row(db: Database) -> None:
     assert seen == [["row"]]
 
 
-async def test_callbacks_never_run_when_the_unit_rolls_back(db: Database) -> None:
+async def test_callbacks_never_run_when_the_unit_rolls_back(db: Database, calls: list[str]) -> None:
     """A block that raises rolls back, and its callbacks are dropped."""
-    calls: list[str] = []
 
     async def write_then_fail() -> None:
         async with db.transaction() as session:
@@ -92,58 +98,52 @@ async def test_callbacks_never_run_when_the_unit_rolls_back(db: Database) -> Non
     assert await stored_labels(db) == []
 
 
+async def insert_noting(db: Database, session: AsyncSession, label: str, calls: list[str]) -> None:
+    """Insert the row ``label``, and register a callback that appends ``label`` to ``calls``."""
+    await session.execute(INSERT, {"label": label})
+    db.on_commit(appender(calls, label))
+
+
 async def test_callbacks_registered_before_an_explicit_rollback_are_dropped(
-    db: Database,
+    db: Database, calls: list[str]
 ) -> None:
     """After ``session.rollback()`` only the callbacks registered later run."""
-    calls: list[str] = []
     async with db.transaction() as session:
-        await session.execute(INSERT, {"label": "rolled-back"})
-        db.on_commit(appender(calls, "before"))
+        await insert_noting(db, session, "rolled-back", calls)
         await session.rollback()
-        await session.execute(INSERT, {"label": "kept"})
-        db.on_commit(appender(calls, "after"))
-    assert calls == ["after"]
-    assert await stored_labels(db) == ["kept"]
+        await insert_noting(db, session, "kept", calls)
+    assert (calls, await stored_labels(db)) == (["kept"], ["kept"])
 
 
 async def test_a_callback_registered_in_a_rolled_back_savepoint_is_dropped(
-    db: Database,
+    db: Database, calls: list[str]
 ) -> None:
     """Rolling back a savepoint drops its callbacks and keeps those of the outer transaction."""
-    calls: list[str] = []
     async with db.transaction() as session:
-        await session.execute(INSERT, {"label": "outer"})
-        db.on_commit(appender(calls, "outer-before"))
+        await insert_noting(db, session, "outer", calls)
         with contextlib.suppress(Boom):
             async with session.begin_nested():
-                await session.execute(INSERT, {"label": "savepoint"})
-                db.on_commit(appender(calls, "savepoint"))
+                await insert_noting(db, session, "savepoint", calls)
                 raise Boom
         db.on_commit(appender(calls, "outer-after"))
-    assert calls == ["outer-before", "outer-after"]
-    assert await stored_labels(db) == ["outer"]
+    assert (calls, await stored_labels(db)) == (["outer", "outer-after"], ["outer"])
 
 
 async def test_a_callback_registered_in_a_released_savepoint_runs_after_the_outer_commit(
-    db: Database,
+    db: Database, calls: list[str]
 ) -> None:
     """A released savepoint's callback waits for the outer COMMIT, then runs."""
-    calls: list[str] = []
     async with db.transaction() as session:
         async with session.begin_nested():
-            await session.execute(INSERT, {"label": "savepoint"})
-            db.on_commit(appender(calls, "savepoint"))
+            await insert_noting(db, session, "savepoint", calls)
         assert calls == []
-    assert calls == ["savepoint"]
-    assert await stored_labels(db) == ["savepoint"]
+    assert (calls, await stored_labels(db)) == (["savepoint"], ["savepoint"])
 
 
 async def test_a_failing_callback_is_logged_and_the_next_ones_still_run(
-    db: Database, caplog: pytest.LogCaptureFixture
+    db: Database, caplog: pytest.LogCaptureFixture, calls: list[str]
 ) -> None:
     """A callback that raises is logged with its traceback; the data and later callbacks stay."""
-    calls: list[str] = []
 
     def fail() -> None:
         raise Boom("the callback failed")
@@ -161,10 +161,9 @@ async def test_a_failing_callback_is_logged_and_the_next_ones_still_run(
 
 
 async def test_a_callback_of_a_mid_unit_commit_runs_even_if_the_unit_later_fails(
-    db: Database,
+    db: Database, calls: list[str]
 ) -> None:
     """Work committed by ``session.commit()`` gets its callback, whatever happens after it."""
-    calls: list[str] = []
 
     async def commit_then_fail() -> None:
         async with db.transaction() as session:
@@ -181,9 +180,8 @@ async def test_a_callback_of_a_mid_unit_commit_runs_even_if_the_unit_later_fails
     assert calls == ["committed"]
 
 
-async def test_unit_of_work_on_commit_runs_after_its_commit(db: Database) -> None:
+async def test_unit_of_work_on_commit_runs_after_its_commit(db: Database, calls: list[str]) -> None:
     """``UnitOfWork.on_commit`` registers on that unit, like ``db.on_commit`` inside it."""
-    calls: list[str] = []
     async with db.unit_of_work() as unit:
         await unit.session.execute(INSERT, {"label": "row"})
         unit.on_commit(appender(calls, "unit"))
