@@ -14,7 +14,8 @@ a function.
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 import httpx
@@ -25,16 +26,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, RetriesExhaustedError, Retrying
-from tests.helpers import admin, client_for
+from tests.helpers import Tables, admin, client_for
 
 SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
 OVERLAP_TIMEOUT = 5.0
 RecordProperty = Callable[[str, object], None]
-TABLES = {
-    "rt_ledger": "CREATE TABLE rt_ledger (amount INTEGER NOT NULL)",
-    "rt_doctors": "CREATE TABLE rt_doctors (id INTEGER PRIMARY KEY, on_call INTEGER NOT NULL)",
-    "rt_locks": "CREATE TABLE rt_locks (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)",
-}
+Racer = Callable[[Retrying, asyncio.Barrier], Awaitable[None]]
+
+pytestmark = pytest.mark.usefixtures("retry_tables")
 
 
 class InsufficientFunds(Exception):
@@ -46,19 +45,21 @@ class LastDoctorOnCall(Exception):
 
 
 @pytest.fixture
-async def retry_tables(database_url: str) -> AsyncIterator[None]:
+async def retry_tables(database_url: str, tables: Tables) -> None:
     """Fresh ``rt_*`` tables: a ledger of 100, two doctors on call, two lockable rows."""
+    await tables.create("rt_ledger", "amount INTEGER NOT NULL")
+    await tables.create("rt_doctors", "id INTEGER PRIMARY KEY, on_call INTEGER NOT NULL")
+    await tables.create("rt_locks", "id INTEGER PRIMARY KEY, hits INTEGER NOT NULL")
     async with admin(database_url) as connection:
-        for name, create in TABLES.items():
-            await connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
-            await connection.execute(text(create))
         await connection.execute(text("INSERT INTO rt_ledger (amount) VALUES (100)"))
         await connection.execute(text("INSERT INTO rt_doctors (id, on_call) VALUES (1, 1), (2, 1)"))
         await connection.execute(text("INSERT INTO rt_locks (id, hits) VALUES (1, 0), (2, 0)"))
-    yield
-    async with admin(database_url) as connection:
-        for name in TABLES:
-            await connection.execute(text(f"DROP TABLE {name}"))
+
+
+@pytest.fixture(autouse=True)
+def retry_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture the WARNING lines of the "dbscope" logger, where retries are logged."""
+    caplog.set_level(logging.WARNING, logger="dbscope")
 
 
 async def overlap(barrier: asyncio.Barrier) -> None:
@@ -137,127 +138,158 @@ def retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+@dataclass
+class Race:
+    """What two overlapping units of work came to.
+
+    Attributes:
+        outcomes: what each racer raised (None if it finished).
+        retries: how often each racer's Retrying re-ran its unit.
+        values: what the queries gave, read once both had ended.
+        checked_out: the connections still checked out then.
+        lines: the WARNING lines dbscope logged for retries.
+    """
+
+    outcomes: list[BaseException | None]
+    retries: list[int]
+    values: list[int]
+    checked_out: int
+    lines: list[str]
+
+
+class Racing:
+    """Runs two racers together on the test's database; see :meth:`__call__`."""
+
+    def __init__(
+        self,
+        database_url: str,
+        caplog: pytest.LogCaptureFixture,
+        record_property: RecordProperty,
+    ) -> None:
+        self.database_url = database_url
+        self.caplog = caplog
+        self.record_property = record_property
+
+    async def __call__(
+        self,
+        what: str,
+        racers: tuple[Racer, Racer],
+        *queries: str,
+        attempts: int,
+        isolation_level: str | None = "SERIALIZABLE",
+    ) -> Race:
+        """Run the two racers together, each with a Retrying of its own and one barrier
+        between them; then read ``queries``, each in a unit of work of its own. The figures
+        are printed (``pytest -s``) as ``what``."""
+        options = {} if isolation_level is None else {"isolation_level": isolation_level}
+        async with Database(self.database_url, **options) as db:
+            barrier = asyncio.Barrier(2)
+            retryings = [db.retrying(attempts=attempts, backoff=0.01) for _ in range(2)]
+            outcomes = await asyncio.gather(
+                *(
+                    racer(retrying, barrier)
+                    for racer, retrying in zip(racers, retryings, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            values = [await scalar(db, query) for query in queries]
+            checked_out = db.stats().checked_out
+        retries = [retrying.retries for retrying in retryings]
+        race = Race(outcomes, retries, values, checked_out, retry_lines(self.caplog))
+        print(f"\n[{db.url.get_driver_name()}] {what}: {race}")
+        self.record_property("retries", sum(race.retries))
+        return race
+
+
+@pytest.fixture
+def racing(
+    database_url: str, caplog: pytest.LogCaptureFixture, record_property: RecordProperty
+) -> Racing:
+    """Two racers run together on the test's database, their figures printed and recorded."""
+    return Racing(database_url, caplog, record_property)
+
+
+def withdrawing(amount: int) -> Racer:
+    """A racer that withdraws ``amount``."""
+    return lambda retrying, barrier: withdraw(retrying, amount, barrier)
+
+
+def going_off_call(doctor: int) -> Racer:
+    """A racer that takes ``doctor`` off call."""
+    return lambda retrying, barrier: go_off_call(retrying, doctor, barrier)
+
+
+def locking(first: int, second: int) -> Racer:
+    """A racer that locks row ``first``, then row ``second``."""
+    return lambda retrying, barrier: lock_in_order(retrying, first, second, barrier)
+
+
+BALANCE = "SELECT SUM(amount) FROM rt_ledger"
+
+
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
-async def test_a_write_skew_is_retried_once_and_both_withdrawals_commit(
-    database_url: str,
-    db_backend: str,
-    caplog: pytest.LogCaptureFixture,
-    record_property: RecordProperty,
-) -> None:
+async def test_a_write_skew_is_retried_once_and_both_withdrawals_commit(racing: Racing) -> None:
     """Two overlapping SERIALIZABLE withdrawals from one balance both commit, one retried."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-    async with Database(database_url, isolation_level="SERIALIZABLE") as db:
-        barrier = asyncio.Barrier(2)
-        retryings = [db.retrying(attempts=5, backoff=0.01) for _ in range(2)]
-        await asyncio.gather(*(withdraw(retrying, 30, barrier) for retrying in retryings))
-        balance = await scalar(db, "SELECT SUM(amount) FROM rt_ledger")
-        rows = await scalar(db, "SELECT count(*) FROM rt_ledger")
-        checked_out = db.stats().checked_out
-    retries = sum(retrying.retries for retrying in retryings)
-    lines = retry_lines(caplog)
-    print(f"\n[{db_backend}] write skew, both succeed: retries={retries} log lines={lines}")
-    record_property("retries", retries)
-    assert (balance, rows) == (40, 3)
-    assert retries == 1
-    assert len(lines) == 1
-    assert checked_out == 0
+    rows = "SELECT count(*) FROM rt_ledger"
+    withdrawals = (withdrawing(30), withdrawing(30))
+    race = await racing("write skew, both succeed", withdrawals, BALANCE, rows, attempts=5)
+    assert race.outcomes == [None, None]
+    assert race.values == [40, 3]
+    assert sum(race.retries) == 1
+    assert len(race.lines) == 1
+    assert race.checked_out == 0
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
-async def test_a_write_skew_retried_once_ends_in_the_business_error(
-    database_url: str,
-    db_backend: str,
-    caplog: pytest.LogCaptureFixture,
-    record_property: RecordProperty,
-) -> None:
+async def test_a_write_skew_retried_once_ends_in_the_business_error(racing: Racing) -> None:
     """Of two on-call doctors going off call together, the retried one meets the rule."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-    async with Database(database_url, isolation_level="SERIALIZABLE") as db:
-        barrier = asyncio.Barrier(2)
-        retryings = [db.retrying(attempts=5, backoff=0.01) for _ in range(2)]
-        outcomes = await asyncio.gather(
-            go_off_call(retryings[0], 1, barrier),
-            go_off_call(retryings[1], 2, barrier),
-            return_exceptions=True,
-        )
-        on_call = await scalar(db, "SELECT count(*) FROM rt_doctors WHERE on_call = 1")
-    retries = sum(retrying.retries for retrying in retryings)
-    lines = retry_lines(caplog)
-    print(f"\n[{db_backend}] write skew, business error: retries={retries} outcomes={outcomes}")
-    record_property("retries", retries)
-    assert sorted(type(outcome).__name__ for outcome in outcomes) == [
+    on_call = "SELECT count(*) FROM rt_doctors WHERE on_call = 1"
+    doctors = (going_off_call(1), going_off_call(2))
+    race = await racing("write skew, business error", doctors, on_call, attempts=5)
+    assert sorted(type(outcome).__name__ for outcome in race.outcomes) == [
         "LastDoctorOnCall",
         "NoneType",
     ]
-    assert on_call == 1
-    assert retries == 1
-    assert len(lines) == 1
+    assert race.values == [1]
+    assert sum(race.retries) == 1
+    assert len(race.lines) == 1
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
 async def test_a_deadlock_is_retried_once_and_both_transactions_commit(
-    database_url: str,
-    db_backend: str,
-    caplog: pytest.LogCaptureFixture,
-    record_property: RecordProperty,
+    racing: Racing, db_backend: str
 ) -> None:
     """Two transactions locking two rows in opposite orders both commit after one retry."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-    async with Database(database_url) as db:
-        barrier = asyncio.Barrier(2)
-        retryings = [db.retrying(attempts=3, backoff=0.01) for _ in range(2)]
-        await asyncio.gather(
-            lock_in_order(retryings[0], 1, 2, barrier),
-            lock_in_order(retryings[1], 2, 1, barrier),
-        )
-        hits = await scalar(db, "SELECT SUM(hits) FROM rt_locks")
-        checked_out = db.stats().checked_out
-    retries = sum(retrying.retries for retrying in retryings)
-    lines = retry_lines(caplog)
-    print(f"\n[{db_backend}] deadlock: retries={retries} log lines={lines}")
-    record_property("retries", retries)
-    assert hits == 4  # both transactions added 1 to both rows, the retried one only once
-    assert retries == 1
-    assert len(lines) == 1
+    hits = "SELECT SUM(hits) FROM rt_locks"
+    lockers = (locking(1, 2), locking(2, 1))
+    race = await racing("deadlock", lockers, hits, attempts=3, isolation_level=None)
+    assert race.outcomes == [None, None]
+    assert race.values == [4]  # both transactions added 1 to both rows, the retried one once
+    assert sum(race.retries) == 1
+    assert len(race.lines) == 1
     if db_backend != "asyncmy":  # MariaDB's deadlock carries SQLSTATE 40001 as well
-        assert "deadlock" in lines[0]
-    assert checked_out == 0
+        assert "deadlock" in race.lines[0]
+    assert race.checked_out == 0
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
-async def test_a_conflict_on_the_only_attempt_raises_retries_exhausted(
-    database_url: str, db_backend: str, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_conflict_on_the_only_attempt_raises_retries_exhausted(racing: Racing) -> None:
     """With attempts=1, the transaction that loses the write skew ends in the error."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-    async with Database(database_url, isolation_level="SERIALIZABLE") as db:
-        barrier = asyncio.Barrier(2)
-        retryings = [db.retrying(attempts=1) for _ in range(2)]
-        outcomes = await asyncio.gather(
-            *(withdraw(retrying, 30, barrier) for retrying in retryings), return_exceptions=True
-        )
-        balance = await scalar(db, "SELECT SUM(amount) FROM rt_ledger")
-    errors = [outcome for outcome in outcomes if outcome is not None]
-    print(f"\n[{db_backend}] attempts=1: outcomes={outcomes}")
+    race = await racing("attempts=1", (withdrawing(30), withdrawing(30)), BALANCE, attempts=1)
+    errors = [outcome for outcome in race.outcomes if outcome is not None]
     assert len(errors) == 1
     assert isinstance(errors[0], RetriesExhaustedError)
     assert errors[0].attempts == 1
     assert isinstance(errors[0].__cause__, DBAPIError)
-    assert balance == 70
-    assert [retrying.retries for retrying in retryings] == [0, 0]
-    assert retry_lines(caplog) == []
+    assert race.values == [70]
+    assert race.retries == [0, 0]
+    assert race.lines == []
 
 
-@pytest.mark.usefixtures("retry_tables")
 async def test_a_non_retryable_error_propagates_unchanged_from_the_first_attempt(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A duplicate key is no conflict: IntegrityError at once, one attempt, no retry logged."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
     async with Database(database_url) as db:
         retrying = db.retrying(attempts=5, backoff=0)
         attempts: list[int] = []
@@ -303,28 +335,33 @@ def build_app(db: Database, attempts: int) -> FastAPI:
     return app
 
 
-async def post_two_withdrawals(app: FastAPI) -> list[httpx.Response]:
-    """POST two overlapping withdrawals; the responses in order of status code."""
+async def post_two_withdrawals(
+    db: Database, attempts: int
+) -> tuple[FastAPI, list[httpx.Response], int]:
+    """POST two overlapping withdrawals to ``build_app(db, attempts)``: the app, the responses
+    in order of status code, and the balance once both have ended."""
+    app = build_app(db, attempts)
     async with client_for(app) as client:
         responses = await asyncio.gather(
             client.post("/withdrawals/a"), client.post("/withdrawals/b")
         )
-    return sorted(responses, key=lambda response: response.status_code)
+    balance = await scalar(db, BALANCE)
+    return app, sorted(responses, key=lambda response: response.status_code), balance
+
+
+def statuses(responses: list[httpx.Response]) -> list[int]:
+    """The responses' status codes."""
+    return [response.status_code for response in responses]
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
 async def test_a_retried_endpoint_answers_409_when_its_only_attempt_conflicts(
-    database_url: str,
+    db: Database,
 ) -> None:
     """@db.retry(attempts=1): of two overlapping requests one commits, one gets 409."""
-    async with Database(database_url) as db:
-        responses = await post_two_withdrawals(build_app(db, attempts=1))
-        balance = await scalar(db, "SELECT SUM(amount) FROM rt_ledger")
-        assert db.stats().checked_out == 0
-    assert [response.status_code for response in responses] == [200, 409], [
-        response.text for response in responses
-    ]
+    _, responses, balance = await post_two_withdrawals(db, attempts=1)
+    assert db.stats().checked_out == 0
+    assert statuses(responses) == [200, 409], [response.text for response in responses]
     detail = responses[1].json()["detail"]
     assert detail["cause"] == "conflict"
     assert detail["message"]
@@ -332,25 +369,18 @@ async def test_a_retried_endpoint_answers_409_when_its_only_attempt_conflicts(
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
 async def test_a_retried_endpoint_commits_both_conflicting_requests(
-    database_url: str,
+    db: Database,
     db_backend: str,
     caplog: pytest.LogCaptureFixture,
     record_property: RecordProperty,
 ) -> None:
     """@db.retry(attempts=3): both overlapping requests get 200, after one logged retry."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-    async with Database(database_url) as db:
-        app = build_app(db, attempts=3)
-        responses = await post_two_withdrawals(app)
-        balance = await scalar(db, "SELECT SUM(amount) FROM rt_ledger")
+    app, responses, balance = await post_two_withdrawals(db, attempts=3)
     lines = retry_lines(caplog)
     print(f"\n[{db_backend}] @db.retry: runs={dict(app.state.runs)} log lines={lines}")
     record_property("retries", len(lines))
-    assert [response.status_code for response in responses] == [200, 200], [
-        response.text for response in responses
-    ]
+    assert statuses(responses) == [200, 200], [response.text for response in responses]
     assert balance == 40
     assert sum(app.state.runs.values()) == 3
     assert len(lines) == 1
@@ -358,14 +388,11 @@ async def test_a_retried_endpoint_commits_both_conflicting_requests(
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-@pytest.mark.usefixtures("retry_tables")
 async def test_every_attempt_of_a_retried_endpoint_runs_at_the_requested_isolation_level(
-    database_url: str,
+    db: Database,
 ) -> None:
     """The retry of a SERIALIZABLE request (session_with) is SERIALIZABLE too."""
-    async with Database(database_url) as db:
-        app = build_app(db, attempts=3)
-        responses = await post_two_withdrawals(app)
-    assert [response.status_code for response in responses] == [200, 200]
+    app, responses, _ = await post_two_withdrawals(db, attempts=3)
+    assert statuses(responses) == [200, 200]
     assert len(app.state.levels) == 3
     assert app.state.levels == ["SERIALIZABLE"] * 3
