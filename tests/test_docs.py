@@ -162,11 +162,17 @@ async def test_a_retried_serializable_endpoint_commits_both_conflicting_requests
         async with serving(namespace["app"]) as base_url:
             responses = await withdraw_together(postgres_url, base_url)
         balance = await connection.scalar(text("SELECT SUM(amount) FROM ledger"))
+    lines = log_lines(caplog, "dbscope")
+    documented = block_containing("docs/units-of-work.md", "Retrying withdraw", "text")
     assert [response.status_code for response in responses] == [200, 200]
     assert sorted(response.json()["balance"] for response in responses) == [40, 70]
     assert balance == 40
-    documented = block_containing("docs/units-of-work.md", "Retrying withdraw", "text")
-    assert log_lines(caplog, "dbscope") == documented.splitlines()
+    # A retry that reads before the winner commits conflicts again, now and then (the docs
+    # say so): the first retry is logged as shown, any further one in the same form.
+    assert 1 <= len(lines) <= 4
+    assert lines[0] == documented.rstrip("\n")
+    as_first = [re.sub(r"attempt \d of", "attempt 1 of", line) for line in lines]
+    assert as_first == [lines[0]] * len(lines)
 
 
 async def test_the_serializable_endpoint_without_retry_answers_500_to_the_loser(
