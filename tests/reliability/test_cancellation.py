@@ -69,12 +69,12 @@ async def send_timeout(send: Send) -> None:
     await send({"type": "http.response.body", "body": b"timed out"})
 
 
+@dataclass
 class TimeoutMiddleware:
     """Pure ASGI middleware: the app gets ``seconds``, then 504 unless it had started."""
 
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
+    app: ASGIApp
+    seconds: float
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
