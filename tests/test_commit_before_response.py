@@ -55,7 +55,8 @@ async def test_a_write_whose_commit_fails_never_gets_a_2xx(database_url: str) ->
         await engine.dispose()
     assert valid.status_code == 200  # the endpoint itself works: only the COMMIT can fail
     assert not orphan.is_success, orphan.text
-    assert orphan.status_code == 500
+    assert orphan.status_code == 409  # the constraint failed at COMMIT, after the endpoint
+    assert orphan.json()["detail"]["cause"] == "constraint_violation"
     assert stored == 1
 
 
