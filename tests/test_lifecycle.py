@@ -7,8 +7,7 @@ as a module-level ``db`` in an application would.
 import asyncio
 import contextlib
 import warnings
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fastapi import FastAPI
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, LifecycleError
-from tests.helpers import app_with, send
+from tests.helpers import Lifespan, Tables, app_with, send
 
 with warnings.catch_warnings():
     # Starlette 1.10 deprecates running its TestClient on httpx (it wants httpx2, which this
@@ -25,7 +24,6 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 TABLE = "lifecycle_rows"
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
@@ -39,31 +37,21 @@ def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
     return app_with(db.session, {"POST /rows": add_row}, lifespan=lifespan or db.lifespan)
 
 
-async def create_table(db: Database) -> None:
-    """(Re)create the test table; the Database must be connected."""
-    async with db.transaction() as session:
-        await session.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        await session.execute(text(f"CREATE TABLE {TABLE} (value INTEGER)"))
+@pytest.fixture
+def lifecycle_rows(database_url: str) -> Iterator[None]:
+    """An empty test table, made and dropped in event loops of their own: some tests here
+    run their own loops, one after the other."""
+    tables = Tables(database_url)
+    asyncio.run(tables.create(TABLE, "value INTEGER"))
+    yield
+    asyncio.run(tables.drop_all())
 
 
-async def drop_table(db: Database) -> None:
-    """Drop the test table; the Database must be connected."""
-    async with db.transaction() as session:
-        await session.execute(text(f"DROP TABLE {TABLE}"))
-
-
-async def connected_once(db: Database, work: str) -> int:
-    """Connect, create or drop the table or add a row, then dispose; returns the row count."""
-    async with db:
-        if work == "create":
-            await create_table(db)
-            return 0
-        if work == "drop":
-            await drop_table(db)
-            return 0
-        async with db.transaction() as session:
-            await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
-            return int((await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one())
+async def add_row_once(db: Database) -> int:
+    """Connect, add a row, then dispose; returns the row count."""
+    async with db, db.transaction() as session:
+        await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (1)"))
+        return int((await session.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar_one())
 
 
 def transaction_error(db: Database) -> LifecycleError:
@@ -165,31 +153,25 @@ async def test_dispose_before_connect_does_nothing(database_url: str) -> None:
 # -- consecutive lifespans and event loops ----------------------------------------------------
 
 
+@pytest.mark.usefixtures("lifecycle_rows")
 def test_two_test_client_lifespans_in_a_row_share_one_database(database_url: str) -> None:
     """Two TestClient blocks (each its own event loop) one after the other both serve requests."""
     db = Database(database_url)
     app = build_app(db)
-    asyncio.run(connected_once(db, "create"))
-    try:
-        with TestClient(app) as client:
-            first = client.post("/rows")
-        with TestClient(app) as client:
-            second = client.post("/rows")
-    finally:
-        asyncio.run(connected_once(db, "drop"))
+    with TestClient(app) as client:
+        first = client.post("/rows")
+    with TestClient(app) as client:
+        second = client.post("/rows")
     assert (first.status_code, second.status_code) == (200, 200)
     assert (first.json(), second.json()) == ({"count": 1}, {"count": 2})
     assert db.state == "disposed"
 
 
+@pytest.mark.usefixtures("lifecycle_rows")
 def test_two_asyncio_runs_in_a_row_share_one_database(database_url: str) -> None:
     """`async with db:` in two separate asyncio.run() calls both work on one Database."""
     db = Database(database_url)
-    asyncio.run(connected_once(db, "create"))
-    try:
-        counts = [asyncio.run(connected_once(db, "add")) for _ in range(2)]
-    finally:
-        asyncio.run(connected_once(db, "drop"))
+    counts = [asyncio.run(add_row_once(db)) for _ in range(2)]
     assert counts == [1, 2]
 
 
@@ -210,6 +192,7 @@ def test_a_database_connected_in_another_event_loop_is_refused_clearly(
     assert "connect again in this loop" in str(error)
 
 
+@pytest.mark.usefixtures("lifecycle_rows")
 async def test_a_composed_lifespan_connects_and_disposes(database_url: str) -> None:
     """An app's own lifespan entering db.lifespan(app) serves requests, then disposes."""
     db = Database(database_url)
@@ -219,9 +202,7 @@ async def test_a_composed_lifespan_connects_and_disposes(database_url: str) -> N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with db.lifespan(app):
             events.append(db.state)
-            await create_table(db)
             yield
-            await drop_table(db)
         events.append(db.state)
 
     app = build_app(db, lifespan)
