@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import ConfigurationError, Database
-from tests.helpers import admin, client_for
+from tests.helpers import Tables, admin, client_for
 
 SCHEMA_A = "schema_test_a"
 SCHEMA_B = "schema_test_b"
@@ -30,23 +30,24 @@ SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 @pytest.fixture
 async def default_search_path(postgres_url: str) -> AsyncIterator[str]:
     """Create the schemas, markers and victim table; give the server's default search_path."""
+    tables = Tables(postgres_url)
+    async with admin(postgres_url) as connection:
+        for place in (SCHEMA_A, SCHEMA_B):
+            await connection.execute(text(f"DROP SCHEMA IF EXISTS {place} CASCADE"))
+            await connection.execute(text(f"CREATE SCHEMA {place}"))
+    for place in (SCHEMA_A, SCHEMA_B, "public"):
+        await tables.create(f"{place}.schema_marker", "name TEXT")
+    await tables.create("public.schema_victim", "id INTEGER")
     async with admin(postgres_url) as connection:
         for place, name in ((SCHEMA_A, "a"), (SCHEMA_B, "b"), ("public", "public")):
-            if place != "public":
-                await connection.execute(text(f"DROP SCHEMA IF EXISTS {place} CASCADE"))
-                await connection.execute(text(f"CREATE SCHEMA {place}"))
-            await connection.execute(text(f"DROP TABLE IF EXISTS {place}.schema_marker"))
-            await connection.execute(text(f"CREATE TABLE {place}.schema_marker (name TEXT)"))
             insert = f"INSERT INTO {place}.schema_marker (name) VALUES (:name)"
             await connection.execute(text(insert), {"name": name})
-        await connection.execute(text("DROP TABLE IF EXISTS public.schema_victim"))
-        await connection.execute(text("CREATE TABLE public.schema_victim (id INTEGER)"))
         default = str((await connection.execute(text("SHOW search_path"))).scalar_one())
-        yield default
+    yield default
+    await tables.drop_all()
+    async with admin(postgres_url) as connection:
         for place in (SCHEMA_A, SCHEMA_B):
             await connection.execute(text(f"DROP SCHEMA {place} CASCADE"))
-        await connection.execute(text("DROP TABLE public.schema_marker"))
-        await connection.execute(text("DROP TABLE public.schema_victim"))
 
 
 async def where_am_i(session: AsyncSession | AsyncConnection) -> dict[str, Any]:
