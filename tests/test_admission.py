@@ -2,23 +2,20 @@
 
 The pool is exhausted for real: a unit of work holds its connection (``pool_size=1,
 max_overflow=0``) while others queue behind it, on every backend.
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
 """
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database, DatabaseUnavailableError
-from tests.helpers import client_for
+from tests.helpers import app_with, client_for
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 
@@ -152,21 +149,17 @@ async def test_a_waiter_that_times_out_or_is_cancelled_leaves_the_line(database_
 
 def build_app(db: Database, holder: Holder) -> FastAPI:
     """``/hold`` keeps the connection until released; ``/query`` runs one statement."""
-    app = FastAPI()
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.get("/hold")
-    async def hold(session: Session) -> dict[str, str]:
+    async def hold(session: AsyncSession) -> dict[str, str]:
         await session.execute(text("SELECT 1"))
         holder.holding.set()
         await holder.release.wait()
         return {"status": "held"}
 
-    @app.get("/query")
-    async def query(session: Session) -> dict[str, int]:
+    async def query(session: AsyncSession) -> dict[str, int]:
         return {"value": int((await session.execute(text("SELECT 1"))).scalar_one())}
 
-    return app
+    return app_with(db.session, {"GET /hold": hold, "GET /query": query})
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
