@@ -3,9 +3,6 @@
 Every fault is real: the pool is exhausted by a request that holds its connection, the server
 becomes unreachable when a TCP proxy in front of it is shut, backends are terminated with
 ``pg_terminate_backend`` or MariaDB's ``KILL`` from a connection of the test's own.
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
 """
 
 import asyncio
