@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
@@ -537,6 +538,27 @@ def test_a_database_left_by_a_crashed_run_is_dropped_and_made_anew(
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(["dbscope: dropped the test database *left by an earlier run*"])
     assert not database_exists(run_database(project_url))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+def test_a_left_database_that_a_session_uses_is_not_dropped(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """A name_test left behind but in use (another run's, say) stays; the error says why."""
+    write_project(pytester, "pytest-asyncio", CRASHING_TEST)
+    run(pytester, "pytest-asyncio", project_url)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    own = make_url(run_database(project_url))
+    other_session = own.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    with psycopg.connect(other_session):
+        result = run(pytester, "pytest-asyncio", project_url, "-k", "test_one")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*the test database '{own.database}'*other users*if another test run uses it*"]
+    )
+    assert database_exists(run_database(project_url))
 
 
 def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(

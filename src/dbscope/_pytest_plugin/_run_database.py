@@ -71,7 +71,7 @@ def open_run_database(named: str, *, reuse: bool, say: Callable[[str], None]) ->
         )
         return RunDatabase(url, label, owned=False, reused=False)
     if presence is Presence.MARKED:
-        server.drop()
+        server.drop(close_sessions=False)
         say(f"dropped the test database {label}, left by an earlier run, to make it anew")
     server.create()
     return RunDatabase(url, label, owned=True, reused=False)
@@ -86,7 +86,8 @@ def close_run_database(
     if kept_by is not None:
         say(f"kept the test database {database.label} ({kept_by})")
         return
-    server_for(database.url).drop()
+    # What sessions remain are this run's own, left open by its tests.
+    server_for(database.url).drop(close_sessions=True)
 
 
 def run_database_url(named: str) -> URL:

@@ -60,8 +60,8 @@ class Server(Protocol):
     def create(self) -> None:
         """Make the database, empty, with dbscope's mark."""
 
-    def drop(self) -> None:
-        """Remove the database, if it exists."""
+    def drop(self, *, close_sessions: bool) -> None:
+        """Remove the database, if it exists; ``close_sessions``: even while others use it."""
 
 
 def server_for(url: URL) -> Server:
@@ -91,9 +91,13 @@ class ServerDatabase:
         """CREATE DATABASE, then mark it."""
         in_new_loop(self._create)
 
-    def drop(self) -> None:
-        """DROP DATABASE, closing what connections remain to it (PostgreSQL 13 and later)."""
-        in_new_loop(self._drop)
+    def drop(self, *, close_sessions: bool) -> None:
+        """DROP DATABASE; with ``close_sessions``, ending those left (PostgreSQL 13 and later).
+
+        Without it, a database in use (by another run, say) is not dropped: PostgreSQL
+        refuses at once, MariaDB/MySQL after waiting 10 s for its locks.
+        """
+        in_new_loop(lambda: self._drop(close_sessions))
 
     async def _presence(self) -> Presence:
         async with self._admin() as connection:
@@ -121,27 +125,41 @@ class ServerDatabase:
             else:
                 statements = [f"CREATE DATABASE {quoted}"]
             for statement in statements:
-                await self._run(connection, statement, "create")
+                await self._run(connection, statement, f"create it: {self._create_hint}")
 
-    async def _drop(self) -> None:
+    async def _drop(self, close_sessions: bool) -> None:
         async with self._admin() as connection:
             quoted = connection.dialect.identifier_preparer.quote_identifier(self.name)
             statement = f"DROP DATABASE IF EXISTS {quoted}"
-            if _is_postgres(connection) and _version(connection) >= (13,):
+            if not _is_postgres(connection):
+                # MySQL waits a year by default for the locks another session holds.
+                await connection.execute(text("SET SESSION lock_wait_timeout = 10"))
+            elif close_sessions and _version(connection) >= (13,):
                 statement += " WITH (FORCE)"
-            await self._run(connection, statement, "drop")
+            hint = "drop it by hand" if close_sessions else self._in_use_hint
+            await self._run(connection, statement, f"drop it: {hint}")
 
-    async def _run(self, connection: AsyncConnection, statement: str, doing: str) -> None:
+    @property
+    def _create_hint(self) -> str:
+        return (
+            "the user needs the right to create databases (PostgreSQL: ALTER ROLE ... "
+            f"CREATEDB; MySQL: GRANT ALL ON `{self.name}`.*), or create {self.name!r} "
+            "yourself and run with --dbscope-reuse-db"
+        )
+
+    @property
+    def _in_use_hint(self) -> str:
+        return (
+            "if another test run uses it, give each run a database of its own (dbscope_url); "
+            "if none does, drop it by hand"
+        )
+
+    async def _run(self, connection: AsyncConnection, statement: str, failed: str) -> None:
         try:
             await connection.execute(text(statement))
         except DBAPIError as error:
             # The driver's own words name the privilege or the lock at fault.
-            message = (
-                f"could not {doing} the test database {self.name!r}: {error.orig}. The "
-                "user needs the right to create and drop databases (PostgreSQL: ALTER ROLE "
-                f"... CREATEDB; MySQL: GRANT ALL ON `{self.name}`.*), or create "
-                f"{self.name!r} yourself and run with --dbscope-reuse-db."
-            )
+            message = f"the test database {self.name!r}: {error.orig}; could not {failed}."
             raise SetupError(message) from None
 
     @contextlib.asynccontextmanager
@@ -179,8 +197,8 @@ class SqliteFile:
             message = f"could not create the test database file {str(self.path)!r}: {error}."
             raise SetupError(message) from None
 
-    def drop(self) -> None:
-        """Remove the file and the journal files beside it."""
+    def drop(self, *, close_sessions: bool) -> None:
+        """Remove the file and the journal files beside it (other connections keep theirs)."""
         for suffix in SQLITE_COMPANIONS:
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
 
