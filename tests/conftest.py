@@ -8,6 +8,11 @@ Servers are taken from the environment, with the local defaults:
 - SQLite needs nothing: each test gets a file of its own.
 
 An unreachable server skips its tests locally and fails them under ``CI=true``.
+
+On the test's database, ``tables`` makes the tables a test needs (any backend) and drops
+them after it, and ``db`` is a connected Database. The builders and helpers the test modules
+share (an app from its routes' bodies, an in-process client, killing a backend) live in
+tests/helpers.py; a test module never imports from another one.
 """
 
 from __future__ import annotations
