@@ -4,22 +4,19 @@ Each schema holds a ``schema_marker`` table whose one row names it, so ``SELECT 
 schema_marker`` tells which schema a statement really targets; ``public`` has one too. With
 ``pool_size=1`` every request runs on the same connection, which the tests check by its
 backend pid, so a schema left on the connection would reach the next request.
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
 """
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import ConfigurationError, Database
-from tests.helpers import Tables, admin, client_for
+from tests.helpers import Tables, admin, app_with, client_for
 
 SCHEMA_A = "schema_test_a"
 SCHEMA_B = "schema_test_b"
@@ -62,12 +59,9 @@ async def where_am_i(session: AsyncSession | AsyncConnection) -> dict[str, Any]:
 def build_app(db: Database) -> FastAPI:
     """``/where`` reports where statements go, after ``use_schema(schema)`` if given (after a
     first query when ``late``)."""
-    app = FastAPI()
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.get("/where")
     async def where(
-        session: Session, schema: str | None = None, late: bool = False
+        session: AsyncSession, schema: str | None = None, late: bool = False
     ) -> dict[str, Any]:
         if late:  # switch in a transaction that has already begun
             await session.execute(text("SELECT 1"))
@@ -75,18 +69,23 @@ def build_app(db: Database) -> FastAPI:
             await db.use_schema(schema)
         return await where_am_i(session)
 
-    @app.get("/where-then-fail")
-    async def where_then_fail(session: Session, schema: str) -> None:
+    async def where_then_fail(session: AsyncSession, schema: str) -> None:
         await db.use_schema(schema)
         raise HTTPException(status_code=409, detail=await where_am_i(session))
 
-    @app.post("/commit-midway")
-    async def commit_midway(session: Session) -> dict[str, Any]:
+    async def commit_midway(session: AsyncSession) -> dict[str, Any]:
         before = await where_am_i(session)
         await session.commit()
         return {"before": before, "after": await where_am_i(session)}
 
-    return app
+    return app_with(
+        db.session,
+        {
+            "GET /where": where,
+            "GET /where-then-fail": where_then_fail,
+            "POST /commit-midway": commit_midway,
+        },
+    )
 
 
 async def victim_exists(postgres_url: str) -> bool:
