@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -322,3 +323,14 @@ async def test_the_migration_guides_function_scoped_audit_session_answers_a_fail
         await connection.execute(text("DROP TABLE parents"))
     assert response.status_code == 500
     assert stored == 0
+
+
+async def test_a_shared_retry_policy_runs_as_the_units_guide_shows(sqlite_url: str) -> None:
+    """The RetryPolicy block of docs/units-of-work.md runs, with the policy it names."""
+    code = textwrap.dedent(block_containing("docs/units-of-work.md", "policy=CONTENDED"))
+    async with Database(sqlite_url) as db:
+        namespace: dict[str, Any] = {"db": db}
+        seen = await run_async_block(code, namespace)
+    assert seen == [("0", "0")]
+    assert namespace["retrying"].policy is namespace["CONTENDED"]
+    assert namespace["CONTENDED"].attempts == 5
