@@ -39,6 +39,7 @@ This is the only module of dbscope that imports FastAPI or Starlette.
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -106,9 +107,10 @@ class _ErrorLog:
         count = self._counts.get(kind, 0)
         self._counts[kind] = count + 1
         if count == 0:  # the first one held back in this interval: summed up at its end
-            asyncio.get_running_loop().call_later(
-                self.interval - (now - since), self._summarize, kind
-            )
+            with contextlib.suppress(RuntimeError):  # no loop: the next answer sums them up
+                asyncio.get_running_loop().call_later(
+                    self.interval - (now - since), self._summarize, kind
+                )
 
     def _summarize(self, kind: str) -> None:
         count = self._counts.pop(kind, 0)
