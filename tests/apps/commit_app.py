@@ -3,7 +3,7 @@
 Configured from the environment (``DATABASE_URL``); the test creates the tables.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
@@ -15,17 +15,15 @@ db = Database.from_env()
 app = FastAPI(lifespan=db.lifespan)
 Session = Annotated[AsyncSession, Depends(db.session)]
 
-
-@app.post("/children/{parent_id}")
-async def add_child(parent_id: int, session: Session) -> dict[str, int]:
-    """Insert a child; its deferred foreign key is checked only at COMMIT."""
-    statement = text("INSERT INTO cbr_child (parent_id) VALUES (:parent_id)")
-    await session.execute(statement, {"parent_id": parent_id})
-    return {"parent_id": parent_id}
+# A child's deferred foreign key is checked only at COMMIT; a row has no constraint at all.
+INSERTS = {
+    "children": "INSERT INTO cbr_child (parent_id) VALUES (:value)",
+    "rows": "INSERT INTO cbr_rows (value) VALUES (:value)",
+}
 
 
-@app.post("/rows/{value}")
-async def add_row(value: int, session: Session) -> dict[str, int]:
-    """Insert one row."""
-    await session.execute(text("INSERT INTO cbr_rows (value) VALUES (:value)"), {"value": value})
+@app.post("/{kind}/{value}")
+async def insert(kind: Literal["children", "rows"], value: int, session: Session) -> dict[str, int]:
+    """Insert one child (``value`` is its parent's id) or one row."""
+    await session.execute(text(INSERTS[kind]), {"value": value})
     return {"value": value}
