@@ -14,16 +14,28 @@ from typing import Final
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import mysql, postgresql, sqlite
-from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
+from dbscope._dialects._base import (
+    Backend,
+    Begin,
+    Connect,
+    DatabaseRefused,
+    Driver,
+    ErrorKind,
+    LeaseStatus,
+    Presence,
+)
 
 __all__ = [
     "BACKENDS",
     "GENERIC",
     "Backend",
     "Begin",
+    "Connect",
+    "DatabaseRefused",
     "Driver",
     "ErrorKind",
     "LeaseStatus",
+    "Presence",
     "backend",
     "driver",
     "resolve_async_url",

@@ -2,20 +2,23 @@
 
 A :class:`Backend` holds what one server speaks: which statements set up a unit's transaction,
 which error codes mean a lost connection, a refusal, a timeout, a conflict or a violated
-constraint, and what its engines need at start-up. A :class:`Driver` holds what one client
-library needs: its connect arguments, a round-trip-free liveness test, and what a lease does
-with its connection object. Nothing outside ``dbscope._dialects`` writes a backend or driver
-name.
+constraint, what its engines need at start-up, and how a database of its own is made, found
+and dropped for a test run. A :class:`Driver` holds what one client library needs: its
+connect arguments, a round-trip-free liveness test, and what a lease does with its connection
+object. Nothing outside ``dbscope._dialects`` writes a backend or driver name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection, Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # What an error means, read from the database's own code (never from the exception class,
 # which differs between drivers for the same failure):
@@ -29,6 +32,20 @@ ErrorKind = Literal["lost", "refused", "timeout", "conflict", "lock_wait", "cons
 
 # What a driver connection is doing, as far as its driver knows without asking the server.
 LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
+
+# What a server holds under a database's name: nothing, a database that bears dbscope's mark
+# (dbscope made it for a test run), or one someone else made.
+Presence = Literal["absent", "marked", "unmarked"]
+# Opens an autocommit connection to the server of a URL. The caller, which builds engines,
+# gives it: this package is a leaf.
+Connect = Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]
+# The mark on the databases dbscope makes, telling a later run that it may drop them. Not a
+# table: the app and its migrations see nothing of it.
+MARK: Final = "dbscope test database"
+
+
+class DatabaseRefused(Exception):
+    """The server (or the file system) would not make or drop a database; its own words."""
 
 
 def _no_errors() -> tuple[type[BaseException], ...]:
@@ -96,6 +113,9 @@ class Backend:
         default_port: the server's port when a URL names none; None for a database that is a
             file, with no server to reach.
         schema_advice: what to do instead, said to those who ask for a schema here.
+        title: how people call it, in messages.
+        name_limit: the longest database name it keeps whole, and in what (``bytes``,
+            ``characters``); None for a database that is a file.
     """
 
     name: str
@@ -108,6 +128,8 @@ class Backend:
     read_only_view: tuple[str, ...] = ()
     default_port: int | None = None
     schema_advice: str = "."
+    title: str = ""
+    name_limit: tuple[int, str] | None = None
 
     def is_memory(self, url: URL) -> bool:
         """Whether ``url`` names a database that lives in one connection's memory."""
@@ -139,3 +161,87 @@ class Backend:
     def constraint_name(self, orig: BaseException | None) -> str | None:
         """The name of the constraint a violation error names, if the driver tells it."""
         return None
+
+    # -- a database of its own for a test run ---------------------------------------------
+    # On a server: statements on a maintenance connection (the server's, never the database's
+    # own, which CREATE and DROP DATABASE may not use); SQLite overrides them with file work.
+
+    def database_named(self, url: URL, suffix: str) -> URL:
+        """``url`` with ``suffix`` added to its database's name."""
+        return url.set(database=f"{url.database}{suffix}")
+
+    def schemas_to_create(self, metadata: MetaData) -> list[str]:
+        """The schemas of ``metadata``'s tables that a new database lacks and may hold."""
+        if not self.has_schemas:  # elsewhere a schema is a database of its own, or nothing
+            return []
+        return sorted({table.schema for table in metadata.tables.values() if table.schema})
+
+    def create_advice(self, name: str) -> str:
+        """What the user needs to create the database ``name``."""
+        return "the user needs the right to create databases"
+
+    def maintenance_url(self, url: URL) -> URL:
+        """Where to connect to make, find or drop ``url``'s database: by default, no database."""
+        # URL.set() leaves a field alone when given None; a NamedTuple's _replace clears it.
+        return url._replace(database=None)
+
+    async def database_presence(self, url: URL, connect: Connect) -> Presence:
+        """Whether ``url``'s database exists, and whether it bears dbscope's mark."""
+        async with connect(self.maintenance_url(url)) as connection:
+            query = text(self.presence_query(connection))
+            row = (await connection.execute(query, {"name": url.database})).first()
+        if row is None:
+            return "absent"
+        return "marked" if row[0] == MARK else "unmarked"
+
+    async def create_database(self, url: URL, connect: Connect) -> None:
+        """Make ``url``'s database, empty, with dbscope's mark; DatabaseRefused if refused."""
+        async with connect(self.maintenance_url(url)) as connection:
+            await _execute(connection, self.create_statements(connection, _quoted(connection, url)))
+
+    async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
+        """Remove ``url``'s database if it exists; ``close_sessions``: even while in use.
+
+        Without ``close_sessions`` a database in use is not dropped: DatabaseRefused.
+        """
+        async with connect(self.maintenance_url(url)) as connection:
+            name = _quoted(connection, url)
+            statements = self.drop_statements(connection, name, close_sessions=close_sessions)
+            await _execute(connection, statements)
+
+    def presence_query(self, connection: AsyncConnection) -> str:
+        """A query of the mark (a comment) on the database named ``:name``; no row if none."""
+        raise NotImplementedError(self._no_databases)
+
+    def create_statements(self, connection: AsyncConnection, name: str) -> list[str]:
+        """The statements that make the database ``name`` (quoted) with dbscope's mark."""
+        raise NotImplementedError(self._no_databases)
+
+    def drop_statements(
+        self, connection: AsyncConnection, name: str, *, close_sessions: bool
+    ) -> list[str]:
+        """The statements that drop the database ``name`` (quoted), if it exists."""
+        raise NotImplementedError(self._no_databases)
+
+    @property
+    def _no_databases(self) -> str:
+        return f"dbscope makes no databases on {self.name}."
+
+
+async def _execute(connection: AsyncConnection, statements: list[str]) -> None:
+    try:
+        for statement in statements:
+            await connection.execute(text(statement))
+    except DBAPIError as error:
+        # The driver's own words name the privilege or the lock at fault.
+        raise DatabaseRefused(str(error.orig)) from None
+
+
+def _quoted(connection: AsyncConnection, url: URL) -> str:
+    return connection.dialect.identifier_preparer.quote_identifier(url.database or "")
+
+
+def server_version(connection: AsyncConnection) -> tuple[int, ...]:
+    """The server's version, as the dialect read it when connecting."""
+    info = connection.dialect.server_version_info or ()
+    return tuple(part for part in info if isinstance(part, int))

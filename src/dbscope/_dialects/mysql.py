@@ -9,10 +9,18 @@ from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
+from dbscope._dialects._base import (
+    MARK,
+    Backend,
+    Begin,
+    Driver,
+    ErrorKind,
+    LeaseStatus,
+    server_version,
+)
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.
@@ -89,6 +97,30 @@ class MySQL(Backend):
                 name = text.split(marker, 1)[1]
                 return name.split("'" if marker.endswith("'") else "`", 1)[0]
         return None
+
+    def create_advice(self, name: str) -> str:
+        return f"the user needs the right to create databases (GRANT ALL ON `{name}`.*)"
+
+    def presence_query(self, connection: AsyncConnection) -> str:
+        comment = "schema_comment" if _has_schema_comments(connection) else "NULL"
+        return f"SELECT {comment} FROM information_schema.schemata WHERE schema_name = :name"
+
+    def create_statements(self, connection: AsyncConnection, name: str) -> list[str]:
+        mark = f" COMMENT '{MARK}'" if _has_schema_comments(connection) else ""
+        return [f"CREATE DATABASE {name}{mark}"]
+
+    def drop_statements(
+        self, connection: AsyncConnection, name: str, *, close_sessions: bool
+    ) -> list[str]:
+        # A database in use waits for its locks: 10 s, not the default year, then is refused.
+        return ["SET SESSION lock_wait_timeout = 10", f"DROP DATABASE IF EXISTS {name}"]
+
+
+def _has_schema_comments(connection: AsyncConnection) -> bool:
+    """MariaDB 10.5 and later keep a comment on a database (dbscope's mark); MySQL does not,
+    so there a database is never known as dbscope's."""
+    is_mariadb = bool(getattr(connection.dialect, "is_mariadb", False))
+    return is_mariadb and server_version(connection) >= (10, 5)
 
 
 def _reset_statement_timeout(
@@ -176,5 +208,7 @@ BACKEND: Final = MySQL(
     has_statement_timeout=True,
     recycle=3600,
     default_port=3306,
+    title="MariaDB/MySQL",
+    name_limit=(64, "characters"),
     schema_advice=": in MariaDB and MySQL a schema is a database; name it in the URL instead.",
 )

@@ -6,11 +6,19 @@ import select
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import URL, Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dbscope._dialects._base import Backend, Begin, Driver, ErrorKind, LeaseStatus
+from dbscope._dialects._base import (
+    MARK,
+    Backend,
+    Begin,
+    Driver,
+    ErrorKind,
+    LeaseStatus,
+    server_version,
+)
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
 # too many connections.
@@ -93,6 +101,26 @@ class PostgreSQL(Backend):
             if isinstance(name, str):
                 return name
         return None
+
+    def create_advice(self, name: str) -> str:
+        return "the user needs the right to create databases (ALTER ROLE ... CREATEDB)"
+
+    def maintenance_url(self, url: URL) -> URL:
+        return url.set(database="postgres")  # every server has it
+
+    def presence_query(self, connection: AsyncConnection) -> str:
+        return "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :name"
+
+    def create_statements(self, connection: AsyncConnection, name: str) -> list[str]:
+        return [f"CREATE DATABASE {name}", f"COMMENT ON DATABASE {name} IS '{MARK}'"]
+
+    def drop_statements(
+        self, connection: AsyncConnection, name: str, *, close_sessions: bool
+    ) -> list[str]:
+        # FORCE (PostgreSQL 13 and later) ends the sessions left open; without it, a database
+        # in use is refused at once.
+        force = close_sessions and server_version(connection) >= (13,)
+        return [f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if force else "")]
 
 
 def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -228,4 +256,7 @@ BACKEND: Final = PostgreSQL(
     has_statement_timeout=True,
     read_only_view=("postgresql_readonly",),
     default_port=5432,
+    title="PostgreSQL",
+    # Counted in bytes; a longer name is cut short silently, so that two runs could share one.
+    name_limit=(63, "bytes"),
 )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import event
@@ -9,10 +13,22 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dbscope._dialects._base import Backend, Driver, ErrorKind, LeaseStatus
+from dbscope._dialects._base import (
+    Backend,
+    Connect,
+    DatabaseRefused,
+    Driver,
+    ErrorKind,
+    LeaseStatus,
+    Presence,
+)
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
+# dbscope's mark on the files it makes for test runs: "dbsc" in the header's application_id.
+APPLICATION_ID: Final = 0x64627363
+# A database file and the journal files beside it.
+COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 
 
 class SQLite(Backend):
@@ -51,6 +67,52 @@ class SQLite(Backend):
         name = getattr(orig, "sqlite_errorname", None)
         return name if isinstance(name, str) else None
 
+    # A database is a file: made by opening it, no server to connect to.
+
+    def database_named(self, url: URL, suffix: str) -> URL:
+        path = Path(url.database or "")  # app.db gives app_test.db, beside it
+        return url.set(database=str(path.with_name(f"{path.stem}{suffix}{path.suffix}")))
+
+    def create_advice(self, name: str) -> str:
+        return f"the directory of {name!r} must exist and be writable"
+
+    # The file work runs in a thread: it blocks, if only for a moment.
+
+    async def database_presence(self, url: URL, connect: Connect) -> Presence:
+        return await asyncio.to_thread(_presence, Path(url.database or ""))
+
+    async def create_database(self, url: URL, connect: Connect) -> None:
+        await asyncio.to_thread(_create, Path(url.database or ""))
+
+    async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
+        await asyncio.to_thread(_drop, Path(url.database or ""))
+
+
+def _presence(path: Path) -> Presence:
+    if not path.exists():
+        return "absent"
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+    except sqlite3.DatabaseError:  # a file that is not a SQLite database
+        return "unmarked"
+    return "marked" if application_id == APPLICATION_ID else "unmarked"
+
+
+def _create(path: Path) -> None:
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            connection.commit()
+    except sqlite3.Error as error:
+        raise DatabaseRefused(str(error)) from None
+
+
+def _drop(path: Path) -> None:
+    # Connections still open keep the files they hold; nothing waits for them.
+    for suffix in COMPANIONS:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
 
 def _sqlite_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
@@ -79,5 +141,6 @@ BACKEND: Final = SQLite(
     aliases=(),
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
+    title="SQLite",
     schema_advice=": a SQLite file is a database of its own, so tables kept apart get a file each.",
 )

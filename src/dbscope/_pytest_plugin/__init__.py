@@ -11,11 +11,10 @@ pytest takes the hooks and fixtures from this module's names, so it re-exports t
 - ``_options``: the command-line options and ini settings, and reading them;
 - ``_hooks``: start-up, the header line, the loop check before each test;
 - ``_loops``: which plugin (pytest-asyncio or anyio) runs the tests, in which event loop;
-- ``_fixtures``: the settings as fixtures, the run's own database and its tables;
+- ``_fixtures``: the settings as fixtures, the run's own database and its tables (made for
+  the run and dropped after it, never anyone else's: :func:`dbscope.testing.own_database`);
 - ``_async_fixtures``: the engine, connection, session and client, built at start-up for
   the plugin and loop of ``_loops``;
-- ``_run_database``, ``_servers``, ``_tables``: the database the tests run in, made for the
-  run and dropped after it, and the app's tables in it; never anyone else's;
 - ``_reporting``: failures without tracebacks, and the plugin's notes on the terminal.
 """
 

@@ -1,36 +1,38 @@
 """The synchronous fixtures: the settings, the run's own database and its tables.
 
 Each setting is a session fixture that a project may override in its conftest.py (an app
-built by a factory, a URL computed at run time). The async fixtures are in
-``_async_fixtures``.
+built by a factory, a URL computed at run time). The run's database and its tables are
+:func:`dbscope.testing.own_database` and :func:`dbscope.testing.own_tables`, which say in
+their messages the plugin's settings. The async fixtures are in ``_async_fixtures``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn, TypeVar
 
 import pytest
 from sqlalchemy import MetaData
 
-from dbscope import Database
+from dbscope import Database, testing
 from dbscope._pytest_plugin._options import configured_url, flag
-from dbscope._pytest_plugin._reporting import SetupError, explained, fail, say
-from dbscope._pytest_plugin._run_database import (
-    RunDatabase,
-    close_run_database,
-    describe,
-    open_run_database,
-)
-from dbscope._pytest_plugin._tables import Tables, refusal
+from dbscope._pytest_plugin._reporting import explained, fail, say
+
+T = TypeVar("T")
 
 DEFAULT_DATABASE = pytest.StashKey[Database]()
-# The databases this run made or found for itself, by the URL dbscope_run_url gave.
-RUN_DATABASES = pytest.StashKey[dict[str, RunDatabase]]()
+# How the messages of dbscope.testing name the URL and the options: as the settings do.
+NAMES: Final = testing.OptionNames(
+    url="dbscope_url",
+    reuse="--dbscope-reuse-db",
+    keep="--dbscope-keep-tables",
+    use_existing_tables="--dbscope-use-existing-tables (dbscope_use_existing_tables = true)",
+)
 
 
 # -- the settings ------------------------------------------------------------------------------
@@ -60,11 +62,8 @@ def dbscope_metadata(request: pytest.FixtureRequest) -> MetaData | None:
         return None
     metadata = found if isinstance(found, MetaData) else getattr(found, "metadata", None)
     if not isinstance(metadata, MetaData):
-        spec = request.config.getini("dbscope_metadata")
-        fail(
-            f"dbscope_metadata = {spec!r} is a {type(found).__name__}, not a MetaData: name "
-            "your declarative base or its metadata, e.g. 'myapp.models:Base.metadata'."
-        )
+        advice = "name your declarative base or its metadata, e.g. 'myapp.models:Base.metadata'."
+        _not_a(request.config, "dbscope_metadata", found, "MetaData", advice)
     return metadata
 
 
@@ -94,11 +93,8 @@ def dbscope_database(request: pytest.FixtureRequest, dbscope_run_url: str) -> Da
         request.config.stash[DEFAULT_DATABASE] = database
         return database
     if not isinstance(found, Database):
-        spec = request.config.getini("dbscope_database")
-        fail(
-            f"dbscope_database = {spec!r} is a {type(found).__name__}, not a "
-            "dbscope.Database: name the `db = Database(...)` your app uses."
-        )
+        advice = "name the `db = Database(...)` your app uses."
+        _not_a(request.config, "dbscope_database", found, "dbscope.Database", advice)
     return found
 
 
@@ -138,24 +134,22 @@ def dbscope_run_url(
 ) -> Iterator[str]:
     """The URL of the database the tests run in: the run's own, named after dbscope_url.
 
-    Made when the run begins and dropped when it ends (see ``_run_database``). Without
-    dbscope_metadata or dbscope_alembic_config the plugin makes no tables, so it makes no
-    database either: the tests run in dbscope_url's database, which must have the tables.
+    Made when the run begins and dropped when it ends (:func:`dbscope.testing.own_database`).
+    Without dbscope_metadata or dbscope_alembic_config the plugin makes no tables, so it
+    makes no database either: the tests run in dbscope_url's database, which must have them.
     """
-    config = request.config
     if dbscope_metadata is None and dbscope_alembic_config is None:
         yield dbscope_url
         return
-    report = functools.partial(say, config)
-    with explained("setting up the test database"):
-        database = open_run_database(
-            dbscope_url, reuse=flag(config, "dbscope_reuse_db"), say=report
-        )
-    url = database.url.render_as_string(hide_password=False)
-    config.stash.setdefault(RUN_DATABASES, {})[url] = database
-    yield url
-    with explained("dropping the test database"):
-        close_run_database(database, kept_by=_kept_by(config), say=report)
+    config = request.config
+    own = testing.own_database(
+        dbscope_url,
+        reuse=flag(config, "dbscope_reuse_db"),
+        keep=flag(config, "dbscope_keep_tables"),
+        report=functools.partial(say, config),
+        names=NAMES,
+    )
+    yield from _phased(own, "setting up the test database", "dropping the test database")
 
 
 @pytest.fixture(scope="session")
@@ -174,33 +168,28 @@ def dbscope_tables(
         yield
         return
     config = request.config
-    database = config.stash.get(RUN_DATABASES, {}).get(dbscope_run_url)
-    tables = Tables(dbscope_run_url, dbscope_metadata, dbscope_alembic_config)
-    with explained("creating the tables"):
-        if database is None or not database.reused:
-            _refuse_existing(config, tables, database)
-        made = tables.create(with_schemas=database is not None and database.owned)
-    yield
-    if (database is not None and database.owned) or _kept_by(config) is not None:
-        return  # the database goes with its tables, or everything stays
-    with explained("dropping the tables"):
-        if not tables.drop(made) and made:
-            say(config, f"kept the tables the migrations made: {', '.join(sorted(made))}")
+    tables = testing.own_tables(
+        dbscope_run_url,
+        metadata=dbscope_metadata,
+        alembic_config=dbscope_alembic_config,
+        keep=flag(config, "dbscope_reuse_db") or flag(config, "dbscope_keep_tables"),
+        use_existing_tables=flag(config, "dbscope_use_existing_tables"),
+        report=functools.partial(say, config),
+        names=NAMES,
+    )
+    yield from _phased(tables, "creating the tables", "dropping the tables")
 
 
-def _refuse_existing(config: pytest.Config, tables: Tables, database: RunDatabase | None) -> None:
-    found = tables.existing()
-    if found and not flag(config, "dbscope_use_existing_tables"):
-        label = database.label if database is not None else describe(Database(tables.url).url)
-        raise SetupError(refusal(label, found))
-
-
-def _kept_by(config: pytest.Config) -> str | None:
-    """The option that keeps the run's database and tables at the end, if one is given."""
-    for name in ("dbscope_reuse_db", "dbscope_keep_tables"):
-        if flag(config, name):
-            return "--" + name.replace("_", "-")
-    return None
+def _phased(
+    manager: contextlib.AbstractContextManager[T], entering: str, leaving: str
+) -> Iterator[T]:
+    """Enter ``manager``, yield what it gives, exit it: its errors explained as each phase's."""
+    with contextlib.ExitStack() as stack:
+        with explained(entering):
+            value = stack.enter_context(manager)
+        yield value
+        with explained(leaving):
+            stack.close()
 
 
 # -- loading what the settings name ------------------------------------------------------------
@@ -228,6 +217,11 @@ def _load(config: pytest.Config, setting: str) -> object | None:
             fail(f"{setting} = {spec!r}: {module_name} has no attribute {attribute!r}.")
         found = getattr(found, part)
     return found
+
+
+def _not_a(config: pytest.Config, setting: str, found: object, kind: str, advice: str) -> NoReturn:
+    spec = config.getini(setting)
+    fail(f"{setting} = {spec!r} is a {type(found).__name__}, not a {kind}: {advice}")
 
 
 def _required_parameters(function: Callable[..., Any]) -> list[str]:

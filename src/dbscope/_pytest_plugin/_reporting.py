@@ -12,10 +12,6 @@ import pytest
 from dbscope import DbscopeError
 
 
-class SetupError(Exception):
-    """The run's database or tables cannot be set up as asked; the message says why and how."""
-
-
 def fail(message: str) -> NoReturn:
     """Fail the test (or the fixture) with ``message`` alone."""
     pytest.fail(message, pytrace=False)
@@ -26,7 +22,7 @@ def explained(doing: str) -> Iterator[None]:
     """Report dbscope's own errors (bad URL, server down, refusals) without a traceback."""
     try:
         yield
-    except (DbscopeError, SetupError) as error:
+    except DbscopeError as error:
         # `from None`: the message says it all; the chained tracebacks would bury it.
         raise pytest.fail.Exception(f"dbscope, {doing}: {error}", pytrace=False) from None
 

@@ -1,22 +1,25 @@
-"""Test helpers for any test runner: one rolled-back transaction per test, HTTP included.
+"""Test helpers for any test runner: a database of the run's own, one rolled-back transaction
+per test, HTTP included.
 
 The pytest plugin (``dbscope._pytest_plugin``, docs/testing.md) is a thin layer of fixtures
 over these functions; they also serve unittest or a script::
 
-    from dbscope.testing import any_loop_engine, client, create_tables, rolled_back
+    from dbscope.testing import any_loop_engine, client, own_database, rolled_back
 
-    create_tables(TEST_URL, metadata=Base.metadata)        # once, before the tests
-    with any_loop_engine(TEST_URL) as engine:
-        ...
-        # in each test, inside its event loop:
-        async with rolled_back(db, engine):                # db = the app's Database
-            async with client(app) as http:                # the app's lifespan runs
-                await http.post("/notes", json={...})      # commits become savepoints
-        # everything the test and the app wrote is gone here
+    with own_database(URL, metadata=Base.metadata) as test_url:   # URL's name, then _test
+        with any_loop_engine(test_url) as engine:
+            ...
+            # in each test, inside its event loop:
+            async with rolled_back(db, engine):            # db = the app's Database
+                async with client(app) as http:            # the app's lifespan runs
+                    await http.post("/notes", json={...})  # commits become savepoints
+            # everything the test and the app wrote is gone here
+    # the run's database is gone here; the one URL names is as it was
 
-Two modules: ``_isolation`` (transactions, engines, tables) and ``_asgi`` (running an ASGI
-app in-process and a client for it; it knows nothing of databases). This package imports
-neither pytest nor httpx (:func:`client` imports httpx when called).
+Three modules: ``_own_database`` (the run's database and the app's tables in it, never
+anyone else's), ``_isolation`` (transactions, engines, tables) and ``_asgi`` (running an
+ASGI app in-process and a client for it; it knows nothing of databases). This package
+imports neither pytest nor httpx (:func:`client` imports httpx when called).
 """
 
 from dbscope.testing._asgi import client, running_app
@@ -27,13 +30,23 @@ from dbscope.testing._isolation import (
     open_session,
     rolled_back,
 )
+from dbscope.testing._own_database import (
+    DatabaseSetupError,
+    OptionNames,
+    own_database,
+    own_tables,
+)
 
 __all__ = [
+    "DatabaseSetupError",
+    "OptionNames",
     "any_loop_engine",
     "client",
     "create_tables",
     "drop_tables",
     "open_session",
+    "own_database",
+    "own_tables",
     "rolled_back",
     "running_app",
 ]

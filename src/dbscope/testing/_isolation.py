@@ -18,9 +18,9 @@ import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import MetaData
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
@@ -104,11 +104,11 @@ def any_loop_engine(url: str | URL) -> Iterator[AsyncEngine]:
             "instead, e.g. 'sqlite+aiosqlite:///test.db'."
         )
         raise ConfigurationError(message)
-    _in_new_loop(database.connect)
+    in_new_loop(database.connect)
     try:
         yield database.engine
     finally:
-        _in_new_loop(database.dispose)
+        in_new_loop(database.dispose)
 
 
 # -- tables, once per test run -----------------------------------------------------------------
@@ -131,12 +131,7 @@ def create_tables(
     Raises:
         ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
     """
-    if alembic_config is not None:
-        _in_thread(lambda: _alembic(url, alembic_config, "upgrade", "head"))
-    elif metadata is not None:
-        _in_new_loop(lambda: _run_ddl(url, metadata.create_all))
-    else:
-        raise ConfigurationError(_NOTHING_TO_CREATE)
+    _change_tables(url, metadata, alembic_config, ("upgrade", "head"), "create_all")
 
 
 def drop_tables(
@@ -152,24 +147,29 @@ def drop_tables(
     Raises:
         ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
     """
-    if alembic_config is not None:
-        _in_thread(lambda: _alembic(url, alembic_config, "downgrade", "base"))
-    elif metadata is not None:
-        _in_new_loop(lambda: _run_ddl(url, metadata.drop_all))
-    else:
-        raise ConfigurationError(_NOTHING_TO_CREATE)
+    _change_tables(url, metadata, alembic_config, ("downgrade", "base"), "drop_all")
 
 
-_NOTHING_TO_CREATE = (
+NOTHING_TO_CREATE: Final = (
     "Pass the tables to make: metadata=Base.metadata (your declarative base's), or "
     "alembic_config='alembic.ini' to run your migrations."
 )
 
 
-async def _run_ddl(url: str | URL, ddl: Callable[..., None]) -> None:
-    async with Database(url, poolclass=NullPool) as database, database.transaction() as session:
-        connection = await session.connection()
-        await connection.run_sync(ddl)
+def _change_tables(
+    url: str | URL,
+    metadata: MetaData | None,
+    alembic_config: str | Path | None,
+    migration: tuple[str, str],
+    ddl: str,
+) -> None:
+    """Run the ``migration`` (command, revision) if there are migrations, else ``ddl``."""
+    if alembic_config is not None:
+        in_thread(lambda: _alembic(url, alembic_config, *migration))
+    elif metadata is not None:
+        on_connection(url, getattr(metadata, ddl))
+    else:
+        raise ConfigurationError(NOTHING_TO_CREATE)
 
 
 def _alembic(url: str | URL, path: str | Path, command_name: str, revision: str) -> None:
@@ -189,12 +189,27 @@ def _alembic(url: str | URL, path: str | Path, command_name: str, revision: str)
     getattr(command, command_name)(config, revision)
 
 
-def _in_thread(work: Callable[[], T]) -> T:
+def on_connection(url: str | URL, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in a transaction on the database at ``url``, in a thread of its own."""
+
+    async def run() -> T:
+        database = Database(url, poolclass=NullPool, pool_pre_ping=False)
+        async with database, database.engine.begin() as connection:
+            return await connection.run_sync(work)
+
+    return in_new_loop(run)
+
+
+def in_thread(work: Callable[[], T]) -> T:
     """Run ``work`` in a new thread, where no event loop runs, and return its result."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-testing") as pool:
         return pool.submit(work).result()
 
 
-def _in_new_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the coroutine ``work()`` in a new thread with an event loop of its own."""
-    return _in_thread(lambda: asyncio.run(work()))
+def in_new_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``work()`` in a new thread with an event loop of its own.
+
+    A loop of its own in the caller's thread would replace the loop a test runner may have
+    set there without running it yet (pytest's fixtures run so).
+    """
+    return in_thread(lambda: asyncio.run(work()))
