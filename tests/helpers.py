@@ -69,7 +69,8 @@ def app_with(
 
     A body is an endpoint whose parameters annotated ``AsyncSession`` get the request's session
     from the ``session`` dependency (``db.session``, ``db.read_session``, ...); its other
-    parameters are FastAPI's, as usual (path and query parameters, ``Response``, ...).
+    parameters are FastAPI's, as usual (path and query parameters, ``Response``, ...). Its
+    annotations are resolved in its module, so they name module-level types only.
     """
     app = FastAPI(lifespan=lifespan)
     session_parameter = Annotated[AsyncSession, Depends(session)]
