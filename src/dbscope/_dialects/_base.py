@@ -114,8 +114,6 @@ class Backend:
             file, with no server to reach.
         schema_advice: what to do instead, said to those who ask for a schema here.
         title: how people call it, in messages.
-        name_limit: the longest database name it keeps whole, and in what (``bytes``,
-            ``characters``); None for a database that is a file.
     """
 
     name: str
@@ -129,7 +127,6 @@ class Backend:
     default_port: int | None = None
     schema_advice: str = "."
     title: str = ""
-    name_limit: tuple[int, str] | None = None
 
     def is_memory(self, url: URL) -> bool:
         """Whether ``url`` names a database that lives in one connection's memory."""
@@ -170,6 +167,10 @@ class Backend:
         """``url`` with ``suffix`` added to its database's name."""
         return url.set(database=f"{url.database}{suffix}")
 
+    def too_long(self, name: str) -> str | None:
+        """The limit the database name ``name`` is over (``63 bytes``); None if it is kept."""
+        return None
+
     def schemas_to_create(self, metadata: MetaData) -> list[str]:
         """The schemas of ``metadata``'s tables that a new database lacks and may hold."""
         if not self.has_schemas:  # elsewhere a schema is a database of its own, or nothing
@@ -209,23 +210,21 @@ class Backend:
             statements = self.drop_statements(connection, name, close_sessions=close_sessions)
             await _execute(connection, statements)
 
+    # What a server says for each of them; GENERIC knows none (dbscope.testing refuses it).
+
     def presence_query(self, connection: AsyncConnection) -> str:
         """A query of the mark (a comment) on the database named ``:name``; no row if none."""
-        raise NotImplementedError(self._no_databases)
+        raise NotImplementedError
 
     def create_statements(self, connection: AsyncConnection, name: str) -> list[str]:
         """The statements that make the database ``name`` (quoted) with dbscope's mark."""
-        raise NotImplementedError(self._no_databases)
+        raise NotImplementedError
 
     def drop_statements(
         self, connection: AsyncConnection, name: str, *, close_sessions: bool
     ) -> list[str]:
         """The statements that drop the database ``name`` (quoted), if it exists."""
-        raise NotImplementedError(self._no_databases)
-
-    @property
-    def _no_databases(self) -> str:
-        return f"dbscope makes no databases on {self.name}."
+        raise NotImplementedError
 
 
 async def _execute(connection: AsyncConnection, statements: list[str]) -> None:

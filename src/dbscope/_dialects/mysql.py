@@ -98,6 +98,9 @@ class MySQL(Backend):
                 return name.split("'" if marker.endswith("'") else "`", 1)[0]
         return None
 
+    def too_long(self, name: str) -> str | None:
+        return "64 characters" if len(name) > 64 else None
+
     def create_advice(self, name: str) -> str:
         return f"the user needs the right to create databases (GRANT ALL ON `{name}`.*)"
 
@@ -209,6 +212,5 @@ BACKEND: Final = MySQL(
     recycle=3600,
     default_port=3306,
     title="MariaDB/MySQL",
-    name_limit=(64, "characters"),
     schema_advice=": in MariaDB and MySQL a schema is a database; name it in the URL instead.",
 )

@@ -102,6 +102,10 @@ class PostgreSQL(Backend):
                 return name
         return None
 
+    def too_long(self, name: str) -> str | None:
+        # A longer name is cut short silently, so that two runs could share one database.
+        return "63 bytes" if len(name.encode()) > 63 else None
+
     def create_advice(self, name: str) -> str:
         return "the user needs the right to create databases (ALTER ROLE ... CREATEDB)"
 
@@ -257,6 +261,4 @@ BACKEND: Final = PostgreSQL(
     read_only_view=("postgresql_readonly",),
     default_port=5432,
     title="PostgreSQL",
-    # Counted in bytes; a longer name is cut short silently, so that two runs could share one.
-    name_limit=(63, "bytes"),
 )

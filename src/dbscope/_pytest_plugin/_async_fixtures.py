@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from dbscope import Database, testing
 from dbscope._pytest_plugin._fixtures import DEFAULT_DATABASE
 from dbscope._pytest_plugin._loops import LoopScope, Setup
-from dbscope._pytest_plugin._reporting import explained, fail, require_asyncio
+from dbscope._pytest_plugin._reporting import explained, fail, phased, require_asyncio
 
 if TYPE_CHECKING:
     import httpx
@@ -64,10 +63,8 @@ def build(setup: Setup) -> ModuleType:
 
 def _any_loop_engine(dbscope_run_url: str) -> Iterator[AsyncEngine]:
     """An engine on the test database that any loop may use; each test opens a connection."""
-    with contextlib.ExitStack() as stack:
-        with explained("connecting to the test database"):
-            engine = stack.enter_context(testing.any_loop_engine(dbscope_run_url))
-        yield engine
+    engine = testing.any_loop_engine(dbscope_run_url)
+    yield from phased(engine, "connecting to the test database", "closing the engine")
 
 
 async def _pooled_engine(dbscope_run_url: str) -> AsyncIterator[AsyncEngine]:

@@ -8,22 +8,19 @@ their messages the plugin's settings. The async fixtures are in ``_async_fixture
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 import pytest
 from sqlalchemy import MetaData
 
 from dbscope import Database, testing
 from dbscope._pytest_plugin._options import configured_url, flag
-from dbscope._pytest_plugin._reporting import explained, fail, say
-
-T = TypeVar("T")
+from dbscope._pytest_plugin._reporting import explained, fail, phased, say
 
 DEFAULT_DATABASE = pytest.StashKey[Database]()
 # How the messages of dbscope.testing name the URL and the options: as the settings do.
@@ -149,7 +146,7 @@ def dbscope_run_url(
         report=functools.partial(say, config),
         names=NAMES,
     )
-    yield from _phased(own, "setting up the test database", "dropping the test database")
+    yield from phased(own, "setting up the test database", "dropping the test database")
 
 
 @pytest.fixture(scope="session")
@@ -177,19 +174,7 @@ def dbscope_tables(
         report=functools.partial(say, config),
         names=NAMES,
     )
-    yield from _phased(tables, "creating the tables", "dropping the tables")
-
-
-def _phased(
-    manager: contextlib.AbstractContextManager[T], entering: str, leaving: str
-) -> Iterator[T]:
-    """Enter ``manager``, yield what it gives, exit it: its errors explained as each phase's."""
-    with contextlib.ExitStack() as stack:
-        with explained(entering):
-            value = stack.enter_context(manager)
-        yield value
-        with explained(leaving):
-            stack.close()
+    yield from phased(tables, "creating the tables", "dropping the tables")
 
 
 # -- loading what the settings name ------------------------------------------------------------

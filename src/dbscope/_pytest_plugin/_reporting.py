@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 
 from dbscope import DbscopeError
+
+T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
@@ -25,6 +27,18 @@ def explained(doing: str) -> Iterator[None]:
     except DbscopeError as error:
         # `from None`: the message says it all; the chained tracebacks would bury it.
         raise pytest.fail.Exception(f"dbscope, {doing}: {error}", pytrace=False) from None
+
+
+def phased(
+    manager: contextlib.AbstractContextManager[T], entering: str, leaving: str
+) -> Iterator[T]:
+    """Enter ``manager``, yield what it gives, exit it: its errors explained as each phase's."""
+    with contextlib.ExitStack() as stack:
+        with explained(entering):
+            value = stack.enter_context(manager)
+        yield value
+        with explained(leaving):
+            stack.close()
 
 
 def require_asyncio() -> None:

@@ -1,14 +1,9 @@
-"""Test helpers for any test runner: a database of the run's own, one rolled-back transaction
-per test, HTTP included.
-
-The pytest plugin (``dbscope._pytest_plugin``, docs/testing.md) is a thin layer of fixtures
-over these functions; they also serve unittest or a script::
-
-    from dbscope.testing import any_loop_engine, client, own_database, rolled_back
+"""Test helpers for any test runner: a database of the run's own, one rolled-back
+transaction per test, HTTP included (docs/testing.md). The pytest plugin is a thin layer of
+fixtures over them; they serve unittest or a script as well::
 
     with own_database(URL, metadata=Base.metadata) as test_url:   # URL's name, then _test
         with any_loop_engine(test_url) as engine:
-            ...
             # in each test, inside its event loop:
             async with rolled_back(db, engine):            # db = the app's Database
                 async with client(app) as http:            # the app's lifespan runs
@@ -16,10 +11,7 @@ over these functions; they also serve unittest or a script::
             # everything the test and the app wrote is gone here
     # the run's database is gone here; the one URL names is as it was
 
-Three modules: ``_own_database`` (the run's database and the app's tables in it, never
-anyone else's), ``_isolation`` (transactions, engines, tables) and ``_asgi`` (running an
-ASGI app in-process and a client for it; it knows nothing of databases). This package
-imports neither pytest nor httpx (:func:`client` imports httpx when called).
+It imports neither pytest nor httpx (:func:`client` imports httpx when called).
 """
 
 from dbscope.testing._asgi import client, running_app

@@ -1,14 +1,10 @@
-"""Isolation helpers: one rolled-back transaction per test, and the tables made once per run.
+"""One rolled-back transaction per test, engines that any loop may use, and the tables.
 
-Event loops: an engine's pooled connections belong to the loop that opened them.
-:func:`any_loop_engine` keeps no connection between uses, so tests that each get a new loop
-can share it (each test then opens one connection). When the loop outlives a test, a pooled
-engine built in that loop (``async with Database(TEST_URL) as test_db: test_db.engine``)
-saves the connection set-up: a test then costs a BEGIN and a ROLLBACK.
-
-The synchronous helpers (:func:`any_loop_engine`, :func:`create_tables`,
-:func:`drop_tables`) run their database work in a worker thread with an event loop of its
-own, so they can be called with or without a running loop.
+An engine's pooled connections belong to the loop that opened them: :func:`any_loop_engine`
+keeps none, so tests that each get a new loop can share it (each opens a connection), while a
+pooled engine built in a loop that outlives the tests (``Database(TEST_URL).engine``) saves
+that set-up: a test then costs a BEGIN and a ROLLBACK. The synchronous helpers work in a
+thread with a loop of its own, so they can be called with or without a running loop.
 """
 
 from __future__ import annotations
@@ -207,9 +203,6 @@ def in_thread(work: Callable[[], T]) -> T:
 
 
 def in_new_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the coroutine ``work()`` in a new thread with an event loop of its own.
-
-    A loop of its own in the caller's thread would replace the loop a test runner may have
-    set there without running it yet (pytest's fixtures run so).
-    """
+    """Run the coroutine ``work()`` in a new thread with an event loop of its own: one in the
+    caller's thread would replace a loop a test runner set there and runs later (pytest's)."""
     return in_thread(lambda: asyncio.run(work()))
