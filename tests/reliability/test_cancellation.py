@@ -14,9 +14,6 @@ The queries sleep longer than a request lives and than the quiet second: a query
 cancelled on the server outlives its request, and shows as a backend too many. Such backends
 count against the server's ``max_connections``, which other tests and programs share: once the
 app has twice its allowance, the storm stops early (the test has failed by then anyway).
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
 """
 
 import asyncio
@@ -27,18 +24,18 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbscope import Database
-from tests.helpers import admin, client_for
+from tests.helpers import admin, app_with, client_for
 from tests.server import running_server
 
 APP = "stream_app:app"
@@ -122,20 +119,18 @@ def build_app(db: Database, middleware: type[WaitForTimeout | CancelScopeTimeout
 
     ``app.state.started`` and ``app.state.finished`` count the sleeps begun and completed.
     """
-    app = FastAPI()
-    app.add_middleware(middleware, seconds=CANCEL_AFTER)
-    app.state.started = 0
-    app.state.finished = 0
-    Session = Annotated[AsyncSession, Depends(db.session)]
 
-    @app.get("/sleep")
-    async def sleep(session: Session) -> dict[str, str]:
+    async def sleep(session: AsyncSession) -> dict[str, str]:
         await session.execute(text("SELECT 1"))
         app.state.started += 1
         await session.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": QUERY_SECONDS})
         app.state.finished += 1
         return {"status": "slept"}
 
+    app = app_with(db.session, {"GET /sleep": sleep})
+    app.add_middleware(middleware, seconds=CANCEL_AFTER)
+    app.state.started = 0
+    app.state.finished = 0
     return app
 
 
