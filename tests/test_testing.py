@@ -7,25 +7,40 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import anyio
 import pytest
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dbscope import ConfigurationError, Database, testing
 
 from .helpers import admin
+from .run_databases import (
+    create_database,
+    database_exists,
+    drop_database,
+    drop_tables,
+    execute,
+    rows,
+    run_database,
+    table_names,
+)
 
 TABLE = "tt_rows"
 # The app's Database as it would be in production: never connected in these tests.
 NOWHERE = "postgresql+asyncpg://nobody@127.0.0.1:9/production"
 
 metadata = MetaData()
-rows = Table(TABLE, metadata, Column("id", Integer, primary_key=True))
+rows_table = Table(TABLE, metadata, Column("id", Integer, primary_key=True))
+# The app's tables, for own_database() and own_tables().
+notes = MetaData()
+Table("tt_notes", notes, Column("id", Integer, primary_key=True))
+CREATE_NOTES = "CREATE TABLE tt_notes (id INTEGER PRIMARY KEY)"
 
 
 @pytest.fixture
@@ -43,7 +58,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def count_rows(engine: AsyncEngine) -> int:
     """The rows of tt_rows, seen from a connection outside any test transaction."""
     async with engine.connect() as connection:
-        return int((await connection.execute(select(func.count()).select_from(rows))).scalar_one())
+        return int(
+            (await connection.execute(select(func.count()).select_from(rows_table))).scalar_one()
+        )
 
 
 async def test_rolled_back_removes_what_committed_units_wrote(engine: AsyncEngine) -> None:
@@ -53,9 +70,9 @@ async def test_rolled_back_removes_what_committed_units_wrote(engine: AsyncEngin
     async with testing.rolled_back(db, engine):
         for row_id in (1, 2):
             async with db.transaction() as session:
-                await session.execute(insert(rows).values(id=row_id))
+                await session.execute(insert(rows_table).values(id=row_id))
         async with db.transaction() as session:
-            inside = await session.scalar(select(func.count()).select_from(rows))
+            inside = await session.scalar(select(func.count()).select_from(rows_table))
 
     assert inside == 2
     assert await count_rows(engine) == 0
@@ -65,7 +82,7 @@ async def test_rolled_back_removes_what_committed_units_wrote(engine: AsyncEngin
 async def insert_then_fail(db: Database) -> None:
     """Insert row 2 in a transaction that then raises LookupError."""
     async with db.transaction() as session:
-        await session.execute(insert(rows).values(id=2))
+        await session.execute(insert(rows_table).values(id=2))
         raise LookupError
 
 
@@ -75,11 +92,11 @@ async def test_a_unit_that_fails_rolls_back_only_its_savepoint(engine: AsyncEngi
 
     async with testing.rolled_back(db, engine):
         async with db.transaction() as session:
-            await session.execute(insert(rows).values(id=1))
+            await session.execute(insert(rows_table).values(id=1))
         with pytest.raises(LookupError):
             await insert_then_fail(db)
         async with db.transaction() as session:
-            ids = list(await session.scalars(select(rows.c.id)))
+            ids = list(await session.scalars(select(rows_table.c.id)))
 
     assert ids == [1]
 
@@ -93,11 +110,11 @@ async def test_open_session_is_the_current_session_and_keeps_only_commits(
     async with testing.rolled_back(db, engine):
         async with testing.open_session(db) as session:
             assert db.current_session() is session
-            await session.execute(insert(rows).values(id=1))
+            await session.execute(insert(rows_table).values(id=1))
             await session.commit()
-            await session.execute(insert(rows).values(id=2))
+            await session.execute(insert(rows_table).values(id=2))
         async with db.transaction() as session:
-            ids = list(await session.scalars(select(rows.c.id)))
+            ids = list(await session.scalars(select(rows_table.c.id)))
 
     assert ids == [1]
 
@@ -204,13 +221,13 @@ async def test_requests_through_the_client_join_the_test_transaction(
 
     @app.post("/rows/{row_id}")
     async def add_row(row_id: int, session: Session) -> None:
-        await session.execute(insert(rows).values(id=row_id))
+        await session.execute(insert(rows_table).values(id=row_id))
 
     async with testing.rolled_back(db, engine):
         async with testing.client(app) as http:
             status = (await http.post("/rows/7")).status_code
         async with db.transaction() as session:
-            ids = list(await session.scalars(select(rows.c.id)))
+            ids = list(await session.scalars(select(rows_table.c.id)))
 
     assert (status, ids) == (200, [7])
     assert await count_rows(engine) == 0
@@ -237,3 +254,104 @@ def test_dbscope_testing_exports_its_helpers_under_the_public_module() -> None:
     assert set(homes.values()) == {"dbscope.testing"}
     assert "running_app" in homes
     assert "lifespan" not in homes
+
+
+@pytest.fixture
+def named(database_url: str) -> Iterator[str]:
+    """The database URL, with no tt_notes nor tt_other table, and no run database of it."""
+
+    def clean() -> None:
+        drop_tables(database_url, "tt_notes", "tt_other")
+        drop_database(run_database(database_url))
+
+    clean()
+    yield database_url
+    clean()
+
+
+def test_own_database_makes_the_runs_database_with_the_tables_and_drops_it(named: str) -> None:
+    """The run's database is name_test, with the app's tables; it is gone at the end."""
+    with testing.own_database(named, metadata=notes) as url:
+        inside = (make_url(url).database, table_names(url, "tt_"))
+
+    assert inside == (make_url(run_database(named)).database, {"tt_notes"})
+    assert not database_exists(run_database(named))
+
+
+def test_own_database_keeps_the_rows_of_the_database_it_is_named_after(named: str) -> None:
+    """The named database, holding the app's table and a row, is as it was after the run."""
+    execute(named, CREATE_NOTES, "INSERT INTO tt_notes (id) VALUES (1)")
+
+    with testing.own_database(named, metadata=notes) as url:
+        execute(url, "INSERT INTO tt_notes (id) VALUES (2)")
+
+    assert rows(named, "tt_notes") == [(1,)]
+
+
+def test_own_database_drops_only_a_database_it_made(named: str) -> None:
+    """A name_test someone else made is used, and stays with its tables; the run's go."""
+    own = run_database(named)
+    create_database(own)
+    execute(own, "CREATE TABLE tt_other (id INTEGER PRIMARY KEY)")
+    notes_said: list[str] = []
+
+    with testing.own_database(named, metadata=notes, report=notes_said.append) as url:
+        inside = table_names(url, "tt_")
+
+    assert inside == {"tt_notes", "tt_other"}
+    assert (database_exists(own), table_names(own, "tt_")) == (True, {"tt_other"})
+    assert "dbscope did not make it" in notes_said[0]
+
+
+def test_own_database_refuses_the_apps_tables_in_a_database_it_did_not_make(
+    named: str,
+) -> None:
+    """The app's tables in someone else's name_test stop the run, named with the option."""
+    own = run_database(named)
+    create_database(own)
+    execute(own, CREATE_NOTES, "INSERT INTO tt_notes (id) VALUES (1)")
+
+    with (
+        pytest.raises(testing.DatabaseSetupError, match=r"tables tt_notes,.*use_existing_tables="),
+        testing.own_database(named, metadata=notes),
+    ):
+        pass
+
+    assert rows(own, "tt_notes") == [(1,)]
+
+
+def test_own_database_reuses_what_it_kept_and_remakes_what_was_left(named: str) -> None:
+    """reuse=True keeps the database for the next run; without it a left one is made anew."""
+    said: list[str] = []
+    seen = []
+
+    for number, reuse in enumerate((True, True, False), start=1):
+        with testing.own_database(named, metadata=notes, reuse=reuse, report=said.append) as url:
+            seen.append(rows(url, "tt_notes"))
+            execute(url, f"INSERT INTO tt_notes (id) VALUES ({number})")
+
+    assert seen == [[], [(1,)], []]
+    assert [line.split(" ", 1)[0] for line in said] == ["kept", "reusing", "kept", "dropped"]
+    assert not database_exists(run_database(named))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "sqlite"])
+def test_own_tables_drops_only_the_tables_it_made(named: str) -> None:
+    """In a database it did not make, the run's tables go at the end and the others stay."""
+    execute(named, "CREATE TABLE tt_other (id INTEGER PRIMARY KEY)")
+
+    with testing.own_tables(named, metadata=notes):
+        inside = table_names(named, "tt_")
+
+    assert (inside, table_names(named, "tt_")) == ({"tt_notes", "tt_other"}, {"tt_other"})
+
+
+def test_a_url_naming_too_long_a_database_is_refused_with_the_limit() -> None:
+    """PostgreSQL keeps 63 bytes of a name: the error says so before any connection."""
+    url = "postgresql+asyncpg://nobody@127.0.0.1:9/" + "d" * 60
+
+    with (
+        pytest.raises(testing.DatabaseSetupError, match=r"63 bytes postgresql allows.*in the URL"),
+        testing.own_database(url),
+    ):
+        pass

@@ -1,0 +1,428 @@
+"""The pytest plugin's own database for the run: named after dbscope_url, made, dropped.
+
+Each test writes a project (tests/plugin_projects.py), runs pytest on it, and looks at the
+server from outside (tests/run_databases.py): the database the tests run in, what a run
+does with what it finds under its name, the tables it makes there (from the metadata or by
+Alembic migrations) and the ones it refuses to run on.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from .plugin_projects import (
+    ISOLATION_TESTS,
+    clean_project_database,
+    run,
+    write_project,
+)
+from .run_databases import (
+    ITEMS_WITH_A_ROW,
+    create_database,
+    database_exists,
+    execute,
+    rows,
+    run_database,
+    table_names,
+)
+
+
+@pytest.fixture
+def project_url(database_url: str) -> Iterator[str]:
+    """The database URL, with no ptp_* table and no run database left by an earlier run."""
+    yield from clean_project_database(database_url)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_tables_are_kept_with_the_keep_option(pytester: pytest.Pytester, project_url: str) -> None:
+    """--dbscope-keep-tables leaves the run's database and its tables in place, empty."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", project_url, "--dbscope-keep-tables")
+
+    result.assert_outcomes(passed=7)
+    kept = run_database(project_url)
+    assert table_names(kept) == {"ptp_items", "ptp_parents", "ptp_children"}
+    assert rows(kept, "ptp_items") == []
+
+
+OWN_DATABASE_TEST = """
+import os
+
+import pytest
+
+pytestmark = MARK
+
+
+async def test_the_engine_is_on_the_runs_own_database(dbscope_engine, dbscope_session):
+    assert dbscope_engine.url.database == os.environ["PTP_RUN_DATABASE"]
+"""
+
+CRASHING_TEST = """
+import os
+
+import pytest
+
+pytestmark = MARK
+
+
+async def test_the_process_dies_mid_run(dbscope_session):
+    os._exit(3)
+"""
+
+EXISTING_ROW_TEST = """
+import pytest
+from sqlalchemy import select
+
+from plugin_app import Item
+
+pytestmark = MARK
+
+
+async def test_the_existing_row_is_there(dbscope_session):
+    assert list(await dbscope_session.scalars(select(Item.name))) == ["kept"]
+"""
+
+
+def test_a_database_holding_the_apps_tables_keeps_its_rows_and_tables(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """The database dbscope_url names is never touched: its tables and rows outlive the run."""
+    execute(project_url, *ITEMS_WITH_A_ROW)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=7)
+    assert table_names(project_url) == {"ptp_items"}
+    assert rows(project_url, "ptp_items") == [(1, "kept")]
+
+
+def test_the_tests_run_in_a_database_of_their_own_dropped_after_the_run(
+    pytester: pytest.Pytester, project_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests run in the named database's name_test, which is gone when the run ends."""
+    own = run_database(project_url)
+    monkeypatch.setenv("PTP_RUN_DATABASE", make_url(own).database or "")
+    write_project(pytester, "pytest-asyncio", OWN_DATABASE_TEST)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=1)
+    assert not database_exists(own)
+
+
+def test_the_reuse_option_keeps_the_database_for_the_next_run(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """--dbscope-reuse-db keeps the run's database and its empty tables; the next run uses it."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    first = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db")
+    second = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db")
+
+    first.assert_outcomes(passed=7)
+    second.assert_outcomes(passed=7)
+    second.stdout.fnmatch_lines(["dbscope: reusing the test database *kept by an earlier run*"])
+    own = run_database(project_url)
+    assert table_names(own) == {"ptp_items", "ptp_parents", "ptp_children"}
+    assert rows(own, "ptp_items") == []
+
+
+def test_a_database_left_by_a_crashed_run_is_dropped_and_made_anew(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """A name_test that dbscope made and a dead run left behind is remade, and the run says so."""
+    write_project(pytester, "pytest-asyncio", CRASHING_TEST)
+    crashed = run(pytester, "pytest-asyncio", project_url)
+    left = database_exists(run_database(project_url))
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    assert (crashed.ret, left) == (3, True)
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["dbscope: dropped the test database *left by an earlier run*"])
+    assert not database_exists(run_database(project_url))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+def test_a_left_database_that_a_session_uses_is_not_dropped(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """A name_test left behind but in use (another run's, say) stays; the error says why."""
+    write_project(pytester, "pytest-asyncio", CRASHING_TEST)
+    run(pytester, "pytest-asyncio", project_url)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    own = make_url(run_database(project_url))
+    other_session = own.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    with psycopg.connect(other_session):
+        result = run(pytester, "pytest-asyncio", project_url, "-k", "test_one")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*the test database '{own.database}'*other users*if another test run uses it*"]
+    )
+    assert database_exists(run_database(project_url))
+
+
+def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """The app's tables in a name_test someone else made stop the run; they and it stay."""
+    own = run_database(project_url)
+    create_database(own)
+    execute(own, *ITEMS_WITH_A_ROW)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(errors=7)
+    name = make_url(own).database
+    result.stdout.fnmatch_lines(
+        [f"*the test database '{name}'* the app's tables ptp_items,*--dbscope-use-existing-tables*"]
+    )
+    assert rows(own, "ptp_items") == [(1, "kept")]
+
+
+def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """--dbscope-use-existing-tables runs on them; only the tables the run made are dropped."""
+    own = run_database(project_url)
+    create_database(own)
+    execute(own, *ITEMS_WITH_A_ROW)
+    write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
+
+    result = run(pytester, "pytest-asyncio", project_url, "--dbscope-use-existing-tables")
+
+    result.assert_outcomes(passed=1)
+    assert table_names(own) == {"ptp_items"}
+    assert rows(own, "ptp_items") == [(1, "kept")]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_without_tables_to_make_the_tests_run_in_the_named_database(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """No dbscope_metadata nor Alembic: no database is made, the named one is used as it is."""
+    execute(project_url, *ITEMS_WITH_A_ROW)
+    write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
+    pytester.makefile(
+        ".ini",
+        pytest="[pytest]\ndbscope_database = plugin_app:db\npythonpath = .\n"
+        "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n",
+    )
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=1)
+    assert rows(project_url, "ptp_items") == [(1, "kept")]
+    assert not database_exists(run_database(project_url))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+asyncpg://postgres@127.0.0.1:9/" + "d" * 60,
+            "*'ddd*d_test'*longer than the 63 bytes postgresql allows*",
+        ),
+        ("mysql+asyncmy://root@127.0.0.1:9", "*names no database*e.g. .../app*app_test*"),
+        ("sqlite+aiosqlite:///:memory:", "*in-memory SQLite database*name a file*"),
+    ],
+)
+def test_a_url_no_test_database_can_be_named_after_fails_saying_why(
+    pytester: pytest.Pytester, url: str, message: str
+) -> None:
+    """A name too long, no name, or no file: the error says what to write instead."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", url, "-k", "test_one", in_process=True)
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([message])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+GIVEN_RUN_URL_CONFTEST = """
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def dbscope_run_url():
+    return os.environ["PTP_GIVEN_URL"]
+"""
+
+
+def test_a_database_given_by_conftest_gets_the_tables_and_keeps_the_rest(
+    pytester: pytest.Pytester, project_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overridden dbscope_run_url is used as someone else's: only the run's tables go."""
+    given = run_database(project_url)
+    create_database(given)
+    execute(given, "CREATE TABLE ptp_other (id INTEGER PRIMARY KEY)")
+    monkeypatch.setenv("PTP_GIVEN_URL", given)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    pytester.makeconftest(GIVEN_RUN_URL_CONFTEST)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=7)
+    assert database_exists(given)
+    assert table_names(given) == {"ptp_other"}
+
+
+SCHEMA_MODELS = """
+from sqlalchemy import Column, Integer, MetaData, Table
+
+metadata = MetaData(schema="ptp_schema")
+things = Table("ptp_things", metadata, Column("id", Integer, primary_key=True))
+"""
+
+SCHEMA_TEST = """
+import pytest
+from sqlalchemy import func, insert, select
+
+from schema_models import things
+
+pytestmark = MARK
+
+
+async def test_a_table_in_a_schema_takes_rows(dbscope_session):
+    await dbscope_session.execute(insert(things).values(id=1))
+    assert await dbscope_session.scalar(select(func.count()).select_from(things)) == 1
+"""
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+def test_the_schemas_of_the_metadata_are_made_in_the_runs_database(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """On PostgreSQL, MetaData(schema=...) works in the run's new database: the schema is made."""
+    write_project(pytester, "pytest-asyncio", SCHEMA_TEST)
+    pytester.makepyfile(schema_models=textwrap.dedent(SCHEMA_MODELS))
+    pytester.makefile(
+        ".ini",
+        pytest="[pytest]\ndbscope_metadata = schema_models:metadata\npythonpath = .\n"
+        "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n",
+    )
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=1)
+
+
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+
+# Alembic's async template, reduced: the URL comes from sqlalchemy.url.
+ALEMBIC_ENV = """
+import asyncio
+
+from alembic import context
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def run(connection):
+    context.configure(connection=connection, version_table="ptp_alembic_version")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url"))
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+        await connection.commit()
+    await engine.dispose()
+
+
+asyncio.run(main())
+"""
+
+ALEMBIC_VERSION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("ptp_migrated", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("ptp_migrated")
+"""
+
+MIGRATED_TEST = """
+import pytest
+from sqlalchemy import text
+
+pytestmark = MARK
+
+
+@pytest.mark.parametrize("n", range(2))
+async def test_the_migrated_table_is_there_and_empty(dbscope_session, n):
+    assert (await dbscope_session.scalar(text("SELECT count(*) FROM ptp_migrated"))) == 0
+    await dbscope_session.execute(text("INSERT INTO ptp_migrated (id) VALUES (1)"))
+    await dbscope_session.commit()
+"""
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
+def test_alembic_migrations_make_the_tables_in_the_runs_database(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """dbscope_alembic_config upgrades the run's database to head; it goes after the run."""
+    write_project(pytester, "pytest-asyncio", MIGRATED_TEST)
+    pytester.makefile(
+        ".ini",
+        pytest="[pytest]\npythonpath = .\nfilterwarnings = error\n"
+        "asyncio_default_fixture_loop_scope = function\n"
+        "dbscope_alembic_config = alembic.ini\n",
+    )
+    pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = pytester.mkdir("migrations") / "versions"
+    versions.mkdir()
+    (pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (versions / "0001_migrated.py").write_text(ALEMBIC_VERSION)
+
+    result = run(pytester, "pytest-asyncio", project_url)
+
+    result.assert_outcomes(passed=2)
+    assert table_names(project_url) == set()
+    assert not database_exists(run_database(project_url))

@@ -1,0 +1,158 @@
+"""The pytest plugin's settings, its messages and its header line.
+
+Each test writes a project (tests/plugin_projects.py) and runs pytest on it, most of them in
+the same process and on SQLite: a missing or wrong setting fails naming it and the fix, the
+URL comes from the option, the variable or the ini file, and the header names the database
+without its password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .plugin_projects import (
+    ISOLATION_TESTS,
+    PLAIN_INI,
+    ini,
+    run,
+    write_project,
+)
+
+
+def test_a_missing_url_fails_with_instructions(pytester: pytest.Pytester) -> None:
+    """Without a URL, the error names the option, the variable and the setting; no KeyError."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+
+    result = run(pytester, "pytest-asyncio", None, "-k", "test_one", in_process=True)
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*--dbscope-url=URL*DBSCOPE_TEST_URL*dbscope_url*conftest.py*"])
+    result.stdout.no_fnmatch_line("*KeyError*")
+
+
+def test_the_option_wins_over_the_variable_and_the_variable_over_the_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dbscope-url, then DBSCOPE_TEST_URL, then dbscope_url: the first one set is used."""
+    pytester.makepyfile(
+        test_url="""
+        import os
+
+
+        def test_url(dbscope_url):
+            assert dbscope_url == os.environ["EXPECTED_URL"]
+        """
+    )
+    cases = [
+        (["dbscope_url = sqlite:///ini.db"], None, (), "sqlite:///ini.db"),
+        (["dbscope_url = sqlite:///ini.db"], "sqlite:///env.db", (), "sqlite:///env.db"),
+        (
+            ["dbscope_url = sqlite:///ini.db"],
+            "sqlite:///env.db",
+            ("--dbscope-url=sqlite:///option.db",),
+            "sqlite:///option.db",
+        ),
+    ]
+    for lines, env_url, args, expected in cases:
+        pytester.makefile(".ini", pytest=ini("pytest-asyncio", *lines))
+        monkeypatch.setenv("EXPECTED_URL", expected)
+        run(pytester, "pytest-asyncio", env_url, *args, in_process=True).assert_outcomes(passed=1)
+
+
+def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """dbscope_app without dbscope_database fails: the app's sessions would not join."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    pytester.makefile(
+        ".ini",
+        pytest="[pytest]\ndbscope_app = plugin_app:app\npythonpath = .\n"
+        "asyncio_default_fixture_loop_scope = function\n",
+    )
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    result = run(pytester, "pytest-asyncio", url, "-k", "test_rows_cross", in_process=True)
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*dbscope_database = 'myapp.db:db'*"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "test", "message"),
+    [
+        (
+            "dbscope_database = plugin_app:db",
+            "test_rows_cross",
+            "*dbscope_client needs your app: set dbscope_app*",
+        ),
+        (
+            "dbscope_app = plugin_app:application",
+            "test_rows_cross",
+            "*dbscope_app = 'plugin_app:application': plugin_app has no attribute*",
+        ),
+        (
+            "dbscope_app = no_such_package.main:app",
+            "test_rows_cross",
+            "*there is no module 'no_such_package.main' on sys.path*pythonpath*",
+        ),
+        (
+            "dbscope_metadata = plugin_app:app",
+            "test_one",
+            "*dbscope_metadata = 'plugin_app:app' is a FastAPI, not a MetaData*",
+        ),
+    ],
+)
+def test_a_wrong_or_missing_setting_fails_naming_it(
+    pytester: pytest.Pytester, tmp_path: Path, setting: str, test: str, message: str
+) -> None:
+    """A missing app, or a name that leads nowhere, fails with the setting and its value."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    pytester.makefile(
+        ".ini",
+        pytest=f"[pytest]\n{setting}\npythonpath = .\n"
+        "asyncio_default_fixture_loop_scope = function\n",
+    )
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    result = run(pytester, "pytest-asyncio", url, "-k", test, in_process=True)
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([message])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_the_report_header_names_the_database_without_its_password(
+    pytester: pytest.Pytester,
+) -> None:
+    """The header line shows the test database's URL with the password masked."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+
+    url = "postgresql+asyncpg://app:s3cret@db.internal/test"
+    result = run(pytester, "pytest-asyncio", url, in_process=True)
+
+    result.stdout.fnmatch_lines(["dbscope: postgresql+asyncpg://app:***@db.internal/test*"])
+    assert "s3cret" not in result.stdout.str()
+
+
+def test_the_report_header_hides_a_password_given_in_the_query(pytester: pytest.Pytester) -> None:
+    """A password passed as ?password=... is not in the header either."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+
+    url = "postgresql+asyncpg://app@db.internal/test?password=S3cret"
+    result = run(pytester, "pytest-asyncio", url, in_process=True)
+
+    result.stdout.fnmatch_lines(["dbscope: postgresql+asyncpg://app:***@db.internal/test *"])
+    assert "S3cret" not in result.stdout.str()
+
+
+def test_a_project_without_settings_is_untouched(pytester: pytest.Pytester) -> None:
+    """Installed but unused, the plugin adds no header line and changes no outcome."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+
+    result = run(pytester, "pytest-asyncio", None, in_process=True)
+
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("dbscope:*")
