@@ -17,7 +17,6 @@ from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
     Backend,
     Begin,
-    Connect,
     DatabaseRefused,
     Driver,
     ErrorKind,
@@ -30,7 +29,6 @@ __all__ = [
     "GENERIC",
     "Backend",
     "Begin",
-    "Connect",
     "DatabaseRefused",
     "Driver",
     "ErrorKind",
