@@ -238,6 +238,83 @@ def run(
         return pytester.runpytest_subprocess(*arguments, timeout=120)
 
 
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+
+# Alembic's async template, reduced: the URL comes from sqlalchemy.url.
+ALEMBIC_ENV = """
+import asyncio
+
+from alembic import context
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def run(connection):
+    context.configure(connection=connection, version_table="ptp_alembic_version")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url"))
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+        await connection.commit()
+    await engine.dispose()
+
+
+asyncio.run(main())
+"""
+
+ALEMBIC_VERSION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("ptp_migrated", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("ptp_migrated")
+"""
+
+
+def write_migrations(pytester: pytest.Pytester) -> None:
+    """alembic.ini and one migration, which makes the table ptp_migrated."""
+    pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = pytester.mkdir("migrations") / "versions"
+    versions.mkdir()
+    (pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (versions / "0001_migrated.py").write_text(ALEMBIC_VERSION)
+
+
 def clean_project_database(database_url: str) -> Iterator[str]:
     """The database URL, with no ptp_* table and no run database left by an earlier run."""
     tables = ("ptp_children", "ptp_parents", "ptp_items", "ptp_migrated", "ptp_notes")

@@ -19,6 +19,7 @@ from .plugin_projects import (
     ISOLATION_TESTS,
     clean_project_database,
     run,
+    write_migrations,
     write_project,
 )
 from .run_databases import (
@@ -321,73 +322,6 @@ def test_the_schemas_of_the_metadata_are_made_in_the_runs_database(
     result.assert_outcomes(passed=1)
 
 
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
-"""
-
-# Alembic's async template, reduced: the URL comes from sqlalchemy.url.
-ALEMBIC_ENV = """
-import asyncio
-
-from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
-
-
-def run(connection):
-    context.configure(connection=connection, version_table="ptp_alembic_version")
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def main():
-    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url"))
-    async with engine.connect() as connection:
-        await connection.run_sync(run)
-        await connection.commit()
-    await engine.dispose()
-
-
-asyncio.run(main())
-"""
-
-ALEMBIC_VERSION = """
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0001"
-down_revision = None
-
-
-def upgrade():
-    op.create_table("ptp_migrated", sa.Column("id", sa.Integer, primary_key=True))
-
-
-def downgrade():
-    op.drop_table("ptp_migrated")
-"""
-
 MIGRATED_TEST = """
 import pytest
 from sqlalchemy import text
@@ -415,11 +349,7 @@ def test_alembic_migrations_make_the_tables_in_the_runs_database(
         "asyncio_default_fixture_loop_scope = function\n"
         "dbscope_alembic_config = alembic.ini\n",
     )
-    pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = pytester.mkdir("migrations") / "versions"
-    versions.mkdir()
-    (pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
-    (versions / "0001_migrated.py").write_text(ALEMBIC_VERSION)
+    write_migrations(pytester)
 
     result = run(pytester, "pytest-asyncio", project_url)
 
