@@ -96,9 +96,13 @@ class UnitAsyncSession(AsyncSession):
     _depth = 0
     _idle: asyncio.Event | None = None
 
+    def idle(self) -> bool:
+        """Whether no other task is inside one of the session's methods now."""
+        return self._user is None or self._user is asyncio.current_task()
+
     async def wait_idle(self) -> None:
         """Return once no other task is inside one of the session's methods."""
-        while self._user is not None and self._user is not asyncio.current_task():
+        while not self.idle():
             if self._idle is None:
                 self._idle = asyncio.Event()
             await self._idle.wait()

@@ -294,6 +294,8 @@ class UnitRun:
 async def _wait_idle(session: UnitAsyncSession) -> None:
     # Another task may still be inside the session (asyncio.gather over it): the one that
     # came second was refused, the first finishes its statement before the unit ends.
+    if session.idle():
+        return  # the usual case, and every request's: no timer to set up
     try:
         async with asyncio.timeout(IDLE_WAIT_SECONDS):
             await session.wait_idle()
