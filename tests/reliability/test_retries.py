@@ -12,9 +12,10 @@ a function.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -25,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database, RetriesExhaustedError, Retrying
+from dbscope import Attempt, Database, RetriesExhaustedError, Retrying
 from tests.helpers import Tables, admin, client_for
 
 SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
@@ -68,13 +69,19 @@ async def overlap(barrier: asyncio.Barrier) -> None:
         await barrier.wait()
 
 
-async def after_first_attempts(barrier: asyncio.Barrier) -> None:
-    """Wait until the other racer's first attempt has ended too (committed or failed).
+@contextlib.asynccontextmanager
+async def ending_together(attempt: Attempt, barrier: asyncio.Barrier) -> AsyncIterator[None]:
+    """After a first attempt has ended (committed, failed or given up), wait until the
+    other racer's first attempt has ended too: the barrier's second round.
 
-    The barrier's second round: a retry then never overlaps the winner's commit, which would
-    make it conflict again (two retries instead of one, now and then, on a busy machine).
+    A retry then never overlaps the winner's commit, which would make it conflict again (two
+    retries instead of one, now and then, on a busy machine).
     """
-    await overlap(barrier)
+    try:
+        yield
+    finally:
+        if attempt.number == 1:
+            await overlap(barrier)
 
 
 async def read_balance(session: AsyncSession) -> int:
@@ -85,7 +92,7 @@ async def read_balance(session: AsyncSession) -> int:
 async def withdraw(retrying: Retrying, amount: int, barrier: asyncio.Barrier) -> None:
     """Read the balance, wait for the other withdrawal to read it too, then withdraw."""
     async for attempt in retrying:
-        async with attempt as session:
+        async with ending_together(attempt, barrier), attempt as session:
             balance = await read_balance(session)
             if attempt.number == 1:
                 await overlap(barrier)
@@ -93,14 +100,12 @@ async def withdraw(retrying: Retrying, amount: int, barrier: asyncio.Barrier) ->
                 raise InsufficientFunds(f"balance {balance} < {amount}")
             insert = text("INSERT INTO rt_ledger (amount) VALUES (:amount)")
             await session.execute(insert, {"amount": -amount})
-        if attempt.number == 1:
-            await after_first_attempts(barrier)
 
 
 async def go_off_call(retrying: Retrying, doctor: int, barrier: asyncio.Barrier) -> None:
     """Go off call if another doctor is still on call (read, overlap, then write)."""
     async for attempt in retrying:
-        async with attempt as session:
+        async with ending_together(attempt, barrier), attempt as session:
             count = text("SELECT count(*) FROM rt_doctors WHERE on_call = 1")
             on_call = int(await session.scalar(count) or 0)
             if attempt.number == 1:
@@ -109,8 +114,6 @@ async def go_off_call(retrying: Retrying, doctor: int, barrier: asyncio.Barrier)
                 raise LastDoctorOnCall(f"doctor {doctor} is the last one on call")
             update = text("UPDATE rt_doctors SET on_call = 0 WHERE id = :id")
             await session.execute(update, {"id": doctor})
-        if attempt.number == 1:
-            await after_first_attempts(barrier)
 
 
 async def lock_in_order(
@@ -119,13 +122,11 @@ async def lock_in_order(
     """Lock row ``first``, wait for the other transaction to lock its row, lock ``second``."""
     update = text("UPDATE rt_locks SET hits = hits + 1 WHERE id = :id")
     async for attempt in retrying:
-        async with attempt as session:
+        async with ending_together(attempt, barrier), attempt as session:
             await session.execute(update, {"id": first})
             if attempt.number == 1:
                 await overlap(barrier)
             await session.execute(update, {"id": second})
-        if attempt.number == 1:
-            await after_first_attempts(barrier)
 
 
 async def scalar(db: Database, query: str) -> int:
