@@ -5,7 +5,8 @@
   the response begin;
 - the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`;
 - faults: :func:`kill` ends a server connection (:func:`kill_mid_request` in a request),
-  :func:`assert_unavailable` checks a 503.
+  :func:`connect_to_nothing` connects where no server listens, :func:`assert_unavailable`
+  checks a 503.
 """
 
 import asyncio
@@ -18,15 +19,19 @@ from typing import Annotated, Any
 
 import anyio
 import httpx
+import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dbscope import Database
+from dbscope import Database, DatabaseUnavailableError
+from tests.server import free_port
 
 # The backends that run a server (and so have connections to kill), by driver.
 SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
+# The async drivers of the servers, as a URL names them.
+SERVER_DRIVERNAMES = ["postgresql+asyncpg", "postgresql+psycopg", "mysql+asyncmy"]
 # The query naming the server connection (backend) a session or connection runs on.
 BACKEND_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 
@@ -229,3 +234,15 @@ async def kill(connection: AsyncConnection, backend_id: int) -> None:
         await connection.execute(text(f"KILL CONNECTION {int(backend_id)}"))
         count = "SELECT count(*) FROM information_schema.processlist WHERE id = :id"
     await wait_until_none(connection, count, id=backend_id)
+
+
+async def connect_to_nothing(
+    drivername: str, password: str
+) -> tuple[Database, int, DatabaseUnavailableError]:
+    """A Database of ``drivername`` on 127.0.0.1 at a port nothing listens on, that port, and
+    the DatabaseUnavailableError its connect() raised."""
+    port = free_port()
+    db = Database(f"{drivername}://app:{password}@127.0.0.1:{port}/app")
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.connect()
+    return db, port, info.value

@@ -22,13 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbscope import (
     ConfigurationError,
     Database,
-    DatabaseUnavailableError,
     DbscopeError,
     LifecycleError,
 )
 from tests.conftest import url_for
-from tests.helpers import admin
-from tests.server import free_port
+from tests.helpers import SERVER_DRIVERNAMES, admin, connect_to_nothing
 
 PASSWORD = "s3cr3t-Pa55"
 FRAGMENTS = (PASSWORD, "s3cr3t", "Pa55")
@@ -257,18 +255,13 @@ async def test_a_connect_error_shows_the_servers_words_whole_beside_a_short_pass
     assert 'database "dbscope_no_such_db" does not exist' in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "drivername", ["postgresql+asyncpg", "postgresql+psycopg", "mysql+asyncmy"]
-)
+@pytest.mark.parametrize("drivername", SERVER_DRIVERNAMES)
 async def test_an_unreachable_server_error_hides_the_password(drivername: str) -> None:
     """DatabaseUnavailableError, and its whole chained traceback, never show the password."""
-    port = free_port()
-    db = Database(f"{drivername}://app:{PASSWORD}@127.0.0.1:{port}/app")
-    with pytest.raises(DatabaseUnavailableError) as info:
-        await db.connect()
-    assert f"127.0.0.1:{port}" in str(info.value)
-    assert info.value.__cause__ is not None
-    assert_hidden(str(info.value), repr(info.value), full_traceback(info.value))
+    _, port, error = await connect_to_nothing(drivername, PASSWORD)
+    assert f"127.0.0.1:{port}" in str(error)
+    assert error.__cause__ is not None
+    assert_hidden(str(error), repr(error), full_traceback(error))
 
 
 async def test_a_refused_login_error_hides_the_password(tmp_path: Path) -> None:

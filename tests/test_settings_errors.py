@@ -1,0 +1,230 @@
+"""Settings that fail: each misconfiguration at construction, each unusable server at connect.
+
+A wrong value fails when the Database is made, with a ConfigurationError naming the value as
+the caller gave it (keyword argument or variable) and the fix; a server that cannot be reached,
+or refuses the user, fails ``connect()`` saying where and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool, QueuePool
+
+from dbscope import ConfigurationError, Database, DatabaseSettings, DatabaseUnavailableError
+from tests.conftest import url_for
+from tests.helpers import SERVER_BACKENDS, SERVER_DRIVERNAMES, connect_to_nothing
+from tests.server import free_port
+
+
+def from_env_error(env: pytest.MonkeyPatch, prefix: str = "", **variables: str) -> str:
+    """Set the environment ``variables``, then the message of the ConfigurationError that
+    ``Database.from_env(prefix)`` raises."""
+    for name, value in variables.items():
+        env.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env(prefix)
+    return str(info.value)
+
+
+# -- the environment --------------------------------------------------------------------------
+
+
+def test_an_unreadable_boolean_variable_is_rejected_naming_it(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """ECHO=maybe fails at construction naming the variable and the value."""
+    message = from_env_error(clean_env, DATABASE_URL=sqlite_url, ECHO="maybe")
+    assert "ECHO" in message
+    assert "'maybe'" in message
+
+
+def test_a_setting_read_from_the_environment_is_named_as_its_prefixed_variable(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """APP_POOL_SIZE=-1 read by from_env("APP_") is named with its prefix and its value."""
+    message = from_env_error(clean_env, "APP_", APP_DATABASE_URL=sqlite_url, APP_POOL_SIZE="-1")
+    assert "environment variable APP_POOL_SIZE='-1': must be at least 1" in message
+
+
+@pytest.mark.parametrize("prefix", ["", "APP_"])
+def test_a_misspelled_variable_is_named_when_no_database_is_configured(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, prefix: str
+) -> None:
+    """With only DATABSE_URL set, "no database is configured" asks about DATABASE_URL."""
+    message = from_env_error(clean_env, prefix, **{f"{prefix}DATABSE_URL": sqlite_url})
+    assert "No database is configured" in message
+    assert f"{prefix}DATABSE_URL is set: did you mean {prefix}DATABASE_URL?" in message
+
+
+def test_no_url_in_the_environment_is_rejected_naming_database_url(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """from_env() with nothing set fails saying to set DATABASE_URL."""
+    assert "set DATABASE_URL" in from_env_error(clean_env)
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "suggestion"),
+    [
+        ("postgresql+psycopg2://app@localhost/app", "psycopg2", "'postgresql+asyncpg://'"),
+        ("mysql+pymysql://app@localhost/app", "pymysql", "'mysql+asyncmy://'"),
+        ("sqlite+pysqlite:///app.db", "pysqlite", "'sqlite+aiosqlite://'"),
+    ],
+    ids=["psycopg2", "pymysql", "pysqlite"],
+)
+def test_a_synchronous_driver_is_rejected_with_the_async_url(
+    url: str, driver: str, suggestion: str
+) -> None:
+    """A sync driver fails at construction, naming it and the async URL to use instead."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(url)
+    assert f"'{driver}'" in str(info.value)
+    assert suggestion in str(info.value)
+
+
+def test_a_synchronous_queue_pool_is_rejected_naming_the_async_one(sqlite_url: str) -> None:
+    """poolclass=QueuePool fails with a ConfigurationError that points to AsyncAdaptedQueuePool."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, poolclass=QueuePool)
+    assert "poolclass=QueuePool" in str(info.value)
+    assert "AsyncAdaptedQueuePool" in str(info.value)
+
+
+def test_a_misspelled_option_is_rejected_with_the_right_spelling(sqlite_url: str) -> None:
+    """pool_class=... fails with a message suggesting poolclass."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, pool_class=NullPool)
+    assert "'pool_class'" in str(info.value)
+    assert "did you mean 'poolclass'?" in str(info.value)
+
+
+@pytest.mark.parametrize(("option", "value"), [("pool_size", -3), ("max_overflow", -4)])
+def test_a_negative_pool_bound_is_rejected_with_its_value(
+    sqlite_url: str, option: str, value: int
+) -> None:
+    """A negative pool_size or max_overflow fails naming the option and the value given."""
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, **options)
+    assert option in str(info.value)
+    assert f"got {value}" in str(info.value)
+
+
+def test_pool_size_with_a_null_pool_is_rejected_with_the_fix(sqlite_url: str) -> None:
+    """poolclass=NullPool with pool_size=5 fails saying NullPool takes no pool_size."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, poolclass=NullPool, pool_size=5)
+    assert "pool_size=5" in str(info.value)
+    assert "NullPool" in str(info.value)
+    assert "remove pool_size" in str(info.value)
+
+
+def test_pool_size_for_in_memory_sqlite_is_rejected_with_the_fix() -> None:
+    """An in-memory SQLite database with pool_size=5 fails suggesting a file database."""
+    with pytest.raises(ConfigurationError) as info:
+        Database("sqlite+aiosqlite:///:memory:", pool_size=5)
+    assert "pool_size=5" in str(info.value)
+    assert "sqlite+aiosqlite:///app.db" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "postgresql+asyncpg//app@localhost/app", "postgresql+asyncpg://app@db:five/app"],
+    ids=["words", "missing-colon", "non-numeric-port"],
+)
+def test_an_unparseable_url_is_rejected_showing_the_expected_form(url: str) -> None:
+    """A URL that cannot be parsed fails naming DATABASE_URL and the form a URL takes."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(url)
+    assert "could not be parsed" in str(info.value)
+    assert "dialect+driver://user:password@host:port/database" in str(info.value)
+
+
+SettingsInCode = Callable[[str], object]
+IN_CODE: dict[str, SettingsInCode] = {
+    "Database": lambda url: Database(url, pool_size=-1),
+    "DatabaseSettings": lambda url: DatabaseSettings(database_url=url, pool_size=-1),
+}
+
+
+@pytest.mark.parametrize("make", list(IN_CODE))
+def test_a_setting_given_in_code_is_named_as_its_keyword_argument(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, make: str
+) -> None:
+    """pool_size=-1 passed to Database(...) or DatabaseSettings(...) is named so, not POOL_SIZE."""
+    with pytest.raises(ConfigurationError) as info:
+        IN_CODE[make](sqlite_url)
+    assert "keyword argument pool_size=-1: must be at least 1" in str(info.value)
+    assert "POOL_SIZE" not in str(info.value)
+
+
+def test_a_schema_on_sqlite_is_rejected_saying_only_postgresql_has_schemas(
+    sqlite_url: str,
+) -> None:
+    """schema="app" on SQLite names the argument as given and says SQLite has no schemas."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, schema="app")
+    assert "keyword argument schema='app': only PostgreSQL has schemas" in str(info.value)
+    assert "a SQLite file is a database of its own" in str(info.value)
+    assert "postgres_schema" not in str(info.value)
+
+
+def test_no_url_argument_is_rejected_naming_database_url(clean_env: pytest.MonkeyPatch) -> None:
+    """Database() without a URL fails saying how to give one."""
+    with pytest.raises(ConfigurationError) as info:
+        Database()
+    assert "DATABASE_URL" in str(info.value)
+    assert "pass the URL to Database(...)" in str(info.value)
+
+
+# -- connecting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drivername", SERVER_DRIVERNAMES)
+async def test_an_unreachable_server_fails_connect_naming_host_and_port(drivername: str) -> None:
+    """connect() to a port nothing listens on raises DatabaseUnavailableError with host:port."""
+    db, port, error = await connect_to_nothing(drivername, "pw")
+    assert f"127.0.0.1:{port}" in str(error)
+    assert error.cause == "unreachable"
+    assert db.state == "new"
+
+
+MULTI_HOST_FORMS = {
+    "host=h:p&host=h:p": "?host=127.0.0.1:{0}&host=127.0.0.1:{1}",
+    "host=h,h&port=p,p": "?host=127.0.0.1,127.0.0.1&port={0},{1}",
+}
+
+
+@pytest.mark.parametrize("form", list(MULTI_HOST_FORMS))
+@pytest.mark.parametrize("drivername", ["postgresql+asyncpg", "postgresql+psycopg"])
+async def test_a_multi_host_url_reaching_no_host_fails_connect_naming_every_host(
+    drivername: str, form: str
+) -> None:
+    """connect() to two hosts that nothing listens on raises an error naming both host:ports."""
+    first = free_port()
+    second = next(port for port in iter(free_port, None) if port != first)
+    db = Database(f"{drivername}://app@/app" + MULTI_HOST_FORMS[form].format(first, second))
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.connect()
+    assert f"at 127.0.0.1:{first}, 127.0.0.1:{second}, database 'app'" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS)
+async def test_a_wrong_user_fails_connect_with_a_configuration_error(
+    backend: str, tmp_path: Path
+) -> None:
+    """A user the server does not know is a ConfigurationError naming the user, not an outage."""
+    url = make_url(url_for(backend, tmp_path)).set(username="dbscope_no_such_user")
+    db = Database(url.render_as_string(hide_password=False))
+    with pytest.raises(ConfigurationError) as info:
+        await db.connect()
+    assert "'dbscope_no_such_user'" in str(info.value)
+    assert "check the user" in str(info.value).lower()
