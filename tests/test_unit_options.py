@@ -1,32 +1,28 @@
-"""Per-unit options: statement timeout, isolation level and read-only, and nothing left behind.
+"""Per-unit options: statement timeout and isolation level, and nothing left behind.
 
-Options are set per ``db.transaction(...)`` or per request (``db.session_with(...)``,
-``db.read_session``), and must end with their unit: with ``pool_size=1`` the next unit gets the
-very same connection (its backend id proves it), and finds the server's defaults there.
+Options are set per ``db.transaction(...)`` or per request (``db.session_with(...)``), and
+must end with their unit: with ``pool_size=1`` the next unit gets the very same connection (its
+backend id proves it), and finds the server's defaults there. Read-only units are in
+test_read_only.py.
 
 No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
 a function.
 """
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, StatementTimeoutError
-from dbscope.testing import any_loop_engine, rolled_back
 from tests import helpers
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 TIMEOUT = 0.2
 SLOW = 2.0
-INSERT = text("INSERT INTO uo_rows (value) VALUES (1)")
 
 
 def slow_query(db: Database) -> str:
@@ -83,12 +79,6 @@ async def run_slow_query(db: Database, backends: list[Any], *, commit_first: boo
         if commit_first:
             await session.commit()
         await session.execute(text(slow_query(db)))
-
-
-@pytest.fixture
-async def uo_rows(tables: helpers.Tables) -> None:
-    """An empty ``uo_rows`` table for the test."""
-    await tables.create("uo_rows", "value INTEGER NOT NULL")
 
 
 # -- statement timeout ------------------------------------------------------------------------
@@ -160,19 +150,6 @@ def build_timeout_app(db: Database) -> FastAPI:
     app = helpers.app_with(db.session_with(statement_timeout=TIMEOUT), {"GET /slow": slow})
     app.add_api_route("/state", state, methods=["GET"])
     return app
-
-
-def build_read_only_app(db: Database) -> FastAPI:
-    """``/write`` inserts a row and ``/count`` counts them, both on ``db.read_session``."""
-
-    async def write(session: AsyncSession) -> dict[str, str]:
-        await session.execute(INSERT)
-        return {"status": "written"}
-
-    async def count(session: AsyncSession) -> dict[str, int]:
-        return {"rows": int(await session.scalar(text("SELECT count(*) FROM uo_rows")) or 0)}
-
-    return helpers.app_with(db.read_session, {"POST /write": write, "GET /count": count})
 
 
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
@@ -283,141 +260,6 @@ async def test_an_isolation_level_the_backend_refuses_is_a_configuration_error(
             async with db.transaction(isolation_level=level):
                 pass
         assert db.stats().checked_out == 0
-
-
-# -- read only --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("db_backend", ["sqlite"])
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_request_never_commits(database_url: str) -> None:
-    """A write in a read_session request is never committed, though the request succeeds."""
-    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
-        response = await client.post("/write")
-    assert response.status_code == 200
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
-
-
-@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_write_in_a_read_only_request_fails_on_a_server(database_url: str) -> None:
-    """PostgreSQL and MariaDB refuse the write of a read_session request: 500, nothing
-    stored."""
-    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
-        response = await client.post("/write")
-    assert response.status_code == 500
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
-
-
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_request_reads(database_url: str) -> None:
-    """A read_session request reads what is committed."""
-    async with helpers.admin(database_url) as connection:
-        await connection.execute(INSERT)
-    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
-        response = await client.get("/count")
-    assert response.status_code == 200
-    assert response.json() == {"rows": 1}
-
-
-@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_transaction_is_read_only_on_postgresql(database_url: str) -> None:
-    """transaction(read_only=True): the server reports it, and refuses a write."""
-    async with Database(database_url) as db:
-        seen: list[Any] = []
-        with pytest.raises(DBAPIError) as refused:
-            await write_read_only(db, seen)
-    assert seen == ["on"]
-    assert "read-only" in str(refused.value)
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
-
-
-async def write_read_only(db: Database, seen: list[Any]) -> None:
-    """In a read-only unit: note ``transaction_read_only``, then insert a row."""
-    async with db.transaction(read_only=True) as session:
-        seen.append(await session.scalar(text("SHOW transaction_read_only")))
-        await session.execute(INSERT)
-
-
-@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
-async def test_a_read_only_unit_begins_read_only_without_a_statement_of_its_own(
-    database_url: str,
-) -> None:
-    """On PostgreSQL the unit begins with BEGIN READ ONLY: no SET TRANSACTION is sent."""
-    async with Database(database_url) as db:
-        with sent_statements(db) as sent:
-            async with db.transaction(read_only=True) as session:
-                seen = await session.scalar(text("SHOW transaction_read_only"))
-    assert seen == "on"
-    assert sent == ["SHOW transaction_read_only"]
-
-
-@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
-@pytest.mark.usefixtures("uo_rows")
-async def test_the_next_unit_on_the_connection_of_a_read_only_one_can_write(
-    database_url: str,
-) -> None:
-    """Read-only ends with its unit: the same pooled connection then takes a write."""
-    async with Database(database_url, **ONE_CONNECTION) as db:
-        read_only_backend, _ = await connection_state(db, read_only=True)
-        async with db.transaction() as session:
-            backend = await session.scalar(text(backend_id_query(db)))
-            await session.execute(INSERT)
-    assert backend == read_only_backend
-    assert await helpers.count_rows(database_url, "uo_rows") == 1
-
-
-@contextlib.contextmanager
-def sent_statements(db: Database) -> Iterator[list[str]]:
-    """The statements ``db``'s engine sends while the block runs (BEGIN and COMMIT excepted)."""
-    sent: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", note)
-
-
-@pytest.mark.parametrize("db_backend", ["asyncmy"])
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_transaction_refuses_a_write_on_mariadb(database_url: str) -> None:
-    """transaction(read_only=True) on MariaDB: the server refuses the write (1792)."""
-    async with Database(database_url) as db:
-        with pytest.raises(DBAPIError, match="READ ONLY"):
-            async with db.transaction(read_only=True) as session:
-                await session.execute(INSERT)
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
-
-
-@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_unit_inside_a_test_transaction_leaves_it_writable(
-    database_url: str,
-) -> None:
-    """Bound to a test's connection, a read-only unit reads, and the test's transaction can
-    still write after it."""
-    db = Database(database_url)
-    with any_loop_engine(database_url) as engine:
-        async with rolled_back(db, engine) as connection:
-            async with db.transaction(read_only=True) as session:
-                value = await session.scalar(text("SELECT 2"))
-            await connection.execute(INSERT)
-            rows = await connection.scalar(text("SELECT count(*) FROM uo_rows"))
-    assert (value, rows) == (2, 1)
-
-
-@pytest.mark.parametrize("db_backend", ["sqlite"])
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_transaction_never_commits(database_url: str) -> None:
-    """transaction(read_only=True) ends in a rollback where the server allows the write."""
-    async with Database(database_url) as db, db.transaction(read_only=True) as session:
-        await session.execute(INSERT)
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
 async def test_the_same_options_give_the_same_dependency(database_url: str) -> None:
