@@ -5,36 +5,27 @@ first attempts wait on: both read, then both write. Under SERIALIZABLE, PostgreS
 of them with a serialization failure (SQLSTATE 40001) and MariaDB reports the same skew as a
 deadlock (1213); two transactions locking two rows in opposite orders deadlock on either
 (40P01, 1213). Retries are counted twice: by ``Retrying.retries`` and by the WARNING lines of
-the "dbscope" logger, and printed (``pytest -s``).
-
-No ``from __future__ import annotations``: the endpoints use a ``Session`` alias built inside
-a function.
+the "dbscope" logger, and printed (``pytest -s``). The same conflicts in requests, retried
+by ``@db.retry``, are in test_retries_http.py.
 """
 
 import asyncio
 import contextlib
-import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
 
-import httpx
 import pytest
-from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Attempt, Database, RetriesExhaustedError, Retrying
-from tests.helpers import Tables, admin, client_for
+from tests.helpers import SERVER_BACKENDS
+from tests.reliability.conflicts import BALANCE, overlap, read_balance, retry_lines, scalar
 
-SERVER_BACKENDS = ["asyncpg", "psycopg", "asyncmy"]
-OVERLAP_TIMEOUT = 5.0
 RecordProperty = Callable[[str, object], None]
 Racer = Callable[[Retrying, asyncio.Barrier], Awaitable[None]]
 
-pytestmark = pytest.mark.usefixtures("retry_tables")
+pytestmark = pytest.mark.usefixtures("retry_tables", "retry_warnings")
 
 
 class InsufficientFunds(Exception):
@@ -43,30 +34,6 @@ class InsufficientFunds(Exception):
 
 class LastDoctorOnCall(Exception):
     """The business error of the last on-call doctor trying to go off call."""
-
-
-@pytest.fixture
-async def retry_tables(database_url: str, tables: Tables) -> None:
-    """Fresh ``rt_*`` tables: a ledger of 100, two doctors on call, two lockable rows."""
-    await tables.create("rt_ledger", "amount INTEGER NOT NULL")
-    await tables.create("rt_doctors", "id INTEGER PRIMARY KEY, on_call INTEGER NOT NULL")
-    await tables.create("rt_locks", "id INTEGER PRIMARY KEY, hits INTEGER NOT NULL")
-    async with admin(database_url) as connection:
-        await connection.execute(text("INSERT INTO rt_ledger (amount) VALUES (100)"))
-        await connection.execute(text("INSERT INTO rt_doctors (id, on_call) VALUES (1, 1), (2, 1)"))
-        await connection.execute(text("INSERT INTO rt_locks (id, hits) VALUES (1, 0), (2, 0)"))
-
-
-@pytest.fixture(autouse=True)
-def retry_warnings(caplog: pytest.LogCaptureFixture) -> None:
-    """Capture the WARNING lines of the "dbscope" logger, where retries are logged."""
-    caplog.set_level(logging.WARNING, logger="dbscope")
-
-
-async def overlap(barrier: asyncio.Barrier) -> None:
-    """Wait until the other transaction has reached the same point."""
-    async with asyncio.timeout(OVERLAP_TIMEOUT):
-        await barrier.wait()
 
 
 @contextlib.asynccontextmanager
@@ -82,11 +49,6 @@ async def ending_together(attempt: Attempt, barrier: asyncio.Barrier) -> AsyncIt
     finally:
         if attempt.number == 1:
             await overlap(barrier)
-
-
-async def read_balance(session: AsyncSession) -> int:
-    """The ledger's balance, read in ``session``'s transaction."""
-    return int(await session.scalar(text("SELECT COALESCE(SUM(amount), 0) FROM rt_ledger")) or 0)
 
 
 async def withdraw(retrying: Retrying, amount: int, barrier: asyncio.Barrier) -> None:
@@ -129,29 +91,12 @@ async def lock_in_order(
             await session.execute(update, {"id": second})
 
 
-async def scalar(db: Database, query: str) -> int:
-    """The single integer ``query`` returns, read in a unit of work of its own."""
-    async with db.transaction() as session:
-        return int(await session.scalar(text(query)) or 0)
-
-
 async def insert_existing_row(retrying: Retrying, attempts: list[int]) -> None:
     """Insert the row ``rt_locks`` already has, noting each attempt's number."""
     async for attempt in retrying:
         async with attempt as session:
             attempts.append(attempt.number)
             await session.execute(text("INSERT INTO rt_locks (id, hits) VALUES (1, 0)"))
-
-
-def retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The WARNING lines dbscope logged for retries."""
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == "dbscope"
-        and record.levelno == logging.WARNING
-        and record.getMessage().startswith("Retrying")
-    ]
 
 
 @dataclass
@@ -240,9 +185,6 @@ def locking(first: int, second: int) -> Racer:
     return lambda retrying, barrier: lock_in_order(retrying, first, second, barrier)
 
 
-BALANCE = "SELECT SUM(amount) FROM rt_ledger"
-
-
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 async def test_a_write_skew_is_retried_once_and_both_withdrawals_commit(racing: Racing) -> None:
     """Two overlapping SERIALIZABLE withdrawals from one balance both commit, one retried."""
@@ -315,100 +257,3 @@ async def test_a_non_retryable_error_propagates_unchanged_from_the_first_attempt
     assert attempts == [1]
     assert retrying.retries == 0
     assert retry_lines(caplog) == []
-
-
-def build_app(db: Database, attempts: int) -> FastAPI:
-    """``POST /withdrawals/{name}`` withdraws 30 at SERIALIZABLE, retried by ``@db.retry``.
-
-    The first run of each request waits for the other request to have read the balance, so
-    two concurrent requests form a write skew. ``app.state.levels`` collects the isolation
-    level each run saw.
-    """
-    app = FastAPI()
-    app.state.barrier = asyncio.Barrier(2)
-    app.state.runs = Counter()
-    app.state.levels = []
-    Session = Annotated[AsyncSession, Depends(db.session_with(isolation_level="SERIALIZABLE"))]
-    isolation_query = (
-        "SHOW transaction_isolation"
-        if db.url.get_backend_name() == "postgresql"
-        else "SELECT @@tx_isolation"
-    )
-
-    @app.post("/withdrawals/{name}")
-    @db.retry(attempts=attempts, backoff=0.01)
-    async def post_withdrawal(name: str, session: Session) -> dict[str, int]:
-        app.state.runs[name] += 1
-        level = str(await session.scalar(text(isolation_query)))
-        app.state.levels.append(level.upper().replace("-", " "))
-        balance = await read_balance(session)
-        if app.state.runs[name] == 1:
-            await overlap(app.state.barrier)
-        insert = text("INSERT INTO rt_ledger (amount) VALUES (:amount)")
-        await session.execute(insert, {"amount": -30})
-        return {"balance": balance - 30}
-
-    return app
-
-
-async def post_two_withdrawals(
-    db: Database, attempts: int
-) -> tuple[FastAPI, list[httpx.Response], int]:
-    """POST two overlapping withdrawals to ``build_app(db, attempts)``: the app, the responses
-    in order of status code, and the balance once both have ended."""
-    app = build_app(db, attempts)
-    async with client_for(app) as client:
-        responses = await asyncio.gather(
-            client.post("/withdrawals/a"), client.post("/withdrawals/b")
-        )
-    balance = await scalar(db, BALANCE)
-    return app, sorted(responses, key=lambda response: response.status_code), balance
-
-
-def statuses(responses: list[httpx.Response]) -> list[int]:
-    """The responses' status codes."""
-    return [response.status_code for response in responses]
-
-
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-async def test_a_retried_endpoint_answers_409_when_its_only_attempt_conflicts(
-    db: Database,
-) -> None:
-    """@db.retry(attempts=1): of two overlapping requests one commits, one gets 409."""
-    _, responses, balance = await post_two_withdrawals(db, attempts=1)
-    assert db.stats().checked_out == 0
-    assert statuses(responses) == [200, 409], [response.text for response in responses]
-    detail = responses[1].json()["detail"]
-    assert detail["cause"] == "conflict"
-    assert detail["message"]
-    assert balance == 70
-
-
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-async def test_a_retried_endpoint_commits_both_conflicting_requests(
-    db: Database,
-    db_backend: str,
-    caplog: pytest.LogCaptureFixture,
-    record_property: RecordProperty,
-) -> None:
-    """@db.retry(attempts=3): both overlapping requests get 200, after one logged retry."""
-    app, responses, balance = await post_two_withdrawals(db, attempts=3)
-    lines = retry_lines(caplog)
-    print(f"\n[{db_backend}] @db.retry: runs={dict(app.state.runs)} log lines={lines}")
-    record_property("retries", len(lines))
-    assert statuses(responses) == [200, 200], [response.text for response in responses]
-    assert balance == 40
-    assert sum(app.state.runs.values()) == 3
-    assert len(lines) == 1
-    assert "post_withdrawal" in lines[0]
-
-
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-async def test_every_attempt_of_a_retried_endpoint_runs_at_the_requested_isolation_level(
-    db: Database,
-) -> None:
-    """The retry of a SERIALIZABLE request (session_with) is SERIALIZABLE too."""
-    app, responses, _ = await post_two_withdrawals(db, attempts=3)
-    assert statuses(responses) == [200, 200]
-    assert len(app.state.levels) == 3
-    assert app.state.levels == ["SERIALIZABLE"] * 3
