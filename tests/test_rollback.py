@@ -47,27 +47,32 @@ def build_app(session_dependency: Callable[..., Any]) -> FastAPI:
     app = FastAPI()
     app.state.written = []
     app.state.started = asyncio.Event()
+    add_raising_routes(app, session_dependency)
+    add_answering_routes(app, session_dependency)
+    add_cancelled_routes(app, session_dependency)
+    return app
+
+
+async def write(app: FastAPI, session: AsyncSession, label: str) -> None:
+    """Insert the row ``label``, and note it in ``app.state.written``."""
+    await session.execute(text("INSERT INTO rb_rows (label) VALUES (:label)"), {"label": label})
+    app.state.written.append(label)
+
+
+def add_raising_routes(app: FastAPI, session_dependency: Callable[..., Any]) -> None:
+    """Endpoints that write, then raise or fail their response model."""
     Session = Annotated[AsyncSession, Depends(session_dependency)]
 
-    async def write(session: AsyncSession, label: str) -> None:
-        await session.execute(text("INSERT INTO rb_rows (label) VALUES (:label)"), {"label": label})
-        app.state.written.append(label)
-
     async def write_first(session: Session) -> None:
-        await write(session, "validation")
+        await write(app, session, "validation")
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, error: Conflict) -> JSONResponse:
         return JSONResponse({"detail": "conflict"}, status_code=409)
 
-    @app.post("/ok")
-    async def ok(session: Session) -> dict[str, str]:
-        await write(session, "ok")
-        return {"status": "ok"}
-
     @app.post("/http-exception")
     async def http_exception(session: Session) -> None:
-        await write(session, "http-exception")
+        await write(app, session, "http-exception")
         raise HTTPException(status_code=404, detail="no such thing")
 
     @app.post("/validation")
@@ -76,49 +81,62 @@ def build_app(session_dependency: Callable[..., Any]) -> FastAPI:
 
     @app.post("/conflict")
     async def handled(session: Session) -> None:
-        await write(session, "conflict")
+        await write(app, session, "conflict")
         raise Conflict
 
     @app.post("/value-error")
     async def value_error(session: Session) -> None:
-        await write(session, "value-error")
+        await write(app, session, "value-error")
         raise ValueError("a bug in the endpoint")
 
     @app.post("/bad-response", response_model=Item)
     async def bad_response(session: Session) -> Any:
-        await write(session, "bad-response")
+        await write(app, session, "bad-response")
         return {"title": "not an Item"}
+
+
+def add_answering_routes(app: FastAPI, session_dependency: Callable[..., Any]) -> None:
+    """Endpoints that write, then return: a success, or an error status of their own."""
+    Session = Annotated[AsyncSession, Depends(session_dependency)]
+
+    @app.post("/ok")
+    async def ok(session: Session) -> dict[str, str]:
+        await write(app, session, "ok")
+        return {"status": "ok"}
 
     @app.post("/returned-400")
     async def returned_400(session: Session) -> JSONResponse:
-        await write(session, "returned-400")
+        await write(app, session, "returned-400")
         return JSONResponse({"detail": "refused"}, status_code=400)
 
     @app.post("/rollback-then-400")
     async def rollback_then_400(session: Session) -> JSONResponse:
-        await write(session, "rollback-then-400")
+        await write(app, session, "rollback-then-400")
         await session.rollback()
         return JSONResponse({"detail": "refused"}, status_code=400)
 
     @app.post("/status-400")
     async def status_400(session: Session, response: Response) -> dict[str, str]:
-        await write(session, "status-400")
+        await write(app, session, "status-400")
         response.status_code = 400
         return {"detail": "refused"}
 
+
+def add_cancelled_routes(app: FastAPI, session_dependency: Callable[..., Any]) -> None:
+    """Endpoints that write, set ``app.state.started``, then wait to be cancelled."""
+    Session = Annotated[AsyncSession, Depends(session_dependency)]
+
     @app.post("/cancel")
     async def cancel(session: Session) -> None:
-        await write(session, "cancel")
+        await write(app, session, "cancel")
         app.state.started.set()
         await asyncio.sleep(60)
 
     @app.post("/cancel-mid-query")
     async def cancel_mid_query(session: Session) -> None:
-        await write(session, "cancel-mid-query")
+        await write(app, session, "cancel-mid-query")
         app.state.started.set()
         await session.execute(text("SELECT pg_sleep(60)"))
-
-    return app
 
 
 async def stored_labels(db: Database) -> list[str]:

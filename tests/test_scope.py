@@ -29,9 +29,16 @@ class BusinessRuleBroken(Exception):
 def build_app(db: Database) -> FastAPI:
     """Endpoints that compare sessions, commit mid-request and use a savepoint."""
     app = FastAPI(lifespan=db.lifespan)
-    Session = Annotated[AsyncSession, Depends(db.session)]
     seen: list[AsyncSession] = []
     app.state.seen = seen
+    add_sharing_routes(app, db, seen)
+    add_writing_routes(app, db)
+    return app
+
+
+def add_sharing_routes(app: FastAPI, db: Database, seen: list[AsyncSession]) -> None:
+    """``/same-session`` compares its dependencies' sessions; ``/remember`` notes its own."""
+    Session = Annotated[AsyncSession, Depends(db.session)]
 
     def service_session_id() -> int:
         # A service function: no parameters, it finds the session of the running request.
@@ -71,6 +78,11 @@ def build_app(db: Database) -> FastAPI:
     async def remember(session: Session) -> None:
         seen.append(session)
 
+
+def add_writing_routes(app: FastAPI, db: Database) -> None:
+    """``/commit-then-fail`` commits mid-request; ``/savepoint`` rolls a savepoint back."""
+    Session = Annotated[AsyncSession, Depends(db.session)]
+
     @app.post("/commit-then-fail")
     async def commit_then_fail(session: Session) -> None:
         await insert(session, 1)
@@ -89,8 +101,6 @@ def build_app(db: Database) -> FastAPI:
             pass
         await insert(session, 3)
         return {"done": True}
-
-    return app
 
 
 async def insert(session: AsyncSession, value: int) -> None:

@@ -8,6 +8,8 @@ client waits for the background tasks before it returns the response, so every c
 runs after them.
 """
 
+from dataclasses import dataclass, field
+
 import pytest
 from fastapi import BackgroundTasks, FastAPI
 from sqlalchemy import text
@@ -23,61 +25,79 @@ class BackgroundFailure(Exception):
     """The error a failing background task raises."""
 
 
+@dataclass
+class Tasks:
+    """The background tasks of the app on ``db``, and what they met.
+
+    Attributes:
+        db: the app's Database.
+        refused: the errors a task got from the request's session.
+        finished: the tasks that ran to their end.
+    """
+
+    db: Database
+    refused: list[Exception] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+
+    async def write_in_own_transaction(self) -> None:
+        """Write the row ``task`` in a unit of work of its own."""
+        async with self.db.transaction() as session:
+            await session.execute(INSERT, {"label": "task"})
+        self.finished.append("own-transaction")
+
+    async def write_then_fail(self) -> None:
+        """Write the row ``failed-task`` in a unit of its own, then raise inside it."""
+        async with self.db.transaction() as session:
+            await session.execute(INSERT, {"label": "failed-task"})
+            self.finished.append("wrote-then-failed")
+            raise BackgroundFailure("the background task failed after its write")
+
+    async def read_with(self, session: AsyncSession) -> None:
+        """Read through the request's ``session``."""
+        try:
+            await session.execute(text("SELECT count(*) FROM bg_rows"))
+        except UnitOfWorkEndedError as error:
+            self.refused.append(error)
+        self.finished.append("read-request-session")
+
+    async def write_with(self, session: AsyncSession) -> None:
+        """Write and commit through the request's ``session``."""
+        try:
+            await session.execute(INSERT, {"label": "late"})
+            await session.commit()
+        except UnitOfWorkEndedError as error:
+            self.refused.append(error)
+        self.finished.append("write-request-session")
+
+
 def build_app(db: Database) -> FastAPI:
     """Each endpoint writes the row ``request``, then schedules one kind of background task.
 
     ``app.state.refused`` collects the errors a task got from the request's session, and
     ``app.state.finished`` the tasks that ran to their end.
     """
-    refused: list[Exception] = []
-    finished: list[str] = []
-
-    async def write_in_own_transaction() -> None:
-        async with db.transaction() as session:
-            await session.execute(INSERT, {"label": "task"})
-        finished.append("own-transaction")
-
-    async def write_then_fail() -> None:
-        async with db.transaction() as session:
-            await session.execute(INSERT, {"label": "failed-task"})
-            finished.append("wrote-then-failed")
-            raise BackgroundFailure("the background task failed after its write")
-
-    async def read_with(session: AsyncSession) -> None:
-        try:
-            await session.execute(text("SELECT count(*) FROM bg_rows"))
-        except UnitOfWorkEndedError as error:
-            refused.append(error)
-        finished.append("read-request-session")
-
-    async def write_with(session: AsyncSession) -> None:
-        try:
-            await session.execute(INSERT, {"label": "late"})
-            await session.commit()
-        except UnitOfWorkEndedError as error:
-            refused.append(error)
-        finished.append("write-request-session")
+    background = Tasks(db)
 
     async def own_transaction(session: AsyncSession, tasks: BackgroundTasks) -> dict[str, str]:
         await session.execute(INSERT, {"label": "request"})
-        tasks.add_task(write_in_own_transaction)
+        tasks.add_task(background.write_in_own_transaction)
         return {"status": "accepted"}
 
     async def failing_task(session: AsyncSession, tasks: BackgroundTasks) -> dict[str, str]:
         await session.execute(INSERT, {"label": "request"})
-        tasks.add_task(write_then_fail)
+        tasks.add_task(background.write_then_fail)
         return {"status": "accepted"}
 
     async def read_request_session(session: AsyncSession, tasks: BackgroundTasks) -> dict[str, str]:
         await session.execute(INSERT, {"label": "request"})
-        tasks.add_task(read_with, session)
+        tasks.add_task(background.read_with, session)
         return {"status": "accepted"}
 
     async def write_request_session(
         session: AsyncSession, tasks: BackgroundTasks
     ) -> dict[str, str]:
         await session.execute(INSERT, {"label": "request"})
-        tasks.add_task(write_with, session)
+        tasks.add_task(background.write_with, session)
         return {"status": "accepted"}
 
     app = app_with(
@@ -89,8 +109,8 @@ def build_app(db: Database) -> FastAPI:
             "POST /write-request-session": write_request_session,
         },
     )
-    app.state.refused = refused
-    app.state.finished = finished
+    app.state.refused = background.refused
+    app.state.finished = background.finished
     return app
 
 
