@@ -88,6 +88,19 @@ async def rows(connection: AsyncConnection, query: str) -> list[tuple[Any, ...]]
     return [tuple(row) for row in (await connection.execute(text(query))).all()]
 
 
+async def post_then_rows(
+    database_url: str, app: FastAPI, path: str
+) -> tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """POST ``path`` to ``app`` served by uvicorn, on fresh tables: the status, then the notes
+    and the audit rows stored once the response has come."""
+    async with tables(database_url) as connection:
+        async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.post(path)
+        notes = await rows(connection, "SELECT text FROM notes")
+        audit = await rows(connection, AUDIT_ROWS)
+    return response.status_code, notes, audit
+
+
 # -- no unit of work in middleware ------------------------------------------------------------
 
 
@@ -171,34 +184,17 @@ async def test_middleware_has_no_unit_of_work_after_the_app_returns(
 # -- the documented audit middleware ----------------------------------------------------------
 
 
-async def test_the_audit_row_is_kept_when_the_request_rolls_back(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("path", "status"), [("/conflicts", 409), ("/errors", 500)])
+async def test_a_failed_request_is_audited_with_its_status_though_its_write_rolls_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, path: str, status: int
 ) -> None:
-    """An endpoint that writes, then raises 409: its row is gone, the audit row stays."""
+    """An endpoint that writes, then raises 409, or has a bug (500): its row is gone, the
+    client gets the status, and the audit row stays, saying that status."""
     page = audited_app(database_url, monkeypatch)
-    async with tables(database_url) as connection:
-        async with serving(page["app"]) as base_url, httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post("/conflicts")
-        notes = await rows(connection, "SELECT text FROM notes")
-        audit = await rows(connection, AUDIT_ROWS)
-    assert response.status_code == 409
+    answered, notes, audit = await post_then_rows(database_url, page["app"], path)
+    assert answered == status
     assert notes == []
-    assert audit == [("POST", "/conflicts", 409)]
-
-
-async def test_an_unhandled_error_is_audited_as_500(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bug in the endpoint: the client gets 500, the audit row says 500."""
-    page = audited_app(database_url, monkeypatch)
-    async with tables(database_url) as connection:
-        async with serving(page["app"]) as base_url, httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post("/errors")
-        notes = await rows(connection, "SELECT text FROM notes")
-        audit = await rows(connection, AUDIT_ROWS)
-    assert response.status_code == 500
-    assert notes == []
-    assert audit == [("POST", "/errors", 500)]
+    assert audit == [("POST", path, status)]
 
 
 async def test_an_audit_write_that_fails_leaves_the_answer_as_it_was(
@@ -344,31 +340,21 @@ def app_with_audit_dependency(database_url: str, monkeypatch: pytest.MonkeyPatch
     return app
 
 
-async def test_the_audit_dependency_commits_with_the_request(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A request that succeeds stores its note and its audit row together."""
-    app = app_with_audit_dependency(database_url, monkeypatch)
-    async with tables(database_url) as connection:
-        async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post("/notes")
-        notes = await rows(connection, "SELECT text FROM notes")
-        audit = await rows(connection, AUDIT_ROWS)
-    assert response.status_code == 200
-    assert notes == [("kept",)]
-    assert audit == [("POST", "/notes", None)]
+FATES = {
+    "/notes": (200, [("kept",)], [("POST", "/notes", None)]),
+    "/conflicts": (409, [], []),
+}
 
 
-async def test_the_audit_dependency_rolls_back_with_a_failed_request(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("path", list(FATES))
+async def test_the_audit_dependency_shares_the_fate_of_the_request(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """A request that raises 409 keeps neither its note nor its audit row."""
+    """A request that succeeds stores its note and its audit row together; a request that
+    raises 409 keeps neither its note nor its audit row."""
     app = app_with_audit_dependency(database_url, monkeypatch)
-    async with tables(database_url) as connection:
-        async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post("/conflicts")
-        notes = await rows(connection, "SELECT text FROM notes")
-        audit = await rows(connection, AUDIT_ROWS)
-    assert response.status_code == 409
-    assert notes == []
-    assert audit == []
+    status, notes, audit = await post_then_rows(database_url, app, path)
+    expected_status, expected_notes, expected_audit = FATES[path]
+    assert status == expected_status
+    assert notes == expected_notes
+    assert audit == expected_audit
