@@ -59,7 +59,7 @@ GUARDED_METHODS: Final = (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class UnitState:
     """Everything a unit of work keeps on its session.
 
@@ -179,6 +179,8 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
 
 def take_due_hooks(state: UnitState) -> list[CommitHook]:
     """The callbacks whose transaction has committed, in registration order; forgets them."""
+    if not state.due:
+        return state.due  # none, as for most units: nothing to allocate
     due, state.due = state.due, []
     return due
 

@@ -172,6 +172,16 @@ class Units:
         self.rules = limits.backend
         self.schema = schema
         self.current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
+        self._begins: dict[UnitOptions, Begin] = {}
+
+    def begin(self, options: UnitOptions) -> Begin:
+        """What each transaction of a unit with ``options`` begins with (made once)."""
+        begin = self._begins.get(options)
+        if begin is None:
+            schema = options.schema or self.schema
+            begin = Begin(options.read_only, options.statement_timeout, schema)
+            self._begins[options] = begin
+        return begin
 
     def open(self, options: UnitOptions = DEFAULT_OPTIONS) -> UnitRun:
         """A unit of work to enter with ``async with``."""
@@ -211,8 +221,7 @@ class UnitRun:
     def __init__(self, units: Units, options: UnitOptions) -> None:
         factory = units.sessions()
         session = factory(**_unit_bind(factory, units.rules, options))
-        begin = Begin(options.read_only, options.statement_timeout, options.schema or units.schema)
-        state = attach_state(session.sync_session, UnitState(units.rules, begin))
+        state = attach_state(session.sync_session, UnitState(units.rules, units.begin(options)))
         self.unit = UnitOfWork(session, state)
         self.unit.rollback_only = options.read_only
         self._units = units
