@@ -10,7 +10,8 @@ Servers are taken from the environment, with the local defaults:
 An unreachable server skips its tests locally and fails them under ``CI=true``.
 
 On the test's database, ``tables`` makes the tables a test needs (any backend) and drops
-them after it, and ``db`` is a connected Database. The builders and helpers the test modules
+them after it, ``db`` is a connected Database, and ``project_url`` is cleared of what the
+plugin's tests leave (tests/plugin_projects.py). The builders and helpers the test modules
 share (an app from its routes' bodies, an in-process client, killing a backend) live in
 tests/helpers.py; a test module never imports from another one.
 """
@@ -21,7 +22,7 @@ import functools
 import inspect
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
+from tests.plugin_projects import clean_project_database
 
 pytest_plugins = ["pytester"]
 
@@ -146,3 +148,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in DatabaseSettings.model_fields:
         monkeypatch.delenv(name.upper(), raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def project_url(database_url: str) -> Iterator[str]:
+    """For the plugin's tests (tests/plugin_projects.py): the database URL, with no ptp_*
+    table and no run database left by an earlier run."""
+    yield from clean_project_database(database_url)

@@ -200,17 +200,44 @@ def ini(async_plugin: str, *extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_ini(*settings: str) -> str:
+    """A pytest.ini of ``settings`` only (the project's pythonpath, pytest-asyncio's loop scope
+    and warnings as errors aside), for a project that leaves out some of ``ini()``'s."""
+    lines = [
+        "[pytest]",
+        *settings,
+        "pythonpath = .",
+        "asyncio_default_fixture_loop_scope = function",
+        "filterwarnings = error",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_project(
-    pytester: pytest.Pytester, async_plugin: str, tests: str, *ini_lines: str
+    pytester: pytest.Pytester,
+    async_plugin: str,
+    tests: str,
+    *ini_lines: str,
+    settings: str | None = None,
 ) -> None:
-    """The app, ``tests`` as test_project.py (MARK replaced), pytest.ini and a conftest."""
+    """The app, ``tests`` as test_project.py (MARK replaced), pytest.ini and a conftest.
+
+    The pytest.ini is ``ini(async_plugin, *ini_lines)``, or ``settings`` when given.
+    """
     pytester.makepyfile(
         plugin_app=textwrap.dedent(APP),
         test_project=textwrap.dedent(tests).replace("MARK", MARK[async_plugin]),
     )
-    pytester.makefile(".ini", pytest=ini(async_plugin, *ini_lines))
+    pytester.makefile(".ini", pytest=settings or ini(async_plugin, *ini_lines))
     if async_plugin == "anyio":
         pytester.makeconftest(ANYIO_CONFTEST)
+
+
+def run_plain_project(pytester: pytest.Pytester, url: str | None) -> pytest.RunResult:
+    """Run, in process with ``url``, a project of one empty test that does not use dbscope."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+    return run(pytester, "pytest-asyncio", url, in_process=True)
 
 
 def run(

@@ -151,3 +151,12 @@ ITEMS_WITH_A_ROW = (
     "CREATE TABLE ptp_items (id INTEGER PRIMARY KEY, name VARCHAR(50))",
     "INSERT INTO ptp_items (id, name) VALUES (1, 'kept')",
 )
+
+
+def run_database_made_elsewhere(url: str) -> str:
+    """The URL of ``url``'s run database, made as someone other than dbscope would, holding
+    the app's table ``ptp_items`` with its one row."""
+    own = run_database(url)
+    create_database(own)
+    execute(own, *ITEMS_WITH_A_ROW)
+    return own

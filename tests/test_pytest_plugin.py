@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,11 @@ from .plugin_projects import (
     ASYNC_PLUGINS,
     ISOLATION_TESTS,
     MARK,
-    clean_project_database,
     ini,
     run,
     write_project,
 )
 from .run_databases import beside, database_exists, run_database, table_names
-
-
-@pytest.fixture
-def project_url(database_url: str) -> Iterator[str]:
-    """The database URL, with no ptp_* table and no run database left by an earlier run."""
-    yield from clean_project_database(database_url)
 
 
 @pytest.mark.parametrize("async_plugin", ASYNC_PLUGINS)

@@ -9,7 +9,6 @@ Alembic migrations) and the ones it refuses to run on.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -17,8 +16,8 @@ from sqlalchemy.engine import make_url
 
 from .plugin_projects import (
     ISOLATION_TESTS,
-    clean_project_database,
     run,
+    settings_ini,
     write_migrations,
     write_project,
 )
@@ -29,14 +28,9 @@ from .run_databases import (
     execute,
     rows,
     run_database,
+    run_database_made_elsewhere,
     table_names,
 )
-
-
-@pytest.fixture
-def project_url(database_url: str) -> Iterator[str]:
-    """The database URL, with no ptp_* table and no run database left by an earlier run."""
-    yield from clean_project_database(database_url)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
@@ -177,9 +171,7 @@ def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
     """The app's tables in a name_test someone else made stop the run; they and it stay."""
-    own = run_database(project_url)
-    create_database(own)
-    execute(own, *ITEMS_WITH_A_ROW)
+    own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
     result = run(pytester, "pytest-asyncio", project_url)
@@ -196,9 +188,7 @@ def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
     """--dbscope-use-existing-tables runs on them; only the tables the run made are dropped."""
-    own = run_database(project_url)
-    create_database(own)
-    execute(own, *ITEMS_WITH_A_ROW)
+    own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
 
     result = run(pytester, "pytest-asyncio", project_url, "--dbscope-use-existing-tables")
@@ -214,12 +204,8 @@ def test_without_tables_to_make_the_tests_run_in_the_named_database(
 ) -> None:
     """No dbscope_metadata nor Alembic: no database is made, the named one is used as it is."""
     execute(project_url, *ITEMS_WITH_A_ROW)
-    write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
-    pytester.makefile(
-        ".ini",
-        pytest="[pytest]\ndbscope_database = plugin_app:db\npythonpath = .\n"
-        "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n",
-    )
+    settings = settings_ini("dbscope_database = plugin_app:db")
+    write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST, settings=settings)
 
     result = run(pytester, "pytest-asyncio", project_url)
 
@@ -309,13 +295,9 @@ def test_the_schemas_of_the_metadata_are_made_in_the_runs_database(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
     """On PostgreSQL, MetaData(schema=...) works in the run's new database: the schema is made."""
-    write_project(pytester, "pytest-asyncio", SCHEMA_TEST)
+    settings = settings_ini("dbscope_metadata = schema_models:metadata")
+    write_project(pytester, "pytest-asyncio", SCHEMA_TEST, settings=settings)
     pytester.makepyfile(schema_models=textwrap.dedent(SCHEMA_MODELS))
-    pytester.makefile(
-        ".ini",
-        pytest="[pytest]\ndbscope_metadata = schema_models:metadata\npythonpath = .\n"
-        "asyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n",
-    )
 
     result = run(pytester, "pytest-asyncio", project_url)
 
@@ -342,13 +324,8 @@ def test_alembic_migrations_make_the_tables_in_the_runs_database(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
     """dbscope_alembic_config upgrades the run's database to head; it goes after the run."""
-    write_project(pytester, "pytest-asyncio", MIGRATED_TEST)
-    pytester.makefile(
-        ".ini",
-        pytest="[pytest]\npythonpath = .\nfilterwarnings = error\n"
-        "asyncio_default_fixture_loop_scope = function\n"
-        "dbscope_alembic_config = alembic.ini\n",
-    )
+    settings = settings_ini("dbscope_alembic_config = alembic.ini")
+    write_project(pytester, "pytest-asyncio", MIGRATED_TEST, settings=settings)
     write_migrations(pytester)
 
     result = run(pytester, "pytest-asyncio", project_url)

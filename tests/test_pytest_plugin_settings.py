@@ -14,9 +14,10 @@ import pytest
 
 from .plugin_projects import (
     ISOLATION_TESTS,
-    PLAIN_INI,
     ini,
     run,
+    run_plain_project,
+    settings_ini,
     write_project,
 )
 
@@ -63,12 +64,8 @@ def test_the_option_wins_over_the_variable_and_the_variable_over_the_ini(
 
 def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path: Path) -> None:
     """dbscope_app without dbscope_database fails: the app's sessions would not join."""
-    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
-    pytester.makefile(
-        ".ini",
-        pytest="[pytest]\ndbscope_app = plugin_app:app\npythonpath = .\n"
-        "asyncio_default_fixture_loop_scope = function\n",
-    )
+    settings = settings_ini("dbscope_app = plugin_app:app")
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS, settings=settings)
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
     result = run(pytester, "pytest-asyncio", url, "-k", "test_rows_cross", in_process=True)
@@ -106,12 +103,8 @@ def test_a_wrong_or_missing_setting_fails_naming_it(
     pytester: pytest.Pytester, tmp_path: Path, setting: str, test: str, message: str
 ) -> None:
     """A missing app, or a name that leads nowhere, fails with the setting and its value."""
-    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
-    pytester.makefile(
-        ".ini",
-        pytest=f"[pytest]\n{setting}\npythonpath = .\n"
-        "asyncio_default_fixture_loop_scope = function\n",
-    )
+    settings = settings_ini(setting)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS, settings=settings)
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
     result = run(pytester, "pytest-asyncio", url, "-k", test, in_process=True)
@@ -125,11 +118,7 @@ def test_the_report_header_names_the_database_without_its_password(
     pytester: pytest.Pytester,
 ) -> None:
     """The header line shows the test database's URL with the password masked."""
-    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
-    pytester.makefile(".ini", pytest=PLAIN_INI)
-
-    url = "postgresql+asyncpg://app:s3cret@db.internal/test"
-    result = run(pytester, "pytest-asyncio", url, in_process=True)
+    result = run_plain_project(pytester, "postgresql+asyncpg://app:s3cret@db.internal/test")
 
     result.stdout.fnmatch_lines(["dbscope: postgresql+asyncpg://app:***@db.internal/test*"])
     assert "s3cret" not in result.stdout.str()
@@ -137,11 +126,8 @@ def test_the_report_header_names_the_database_without_its_password(
 
 def test_the_report_header_hides_a_password_given_in_the_query(pytester: pytest.Pytester) -> None:
     """A password passed as ?password=... is not in the header either."""
-    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
-    pytester.makefile(".ini", pytest=PLAIN_INI)
-
     url = "postgresql+asyncpg://app@db.internal/test?password=S3cret"
-    result = run(pytester, "pytest-asyncio", url, in_process=True)
+    result = run_plain_project(pytester, url)
 
     result.stdout.fnmatch_lines(["dbscope: postgresql+asyncpg://app:***@db.internal/test *"])
     assert "S3cret" not in result.stdout.str()
@@ -149,10 +135,7 @@ def test_the_report_header_hides_a_password_given_in_the_query(pytester: pytest.
 
 def test_a_project_without_settings_is_untouched(pytester: pytest.Pytester) -> None:
     """Installed but unused, the plugin adds no header line and changes no outcome."""
-    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
-    pytester.makefile(".ini", pytest=PLAIN_INI)
-
-    result = run(pytester, "pytest-asyncio", None, in_process=True)
+    result = run_plain_project(pytester, None)
 
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("dbscope:*")
