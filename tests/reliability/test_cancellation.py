@@ -236,10 +236,23 @@ def leak_lines(messages: list[str]) -> list[str]:
     return [message for message in messages if any(p in message for p in LEAK_PHRASES)]
 
 
-def report(cause: str, driver: str, figures: dict[str, object]) -> str:
-    """One line of figures for the test's output."""
+def publish(
+    cause: str, url: str, figures: dict[str, object], record_property: RecordProperty, *more: Any
+) -> None:
+    """Print one line of figures (``pytest -s``) and ``more``; record the leak counters."""
     listed = " ".join(f"{key}={value}" for key, value in figures.items())
-    return f"\n[{driver}] {cause}: {listed}"
+    print(f"\n[{driver_of(url)}] {cause}: {listed}", *more)
+    for key in ("invalidated", "checked_out", "peak_backends"):
+        record_property(key, figures[key])
+
+
+def assert_backends_clean(states: dict[str, int], peak: int) -> None:
+    """No backend left idle in a transaction, at most ALLOWED_BACKENDS after the quiet, and
+    never more than BREAKER during the storm."""
+    assert "idle in transaction" not in states
+    assert "idle in transaction (aborted)" not in states
+    assert sum(states.values()) <= ALLOWED_BACKENDS
+    assert peak <= BREAKER
 
 
 def driver_of(url: str) -> str:
@@ -287,16 +300,11 @@ async def test_requests_cancelled_mid_query_by_a_timeout_middleware_leak_nothing
         "peak_backends": watch.peak,
         "loop_errors": len(reported),
     }
-    print(report(cause, driver_of(postgres_url), figures), states, reported[:2])
-    for key in ("invalidated", "checked_out", "peak_backends"):
-        record_property(key, figures[key])
+    publish(cause, postgres_url, figures, record_property, states, reported[:2])
     assert stats.checked_out == 0
     assert [str(warning.message) for warning in caught] == []
     assert leak_lines([record.getMessage() for record in caplog.records]) == []
-    assert "idle in transaction" not in states
-    assert "idle in transaction (aborted)" not in states
-    assert sum(states.values()) <= ALLOWED_BACKENDS
-    assert watch.peak <= BREAKER
+    assert_backends_clean(states, watch.peak)
     assert len(responses) == count, "the storm stopped early: too many backends"
     assert statuses == [504]
     assert stats.invalidated > 0
@@ -319,6 +327,17 @@ async def start_then_hang_up(client: httpx.AsyncClient) -> str:
     return ""
 
 
+def stream_app_env(database_url: str, name: str) -> dict[str, str]:
+    """The environment of tests/apps/stream_app.py: its database, name, pool and sleep."""
+    return {
+        "DATABASE_URL": database_url,
+        "APPLICATION_NAME": name,
+        "POOL_SIZE": str(POOL_SIZE),
+        "MAX_OVERFLOW": str(MAX_OVERFLOW),
+        "STREAM_SLEEP": str(QUERY_SECONDS),
+    }
+
+
 @pytest.mark.server
 async def test_clients_hanging_up_on_streams_mid_query_leak_nothing(
     postgres_url: str, record_property: RecordProperty
@@ -326,14 +345,7 @@ async def test_clients_hanging_up_on_streams_mid_query_leak_nothing(
     """A third of the storm: clients leave streams while uvicorn's app sleeps in PostgreSQL."""
     name = application_name()
     count = REQUESTS["stream"]
-    env = {
-        "DATABASE_URL": postgres_url,
-        "APPLICATION_NAME": name,
-        "POOL_SIZE": str(POOL_SIZE),
-        "MAX_OVERFLOW": str(MAX_OVERFLOW),
-        "STREAM_SLEEP": str(QUERY_SECONDS),
-    }
-    with running_server(APP, env) as base_url:
+    with running_server(APP, stream_app_env(postgres_url, name)) as base_url:
         limits = httpx.Limits(max_connections=CONCURRENCY + 1)
         async with (
             httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client,
@@ -358,16 +370,11 @@ async def test_clients_hanging_up_on_streams_mid_query_leak_nothing(
         "backends": sum(states.values()),
         "peak_backends": watch.peak,
     }
-    print(report("stream", driver_of(postgres_url), figures), states, stats["errors"][:2])
-    for key in ("invalidated", "checked_out", "peak_backends"):
-        record_property(key, figures[key])
+    publish("stream", postgres_url, figures, record_property, states, stats["errors"][:2])
     assert pool["checked_out"] == 0
     assert stats["warnings"] == []
     assert leak_lines(stats["log"]) == []
-    assert "idle in transaction" not in states
-    assert "idle in transaction (aborted)" not in states
-    assert sum(states.values()) <= ALLOWED_BACKENDS
-    assert watch.peak <= BREAKER
+    assert_backends_clean(states, watch.peak)
     assert len(lines) == count, "the storm stopped early: too many backends"
     assert stats["errors"] == []
     assert lines == ["started"] * count
