@@ -94,10 +94,6 @@ class UnitOptions:
             )
             raise ConfigurationError(message)
 
-    def merged(self, **changes: Any) -> UnitOptions:
-        """These options with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
-
 
 DEFAULT_OPTIONS: Final = UnitOptions()
 
@@ -172,16 +168,20 @@ class Units:
         self.rules = limits.backend
         self.schema = schema
         self.current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
-        self._begins: dict[UnitOptions, Begin] = {}
+        self._prepared: dict[UnitOptions, tuple[Begin, Limits]] = {}
 
-    def begin(self, options: UnitOptions) -> Begin:
-        """What each transaction of a unit with ``options`` begins with (made once)."""
-        begin = self._begins.get(options)
-        if begin is None:
+    def prepared(self, options: UnitOptions) -> tuple[Begin, Limits]:
+        """What each transaction of a unit with ``options`` begins with, and what its errors
+        quote; made once per options, not per unit."""
+        found = self._prepared.get(options)
+        if found is None:
             schema = options.schema or self.schema
             begin = Begin(options.read_only, options.statement_timeout, schema)
-            self._begins[options] = begin
-        return begin
+            limits = self.limits
+            if options.statement_timeout is not None:
+                limits = dataclasses.replace(limits, statement_timeout=options.statement_timeout)
+            found = self._prepared[options] = (begin, limits)
+        return found
 
     def open(self, options: UnitOptions = DEFAULT_OPTIONS) -> UnitRun:
         """A unit of work to enter with ``async with``."""
@@ -221,15 +221,11 @@ class UnitRun:
     def __init__(self, units: Units, options: UnitOptions) -> None:
         factory = units.sessions()
         session = factory(**_unit_bind(factory, units.rules, options))
-        state = attach_state(session.sync_session, UnitState(units.rules, units.begin(options)))
+        begin, self._limits = units.prepared(options)
+        state = attach_state(session.sync_session, UnitState(units.rules, begin))
         self.unit = UnitOfWork(session, state)
         self.unit.rollback_only = options.read_only
         self._units = units
-        self._limits = units.limits
-        if options.statement_timeout is not None:
-            self._limits = dataclasses.replace(
-                units.limits, statement_timeout=options.statement_timeout
-            )
 
     async def __aenter__(self) -> UnitOfWork:
         self._token = self._units.current.set(self.unit)

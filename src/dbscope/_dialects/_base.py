@@ -56,6 +56,12 @@ def _never_dead(connection: Any) -> bool:
     return False
 
 
+async def rollback_connection(connection: Any) -> None:
+    """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
+    aiosqlite)."""
+    await connection.rollback()
+
+
 @dataclass(frozen=True)
 class Driver:
     """What dbscope does with one driver's connections.
@@ -72,7 +78,6 @@ class Driver:
         rollback: roll back a transaction a lease left open.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
-        async_creator: wraps the driver's connect (given a timeout), or None to use it as is.
     """
 
     name: str

@@ -19,6 +19,7 @@ from dbscope._dialects._base import (
     Driver,
     ErrorKind,
     LeaseStatus,
+    rollback_connection,
     server_version,
 )
 
@@ -179,10 +180,6 @@ def _asyncmy_status(connection: Any) -> LeaseStatus:
     return "in_transaction" if connection.get_transaction_status() else "idle"
 
 
-async def _asyncmy_rollback(connection: Any) -> None:
-    await connection.rollback()
-
-
 async def _asyncmy_set_autocommit(connection: Any, value: bool) -> bool:
     previous = bool(connection.get_autocommit())
     if previous != value:
@@ -197,7 +194,7 @@ ASYNCMY: Final = Driver(
     looks_dead=_asyncmy_closing,
     errors=_asyncmy_errors,
     status=_asyncmy_status,
-    rollback=_asyncmy_rollback,
+    rollback=rollback_connection,
     set_autocommit=_asyncmy_set_autocommit,
 )
 AIOMYSQL: Final = Driver(

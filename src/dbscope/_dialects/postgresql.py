@@ -17,6 +17,7 @@ from dbscope._dialects._base import (
     Driver,
     ErrorKind,
     LeaseStatus,
+    rollback_connection,
     server_version,
 )
 
@@ -221,10 +222,6 @@ def _psycopg_status(connection: Any) -> LeaseStatus:
     return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
 
 
-async def _psycopg_rollback(connection: Any) -> None:
-    await connection.rollback()
-
-
 async def _psycopg_set_autocommit(connection: Any, value: bool) -> bool:
     previous = bool(connection.autocommit)
     if previous != value:
@@ -249,7 +246,7 @@ PSYCOPG: Final = Driver(
     looks_dead=_psycopg_unread_input,
     errors=_psycopg_errors,
     status=_psycopg_status,
-    rollback=_psycopg_rollback,
+    rollback=rollback_connection,
     set_autocommit=_psycopg_set_autocommit,
 )
 BACKEND: Final = PostgreSQL(

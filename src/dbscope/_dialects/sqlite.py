@@ -21,6 +21,7 @@ from dbscope._dialects._base import (
     ErrorKind,
     LeaseStatus,
     Presence,
+    rollback_connection,
 )
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
@@ -125,16 +126,12 @@ def _aiosqlite_status(connection: Any) -> LeaseStatus:
     return "in_transaction" if connection.in_transaction else "idle"
 
 
-async def _aiosqlite_rollback(connection: Any) -> None:
-    await connection.rollback()
-
-
 AIOSQLITE: Final = Driver(
     name="aiosqlite",
     install="pip install aiosqlite",
     errors=_sqlite_errors,
     status=_aiosqlite_status,
-    rollback=_aiosqlite_rollback,
+    rollback=rollback_connection,
 )
 BACKEND: Final = SQLite(
     name="sqlite",
