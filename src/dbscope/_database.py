@@ -180,9 +180,10 @@ class Database(UnitEntryPoints):
         One session per request; it commits after the endpoint returns and before the
         response is sent, and rolls back on any exception. See ``dbscope.fastapi``.
         """
-        from dbscope import fastapi  # here, so that `import dbscope` never imports FastAPI
+        # Imported here, so that `import dbscope` never imports FastAPI.
+        from dbscope.fastapi._dependencies import session_dependency
 
-        return fastapi.session_dependency(self, DEFAULT_OPTIONS)
+        return session_dependency(self, DEFAULT_OPTIONS)
 
     @property
     def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
@@ -210,10 +211,10 @@ class Database(UnitEntryPoints):
         conflict). The same options give the same dependency object, so all uses within one
         request share one session.
         """
-        from dbscope import fastapi
+        from dbscope.fastapi._dependencies import session_dependency
 
         options = self._options(read_only, isolation_level, statement_timeout, schema)
-        return fastapi.session_dependency(self, options)
+        return session_dependency(self, options)
 
     # -- the driver connection, for hot reads -----------------------------------------------
 
@@ -252,9 +253,9 @@ class Database(UnitEntryPoints):
         returns and before the response is sent. Outages answer 503 with ``Retry-After``, as
         for ``db.session``. Taking both in one request holds two connections.
         """
-        from dbscope import fastapi  # here, so that `import dbscope` never imports FastAPI
+        from dbscope.fastapi._dependencies import lease_dependency
 
-        return fastapi.lease_dependency(self)
+        return lease_dependency(self)
 
     # -- introspection -----------------------------------------------------------------------
 
