@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database
+from dbscope._migrations import load_config, run_command, set_url
 
 T = TypeVar("T")
 
@@ -169,20 +170,10 @@ def _change_tables(
 
 
 def _alembic(url: str | URL, path: str | Path, command_name: str, revision: str) -> None:
-    try:
-        from alembic import command
-        from alembic.config import Config
-    except ModuleNotFoundError as error:
-        message = f"Running the migrations of {str(path)!r} needs Alembic: pip install alembic"
-        raise ModuleNotFoundError(message, name=error.name) from error
-    if not Path(path).is_file():
-        message = f"The Alembic configuration {str(path)!r} does not exist."
-        raise ConfigurationError(message)
-    config = Config(str(path))
-    # The resolved URL (with its async driver), escaped for configparser's interpolation.
-    rendered = Database(url).url.render_as_string(hide_password=False)
-    config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
-    getattr(command, command_name)(config, revision)
+    config = load_config(path)
+    # The resolved URL, with its async driver, where env.py reads it.
+    set_url(config, Database(url).url)
+    run_command(config, command_name, revision)
 
 
 def on_connection(url: str | URL, work: Callable[[Connection], T]) -> T:
