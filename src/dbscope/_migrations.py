@@ -14,24 +14,41 @@ into ``sqlalchemy.url``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import concurrent.futures
+import logging.config
+import os
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dbscope._dialects import backend
 from dbscope._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
+T = TypeVar("T")
+# What env.py gives Alembic as target_metadata: the models' tables, for --autogenerate.
+Metadata = MetaData | Sequence[MetaData] | None
+
 INSTALL: Final = "pip install 'dbscope[alembic]'"
-# Where env.py finds a connection the caller shares (Alembic's cookbook names it so).
+# Where env.py finds what the caller tells it (config.attributes): a connection to share
+# (Alembic's cookbook names it so), the schema of the version table, settings made elsewhere
+# (`dbscope migrate --app`), the prefix of the environment's variables, and whether to apply
+# alembic.ini's logging (not when run from code, where it would replace the app's logging).
 CONNECTION: Final = "connection"
-# Where env.py finds the schema of the version table when the caller knows it.
 SCHEMA: Final = "dbscope.schema"
+SETTINGS: Final = "dbscope.settings"
+ENV_PREFIX: Final = "dbscope.env_prefix"
+CONFIGURE_LOGGER: Final = "configure_logger"
+# What `alembic init` writes into alembic.ini: not a URL anyone means.
+PLACEHOLDER_URL: Final = "driver://user:pass@localhost/dbname"
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,18 @@ def require_alembic(purpose: str) -> None:
         raise ModuleNotFoundError(message, name=error.name) from None
 
 
+def config_path(path: str | Path | None) -> Path:
+    """``path``, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
+
+
 def load_config(path: str | Path, *, stdout: Any = None) -> Config:
-    """The Alembic configuration in the file ``path``.
+    """The Alembic configuration in the file ``path``, for a run from code.
+
+    The file's logging sections are not applied: they would replace the application's
+    logging (Alembic's CLI applies them, through env.py).
 
     Args:
         path: an ``alembic.ini``.
@@ -81,7 +108,9 @@ def load_config(path: str | Path, *, stdout: Any = None) -> Config:
             "alembic.ini (create one with 'alembic init -t async migrations')."
         )
         raise ConfigurationError(message)
-    return Config(str(path)) if stdout is None else Config(str(path), stdout=stdout)
+    config = Config(str(path)) if stdout is None else Config(str(path), stdout=stdout)
+    config.attributes[CONFIGURE_LOGGER] = False
+    return config
 
 
 def set_url(config: Config, url: URL) -> None:
@@ -161,3 +190,77 @@ async def migration_status(
     heads = head_revisions(load_config(config))
     current = await connection.run_sync(current_revisions, schema=schema)
     return MigrationStatus(current=current, heads=heads)
+
+
+# -- what env.py runs --------------------------------------------------------------------------
+
+
+def configure_logging(config: Config) -> None:
+    """Apply alembic.ini's logging sections, as Alembic's templates do, unless told not to.
+
+    Loggers that exist already keep working (``disable_existing_loggers=False``).
+    """
+    name = config.config_file_name
+    if name is None or config.attributes.get(CONFIGURE_LOGGER) is False:
+        return
+    if config.file_config.has_section("loggers"):
+        logging.config.fileConfig(name, disable_existing_loggers=False)
+
+
+def migrate_on(
+    connection: Connection,
+    metadata: Metadata,
+    /,
+    *,
+    schema: str | None = None,
+    **options: Any,
+) -> None:
+    """Run env.py's migrations on ``connection``, in its transaction.
+
+    The connection is expected in a transaction its owner commits; Alembic then joins it.
+    With ``schema`` the version table is there and the migrations run with that
+    ``search_path`` (``SET LOCAL``: it ends with the transaction).
+    """
+    from alembic import context
+
+    context.configure(
+        connection=connection, target_metadata=metadata, version_table_schema=schema, **options
+    )
+    _run_in_transaction(schema)
+
+
+def migrate_offline(
+    url: URL, metadata: Metadata, *, schema: str | None = None, **options: Any
+) -> None:
+    """Write env.py's migrations as SQL (``--sql``): no server, only the URL's dialect."""
+    from alembic import context
+
+    options = {"literal_binds": True, "dialect_opts": {"paramstyle": "named"}, **options}
+    context.configure(url=url, target_metadata=metadata, version_table_schema=schema, **options)
+    _run_in_transaction(schema)
+
+
+def _run_in_transaction(schema: str | None) -> None:
+    from alembic import context
+
+    with context.begin_transaction():
+        if schema is not None:
+            dialect = context.get_context().dialect
+            rules = backend(dialect.name)
+            context.execute(rules.schema_statement(dialect, schema))
+        context.run_migrations()
+
+
+def run_coroutine(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``work()`` to its end, from code with or without a running loop.
+
+    Without one (Alembic's CLI), in this thread; with one (a synchronous Alembic command
+    called from async code), in a thread with an event loop of its own, since this thread's
+    loop cannot run it while it waits here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-alembic") as pool:
+        return pool.submit(lambda: asyncio.run(work())).result()

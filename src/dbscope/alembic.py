@@ -1,0 +1,192 @@
+"""Alembic from the application's own settings: a one-line env.py, and migrations from code.
+
+The whole ``env.py`` of a project (docs/migrations.md)::
+
+    from dbscope.alembic import run_migrations
+    from myapp.models import Base
+
+    run_migrations(Base.metadata)
+
+It finds the database where the caller put it, first found wins: a connection the caller
+shares (``config.attributes["connection"]``, Alembic's cookbook; :func:`upgrade` does this),
+settings from ``dbscope migrate --app``, an explicit ``sqlalchemy.url`` in alembic.ini, else
+the environment, read and checked exactly as ``Database.from_env()`` reads it
+(``DATABASE_URL`` or ``POSTGRES_*``, behind a prefix if given). With ``POSTGRES_SCHEMA`` the
+version table lives in that schema and the migrations run with it as their ``search_path``.
+``alembic upgrade head --sql`` writes the SQL without a server. From code, inside a running
+event loop: ``await upgrade(db)``, ``await at_head(db)``.
+
+Alembic is imported only here (``pip install 'dbscope[alembic]'``); ``import dbscope`` never
+imports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from dbscope import ConfigurationError, Database, DatabaseSettings
+from dbscope._migrations import (
+    CONNECTION,
+    ENV_PREFIX,
+    PLACEHOLDER_URL,
+    SCHEMA,
+    SETTINGS,
+    Metadata,
+    MigrationStatus,
+    config_path,
+    configure_logging,
+    load_config,
+    migrate_offline,
+    migrate_on,
+    migration_status,
+    require_alembic,
+    run_coroutine,
+    run_on_connection,
+)
+from dbscope._settings import load_settings
+
+__all__ = ["MigrationStatus", "at_head", "run_migrations", "status", "upgrade"]
+
+
+def run_migrations(
+    metadata: Metadata = None,
+    *,
+    prefix: str = "",
+    env_file: str | None = None,
+    default_url: str | None = None,
+    **options: Any,
+) -> None:
+    """Run the migrations Alembic asked for; the whole body of an ``env.py``.
+
+    Works under Alembic's CLI and ``dbscope migrate`` (no event loop runs: one is started),
+    from async code that calls an Alembic command (a loop runs: the migrations run in a
+    thread of their own), on a connection the caller shares, and offline (``--sql``).
+
+    Args:
+        metadata: the models' ``MetaData`` (``Base.metadata``), for ``--autogenerate``.
+        prefix: the prefix of the environment variables, as for ``Database.from_env()``.
+        env_file: a dotenv file to read as well, as for ``Database.from_env()``.
+        default_url: the URL when nothing names a database, as for ``Database.from_env()``.
+        **options: more of Alembic's ``context.configure()`` options (``compare_type``,
+            ``render_as_batch``, ``include_object``...).
+
+    Raises:
+        ConfigurationError: the settings are invalid (the same messages as
+            ``Database.from_env()``), or alembic.ini's ``sqlalchemy.url`` is.
+        DatabaseUnavailableError: the server cannot be reached.
+    """
+    require_alembic("dbscope.alembic.run_migrations()")
+    from alembic import context
+
+    config = context.config
+    configure_logging(config)
+    shared = config.attributes.get(CONNECTION)
+    if shared is not None:
+        migrate_on(_shared(shared), metadata, schema=config.attributes.get(SCHEMA), **options)
+        return
+    settings = _settings(config, prefix=prefix, env_file=env_file, default_url=default_url)
+    if context.is_offline_mode():
+        migrate_offline(settings.url, metadata, schema=settings.postgres_schema, **options)
+        return
+
+    async def migrate() -> None:
+        db = Database.from_settings(settings)
+        async with db, db.engine.begin() as connection:
+            schema = settings.postgres_schema
+            await connection.run_sync(migrate_on, metadata, schema=schema, **options)
+
+    run_coroutine(migrate)
+
+
+async def upgrade(
+    db: Database, revision: str = "head", *, config: str | Path | None = None
+) -> None:
+    """Upgrade ``db``'s database to ``revision``, on one of its connections, in one transaction.
+
+    ``db`` must be connected. The env.py of ``config`` gets the connection (and ``db``'s
+    schema) through ``config.attributes``; :func:`run_migrations` uses them.
+
+    Args:
+        db: a connected Database.
+        revision: where to go, ``head`` by default.
+        config: the ``alembic.ini``; default ``$ALEMBIC_CONFIG``, else ``./alembic.ini``.
+
+    Raises:
+        ModuleNotFoundError: Alembic is not installed; the message has the install command.
+        ConfigurationError: there is no file at ``config``.
+        LifecycleError: ``db`` is not connected.
+    """
+    alembic_config = load_config(config_path(config))
+    async with db.engine.begin() as connection:
+        await run_on_connection(
+            connection, alembic_config, "upgrade", revision, schema=db.settings.postgres_schema
+        )
+
+
+async def status(db: Database, *, config: str | Path | None = None) -> MigrationStatus:
+    """The revisions ``db``'s database is at, and the heads of the migrations; reads only.
+
+    Args:
+        db: a connected Database.
+        config: the ``alembic.ini``; default ``$ALEMBIC_CONFIG``, else ``./alembic.ini``.
+
+    Raises:
+        ModuleNotFoundError: Alembic is not installed; the message has the install command.
+        ConfigurationError: there is no file at ``config``.
+    """
+    async with db.engine.connect() as connection:
+        return await migration_status(
+            connection, config_path(config), schema=db.settings.postgres_schema
+        )
+
+
+async def at_head(db: Database, *, config: str | Path | None = None) -> bool:
+    """Whether ``db``'s database is at the head revision(s) of the migrations, and only there.
+
+    The same arguments and errors as :func:`status`.
+    """
+    return (await status(db, config=config)).at_head
+
+
+def _shared(connection: object) -> Connection:
+    if isinstance(connection, Connection):
+        return connection
+    message = (
+        f"config.attributes['connection'] is a {type(connection).__name__}; Alembic runs on a "
+        "synchronous Connection: share it from async code with "
+        "`await async_connection.run_sync(run, config)`, setting "
+        "config.attributes['connection'] inside run(), or call `await dbscope.alembic.upgrade(db)`."
+    )
+    raise ConfigurationError(message)
+
+
+def _settings(
+    config: Any, *, prefix: str, env_file: str | None, default_url: str | None
+) -> DatabaseSettings:
+    """The settings named by ``dbscope migrate --app``, alembic.ini, or the environment."""
+    given = config.attributes.get(SETTINGS)
+    if isinstance(given, DatabaseSettings):
+        return given
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        if url.strip() == PLACEHOLDER_URL:
+            message = (
+                f"alembic.ini sets sqlalchemy.url to Alembic's placeholder {PLACEHOLDER_URL!r}: "
+                "remove the line to use the application's settings (DATABASE_URL or "
+                "POSTGRES_*), or set a real URL."
+            )
+            raise ConfigurationError(message)
+        try:
+            return load_settings(from_env=False, database_url=url)
+        except ConfigurationError as error:
+            message = f"alembic.ini's sqlalchemy.url is invalid. {error}"
+            raise ConfigurationError(message) from None
+    return load_settings(
+        from_env=True,
+        env_prefix=config.attributes.get(ENV_PREFIX, prefix),
+        env_file=env_file,
+        default_url=default_url,
+    )
