@@ -17,11 +17,13 @@ from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
     Backend,
     Begin,
+    Client,
     DatabaseRefused,
     Driver,
     ErrorKind,
     LeaseStatus,
     Presence,
+    Standbys,
 )
 
 __all__ = [
@@ -29,11 +31,13 @@ __all__ = [
     "GENERIC",
     "Backend",
     "Begin",
+    "Client",
     "DatabaseRefused",
     "Driver",
     "ErrorKind",
     "LeaseStatus",
     "Presence",
+    "Standbys",
     "backend",
     "driver",
     "resolve_async_url",

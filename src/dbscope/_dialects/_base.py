@@ -101,6 +101,40 @@ class Begin:
 
 
 @dataclass(frozen=True)
+class Client:
+    """How to start a database's own command-line client on a URL (``dbscope shell``).
+
+    Attributes:
+        programs: the client's names, the first found on the PATH is run.
+        arguments: its arguments: where the database is, never the password.
+        environment: variables to add for it: the password, which a process list would
+            show on a command line.
+        install: how to install it, for when none of ``programs`` is found.
+    """
+
+    programs: tuple[str, ...]
+    arguments: tuple[str, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    install: str = ""
+
+
+@dataclass(frozen=True)
+class Standbys:
+    """Whether a commit waits for a standby server: what the primary says of itself.
+
+    Attributes:
+        setting: the server's list of synchronous standbys (empty: commits never wait).
+        commit: the level a commit waits for (PostgreSQL's ``synchronous_commit``).
+        in_sync: standbys connected that a commit waits for now; None when the user may not
+            see them.
+    """
+
+    setting: str
+    commit: str
+    in_sync: int | None
+
+
+@dataclass(frozen=True)
 class Backend:
     """One database server's rules. Subclassed once per backend; instances are constants.
 
@@ -230,6 +264,17 @@ class Backend:
     ) -> list[str]:
         """The statements that drop the database ``name`` (quoted), if it exists."""
         raise NotImplementedError
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def client(self, url: URL) -> Client | None:
+        """The command-line client for ``url``'s database; None if dbscope knows none."""
+        return None
+
+    async def standbys(self, connection: AsyncConnection) -> Standbys | None:
+        """Whether commits wait for a synchronous standby; None where the question does not
+        apply (a file, a server without synchronous replication)."""
+        return None
 
 
 async def _execute(connection: AsyncConnection, statements: list[str]) -> None:

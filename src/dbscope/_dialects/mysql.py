@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -16,6 +16,7 @@ from dbscope._dialects._base import (
     MARK,
     Backend,
     Begin,
+    Client,
     Driver,
     ErrorKind,
     LeaseStatus,
@@ -63,6 +64,25 @@ class MySQL(Backend):
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
+
+    def client(self, url: URL) -> Client | None:
+        arguments: list[str] = []
+        for option, value in (
+            ("--host", url.host),
+            ("--port", None if url.port is None else str(url.port)),
+            ("--user", url.username),
+            ("--database", url.database),
+        ):
+            if value:
+                arguments.append(f"{option}={value}")
+        # MYSQL_PWD: read by MariaDB's client and MySQL's (deprecated there, still honoured).
+        password = {} if url.password is None else {"MYSQL_PWD": str(url.password)}
+        return Client(
+            programs=("mariadb", "mysql"),
+            arguments=tuple(arguments),
+            environment=password,
+            install="install MariaDB's or MySQL's client, e.g. apt install mariadb-client",
+        )
 
     async def idle_timeout(self, connection: Any) -> int | None:
         result = await connection.exec_driver_sql("SELECT @@wait_timeout")

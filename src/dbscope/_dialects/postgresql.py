@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 from typing import Any, Final
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -14,9 +14,11 @@ from dbscope._dialects._base import (
     MARK,
     Backend,
     Begin,
+    Client,
     Driver,
     ErrorKind,
     LeaseStatus,
+    Standbys,
     rollback_connection,
     server_version,
 )
@@ -38,6 +40,18 @@ PASSING_FATAL_STATES: Final = (
     "too many",
     "administrator command",
 )
+# Who a commit waits for: the setting, its level, and the standbys connected in a state
+# that a commit waits for. A user without pg_monitor sees the standbys' rows with NULL
+# states: the third count tells that nothing could be seen.
+STANDBYS_QUERY: Final = """
+SELECT current_setting('synchronous_standby_names'),
+       current_setting('synchronous_commit'),
+       count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')),
+       count(*) FILTER (WHERE sync_state IS NULL)
+FROM pg_stat_replication
+"""
+# libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
+SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def sqlstate(orig: BaseException | None) -> str | None:
@@ -126,6 +140,58 @@ class PostgreSQL(Backend):
         # in use is refused at once.
         force = close_sessions and server_version(connection) >= (13,)
         return [f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if force else "")]
+
+    def client(self, url: URL) -> Client | None:
+        hosts, ports = _libpq_hosts(url)
+        arguments: list[str] = []
+        for option, value in (
+            ("--host", hosts),
+            ("--port", ports),
+            ("--username", url.username),
+            ("--dbname", url.database),
+        ):
+            if value:
+                arguments += [option, value]
+        environment = {"PGAPPNAME": "dbscope shell"}
+        if url.password is not None:
+            environment["PGPASSWORD"] = str(url.password)
+        ssl = url.query.get("sslmode") or url.query.get("ssl")
+        if isinstance(ssl, str) and ssl in SSL_MODES:
+            environment["PGSSLMODE"] = ssl
+        attributes = url.query.get("target_session_attrs")
+        if isinstance(attributes, str):
+            environment["PGTARGETSESSIONATTRS"] = attributes
+        return Client(
+            programs=("psql",),
+            arguments=tuple(arguments),
+            environment=environment,
+            install="install PostgreSQL's client, e.g. apt install postgresql-client",
+        )
+
+    async def standbys(self, connection: AsyncConnection) -> Standbys | None:
+        row = (await connection.execute(text(STANDBYS_QUERY))).one()
+        setting, commit, in_sync, hidden = row
+        return Standbys(
+            setting=setting, commit=commit, in_sync=None if hidden and not in_sync else in_sync
+        )
+
+
+def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
+    """The hosts and ports of ``url`` as libpq lists them: ``h1,h2`` and ``p1,p2``.
+
+    Besides ``host:port``, a URL may list them in its query, as SQLAlchemy reads them:
+    ``?host=h1:p1&host=h2:p2``, or ``?host=h1,h2&port=p1,p2``.
+    """
+    listed = url.query.get("host")
+    if listed is None:
+        return url.host, None if url.port is None else str(url.port)
+    entries = listed if isinstance(listed, tuple) else tuple(listed.split(","))
+    pairs = [entry.partition(":") for entry in entries]
+    hosts = ",".join(host for host, _, _ in pairs)
+    ports = url.query.get("port")
+    if not isinstance(ports, str):
+        ports = ",".join(port for _, _, port in pairs)
+    return hosts, ports if ports.strip(",") else None
 
 
 def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

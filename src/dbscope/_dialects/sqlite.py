@@ -15,6 +15,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects._base import (
     Backend,
+    Client,
     Connect,
     DatabaseRefused,
     Driver,
@@ -87,6 +88,15 @@ class SQLite(Backend):
 
     async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
         await asyncio.to_thread(_drop, Path(url.database or ""))
+
+    def client(self, url: URL) -> Client | None:
+        if self.is_memory(url):  # it lives inside the app's one connection
+            return None
+        return Client(
+            programs=("sqlite3",),
+            arguments=(url.database or "",),
+            install="install SQLite's shell, e.g. apt install sqlite3",
+        )
 
 
 def _presence(path: Path) -> Presence:
