@@ -40,12 +40,11 @@ Metadata = MetaData | Sequence[MetaData] | None
 INSTALL: Final = "pip install 'dbscope[alembic]'"
 # Where env.py finds what the caller tells it (config.attributes): a connection to share
 # (Alembic's cookbook names it so), the schema of the version table, settings made elsewhere
-# (`dbscope migrate --app`), the prefix of the environment's variables, and whether to apply
-# alembic.ini's logging (not when run from code, where it would replace the app's logging).
+# (`dbscope migrate --app` or `--prefix`), and whether to apply alembic.ini's logging (not
+# when run from code, where it would replace the application's logging).
 CONNECTION: Final = "connection"
 SCHEMA: Final = "dbscope.schema"
 SETTINGS: Final = "dbscope.settings"
-ENV_PREFIX: Final = "dbscope.env_prefix"
 CONFIGURE_LOGGER: Final = "configure_logger"
 # What `alembic init` writes into alembic.ini: not a URL anyone means.
 PLACEHOLDER_URL: Final = "driver://user:pass@localhost/dbname"

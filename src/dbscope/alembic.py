@@ -9,9 +9,9 @@ The whole ``env.py`` of a project (docs/migrations.md)::
 
 It finds the database where the caller put it, first found wins: a connection the caller
 shares (``config.attributes["connection"]``, Alembic's cookbook; :func:`upgrade` does this),
-settings from ``dbscope migrate --app``, an explicit ``sqlalchemy.url`` in alembic.ini, else
-the environment, read and checked exactly as ``Database.from_env()`` reads it
-(``DATABASE_URL`` or ``POSTGRES_*``, behind a prefix if given). With ``POSTGRES_SCHEMA`` the
+the settings of ``dbscope migrate --app`` (or ``--prefix``), an explicit ``sqlalchemy.url`` in
+alembic.ini, else the environment, read and checked exactly as ``Database.from_env()`` reads
+it (``DATABASE_URL`` or ``POSTGRES_*``, behind a prefix if given). With ``POSTGRES_SCHEMA`` the
 version table lives in that schema and the migrations run with it as their ``search_path``.
 ``alembic upgrade head --sql`` writes the SQL without a server. From code, inside a running
 event loop: ``await upgrade(db)``, ``await at_head(db)``.
@@ -30,7 +30,6 @@ from sqlalchemy.engine import Connection
 from dbscope import ConfigurationError, Database, DatabaseSettings
 from dbscope._migrations import (
     CONNECTION,
-    ENV_PREFIX,
     PLACEHOLDER_URL,
     SCHEMA,
     SETTINGS,
@@ -166,7 +165,7 @@ def _shared(connection: object) -> Connection:
 def _settings(
     config: Any, *, prefix: str, env_file: str | None, default_url: str | None
 ) -> DatabaseSettings:
-    """The settings named by ``dbscope migrate --app``, alembic.ini, or the environment."""
+    """The settings given by ``dbscope migrate``, alembic.ini, or the environment."""
     given = config.attributes.get(SETTINGS)
     if isinstance(given, DatabaseSettings):
         return given
@@ -186,7 +185,7 @@ def _settings(
             raise ConfigurationError(message) from None
     return load_settings(
         from_env=True,
-        env_prefix=config.attributes.get(ENV_PREFIX, prefix),
+        env_prefix=prefix,
         env_file=env_file,
         default_url=default_url,
     )

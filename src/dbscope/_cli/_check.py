@@ -1,0 +1,175 @@
+"""``dbscope check``: can the application reach its database, and how does it stand?
+
+Connects as the application does, then reports the server's version, the pool's settings,
+the round-trip time of ``SELECT 1``, whether commits wait for a synchronous standby, and,
+when there is an ``alembic.ini``, whether the database is at the migrations' head. Exit code
+1 when a check fails, for CI and deployment scripts; the URL is shown with its password
+hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Final
+
+from dbscope import ConfigurationError, Database
+from dbscope._cli._common import load_database
+from dbscope._dialects import Standbys, backend
+from dbscope._migrations import config_path
+from dbscope.alembic import status as migration_status
+
+NAME: Final = "check"
+HELP: Final = "connect, and report the server, pool, latency, standby and migrations"
+DESCRIPTION: Final = __doc__
+PASSES_THROUGH: Final = False
+ROUND_TRIPS: Final = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``dbscope check``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="ALEMBIC_INI",
+        help="check the migrations of this alembic.ini (default: $ALEMBIC_CONFIG, else "
+        "./alembic.ini if there is one)",
+    )
+    parser.add_argument(
+        "--require-standby",
+        action="store_true",
+        help="fail unless commits wait for a synchronous standby (PostgreSQL)",
+    )
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Check the database; 0 if every check passed, 1 if one failed."""
+    db = load_database(args)
+    config = _alembic_config(args.config)
+    return asyncio.run(_check(db, config, require_standby=args.require_standby))
+
+
+def _alembic_config(given: str | None) -> Path | None:
+    """The alembic.ini to check: the given one, which must exist, else the default if any.
+
+    Raises:
+        ConfigurationError: the given file does not exist (said before connecting).
+    """
+    path = config_path(given)
+    if path.is_file():
+        return path
+    if given is None:
+        return None
+    message = f"--config {given!r}: there is no such file; give the path of your alembic.ini."
+    raise ConfigurationError(message)
+
+
+class _Report:
+    """Prints one line per check and remembers whether one failed."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def say(self, name: str, value: str, *, failed: bool = False) -> None:
+        self.failed = self.failed or failed
+        mark = "FAIL " if failed else ""
+        print(f"{name + ':':<12}{mark}{value}", flush=True)
+
+
+async def _check(db: Database, config: Path | None, *, require_standby: bool) -> int:
+    report = _Report()
+    report.say("database", db.url.render_as_string(hide_password=True))
+    async with db:
+        report.say("server", _server(db))
+        report.say("pool", _pool(db))
+        report.say("latency", await _latency(db))
+        standbys = await _standbys(db)
+        failed = require_standby and not _commits_wait(standbys)
+        report.say("standby", _describe_standbys(db, standbys), failed=failed)
+        if config is None:
+            report.say("migrations", "no alembic.ini here; give one with --config to check it")
+        else:
+            await _migrations(db, config, report)
+    return 1 if report.failed else 0
+
+
+def _server(db: Database) -> str:
+    assert db.server is not None  # connected
+    rules = backend(db.server.backend)
+    version = ".".join(str(part) for part in db.server.version)
+    return f"{rules.title or db.server.backend} {version}".strip()
+
+
+def _pool(db: Database) -> str:
+    settings = db.settings
+    waiters = settings.pool_max_waiters
+    recycle = settings.pool_recycle
+    ping = settings.pool_pre_ping
+    return ", ".join(
+        (
+            f"size {settings.pool_size} + overflow {settings.max_overflow}",
+            f"waits at most {settings.pool_timeout:g} s",
+            f"waiters {'unbounded' if waiters is None else waiters}",
+            f"recycle {'default' if recycle is None else recycle}",
+            f"pre-ping {'default' if ping is None else ping}",
+            f"connect timeout {settings.connect_timeout:g} s",
+        )
+    )
+
+
+async def _latency(db: Database) -> str:
+    async with db.engine.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")  # the first one also begins
+        samples = []
+        for _ in range(ROUND_TRIPS):
+            start = time.perf_counter()
+            await connection.exec_driver_sql("SELECT 1")
+            samples.append((time.perf_counter() - start) * 1000)
+    return (
+        f"{statistics.median(samples):.2f} ms median of {ROUND_TRIPS} round trips "
+        f"(SELECT 1; max {max(samples):.2f} ms)"
+    )
+
+
+async def _standbys(db: Database) -> Standbys | None:
+    async with db.engine.connect() as connection:
+        return await backend(db.url.get_backend_name()).standbys(connection)
+
+
+def _commits_wait(standbys: Standbys | None) -> bool:
+    if standbys is None or not standbys.setting.strip():
+        return False
+    return standbys.commit not in ("off", "local") and bool(standbys.in_sync)
+
+
+def _describe_standbys(db: Database, standbys: Standbys | None) -> str:
+    if standbys is None:
+        return f"not applicable to {db.url.get_backend_name()}"
+    if not standbys.setting.strip():
+        return (
+            "none: synchronous_standby_names is empty, so a commit waits for no standby and "
+            "a failover can lose acknowledged writes"
+        )
+    listed = f"synchronous_standby_names = {standbys.setting!r}"
+    if standbys.commit in ("off", "local"):
+        return f"{listed}, but synchronous_commit = {standbys.commit}: commits do not wait for it"
+    if standbys.in_sync is None:
+        return f"{listed}; the standbys are not visible to this user (grant it pg_monitor)"
+    if standbys.in_sync == 0:
+        return f"{listed}, but none is connected in sync: commits wait until one is"
+    return f"{standbys.in_sync} in sync ({listed}): a commit waits for it"
+
+
+async def _migrations(db: Database, config: Path, report: _Report) -> None:
+    status = await migration_status(db, config=config)
+    current = ", ".join(status.current) or "none (never migrated)"
+    heads = ", ".join(status.heads) or "none"
+    if status.at_head:
+        report.say("migrations", f"at head ({heads}; {config})")
+    else:
+        advice = "run: dbscope migrate upgrade head"
+        value = f"not at head: the database is at {current}, the head is {heads}; {advice}"
+        report.say("migrations", value, failed=True)
