@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
 	touch $(STAMP)
 
-## Run the example notes service on http://127.0.0.1:8000 (SQLite unless DATABASE_URL is set).
+## Run the example notes service on http://127.0.0.1:8000 (SQLite unless DATABASE_URL is set),
+## after applying its migrations with the service's own settings.
 demo: $(STAMP)
+	$(BIN)/dbscope migrate --app examples.notes.app:db -c examples/notes/alembic.ini upgrade head
 	$(BIN)/python -m examples.notes
 
 ## Run the whole test suite against SQLite, PostgreSQL and MariaDB.

@@ -1,8 +1,9 @@
 """The notes service: authors and their notes over HTTP, on dbscope's public API only.
 
-Run it from the repository root with ``uvicorn examples.notes.app:app`` or
-``python -m examples.notes``. It uses ``DATABASE_URL`` (read by ``Database.from_env()``) when
-set, and otherwise a SQLite file, ``notes.db``, in the current directory.
+Run it from the repository root with ``make demo``, which applies the migrations
+(``dbscope migrate``, migrations/) and then serves ``python -m examples.notes``. It uses
+``DATABASE_URL`` (read by ``Database.from_env()``) when set, and otherwise a SQLite file,
+``notes.db``, in the current directory.
 
 The application is built by :func:`create_app` from a :class:`dbscope.Database`, with the
 routers of routes.py; ``app`` below is the one uvicorn serves, and the one the tests use:
@@ -10,8 +11,6 @@ dbscope's pytest plugin runs its ``db`` in each test's transaction, on the test 
 (see conftest.py).
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Final
 
 from fastapi import FastAPI, Request
@@ -21,7 +20,6 @@ from fastapi.responses import JSONResponse
 
 from dbscope import Database
 
-from .models import Base
 from .routes import authors_router, health_router, notes_router
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///notes.db"
@@ -37,17 +35,6 @@ def database_from_env() -> Database:
     return Database.from_env(default_url=DEFAULT_URL)
 
 
-async def create_tables(db: Database) -> None:
-    """Create the example's tables if they do not exist yet.
-
-    Runs in a dbscope transaction rather than on ``db.engine`` directly so that a configured
-    ``POSTGRES_SCHEMA`` applies to the DDL exactly as it does to requests.
-    """
-    async with db.transaction() as session:
-        connection = await session.connection()
-        await connection.run_sync(Base.metadata.create_all)
-
-
 async def refuse_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 naming each invalid field, as FastAPI's own handler does, without the input.
 
@@ -60,18 +47,14 @@ async def refuse_invalid_request(request: Request, error: RequestValidationError
 
 
 def create_app(db: Database) -> FastAPI:
-    """Build the notes service on ``db``; the app connects and disposes it in its lifespan."""
+    """Build the notes service on ``db``; the app connects and disposes it in its lifespan.
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # dbscope's lifespan inside the app's own: connected from here until shutdown.
-        async with db.lifespan(app):
-            await create_tables(db)
-            yield
-
+    The tables are the migrations' (``dbscope migrate upgrade head``, before the service
+    starts): several instances starting at once never race to change them.
+    """
     app = FastAPI(
         title="Notes (dbscope example)",
-        lifespan=lifespan,
+        lifespan=db.lifespan,
         exception_handlers={RequestValidationError: refuse_invalid_request},
     )
     for router in (authors_router(db), notes_router(db), health_router(db)):

@@ -1,4 +1,4 @@
-"""The example's test set-up: dbscope's pytest plugin, told which app, Database and tables.
+"""The example's test set-up: dbscope's pytest plugin, told which app, Database and migrations.
 
 Every test runs in one transaction that is rolled back at its end, HTTP requests included,
 once on a SQLite file and once on PostgreSQL (``DBSCOPE_TEST_POSTGRES_URL``, default
@@ -9,16 +9,15 @@ alone, as a project's own conftest.py would.
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 
 from dbscope import Database
 
 from .app import app, db
-from .models import Base
 
 POSTGRES_URL = os.environ.get(
     "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -38,9 +37,9 @@ def dbscope_app() -> FastAPI:
 
 
 @pytest.fixture(scope="session")
-def dbscope_metadata() -> MetaData:
-    """The example's tables, created once per database and dropped at the end."""
-    return Base.metadata
+def dbscope_alembic_config() -> Path:
+    """The example's migrations, which make its tables once per test database."""
+    return Path(__file__).with_name("alembic.ini")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -34,6 +34,7 @@ from dbscope import Database
 from .app import app
 
 ROOT = Path(__file__).parents[2]  # the repository root, where `examples.notes` is importable
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 # Ours to set: an outer DATABASE_URL or POSTGRES_* would otherwise reach the server.
 INHERITED = {
     name: value
@@ -91,17 +92,29 @@ def test_no_generated_request_gets_a_server_error(
 
 @contextlib.contextmanager
 def serving(environment: dict[str, str], log: Path) -> Iterator[str]:
-    """Serve ``examples.notes.app:app`` under uvicorn; yield its URL, stop it at the end.
+    """Migrate, then serve ``examples.notes.app:app`` under uvicorn; yield its URL, stop it
+    at the end.
 
     The server writes to ``log``, shown when a test fails: a pipe that nobody reads would fill
     up with tracebacks and stall the server.
     """
+    # The tables, made as `make demo` makes them.
+    migrate = [
+        sys.executable, "-m", "dbscope._cli", "migrate", "-c", str(ALEMBIC_INI), "upgrade", "head",
+    ]  # fmt: skip
+    with log.open("w") as output:
+        migrated = subprocess.run(  # noqa: S603 - this interpreter running dbscope, no input
+            migrate, cwd=ROOT, env={**INHERITED, **environment}, stdout=output, stderr=output
+        )
+    if migrated.returncode != 0:
+        message = f"dbscope migrate exited with {migrated.returncode}:\n{log.read_text()}"
+        raise RuntimeError(message)
     port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", "examples.notes.app:app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
     ]  # fmt: skip
-    with log.open("w") as output:
+    with log.open("a") as output:
         process = subprocess.Popen(  # noqa: S603 - this interpreter running uvicorn, no input
             command, cwd=ROOT, env={**INHERITED, **environment}, stdout=output, stderr=output
         )

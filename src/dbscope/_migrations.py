@@ -260,6 +260,10 @@ def run_coroutine(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:
         return asyncio.run(work())
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-alembic") as pool:
         return pool.submit(lambda: asyncio.run(work())).result()
