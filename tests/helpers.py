@@ -5,8 +5,9 @@
   the response begin;
 - the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`;
 - faults: :func:`kill` ends a server connection (:func:`kill_mid_request` in a request),
-  :func:`connect_to_nothing` connects where no server listens, :func:`assert_unavailable`
-  checks a 503.
+  :func:`connect_to_nothing` connects where no server listens, :class:`TcpProxy` (through
+  :func:`proxied`) makes a server unreachable or silent, :func:`assert_unavailable` checks a
+  503.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import MetaData, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -246,3 +248,82 @@ async def connect_to_nothing(
     with pytest.raises(DatabaseUnavailableError) as info:
         await db.connect()
     return db, port, info.value
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of a database server.
+
+    ``cut()`` closes the listening socket and every proxied connection, so the server behind
+    it is as unreachable as a crashed host: pooled connections die, new ones are refused.
+    ``start()`` again listens on the same port. While ``silent`` is set, new connections are
+    accepted and never answered, as by a server that hangs. ``accepted`` counts connections.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.accepted = 0
+        self.silent = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Listen (on the same port as before, if any)."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def cut(self) -> None:
+        """Stop listening and close every proxied connection."""
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        self.accepted += 1
+        if self.silent:
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):  # read and drop, until cut() closes it
+                    pass
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(upstream_writer)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A running proxy in front of ``database_url``'s server, and the URL through it."""
+    url = make_url(database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    try:
+        yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        await proxy.cut()

@@ -70,6 +70,7 @@ def test_the_fastapi_module_exports_no_builders() -> None:
     """Only what an application calls itself is public in dbscope.fastapi."""
     assert dbscope.fastapi.__all__ == [
         "add_exception_handlers",
+        "health_router",
         "http_error",
         "service_unavailable",
     ]

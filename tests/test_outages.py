@@ -1,8 +1,9 @@
 """Outages are answered with 503 and Retry-After, never 500 or a hang, and the app recovers.
 
 Every fault is real: the pool is exhausted by a request that holds its connection, the server
-becomes unreachable when a TCP proxy in front of it is shut, backends are terminated with
-``pg_terminate_backend`` or MariaDB's ``KILL`` from a connection of the test's own.
+becomes unreachable when a TCP proxy in front of it is shut (helpers.TcpProxy), backends are
+terminated with ``pg_terminate_backend`` or MariaDB's ``KILL`` from a connection of the test's
+own.
 """
 
 import asyncio
@@ -16,7 +17,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
@@ -59,76 +59,6 @@ def build_app(db: Database) -> FastAPI:
 async def outage_rows(tables: helpers.Tables) -> None:
     """An empty ``outage_rows`` table for the test."""
     await tables.create("outage_rows", "value INTEGER NOT NULL")
-
-
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of a database server.
-
-    ``cut()`` closes the listening socket and every proxied connection, so the server behind
-    it is as unreachable as a crashed host: pooled connections die, new ones are refused.
-    ``start()`` again listens on the same port.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        """Listen (on the same port as before, if any)."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def cut(self) -> None:
-        """Stop listening and close every proxied connection."""
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        self._writers.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.add(writer)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.add(upstream_writer)
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    """A running proxy in front of ``database_url``'s server, and the URL through it."""
-    url = make_url(database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    try:
-        yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
-    finally:
-        await proxy.cut()
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +111,10 @@ async def test_requests_succeed_again_once_the_pool_has_a_free_connection(
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_an_unreachable_database_answers_503_unreachable(database_url: str) -> None:
     """Once the server cannot be reached after start-up, requests get 503, not 500."""
-    async with proxied(database_url) as (proxy, url), Database(url, connect_timeout=2) as db:
+    async with (
+        helpers.proxied(database_url) as (proxy, url),
+        Database(url, connect_timeout=2) as db,
+    ):
         async with helpers.client_for(build_app(db)) as client:
             before = await client.get("/query")
             await proxy.cut()
@@ -195,7 +128,7 @@ async def test_an_unreachable_database_answers_503_unreachable(database_url: str
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_the_app_recovers_when_the_database_is_reachable_again(database_url: str) -> None:
     """After an outage, the same app serves requests again without a restart."""
-    async with proxied(database_url) as (proxy, url):
+    async with helpers.proxied(database_url) as (proxy, url):
         db = Database(url, connect_timeout=2)
         async with db, helpers.client_for(build_app(db)) as client:
             await client.get("/query")

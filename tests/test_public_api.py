@@ -20,6 +20,8 @@ PUBLIC_NAMES = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbscopeError",
+    "Health",
+    "HealthCheck",
     "LazyLoadError",
     "LifecycleError",
     "NoSessionError",

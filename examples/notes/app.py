@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dbscope import Database
+from dbscope.fastapi import health_router
 
-from .routes import authors_router, health_router, notes_router
+from .routes import authors_router, notes_router
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///notes.db"
 

@@ -10,14 +10,14 @@ returns and before the response, rolled back when it raises. ``create_app()`` in
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from dbscope import Database
 
 from .models import Author, Note
-from .schemas import MAX_ID, AuthorCreate, AuthorDetail, AuthorOut, Health, NoteCreate, NoteOut
+from .schemas import MAX_ID, AuthorCreate, AuthorDetail, AuthorOut, NoteCreate, NoteOut
 from .services import AuthorNotFoundError, create_note
 
 # An id in the path: beyond the id columns' range it is a 422, like an id that is not a number.
@@ -96,20 +96,5 @@ def notes_router(db: Database) -> APIRouter:
         if note is None:
             raise HTTPException(404, f"There is no note with id {note_id}.")
         await session.delete(note)
-
-    return router
-
-
-def health_router(db: Database) -> APIRouter:
-    """``GET /health``."""
-    router = APIRouter()
-    Session = Annotated[AsyncSession, Depends(db.session)]
-
-    @router.get("/health")
-    async def health(session: Session) -> Health:
-        """Answer 200 when the database answers; dbscope turns an outage into a 503."""
-        await session.execute(text("SELECT 1"))
-        # The database of the connection that answered (in tests, the test database).
-        return Health(status="ok", database=session.get_bind().dialect.name)
 
     return router

@@ -72,10 +72,3 @@ class AuthorDetail(AuthorOut):
     """An author with their notes: needs ``Author.notes`` loaded."""
 
     notes: list[NoteSummary]
-
-
-class Health(BaseModel):
-    """The body of ``GET /health``."""
-
-    status: str
-    database: str

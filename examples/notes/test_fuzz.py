@@ -133,14 +133,14 @@ def serving(environment: dict[str, str], log: Path) -> Iterator[str]:
 
 
 def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    """Return when GET /health answers 200; raise if the server exits or takes 20 s."""
+    """Return when GET /readyz answers 200; raise if the server exits or takes 20 s."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             message = f"uvicorn exited with {process.returncode}:\n{log.read_text()}"
             raise RuntimeError(message)
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
     message = f"The service did not answer on {url} within 20 s:\n{log.read_text()}"

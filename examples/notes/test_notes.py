@@ -137,13 +137,23 @@ async def test_missing_authors_and_notes_are_404(dbscope_client: httpx.AsyncClie
     assert (await dbscope_client.get("/notes/1")).status_code == 404
 
 
-async def test_health_runs_a_query(dbscope_client: httpx.AsyncClient, dbscope_url: str) -> None:
-    """GET /health answers 200 and names the database that answered its query."""
-    response = await dbscope_client.get("/health")
+async def test_readyz_asks_the_test_database(dbscope_client: httpx.AsyncClient) -> None:
+    """GET /readyz passes: the database answered; bound to the test's transaction, the app's
+    units wait in no pool, so the server is the only check."""
+    response = await dbscope_client.get("/readyz")
 
     assert response.status_code == 200
-    backend = "sqlite" if dbscope_url.startswith("sqlite") else "postgresql"
-    assert response.json() == {"status": "ok", "database": backend}
+    assert response.headers["content-type"] == "application/health+json"
+    body = response.json()
+    assert body["status"] == "pass"
+    assert list(body["checks"]) == ["database:responseTime"]
+
+
+async def test_livez_answers_without_the_database(dbscope_client: httpx.AsyncClient) -> None:
+    """GET /livez answers 200 pass, whatever the database does."""
+    response = await dbscope_client.get("/livez")
+
+    assert (response.status_code, response.json()) == (200, {"status": "pass"})
 
 
 async def test_an_unloaded_relationship_raises_instead_of_lazy_loading(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from dbscope._engine import ServerInfo, check_engine_options, engine_options
 from dbscope._entry_points import UnitEntryPoints
 from dbscope._errors import Limits
+from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, HealthProbe, ProbeOptions
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
@@ -104,6 +106,7 @@ class Database(UnitEntryPoints):
             pool_max_waiters=settings.pool_max_waiters,
         )
         self._units = Units(self._lifecycle.session_maker, self._limits, settings.postgres_schema)
+        self._health = HealthProbe(self._lifecycle)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Database(UnitEntryPoints):
     async def dispose(self) -> None:
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""
         await self._lifecycle.dispose()
+        await self._health.close()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -287,6 +291,38 @@ class Database(UnitEntryPoints):
     def stats(self) -> PoolStats:
         """Count the pool's connections: in use, idle, beyond pool_size, and replaced."""
         return self._lifecycle.stats()
+
+    async def health(
+        self,
+        *,
+        migrations: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - running out is a "fail", not an error
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> Health:
+        """Whether this Database can serve: for readiness probes, never waiting in the pool.
+
+        The server is asked on a connection of the probe's own, outside the pool, within
+        ``timeout``; the pool's saturation is read from its numbers. ``fail`` (render it as
+        503): not connected, the server unreachable, or the migrations not at head; ``warn``
+        (200): every connection in use or requests waiting for one; else ``pass``.
+        ``health.to_dict()`` is the ``application/health+json`` body. ``dbscope.fastapi.
+        health_router(db)`` serves it as ``/readyz``.
+
+        Args:
+            migrations: an ``alembic.ini``: also fail while the database is not at its head
+                revisions (the scripts are read once, at the first call).
+            timeout: seconds after which an unanswered probe counts as ``fail``.
+            max_age: seconds for which one server reading answers every call, so that many
+                probes cost the server one connection per ``max_age``; the pool's numbers
+                are always read anew.
+
+        Raises:
+            ConfigurationError: ``timeout`` or ``max_age`` is not a usable number of seconds,
+                or ``migrations`` names no file.
+            ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
+        """
+        options = ProbeOptions(timeout=timeout, max_age=max_age, migrations=migrations)
+        return await self._health.health(options)
 
     def __repr__(self) -> str:
         return f"Database({self._settings.url!r}, state={self.state!r})"

@@ -171,6 +171,11 @@ class Backend:
         """Whether ``url`` names a database that lives in one connection's memory."""
         return False
 
+    def probe_url(self, url: URL) -> URL | None:
+        """Where a health probe opens a connection of its own to ``url``'s database; None
+        when no other connection reaches it."""
+        return url
+
     def begin(self, connection: Connection, wanted: Begin) -> None:
         """Apply ``wanted`` to the transaction ``connection`` has just begun."""
 

@@ -59,6 +59,16 @@ class SQLite(Backend):
     def is_memory(self, url: URL) -> bool:
         return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
+    def probe_url(self, url: URL) -> URL | None:
+        # A memory database lives in the pool's one connection: another would see an empty
+        # one. A file is opened read-only, so that a probe never creates a missing file.
+        if self.is_memory(url):
+            return None
+        database = url.database or ""
+        if not database.startswith("file:"):
+            database = Path(database).absolute().as_uri()
+        return url.set(database=database).update_query_dict({"mode": "ro", "uri": "true"})
+
     def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
         code = getattr(orig, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF == CONSTRAINT:

@@ -33,6 +33,9 @@ is sent, and its outages answer 503 the same way. :func:`add_exception_handlers`
 same answers to dbscope's errors raised elsewhere in a request (``async with db.lease()``, a
 ``db.transaction()`` block in an endpoint).
 
+``app.include_router(health_router(db))`` serves Kubernetes' probes: ``/livez``, which never
+asks the database, and ``/readyz``, which answers ``db.health()`` without waiting in the pool.
+
 This is the only package of dbscope that imports FastAPI or Starlette.
 """
 
@@ -43,5 +46,6 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised only withou
     raise ModuleNotFoundError(message, name=error.name) from error
 
 from dbscope.fastapi._errors import add_exception_handlers, http_error, service_unavailable
+from dbscope.fastapi._health import health_router
 
-__all__ = ["add_exception_handlers", "http_error", "service_unavailable"]
+__all__ = ["add_exception_handlers", "health_router", "http_error", "service_unavailable"]

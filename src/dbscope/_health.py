@@ -1,0 +1,418 @@
+"""Health: is this Database ready to serve, answered without ever waiting in the pool's line.
+
+``db.health()`` reads two things. The pool's own numbers (``stats()``: connections in use
+against the most it may open, checkouts waiting in line) cost nothing and are read live. The
+server is asked on a connection of the probe's own, opened on demand outside the app's pool
+and closed at once, so a saturated pool never delays the answer; the whole probe is bounded by
+``timeout``. Its reading is kept for ``max_age`` seconds and shared by every caller meanwhile
+(one probe in flight at a time): load balancers, Kubernetes and dashboards asking at once cost
+the server at most one short connection per ``max_age``, whatever their number.
+
+The verdict follows draft-inadarei-api-health-check (``application/health+json``):
+
+- ``fail`` (503): the Database is not connected (new or disposed), the server cannot be
+  reached or refuses the probe, or (when asked) its migrations are not at head;
+- ``warn`` (200): every connection is in use, or requests wait in line for one. Still 200:
+  pulling every saturated instance out of the load balancer moves their load onto the others,
+  which then saturate in turn;
+- ``pass`` (200): otherwise.
+
+The body names no host, port, user, database or server version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+from dbscope._dialects import backend, driver
+from dbscope._errors import Limits, translate
+from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
+from dbscope._lifecycle import Lifecycle
+from dbscope._urls import describe_location
+
+logger = logging.getLogger("dbscope")
+
+Status = Literal["pass", "warn", "fail"]
+# The engine options a probe's connection is opened with, as the app's are: how to connect.
+CONNECT_OPTIONS: Final = ("connect_args", "async_creator")
+# A Kubernetes probe's default timeoutSeconds is 1: the probe gives up well before it.
+DEFAULT_TIMEOUT: Final = 0.5
+DEFAULT_MAX_AGE: Final = 1.0
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One reading of a :class:`Health` answer: one entry of its ``checks``.
+
+    Attributes:
+        component: what was observed: ``"database"`` (the server) or ``"pool"``.
+        measurement: ``"responseTime"``, ``"utilization"``, ``"waiting"`` or
+            ``"migrations"``; the check's key is ``component:measurement``.
+        component_type: ``"datastore"`` for the server, ``"component"`` for the pool.
+        status: ``"pass"``, ``"warn"`` or ``"fail"``.
+        time: when the value was read (UTC); a server reading may be up to ``max_age`` old.
+        observed_value: the value read, if any (milliseconds, a percentage, a count, the
+            revisions the database is at).
+        observed_unit: the unit of ``observed_value``.
+        output: why the status is not ``"pass"``; None when it is.
+    """
+
+    component: str
+    measurement: str
+    component_type: str
+    status: Status
+    time: datetime
+    observed_value: float | int | list[str] | None = None
+    observed_unit: str | None = None
+    output: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The check's name in ``checks``: ``component:measurement``."""
+        return f"{self.component}:{self.measurement}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check as an ``application/health+json`` check object."""
+        rendered: dict[str, Any] = {"componentType": self.component_type}
+        if self.observed_value is not None:
+            rendered["observedValue"] = self.observed_value
+            rendered["observedUnit"] = self.observed_unit
+        rendered["status"] = self.status
+        rendered["time"] = self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if self.output is not None:
+            rendered["output"] = self.output
+        return rendered
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``db.health()`` found: an overall status and the checks behind it.
+
+    Attributes:
+        status: ``"fail"`` if any check failed, else ``"warn"`` if any warned, else
+            ``"pass"``.
+        checks: the readings, in a fixed order: the server, the migrations (when asked),
+            the pool.
+    """
+
+    status: Status
+    checks: tuple[HealthCheck, ...]
+
+    @classmethod
+    def of(cls, checks: tuple[HealthCheck, ...]) -> Health:
+        """The answer made of ``checks``, with the worst of their statuses."""
+        statuses = {check.status for check in checks}
+        status: Status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+        return cls(status=status, checks=checks)
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status to answer with: 503 for ``"fail"``, 200 otherwise."""
+        return 503 if self.status == "fail" else 200
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``application/health+json`` document: ``status``, ``output``, ``checks``."""
+        rendered: dict[str, Any] = {"status": self.status}
+        outputs = [check.output for check in self.checks if check.output is not None]
+        if outputs and self.status != "pass":
+            rendered["output"] = "; ".join(outputs)
+        checks: dict[str, list[dict[str, Any]]] = {}
+        for check in self.checks:
+            checks.setdefault(check.key, []).append(check.to_dict())
+        rendered["checks"] = checks
+        return rendered
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How a readiness probe asks: checked when made, so that a bad value fails at start-up.
+
+    Attributes:
+        timeout: seconds after which an unanswered probe of the server counts as ``fail``.
+        max_age: seconds for which one reading of the server answers every probe.
+        migrations: the ``alembic.ini`` whose head revisions the database must be at; None:
+            not checked.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    max_age: float = DEFAULT_MAX_AGE
+    migrations: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        timeout, max_age, migrations = self.timeout, self.max_age, self.migrations
+        if not (_is_number(timeout) and 0 < timeout < math.inf):
+            message = (
+                f"timeout={timeout!r} must be a positive number of seconds, below the probe's "
+                f"own timeout (Kubernetes' timeoutSeconds, 1 by default); e.g. {DEFAULT_TIMEOUT}."
+            )
+            raise ConfigurationError(message)
+        if not (_is_number(max_age) and 0 <= max_age < math.inf):
+            message = (
+                f"max_age={max_age!r} must be a number of seconds, 0 or more, for which one "
+                f"server reading answers every probe; e.g. {DEFAULT_MAX_AGE}."
+            )
+            raise ConfigurationError(message)
+        if migrations is not None and not Path(migrations).is_file():
+            message = (
+                f"migrations={str(migrations)!r} names no file; give the path of the app's "
+                "alembic.ini (relative paths start from the working directory)."
+            )
+            raise ConfigurationError(message)
+
+    @property
+    def config(self) -> Path | None:
+        """The ``alembic.ini``'s absolute path, if migrations are checked."""
+        return None if self.migrations is None else Path(self.migrations).absolute()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What one probe of the server found, and when (shared by callers for ``max_age``)."""
+
+    checks: tuple[HealthCheck, ...]
+    at: float  # time.monotonic()
+
+
+class HealthProbe:
+    """The health of one Database: its probe engine, its last reading, its probe in flight."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        # Keyed by the app's engine: a new one (after dispose and connect) gets a new probe.
+        self._engines: dict[tuple[AsyncEngine, float], AsyncEngine] = {}
+        self._reading: tuple[object, _Reading] | None = None
+        self._in_flight: tuple[object, asyncio.Task[_Reading]] | None = None
+        self._heads: dict[Path, tuple[str, ...]] = {}
+        self._failing = False
+
+    async def health(self, options: ProbeOptions) -> Health:
+        """The Database's health now (the server's reading at most ``max_age`` old)."""
+        now = datetime.now(UTC)
+        state = self._lifecycle.state
+        if state in ("new", "disposed"):
+            reason = "was disposed" if state == "disposed" else "is not connected yet"
+            output = f"the Database {reason}: it serves no unit of work"
+            return Health.of((_server_check("fail", now, output=output),))
+        engine = self._lifecycle.engine
+        # While bound (tests), every unit shares the test's connection: no pool to wait for.
+        pool = () if state == "bound" else pool_checks(engine, self._lifecycle.stats(), now)
+        server = await self._server(engine, options)
+        return Health.of(server + pool)
+
+    async def close(self) -> None:
+        """Let a probe in flight end (within its timeout) and drop the probe engines."""
+        in_flight, self._in_flight, self._reading = self._in_flight, None, None
+        if in_flight is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(in_flight[1])
+        engines, self._engines = self._engines, {}
+        for probe_engine in engines.values():
+            await probe_engine.dispose()
+
+    async def _server(self, engine: AsyncEngine, options: ProbeOptions) -> tuple[HealthCheck, ...]:
+        config = options.config
+        key = (engine, config)
+        reading = self._reading
+        fresh_for = options.max_age
+        if (
+            reading is not None
+            and reading[0] == key
+            and time.monotonic() - reading[1].at <= fresh_for
+        ):
+            return reading[1].checks
+        url = backend(engine.url.get_backend_name()).probe_url(engine.url)
+        if url is None:  # a memory database: nothing outside the pool reaches it
+            return ()
+        heads = None if config is None else await self._heads_of(config)
+        if self._in_flight is None or self._in_flight[0] != key or self._in_flight[1].done():
+            probe = self._probe(engine, url, options.timeout, heads)
+            task = asyncio.get_running_loop().create_task(probe)
+            task.add_done_callback(lambda done: self._keep(key, url, done))
+            self._in_flight = (key, task)
+        task = self._in_flight[1]
+        try:
+            # Shielded: a caller giving up leaves the probe to end, and answer the next ones.
+            fresh = await asyncio.wait_for(asyncio.shield(task), options.timeout)
+        except TimeoutError:
+            output = _no_answer(options.timeout)
+            return (_server_check("fail", datetime.now(UTC), output=output),)
+        return fresh.checks
+
+    def _keep(self, key: object, url: URL, task: asyncio.Task[_Reading]) -> None:
+        if task.cancelled():
+            return
+        reading = task.result()
+        self._reading = (key, reading)
+        failing = any(check.status == "fail" for check in reading.checks)
+        if failing != self._failing:  # logged once per change, not once per probe
+            self._failing = failing
+            if failing:
+                outputs = "; ".join(check.output for check in reading.checks if check.output)
+                logger.warning("Not ready: %s (%s)", outputs, describe_location(url))
+            else:
+                logger.info("Ready again: %s answers", describe_location(url))
+
+    async def _heads_of(self, config: Path) -> tuple[str, ...]:
+        # The scripts do not change under a running app: read once, off the event loop, and
+        # outside the probe's timeout (the first read imports Alembic and parses every script).
+        heads = self._heads.get(config)
+        if heads is None:
+            from dbscope._migrations import head_revisions, load_config
+
+            heads = await asyncio.to_thread(lambda: head_revisions(load_config(config)))
+            self._heads[config] = heads
+        return heads
+
+    async def _probe(
+        self,
+        engine: AsyncEngine,
+        url: URL,
+        timeout: float,  # noqa: ASYNC109 - not a cancellation: running out is a "fail" reading
+        heads: tuple[str, ...] | None,
+    ) -> _Reading:
+        key = (engine, timeout)
+        probe_engine = self._engines.get(key)
+        if probe_engine is None:
+            self._engines = {key: (probe_engine := _probe_engine(self._lifecycle, url, timeout))}
+        checks: tuple[HealthCheck, ...]
+        try:
+            async with asyncio.timeout(timeout), probe_engine.connect() as connection:
+                started = time.perf_counter()
+                await connection.run_sync(_ping)
+                elapsed = time.perf_counter() - started
+                checks = (_server_check("pass", datetime.now(UTC), elapsed=elapsed),)
+                if heads is not None:
+                    schema = self._lifecycle.settings.postgres_schema
+                    checks += (await _migrations_check(connection, heads, schema),)
+        except TimeoutError:
+            checks = (_server_check("fail", datetime.now(UTC), output=_no_answer(timeout)),)
+        except Exception as error:  # every failure is a verdict on the server, not a crash
+            output = _failure(error, url)
+            checks = (_server_check("fail", datetime.now(UTC), output=output),)
+        return _Reading(checks=checks, at=time.monotonic())
+
+
+def _probe_engine(lifecycle: Lifecycle, url: URL, timeout: float) -> AsyncEngine:
+    # NullPool: each probe opens its own connection and closes it, so a probe holds no server
+    # connection between readings and never shares the app pool's line.
+    given = lifecycle.options
+    options = {name: given[name] for name in CONNECT_OPTIONS if name in given}
+    known = driver(url.get_driver_name())
+    if known is not None:
+        # Only the timeout's own arguments are replaced: the app's (TLS, server settings,
+        # statement cache) stay, so the probe connects as the app's pool does.
+        connect_args = dict(options.get("connect_args", {}))
+        options["connect_args"] = {**connect_args, **known.connect_args(timeout, None)}
+    return create_async_engine(url, poolclass=NullPool, **options)
+
+
+def _ping(connection: Connection) -> None:
+    """The dialect's own liveness round trip (as SQLAlchemy's pre-ping sends)."""
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a connection just opened
+    connection.dialect.do_ping(dbapi_connection)
+
+
+async def _migrations_check(
+    connection: AsyncConnection, heads: tuple[str, ...], schema: str | None
+) -> HealthCheck:
+    from dbscope._migrations import MigrationStatus, current_revisions
+
+    current = await connection.run_sync(current_revisions, schema=schema)
+    status = MigrationStatus(current=current, heads=heads)
+    output = None
+    if not status.at_head:
+        output = (
+            f"the database is at {list(current) or 'no revision'}, the migrations' head is "
+            f"{list(heads)}: run the migrations"
+        )
+    return HealthCheck(
+        component="database",
+        measurement="migrations",
+        component_type="datastore",
+        status="pass" if status.at_head else "fail",
+        time=datetime.now(UTC),
+        observed_value=list(current),
+        observed_unit="revisions",
+        output=output,
+    )
+
+
+def pool_checks(engine: AsyncEngine, stats: Any, now: datetime) -> tuple[HealthCheck, ...]:
+    """The pool's readings: how full it is, and how many checkouts wait in line."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return ()  # a pool without a bound (NullPool...) is never saturated
+    # SQLAlchemy keeps the overflow bound only in this attribute; -1 means no bound.
+    overflow = pool._max_overflow
+    checks: tuple[HealthCheck, ...] = ()
+    if overflow >= 0:
+        capacity = pool.size() + overflow
+        full = stats.checked_out >= capacity
+        output = f"all {capacity} connections are in use" if full else None
+        checks += (
+            _pool_check("utilization", now, 100 * stats.checked_out // capacity, "percent", output),
+        )
+    waiting = stats.waiting
+    output = f"{waiting} requests wait for a connection" if waiting else None
+    return (*checks, _pool_check("waiting", now, waiting, "requests", output))
+
+
+def _pool_check(
+    measurement: str, now: datetime, value: int, unit: str, output: str | None
+) -> HealthCheck:
+    return HealthCheck(
+        component="pool",
+        measurement=measurement,
+        component_type="component",
+        status="pass" if output is None else "warn",
+        time=now,
+        observed_value=value,
+        observed_unit=unit,
+        output=output,
+    )
+
+
+def _server_check(
+    status: Status, now: datetime, *, elapsed: float | None = None, output: str | None = None
+) -> HealthCheck:
+    return HealthCheck(
+        component="database",
+        measurement="responseTime",
+        component_type="datastore",
+        status=status,
+        time=now,
+        observed_value=None if elapsed is None else round(elapsed * 1000, 3),
+        observed_unit=None if elapsed is None else "ms",
+        output=output,
+    )
+
+
+def _no_answer(timeout: float) -> str:
+    return f"the database did not answer within {timeout:g} s"
+
+
+def _failure(error: Exception, url: URL) -> str:
+    # Phrases of our own: the driver's message names the host, and the body must not.
+    translated = translate(error, Limits(url))
+    if isinstance(translated, DatabaseUnavailableError):
+        return "the database could not be reached"
+    if isinstance(translated, ConfigurationError):
+        return "the database refused the probe's connection (user, password, database or rights)"
+    return f"the probe failed ({type(error).__name__})"

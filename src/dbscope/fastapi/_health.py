@@ -1,0 +1,105 @@
+"""``/livez`` and ``/readyz``: Kubernetes' probes, in ``application/health+json``."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from dbscope._exceptions import ConfigurationError
+from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, ProbeOptions
+
+if TYPE_CHECKING:
+    from dbscope._database import Database
+
+MEDIA_TYPE: Final = "application/health+json"
+# A probe's answer is true for this instant only: no proxy or client may reuse it.
+HEADERS: Final = {"Cache-Control": "no-store"}
+
+
+class HealthResponse(JSONResponse):
+    """A JSON response in ``application/health+json``, never cached."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(self, content: dict[str, Any], status_code: int = 200) -> None:
+        super().__init__(content, status_code=status_code, headers=HEADERS)
+
+
+def health_router(
+    db: "Database",
+    *,
+    liveness_path: str = "/livez",
+    readiness_path: str = "/readyz",
+    migrations: str | Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> APIRouter:
+    """The probes of a Kubernetes deployment: ``app.include_router(health_router(db))``.
+
+    ``GET /livez`` answers ``{"status": "pass"}`` with 200 as long as the app answers at
+    all: it never touches the database, so a database outage never gets the app restarted.
+    ``GET /readyz`` answers ``await db.health(...)``: 200 for ``pass`` and ``warn`` (a
+    saturated pool), 503 for ``fail``, within ``timeout`` even when every connection is in use
+    and requests wait in line for one. Both answer ``application/health+json`` with
+    ``Cache-Control: no-store``. Leave them out of the OpenAPI schema with
+    ``app.include_router(health_router(db), include_in_schema=False)``.
+
+    Args:
+        db: the app's Database.
+        liveness_path: where the liveness probe answers.
+        readiness_path: where the readiness probe answers.
+        migrations: an ``alembic.ini``: ``/readyz`` fails until the database is at its head
+            revisions (Alembic is needed; the scripts are read once, at the first probe).
+        timeout: seconds after which an unanswered database probe counts as ``fail``.
+        max_age: seconds for which one reading of the server answers every probe.
+
+    Raises:
+        ConfigurationError: a path does not start with ``/`` or both are the same, a number
+            is not usable, or ``migrations`` names no file.
+        ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
+    """
+    _check_paths(liveness_path, readiness_path)
+    options = ProbeOptions(timeout=timeout, max_age=max_age, migrations=migrations)
+    if migrations is not None:
+        from dbscope._migrations import require_alembic
+
+        require_alembic(f"health_router(migrations={str(migrations)!r})")
+    router = APIRouter()
+    readiness: dict[int | str, dict[str, Any]] = {
+        200: {"description": "pass or warn"},
+        503: {"description": "fail"},
+    }
+
+    @router.get(liveness_path, response_class=HealthResponse, summary="Liveness probe")
+    async def livez() -> HealthResponse:
+        """200 while the app answers; never asks the database."""
+        return HealthResponse({"status": "pass"})
+
+    @router.get(
+        readiness_path,
+        response_class=HealthResponse,
+        responses=readiness,
+        summary="Readiness probe",
+    )
+    async def readyz() -> HealthResponse:
+        """The database's health: 503 when it cannot serve, 200 otherwise."""
+        health = await db.health(
+            migrations=options.migrations, timeout=options.timeout, max_age=options.max_age
+        )
+        return HealthResponse(health.to_dict(), status_code=health.http_status)
+
+    return router
+
+
+def _check_paths(liveness_path: str, readiness_path: str) -> None:
+    for name, path in (("liveness_path", liveness_path), ("readiness_path", readiness_path)):
+        if not isinstance(path, str) or not path.startswith("/"):
+            message = f"{name}={path!r} must be a path starting with '/', e.g. '/livez'."
+            raise ConfigurationError(message)
+    if liveness_path == readiness_path:
+        message = (
+            f"liveness_path and readiness_path are both {liveness_path!r}; they answer different "
+            "questions (is the app alive, can it serve): give them different paths."
+        )
+        raise ConfigurationError(message)
