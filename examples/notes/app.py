@@ -11,6 +11,7 @@ dbscope's pytest plugin runs its ``db`` in each test's transaction, on the test 
 (see conftest.py).
 """
 
+from pathlib import Path
 from typing import Final
 
 from fastapi import FastAPI, Request
@@ -58,7 +59,9 @@ def create_app(db: Database) -> FastAPI:
         lifespan=db.lifespan,
         exception_handlers={RequestValidationError: refuse_invalid_request},
     )
-    for router in (authors_router(db), notes_router(db), health_router(db)):
+    # /readyz fails until the database is at the migrations' head: no traffic before then.
+    health = health_router(db, migrations=Path(__file__).with_name("alembic.ini"))
+    for router in (authors_router(db), notes_router(db), health):
         app.include_router(router)
     return app
 

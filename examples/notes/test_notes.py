@@ -138,15 +138,15 @@ async def test_missing_authors_and_notes_are_404(dbscope_client: httpx.AsyncClie
 
 
 async def test_readyz_asks_the_test_database(dbscope_client: httpx.AsyncClient) -> None:
-    """GET /readyz passes: the database answered; bound to the test's transaction, the app's
-    units wait in no pool, so the server is the only check."""
+    """GET /readyz passes: the database answered and is at the migrations' head; bound to the
+    test's transaction, the app's units wait in no pool, so there is no pool check."""
     response = await dbscope_client.get("/readyz")
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/health+json"
     body = response.json()
     assert body["status"] == "pass"
-    assert list(body["checks"]) == ["database:responseTime"]
+    assert list(body["checks"]) == ["database:responseTime", "database:migrations"]
 
 
 async def test_livez_answers_without_the_database(dbscope_client: httpx.AsyncClient) -> None:
