@@ -1,0 +1,480 @@
+"""The `dbscope` command, run as a subprocess with nothing but the settings each test gives.
+
+Every run starts from this process's environment without any database setting. The test
+servers trust their users, so a PostgreSQL URL with a password connects whatever the
+password; on MariaDB a user of the test's own has one, which the client must be given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from dbscope import DatabaseSettings
+from dbscope._cli import main
+from tests.documented import ROOT, block_containing
+from tests.helpers import SERVER_BACKENDS, admin
+from tests.server import free_port
+
+DBSCOPE = str(Path(sys.executable).with_name("dbscope"))
+SECRET = "Pa55-w0rd-nobody-sees"
+EXAMPLE_INI = ROOT / "examples" / "notes" / "alembic.ini"
+EXAMPLE_TABLES = ("example_notes", "example_authors", "alembic_version")
+CLIENTS = {"psql", "mariadb", "mysql", "sqlite3"}
+
+
+def settings_only(**variables: str) -> dict[str, str]:
+    """This process's environment without any database setting, plus ``variables``."""
+    settings = {name.upper() for name in DatabaseSettings.model_fields} | {"ALEMBIC_CONFIG"}
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in settings and not name.startswith("APP_")
+    }
+    return {**kept, **variables}
+
+
+async def dbscope(
+    *arguments: str, environment: Mapping[str, str], cwd: Path = ROOT
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed `dbscope` command with only ``environment``'s settings."""
+    return await anyio.run_process(
+        [DBSCOPE, *arguments], env=settings_only(**environment), cwd=cwd, check=False
+    )
+
+
+def output_of(done: subprocess.CompletedProcess[bytes]) -> str:
+    """What a run wrote, stdout then stderr."""
+    return (done.stdout + done.stderr).decode()
+
+
+def lines(text: str) -> dict[str, str]:
+    """`name: value` lines of `dbscope check`, by name."""
+    found = (re.match(r"(\w+):\s+(.*)", line) for line in text.splitlines())
+    return {match[1]: match[2] for match in found if match}
+
+
+@pytest.fixture
+async def mysql_user_url(mysql_url: str) -> AsyncIterator[str]:
+    """The MariaDB URL as a user of the test's own, whose password the server checks."""
+    url = make_url(mysql_url)
+    user = f"{url.database}_cli"
+    async with admin(mysql_url) as connection:
+        await connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        await connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{SECRET}'"))
+        await connection.execute(text(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))
+    yield url.set(username=user, password=SECRET).render_as_string(hide_password=False)
+    async with admin(mysql_url) as connection:
+        await connection.execute(text(f"DROP USER '{user}'@'%'"))
+
+
+@pytest.fixture
+def secret_url(request: pytest.FixtureRequest, database_url: str, db_backend: str) -> str:
+    """The test database's URL with a password it is reached with (none for SQLite)."""
+    if db_backend == "sqlite":
+        return database_url
+    if db_backend == "asyncmy":
+        return str(request.getfixturevalue("mysql_user_url"))
+    return make_url(database_url).set(password=SECRET).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def example_clean(database_url: str) -> AsyncIterator[str]:
+    """The database URL without the example's tables, before and after."""
+    await drop_example_tables(database_url)
+    yield database_url
+    await drop_example_tables(database_url)
+
+
+async def drop_example_tables(database_url: str) -> None:
+    """Drop the example service's tables and Alembic's version table, if there."""
+    async with admin(database_url) as connection:
+        for table in EXAMPLE_TABLES:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def nowhere() -> str:
+    """A PostgreSQL URL with a password, at a port nothing listens on."""
+    return f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app"
+
+
+# -- dbscope check -----------------------------------------------------------------------------
+
+
+async def test_check_with_only_database_url_succeeds_and_shows_no_password(
+    secret_url: str,
+) -> None:
+    """DATABASE_URL alone: exit 0, the server and latency shown, the password nowhere."""
+    done = await dbscope("check", environment={"DATABASE_URL": secret_url})
+    shown = lines(done.stdout.decode())
+    assert done.returncode == 0, output_of(done)
+    assert shown["server"].split()[-1][0].isdigit()
+    assert "median of 5 round trips" in shown["latency"]
+    assert SECRET not in output_of(done)
+    assert shown["database"] == make_url(secret_url).render_as_string(hide_password=True)
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_check_with_only_the_postgres_parts_succeeds(database_url: str) -> None:
+    """POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB alone."""
+    url = make_url(database_url)
+    parts = {
+        "POSTGRES_USER": url.username or "",
+        "POSTGRES_PASSWORD": SECRET,
+        "POSTGRES_HOST": url.host or "",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_DB": url.database or "",
+    }
+    done = await dbscope("check", environment=parts)
+    assert done.returncode == 0, output_of(done)
+    assert lines(done.stdout.decode())["server"].startswith("PostgreSQL ")
+    assert SECRET not in output_of(done)
+
+
+async def test_check_of_an_unreachable_server_exits_1_in_one_line_without_the_password() -> None:
+    """No server at the URL: exit 1, one error line naming host and port, no traceback."""
+    url = nowhere()
+    done = await dbscope("check", environment={"DATABASE_URL": url})
+    errors = done.stderr.decode().splitlines()
+    assert done.returncode == 1
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"dbscope: error: Could not connect to postgresql at 127.0.0.1:{make_url(url).port}"
+    )
+    assert SECRET not in output_of(done)
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"DATABASE_URL": f"postgresql+psycopg2://app:{SECRET}@db/app"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "sqlite+aiosqlite:///app.db", "POOL_TIMEOUT": "-1"}, "POOL_TIMEOUT"),
+        ({}, "DATABASE_URL"),
+    ],
+)
+async def test_check_with_a_bad_setting_exits_2_in_one_line(
+    variables: dict[str, str], named: str
+) -> None:
+    """A synchronous driver, a negative timeout, no database: exit 2, one line naming it."""
+    done = await dbscope("check", environment=variables)
+    errors = done.stderr.decode().splitlines()
+    assert done.returncode == 2
+    assert len(errors) == 1
+    assert errors[0].startswith("dbscope: error: Invalid database settings:")
+    assert named in errors[0]
+    assert SECRET not in output_of(done)
+
+
+async def test_check_with_a_prefix_reads_the_prefixed_variables(sqlite_url: str) -> None:
+    """--prefix APP_ reads APP_DATABASE_URL, not DATABASE_URL."""
+    environment = {"APP_DATABASE_URL": sqlite_url, "DATABASE_URL": nowhere()}
+    done = await dbscope("check", "--prefix", "APP_", environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert lines(done.stdout.decode())["server"].startswith("SQLite ")
+
+
+async def test_check_with_app_naming_something_else_exits_2() -> None:
+    """--app naming a module attribute that is not a Database says what to name instead."""
+    done = await dbscope("check", "--app", "examples.notes.app:app", environment={})
+    assert done.returncode == 2
+    assert "is a FastAPI, not a dbscope.Database" in done.stderr.decode()
+
+
+async def test_check_fails_until_the_migrations_are_at_head(sqlite_url: str) -> None:
+    """With -c alembic.ini: exit 1 before `dbscope migrate upgrade head`, exit 0 after."""
+    environment = {"DATABASE_URL": sqlite_url}
+    config = ("-c", str(EXAMPLE_INI))
+    before = await dbscope("check", *config, environment=environment)
+    migrated = await dbscope("migrate", *config, "upgrade", "head", environment=environment)
+    after = await dbscope("check", *config, environment=environment)
+    assert before.returncode == 1
+    assert lines(before.stdout.decode())["migrations"].startswith("FAIL not at head")
+    assert migrated.returncode == 0, output_of(migrated)
+    assert after.returncode == 0, output_of(after)
+    assert lines(after.stdout.decode())["migrations"].startswith("at head (0001;")
+
+
+async def test_check_finds_the_alembic_ini_of_the_working_directory(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Without -c, ./alembic.ini is checked when there is one, and none is asked for if not."""
+    (tmp_path / "alembic.ini").write_text(EXAMPLE_INI.read_text())
+    (tmp_path / "migrations").symlink_to(EXAMPLE_INI.parent / "migrations")
+    environment = {"DATABASE_URL": sqlite_url}
+    with_ini = await dbscope("check", environment=environment, cwd=tmp_path)
+    without = await dbscope("check", environment=environment, cwd=ROOT / "docs")
+    assert with_ini.returncode == 1
+    assert "FAIL not at head" in lines(with_ini.stdout.decode())["migrations"]
+    assert without.returncode == 0, output_of(without)
+    assert lines(without.stdout.decode())["migrations"].startswith("no alembic.ini here")
+
+
+async def test_check_with_a_missing_alembic_ini_exits_2_before_connecting() -> None:
+    """-c naming no file: exit 2 and nothing checked, even with the server unreachable."""
+    done = await dbscope("check", "-c", "missing.ini", environment={"DATABASE_URL": nowhere()})
+    assert done.returncode == 2
+    assert done.stdout == b""
+    assert "--config 'missing.ini': there is no such file" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_check_says_when_no_synchronous_standby_protects_commits(
+    database_url: str,
+) -> None:
+    """The test server has no synchronous standby: said plainly; --require-standby fails."""
+    environment = {"DATABASE_URL": database_url}
+    done = await dbscope("check", environment=environment)
+    required = await dbscope("check", "--require-standby", environment=environment)
+    expected = "none: synchronous_standby_names is empty, so a commit waits for no standby"
+    assert done.returncode == 0
+    assert lines(done.stdout.decode())["standby"].startswith(expected)
+    assert required.returncode == 1
+    assert lines(required.stdout.decode())["standby"].startswith(f"FAIL {expected}")
+
+
+async def test_check_of_a_database_without_standbys_says_they_do_not_apply(
+    sqlite_url: str,
+) -> None:
+    """SQLite: the standby line says the question does not apply."""
+    done = await dbscope("check", environment={"DATABASE_URL": sqlite_url})
+    assert lines(done.stdout.decode())["standby"] == "not applicable to sqlite"
+
+
+def test_main_returns_the_exit_code_and_prints_the_error(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main(argv) in-process: 2 and one line on stderr when no database is configured."""
+    code = main(["check"])
+    errors = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(errors) == 1
+    assert "No database is configured: set DATABASE_URL" in errors[0]
+
+
+async def test_python_m_dbscope_cli_is_the_same_command(sqlite_url: str) -> None:
+    """`python -m dbscope._cli check` works where the script is not installed."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "dbscope._cli", "check"],
+        env=settings_only(DATABASE_URL=sqlite_url),
+        check=False,
+    )
+    assert done.returncode == 0, output_of(done)
+
+
+# -- dbscope migrate ---------------------------------------------------------------------------
+
+
+async def test_migrate_upgrade_head_migrates_each_database_to_the_examples_models(
+    example_clean: str,
+) -> None:
+    """`dbscope migrate upgrade head`: the example's migration, then `check` finds no change."""
+    environment = {"DATABASE_URL": example_clean}
+    config = ("-c", str(EXAMPLE_INI))
+    upgraded = await dbscope("migrate", *config, "upgrade", "head", environment=environment)
+    checked = await dbscope("migrate", *config, "check", environment=environment)
+    downgraded = await dbscope("migrate", *config, "downgrade", "base", environment=environment)
+    assert upgraded.returncode == 0, output_of(upgraded)
+    assert "Running upgrade  -> 0001, Authors and their notes." in upgraded.stderr.decode()
+    assert checked.returncode == 0, output_of(checked)
+    assert "No new upgrade operations detected." in checked.stdout.decode()
+    assert downgraded.returncode == 0, output_of(downgraded)
+
+
+async def test_migrate_with_app_uses_the_documented_apps_database(tmp_path: Path) -> None:
+    """--app myapp.main:db (docs/cli.md's module) migrates the app's default SQLite file."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "main.py").write_text(block_containing("docs/cli.md", "myapp/main.py"))
+    upgrade = ("-c", str(EXAMPLE_INI), "upgrade", "head")
+    without_app = await dbscope("migrate", *upgrade, environment={}, cwd=tmp_path)
+    with_app = await dbscope(
+        "migrate", "--app", "myapp.main:db", *upgrade, environment={}, cwd=tmp_path
+    )
+    checked = await dbscope("check", "--app", "myapp.main:db", environment={}, cwd=tmp_path)
+    assert without_app.returncode == 2
+    assert "No database is configured" in without_app.stderr.decode()
+    assert with_app.returncode == 0, output_of(with_app)
+    assert (tmp_path / "app.db").is_file()
+    assert lines(checked.stdout.decode())["database"] == "sqlite+aiosqlite:///app.db"
+
+
+async def test_migrate_with_a_prefix_hands_the_prefixed_settings_to_env_py(
+    sqlite_url: str,
+) -> None:
+    """--prefix APP_: the migrations run on APP_DATABASE_URL's database."""
+    environment = {"APP_DATABASE_URL": sqlite_url, "DATABASE_URL": nowhere()}
+    arguments = ("--prefix", "APP_", "-c", str(EXAMPLE_INI))
+    done = await dbscope("migrate", *arguments, "upgrade", "head", environment=environment)
+    current = await dbscope("migrate", *arguments, "current", environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert "0001 (head)" in current.stdout.decode()
+
+
+async def test_migrate_sql_writes_the_migrations_without_a_server() -> None:
+    """`dbscope migrate upgrade head --sql` with an unreachable URL prints the DDL."""
+    environment = {"DATABASE_URL": nowhere()}
+    upgrade = ("-c", str(EXAMPLE_INI), "upgrade", "head", "--sql")
+    done = await dbscope("migrate", *upgrade, environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert "CREATE TABLE example_authors" in done.stdout.decode()
+    assert SECRET not in output_of(done)
+
+
+async def test_migrate_with_a_bad_setting_exits_2_in_one_line() -> None:
+    """env.py's ConfigurationError (POOL_SIZE=0) ends `dbscope migrate` with one line, 2."""
+    environment = {"DATABASE_URL": "sqlite+aiosqlite:///app.db", "POOL_SIZE": "0"}
+    done = await dbscope(
+        "migrate", "-c", str(EXAMPLE_INI), "upgrade", "head", environment=environment
+    )
+    errors = done.stderr.decode().splitlines()
+    assert done.returncode == 2
+    assert errors[-1].startswith("dbscope: error: Invalid database settings:")
+    assert "POOL_SIZE" in errors[-1]
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_migrate_to_an_unknown_revision_exits_1_with_alembics_message(
+    sqlite_url: str,
+) -> None:
+    """Alembic's own failure (no such revision) is exit code 1 and Alembic's words."""
+    environment = {"DATABASE_URL": sqlite_url}
+    done = await dbscope(
+        "migrate", "-c", str(EXAMPLE_INI), "upgrade", "nope", environment=environment
+    )
+    assert done.returncode == 1
+    assert "Can't locate revision identified by 'nope'" in done.stderr.decode()
+
+
+async def test_migrate_without_an_alembic_command_shows_alembics_usage() -> None:
+    """`dbscope migrate` alone: Alembic's usage, exit code 2."""
+    done = await dbscope("migrate", environment={})
+    assert done.returncode == 2
+    assert "usage: dbscope migrate" in done.stderr.decode()
+
+
+# -- dbscope shell -----------------------------------------------------------------------------
+
+
+async def run_shell(
+    environment: Mapping[str, str], statements: str, *arguments: str
+) -> tuple[list[str], dict[str, str], str, int]:
+    """Run `dbscope shell` feeding ``statements``; the client's argv and environment as the
+    kernel shows them (/proc), its output, and its exit code."""
+    command = [DBSCOPE, "shell", *arguments]
+    async with await anyio.open_process(command, env=settings_only(**environment)) as process:
+        proc = Path(f"/proc/{process.pid}")
+        with anyio.fail_after(10):  # until the client has replaced dbscope (exec)
+            while proc.joinpath("exe").resolve().name not in CLIENTS:  # noqa: ASYNC110 - /proc has no event
+                await anyio.sleep(0.01)
+        argv = proc.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
+        pairs = proc.joinpath("environ").read_bytes().decode().split("\0")[:-1]
+        variables = dict(pair.split("=", 1) for pair in pairs)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        await process.stdin.send(statements.encode())
+        await process.stdin.aclose()
+        output = b"".join([chunk async for chunk in process.stdout]).decode()
+        code = await process.wait()
+    return argv, variables, output, code
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_shell_gives_the_client_the_password_in_its_environment_only(
+    secret_url: str,
+) -> None:
+    """psql or mariadb runs the statements; the password is in its environment, not argv."""
+    argv, variables, output, code = await run_shell(
+        {"DATABASE_URL": secret_url}, "SELECT 40 + 2 AS answer;\n"
+    )
+    assert code == 0, output
+    assert "42" in output
+    assert Path(argv[0]).name in CLIENTS
+    assert not any(SECRET in argument for argument in argv)
+    assert SECRET in (variables.get("PGPASSWORD"), variables.get("MYSQL_PWD"))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+async def test_shell_connects_to_mariadb_as_the_urls_user_with_its_password(
+    secret_url: str,
+) -> None:
+    """MariaDB checks the password: the client is in as the URL's user."""
+    _, _, output, code = await run_shell({"DATABASE_URL": secret_url}, "SELECT CURRENT_USER();\n")
+    assert code == 0, output
+    assert f"{make_url(secret_url).username}@%" in output
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url: str) -> None:
+    """`dbscope shell -- -c 'SELECT ...'` runs psql's own -c."""
+    argv, _, output, code = await run_shell(
+        {"DATABASE_URL": secret_url}, "", "--", "-c", "SELECT 'from -c' AS said"
+    )
+    assert code == 0, output
+    assert "from -c" in output
+    assert argv[-2:] == ["-c", "SELECT 'from -c' AS said"]
+
+
+async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
+    """A SQLite URL opens sqlite3 on its file."""
+    file = make_url(sqlite_url).database or ""
+    async with admin(sqlite_url) as connection:
+        await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        await connection.execute(text("INSERT INTO t VALUES (7)"))
+    argv, _, output, code = await run_shell({"DATABASE_URL": sqlite_url}, "SELECT x * 6 FROM t;\n")
+    assert code == 0, output
+    assert output.strip() == "42"
+    assert argv[1:] == [file]
+
+
+async def test_shell_of_an_in_memory_database_exits_2() -> None:
+    """An in-memory SQLite database has no shell: exit 2, saying why."""
+    done = await dbscope("shell", environment={"DATABASE_URL": "sqlite+aiosqlite://"})
+    assert done.returncode == 2
+    assert "in-memory SQLite database" in done.stderr.decode()
+
+
+async def test_shell_without_the_client_installed_exits_2_with_how_to_install_it() -> None:
+    """No psql on the PATH: exit 2 naming the package to install."""
+    environment = {"DATABASE_URL": nowhere(), "PATH": "/nonexistent"}
+    done = await dbscope("shell", environment=environment)
+    assert done.returncode == 2
+    assert "runs psql, and none is on the PATH" in done.stderr.decode()
+    assert "postgresql-client" in done.stderr.decode()
+
+
+# -- the guide ---------------------------------------------------------------------------------
+
+
+async def test_the_guides_bad_setting_line_is_what_the_command_prints() -> None:
+    """docs/cli.md's POOL_SIZE=0 example: the same command prints the same line."""
+    shown = block_containing("docs/cli.md", "POOL_SIZE=0", language="text").splitlines()
+    *assignments, program, subcommand = shlex.split(shown[0].removeprefix("$ "))
+    environment = dict(assignment.split("=", 1) for assignment in assignments)
+    done = await dbscope(subcommand, environment=environment)
+    assert program == "dbscope"
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == [shown[1]]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_check_prints_the_lines_the_guide_shows(database_url: str, tmp_path: Path) -> None:
+    """docs/cli.md's check output: the same lines, in the same order, on PostgreSQL."""
+    shown = block_containing("docs/cli.md", "dbscope check --app", language="text")
+    environment = {"DATABASE_URL": database_url}
+    config = ("-c", str(EXAMPLE_INI))
+    await dbscope("migrate", *config, "upgrade", "head", environment=environment)
+    done = await dbscope("check", *config, environment=environment)
+    await dbscope("migrate", *config, "downgrade", "base", environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert list(lines(done.stdout.decode())) == list(lines(shown))
+    assert lines(done.stdout.decode())["pool"] == lines(shown)["pool"]
