@@ -7,6 +7,7 @@ that is cut or silenced (helpers.TcpProxy); a SQLite file is removed under the a
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
 import dbscope.fastapi
 from dbscope import ConfigurationError, Database, Health, HealthCheck
@@ -42,6 +44,18 @@ def health_app(db: Database, *, lifespan: bool = True, **options: Any) -> FastAP
     app = FastAPI(lifespan=db.lifespan if lifespan else None)
     app.include_router(dbscope.fastapi.health_router(db, **options))
     return app
+
+
+@contextlib.asynccontextmanager
+async def served_through_proxy(
+    database_url: str, **options: Any
+) -> AsyncIterator[tuple[helpers.TcpProxy, str]]:
+    """The health router's app served by uvicorn, its Database reaching the server through a
+    proxy; the proxy and the app's URL."""
+    async with helpers.proxied(database_url) as (proxy, url):
+        db = Database(url, connect_timeout=2)
+        async with serving(health_app(db, **options)) as base_url:
+            yield proxy, base_url
 
 
 async def timed_get(base_url: str, path: str) -> tuple[httpx.Response, float]:
@@ -193,12 +207,10 @@ async def test_readyz_answers_fail_with_503_once_the_server_cannot_be_reached(
     database_url: str,
 ) -> None:
     """After the proxy before the server is cut, /readyz answers 503 fail within 1 s."""
-    async with helpers.proxied(database_url) as (proxy, url):
-        db = Database(url, connect_timeout=2)
-        async with serving(health_app(db, max_age=0)) as base_url:
-            before, _ = await timed_get(base_url, "/readyz")
-            await proxy.cut()
-            after, elapsed = await timed_get(base_url, "/readyz")
+    async with served_through_proxy(database_url, max_age=0) as (proxy, base_url):
+        before, _ = await timed_get(base_url, "/readyz")
+        await proxy.cut()
+        after, elapsed = await timed_get(base_url, "/readyz")
     assert (before.status_code, before.json()["status"]) == (200, "pass")
     assert (after.status_code, after.json()["status"]) == (503, "fail")
     check = after.json()["checks"]["database:responseTime"][0]
@@ -211,11 +223,9 @@ async def test_readyz_answers_fail_within_a_second_when_the_server_never_answers
     database_url: str,
 ) -> None:
     """A server that accepts connections and never answers costs /readyz 0.5 s, then 503."""
-    async with helpers.proxied(database_url) as (proxy, url):
-        db = Database(url, connect_timeout=2)
-        async with serving(health_app(db, max_age=0)) as base_url:
-            proxy.silent = True
-            response, elapsed = await timed_get(base_url, "/readyz")
+    async with served_through_proxy(database_url, max_age=0) as (proxy, base_url):
+        proxy.silent = True
+        response, elapsed = await timed_get(base_url, "/readyz")
     assert (response.status_code, response.json()["status"]) == (503, "fail")
     check = response.json()["checks"]["database:responseTime"][0]
     assert check["output"] == "the database did not answer within 0.5 s"
@@ -225,12 +235,10 @@ async def test_readyz_answers_fail_within_a_second_when_the_server_never_answers
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_livez_answers_200_while_the_server_cannot_be_reached(database_url: str) -> None:
     """/livez never asks the database: with the server gone it still answers pass."""
-    async with helpers.proxied(database_url) as (proxy, url):
-        db = Database(url, connect_timeout=2)
-        async with serving(health_app(db)) as base_url:
-            await proxy.cut()
-            response, _ = await timed_get(base_url, "/livez")
-            readiness, _ = await timed_get(base_url, "/readyz")
+    async with served_through_proxy(database_url) as (proxy, base_url):
+        await proxy.cut()
+        response, _ = await timed_get(base_url, "/livez")
+        readiness, _ = await timed_get(base_url, "/readyz")
     assert (response.status_code, response.json()) == (200, {"status": "pass"})
     assert readiness.status_code == 503
 
@@ -341,6 +349,14 @@ async def test_a_database_in_memory_is_judged_by_its_pool_alone() -> None:
     assert [check.key for check in health.checks] == ["pool:utilization", "pool:waiting"]
 
 
+async def test_a_pool_that_keeps_no_queue_has_no_pool_checks(database_url: str) -> None:
+    """With poolclass=NullPool there is no line to wait in: the server is the only check."""
+    async with Database(database_url, poolclass=NullPool) as db:
+        health = await db.health()
+    assert health.status == "pass"
+    assert [check.key for check in health.checks] == ["database:responseTime"]
+
+
 async def test_a_sqlite_file_removed_under_the_app_fails_and_is_not_created_again(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -402,11 +418,11 @@ async def test_migrations_not_at_head_fail_until_they_are_run(
         await upgrade(database_url, migrations)
         at_head = await db.health(migrations=migrations, max_age=0)
     check = {c.key: c for c in behind.checks}["database:migrations"]
-    assert (behind.status, check.observed_value) == ("fail", [])
+    assert (behind.status, check.observed_value) == ("fail", ())
     assert check.output is not None
     assert "'0001'" in check.output
     assert at_head.status == "pass"
-    assert {c.key: c for c in at_head.checks}["database:migrations"].observed_value == ["0001"]
+    assert {c.key: c for c in at_head.checks}["database:migrations"].observed_value == ("0001",)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

@@ -1,23 +1,18 @@
 """Health: is this Database ready to serve, answered without ever waiting in the pool's line.
 
-``db.health()`` reads two things. The pool's own numbers (``stats()``: connections in use
-against the most it may open, checkouts waiting in line) cost nothing and are read live. The
-server is asked on a connection of the probe's own, opened on demand outside the app's pool
-and closed at once, so a saturated pool never delays the answer; the whole probe is bounded by
-``timeout``. Its reading is kept for ``max_age`` seconds and shared by every caller meanwhile
-(one probe in flight at a time): load balancers, Kubernetes and dashboards asking at once cost
-the server at most one short connection per ``max_age``, whatever their number.
+The pool's numbers (``stats()``: connections in use against the most it may open, checkouts
+waiting in line) cost nothing and are read at every call. The server is asked on a connection
+of the probe's own, opened outside the app's pool and closed at once, so a saturated pool never
+delays the answer; the probe is bounded by ``timeout``. One reading of the server is shared by
+every caller for ``max_age`` seconds, and callers arriving during a probe wait for that one:
+however many load balancers and kubelets ask, the server sees one short connection per
+``max_age``.
 
-The verdict follows draft-inadarei-api-health-check (``application/health+json``):
-
-- ``fail`` (503): the Database is not connected (new or disposed), the server cannot be
-  reached or refuses the probe, or (when asked) its migrations are not at head;
-- ``warn`` (200): every connection is in use, or requests wait in line for one. Still 200:
-  pulling every saturated instance out of the load balancer moves their load onto the others,
-  which then saturate in turn;
-- ``pass`` (200): otherwise.
-
-The body names no host, port, user, database or server version.
+The verdict, in draft-inadarei-api-health-check's ``application/health+json``: ``fail`` (503)
+for a Database not connected, a server unreachable, refusing or silent, or migrations not at
+head (when asked); ``warn`` (200) for a saturated pool, since pulling every saturated instance
+out of the load balancer moves their load onto the others, which saturate in turn; else
+``pass``. The body names no host, port, user, database or server version.
 """
 
 from __future__ import annotations
@@ -40,6 +35,7 @@ from dbscope._dialects import backend, driver
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
+from dbscope._pool import PoolStats
 from dbscope._urls import describe_location
 
 logger = logging.getLogger("dbscope")
@@ -74,7 +70,7 @@ class HealthCheck:
     component_type: str
     status: Status
     time: datetime
-    observed_value: float | int | list[str] | None = None
+    observed_value: float | int | tuple[str, ...] | None = None
     observed_unit: str | None = None
     output: str | None = None
 
@@ -87,7 +83,8 @@ class HealthCheck:
         """The check as an ``application/health+json`` check object."""
         rendered: dict[str, Any] = {"componentType": self.component_type}
         if self.observed_value is not None:
-            rendered["observedValue"] = self.observed_value
+            value = self.observed_value
+            rendered["observedValue"] = list(value) if isinstance(value, tuple) else value
             rendered["observedUnit"] = self.observed_unit
         rendered["status"] = self.status
         rendered["time"] = self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -164,7 +161,9 @@ class ProbeOptions:
                 f"server reading answers every probe; e.g. {DEFAULT_MAX_AGE}."
             )
             raise ConfigurationError(message)
-        if migrations is not None and not Path(migrations).is_file():
+        if migrations is not None and not (
+            isinstance(migrations, str | Path) and Path(migrations).is_file()
+        ):
             message = (
                 f"migrations={str(migrations)!r} names no file; give the path of the app's "
                 "alembic.ini (relative paths start from the working directory)."
@@ -181,12 +180,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class _Reading:
-    """What one probe of the server found, and when (shared by callers for ``max_age``)."""
-
-    checks: tuple[HealthCheck, ...]
-    at: float  # time.monotonic()
+# One probe's checks of the server, and when it ended (time.monotonic()).
+_Reading = tuple[tuple[HealthCheck, ...], float]
 
 
 class HealthProbe:
@@ -196,7 +191,7 @@ class HealthProbe:
         self._lifecycle = lifecycle
         # Keyed by the app's engine: a new one (after dispose and connect) gets a new probe.
         self._engines: dict[tuple[AsyncEngine, float], AsyncEngine] = {}
-        self._reading: tuple[object, _Reading] | None = None
+        self._reading: tuple[object, _Reading] | None = None  # keyed as the in-flight probe
         self._in_flight: tuple[object, asyncio.Task[_Reading]] | None = None
         self._heads: dict[Path, tuple[str, ...]] = {}
         self._failing = False
@@ -210,18 +205,21 @@ class HealthProbe:
             output = f"the Database {reason}: it serves no unit of work"
             return Health.of((_server_check("fail", now, output=output),))
         engine = self._lifecycle.engine
-        # While bound (tests), every unit shares the test's connection: no pool to wait for.
-        pool = () if state == "bound" else pool_checks(engine, self._lifecycle.stats(), now)
+        # While bound (tests), every unit shares the test's connection: no pool to wait for;
+        # a pool that keeps no queue (NullPool) has no bound to reach.
+        pool: tuple[HealthCheck, ...] = ()
+        if state == "connected" and isinstance(engine.pool, QueuePool):
+            pool = pool_checks(engine.pool, self._lifecycle.stats(), now)
         server = await self._server(engine, options)
         return Health.of(server + pool)
 
     async def close(self) -> None:
         """Let a probe in flight end (within its timeout) and drop the probe engines."""
-        in_flight, self._in_flight, self._reading = self._in_flight, None, None
-        if in_flight is not None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and in_flight[1].get_loop() is asyncio.get_running_loop():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(in_flight[1])
-        engines, self._engines = self._engines, {}
+        engines, self._engines, self._reading = self._engines, {}, None
         for probe_engine in engines.values():
             await probe_engine.dispose()
 
@@ -229,41 +227,39 @@ class HealthProbe:
         config = options.config
         key = (engine, config)
         reading = self._reading
-        fresh_for = options.max_age
-        if (
-            reading is not None
-            and reading[0] == key
-            and time.monotonic() - reading[1].at <= fresh_for
-        ):
-            return reading[1].checks
+        if reading is not None and reading[0] == key:
+            checks, at = reading[1]
+            if time.monotonic() - at <= options.max_age:
+                return checks
         url = backend(engine.url.get_backend_name()).probe_url(engine.url)
         if url is None:  # a memory database: nothing outside the pool reaches it
             return ()
         heads = None if config is None else await self._heads_of(config)
-        if self._in_flight is None or self._in_flight[0] != key or self._in_flight[1].done():
-            probe = self._probe(engine, url, options.timeout, heads)
-            task = asyncio.get_running_loop().create_task(probe)
+        loop = asyncio.get_running_loop()
+        in_flight = self._in_flight
+        if in_flight is None or in_flight[0] != key or _over(in_flight[1], loop):
+            task = loop.create_task(self._probe(engine, url, options.timeout, heads))
             task.add_done_callback(lambda done: self._keep(key, url, done))
-            self._in_flight = (key, task)
-        task = self._in_flight[1]
+            in_flight = self._in_flight = (key, task)
+        task = in_flight[1]
         try:
             # Shielded: a caller giving up leaves the probe to end, and answer the next ones.
             fresh = await asyncio.wait_for(asyncio.shield(task), options.timeout)
         except TimeoutError:
             output = _no_answer(options.timeout)
             return (_server_check("fail", datetime.now(UTC), output=output),)
-        return fresh.checks
+        return fresh[0]
 
     def _keep(self, key: object, url: URL, task: asyncio.Task[_Reading]) -> None:
         if task.cancelled():
             return
         reading = task.result()
         self._reading = (key, reading)
-        failing = any(check.status == "fail" for check in reading.checks)
+        failing = any(check.status == "fail" for check in reading[0])
         if failing != self._failing:  # logged once per change, not once per probe
             self._failing = failing
             if failing:
-                outputs = "; ".join(check.output for check in reading.checks if check.output)
+                outputs = "; ".join(check.output for check in reading[0] if check.output)
                 logger.warning("Not ready: %s (%s)", outputs, describe_location(url))
             else:
                 logger.info("Ready again: %s answers", describe_location(url))
@@ -305,7 +301,12 @@ class HealthProbe:
         except Exception as error:  # every failure is a verdict on the server, not a crash
             output = _failure(error, url)
             checks = (_server_check("fail", datetime.now(UTC), output=output),)
-        return _Reading(checks=checks, at=time.monotonic())
+        return checks, time.monotonic()
+
+
+def _over(task: asyncio.Task[_Reading], loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``task`` can answer no more callers here: it ended, or runs in another loop."""
+    return task.done() or task.get_loop() is not loop
 
 
 def _probe_engine(lifecycle: Lifecycle, url: URL, timeout: float) -> AsyncEngine:
@@ -348,21 +349,19 @@ async def _migrations_check(
         component_type="datastore",
         status="pass" if status.at_head else "fail",
         time=datetime.now(UTC),
-        observed_value=list(current),
+        observed_value=current,
         observed_unit="revisions",
         output=output,
     )
 
 
-def pool_checks(engine: AsyncEngine, stats: Any, now: datetime) -> tuple[HealthCheck, ...]:
+def pool_checks(pool: QueuePool, stats: PoolStats, now: datetime) -> tuple[HealthCheck, ...]:
     """The pool's readings: how full it is, and how many checkouts wait in line."""
-    pool = engine.pool
-    if not isinstance(pool, QueuePool):
-        return ()  # a pool without a bound (NullPool...) is never saturated
-    # SQLAlchemy keeps the overflow bound only in this attribute; -1 means no bound.
+    # SQLAlchemy keeps the overflow bound only in this attribute; -1 (or a pool_size of 0)
+    # means no bound.
     overflow = pool._max_overflow
     checks: tuple[HealthCheck, ...] = ()
-    if overflow >= 0:
+    if overflow >= 0 and pool.size() > 0:
         capacity = pool.size() + overflow
         full = stats.checked_out >= capacity
         output = f"all {capacity} connections are in use" if full else None

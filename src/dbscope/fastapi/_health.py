@@ -1,20 +1,31 @@
 """``/livez`` and ``/readyz``: Kubernetes' probes, in ``application/health+json``."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from dbscope._exceptions import ConfigurationError
-from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, ProbeOptions
-
-if TYPE_CHECKING:
-    from dbscope._database import Database
+from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, ProbeOptions
 
 MEDIA_TYPE: Final = "application/health+json"
 # A probe's answer is true for this instant only: no proxy or client may reuse it.
 HEADERS: Final = {"Cache-Control": "no-store"}
+
+
+class HealthSource(Protocol):
+    """What the router asks of the Database: ``health()`` (the Database, seen from below it)."""
+
+    async def health(
+        self,
+        *,
+        migrations: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - Database.health's own signature
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> Health:
+        """The Database's health (see ``Database.health``)."""
+        ...
 
 
 class HealthResponse(JSONResponse):
@@ -27,7 +38,7 @@ class HealthResponse(JSONResponse):
 
 
 def health_router(
-    db: "Database",
+    db: HealthSource,
     *,
     liveness_path: str = "/livez",
     readiness_path: str = "/readyz",
