@@ -24,7 +24,7 @@ from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, HealthProb
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
-from dbscope._settings import DatabaseSettings, load_settings
+from dbscope._settings import DatabaseSettings, default_pool_name, load_settings
 from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
 
 
@@ -277,6 +277,12 @@ class Database(UnitEntryPoints):
     def url(self) -> URL:
         """The database URL; its str and repr mask the password."""
         return self._settings.url
+
+    @property
+    def name(self) -> str:
+        """The name of this Database's pool in metrics: the ``pool_name`` setting, else
+        ``host:port/database`` (a SQLite file's path); it never holds the user or password."""
+        return self._settings.pool_name or default_pool_name(self._settings.url)
 
     @property
     def state(self) -> State:

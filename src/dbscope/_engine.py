@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import sqlalchemy.ext.asyncio
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -64,8 +65,7 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     if settings.is_memory:
         # One connection holds the whole database: never recycle it, and pinging it buys
         # nothing, since a replacement would be an empty database.
-        options.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
-        options.update(pool_recycle=-1)
+        options.update(pool_size=1, max_overflow=0, pool_recycle=-1)
     if "poolclass" in extra and settings.pool_max_waiters is not None:
         message = (
             f"pool_max_waiters={settings.pool_max_waiters} applies to dbscope's own pool, but "
@@ -77,7 +77,7 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
         for name in QUEUE_POOL_OPTIONS:
             if name not in settings.model_fields_set:
                 del options[name]
-    elif not settings.is_memory:
+    else:
         options.update(poolclass=QueuedPool, max_waiters=settings.pool_max_waiters)
     user_connect_args = dict(extra.get("connect_args", {}))
     options.update(extra)
@@ -120,6 +120,7 @@ def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
 def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
     """Let SQLAlchemy judge the options now, and explain its verdict; builds no connection."""
     try:
+        # The name imported at start-up: this engine is thrown away, no instrumentation's.
         create_async_engine(url, **options)
     except TypeError as error:
         raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
@@ -170,7 +171,9 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
 
 def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:
     """Create the engine with its per-database event listeners; call inside the event loop."""
-    engine = create_async_engine(settings.url, **options)
+    # Looked up on the module at each call, not imported: OpenTelemetry's SQLAlchemy
+    # instrumentation replaces that attribute, and so traces the engines built after it runs.
+    engine = sqlalchemy.ext.asyncio.create_async_engine(settings.url, **options)
     backend(settings.url.get_backend_name()).configure(engine, memory=settings.is_memory)
     return engine
 

@@ -195,6 +195,7 @@ class UnitEntryPoints:
             lambda: self._units.open(options),
             retry_policy(policy, **policy_fields),
             self._units.rules,
+            on_retry=self._lifecycle.count_retry,
         )
 
     def retry(
@@ -211,7 +212,10 @@ class UnitEntryPoints:
         ``db.session_with(isolation_level="SERIALIZABLE")``), not the decorator's.
         """
         return retry_in_unit(
-            self._units.current.get, retry_policy(policy, **policy_fields), self._units.rules
+            self._units.current.get,
+            retry_policy(policy, **policy_fields),
+            self._units.rules,
+            self._lifecycle.count_retry,
         )
 
     def current_session(self) -> AsyncSession:

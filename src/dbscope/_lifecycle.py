@@ -11,6 +11,10 @@ and, for tests, ``bind_to(connection)`` puts any state in ``bound`` for the leng
 ``dispose()`` closes every pooled connection and is idempotent. A disposed engine can be
 connected again, so one module-level ``db`` serves consecutive app lifespans (two TestClient
 blocks, two test functions on different event loops).
+
+An :class:`EngineObserver` (``dbscope.otel``) follows the engine across these states: told of
+each engine ``connect()`` builds and each one ``dispose()`` ends, it never holds one beyond
+its life. A bound test connection is not announced: it is the test's, not the pool's.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -34,6 +38,16 @@ logger = logging.getLogger("dbscope")
 State = Literal["new", "connected", "disposed", "bound"]
 
 
+class EngineObserver(Protocol):
+    """Follows a Database's engines: each from ``connect()`` to ``dispose()``."""
+
+    def engine_started(self, engine: AsyncEngine, counters: PoolCounters) -> None:
+        """``engine`` is connected; ``counters`` count its pool's events."""
+
+    def engine_stopped(self, engine: AsyncEngine, counters: PoolCounters) -> None:
+        """``engine`` is about to be disposed (or the observer to be removed)."""
+
+
 class Lifecycle:
     """The engine, pool and sessionmaker of one Database, and the state they are in.
 
@@ -41,6 +55,9 @@ class Lifecycle:
         settings: the validated settings.
         options: the checked ``create_async_engine`` options.
         label: how messages name the Database (its repr, which masks the password).
+
+    Attributes:
+        retries: units of work re-run after a conflict, over the Database's life.
     """
 
     def __init__(self, settings: DatabaseSettings, options: Mapping[str, Any], label: str):
@@ -53,6 +70,28 @@ class Lifecycle:
         self._counters: PoolCounters | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.retries = 0
+        self._observers: list[EngineObserver] = []
+        # The engine connect() built and its counters, until dispose(); never a bound one.
+        self._running: tuple[AsyncEngine, PoolCounters] | None = None
+
+    def count_retry(self) -> None:
+        """Count one unit of work re-run after a conflict."""
+        self.retries += 1
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Tell ``observer`` of the engine now (if connected) and of each one to come."""
+        self._observers.append(observer)
+        if self._running is not None:
+            observer.engine_started(*self._running)
+
+    def unobserve(self, observer: EngineObserver) -> None:
+        """Stop telling ``observer``; it hears of the running engine's end. Idempotent."""
+        if observer not in self._observers:
+            return
+        self._observers.remove(observer)
+        if self._running is not None:
+            observer.engine_stopped(*self._running)
 
     async def connect(self) -> None:
         """Build the engine in the running loop and prove the server answers."""
@@ -74,6 +113,9 @@ class Lifecycle:
         )
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
+        self._running = (engine, self._counters)
+        for observer in self._observers:
+            observer.engine_started(engine, self._counters)
         logger.info(
             "Connected to %s %s at %r (pool_size=%s, max_overflow=%s, pool_timeout=%ss)",
             self.server.backend,
@@ -91,6 +133,10 @@ class Lifecycle:
         if self._engine is not None:
             engine, self._engine, self._sessions = self._engine, None, None
             self.state = "disposed"
+            running, self._running = self._running, None
+            if running is not None:
+                for observer in self._observers:
+                    observer.engine_stopped(*running)
             await engine.dispose()
             logger.info("Disposed the connection pool of %r", self.settings.url)
 

@@ -15,6 +15,11 @@ connections die by the server closing them, which the driver can see without ask
 (``Driver.looks_dead``): :class:`LivenessCheck` asks the driver first, and pings only a
 connection that looks suspicious or has been idle for ``pool_pre_ping_after`` seconds, long
 enough to have died silently (a dropped NAT entry, a host gone without closing).
+
+Observing. The pool counts its timeouts and refusals always (on the failure path, where an
+addition costs nothing); how long each checkout waited, each connection was used and each
+new connection took to open is measured only while a :class:`PoolObserver` is attached
+(``dbscope.otel``): otherwise a checkout pays one attribute check.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,6 +47,22 @@ from dbscope._errors import LineFullError
 CHECKED_IN_AT: Final = "dbscope.checked_in_at"
 
 
+class PoolObserver(Protocol):
+    """Told the durations of a pool's events, in seconds; attached as ``QueuedPool.observer``.
+
+    Its methods run in the middle of a checkout or checkin: they must be quick, and not raise.
+    """
+
+    def waited(self, seconds: float) -> None:
+        """A checkout got its connection after ``seconds`` (in line, and opening it if new)."""
+
+    def used(self, seconds: float) -> None:
+        """A connection came back ``seconds`` after its checkout."""
+
+    def created(self, seconds: float) -> None:
+        """A new connection took ``seconds`` to open."""
+
+
 class QueuedPool(AsyncAdaptedQueuePool):
     """``AsyncAdaptedQueuePool`` behind a fair wait line of at most ``max_waiters``.
 
@@ -49,27 +71,52 @@ class QueuedPool(AsyncAdaptedQueuePool):
         max_waiters: how many checkouts may wait for a connection at once; None for no bound.
         **options: ``AsyncAdaptedQueuePool``'s own (``pool_size``, ``max_overflow``,
             ``timeout``...).
+
+    Attributes:
+        timeouts: checkouts that waited ``pool_timeout`` in line and gave up.
+        refused: checkouts refused at once because ``max_waiters`` already waited.
+        observer: told how long checkouts wait, connections are used and take to open;
+            None (the default) measures nothing.
     """
 
     def __init__(self, creator: Any, max_waiters: int | None = None, **options: Any) -> None:
         super().__init__(creator, **options)
         self.max_waiters = max_waiters
+        self.timeouts = 0
+        self.refused = 0
+        self.observer: PoolObserver | None = None
         # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
         self._line: anyio.CapacityLimiter | None = None
         self._tickets: dict[ConnectionPoolEntry, object] = {}
+        # While observed: when each connection in use was checked out (time.perf_counter()).
+        self._checked_out_at: dict[ConnectionPoolEntry, float] = {}
+        # SQLAlchemy opens every connection, new or replacing a dead one, through this.
+        self._open = self._invoke_creator
+        self._invoke_creator = self._open_observed
 
     def recreate(self) -> QueuedPool:
-        """A fresh pool with the same settings (SQLAlchemy's dispose() replaces the pool)."""
+        """A fresh pool with the same settings (SQLAlchemy's dispose() replaces the pool).
+
+        Its counts and observer carry over: they belong to the engine, not to one pool.
+        """
         pool = super().recreate()
         assert isinstance(pool, QueuedPool)
         pool.max_waiters = self.max_waiters
+        pool.timeouts, pool.refused, pool.observer = self.timeouts, self.refused, self.observer
         return pool
+
+    def limits(self) -> tuple[int, float]:
+        """The most connections kept idle (``pool_size``) and open at once (inf: no bound)."""
+        unbounded = self._max_overflow < 0  # SQLAlchemy's -1: no limit
+        return self.size(), math.inf if unbounded else self.size() + self._max_overflow
 
     def waiting(self) -> int:
         """How many checkouts wait in line now."""
         return 0 if self._line is None else self._line.statistics().tasks_waiting
 
     def _do_get(self) -> ConnectionPoolEntry:
+        observer = self.observer
+        started = 0.0 if observer is None else time.perf_counter()
         ticket = object()
         self._enter_line(ticket)
         try:
@@ -78,28 +125,45 @@ class QueuedPool(AsyncAdaptedQueuePool):
             self._leave_line(ticket)
             raise
         self._tickets[record] = ticket
+        if observer is not None:
+            self._checked_out_at[record] = now = time.perf_counter()
+            observer.waited(now - started)
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         ticket = self._tickets.pop(record, None)
+        if self._checked_out_at:  # observed (now, or when this connection was checked out)
+            checked_out_at = self._checked_out_at.pop(record, None)
+            observer = self.observer
+            if checked_out_at is not None and observer is not None:
+                observer.used(time.perf_counter() - checked_out_at)
         try:
             super()._do_return_conn(record)
         finally:
             if ticket is not None:
                 self._leave_line(ticket)
 
+    def _open_observed(self, rec: ConnectionPoolEntry) -> DBAPIConnection:
+        # `rec`: the parameter's name in SQLAlchemy's type of the creator it stands in for.
+        observer = self.observer
+        if observer is None:
+            return self._open(rec)
+        started = time.perf_counter()
+        connection = self._open(rec)
+        observer.created(time.perf_counter() - started)
+        return connection
+
     def _enter_line(self, ticket: object) -> None:
         line = self._line
         if line is None:
-            unbounded = self._max_overflow < 0  # SQLAlchemy's -1: no limit
-            capacity = math.inf if unbounded else self.size() + self._max_overflow
-            line = self._line = anyio.CapacityLimiter(capacity)
+            line = self._line = anyio.CapacityLimiter(self.limits()[1])
         try:
             line.acquire_on_behalf_of_nowait(ticket)  # no await when a connection is free
             return
         except anyio.WouldBlock:
             pass
         if self.max_waiters is not None and self.waiting() >= self.max_waiters:
+            self.refused += 1
             message = (
                 f"The connection pool is exhausted and {self.max_waiters} requests already "
                 f"wait for a connection (pool_max_waiters={self.max_waiters}); "
@@ -115,6 +179,7 @@ class QueuedPool(AsyncAdaptedQueuePool):
             async with asyncio.timeout(self._timeout):
                 await line.acquire_on_behalf_of(ticket)
         except TimeoutError:
+            self.timeouts += 1
             message = (
                 f"QueuePool limit of size {self.size()} overflow {self._max_overflow} reached, "
                 f"connection timed out, timeout {self._timeout:.2f}"
@@ -188,6 +253,10 @@ class PoolStats:
         pinged: connections pinged before use since connect(), because they had been idle
             for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
         waiting: requests waiting in line for a connection right now.
+        timeouts: requests that waited ``pool_timeout`` for a connection and gave up, since
+            connect().
+        refused: requests refused at once since connect(), because ``pool_max_waiters``
+            requests already waited.
     """
 
     size: int
@@ -197,6 +266,8 @@ class PoolStats:
     invalidated: int
     pinged: int = 0
     waiting: int = 0
+    timeouts: int = 0
+    refused: int = 0
 
 
 class PoolCounters:
@@ -222,6 +293,7 @@ class PoolCounters:
     def stats(self) -> PoolStats:
         """The pool's numbers now."""
         pool: Any = self.engine.pool
+        queued = isinstance(pool, QueuedPool)
         return PoolStats(
             size=pool.size(),
             checked_out=pool.checkedout(),
@@ -229,5 +301,7 @@ class PoolCounters:
             overflow=pool.overflow(),
             invalidated=self.invalidated,
             pinged=0 if self.liveness is None else self.liveness.pings,
-            waiting=pool.waiting() if isinstance(pool, QueuedPool) else 0,
+            waiting=pool.waiting() if queued else 0,
+            timeouts=pool.timeouts if queued else 0,
+            refused=pool.refused if queued else 0,
         )

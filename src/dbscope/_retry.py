@@ -157,12 +157,15 @@ class Retrying:
         policy: RetryPolicy,
         rules: Backend,
         name: str = "The unit of work",
+        on_retry: Callable[[], object] | None = None,
     ) -> None:
         self.open_unit = open_unit
         self.policy = policy
         self.rules = rules
         self.name = name
         self.retries = 0
+        # Counts every retry of the Database's units (its metrics), beside this loop's own.
+        self._on_retry = on_retry
         self._number = 0
         self._done = False
 
@@ -174,6 +177,8 @@ class Retrying:
             if self._number > 0:
                 await asyncio.sleep(self.policy.delay(self._number))
                 self.retries += 1
+                if self._on_retry is not None:
+                    self._on_retry()
             self._number += 1
             yield Attempt(self, self._number)
 
@@ -217,7 +222,10 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
 
 
 def retry_in_unit(
-    current: Callable[[], UnitOfWork | None], policy: RetryPolicy, rules: Backend
+    current: Callable[[], UnitOfWork | None],
+    policy: RetryPolicy,
+    rules: Backend,
+    on_retry: Callable[[], object] | None = None,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
     """Decorate an async function (an endpoint) to re-run it in the current unit of work."""
 
@@ -235,7 +243,8 @@ def retry_in_unit(
                 )
                 raise NoSessionError(message)
             results: list[T] = []
-            async for attempt in Retrying(lambda: _in_request_unit(unit), policy, rules, name):
+            attempts = Retrying(lambda: _in_request_unit(unit), policy, rules, name, on_retry)
+            async for attempt in attempts:
                 async with attempt:
                     results.append(await function(*args, **kwargs))
             return results[-1]

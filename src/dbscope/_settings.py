@@ -37,7 +37,7 @@ from dbscope._setting_sources import (
     describe_validation_error,
     setting_error,
 )
-from dbscope._urls import is_memory, parse_url
+from dbscope._urls import host_ports, is_memory, parse_url
 
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
@@ -53,6 +53,15 @@ def validate_schema_name(name: str) -> str:
         "'$' only, starting with a letter or '_', at most 63 characters."
     )
     raise ValueError(message)
+
+
+def default_pool_name(url: URL) -> str:
+    """A pool's name when none is set: ``host:port/database`` as OpenTelemetry's conventions
+    suggest (every host of a multi-host URL, comma-separated), or a file database's path;
+    never the user or the password."""
+    if backend(url.get_backend_name()).default_port is None and not url.host:
+        return url.database or ":memory:"
+    return f"{','.join(host_ports(url))}/{url.database or ''}"
 
 
 class DatabaseSettings(BaseSettings):
@@ -104,6 +113,8 @@ class DatabaseSettings(BaseSettings):
     """Check a connection before use, replacing dead ones. Default: on (off for SQLite)."""
     pool_pre_ping_after: float = 1.0
     """Seconds idle after which the check pings the server (0: at every use)."""
+    pool_name: str | None = None
+    """The pool's name in metrics (``Database.name``). Default: ``host:port/database``."""
     connect_timeout: float = 5.0
     """Seconds to wait for a new connection to open; ``pool_timeout`` does not cover it."""
     echo: bool = False
@@ -203,6 +214,14 @@ class DatabaseSettings(BaseSettings):
     def _check_ping_after(cls, value: float) -> float:
         if value < 0:
             message = f"must be 0 (ping at every use) or a number of seconds, got {value}"
+            raise ValueError(message)
+        return value
+
+    @field_validator("pool_name")
+    @classmethod
+    def _check_pool_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            message = "must not be blank; leave it unset for host:port/database"
             raise ValueError(message)
         return value
 
