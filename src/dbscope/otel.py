@@ -1,0 +1,158 @@
+"""The connection pool's metrics on OpenTelemetry: ``dbscope.otel.instrument(db)``.
+
+dbscope emits OpenTelemetry's semantic conventions for database client connection pools,
+**pinned to semantic conventions 1.44.0**, where they are at "development" stability: a
+later version may rename them, and dbscope changes the pinned version only in a release that
+says so. Every measurement carries ``db.client.connection.pool.name`` (``Database.name``):
+
+- ``db.client.connection.count`` by ``db.client.connection.state`` (``idle``, ``used``),
+  ``db.client.connection.max``, ``db.client.connection.idle.max`` and
+  ``db.client.connection.pending_requests`` (the wait line): UpDownCounters;
+- ``db.client.connection.timeouts``: a Counter;
+- ``db.client.connection.wait_time``, ``use_time`` and ``create_time``: Histograms, in
+  seconds;
+- dbscope's own, Counters: ``dbscope.pool.refusals`` (refused by a full wait line),
+  ``dbscope.pool.invalidations``, ``dbscope.pool.pings`` (liveness pings) and
+  ``dbscope.unit.retries`` (units of work run again after a conflict).
+
+Counts and limits are observed (callbacks read what the pool counts anyway, when the SDK
+collects); a request pays only for the three durations, and nothing at all before
+``instrument()``. Only ``opentelemetry-api`` is needed (``pip install 'dbscope[otel]'``):
+the application chooses the SDK, the reader and the exporter. ``import dbscope`` never
+imports OpenTelemetry, nor does importing this module; ``instrument()`` does.
+
+Engines are built through ``sqlalchemy.ext.asyncio.create_async_engine`` looked up at each
+``connect()``, so OpenTelemetry's own SQLAlchemy instrumentation, once it has run, traces
+every statement as well (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Final
+
+from dbscope import __version__
+from dbscope._database import Database
+from dbscope._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+    from dbscope._otel_metrics import PoolReporter
+
+__all__ = ["SEMCONV_VERSION", "PoolMetrics", "instrument"]
+
+SEMCONV_VERSION: Final = "1.44.0"
+"""The version of OpenTelemetry's semantic conventions the metric names follow."""
+INSTALL: Final = "pip install 'dbscope[otel]'"
+
+
+class PoolMetrics:
+    """One Database's pool metrics, reported to one MeterProvider; ``instrument()`` makes it.
+
+    They follow the Database across ``connect()`` and ``dispose()``: counters keep counting
+    from one engine to the next, and while disposed the pool reports no connections.
+    """
+
+    def __init__(self, name: str, reporter: PoolReporter) -> None:
+        self._name = name
+        self._reporter = reporter
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The pool's name in every measurement (``db.client.connection.pool.name``)."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop reporting and measuring this pool; calling it again does nothing.
+
+        OpenTelemetry cannot take an instrument back: the pool's series end, and a later
+        ``instrument()`` of the Database starts its counters again from what its pool counts.
+        """
+        if not self._closed:
+            self._closed = True
+            self._reporter.stop()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"PoolMetrics(name={self._name!r}, {state})"
+
+
+def instrument(db: Database, *, meter_provider: MeterProvider | None = None) -> PoolMetrics:
+    """Report ``db``'s connection pool to OpenTelemetry, from now until ``close()``.
+
+    Call it once per Database, before or after ``connect()``. Calling it again with the same
+    MeterProvider gives the same PoolMetrics; with another one, it is refused (close the
+    first). Two Databases on one MeterProvider need two names (the ``pool_name`` setting).
+
+    Args:
+        db: the Database whose pool to report.
+        meter_provider: where to report; default: OpenTelemetry's global MeterProvider, even
+            one set up after this call.
+
+    Returns:
+        The handle whose ``close()`` stops the reporting.
+
+    Raises:
+        ModuleNotFoundError: the OpenTelemetry API is not installed.
+        ConfigurationError: ``db`` is no Database or ``meter_provider`` no MeterProvider;
+            ``db`` is reported to another MeterProvider already, or another Database reports
+            a pool of the same name to this one.
+    """
+    _check_arguments(db, meter_provider)
+    try:
+        from dbscope._otel_metrics import PoolReporter, instruments_for
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("opentelemetry"):
+            raise
+        raise ModuleNotFoundError(_missing(error.name), name=error.name) from None
+    instruments = instruments_for(meter_provider, __version__)
+    existing = _instrumented.get(db)
+    if existing is not None and not existing.closed:
+        if existing._reporter.instruments is instruments:
+            return existing
+        message = (
+            f"{db!r} already reports its pool metrics to another MeterProvider; call close() "
+            "on the PoolMetrics the first instrument() returned before instrumenting it again."
+        )
+        raise ConfigurationError(message)
+    # The Database's lifecycle announces each engine it builds and disposes.
+    reporter = PoolReporter(db._lifecycle, db.name, instruments)
+    reporter.start()
+    metrics = _instrumented[db] = PoolMetrics(db.name, reporter)
+    return metrics
+
+
+def _check_arguments(db: object, meter_provider: object) -> None:
+    # Named by their type only: a URL passed for the Database may hold a password.
+    if not isinstance(db, Database):
+        message = (
+            f"instrument() takes the dbscope.Database to report, got a {type(db).__name__}: "
+            "pass the Database itself, e.g. dbscope.otel.instrument(db)."
+        )
+        raise ConfigurationError(message)
+    if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+        message = (
+            f"meter_provider must be an OpenTelemetry MeterProvider, got a "
+            f"{type(meter_provider).__name__}: pass the SDK's MeterProvider(...), or leave it "
+            "out for the global one."
+        )
+        raise ConfigurationError(message)
+
+
+def _missing(module: str | None) -> str:
+    """What to say when OpenTelemetry's ``module`` cannot be imported."""
+    return (
+        f"dbscope.otel needs the OpenTelemetry API, which is not installed ({module!r} is "
+        f"missing): {INSTALL}, then set up an SDK and exporter in the application."
+    )
+
+
+# The PoolMetrics of each Database, weakly: they keep no Database alive.
+_instrumented: weakref.WeakKeyDictionary[Database, PoolMetrics] = weakref.WeakKeyDictionary()
