@@ -128,6 +128,8 @@ def test_instrumenting_for_another_provider_is_refused_until_closed(sqlite_url: 
         first = dbscope.otel.instrument(db, meter_provider=one.provider)
         with pytest.raises(ConfigurationError, match=r"close\(\)"):
             dbscope.otel.instrument(db, meter_provider=other.provider)
+        with pytest.raises(ConfigurationError, match="durations=True"):
+            dbscope.otel.instrument(db, meter_provider=one.provider, durations=False)
         first.close()
         first.close()  # idempotent
         second = dbscope.otel.instrument(db, meter_provider=other.provider)
@@ -193,6 +195,22 @@ async def test_closed_metrics_report_and_measure_nothing_more(
         for point in readings.points(name)
     }
     assert db.name not in names
+    assert isinstance(pool, QueuedPool)
+    assert pool.observer is None
+
+
+async def test_without_durations_the_pool_is_counted_and_checkouts_are_not_timed(
+    sqlite_url: str, sdk: Metered
+) -> None:
+    """durations=False: counts are reported, no histogram is, no observer is attached."""
+    async with Database(sqlite_url) as db:
+        dbscope.otel.instrument(db, meter_provider=sdk.provider, durations=False)
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+            readings = sdk.read()
+        pool = db.engine.pool
+    assert readings.connections(db.name) == (0, 1)
+    assert [name for name in readings.metrics if name.endswith("_time")] == []
     assert isinstance(pool, QueuedPool)
     assert pool.observer is None
 

@@ -7,8 +7,9 @@ turn; a pool's :class:`PoolReporter` answers under its own ``db.client.connectio
 
 A reporter follows its Database's engines (it is the lifecycle's ``EngineObserver``) and is
 the observer of each engine's pool (a ``PoolObserver``): what the pool already counts is read
-when the SDK collects, and only the three durations are recorded per event. Counts carry over
-from one engine to the next, so a counter never goes back after ``dispose()`` and ``connect()``.
+when the SDK collects, and only the three durations are recorded per event (unless left
+out). Counts carry over from one engine to the next, so a counter never goes back after
+``dispose()`` and ``connect()``.
 
 This module imports OpenTelemetry; ``dbscope.otel`` imports it only when called.
 """
@@ -136,11 +137,15 @@ class PoolReporter:
         lifecycle: the Database's lifecycle, which announces its engines.
         name: the pool's name (``Database.name``).
         instruments: the instruments of the MeterProvider it reports to.
+        durations: measure each checkout's wait and use, and each connection's opening.
     """
 
-    def __init__(self, lifecycle: Lifecycle, name: str, instruments: Instruments) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, name: str, instruments: Instruments, *, durations: bool
+    ) -> None:
         self.name = name
         self.instruments = instruments
+        self.durations = durations
         self._lifecycle = lifecycle
         self._attributes = {POOL_NAME: name}
         self._idle = {POOL_NAME: name, STATE: "idle"}
@@ -168,7 +173,8 @@ class PoolReporter:
         """Observe ``engine``'s pool."""
         pool = engine.pool
         if isinstance(pool, QueuedPool):
-            pool.observer = self
+            if self.durations:
+                pool.observer = self
             self._limits = pool.limits()
         with self._lock:
             self._running = (engine, counters)

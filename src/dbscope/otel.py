@@ -16,10 +16,11 @@ says so. Every measurement carries ``db.client.connection.pool.name`` (``Databas
   ``dbscope.unit.retries`` (units of work run again after a conflict).
 
 Counts and limits are observed (callbacks read what the pool counts anyway, when the SDK
-collects); a request pays only for the three durations, and nothing at all before
-``instrument()``. Only ``opentelemetry-api`` is needed (``pip install 'dbscope[otel]'``):
-the application chooses the SDK, the reader and the exporter. ``import dbscope`` never
-imports OpenTelemetry, nor does importing this module; ``instrument()`` does.
+collects); a request pays only for the durations it records (none with
+``durations=False``), and nothing at all before ``instrument()``. Only ``opentelemetry-api``
+is needed (``pip install 'dbscope[otel]'``): the application chooses the SDK, the reader
+and the exporter. ``import dbscope`` never imports OpenTelemetry, nor does importing this
+module; ``instrument()`` does.
 
 Engines are built through ``sqlalchemy.ext.asyncio.create_async_engine`` looked up at each
 ``connect()``, so OpenTelemetry's own SQLAlchemy instrumentation, once it has run, traces
@@ -84,17 +85,22 @@ class PoolMetrics:
         return f"PoolMetrics(name={self._name!r}, {state})"
 
 
-def instrument(db: Database, *, meter_provider: MeterProvider | None = None) -> PoolMetrics:
+def instrument(
+    db: Database, *, meter_provider: MeterProvider | None = None, durations: bool = True
+) -> PoolMetrics:
     """Report ``db``'s connection pool to OpenTelemetry, from now until ``close()``.
 
     Call it once per Database, before or after ``connect()``. Calling it again with the same
-    MeterProvider gives the same PoolMetrics; with another one, it is refused (close the
-    first). Two Databases on one MeterProvider need two names (the ``pool_name`` setting).
+    arguments gives the same PoolMetrics; with others, it is refused (close the first). Two
+    Databases on one MeterProvider need two names (the ``pool_name`` setting).
 
     Args:
         db: the Database whose pool to report.
         meter_provider: where to report; default: OpenTelemetry's global MeterProvider, even
             one set up after this call.
+        durations: record the three histograms (``wait_time``, ``use_time``,
+            ``create_time``): two recordings per checkout. False reports only what the pool
+            counts, which costs a request nothing.
 
     Returns:
         The handle whose ``close()`` stops the reporting.
@@ -115,15 +121,17 @@ def instrument(db: Database, *, meter_provider: MeterProvider | None = None) -> 
     instruments = instruments_for(meter_provider, __version__)
     existing = _instrumented.get(db)
     if existing is not None and not existing.closed:
-        if existing._reporter.instruments is instruments:
+        reporting = existing._reporter
+        if reporting.instruments is instruments and reporting.durations == durations:
             return existing
         message = (
-            f"{db!r} already reports its pool metrics to another MeterProvider; call close() "
-            "on the PoolMetrics the first instrument() returned before instrumenting it again."
+            f"{db!r} already reports its pool metrics, to another MeterProvider or with "
+            f"durations={reporting.durations}; call close() on the PoolMetrics the first "
+            "instrument() returned before instrumenting it again."
         )
         raise ConfigurationError(message)
     # The Database's lifecycle announces each engine it builds and disposes.
-    reporter = PoolReporter(db._lifecycle, db.name, instruments)
+    reporter = PoolReporter(db._lifecycle, db.name, instruments, durations=durations)
     reporter.start()
     metrics = _instrumented[db] = PoolMetrics(db.name, reporter)
     return metrics
