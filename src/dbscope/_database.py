@@ -25,6 +25,7 @@ from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
 from dbscope._settings import DatabaseSettings, default_pool_name, load_settings
+from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
 
 
@@ -72,7 +73,8 @@ class Database(UnitEntryPoints):
         Reads ``DATABASE_URL``, or ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``,
         ``POSTGRES_PORT`` and ``POSTGRES_DB``; and ``POSTGRES_SCHEMA``, ``POOL_SIZE``,
         ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``,
-        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, each behind ``prefix`` if given.
+        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, ``SQL_COMMENTS``, each behind
+        ``prefix`` if given.
 
         Args:
             prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.
@@ -105,7 +107,14 @@ class Database(UnitEntryPoints):
             pool_timeout=settings.pool_timeout,
             pool_max_waiters=settings.pool_max_waiters,
         )
-        self._units = Units(self._lifecycle.session_maker, self._limits, settings.postgres_schema)
+        tagger = sql_tagger(
+            settings.sql_comments,
+            driver=settings.url.get_driver_name(),
+            application=settings.application_name,
+        )
+        self._units = Units(
+            self._lifecycle.session_maker, self._limits, settings.postgres_schema, tagger
+        )
         self._health = HealthProbe(self._lifecycle)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -120,6 +129,9 @@ class Database(UnitEntryPoints):
             ConfigurationError: the server refused the user, password or database.
         """
         await self._lifecycle.connect()
+        tagger = self._units.tagger
+        if tagger is not None and self._lifecycle.state == "connected":  # not a test's binding
+            tagger.install(self._lifecycle.engine, self._units.running_comment)
 
     async def dispose(self) -> None:
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""

@@ -5,13 +5,15 @@ schema).
 Every entry point that opens units takes the same options (:class:`UnitOptions`):
 ``read_only``, ``isolation_level``, ``statement_timeout`` and ``schema``. ``Database`` takes
 these methods from :class:`UnitEntryPoints`; the FastAPI dependencies are on ``Database``.
+Each also takes ``tags`` for the SQL comments of its units (``_tags.py``): a value of one run,
+not an option, so kept out of UnitOptions, which are cached per value.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,6 +37,7 @@ class UnitEntryPoints:
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
@@ -49,24 +52,41 @@ class UnitEntryPoints:
             statement_timeout: seconds a statement may run before it is cancelled
                 (StatementTimeoutError); PostgreSQL and MariaDB/MySQL.
             schema: a PostgreSQL schema for this transaction only, instead of the default.
+            tags: names and values (str) that its statements carry in their SQL comment, e.g.
+                ``{"job": "purge"}``, while the ``sql_comments`` setting is on (see
+                docs/sql-tags.md). Keep them few and fixed: no ids.
         """
         options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options) as unit:
+        async with self._units.open(options, comment=self._units.comment(tags)) as unit:
             yield unit.session
 
     def unit_of_work(
-        self, options: UnitOptions = DEFAULT_OPTIONS
+        self,
+        options: UnitOptions = DEFAULT_OPTIONS,
+        *,
+        tags: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> contextlib.AbstractAsyncContextManager[UnitOfWork]:
         """The building block of requests and transactions: ``async with`` it for the
         UnitOfWork itself.
 
+        Args:
+            options: how the unit runs.
+            tags: what its statements carry in their SQL comment (see ``transaction()``).
+            request_id: shown as the connection's ``application_name`` during each of its
+                transactions, on PostgreSQL (never in the SQL text, where a value per
+                request would defeat the driver's prepared statements).
+
         Raises:
             LifecycleError: the Database is not connected, or was connected in another loop.
-            ConfigurationError: ``options`` this backend cannot honour.
+            ConfigurationError: ``options`` this backend cannot honour, or ``tags`` that are
+                not str to str.
         """
         if options is not DEFAULT_OPTIONS:  # the defaults need no check, on the hot path
             self._check(options)
-        return self._units.open(options)
+        if tags is None and request_id is None:
+            return self._units.open(options)
+        return self._units.open(options, comment=self._units.comment(tags), request_id=request_id)
 
     def _options(
         self,
@@ -114,6 +134,7 @@ class UnitEntryPoints:
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> list[T]:
         """Run independent queries concurrently, each in a unit of work of its own.
 
@@ -122,12 +143,13 @@ class UnitEntryPoints:
         between tasks; this gives each query its own session and connection (so it needs
         ``len(queries)`` free connections). If one query fails, the others are cancelled and
         the error propagates. Units are read-only unless ``read_only=False``; the other
-        options apply to each unit as in ``transaction()``.
+        options (and ``tags``) apply to each unit as in ``transaction()``.
         """
         options = self._options(read_only, isolation_level, statement_timeout, schema)
+        comment = self._units.comment(tags)
 
         async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with self._units.open(options) as unit:
+            async with self._units.open(options, comment=comment) as unit:
                 return await query(unit.session)
 
         tasks = [asyncio.ensure_future(run(query)) for query in queries]
@@ -147,6 +169,7 @@ class UnitEntryPoints:
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> AsyncIterator[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
@@ -154,10 +177,10 @@ class UnitEntryPoints:
         generator. The stream's transaction commits when the last chunk has been produced,
         and rolls back if the client goes away (or anything raises) before then. The
         request's own session cannot be used in a streaming body: its unit of work ended
-        when the endpoint returned. The options are those of ``transaction()``.
+        when the endpoint returned. The options (and ``tags``) are those of ``transaction()``.
         """
         options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options) as unit:
+        async with self._units.open(options, comment=self._units.comment(tags)) as unit:
             async for item in body(unit.session):
                 yield item
 
@@ -168,6 +191,7 @@ class UnitEntryPoints:
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
+        tags: Mapping[str, str] | None = None,
         policy: RetryPolicy | None = None,
         **policy_fields: Any,
     ) -> Retrying:
@@ -185,14 +209,16 @@ class UnitEntryPoints:
         (409 in FastAPI).
 
         Args:
-            read_only, isolation_level, statement_timeout, schema: as for ``transaction()``.
+            read_only, isolation_level, statement_timeout, schema, tags: as for
+                ``transaction()``.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
         """
         options = self._options(read_only, isolation_level, statement_timeout, schema)
+        comment = self._units.comment(tags)
         return Retrying(
-            lambda: self._units.open(options),
+            lambda: self._units.open(options, comment=comment),
             retry_policy(policy, **policy_fields),
             self._units.rules,
             on_retry=self._lifecycle.count_retry,

@@ -32,6 +32,7 @@ from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
 from dbscope._lazy_loads import refuse_lazy_loads
+from dbscope._tags import SqlComment
 
 CommitHook = Callable[[], Any]
 T = TypeVar("T")
@@ -70,6 +71,8 @@ class UnitState:
         ended: the unit has ended; the session refuses to begin again.
         pending: callbacks with the transaction they were registered in.
         due: callbacks whose transaction committed, waiting to run.
+        comment: the SQL comment its statements carry (``sql_comments``), if any.
+        request_id: shown in the server's session list during each transaction, if any.
     """
 
     rules: Backend
@@ -78,6 +81,8 @@ class UnitState:
     ended: bool = False
     pending: list[tuple[SessionTransaction | None, CommitHook]] = field(default_factory=list)
     due: list[CommitHook] = field(default_factory=list)
+    comment: SqlComment | None = None
+    request_id: str | None = None
 
 
 class UnitSession(Session):
@@ -157,6 +162,8 @@ def _configure_transaction(
         return
     state.rules.begin(connection, state.begin)
     state.applied_schema = state.begin.schema
+    if state.request_id is not None:
+        state.rules.name_transaction(connection, state.request_id)
 
 
 @event.listens_for(UnitSession, "after_transaction_create")

@@ -37,11 +37,14 @@ from dbscope._setting_sources import (
     describe_validation_error,
     setting_error,
 )
+from dbscope._tags import PLACEMENTS, SqlComments
 from dbscope._urls import host_ports, is_memory, parse_url
 
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+# An HTTP header name (a token, RFC 9110), for the request id's header.
+HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def validate_schema_name(name: str) -> str:
@@ -121,6 +124,13 @@ class DatabaseSettings(BaseSettings):
     """Log every SQL statement (SQLAlchemy's ``echo``)."""
     application_name: str | None = None
     """Name shown for the connections in PostgreSQL's ``pg_stat_activity``."""
+    sql_comments: SqlComments = "off"
+    """Tag each statement of a unit with its route (sqlcommenter): ``"append"``,
+    ``"prepend"`` (kept when the server cuts long query texts), or ``"off"``."""
+    request_id_header: str | None = "X-Request-ID"
+    """With ``sql_comments`` on, the request header PostgreSQL shows as the connection's
+    ``application_name`` during a request (one statement more per transaction); ``"none"``:
+    no header is read."""
     raise_on_lazy_load: bool = False
     """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""
 
@@ -224,6 +234,35 @@ class DatabaseSettings(BaseSettings):
             message = "must not be blank; leave it unset for host:port/database"
             raise ValueError(message)
         return value
+
+    @field_validator("sql_comments", mode="before")
+    @classmethod
+    def _check_sql_comments(cls, value: Any) -> Any:
+        wanted = value.strip().lower() if isinstance(value, str) else value
+        if wanted in PLACEMENTS:
+            return wanted
+        message = (
+            f"must be 'off', 'append' or 'prepend', got {value!r}: 'append' tags each "
+            "statement at its end (as sqlcommenter says), 'prepend' at its start (still seen "
+            "where the server cuts long query texts, as pg_stat_activity does at 1024 bytes)"
+        )
+        raise ValueError(message)
+
+    @field_validator("request_id_header", mode="before")
+    @classmethod
+    def _check_request_id_header(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        name = value.strip()
+        if name.lower() in ("", "none", "off"):
+            return None
+        if not HEADER_NAME.fullmatch(name):
+            message = (
+                f"{value!r} is not a header name: use letters, digits and '-' (e.g. "
+                "'X-Request-ID'), or 'none' to read no request id"
+            )
+            raise ValueError(message)
+        return name
 
     @field_validator("pool_recycle")
     @classmethod

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
@@ -38,6 +38,7 @@ from dbscope._session import (
     take_due_hooks,
 )
 from dbscope._settings import validate_schema_name
+from dbscope._tags import SqlComment, SqlTagger, check_tags
 
 logger = logging.getLogger("dbscope")
 
@@ -155,6 +156,7 @@ class Units:
         sessions: gives the sessionmaker (raising LifecycleError when there is none).
         limits: what error messages quote (pool numbers, where the database is).
         schema: the Database's default schema.
+        tagger: the SQL comments of its units (``sql_comments``); None when off.
     """
 
     def __init__(
@@ -162,11 +164,13 @@ class Units:
         sessions: Callable[[], async_sessionmaker[AsyncSession]],
         limits: Limits,
         schema: str | None,
+        tagger: SqlTagger | None = None,
     ) -> None:
         self.sessions = sessions
         self.limits = limits
         self.rules = limits.backend
         self.schema = schema
+        self.tagger = tagger
         self.current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._prepared: dict[UnitOptions, tuple[Begin, Limits]] = {}
 
@@ -183,9 +187,28 @@ class Units:
             found = self._prepared[options] = (begin, limits)
         return found
 
-    def open(self, options: UnitOptions = DEFAULT_OPTIONS) -> UnitRun:
-        """A unit of work to enter with ``async with``."""
-        return UnitRun(self, options)
+    def open(
+        self,
+        options: UnitOptions = DEFAULT_OPTIONS,
+        *,
+        comment: SqlComment | None = None,
+        request_id: str | None = None,
+    ) -> UnitRun:
+        """A unit of work to enter with ``async with``; ``comment`` tags its statements (by
+        default, the tagger's shared tags), ``request_id`` names its transactions."""
+        return UnitRun(self, options, comment, request_id)
+
+    def comment(self, tags: Mapping[str, str] | None) -> SqlComment | None:
+        """The comment of a unit with ``tags``; None while SQL comments are off (``tags`` are
+        checked all the same, so that a mistake shows before they are turned on)."""
+        if tags is not None:
+            check_tags(tags)
+        return None if self.tagger is None else self.tagger.comment(tags)
+
+    def running_comment(self) -> SqlComment | None:
+        """The comment of the unit running in this context, if any: what its statements carry."""
+        unit = self.current.get()
+        return None if unit is None else unit.state.comment
 
     def running(self) -> UnitOfWork:
         """The unit of work of this context.
@@ -218,11 +241,21 @@ class UnitRun:
 
     __slots__ = ("_limits", "_token", "_units", "unit")
 
-    def __init__(self, units: Units, options: UnitOptions) -> None:
+    def __init__(
+        self,
+        units: Units,
+        options: UnitOptions,
+        comment: SqlComment | None = None,
+        request_id: str | None = None,
+    ) -> None:
         factory = units.sessions()
         session = factory(**_unit_bind(factory, units.rules, options))
         begin, self._limits = units.prepared(options)
         state = attach_state(session.sync_session, UnitState(units.rules, begin))
+        if units.tagger is not None:
+            state.comment = comment or units.tagger.default
+        if request_id is not None:
+            state.request_id = request_id
         self.unit = UnitOfWork(session, state)
         self.unit.rollback_only = options.read_only
         self._units = units

@@ -179,6 +179,10 @@ class Backend:
     def begin(self, connection: Connection, wanted: Begin) -> None:
         """Apply ``wanted`` to the transaction ``connection`` has just begun."""
 
+    def name_transaction(self, connection: Connection, name: str) -> None:
+        """Show ``name`` (a request id) in the server's list of sessions until the transaction
+        ``connection`` has just begun ends; by default nothing."""
+
     def schema_statement(self, dialect: Dialect, schema: str | None) -> str:
         """The statement that makes the rest of the transaction target ``schema``."""
         message = f"{self.name} has no schemas to switch between."

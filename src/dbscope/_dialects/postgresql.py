@@ -64,6 +64,13 @@ def sqlstate(orig: BaseException | None) -> str | None:
     return None
 
 
+# SET LOCAL application_name, with the name as a parameter: the statement text stays the same
+# for every request, so that asyncpg prepares it once per connection, not once per request.
+NAME_TRANSACTION: Final = text("SELECT set_config('application_name', :name, true)")
+# What pg_stat_activity keeps of an application_name (NAMEDATALEN - 1 bytes).
+APPLICATION_NAME_BYTES: Final = 63
+
+
 class PostgreSQL(Backend):
     """PostgreSQL's rules: ``SET LOCAL`` for every unit setting, SQLSTATEs for errors."""
 
@@ -77,6 +84,12 @@ class PostgreSQL(Backend):
             connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
         if wanted.schema is not None:
             connection.exec_driver_sql(self.schema_statement(connection.dialect, wanted.schema))
+
+    def name_transaction(self, connection: Connection, name: str) -> None:
+        # Reverts at the transaction's end, as SET LOCAL does: the pooled connection goes back
+        # with its own name. Cut here, not by the server, so that a long header costs nothing.
+        cut = name.encode()[:APPLICATION_NAME_BYTES].decode(errors="ignore")
+        connection.execute(NAME_TRANSACTION, {"name": cut})
 
     def schema_statement(self, dialect: Dialect, schema: str | None) -> str:
         # The name was checked to be a plain identifier (UnitOptions); quoted all the same.

@@ -6,11 +6,12 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Response
+from fastapi import Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._unit_of_work import UnitOfWork, UnitOptions
 from dbscope.fastapi._errors import HANDLED, http_error
+from dbscope.fastapi._tags import request_id, request_tags
 
 if TYPE_CHECKING:
     from dbscope._database import Database
@@ -34,18 +35,34 @@ def session_dependency(
     by_options = _sessions.setdefault(db, {})
     dependency = by_options.get(options)
     if dependency is None:
-        dependency = by_options[options] = _session_dependency(weakref.ref(db), options)
+        settings = db.settings
+        tagged = settings.sql_comments != "off"
+        header = settings.request_id_header if tagged else None
+        dependency = _session_dependency(weakref.ref(db), options, tagged, header)
+        by_options[options] = dependency
     return dependency
 
 
 def _session_dependency(
-    db: "weakref.ref[Database]", options: UnitOptions
+    db: "weakref.ref[Database]", options: UnitOptions, tagged: bool, header: str | None
 ) -> Callable[..., Awaitable[AsyncSession]]:
-    async def request_unit_of_work(response: Response) -> AsyncIterator[UnitOfWork]:
+    async def request_unit_of_work(
+        request: Request, response: Response
+    ) -> AsyncIterator[UnitOfWork]:
         database = db()
         assert database is not None, "the Database of this app was garbage-collected"
         try:
-            async with database.unit_of_work(options) as unit:
+            # With SQL comments on, the unit's statements name the route (docs/sql-tags.md).
+            units = (
+                database.unit_of_work(
+                    options,
+                    tags=request_tags(request.scope),
+                    request_id=request_id(request, header),
+                )
+                if tagged
+                else database.unit_of_work(options)
+            )
+            async with units as unit:
                 yield unit
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising.
