@@ -6,6 +6,7 @@ interpreter in which importing it fails, as it does without the package.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import subprocess
@@ -22,6 +23,7 @@ from sqlalchemy.pool import NullPool
 import dbscope.otel
 from dbscope import ConfigurationError, Database
 from dbscope._pool import QueuedPool
+from dbscope.otel import PoolMetrics
 from tests.otel_readings import POOL_NAME, Metered, metered
 
 
@@ -59,6 +61,17 @@ def otel_modules_after(statement: str) -> list[str]:
 def test_importing_dbscope_or_its_otel_module_imports_no_opentelemetry(statement: str) -> None:
     """Neither `import dbscope` nor `import dbscope.otel` loads an OpenTelemetry module."""
     assert otel_modules_after(statement) == []
+
+
+def test_the_otel_module_exports_its_pinned_names_each_documented() -> None:
+    """dbscope.otel's __all__ is pinned; each name and PoolMetrics' members are documented;
+    instrument() returns the module's own public class."""
+    members = [getattr(PoolMetrics, name) for name in ("close", "name", "closed")]
+    functions = [member.fget if isinstance(member, property) else member for member in members]
+    assert dbscope.otel.__all__ == ["SEMCONV_VERSION", "PoolMetrics", "instrument"]
+    assert all(f.__doc__ for f in [dbscope.otel.instrument, PoolMetrics, *functions])
+    assert inspect.signature(dbscope.otel.instrument).return_annotation == "PoolMetrics"
+    assert PoolMetrics.__module__ == "dbscope.otel"
 
 
 def test_without_opentelemetry_instrument_says_which_extra_to_install() -> None:
