@@ -3,7 +3,10 @@
 - clients: :func:`client_for`, an in-process client, and :func:`send` for one request;
 - apps: :func:`app_with` builds an app from its routes' bodies, :class:`ResponseStart` sees
   the response begin;
-- the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`;
+- the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`,
+  :func:`without_tables`;
+- subprocesses: :func:`without_settings`, an environment without the database settings, and
+  :func:`postgres_parts`, the settings naming a PostgreSQL database by its parts;
 - faults: :func:`kill` ends a server connection (:func:`kill_mid_request` in a request),
   :func:`connect_to_nothing` connects where no server listens, :class:`TcpProxy` (through
   :func:`proxied`) makes a server unreachable or silent, :func:`assert_unavailable` checks a
@@ -13,8 +16,9 @@
 import asyncio
 import contextlib
 import inspect
+import os
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
@@ -27,7 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dbscope import Database, DatabaseUnavailableError
+from dbscope import Database, DatabaseSettings, DatabaseUnavailableError
+from tests.run_databases import drop_tables
 from tests.server import free_port
 
 # The backends that run a server (and so have connections to kill), by driver.
@@ -161,6 +166,39 @@ async def stored(db: Database, query: str) -> list[Any]:
     """The first column of every row ``query`` gives, read in a unit of work of its own."""
     async with db.transaction() as session:
         return list((await session.execute(text(query))).scalars())
+
+
+def without_tables(database_url: str, *tables: str) -> Iterator[str]:
+    """For a fixture: ``database_url``, with ``tables`` dropped (if there) before and after."""
+    drop_tables(database_url, *tables)
+    yield database_url
+    drop_tables(database_url, *tables)
+
+
+def without_settings(**variables: str) -> dict[str, str]:
+    """This process's environment for a subprocess that must see only a test's settings:
+    without any variable a Database reads (``DATABASE_URL``, ``POSTGRES_*``, ``POOL_SIZE``,
+    behind any prefix) or Alembic's ``ALEMBIC_CONFIG``, plus ``variables``."""
+    names = [name.upper() for name in DatabaseSettings.model_fields]
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "ALEMBIC_CONFIG" and not any(name.endswith(setting) for setting in names)
+    }
+    return {**kept, **variables}
+
+
+def postgres_parts(database_url: str, password: str) -> dict[str, str]:
+    """``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``, ``POSTGRES_PORT`` and
+    ``POSTGRES_DB`` naming ``database_url``'s database, with ``password``."""
+    url = make_url(database_url)
+    return {
+        "POSTGRES_USER": url.username or "",
+        "POSTGRES_PASSWORD": password,
+        "POSTGRES_HOST": url.host or "",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_DB": url.database or "",
+    }
 
 
 class Tables:

@@ -2,7 +2,7 @@
 
 Alembic runs as a subprocess with nothing but the settings each test gives it, on SQLite,
 PostgreSQL (both drivers) and MariaDB; from code, inside the test's running event loop. The
-project of each test (tmp_path) has one migration, which makes ``dbscope_alembic_items``.
+project of each test (tmp_path) has one migration, which makes ``ptp_migrated``.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import dbscope.alembic
-from dbscope import ConfigurationError, Database, DatabaseSettings
+from dbscope import ConfigurationError, Database
 from tests.documented import block_containing, run_block
-from tests.helpers import admin
+from tests.helpers import admin, postgres_parts, without_settings, without_tables
+from tests.plugin_projects import ALEMBIC_VERSION
 from tests.server import free_port
 
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
-TABLE = "dbscope_alembic_items"
+TABLE = "ptp_migrated"  # what plugin_projects' one migration makes
 SECRET = "Pa55-w0rd-nobody-sees"
 ALEMBIC_INI = """
 [alembic]
@@ -42,21 +42,6 @@ from dbscope.alembic import run_migrations
 
 run_migrations({arguments})
 """
-VERSION = f"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0001"
-down_revision = None
-
-
-def upgrade():
-    op.create_table("{TABLE}", sa.Column("id", sa.Integer, primary_key=True))
-
-
-def downgrade():
-    op.drop_table("{TABLE}")
-"""
 
 
 def write_project(directory: Path, *, env: str = ENV.format(arguments=""), ini: str = "") -> Path:
@@ -64,7 +49,7 @@ def write_project(directory: Path, *, env: str = ENV.format(arguments=""), ini: 
     migration; ``env`` is its env.py, ``ini`` more lines of the [alembic] section."""
     (directory / "migrations" / "versions").mkdir(parents=True)
     (directory / "migrations" / "env.py").write_text(env)
-    (directory / "migrations" / "versions" / "0001_items.py").write_text(VERSION)
+    (directory / "migrations" / "versions" / "0001_migrated.py").write_text(ALEMBIC_VERSION)
     path = directory / "alembic.ini"
     path.write_text(ALEMBIC_INI + ini)
     return path
@@ -77,18 +62,9 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def clean(database_url: str) -> AsyncIterator[str]:
+def clean(database_url: str) -> Iterator[str]:
     """The database URL, without this module's table and version table, before and after."""
-    await drop_migrated(database_url)
-    yield database_url
-    await drop_migrated(database_url)
-
-
-async def drop_migrated(database_url: str) -> None:
-    """Drop the migration's table and Alembic's version table, if they are there."""
-    async with admin(database_url) as connection:
-        await connection.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
-        await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    yield from without_tables(database_url, TABLE, "alembic_version")
 
 
 @pytest.fixture
@@ -103,20 +79,13 @@ async def schema(postgres_url: str) -> AsyncIterator[str]:
         await connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
 
 
-def settings_only(**variables: str) -> dict[str, str]:
-    """This process's environment without any database setting, plus ``variables``."""
-    settings = {name.upper() for name in DatabaseSettings.model_fields} | {"ALEMBIC_CONFIG"}
-    kept = {name: value for name, value in os.environ.items() if name not in settings}
-    return {**kept, **variables}
-
-
 async def alembic(
     project: Path, *arguments: str, environment: Mapping[str, str]
 ) -> subprocess.CompletedProcess[bytes]:
     """Run Alembic's own command line on ``project`` with only ``environment``'s settings."""
     return await anyio.run_process(
         [ALEMBIC, "-c", str(project), *arguments],
-        env=settings_only(**environment),
+        env=without_settings(**environment),
         cwd=project.parent,
         check=False,
     )
@@ -154,14 +123,7 @@ async def test_alembic_reads_the_postgres_parts_when_there_is_no_database_url(
     project: Path, clean: str
 ) -> None:
     """POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_HOST, POSTGRES_PORT and POSTGRES_DB suffice."""
-    url = make_url(clean)
-    parts = {
-        "POSTGRES_USER": url.username or "",
-        "POSTGRES_PASSWORD": SECRET,
-        "POSTGRES_HOST": url.host or "",
-        "POSTGRES_PORT": str(url.port or 5432),
-        "POSTGRES_DB": url.database or "",
-    }
+    parts = postgres_parts(clean, SECRET)
     done = await alembic(project, "upgrade", "head", environment=parts)
     assert done.returncode == 0, done.stderr.decode()
     assert await version_of(clean) == ["0001"]

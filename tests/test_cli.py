@@ -7,12 +7,11 @@ password; on MariaDB a user of the test's own has one, which the client must be 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -20,10 +19,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from dbscope import DatabaseSettings
 from dbscope._cli import main
 from tests.documented import ROOT, block_containing
-from tests.helpers import SERVER_BACKENDS, admin
+from tests.helpers import (
+    SERVER_BACKENDS,
+    admin,
+    postgres_parts,
+    without_settings,
+    without_tables,
+)
 from tests.server import free_port
 
 DBSCOPE = str(Path(sys.executable).with_name("dbscope"))
@@ -33,23 +37,12 @@ EXAMPLE_TABLES = ("example_notes", "example_authors", "alembic_version")
 CLIENTS = {"psql", "mariadb", "mysql", "sqlite3"}
 
 
-def settings_only(**variables: str) -> dict[str, str]:
-    """This process's environment without any database setting, plus ``variables``."""
-    settings = {name.upper() for name in DatabaseSettings.model_fields} | {"ALEMBIC_CONFIG"}
-    kept = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in settings and not name.startswith("APP_")
-    }
-    return {**kept, **variables}
-
-
 async def dbscope(
     *arguments: str, environment: Mapping[str, str], cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the installed `dbscope` command with only ``environment``'s settings."""
     return await anyio.run_process(
-        [DBSCOPE, *arguments], env=settings_only(**environment), cwd=cwd, check=False
+        [DBSCOPE, *arguments], env=without_settings(**environment), cwd=cwd, check=False
     )
 
 
@@ -89,18 +82,9 @@ def secret_url(request: pytest.FixtureRequest, database_url: str, db_backend: st
 
 
 @pytest.fixture
-async def example_clean(database_url: str) -> AsyncIterator[str]:
+def example_clean(database_url: str) -> Iterator[str]:
     """The database URL without the example's tables, before and after."""
-    await drop_example_tables(database_url)
-    yield database_url
-    await drop_example_tables(database_url)
-
-
-async def drop_example_tables(database_url: str) -> None:
-    """Drop the example service's tables and Alembic's version table, if there."""
-    async with admin(database_url) as connection:
-        for table in EXAMPLE_TABLES:
-            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    yield from without_tables(database_url, *EXAMPLE_TABLES)
 
 
 def nowhere() -> str:
@@ -127,14 +111,7 @@ async def test_check_with_only_database_url_succeeds_and_shows_no_password(
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
 async def test_check_with_only_the_postgres_parts_succeeds(database_url: str) -> None:
     """POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB alone."""
-    url = make_url(database_url)
-    parts = {
-        "POSTGRES_USER": url.username or "",
-        "POSTGRES_PASSWORD": SECRET,
-        "POSTGRES_HOST": url.host or "",
-        "POSTGRES_PORT": str(url.port or 5432),
-        "POSTGRES_DB": url.database or "",
-    }
+    parts = postgres_parts(database_url, SECRET)
     done = await dbscope("check", environment=parts)
     assert done.returncode == 0, output_of(done)
     assert lines(done.stdout.decode())["server"].startswith("PostgreSQL ")
@@ -265,7 +242,7 @@ async def test_python_m_dbscope_cli_is_the_same_command(sqlite_url: str) -> None
     """`python -m dbscope._cli check` works where the script is not installed."""
     done = await anyio.run_process(
         [sys.executable, "-m", "dbscope._cli", "check"],
-        env=settings_only(DATABASE_URL=sqlite_url),
+        env=without_settings(DATABASE_URL=sqlite_url),
         check=False,
     )
     assert done.returncode == 0, output_of(done)
@@ -371,12 +348,12 @@ async def run_shell(
     """Run `dbscope shell` feeding ``statements``; the client's argv and environment as the
     kernel shows them (/proc), its output, and its exit code."""
     command = [DBSCOPE, "shell", *arguments]
-    async with await anyio.open_process(command, env=settings_only(**environment)) as process:
+    async with await anyio.open_process(command, env=without_settings(**environment)) as process:
         proc = Path(f"/proc/{process.pid}")
-        with anyio.fail_after(10):  # until the client has replaced dbscope (exec)
-            while proc.joinpath("exe").resolve().name not in CLIENTS:  # noqa: ASYNC110 - /proc has no event
+        with anyio.fail_after(30):
+            while not (argv := client_argv(proc)):
+                assert process.returncode is None, "dbscope shell ended before its client ran"
                 await anyio.sleep(0.01)
-        argv = proc.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
         pairs = proc.joinpath("environ").read_bytes().decode().split("\0")[:-1]
         variables = dict(pair.split("=", 1) for pair in pairs)
         assert process.stdin is not None
@@ -386,6 +363,17 @@ async def run_shell(
         output = b"".join([chunk async for chunk in process.stdout]).decode()
         code = await process.wait()
     return argv, variables, output, code
+
+
+def client_argv(proc: Path) -> list[str]:
+    """The argument list of the process ``proc``, once it runs a database client; else [].
+
+    The client's own, not a wrapper's (Debian's psql is a Perl script that runs the real
+    one), and not read mid-exec, when the new program is there but its arguments not yet.
+    """
+    argv = proc.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
+    ready = proc.joinpath("exe").resolve().name in CLIENTS and argv
+    return argv if ready and Path(argv[0]).name in CLIENTS else []
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
@@ -416,12 +404,10 @@ async def test_shell_connects_to_mariadb_as_the_urls_user_with_its_password(
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
 async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url: str) -> None:
     """`dbscope shell -- -c 'SELECT ...'` runs psql's own -c."""
-    argv, _, output, code = await run_shell(
-        {"DATABASE_URL": secret_url}, "", "--", "-c", "SELECT 'from -c' AS said"
-    )
-    assert code == 0, output
-    assert "from -c" in output
-    assert argv[-2:] == ["-c", "SELECT 'from -c' AS said"]
+    query = ("--", "-c", "SELECT 'from -c' AS said")
+    done = await dbscope("shell", *query, environment={"DATABASE_URL": secret_url})
+    assert done.returncode == 0, output_of(done)
+    assert "from -c" in done.stdout.decode()
 
 
 async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
