@@ -288,6 +288,40 @@ async def test_a_percent_in_a_literal_and_a_pattern_survives_with_tags_on(
     assert tuple(row) == ("a%b", 1)
 
 
+async def test_rows_inserted_many_at_once_are_all_stored_with_tags_on(
+    database_url: str, tables: helpers.Tables
+) -> None:
+    """An executemany INSERT (one statement, many parameter sets) stores every row."""
+    await tables.create("tag_rows", "a INTEGER, b VARCHAR(20)")
+    rows = [{"a": number, "b": f"{number}%"} for number in range(5)]
+    db = Database(database_url, sql_comments="append")
+    async with db, db.transaction(tags={"job": "many"}) as session:
+        await session.execute(text("INSERT INTO tag_rows (a, b) VALUES (:a, :b)"), rows)
+    async with db, db.transaction() as session:
+        stored = (await session.execute(text("SELECT a, b FROM tag_rows ORDER BY a"))).all()
+    assert [tuple(row) for row in stored] == [(row["a"], row["b"]) for row in rows]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+async def test_asyncmy_still_sends_rows_inserted_many_at_once_as_one_insert(
+    database_url: str, tables: helpers.Tables
+) -> None:
+    """asyncmy batches an executemany INSERT only if its text ends with VALUES (...): the
+    statement is left untagged, and the server counts one INSERT for five rows."""
+    await tables.create("tag_rows", "a INTEGER")
+    inserts = text("SHOW SESSION STATUS LIKE 'Com_insert'")
+    db = Database(database_url, sql_comments="append")
+    async with db, db.transaction(tags={"job": "many"}) as session:
+        before = int((await session.execute(inserts)).one()[1])
+        with sent_statements(db) as sent:
+            await session.execute(
+                text("INSERT INTO tag_rows (a) VALUES (:a)"), [{"a": n} for n in range(5)]
+            )
+        after = int((await session.execute(inserts)).one()[1])
+    assert after - before == 1
+    assert sent == ["INSERT INTO tag_rows (a) VALUES (%s)"]
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 async def test_the_comment_follows_the_sqlcommenter_format(database_url: str) -> None:
     """Keys sorted, keys and values URL-encoded, values quoted, a quote never bare."""

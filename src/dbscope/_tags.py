@@ -30,6 +30,7 @@ unmaintained since 2021 and does the same. Hence this module.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -37,6 +38,7 @@ from urllib.parse import quote
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dbscope._dialects import driver as driver_record
 from dbscope._exceptions import ConfigurationError
 
 SqlComments = Literal["off", "append", "prepend"]
@@ -46,6 +48,8 @@ PLACEMENTS: Final[tuple[SqlComments, ...]] = ("off", "append", "prepend")
 PERCENT_PARAMSTYLES: Final = frozenset({"format", "pyformat"})
 # Distinct tag sets whose comments are kept; the routes of an app and a few script tags fit.
 CACHED_COMMENTS: Final = 1024
+# The statements whose executemany() such a driver may send as one (pymysql's rule).
+BATCHED_STATEMENT: Final = re.compile(r"\s*(?:INSERT|REPLACE)\b", re.IGNORECASE)
 
 
 def serialize(tags: Mapping[str, str]) -> str:
@@ -101,10 +105,16 @@ class SqlTagger:
     Args:
         placement: ``"append"`` (after the statement, as the spec says) or ``"prepend"``.
         shared: the tags of every unit (the application, the driver); a unit's own win.
+        batched_inserts: the driver batches an ``executemany()`` INSERT only when its text
+            ends with the VALUES list: those statements are left alone (tagged, each row
+            would be a statement of its own).
     """
 
-    def __init__(self, placement: SqlComments, shared: Mapping[str, str]) -> None:
+    def __init__(
+        self, placement: SqlComments, shared: Mapping[str, str], *, batched_inserts: bool = False
+    ) -> None:
         self.placement = placement
+        self.batched_inserts = batched_inserts
         self.shared = dict(check_tags(shared))
         self.default = SqlComment(serialize(self.shared))
         self._render = functools.lru_cache(maxsize=CACHED_COMMENTS)(self._comment_of)
@@ -124,6 +134,7 @@ class SqlTagger:
         ``engine`` sends, except those that carry a comment of their own."""
         escape = engine.dialect.paramstyle in PERCENT_PARAMSTYLES
         prepend = self.placement == "prepend"
+        batched = self.batched_inserts
 
         def tag_statement(
             connection: Any,
@@ -136,6 +147,8 @@ class SqlTagger:
             comment = running()
             if comment is None or "/*" in statement or "--" in statement:
                 return statement, parameters  # the spec: a commented statement is left alone
+            if executemany and batched and BATCHED_STATEMENT.match(statement):
+                return statement, parameters
             text = comment.text
             # A statement run with no parameters at all (execution option no_parameters) is
             # not read for placeholders, even by those drivers.
@@ -159,4 +172,7 @@ def sql_tagger(placement: SqlComments, *, driver: str, application: str | None) 
     shared = {"db_driver": driver}
     if application:
         shared["application"] = application
-    return SqlTagger(placement, shared)
+    record = driver_record(driver)
+    return SqlTagger(
+        placement, shared, batched_inserts=record is not None and record.batches_inserts
+    )

@@ -78,6 +78,8 @@ class Driver:
         rollback: roll back a transaction a lease left open.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
+        batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
+            while the statement ends with its VALUES list, so SQL comments leave those alone.
     """
 
     name: str
@@ -89,6 +91,7 @@ class Driver:
     status: Callable[[Any], LeaseStatus] | None = None
     rollback: Callable[[Any], Awaitable[object]] | None = None
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
+    batches_inserts: bool = False
 
 
 @dataclass(frozen=True)

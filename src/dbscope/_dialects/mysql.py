@@ -216,9 +216,13 @@ ASYNCMY: Final = Driver(
     status=_asyncmy_status,
     rollback=rollback_connection,
     set_autocommit=_asyncmy_set_autocommit,
+    batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES
 )
 AIOMYSQL: Final = Driver(
-    name="aiomysql", install="pip install aiomysql", connect_args=_connect_args("aiomysql")
+    name="aiomysql",
+    install="pip install aiomysql",
+    connect_args=_connect_args("aiomysql"),
+    batches_inserts=True,
 )
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 BACKEND: Final = MySQL(
