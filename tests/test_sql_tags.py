@@ -223,6 +223,17 @@ async def test_the_request_id_is_the_application_name_during_the_request_only(
     assert request_id not in query
 
 
+async def test_a_worker_names_its_unit_with_a_request_id(postgres_url: str) -> None:
+    """db.unit_of_work(request_id=...) is the application_name inside the unit only."""
+    query = text("SELECT current_setting('application_name')")
+    async with Database(postgres_url, application_name=APPLICATION, **ONE_CONNECTION) as db:
+        async with db.unit_of_work(request_id="job-7") as unit:
+            inside = await unit.session.scalar(query)
+        async with db.transaction() as session:
+            after = await session.scalar(query)
+    assert (inside, after) == ("job-7", APPLICATION)
+
+
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
 async def test_asyncpg_prepares_a_handful_of_statements_for_a_thousand_request_ids(
     database_url: str,

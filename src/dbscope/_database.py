@@ -73,8 +73,8 @@ class Database(UnitEntryPoints):
         Reads ``DATABASE_URL``, or ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``,
         ``POSTGRES_PORT`` and ``POSTGRES_DB``; and ``POSTGRES_SCHEMA``, ``POOL_SIZE``,
         ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``,
-        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, ``SQL_COMMENTS``, each behind
-        ``prefix`` if given.
+        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, ``SQL_COMMENTS``,
+        ``REQUEST_ID_HEADER``, each behind ``prefix`` if given.
 
         Args:
             prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.
