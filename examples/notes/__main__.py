@@ -1,6 +1,7 @@
 """``python -m examples.notes``: serve the notes service with uvicorn.
 
-``HOST`` (default 127.0.0.1) and ``PORT`` (default 8000) choose where it listens.
+``HOST`` (default 127.0.0.1) and ``PORT`` (default 8000) choose where it listens. The tables
+are the migrations' (``make demo`` applies them first, with ``dbscope migrate``).
 """
 
 import os
