@@ -84,15 +84,11 @@ def config_path(path: str | Path | None) -> Path:
     return Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
 
 
-def load_config(path: str | Path, *, stdout: Any = None) -> Config:
+def load_config(path: str | Path) -> Config:
     """The Alembic configuration in the file ``path``, for a run from code.
 
     The file's logging sections are not applied: they would replace the application's
     logging (Alembic's CLI applies them, through env.py).
-
-    Args:
-        path: an ``alembic.ini``.
-        stdout: where Alembic's commands write (``history``, ``current``, ``--sql``).
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
@@ -107,7 +103,7 @@ def load_config(path: str | Path, *, stdout: Any = None) -> Config:
             "alembic.ini (create one with 'alembic init -t async migrations')."
         )
         raise ConfigurationError(message)
-    config = Config(str(path)) if stdout is None else Config(str(path), stdout=stdout)
+    config = Config(str(path))
     config.attributes[CONFIGURE_LOGGER] = False
     return config
 

@@ -105,12 +105,14 @@ def _server(db: Database) -> str:
 
 def _pool(db: Database) -> str:
     settings = db.settings
+    # In force: an in-memory SQLite database's pool holds its one connection and no more.
+    size, overflow = db.stats().size, 0 if settings.is_memory else settings.max_overflow
     waiters = settings.pool_max_waiters
     recycle = settings.pool_recycle
     ping = settings.pool_pre_ping
     return ", ".join(
         (
-            f"size {settings.pool_size} + overflow {settings.max_overflow}",
+            f"size {size} + overflow {overflow}",
             f"waits at most {settings.pool_timeout:g} s",
             f"waiters {'unbounded' if waiters is None else waiters}",
             f"recycle {'default' if recycle is None else recycle}",
