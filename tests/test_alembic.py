@@ -368,6 +368,18 @@ async def test_without_alembic_the_functions_name_the_install_command(
             await dbscope.alembic.upgrade(db, config=project)
 
 
+def test_dbscope_alembic_exports_exactly_its_documented_names() -> None:
+    """dbscope.alembic's __all__ is pinned; each name is documented."""
+    assert dbscope.alembic.__all__ == [
+        "MigrationStatus",
+        "at_head",
+        "run_migrations",
+        "status",
+        "upgrade",
+    ]
+    assert all(getattr(dbscope.alembic, name).__doc__ for name in dbscope.alembic.__all__)
+
+
 def test_importing_dbscope_and_its_alembic_module_does_not_import_alembic() -> None:
     """`import dbscope`, dbscope.alembic and the command leave Alembic unimported."""
     code = (
