@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import dbscope._otel_reporter
 import dbscope.otel
 from dbscope import Database
 from tests.documented import serving
@@ -223,3 +224,22 @@ async def test_a_retried_conflict_counts_one_retry(postgres_url: str, sdk: Meter
                 await session.execute(text(failure if attempt.number == 1 else "SELECT 1"))
         readings = sdk.read()
     assert readings.value("dbscope.unit.retries", db.name) == attempts.retries == 1
+
+
+async def test_durations_put_aside_stay_bounded_when_nothing_collects(
+    sqlite_url: str, sdk: Metered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond PENDING_MAX durations waiting for a collection, a checkout records them: none
+    is lost, and at most PENDING_MAX + 1 are kept."""
+    monkeypatch.setattr(dbscope._otel_reporter, "PENDING_MAX", 5)
+    async with Database(sqlite_url) as db:
+        metrics = dbscope.otel.instrument(db, meter_provider=sdk.provider)
+        kept = []
+        for _ in range(20):
+            async with db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+            kept.append(len(metrics._reporter._waits))
+        readings = sdk.read()
+    assert max(kept) <= 6
+    assert readings.histogram("db.client.connection.wait_time", db.name).count == 20
+    assert readings.histogram("db.client.connection.use_time", db.name).count == 20

@@ -39,7 +39,7 @@ from dbscope._exceptions import ConfigurationError
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-    from dbscope._otel_metrics import PoolReporter
+    from dbscope._otel_reporter import PoolReporter
 
 __all__ = ["SEMCONV_VERSION", "PoolMetrics", "instrument"]
 
@@ -113,7 +113,8 @@ def instrument(
     """
     _check_arguments(db, meter_provider)
     try:
-        from dbscope._otel_metrics import PoolReporter, instruments_for
+        from dbscope._otel_metrics import instruments_for
+        from dbscope._otel_reporter import PoolReporter
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("opentelemetry"):
             raise
