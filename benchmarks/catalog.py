@@ -38,6 +38,12 @@ VARIANTS: Final = (
     Variant("dbscope_session", "dbscope Session"),
     Variant("dbscope_fast", "dbscope db.lease() (asyncpg)"),
     Variant(
+        "dbscope_metrics",
+        "dbscope Session, metrics on",
+        requires=(("opentelemetry.sdk", "opentelemetry-sdk"),),
+    ),
+    Variant("dbscope_tags", "dbscope Session, SQL comments on"),
+    Variant(
         "with_advanced_alchemy",
         "advanced-alchemy",
         requires=(("advanced_alchemy", "advanced-alchemy"),),
