@@ -396,7 +396,7 @@ def test_importing_dbscope_and_its_alembic_module_does_not_import_alembic() -> N
 @pytest.fixture
 def documented_project(tmp_path: Path) -> Iterator[Path]:
     """A project whose env.py is the guide's, with a ``myapp.models`` beside it."""
-    env = block_containing("docs/migrations.md", "run_migrations(Base.metadata)")
+    env = block_containing("docs/alembic.md", "run_migrations(Base.metadata)")
     (tmp_path / "myapp").mkdir()
     (tmp_path / "myapp" / "__init__.py").write_text("")
     models = (
@@ -411,7 +411,7 @@ def documented_project(tmp_path: Path) -> Iterator[Path]:
 async def test_the_guides_env_py_migrates_with_only_database_url(
     documented_project: Path, clean: str
 ) -> None:
-    """docs/migrations.md's env.py, as written, under `alembic upgrade head`."""
+    """docs/alembic.md's env.py, as written, under `alembic upgrade head`."""
     done = await alembic(documented_project, "upgrade", "head", environment={"DATABASE_URL": clean})
     assert done.returncode == 0, done.stderr.decode()
     assert await version_of(clean) == ["0001"]
@@ -420,10 +420,10 @@ async def test_the_guides_env_py_migrates_with_only_database_url(
 async def test_the_guides_migrate_function_upgrades_and_says_at_head(
     documented_project: Path, clean: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/migrations.md's migrate() from code, in the project's directory."""
+    """docs/alembic.md's migrate() from code, in the project's directory."""
     monkeypatch.chdir(documented_project.parent)
     monkeypatch.setenv("DATABASE_URL", clean)
-    namespace = run_block(block_containing("docs/migrations.md", "async def migrate"), clean)
+    namespace = run_block(block_containing("docs/alembic.md", "async def migrate"), clean)
     assert await namespace["migrate"]() is True
     assert await version_of(clean) == ["0001"]
 
@@ -432,9 +432,9 @@ async def test_the_guides_migrate_function_upgrades_and_says_at_head(
 async def test_the_guides_shared_connection_upgrades_in_the_callers_transaction(
     documented_project: Path, clean: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/migrations.md's upgrade_in(connection) migrates; the caller commits."""
+    """docs/alembic.md's upgrade_in(connection) migrates; the caller commits."""
     monkeypatch.chdir(documented_project.parent)
-    namespace = run_block(block_containing("docs/migrations.md", "def upgrade_in"), clean)
+    namespace = run_block(block_containing("docs/alembic.md", "def upgrade_in"), clean)
     async with Database(clean) as db, db.engine.begin() as connection:
         assert isinstance(connection, AsyncConnection)
         await namespace["upgrade_in"](connection)

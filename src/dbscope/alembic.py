@@ -1,6 +1,6 @@
 """Alembic from the application's own settings: a one-line env.py, and migrations from code.
 
-The whole ``env.py`` of a project (docs/migrations.md)::
+The whole ``env.py`` of a project (docs/alembic.md)::
 
     from dbscope.alembic import run_migrations
     from myapp.models import Base

@@ -1,4 +1,4 @@
-"""The notes service's migrations run on the service's own settings (docs/migrations.md)."""
+"""The notes service's migrations run on the service's own settings (docs/alembic.md)."""
 
 from examples.notes.models import Base
 
