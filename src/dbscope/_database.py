@@ -9,7 +9,8 @@ a pooled driver connection without a session, for hot reads (see ``_lease.py``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +25,7 @@ from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, HealthProb
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
+from dbscope._replicas import Replicas
 from dbscope._settings import DatabaseSettings, default_pool_name, load_settings
 from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
@@ -50,13 +52,22 @@ class Database(UnitEntryPoints):
                 await session.execute(...)
     """
 
-    def __init__(self, url: str | URL | None = None, *, schema: str | None = None, **options: Any):
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        schema: str | None = None,
+        replicas: Sequence[str | URL] | None = None,
+        **options: Any,
+    ):
         fields = DatabaseSettings.model_fields
         values = {name: options.pop(name) for name in list(options) if name in fields}
         if url is not None:
             values["database_url"] = url
         if schema is not None:
             values["postgres_schema"] = schema
+        if replicas is not None:
+            values["database_replica_urls"] = replicas
         self._setup(load_settings(from_env=False, **values), options)
 
     @classmethod
@@ -112,8 +123,17 @@ class Database(UnitEntryPoints):
             driver=settings.url.get_driver_name(),
             application=settings.application_name,
         )
+        self._replicas = (
+            Replicas(settings, options, self._lifecycle, self.name)
+            if settings.database_replica_urls
+            else None
+        )
         self._units = Units(
-            self._lifecycle.session_maker, self._limits, settings.postgres_schema, tagger
+            self._lifecycle.session_maker,
+            self._limits,
+            settings.postgres_schema,
+            tagger,
+            self._replicas,
         )
         self._health = HealthProbe(self._lifecycle)
 
@@ -132,9 +152,13 @@ class Database(UnitEntryPoints):
         tagger = self._units.tagger
         if tagger is not None and self._lifecycle.state == "connected":  # not a test's binding
             tagger.install(self._lifecycle.engine, self._units.running_comment)
+        if self._replicas is not None and self._lifecycle.state == "connected":
+            await self._replicas.connect()
 
     async def dispose(self) -> None:
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""
+        if self._replicas is not None:
+            await self._replicas.dispose()
         await self._lifecycle.dispose()
         await self._health.close()
 
@@ -218,18 +242,21 @@ class Database(UnitEntryPoints):
         isolation_level: str | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
+        stale_ok: bool = False,
     ) -> Callable[..., Awaitable[AsyncSession]]:
         """A FastAPI session dependency with per-request options (see ``transaction()``).
 
         ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
         that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
         transaction at that level (with ``@db.retry()`` on the endpoint to re-run it after a
-        conflict). The same options give the same dependency object, so all uses within one
-        request share one session.
+        conflict). With replicas, a read-only request reads one that has the writes its client
+        made before (docs/replicas.md); ``stale_ok=True`` takes any ready replica. The same
+        options give the same dependency object, so all uses within one request share one
+        session.
         """
         from dbscope.fastapi._dependencies import session_dependency
 
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
+        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
         return session_dependency(self, options)
 
     # -- the driver connection, for hot reads -----------------------------------------------
@@ -307,8 +334,22 @@ class Database(UnitEntryPoints):
         return self._lifecycle.server
 
     def stats(self) -> PoolStats:
-        """Count the pool's connections: in use, idle, beyond pool_size, and replaced."""
-        return self._lifecycle.stats()
+        """Count the pool's connections: in use, idle, beyond pool_size, and replaced; with
+        replicas, each replica's state, lag and reads, and the reads that fell back to the
+        primary, by why."""
+        stats = self._lifecycle.stats()
+        if self._replicas is None:
+            return stats
+        fallbacks = tuple(sorted(self._replicas.fallbacks.items()))
+        return dataclasses.replace(stats, replicas=self._replicas.stats(), fallbacks=fallbacks)
+
+    def write_token(self) -> str | None:
+        """The log position of the latest write committed in this context (a request, a
+        script's task), as a token: pass it as ``transaction(read_only=True, after=token)``
+        (with a job, say) to read that write on a replica. None before any write, or without
+        replicas."""
+        token = None if self._replicas is None else self._replicas.write_token()
+        return None if token is None else str(token)
 
     async def health(
         self,

@@ -18,9 +18,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
 from dbscope._unit_of_work import DEFAULT_OPTIONS, UnitOfWork, UnitOptions, Units
+from dbscope._write_tokens import WriteToken
 
 
 class UnitEntryPoints:
@@ -38,6 +40,8 @@ class UnitEntryPoints:
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
+        after: str | None = None,
+        stale_ok: bool = False,
     ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
@@ -55,9 +59,14 @@ class UnitEntryPoints:
             tags: names and values (str) that its statements carry in their SQL comment, e.g.
                 ``{"job": "purge"}``, while the ``sql_comments`` setting is on (see
                 docs/sql-tags.md). Keep them few and fixed: no ids.
+            after: a write token (``db.write_token()``, passed on with a job): a read-only
+                unit reads a replica only once it has replayed that write (docs/replicas.md).
+                By default, the writes seen in this context so far.
+            stale_ok: a read-only unit may read any ready replica, caught up or not.
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options, comment=self._units.comment(tags)) as unit:
+        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        comment = self._units.comment(tags)
+        async with self._units.open(options, comment=comment, after=_token(after)) as unit:
             yield unit.session
 
     def unit_of_work(
@@ -94,12 +103,14 @@ class UnitEntryPoints:
         isolation_level: str | None,
         statement_timeout: float | None,
         schema: str | None,
+        stale_ok: bool = False,
     ) -> UnitOptions:
         options = UnitOptions(
             read_only=read_only,
             isolation_level=isolation_level,
             statement_timeout=statement_timeout,
             schema=schema,
+            stale_ok=stale_ok,
         )
         if options == DEFAULT_OPTIONS:
             return DEFAULT_OPTIONS
@@ -135,6 +146,8 @@ class UnitEntryPoints:
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
+        after: str | None = None,
+        stale_ok: bool = False,
     ) -> list[T]:
         """Run independent queries concurrently, each in a unit of work of its own.
 
@@ -143,13 +156,14 @@ class UnitEntryPoints:
         between tasks; this gives each query its own session and connection (so it needs
         ``len(queries)`` free connections). If one query fails, the others are cancelled and
         the error propagates. Units are read-only unless ``read_only=False``; the other
-        options (and ``tags``) apply to each unit as in ``transaction()``.
+        options (and ``tags``, ``after``, ``stale_ok``) apply to each unit as in
+        ``transaction()``.
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        comment = self._units.comment(tags)
+        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        comment, token = self._units.comment(tags), _token(after)
 
         async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with self._units.open(options, comment=comment) as unit:
+            async with self._units.open(options, comment=comment, after=token) as unit:
                 return await query(unit.session)
 
         tasks = [asyncio.ensure_future(run(query)) for query in queries]
@@ -170,6 +184,8 @@ class UnitEntryPoints:
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
+        after: str | None = None,
+        stale_ok: bool = False,
     ) -> AsyncIterator[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
@@ -177,10 +193,12 @@ class UnitEntryPoints:
         generator. The stream's transaction commits when the last chunk has been produced,
         and rolls back if the client goes away (or anything raises) before then. The
         request's own session cannot be used in a streaming body: its unit of work ended
-        when the endpoint returned. The options (and ``tags``) are those of ``transaction()``.
+        when the endpoint returned. The options (and ``tags``, ``after``, ``stale_ok``) are
+        those of ``transaction()``.
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        async with self._units.open(options, comment=self._units.comment(tags)) as unit:
+        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        comment = self._units.comment(tags)
+        async with self._units.open(options, comment=comment, after=_token(after)) as unit:
             async for item in body(unit.session):
                 yield item
 
@@ -192,6 +210,8 @@ class UnitEntryPoints:
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
+        after: str | None = None,
+        stale_ok: bool = False,
         policy: RetryPolicy | None = None,
         **policy_fields: Any,
     ) -> Retrying:
@@ -209,16 +229,16 @@ class UnitEntryPoints:
         (409 in FastAPI).
 
         Args:
-            read_only, isolation_level, statement_timeout, schema, tags: as for
-                ``transaction()``.
+            read_only, isolation_level, statement_timeout, schema, tags, after, stale_ok: as
+                for ``transaction()``.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema)
-        comment = self._units.comment(tags)
+        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        comment, token = self._units.comment(tags), _token(after)
         return Retrying(
-            lambda: self._units.open(options, comment=comment),
+            lambda: self._units.open(options, comment=comment, after=token),
             retry_policy(policy, **policy_fields),
             self._units.rules,
             on_retry=self._lifecycle.count_retry,
@@ -263,3 +283,17 @@ class UnitEntryPoints:
             ValueError: the name is not a plain identifier.
         """
         await self._units.running().use_schema(name)
+
+
+def _token(after: str | None) -> WriteToken | None:
+    """The write token ``after`` names; ConfigurationError if it names none."""
+    if after is None:
+        return None
+    token = WriteToken.parse(after) if isinstance(after, str) else None
+    if token is None:
+        message = (
+            f"after={after!r} is not a write token; pass what db.write_token() returned "
+            "after the write (a str such as '7290871234567890123:16B374D848'), or None."
+        )
+        raise ConfigurationError(message)
+    return token

@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
 from dbscope._pool import PoolCounters, PoolStats
+from dbscope._session import session_factory
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_of_work import session_factory
 
 logger = logging.getLogger("dbscope")
 

@@ -25,10 +25,11 @@ new connection took to open is measured only while a :class:`PoolObserver` is at
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 from sqlalchemy import event
@@ -42,6 +43,8 @@ from sqlalchemy.util import await_only
 from dbscope._dialects import driver
 from dbscope._errors import LineFullError
 
+REPLICA_FIELDS: Final = ("replicas", "fallbacks")
+ReplicaState = Literal["starting", "ready", "lagging", "down", "promoted", "foreign"]
 # When the connection was last returned to the pool (time.monotonic()); absent while it has
 # never been checked in, that is, just after it was opened.
 CHECKED_IN_AT: Final = "dbscope.checked_in_at"
@@ -239,6 +242,29 @@ class LivenessCheck:
 
 
 @dataclass(frozen=True)
+class ReplicaStats:
+    """One replica, as ``db.stats().replicas`` shows it.
+
+    Attributes:
+        name: the replica's pool name (its ``host:port/database``).
+        state: ``"ready"`` (serving reads), ``"lagging"`` (more than ``replica_max_lag``
+            behind), ``"down"`` (unreachable, in back-off), ``"promoted"`` (no longer in
+            recovery), ``"foreign"`` (another cluster's), or ``"starting"``.
+        lag: bytes of log behind the primary at the last check; None if unknown.
+        served: read-only units it has served.
+        reason: why it is not ready, if it is not.
+        pool: its pool's numbers; None while it has no engine.
+    """
+
+    name: str
+    state: ReplicaState
+    lag: int | None
+    served: int
+    reason: str | None
+    pool: PoolStats | None
+
+
+@dataclass(frozen=True, repr=False)
 class PoolStats:
     """A snapshot of the connection pool.
 
@@ -257,6 +283,11 @@ class PoolStats:
             connect().
         refused: requests refused at once since connect(), because ``pool_max_waiters``
             requests already waited.
+        replicas: each read replica's numbers (:class:`ReplicaStats`); empty without.
+        fallbacks: read-only units that ran on the primary instead of a replica, by why:
+            ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
+            ``replica_wait``), ``unreachable``, ``connection_lost``, ``pool_timeout``,
+            ``isolation_level`` (a snapshot level with a token).
     """
 
     size: int
@@ -268,6 +299,17 @@ class PoolStats:
     waiting: int = 0
     timeouts: int = 0
     refused: int = 0
+    replicas: tuple[ReplicaStats, ...] = ()
+    fallbacks: tuple[tuple[str, int], ...] = ()
+
+    def __repr__(self) -> str:
+        # The replica fields only when there are replicas: most pools have none.
+        shown = [
+            f"{field.name}={getattr(self, field.name)!r}"
+            for field in dataclasses.fields(self)
+            if field.name not in REPLICA_FIELDS or getattr(self, field.name)
+        ]
+        return f"PoolStats({', '.join(shown)})"
 
 
 class PoolCounters:

@@ -19,22 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
-from dbscope._lazy_loads import refuse_lazy_loads
+from dbscope._lazy_loads import STRICT_KEY, refuse_lazy_loads
 from dbscope._tags import SqlComment
 
+logger = logging.getLogger("dbscope")
+
 CommitHook = Callable[[], Any]
+# On a pooled connection's info, while a unit that tracks its writes uses it: the unit's state.
+WRITER: Final = "dbscope.writer"
+# How long a unit's end waits for another task still inside its session.
+IDLE_WAIT_SECONDS: Final = 30.0
 T = TypeVar("T")
 
 # The AsyncSession methods that run on the connection: the ones a second task must not enter.
@@ -73,6 +81,9 @@ class UnitState:
         due: callbacks whose transaction committed, waiting to run.
         comment: the SQL comment its statements carry (``sql_comments``), if any.
         request_id: shown in the server's session list during each transaction, if any.
+        tracks_writes: the primary's log position is read after each of its commits, for
+            read-your-writes on replicas (``_replicas.py``).
+        write_position: the latest position read so, if any.
     """
 
     rules: Backend
@@ -83,6 +94,8 @@ class UnitState:
     due: list[CommitHook] = field(default_factory=list)
     comment: SqlComment | None = None
     request_id: str | None = None
+    tracks_writes: bool = False
+    write_position: int | None = None
 
 
 class UnitSession(Session):
@@ -164,6 +177,8 @@ def _configure_transaction(
     state.applied_schema = state.begin.schema
     if state.request_id is not None:
         state.rules.name_transaction(connection, state.request_id)
+    if state.tracks_writes:  # read when the connection returns, after its commit
+        connection.info[WRITER] = state
 
 
 @event.listens_for(UnitSession, "after_transaction_create")
@@ -221,3 +236,77 @@ def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -
             return True
         transaction = transaction.parent
     return False
+
+
+def session_factory(
+    *, raise_on_lazy_load: bool, **options: Any
+) -> async_sessionmaker[AsyncSession]:
+    """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes."""
+    return async_sessionmaker(
+        class_=UnitAsyncSession,
+        sync_session_class=UnitSession,
+        expire_on_commit=False,
+        autoflush=False,
+        info={STRICT_KEY: raise_on_lazy_load},
+        **options,
+    )
+
+
+def unit_bind(
+    factory: async_sessionmaker[AsyncSession],
+    rules: Backend,
+    read_only: bool,
+    isolation_level: str | None,
+) -> dict[str, Any]:
+    """The session arguments of a unit: an engine view when it needs one (below)."""
+    # An isolation level must hold for every transaction of the unit (a retried attempt, a
+    # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
+    # engine view with the level, which applies it at each checkout. On PostgreSQL the same
+    # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
+    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
+    # began (the backend's begin() then sets read-only itself).
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        return {}
+    view = rules.read_only_view if read_only else None
+    if isolation_level is None and not view:
+        return {}
+    return {"bind": _engine_view(bind, isolation_level, view)}
+
+
+@functools.lru_cache(maxsize=32)
+def _engine_view(
+    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
+) -> AsyncEngine:
+    # Built once per engine and options rather than per unit: a view costs about 30 µs. The
+    # cache keeps at most 32 views, and the engines behind them, alive.
+    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
+    if isolation_level is not None:
+        view["isolation_level"] = isolation_level
+    return engine.execution_options(**view)
+
+
+async def wait_idle(session: UnitAsyncSession) -> None:
+    """Wait (a bounded time) until no other task is inside ``session``."""
+    # Another task may still be inside the session (asyncio.gather over it): the one that
+    # came second was refused, the first finishes its statement before the unit ends.
+    if session.idle():
+        return  # the usual case, and every request's: no timer to set up
+    try:
+        async with asyncio.timeout(IDLE_WAIT_SECONDS):
+            await session.wait_idle()
+    except TimeoutError:
+        logger.error("A session stayed in use by another task; its connection is dropped.")
+        session._user = None  # the unit's end goes on; invalidate() discards the connection
+        await session.invalidate()
+
+
+async def run_commit_hooks(state: UnitState) -> None:
+    """Run the callbacks whose transaction committed; log, never raise, their errors."""
+    for callback in take_due_hooks(state):
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("An on_commit callback failed: %r", callback)

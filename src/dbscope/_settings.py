@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import backend, resolve_async_url
 from dbscope._exceptions import ConfigurationError
+from dbscope._replica_settings import ReplicaSettings
 from dbscope._setting_sources import (
     NO_DATABASE,
     Sources,
@@ -67,7 +68,7 @@ def default_pool_name(url: URL) -> str:
     return f"{','.join(host_ports(url))}/{url.database or ''}"
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(ReplicaSettings):
     """Where the database is and how to pool its connections.
 
     Every field can be given as a keyword argument or read from the environment variable of
@@ -290,7 +291,27 @@ class DatabaseSettings(BaseSettings):
             raise setting_error("postgres_schema", self.postgres_schema, message)
         if is_memory(self._url):
             self._check_memory_pool()
+        if self.database_replica_urls:
+            self._check_replicas()
         return self
+
+    def _check_replicas(self) -> None:
+        primary = backend(self._url.get_backend_name())
+        for replica in self.database_replica_urls:
+            if not (primary.has_replicas and backend(replica.get_backend_name()) is primary):
+                message = (
+                    f"read replicas are routed for PostgreSQL streaming replicas of a "
+                    f"PostgreSQL primary; here the primary is {self._url.get_backend_name()} and "
+                    f"a replica {replica.get_backend_name()}. Remove the replicas, or name "
+                    "PostgreSQL URLs."
+                )
+                raise setting_error("database_replica_urls", None, message)
+
+    def for_replica(self, url: URL) -> DatabaseSettings:
+        """These settings for the replica at ``url``: its own URL, the same pool settings."""
+        copy = self.model_copy(update={"database_url": url, "database_replica_urls": ()})
+        copy._url = url
+        return copy
 
     def _url_from_parts(self) -> URL:
         parts = (self.postgres_user, self.postgres_host, self.postgres_db)
@@ -336,6 +357,7 @@ class _ArgumentSettings(DatabaseSettings):
     _argument_names: ClassVar[Mapping[str, str]] = {
         "database_url": "url",
         "postgres_schema": "schema",
+        "database_replica_urls": "replicas",
     }
     _reads_env: ClassVar[bool] = False
 

@@ -11,31 +11,28 @@ rollback. What the unit asks of its transactions is one :class:`UnitOptions`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, NoSessionError
-from dbscope._lazy_loads import STRICT_KEY
 from dbscope._session import (
     CommitHook,
     UnitAsyncSession,
-    UnitSession,
     UnitState,
     add_commit_hook,
     attach_state,
-    take_due_hooks,
+    run_commit_hooks,
+    unit_bind,
+    wait_idle,
 )
 from dbscope._settings import validate_schema_name
 from dbscope._tags import SqlComment, SqlTagger, check_tags
@@ -43,8 +40,6 @@ from dbscope._tags import SqlComment, SqlTagger, check_tags
 logger = logging.getLogger("dbscope")
 
 ISOLATION_LEVELS: Final = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
-# How long a unit's end waits for another task still inside its session.
-IDLE_WAIT_SECONDS: Final = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,14 +51,23 @@ class UnitOptions:
         isolation_level: e.g. ``"SERIALIZABLE"``; None keeps the database's default.
         statement_timeout: seconds any one statement may run (PostgreSQL, MariaDB/MySQL).
         schema: PostgreSQL schema for this unit; None keeps the Database's.
+        stale_ok: a read-only unit may read a replica that has not replayed the writes seen
+            before it (reports); never waits for one.
     """
 
     read_only: bool = False
     isolation_level: str | None = None
     statement_timeout: float | None = None
     schema: str | None = None
+    stale_ok: bool = False
 
     def __post_init__(self) -> None:
+        if self.stale_ok and not self.read_only:
+            message = (
+                "stale_ok=True applies to read-only units, which may read a replica; a unit "
+                "that writes always runs on the primary. Add read_only=True, or remove stale_ok."
+            )
+            raise ConfigurationError(message)
         if self.schema is not None:
             validate_schema_name(self.schema)
         if self.statement_timeout is not None and self.statement_timeout <= 0:
@@ -97,6 +101,22 @@ class UnitOptions:
 
 
 DEFAULT_OPTIONS: Final = UnitOptions()
+# Builds a unit's UnitOfWork on a sessionmaker (a replica's), or on the Database's own (None).
+MakeUnit = Callable[[async_sessionmaker[AsyncSession] | None], "UnitOfWork"]
+
+
+class ReadRouter(Protocol):
+    """Where read-only units run, when a Database has replicas (``_replicas.Replicas``)."""
+
+    def routes(self) -> bool:
+        """Whether units are routed now (connected, and not bound to a test's connection)."""
+
+    async def open_read(self, make: MakeUnit, options: UnitOptions, after: object) -> UnitOfWork:
+        """A read-only unit, on a replica that has the writes of ``after`` (a WriteToken,
+        else those seen in this context) or on the primary; its connection checked out."""
+
+    def remember(self, position: int) -> None:
+        """A unit's commit left the primary's log at ``position``: later reads must see it."""
 
 
 class UnitOfWork:
@@ -135,20 +155,6 @@ class UnitOfWork:
             state.applied_schema = name
 
 
-def session_factory(
-    *, raise_on_lazy_load: bool, **options: Any
-) -> async_sessionmaker[AsyncSession]:
-    """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes."""
-    return async_sessionmaker(
-        class_=UnitAsyncSession,
-        sync_session_class=UnitSession,
-        expire_on_commit=False,
-        autoflush=False,
-        info={STRICT_KEY: raise_on_lazy_load},
-        **options,
-    )
-
-
 class Units:
     """Opens the units of work of one Database and knows which one runs in this context.
 
@@ -157,6 +163,7 @@ class Units:
         limits: what error messages quote (pool numbers, where the database is).
         schema: the Database's default schema.
         tagger: the SQL comments of its units (``sql_comments``); None when off.
+        router: routes read-only units to replicas; None without replicas.
     """
 
     def __init__(
@@ -165,8 +172,10 @@ class Units:
         limits: Limits,
         schema: str | None,
         tagger: SqlTagger | None = None,
+        router: ReadRouter | None = None,
     ) -> None:
         self.sessions = sessions
+        self.router = router
         self.limits = limits
         self.rules = limits.backend
         self.schema = schema
@@ -193,10 +202,12 @@ class Units:
         *,
         comment: SqlComment | None = None,
         request_id: str | None = None,
+        after: object = None,
     ) -> UnitRun:
         """A unit of work to enter with ``async with``; ``comment`` tags its statements (by
-        default, the tagger's shared tags), ``request_id`` names its transactions."""
-        return UnitRun(self, options, comment, request_id)
+        default, the tagger's shared tags), ``request_id`` names its transactions, ``after``
+        (a WriteToken) is a write a read-only unit must see."""
+        return UnitRun(self, options, comment, request_id, after)
 
     def comment(self, tags: Mapping[str, str] | None) -> SqlComment | None:
         """The comment of a unit with ``tags``; None while SQL comments are off (``tags`` are
@@ -228,6 +239,10 @@ class Units:
         return unit
 
 
+# A routed unit's options, the write it must see, its comment and request id.
+_Route = tuple[UnitOptions, object, SqlComment | None, str | None]
+
+
 class UnitRun:
     """Run one unit of work: ``async with UnitRun(...) as unit:`` commits if the body
     returns and rolls back if it raises.
@@ -239,7 +254,7 @@ class UnitRun:
     one, and each generator layer costs a few microseconds.
     """
 
-    __slots__ = ("_limits", "_token", "_units", "unit")
+    __slots__ = ("_limits", "_route", "_token", "_units", "unit")
 
     def __init__(
         self,
@@ -247,20 +262,52 @@ class UnitRun:
         options: UnitOptions,
         comment: SqlComment | None = None,
         request_id: str | None = None,
+        after: object = None,
     ) -> None:
-        factory = units.sessions()
-        session = factory(**_unit_bind(factory, units.rules, options))
-        begin, self._limits = units.prepared(options)
-        state = attach_state(session.sync_session, UnitState(units.rules, begin))
+        self._units = units
+        self._limits = units.prepared(options)[1]
+        self._route: _Route | None = None
+        router = units.router
+        routed = router is not None and router.routes()
+        if routed and options.read_only:
+            # The unit is made in __aenter__, on the replica chosen then (or the primary).
+            self._route = (options, after, comment, request_id)
+            return
+        self.unit = self._make(units.sessions(), options, comment, request_id)
+        self.unit.state.tracks_writes = routed
+
+    def _make(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        options: UnitOptions,
+        comment: SqlComment | None,
+        request_id: str | None,
+    ) -> UnitOfWork:
+        units = self._units
+        session = factory(
+            **unit_bind(factory, units.rules, options.read_only, options.isolation_level)
+        )
+        state = attach_state(
+            session.sync_session, UnitState(units.rules, units.prepared(options)[0])
+        )
         if units.tagger is not None:
             state.comment = comment or units.tagger.default
         if request_id is not None:
             state.request_id = request_id
-        self.unit = UnitOfWork(session, state)
-        self.unit.rollback_only = options.read_only
-        self._units = units
+        unit = UnitOfWork(session, state)
+        unit.rollback_only = options.read_only
+        return unit
 
     async def __aenter__(self) -> UnitOfWork:
+        if self._route is not None:
+            options, after, comment, request_id = self._route
+            router = self._units.router
+            assert router is not None
+
+            def make(factory: async_sessionmaker[AsyncSession] | None) -> UnitOfWork:
+                return self._make(factory or self._units.sessions(), options, comment, request_id)
+
+            self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
         return self.unit
 
@@ -274,6 +321,9 @@ class UnitRun:
             error = end_error
         finally:
             self._leave()
+        position = self.unit.state.write_position
+        if position is not None and self._units.router is not None:
+            self._units.router.remember(position)
         if error is None or isinstance(error, Exception):
             # Work committed earlier in the unit (an explicit commit()) stays committed, so
             # its callbacks are due even when the unit failed afterwards.
@@ -296,7 +346,7 @@ class UnitRun:
         """
         session = self.unit.session
         assert isinstance(session, UnitAsyncSession)
-        await _wait_idle(session)
+        await wait_idle(session)
         outcome = failure
         if failure is None:
             try:
@@ -327,58 +377,3 @@ class UnitRun:
         with contextlib.suppress(ValueError):
             self._units.current.reset(self._token)
         self.unit.state.ended = True
-
-
-async def _wait_idle(session: UnitAsyncSession) -> None:
-    # Another task may still be inside the session (asyncio.gather over it): the one that
-    # came second was refused, the first finishes its statement before the unit ends.
-    if session.idle():
-        return  # the usual case, and every request's: no timer to set up
-    try:
-        async with asyncio.timeout(IDLE_WAIT_SECONDS):
-            await session.wait_idle()
-    except TimeoutError:
-        logger.error("A session stayed in use by another task; its connection is dropped.")
-        session._user = None  # the unit's end goes on; invalidate() discards the connection
-        await session.invalidate()
-
-
-def _unit_bind(
-    factory: async_sessionmaker[AsyncSession], rules: Backend, options: UnitOptions
-) -> dict[str, Any]:
-    # An isolation level must hold for every transaction of the unit (a retried attempt, a
-    # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
-    # engine view with the level, which applies it at each checkout. On PostgreSQL the same
-    # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
-    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
-    # began (the backend's begin() then sets read-only itself).
-    bind = factory.kw.get("bind")
-    if not isinstance(bind, AsyncEngine):
-        return {}
-    read_only = rules.read_only_view if options.read_only else None
-    if options.isolation_level is None and not read_only:
-        return {}
-    return {"bind": _engine_view(bind, options.isolation_level, read_only)}
-
-
-@functools.lru_cache(maxsize=32)
-def _engine_view(
-    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
-) -> AsyncEngine:
-    # Built once per engine and options rather than per unit: a view costs about 30 µs. The
-    # cache keeps at most 32 views, and the engines behind them, alive.
-    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
-    if isolation_level is not None:
-        view["isolation_level"] = isolation_level
-    return engine.execution_options(**view)
-
-
-async def run_commit_hooks(state: UnitState) -> None:
-    """Run the callbacks whose transaction committed; log, never raise, their errors."""
-    for callback in take_due_hooks(state):
-        try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("An on_commit callback failed: %r", callback)

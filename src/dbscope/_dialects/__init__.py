@@ -23,6 +23,7 @@ from dbscope._dialects._base import (
     ErrorKind,
     LeaseStatus,
     Presence,
+    Replication,
     Standbys,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "ErrorKind",
     "LeaseStatus",
     "Presence",
+    "Replication",
     "Standbys",
     "backend",
     "driver",

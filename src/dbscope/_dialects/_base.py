@@ -95,6 +95,22 @@ class Driver:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """One server's place in streaming replication.
+
+    Attributes:
+        cluster: the cluster's identity, shared by a primary and its physical replicas
+            (PostgreSQL's system identifier); "" when the server does not say.
+        replica: whether the server is a replica (in recovery), not a primary.
+        position: a replica's replayed position, or a primary's current one, in bytes.
+    """
+
+    cluster: str
+    replica: bool
+    position: int | None
+
+
+@dataclass(frozen=True)
 class Begin:
     """What a unit asks of each transaction it begins."""
 
@@ -148,6 +164,8 @@ class Backend:
         drivers: its async drivers, in order of preference when a URL names none.
         has_schemas: whether a unit can target a schema (``search_path``).
         has_statement_timeout: whether a unit can bound its statements' time.
+        has_replicas: whether read-only units can be routed to its streaming replicas, by the
+            position each has replayed (``write_position`` and the readings below).
         recycle: seconds after which a pooled connection is replaced by default; -1: never.
         pinged: whether idle connections are checked before use by default.
         read_only_view: execution options (set to True) that make a transaction begin read
@@ -163,6 +181,7 @@ class Backend:
     drivers: Mapping[str, Driver] = field(default_factory=dict)
     has_schemas: bool = False
     has_statement_timeout: bool = False
+    has_replicas: bool = False
     recycle: int = -1
     pinged: bool = True
     read_only_view: tuple[str, ...] = ()
@@ -282,6 +301,21 @@ class Backend:
     def client(self, url: URL) -> Client | None:
         """The command-line client for ``url``'s database; None if dbscope knows none."""
         return None
+
+    # -- read replicas (where has_replicas) --------------------------------------------------
+
+    def write_position(self, dbapi_connection: Any) -> int:
+        """The server's position in its log now, read on a driver connection whose
+        transaction has just committed, outside any transaction (called from a pool event)."""
+        raise NotImplementedError
+
+    async def replication(self, connection: AsyncConnection) -> Replication:
+        """What the server says of its place in replication (see :class:`Replication`)."""
+        raise NotImplementedError
+
+    async def replayed(self, connection: AsyncConnection, position: int) -> bool:
+        """Whether the replica on ``connection`` has replayed the log up to ``position``."""
+        raise NotImplementedError
 
     async def standbys(self, connection: AsyncConnection) -> Standbys | None:
         """Whether commits wait for a synchronous standby; None where the question does not

@@ -18,6 +18,7 @@ from dbscope._dialects._base import (
     Driver,
     ErrorKind,
     LeaseStatus,
+    Replication,
     Standbys,
     rollback_connection,
     server_version,
@@ -52,6 +53,21 @@ FROM pg_stat_replication
 """
 # libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
 SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+# Read-your-writes (FIELD-NOTES: a position taken inside the transaction misses its own commit).
+WRITE_POSITION: Final = "SELECT pg_current_wal_insert_lsn()::text"
+# pg_control_system() needs pg_monitor or superuser; without it the cluster goes unnamed.
+REPLICATION: Final = (
+    "SELECT (SELECT system_identifier::text FROM pg_control_system()), pg_is_in_recovery(), "
+    "pg_last_wal_replay_lsn()::text, "
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+)
+# The position goes as text: asyncpg would encode a pg_lsn parameter from an int.
+REPLAYED: Final = (
+    "SELECT pg_is_in_recovery() "
+    "AND pg_last_wal_replay_lsn() >= CAST(CAST(:position AS text) AS pg_lsn)"
+)
 
 
 def sqlstate(orig: BaseException | None) -> str | None:
@@ -181,12 +197,50 @@ class PostgreSQL(Backend):
             install="install PostgreSQL's client, e.g. apt install postgresql-client",
         )
 
+    def write_position(self, dbapi_connection: Any) -> int:
+        # Outside a transaction (autocommit: no BEGIN, nothing for the pool to roll back), on
+        # the connection that committed: its log position now is past its commit record.
+        was = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(WRITE_POSITION)
+            (position,) = cursor.fetchone()
+            cursor.close()
+        finally:
+            dbapi_connection.autocommit = was
+        return lsn_bytes(position)
+
+    async def replication(self, connection: AsyncConnection) -> Replication:
+        cluster, replica, replayed, current = (await connection.execute(text(REPLICATION))).one()
+        position = replayed if replica else current
+        return Replication(
+            cluster=cluster or "",
+            replica=replica,
+            position=None if position is None else lsn_bytes(position),
+        )
+
+    async def replayed(self, connection: AsyncConnection, position: int) -> bool:
+        result = await connection.execute(text(REPLAYED), {"position": lsn_text(position)})
+        return bool(result.scalar())
+
     async def standbys(self, connection: AsyncConnection) -> Standbys | None:
         row = (await connection.execute(text(STANDBYS_QUERY))).one()
         setting, commit, in_sync, hidden = row
         return Standbys(
             setting=setting, commit=commit, in_sync=None if hidden and not in_sync else in_sync
         )
+
+
+def lsn_bytes(text: str) -> int:
+    """A log sequence number (``16/B374D848``) as a position in bytes."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def lsn_text(position: int) -> str:
+    """A position in bytes as a log sequence number."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
@@ -329,6 +383,7 @@ PSYCOPG: Final = Driver(
     set_autocommit=_psycopg_set_autocommit,
 )
 BACKEND: Final = PostgreSQL(
+    has_replicas=True,
     name="postgresql",
     aliases=("postgres",),
     drivers={"asyncpg": ASYNCPG, "psycopg": PSYCOPG},

@@ -1,0 +1,75 @@
+"""The settings of read replicas, validated with the others (see ``_settings.py``).
+
+``DATABASE_REPLICA_URLS`` (``Database(url, replicas=[...])``) names PostgreSQL streaming
+replicas of the primary, comma-separated in the environment; each gets a pool of its own with
+the primary's pool settings. The bounds say when a replica may serve reads: how far behind
+the primary it may be (``replica_max_lag``, in bytes of WAL, ``16MB`` accepted), how long a
+read that must see a write waits for a replica to catch up (``replica_wait``), and how often
+each replica is checked (``replica_check_interval``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import ByteSize, field_validator
+from pydantic_settings import BaseSettings, NoDecode
+from sqlalchemy.engine import URL
+
+from dbscope._dialects import resolve_async_url
+from dbscope._urls import parse_url
+
+# 16 MiB of WAL: one segment; a replica further behind serves no reads.
+DEFAULT_MAX_LAG = 16 * 1024 * 1024
+
+
+class ReplicaSettings(BaseSettings):
+    """The replica fields of :class:`dbscope.DatabaseSettings`."""
+
+    database_replica_urls: Annotated[tuple[URL, ...], NoDecode] = ()
+    """PostgreSQL streaming replicas of the primary; read-only units are routed to them.
+    Comma-separated in ``DATABASE_REPLICA_URLS``; ``replicas=[...]`` for ``Database``."""
+    replica_max_lag: ByteSize = ByteSize(DEFAULT_MAX_LAG)
+    """How far (bytes of WAL, e.g. ``16MB``) a replica may be behind and still serve reads."""
+    replica_wait: float = 0.05
+    """Seconds a read that must see an earlier write waits for a replica to replay it before
+    it reads the primary instead."""
+    replica_check_interval: float = 1.0
+    """Seconds between two checks of each replica (reachable, still a replica, its lag)."""
+
+    @field_validator("database_replica_urls", mode="before")
+    @classmethod
+    def _parse_replica_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, URL) or not isinstance(value, list | tuple):
+            message = "must be a list of replica URLs (comma-separated in the environment)"
+            raise ValueError(message)
+        urls = []
+        for given in value:
+            if not isinstance(given, str | URL):
+                raise ValueError(f"each replica must be a URL, got a {type(given).__name__}")
+            urls.append(resolve_async_url(parse_url(given)))
+        return tuple(urls)
+
+    @field_validator("replica_max_lag")
+    @classmethod
+    def _check_max_lag(cls, value: ByteSize) -> ByteSize:
+        if value < 0:
+            raise ValueError(f"must be a size in bytes, 0 or more, e.g. '16MB'; got {value}")
+        return value
+
+    @field_validator("replica_wait")
+    @classmethod
+    def _check_wait(cls, value: float) -> float:
+        if value < 0:
+            message = f"must be 0 (read the primary at once) or a number of seconds, got {value}"
+            raise ValueError(message)
+        return value
+
+    @field_validator("replica_check_interval")
+    @classmethod
+    def _check_interval(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be a positive number of seconds, got {value}")
+        return value

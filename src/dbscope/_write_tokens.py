@@ -1,0 +1,112 @@
+"""Write tokens: where in the primary's log a client's acknowledged writes are.
+
+After a unit of work that wrote commits, dbscope reads the primary's log position on the same
+connection; a :class:`WriteToken` is that position with the cluster it belongs to. A read
+that carries the token goes to a replica only once the replica has replayed the log that far,
+so it sees the write (read-your-writes). The tokens a request or a script has seen are kept in
+a :class:`TokenJar`, one per context, keyed by cluster: two Databases on one cluster share
+their log and so a token, two clusters never mix.
+
+A token is data, not authority: a forged or garbled one costs its bearer reads from the
+primary, nothing else. :func:`parse_tokens` reads them from a cookie or header, ignoring what
+it cannot read and what is too long to be honest.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Final
+
+# At most this many tokens (clusters) are read from one header or cookie, and no longer text.
+MAX_TOKENS: Final = 8
+MAX_TEXT: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class WriteToken:
+    """A position in one cluster's log, in bytes; written ``<cluster>:<position in hex>``."""
+
+    cluster: str
+    position: int
+
+    def __str__(self) -> str:
+        return f"{self.cluster}:{self.position:X}"
+
+    @classmethod
+    def parse(cls, text: str) -> WriteToken | None:
+        """The token ``text`` writes, or None if it is not one."""
+        cluster, separator, position = text.strip().partition(":")
+        if not (separator and cluster.isdigit() and position):
+            return None
+        try:
+            value = int(position, 16)
+        except ValueError:
+            return None
+        return cls(cluster, value) if 0 <= value < 1 << 64 else None
+
+
+def parse_tokens(text: str) -> list[WriteToken]:
+    """The tokens in a comma-separated header or cookie value; unreadable ones are skipped."""
+    if len(text) > MAX_TEXT:
+        return []
+    tokens = (WriteToken.parse(part) for part in text.split(",")[:MAX_TOKENS])
+    return [token for token in tokens if token is not None]
+
+
+class TokenJar:
+    """The latest write token of each cluster seen in one request or context.
+
+    Attributes:
+        changed: a token was added since the jar was made (a response must carry it).
+    """
+
+    __slots__ = ("_tokens", "changed")
+
+    def __init__(self, tokens: list[WriteToken] | None = None) -> None:
+        self._tokens: dict[str, WriteToken] = {}
+        for token in tokens or ():
+            self._keep(token)
+        self.changed = False
+
+    def add(self, token: WriteToken) -> None:
+        """Keep ``token`` if it is later than the one of its cluster."""
+        if self._keep(token):
+            self.changed = True
+
+    def get(self, cluster: str) -> WriteToken | None:
+        """The latest token of ``cluster``, if any."""
+        return self._tokens.get(cluster)
+
+    def render(self) -> str:
+        """Every token, comma-separated: what a cookie or header carries."""
+        return ",".join(str(token) for token in self._tokens.values())
+
+    def _keep(self, token: WriteToken) -> bool:
+        kept = self._tokens.get(token.cluster)
+        if kept is not None and kept.position >= token.position:
+            return False
+        self._tokens[token.cluster] = token
+        return True
+
+
+_jar: ContextVar[TokenJar | None] = ContextVar("dbscope_write_tokens", default=None)
+
+
+def current_jar(*, create: bool = False) -> TokenJar | None:
+    """The jar of this context; with ``create``, a new one set here if there is none."""
+    jar = _jar.get()
+    if jar is None and create:
+        jar = TokenJar()
+        _jar.set(jar)
+    return jar
+
+
+def use_jar(jar: TokenJar) -> Token[TokenJar | None]:
+    """Make ``jar`` this context's (a request's); returns what :func:`leave_jar` takes."""
+    return _jar.set(jar)
+
+
+def leave_jar(token: Token[TokenJar | None]) -> None:
+    """Put back the jar that was this context's before :func:`use_jar`."""
+    _jar.reset(token)
