@@ -21,7 +21,7 @@ from dbscope._exceptions import (
     StatementTimeoutError,
     UnitOfWorkEndedError,
 )
-from dbscope._health import Health, HealthCheck
+from dbscope._health_report import Health, HealthCheck
 from dbscope._pool import PoolStats
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from dbscope._engine import ServerInfo, check_engine_options, engine_options
 from dbscope._entry_points import UnitEntryPoints
 from dbscope._errors import Limits
-from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, HealthProbe, ProbeOptions
+from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, ProbeOptions
+from dbscope._health_report import Health
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
@@ -135,7 +136,9 @@ class Database(UnitEntryPoints):
             tagger,
             self._replicas,
         )
-        self._health = HealthProbe(self._lifecycle)
+        self._health = HealthProbe(
+            self._lifecycle, None if self._replicas is None else self._replicas.stats
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

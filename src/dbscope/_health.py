@@ -22,10 +22,11 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final
 
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -34,102 +35,18 @@ from sqlalchemy.pool import NullPool, QueuePool
 from dbscope._dialects import backend, driver
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
+from dbscope._health_report import Health, HealthCheck, Status
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolStats
+from dbscope._pool import PoolStats, ReplicaStats
 from dbscope._urls import describe_location
 
 logger = logging.getLogger("dbscope")
 
-Status = Literal["pass", "warn", "fail"]
 # The engine options a probe's connection is opened with, as the app's are: how to connect.
 CONNECT_OPTIONS: Final = ("connect_args", "async_creator")
 # A Kubernetes probe's default timeoutSeconds is 1: the probe gives up well before it.
 DEFAULT_TIMEOUT: Final = 0.5
 DEFAULT_MAX_AGE: Final = 1.0
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """One reading of a :class:`Health` answer: one entry of its ``checks``.
-
-    Attributes:
-        component: what was observed: ``"database"`` (the server) or ``"pool"``.
-        measurement: ``"responseTime"``, ``"utilization"``, ``"waiting"`` or
-            ``"migrations"``; the check's key is ``component:measurement``.
-        component_type: ``"datastore"`` for the server, ``"component"`` for the pool.
-        status: ``"pass"``, ``"warn"`` or ``"fail"``.
-        time: when the value was read (UTC); a server reading may be up to ``max_age`` old.
-        observed_value: the value read, if any (milliseconds, a percentage, a count, the
-            revisions the database is at).
-        observed_unit: the unit of ``observed_value``.
-        output: why the status is not ``"pass"``; None when it is.
-    """
-
-    component: str
-    measurement: str
-    component_type: str
-    status: Status
-    time: datetime
-    observed_value: float | int | tuple[str, ...] | None = None
-    observed_unit: str | None = None
-    output: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The check's name in ``checks``: ``component:measurement``."""
-        return f"{self.component}:{self.measurement}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The check as an ``application/health+json`` check object."""
-        rendered: dict[str, Any] = {"componentType": self.component_type}
-        if self.observed_value is not None:
-            value = self.observed_value
-            rendered["observedValue"] = list(value) if isinstance(value, tuple) else value
-            rendered["observedUnit"] = self.observed_unit
-        rendered["status"] = self.status
-        rendered["time"] = self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        if self.output is not None:
-            rendered["output"] = self.output
-        return rendered
-
-
-@dataclass(frozen=True)
-class Health:
-    """What ``db.health()`` found: an overall status and the checks behind it.
-
-    Attributes:
-        status: ``"fail"`` if any check failed, else ``"warn"`` if any warned, else
-            ``"pass"``.
-        checks: the readings, in a fixed order: the server, the migrations (when asked),
-            the pool.
-    """
-
-    status: Status
-    checks: tuple[HealthCheck, ...]
-
-    @classmethod
-    def of(cls, checks: tuple[HealthCheck, ...]) -> Health:
-        """The answer made of ``checks``, with the worst of their statuses."""
-        statuses = {check.status for check in checks}
-        status: Status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
-        return cls(status=status, checks=checks)
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status to answer with: 503 for ``"fail"``, 200 otherwise."""
-        return 503 if self.status == "fail" else 200
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``application/health+json`` document: ``status``, ``output``, ``checks``."""
-        rendered: dict[str, Any] = {"status": self.status}
-        outputs = [check.output for check in self.checks if check.output is not None]
-        if outputs and self.status != "pass":
-            rendered["output"] = "; ".join(outputs)
-        checks: dict[str, list[dict[str, Any]]] = {}
-        for check in self.checks:
-            checks.setdefault(check.key, []).append(check.to_dict())
-        rendered["checks"] = checks
-        return rendered
 
 
 @dataclass(frozen=True)
@@ -187,8 +104,13 @@ _Reading = tuple[tuple[HealthCheck, ...], float]
 class HealthProbe:
     """The health of one Database: its probe engine, its last reading, its probe in flight."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        replicas: Callable[[], tuple[ReplicaStats, ...]] | None = None,
+    ) -> None:
         self._lifecycle = lifecycle
+        self._replicas = replicas
         # Keyed by the app's engine: a new one (after dispose and connect) gets a new probe.
         self._engines: dict[tuple[AsyncEngine, float], AsyncEngine] = {}
         self._reading: tuple[object, _Reading] | None = None  # keyed as the in-flight probe
@@ -210,6 +132,8 @@ class HealthProbe:
         pool: tuple[HealthCheck, ...] = ()
         if state == "connected" and isinstance(engine.pool, QueuePool):
             pool = pool_checks(engine.pool, self._lifecycle.stats(), now)
+        if state == "connected" and self._replicas is not None:
+            pool += tuple(replica_check(replica, now) for replica in self._replicas())
         server = await self._server(engine, options)
         return Health.of(server + pool)
 
@@ -371,6 +295,21 @@ def pool_checks(pool: QueuePool, stats: PoolStats, now: datetime) -> tuple[Healt
     waiting = stats.waiting
     output = f"{waiting} requests wait for a connection" if waiting else None
     return (*checks, _pool_check("waiting", now, waiting, "requests", output))
+
+
+def replica_check(replica: ReplicaStats, now: datetime) -> HealthCheck:
+    """A replica's reading: ``warn`` when it serves no reads (they go to the primary, so the
+    instance still serves), with its lag in bytes; never its name, which names its host."""
+    return HealthCheck(
+        component="replica",
+        measurement="lag",
+        component_type="datastore",
+        status="pass" if replica.state == "ready" else "warn",
+        time=now,
+        observed_value=replica.lag,
+        observed_unit="bytes",
+        output=None if replica.state == "ready" else f"a replica is {replica.state}",
+    )
 
 
 def _pool_check(

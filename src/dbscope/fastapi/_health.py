@@ -7,7 +7,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from dbscope._exceptions import ConfigurationError
-from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, Health, ProbeOptions
+from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, ProbeOptions
+from dbscope._health_report import Health
 
 MEDIA_TYPE: Final = "application/health+json"
 # A probe's answer is true for this instant only: no proxy or client may reuse it.
