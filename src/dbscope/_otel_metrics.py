@@ -176,6 +176,13 @@ OBSERVED: Final = (
         "{retry}",
         "Units of work run again after a serialization failure or deadlock.",
     ),
+    Observed(
+        "dbscope.replica.fallbacks",
+        True,
+        PoolReporter.fallbacks,
+        "{unit}",
+        "Read-only units run on the primary instead of a replica, by reason.",
+    ),
 )
 
 

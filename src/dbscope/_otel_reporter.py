@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 POOL_NAME: Final = "db.client.connection.pool.name"
 STATE: Final = "db.client.connection.state"
+# Why a read-only unit ran on the primary instead of a replica (dbscope.replica.fallbacks).
+REASON: Final = "dbscope.fallback.reason"
 # Durations put aside beyond which a checkout records them itself: memory stays bounded
 # (about 1 MB per pool) when nothing collects, or collects seldom.
 PENDING_MAX: Final = 20_000
@@ -68,12 +71,20 @@ class PoolReporter:
         name: the pool's name (``Database.name``).
         instruments: the instruments of the MeterProvider it reports to.
         durations: measure each checkout's wait and use, and each connection's opening.
+        fallbacks: the Database's reads sent to the primary instead of a replica, by why.
     """
 
     def __init__(
-        self, lifecycle: Lifecycle, name: str, instruments: Instruments, *, durations: bool
+        self,
+        lifecycle: Lifecycle,
+        name: str,
+        instruments: Instruments,
+        *,
+        durations: bool,
+        fallbacks: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.name = name
+        self._fallbacks = fallbacks
         self.instruments = instruments
         self.durations = durations
         self._lifecycle = lifecycle
@@ -206,6 +217,14 @@ class PoolReporter:
     def pings(self) -> list[Observation]:
         """Liveness pings."""
         return self._count(self._figures()[1].pinged)
+
+    def fallbacks(self) -> list[Observation]:
+        """Read-only units run on the primary instead of a replica, by why."""
+        counts = {} if self._fallbacks is None else self._fallbacks()
+        return [
+            Observation(count, {POOL_NAME: self.name, REASON: reason})
+            for reason, count in counts.items()
+        ]
 
     def retries(self) -> list[Observation]:
         """Units of work re-run after a conflict."""

@@ -52,12 +52,16 @@ class PoolMetrics:
     """One Database's pool metrics, reported to one MeterProvider; ``instrument()`` makes it.
 
     They follow the Database across ``connect()`` and ``dispose()``: counters keep counting
-    from one engine to the next, and while disposed the pool reports no connections.
+    from one engine to the next, and while disposed the pool reports no connections. Each
+    read replica's pool is reported as a pool of its own, named as the replica.
     """
 
-    def __init__(self, name: str, reporter: PoolReporter) -> None:
+    def __init__(
+        self, name: str, reporter: PoolReporter, replicas: tuple[PoolReporter, ...] = ()
+    ) -> None:
         self._name = name
         self._reporter = reporter
+        self._replicas = replicas
         self._closed = False
 
     @property
@@ -78,7 +82,8 @@ class PoolMetrics:
         """
         if not self._closed:
             self._closed = True
-            self._reporter.stop()
+            for reporter in (self._reporter, *self._replicas):
+                reporter.stop()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -132,9 +137,19 @@ def instrument(
         )
         raise ConfigurationError(message)
     # The Database's lifecycle announces each engine it builds and disposes.
-    reporter = PoolReporter(db._lifecycle, db.name, instruments, durations=durations)
-    reporter.start()
-    metrics = _instrumented[db] = PoolMetrics(db.name, reporter)
+    router = db._replicas
+    fallbacks = None if router is None else (lambda: dict(router.fallbacks))
+    reporter = PoolReporter(
+        db._lifecycle, db.name, instruments, durations=durations, fallbacks=fallbacks
+    )
+    # Each replica's pool is a pool of its own, named as the replica.
+    replicas = tuple(
+        PoolReporter(replica.lifecycle, replica.name, instruments, durations=durations)
+        for replica in ([] if router is None else router.replicas)
+    )
+    for started in (reporter, *replicas):
+        started.start()
+    metrics = _instrumented[db] = PoolMetrics(db.name, reporter, replicas)
     return metrics
 
 
