@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint check clean bench
+.PHONY: demo test lint check clean bench docs
 
 # A virtualenv with dbscope (editable) and everything the tests use; rebuilt when
 # pyproject.toml changes.
@@ -33,10 +33,14 @@ lint: $(STAMP)
 
 check: lint test
 
+## Build the docs site (mkdocs.yml) into site/, offline, warnings and broken links as errors.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 ## Benchmark dbscope against raw asyncpg, SQLAlchemy and other libraries (docs/benchmarks.md).
 ## Builds benchmarks/.venv, installs wrk if missing, takes under 20 minutes.
 bench:
 	PYTHON=$(PYTHON) bash benchmarks/setup.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

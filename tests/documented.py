@@ -14,13 +14,15 @@ import contextlib
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, overload
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from tests import docs_blocks
 
 ROOT = Path(__file__).parent.parent
 DOCS_URL = '"postgresql+asyncpg://app@localhost/app"'
@@ -34,17 +36,44 @@ def blocks(document: str, language: str = "python") -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", source, flags=re.DOTALL)
 
 
-def python_blocks(document: str) -> list[str]:
+class PythonBlocks(Sequence[str]):
+    """The ```python blocks of one document; a block taken by its index counts as run
+    (tests/docs_blocks.py), while looking through them, ``for`` or ``in``, does not."""
+
+    def __init__(self, document: str) -> None:
+        self.document = document
+        self.blocks = blocks(document)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        taken = self.blocks[index]
+        docs_blocks.take(self.document, [taken] if isinstance(taken, str) else taken)
+        return taken
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.blocks)
+
+
+def python_blocks(document: str) -> PythonBlocks:
     """The ```python blocks of a Markdown file under the repository root."""
-    return blocks(document)
+    return PythonBlocks(document)
 
 
 def block_containing(document: str, needle: str, language: str = "python") -> str:
-    """The one block of ``document`` in ``language`` that contains ``needle``."""
+    """The one block of ``document`` in ``language`` that contains ``needle``; a python
+    block found so counts as run (tests/docs_blocks.py)."""
     found = [block for block in blocks(document, language) if needle in block]
     if len(found) != 1:
         message = f"{document} has {len(found)} {language} blocks containing {needle!r}, not 1"
         raise LookupError(message)
+    if language == "python":
+        docs_blocks.take(document, found)
     return found[0]
 
 
