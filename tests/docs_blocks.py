@@ -56,15 +56,15 @@ class Block:
         return f"{self.document}, python block {self.number}: {self.first_line}"
 
 
-def documents() -> list[str]:
-    """README.md and every Markdown file under docs/, as paths from the repository root."""
-    guides = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").rglob("*.md"))
+def documents(root: Path = ROOT) -> list[str]:
+    """README.md and every Markdown file under docs/, as paths from ``root``."""
+    guides = sorted(path.relative_to(root).as_posix() for path in (root / "docs").rglob("*.md"))
     return ["README.md", *guides]
 
 
-def python_blocks_of(document: str) -> list[Block]:
+def python_blocks_of(document: str, root: Path = ROOT) -> list[Block]:
     """The ```python blocks of ``document``, each with its not-run marker if it has one."""
-    source = (ROOT / document).read_text()
+    source = (root / document).read_text()
     found = []
     for number, match in enumerate(FENCE.finditer(source), start=1):
         line_before = source[: match.start()].rstrip(" ").removesuffix("\n").rsplit("\n", 1)[-1]
@@ -79,12 +79,12 @@ def take(document: str, taken: Iterable[str]) -> None:
     TAKEN.update((document, code) for code in taken)
 
 
-def unrun(taken: Collection[tuple[str, str]]) -> list[Block]:
+def unrun(taken: Collection[tuple[str, str]], root: Path = ROOT) -> list[Block]:
     """The blocks of every document that are neither in ``taken`` nor marked as not run."""
     return [
         block
-        for document in documents()
-        for block in python_blocks_of(document)
+        for document in documents(root)
+        for block in python_blocks_of(document, root)
         if block.not_run is None and (document, block.code) not in taken
     ]
 
@@ -133,7 +133,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if not _whole_and_green(session):
         return
-    _RUN.unrun = unrun(_RUN.taken)
+    _RUN.unrun = unrun(_RUN.taken, session.config.rootpath)
     if _RUN.unrun:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
