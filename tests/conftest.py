@@ -14,6 +14,10 @@ them after it, ``db`` is a connected Database, and ``project_url`` is cleared of
 plugin's tests leave (tests/plugin_projects.py). The builders and helpers the test modules
 share (an app from its routes' bodies, an in-process client, killing a backend) live in
 tests/helpers.py; a test module never imports from another one.
+
+``replica_pair`` is a PostgreSQL primary with a streaming replica (tests/replica_cluster.py),
+started for the run by tests/replicas/cluster only when a test asks for it;
+``primary_url`` and ``replica_url`` name the two through each PostgreSQL driver in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -31,6 +36,7 @@ from sqlalchemy.engine import make_url
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
 from tests.plugin_projects import clean_project_database
+from tests.replica_cluster import PairUnavailable, ReplicaPair, ensure_pair, release
 
 pytest_plugins = ["pytester"]
 
@@ -79,6 +85,11 @@ def require_server(url: str) -> None:
         f"No database server at {host}:{port}; start it as DEVELOPERS.md says, "
         "or point DBSCOPE_TEST_POSTGRES_URL / DBSCOPE_TEST_MYSQL_URL elsewhere."
     )
+    unavailable(message)
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test with ``message``, or fail it under CI=true."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -125,6 +136,37 @@ def mysql_url(tmp_path: Path) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file of this test's own."""
     return url_for("sqlite", tmp_path)
+
+
+@pytest.fixture(scope="session")
+def replica_pair() -> Iterator[ReplicaPair]:
+    """A PostgreSQL primary and a streaming replica of it (tests/replica_cluster.py): the
+    one DBSCOPE_TEST_PRIMARY_URL / DBSCOPE_TEST_REPLICA_URL name, or tests/replicas/cluster's,
+    started for the run if it is not running (and then stopped at the run's end)."""
+    try:
+        pair = ensure_pair()
+    except PairUnavailable as error:
+        unavailable(f"No replica pair: {error}")
+    yield pair
+    release(pair)
+
+
+@pytest.fixture(params=POSTGRES_DRIVERS)
+def replica_driver(request: pytest.FixtureRequest) -> str:
+    """The driver of primary_url and replica_url: asyncpg, then psycopg."""
+    return str(request.param)
+
+
+@pytest.fixture
+def primary_url(replica_pair: ReplicaPair, replica_driver: str) -> str:
+    """The replica pair's primary, through each PostgreSQL driver in turn."""
+    return replica_pair.url("primary", replica_driver)
+
+
+@pytest.fixture
+def replica_url(replica_pair: ReplicaPair, replica_driver: str) -> str:
+    """The replica pair's replica, through the same driver as primary_url."""
+    return replica_pair.url("replica", replica_driver)
 
 
 @pytest.fixture
