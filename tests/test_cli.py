@@ -20,13 +20,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dbscope._cli import main
+from dbscope.testing import own_database
 from tests.documented import ROOT, block_containing
 from tests.helpers import (
     SERVER_BACKENDS,
     admin,
     postgres_parts,
     without_settings,
-    without_tables,
 )
 from tests.server import free_port
 
@@ -83,8 +83,11 @@ def secret_url(request: pytest.FixtureRequest, database_url: str, db_backend: st
 
 @pytest.fixture
 def example_clean(database_url: str) -> Iterator[str]:
-    """The database URL without the example's tables, before and after."""
-    yield from without_tables(database_url, *EXAMPLE_TABLES)
+    """The URL of an empty database made for the test (``<name>_test``), dropped after it:
+    `alembic check` compares the whole database with the models, so another test's tables in
+    the shared one would read as a change."""
+    with own_database(database_url) as url:
+        yield url
 
 
 def nowhere() -> str:

@@ -4,7 +4,6 @@
 SQL comments on (dbscope_metrics.py, dbscope_tags.py) serve the very same endpoints.
 """
 
-from __future__ import annotations
 
 from typing import Annotated
 
