@@ -33,7 +33,6 @@ from tests.server import free_port
 DBSCOPE = str(Path(sys.executable).with_name("dbscope"))
 SECRET = "Pa55-w0rd-nobody-sees"
 EXAMPLE_INI = ROOT / "examples" / "notes" / "alembic.ini"
-EXAMPLE_TABLES = ("example_notes", "example_authors", "alembic_version")
 CLIENTS = {"psql", "mariadb", "mysql", "sqlite3"}
 
 
