@@ -5,7 +5,9 @@ primary on 127.0.0.1:5433 and the replica, a base backup of it on a replication 
 own, on 127.0.0.1:5434, both with a database ``test`` (docs/replicas.md, "Trying replicas
 locally"). :func:`ensure_pair` finds it running or starts it, :func:`release` stops it if
 this run started it; ``DBSCOPE_TEST_PRIMARY_URL`` and ``DBSCOPE_TEST_REPLICA_URL`` name an
-existing pair instead (which the tests then never stop).
+existing pair instead (which the tests then never stop), and ``DBSCOPE_REPLICAS_PORT`` /
+``DBSCOPE_REPLICAS_NAME`` make the script's pair on other ports, under other names (beside
+another checkout's, say).
 
 Stale reads are made for real, on the replica: :func:`replay_paused` pauses WAL replay,
 :func:`apply_delayed` delays the replay of every commit (``recovery_min_apply_delay``), and
@@ -34,8 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tests.helpers import admin
 
 SCRIPT = Path(__file__).parent / "replicas" / "cluster"
-PRIMARY_URL = "postgresql://postgres@127.0.0.1:5433/test"
-REPLICA_URL = "postgresql://postgres@127.0.0.1:5434/test"
+# The script's pair: the primary on DBSCOPE_REPLICAS_PORT (5433), the replica on the next port.
+PRIMARY_PORT = int(os.environ.get("DBSCOPE_REPLICAS_PORT", "5433"))
+PRIMARY_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT}/test"
+REPLICA_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT + 1}/test"
 # The start measured ~4 s (an earlier pair dropped first: ~5 s); this bounds a stuck one.
 START_TIMEOUT = 120.0
 WAIT_TIMEOUT = 10.0

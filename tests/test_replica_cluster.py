@@ -15,8 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from tests.documented import ROOT, block_containing
 from tests.helpers import admin
 from tests.replica_cluster import (
-    PRIMARY_URL,
-    REPLICA_URL,
+    PRIMARY_PORT,
     ReplicaPair,
     apply_delayed,
     cluster,
@@ -226,36 +225,47 @@ async def test_a_stopped_replica_refuses_connections_and_streams_again_once_star
 
 
 def test_the_documented_commands_start_check_and_stop_a_pair(replica_pair: ReplicaPair) -> None:
-    """docs/replicas.md's commands, run as written: start prints both URLs, status passes, the
-    replica is in recovery, and stop leaves nothing listening; the run's pair is back after."""
+    """docs/replicas.md's commands, run as written on a pair of their own beside the run's:
+    start prints both URLs, status passes, the replica is in recovery, and stop leaves
+    nothing listening."""
     if not replica_pair.managed:
-        pytest.skip("the environment names a pair of its own; the script's would be another")
+        pytest.skip("the environment names a pair of its own: the script may not run here")
     lines = [
         line.split("#")[0].strip()
         for line in block_containing("docs/replicas.md", "cluster status", language="sh")
         .strip()
         .splitlines()
     ]
+    ports = (PRIMARY_PORT + 2, PRIMARY_PORT + 3)
     try:
-        outputs = [run_documented(line) for line in lines]
-        assert PRIMARY_URL in outputs[0]
-        assert REPLICA_URL in outputs[0]
+        outputs = [run_documented(line, ports) for line in lines]
+        assert f"postgresql://postgres@127.0.0.1:{ports[0]}/test" in outputs[0]
+        assert f"postgresql://postgres@127.0.0.1:{ports[1]}/test" in outputs[0]
         assert "streaming" in outputs[1]
         assert outputs[2].split() == ["pg_is_in_recovery", "-------------------", "t", "(1", "row)"]
-        for port in (5433, 5434):
+        for port in ports:
             ready = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)], check=False)
             assert ready.returncode != 0
     finally:
-        restarted = cluster("start")
-        assert restarted.returncode == 0, restarted.stderr
+        run_documented("tests/replicas/cluster stop", ports)
 
 
-def run_documented(line: str) -> str:
-    """Run one documented command from the repository's root (sudo left out for root); its
-    output, once it succeeded."""
+def run_documented(line: str, ports: tuple[int, int]) -> str:
+    """Run one documented command from the repository's root, on the pair of ``ports``
+    (sudo left out for root); its output, once it succeeded."""
+    for documented, actual in zip((5433, 5434), ports, strict=True):
+        line = line.replace(f":{documented}/", f":{actual}/")
     words = shlex.split(line)
     if words[0] == "sudo" and os.geteuid() == 0:
         words = words[1:]
-    done = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, check=False)
+    name = os.environ.get("DBSCOPE_REPLICAS_NAME", "dbscope")
+    environment = {
+        **os.environ,
+        "DBSCOPE_REPLICAS_NAME": f"{name}_docs",
+        "DBSCOPE_REPLICAS_PORT": str(ports[0]),
+    }
+    done = subprocess.run(
+        words, cwd=ROOT, env=environment, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
     return done.stdout
