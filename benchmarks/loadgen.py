@@ -14,7 +14,7 @@ import contextlib
 import importlib
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -86,9 +86,12 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[rank]
 
 
-def request_bytes(path: str) -> bytes:
-    """A keep-alive GET for ``path`` on 127.0.0.1."""
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: dbscope-bench\r\n\r\n".encode()
+def request_bytes(path: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """A keep-alive GET for ``path`` on 127.0.0.1, with ``headers`` besides its own."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: dbscope-bench\r\n{extra}\r\n"
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -155,11 +158,17 @@ class _Client:
     waits as ``Retry-After`` asks (as urllib3's retries do) before its next request."""
 
     def __init__(
-        self, port: int, path: str, start: float, result: LoadResult, *, back_off: bool
+        self,
+        port: int,
+        request: bytes,
+        start: float,
+        result: LoadResult,
+        *,
+        back_off: bool,
     ) -> None:
         self.back_off = back_off
         self.port = port
-        self.request = request_bytes(path)
+        self.request = request
         self.start = start
         self.result = result
         self.writer: asyncio.StreamWriter | None = None
@@ -219,10 +228,14 @@ async def run_load(
     duration: float,
     wait: float = 30.0,
     back_off: bool = False,
+    headers: Mapping[str, str] | None = None,
+    until: asyncio.Event | None = None,
 ) -> LoadResult:
     """Send requests for ``path`` over ``connections`` connections for ``duration`` seconds.
 
-    With ``back_off``, each client waits as a response's ``Retry-After`` asks.
+    With ``back_off``, each client waits as a response's ``Retry-After`` asks. Every request
+    carries ``headers``. With ``until``, the load ends as soon as that event is set, if
+    before ``duration``; the result's duration is then the seconds it ran.
 
     A request that gets no response within ``wait`` seconds counts as a transport error.
     Requests in flight at the deadline are abandoned: their connections are closed, as a
@@ -231,10 +244,16 @@ async def run_load(
     start = time.monotonic()
     deadline = start + duration
     result = LoadResult(duration=duration)
-    clients = [_Client(port, path, start, result, back_off=back_off) for _ in range(connections)]
+    request = request_bytes(path, headers)
+    clients = [_Client(port, request, start, result, back_off=back_off) for _ in range(connections)]
     tasks = [asyncio.create_task(client.run(deadline, wait)) for client in clients]
     try:
-        await asyncio.sleep(duration)
+        if until is None:
+            await asyncio.sleep(duration)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), duration)
+            result.duration = time.monotonic() - start
     finally:
         for task in tasks:
             task.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,12 +33,24 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run(port: int, path: str, *, connections: int, duration: float, core: int | None) -> WrkResult:
-    """Load ``http://127.0.0.1:port/path`` with wrk for ``duration`` seconds."""
+def run(
+    port: int,
+    path: str,
+    *,
+    connections: int,
+    duration: float,
+    core: int | None,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
+    """Load ``http://127.0.0.1:port/path`` with wrk for ``duration`` seconds; every request
+    carries ``headers``."""
+    extra: list[str] = []
+    for name, value in (headers or {}).items():
+        extra += ["-H", f"{name}: {value}"]
     command = pinned(
         [
             "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            "--latency", "--timeout", "10s", f"http://{HOST}:{port}{path}",
+            "--latency", "--timeout", "10s", *extra, f"http://{HOST}:{port}{path}",
         ],
         core,
     )  # fmt: skip

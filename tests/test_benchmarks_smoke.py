@@ -1,4 +1,5 @@
-"""The benchmark harness does not rot: its smoke mode runs every project-only variant."""
+"""The benchmark harnesses do not rot: their smoke modes run every project-only variant, and
+the replica benchmark's three measurements on the replica pair."""
 
 import json
 import os
@@ -10,7 +11,8 @@ import pytest
 from benchmarks.catalog import ENDPOINTS, PROJECT_ONLY
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_URL, require_server
+from tests.conftest import POSTGRES_URL, require_server, unavailable
+from tests.replica_cluster import ReplicaPair
 
 ROOT = Path(__file__).parent.parent
 
@@ -37,3 +39,34 @@ def test_benchmark_smoke_mode_answers_every_endpoint_of_every_variant(tmp_path: 
         assert result["updates_stored"], name
         assert result["requests"] > 0, name
         assert result["statuses"] == {"200": result["requests"]}, name
+
+
+@pytest.mark.server
+def test_replica_benchmark_smoke_mode_reads_no_stale_row_and_answers_no_500(
+    replica_pair: ReplicaPair, tmp_path: Path
+) -> None:
+    """benchmarks/replicas.py --smoke runs its three measurements on the replica pair: no
+    stale read in any phase, reads served by the replica, every request answered, no 500
+    while the replica is stopped and started, and the pair left running without a delay."""
+    if not replica_pair.managed:
+        unavailable(
+            "benchmarks/replicas.py stops and starts the replica of tests/replicas/cluster; "
+            "DBSCOPE_TEST_PRIMARY_URL / DBSCOPE_TEST_REPLICA_URL name another pair."
+        )
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "replicas.py"), "--smoke",
+        "--output", str(tmp_path),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((tmp_path / "replicas-smoke.json").read_text())
+    pairs = results["pairs"]
+    assert [phase["stale"] for phase in pairs] == [0] * len(pairs) == [0, 0, 0]
+    assert [phase["pairs"] for phase in pairs] == [phase["asked"] for phase in pairs]
+    assert pairs[0]["on_replica"] > 0
+    assert results["throughput"]["loads"]["token"]["served_by_replica"] > 0
+    assert results["failover"]["errors_500"] == 0
+    assert results["failover"]["served_while_down"] == 0
+    assert results["cleanup"] == []

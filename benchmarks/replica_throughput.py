@@ -1,0 +1,213 @@
+"""Read throughput of ``/db`` on the replica against the primary-only path, and the token's cost.
+
+Three loads on one server, in each round in a rotated order: ``/db`` through
+``db.read_session`` on the Database with the replica, with no write token; the same with a
+token the replica has already replayed (known from its last reading, so the check is a
+comparison, not a query); and ``/primary/db``, the same endpoint on a Database without
+replicas. Ratios compare runs of the same round. wrk runs the load when it is installed (the
+full run), else the Python load generator (the smoke mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import httpx
+
+from benchmarks import loadgen, wrk
+from benchmarks.config import LOAD_CORE
+from benchmarks.replica_pairs import TOKEN_HEADER, served, stats
+from benchmarks.servers import HOST, can_pin
+
+# A client id no pair client uses, for the write that makes the token.
+TOKEN_CLIENT: Final = 1_000_000
+REPLAY_TIMEOUT: Final = 10.0
+WARMUP: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """One path, with or without the replayed write token."""
+
+    key: str
+    label: str
+    path: str
+    token: bool
+
+
+REPLICA: Final = Load("replica", "`/db`, Database with the replica, no token", "/db", False)
+TOKEN: Final = Load("token", "`/db`, Database with the replica, replayed token", "/db", True)
+PRIMARY: Final = Load("primary", "`/primary/db`, Database without replicas", "/primary/db", False)
+LOADS: Final = (REPLICA, TOKEN, PRIMARY)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One load run: its round, requests/s, latency (ms), failures, and where reads went."""
+
+    round: int
+    load: str
+    tool: str
+    requests_per_second: float
+    p50_ms: float | None
+    p99_ms: float | None
+    failures: int
+    served_by_replica: int
+    fallbacks: int
+
+
+async def replayed_token(port: int) -> str:
+    """A write token, from a write through the app, once the replica has replayed it."""
+    base = f"http://{HOST}:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=REPLAY_TIMEOUT) as http:
+        written = await http.post("/write", params={"client": TOKEN_CLIENT, "seq": 1})
+        written.raise_for_status()
+        token = written.headers[TOKEN_HEADER]
+        deadline = time.monotonic() + REPLAY_TIMEOUT
+        # A read with the token served by the replica: the replica has it, and says so to
+        # the app, which keeps that position for the reads that follow.
+        while time.monotonic() < deadline:
+            read = await http.get(
+                "/read", params={"client": TOKEN_CLIENT}, headers={TOKEN_HEADER: token}
+            )
+            if read.status_code == 200 and read.json()["replica"]:
+                return token
+            await asyncio.sleep(0.05)
+    message = f"no read with the token {token} was served by the replica in {REPLAY_TIMEOUT} s"
+    raise RuntimeError(message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each load runs: its clients, seconds, and whether wrk (else loadgen.py) sends it."""
+
+    connections: int
+    duration: float
+    use_wrk: bool
+
+
+def run_load(port: int, load: Load, token: str, settings: Settings, *, number: int) -> Run:
+    """One run of ``load``, with what ``/stats`` counted meanwhile."""
+    headers = {TOKEN_HEADER: token} if load.token else None
+    before = loadgen.run_async(stats(port))
+    load_with = _with_wrk if settings.use_wrk else _with_loadgen
+    rps, p50, p99, failures, tool = load_with(port, load.path, settings, headers)
+    after = loadgen.run_async(stats(port))
+    fallbacks = sum(after["fallbacks"].values()) - sum(before["fallbacks"].values())
+    return Run(
+        round=number,
+        load=load.key,
+        tool=tool,
+        requests_per_second=round(rps, 1),
+        p50_ms=None if p50 is None else round(p50, 2),
+        p99_ms=None if p99 is None else round(p99, 2),
+        failures=failures,
+        served_by_replica=served(after) - served(before),
+        fallbacks=fallbacks,
+    )
+
+
+# requests/s, p50 and p99 in ms, failed requests, the tool's name
+Measured = tuple[float, float | None, float | None, int, str]
+
+
+def _with_wrk(port: int, path: str, settings: Settings, headers: dict[str, str] | None) -> Measured:
+    core = LOAD_CORE if can_pin() else None
+    report = wrk.run(
+        port,
+        path,
+        connections=settings.connections,
+        duration=settings.duration,
+        core=core,
+        headers=headers,
+    )
+    failures = report.non_2xx + report.socket_errors
+    return report.requests_per_second, report.p50_ms, report.p99_ms, failures, "wrk"
+
+
+def _with_loadgen(
+    port: int, path: str, settings: Settings, headers: dict[str, str] | None
+) -> Measured:
+    result = loadgen.run_async(
+        loadgen.run_load(
+            port,
+            path,
+            connections=settings.connections,
+            duration=settings.duration,
+            headers=headers,
+        )
+    )
+    latencies = [r.latency * 1000 for r in result.responses if r.status == 200]
+    p50 = loadgen.percentile(latencies, 0.50)
+    p99 = loadgen.percentile(latencies, 0.99)
+    failures = len(result.responses) - len(latencies) + result.transport_errors
+    return result.requests_per_second, p50, p99, failures, "benchmarks/loadgen.py"
+
+
+def measure(port: int, settings: Settings, *, rounds: int) -> list[Run]:
+    """Every load once per round, in an order rotated each round, after a warm-up of each."""
+    token = loadgen.run_async(replayed_token(port))
+    warmup = Settings(settings.connections, WARMUP, settings.use_wrk)
+    for load in LOADS:
+        run_load(port, load, token, warmup, number=0)
+    runs = []
+    for number in range(1, rounds + 1):
+        shift = number % len(LOADS)
+        for load in LOADS[shift:] + LOADS[:shift]:
+            runs.append(run_load(port, load, token, settings, number=number))
+            print(f"  round {number}: {runs[-1]}", flush=True)
+    return runs
+
+
+def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
+    """Medians and spreads per load, and the two ratios per round (median, min, max)."""
+    by_load: dict[str, Any] = {}
+    for load in LOADS:
+        mine = [run for run in runs if run.load == load.key]
+        rates = [run.requests_per_second for run in mine]
+        by_load[load.key] = {
+            "label": load.label,
+            "requests_per_second": _spread(rates),
+            "p50_ms": _median([run.p50_ms for run in mine]),
+            "p99_ms": _median([run.p99_ms for run in mine]),
+            "failures": sum(run.failures for run in mine),
+            "served_by_replica": sum(run.served_by_replica for run in mine),
+            "fallbacks": sum(run.fallbacks for run in mine),
+        }
+    return {
+        "seconds": settings.duration,
+        "connections": settings.connections,
+        "loads": by_load,
+        "replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY)),
+        "token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA)),
+        "runs": [asdict(run) for run in runs],
+    }
+
+
+def _ratios(runs: list[Run], top: Load, bottom: Load) -> list[float]:
+    rounds = sorted({run.round for run in runs})
+    rate = {(run.round, run.load): run.requests_per_second for run in runs}
+    return [
+        rate[number, top.key] / rate[number, bottom.key]
+        for number in rounds
+        if rate.get((number, bottom.key))
+    ]
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 2) if known else None
