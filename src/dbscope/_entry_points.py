@@ -229,8 +229,13 @@ class UnitEntryPoints:
         (409 in FastAPI).
 
         Args:
-            read_only, isolation_level, statement_timeout, schema, tags, after, stale_ok: as
-                for ``transaction()``.
+            read_only: as for ``transaction()``.
+            isolation_level: as for ``transaction()``.
+            statement_timeout: as for ``transaction()``.
+            schema: as for ``transaction()``.
+            tags: as for ``transaction()``.
+            after: as for ``transaction()``.
+            stale_ok: as for ``transaction()``.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
