@@ -1,13 +1,16 @@
 """The replica pair the replica benchmark runs on, its database, and the replica's apply delay.
 
 The pair is the one ``tests/replicas/cluster`` makes: a PostgreSQL 15 primary on
-127.0.0.1:5433 and a streaming replica of it on :5434. The benchmark keeps its tables in a
-database of its own on it, ``bench_replicas``; the replica receives them by streaming.
+127.0.0.1:5433 and a streaming replica of it on :5434, or the pair ``DBSCOPE_REPLICAS_NAME``
+and ``DBSCOPE_REPLICAS_PORT`` name (the replica on the next port; the script reads them
+too), so that the benchmark can run on a pair of its own beside the tests'. The benchmark
+keeps its tables in a database of its own, ``bench_replicas``; the replica receives them by
+streaming.
 
 Stale reads are provoked for real: ``recovery_min_apply_delay`` on the replica holds back the
 replay of each commit record (:func:`apply_delay`), and is always set back to nothing when
-the block ends. The pair is shared with other test runs: the delay and a stopped replica are
-kept as short as the measurement needs.
+the block ends. On a pair shared with test runs, the delay and a stopped replica are kept as
+short as the measurement needs.
 """
 
 from __future__ import annotations
@@ -27,8 +30,18 @@ from benchmarks.servers import HOST, ROOT
 from benchmarks.variants.common import ROWS, TABLE
 
 SCRIPT: Final = ROOT / "tests" / "replicas" / "cluster"
-PRIMARY_PORT: Final = 5433
-REPLICA_PORT: Final = 5434
+
+
+def _primary_port() -> int:
+    given = os.environ.get("DBSCOPE_REPLICAS_PORT", "5433")
+    if not (given.isdigit() and 1024 <= int(given) < 65535):
+        message = f"DBSCOPE_REPLICAS_PORT is {given!r}: use a free TCP port from 1024 to 65534"
+        raise SystemExit(message)
+    return int(given)
+
+
+PRIMARY_PORT: Final = _primary_port()
+REPLICA_PORT: Final = PRIMARY_PORT + 1
 DATABASE: Final = "bench_replicas"
 # Each write-then-read client's latest sequence number, one row per client.
 PAIRS_TABLE: Final = "bench_replica_pairs"

@@ -188,6 +188,8 @@ def _leave_pair_as_found(made: bool) -> list[str]:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        "primary_port": replica_cluster.PRIMARY_PORT,
+        "replica_port": replica_cluster.REPLICA_PORT,
         "pairs_per_phase": args.pairs,
         "pair_clients": args.clients,
         "apply_delay_ms": args.delay,
@@ -205,6 +207,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _command(argv: Sequence[str] | None) -> str:
+    """The command line that ran, with the pair's variables if set: what reruns it."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     venv = Path(sys.prefix)
     python = (
@@ -212,7 +215,12 @@ def _command(argv: Sequence[str] | None) -> str:
         if venv.is_relative_to(servers.ROOT)
         else "python"
     )
-    return shlex.join([python, "benchmarks/replicas.py", *arguments])
+    pair = [
+        f"{name}={os.environ[name]}"
+        for name in ("DBSCOPE_REPLICAS_NAME", "DBSCOPE_REPLICAS_PORT")
+        if name in os.environ
+    ]
+    return shlex.join([*pair, python, "benchmarks/replicas.py", *arguments])
 
 
 def _report(results: dict[str, Any], args: argparse.Namespace) -> int:

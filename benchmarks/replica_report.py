@@ -64,8 +64,8 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f" (uvloop {versions['uvloop'] or 'not installed'}), PostgreSQL {versions['postgresql']}"
         f", {_wrk(versions['wrk'])}; dbscope at `{env['commit']}`{modified}.",
         "",
-        "A primary (127.0.0.1:5433) and a streaming replica of it (:5434) from "
-        "`tests/replicas/cluster`; one uvicorn worker "
+        f"A primary (127.0.0.1:{settings['primary_port']}) and a streaming replica of it "
+        f"(:{settings['replica_port']}) from `tests/replicas/cluster`; one uvicorn worker "
         f"(core {settings['server_core']}), clients on core {settings['load_core']}; each "
         f"Database with `pool_size={settings['pool_size']}, max_overflow=0`, "
         f"`replica_wait={settings['replica_wait_s']}` s and "
