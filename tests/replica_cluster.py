@@ -72,6 +72,10 @@ class ReplicaPair:
         url = make_url(self.primary if role == "primary" else self.replica)
         return url.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 
+    def urls(self, driver: str) -> tuple[str, str]:
+        """The primary's and the replica's URL through ``driver``."""
+        return self.url("primary", driver), self.url("replica", driver)
+
 
 # -- the pair's life --------------------------------------------------------------------------
 

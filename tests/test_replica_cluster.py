@@ -68,10 +68,7 @@ async def test_the_replica_streams_from_a_replication_slot_of_its_own(
     replica_pair: ReplicaPair,
 ) -> None:
     """The primary shows the replica streaming on the slot the replica's settings name."""
-    primary, replica = (
-        replica_pair.url("primary", "asyncpg"),
-        replica_pair.url("replica", "asyncpg"),
-    )
+    primary, replica = replica_pair.urls("asyncpg")
     slot = await one(replica, "SHOW primary_slot_name")
     streaming = await one(
         primary,
@@ -85,10 +82,7 @@ async def test_the_replica_streams_from_a_replication_slot_of_its_own(
 async def test_only_the_replica_is_in_recovery(replica_pair: ReplicaPair) -> None:
     """pg_is_in_recovery() is true on the replica, false on the primary, which has no replay
     position."""
-    primary, replica = (
-        replica_pair.url("primary", "asyncpg"),
-        replica_pair.url("replica", "asyncpg"),
-    )
+    primary, replica = replica_pair.urls("asyncpg")
     assert await one(replica, "SELECT pg_is_in_recovery()") is True
     assert await one(primary, "SELECT pg_is_in_recovery()") is False
     assert await replay_position(primary) is None
@@ -200,10 +194,7 @@ async def test_a_stopped_replica_refuses_connections_and_streams_again_once_star
     streams and replays what the primary committed meanwhile."""
     if not replica_pair.managed:
         pytest.skip("the pair named by the environment is not the script's to stop")
-    primary, replica = (
-        replica_pair.url("primary", "asyncpg"),
-        replica_pair.url("replica", "asyncpg"),
-    )
+    primary, replica = replica_pair.urls("asyncpg")
     async with admin(primary) as connection:
         await connection.execute(text(f"DROP TABLE IF EXISTS {TABLE}"))
         await connection.execute(text(f"CREATE TABLE {TABLE} (id int PRIMARY KEY)"))
