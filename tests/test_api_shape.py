@@ -69,6 +69,7 @@ def test_every_entry_point_takes_the_same_unit_options(entry_point: str) -> None
 def test_the_fastapi_module_exports_no_builders() -> None:
     """Only what an application calls itself is public in dbscope.fastapi."""
     assert dbscope.fastapi.__all__ == [
+        "ReadYourWrites",
         "add_exception_handlers",
         "health_router",
         "http_error",

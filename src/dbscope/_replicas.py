@@ -102,6 +102,7 @@ class Replicas:
         name: str,
     ) -> None:
         self.primary = primary
+        self.name = name
         self.rules: Backend = backend(settings.url.get_backend_name())
         self.max_lag = int(settings.replica_max_lag)
         self.wait = settings.replica_wait
@@ -318,9 +319,10 @@ class Replicas:
         if state != replica.state:  # logged once per change, not once per check
             where = describe_location(replica.lifecycle.settings.url)
             if state == "ready":
-                logger.info("Replica %s serves reads", where)
+                logger.info("Replica %s of Database %r serves reads", where, self.name)
             else:
-                logger.warning("Replica %s serves no reads: %s", where, reason)
+                message = "Replica %s of Database %r serves no reads: %s"
+                logger.warning(message, where, self.name, reason)
         replica.state, replica.reason = state, reason
 
     def stats(self) -> tuple[ReplicaStats, ...]:

@@ -36,6 +36,10 @@ same answers to dbscope's errors raised elsewhere in a request (``async with db.
 ``app.include_router(health_router(db))`` serves Kubernetes' probes: ``/livez``, which never
 asks the database, and ``/readyz``, which answers ``db.health()`` without waiting in the pool.
 
+``app.add_middleware(ReadYourWrites)`` carries each client's write tokens from one request to
+the next (a cookie for browsers, a header for API clients), so that with read replicas a
+client's reads see its own earlier writes (docs/replicas.md).
+
 This is the only package of dbscope that imports FastAPI or Starlette.
 """
 
@@ -47,5 +51,12 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised only withou
 
 from dbscope.fastapi._errors import add_exception_handlers, http_error, service_unavailable
 from dbscope.fastapi._health import health_router
+from dbscope.fastapi._read_your_writes import ReadYourWrites
 
-__all__ = ["add_exception_handlers", "health_router", "http_error", "service_unavailable"]
+__all__ = [
+    "ReadYourWrites",
+    "add_exception_handlers",
+    "health_router",
+    "http_error",
+    "service_unavailable",
+]
