@@ -9,12 +9,12 @@ and the header in test_pytest_plugin_settings.py.
 
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from .documented import block_containing, blocks, python_blocks
 from .plugin_projects import (
     ASYNC_PLUGINS,
     ISOLATION_TESTS,
@@ -182,11 +182,9 @@ async def post_note(note: NoteIn, session: Session) -> None:
 @pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
 def test_the_documented_set_up_runs_as_written(pytester: pytest.Pytester, project_url: str) -> None:
     """docs/testing.md's set-up, its first test and its unittest example pass as written."""
-    guide = (Path(__file__).parent.parent / "docs" / "testing.md").read_text()
-    settings = re.findall(r"```toml\n(.*?)```", guide, flags=re.DOTALL)[0]
-    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.DOTALL)
-    first_test = blocks[0]
-    unittest_example = next(block for block in blocks if "IsolatedAsyncioTestCase" in block)
+    settings = blocks("docs/testing.md", "toml")[0]
+    first_test = python_blocks("docs/testing.md")[0]
+    unittest_example = block_containing("docs/testing.md", "IsolatedAsyncioTestCase")
     for name, source in DOCUMENTED_APP.items():
         (pytester.path / name).parent.mkdir(exist_ok=True)
         (pytester.path / name).write_text(textwrap.dedent(source))
