@@ -189,7 +189,7 @@ async def test_the_scripts_leased_connection_fetches_the_notes(
     async with connected.transaction() as session:
         session.add_all([Note(id=1, text="a"), Note(id=2, text="b"), Note(id=3, text="c")])
     code = block_containing("docs/scripts.md", "conn.fetch(").replace("notes", "guide_notes")
-    namespace = {"db": connected, "note_ids": [1, 3]}
+    namespace: dict[str, Any] = {"db": connected, "note_ids": [1, 3]}
     await run_async_block(code, namespace)
     assert [(row["id"], row["text"]) for row in namespace["rows"]] == [(1, "a"), (3, "c")]
 
