@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ByteSize, field_validator
+from pydantic import ByteSize, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 from sqlalchemy.engine import URL
 
@@ -21,6 +21,7 @@ from dbscope._urls import parse_url
 
 # 16 MiB of WAL: one segment; a replica further behind serves no reads.
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
+_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
 class ReplicaSettings(BaseSettings):
@@ -52,12 +53,22 @@ class ReplicaSettings(BaseSettings):
             urls.append(resolve_async_url(parse_url(given)))
         return tuple(urls)
 
-    @field_validator("replica_max_lag")
+    @field_validator("replica_max_lag", mode="before")
     @classmethod
-    def _check_max_lag(cls, value: ByteSize) -> ByteSize:
-        if value < 0:
-            raise ValueError(f"must be a size in bytes, 0 or more, e.g. '16MB'; got {value}")
-        return value
+    def _parse_max_lag(cls, value: Any) -> ByteSize:
+        # ByteSize's own words ("could not parse value and unit from byte string") say
+        # neither what is wanted nor how to write it.
+        try:
+            size = None if isinstance(value, bool) else _SIZE.validate_python(value)
+        except ValidationError:
+            size = None
+        if size is None or size < 0:
+            message = (
+                "must be an amount of WAL in bytes, 0 or more: a whole number, or one with a "
+                "unit, e.g. '16MB' (16,000,000 bytes), '16MiB' (16,777,216) or '512kB'"
+            )
+            raise ValueError(message)
+        return size
 
     @field_validator("replica_wait")
     @classmethod

@@ -35,7 +35,7 @@ from typing import Any, Final
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from dbscope._dialects import Backend, Replication, backend
 from dbscope._errors import Limits, translate
@@ -60,8 +60,11 @@ MAX_BACKOFF: Final = 30.0
 CATCH_UP_STEP: Final = 0.002
 # Isolation levels whose snapshot is taken at the unit's first statement, the replay check:
 # a replica could not promise a snapshot with the token's writes, so such reads carrying a
-# token run on the primary. (SERIALIZABLE is refused by a hot standby anyway.)
+# token run on the primary.
 SNAPSHOT_LEVELS: Final = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
+# Levels a hot standby refuses ("cannot use serializable mode in a hot standby"): such units
+# always run on the primary.
+PRIMARY_LEVELS: Final = frozenset({"SERIALIZABLE"})
 
 
 class Replica:
@@ -124,7 +127,13 @@ class Replicas:
         if settings.pool_name is not None:
             name = f"{primary_name} replica {name}"
         label = f"replica {name!r} of {primary_name!r}"
-        return Replica(name, Lifecycle(replica_settings, options, label))
+        # Every transaction on a replica begins READ ONLY, its checks' too: psycopg begins
+        # with READ WRITE once SQLAlchemy reset a read-only unit's connection (to False, not to
+        # unset), and a hot standby refuses that (measured: every check after the first read).
+        execution = dict(options.get("execution_options") or {})
+        execution.update(dict.fromkeys(self.rules.read_only_view, True))
+        replica_options = {**options, "execution_options": execution}
+        return Replica(name, Lifecycle(replica_settings, replica_options, label))
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -135,8 +144,11 @@ class Replicas:
     async def open_read(self, make: MakeUnit, options: UnitOptions, after: object) -> UnitOfWork:
         """A read-only unit on a replica that has the writes it must see, else on the primary."""
         token = self._token(options, after)
-        if token is not None and options.isolation_level in SNAPSHOT_LEVELS:
+        level = options.isolation_level
+        if level in PRIMARY_LEVELS or (token is not None and level in SNAPSHOT_LEVELS):
             return self._on_primary(make, "isolation_level")
+        if token is not None and token.position == UNKNOWN_POSITION:
+            return self._on_primary(make, "behind")  # no replica will ever say it has it
         replica = self._choose(token)
         if replica is None:
             return self._on_primary(make, "no_replica_ready")
@@ -170,12 +182,15 @@ class Replicas:
         return None if jar is None else jar.get(self.cluster)
 
     def _token(self, options: UnitOptions, after: object) -> WriteToken | None:
-        if options.stale_ok:
+        """The write the unit must see: the later of ``after`` and this context's own."""
+        if options.stale_ok or not self.cluster:
             return None
-        token = after if isinstance(after, WriteToken) else self.write_token()
-        if token is None or token.cluster != self.cluster or not self.cluster:
-            return None  # another cluster's position says nothing of this one's log
-        return token
+        own = self.write_token()
+        # Another cluster's position says nothing of this one's log.
+        given = after if isinstance(after, WriteToken) and after.cluster == self.cluster else None
+        if own is None or (given is not None and given.position > own.position):
+            return given
+        return own
 
     def _choose(self, token: WriteToken | None) -> Replica | None:
         ready = [replica for replica in self.replicas if replica.state == "ready"]
@@ -221,7 +236,9 @@ class Replicas:
         event.remove(engine.sync_engine, "commit", _mark_commit)
         event.remove(engine.sync_engine, "reset", self._capture)
 
-    def _capture(self, dbapi_connection: Any, record: ConnectionPoolEntry, reset: Any) -> None:
+    def _capture(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, reset: PoolResetState
+    ) -> None:
         # The connection is back from a unit, its transaction over: read the position now,
         # after the COMMIT (one taken inside the transaction would come before its own commit
         # record), and before anyone else uses the connection.
@@ -229,6 +246,9 @@ class Replicas:
         if not (record.info.pop(COMMITTED, False) and isinstance(state, UnitState)):
             return
         try:
+            if reset.terminate_only or not reset.asyncio_safe:
+                # Collected, not returned: nothing may be asked of it now.
+                raise RuntimeError("the connection was not returned by its unit")
             position = self.rules.write_position(dbapi_connection)
         except Exception:
             logger.warning(
@@ -249,7 +269,7 @@ class Replicas:
         self._watch = asyncio.get_running_loop().create_task(self._watch_replicas())
 
     async def dispose(self) -> None:
-        """Stop watching, and close every replica's pool."""
+        """Stop watching, and close every replica's pool; the next connect() starts anew."""
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
@@ -257,7 +277,9 @@ class Replicas:
                 await watch
         for replica in self.replicas:
             await replica.lifecycle.dispose()
-            replica.state = "starting"
+            # Nothing of this life holds for the next: the server may be another by then.
+            replica.state, replica.reason, replica.lag = "starting", None, None
+            replica.replayed, replica.backoff, replica.next_check = 0, 0.0, 0.0
 
     async def _watch_replicas(self) -> None:
         while True:
@@ -277,10 +299,23 @@ class Replicas:
 
     async def _primary_position(self) -> int | None:
         try:
-            async with asyncio.timeout(self.interval), self.primary.engine.connect() as connection:
-                return (await self.rules.replication(connection)).position
+            # At least a second: a new connection under load can take longer than a short
+            # interval, and without the primary's position no lag is known.
+            async with (
+                asyncio.timeout(max(self.interval, 1.0)),
+                self.primary.engine.connect() as connection,
+            ):
+                reading = await self.rules.replication(connection)
         except Exception:  # the primary's own troubles are its units' to report
             return None
+        if reading.cluster and reading.cluster != self.cluster:
+            # Another cluster at the primary's address: tokens and positions of the old one
+            # say nothing of its log.
+            logger.warning("The primary is another cluster than at connect(); replicas rechecked")
+            self.cluster = reading.cluster
+            for replica in self.replicas:
+                replica.replayed = 0
+        return reading.position
 
     async def _check(self, replica: Replica, primary: int | None) -> None:
         try:
@@ -301,7 +336,9 @@ class Replicas:
         elif self.cluster and reading.cluster != self.cluster:
             self._set(replica, "foreign", "it replicates another cluster than the primary's")
         else:
-            replica.replayed = max(replica.replayed, reading.position or 0)
+            # As the replica says, even backwards (a replica made anew from a backup): a
+            # position it no longer has would let reads skip their check.
+            replica.replayed = reading.position or 0
             if primary is not None:
                 replica.lag = max(0, primary - replica.replayed)
             if replica.lag is not None and replica.lag > self.max_lag:

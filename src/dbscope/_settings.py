@@ -306,6 +306,16 @@ class DatabaseSettings(ReplicaSettings):
                     "PostgreSQL URLs."
                 )
                 raise setting_error("database_replica_urls", None, message)
+            if replica.get_driver_name() != self._url.get_driver_name():
+                # Each replica's engine takes the primary's options, whose connect_args are
+                # the driver's own: another driver's refuses them, and the replica never serves.
+                message = (
+                    f"a replica uses the driver {replica.get_driver_name()!r} and the primary "
+                    f"{self._url.get_driver_name()!r}; they share the engine options, which are "
+                    f"the driver's own. Name the same driver in every URL "
+                    f"('{replica.get_backend_name()}+{self._url.get_driver_name()}://...')."
+                )
+                raise setting_error("database_replica_urls", None, message)
 
     def for_replica(self, url: URL) -> DatabaseSettings:
         """These settings for the replica at ``url``: its own URL, the same pool settings."""
