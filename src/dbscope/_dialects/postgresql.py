@@ -248,12 +248,6 @@ def lsn_bytes(text: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def lsn_text(position: int) -> str:
-    """A position in bytes as a log sequence number."""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
-
-def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
 def record_end(position: int, page: int, segment: int) -> int:
     """An insert position as the end of the last record written before it.
 
@@ -269,6 +263,12 @@ def record_end(position: int, page: int, segment: int) -> int:
     return position
 
 
+def lsn_text(position: int) -> str:
+    """A position in bytes as a log sequence number."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
     """The hosts and ports of ``url`` as libpq lists them: ``h1,h2`` and ``p1,p2``.
 
     Besides ``host:port``, a URL may list them in its query, as SQLAlchemy reads them:
