@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, String, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import Database
-from tests import helpers
+from tests import helpers, plugin_projects
 from tests.documented import block_containing, python_blocks, run_async_block, run_block
 
 
@@ -237,3 +237,62 @@ def test_a_retried_endpoint_is_a_route_of_the_app(
     code = block_containing("docs/units-of-work.md", "@db.retry(attempts=3)")
     app: FastAPI = run_block(code, sqlite_url, namespace=namespace)["app"]
     assert [getattr(route, "path", None) for route in app.routes][-1] == "/transfers"
+
+
+async def test_the_migration_guides_session_alias_is_the_databases_session(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new core/database.py reads DATABASE_URL and gives a Session alias over it."""
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    code = block_containing("docs/migration.md", "# core/database.py\n")
+    namespace = run_block(code, sqlite_url)
+    assert namespace["db"].url == Database(sqlite_url).url
+    assert namespace["Session"].__metadata__[0].dependency == namespace["db"].session
+
+
+# -- docs/testing.md: the plugin's set-up through conftest.py, under each async plugin --------
+
+MYAPP = {
+    "myapp/__init__.py": "",
+    "myapp/db.py": (
+        "from dbscope import Database\n\n"
+        'db = Database("postgresql+asyncpg://nobody@127.0.0.1:9/production")\n'
+    ),
+    "myapp/main.py": (
+        "from fastapi import FastAPI\n\n"
+        "def create_app(db):\n"
+        "    app = FastAPI(lifespan=db.lifespan)\n\n"
+        '    @app.get("/health")\n'
+        "    async def health() -> dict[str, str]:\n"
+        '        return {"status": "ok"}\n\n'
+        "    return app\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("async_plugin", ["pytest-asyncio", "anyio"])
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
+def test_the_testing_guides_conftest_runs_its_health_test(
+    pytester: pytest.Pytester, project_url: str, async_plugin: str
+) -> None:
+    """The guide's conftest.py fixtures (and raise_on_lazy_load) with its health test pass."""
+    guide = "docs/testing.md"
+    conftest = block_containing(guide, "def dbscope_app():")
+    if async_plugin == "anyio":
+        conftest += block_containing(guide, "def anyio_backend():")
+        test = block_containing(guide, "pytestmark = pytest.mark.anyio")
+    else:
+        test = block_containing(guide, "pytestmark = pytest.mark.asyncio")
+    conftest += block_containing(guide, "def dbscope_raise_on_lazy_load():")
+    for name, source in MYAPP.items():
+        (pytester.path / name).parent.mkdir(exist_ok=True)
+        (pytester.path / name).write_text(source)
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_health=test)
+    loop_scope = "asyncio_default_fixture_loop_scope = function\n"
+    pytester.makeini(
+        "[pytest]\npythonpath = .\nfilterwarnings = error\n"
+        + (loop_scope if async_plugin == "pytest-asyncio" else "")
+    )
+    result = plugin_projects.run(pytester, async_plugin, project_url)
+    result.assert_outcomes(passed=1)
