@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dbscope._dialects import Backend, Begin
+from dbscope._dialects import OWN, Backend, Begin
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, NoSessionError
 from dbscope._session import (
@@ -151,7 +151,8 @@ class UnitOfWork:
         state.begin = dataclasses.replace(state.begin, schema=name)
         connection = await self.session.connection()  # begins, and applies the schema, if new
         if state.applied_schema != name:
-            await connection.exec_driver_sql(state.rules.schema_statement(connection.dialect, name))
+            statement = state.rules.schema_statement(connection.dialect, name)
+            await connection.exec_driver_sql(statement, execution_options=OWN)
             state.applied_schema = name
 
 

@@ -15,6 +15,8 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
+    OWN,
+    OWN_STATEMENT,
     Backend,
     Begin,
     Client,
@@ -30,6 +32,8 @@ from dbscope._dialects._base import (
 __all__ = [
     "BACKENDS",
     "GENERIC",
+    "OWN",
+    "OWN_STATEMENT",
     "Backend",
     "Begin",
     "Client",

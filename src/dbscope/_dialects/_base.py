@@ -19,6 +19,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import immutabledict
 
 # What an error means, read from the database's own code (never from the exception class,
 # which differs between drivers for the same failure):
@@ -42,6 +43,11 @@ Connect = Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]
 # The mark on the databases dbscope makes, telling a later run that it may drop them. Not a
 # table: the app and its migrations see nothing of it.
 MARK: Final = "dbscope test database"
+# The execution option on the statements dbscope sends of its own accord in a unit (SET LOCAL,
+# SET TRANSACTION READ ONLY, SQLite's BEGIN, a replica's replay check...): query counts
+# (dbscope.testing) leave them out by this mark, not by guessing from the text.
+OWN_STATEMENT: Final = "dbscope_own_statement"
+OWN: Final = immutabledict({OWN_STATEMENT: True})
 
 
 class DatabaseRefused(Exception):

@@ -14,6 +14,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects._base import (
     MARK,
+    OWN,
     Backend,
     Begin,
     Client,
@@ -54,12 +55,13 @@ class MySQL(Backend):
             # MariaDB/MySQL begin a transaction implicitly, at the first statement: this one,
             # sent before any, makes that transaction read-only. In a test's transaction (the
             # unit is a savepoint) it would outlive the unit, so there the unit only rolls back.
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY", execution_options=OWN)
         if wanted.statement_timeout is not None:
             # No SET LOCAL here: the session value is put back when the connection returns to
             # the pool (_reset_statement_timeout).
             seconds = max(1, round(wanted.statement_timeout * 1000)) / 1000
-            connection.exec_driver_sql(f"SET SESSION max_statement_time = {seconds}")
+            statement = f"SET SESSION max_statement_time = {seconds}"
+            connection.exec_driver_sql(statement, execution_options=OWN)
             connection.info[TIMEOUT_FLAG] = True
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
@@ -85,7 +87,7 @@ class MySQL(Backend):
         )
 
     async def idle_timeout(self, connection: Any) -> int | None:
-        result = await connection.exec_driver_sql("SELECT @@wait_timeout")
+        result = await connection.exec_driver_sql("SELECT @@wait_timeout", execution_options=OWN)
         return int(result.scalar_one())
 
     def error_code(self, orig: BaseException | None) -> str | None:

@@ -12,6 +12,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects._base import (
     MARK,
+    OWN,
     Backend,
     Begin,
     Client,
@@ -104,18 +105,20 @@ class PostgreSQL(Backend):
         # A read-only unit on its own engine begins with BEGIN READ ONLY (an engine view, see
         # _unit_of_work); bound to a test's connection it is a savepoint, and says so here.
         if wanted.read_only and not connection.get_execution_options().get("postgresql_readonly"):
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY", execution_options=OWN)
         if wanted.statement_timeout is not None:
             milliseconds = max(1, round(wanted.statement_timeout * 1000))
-            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+            statement = f"SET LOCAL statement_timeout = {milliseconds}"
+            connection.exec_driver_sql(statement, execution_options=OWN)
         if wanted.schema is not None:
-            connection.exec_driver_sql(self.schema_statement(connection.dialect, wanted.schema))
+            statement = self.schema_statement(connection.dialect, wanted.schema)
+            connection.exec_driver_sql(statement, execution_options=OWN)
 
     def name_transaction(self, connection: Connection, name: str) -> None:
         # Reverts at the transaction's end, as SET LOCAL does: the pooled connection goes back
         # with its own name. Cut here, not by the server, so that a long header costs nothing.
         cut = name.encode()[:APPLICATION_NAME_BYTES].decode(errors="ignore")
-        connection.execute(NAME_TRANSACTION, {"name": cut})
+        connection.execute(NAME_TRANSACTION, {"name": cut}, execution_options=OWN)
 
     def schema_statement(self, dialect: Dialect, schema: str | None) -> str:
         # The name was checked to be a plain identifier (UnitOptions); quoted all the same.
@@ -222,7 +225,9 @@ class PostgreSQL(Backend):
         return record_end(lsn_bytes(position), page, segment)
 
     async def replication(self, connection: AsyncConnection) -> Replication:
-        cluster, replica, replayed, current = (await connection.execute(text(REPLICATION))).one()
+        cluster, replica, replayed, current = (
+            await connection.execute(text(REPLICATION), execution_options=OWN)
+        ).one()
         position = replayed if replica else current
         return Replication(
             cluster=cluster or "",
@@ -231,11 +236,12 @@ class PostgreSQL(Backend):
         )
 
     async def replayed(self, connection: AsyncConnection, position: int) -> bool:
-        result = await connection.execute(text(REPLAYED), {"position": lsn_text(position)})
+        position_text = {"position": lsn_text(position)}
+        result = await connection.execute(text(REPLAYED), position_text, execution_options=OWN)
         return bool(result.scalar())
 
     async def standbys(self, connection: AsyncConnection) -> Standbys | None:
-        row = (await connection.execute(text(STANDBYS_QUERY))).one()
+        row = (await connection.execute(text(STANDBYS_QUERY), execution_options=OWN)).one()
         setting, commit, in_sync, hidden = row
         return Standbys(
             setting=setting, commit=commit, in_sync=None if hidden and not in_sync else in_sync

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects._base import (
+    OWN,
     Backend,
     Client,
     Connect,
@@ -51,7 +52,7 @@ class SQLite(Backend):
             cursor.close()
 
         def on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            connection.exec_driver_sql("BEGIN", execution_options=OWN)
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
