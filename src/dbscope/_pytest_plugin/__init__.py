@@ -6,7 +6,8 @@ are thin layers over :mod:`dbscope.testing` and use dbscope's public API only; t
 is the only part of dbscope that imports pytest. pytest takes the hooks and fixtures from
 this module's names: the options (``_options``), the hooks (``_hooks``) and the fixtures
 (``_fixtures``; the async ones in ``_async_fixtures``, built at start-up for the plugin and
-event loop ``_loops`` chooses), which speak through ``_reporting``.
+event loop ``_loops`` chooses), which speak through ``_reporting``; the query counts (the
+``dbscope_queries`` fixture and marker) are ``_queries``.
 """
 
 from dbscope._pytest_plugin._fixtures import (
@@ -25,12 +26,14 @@ from dbscope._pytest_plugin._hooks import (
     pytest_runtest_setup,
 )
 from dbscope._pytest_plugin._options import pytest_addoption
+from dbscope._pytest_plugin._queries import dbscope_queries, pytest_runtest_call
 
 __all__ = [
     "dbscope_alembic_config",
     "dbscope_app",
     "dbscope_database",
     "dbscope_metadata",
+    "dbscope_queries",
     "dbscope_raise_on_lazy_load",
     "dbscope_run_url",
     "dbscope_tables",
@@ -38,5 +41,6 @@ __all__ = [
     "pytest_addoption",
     "pytest_configure",
     "pytest_report_header",
+    "pytest_runtest_call",
     "pytest_runtest_setup",
 ]

@@ -7,6 +7,7 @@ import pytest
 from dbscope import Database, DbscopeError
 from dbscope._pytest_plugin import _async_fixtures, _loops
 from dbscope._pytest_plugin._options import configured_url
+from dbscope._pytest_plugin._queries import register_marker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -14,6 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
     setup = _loops.choose(config)
     config.stash[_loops.SETUP] = setup
     config.pluginmanager.register(_async_fixtures.build(setup), "dbscope-async-fixtures")
+    register_marker(config)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

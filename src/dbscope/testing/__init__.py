@@ -11,6 +11,11 @@ fixtures over them; they serve unittest or a script as well::
             # everything the test and the app wrote is gone here
     # the run's database is gone here; the one URL names is as it was
 
+and counts the statements a block sends, to catch an N+1::
+
+    async with assert_queries(db, at_most=2):              # or count_queries(db) as log
+        await http.get("/authors")
+
 It imports neither pytest nor httpx (:func:`client` imports httpx when called).
 """
 
@@ -28,12 +33,28 @@ from dbscope.testing._own_database import (
     own_database,
     own_tables,
 )
+from dbscope.testing._queries import (
+    Counting,
+    LoggedStatement,
+    QueryCounter,
+    QueryCountError,
+    QueryLog,
+    assert_queries,
+    count_queries,
+)
 
 __all__ = [
+    "Counting",
     "DatabaseSetupError",
+    "LoggedStatement",
     "OptionNames",
+    "QueryCountError",
+    "QueryCounter",
+    "QueryLog",
     "any_loop_engine",
+    "assert_queries",
     "client",
+    "count_queries",
     "create_tables",
     "drop_tables",
     "open_session",
