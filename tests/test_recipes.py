@@ -32,6 +32,14 @@ def recipe(database_url: str, needle: str) -> dict[str, Any]:
     return run_block(block_containing(PAGE, needle), database_url, namespace=namespace)
 
 
+async def worker_recipe(database_url: str, tables: helpers.Tables, needle: str) -> dict[str, Any]:
+    """A task queue recipe, with its tables made and two notes in them."""
+    namespace = recipe(database_url, needle)
+    await tables.create_all(namespace["Base"].metadata)
+    await add_notes(namespace["db"], "first", "second")
+    return namespace
+
+
 async def add_notes(db: Database, *texts: str) -> None:
     """Store a note for each text, with ids from 1, through a unit of work of ``db``'s."""
     async with db, db.transaction() as session:
@@ -55,10 +63,8 @@ async def test_an_arq_worker_runs_each_job_in_a_transaction_of_its_own(
     database_url: str, tables: helpers.Tables
 ) -> None:
     """The arq worker connects at start-up, archives the note each job names, disposes."""
-    namespace = recipe(database_url, "class WorkerSettings")
+    namespace = await worker_recipe(database_url, tables, "class WorkerSettings")
     db, settings = namespace["db"], namespace["WorkerSettings"]
-    await tables.create_all(namespace["Base"].metadata)
-    await add_notes(db, "first", "second")
     queue = f"dbscope-test:{uuid.uuid4()}"  # apart from any other run's jobs on this Redis
     redis = await create_pool(settings.redis_settings, default_queue_name=queue)
     try:
@@ -86,10 +92,8 @@ async def test_a_taskiq_task_runs_in_a_transaction_of_its_own(
     database_url: str, tables: helpers.Tables
 ) -> None:
     """Between the broker's start-up and shut-down, a task archives the note it names."""
-    namespace = recipe(database_url, "InMemoryBroker()")
+    namespace = await worker_recipe(database_url, tables, "InMemoryBroker()")
     db, broker = namespace["db"], namespace["broker"]
-    await tables.create_all(namespace["Base"].metadata)
-    await add_notes(db, "first", "second")
     await broker.startup()
     try:
         task = await namespace["archive_note"].kiq(1)
