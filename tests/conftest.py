@@ -38,7 +38,8 @@ from tests.helpers import Tables
 from tests.plugin_projects import clean_project_database
 from tests.replica_cluster import PairUnavailable, ReplicaPair, ensure_pair, release
 
-pytest_plugins = ["pytester"]
+# tests.docs_blocks: every python block of the docs is run by a test, or says why not.
+pytest_plugins = ["pytester", "tests.docs_blocks"]
 
 POSTGRES_URL = os.environ.get(
     "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
