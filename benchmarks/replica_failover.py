@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import httpx
+
 from benchmarks import loadgen
 from benchmarks.replica_cluster import run_script
 from benchmarks.replica_pairs import served, stats
@@ -76,7 +78,8 @@ class _Watch:
     async def run(self) -> None:
         while True:
             sent = time.monotonic()
-            with contextlib.suppress(OSError, ValueError, KeyError, RuntimeError):
+            # A reading that fails (the server too busy to answer in time) is only a gap.
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 numbers = await stats(self.port)
                 state = ",".join(r["state"] for r in numbers["replicas"])
                 self.samples.append((sent, time.monotonic(), served(numbers), state))
