@@ -1,0 +1,59 @@
+"""Helpers of the replica tests (tests/test_replicas*.py; their fixtures are in
+tests/replica_fixtures.py): a Database over the real pair, and where a unit really ran.
+
+A unit's own ``SELECT pg_is_in_recovery()`` says where it ran (:func:`in_recovery`), and
+``db.stats().replicas[0].served`` (:func:`served`) that dbscope counted it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database
+
+DATABASE = os.environ.get("DBSCOPE_TEST_REPLICA_DATABASE", "test")
+TABLE = "items"
+# Short, so that a state change shows within a test: the checks are one query each.
+CHECK_INTERVAL = 0.1
+
+
+@contextlib.asynccontextmanager
+async def replicated(urls: tuple[str, str], **options: Any) -> AsyncIterator[Database]:
+    """A connected Database on the primary, with the replica; ``options`` as for Database."""
+    primary, replica = urls
+    options.setdefault("replica_check_interval", CHECK_INTERVAL)
+    async with Database(primary, replicas=[replica], **options) as db:
+        yield db
+
+
+async def in_recovery(session: AsyncSession) -> bool:
+    """Whether ``session``'s unit runs on a server in recovery: a replica."""
+    return bool(await session.scalar(text("SELECT pg_is_in_recovery()")))
+
+
+async def has_item(session: AsyncSession, item: int) -> bool:
+    """Whether the unit of ``session`` sees the item ``item``."""
+    query = text(f"SELECT count(*) FROM {TABLE} WHERE id = :id")
+    return bool(await session.scalar(query, {"id": item}))
+
+
+async def add_item(db: Database, item: int) -> None:
+    """Write the item ``item`` in a unit of its own, on the primary."""
+    async with db.transaction() as session:
+        await session.execute(text(f"INSERT INTO {TABLE} (id) VALUES (:id)"), {"id": item})
+
+
+def served(db: Database) -> int:
+    """The read-only units the (first) replica has served."""
+    return db.stats().replicas[0].served
+
+
+def fallbacks(db: Database) -> dict[str, int]:
+    """The read-only units that ran on the primary instead, by why."""
+    return dict(db.stats().fallbacks)

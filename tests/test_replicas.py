@@ -1,0 +1,153 @@
+"""Read replicas, routing: whole read-only units run on the replica, every other unit on the
+primary, on a real primary and streaming replica (tests/replica_cluster.py).
+
+Each test asks the unit itself where it ran (``SELECT pg_is_in_recovery()``) and checks that
+dbscope counted it (``db.stats().replicas[0].served``).
+"""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database
+from tests.helpers import app_with, client_for
+from tests.replica_cluster import replay_paused
+from tests.replica_reads import (
+    TABLE,
+    add_item,
+    fallbacks,
+    has_item,
+    in_recovery,
+    replicated,
+    served,
+)
+
+pytest_plugins = ["tests.replica_fixtures"]
+
+# Runs units of one kind on a Database; where each unit ran (True: the replica).
+Units = Callable[[Database], Awaitable[list[bool]]]
+
+
+async def read_only_transaction(db: Database) -> list[bool]:
+    async with db.transaction(read_only=True) as session:
+        return [await in_recovery(session)]
+
+
+async def read_session_request(db: Database) -> list[bool]:
+    return await _requests(db, db.read_session)
+
+
+async def parallel_reads(db: Database) -> list[bool]:
+    return await db.parallel(in_recovery, in_recovery, in_recovery)
+
+
+async def read_only_stream(db: Database) -> list[bool]:
+    async def rows(session: AsyncSession) -> AsyncIterator[bool]:
+        yield await in_recovery(session)
+
+    return [found async for found in db.stream(rows, read_only=True)]
+
+
+async def transaction(db: Database) -> list[bool]:
+    async with db.transaction() as session:
+        return [await in_recovery(session)]
+
+
+async def session_request(db: Database) -> list[bool]:
+    return await _requests(db, db.session)
+
+
+async def retried_unit(db: Database) -> list[bool]:
+    async for attempt in db.retrying(attempts=2):
+        async with attempt as session:
+            return [await in_recovery(session)]
+    raise AssertionError("no attempt ran")
+
+
+async def read_write_parallel(db: Database) -> list[bool]:
+    return await db.parallel(in_recovery, in_recovery, read_only=False)
+
+
+async def stream(db: Database) -> list[bool]:
+    async def rows(session: AsyncSession) -> AsyncIterator[bool]:
+        yield await in_recovery(session)
+
+    return [found async for found in db.stream(rows)]
+
+
+async def where(session: AsyncSession) -> bool:
+    """An endpoint: whether the request's unit runs on the replica."""
+    return await in_recovery(session)
+
+
+async def _requests(db: Database, dependency: Callable[..., Awaitable[AsyncSession]]) -> list[bool]:
+    """Two requests to an in-process app whose endpoint takes ``dependency``'s session."""
+    async with client_for(app_with(dependency, {"GET /where": where})) as client:
+        return [(await client.get("/where")).json() for _ in range(2)]
+
+
+@pytest.mark.parametrize(
+    "units", [read_only_transaction, read_session_request, parallel_reads, read_only_stream]
+)
+async def test_read_only_units_run_on_the_replica(urls: tuple[str, str], units: Units) -> None:
+    """transaction(read_only=True), read_session, parallel() and read-only streams run on
+    the replica, each counted as served by it."""
+    async with replicated(urls) as db:
+        ran_on_replica = await units(db)
+        assert ran_on_replica
+        assert all(ran_on_replica)
+        assert served(db) == len(ran_on_replica)
+        assert fallbacks(db) == {}
+
+
+@pytest.mark.parametrize(
+    "units", [transaction, session_request, retried_unit, read_write_parallel, stream]
+)
+async def test_read_write_units_run_on_the_primary(urls: tuple[str, str], units: Units) -> None:
+    """transaction(), Depends(db.session), retrying(), parallel(read_only=False) and streams
+    run on the primary, though the replica is ready."""
+    async with replicated(urls) as db:
+        ran_on_replica = await units(db)
+        assert ran_on_replica
+        assert not any(ran_on_replica)
+        assert db.stats().replicas[0].state == "ready"
+        assert served(db) == 0
+
+
+async def test_a_unit_that_reads_then_writes_reads_the_primary(urls: tuple[str, str]) -> None:
+    """A read-then-write unit sees a write the replica has not replayed, and updates it."""
+    async with replicated(urls) as db, replay_paused(urls[1]):
+        await add_item(db, 1)
+        async with db.transaction() as session:
+            assert await has_item(session, 1)
+            await session.execute(text(f"UPDATE {TABLE} SET note = 'seen' WHERE id = 1"))
+            assert not await in_recovery(session)
+        async with db.transaction() as session:
+            note = await session.scalar(text(f"SELECT note FROM {TABLE} WHERE id = 1"))
+        assert note == "seen"
+        assert served(db) == 0
+
+
+async def test_a_serializable_read_only_unit_runs_on_the_primary(urls: tuple[str, str]) -> None:
+    """A hot standby refuses SERIALIZABLE: such a read-only unit runs on the primary, counted."""
+    async with replicated(urls) as db:
+        async with db.transaction(read_only=True, isolation_level="SERIALIZABLE") as session:
+            assert not await in_recovery(session)
+            level = await session.scalar(text("SHOW transaction_isolation"))
+        assert level == "serializable"
+        assert served(db) == 0
+        assert fallbacks(db) == {"isolation_level": 1}
+
+
+async def test_a_repeatable_read_unit_without_a_token_runs_on_the_replica(
+    urls: tuple[str, str],
+) -> None:
+    """REPEATABLE READ is a replica's to serve while no write must be seen."""
+    async with replicated(urls) as db:
+        async with db.transaction(read_only=True, isolation_level="REPEATABLE READ") as session:
+            assert await in_recovery(session)
+            level = await session.scalar(text("SHOW transaction_isolation"))
+        assert level == "repeatable read"
+        assert served(db) == 1

@@ -1,0 +1,162 @@
+"""Read replicas, health: a replica that is down, lagging, promoted or of another cluster
+serves no reads, which go to the primary (counted, never an error), and one that recovers
+serves again; on a real primary and streaming replica, stopped and paused for real.
+"""
+
+import contextlib
+import logging
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from dbscope import Database
+from tests.conftest import POSTGRES_URL, require_server
+from tests.replica_cluster import ReplicaPair, replay_paused, replica_stopped
+from tests.replica_reads import CHECK_INTERVAL, add_item, fallbacks, in_recovery, replicated, served
+
+pytest_plugins = ["tests.replica_fixtures"]
+
+READS = 5
+# How long a state change may take to show: many check intervals, for a loaded machine.
+WITHIN = 10.0
+
+
+async def reads_on_replica(db: Database, count: int = READS) -> list[bool]:
+    """Run ``count`` read-only units; whether each ran on the replica."""
+    found = []
+    for _ in range(count):
+        async with db.transaction(read_only=True) as session:
+            found.append(await in_recovery(session))
+    return found
+
+
+async def until_state(db: Database, state: str, index: int = 0) -> None:
+    """Wait until the background check has put replica ``index`` in ``state``."""
+    with anyio.fail_after(WITHIN):
+        while True:
+            if db.stats().replicas[index].state == state:
+                return
+            await anyio.sleep(0.02)
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> int:
+    """How many of dbscope's records say ``words``."""
+    return sum(words in record.getMessage() for record in caplog.records)
+
+
+async def test_a_replica_stays_ready_through_its_checks_after_serving_reads(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checks on connections that served read-only units find the replica ready still
+    (psycopg would begin them READ WRITE, which a hot standby refuses)."""
+    async with replicated(urls) as db:
+        for _ in range(3):
+            assert all(await db.parallel(in_recovery, in_recovery, in_recovery))
+            await anyio.sleep(10 * CHECK_INTERVAL)
+        replica = db.stats().replicas[0]
+    assert (replica.state, replica.served) == ("ready", 9)
+    assert logged(caplog, "serves no reads") == 0
+
+
+async def test_a_stopped_replica_sends_the_reads_to_the_primary(
+    urls: tuple[str, str], pair: ReplicaPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica's server stopped: reads run on the primary, counted, none fails; the
+    replica shows down, and the warning is logged once."""
+    caplog.set_level(logging.INFO, logger="dbscope")
+    async with replicated(urls) as db, replica_stopped(pair):
+        ran_on_replica = await reads_on_replica(db)
+        await until_state(db, "down")
+        await anyio.sleep(0.5)  # a few checks more, which must not log again
+        ran_on_replica += await reads_on_replica(db)
+        replica = db.stats().replicas[0]
+        counted = fallbacks(db)
+    assert not any(ran_on_replica)
+    assert sum(counted.values()) == 2 * READS
+    assert replica.state == "down"
+    assert replica.reason == "it could not be reached"
+    assert replica.served == 0
+    assert logged(caplog, "serves no reads: it could not be reached") == 1
+
+
+async def test_a_replica_started_again_serves_reads_within_a_few_checks(
+    urls: tuple[str, str], pair: ReplicaPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once its server is back and streaming, the replica is ready again and serves."""
+    caplog.set_level(logging.INFO, logger="dbscope")
+    async with replicated(urls) as db:
+        async with replica_stopped(pair):
+            assert not any(await reads_on_replica(db))
+            await until_state(db, "down")
+        await until_state(db, "ready")
+        assert all(await reads_on_replica(db))
+        assert served(db) == READS
+    assert logged(caplog, "serves reads") == 2  # at connect(), and back
+
+
+async def test_a_replica_down_at_connect_serves_once_it_is_up(
+    urls: tuple[str, str], pair: ReplicaPair
+) -> None:
+    """connect() does not fail for a replica that is down; the replica serves once it is up."""
+    async with contextlib.AsyncExitStack() as stack:
+        async with replica_stopped(pair):
+            db = await stack.enter_async_context(replicated(urls))
+            assert db.stats().replicas[0].state == "down"
+            assert not any(await reads_on_replica(db))
+        await until_state(db, "ready")
+        assert all(await reads_on_replica(db))
+        assert fallbacks(db) == {"no_replica_ready": READS}
+
+
+async def test_a_replica_further_behind_than_replica_max_lag_serves_no_reads(
+    urls: tuple[str, str],
+) -> None:
+    """Replay paused while writes go on: more than replica_max_lag behind, the replica is
+    lagging, and reads (stale_ok ones too) run on the primary."""
+    async with replicated(urls, replica_max_lag="1kB") as db, replay_paused(urls[1]):
+        for item in range(20):
+            await add_item(db, item)
+        await until_state(db, "lagging")
+        async with db.transaction(read_only=True, stale_ok=True) as session:
+            assert not await in_recovery(session)
+        replica = db.stats().replicas[0]
+        counted = fallbacks(db)
+    assert replica.lag is not None
+    assert replica.lag > 1000
+    assert replica.reason == f"{replica.lag} bytes behind, more than replica_max_lag=1000"
+    assert replica.served == 0
+    assert counted == {"no_replica_ready": 1}
+
+
+async def test_the_primary_named_as_a_replica_is_promoted_and_never_read(
+    urls: tuple[str, str],
+) -> None:
+    """A 'replica' that is not in recovery is promoted; the real replica beside it serves."""
+    primary, replica = urls
+    async with Database(primary, replicas=[primary, replica]) as db:
+        ran_on_replica = await reads_on_replica(db)
+        promoted, ready = db.stats().replicas
+    assert all(ran_on_replica)
+    assert (promoted.state, promoted.served) == ("promoted", 0)
+    assert promoted.reason == "it is no longer in recovery: a primary now"
+    assert (ready.state, ready.served) == ("ready", READS)
+
+
+async def test_a_replica_of_another_cluster_is_foreign_and_never_read(
+    urls: tuple[str, str],
+) -> None:
+    """A server in recovery that replicates another cluster than the primary's is foreign:
+    the reads run on the primary."""
+    other = make_url(POSTGRES_URL).set(drivername=make_url(urls[0]).drivername)
+    require_server(other.render_as_string(hide_password=False))
+    async with Database(other, replicas=[urls[1]]) as db:
+        ran_on_replica = await reads_on_replica(db)
+        async with db.transaction(read_only=True) as session:
+            database = await session.scalar(text("SELECT current_database()"))
+        replica = db.stats().replicas[0]
+    assert not any(ran_on_replica)
+    assert database == other.database
+    assert (replica.state, replica.served) == ("foreign", 0)
+    assert replica.reason == "it replicates another cluster than the primary's"
