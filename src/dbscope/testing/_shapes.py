@@ -14,6 +14,7 @@ greenlet began, and the greenlet that switched to it holds the coroutine that aw
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -64,6 +65,7 @@ VALUE_LIST: Final = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 REPEATED_LISTS: Final = re.compile(r"\(\.\.\.\)(?:\s*,\s*\(\.\.\.\))+")
 
 
+@functools.lru_cache(maxsize=1024)  # an N+1 sends the same text again and again
 def shape(statement: str) -> str:
     """``statement`` with its values as ``?``, lists as ``(...)``, each ``SELECT``'s columns
     as ``...``, its comments and the quotes around names gone, and its spaces collapsed."""
@@ -131,6 +133,7 @@ def origin() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _path(filename: str) -> str:
     relative = os.path.relpath(filename)
     return filename if relative.startswith(os.pardir) else relative
