@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Integer, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import Database, SessionSharedError
 from tests.helpers import Tables, count_rows
@@ -171,3 +172,30 @@ async def test_gathering_two_queries_on_one_session_fails_and_leaves_nothing_che
         print(f"\n[{db.url.get_driver_name()}] after the misuse: {stats}, {len(pending)} pending")
         await sessions[0].close()  # hand back whatever the misuse kept, before the pool is disposed
     assert stats.checked_out == 0
+
+
+class ParBase(DeclarativeBase):
+    """The ORM model of the test below."""
+
+
+class ParRow(ParBase):
+    """A row of ``par_rows``."""
+
+    __tablename__ = "par_rows"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int]
+
+
+async def test_objects_a_parallel_read_loaded_stay_readable_after_its_unit(
+    db: Database, tables: Tables
+) -> None:
+    """A read-only unit ends without expiring what it loaded: its rows are read afterwards."""
+    await tables.create_all(ParBase.metadata)
+    async with db.transaction() as session:
+        session.add_all([ParRow(value=7), ParRow(value=8)])
+
+    async def rows(session: AsyncSession) -> list[ParRow]:
+        return list(await session.scalars(select(ParRow).order_by(ParRow.value)))
+
+    (loaded,) = await db.parallel(rows)
+    assert [row.value for row in loaded] == [7, 8]

@@ -349,12 +349,12 @@ class UnitRun:
         assert isinstance(session, UnitAsyncSession)
         await wait_idle(session)
         outcome = failure
-        if failure is None:
+        # A unit that must not commit is rolled back by the close below, as a failed one is:
+        # rollback() would also expire what it loaded, which its caller still reads (a
+        # read-only unit's rows, returned from parallel() or serialized after the request).
+        if failure is None and not self.unit.rollback_only:
             try:
-                if self.unit.rollback_only:
-                    await session.rollback()
-                else:
-                    await session.commit()
+                await session.commit()
             except BaseException as error:
                 outcome = error
         try:
