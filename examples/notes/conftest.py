@@ -3,8 +3,11 @@
 Every test runs in one transaction that is rolled back at its end, HTTP requests included,
 once on a SQLite file and once on PostgreSQL (``DBSCOPE_TEST_POSTGRES_URL``, default
 ``postgresql://postgres@127.0.0.1:5432/test``; skipped when that server is down, failed
-instead under ``CI=true``). tests/conftest.py does not reach examples/, so this file stands
-alone, as a project's own conftest.py would.
+instead under ``CI=true``); or only on the database the plugin's URL setting names, e.g.
+``DBSCOPE_TEST_URL=mysql+asyncmy://root@127.0.0.1/test pytest examples/notes``. Under
+pytest-xdist (``pytest -n 4 examples/notes``) each worker runs in a database of its own.
+tests/conftest.py does not reach examples/, so this file stands alone, as a project's own
+conftest.py would.
 """
 
 import os
@@ -42,13 +45,30 @@ def dbscope_alembic_config() -> Path:
     return Path(__file__).with_name("alembic.ini")
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test of the plugin on a SQLite file, then on PostgreSQL; or only on the
+    database the plugin's URL setting names (``--dbscope-url``, ``DBSCOPE_TEST_URL``)."""
+    if "dbscope_url" not in metafunc.fixturenames:
+        return
+    given = metafunc.config.getoption("dbscope_url") or os.environ.get("DBSCOPE_TEST_URL")
+    databases = [given] if given else ["sqlite", "postgresql"]
+    ids = [make_url(given).get_backend_name()] if given else databases
+    metafunc.parametrize("dbscope_url", databases, ids=ids, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def dbscope_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A SQLite file of the run's own, then the PostgreSQL test database."""
+    """A SQLite file of the run's own, the PostgreSQL test database, or the URL given.
+
+    The plugin runs the tests in a database it makes beside the one named, and under
+    pytest-xdist (``pytest -n 4``) in one per worker.
+    """
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('notes') / 'notes.db'}"
-    require_server(POSTGRES_URL)
-    return POSTGRES_URL
+    if request.param == "postgresql":
+        require_server(POSTGRES_URL)
+        return POSTGRES_URL
+    return str(request.param)
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from dbscope._pytest_plugin._hooks import (
     pytest_configure,
     pytest_report_header,
     pytest_runtest_setup,
+    pytest_terminal_summary,
+    pytest_testnodedown,
 )
 from dbscope._pytest_plugin._options import pytest_addoption
 from dbscope._pytest_plugin._queries import dbscope_queries, pytest_runtest_call
@@ -43,4 +45,6 @@ __all__ = [
     "pytest_report_header",
     "pytest_runtest_call",
     "pytest_runtest_setup",
+    "pytest_terminal_summary",
+    "pytest_testnodedown",
 ]

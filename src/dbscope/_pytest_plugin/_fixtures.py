@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import MetaData
 
 from dbscope import Database, testing
-from dbscope._pytest_plugin._options import configured_url, flag
+from dbscope._pytest_plugin._options import configured_url, flag, worker_id
 from dbscope._pytest_plugin._reporting import explained, fail, phased, say
 
 DEFAULT_DATABASE = pytest.StashKey[Database]()
@@ -131,7 +131,8 @@ def dbscope_run_url(
 ) -> Iterator[str]:
     """The URL of the database the tests run in: the run's own, named after dbscope_url.
 
-    Made when the run begins and dropped when it ends (:func:`dbscope.testing.own_database`).
+    Made when the run begins and dropped when it ends (:func:`dbscope.testing.own_database`);
+    under pytest-xdist, one per worker (``name_test_gw0``), made and dropped by the worker.
     Without dbscope_metadata or dbscope_alembic_config the plugin makes no tables, so it
     makes no database either: the tests run in dbscope_url's database, which must have them.
     """
@@ -145,6 +146,7 @@ def dbscope_run_url(
         keep=flag(config, "dbscope_keep_tables"),
         report=functools.partial(say, config),
         names=NAMES,
+        worker=worker_id(config),
     )
     yield from phased(own, "setting up the test database", "dropping the test database")
 

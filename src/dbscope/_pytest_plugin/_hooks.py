@@ -1,6 +1,9 @@
-"""The plugin's hooks: start-up, the header line, and the loop check before each test."""
+"""The plugin's hooks: start-up, the header line, the loop check before each test, and
+the lines of pytest-xdist's workers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -8,6 +11,7 @@ from dbscope import Database, DbscopeError
 from dbscope._pytest_plugin import _async_fixtures, _loops
 from dbscope._pytest_plugin._options import configured_url
 from dbscope._pytest_plugin._queries import register_marker
+from dbscope._pytest_plugin._reporting import keep_worker_lines, show_worker_lines
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,3 +51,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         problem = _loops.loop_problem(item, setup, ", ".join(used))
         if problem is not None:
             pytest.fail(problem, pytrace=False)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: keep what a finished worker said of its database."""
+    keep_worker_lines(node)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """pytest-xdist's controller: say what the workers said of their databases."""
+    show_worker_lines(config)

@@ -91,3 +91,13 @@ def flag(config: pytest.Config, name: str) -> bool:
     """A yes/no setting: the command-line flag if given, else the ini setting."""
     option = config.getoption(name)
     return bool(config.getini(name) if option is None else option)
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """pytest-xdist's id of this worker process (``gw0``); None without workers.
+
+    The controller of an xdist run has none either, and runs no test, so it never asks for
+    the run's database.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    return None if workerinput is None else str(workerinput["workerid"])

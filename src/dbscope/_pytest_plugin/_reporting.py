@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import pytest
 
 from dbscope import DbscopeError
 
 T = TypeVar("T")
+# In a pytest-xdist worker's output to its controller: the lines the worker said.
+WORKER_LINES: Final = "dbscope_lines"
+_KEPT_LINES = pytest.StashKey[list[str]]()
 
 
 def fail(message: str) -> NoReturn:
@@ -53,7 +56,15 @@ def require_asyncio() -> None:
 
 
 def say(config: pytest.Config, message: str) -> None:
-    """Write ``message`` on a line of its own in the terminal, between the progress dots."""
+    """Write ``message`` on a line of its own in the terminal, between the progress dots.
+
+    A pytest-xdist worker has no terminal: it hands the line to its controller, which shows
+    it after the tests (``show_worker_lines``).
+    """
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput.setdefault(WORKER_LINES, []).append(message)
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
@@ -63,3 +74,16 @@ def say(config: pytest.Config, message: str) -> None:
     with suspended:
         reporter.ensure_newline()
         reporter.write_line(f"dbscope: {message}")
+
+
+def keep_worker_lines(node: Any) -> None:
+    """In the controller of a pytest-xdist run: keep what a finished worker said."""
+    lines = getattr(node, "workeroutput", {}).get(WORKER_LINES, ())
+    node.config.stash.setdefault(_KEPT_LINES, []).extend(lines)
+
+
+def show_worker_lines(config: pytest.Config) -> None:
+    """Say, once the tests have run, what the workers of a pytest-xdist run said."""
+    # Not as each worker finishes: the progress line is still being written then.
+    for line in config.stash.get(_KEPT_LINES, []):
+        say(config, line)

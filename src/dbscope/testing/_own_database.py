@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from dbscope import ConfigurationError, Database, DbscopeError, _dialects
 from dbscope.testing._isolation import NOTHING_TO_CREATE, create_tables, in_new_loop, on_connection
 
 SUFFIX: Final = "_test"
+_WORKER: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
 _log = logging.getLogger("dbscope")
 
 
@@ -54,10 +56,12 @@ def own_database(
     use_existing_tables: bool = False,
     report: Callable[[str], None] | None = None,
     names: OptionNames | None = None,
+    worker: str | None = None,
 ) -> Iterator[str]:
     """Make a database for the run beside the one ``url`` names, and drop it at the end.
 
     It is ``<name>_test`` on ``url``'s server (``<stem>_test.db`` beside a SQLite file),
+    or ``<name>_test_<worker>`` for one of several processes that run the tests at once,
     made with dbscope's mark, with the tables of ``metadata`` or ``alembic_config`` in it.
     One that an earlier run left is made anew, or reused with ``reuse``; one someone else
     made is used as it is and never dropped, and the app's tables in it are refused
@@ -73,16 +77,20 @@ def own_database(
         report: receives a line for each thing worth knowing that the run does (a database
             reused or made anew, tables kept); default: the ``dbscope`` logger, at INFO.
         names: how messages name the URL and the options (:class:`OptionNames`).
+        worker: names one of several processes running the tests at once (pytest-xdist's
+            worker id, ``gw0``), letters, digits and ``_`` only: each gets a database of
+            its own, made, set up and dropped by that process, so that none sees
+            another's rows.
 
     Yields:
         The URL of the run's database, its password included, to connect to.
 
     Raises:
-        ConfigurationError: the URL is invalid.
+        ConfigurationError: the URL or ``worker`` is invalid.
         DatabaseSetupError: no database can be named after the URL, the server refuses to
             make or drop it, or it has the app's tables and dbscope did not make it.
     """
-    run = _Run.named_after(url, names or OptionNames(), report or _log.info)
+    run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker)
     ours = run.find_or_make(reuse=reuse)
     try:
         with run.tables(metadata, alembic_config, ours, use_existing_tables, reuse or keep):
@@ -142,8 +150,16 @@ class _Run:
     say: Callable[[str], None]
 
     @classmethod
-    def named_after(cls, url: str | URL, names: OptionNames, say: Callable[[str], None]) -> _Run:
-        """The run's database: the one ``url`` names, its name followed by ``_test``."""
+    def named_after(
+        cls,
+        url: str | URL,
+        names: OptionNames,
+        say: Callable[[str], None],
+        worker: str | None = None,
+    ) -> _Run:
+        """The run's database: the one ``url`` names, its name followed by ``_test`` (and
+        by ``_<worker>`` for one of several processes)."""
+        suffix = SUFFIX if worker is None else SUFFIX + "_" + _checked_worker(worker)
         given = Database(url)
         resolved = given.url
         rules = _dialects.backend(resolved.get_backend_name())
@@ -166,13 +182,13 @@ class _Run:
                 ".../app (the tests then run in app_test)."
             )
         else:
-            target = rules.database_named(resolved, SUFFIX)
+            target = rules.database_named(resolved, suffix)
             name = target.database or ""
             limit = rules.too_long(name)
             if limit is None:
                 return cls(target, rules, names, say)
             message = (
-                f"The test database's name {name!r} (the name in {names.url}, then {SUFFIX!r}) "
+                f"The test database's name {name!r} (the name in {names.url}, then {suffix!r}) "
                 f"is longer than the {limit} {rules.name} allows: name a shorter database in "
                 f"{names.url}."
             )
@@ -294,6 +310,17 @@ class _Run:
         if metadata is not None:
             schemas = {table.schema for table in metadata.tables.values()}
         return on_connection(self.url, lambda connection: _table_names(connection, schemas))
+
+
+def _checked_worker(worker: str) -> str:
+    # The worker's name becomes part of a database's (or a file's) name: nothing to quote.
+    if not isinstance(worker, str) or not _WORKER.fullmatch(worker):
+        message = (
+            f"worker={worker!r} cannot be part of a database's name: give the worker's id "
+            "in letters, digits and '_' only, e.g. worker='gw0' (pytest-xdist's)."
+        )
+        raise ConfigurationError(message)
+    return worker
 
 
 @contextlib.asynccontextmanager
