@@ -9,11 +9,12 @@ import contextvars
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from dbscope import ConfigurationError, Database
+from dbscope import ConfigurationError, Database, PoolStats
 from tests.conftest import POSTGRES_URL, require_server
 from tests.helpers import admin
 from tests.replica_cluster import apply_delayed, replay_paused, wait_for_replay
@@ -131,6 +132,33 @@ async def test_a_given_token_does_not_hide_the_writes_of_the_context(
             await add_item(db, 2)
             assert await read(db, 2, after=older) == (False, True)
             assert fallbacks(db) == {"behind": 1}
+
+
+async def test_a_read_cancelled_while_it_waits_for_the_replica_returns_its_connection(
+    urls: tuple[str, str],
+) -> None:
+    """A read waiting for the replica to replay a write, cancelled (a client gone): its
+    replica connection is back in the pool at once, not left to the garbage collector."""
+    async with replicated(urls, replica_wait=30.0) as db, replay_paused(urls[1]):
+        await add_item(db, 1)
+        waiting = asyncio.create_task(read(db, 1))
+        with anyio.fail_after(10):
+            while True:  # until the read has its replica connection, and waits
+                if replica_pool(db).checked_out == 1:
+                    break
+                await anyio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert replica_pool(db).checked_out == 0
+        assert served(db) == 0
+
+
+def replica_pool(db: Database) -> PoolStats:
+    """The replica's pool numbers now."""
+    pool = db.stats().replicas[0].pool
+    assert pool is not None
+    return pool
 
 
 async def test_stale_ok_reads_the_replica_without_the_write(urls: tuple[str, str]) -> None:

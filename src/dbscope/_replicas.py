@@ -167,6 +167,12 @@ class Replicas:
             if outage.cause != "pool_timeout":  # a busy replica is no sick one
                 self._failed(replica, _why(error, replica))
             return self._on_primary(make, outage.cause)
+        except BaseException:
+            # Cancelled while checking out or waiting for the replica: nobody else holds
+            # the unit to end it (measured: psycopg's connection stayed checked out until
+            # the garbage collector dropped it).
+            await _discard(unit)
+            raise
         replica.served += 1
         return unit
 
@@ -387,7 +393,8 @@ async def _discard(unit: UnitOfWork) -> None:
     """End a unit that was not handed out: its connection back, or dropped if broken."""
     unit.state.ended = True
     try:
-        await unit.session.close()
+        # AsyncSession's own exit closes to completion, even if the task is cancelled again.
+        await unit.session.__aexit__(None, None, None)
     except Exception:
         with contextlib.suppress(Exception):
             await unit.session.invalidate()
