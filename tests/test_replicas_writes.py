@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, PoolStats
 from tests.conftest import POSTGRES_URL, require_server
@@ -159,6 +160,27 @@ def replica_pool(db: Database) -> PoolStats:
     pool = db.stats().replicas[0].pool
     assert pool is not None
     return pool
+
+
+def inserting(item: int) -> Callable[[AsyncSession], Awaitable[None]]:
+    """A query for parallel(): it writes the item ``item``."""
+
+    async def insert(session: AsyncSession) -> None:
+        await session.execute(text(f"INSERT INTO {TABLE} (id) VALUES ({item})"))
+
+    return insert
+
+
+async def test_writes_in_parallel_units_are_seen_by_the_read_after_them(
+    urls: tuple[str, str],
+) -> None:
+    """parallel(read_only=False) runs each unit in a task of its own: their writes' tokens
+    still reach the caller, whose next read sees them."""
+    async with replicated(urls) as db, replay_paused(urls[1]):
+        await db.parallel(inserting(1), inserting(2), read_only=False)
+        assert db.write_token() is not None
+        assert await read(db, 2) == (False, True)
+        assert fallbacks(db) == {"behind": 1}
 
 
 async def test_stale_ok_reads_the_replica_without_the_write(urls: tuple[str, str]) -> None:

@@ -22,7 +22,7 @@ from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
 from dbscope._unit_of_work import DEFAULT_OPTIONS, UnitOfWork, UnitOptions, Units
-from dbscope._write_tokens import WriteToken
+from dbscope._write_tokens import WriteToken, current_jar
 
 
 class UnitEntryPoints:
@@ -166,6 +166,10 @@ class UnitEntryPoints:
             async with self._units.open(options, comment=comment, after=token) as unit:
                 return await query(unit.session)
 
+        if not read_only:
+            # Each task runs in a copy of this context: made here, the write token jar is
+            # the one they add to, so that reads after them see their writes.
+            current_jar(create=True)
         tasks = [asyncio.ensure_future(run(query)) for query in queries]
         try:
             return list(await asyncio.gather(*tasks))
