@@ -17,7 +17,8 @@ Health. A task per Database checks each replica every ``replica_check_interval``
 still in recovery (a promoted replica is no replica), of the primary's cluster, and at most
 ``replica_max_lag`` bytes behind the primary (never seconds: an idle primary makes a replica
 0 bytes behind look seconds late). A replica that fails is skipped, and checked again after a
-back-off that doubles up to :data:`MAX_BACKOFF`. A unit whose replica cannot give it a
+back-off that doubles up to :data:`MAX_BACKOFF_CHECKS` intervals (at most :data:`MAX_BACKOFF`),
+so a replica back up serves again within that. A unit whose replica cannot give it a
 connection runs on the primary instead: no rows were returned yet, so nothing is read twice.
 Every read that falls back to the primary is counted, with why.
 """
@@ -56,6 +57,9 @@ COMMITTED: Final = "dbscope.committed"
 # that follow it to the primary.
 UNKNOWN_POSITION: Final = (1 << 64) - 1
 MAX_BACKOFF: Final = 30.0
+# ... and at most this many check intervals: a replica back up serves again within them
+# (measured with a 1 s interval: 12 s after a 20 s outage when only MAX_BACKOFF bounded it).
+MAX_BACKOFF_CHECKS: Final = 8
 # How often a read that waits for a replica asks it again.
 CATCH_UP_STEP: Final = 0.002
 # Isolation levels whose snapshot is taken at the unit's first statement, the replay check:
@@ -110,6 +114,7 @@ class Replicas:
         self.max_lag = int(settings.replica_max_lag)
         self.wait = settings.replica_wait
         self.interval = settings.replica_check_interval
+        self.max_backoff = min(MAX_BACKOFF, MAX_BACKOFF_CHECKS * self.interval)
         self.cluster = ""
         self.fallbacks: Counter[str] = Counter()
         self.replicas = [
@@ -133,7 +138,8 @@ class Replicas:
         execution = dict(options.get("execution_options") or {})
         execution.update(dict.fromkeys(self.rules.read_only_view, True))
         replica_options = {**options, "execution_options": execution}
-        return Replica(name, Lifecycle(replica_settings, replica_options, label))
+        sessions = self.primary.session_class
+        return Replica(name, Lifecycle(replica_settings, replica_options, label, sessions))
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -354,7 +360,7 @@ class Replicas:
                 self._set(replica, "ready", None)
 
     def _failed(self, replica: Replica, reason: str) -> None:
-        replica.backoff = min(MAX_BACKOFF, max(self.interval, replica.backoff * 2))
+        replica.backoff = min(self.max_backoff, max(self.interval, replica.backoff * 2))
         replica.next_check = time.monotonic() + replica.backoff
         self._set(replica, "down", reason)
 
