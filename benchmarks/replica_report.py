@@ -176,6 +176,9 @@ def _failover(result: dict[str, Any], tracebacks: int) -> list[str]:
         f"start: {result['served_after_back']:,}; reads on the primary instead: {fallbacks}",
         f"- the replica's state as `db.stats()` showed it (from its start): {states}",
         "",
+        "Each answer counted by when its request was sent (a read in flight at the stop falls "
+        "before it):",
+        "",
         "| window | answers |",
         "|---|---|",
         *windows,
