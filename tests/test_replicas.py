@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
@@ -150,4 +151,22 @@ async def test_a_repeatable_read_unit_without_a_token_runs_on_the_replica(
             assert await in_recovery(session)
             level = await session.scalar(text("SHOW transaction_isolation"))
         assert level == "repeatable read"
+        assert served(db) == 1
+
+
+async def test_a_multi_host_replica_url_reads_the_standby_among_its_hosts(
+    urls: tuple[str, str],
+) -> None:
+    """A replica URL listing the primary and the replica with target_session_attrs=standby
+    connects to the one in recovery, and serves from it."""
+    primary, replica = (make_url(url) for url in urls)
+    hosts = [f"{url.host}:{url.port}" for url in (primary, replica)]
+    multi_host = primary.set(host=None, port=None, query={"host": hosts}).update_query_dict(
+        {"target_session_attrs": "standby"}
+    )
+    async with Database(primary, replicas=[multi_host]) as db:
+        async with db.transaction(read_only=True) as session:
+            assert await in_recovery(session)
+            port = await session.scalar(text("SELECT inet_server_port()"))
+        assert port == replica.port
         assert served(db) == 1

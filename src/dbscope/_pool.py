@@ -287,7 +287,7 @@ class PoolStats:
         fallbacks: read-only units that ran on the primary instead of a replica, by why:
             ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
             ``replica_wait``), ``unreachable``, ``connection_lost``, ``pool_timeout``,
-            ``isolation_level`` (a snapshot level with a token).
+            ``isolation_level`` (REPEATABLE READ with a token, or SERIALIZABLE).
     """
 
     size: int
