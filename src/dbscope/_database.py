@@ -27,6 +27,7 @@ from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
 from dbscope._replicas import Replicas
+from dbscope._session import unit_session_class
 from dbscope._settings import DatabaseSettings, default_pool_name, load_settings
 from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
@@ -39,6 +40,9 @@ class Database(UnitEntryPoints):
         url: the database URL, e.g. ``postgresql+asyncpg://app@localhost/app``. A URL without
             a driver (``postgresql://``) gets an installed async driver.
         schema: a PostgreSQL schema every unit of work targets (``SET LOCAL search_path``).
+        session_class: the AsyncSession subclass of every unit's session, e.g. SQLModel's
+            ``sqlmodel.ext.asyncio.session.AsyncSession`` (for ``session.exec()``); dbscope's
+            guarantees hold as with SQLAlchemy's own (docs/sqlmodel.md).
         **options: any :class:`DatabaseSettings` field (``pool_size``, ``pool_timeout``, ...)
             and any other ``create_async_engine`` option (``connect_args``, ...).
 
@@ -59,6 +63,7 @@ class Database(UnitEntryPoints):
         *,
         schema: str | None = None,
         replicas: Sequence[str | URL] | None = None,
+        session_class: type[AsyncSession] | None = None,
         **options: Any,
     ):
         fields = DatabaseSettings.model_fields
@@ -69,7 +74,7 @@ class Database(UnitEntryPoints):
             values["postgres_schema"] = schema
         if replicas is not None:
             values["database_replica_urls"] = replicas
-        self._setup(load_settings(from_env=False, **values), options)
+        self._setup(load_settings(from_env=False, **values), options, session_class)
 
     @classmethod
     def from_env(
@@ -78,6 +83,7 @@ class Database(UnitEntryPoints):
         *,
         env_file: str | None = None,
         default_url: str | URL | None = None,
+        session_class: type[AsyncSession] | None = None,
         **engine_options: Any,
     ) -> Database:
         """Build a Database from environment variables (and an optional ``.env`` file).
@@ -93,25 +99,39 @@ class Database(UnitEntryPoints):
             env_file: a dotenv file to read as well; the environment wins over it.
             default_url: the URL to use when the environment names no database, e.g.
                 ``"sqlite+aiosqlite:///app.db"`` for a zero-setup development default.
+            session_class: the AsyncSession subclass of the sessions, as for ``Database()``.
             **engine_options: extra ``create_async_engine`` options.
         """
         settings = load_settings(
             from_env=True, env_prefix=prefix, env_file=env_file, default_url=default_url
         )
-        return cls.from_settings(settings, **engine_options)
+        return cls.from_settings(settings, session_class=session_class, **engine_options)
 
     @classmethod
-    def from_settings(cls, settings: DatabaseSettings, **engine_options: Any) -> Database:
-        """Build a Database from a :class:`DatabaseSettings` made elsewhere."""
+    def from_settings(
+        cls,
+        settings: DatabaseSettings,
+        *,
+        session_class: type[AsyncSession] | None = None,
+        **engine_options: Any,
+    ) -> Database:
+        """Build a Database from a :class:`DatabaseSettings` made elsewhere (``session_class``
+        and ``engine_options`` as for ``Database()``)."""
         database = cls.__new__(cls)
-        database._setup(settings, engine_options)
+        database._setup(settings, engine_options, session_class)
         return database
 
-    def _setup(self, settings: DatabaseSettings, extra: dict[str, Any]) -> None:
+    def _setup(
+        self,
+        settings: DatabaseSettings,
+        extra: dict[str, Any],
+        session_class: type[AsyncSession] | None,
+    ) -> None:
+        sessions = unit_session_class(session_class)  # code, not a setting: never from env
         options = engine_options(settings, extra)
         check_engine_options(settings.url, options)
         self._settings = settings
-        self._lifecycle = Lifecycle(settings, options, f"Database({settings.url!r})")
+        self._lifecycle = Lifecycle(settings, options, f"Database({settings.url!r})", sessions)
         self._limits = Limits(
             url=settings.url,
             pool_size=settings.pool_size,

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
 from dbscope._pool import PoolCounters, PoolStats
-from dbscope._session import session_factory
+from dbscope._session import UnitAsyncSession, session_factory
 from dbscope._settings import DatabaseSettings
 
 logger = logging.getLogger("dbscope")
@@ -55,15 +55,23 @@ class Lifecycle:
         settings: the validated settings.
         options: the checked ``create_async_engine`` options.
         label: how messages name the Database (its repr, which masks the password).
+        session_class: the class of its sessions (``_session.unit_session_class``).
 
     Attributes:
         retries: units of work re-run after a conflict, over the Database's life.
     """
 
-    def __init__(self, settings: DatabaseSettings, options: Mapping[str, Any], label: str):
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        options: Mapping[str, Any],
+        label: str,
+        session_class: type[UnitAsyncSession] = UnitAsyncSession,
+    ):
         self.settings = settings
         self.options = options
         self.label = label
+        self.session_class = session_class
         self.state: State = "new"
         self.server: ServerInfo | None = None
         self._engine: AsyncEngine | None = None
@@ -109,7 +117,9 @@ class Lifecycle:
         self._engine = engine
         self._counters = PoolCounters(engine, ping_after(self.settings))
         self._sessions = session_factory(
-            bind=engine, raise_on_lazy_load=self.settings.raise_on_lazy_load
+            bind=engine,
+            raise_on_lazy_load=self.settings.raise_on_lazy_load,
+            session_class=self.session_class,
         )
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
@@ -151,6 +161,7 @@ class Lifecycle:
             bind=connection,
             join_transaction_mode="create_savepoint",
             raise_on_lazy_load=raise_on_lazy_load,
+            session_class=self.session_class,
         )
         self._loop = asyncio.get_running_loop()
         try:
