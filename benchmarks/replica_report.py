@@ -142,7 +142,8 @@ def _throughput(summary: dict[str, Any]) -> list[str]:
         "Ratios of runs of the same round (median, min-max): the replica over the primary-only "
         f"path **{_rate(summary['replica_vs_primary'], 3, 'x')}**; a replayed token over no "
         f"token **{_rate(summary['token_vs_no_token'], 3, 'x')}** (the token's cost is one "
-        "minus it).",
+        "minus it); routed to the replica over the same server without routing (`/direct/db`) "
+        f"**{_rate(summary['routed_vs_direct'], 3, 'x')}**.",
     ]
     return lines
 

@@ -1,11 +1,13 @@
 """Read throughput of ``/db`` on the replica against the primary-only path, and the token's cost.
 
-Three loads on one server, in each round in a rotated order: ``/db`` through
+Four loads on one server, in each round in a rotated order: ``/db`` through
 ``db.read_session`` on the Database with the replica, with no write token; the same with a
 token the replica has already replayed (known from its last reading, so the check is a
-comparison, not a query); and ``/primary/db``, the same endpoint on a Database without
-replicas. Ratios compare runs of the same round. wrk runs the load when it is installed (the
-full run), else the Python load generator (the smoke mode).
+comparison, not a query); ``/primary/db``, the same endpoint on a Database without replicas;
+and ``/direct/db``, on a Database whose own URL is the replica's, which tells dbscope's
+routing apart from the replica server's own speed. Ratios compare runs of the same round.
+wrk runs the load when it is installed (the full run), else the Python load generator (the
+smoke mode).
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class Load:
 REPLICA: Final = Load("replica", "`/db`, Database with the replica, no token", "/db", False)
 TOKEN: Final = Load("token", "`/db`, Database with the replica, replayed token", "/db", True)
 PRIMARY: Final = Load("primary", "`/primary/db`, Database without replicas", "/primary/db", False)
-LOADS: Final = (REPLICA, TOKEN, PRIMARY)
+DIRECT: Final = Load(
+    "direct", "`/direct/db`, Database on the replica's URL, no replicas", "/direct/db", False
+)
+LOADS: Final = (REPLICA, TOKEN, PRIMARY, DIRECT)
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
         "loads": by_load,
         "replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY)),
         "token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA)),
+        "routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT)),
         "runs": [asdict(run) for run in runs],
     }
 

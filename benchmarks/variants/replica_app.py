@@ -1,11 +1,13 @@
-"""The replica benchmark's app: one Database with a replica, one without, and their numbers.
+"""The replica benchmark's app: a Database with a replica, two without, and their numbers.
 
 ``/db`` reads one row through ``Depends(db.read_session)`` on the Database with the replica
 (``BENCH_REPLICA_URL``); ``/primary/db`` does the same on a Database without replicas, the
-primary-only path. ``POST /write`` stores a client's latest sequence number through
-``Depends(db.session)`` (on the primary, a write token in the answer: a cookie and a header,
-set by ``ReadYourWrites``); ``GET /read`` reads it back through ``db.read_session``, saying
-whether a replica served it. ``/stats`` shows what ``db.stats()`` counts for the replicas.
+primary-only path, and ``/direct/db`` on a Database whose URL is the replica's, without
+replicas: the replica's server without dbscope's routing. ``POST /write`` stores a client's
+latest sequence number through ``Depends(db.session)`` (on the primary, a write token in the
+answer: a cookie and a header, set by ``ReadYourWrites``); ``GET /read`` reads it back through
+``db.read_session``, saying whether a replica served it. ``/stats`` shows what
+``db.stats()`` counts for the replicas.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the endpoints' annotations,
@@ -35,12 +37,13 @@ READ: Final = text(
 )
 
 
-def replica_app(replicated: Database, primary_only: Database) -> FastAPI:
-    """The endpoints above, on ``replicated`` (with replicas) and ``primary_only``."""
+def replica_app(replicated: Database, primary_only: Database, direct: Database) -> FastAPI:
+    """The endpoints above, on ``replicated`` (with replicas), ``primary_only`` and
+    ``direct`` (the replica's URL as its own)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with replicated.lifespan(app), primary_only.lifespan(app):
+        async with replicated.lifespan(app), primary_only.lifespan(app), direct.lifespan(app):
             yield
 
     app = FastAPI(lifespan=lifespan)
@@ -48,6 +51,7 @@ def replica_app(replicated: Database, primary_only: Database) -> FastAPI:
     Session = Annotated[AsyncSession, Depends(replicated.session)]
     ReadSession = Annotated[AsyncSession, Depends(replicated.read_session)]
     PrimaryRead = Annotated[AsyncSession, Depends(primary_only.read_session)]
+    DirectRead = Annotated[AsyncSession, Depends(direct.read_session)]
 
     @app.get("/db")
     async def one(session: ReadSession) -> JSONResponse:
@@ -55,6 +59,10 @@ def replica_app(replicated: Database, primary_only: Database) -> FastAPI:
 
     @app.get("/primary/db")
     async def one_on_primary(session: PrimaryRead) -> JSONResponse:
+        return JSONResponse(await orm_one(session))
+
+    @app.get("/direct/db")
+    async def one_on_replica_server(session: DirectRead) -> JSONResponse:
         return JSONResponse(await orm_one(session))
 
     @app.post("/write")
@@ -85,12 +93,14 @@ def replica_app(replicated: Database, primary_only: Database) -> FastAPI:
 
 settings = bench_settings()
 replica_url = os.environ.get("BENCH_REPLICA_URL", REPLICA_URL)
+replica_url = replica_url.replace("postgresql://", "postgresql+asyncpg://", 1)
 app = replica_app(
     Database(
         settings.sqlalchemy_url,
-        replicas=[replica_url.replace("postgresql://", "postgresql+asyncpg://", 1)],
+        replicas=[replica_url],
         pool_name="replicated",
         **settings.dbscope_options,
     ),
     Database(settings.sqlalchemy_url, pool_name="primary only", **settings.dbscope_options),
+    Database(replica_url, pool_name="replica direct", **settings.dbscope_options),
 )
