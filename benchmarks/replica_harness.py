@@ -118,7 +118,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         print("throughput", flush=True)
         use_wrk = wrk.available() and not args.smoke
         settings = Settings(args.connections, args.duration, use_wrk)
-        throughput = summary(measure(server.port, settings, rounds=args.rounds), settings)
+        throughput = summary(measure(server, settings, rounds=args.rounds), settings)
         print("failover", flush=True)
         plan = replica_failover.Plan(
             connections=16 if not args.smoke else 4,

@@ -13,9 +13,11 @@ smoke mode).
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -23,7 +25,7 @@ import httpx
 from benchmarks import loadgen, wrk
 from benchmarks.config import LOAD_CORE
 from benchmarks.replica_pairs import TOKEN_HEADER, served, stats
-from benchmarks.servers import HOST, can_pin
+from benchmarks.servers import HOST, Server, can_pin
 
 # A client id no pair client uses, for the write that makes the token.
 TOKEN_CLIENT: Final = 1_000_000
@@ -63,6 +65,7 @@ class Run:
     failures: int
     served_by_replica: int
     fallbacks: int
+    cpu_us_per_request: float | None
 
 
 async def replayed_token(port: int) -> str:
@@ -95,29 +98,51 @@ class Settings:
     use_wrk: bool
 
 
-def run_load(port: int, load: Load, token: str, settings: Settings, *, number: int) -> Run:
-    """One run of ``load``, with what ``/stats`` counted meanwhile."""
+def run_load(server: Server, load: Load, token: str, settings: Settings, *, number: int) -> Run:
+    """One run of ``load``, with what ``/stats`` counted meanwhile and the CPU time the server
+    spent per request (its own process: what the machine's other work does not change much,
+    unlike requests/s)."""
     headers = {TOKEN_HEADER: token} if load.token else None
-    before = loadgen.run_async(stats(port))
+    before = loadgen.run_async(stats(server.port))
     load_with = _with_wrk if settings.use_wrk else _with_loadgen
-    rps, p50, p99, failures, tool = load_with(port, load.path, settings, headers)
-    after = loadgen.run_async(stats(port))
+    cpu = cpu_seconds(server.pid)
+    measured = load_with(server.port, load.path, settings, headers)
+    cpu = cpu_seconds(server.pid) - cpu
+    after = loadgen.run_async(stats(server.port))
     fallbacks = sum(after["fallbacks"].values()) - sum(before["fallbacks"].values())
+    p50, p99 = measured.p50_ms, measured.p99_ms
     return Run(
         round=number,
         load=load.key,
-        tool=tool,
-        requests_per_second=round(rps, 1),
+        tool=measured.tool,
+        requests_per_second=round(measured.requests_per_second, 1),
         p50_ms=None if p50 is None else round(p50, 2),
         p99_ms=None if p99 is None else round(p99, 2),
-        failures=failures,
+        failures=measured.failures,
         served_by_replica=served(after) - served(before),
         fallbacks=fallbacks,
+        cpu_us_per_request=round(cpu / measured.requests * 1e6, 1) if measured.requests else None,
     )
 
 
-# requests/s, p50 and p99 in ms, failed requests, the tool's name
-Measured = tuple[float, float | None, float | None, int, str]
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU seconds process ``pid`` has used so far (``/proc/pid/stat``)."""
+    # After the command's name (in parentheses, which may hold spaces): utime and stime are
+    # the 12th and 13th fields.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a load tool reported: requests/s, latency (ms), failed and completed requests."""
+
+    requests_per_second: float
+    p50_ms: float | None
+    p99_ms: float | None
+    failures: int
+    requests: int
+    tool: str
 
 
 def _with_wrk(port: int, path: str, settings: Settings, headers: dict[str, str] | None) -> Measured:
@@ -131,7 +156,14 @@ def _with_wrk(port: int, path: str, settings: Settings, headers: dict[str, str] 
         headers=headers,
     )
     failures = report.non_2xx + report.socket_errors
-    return report.requests_per_second, report.p50_ms, report.p99_ms, failures, "wrk"
+    return Measured(
+        report.requests_per_second,
+        report.p50_ms,
+        report.p99_ms,
+        failures,
+        report.requests,
+        "wrk",
+    )
 
 
 def _with_loadgen(
@@ -150,20 +182,27 @@ def _with_loadgen(
     p50 = loadgen.percentile(latencies, 0.50)
     p99 = loadgen.percentile(latencies, 0.99)
     failures = len(result.responses) - len(latencies) + result.transport_errors
-    return result.requests_per_second, p50, p99, failures, "benchmarks/loadgen.py"
+    return Measured(
+        result.requests_per_second,
+        p50,
+        p99,
+        failures,
+        len(result.responses),
+        "benchmarks/loadgen.py",
+    )
 
 
-def measure(port: int, settings: Settings, *, rounds: int) -> list[Run]:
+def measure(server: Server, settings: Settings, *, rounds: int) -> list[Run]:
     """Every load once per round, in an order rotated each round, after a warm-up of each."""
-    token = loadgen.run_async(replayed_token(port))
+    token = loadgen.run_async(replayed_token(server.port))
     warmup = Settings(settings.connections, WARMUP, settings.use_wrk)
     for load in LOADS:
-        run_load(port, load, token, warmup, number=0)
+        run_load(server, load, token, warmup, number=0)
     runs = []
     for number in range(1, rounds + 1):
         shift = number % len(LOADS)
         for load in LOADS[shift:] + LOADS[:shift]:
-            runs.append(run_load(port, load, token, settings, number=number))
+            runs.append(run_load(server, load, token, settings, number=number))
             print(f"  round {number}: {runs[-1]}", flush=True)
     return runs
 
@@ -179,6 +218,7 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
             "requests_per_second": _spread(rates),
             "p50_ms": _median([run.p50_ms for run in mine]),
             "p99_ms": _median([run.p99_ms for run in mine]),
+            "cpu_us_per_request": _median([run.cpu_us_per_request for run in mine]),
             "failures": sum(run.failures for run in mine),
             "served_by_replica": sum(run.served_by_replica for run in mine),
             "fallbacks": sum(run.fallbacks for run in mine),
@@ -190,18 +230,26 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
         "replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY)),
         "token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA)),
         "routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT)),
+        "cpu_replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY, cpu=True)),
+        "cpu_token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA, cpu=True)),
+        "cpu_routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT, cpu=True)),
         "runs": [asdict(run) for run in runs],
     }
 
 
-def _ratios(runs: list[Run], top: Load, bottom: Load) -> list[float]:
+def _ratios(runs: list[Run], top: Load, bottom: Load, *, cpu: bool = False) -> list[float]:
+    """``top`` over ``bottom`` in each round: requests/s, or with ``cpu`` CPU per request."""
     rounds = sorted({run.round for run in runs})
-    rate = {(run.round, run.load): run.requests_per_second for run in runs}
-    return [
-        rate[number, top.key] / rate[number, bottom.key]
-        for number in rounds
-        if rate.get((number, bottom.key))
-    ]
+    value = {
+        (run.round, run.load): run.cpu_us_per_request if cpu else run.requests_per_second
+        for run in runs
+    }
+    ratios = []
+    for number in rounds:
+        high, low = value.get((number, top.key)), value.get((number, bottom.key))
+        if high is not None and low:
+            ratios.append(high / low)
+    return ratios
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:
