@@ -1,0 +1,116 @@
+"""PostgreSQL's drivers: asyncpg and psycopg 3, as dbscope uses their connections."""
+
+from __future__ import annotations
+
+import select
+from typing import Any, Final
+
+from dbscope._dialects._base import Driver, LeaseStatus, rollback_connection
+
+# -- asyncpg -----------------------------------------------------------------------------------
+
+
+def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"timeout": timeout}
+    if name:
+        args["server_settings"] = {"application_name": name}
+    return args
+
+
+def _asyncpg_closed(connection: Any) -> bool:
+    # asyncpg reads the socket in the event loop and marks the connection closed as soon as
+    # the server hangs up.
+    return bool(connection.is_closed())
+
+
+def _asyncpg_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _asyncpg_fatal() -> tuple[type[BaseException], ...]:
+    # The protocol is out of step: typically the server's FATAL "terminating connection"
+    # arrived on an idle connection, before asyncpg saw the socket close.
+    import asyncpg
+
+    return (asyncpg.InternalClientError,)
+
+
+def _asyncpg_status(connection: Any) -> LeaseStatus:
+    if connection.is_closed():
+        return "closed"
+    return "in_transaction" if connection.is_in_transaction() else "idle"
+
+
+async def _asyncpg_rollback(connection: Any) -> None:
+    await connection.execute("ROLLBACK")
+
+
+# -- psycopg -----------------------------------------------------------------------------------
+
+
+def _psycopg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
+    # libpq takes whole seconds and treats values below 2 as 2.
+    args: dict[str, Any] = {"connect_timeout": max(2, round(timeout))}
+    if name:
+        args["application_name"] = name
+    return args
+
+
+def _psycopg_unread_input(connection: Any) -> bool:
+    # An idle psycopg connection is not read until its next query: data waiting on the socket
+    # means the server spoke (a FATAL on termination, an end of file, a notification).
+    if connection.closed:
+        return True
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _psycopg_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+def _psycopg_status(connection: Any) -> LeaseStatus:
+    from psycopg.pq import TransactionStatus
+
+    if connection.closed or connection.broken:
+        return "closed"
+    status = connection.info.transaction_status
+    if status == TransactionStatus.IDLE:
+        return "idle"
+    if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return "in_transaction"
+    return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
+
+
+async def _psycopg_set_autocommit(connection: Any, value: bool) -> bool:
+    previous = bool(connection.autocommit)
+    if previous != value:
+        await connection.set_autocommit(value)  # a client-side switch: no round trip
+    return previous
+
+
+ASYNCPG: Final = Driver(
+    name="asyncpg",
+    install="pip install 'dbscope[asyncpg]'",
+    connect_args=_asyncpg_connect_args,
+    looks_dead=_asyncpg_closed,
+    errors=_asyncpg_errors,
+    fatal=_asyncpg_fatal,
+    status=_asyncpg_status,
+    rollback=_asyncpg_rollback,
+)
+PSYCOPG: Final = Driver(
+    name="psycopg",
+    install="pip install 'dbscope[psycopg]'",
+    connect_args=_psycopg_connect_args,
+    looks_dead=_psycopg_unread_input,
+    errors=_psycopg_errors,
+    status=_psycopg_status,
+    rollback=rollback_connection,
+    set_autocommit=_psycopg_set_autocommit,
+)
