@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import backend, resolve_async_url
@@ -358,69 +358,3 @@ class DatabaseSettings(ReplicaSettings):
     def is_memory(self) -> bool:
         """Whether the database is an in-memory SQLite database."""
         return is_memory(self._url)
-
-
-class _ArgumentSettings(DatabaseSettings):
-    """DatabaseSettings made from arguments alone: ``Database(url, ...)`` never reads the
-    environment, so a stray ``POOL_SIZE`` cannot change a pool configured in code."""
-
-    _argument_names: ClassVar[Mapping[str, str]] = {
-        "database_url": "url",
-        "postgres_schema": "schema",
-        "database_replica_urls": "replicas",
-    }
-    _reads_env: ClassVar[bool] = False
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
-class _DefaultUrlSettings(DatabaseSettings):
-    """DatabaseSettings read from an environment that names no database, with from_env's
-    ``default_url`` in its place."""
-
-    _argument_names: ClassVar[Mapping[str, str]] = {"database_url": "default_url"}
-
-
-class _DatabaseLocation(BaseSettings):
-    """The settings that name the database, read alone: whether the environment names one."""
-
-    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
-
-    database_url: str | None = None
-    postgres_user: str | None = None
-    postgres_host: str | None = None
-    postgres_db: str | None = None
-
-
-def load_settings(
-    *,
-    from_env: bool,
-    env_prefix: str = "",
-    env_file: str | None = None,
-    default_url: str | URL | None = None,
-    **values: Any,
-) -> DatabaseSettings:
-    """Build DatabaseSettings from ``values`` (and the environment if ``from_env``).
-
-    ``default_url`` is used only when neither a URL nor its PostgreSQL parts are given.
-
-    Raises:
-        ConfigurationError: a value is invalid; the message names it and the fix.
-    """
-    if not from_env:
-        return _ArgumentSettings(**values)
-    settings_class = DatabaseSettings
-    if default_url is not None:
-        location = _DatabaseLocation(_env_prefix=env_prefix, _env_file=env_file)
-        if not any(location.model_dump().values()):
-            settings_class, values["database_url"] = _DefaultUrlSettings, default_url
-    return settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)

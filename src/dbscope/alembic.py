@@ -45,7 +45,7 @@ from dbscope._migrations import (
     run_coroutine,
     run_on_connection,
 )
-from dbscope._settings import load_settings
+from dbscope._settings_loading import load_settings
 
 __all__ = ["MigrationStatus", "at_head", "run_migrations", "status", "upgrade"]
 
