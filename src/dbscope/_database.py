@@ -27,7 +27,7 @@ from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
 from dbscope._replicas import Replicas
-from dbscope._session import unit_session_class
+from dbscope._session_classes import unit_session_class
 from dbscope._settings import DatabaseSettings, default_pool_name
 from dbscope._settings_loading import load_settings
 from dbscope._tags import sql_tagger
