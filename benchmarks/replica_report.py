@@ -9,6 +9,7 @@ RATIOS: Final = (
     ("routed to the replica / the primary-only path", "replica_vs_primary"),
     ("a replayed token / no token (the token check)", "token_vs_no_token"),
     ("routed to the replica / the replica's server without routing", "routed_vs_direct"),
+    ("the replica's server without routing / the primary-only path", "direct_vs_primary"),
 )
 
 

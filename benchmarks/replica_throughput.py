@@ -230,9 +230,11 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
         "replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY)),
         "token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA)),
         "routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT)),
+        "direct_vs_primary": _spread(_ratios(runs, DIRECT, PRIMARY)),
         "cpu_replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY, cpu=True)),
         "cpu_token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA, cpu=True)),
         "cpu_routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT, cpu=True)),
+        "cpu_direct_vs_primary": _spread(_ratios(runs, DIRECT, PRIMARY, cpu=True)),
         "runs": [asdict(run) for run in runs],
     }
 
