@@ -4,7 +4,6 @@
 SQL comments on (dbscope_metrics.py, dbscope_tags.py) serve the very same endpoints.
 """
 
-
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
