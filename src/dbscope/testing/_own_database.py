@@ -69,7 +69,9 @@ def own_database(
 
     Args:
         url: names the database to name the run's after; that one is never touched.
-        metadata, alembic_config: the tables to make, as for :func:`create_tables`.
+        metadata: the tables to make, as for :func:`create_tables`.
+        alembic_config: the alembic.ini whose migrations make them instead, as for
+            :func:`create_tables`.
         reuse: keep the database at the end, and reuse the one an earlier run kept.
         keep: keep the database at the end (the next run without ``reuse`` makes it anew).
         use_existing_tables: run on the app's tables in a database dbscope did not make,
