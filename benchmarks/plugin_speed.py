@@ -20,14 +20,21 @@ when the run begins and drops when it ends. ``idle`` and ``plugin`` keep it betw
 runs ``plugin`` without that option, making and dropping the database as a user's run does,
 which shows the cost of doing so once per run and leaves no database behind.
 
-Prints each wall time (the best of ``--repeat`` runs), the cost per test over ``empty``, and
-the ratios of ``recreate`` to ``plugin``. docs/testing.md records the figures.
+Prints each wall time (the best of ``--repeat`` runs, with that run's CPU time, pytest's
+and its workers'), the cost per test over ``empty``, and the ratios of ``recreate`` to
+``plugin``. docs/testing.md records the figures.
+
+``--workers N`` runs each set-up with pytest-xdist's ``-n N``: each worker runs its share of
+the tests in a database of its own (``<name>_test_gw0``...). ``recreate`` is left out then:
+its fixture makes and drops the same tables in the one database, which the workers would
+share. benchmarks/results/xdist.md records the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -156,15 +163,26 @@ def write_project(root: Path, kind: str, loop: str, tables: int) -> Path:
     return project
 
 
-def run(project: Path, url: str, *, reuse: bool) -> float:
-    """Run pytest on ``project`` in a fresh process; return the wall time in seconds.
+def children_cpu() -> float:
+    """The CPU seconds (user and system) of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(project: Path, url: str, *, reuse: bool, workers: int = 0) -> tuple[float, float]:
+    """Run pytest on ``project`` in a fresh process; return its wall time and the CPU time
+    of pytest and its workers, in seconds.
 
     ``reuse``: keep the plugin's database for the next run instead of making it anew.
+    ``workers``: pytest-xdist's worker processes (``-n``); 0 runs without pytest-xdist.
     """
     env = {**os.environ, "DBSCOPE_TEST_URL": url}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:anyio"]
     if reuse:
         command.append("--dbscope-reuse-db")
+    if workers:
+        command += ["-n", str(workers)]
+    cpu = children_cpu()
     started = time.perf_counter()
     completed = subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, check=False
@@ -176,7 +194,7 @@ def run(project: Path, url: str, *, reuse: bool) -> float:
         print(completed.stdout[-3000:], completed.stderr[-3000:], sep="\n", file=sys.stderr)
         message = f"{project.name}: pytest failed: {summary[0]}"
         raise SystemExit(message)
-    return elapsed
+    return elapsed, children_cpu() - cpu
 
 
 def main() -> int:
@@ -185,7 +203,9 @@ def main() -> int:
     parser.add_argument("--url", default=os.environ.get("DBSCOPE_BENCH_URL", DEFAULT_URL))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tables", type=int, default=1, help="tables in the metadata")
+    parser.add_argument("--workers", type=int, default=0, help="pytest-xdist's -n (0: none)")
     arguments = parser.parse_args()
+    workers = arguments.workers
     setups = [
         ("empty", "function"),
         ("idle", "function"),
@@ -194,31 +214,42 @@ def main() -> int:
         ("plugin", "session"),
         ("recreate", "function"),
     ]
+    if workers:  # its tables, made and dropped by every test, would be the workers' to share
+        setups.remove(("recreate", "function"))
     count = MODULES * TESTS_PER_MODULE
-    best: dict[str, float] = {}
+    best: dict[str, tuple[float, float]] = {}
+    repeats = range(arguments.repeat)
     with tempfile.TemporaryDirectory(prefix="dbscope-plugin-speed-") as directory:
         for kind, loop in setups:
             project = write_project(Path(directory), kind, loop, arguments.tables)
             name = kind if loop == "function" else f"{kind}-{loop}-loop"
-            runs = (run(project, arguments.url, reuse=True) for _ in range(arguments.repeat))
+            runs = (run(project, arguments.url, reuse=True, workers=workers) for _ in repeats)
             best[name] = min(runs)
         # Last, so that its final run drops the database the runs above kept.
         fresh = Path(directory) / "plugin-function"
-        runs = (run(fresh, arguments.url, reuse=False) for _ in range(arguments.repeat))
+        runs = (run(fresh, arguments.url, reuse=False, workers=workers) for _ in repeats)
         best["plugin-fresh"] = min(runs)
     where = arguments.url.split("@")[-1]
-    print(f"{count} tests, {arguments.tables} table(s), best of {arguments.repeat} runs, {where}")
-    for name, seconds in best.items():
+    how = f"{workers} xdist workers" if workers else "no xdist"
+    print(f"{count} tests, {arguments.tables} table(s), {how}, best of {arguments.repeat}, {where}")
+    print_figures(best, count)
+    return 0
+
+
+def print_figures(best: dict[str, tuple[float, float]], count: int) -> None:
+    """Each set-up's best wall time (and that run's CPU time), and what they imply."""
+    wall = {name: seconds for name, (seconds, _) in best.items()}
+    for name, (seconds, cpu) in best.items():
         extra = ""
         if name != "empty":
-            per_test = (seconds - best["empty"]) / count * 1000
+            per_test = (seconds - wall["empty"]) / count * 1000
             extra = f"  ({per_test:.2f} ms per test over empty)"
-        print(f"  {name:<22} {seconds:6.2f} s{extra}")
+        print(f"  {name:<22} {seconds:6.2f} s  CPU {cpu:6.2f} s{extra}")
     for plugin in ("plugin", "plugin-session-loop"):
-        print(f"  recreate / {plugin}: {best['recreate'] / best[plugin]:.1f}x")
-    once = best["plugin-fresh"] - best["plugin"]
+        if "recreate" in wall:
+            print(f"  recreate / {plugin}: {wall['recreate'] / wall[plugin]:.1f}x")
+    once = wall["plugin-fresh"] - wall["plugin"]
     print(f"  making and dropping the run's database: {once:+.2f} s once per run")
-    return 0
 
 
 if __name__ == "__main__":
