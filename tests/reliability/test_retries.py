@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -142,7 +143,9 @@ class Racing:
         """Run the two racers together, each with a Retrying of its own and one barrier
         between them; then read ``queries``, each in a unit of work of its own. The figures
         are printed (``pytest -s``) as ``what``."""
-        options = {} if isolation_level is None else {"isolation_level": isolation_level}
+        options: dict[str, Any] = {}
+        if isolation_level is not None:
+            options["isolation_level"] = isolation_level
         async with Database(self.database_url, **options) as db:
             barrier = asyncio.Barrier(2)
             retryings = [db.retrying(attempts=attempts, backoff=0.01) for _ in range(2)]
