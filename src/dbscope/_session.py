@@ -14,7 +14,7 @@ rolls back, and becomes due when the outermost transaction commits.
 while the first is inside one of its methods gets SessionSharedError at once, before it
 touches the connection, and the unit's end waits for the first to finish. A Database given
 another AsyncSession class (``session_class=``, SQLModel's) gets a class that is both, made
-once per class by :func:`unit_session_class`.
+once per class by ``_session_classes.unit_session_class``.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def session_factory(
 ) -> async_sessionmaker[AsyncSession]:
     """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes.
 
-    ``session_class`` is one :func:`unit_session_class` gave.
+    ``session_class`` is one ``_session_classes.unit_session_class`` gave.
     """
     return async_sessionmaker(
         class_=session_class,
