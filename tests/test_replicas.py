@@ -6,14 +6,15 @@ dbscope counted it (``db.stats().replicas[0].served``).
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database
-from tests.helpers import app_with, client_for
+from dbscope import Database, DatabaseUnavailableError
+from tests.helpers import admin, app_with, client_for
 from tests.replica_cluster import replay_paused
 from tests.replica_reads import (
     TABLE,
@@ -29,6 +30,17 @@ pytest_plugins = ["tests.replica_fixtures"]
 
 # Runs units of one kind on a Database; where each unit ran (True: the replica).
 Units = Callable[[Database], Awaitable[list[bool]]]
+
+
+async def terminate_backend(session: AsyncSession, replica_url: str) -> bool:
+    """Terminate the session's server process on the replica, before any statement of its
+    own; whether the replica had it (so the unit was on the replica)."""
+    raw = await (await session.connection()).get_raw_connection()
+    driver: Any = raw.driver_connection  # asyncpg's or psycopg's connection
+    pid = driver.get_server_pid() if hasattr(driver, "get_server_pid") else driver.info.backend_pid
+    async with admin(replica_url) as connection:
+        query = text("SELECT pg_terminate_backend(:pid)")
+        return bool(await connection.scalar(query, {"pid": pid}))
 
 
 async def read_only_transaction(db: Database) -> list[bool]:
@@ -62,6 +74,13 @@ async def session_request(db: Database) -> list[bool]:
 
 async def retried_unit(db: Database) -> list[bool]:
     async for attempt in db.retrying(attempts=2):
+        async with attempt as session:
+            return [await in_recovery(session)]
+    raise AssertionError("no attempt ran")
+
+
+async def read_only_retried_unit(db: Database) -> list[bool]:
+    async for attempt in db.retrying(read_only=True, attempts=2):
         async with attempt as session:
             return [await in_recovery(session)]
     raise AssertionError("no attempt ran")
@@ -104,11 +123,21 @@ async def test_read_only_units_run_on_the_replica(urls: tuple[str, str], units: 
 
 
 @pytest.mark.parametrize(
-    "units", [transaction, session_request, retried_unit, read_write_parallel, stream]
+    "units",
+    [
+        transaction,
+        session_request,
+        retried_unit,
+        read_only_retried_unit,
+        read_write_parallel,
+        stream,
+    ],
 )
-async def test_read_write_units_run_on_the_primary(urls: tuple[str, str], units: Units) -> None:
-    """transaction(), Depends(db.session), retrying(), parallel(read_only=False) and streams
-    run on the primary, though the replica is ready."""
+async def test_read_write_and_retried_units_run_on_the_primary(
+    urls: tuple[str, str], units: Units
+) -> None:
+    """transaction(), Depends(db.session), retrying() (read-only too), parallel(read_only=
+    False) and streams run on the primary, though the replica is ready."""
     async with replicated(urls) as db:
         ran_on_replica = await units(db)
         assert ran_on_replica
@@ -170,3 +199,41 @@ async def test_a_multi_host_replica_url_reads_the_standby_among_its_hosts(
             port = await session.scalar(text("SELECT inet_server_port()"))
         assert port == replica.port
         assert served(db) == 1
+
+
+async def test_a_read_whose_replica_connection_is_lost_in_its_first_statement_reads_the_primary(
+    urls: tuple[str, str],
+) -> None:
+    """The replica's backend of a read-only unit is terminated before its first statement:
+    the statement runs again on the primary, the replica is taken out of service, counted."""
+    primary_port = make_url(urls[0]).port
+    async with replicated(urls) as db:
+        async with db.transaction(read_only=True) as session:
+            assert await terminate_backend(session, urls[1])
+            port = await session.scalar(text("SELECT inet_server_port()"))
+            assert not await in_recovery(session)
+        stats = db.stats()
+    assert port == primary_port
+    assert dict(stats.fallbacks) == {"replica_lost": 1}
+    assert stats.replicas[0].state == "down"
+    assert stats.replicas[0].served == 0
+
+
+async def test_a_read_whose_replica_connection_is_lost_after_its_first_result_fails(
+    urls: tuple[str, str],
+) -> None:
+    """Once a statement has returned rows, a lost replica connection is an outage (503), not
+    a silent second read elsewhere."""
+    seen: list[bool] = []
+
+    async def read_twice() -> None:
+        async with db.transaction(read_only=True) as session:
+            seen.append(await in_recovery(session))
+            seen.append(await terminate_backend(session, urls[1]))
+            await session.scalar(text("SELECT 1"))
+
+    async with replicated(urls) as db:
+        with pytest.raises(DatabaseUnavailableError):
+            await read_twice()
+        assert dict(db.stats().fallbacks) == {}
+    assert seen == [True, True]

@@ -225,7 +225,9 @@ class UnitEntryPoints:
                 async with attempt as session:
                     ...
 
-        Each attempt is a fresh ``db.transaction()`` with the given options. It is re-run
+        Each attempt is a fresh ``db.transaction()`` with the given options, on the primary
+        even when read-only: a conflict is the primary's to settle, and a retried unit must not
+        meet a replica's own (a query cancelled by replay). It is re-run
         when the database reports a serialization failure (SQLSTATE 40001) or deadlock
         (40P01; MySQL 1213, and 1205 with ``lock_timeouts=True``), after an exponential
         backoff with jitter; each retry is logged, and ``.retries`` counts them. Other errors
@@ -238,8 +240,9 @@ class UnitEntryPoints:
             statement_timeout: as for ``transaction()``.
             schema: as for ``transaction()``.
             tags: as for ``transaction()``.
-            after: as for ``transaction()``.
-            stale_ok: as for ``transaction()``.
+            after: as for ``transaction()``; retried units read the primary, which has every
+                write, so it changes nothing.
+            stale_ok: as for ``transaction()``; as ``after``, it changes nothing here.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
@@ -247,7 +250,7 @@ class UnitEntryPoints:
         options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
         comment, token = self._units.comment(tags), _token(after)
         return Retrying(
-            lambda: self._units.open(options, comment=comment, after=token),
+            lambda: self._units.open(options, comment=comment, after=token, primary=True),
             retry_policy(policy, **policy_fields),
             self._units.rules,
             on_retry=self._lifecycle.count_retry,

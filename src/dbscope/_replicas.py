@@ -13,40 +13,36 @@ carries a token runs on a replica only once the replica has replayed that far: k
 last reading, or asked on the unit's own connection, waited for up to ``replica_wait``; else
 the unit reads the primary. A token of another cluster is ignored.
 
-Health. A task per Database checks each replica every ``replica_check_interval``: reachable,
-still in recovery (a promoted replica is no replica), of the primary's cluster, and at most
-``replica_max_lag`` bytes behind the primary (never seconds: an idle primary makes a replica
-0 bytes behind look seconds late). A replica that fails is skipped, and checked again after a
-back-off that doubles up to :data:`MAX_BACKOFF_CHECKS` intervals (at most :data:`MAX_BACKOFF`),
-so a replica back up serves again within that. A unit whose replica cannot give it a
-connection runs on the primary instead: no rows were returned yet, so nothing is read twice.
-Every read that falls back to the primary is counted, with why.
+Health is checked in the background (``_replica_health.py``). A unit whose replica cannot
+give it a connection runs on the primary instead, and so does one whose replica connection is
+lost during its first statement (``UnitState.reroute``): no rows were returned yet, so nothing
+is read twice. Every read that falls back to the primary is counted, with why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-from dbscope._dialects import Backend, Replication, backend
+from dbscope._dialects import Backend, backend
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolCounters, ReplicaState, ReplicaStats
-from dbscope._session import WRITER, UnitState
+from dbscope._pool import PoolCounters, ReplicaStats
+from dbscope._replica_health import Replica, ReplicaChecks, why
+from dbscope._session import WRITER, UnitState, unit_bind
 from dbscope._settings import DatabaseSettings, default_pool_name
 from dbscope._unit_of_work import MakeUnit, UnitOfWork, UnitOptions
-from dbscope._urls import describe_location
 from dbscope._write_tokens import WriteToken, current_jar
 
 logger = logging.getLogger("dbscope")
@@ -56,10 +52,6 @@ COMMITTED: Final = "dbscope.committed"
 # A position no replica reaches: a write whose position could not be read sends the reads
 # that follow it to the primary.
 UNKNOWN_POSITION: Final = (1 << 64) - 1
-MAX_BACKOFF: Final = 30.0
-# ... and at most this many check intervals: a replica back up serves again within them
-# (measured with a 1 s interval: 12 s after a 20 s outage when only MAX_BACKOFF bounded it).
-MAX_BACKOFF_CHECKS: Final = 8
 # How often a read that waits for a replica asks it again.
 CATCH_UP_STEP: Final = 0.002
 # Isolation levels whose snapshot is taken at the unit's first statement, the replay check:
@@ -69,26 +61,6 @@ SNAPSHOT_LEVELS: Final = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
 # Levels a hot standby refuses ("cannot use serializable mode in a hot standby"): such units
 # always run on the primary.
 PRIMARY_LEVELS: Final = frozenset({"SERIALIZABLE"})
-
-
-class Replica:
-    """One replica: its engine's lifecycle and what the last check found."""
-
-    def __init__(self, name: str, lifecycle: Lifecycle) -> None:
-        self.name = name
-        self.lifecycle = lifecycle
-        self.state: ReplicaState = "starting"
-        self.replayed = 0
-        self.lag: int | None = None
-        self.served = 0
-        self.reason: str | None = None
-        self.backoff = 0.0
-        self.next_check = 0.0
-
-    def stats(self) -> ReplicaStats:
-        """The replica's numbers now."""
-        pool = self.lifecycle.stats() if self.lifecycle.state == "connected" else None
-        return ReplicaStats(self.name, self.state, self.lag, self.served, self.reason, pool)
 
 
 class Replicas:
@@ -111,17 +83,20 @@ class Replicas:
         self.primary = primary
         self.name = name
         self.rules: Backend = backend(settings.url.get_backend_name())
-        self.max_lag = int(settings.replica_max_lag)
         self.wait = settings.replica_wait
-        self.interval = settings.replica_check_interval
-        self.max_backoff = min(MAX_BACKOFF, MAX_BACKOFF_CHECKS * self.interval)
-        self.cluster = ""
         self.fallbacks: Counter[str] = Counter()
         self.replicas = [
             self._replica(settings, options, url, name) for url in settings.database_replica_urls
         ]
         self._turn = 0
-        self._watch: asyncio.Task[None] | None = None
+        self.checks = ReplicaChecks(
+            primary,
+            self.replicas,
+            self.rules,
+            name,
+            settings.replica_check_interval,
+            int(settings.replica_max_lag),
+        )
         primary.observe(self)
 
     def _replica(
@@ -161,8 +136,8 @@ class Replicas:
         unit = make(replica.lifecycle.session_maker())
         try:
             connection = await unit.session.connection()  # checks out, and begins
-            behind = token is not None and replica.replayed < token.position
-            if behind and not await self._catch_up(replica, connection, token):
+            wanted = 0 if token is None else token.position
+            if replica.replayed < wanted and not await self._catch_up(replica, connection, wanted):
                 await _discard(unit)
                 return self._on_primary(make, "behind")
         except Exception as error:
@@ -171,7 +146,7 @@ class Replicas:
             if not isinstance(outage, DatabaseUnavailableError):
                 raise
             if outage.cause != "pool_timeout":  # a busy replica is no sick one
-                self._failed(replica, _why(error, replica))
+                self.checks.failed(replica, why(error, replica))
             return self._on_primary(make, outage.cause)
         except BaseException:
             # Cancelled while checking out or waiting for the replica: nobody else holds
@@ -180,7 +155,20 @@ class Replicas:
             await _discard(unit)
             raise
         replica.served += 1
+        unit.state.reroute = functools.partial(self._reroute, replica, options)
         return unit
+
+    def _reroute(self, replica: Replica, options: UnitOptions) -> Engine | None:
+        """Where a read goes whose replica connection was lost in its first statement: the
+        primary, with the replica out of service until a check finds it well again."""
+        if self.primary.state != "connected":
+            return None
+        replica.served -= 1
+        self.checks.failed(replica, "its connection was lost during a read")
+        self.fallbacks["replica_lost"] += 1
+        factory = self.primary.session_maker()
+        bind = unit_bind(factory, self.rules, True, options.isolation_level).get("bind")
+        return (bind or self.primary.engine).sync_engine
 
     def remember(self, position: int) -> None:
         """Keep the primary's position after a commit as this context's write token."""
@@ -217,11 +205,7 @@ class Replicas:
         self._turn += 1
         return ready[self._turn % len(ready)]
 
-    async def _catch_up(
-        self, replica: Replica, connection: AsyncConnection, token: WriteToken | None
-    ) -> bool:
-        assert token is not None
-        position = token.position
+    async def _catch_up(self, replica: Replica, connection: AsyncConnection, position: int) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         while True:
@@ -273,106 +257,18 @@ class Replicas:
 
     # -- health ------------------------------------------------------------------------------
 
+    @property
+    def cluster(self) -> str:
+        """The primary's cluster, as its last reading gave it ('' before connect())."""
+        return self.checks.cluster
+
     async def connect(self) -> None:
         """Learn the primary's cluster, check every replica once, then watch them."""
-        async with self.primary.engine.connect() as connection:
-            self.cluster = (await self.rules.replication(connection)).cluster
-        await self.check()
-        self._watch = asyncio.get_running_loop().create_task(self._watch_replicas())
+        await self.checks.connect()
 
     async def dispose(self) -> None:
         """Stop watching, and close every replica's pool; the next connect() starts anew."""
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
-        for replica in self.replicas:
-            await replica.lifecycle.dispose()
-            # Nothing of this life holds for the next: the server may be another by then.
-            replica.state, replica.reason, replica.lag = "starting", None, None
-            replica.replayed, replica.backoff, replica.next_check = 0, 0.0, 0.0
-
-    async def _watch_replicas(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.check()
-            except Exception:  # the watch must go on; the next round tries again
-                logger.exception("Checking the replicas failed")
-
-    async def check(self) -> None:
-        """Check each replica due for a check: reachable, a replica of this cluster, its lag."""
-        primary = await self._primary_position()
-        now = time.monotonic()
-        for replica in self.replicas:
-            if now >= replica.next_check:
-                await self._check(replica, primary)
-
-    async def _primary_position(self) -> int | None:
-        try:
-            # At least a second: a new connection under load can take longer than a short
-            # interval, and without the primary's position no lag is known.
-            async with (
-                asyncio.timeout(max(self.interval, 1.0)),
-                self.primary.engine.connect() as connection,
-            ):
-                reading = await self.rules.replication(connection)
-        except Exception:  # the primary's own troubles are its units' to report
-            return None
-        if reading.cluster and reading.cluster != self.cluster:
-            # Another cluster at the primary's address: tokens and positions of the old one
-            # say nothing of its log.
-            logger.warning("The primary is another cluster than at connect(); replicas rechecked")
-            self.cluster = reading.cluster
-            for replica in self.replicas:
-                replica.replayed = 0
-        return reading.position
-
-    async def _check(self, replica: Replica, primary: int | None) -> None:
-        try:
-            async with asyncio.timeout(max(self.interval, 1.0)):
-                if replica.lifecycle.state != "connected":
-                    await replica.lifecycle.connect()
-                async with replica.lifecycle.engine.connect() as connection:
-                    reading = await self.rules.replication(connection)
-        except Exception as error:
-            self._failed(replica, _why(error, replica))
-            return
-        self._judge(replica, reading, primary)
-
-    def _judge(self, replica: Replica, reading: Replication, primary: int | None) -> None:
-        replica.backoff = 0.0
-        if not reading.replica:
-            self._set(replica, "promoted", "it is no longer in recovery: a primary now")
-        elif self.cluster and reading.cluster != self.cluster:
-            self._set(replica, "foreign", "it replicates another cluster than the primary's")
-        else:
-            # As the replica says, even backwards (a replica made anew from a backup): a
-            # position it no longer has would let reads skip their check.
-            replica.replayed = reading.position or 0
-            if primary is not None:
-                replica.lag = max(0, primary - replica.replayed)
-            if replica.lag is not None and replica.lag > self.max_lag:
-                reason = f"{replica.lag} bytes behind, more than replica_max_lag={self.max_lag}"
-                self._set(replica, "lagging", reason)
-            else:
-                self._set(replica, "ready", None)
-
-    def _failed(self, replica: Replica, reason: str) -> None:
-        replica.backoff = min(self.max_backoff, max(self.interval, replica.backoff * 2))
-        replica.next_check = time.monotonic() + replica.backoff
-        self._set(replica, "down", reason)
-
-    def _set(self, replica: Replica, state: ReplicaState, reason: str | None) -> None:
-        if state != replica.state:  # logged once per change, not once per check
-            where = describe_location(replica.lifecycle.settings.url)
-            if state == "ready":
-                logger.info("Replica %s of Database %r serves reads", where, self.name)
-            else:
-                message = "Replica %s of Database %r serves no reads: %s"
-                logger.warning(message, where, self.name, reason)
-        replica.state, replica.reason = state, reason
+        await self.checks.dispose()
 
     def stats(self) -> tuple[ReplicaStats, ...]:
         """Each replica's numbers now."""
@@ -381,18 +277,6 @@ class Replicas:
 
 def _mark_commit(connection: Connection) -> None:
     connection.info[COMMITTED] = True
-
-
-def _why(error: Exception, replica: Replica) -> str:
-    # Phrased from the error's kind: a driver's message could name the user or more.
-    if isinstance(error, TimeoutError):
-        return "it did not answer in time"
-    if isinstance(error, DatabaseUnavailableError):
-        return "it could not be reached"
-    translated = translate(error, Limits(replica.lifecycle.settings.url))
-    if isinstance(translated, DatabaseUnavailableError):
-        return "it could not be reached"
-    return f"checking it failed ({type(translated or error).__name__})"
 
 
 async def _discard(unit: UnitOfWork) -> None:

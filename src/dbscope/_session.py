@@ -20,6 +20,7 @@ once per class by ``_session_classes.unit_session_class``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -86,6 +88,8 @@ class UnitState:
         tracks_writes: the primary's log position is read after each of its commits, for
             read-your-writes on replicas (``_replicas.py``).
         write_position: the latest position read so, if any.
+        reroute: on a replica, until its first statement returned: where the unit goes if
+            the replica's connection is lost in that statement (``_replicas.py``).
     """
 
     rules: Backend
@@ -98,12 +102,49 @@ class UnitState:
     request_id: str | None = None
     tracks_writes: bool = False
     write_position: int | None = None
+    reroute: Callable[[], Engine | None] | None = None
 
 
 class UnitSession(Session):
     """The synchronous session behind every dbscope AsyncSession."""
 
     unit: UnitState | None = None
+
+    # Every statement of a unit enters by one of these three (get() and loads by execute()).
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Session.execute; see :meth:`_rerouted`."""
+        if self.unit is None or self.unit.reroute is None:
+            return super().execute(*args, **kwargs)
+        return self._rerouted(super().execute, args, kwargs)
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        """Session.scalar; see :meth:`_rerouted`."""
+        if self.unit is None or self.unit.reroute is None:
+            return super().scalar(*args, **kwargs)
+        return self._rerouted(super().scalar, args, kwargs)
+
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        """Session.scalars; see :meth:`_rerouted`."""
+        if self.unit is None or self.unit.reroute is None:
+            return super().scalars(*args, **kwargs)
+        return self._rerouted(super().scalars, args, kwargs)
+
+    def _rerouted(self, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """A unit's first statement on a replica: run again on the primary if the replica's
+        connection is lost in it (reads are idempotent, and none returned yet)."""
+        assert self.unit is not None and self.unit.reroute is not None
+        reroute, self.unit.reroute = self.unit.reroute, None
+        try:
+            return run(*args, **kwargs)
+        except DBAPIError as error:
+            bind = reroute() if error.connection_invalidated else None
+            if bind is None:
+                raise
+        logger.warning("A read's replica connection was lost; the read runs on the primary")
+        with contextlib.suppress(Exception):  # the lost connection's rollback may fail too
+            self.rollback()
+        self.bind = bind
+        return run(*args, **kwargs)
 
 
 refuse_lazy_loads(UnitSession)

@@ -204,11 +204,13 @@ class Units:
         comment: SqlComment | None = None,
         request_id: str | None = None,
         after: object = None,
+        primary: bool = False,
     ) -> UnitRun:
         """A unit of work to enter with ``async with``; ``comment`` tags its statements (by
         default, the tagger's shared tags), ``request_id`` names its transactions, ``after``
-        (a WriteToken) is a write a read-only unit must see."""
-        return UnitRun(self, options, comment, request_id, after)
+        (a WriteToken) is a write a read-only unit must see; ``primary`` keeps a read-only
+        unit on the primary."""
+        return UnitRun(self, options, comment, request_id, after, primary)
 
     def comment(self, tags: Mapping[str, str] | None) -> SqlComment | None:
         """The comment of a unit with ``tags``; None while SQL comments are off (``tags`` are
@@ -264,13 +266,14 @@ class UnitRun:
         comment: SqlComment | None = None,
         request_id: str | None = None,
         after: object = None,
+        primary: bool = False,
     ) -> None:
         self._units = units
         self._limits = units.prepared(options)[1]
         self._route: _Route | None = None
         router = units.router
         routed = router is not None and router.routes()
-        if routed and options.read_only:
+        if routed and options.read_only and not primary:
             # The unit is made in __aenter__, on the replica chosen then (or the primary).
             self._route = (options, after, comment, request_id)
             return

@@ -1,0 +1,202 @@
+"""The health of a Database's read replicas, checked in the background.
+
+A task per Database checks each replica every ``replica_check_interval``: reachable, still in
+recovery (a promoted replica is no replica), of the primary's cluster, and at most
+``replica_max_lag`` bytes behind the primary (never seconds: an idle primary makes a replica
+0 bytes behind look seconds late). A replica that fails is skipped, and checked again after a
+back-off that doubles up to :data:`MAX_BACKOFF_CHECKS` intervals (at most :data:`MAX_BACKOFF`),
+so a replica back up serves again within that. A state is logged once when it changes, not
+once per check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Final
+
+from dbscope._dialects import Backend, Replication
+from dbscope._errors import Limits, translate
+from dbscope._exceptions import DatabaseUnavailableError
+from dbscope._lifecycle import Lifecycle
+from dbscope._pool import ReplicaState, ReplicaStats
+from dbscope._urls import describe_location
+
+logger = logging.getLogger("dbscope")
+
+MAX_BACKOFF: Final = 30.0
+# ... and at most this many check intervals: a replica back up serves again within them
+# (measured with a 1 s interval: 12 s after a 20 s outage when only MAX_BACKOFF bounded it).
+MAX_BACKOFF_CHECKS: Final = 8
+
+
+class Replica:
+    """One replica: its engine's lifecycle and what the last check found."""
+
+    def __init__(self, name: str, lifecycle: Lifecycle) -> None:
+        self.name = name
+        self.lifecycle = lifecycle
+        self.state: ReplicaState = "starting"
+        self.replayed = 0
+        self.lag: int | None = None
+        self.served = 0
+        self.reason: str | None = None
+        self.backoff = 0.0
+        self.next_check = 0.0
+
+    def stats(self) -> ReplicaStats:
+        """The replica's numbers now."""
+        pool = self.lifecycle.stats() if self.lifecycle.state == "connected" else None
+        return ReplicaStats(self.name, self.state, self.lag, self.served, self.reason, pool)
+
+    def forget(self) -> None:
+        """Drop what the checks found: the next life's server may be another."""
+        self.state, self.reason, self.lag = "starting", None, None
+        self.replayed, self.backoff, self.next_check = 0, 0.0, 0.0
+
+
+class ReplicaChecks:
+    """The checks of one Database's replicas, and the primary's cluster they must belong to.
+
+    Args:
+        primary: the primary's lifecycle.
+        replicas: the replicas to check.
+        rules: the backend's rules (the replication readings).
+        name: the Database's name, for the log.
+        interval: seconds between two rounds of checks.
+        max_lag: bytes a ready replica may be behind the primary.
+    """
+
+    def __init__(
+        self,
+        primary: Lifecycle,
+        replicas: list[Replica],
+        rules: Backend,
+        name: str,
+        interval: float,
+        max_lag: int,
+    ) -> None:
+        self.primary = primary
+        self.replicas = replicas
+        self.rules = rules
+        self.name = name
+        self.interval = interval
+        self.max_lag = max_lag
+        self.max_backoff = min(MAX_BACKOFF, MAX_BACKOFF_CHECKS * interval)
+        self.cluster = ""
+        self._watch: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Learn the primary's cluster, check every replica once, then watch them."""
+        async with self.primary.engine.connect() as connection:
+            self.cluster = (await self.rules.replication(connection)).cluster
+        await self.check()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_replicas())
+
+    async def dispose(self) -> None:
+        """Stop watching, and close every replica's pool; the next connect() starts anew."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        for replica in self.replicas:
+            await replica.lifecycle.dispose()
+            replica.forget()
+
+    async def _watch_replicas(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:  # the watch must go on; the next round tries again
+                logger.exception("Checking the replicas failed")
+
+    async def check(self) -> None:
+        """Check each replica due for a check: reachable, a replica of this cluster, its lag."""
+        primary = await self._primary_position()
+        now = time.monotonic()
+        for replica in self.replicas:
+            if now >= replica.next_check:
+                await self._check(replica, primary)
+
+    async def _primary_position(self) -> int | None:
+        try:
+            # At least a second: a new connection under load can take longer than a short
+            # interval, and without the primary's position no lag is known.
+            async with (
+                asyncio.timeout(max(self.interval, 1.0)),
+                self.primary.engine.connect() as connection,
+            ):
+                reading = await self.rules.replication(connection)
+        except Exception:  # the primary's own troubles are its units' to report
+            return None
+        if reading.cluster and reading.cluster != self.cluster:
+            # Another cluster at the primary's address: tokens and positions of the old one
+            # say nothing of its log.
+            logger.warning("The primary is another cluster than at connect(); replicas rechecked")
+            self.cluster = reading.cluster
+            for replica in self.replicas:
+                replica.replayed = 0
+        return reading.position
+
+    async def _check(self, replica: Replica, primary: int | None) -> None:
+        try:
+            async with asyncio.timeout(max(self.interval, 1.0)):
+                if replica.lifecycle.state != "connected":
+                    await replica.lifecycle.connect()
+                async with replica.lifecycle.engine.connect() as connection:
+                    reading = await self.rules.replication(connection)
+        except Exception as error:
+            self.failed(replica, why(error, replica))
+            return
+        self._judge(replica, reading, primary)
+
+    def _judge(self, replica: Replica, reading: Replication, primary: int | None) -> None:
+        replica.backoff = 0.0
+        if not reading.replica:
+            self._set(replica, "promoted", "it is no longer in recovery: a primary now")
+        elif self.cluster and reading.cluster != self.cluster:
+            self._set(replica, "foreign", "it replicates another cluster than the primary's")
+        else:
+            # As the replica says, even backwards (a replica made anew from a backup): a
+            # position it no longer has would let reads skip their check.
+            replica.replayed = reading.position or 0
+            if primary is not None:
+                replica.lag = max(0, primary - replica.replayed)
+            if replica.lag is not None and replica.lag > self.max_lag:
+                reason = f"{replica.lag} bytes behind, more than replica_max_lag={self.max_lag}"
+                self._set(replica, "lagging", reason)
+            else:
+                self._set(replica, "ready", None)
+
+    def failed(self, replica: Replica, reason: str) -> None:
+        """Take ``replica`` out of service for ``reason``, until a check after the back-off."""
+        replica.backoff = min(self.max_backoff, max(self.interval, replica.backoff * 2))
+        replica.next_check = time.monotonic() + replica.backoff
+        self._set(replica, "down", reason)
+
+    def _set(self, replica: Replica, state: ReplicaState, reason: str | None) -> None:
+        if state != replica.state:  # logged once per change, not once per check
+            where = describe_location(replica.lifecycle.settings.url)
+            if state == "ready":
+                logger.info("Replica %s of Database %r serves reads", where, self.name)
+            else:
+                message = "Replica %s of Database %r serves no reads: %s"
+                logger.warning(message, where, self.name, reason)
+        replica.state, replica.reason = state, reason
+
+
+def why(error: Exception, replica: Replica) -> str:
+    """Why ``error`` takes ``replica`` out of service, phrased from the error's kind: a
+    driver's message could name the user or more."""
+    if isinstance(error, TimeoutError):
+        return "it did not answer in time"
+    if isinstance(error, DatabaseUnavailableError):
+        return "it could not be reached"
+    translated = translate(error, Limits(replica.lifecycle.settings.url))
+    if isinstance(translated, DatabaseUnavailableError):
+        return "it could not be reached"
+    return f"checking it failed ({type(translated or error).__name__})"
