@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
 from tests.plugin_projects import clean_project_database
-from tests.replica_cluster import PairUnavailable, ReplicaPair, ensure_pair, release
+from tests.replica_cluster import PairUnavailable, ReplicaPair, alone, ensure_pair, release
 
 # tests.docs_blocks: every python block of the docs is run by a test, or says why not.
 pytest_plugins = ["pytester", "tests.docs_blocks"]
@@ -159,9 +159,11 @@ def replica_driver(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def primary_url(replica_pair: ReplicaPair, replica_driver: str) -> str:
-    """The replica pair's primary, through each PostgreSQL driver in turn."""
-    return replica_pair.url("primary", replica_driver)
+def primary_url(replica_pair: ReplicaPair, replica_driver: str) -> Iterator[str]:
+    """The replica pair's primary, through each PostgreSQL driver in turn; the pair is the
+    test's alone meanwhile (tests/replica_cluster.py's ``alone``)."""
+    with alone():
+        yield replica_pair.url("primary", replica_driver)
 
 
 @pytest.fixture

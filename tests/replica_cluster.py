@@ -21,9 +21,11 @@ they never count as served.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +45,8 @@ REPLICA_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT + 1}/test"
 # The start measured ~4 s (an earlier pair dropped first: ~5 s); this bounds a stuck one.
 START_TIMEOUT = 120.0
 WAIT_TIMEOUT = 10.0
+# Held by each test that uses the pair (alone()).
+LOCK = Path(tempfile.gettempdir()) / "dbscope-replica-tests.lock"
 
 Role = Literal["primary", "replica"]
 
@@ -114,6 +118,19 @@ def ensure_pair(environ: Mapping[str, str] = os.environ) -> ReplicaPair:
     # not stop it under the others, so the pair outlives such a run (stop it by hand).
     ours = "PYTEST_XDIST_WORKER" not in environ
     return ReplicaPair(PRIMARY_URL, REPLICA_URL, managed=True, started=ours)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Have the pair to this test alone: the tests share its tables and pause, delay or stop
+    its one replica, so one at a time, whichever process (pytest-xdist's workers, two runs)
+    runs them."""
+    with LOCK.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def release(pair: ReplicaPair) -> None:

@@ -1,23 +1,16 @@
 """The fixtures of the replica tests (tests/test_replicas*.py), which register this module as
 a plugin (``pytest_plugins``) and never import it:
 
-- ``pair``: the running primary and replica of tests/replica_cluster.py (started if need
-  be), for the whole run;
-- ``urls``: the primary's and the replica's URL through each PostgreSQL driver in turn, in
-  the database ``DBSCOPE_TEST_REPLICA_DATABASE`` names (default ``test``), made on the
-  primary if missing, with a fresh table ``items (id, note)`` replayed on the replica; the
-  test has the pair to itself among these tests (a file lock), so it may pause, delay or
-  stop the replica.
+- ``urls``: the primary's and the replica's URL of conftest's ``replica_pair`` through each
+  PostgreSQL driver in turn, in the database ``DBSCOPE_TEST_REPLICA_DATABASE`` names
+  (default ``test``), made on the primary if missing, with a fresh table ``items (id,
+  note)`` replayed on the replica; the test has the pair to itself (``alone()``), so it may
+  pause, delay or stop the replica.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -25,50 +18,19 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_DRIVERS
 from tests.helpers import admin
-from tests.replica_cluster import (
-    PairUnavailable,
-    ReplicaPair,
-    ensure_pair,
-    release,
-    wait_for_replay,
-)
+from tests.replica_cluster import ReplicaPair, alone, wait_for_replay
 from tests.replica_reads import DATABASE, TABLE
-
-LOCK = Path(tempfile.gettempdir()) / "dbscope-replica-tests.lock"
-
-
-@pytest.fixture(scope="session")
-def pair() -> Iterator[ReplicaPair]:
-    """The primary and its streaming replica; skipped locally, failed under CI, without."""
-    try:
-        found = ensure_pair()
-    except PairUnavailable as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(error))
-        pytest.skip(str(error))
-    yield found
-    release(found)
-
-
-@contextlib.contextmanager
-def _alone() -> Iterator[None]:
-    # The tests share one table and pause, delay or stop the one replica: one at a time,
-    # whichever process (pytest-xdist's workers, two runs) runs them.
-    with LOCK.open("a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 @pytest.fixture(params=POSTGRES_DRIVERS)
-async def urls(request: pytest.FixtureRequest, pair: ReplicaPair) -> AsyncIterator[tuple[str, str]]:
+async def urls(
+    request: pytest.FixtureRequest, replica_pair: ReplicaPair
+) -> AsyncIterator[tuple[str, str]]:
     """The primary's and the replica's URL through asyncpg, then psycopg, in the test
     database, with an empty ``items`` table that the replica has replayed; the pair is the
     test's alone among the replica tests meanwhile."""
-    with _alone():
-        yield await _prepare(pair, str(request.param))
+    with alone():
+        yield await _prepare(replica_pair, str(request.param))
 
 
 async def _prepare(pair: ReplicaPair, driver: str) -> tuple[str, str]:

@@ -61,12 +61,12 @@ async def test_a_replica_stays_ready_through_its_checks_after_serving_reads(
 
 
 async def test_a_stopped_replica_sends_the_reads_to_the_primary(
-    urls: tuple[str, str], pair: ReplicaPair, caplog: pytest.LogCaptureFixture
+    urls: tuple[str, str], replica_pair: ReplicaPair, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The replica's server stopped: reads run on the primary, counted, none fails; the
     replica shows down, and the warning is logged once."""
     caplog.set_level(logging.INFO, logger="dbscope")
-    async with replicated(urls) as db, replica_stopped(pair):
+    async with replicated(urls) as db, replica_stopped(replica_pair):
         ran_on_replica = await reads_on_replica(db)
         await until_state(db, "down")
         await anyio.sleep(0.5)  # a few checks more, which must not log again
@@ -82,12 +82,12 @@ async def test_a_stopped_replica_sends_the_reads_to_the_primary(
 
 
 async def test_a_replica_started_again_serves_reads_within_a_few_checks(
-    urls: tuple[str, str], pair: ReplicaPair, caplog: pytest.LogCaptureFixture
+    urls: tuple[str, str], replica_pair: ReplicaPair, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Once its server is back and streaming, the replica is ready again and serves."""
     caplog.set_level(logging.INFO, logger="dbscope")
     async with replicated(urls) as db:
-        async with replica_stopped(pair):
+        async with replica_stopped(replica_pair):
             assert not any(await reads_on_replica(db))
             await until_state(db, "down")
         await until_state(db, "ready")
@@ -97,11 +97,11 @@ async def test_a_replica_started_again_serves_reads_within_a_few_checks(
 
 
 async def test_a_replica_down_at_connect_serves_once_it_is_up(
-    urls: tuple[str, str], pair: ReplicaPair
+    urls: tuple[str, str], replica_pair: ReplicaPair
 ) -> None:
     """connect() does not fail for a replica that is down; the replica serves once it is up."""
     async with contextlib.AsyncExitStack() as stack:
-        async with replica_stopped(pair):
+        async with replica_stopped(replica_pair):
             db = await stack.enter_async_context(replicated(urls))
             assert db.stats().replicas[0].state == "down"
             assert not any(await reads_on_replica(db))

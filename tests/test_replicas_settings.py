@@ -86,6 +86,21 @@ def test_replica_max_lag_takes_a_size_with_a_unit(given: object, size: int) -> N
             "argument replicas",
             "Name the same driver in every URL ('postgresql+asyncpg://...')",
         ),
+        (
+            {"replica_patroni_urls": ["http://127.0.0.1:8009", "http://127.0.0.1:8010"]},
+            "argument replica_patroni_urls",
+            "2 Patroni URLs for 1 replicas: give one per replica, in the same order, or none.",
+        ),
+        (
+            {"replica_patroni_urls": ["127.0.0.1:8009"]},
+            "argument replica_patroni_urls",
+            "'127.0.0.1:8009' is not a Patroni REST API URL: write it as 'http://host:8008'",
+        ),
+        (
+            {"replica_patroni_urls": ["http://127.0.0.1:8009/replica"]},
+            "argument replica_patroni_urls",
+            "write it without credentials, path or query (got one for 127.0.0.1:8009)",
+        ),
     ],
 )
 def test_bad_replica_arguments_are_refused_naming_them(
@@ -118,6 +133,20 @@ def test_bad_replica_variables_are_refused_naming_them(
         Database.from_env("APP_")
     assert f"environment variable {variable}='{value}': " in str(raised.value)
     assert fix in str(raised.value)
+
+
+def test_a_patroni_url_with_credentials_is_refused_without_showing_them(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """REPLICA_PATRONI_URLS with a user and password is refused; the password shows nowhere."""
+    clean_env.setenv("DATABASE_URL", PRIMARY)
+    clean_env.setenv("DATABASE_REPLICA_URLS", REPLICA)
+    clean_env.setenv("REPLICA_PATRONI_URLS", f"http://patroni:{PASSWORD}@127.0.0.1:8009")
+    with pytest.raises(ConfigurationError) as raised:
+        Database.from_env()
+    assert "environment variable REPLICA_PATRONI_URLS" in str(raised.value)
+    assert "write it without credentials" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,11 @@ recovery (a promoted replica is no replica), of the primary's cluster, and at mo
 back-off that doubles up to :data:`MAX_BACKOFF_CHECKS` intervals (at most :data:`MAX_BACKOFF`),
 so a replica back up serves again within that. A state is logged once when it changes, not
 once per check.
+
+A replica run by Patroni may name its member's REST API (``replica_patroni_urls``): it then
+serves only while ``GET /replica?lag=<replica_max_lag>`` answers 200 as well, so a member that
+Patroni itself holds unfit (being rebuilt, tagged ``noloadbalance``, paused replication) serves
+no reads. Asked with httpx (the ``patroni`` extra), within the same check's time bound.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from dbscope._dialects import Backend, Replication
 from dbscope._errors import Limits, translate
-from dbscope._exceptions import DatabaseUnavailableError
+from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import ReplicaState, ReplicaStats
 from dbscope._urls import describe_location
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("dbscope")
 
@@ -35,9 +43,10 @@ MAX_BACKOFF_CHECKS: Final = 8
 class Replica:
     """One replica: its engine's lifecycle and what the last check found."""
 
-    def __init__(self, name: str, lifecycle: Lifecycle) -> None:
+    def __init__(self, name: str, lifecycle: Lifecycle, patroni: str | None = None) -> None:
         self.name = name
         self.lifecycle = lifecycle
+        self.patroni = patroni
         self.state: ReplicaState = "starting"
         self.replayed = 0
         self.lag: int | None = None
@@ -87,9 +96,14 @@ class ReplicaChecks:
         self.max_backoff = min(MAX_BACKOFF, MAX_BACKOFF_CHECKS * interval)
         self.cluster = ""
         self._watch: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        if any(replica.patroni for replica in replicas):
+            _httpx()  # missing: said at construction, not at the first check
 
     async def connect(self) -> None:
         """Learn the primary's cluster, check every replica once, then watch them."""
+        if any(replica.patroni for replica in self.replicas):
+            self._http = _httpx().AsyncClient(follow_redirects=False)
         async with self.primary.engine.connect() as connection:
             self.cluster = (await self.rules.replication(connection)).cluster
         await self.check()
@@ -105,6 +119,9 @@ class ReplicaChecks:
         for replica in self.replicas:
             await replica.lifecycle.dispose()
             replica.forget()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     async def _watch_replicas(self) -> None:
         while True:
@@ -149,10 +166,26 @@ class ReplicaChecks:
                     await replica.lifecycle.connect()
                 async with replica.lifecycle.engine.connect() as connection:
                     reading = await self.rules.replication(connection)
+                unfit = await self._patroni_says(replica)
         except Exception as error:
             self.failed(replica, why(error, replica))
             return
+        if unfit is not None:
+            self.failed(replica, unfit)
+            return
         self._judge(replica, reading, primary)
+
+    async def _patroni_says(self, replica: Replica) -> str | None:
+        """Why the replica's Patroni member is unfit to serve reads; None when it is fit."""
+        if replica.patroni is None or self._http is None:
+            return None
+        try:
+            answer = await self._http.get(f"{replica.patroni}/replica?lag={self.max_lag}")
+        except _httpx().HTTPError:
+            return "its Patroni REST API could not be reached"
+        if answer.status_code == 200:
+            return None
+        return f"Patroni's /replica check answered {answer.status_code}"
 
     def _judge(self, replica: Replica, reading: Replication, primary: int | None) -> None:
         replica.backoff = 0.0
@@ -187,6 +220,18 @@ class ReplicaChecks:
                 message = "Replica %s of Database %r serves no reads: %s"
                 logger.warning(message, where, self.name, reason)
         replica.state, replica.reason = state, reason
+
+
+def _httpx() -> Any:
+    try:
+        import httpx  # only when a Patroni URL is given
+    except ImportError:
+        message = (
+            "replica_patroni_urls asks each replica's Patroni REST API, which needs httpx: "
+            "pip install 'dbscope[patroni]'"
+        )
+        raise ConfigurationError(message) from None
+    return httpx
 
 
 def why(error: Exception, replica: Replica) -> str:

@@ -5,12 +5,15 @@ replicas of the primary, comma-separated in the environment; each gets a pool of
 the primary's pool settings. The bounds say when a replica may serve reads: how far behind
 the primary it may be (``replica_max_lag``, in bytes of WAL, ``16MB`` accepted), how long a
 read that must see a write waits for a replica to catch up (``replica_wait``), and how often
-each replica is checked (``replica_check_interval``).
+each replica is checked (``replica_check_interval``). ``REPLICA_PATRONI_URLS`` gives, in the
+same order, the REST API of the Patroni member that runs each replica, whose ``/replica``
+check must also pass.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import ByteSize, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode
@@ -37,6 +40,10 @@ class ReplicaSettings(BaseSettings):
     it reads the primary instead."""
     replica_check_interval: float = 1.0
     """Seconds between two checks of each replica (reachable, still a replica, its lag)."""
+    replica_patroni_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    """The REST API of each replica's Patroni member (``http://host:8008``), in the order of
+    the replicas: a replica serves reads only while its ``/replica?lag=`` check answers 200.
+    Comma-separated in ``REPLICA_PATRONI_URLS``; needs ``pip install 'dbscope[patroni]'``."""
 
     @field_validator("database_replica_urls", mode="before")
     @classmethod
@@ -52,6 +59,33 @@ class ReplicaSettings(BaseSettings):
                 raise ValueError(f"each replica must be a URL, got a {type(given).__name__}")
             urls.append(resolve_async_url(parse_url(given)))
         return tuple(urls)
+
+    @field_validator("replica_patroni_urls", mode="before")
+    @classmethod
+    def _parse_patroni_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            message = "must be a list of Patroni REST API URLs (comma-separated in the environment)"
+            raise ValueError(message)
+        for number, given in enumerate(value, 1):
+            parts = urlsplit(given)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # Shown unless it could hold credentials (user:password@...).
+                shown = f"URL {number}" if "@" in given else repr(given)
+                message = (
+                    f"{shown} is not a Patroni REST API URL: write it as "
+                    "'http://host:8008' (https where the API has TLS)"
+                )
+                raise ValueError(message)
+            if parts.username or parts.password or parts.path.strip("/") or parts.query:
+                # /replica needs no credentials, and a path would be asked instead of it.
+                message = (
+                    f"a Patroni URL must be only 'http://host:port': write it without "
+                    f"credentials, path or query (got one for {parts.hostname}:{parts.port})"
+                )
+                raise ValueError(message)
+        return tuple(given.rstrip("/") for given in value)
 
     @field_validator("replica_max_lag", mode="before")
     @classmethod

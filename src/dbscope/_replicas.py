@@ -85,8 +85,10 @@ class Replicas:
         self.rules: Backend = backend(settings.url.get_backend_name())
         self.wait = settings.replica_wait
         self.fallbacks: Counter[str] = Counter()
+        patroni = settings.replica_patroni_urls or (None,) * len(settings.database_replica_urls)
         self.replicas = [
-            self._replica(settings, options, url, name) for url in settings.database_replica_urls
+            self._replica(settings, options, url, name, health)
+            for url, health in zip(settings.database_replica_urls, patroni, strict=True)
         ]
         self._turn = 0
         self.checks = ReplicaChecks(
@@ -100,7 +102,12 @@ class Replicas:
         primary.observe(self)
 
     def _replica(
-        self, settings: DatabaseSettings, options: Mapping[str, Any], url: Any, primary_name: str
+        self,
+        settings: DatabaseSettings,
+        options: Mapping[str, Any],
+        url: Any,
+        primary_name: str,
+        patroni: str | None,
     ) -> Replica:
         replica_settings = settings.for_replica(url)
         name = default_pool_name(url)
@@ -114,7 +121,8 @@ class Replicas:
         execution.update(dict.fromkeys(self.rules.read_only_view, True))
         replica_options = {**options, "execution_options": execution}
         sessions = self.primary.session_class
-        return Replica(name, Lifecycle(replica_settings, replica_options, label, sessions))
+        lifecycle = Lifecycle(replica_settings, replica_options, label, sessions)
+        return Replica(name, lifecycle, patroni)
 
     # -- routing -----------------------------------------------------------------------------
 

@@ -113,27 +113,30 @@ class UnitSession(Session):
     # Every statement of a unit enters by one of these three (get() and loads by execute()).
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Session.execute; see :meth:`_rerouted`."""
-        if self.unit is None or self.unit.reroute is None:
+        unit = self.unit
+        if unit is None or unit.reroute is None:
             return super().execute(*args, **kwargs)
-        return self._rerouted(super().execute, args, kwargs)
+        return self._rerouted(unit, super().execute, args, kwargs)
 
     def scalar(self, *args: Any, **kwargs: Any) -> Any:
         """Session.scalar; see :meth:`_rerouted`."""
-        if self.unit is None or self.unit.reroute is None:
+        unit = self.unit
+        if unit is None or unit.reroute is None:
             return super().scalar(*args, **kwargs)
-        return self._rerouted(super().scalar, args, kwargs)
+        return self._rerouted(unit, super().scalar, args, kwargs)
 
     def scalars(self, *args: Any, **kwargs: Any) -> Any:
         """Session.scalars; see :meth:`_rerouted`."""
-        if self.unit is None or self.unit.reroute is None:
+        unit = self.unit
+        if unit is None or unit.reroute is None:
             return super().scalars(*args, **kwargs)
-        return self._rerouted(super().scalars, args, kwargs)
+        return self._rerouted(unit, super().scalars, args, kwargs)
 
-    def _rerouted(self, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def _rerouted(self, unit: UnitState, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """A unit's first statement on a replica: run again on the primary if the replica's
         connection is lost in it (reads are idempotent, and none returned yet)."""
-        assert self.unit is not None and self.unit.reroute is not None
-        reroute, self.unit.reroute = self.unit.reroute, None
+        reroute, unit.reroute = unit.reroute, None
+        assert reroute is not None
         try:
             return run(*args, **kwargs)
         except DBAPIError as error:

@@ -21,7 +21,9 @@ NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its p
 # The error type of a check across settings that blames one: its context names the setting.
 SETTING_ERROR: Final = "setting"
 # Settings whose values are never shown: they hold a password, or may.
-SECRET_FIELDS: Final = frozenset({"database_url", "database_replica_urls", "postgres_password"})
+SECRET_FIELDS: Final = frozenset(
+    {"database_url", "database_replica_urls", "postgres_password", "replica_patroni_urls"}
+)
 
 
 def setting_error(setting: str, value: object, message: str) -> PydanticCustomError:

@@ -291,12 +291,19 @@ class DatabaseSettings(ReplicaSettings):
             raise setting_error("postgres_schema", self.postgres_schema, message)
         if is_memory(self._url):
             self._check_memory_pool()
-        if self.database_replica_urls:
+        if self.database_replica_urls or self.replica_patroni_urls:
             self._check_replicas()
         return self
 
     def _check_replicas(self) -> None:
         primary = backend(self._url.get_backend_name())
+        patroni = self.replica_patroni_urls
+        if patroni and len(patroni) != len(self.database_replica_urls):
+            message = (
+                f"{len(patroni)} Patroni URLs for {len(self.database_replica_urls)} replicas: "
+                "give one per replica, in the same order, or none."
+            )
+            raise setting_error("replica_patroni_urls", None, message)
         for replica in self.database_replica_urls:
             if not (primary.has_replicas and backend(replica.get_backend_name()) is primary):
                 message = (
@@ -319,7 +326,8 @@ class DatabaseSettings(ReplicaSettings):
 
     def for_replica(self, url: URL) -> DatabaseSettings:
         """These settings for the replica at ``url``: its own URL, the same pool settings."""
-        copy = self.model_copy(update={"database_url": url, "database_replica_urls": ()})
+        update = {"database_url": url, "database_replica_urls": (), "replica_patroni_urls": ()}
+        copy = self.model_copy(update=update)
         copy._url = url
         return copy
 
