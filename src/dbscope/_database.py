@@ -267,6 +267,7 @@ class Database(UnitEntryPoints):
         statement_timeout: float | None = None,
         schema: str | None = None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
     ) -> Callable[..., Awaitable[AsyncSession]]:
         """A FastAPI session dependency with per-request options (see ``transaction()``).
 
@@ -274,13 +275,17 @@ class Database(UnitEntryPoints):
         that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
         transaction at that level (with ``@db.retry()`` on the endpoint to re-run it after a
         conflict). With replicas, a read-only request reads one that has the writes its client
-        made before (docs/replicas.md); ``stale_ok=True`` takes any ready replica. The same
+        made before (docs/replicas.md); ``stale_ok=True`` takes any ready replica;
+        ``synchronous_commit="remote_apply"`` answers only once the synchronous standbys show
+        the request's writes (docs/failover.md). The same
         options give the same dependency object, so all uses within one request share one
         session.
         """
         from dbscope.fastapi._dependencies import session_dependency
 
-        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
         return session_dependency(self, options)
 
     # -- the driver connection, for hot reads -----------------------------------------------

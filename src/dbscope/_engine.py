@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
-from dbscope._dialects import backend, driver
+from dbscope._dialects import Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
 from dbscope._pool import QueuedPool
@@ -196,6 +196,7 @@ class ServerInfo:
     backend: str
     version: tuple[int | str, ...]
     isolation_levels: tuple[str, ...] = ()
+    standbys: Standbys | None = None
 
 
 async def verify(
@@ -217,7 +218,10 @@ async def verify(
             raw = await connection.get_raw_connection()
             assert raw.dbapi_connection is not None
             levels = connection.dialect.get_isolation_level_values(raw.dbapi_connection)
-            wait_timeout = await backend(url.get_backend_name()).idle_timeout(connection)
+            rules = backend(url.get_backend_name())
+            wait_timeout = await rules.idle_timeout(connection)
+            # Whether commits wait for a standby (_durability.py): at start-up, not per request.
+            standbys = await rules.standbys(connection)
     except BaseException as error:
         await engine.dispose()
         if isinstance(error, Exception):
@@ -227,6 +231,7 @@ async def verify(
         backend=url.get_backend_name(),
         version=tuple(version),
         isolation_levels=tuple(level for level in levels if level != "AUTOCOMMIT"),
+        standbys=standbys,
     )
     recycle = options.get("pool_recycle", -1)
     if wait_timeout is not None and (recycle < 0 or recycle >= wait_timeout):

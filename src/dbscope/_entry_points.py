@@ -3,7 +3,8 @@ parallel reads, and what code inside a unit can reach (its session, on-commit ca
 schema).
 
 Every entry point that opens units takes the same options (:class:`UnitOptions`):
-``read_only``, ``isolation_level``, ``statement_timeout`` and ``schema``. ``Database`` takes
+``read_only``, ``isolation_level``, ``statement_timeout``, ``schema`` and
+``synchronous_commit``. ``Database`` takes
 these methods from :class:`UnitEntryPoints`; the FastAPI dependencies are on ``Database``.
 Each also takes ``tags`` for the SQL comments of its units (``_tags.py``): a value of one run,
 not an option, so kept out of UnitOptions, which are cached per value.
@@ -42,6 +43,7 @@ class UnitEntryPoints:
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
@@ -63,8 +65,14 @@ class UnitEntryPoints:
                 unit reads a replica only once it has replayed that write (docs/replicas.md).
                 By default, the writes seen in this context so far.
             stale_ok: a read-only unit may read any ready replica, caught up or not.
+            synchronous_commit: what its commit waits for, on PostgreSQL: ``"remote_apply"``
+                (visible on the synchronous standbys before the block ends), ``"on"``,
+                ``"remote_write"``, ``"local"`` (this server only: a failover may lose it) or
+                ``"off"``; default: the server's setting (docs/failover.md).
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
         comment = self._units.comment(tags)
         async with self._units.open(options, comment=comment, after=_token(after)) as unit:
             yield unit.session
@@ -104,6 +112,7 @@ class UnitEntryPoints:
         statement_timeout: float | None,
         schema: str | None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
     ) -> UnitOptions:
         options = UnitOptions(
             read_only=read_only,
@@ -111,6 +120,7 @@ class UnitEntryPoints:
             statement_timeout=statement_timeout,
             schema=schema,
             stale_ok=stale_ok,
+            synchronous_commit=synchronous_commit,
         )
         if options == DEFAULT_OPTIONS:
             return DEFAULT_OPTIONS
@@ -148,6 +158,7 @@ class UnitEntryPoints:
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
     ) -> list[T]:
         """Run independent queries concurrently, each in a unit of work of its own.
 
@@ -159,7 +170,9 @@ class UnitEntryPoints:
         options (and ``tags``, ``after``, ``stale_ok``) apply to each unit as in
         ``transaction()``.
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
         comment, token = self._units.comment(tags), _token(after)
 
         async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -190,6 +203,7 @@ class UnitEntryPoints:
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
     ) -> AsyncIterator[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
@@ -200,7 +214,9 @@ class UnitEntryPoints:
         when the endpoint returned. The options (and ``tags``, ``after``, ``stale_ok``) are
         those of ``transaction()``.
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
         comment = self._units.comment(tags)
         async with self._units.open(options, comment=comment, after=_token(after)) as unit:
             async for item in body(unit.session):
@@ -216,6 +232,7 @@ class UnitEntryPoints:
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
+        synchronous_commit: str | None = None,
         policy: RetryPolicy | None = None,
         **policy_fields: Any,
     ) -> Retrying:
@@ -243,11 +260,14 @@ class UnitEntryPoints:
             after: as for ``transaction()``; retried units read the primary, which has every
                 write, so it changes nothing.
             stale_ok: as for ``transaction()``; as ``after``, it changes nothing here.
+            synchronous_commit: as for ``transaction()``.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
         """
-        options = self._options(read_only, isolation_level, statement_timeout, schema, stale_ok)
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
         comment, token = self._units.comment(tags), _token(after)
         return Retrying(
             lambda: self._units.open(options, comment=comment, after=token, primary=True),

@@ -11,7 +11,8 @@ the error                                             becomes
 ====================================================  =====================================
 no pooled connection within pool_timeout, or a full   DatabaseUnavailableError
 wait line; a server that cannot be reached; a         ("pool_timeout", "unreachable",
-connection lost mid-unit                              "connection_lost"): 503
+connection lost mid-unit; a write refused as          "connection_lost"): 503
+read-only in a unit that writes (a demoted primary)
 wrong user, password or database, missing privilege   ConfigurationError: 500
 a statement past the unit's statement_timeout         StatementTimeoutError: 504
 one session used by two tasks at once                 SessionSharedError: 500
@@ -109,7 +110,9 @@ def translate(
         return None
     kind = rules.error_kind(error.orig)
     if error.connection_invalidated or kind == "lost":
-        return unavailable("connection_lost", limits)
+        # A read-only refusal invalidates only in a unit that writes (the backend's rules):
+        # the server is a standby now. In a read-only unit it is the unit's own error.
+        return unavailable("connection_lost", limits, demoted=kind == "read_only")
     if kind == "refused":
         return refused(error, limits)
     if kind == "timeout" and limits.statement_timeout is not None:
@@ -161,11 +164,12 @@ def refused(error: DBAPIError, limits: Limits) -> ConfigurationError:
 
 
 def unavailable(
-    cause: UnavailableCause, limits: Limits, *, line_full: bool = False
+    cause: UnavailableCause, limits: Limits, *, line_full: bool = False, demoted: bool = False
 ) -> DatabaseUnavailableError:
     """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
 
     ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
+    ``demoted``: the connection was dropped because its server refused a write as read-only.
     """
     if line_full:
         message = (
@@ -181,6 +185,13 @@ def unavailable(
         )
     elif cause == "unreachable":
         message = f"The database at {describe_location(limits.url)} could not be reached."
+    elif demoted:
+        message = (
+            "The server refused a write as read-only: it is a standby now (a failover demoted "
+            "it, or the URL names a standby). The pool drops its connections to it and "
+            "reconnects; a multi-host URL with target_session_attrs=read-write finds the "
+            "new primary."
+        )
     else:
         message = (
             "The connection to the database was lost while in use (server restart, terminated "

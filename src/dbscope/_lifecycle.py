@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
 from dbscope._pool import PoolCounters, PoolStats
@@ -82,6 +84,7 @@ class Lifecycle:
         self._observers: list[EngineObserver] = []
         # The engine connect() built and its counters, until dispose(); never a bound one.
         self._running: tuple[AsyncEngine, PoolCounters] | None = None
+        self.durability = DurabilityWatch(label)
 
     def count_retry(self) -> None:
         """Count one unit of work re-run after a conflict."""
@@ -124,6 +127,8 @@ class Lifecycle:
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
         self._running = (engine, self._counters)
+        self.durability.update(self.server.standbys)
+        self.durability.watch(engine, self.options)
         for observer in self._observers:
             observer.engine_started(engine, self._counters)
         logger.info(
@@ -147,6 +152,7 @@ class Lifecycle:
             if running is not None:
                 for observer in self._observers:
                     observer.engine_stopped(*running)
+            await self.durability.close()
             await engine.dispose()
             logger.info("Disposed the connection pool of %r", self.settings.url)
 
@@ -202,7 +208,10 @@ class Lifecycle:
         """The pool's numbers now."""
         if self._counters is None or self._engine is None:
             raise LifecycleError(self.not_connected_message())
-        return self._counters.stats()
+        stats = self._counters.stats()
+        if self.state == "connected" and self.durability.reading is not None:
+            stats = dataclasses.replace(stats, durability=self.durability.reading)
+        return stats
 
     def not_connected_message(self) -> str:
         """What to say when the engine is needed and there is none."""

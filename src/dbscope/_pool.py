@@ -41,9 +41,12 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProx
 from sqlalchemy.util import await_only
 
 from dbscope._dialects import driver
+from dbscope._durability import Durability
 from dbscope._errors import LineFullError
 
 REPLICA_FIELDS: Final = ("replicas", "fallbacks")
+# Shown by the repr only when set: most pools have no replicas, and files no standbys.
+SHOWN_WHEN_SET: Final = (*REPLICA_FIELDS, "durability")
 ReplicaState = Literal["starting", "ready", "lagging", "down", "promoted", "foreign"]
 # When the connection was last returned to the pool (time.monotonic()); absent while it has
 # never been checked in, that is, just after it was opened.
@@ -288,6 +291,10 @@ class PoolStats:
             ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
             ``replica_wait``), ``unreachable``, ``connection_lost``, ``pool_timeout``,
             ``isolation_level`` (REPEATABLE READ with a token, or SERIALIZABLE).
+        durability: whether a commit on the primary waits for a synchronous standby
+            (``durability.state``: ``synchronous``, ``asynchronous``, ``single`` or
+            ``unknown``), as read at connect() and again after the pool lost connections;
+            None where the question does not apply (SQLite, MariaDB/MySQL).
     """
 
     size: int
@@ -301,13 +308,14 @@ class PoolStats:
     refused: int = 0
     replicas: tuple[ReplicaStats, ...] = ()
     fallbacks: tuple[tuple[str, int], ...] = ()
+    durability: Durability | None = None
 
     def __repr__(self) -> str:
         # The replica fields only when there are replicas: most pools have none.
         shown = [
             f"{field.name}={getattr(self, field.name)!r}"
             for field in dataclasses.fields(self)
-            if field.name not in REPLICA_FIELDS or getattr(self, field.name)
+            if field.name not in SHOWN_WHEN_SET or getattr(self, field.name)
         ]
         return f"PoolStats({', '.join(shown)})"
 

@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dbscope._dialects import OWN, Backend, Begin
+from dbscope._dialects import OWN, SYNCHRONOUS_COMMIT, Backend, Begin
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, NoSessionError
 from dbscope._session import (
@@ -53,6 +53,9 @@ class UnitOptions:
         schema: PostgreSQL schema for this unit; None keeps the Database's.
         stale_ok: a read-only unit may read a replica that has not replayed the writes seen
             before it (reports); never waits for one.
+        synchronous_commit: what the unit's commit waits for (PostgreSQL): ``"remote_apply"``
+            (applied on the synchronous standbys), ``"on"``, ``"remote_write"``, ``"local"``
+            (this server's disk only) or ``"off"``; None keeps the server's setting.
     """
 
     read_only: bool = False
@@ -60,6 +63,7 @@ class UnitOptions:
     statement_timeout: float | None = None
     schema: str | None = None
     stale_ok: bool = False
+    synchronous_commit: str | None = None
 
     def __post_init__(self) -> None:
         if self.stale_ok and not self.read_only:
@@ -73,6 +77,14 @@ class UnitOptions:
         if self.statement_timeout is not None and self.statement_timeout <= 0:
             timeout = self.statement_timeout
             message = f"statement_timeout must be a positive number of seconds, got {timeout}."
+            raise ConfigurationError(message)
+        if self.synchronous_commit is not None and self.synchronous_commit not in (
+            SYNCHRONOUS_COMMIT
+        ):
+            message = (
+                f"synchronous_commit={self.synchronous_commit!r} is not a level; use one of "
+                f"{', '.join(map(repr, SYNCHRONOUS_COMMIT))}, or None for the server's setting."
+            )
             raise ConfigurationError(message)
 
     def check(self, rules: Backend, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
@@ -96,6 +108,13 @@ class UnitOptions:
             message = (
                 f"schema={self.schema!r} is not available on {rules.name}, which has no "
                 "schemas to switch between (PostgreSQL has); remove it."
+            )
+            raise ConfigurationError(message)
+        if self.synchronous_commit is not None and not rules.has_synchronous_commit:
+            message = (
+                f"synchronous_commit={self.synchronous_commit!r} is not available on "
+                f"{rules.name}, whose commits wait for no standby (it needs PostgreSQL); "
+                "remove it."
             )
             raise ConfigurationError(message)
 
@@ -190,7 +209,9 @@ class Units:
         found = self._prepared.get(options)
         if found is None:
             schema = options.schema or self.schema
-            begin = Begin(options.read_only, options.statement_timeout, schema)
+            begin = Begin(
+                options.read_only, options.statement_timeout, schema, options.synchronous_commit
+            )
             limits = self.limits
             if options.statement_timeout is not None:
                 limits = dataclasses.replace(limits, statement_timeout=options.statement_timeout)

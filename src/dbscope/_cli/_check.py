@@ -18,7 +18,8 @@ from typing import Final
 
 from dbscope import ConfigurationError, Database
 from dbscope._cli._common import load_database
-from dbscope._dialects import Standbys, backend
+from dbscope._dialects import backend
+from dbscope._durability import Durability
 from dbscope._migrations import config_path
 from dbscope.alembic import status as migration_status
 
@@ -86,9 +87,10 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
         report.say("server", _server(db))
         report.say("pool", _pool(db))
         report.say("latency", await _latency(db))
-        standbys = await _standbys(db)
-        failed = require_standby and not _commits_wait(standbys)
-        report.say("standby", _describe_standbys(db, standbys), failed=failed)
+        # Read at connect(), as the app reads it (db.stats().durability).
+        durability = db.stats().durability
+        failed = require_standby and not (durability is not None and durability.commits_wait)
+        report.say("standby", _describe_standbys(db, durability), failed=failed)
         if config is None:
             report.say("migrations", "no alembic.ini here; give one with --config to check it")
         else:
@@ -136,33 +138,10 @@ async def _latency(db: Database) -> str:
     )
 
 
-async def _standbys(db: Database) -> Standbys | None:
-    async with db.engine.connect() as connection:
-        return await backend(db.url.get_backend_name()).standbys(connection)
-
-
-def _commits_wait(standbys: Standbys | None) -> bool:
-    if standbys is None or not standbys.setting.strip():
-        return False
-    return standbys.commit not in ("off", "local") and bool(standbys.in_sync)
-
-
-def _describe_standbys(db: Database, standbys: Standbys | None) -> str:
-    if standbys is None:
+def _describe_standbys(db: Database, durability: Durability | None) -> str:
+    if durability is None:
         return f"not applicable to {db.url.get_backend_name()}"
-    if not standbys.setting.strip():
-        return (
-            "none: synchronous_standby_names is empty, so a commit waits for no standby and "
-            "a failover can lose acknowledged writes"
-        )
-    listed = f"synchronous_standby_names = {standbys.setting!r}"
-    if standbys.commit in ("off", "local"):
-        return f"{listed}, but synchronous_commit = {standbys.commit}: commits do not wait for it"
-    if standbys.in_sync is None:
-        return f"{listed}; the standbys are not visible to this user (grant it pg_monitor)"
-    if standbys.in_sync == 0:
-        return f"{listed}, but none is connected in sync: commits wait until one is"
-    return f"{standbys.in_sync} in sync ({listed}): a commit waits for it"
+    return durability.describe()
 
 
 async def _migrations(db: Database, config: Path, report: _Report) -> None:

@@ -28,12 +28,14 @@ from dbscope._dialects._base import (
     Replication,
     Standbys,
 )
+from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 
 __all__ = [
     "BACKENDS",
     "GENERIC",
     "OWN",
     "OWN_STATEMENT",
+    "SYNCHRONOUS_COMMIT",
     "Backend",
     "Begin",
     "Client",

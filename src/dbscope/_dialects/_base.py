@@ -29,7 +29,11 @@ from sqlalchemy.util import immutabledict
 #   conflict    a serialization failure or deadlock: running the unit again may succeed
 #   lock_wait   a lock wait timed out (retried only on request)
 #   constraint  a unique, foreign key, check or exclusion constraint was violated
-ErrorKind = Literal["lost", "refused", "timeout", "conflict", "lock_wait", "constraint"]
+#   read_only   a write refused because the transaction is read-only: the unit's own doing in
+#               a read-only unit; in one that writes, a server that is no longer the primary
+ErrorKind = Literal[
+    "lost", "refused", "timeout", "conflict", "lock_wait", "constraint", "read_only"
+]
 
 # What a driver connection is doing, as far as its driver knows without asking the server.
 LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
@@ -62,6 +66,10 @@ def _never_dead(connection: Any) -> bool:
     return False
 
 
+def _unknown(connection: Any) -> bool | None:
+    return None
+
+
 async def rollback_connection(connection: Any) -> None:
     """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
     aiosqlite)."""
@@ -86,6 +94,8 @@ class Driver:
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
             while the statement ends with its VALUES list, so SQL comments leave those alone.
+        hot_standby: whether the server said, when the driver last heard from it, that it is
+            a hot standby (read without a round trip); None when it did not say.
     """
 
     name: str
@@ -98,6 +108,7 @@ class Driver:
     rollback: Callable[[Any], Awaitable[object]] | None = None
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False
+    hot_standby: Callable[[Any], bool | None] = _unknown
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Begin:
     read_only: bool = False
     statement_timeout: float | None = None
     schema: str | None = None
+    synchronous_commit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,11 +164,13 @@ class Standbys:
         commit: the level a commit waits for (PostgreSQL's ``synchronous_commit``).
         in_sync: standbys connected that a commit waits for now; None when the user may not
             see them.
+        connected: standbys connected, whether a commit waits for them or not.
     """
 
     setting: str
     commit: str
     in_sync: int | None
+    connected: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,8 @@ class Backend:
         drivers: its async drivers, in order of preference when a URL names none.
         has_schemas: whether a unit can target a schema (``search_path``).
         has_statement_timeout: whether a unit can bound its statements' time.
+        has_synchronous_commit: whether a unit can choose what its commit waits for
+            (PostgreSQL's ``synchronous_commit``).
         has_replicas: whether read-only units can be routed to its streaming replicas, by the
             position each has replayed (``write_position`` and the readings below).
         recycle: seconds after which a pooled connection is replaced by default; -1: never.
@@ -187,6 +203,7 @@ class Backend:
     drivers: Mapping[str, Driver] = field(default_factory=dict)
     has_schemas: bool = False
     has_statement_timeout: bool = False
+    has_synchronous_commit: bool = False
     has_replicas: bool = False
     recycle: int = -1
     pinged: bool = True

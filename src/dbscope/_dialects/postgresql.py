@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -30,6 +30,13 @@ LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 REFUSED: Final = ("28", "3D000", "42501")
 CONFLICTS: Final = frozenset({"40001", "40P01"})
 QUERY_CANCELED: Final = "57014"
+# A write in a read-only transaction: a unit that writes meets it on a standby (a primary
+# demoted by a failover, or a URL that names a standby).
+READ_ONLY_SQL_TRANSACTION: Final = "25006"
+# On a pooled connection's info, from the BEGIN of a unit that writes to its checkin.
+WRITES: Final = "dbscope.writes"
+# What synchronous_commit takes, from the most a commit waits for to the least.
+SYNCHRONOUS_COMMIT: Final = ("remote_apply", "on", "remote_write", "local", "off")
 # libpq (psycopg) gives no SQLSTATE for a failed connect: a FATAL message means the server
 # answered, and refused for good unless it is in one of these passing states.
 PASSING_FATAL_STATES: Final = (
@@ -46,7 +53,8 @@ STANDBYS_QUERY: Final = """
 SELECT current_setting('synchronous_standby_names'),
        current_setting('synchronous_commit'),
        count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')),
-       count(*) FILTER (WHERE sync_state IS NULL)
+       count(*) FILTER (WHERE sync_state IS NULL),
+       count(*)
 FROM pg_stat_replication
 """
 # libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
@@ -103,6 +111,12 @@ class PostgreSQL(Backend):
         # _unit_of_work); bound to a test's connection it is a savepoint, and says so here.
         if wanted.read_only and not connection.get_execution_options().get("postgresql_readonly"):
             connection.exec_driver_sql("SET TRANSACTION READ ONLY", execution_options=OWN)
+        # Whether a read-only refusal is the unit's own doing or a demoted primary's (below).
+        connection.info[WRITES] = not wanted.read_only
+        if wanted.synchronous_commit is not None:
+            # One of SYNCHRONOUS_COMMIT (UnitOptions checked it): no quoting needed.
+            statement = f"SET LOCAL synchronous_commit = {wanted.synchronous_commit}"
+            connection.exec_driver_sql(statement, execution_options=OWN)
         if wanted.statement_timeout is not None:
             milliseconds = max(1, round(wanted.statement_timeout * 1000))
             statement = f"SET LOCAL statement_timeout = {milliseconds}"
@@ -124,6 +138,8 @@ class PostgreSQL(Backend):
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "connect", _check_client_connection)
+        event.listen(engine.sync_engine, "handle_error", _demoted_primary)
+        event.listen(engine.sync_engine, "checkin", _forget_writes)
 
     def error_code(self, orig: BaseException | None) -> str | None:
         return sqlstate(orig)
@@ -145,6 +161,8 @@ class PostgreSQL(Backend):
             return "timeout"
         if code.startswith("23"):
             return "constraint"
+        if code == READ_ONLY_SQL_TRANSACTION:
+            return "read_only"
         return None
 
     def constraint_name(self, orig: BaseException | None) -> str | None:
@@ -239,9 +257,12 @@ class PostgreSQL(Backend):
 
     async def standbys(self, connection: AsyncConnection) -> Standbys | None:
         row = (await connection.execute(text(STANDBYS_QUERY), execution_options=OWN)).one()
-        setting, commit, in_sync, hidden = row
+        setting, commit, in_sync, hidden, connected = row
         return Standbys(
-            setting=setting, commit=commit, in_sync=None if hidden and not in_sync else in_sync
+            setting=setting,
+            commit=commit,
+            in_sync=None if hidden and not in_sync else in_sync,
+            connected=connected,
         )
 
 
@@ -289,6 +310,35 @@ def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
     return hosts, ports if ports.strip(",") else None
 
 
+def _demoted_primary(context: ExceptionContext) -> None:
+    """A write refused as read-only in a unit that writes: the server is a standby now (a
+    failover demoted it while the pool kept connections to it, or the URL names a standby).
+
+    Handled as a lost connection: SQLAlchemy drops this connection and every one the pool
+    opened before it, so the next checkouts connect anew and, through a multi-host URL with
+    ``target_session_attrs=read-write``, find the new primary. A read-only unit's refusal is
+    its own doing, and so is one from a server that says it is no standby (a role with
+    ``default_transaction_read_only``): both stay the application's errors.
+    """
+    connection = context.connection
+    if context.is_disconnect or connection is None or connection.invalidated:
+        return
+    if sqlstate(context.original_exception) != READ_ONLY_SQL_TRANSACTION:
+        return
+    if not connection.info.get(WRITES):
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    known = BACKEND.drivers.get(connection.dialect.driver)
+    said = None
+    if dbapi_connection is not None and known is not None:
+        said = known.hot_standby(dbapi_connection.driver_connection)
+    context.is_disconnect = said is not False
+
+
+def _forget_writes(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info.pop(WRITES, None)
+
+
 def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
     # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
@@ -310,6 +360,7 @@ BACKEND: Final = PostgreSQL(
     drivers={"asyncpg": ASYNCPG, "psycopg": PSYCOPG},
     has_schemas=True,
     has_statement_timeout=True,
+    has_synchronous_commit=True,
     read_only_view=("postgresql_readonly",),
     default_port=5432,
     title="PostgreSQL",

@@ -47,6 +47,11 @@ async def _asyncpg_rollback(connection: Any) -> None:
     await connection.execute("ROLLBACK")
 
 
+def _asyncpg_hot_standby(connection: Any) -> bool | None:
+    # PostgreSQL 14 and later report in_hot_standby at connect and whenever it changes.
+    return _on(getattr(connection.get_settings(), "in_hot_standby", None))
+
+
 # -- psycopg -----------------------------------------------------------------------------------
 
 
@@ -87,6 +92,14 @@ def _psycopg_status(connection: Any) -> LeaseStatus:
     return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
 
 
+def _psycopg_hot_standby(connection: Any) -> bool | None:
+    return _on(connection.info.parameter_status("in_hot_standby"))
+
+
+def _on(value: object) -> bool | None:
+    return None if value is None else value in ("on", b"on")
+
+
 async def _psycopg_set_autocommit(connection: Any, value: bool) -> bool:
     previous = bool(connection.autocommit)
     if previous != value:
@@ -103,6 +116,7 @@ ASYNCPG: Final = Driver(
     fatal=_asyncpg_fatal,
     status=_asyncpg_status,
     rollback=_asyncpg_rollback,
+    hot_standby=_asyncpg_hot_standby,
 )
 PSYCOPG: Final = Driver(
     name="psycopg",
@@ -113,4 +127,5 @@ PSYCOPG: Final = Driver(
     status=_psycopg_status,
     rollback=rollback_connection,
     set_autocommit=_psycopg_set_autocommit,
+    hot_standby=_psycopg_hot_standby,
 )
