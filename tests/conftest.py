@@ -18,6 +18,8 @@ tests/helpers.py; a test module never imports from another one.
 ``replica_pair`` is a PostgreSQL primary with a streaming replica (tests/replica_cluster.py),
 started for the run by tests/replicas/cluster only when a test asks for it;
 ``primary_url`` and ``replica_url`` name the two through each PostgreSQL driver in turn.
+``pgbouncer`` is a PgBouncer in front of the test server in each transaction mode
+(tests/pgbouncer_service.py), started for the run by tests/pgbouncer/bouncer the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from sqlalchemy.engine import make_url
 
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
+from tests.pgbouncer_service import Bouncers, BouncersUnavailable, ensure_bouncers
+from tests.pgbouncer_service import release as release_bouncers
 from tests.plugin_projects import clean_project_database
 from tests.replica_cluster import PairUnavailable, ReplicaPair, alone, ensure_pair, release
 
@@ -150,6 +154,21 @@ def replica_pair() -> Iterator[ReplicaPair]:
         unavailable(f"No replica pair: {error}")
     yield pair
     release(pair)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[Bouncers]:
+    """PgBouncer in transaction mode in front of the test server, with and without prepared
+    statements kept (tests/pgbouncer_service.py): the ones DBSCOPE_TEST_PGBOUNCER_URL and
+    DBSCOPE_TEST_PGBOUNCER_PREPARED_URL name, or tests/pgbouncer/bouncer's, started for the run
+    if they are not running (and then stopped at the run's end)."""
+    require_server(POSTGRES_URL)
+    try:
+        bouncers = ensure_bouncers()
+    except BouncersUnavailable as error:
+        unavailable(f"No PgBouncer: {error}")
+    yield bouncers
+    release_bouncers(bouncers)
 
 
 @pytest.fixture(params=POSTGRES_DRIVERS)

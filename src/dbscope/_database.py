@@ -93,7 +93,7 @@ class Database(UnitEntryPoints):
         ``POSTGRES_PORT`` and ``POSTGRES_DB``; and ``POSTGRES_SCHEMA``, ``POOL_SIZE``,
         ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``,
         ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, ``SQL_COMMENTS``,
-        ``REQUEST_ID_HEADER``, each behind ``prefix`` if given.
+        ``REQUEST_ID_HEADER``, ``PGBOUNCER``, each behind ``prefix`` if given.
 
         Args:
             prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.

@@ -82,6 +82,10 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     user_connect_args = dict(extra.get("connect_args", {}))
     options.update(extra)
     options["connect_args"] = {**_default_connect_args(settings), **user_connect_args}
+    if settings.pgbouncer is not None:
+        # What the user asked for, in the URL's query or connect_args, over dbscope's own.
+        asked = {**options["connect_args"], **settings.url.query, **user_connect_args}
+        _refuse_for_pooler(settings, asked)
     return options
 
 
@@ -110,11 +114,28 @@ def _recycle(settings: DatabaseSettings) -> int:
 
 
 def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
-    """The connect timeout and application name, in each driver's own words."""
+    """The connect timeout and application name, in each driver's own words; behind
+    PgBouncer, what the driver needs there too."""
     known = driver(settings.url.get_driver_name())
     if known is None:
         return {}
-    return known.connect_args(settings.connect_timeout, settings.application_name)
+    args = known.connect_args(settings.connect_timeout, settings.application_name)
+    if settings.pgbouncer is not None and known.pooler_args is not None:
+        args.update(known.pooler_args(settings.pgbouncer))
+    return args
+
+
+def _refuse_for_pooler(settings: DatabaseSettings, connect_args: Mapping[str, Any]) -> None:
+    known = driver(settings.url.get_driver_name())
+    if known is None or settings.pgbouncer is None:
+        return  # the settings refused a pgbouncer mode for a driver dbscope does not know
+    conflict = known.pooler_conflict(settings.pgbouncer, connect_args)
+    if conflict is not None:
+        message = (
+            f"pgbouncer={settings.pgbouncer!r} puts PgBouncer's transaction mode between "
+            f"dbscope and PostgreSQL, and {conflict}"
+        )
+        raise ConfigurationError(message)
 
 
 def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
@@ -174,7 +195,10 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     # Looked up on the module at each call, not imported: OpenTelemetry's SQLAlchemy
     # instrumentation replaces that attribute, and so traces the engines built after it runs.
     engine = sqlalchemy.ext.asyncio.create_async_engine(settings.url, **options)
-    backend(settings.url.get_backend_name()).configure(engine, memory=settings.is_memory)
+    rules = backend(settings.url.get_backend_name())
+    rules.configure(engine, memory=settings.is_memory)
+    if settings.pgbouncer is None:
+        rules.set_up_sessions(engine)
     return engine
 
 

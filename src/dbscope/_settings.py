@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 from pydantic import (
     Field,
@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL
 
-from dbscope._dialects import backend, resolve_async_url
+from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
 from dbscope._exceptions import ConfigurationError
 from dbscope._replica_settings import ReplicaSettings
 from dbscope._setting_sources import (
@@ -134,6 +134,11 @@ class DatabaseSettings(ReplicaSettings):
     no header is read."""
     raise_on_lazy_load: bool = False
     """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""
+    pgbouncer: PoolerMode | None = None
+    """PgBouncer in transaction mode between dbscope and PostgreSQL: ``"transaction"`` (it
+    keeps no prepared statements, so the drivers prepare none by name) or
+    ``"transaction-prepared"`` (PgBouncer 1.21+ with ``max_prepared_statements``: the drivers'
+    statement caches stay). Either way no session-level setting is sent (docs/pgbouncer.md)."""
 
     _url: URL = PrivateAttr()
     # The name a caller gave a field under, when not the field's own (Database's url=).
@@ -265,6 +270,21 @@ class DatabaseSettings(ReplicaSettings):
             raise ValueError(message)
         return name
 
+    @field_validator("pgbouncer", mode="before")
+    @classmethod
+    def _check_pgbouncer(cls, value: Any) -> Any:
+        wanted = value.strip().lower() if isinstance(value, str) else value
+        if wanted is None or wanted in get_args(PoolerMode):
+            return wanted
+        session = " (in session mode PgBouncer needs nothing: leave it unset)"
+        message = (
+            f"must be 'transaction' or 'transaction-prepared', got {value!r}: 'transaction' "
+            "for PgBouncer's pool_mode = transaction, 'transaction-prepared' for the same with "
+            "max_prepared_statements > 0 (PgBouncer 1.21+); unset without PgBouncer"
+            + (session if wanted == "session" else "")
+        )
+        raise ValueError(message)
+
     @field_validator("pool_recycle")
     @classmethod
     def _check_recycle(cls, value: int | None) -> int | None:
@@ -291,6 +311,8 @@ class DatabaseSettings(ReplicaSettings):
             raise setting_error("postgres_schema", self.postgres_schema, message)
         if is_memory(self._url):
             self._check_memory_pool()
+        if self.pgbouncer is not None:
+            self._check_pgbouncer_url()
         if self.database_replica_urls or self.replica_patroni_urls:
             self._check_replicas()
         return self
@@ -330,6 +352,16 @@ class DatabaseSettings(ReplicaSettings):
         copy = self.model_copy(update=update)
         copy._url = url
         return copy
+
+    def _check_pgbouncer_url(self) -> None:
+        known = driver(self._url.get_driver_name())
+        if known is None or known.pooler_args is None:
+            message = (
+                f"PgBouncer pools PostgreSQL connections, and the URL names a "
+                f"{self._url.get_backend_name()} database. Remove pgbouncer, or name the "
+                "PgBouncer in front of PostgreSQL ('postgresql+asyncpg://user@host:6432/db')."
+            )
+            raise setting_error("pgbouncer", self.pgbouncer, message)
 
     def _url_from_parts(self) -> URL:
         parts = (self.postgres_user, self.postgres_host, self.postgres_db)

@@ -38,6 +38,11 @@ ErrorKind = Literal[
 # What a driver connection is doing, as far as its driver knows without asking the server.
 LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
 
+# PgBouncer in transaction mode between the application and the server (pgbouncer.py):
+#   transaction           it keeps no prepared statement: a driver may prepare none by name
+#   transaction-prepared  it keeps each client's (PgBouncer 1.21+, max_prepared_statements)
+PoolerMode = Literal["transaction", "transaction-prepared"]
+
 # What a server holds under a database's name: nothing, a database that bears dbscope's mark
 # (dbscope made it for a test run), or one someone else made.
 Presence = Literal["absent", "marked", "unmarked"]
@@ -64,6 +69,10 @@ def _no_errors() -> tuple[type[BaseException], ...]:
 
 def _never_dead(connection: Any) -> bool:
     return False
+
+
+def _no_conflict(mode: PoolerMode, args: Mapping[str, Any]) -> str | None:
+    return None
 
 
 def _unknown(connection: Any) -> bool | None:
@@ -94,6 +103,10 @@ class Driver:
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
             while the statement ends with its VALUES list, so SQL comments leave those alone.
+        pooler_args: its connect arguments behind PgBouncer in a mode, over ``connect_args``;
+            None for a driver of a server PgBouncer does not pool.
+        pooler_conflict: what of its connect arguments (the URL's query included) cannot
+            pass PgBouncer in a mode, as a sentence with the fix; None if nothing.
         hot_standby: whether the server said, when the driver last heard from it, that it is
             a hot standby (read without a round trip); None when it did not say.
     """
@@ -108,6 +121,8 @@ class Driver:
     rollback: Callable[[Any], Awaitable[object]] | None = None
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False
+    pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None
+    pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = _no_conflict
     hot_standby: Callable[[Any], bool | None] = _unknown
 
 
@@ -235,6 +250,12 @@ class Backend:
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         """Install the engine-wide event listeners this backend needs."""
+
+    def set_up_sessions(self, engine: AsyncEngine) -> None:
+        """Install the listeners that give each new connection its session-level settings.
+
+        Left out behind PgBouncer in transaction mode, where a session's settings would stay
+        with the server connection that ran them, not with the client."""
 
     async def idle_timeout(self, connection: Any) -> int | None:
         """Seconds after which the server closes an idle connection, if it says so."""

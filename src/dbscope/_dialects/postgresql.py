@@ -137,9 +137,11 @@ class PostgreSQL(Backend):
         return f"SET LOCAL search_path TO {target}"
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
-        event.listen(engine.sync_engine, "connect", _check_client_connection)
         event.listen(engine.sync_engine, "handle_error", _demoted_primary)
         event.listen(engine.sync_engine, "checkin", _forget_writes)
+
+    def set_up_sessions(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "connect", _check_client_connection)
 
     def error_code(self, orig: BaseException | None) -> str | None:
         return sqlstate(orig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import select
 from typing import Any, Final
 
+from dbscope._dialects import pgbouncer
 from dbscope._dialects._base import Driver, LeaseStatus, rollback_connection
 
 # -- asyncpg -----------------------------------------------------------------------------------
@@ -116,6 +117,8 @@ ASYNCPG: Final = Driver(
     fatal=_asyncpg_fatal,
     status=_asyncpg_status,
     rollback=_asyncpg_rollback,
+    pooler_args=pgbouncer.asyncpg_args,
+    pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
 )
 PSYCOPG: Final = Driver(
@@ -127,5 +130,7 @@ PSYCOPG: Final = Driver(
     status=_psycopg_status,
     rollback=rollback_connection,
     set_autocommit=_psycopg_set_autocommit,
+    pooler_args=pgbouncer.psycopg_args,
+    pooler_conflict=pgbouncer.psycopg_conflict,
     hot_standby=_psycopg_hot_standby,
 )
