@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, text
@@ -15,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database, DatabaseUnavailableError
+from dbscope.fastapi._dependencies import early_retries
+from dbscope.fastapi._early_retries import EarlyRetries
 from tests.helpers import app_with, client_for
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
@@ -191,14 +194,80 @@ async def test_requests_refused_together_are_told_to_come_back_at_different_time
     half a trillion runs."""
     async with Database(database_url, pool_max_waiters=0, pool_timeout=30, **ONE_CONNECTION) as db:
         holder = Holder(db)
-        async with client_for(build_app(db, holder)) as client:
+        app = build_app(db, holder)
+        async with client_for(app) as client:
             held = asyncio.ensure_future(client.get("/hold"))
             await holder.holding.wait()
-            refused = [await client.get("/query") for _ in range(40)]
+            refused = []
+            for port in range(40):  # forty clients, each refused once
+                async with client_at(app, port) as other:
+                    refused.append(await other.get("/query"))
             holder.release.set()
             await held
     assert {response.status_code for response in refused} == {503}
     assert {response.headers["Retry-After"] for response in refused} == {"1", "2"}
+
+
+def client_at(app: FastAPI, port: int) -> httpx.AsyncClient:
+    """An in-process client on a connection of its own: ``127.0.0.2:<port>`` to the app."""
+    transport = httpx.ASGITransport(app, client=("127.0.0.2", port))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_a_client_that_comes_back_before_its_retry_after_gets_its_503_late(
+    database_url: str,
+) -> None:
+    """A client refused for a full line that asks again at once is held until its Retry-After
+    has passed and answered 503 without asking the pool; its next request runs as any other;
+    another client is refused at once all the same."""
+    async with Database(database_url, pool_max_waiters=0, pool_timeout=30, **ONE_CONNECTION) as db:
+        holder = Holder(db)
+        app = build_app(db, holder)
+        early, other = client_at(app, 1), client_at(app, 2)
+        async with client_for(app) as client, early, other:
+            held = asyncio.ensure_future(client.get("/hold"))
+            await holder.holding.wait()
+            first = await early.get("/query")
+            again = asyncio.ensure_future(early.get("/query"))
+            someone_else = await other.get("/query")
+            late = await again  # the line is still full: it would have been refused too
+            holder.release.set()
+            served = await held
+            next_one = await early.get("/query")
+            stats = db.stats()
+    assert [first.status_code, someone_else.status_code, late.status_code] == [503, 503, 503]
+    assert "asked again before the Retry-After" in late.json()["detail"]["message"]
+    assert late.headers["Retry-After"] == "1"
+    assert stats.refused == 2  # the first and someone else's: the early retry never asked
+    assert early_retries(db).held == 1
+    assert [served.status_code, next_one.status_code] == [200, 200]
+
+
+async def test_a_client_that_waited_out_its_retry_after_is_not_held() -> None:
+    """Coming back after the Retry-After it was given, a client is not held; another client
+    never was; a refusal remembered once is forgotten when its client returns."""
+    early = EarlyRetries()
+    scope = {"client": ("127.0.0.1", 5000)}
+    early.refused(scope, 0.01)
+    await asyncio.sleep(0.02)
+    assert not await early.hold(scope)
+    assert not await early.hold({"client": ("127.0.0.1", 5001)})
+    assert not await early.hold({"client": None})
+    early.refused(scope, 30)
+    early.refused({"client": ("127.0.0.1", 5002)}, 30)
+    assert early.held == 0
+    assert len(early._until) == 2
+
+
+async def test_the_refused_clients_remembered_are_bounded() -> None:
+    """Beyond max_clients, the oldest refused client is forgotten (and so never held)."""
+    early = EarlyRetries(max_clients=3)
+    for port in range(5):
+        early.refused({"client": ("127.0.0.1", port)}, 30)
+    assert not await early.hold({"client": ("127.0.0.1", 0)})
+    assert early.held == 0
+    assert list(early._until) == [("127.0.0.1", port) for port in range(2, 5)]
 
 
 @pytest.mark.parametrize(

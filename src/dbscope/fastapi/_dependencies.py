@@ -3,14 +3,17 @@
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._errors import LineFullError
+from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._unit_of_work import UnitOfWork, UnitOptions
-from dbscope.fastapi._errors import HANDLED, http_error
+from dbscope.fastapi._early_retries import EarlyRetries
+from dbscope.fastapi._errors import HANDLED, Handled, http_error
 from dbscope.fastapi._tags import request_id, request_tags
 
 if TYPE_CHECKING:
@@ -23,6 +26,35 @@ _sessions: "weakref.WeakKeyDictionary[Database, dict[UnitOptions, Callable[..., 
     weakref.WeakKeyDictionary()
 )
 _leases: "weakref.WeakKeyDictionary[Database, Callable[..., Any]]" = weakref.WeakKeyDictionary()
+# The clients each Database refused because its wait line was full, and when they may return.
+_early_retries: "weakref.WeakKeyDictionary[Database, EarlyRetries]" = weakref.WeakKeyDictionary()
+
+
+def early_retries(db: "Database") -> EarlyRetries:
+    """The clients ``db``'s requests refused for a full wait line (``_early_retries.py``)."""
+    found = _early_retries.get(db)
+    if found is None:
+        found = _early_retries[db] = EarlyRetries()
+    return found
+
+
+def early_retry() -> HTTPException:
+    """The 503 of a request held because its client came back before its Retry-After."""
+    message = (
+        "The service is overloaded, and this client asked again before the Retry-After it was "
+        "given had passed: the request was held until then and not run. Wait as Retry-After "
+        "asks before retrying."
+    )
+    error = DatabaseUnavailableError(message, cause="pool_timeout", retry_after=1)
+    return http_error(error)
+
+
+def _refusal(error: Handled, scope: MutableMapping[str, Any], early: EarlyRetries) -> HTTPException:
+    """``error`` as the request's answer; a refusal for a full wait line is remembered, so
+    that its client's next request waits out the Retry-After it was given."""
+    if isinstance(error, DatabaseUnavailableError) and isinstance(error.__cause__, LineFullError):
+        early.refused(scope, error.retry_after)
+    return http_error(error)
 
 
 def session_dependency(
@@ -46,11 +78,18 @@ def session_dependency(
 def _session_dependency(
     db: "weakref.ref[Database]", options: UnitOptions, tagged: bool, header: str | None
 ) -> Callable[..., Awaitable[AsyncSession]]:
+    database = db()
+    assert database is not None
+    early = early_retries(database)
+    del database  # the dependency holds the Database weakly
+
     async def request_unit_of_work(
         request: Request, response: Response
     ) -> AsyncIterator[UnitOfWork]:
         database = db()
         assert database is not None, "the Database of this app was garbage-collected"
+        if await early.hold(request.scope):
+            raise early_retry()
         try:
             # With SQL comments on, the unit's statements name the route (docs/sql-tags.md).
             units = (
@@ -69,7 +108,7 @@ def _session_dependency(
                 if response.status_code is not None and response.status_code >= 400:
                     unit.rollback_only = True
         except HANDLED as error:
-            raise http_error(error) from error
+            raise _refusal(error, request.scope, early) from error
 
     async def session(
         unit: Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")],
@@ -93,14 +132,21 @@ def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
 
 
 def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[Any]]:
-    async def request_lease() -> AsyncIterator[Any]:
+    database = db()
+    assert database is not None
+    early = early_retries(database)
+    del database  # the dependency holds the Database weakly
+
+    async def request_lease(request: Request) -> AsyncIterator[Any]:
         database = db()
         assert database is not None, "the Database of this app was garbage-collected"
+        if await early.hold(request.scope):
+            raise early_retry()
         try:
             async with database.lease() as connection:
                 yield connection
         except HANDLED as error:
-            raise http_error(error) from error
+            raise _refusal(error, request.scope, early) from error
 
     async def leased(
         connection: Annotated[Any, Depends(request_lease, scope="function")],
