@@ -54,3 +54,5 @@ def session_app(db: Database) -> FastAPI:
 settings = bench_settings()
 db = Database(settings.sqlalchemy_url, **settings.dbscope_options)
 app = session_app(db)
+# The profile (benchmarks/profiling.py) adds a route that takes a session and runs no SQL.
+Session = Annotated[AsyncSession, Depends(db.session)]
