@@ -61,19 +61,23 @@ def build(setup: Setup) -> ModuleType:
     return module
 
 
-def _any_loop_engine(dbscope_run_url: str) -> Iterator[AsyncEngine]:
+def _any_loop_engine(dbscope_run_url: str, dbscope_database: Database) -> Iterator[AsyncEngine]:
     """An engine on the test database that any loop may use; each test opens a connection."""
-    engine = testing.any_loop_engine(dbscope_run_url)
+    pgbouncer = dbscope_database.settings.pgbouncer  # through PgBouncer as the app goes
+    engine = testing.any_loop_engine(dbscope_run_url, pgbouncer=pgbouncer)
     yield from phased(engine, "connecting to the test database", "closing the engine")
 
 
-async def _pooled_engine(dbscope_run_url: str) -> AsyncIterator[AsyncEngine]:
+async def _pooled_engine(
+    dbscope_run_url: str, dbscope_database: Database
+) -> AsyncIterator[AsyncEngine]:
     """A pooled engine on the test database, built in the loop that the tests share."""
     require_asyncio()
     with explained("connecting to the test database"):
         # No pre-ping: a test database does not restart under a run, and the ping would be
         # one more round trip for every test.
-        test_database = Database(dbscope_run_url, pool_pre_ping=False)
+        pgbouncer = dbscope_database.settings.pgbouncer
+        test_database = Database(dbscope_run_url, pool_pre_ping=False, pgbouncer=pgbouncer)
         if test_database.settings.is_memory:
             fail(_MEMORY_DATABASE)
         await test_database.connect()

@@ -140,6 +140,7 @@ def dbscope_run_url(
         yield dbscope_url
         return
     config = request.config
+    app = _app_database(config)
     own = testing.own_database(
         dbscope_url,
         reuse=flag(config, "dbscope_reuse_db"),
@@ -147,6 +148,7 @@ def dbscope_run_url(
         report=functools.partial(say, config),
         names=NAMES,
         worker=worker_id(config),
+        pgbouncer=None if app is None else app.settings.pgbouncer,
     )
     yield from phased(own, "setting up the test database", "dropping the test database")
 
@@ -167,6 +169,7 @@ def dbscope_tables(
         yield
         return
     config = request.config
+    app = _app_database(config)
     tables = testing.own_tables(
         dbscope_run_url,
         metadata=dbscope_metadata,
@@ -175,8 +178,16 @@ def dbscope_tables(
         use_existing_tables=flag(config, "dbscope_use_existing_tables"),
         report=functools.partial(say, config),
         names=NAMES,
+        pgbouncer=None if app is None else app.settings.pgbouncer,
     )
     yield from phased(tables, "creating the tables", "dropping the tables")
+
+
+def _app_database(config: pytest.Config) -> Database | None:
+    """The app's Database (dbscope_database), if set: the connections that set up the run's
+    database go through PgBouncer as its ``pgbouncer`` setting says, before it is built."""
+    found = _load(config, "dbscope_database")
+    return found if isinstance(found, Database) else None
 
 
 # -- loading what the settings name ------------------------------------------------------------

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database
+from dbscope._dialects import PoolerMode
 from dbscope._migrations import load_config, run_command, set_url
 
 T = TypeVar("T")
@@ -79,7 +80,9 @@ async def open_session(db: Database) -> AsyncIterator[AsyncSession]:
 
 
 @contextlib.contextmanager
-def any_loop_engine(url: str | URL) -> Iterator[AsyncEngine]:
+def any_loop_engine(
+    url: str | URL, *, pgbouncer: PoolerMode | None = None
+) -> Iterator[AsyncEngine]:
     """An engine on ``url`` that every event loop may use, verified on entry.
 
     It pools no connection (``NullPool``): each ``engine.connect()`` opens a new connection
@@ -88,12 +91,17 @@ def any_loop_engine(url: str | URL) -> Iterator[AsyncEngine]:
     savepoint-safe ``BEGIN``). Built, checked (the server answers) and disposed in a worker
     thread, so it can be entered with or without a running loop.
 
+    Args:
+        url: the test database.
+        pgbouncer: ``url`` names a PgBouncer in this mode, as the app's Database's
+            ``pgbouncer`` setting says (docs/pgbouncer.md).
+
     Raises:
         ConfigurationError: the URL is invalid, or names an in-memory SQLite database, which
             cannot be shared between connections.
         DatabaseUnavailableError: the server cannot be reached.
     """
-    database = Database(url, poolclass=NullPool, pool_pre_ping=False)
+    database = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
     if database.settings.is_memory:
         message = (
             f"The test database {database.url!r} is an in-memory SQLite database, which "
@@ -116,19 +124,21 @@ def create_tables(
     *,
     metadata: MetaData | None = None,
     alembic_config: str | Path | None = None,
+    pgbouncer: PoolerMode | None = None,
 ) -> None:
     """Create the tables in the test database: from ``metadata``, or by Alembic migrations.
 
     With ``alembic_config`` (the path of an ``alembic.ini``) the migrations are upgraded to
     ``head``, with ``sqlalchemy.url`` set to ``url``; ``env.py`` must read it from there, as
     Alembic's async template does. Otherwise ``metadata.create_all()`` creates the tables
-    that do not exist yet. Runs in a worker thread with an event loop of its own, so it can
+    that do not exist yet, on a connection made with ``pgbouncer`` (as for
+    :func:`any_loop_engine`). Runs in a worker thread with an event loop of its own, so it can
     be called from anywhere, once, before the tests.
 
     Raises:
         ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
     """
-    _change_tables(url, metadata, alembic_config, ("upgrade", "head"), "create_all")
+    _change_tables(url, metadata, alembic_config, ("upgrade", "head"), "create_all", pgbouncer)
 
 
 def drop_tables(
@@ -136,6 +146,7 @@ def drop_tables(
     *,
     metadata: MetaData | None = None,
     alembic_config: str | Path | None = None,
+    pgbouncer: PoolerMode | None = None,
 ) -> None:
     """Remove what :func:`create_tables` made: downgrade to ``base``, or ``drop_all()``.
 
@@ -144,7 +155,7 @@ def drop_tables(
     Raises:
         ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
     """
-    _change_tables(url, metadata, alembic_config, ("downgrade", "base"), "drop_all")
+    _change_tables(url, metadata, alembic_config, ("downgrade", "base"), "drop_all", pgbouncer)
 
 
 NOTHING_TO_CREATE: Final = (
@@ -159,12 +170,13 @@ def _change_tables(
     alembic_config: str | Path | None,
     migration: tuple[str, str],
     ddl: str,
+    pgbouncer: PoolerMode | None = None,
 ) -> None:
     """Run the ``migration`` (command, revision) if there are migrations, else ``ddl``."""
     if alembic_config is not None:
         in_thread(lambda: _alembic(url, alembic_config, *migration))
     elif metadata is not None:
-        on_connection(url, getattr(metadata, ddl))
+        on_connection(url, getattr(metadata, ddl), pgbouncer=pgbouncer)
     else:
         raise ConfigurationError(NOTHING_TO_CREATE)
 
@@ -176,11 +188,13 @@ def _alembic(url: str | URL, path: str | Path, command_name: str, revision: str)
     run_command(config, command_name, revision)
 
 
-def on_connection(url: str | URL, work: Callable[[Connection], T]) -> T:
+def on_connection(
+    url: str | URL, work: Callable[[Connection], T], *, pgbouncer: PoolerMode | None = None
+) -> T:
     """Run ``work`` in a transaction on the database at ``url``, in a thread of its own."""
 
     async def run() -> T:
-        database = Database(url, poolclass=NullPool, pool_pre_ping=False)
+        database = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
         async with database, database.engine.begin() as connection:
             return await connection.run_sync(work)
 

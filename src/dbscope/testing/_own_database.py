@@ -10,12 +10,14 @@ is on its record in ``dbscope._dialects``, the one private name this package use
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from sqlalchemy import Connection, MetaData, inspect
 from sqlalchemy.engine import URL
@@ -24,7 +26,10 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateSchema
 
 from dbscope import ConfigurationError, Database, DbscopeError, _dialects
+from dbscope._dialects import PoolerMode
 from dbscope.testing._isolation import NOTHING_TO_CREATE, create_tables, in_new_loop, on_connection
+
+T = TypeVar("T")
 
 SUFFIX: Final = "_test"
 _WORKER: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
@@ -57,6 +62,7 @@ def own_database(
     report: Callable[[str], None] | None = None,
     names: OptionNames | None = None,
     worker: str | None = None,
+    pgbouncer: PoolerMode | None = None,
 ) -> Iterator[str]:
     """Make a database for the run beside the one ``url`` names, and drop it at the end.
 
@@ -83,6 +89,9 @@ def own_database(
             worker id, ``gw0``), letters, digits and ``_`` only: each gets a database of
             its own, made, set up and dropped by that process, so that none sees
             another's rows.
+        pgbouncer: ``url`` names a PgBouncer in this mode, as the app's Database's
+            ``pgbouncer`` setting says: the connections that make, fill and drop the
+            database are made with it (docs/pgbouncer.md).
 
     Yields:
         The URL of the run's database, its password included, to connect to.
@@ -92,7 +101,7 @@ def own_database(
         DatabaseSetupError: no database can be named after the URL, the server refuses to
             make or drop it, or it has the app's tables and dbscope did not make it.
     """
-    run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker)
+    run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker, pgbouncer)
     ours = run.find_or_make(reuse=reuse)
     try:
         with run.tables(metadata, alembic_config, ours, use_existing_tables, reuse or keep):
@@ -115,6 +124,7 @@ def own_tables(
     use_existing_tables: bool = False,
     report: Callable[[str], None] | None = None,
     names: OptionNames | None = None,
+    pgbouncer: PoolerMode | None = None,
 ) -> Iterator[None]:
     """Make the app's tables in the database at ``url``, and drop those it made at the end.
 
@@ -134,7 +144,7 @@ def own_tables(
         raise ConfigurationError(NOTHING_TO_CREATE)
     given = Database(url)
     rules = _dialects.backend(given.url.get_backend_name())
-    run = _Run(given.url, rules, names or OptionNames(), report or _log.info)
+    run = _Run(given.url, rules, names or OptionNames(), report or _log.info, pgbouncer)
     ours = (
         rules in _dialects.BACKENDS and not given.settings.is_memory and run.presence() == "marked"
     )
@@ -150,6 +160,7 @@ class _Run:
     rules: _dialects.Backend
     names: OptionNames
     say: Callable[[str], None]
+    pgbouncer: PoolerMode | None = None
 
     @classmethod
     def named_after(
@@ -158,6 +169,7 @@ class _Run:
         names: OptionNames,
         say: Callable[[str], None],
         worker: str | None = None,
+        pgbouncer: PoolerMode | None = None,
     ) -> _Run:
         """The run's database: the one ``url`` names, its name followed by ``_test`` (and
         by ``_<worker>`` for one of several processes)."""
@@ -188,7 +200,7 @@ class _Run:
             name = target.database or ""
             limit = rules.too_long(name)
             if limit is None:
-                return cls(target, rules, names, say)
+                return cls(target, rules, names, say, pgbouncer)
             message = (
                 f"The test database's name {name!r} (the name in {names.url}, then {suffix!r}) "
                 f"is longer than the {limit} {rules.name} allows: name a shorter database in "
@@ -212,7 +224,7 @@ class _Run:
 
     def presence(self) -> _dialects.Presence:
         """What the server holds under the database's name."""
-        return in_new_loop(lambda: self.rules.database_presence(self.url, _maintenance))
+        return in_new_loop(lambda: self.rules.database_presence(self.url, self._maintenance))
 
     def find_or_make(self, *, reuse: bool) -> bool:
         """Make the database, unless someone else made it or it is reused; True if dbscope
@@ -236,7 +248,7 @@ class _Run:
         name = self.url.database or ""
         advice = f"{self.rules.create_advice(name)}, or create {name!r} yourself and run with"
         with self._refusals(f"create it: {advice} {self.names.reuse}"):
-            in_new_loop(lambda: self.rules.create_database(self.url, _maintenance))
+            in_new_loop(lambda: self.rules.create_database(self.url, self._maintenance))
         return True
 
     def drop(self, *, close_sessions: bool) -> None:
@@ -249,7 +261,7 @@ class _Run:
             )
         with self._refusals(f"drop it: {hint}"):
             drop = self.rules.drop_database
-            in_new_loop(lambda: drop(self.url, _maintenance, close_sessions=close_sessions))
+            in_new_loop(lambda: drop(self.url, self._maintenance, close_sessions=close_sessions))
 
     @contextlib.contextmanager
     def _refusals(self, failed: str) -> Iterator[None]:
@@ -279,8 +291,10 @@ class _Run:
             raise DatabaseSetupError(self._refusal(existing))
         if ours and metadata is not None:
             schemas = self.rules.schemas_to_create(metadata)
-            on_connection(self.url, lambda connection: _create_schemas(connection, schemas))
-        create_tables(self.url, metadata=metadata, alembic_config=alembic_config)
+            self._on_connection(lambda connection: _create_schemas(connection, schemas))
+        create_tables(
+            self.url, metadata=metadata, alembic_config=alembic_config, pgbouncer=self.pgbouncer
+        )
         made = self._table_names(metadata) - before
         try:
             yield
@@ -295,7 +309,7 @@ class _Run:
             if made:  # a downgrade to base would drop tables this run did not make
                 self.say(f"kept the tables the migrations made: {', '.join(sorted(made))}")
         elif tables := [table for key, table in metadata.tables.items() if key in made]:
-            on_connection(self.url, lambda connection: metadata.drop_all(connection, tables=tables))
+            self._on_connection(lambda connection: metadata.drop_all(connection, tables=tables))
 
     def _refusal(self, found: list[str]) -> str:
         return (
@@ -311,7 +325,14 @@ class _Run:
         schemas: set[str | None] = {None}
         if metadata is not None:
             schemas = {table.schema for table in metadata.tables.values()}
-        return on_connection(self.url, lambda connection: _table_names(connection, schemas))
+        return self._on_connection(lambda connection: _table_names(connection, schemas))
+
+    def _on_connection(self, work: Callable[[Connection], T]) -> T:
+        return on_connection(self.url, work, pgbouncer=self.pgbouncer)
+
+    @property
+    def _maintenance(self) -> Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]:
+        return functools.partial(_maintenance, pgbouncer=self.pgbouncer)
 
 
 def _checked_worker(worker: str) -> str:
@@ -326,9 +347,11 @@ def _checked_worker(worker: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _maintenance(url: URL) -> AsyncIterator[AsyncConnection]:
+async def _maintenance(
+    url: URL, *, pgbouncer: PoolerMode | None = None
+) -> AsyncIterator[AsyncConnection]:
     """An autocommit connection to the server, for making and dropping databases."""
-    maintenance = Database(url, poolclass=NullPool, pool_pre_ping=False)
+    maintenance = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
     async with maintenance, maintenance.engine.connect() as connection:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
