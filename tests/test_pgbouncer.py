@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dbscope import Database, DatabaseUnavailableError, StatementTimeoutError
 from tests.conftest import POSTGRES_DRIVERS, POSTGRES_URL
+from tests.documented import block_containing, run_async_block, run_block
 from tests.driver_connections import execute, fetch_value
 from tests.helpers import admin
 from tests.pgbouncer_service import MODES, Bouncers, Mode
@@ -269,3 +270,38 @@ async def test_leases_run_statements_and_driver_transactions(through: Through) -
     async with through.database(pool_size=5) as db:
         seen = await asyncio.gather(*(lease(number) for number in range(50)))
     assert seen == [(number + 1, "1234ms") for number in range(50)]
+
+
+# -- docs/pgbouncer.md: each python block runs -------------------------------------------------
+
+GUIDE = "docs/pgbouncer.md"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_guides_database_serves_units_through_pgbouncer(
+    pgbouncer: Bouncers, mode: Mode
+) -> None:
+    """The guide's Database, on the PgBouncer of each mode (the block's, then with the other
+    mode), runs units at once without a failure."""
+    code = block_containing(GUIDE, 'pgbouncer="transaction"')
+    url = pgbouncer.url(mode, "asyncpg", POSTGRES_URL)
+    replace = {
+        '"postgresql+asyncpg://app@localhost:6432/app"': repr(url),
+        'pgbouncer="transaction"': f"pgbouncer={mode!r}",
+    }
+    db: Database = run_block(code, url, replace=replace)["db"]
+    async with db:
+        assert db.settings.pgbouncer == mode
+        assert await failures(db, units=50) == {}
+
+
+async def test_the_guides_lease_runs_its_transaction_through_pgbouncer(
+    pgbouncer: Bouncers,
+) -> None:
+    """The lease block: a driver transaction with its SET LOCAL, through PgBouncer."""
+    code = block_containing(GUIDE, "async with db.lease() as connection:")
+    url = pgbouncer.url("transaction", "asyncpg", POSTGRES_URL)
+    async with Database(url, pgbouncer="transaction") as db:
+        namespace: dict[str, Any] = {"db": db}
+        await run_async_block(code, namespace)
+    assert namespace["count"] > 0

@@ -112,8 +112,8 @@ def psycopg_conflict(mode: PoolerMode, args: Mapping[str, Any]) -> str | None:
         return (
             f"psycopg runs on libpq {psycopg.pq.version_pretty(libpq)}, before 17, so it drops "
             "the prepared statements it evicts by DEALLOCATE, a statement PgBouncer passes "
-            "on under names the server does not know. Install psycopg[binary] 3.2 or later "
-            "(it brings libpq 17), or use pgbouncer='transaction'."
+            "on under names the server does not know. Use a libpq of 17 or later (the "
+            "wheels of psycopg[binary] 3.3 bring 18), or pgbouncer='transaction'."
         )
     return None
 

@@ -1,0 +1,413 @@
+"""The PgBouncer benchmark's run: the PgBouncers ready, the two measurements, the report.
+
+- **Throughput.** Three uvicorn workers of ``benchmarks/variants/dbscope_pgbouncer.py``, each
+  with a pool of 10: on the server itself, through PgBouncer with ``pgbouncer="transaction"``
+  (6432, no prepared statements) and with ``"transaction-prepared"`` (6433,
+  ``max_prepared_statements = 200``). Each round loads ``/db`` and ``/updates?q=5`` on each,
+  the three in an order rotated each round; servers on core 1, wrk (or the Python load
+  generator) on core 0.
+- **Server connections.** N app processes (pool 10 each) loaded at once, without PgBouncer
+  and through the ``transaction`` one (``default_pool_size = 10``), while
+  ``pg_stat_activity`` is read every 100 ms: how many server connections the database had.
+
+Every server is stopped when its block ends; the PgBouncers are stopped at the end if the
+run started them. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from benchmarks import data, loadgen, servers, wrk
+from benchmarks.config import SERVER_CORE
+from benchmarks.environment import describe_environment
+from benchmarks.pgbouncer_report import write_report
+from benchmarks.replica_throughput import Settings, _with_loadgen, _with_wrk, cpu_seconds
+from benchmarks.variants.common import bench_settings
+
+RESULTS: Final = servers.ROOT / "benchmarks" / "results"
+BOUNCER: Final = servers.ROOT / "tests" / "pgbouncer" / "bouncer"
+PORT: Final = int(os.environ.get("DBSCOPE_PGBOUNCER_PORT", "6432"))
+POOL_SIZE: Final = 10
+PATHS: Final = ("/db", "/updates?q=5")
+APPLICATION: Final = "dbscope-bench-pgbouncer"
+SAMPLE_EVERY: Final = 0.1
+DRAIN_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one app's pool connects: the server, or a PgBouncer with its preset."""
+
+    key: str
+    label: str
+    port: int | None  # None: the server itself
+    mode: str | None
+
+
+DIRECT: Final = Target("direct", "the server itself (5432)", None, None)
+TRANSACTION: Final = Target(
+    "transaction", "PgBouncer, `pgbouncer='transaction'`", PORT, "transaction"
+)
+PREPARED: Final = Target(
+    "prepared", "PgBouncer, `pgbouncer='transaction-prepared'`", PORT + 1, "transaction-prepared"
+)
+TARGETS: Final = (DIRECT, TRANSACTION, PREPARED)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One load run on one target: requests/s, latency (ms), failures, server CPU."""
+
+    round: int
+    target: str
+    path: str
+    tool: str
+    requests_per_second: float
+    p50_ms: float | None
+    p99_ms: float | None
+    failures: int
+    cpu_us_per_request: float | None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line of ``benchmarks/pgbouncer.py``; ``--smoke`` makes every count tiny."""
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/pgbouncer.py",
+        description="dbscope through PgBouncer: throughput, and server connections per app.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds in all")
+    parser.add_argument("--rounds", type=int, help="throughput rounds (3)")
+    parser.add_argument("--duration", type=float, help="seconds per throughput run (3)")
+    parser.add_argument("--connections", type=int, default=64, help="throughput clients (64)")
+    parser.add_argument("--processes", type=int, default=4, help="app processes (4)")
+    parser.add_argument("--spread", type=float, help="seconds of load on the processes (8)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    defaults = {"rounds": 3, "duration": 3.0, "spread": 8.0}
+    smoke = {"rounds": 1, "duration": 1.0, "spread": 2.0}
+    for name, value in (smoke if args.smoke else defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.smoke:
+        args.connections, args.processes = min(args.connections, 8), min(args.processes, 2)
+    for name in ("rounds", "connections", "processes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.duration <= 0 or args.spread <= 0:
+        parser.error("--duration and --spread must be positive numbers of seconds")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when no request failed, 1 if some did, 2 if it could not run."""
+    args = parse_args(argv)
+    url = bench_settings().url
+    if make_url(url).port not in (None, 5432):
+        print(f"BENCH_DATABASE_URL must name the server on 5432, not {url}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        with bouncers():
+            loadgen.run_async(data.ensure_world(url))
+            environment = describe_environment()
+            runs = throughput(url, args)
+            spread = [connections(url, target, args) for target in (DIRECT, TRANSACTION)]
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        print(f"The benchmark could not run: {error}", file=sys.stderr)
+        return 2
+    result = {
+        "command": _command(argv),
+        "seconds": round(time.monotonic() - started),
+        "environment": environment,
+        "database": make_url(url).database,
+        "settings": {
+            "pool_size": POOL_SIZE,
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "connections": args.connections,
+            "processes": args.processes,
+            "spread": args.spread,
+            "tool": runs[0].tool,
+        },
+        "throughput": summary(runs),
+        "connections": spread,
+    }
+    name = "pgbouncer-smoke" if args.smoke else "pgbouncer"
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.output / f"{name}.md", result)
+    print(f"wrote {args.output / name}.md and .json", flush=True)
+    failed = sum(run.failures for run in runs) + sum(phase["failures"] for phase in spread)
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def bouncers() -> Iterator[None]:
+    """The two PgBouncers of tests/pgbouncer/bouncer, started if not running, and then
+    stopped at the end."""
+    if _bouncer("status").returncode == 0:
+        yield
+        return
+    started = _bouncer("start")
+    if started.returncode != 0:
+        raise RuntimeError(f"{BOUNCER} start failed: {started.stdout}{started.stderr}")
+    try:
+        yield
+    finally:
+        _bouncer("stop")
+
+
+def _bouncer(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BOUNCER), command], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def target_env(url: str, target: Target, name: str = "") -> dict[str, str]:
+    """The settings of an app on ``target``: the URL, the preset, the pool."""
+    parsed = make_url(url)
+    if target.port is not None:
+        parsed = parsed.set(port=target.port)
+    env = {
+        "BENCH_DATABASE_URL": parsed.render_as_string(hide_password=False),
+        "BENCH_POOL_SIZE": str(POOL_SIZE),
+        "BENCH_MAX_OVERFLOW": "0",
+        "BENCH_POOL_TIMEOUT": "30",
+        "BENCH_APPLICATION_NAME": name or APPLICATION,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if target.mode is not None:
+        env["BENCH_PGBOUNCER"] = target.mode
+    return env
+
+
+# -- throughput ------------------------------------------------------------------------------
+
+
+def throughput(url: str, args: argparse.Namespace) -> list[Run]:
+    """Every target and path once per round, the targets in an order rotated each round."""
+    settings = Settings(args.connections, args.duration, use_wrk=wrk.available())
+    warmup = Settings(args.connections, min(1.0, args.duration), settings.use_wrk)
+    logs = args.output / "logs"
+    with contextlib.ExitStack() as stack:
+        running = {
+            target.key: stack.enter_context(
+                servers.running(
+                    f"pgbouncer-{target.key}",
+                    "dbscope_pgbouncer",
+                    env=target_env(url, target),
+                    log=logs / f"pgbouncer-{target.key}.log",
+                    core=SERVER_CORE,
+                    fast=servers.fast_stack(),
+                )
+            )
+            for target in TARGETS
+        }
+        for target in TARGETS:
+            for path in PATHS:
+                _load(running[target.key], target, path, warmup, 0)
+        runs = []
+        for number in range(1, args.rounds + 1):
+            shift = number % len(TARGETS)
+            for target in TARGETS[shift:] + TARGETS[:shift]:
+                for path in PATHS:
+                    runs.append(_load(running[target.key], target, path, settings, number))
+                    print(f"  round {number}: {runs[-1]}", flush=True)
+    return runs
+
+
+def _load(
+    server: servers.Server, target: Target, path: str, settings: Settings, number: int
+) -> Run:
+    cpu = cpu_seconds(server.pid)
+    if settings.use_wrk:
+        measured = _with_wrk(server.port, path, settings, None)
+    else:
+        measured = _with_loadgen(server.port, path, settings, None)
+    cpu = cpu_seconds(server.pid) - cpu
+    return Run(
+        round=number,
+        target=target.key,
+        path=path,
+        tool=measured.tool,
+        requests_per_second=round(measured.requests_per_second, 1),
+        p50_ms=None if measured.p50_ms is None else round(measured.p50_ms, 2),
+        p99_ms=None if measured.p99_ms is None else round(measured.p99_ms, 2),
+        failures=measured.failures,
+        cpu_us_per_request=round(cpu / measured.requests * 1e6, 1) if measured.requests else None,
+    )
+
+
+def summary(runs: list[Run]) -> dict[str, Any]:
+    """Per target and path: median requests/s (min, max), latencies, failures; and each
+    PgBouncer target over the server itself, per round."""
+    cells: dict[str, Any] = {}
+    for target in TARGETS:
+        for path in PATHS:
+            mine = [run for run in runs if run.target == target.key and run.path == path]
+            cells[f"{target.key} {path}"] = {
+                "target": target.label,
+                "path": path,
+                "requests_per_second": _spread([run.requests_per_second for run in mine]),
+                "p50_ms": _median([run.p50_ms for run in mine]),
+                "p99_ms": _median([run.p99_ms for run in mine]),
+                "cpu_us_per_request": _median([run.cpu_us_per_request for run in mine]),
+                "failures": sum(run.failures for run in mine),
+            }
+    rate = {(run.round, run.target, run.path): run.requests_per_second for run in runs}
+    ratios = {}
+    for target in (TRANSACTION, PREPARED):
+        for path in PATHS:
+            values = [
+                rate[(number, target.key, path)] / rate[(number, DIRECT.key, path)]
+                for number in sorted({run.round for run in runs})
+                if rate.get((number, DIRECT.key, path))
+            ]
+            ratios[f"{target.key} {path}"] = {
+                "target": target.label,
+                "path": path,
+                **_spread(values),
+            }
+    return {"cells": cells, "ratios": ratios, "runs": [asdict(run) for run in runs]}
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 2) if known else None
+
+
+# -- server connections ----------------------------------------------------------------------
+
+
+def connections(url: str, target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.processes`` apps on ``target``, loaded at once for ``args.spread`` seconds;
+    the server connections of the database meanwhile, read from pg_stat_activity."""
+    database = make_url(url).database or ""
+    _reconnect(database)
+    if not loadgen.run_async(_drained(url, database)):
+        raise RuntimeError(f"connections to {database} remain before the {target.key} phase")
+    logs = args.output / "logs"
+    with contextlib.ExitStack() as stack:
+        apps = [
+            stack.enter_context(
+                servers.running(
+                    f"pgbouncer-app-{number}",
+                    "dbscope_pgbouncer",
+                    env=target_env(url, target, f"{APPLICATION}-{number}"),
+                    log=logs / f"pgbouncer-app-{target.key}-{number}.log",
+                    core=SERVER_CORE,
+                    fast=servers.fast_stack(),
+                )
+            )
+            for number in range(args.processes)
+        ]
+        loads, samples = loadgen.run_async(_spread_load(url, database, apps, args))
+    statuses: dict[int, int] = {}
+    for result in loads:
+        for status, count in result.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    ok = statuses.get(200, 0)
+    return {
+        "target": target.label,
+        "key": target.key,
+        "processes": args.processes,
+        "client_connections": args.processes * POOL_SIZE,
+        "server_connections_peak": max(total for total, _ in samples),
+        "server_connections_median": statistics.median(total for total, _ in samples),
+        "busy_peak": max(busy for _, busy in samples),
+        "samples": len(samples),
+        "requests_per_second": round(ok / args.spread, 1),
+        "failures": sum(statuses.values()) - ok + sum(result.transport_errors for result in loads),
+    }
+
+
+COUNT: Final = """
+SELECT count(*), count(*) FILTER (WHERE state <> 'idle')
+FROM pg_stat_activity
+WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
+
+
+def _reconnect(database: str) -> None:
+    """Both PgBouncers close their server connections to ``database`` (the idle ones now)."""
+    for port in (PORT, PORT + 1):  # PgBouncer's console speaks the simple protocol only: psql
+        command = ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+        command += ["-d", "pgbouncer", "-c", f"RECONNECT {database}"]
+        subprocess.run(command, capture_output=True, timeout=30, check=True)
+
+
+async def _drained(url: str, database: str) -> bool:
+    """Whether no connection to ``database`` remains within DRAIN_TIMEOUT seconds."""
+    watcher = await asyncpg.connect(make_url(url).set(database="postgres").render_as_string(False))
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            total, _ = await watcher.fetchrow(COUNT, database)
+            if total == 0:
+                return True
+            await asyncio.sleep(SAMPLE_EVERY)
+        return False
+    finally:
+        await watcher.close()
+
+
+async def _spread_load(
+    url: str, database: str, apps: list[servers.Server], args: argparse.Namespace
+) -> tuple[list[loadgen.LoadResult], list[tuple[int, int]]]:
+    """Load every app at once; pg_stat_activity read every SAMPLE_EVERY seconds meanwhile."""
+    watcher = await asyncpg.connect(make_url(url).set(database="postgres").render_as_string(False))
+    samples: list[tuple[int, int]] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            total, busy = await watcher.fetchrow(COUNT, database)
+            samples.append((int(total), int(busy)))
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        clients = max(1, args.connections // len(apps))
+        loads = await asyncio.gather(
+            *(
+                loadgen.run_load(app.port, "/db", connections=clients, duration=args.spread)
+                for app in apps
+            )
+        )
+    finally:
+        done.set()
+        await sampler
+        await watcher.close()
+    return list(loads), samples
+
+
+def _command(argv: Sequence[str] | None) -> str:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["benchmarks/pgbouncer.py", *arguments])
