@@ -8,7 +8,8 @@
   generator) on core 0.
 - **Server connections.** N app processes (pool 10 each) loaded at once, without PgBouncer
   and through the ``transaction`` one (``default_pool_size = 10``), while
-  ``pg_stat_activity`` is read every 100 ms: how many server connections the database had.
+  ``pg_stat_activity`` is read every 100 ms: how many server connections the database had
+  (pgbouncer_connections.py).
 
 Every server is stopped when its block ends; the PgBouncers are stopped at the end if the
 run started them. Traffic goes to 127.0.0.1 only.
@@ -17,7 +18,6 @@ run started them. Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -31,44 +31,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import asyncpg
 from sqlalchemy.engine import make_url
 
 from benchmarks import data, loadgen, servers, wrk
 from benchmarks.config import SERVER_CORE
 from benchmarks.environment import describe_environment
+from benchmarks.pgbouncer_connections import connections
 from benchmarks.pgbouncer_report import write_report
+from benchmarks.pgbouncer_targets import (
+    DIRECT,
+    POOL_SIZE,
+    PREPARED,
+    TARGETS,
+    TRANSACTION,
+    Target,
+    target_env,
+)
 from benchmarks.replica_throughput import Settings, _with_loadgen, _with_wrk, cpu_seconds
 from benchmarks.variants.common import bench_settings
 
 RESULTS: Final = servers.ROOT / "benchmarks" / "results"
 BOUNCER: Final = servers.ROOT / "tests" / "pgbouncer" / "bouncer"
-PORT: Final = int(os.environ.get("DBSCOPE_PGBOUNCER_PORT", "6432"))
-POOL_SIZE: Final = 10
 PATHS: Final = ("/db", "/updates?q=5")
-APPLICATION: Final = "dbscope-bench-pgbouncer"
-SAMPLE_EVERY: Final = 0.1
-DRAIN_TIMEOUT: Final = 10.0
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where one app's pool connects: the server, or a PgBouncer with its preset."""
-
-    key: str
-    label: str
-    port: int | None  # None: the server itself
-    mode: str | None
-
-
-DIRECT: Final = Target("direct", "the server itself (5432)", None, None)
-TRANSACTION: Final = Target(
-    "transaction", "PgBouncer, `pgbouncer='transaction'`", PORT, "transaction"
-)
-PREPARED: Final = Target(
-    "prepared", "PgBouncer, `pgbouncer='transaction-prepared'`", PORT + 1, "transaction-prepared"
-)
-TARGETS: Final = (DIRECT, TRANSACTION, PREPARED)
 
 
 @dataclass(frozen=True)
@@ -180,24 +164,6 @@ def _bouncer(command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def target_env(url: str, target: Target, name: str = "") -> dict[str, str]:
-    """The settings of an app on ``target``: the URL, the preset, the pool."""
-    parsed = make_url(url)
-    if target.port is not None:
-        parsed = parsed.set(port=target.port)
-    env = {
-        "BENCH_DATABASE_URL": parsed.render_as_string(hide_password=False),
-        "BENCH_POOL_SIZE": str(POOL_SIZE),
-        "BENCH_MAX_OVERFLOW": "0",
-        "BENCH_POOL_TIMEOUT": "30",
-        "BENCH_APPLICATION_NAME": name or APPLICATION,
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    if target.mode is not None:
-        env["BENCH_PGBOUNCER"] = target.mode
-    return env
-
-
 # -- throughput ------------------------------------------------------------------------------
 
 
@@ -303,111 +269,10 @@ def _median(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 2) if known else None
 
 
-# -- server connections ----------------------------------------------------------------------
-
-
-def connections(url: str, target: Target, args: argparse.Namespace) -> dict[str, Any]:
-    """``args.processes`` apps on ``target``, loaded at once for ``args.spread`` seconds;
-    the server connections of the database meanwhile, read from pg_stat_activity."""
-    database = make_url(url).database or ""
-    _reconnect(database)
-    if not loadgen.run_async(_drained(url, database)):
-        raise RuntimeError(f"connections to {database} remain before the {target.key} phase")
-    logs = args.output / "logs"
-    with contextlib.ExitStack() as stack:
-        apps = [
-            stack.enter_context(
-                servers.running(
-                    f"pgbouncer-app-{number}",
-                    "dbscope_pgbouncer",
-                    env=target_env(url, target, f"{APPLICATION}-{number}"),
-                    log=logs / f"pgbouncer-app-{target.key}-{number}.log",
-                    core=SERVER_CORE,
-                    fast=servers.fast_stack(),
-                )
-            )
-            for number in range(args.processes)
-        ]
-        loads, samples = loadgen.run_async(_spread_load(url, database, apps, args))
-    statuses: dict[int, int] = {}
-    for result in loads:
-        for status, count in result.statuses.items():
-            statuses[status] = statuses.get(status, 0) + count
-    ok = statuses.get(200, 0)
-    return {
-        "target": target.label,
-        "key": target.key,
-        "processes": args.processes,
-        "client_connections": args.processes * POOL_SIZE,
-        "server_connections_peak": max(total for total, _ in samples),
-        "server_connections_median": statistics.median(total for total, _ in samples),
-        "busy_peak": max(busy for _, busy in samples),
-        "samples": len(samples),
-        "requests_per_second": round(ok / args.spread, 1),
-        "failures": sum(statuses.values()) - ok + sum(result.transport_errors for result in loads),
-    }
-
-
-COUNT: Final = """
-SELECT count(*), count(*) FILTER (WHERE state <> 'idle')
-FROM pg_stat_activity
-WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-"""
-
-
-def _reconnect(database: str) -> None:
-    """Both PgBouncers close their server connections to ``database`` (the idle ones now)."""
-    for port in (PORT, PORT + 1):  # PgBouncer's console speaks the simple protocol only: psql
-        command = ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-        command += ["-d", "pgbouncer", "-c", f"RECONNECT {database}"]
-        subprocess.run(command, capture_output=True, timeout=30, check=True)
-
-
-async def _drained(url: str, database: str) -> bool:
-    """Whether no connection to ``database`` remains within DRAIN_TIMEOUT seconds."""
-    watcher = await asyncpg.connect(make_url(url).set(database="postgres").render_as_string(False))
-    try:
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while time.monotonic() < deadline:
-            total, _ = await watcher.fetchrow(COUNT, database)
-            if total == 0:
-                return True
-            await asyncio.sleep(SAMPLE_EVERY)
-        return False
-    finally:
-        await watcher.close()
-
-
-async def _spread_load(
-    url: str, database: str, apps: list[servers.Server], args: argparse.Namespace
-) -> tuple[list[loadgen.LoadResult], list[tuple[int, int]]]:
-    """Load every app at once; pg_stat_activity read every SAMPLE_EVERY seconds meanwhile."""
-    watcher = await asyncpg.connect(make_url(url).set(database="postgres").render_as_string(False))
-    samples: list[tuple[int, int]] = []
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            total, busy = await watcher.fetchrow(COUNT, database)
-            samples.append((int(total), int(busy)))
-            await asyncio.sleep(SAMPLE_EVERY)
-
-    sampler = asyncio.create_task(sample())
-    try:
-        clients = max(1, args.connections // len(apps))
-        loads = await asyncio.gather(
-            *(
-                loadgen.run_load(app.port, "/db", connections=clients, duration=args.spread)
-                for app in apps
-            )
-        )
-    finally:
-        done.set()
-        await sampler
-        await watcher.close()
-    return list(loads), samples
-
-
 def _command(argv: Sequence[str] | None) -> str:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["benchmarks/pgbouncer.py", *arguments])
+    command = shlex.join(["benchmarks/pgbouncer.py", *arguments])
+    given = os.environ.get("BENCH_DATABASE_URL")
+    if given:  # where it ran, its password masked
+        command = f"BENCH_DATABASE_URL={make_url(given).render_as_string()} {command}"
+    return command
