@@ -182,6 +182,27 @@ async def test_each_database_keeps_its_own_application_name(through: Through) ->
     assert list(seen) == [{"pgb-a"}, {"pgb-b"}]
 
 
+async def test_a_time_zone_set_at_connect_reaches_every_unit(through: Through) -> None:
+    """A startup parameter PgBouncer carries per client (TimeZone, through asyncpg's
+    server_settings or libpq's options) holds in every unit, beside an app without it."""
+    if through.driver == "asyncpg":
+        given = {"server_settings": {"TimeZone": "Asia/Tokyo"}}
+    else:
+        given = {"options": "-c TimeZone=Asia/Tokyo"}
+
+    async def zones(db: Database) -> set[str]:
+        async def one() -> str:
+            async with db.transaction() as session:
+                return str(await session.scalar(text("SHOW TimeZone")))
+
+        return set(await asyncio.gather(*(one() for _ in range(20))))
+
+    async with through.database(connect_args=given) as tokyo, through.database() as plain:
+        seen = await asyncio.gather(zones(tokyo), zones(plain))
+    assert seen[0] == {"Asia/Tokyo"}
+    assert "Asia/Tokyo" not in seen[1]
+
+
 @pytest.mark.usefixtures("items")
 async def test_a_schema_applies_to_its_own_units_only(through: Through) -> None:
     """SET LOCAL search_path per unit: the schema's units read its table, and the units of a

@@ -132,8 +132,16 @@ def test_a_statement_cache_in_the_urls_query_is_refused_too() -> None:
         ("asyncpg", "transaction-prepared", {"statement_cache_size": 500}),
         ("psycopg", "transaction", {"prepare_threshold": None}),
         ("psycopg", "transaction-prepared", {"prepare_threshold": 1}),
+        ("psycopg", "transaction", {"options": "-c TimeZone=UTC --DateStyle=ISO"}),
     ],
-    ids=["tracked-settings", "no-cache", "cache-kept", "no-prepare", "prepare-kept"],
+    ids=[
+        "tracked-settings",
+        "no-cache",
+        "cache-kept",
+        "no-prepare",
+        "prepare-kept",
+        "tracked-options",
+    ],
 )
 def test_what_pgbouncer_carries_is_accepted(
     driver: str, mode: str, options: dict[str, Any]

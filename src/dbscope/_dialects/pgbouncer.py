@@ -26,6 +26,7 @@ other at connect, as asyncpg's ``server_settings`` or libpq's ``options`` would 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -95,11 +96,15 @@ def psycopg_args(mode: PoolerMode) -> dict[str, Any]:
 
 def psycopg_conflict(mode: PoolerMode, args: Mapping[str, Any]) -> str | None:
     """What of psycopg's connect arguments cannot pass PgBouncer in ``mode``; None if nothing."""
-    if args.get("options"):
-        return (
-            f"options={args['options']!r} sends session-level settings at connect, which "
-            f"PgBouncer refuses (it carries only {_tracked()}): {ELSEWHERE}"
-        )
+    options = args.get("options")
+    if options:
+        names = re.findall(r"(?:-c\s*|--)([A-Za-z_.]+)=", str(options))
+        untracked = _untracked(dict.fromkeys(names))
+        if untracked or not names:
+            return (
+                f"options={options!r} sends session-level settings at connect, which "
+                f"PgBouncer refuses (it carries only {_tracked()}): {ELSEWHERE}"
+            )
     if mode == "transaction":
         threshold = args.get("prepare_threshold")
         if threshold is not None:
