@@ -185,6 +185,7 @@ async def test_each_database_keeps_its_own_application_name(through: Through) ->
 async def test_a_time_zone_set_at_connect_reaches_every_unit(through: Through) -> None:
     """A startup parameter PgBouncer carries per client (TimeZone, through asyncpg's
     server_settings or libpq's options) holds in every unit, beside an app without it."""
+    given: dict[str, Any]
     if through.driver == "asyncpg":
         given = {"server_settings": {"TimeZone": "Asia/Tokyo"}}
     else:
