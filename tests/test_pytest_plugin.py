@@ -33,7 +33,7 @@ def test_every_test_runs_in_a_transaction_of_its_own(
     """Identical tests see only their own rows; app commits and rollbacks are savepoints."""
     write_project(pytester, async_plugin, ISOLATION_TESTS)
 
-    result = run(pytester, async_plugin, project_url)
+    result = run(pytester, async_plugin, project_url, in_process=True)
 
     result.assert_outcomes(passed=7)
     assert table_names(project_url) == set()
@@ -64,7 +64,7 @@ def test_a_session_wide_loop_shares_one_connection(
         loop.append("asyncio_default_test_loop_scope = session")
     pytester.makefile(".ini", pytest=ini(async_plugin, *loop))
 
-    result = run(pytester, async_plugin, project_url)
+    result = run(pytester, async_plugin, project_url, in_process=True)
 
     result.assert_outcomes(passed=10)
 
@@ -125,8 +125,9 @@ def test_the_lazy_load_option_makes_every_lazy_load_raise(
     """--dbscope-raise-on-lazy-load turns an awaited lazy load into LazyLoadError; opt-in."""
     write_project(pytester, "pytest-asyncio", LAZY_LOAD_TEST)
 
-    strict = run(pytester, "pytest-asyncio", project_url, "--dbscope-raise-on-lazy-load")
-    default = run(pytester, "pytest-asyncio", project_url)
+    lazy_load_option = "--dbscope-raise-on-lazy-load"
+    strict = run(pytester, "pytest-asyncio", project_url, lazy_load_option, in_process=True)
+    default = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     strict.assert_outcomes(passed=1)
     default.assert_outcomes(failed=1)
@@ -198,7 +199,9 @@ def test_the_documented_set_up_runs_as_written(pytester: pytest.Pytester, projec
     unittest_example = unittest_example.replace(documented_url, example_url)
     (pytester.path / "tests" / "test_unittest_notes.py").write_text(unittest_example)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    pytester.syspathinsert()  # the project's directory on sys.path, as `python -m pytest` has it
+
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(passed=2)
     assert table_names(project_url) == set()

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from .plugin_projects import (
     ISOLATION_TESTS,
+    MARK,
     run,
     settings_ini,
     write_migrations,
@@ -38,7 +39,7 @@ def test_tables_are_kept_with_the_keep_option(pytester: pytest.Pytester, project
     """--dbscope-keep-tables leaves the run's database and its tables in place, empty."""
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
-    result = run(pytester, "pytest-asyncio", project_url, "--dbscope-keep-tables")
+    result = run(pytester, "pytest-asyncio", project_url, "--dbscope-keep-tables", in_process=True)
 
     result.assert_outcomes(passed=7)
     kept = run_database(project_url)
@@ -84,31 +85,22 @@ async def test_the_existing_row_is_there(dbscope_session):
 """
 
 
-def test_a_database_holding_the_apps_tables_keeps_its_rows_and_tables(
-    pytester: pytest.Pytester, project_url: str
-) -> None:
-    """The database dbscope_url names is never touched: its tables and rows outlive the run."""
-    execute(project_url, *ITEMS_WITH_A_ROW)
-    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
-
-    result = run(pytester, "pytest-asyncio", project_url)
-
-    result.assert_outcomes(passed=7)
-    assert table_names(project_url) == {"ptp_items"}
-    assert rows(project_url, "ptp_items") == [(1, "kept")]
-
-
-def test_the_tests_run_in_a_database_of_their_own_dropped_after_the_run(
+def test_the_tests_run_in_a_database_of_their_own_and_the_named_one_keeps_its_rows(
     pytester: pytest.Pytester, project_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tests run in the named database's name_test, which is gone when the run ends."""
+    """The tests run in the named database's name_test, which is gone when the run ends; the
+    database dbscope_url names is never touched: its tables and rows outlive the run."""
+    execute(project_url, *ITEMS_WITH_A_ROW)
     own = run_database(project_url)
     monkeypatch.setenv("PTP_RUN_DATABASE", make_url(own).database or "")
-    write_project(pytester, "pytest-asyncio", OWN_DATABASE_TEST)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    pytester.makepyfile(test_own=OWN_DATABASE_TEST.replace("MARK", MARK["pytest-asyncio"]))
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=8)
+    assert table_names(project_url) == {"ptp_items"}
+    assert rows(project_url, "ptp_items") == [(1, "kept")]
     assert not database_exists(own)
 
 
@@ -118,8 +110,8 @@ def test_the_reuse_option_keeps_the_database_for_the_next_run(
     """--dbscope-reuse-db keeps the run's database and its empty tables; the next run uses it."""
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
-    first = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db")
-    second = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db")
+    first = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db", in_process=True)
+    second = run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db", in_process=True)
 
     first.assert_outcomes(passed=7)
     second.assert_outcomes(passed=7)
@@ -138,7 +130,7 @@ def test_a_database_left_by_a_crashed_run_is_dropped_and_made_anew(
     left = database_exists(run_database(project_url))
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     assert (crashed.ret, left) == (3, True)
     result.assert_outcomes(passed=7)
@@ -150,15 +142,26 @@ def test_a_database_left_by_a_crashed_run_is_dropped_and_made_anew(
 def test_a_left_database_that_a_session_uses_is_not_dropped(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
-    """A name_test left behind but in use (another run's, say) stays; the error says why."""
-    write_project(pytester, "pytest-asyncio", CRASHING_TEST)
-    run(pytester, "pytest-asyncio", project_url)
+    """A name_test left behind but in use (another run's, say) stays; the error says why.
+
+    The run before keeps its database (--dbscope-keep-tables), which leaves it marked as
+    dbscope's, as a crashed run does (test_a_database_left_by_a_crashed_run_...)."""
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    kept = run(
+        pytester,
+        "pytest-asyncio",
+        project_url,
+        "-k",
+        "test_one",
+        "--dbscope-keep-tables",
+        in_process=True,
+    )
+    kept.assert_outcomes(passed=1)
     own = make_url(run_database(project_url))
     other_session = own.set(drivername="postgresql").render_as_string(hide_password=False)
 
     with psycopg.connect(other_session):
-        result = run(pytester, "pytest-asyncio", project_url, "-k", "test_one")
+        result = run(pytester, "pytest-asyncio", project_url, "-k", "test_one", in_process=True)
 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
@@ -174,7 +177,7 @@ def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(
     own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(errors=7)
     name = make_url(own).database
@@ -191,7 +194,9 @@ def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
     own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
 
-    result = run(pytester, "pytest-asyncio", project_url, "--dbscope-use-existing-tables")
+    result = run(
+        pytester, "pytest-asyncio", project_url, "--dbscope-use-existing-tables", in_process=True
+    )
 
     result.assert_outcomes(passed=1)
     assert table_names(own) == {"ptp_items"}
@@ -207,7 +212,7 @@ def test_without_tables_to_make_the_tests_run_in_the_named_database(
     settings = settings_ini("dbscope_database = plugin_app:db")
     write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST, settings=settings)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(passed=1)
     assert rows(project_url, "ptp_items") == [(1, "kept")]
@@ -261,7 +266,7 @@ def test_a_database_given_by_conftest_gets_the_tables_and_keeps_the_rest(
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
     pytester.makeconftest(GIVEN_RUN_URL_CONFTEST)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(passed=7)
     assert database_exists(given)
@@ -299,7 +304,7 @@ def test_the_schemas_of_the_metadata_are_made_in_the_runs_database(
     write_project(pytester, "pytest-asyncio", SCHEMA_TEST, settings=settings)
     pytester.makepyfile(schema_models=textwrap.dedent(SCHEMA_MODELS))
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(passed=1)
 
@@ -328,7 +333,7 @@ def test_alembic_migrations_make_the_tables_in_the_runs_database(
     write_project(pytester, "pytest-asyncio", MIGRATED_TEST, settings=settings)
     write_migrations(pytester)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(passed=2)
     assert table_names(project_url) == set()

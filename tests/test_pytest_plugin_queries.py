@@ -105,7 +105,7 @@ def test_the_fixture_and_the_marker_fail_over_budget_naming_the_repeated_query(
     the repeated statement, the app's line that ran it, and every statement."""
     write_budget_project(pytester, async_plugin)
 
-    result = run(pytester, async_plugin, project_url, "--strict-markers")
+    result = run(pytester, async_plugin, project_url, "--strict-markers", in_process=True)
 
     result.assert_outcomes(passed=2, failed=2)
     origin = line_in(pytester, "plugin_app.py", "return list(await session.scalars(")
@@ -129,7 +129,7 @@ def test_a_misused_marker_fails_the_test_saying_what_to_do(
     bound, fails saying the fix; a test's own error goes on unchanged."""
     write_project(pytester, "pytest-asyncio", MISUSED_MARKER_TESTS)
 
-    result = run(pytester, "pytest-asyncio", project_url)
+    result = run(pytester, "pytest-asyncio", project_url, in_process=True)
 
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(
@@ -269,10 +269,11 @@ def test_the_guides_query_count_examples_run_as_written(
         (tests / name).write_text(block_containing(GUIDE, needle))
     shown = block_containing(GUIDE, "ran 4 statements, at most 2", language="text")
     write_myapp(pytester, EAGER)
+    pytester.syspathinsert()  # the project's directory on sys.path, as `python -m pytest` has it
 
-    eager = run(pytester, "pytest-asyncio", project_url, "--strict-markers")
+    eager = run(pytester, "pytest-asyncio", project_url, "--strict-markers", in_process=True)
     write_myapp(pytester, A_QUERY_PER_AUTHOR)
-    naive = run(pytester, "pytest-asyncio", project_url, "tests/test_authors.py")
+    naive = run(pytester, "pytest-asyncio", project_url, "tests/test_authors.py", in_process=True)
 
     eager.assert_outcomes(passed=3)
     naive.assert_outcomes(failed=1)

@@ -1,9 +1,10 @@
 """The pytest plugin under pytest-xdist: a database of its own for each worker.
 
 Each test writes a project (tests/plugin_projects.py) whose tests write rows and count them,
-runs it with ``-n 2`` or ``-n 4`` (pytest-xdist), and looks at the server from outside
-(tests/run_databases.py): each worker ran in ``name_test_gw<N>``, made and set up once by
-that worker and dropped at its end; the controller made none; no worker saw another's rows.
+runs it with ``-n 2`` or ``-n 4`` (pytest-xdist; the controller in this process, the workers
+in their own), and looks at the server from outside (tests/run_databases.py): each worker
+ran in ``name_test_gw<N>``, made and set up once by that worker and dropped at its end; the
+controller made none; no worker saw another's rows.
 """
 
 from __future__ import annotations
@@ -124,42 +125,51 @@ def existing_databases(url: str) -> list[str]:
     return found + [worker for worker in WORKERS if database_exists(worker_database(url, worker))]
 
 
-def test_each_worker_runs_in_a_database_of_its_own_dropped_at_its_end(
-    pytester: pytest.Pytester, xdist_url: str
-) -> None:
-    """-n 4: every test passes in its worker's database, and none is left after the run."""
-    write_worker_project(pytester, "pytest-asyncio")
+# Two workers make their databases on each server; four at once on PostgreSQL. SQLite's run
+# is under anyio, the others under pytest-asyncio (SQLite's, under pytest-asyncio too, is the
+# migrations test's).
+WORKER_RUNS = [
+    ("sqlite", "anyio", "2"),
+    ("asyncpg", "pytest-asyncio", "4"),
+    ("psycopg", "pytest-asyncio", "2"),
+    ("asyncmy", "pytest-asyncio", "2"),
+]
 
-    result = run(pytester, "pytest-asyncio", xdist_url, "-n", "4")
+
+@pytest.mark.parametrize(("db_backend", "async_plugin", "workers"), WORKER_RUNS)
+def test_each_worker_runs_in_a_database_of_its_own_dropped_at_its_end(
+    pytester: pytest.Pytester, xdist_url: str, async_plugin: str, workers: str
+) -> None:
+    """-n 2 or 4, under pytest-asyncio or anyio: every test passes in its worker's database,
+    made and dropped by that worker, and none is left after the run."""
+    write_worker_project(pytester, async_plugin)
+
+    result = run(pytester, async_plugin, xdist_url, "-n", workers, in_process=True)
 
     result.assert_outcomes(passed=16)
     assert existing_databases(xdist_url) == []
     assert table_names(xdist_url) == set()
 
 
-@pytest.mark.parametrize("db_backend", ["sqlite"])
-def test_two_workers_under_anyio_get_their_databases_too(
-    pytester: pytest.Pytester, xdist_url: str
-) -> None:
-    """-n 2 with anyio running the tests: each worker's database, made and dropped."""
-    write_worker_project(pytester, "anyio")
-
-    result = run(pytester, "anyio", xdist_url, "-n", "2")
-
-    result.assert_outcomes(passed=16)
-    assert existing_databases(xdist_url) == []
-
-
-@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
 def test_the_reuse_option_keeps_each_workers_database_for_the_next_run(
     pytester: pytest.Pytester, xdist_url: str
 ) -> None:
-    """--dbscope-reuse-db with -n 2: two databases kept, then reused, each run saying so."""
+    """--dbscope-reuse-db with -n 2: two databases kept, then reused, each run saying so.
+
+    On PostgreSQL only: what a worker adds to a run's reuse is the name of its database and
+    its lines, the same code on every server; how each server's database is kept and found
+    again is test_the_reuse_option_keeps_the_database_for_the_next_run's, on every database.
+    """
     write_project(pytester, "pytest-asyncio", REQUEST_TESTS)
 
-    first = run(pytester, "pytest-asyncio", xdist_url, "-n", "2", "--dbscope-reuse-db")
+    first = run(
+        pytester, "pytest-asyncio", xdist_url, "-n", "2", "--dbscope-reuse-db", in_process=True
+    )
     kept = existing_databases(xdist_url)
-    second = run(pytester, "pytest-asyncio", xdist_url, "-n", "2", "--dbscope-reuse-db")
+    second = run(
+        pytester, "pytest-asyncio", xdist_url, "-n", "2", "--dbscope-reuse-db", in_process=True
+    )
 
     first.assert_outcomes(passed=12)
     second.assert_outcomes(passed=12)
@@ -194,10 +204,12 @@ async def test_the_only_one(dbscope_session):
 def test_neither_the_controller_nor_an_idle_worker_makes_a_database(
     pytester: pytest.Pytester, xdist_url: str
 ) -> None:
-    """-n 3 with one test: one database, the busy worker's; none without a worker id."""
+    """-n 2 with one test: one database, the busy worker's; none without a worker id."""
     write_project(pytester, "pytest-asyncio", ONE_TEST)
 
-    result = run(pytester, "pytest-asyncio", xdist_url, "-n", "3", "--dbscope-reuse-db")
+    result = run(
+        pytester, "pytest-asyncio", xdist_url, "-n", "2", "--dbscope-reuse-db", in_process=True
+    )
 
     result.assert_outcomes(passed=1)
     made = existing_databases(xdist_url)
@@ -231,7 +243,7 @@ def test_migrations_make_the_tables_in_each_workers_database(
     write_project(pytester, "pytest-asyncio", MIGRATED_TESTS, settings=settings)
     write_migrations(pytester)
 
-    result = run(pytester, "pytest-asyncio", xdist_url, "-n", "2")
+    result = run(pytester, "pytest-asyncio", xdist_url, "-n", "2", in_process=True)
 
     result.assert_outcomes(passed=6)
     assert existing_databases(xdist_url) == []
