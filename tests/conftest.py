@@ -18,6 +18,8 @@ tests/helpers.py; a test module never imports from another one.
 ``replica_pair`` is a PostgreSQL primary with a streaming replica (tests/replica_cluster.py),
 started for the run by tests/replicas/cluster only when a test asks for it;
 ``primary_url`` and ``replica_url`` name the two through each PostgreSQL driver in turn.
+``patroni`` is a two-node Patroni cluster (tests/patroni_cluster.py), started for the run by
+tests/patroni/cluster the same way.
 ``pgbouncer`` is a PgBouncer in front of the test server in each transaction mode
 (tests/pgbouncer_service.py), started for the run by tests/pgbouncer/bouncer the same way.
 """
@@ -37,6 +39,8 @@ from sqlalchemy.engine import make_url
 
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
+from tests.patroni_cluster import ClusterUnavailable, PatroniCluster, ensure_cluster
+from tests.patroni_cluster import release as release_cluster
 from tests.pgbouncer_service import Bouncers, BouncersUnavailable, ensure_bouncers
 from tests.pgbouncer_service import release as release_bouncers
 from tests.plugin_projects import clean_project_database
@@ -169,6 +173,19 @@ def pgbouncer() -> Iterator[Bouncers]:
         unavailable(f"No PgBouncer: {error}")
     yield bouncers
     release_bouncers(bouncers)
+
+
+@pytest.fixture(scope="session")
+def patroni() -> Iterator[PatroniCluster]:
+    """A two-node Patroni cluster (tests/patroni_cluster.py): tests/patroni/cluster's,
+    started for the run with synchronous_mode if it is not running (and then stopped at the
+    run's end)."""
+    try:
+        cluster = ensure_cluster()
+    except ClusterUnavailable as error:
+        unavailable(f"No Patroni cluster: {error}")
+    yield cluster
+    release_cluster(cluster)
 
 
 @pytest.fixture(params=POSTGRES_DRIVERS)

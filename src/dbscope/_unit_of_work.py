@@ -113,8 +113,7 @@ class UnitOptions:
         if self.synchronous_commit is not None and not rules.has_synchronous_commit:
             message = (
                 f"synchronous_commit={self.synchronous_commit!r} is not available on "
-                f"{rules.name}, whose commits wait for no standby (it needs PostgreSQL); "
-                "remove it."
+                f"{rules.name}: it is PostgreSQL's setting; remove it."
             )
             raise ConfigurationError(message)
 

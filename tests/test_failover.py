@@ -1,0 +1,201 @@
+"""Primary failover on a real two-node Patroni cluster (tests/patroni_cluster.py).
+
+A multi-host URL (``?host=a&host=b&target_session_attrs=read-write``) reaches whichever node
+is the primary, through asyncpg and psycopg; a write that reaches a standby (a demoted
+primary) is a lost connection, answered 503, and the pool reconnects to the new primary; a
+switchover costs the requests in flight at most a 503, and the application is back on the
+new primary within one request; the durability report follows the cluster's
+synchronous_mode and warns once without it; ``synchronous_commit="remote_apply"`` makes a
+commit visible on the standby before the unit ends. The bank through a switchover and a
+crash is test_failover_bank.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from examples.bank.app import open_accounts
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, DatabaseUnavailableError
+from tests import helpers
+from tests.patroni_cluster import PatroniCluster, alone, healthy
+from tests.server import free_port, running_server
+
+pytestmark = pytest.mark.patroni
+
+WARNING = "acknowledged writes can be lost if this server fails"
+
+
+@pytest.fixture(params=["asyncpg", "psycopg"])
+def driver(request: pytest.FixtureRequest) -> str:
+    """Each PostgreSQL driver in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def cluster(patroni: PatroniCluster) -> Iterator[PatroniCluster]:
+    """The cluster, this test's alone among the cluster's tests meanwhile."""
+    with alone():
+        yield patroni
+
+
+@pytest.fixture
+async def synchronous(cluster: PatroniCluster) -> AsyncIterator[PatroniCluster]:
+    """The cluster with a leader and its synchronous standby streaming."""
+    async with healthy(cluster, synchronous=True):
+        yield cluster
+
+
+async def server_port(db: Database) -> int:
+    """The port of the server the Database's units write to."""
+    async with db.transaction() as session:
+        return int(await session.scalar(text("SELECT inet_server_port()")) or 0)
+
+
+async def test_a_multi_host_url_reaches_the_primary_whichever_host_comes_first(
+    synchronous: PatroniCluster, driver: str
+) -> None:
+    """The standby listed first is skipped: target_session_attrs=read-write."""
+    primary, standby = synchronous.primary_port(), synchronous.standby_port()
+    async with Database(synchronous.url(driver, first=standby)) as db:
+        assert await server_port(db) == primary
+
+
+async def test_the_connect_error_names_every_host_when_none_is_the_primary(
+    synchronous: PatroniCluster, driver: str
+) -> None:
+    """A host that is down and a standby, as in the seconds of a crash before promotion:
+    DatabaseUnavailableError at connect(), naming both hosts, never the password."""
+    down, standby = free_port(), synchronous.standby_port()
+    url = synchronous.url(driver).replace(
+        f"host=127.0.0.1%3A{synchronous.ports[0]}&host=127.0.0.1%3A{synchronous.ports[1]}",
+        f"host=127.0.0.1%3A{down}&host=127.0.0.1%3A{standby}",
+    )
+    assert str(down) in url
+    with pytest.raises(DatabaseUnavailableError) as refused:
+        async with Database(url, connect_timeout=2):
+            pass
+    message = str(refused.value)
+    assert f"127.0.0.1:{down}, 127.0.0.1:{standby}" in message
+    assert str(synchronous.url_template.password) not in message
+
+
+async def test_a_write_on_a_standby_is_a_lost_connection_answered_503(
+    synchronous: PatroniCluster, driver: str
+) -> None:
+    """A unit that writes, on a URL that names the standby alone (as a pool does that kept
+    connections to a demoted primary): 503 with Retry-After, and the pool's connections are
+    dropped."""
+    url = synchronous.node_url(synchronous.standby_port(), driver)
+    db = Database(url)
+
+    async def write(session: AsyncSession) -> dict[str, str]:
+        await session.execute(text("CREATE TABLE refused (id int)"))
+        return {}
+
+    app = helpers.app_with(db.session, {"POST /write": write})
+    async with db, helpers.client_for(app) as client:
+        response = await client.post("/write")
+        invalidated = db.stats().invalidated
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["detail"]["cause"] == "connection_lost"
+    assert "refused a write as read-only" in response.json()["detail"]["message"]
+    assert invalidated >= 1
+
+
+async def test_a_write_in_a_read_only_unit_on_a_standby_stays_the_units_error(
+    synchronous: PatroniCluster, driver: str
+) -> None:
+    """read_only=True and a write: the application's mistake, raised as before, not a 503."""
+    url = synchronous.node_url(synchronous.standby_port(), driver)
+    async with Database(url) as db:
+        with pytest.raises(DBAPIError, match="read-only transaction"):
+            async with db.transaction(read_only=True) as session:
+                await session.execute(text("CREATE TABLE refused (id int)"))
+        assert db.stats().invalidated == 0
+
+
+@pytest.mark.server
+async def test_after_a_switchover_the_app_writes_on_the_new_primary_within_one_request(
+    synchronous: PatroniCluster, driver: str
+) -> None:
+    """The bank over HTTP: one transfer before the switchover, then one after another once
+    the new primary serves; at most the first is refused (503), none is a 500."""
+    url = synchronous.url(driver)
+    async with Database(url) as db:
+        await open_accounts(db, accounts=2, balance=1000)
+    with running_server("examples.bank.app:app", {"DATABASE_URL": url}) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            assert (await transfer(client, "before")).status_code == 201
+            old = synchronous.primary_port()
+            new = await synchronous.switchover()
+            statuses = [(await transfer(client, f"after-{n}")).status_code for n in range(3)]
+    assert new != old
+    assert statuses[1:] == [201, 201], statuses
+    assert statuses[0] in (201, 503), statuses
+
+
+async def transfer(client: httpx.AsyncClient, name: str) -> httpx.Response:
+    """One transfer of 1 from account 0 to account 1."""
+    body = {"id": name, "source": 0, "target": 1, "amount": 1}
+    return await client.post("/transfers", json=body)
+
+
+async def test_durability_reports_the_synchronous_standby(synchronous: PatroniCluster) -> None:
+    """synchronous_mode on: stats() says commits wait for the standby in sync."""
+    async with Database(synchronous.url()) as db:
+        durability = db.stats().durability
+    assert durability is not None
+    assert (durability.state, durability.in_sync, durability.standbys) == ("synchronous", 1, 1)
+    assert durability.commits_wait
+
+
+async def test_without_a_synchronous_standby_the_database_warns_once(
+    cluster: PatroniCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """synchronous_mode off, a standby streaming: "asynchronous", and one warning over two
+    connects of the same Database."""
+    caplog.set_level(logging.WARNING, logger="dbscope")
+    async with healthy(cluster, synchronous=False):
+        db = Database(cluster.url())
+        async with db:
+            durability = db.stats().durability
+        async with db:
+            pass
+    assert durability is not None
+    assert (durability.state, durability.standbys, durability.commits_wait) == (
+        "asynchronous",
+        1,
+        False,
+    )
+    warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(cluster.url_template.password) not in warnings[0]
+
+
+async def test_remote_apply_commits_are_visible_on_the_standby_at_once(
+    synchronous: PatroniCluster,
+) -> None:
+    """synchronous_commit="remote_apply": each write is on the standby when its unit ends."""
+    standby = synchronous.node_url(synchronous.standby_port())
+    async with Database(synchronous.url()) as db:
+        async with db.transaction() as session:
+            await session.execute(text("DROP TABLE IF EXISTS applied"))
+            await session.execute(text("CREATE TABLE applied (id int PRIMARY KEY)"))
+        stale = 0
+        async with helpers.admin(standby) as reader:
+            for number in range(50):
+                async with db.transaction(synchronous_commit="remote_apply") as session:
+                    await session.execute(text(f"INSERT INTO applied VALUES ({number})"))
+                seen = await reader.scalar(
+                    text(f"SELECT count(*) FROM applied WHERE id = {number}")
+                )
+                stale += seen != 1
+    assert stale == 0
