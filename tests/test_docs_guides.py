@@ -294,5 +294,5 @@ def test_the_testing_guides_conftest_runs_its_health_test(
         "[pytest]\npythonpath = .\nfilterwarnings = error\n"
         + (loop_scope if async_plugin == "pytest-asyncio" else "")
     )
-    result = plugin_projects.run(pytester, async_plugin, project_url)
+    result = plugin_projects.run(pytester, async_plugin, project_url, in_process=True)
     result.assert_outcomes(passed=1)

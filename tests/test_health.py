@@ -35,8 +35,9 @@ from tests.server import running_server
 
 # The issue's own bound on /readyz; a generous one for a probe that answers in milliseconds.
 WITHIN: float = 1.0
-# How long each /hold request keeps its connection while the test times /readyz.
-HOLD_SECONDS = 2.0
+# How long each /hold request keeps its connection at most: the test releases them (POST
+# /release) once /readyz has seen the requests in line.
+HOLD_SECONDS = 20.0
 MEDIA_TYPE = "application/health+json"
 
 
@@ -192,6 +193,7 @@ async def test_readyz_answers_warn_with_200_within_a_second_while_requests_queue
             params = {"seconds": HOLD_SECONDS}
             holders = [asyncio.create_task(client.get("/hold", params=params)) for _ in range(4)]
             answers = await readyz_until_queued(client, waiting=2)
+            released = await client.post("/release")
             held = await asyncio.gather(*holders)
     response, _ = answers[-1]
     body = response.json()
@@ -200,6 +202,7 @@ async def test_readyz_answers_warn_with_200_within_a_second_while_requests_queue
     assert response.headers["content-type"] == MEDIA_TYPE
     assert body["checks"]["pool:utilization"][0]["observedValue"] == 100
     assert body["checks"]["database:responseTime"][0]["status"] == "pass"
+    assert released.status_code == 200
     assert [r.status_code for r in held] == [200] * 4
 
 

@@ -347,6 +347,8 @@ def test_the_guides_app_and_tests_pass_under_the_plugin(
     """The guide's models, app, job and tests, run by pytest with dbscope's plugin."""
     write_guide_project(pytester)
 
+    # In a subprocess: the guide's models go into SQLModel.metadata, which this process keeps
+    # from one run to the next (a second run in it would define its tables twice).
     result = run(pytester, "pytest-asyncio", project_url)
 
     result.assert_outcomes(passed=4)

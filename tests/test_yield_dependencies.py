@@ -75,18 +75,18 @@ async def test_a_commit_that_fails_answers_200_only_from_a_request_scoped_depend
     assert stored == 0
 
 
-async def unseen_writes(database_url: str, scope: str) -> list[int]:
-    """POST WRITES rows one after another; those not yet visible when their 200 arrived."""
+async def unseen_writes(
+    client: httpx.AsyncClient, connection: AsyncConnection, scope: str, values: range
+) -> list[int]:
+    """POST a row of each of ``values``, one after another, through ``scope``'s route; those
+    not yet visible on ``connection`` when their 200 arrived."""
     unseen: list[int] = []
     query = text("SELECT count(*) FROM yd_rows WHERE value = :value")
-    async with tables(database_url, *ROWS) as connection:
-        with running_server(APP, {"DATABASE_URL": database_url}) as base_url:
-            async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-                for value in range(WRITES):
-                    response = await client.post(f"/{scope}/rows/{value}")
-                    assert response.status_code == 200, response.text
-                    if await connection.scalar(query, {"value": value}) != 1:
-                        unseen.append(value)
+    for value in values:
+        response = await client.post(f"/{scope}/rows/{value}")
+        assert response.status_code == 200, response.text
+        if await connection.scalar(query, {"value": value}) != 1:
+            unseen.append(value)
     return unseen
 
 
@@ -96,8 +96,14 @@ async def test_every_write_of_a_function_scoped_dependency_is_visible_at_its_200
 ) -> None:
     """300 writes through scope="function": each is there when its 200 arrives. The same
     writes through the default scope are counted beside them, for the docs."""
-    function_scoped = await unseen_writes(database_url, "function-scoped")
-    request_scoped = await unseen_writes(database_url, "request-scoped")
+    async with tables(database_url, *ROWS) as connection:
+        with running_server(APP, {"DATABASE_URL": database_url}) as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+                writes = range(WRITES)
+                function_scoped = await unseen_writes(client, connection, "function-scoped", writes)
+                # The same number of writes, their values after the first ones'.
+                writes = range(WRITES, 2 * WRITES)
+                request_scoped = await unseen_writes(client, connection, "request-scoped", writes)
     print(
         f"\n[{db_backend}] writes not yet visible at their 200, of {WRITES}: "
         f"request scope {len(request_scoped)}, function scope {len(function_scoped)}"
