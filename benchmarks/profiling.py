@@ -53,8 +53,9 @@ VARIANTS: Final = ("raw_asyncpg", "sa_core", "blog", "dbscope_session", "dbscope
 Call = Callable[[], Awaitable[int]]
 
 
-def asgi_get(app: FastAPI, target: str) -> Call:
-    """A function that sends ``GET target`` straight to ``app`` and returns the status."""
+def asgi_get(app: FastAPI, target: str, client: tuple[str, int] = ("127.0.0.1", 50000)) -> Call:
+    """A function that sends ``GET target`` straight to ``app`` from ``client`` (its address
+    and port: the connection it comes on) and returns the status."""
     path, _, query = target.partition("?")
     scope: dict[str, Any] = {
         "type": "http",
@@ -67,7 +68,7 @@ def asgi_get(app: FastAPI, target: str) -> Call:
         "query_string": query.encode(),
         "root_path": "",
         "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 50000),
+        "client": client,
         "server": ("127.0.0.1", 8000),
     }
     request = {"type": "http.request", "body": b"", "more_body": False}
