@@ -25,7 +25,8 @@ from dbscope._health_report import Health, HealthCheck
 from dbscope._pool import PoolStats
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_of_work import UnitOfWork, UnitOptions
+from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit_options import UnitOptions
 
 __all__ = [
     "Attempt",

@@ -31,7 +31,8 @@ from dbscope._session_classes import unit_session_class
 from dbscope._settings import DatabaseSettings, default_pool_name
 from dbscope._settings_loading import load_settings
 from dbscope._tags import sql_tagger
-from dbscope._unit_of_work import DEFAULT_OPTIONS, Units
+from dbscope._unit_of_work import Units
+from dbscope._unit_options import DEFAULT_OPTIONS
 
 
 class Database(UnitEntryPoints):

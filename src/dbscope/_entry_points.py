@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
-from dbscope._unit_of_work import DEFAULT_OPTIONS, UnitOfWork, UnitOptions, Units
+from dbscope._unit_of_work import UnitOfWork, Units
+from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._write_tokens import WriteToken, current_jar
 
 

@@ -16,14 +16,13 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dbscope._dialects import OWN, SYNCHRONOUS_COMMIT, Backend, Begin
+from dbscope._dialects import OWN, Begin
 from dbscope._errors import Limits, translate
-from dbscope._exceptions import ConfigurationError, NoSessionError
+from dbscope._exceptions import NoSessionError
 from dbscope._session import (
     CommitHook,
     UnitAsyncSession,
@@ -36,89 +35,10 @@ from dbscope._session import (
 )
 from dbscope._settings import validate_schema_name
 from dbscope._tags import SqlComment, SqlTagger, check_tags
+from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 
 logger = logging.getLogger("dbscope")
 
-ISOLATION_LEVELS: Final = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnitOptions:
-    """How one unit of work runs; every entry point that opens units takes these.
-
-    Attributes:
-        read_only: never commit; on PostgreSQL and MariaDB/MySQL, a ``READ ONLY`` transaction.
-        isolation_level: e.g. ``"SERIALIZABLE"``; None keeps the database's default.
-        statement_timeout: seconds any one statement may run (PostgreSQL, MariaDB/MySQL).
-        schema: PostgreSQL schema for this unit; None keeps the Database's.
-        stale_ok: a read-only unit may read a replica that has not replayed the writes seen
-            before it (reports); never waits for one.
-        synchronous_commit: what the unit's commit waits for (PostgreSQL): ``"remote_apply"``
-            (applied on the synchronous standbys), ``"on"``, ``"remote_write"``, ``"local"``
-            (this server's disk only) or ``"off"``; None keeps the server's setting.
-    """
-
-    read_only: bool = False
-    isolation_level: str | None = None
-    statement_timeout: float | None = None
-    schema: str | None = None
-    stale_ok: bool = False
-    synchronous_commit: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.stale_ok and not self.read_only:
-            message = (
-                "stale_ok=True applies to read-only units, which may read a replica; a unit "
-                "that writes always runs on the primary. Add read_only=True, or remove stale_ok."
-            )
-            raise ConfigurationError(message)
-        if self.schema is not None:
-            validate_schema_name(self.schema)
-        if self.statement_timeout is not None and self.statement_timeout <= 0:
-            timeout = self.statement_timeout
-            message = f"statement_timeout must be a positive number of seconds, got {timeout}."
-            raise ConfigurationError(message)
-        if self.synchronous_commit is not None and self.synchronous_commit not in (
-            SYNCHRONOUS_COMMIT
-        ):
-            message = (
-                f"synchronous_commit={self.synchronous_commit!r} is not a level; use one of "
-                f"{', '.join(map(repr, SYNCHRONOUS_COMMIT))}, or None for the server's setting."
-            )
-            raise ConfigurationError(message)
-
-    def check(self, rules: Backend, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
-        """Raise ConfigurationError for an option this backend cannot honour.
-
-        ``isolation_levels``: what the connected database and driver accept, once known.
-        """
-        if self.isolation_level is not None and self.isolation_level not in isolation_levels:
-            message = (
-                f"isolation_level={self.isolation_level!r} is not available here; use one of "
-                f"{', '.join(isolation_levels)}."
-            )
-            raise ConfigurationError(message)
-        if self.statement_timeout is not None and not rules.has_statement_timeout:
-            message = (
-                f"statement_timeout is not available on {rules.name}; it needs PostgreSQL "
-                "or MariaDB/MySQL. Remove it, or bound the work with asyncio.timeout()."
-            )
-            raise ConfigurationError(message)
-        if self.schema is not None and not rules.has_schemas:
-            message = (
-                f"schema={self.schema!r} is not available on {rules.name}, which has no "
-                "schemas to switch between (PostgreSQL has); remove it."
-            )
-            raise ConfigurationError(message)
-        if self.synchronous_commit is not None and not rules.has_synchronous_commit:
-            message = (
-                f"synchronous_commit={self.synchronous_commit!r} is not available on "
-                f"{rules.name}: it is PostgreSQL's setting; remove it."
-            )
-            raise ConfigurationError(message)
-
-
-DEFAULT_OPTIONS: Final = UnitOptions()
 # Builds a unit's UnitOfWork on a sessionmaker (a replica's), or on the Database's own (None).
 MakeUnit = Callable[[async_sessionmaker[AsyncSession] | None], "UnitOfWork"]
 

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError
-from dbscope._unit_of_work import UnitOfWork, UnitOptions
+from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit_options import UnitOptions
 from dbscope.fastapi._early_retries import EarlyRetries
 from dbscope.fastapi._errors import HANDLED, Handled, http_error
 from dbscope.fastapi._tags import request_id, request_tags
