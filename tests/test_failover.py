@@ -12,9 +12,11 @@ crash is test_failover_bank.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import httpx
 import pytest
 from examples.bank.app import open_accounts
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, DatabaseUnavailableError
 from tests import helpers
+from tests.documented import block_containing, run_block
 from tests.patroni_cluster import PatroniCluster, alone, healthy
 from tests.server import free_port, running_server
 
@@ -180,6 +183,38 @@ async def test_without_a_synchronous_standby_the_database_warns_once(
     assert str(cluster.url_template.password) not in warnings[0]
 
 
+async def test_durability_is_read_again_after_the_pool_lost_connections(
+    cluster: PatroniCluster,
+) -> None:
+    """synchronous_mode turned off under a connected Database: once its pool has lost a
+    connection (as in a failover), the background reading says "asynchronous"."""
+    name = "dbscope-durability-test"
+    async with (
+        healthy(cluster, synchronous=True),
+        Database(cluster.url(), application_name=name) as db,
+    ):
+        before = db.stats().durability
+        await cluster.synchronous(False)
+        async with helpers.admin(cluster.url()) as connection:
+            terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            await connection.execute(text(f"{terminate} WHERE application_name = '{name}'"))
+        # The next unit finds its connection gone (replaced at checkout, or lost in use: a
+        # 503): either way the pool drops it.
+        with contextlib.suppress(DatabaseUnavailableError):
+            async with db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+        after = None
+        for _ in range(150):  # the reading waits 1 s, then takes one connection
+            after = db.stats().durability
+            if after is not None and after.state != "synchronous":
+                break
+            await anyio.sleep(0.1)
+    assert before is not None
+    assert before.state == "synchronous"
+    assert after is not None
+    assert after.state == "asynchronous"
+
+
 async def test_remote_apply_commits_are_visible_on_the_standby_at_once(
     synchronous: PatroniCluster,
 ) -> None:
@@ -199,3 +234,65 @@ async def test_remote_apply_commits_are_visible_on_the_standby_at_once(
                 )
                 stale += seen != 1
     assert stale == 0
+
+
+# -- docs/failover.md: each python block runs ---------------------------------------------
+
+GUIDE = "docs/failover.md"
+
+
+def guide_urls(cluster: PatroniCluster, first: int) -> dict[str, str]:
+    """The guide's hosts and credentials replaced by the cluster's, ``first`` listed first."""
+    other = cluster.ports[1] if first == cluster.ports[0] else cluster.ports[0]
+    return {
+        "db-1:5432": f"127.0.0.1:{first}",
+        "db-2:5432": f"127.0.0.1:{other}",
+        "app:secret@/app": f"postgres:{cluster.url_template.password}@/test",
+    }
+
+
+async def test_the_guides_multi_host_urls_reach_the_primary(synchronous: PatroniCluster) -> None:
+    """Both of the guide's URLs, the standby listed first, write on the primary."""
+    code = block_containing(GUIDE, "target_session_attrs=read-write")
+    replace = guide_urls(synchronous, first=synchronous.standby_port())
+    made = run_block(code, "", replace=replace)
+    for name in ("db", "psycopg_db"):
+        async with made[name] as db:
+            assert await server_port(db) == synchronous.primary_port()
+
+
+async def test_the_guides_standby_check_passes_only_with_a_synchronous_standby(
+    cluster: PatroniCluster,
+) -> None:
+    """require_synchronous_standby(): quiet with synchronous_mode, RuntimeError without."""
+    code = block_containing(GUIDE, "def require_synchronous_standby")
+    check = run_block(code, "", namespace={"Database": Database})["require_synchronous_standby"]
+    async with healthy(cluster, synchronous=True), Database(cluster.url()) as db:
+        check(db)
+    async with healthy(cluster, synchronous=False), Database(cluster.url()) as db:
+        with pytest.raises(RuntimeError, match="commits wait for no standby"):
+            check(db)
+
+
+async def test_the_guides_remote_apply_receipt_is_on_the_standby_when_answered(
+    synchronous: PatroniCluster,
+) -> None:
+    """The guide's /receipts answers once its row is applied on the standby; count_visit()
+    commits locally."""
+    url, standby = synchronous.url(), synchronous.node_url(synchronous.standby_port())
+    async with helpers.admin(url) as connection:
+        for table, columns in (("receipts", "note text"), ("visits", "count int")):
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            await connection.execute(text(f"CREATE TABLE {table} ({columns})"))
+        await connection.execute(text("INSERT INTO visits VALUES (0)"))
+    db = Database(url)
+    made = run_block(block_containing(GUIDE, "def store_receipt"), "", namespace={"db": db})
+    async with db, helpers.client_for(made["app"]) as client:
+        seen = []
+        for _ in range(10):
+            assert (await client.post("/receipts")).status_code == 200
+            seen.append(await helpers.count_rows(standby, "receipts"))
+        await made["count_visit"]()
+    assert seen == list(range(1, 11))
+    async with helpers.admin(url) as connection:
+        assert await connection.scalar(text("SELECT count FROM visits")) == 1

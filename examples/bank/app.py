@@ -64,6 +64,7 @@ def create_app(db: Database) -> FastAPI:
     """The bank's routes on ``db``; the app connects and disposes it in its lifespan."""
     app = FastAPI(title="Bank (dbscope example)", lifespan=db.lifespan)
     Session = Annotated[AsyncSession, Depends(db.session)]
+    ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
 
     @app.post("/transfers", status_code=201)
     async def transfer(body: TransferIn, session: Session) -> dict[str, str]:
@@ -89,7 +90,7 @@ def create_app(db: Database) -> FastAPI:
         return {"id": body.id}
 
     @app.get("/balance")
-    async def balance(session: Session) -> dict[str, int]:
+    async def balance(session: ReadSession) -> dict[str, int]:
         total = await session.scalar(select(func.coalesce(func.sum(Account.balance), 0)))
         accounts = await session.scalar(select(func.count()).select_from(Account))
         return {"total": int(total or 0), "accounts": int(accounts or 0)}
