@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -19,7 +19,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from dbscope._engine import ServerInfo, check_engine_options, engine_options
-from dbscope._entry_points import UnitEntryPoints
 from dbscope._errors import Limits
 from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, ProbeOptions
 from dbscope._health_report import Health
@@ -27,15 +26,15 @@ from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
 from dbscope._pool import PoolStats
 from dbscope._replicas import Replicas
+from dbscope._request_entry_points import RequestEntryPoints
 from dbscope._session_classes import unit_session_class
 from dbscope._settings import DatabaseSettings, default_pool_name
 from dbscope._settings_loading import load_settings
 from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import Units
-from dbscope._unit_options import DEFAULT_OPTIONS
 
 
-class Database(UnitEntryPoints):
+class Database(RequestEntryPoints):
     """An async SQLAlchemy engine, its pool and its sessions, scoped per unit of work.
 
     Args:
@@ -236,59 +235,6 @@ class Database(UnitEntryPoints):
         with self._lifecycle.bind_to(connection, raise_on_lazy_load=strict):
             yield
 
-    # -- FastAPI dependencies (the other units of work: _entry_points.py) ---------------------
-
-    @property
-    def session(self) -> Callable[..., Awaitable[AsyncSession]]:
-        """The FastAPI dependency giving the request's session: ``Depends(db.session)``.
-
-        One session per request; it commits after the endpoint returns and before the
-        response is sent, and rolls back on any exception. See ``dbscope.fastapi``.
-        """
-        # Imported here, so that `import dbscope` never imports FastAPI.
-        from dbscope.fastapi._dependencies import session_dependency
-
-        return session_dependency(self, DEFAULT_OPTIONS)
-
-    @property
-    def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
-        """The FastAPI dependency for a read-only request: ``Depends(db.read_session)``.
-
-        It never commits, and on PostgreSQL and MariaDB/MySQL its transaction is ``READ
-        ONLY``, so a write fails loudly instead of being kept. It is a unit of work of its
-        own: do not mix it with ``db.session`` in one request.
-        """
-        return self.session_with(read_only=True)
-
-    def session_with(
-        self,
-        *,
-        read_only: bool = False,
-        isolation_level: str | None = None,
-        statement_timeout: float | None = None,
-        schema: str | None = None,
-        stale_ok: bool = False,
-        synchronous_commit: str | None = None,
-    ) -> Callable[..., Awaitable[AsyncSession]]:
-        """A FastAPI session dependency with per-request options (see ``transaction()``).
-
-        ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
-        that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
-        transaction at that level (with ``@db.retry()`` on the endpoint to re-run it after a
-        conflict). With replicas, a read-only request reads one that has the writes its client
-        made before (docs/replicas.md); ``stale_ok=True`` takes any ready replica;
-        ``synchronous_commit="remote_apply"`` answers only once the synchronous standbys show
-        the request's writes (docs/failover.md). The same
-        options give the same dependency object, so all uses within one request share one
-        session.
-        """
-        from dbscope.fastapi._dependencies import session_dependency
-
-        options = self._options(
-            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
-        )
-        return session_dependency(self, options)
-
     # -- the driver connection, for hot reads -----------------------------------------------
 
     def lease(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -316,19 +262,6 @@ class Database(UnitEntryPoints):
                 the connection died during the block (``"connection_lost"``).
         """
         return lease_connection(self._lifecycle, self._limits)
-
-    @property
-    def leased(self) -> Callable[..., Awaitable[Any]]:
-        """The FastAPI dependency giving a leased driver connection: ``Depends(db.leased)``.
-
-        ``conn: Annotated[asyncpg.Connection, Depends(db.leased)]`` gets what ``db.lease()``
-        gives, for the request; the connection goes back to the pool after the endpoint
-        returns and before the response is sent. Outages answer 503 with ``Retry-After``, as
-        for ``db.session``. Taking both in one request holds two connections.
-        """
-        from dbscope.fastapi._dependencies import lease_dependency
-
-        return lease_dependency(self)
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""The FastAPI dependencies of a Database: the request's unit of work, and its leased
+connection. The other units of work are ``_entry_points.py``'s; both are bases of
+:class:`~dbscope.Database`.
+
+``dbscope.fastapi`` is imported only when a dependency is first asked for, so that ``import
+dbscope`` never imports FastAPI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope._entry_points import UnitEntryPoints
+from dbscope._unit_options import DEFAULT_OPTIONS
+
+if TYPE_CHECKING:
+    from dbscope._database import Database
+
+
+class RequestEntryPoints(UnitEntryPoints):
+    """The FastAPI dependencies of :class:`~dbscope.Database`."""
+
+    def _database(self) -> Database:
+        # Only Database has these bases; the dependencies take the whole of it.
+        return cast("Database", self)
+
+    @property
+    def session(self) -> Callable[..., Awaitable[AsyncSession]]:
+        """The FastAPI dependency giving the request's session: ``Depends(db.session)``.
+
+        One session per request; it commits after the endpoint returns and before the
+        response is sent, and rolls back on any exception. See ``dbscope.fastapi``.
+        """
+        from dbscope.fastapi._dependencies import session_dependency
+
+        return session_dependency(self._database(), DEFAULT_OPTIONS)
+
+    @property
+    def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
+        """The FastAPI dependency for a read-only request: ``Depends(db.read_session)``.
+
+        It never commits, and on PostgreSQL and MariaDB/MySQL its transaction is ``READ
+        ONLY``, so a write fails loudly instead of being kept. It is a unit of work of its
+        own: do not mix it with ``db.session`` in one request.
+        """
+        return self.session_with(read_only=True)
+
+    def session_with(
+        self,
+        *,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+        schema: str | None = None,
+        stale_ok: bool = False,
+        synchronous_commit: str | None = None,
+    ) -> Callable[..., Awaitable[AsyncSession]]:
+        """A FastAPI session dependency with per-request options (see ``transaction()``).
+
+        ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
+        that runs longer than 2 s (504); ``isolation_level="SERIALIZABLE"`` runs the request's
+        transaction at that level (with ``@db.retry()`` on the endpoint to re-run it after a
+        conflict). With replicas, a read-only request reads one that has the writes its client
+        made before (docs/replicas.md); ``stale_ok=True`` takes any ready replica;
+        ``synchronous_commit="remote_apply"`` answers only once the synchronous standbys show
+        the request's writes (docs/failover.md). The same
+        options give the same dependency object, so all uses within one request share one
+        session.
+        """
+        from dbscope.fastapi._dependencies import session_dependency
+
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
+        return session_dependency(self._database(), options)
+
+    @property
+    def leased(self) -> Callable[..., Awaitable[Any]]:
+        """The FastAPI dependency giving a leased driver connection: ``Depends(db.leased)``.
+
+        ``conn: Annotated[asyncpg.Connection, Depends(db.leased)]`` gets what ``db.lease()``
+        gives, for the request; the connection goes back to the pool after the endpoint
+        returns and before the response is sent. Outages answer 503 with ``Retry-After``, as
+        for ``db.session``. Taking both in one request holds two connections.
+        """
+        from dbscope.fastapi._dependencies import lease_dependency
+
+        return lease_dependency(self._database())
