@@ -33,6 +33,11 @@ from .run_databases import (
     table_names,
 )
 
+# The tests of the app's tables in the run's database (which it refuses, uses or leaves) run on
+# one PostgreSQL driver: what differs by driver is the connection that makes, finds and drops
+# the database, which the tests of its life (own database, reuse, crash) take on both.
+TABLE_BACKENDS = ["sqlite", "asyncpg", "asyncmy"]
+
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 def test_tables_are_kept_with_the_keep_option(pytester: pytest.Pytester, project_url: str) -> None:
@@ -170,10 +175,14 @@ def test_a_left_database_that_a_session_uses_is_not_dropped(
     assert database_exists(run_database(project_url))
 
 
+@pytest.mark.parametrize("db_backend", TABLE_BACKENDS)
 def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
-    """The app's tables in a name_test someone else made stop the run; they and it stay."""
+    """The app's tables in a name_test someone else made stop the run; they and it stay.
+
+    On asyncpg of the two PostgreSQL drivers: the same code path (TABLE_BACKENDS).
+    """
     own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
 
@@ -187,10 +196,14 @@ def test_tables_it_did_not_make_are_refused_naming_them_and_the_option(
     assert rows(own, "ptp_items") == [(1, "kept")]
 
 
+@pytest.mark.parametrize("db_backend", TABLE_BACKENDS)
 def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
-    """--dbscope-use-existing-tables runs on them; only the tables the run made are dropped."""
+    """--dbscope-use-existing-tables runs on them; only the tables the run made are dropped.
+
+    On asyncpg of the two PostgreSQL drivers: the same code path (TABLE_BACKENDS).
+    """
     own = run_database_made_elsewhere(project_url)
     write_project(pytester, "pytest-asyncio", EXISTING_ROW_TEST)
 
@@ -255,10 +268,14 @@ def dbscope_run_url():
 """
 
 
+@pytest.mark.parametrize("db_backend", TABLE_BACKENDS)
 def test_a_database_given_by_conftest_gets_the_tables_and_keeps_the_rest(
     pytester: pytest.Pytester, project_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An overridden dbscope_run_url is used as someone else's: only the run's tables go."""
+    """An overridden dbscope_run_url is used as someone else's: only the run's tables go.
+
+    On asyncpg of the two PostgreSQL drivers: the same code path (TABLE_BACKENDS).
+    """
     given = run_database(project_url)
     create_database(given)
     execute(given, "CREATE TABLE ptp_other (id INTEGER PRIMARY KEY)")

@@ -234,11 +234,16 @@ async def test_the_migrated_table_is_there_and_empty(dbscope_session, n):
 """
 
 
-@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
+@pytest.mark.parametrize("db_backend", ["sqlite"])
 def test_migrations_make_the_tables_in_each_workers_database(
     pytester: pytest.Pytester, xdist_url: str
 ) -> None:
-    """dbscope_alembic_config with -n 2: each worker upgrades its own database to head."""
+    """dbscope_alembic_config with -n 2: each worker upgrades its own database to head.
+
+    On SQLite: a worker migrates the database it made as a run without workers does
+    (test_alembic_migrations_make_the_tables_in_the_runs_database, on SQLite and PostgreSQL),
+    the same code on every server; the workers' databases on PostgreSQL are the other tests'.
+    """
     settings = settings_ini("dbscope_alembic_config = alembic.ini")
     write_project(pytester, "pytest-asyncio", MIGRATED_TESTS, settings=settings)
     write_migrations(pytester)
