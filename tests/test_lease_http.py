@@ -22,6 +22,8 @@ from tests.documented import python_blocks, run_block
 from tests.driver_connections import SMALL_POOL, backend_id_query, execute, fetch_value
 
 TIMEOUT = 0.2
+# SMALL_POOL whose requests give up sooner: each test of an exhausted pool waits it out twice.
+SHORT_WAIT = {**SMALL_POOL, "pool_timeout": 0.1}
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ async def test_an_exhausted_pool_answers_503_pool_timeout(
     """While a lease holds the only connection, the endpoint answers 503 with Retry-After.
     ``Depends(db.leased)`` maps the outage by itself; an outage raised in the endpoint's own
     code (a lease block, a db.transaction()) needs add_exception_handlers, or it is a 500."""
-    async with Database(database_url, **SMALL_POOL) as db:
+    async with Database(database_url, **SHORT_WAIT) as db:
         handled, bare = build_app(db), build_app(db)
         add_exception_handlers(handled)
         async with helpers.client_for(handled) as client, helpers.client_for(bare) as bare_client:
