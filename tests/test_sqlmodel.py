@@ -340,11 +340,14 @@ def write_guide_project(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml(settings + textwrap.dedent(extra))
 
 
-@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg", "psycopg", "asyncmy"])
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg", "asyncmy"])
 def test_the_guides_app_and_tests_pass_under_the_plugin(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
-    """The guide's models, app, job and tests, run by pytest with dbscope's plugin."""
+    """The guide's models, app, job and tests, run by pytest with dbscope's plugin.
+
+    On asyncpg of the two PostgreSQL drivers: the guide's code is the same on both, and
+    SQLModel's sessions over psycopg are the tests above (ON_SQLITE_AND_POSTGRES)."""
     write_guide_project(pytester)
 
     # In a subprocess: the guide's models go into SQLModel.metadata, which this process keeps
