@@ -169,9 +169,11 @@ async def test_without_a_synchronous_standby_the_database_warns_once(
     async with healthy(cluster, synchronous=False):
         db = Database(cluster.url())
         async with db:
-            durability = db.stats().durability
+            stats = db.stats()
         async with db:
             pass
+    durability = stats.durability
+    assert "durability=Durability(state='asynchronous'" in repr(stats)
     assert durability is not None
     assert (durability.state, durability.standbys, durability.commits_wait) == (
         "asynchronous",

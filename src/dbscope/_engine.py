@@ -220,16 +220,16 @@ class ServerInfo:
     backend: str
     version: tuple[int | str, ...]
     isolation_levels: tuple[str, ...] = ()
-    standbys: Standbys | None = None
 
 
 async def verify(
     engine: AsyncEngine, settings: DatabaseSettings, options: Mapping[str, Any]
-) -> tuple[AsyncEngine, ServerInfo]:
+) -> tuple[AsyncEngine, ServerInfo, Standbys | None]:
     """Open one connection to prove the database is there; fix the MySQL recycle if needed.
 
     Returns the engine to use (rebuilt when the server's ``wait_timeout`` is shorter than the
-    recycle) and what the server said about itself.
+    recycle), what the server said about itself, and what a primary said of its standbys
+    (None where the question does not apply).
 
     Raises:
         DatabaseUnavailableError: the server could not be reached.
@@ -255,11 +255,10 @@ async def verify(
         backend=url.get_backend_name(),
         version=tuple(version),
         isolation_levels=tuple(level for level in levels if level != "AUTOCOMMIT"),
-        standbys=standbys,
     )
     recycle = options.get("pool_recycle", -1)
     if wait_timeout is not None and (recycle < 0 or recycle >= wait_timeout):
         # The server closes idle connections after wait_timeout; recycle them before that.
         await engine.dispose()
         engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
-    return engine, info
+    return engine, info, standbys

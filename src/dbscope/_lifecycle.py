@@ -116,7 +116,7 @@ class Lifecycle:
             )
             raise LifecycleError(message)
         engine = build_engine(self.settings, self.options)
-        engine, self.server = await verify(engine, self.settings, self.options)
+        engine, self.server, standbys = await verify(engine, self.settings, self.options)
         self._engine = engine
         self._counters = PoolCounters(engine, ping_after(self.settings))
         self._sessions = session_factory(
@@ -127,7 +127,7 @@ class Lifecycle:
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
         self._running = (engine, self._counters)
-        self.durability.update(self.server.standbys)
+        self.durability.update(standbys)
         self.durability.watch(engine, self.options)
         for observer in self._observers:
             observer.engine_started(engine, self._counters)

@@ -45,8 +45,6 @@ from dbscope._durability import Durability
 from dbscope._errors import LineFullError
 
 REPLICA_FIELDS: Final = ("replicas", "fallbacks")
-# Shown by the repr only when set: most pools have no replicas, and files no standbys.
-SHOWN_WHEN_SET: Final = (*REPLICA_FIELDS, "durability")
 ReplicaState = Literal["starting", "ready", "lagging", "down", "promoted", "foreign"]
 # When the connection was last returned to the pool (time.monotonic()); absent while it has
 # never been checked in, that is, just after it was opened.
@@ -294,7 +292,8 @@ class PoolStats:
         durability: whether a commit on the primary waits for a synchronous standby
             (``durability.state``: ``synchronous``, ``asynchronous``, ``single`` or
             ``unknown``), as read at connect() and again after the pool lost connections;
-            None where the question does not apply (SQLite, MariaDB/MySQL).
+            None where the question does not apply (SQLite, MariaDB/MySQL). The repr shows
+            it only where there are standbys to speak of (not ``single``).
     """
 
     size: int
@@ -311,13 +310,18 @@ class PoolStats:
     durability: Durability | None = None
 
     def __repr__(self) -> str:
-        # The replica fields only when there are replicas: most pools have none.
+        # The replica fields only when there are replicas: most pools have none. Durability
+        # only when there are standbys to speak of: not for a file, nor a single server.
         shown = [
             f"{field.name}={getattr(self, field.name)!r}"
             for field in dataclasses.fields(self)
-            if field.name not in SHOWN_WHEN_SET or getattr(self, field.name)
+            if field.name not in REPLICA_FIELDS or getattr(self, field.name)
+            if field.name != "durability" or self._standbys_shown()
         ]
         return f"PoolStats({', '.join(shown)})"
+
+    def _standbys_shown(self) -> bool:
+        return self.durability is not None and self.durability.state != "single"
 
 
 class PoolCounters:
