@@ -1,9 +1,10 @@
 """The small projects the pytest plugin's tests write and run pytest on, with pytester.
 
-Each test writes a project (an app, its tests, its settings) and runs pytest on it in a
-subprocess, under pytest-asyncio or anyio, then reads the outcome and looks at the database
-from outside (tests/run_databases.py). The projects' tables are named ``ptp_*``, apart from
-every other test's.
+Each test writes a project (an app, its tests, its settings) and runs pytest on it, in this
+process where that is sound (``run(..., in_process=True)``) or in a subprocess, under
+pytest-asyncio or anyio, then reads the outcome and looks at the database from outside
+(tests/run_databases.py). The projects' tables are named ``ptp_*``, apart from every other
+test's.
 """
 
 from __future__ import annotations
