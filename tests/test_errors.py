@@ -168,12 +168,17 @@ app = FastAPI()
 async def read(session: Annotated[AsyncSession, Depends(db.session)]) -> int:
     return int((await session.execute(text("SELECT 1"))).scalar_one())
 
+async def get(number: int) -> int:
+    # Each request from a client (address and port) of its own: 50 clients at once, none
+    # of which comes back before its Retry-After, which would hold its request until then.
+    transport = httpx.ASGITransport(app, client=("127.0.0.1", 20000 + number))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return (await client.get("/")).status_code
+
 async def main() -> None:
-    transport = httpx.ASGITransport(app)
     async with db, db.transaction() as held:
         await held.execute(text("SELECT 1"))  # the only connection, held
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            statuses = [(await client.get("/")).status_code for _ in range(50)]
+        statuses = [await get(number) for number in range(50)]
         print("statuses", sorted(set(statuses)), len(statuses), flush=True)
         await asyncio.sleep(float(sys.argv[2]))
 
@@ -182,8 +187,9 @@ asyncio.run(main())
 
 
 def test_a_burst_of_503s_logs_one_line_then_one_summary(tmp_path: Path, sqlite_url: str) -> None:
-    """50 requests refused by a full wait line log one warning at once, then one line that
-    counts the other 49 (in a process of its own, so no other test's 503 came before)."""
+    """50 requests (each from a client of its own) refused by a full wait line log one
+    warning at once, then one line that counts the other 49 (in a process of its own, so no
+    other test's 503 came before)."""
     script = tmp_path / "burst.py"
     script.write_text(BURST_SCRIPT)
     completed = subprocess.run(
