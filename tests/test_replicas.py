@@ -214,7 +214,7 @@ async def test_a_read_whose_replica_connection_is_lost_in_its_first_statement_re
             assert not await in_recovery(session)
         stats = db.stats()
     assert port == primary_port
-    assert dict(stats.fallbacks) == {"replica_lost": 1}
+    assert dict(stats.fallbacks) == {"connection_lost": 1}
     assert stats.replicas[0].state == "down"
     assert stats.replicas[0].served == 0
 

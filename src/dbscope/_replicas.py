@@ -143,38 +143,50 @@ class Replicas:
         if replica is None:
             return self._on_primary(make, "no_replica_ready")
         unit = make(replica.lifecycle.session_maker())
-        try:
-            connection = await unit.session.connection()  # checks out, and begins
-            wanted = 0 if token is None else token.position
-            if replica.replayed < wanted and not await self._catch_up(replica, connection, wanted):
+        wanted = 0 if token is None else token.position
+        if replica.replayed < wanted:
+            try:
+                connection = await unit.session.connection()  # checks out, and begins
+                if not await self._catch_up(replica, connection, wanted):
+                    await _discard(unit)
+                    return self._on_primary(make, "behind")
+            except Exception as error:
                 await _discard(unit)
-                return self._on_primary(make, "behind")
-        except Exception as error:
-            await _discard(unit)
-            outage = translate(error, Limits(replica.lifecycle.settings.url))
-            if not isinstance(outage, DatabaseUnavailableError):
+                if self._reroute(replica, error) is None:
+                    raise
+                return make(None)
+            except BaseException:
+                # Cancelled while checking out or waiting for the replica: nobody else holds
+                # the unit to end it (measured: psycopg's connection stayed checked out until
+                # the garbage collector dropped it).
+                await _discard(unit)
                 raise
-            if outage.cause != "pool_timeout":  # a busy replica is no sick one
-                self.checks.failed(replica, why(error, replica))
-            return self._on_primary(make, outage.cause)
-        except BaseException:
-            # Cancelled while checking out or waiting for the replica: nobody else holds
-            # the unit to end it (measured: psycopg's connection stayed checked out until
-            # the garbage collector dropped it).
-            await _discard(unit)
-            raise
+        # Else the replica is known to have what the unit must see: its first statement checks
+        # a connection out, one round trip less, and reroutes if it cannot.
         replica.served += 1
-        unit.state.reroute = functools.partial(self._reroute, replica, options)
+        unit.state.reroute = functools.partial(self._reroute_unit, replica, options)
         return unit
 
-    def _reroute(self, replica: Replica, options: UnitOptions) -> Engine | None:
-        """Where a read goes whose replica connection was lost in its first statement: the
-        primary, with the replica out of service until a check finds it well again."""
-        if self.primary.state != "connected":
+    def _reroute(self, replica: Replica, error: Exception) -> str | None:
+        """Whether a read that ``error`` stopped on ``replica`` before anything was returned
+        runs on the primary: the reason it does (counted), or None when the error is not an
+        outage of the replica (the read's own, which propagates)."""
+        outage = translate(error, Limits(replica.lifecycle.settings.url))
+        if not isinstance(outage, DatabaseUnavailableError) or self.primary.state != "connected":
+            return None
+        if outage.cause != "pool_timeout":  # a busy replica is no sick one
+            self.checks.failed(replica, why(error, replica))
+        self.fallbacks[outage.cause] += 1
+        return outage.cause
+
+    def _reroute_unit(
+        self, replica: Replica, options: UnitOptions, error: Exception
+    ) -> Engine | None:
+        """Where a unit goes whose first statement on ``replica`` met ``error``: the
+        primary's engine (the unit's view of it) for an outage of the replica, else None."""
+        if self._reroute(replica, error) is None:
             return None
         replica.served -= 1
-        self.checks.failed(replica, "its connection was lost during a read")
-        self.fallbacks["replica_lost"] += 1
         factory = self.primary.session_maker()
         bind = unit_bind(factory, self.rules, True, options.isolation_level).get("bind")
         return (bind or self.primary.engine).sync_engine

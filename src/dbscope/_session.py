@@ -30,7 +30,6 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -89,7 +88,7 @@ class UnitState:
             read-your-writes on replicas (``_replicas.py``).
         write_position: the latest position read so, if any.
         reroute: on a replica, until its first statement returned: where the unit goes if
-            the replica's connection is lost in that statement (``_replicas.py``).
+            that statement meets an outage of the replica (``_replicas.py``), else None.
     """
 
     rules: Backend
@@ -102,7 +101,7 @@ class UnitState:
     request_id: str | None = None
     tracks_writes: bool = False
     write_position: int | None = None
-    reroute: Callable[[], Engine | None] | None = None
+    reroute: Callable[[Exception], Engine | None] | None = None
 
 
 class UnitSession(Session):
@@ -133,17 +132,18 @@ class UnitSession(Session):
         return self._rerouted(unit, super().scalars, args, kwargs)
 
     def _rerouted(self, unit: UnitState, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """A unit's first statement on a replica: run again on the primary if the replica's
-        connection is lost in it (reads are idempotent, and none returned yet)."""
+        """A unit's first statement on a replica: run again on the primary if it meets an
+        outage of the replica (no connection, or one lost): reads are idempotent, and none
+        returned yet."""
         reroute, unit.reroute = unit.reroute, None
         assert reroute is not None
         try:
             return run(*args, **kwargs)
-        except DBAPIError as error:
-            bind = reroute() if error.connection_invalidated else None
+        except Exception as error:
+            bind = reroute(error)
             if bind is None:
                 raise
-        logger.warning("A read's replica connection was lost; the read runs on the primary")
+        logger.warning("A read's replica could not serve it; the read runs on the primary")
         with contextlib.suppress(Exception):  # the lost connection's rollback may fail too
             self.rollback()
         self.bind = bind
