@@ -186,3 +186,24 @@ async def test_a_read_only_transaction_never_commits(database_url: str) -> None:
     async with Database(database_url) as db, db.transaction(read_only=True) as session:
         await session.execute(INSERT)
     assert await helpers.count_rows(database_url, "uo_rows") == 0
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_read_whose_connection_dies_after_its_rows_keeps_them(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only unit whose backend is terminated after its statement returned rows ends
+    without an error: nothing was to commit, its rows stand; the broken connection is
+    dropped and logged, and the pool has nothing checked out."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        async with db.transaction(read_only=True) as session:
+            backend = await session.scalar(text(backend_id_query(db)))
+            async with helpers.admin(database_url) as admin:
+                await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            read = backend
+        stats = db.stats()
+        after = await backend_of_a_unit(db)
+    assert read == backend
+    assert stats.checked_out == 0
+    assert after != backend  # a new connection replaced the dropped one
+    assert "Closing the session failed after its work" in caplog.text
