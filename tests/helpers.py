@@ -15,11 +15,13 @@
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import os
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -365,3 +367,15 @@ async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
         yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
     finally:
         await proxy.cut()
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold the file lock ``lock`` for the block: one holder at a time, whichever process
+    (pytest-xdist's workers, two runs, a benchmark) asks."""
+    with lock.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

@@ -16,7 +16,6 @@ script's, run here as they would be by hand.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import anyio
 import httpx
 from sqlalchemy.engine import URL, make_url
+
+from tests.helpers import exclusive
 
 SCRIPT = Path(__file__).parent / "patroni" / "cluster"
 PORT = int(os.environ.get("DBSCOPE_PATRONI_PORT", "5440"))
@@ -218,12 +219,8 @@ def release(cluster: PatroniCluster) -> None:
 def alone() -> Iterator[None]:
     """The cluster is this test's alone meanwhile (among the processes of this machine's
     test runs and benchmarks): its tests switch, kill and reconfigure the one cluster."""
-    with LOCK.open("a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+    with exclusive(LOCK):
+        yield
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,6 @@ they never count as served.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import tempfile
@@ -35,7 +34,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.helpers import admin
+from tests.helpers import admin, exclusive
 
 SCRIPT = Path(__file__).parent / "replicas" / "cluster"
 # The script's pair: the primary on DBSCOPE_REPLICAS_PORT (5433), the replica on the next port.
@@ -125,12 +124,8 @@ def alone() -> Iterator[None]:
     """Have the pair to this test alone: the tests share its tables and pause, delay or stop
     its one replica, so one at a time, whichever process (pytest-xdist's workers, two runs)
     runs them."""
-    with LOCK.open("a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+    with exclusive(LOCK):
+        yield
 
 
 def release(pair: ReplicaPair) -> None:
