@@ -30,21 +30,22 @@ import functools
 import inspect
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from dbscope import Database, DatabaseSettings
 from tests.helpers import Tables
-from tests.patroni_cluster import ClusterUnavailable, PatroniCluster, ensure_cluster
+from tests.patroni_cluster import PatroniCluster, ensure_cluster
 from tests.patroni_cluster import release as release_cluster
-from tests.pgbouncer_service import Bouncers, BouncersUnavailable, ensure_bouncers
+from tests.pgbouncer_service import Bouncers, ensure_bouncers
 from tests.pgbouncer_service import release as release_bouncers
 from tests.plugin_projects import clean_project_database
-from tests.replica_cluster import PairUnavailable, ReplicaPair, alone, ensure_pair, release
+from tests.replica_cluster import ReplicaPair, alone, ensure_pair, release
+from tests.services import ServiceUnavailable
 
 # tests.docs_blocks: every python block of the docs is run by a test, or says why not.
 pytest_plugins = ["pytester", "tests.docs_blocks"]
@@ -53,6 +54,9 @@ POSTGRES_URL = os.environ.get(
     "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get("DBSCOPE_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+
+# A service of the run's (the replica pair, PgBouncer, the Patroni cluster).
+S = TypeVar("S")
 
 BACKENDS = ("sqlite", "asyncpg", "psycopg", "asyncmy")
 POSTGRES_DRIVERS = ("asyncpg", "psycopg")
@@ -147,17 +151,24 @@ def sqlite_url(tmp_path: Path) -> str:
     return url_for("sqlite", tmp_path)
 
 
+def _service(what: str, ensure: Callable[[], S], release: Callable[[S], None]) -> Iterator[S]:
+    """The body of a service's fixture: the service ``ensure`` finds running or starts, or
+    "No {what}" skipped (failed under CI=true) when there is none; ``release`` stops it at
+    the run's end if ``ensure`` started it."""
+    try:
+        service = ensure()
+    except ServiceUnavailable as error:
+        unavailable(f"No {what}: {error}")
+    yield service
+    release(service)
+
+
 @pytest.fixture(scope="session")
 def replica_pair() -> Iterator[ReplicaPair]:
     """A PostgreSQL primary and a streaming replica of it (tests/replica_cluster.py): the
     one DBSCOPE_TEST_PRIMARY_URL / DBSCOPE_TEST_REPLICA_URL name, or tests/replicas/cluster's,
     started for the run if it is not running (and then stopped at the run's end)."""
-    try:
-        pair = ensure_pair()
-    except PairUnavailable as error:
-        unavailable(f"No replica pair: {error}")
-    yield pair
-    release(pair)
+    yield from _service("replica pair", ensure_pair, release)
 
 
 @pytest.fixture(scope="session")
@@ -167,12 +178,7 @@ def pgbouncer() -> Iterator[Bouncers]:
     DBSCOPE_TEST_PGBOUNCER_PREPARED_URL name, or tests/pgbouncer/bouncer's, started for the run
     if they are not running (and then stopped at the run's end)."""
     require_server(POSTGRES_URL)
-    try:
-        bouncers = ensure_bouncers()
-    except BouncersUnavailable as error:
-        unavailable(f"No PgBouncer: {error}")
-    yield bouncers
-    release_bouncers(bouncers)
+    yield from _service("PgBouncer", ensure_bouncers, release_bouncers)
 
 
 @pytest.fixture(scope="session")
@@ -180,12 +186,7 @@ def patroni() -> Iterator[PatroniCluster]:
     """A two-node Patroni cluster (tests/patroni_cluster.py): tests/patroni/cluster's,
     started for the run with synchronous_mode if it is not running (and then stopped at the
     run's end)."""
-    try:
-        cluster = ensure_cluster()
-    except ClusterUnavailable as error:
-        unavailable(f"No Patroni cluster: {error}")
-    yield cluster
-    release_cluster(cluster)
+    yield from _service("Patroni cluster", ensure_cluster, release_cluster)
 
 
 @pytest.fixture(params=POSTGRES_DRIVERS)

@@ -5,8 +5,9 @@
   the response begin;
 - the database seen from outside dbscope: :func:`admin`, :class:`Tables`, :func:`count_rows`,
   :func:`without_tables`;
-- subprocesses: :func:`without_settings`, an environment without the database settings, and
-  :func:`postgres_parts`, the settings naming a PostgreSQL database by its parts;
+- subprocesses: :func:`without_settings`, an environment without the database settings,
+  :func:`postgres_parts`, the settings naming a PostgreSQL database by its parts, and
+  :func:`imported_by`, the modules some code imports in a fresh interpreter;
 - faults: :func:`kill` ends a server connection (:func:`kill_mid_request` in a request),
   :func:`connect_to_nothing` connects where no server listens, :class:`TcpProxy` (through
   :func:`proxied`) makes a server unreachable or silent, :func:`assert_unavailable` checks a
@@ -17,7 +18,10 @@ import asyncio
 import contextlib
 import fcntl
 import inspect
+import json
 import os
+import subprocess
+import sys
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -188,6 +192,21 @@ def without_settings(**variables: str) -> dict[str, str]:
         if name != "ALEMBIC_CONFIG" and not any(name.endswith(setting) for setting in names)
     }
     return {**kept, **variables}
+
+
+def imported_by(code: str, *packages: str) -> list[str]:
+    """The modules of ``packages`` (each a package or module, with its submodules) loaded
+    once ``code`` has run in a fresh interpreter, sorted; an error of ``code`` fails the test."""
+    listing = (
+        f"import json, sys\npackages = {packages!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules"
+        " if any(m == p or m.startswith(p + '.') for p in packages))))\n"
+    )
+    script = f"{code}\n{listing}"
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    return list(json.loads(completed.stdout.splitlines()[-1]))
 
 
 def postgres_parts(database_url: str, password: str) -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -29,6 +28,7 @@ import httpx
 from sqlalchemy.engine import URL, make_url
 
 from tests.helpers import exclusive
+from tests.services import ServiceUnavailable, ensure_started, script, stop
 
 SCRIPT = Path(__file__).parent / "patroni" / "cluster"
 PORT = int(os.environ.get("DBSCOPE_PATRONI_PORT", "5440"))
@@ -39,10 +39,6 @@ START_TIMEOUT = 240.0
 # A crashed leader's key expires after Patroni's ttl (20 s); its standby then promotes.
 FAILOVER_TIMEOUT = 90.0
 LOCK = Path(tempfile.gettempdir()) / "dbscope-patroni-tests.lock"
-
-
-class ClusterUnavailable(Exception):
-    """No Patroni cluster to test against; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -178,41 +174,23 @@ class PatroniCluster:
         await self.run("sync", "on" if on else "off")
 
 
-def _script(*arguments: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *arguments], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def ensure_cluster(environ: Mapping[str, str] = os.environ) -> PatroniCluster:
     """The script's cluster, running or started now (with ``synchronous_mode``).
 
     Raises:
-        ClusterUnavailable: the script could not start it (not root, no package mirror...).
+        ServiceUnavailable: the script could not start it (not root, no package mirror...).
     """
-    started = False
-    if _script("status").returncode != 0:
-        try:
-            result = _script("start", "sync")
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise ClusterUnavailable(f"{SCRIPT} start could not run: {error}") from error
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            message = f"{SCRIPT} start failed (exit {result.returncode}):\n" + "\n".join(output)
-            raise ClusterUnavailable(message)
-        # Under pytest-xdist each worker is a run of its own: the cluster outlives such a run.
-        started = "PYTEST_XDIST_WORKER" not in environ
-    url = _script("url")
+    started = ensure_started(SCRIPT, "start", "sync", timeout=START_TIMEOUT, environ=environ)
+    url = script(SCRIPT, "url", timeout=START_TIMEOUT)
     if url.returncode != 0:
-        raise ClusterUnavailable(f"{SCRIPT} url failed: {url.stderr.strip()}")
+        raise ServiceUnavailable(f"{SCRIPT} url failed: {url.stderr.strip()}")
     return PatroniCluster(make_url(url.stdout.strip()), started=started)
 
 
 def release(cluster: PatroniCluster) -> None:
     """Stop the cluster and remove its directory if this run started it."""
     if cluster.started:
-        stopped = _script("stop")
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        stop(SCRIPT, timeout=START_TIMEOUT)
 
 
 @contextlib.contextmanager

@@ -16,13 +16,14 @@ and check they do on that URL directly, never through PgBouncer.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from sqlalchemy.engine import make_url
+
+from tests.services import ensure_started, named_pair, stop
 
 SCRIPT = Path(__file__).parent / "pgbouncer" / "bouncer"
 PORT = int(os.environ.get("DBSCOPE_PGBOUNCER_PORT", "6432"))
@@ -31,10 +32,6 @@ START_TIMEOUT = 300.0
 
 Mode = Literal["transaction", "transaction-prepared"]
 MODES: tuple[Mode, ...] = ("transaction", "transaction-prepared")
-
-
-class BouncersUnavailable(Exception):
-    """No PgBouncer to test through; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -59,51 +56,23 @@ class Bouncers:
         return url.render_as_string(hide_password=False)
 
 
-def bouncer(command: str, *, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``tests/pgbouncer/bouncer command``; its output, whatever its exit code."""
-    return subprocess.run(
-        [str(SCRIPT), command], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def ensure_bouncers(environ: Mapping[str, str] = os.environ) -> Bouncers:
     """The PgBouncers the environment names, or the script's, running or started now.
 
     Raises:
-        BouncersUnavailable: one URL without the other, or the script could not start them.
+        ServiceUnavailable: one URL without the other, or the script could not start them.
     """
-    transaction = environ.get("DBSCOPE_TEST_PGBOUNCER_URL", "")
-    prepared = environ.get("DBSCOPE_TEST_PGBOUNCER_PREPARED_URL", "")
-    if transaction or prepared:
-        if not (transaction and prepared):
-            message = (
-                "Set both DBSCOPE_TEST_PGBOUNCER_URL and DBSCOPE_TEST_PGBOUNCER_PREPARED_URL, "
-                "or neither."
-            )
-            raise BouncersUnavailable(message)
-        return Bouncers(transaction, prepared, started=False)
-    ours = _script_urls()
-    if bouncer("status").returncode == 0:
-        return Bouncers(*ours, started=False)
-    try:
-        started = bouncer("start")
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise BouncersUnavailable(f"{SCRIPT} start could not run: {error}") from error
-    if started.returncode != 0:
-        output = (started.stdout + started.stderr).strip().splitlines()[-15:]
-        message = f"{SCRIPT} start failed (exit {started.returncode}):\n" + "\n".join(output)
-        raise BouncersUnavailable(message)
-    # Under pytest-xdist each worker is a run of its own: the one that started them must not
-    # stop them under the others, so they outlive such a run (stop them by hand).
-    return Bouncers(*ours, started="PYTEST_XDIST_WORKER" not in environ)
+    named = named_pair(environ, "DBSCOPE_TEST_PGBOUNCER_URL", "DBSCOPE_TEST_PGBOUNCER_PREPARED_URL")
+    if named is not None:
+        return Bouncers(*named, started=False)
+    started = ensure_started(SCRIPT, "start", timeout=START_TIMEOUT, environ=environ)
+    return Bouncers(*_script_urls(), started=started)
 
 
 def release(bouncers: Bouncers) -> None:
     """Stop the PgBouncers if this run started them; leave any others alone."""
-    if not bouncers.started:
-        return
-    stopped = bouncer("stop", timeout=60)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    if bouncers.started:
+        stop(SCRIPT, timeout=60)
 
 
 def _script_urls() -> tuple[str, str]:

@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.helpers import admin, exclusive
+from tests.services import ServiceUnavailable, ensure_started, named_pair, script, stop
 
 SCRIPT = Path(__file__).parent / "replicas" / "cluster"
 # The script's pair: the primary on DBSCOPE_REPLICAS_PORT (5433), the replica on the next port.
@@ -48,10 +49,6 @@ WAIT_TIMEOUT = 10.0
 LOCK = Path(tempfile.gettempdir()) / "dbscope-replica-tests.lock"
 
 Role = Literal["primary", "replica"]
-
-
-class PairUnavailable(Exception):
-    """No primary and replica to test against; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -85,38 +82,20 @@ class ReplicaPair:
 
 def cluster(command: str, *, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``tests/replicas/cluster command``; its output, whatever its exit code."""
-    return subprocess.run(
-        [str(SCRIPT), command], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return script(SCRIPT, command, timeout=timeout)
 
 
 def ensure_pair(environ: Mapping[str, str] = os.environ) -> ReplicaPair:
     """The pair named by the environment, or the script's, running or started now.
 
     Raises:
-        PairUnavailable: One URL without the other, or the script could not start the pair.
+        ServiceUnavailable: One URL without the other, or the script could not start the pair.
     """
-    primary = environ.get("DBSCOPE_TEST_PRIMARY_URL", "")
-    replica = environ.get("DBSCOPE_TEST_REPLICA_URL", "")
-    if primary or replica:
-        if not (primary and replica):
-            message = "Set both DBSCOPE_TEST_PRIMARY_URL and DBSCOPE_TEST_REPLICA_URL, or neither."
-            raise PairUnavailable(message)
-        return ReplicaPair(primary, replica, managed=False, started=False)
-    if cluster("status").returncode == 0:
-        return ReplicaPair(PRIMARY_URL, REPLICA_URL, managed=True, started=False)
-    try:
-        started = cluster("start")
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise PairUnavailable(f"{SCRIPT} start could not run: {error}") from error
-    if started.returncode != 0:
-        output = (started.stdout + started.stderr).strip().splitlines()[-15:]
-        message = f"{SCRIPT} start failed (exit {started.returncode}):\n" + "\n".join(output)
-        raise PairUnavailable(message)
-    # Under pytest-xdist each worker is a run of its own: the one that started the pair must
-    # not stop it under the others, so the pair outlives such a run (stop it by hand).
-    ours = "PYTEST_XDIST_WORKER" not in environ
-    return ReplicaPair(PRIMARY_URL, REPLICA_URL, managed=True, started=ours)
+    named = named_pair(environ, "DBSCOPE_TEST_PRIMARY_URL", "DBSCOPE_TEST_REPLICA_URL")
+    if named is not None:
+        return ReplicaPair(*named, managed=False, started=False)
+    started = ensure_started(SCRIPT, "start", timeout=START_TIMEOUT, environ=environ)
+    return ReplicaPair(PRIMARY_URL, REPLICA_URL, managed=True, started=started)
 
 
 @contextlib.contextmanager
@@ -130,10 +109,8 @@ def alone() -> Iterator[None]:
 
 def release(pair: ReplicaPair) -> None:
     """Stop and drop the pair if this run started it; leave any other pair alone."""
-    if not pair.started:
-        return
-    stopped = cluster("stop")
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    if pair.started:
+        stop(SCRIPT, timeout=START_TIMEOUT)
 
 
 async def stop_replica(pair: ReplicaPair) -> None:
@@ -159,7 +136,7 @@ async def replica_stopped(pair: ReplicaPair) -> AsyncIterator[None]:
 async def _run(pair: ReplicaPair, command: str) -> None:
     if not pair.managed:
         message = f"{command} needs the pair of tests/replicas/cluster, not {pair.replica}"
-        raise PairUnavailable(message)
+        raise ServiceUnavailable(message)
     result = await anyio.run_process([str(SCRIPT), command], check=False)
     output = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, f"{SCRIPT} {command}: {output}"

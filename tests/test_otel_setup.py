@@ -7,7 +7,6 @@ interpreter in which importing it fails, as it does without the package.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import dbscope.otel
 from dbscope import ConfigurationError, Database
 from dbscope._pool import QueuedPool
 from dbscope.otel import PoolMetrics
+from tests.helpers import imported_by
 from tests.otel_readings import POOL_NAME, Metered, metered
 
 
@@ -46,21 +46,10 @@ def run_python(code: str) -> str:
     return completed.stdout.splitlines()[-1]
 
 
-def otel_modules_after(statement: str) -> list[str]:
-    """The opentelemetry modules a fresh interpreter has imported after ``statement``."""
-    code = f"""
-        import json, sys
-        {statement}
-        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")))
-    """
-    modules: list[str] = json.loads(run_python(code))
-    return modules
-
-
 @pytest.mark.parametrize("statement", ["import dbscope", "import dbscope.otel"])
 def test_importing_dbscope_or_its_otel_module_imports_no_opentelemetry(statement: str) -> None:
     """Neither `import dbscope` nor `import dbscope.otel` loads an OpenTelemetry module."""
-    assert otel_modules_after(statement) == []
+    assert imported_by(statement, "opentelemetry") == []
 
 
 def test_the_otel_module_exports_its_pinned_names_each_documented() -> None:

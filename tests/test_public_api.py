@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import dbscope
+from tests.helpers import imported_by
 
 PUBLIC_NAMES = [
     "Attempt",
@@ -70,25 +68,6 @@ def public_members(name: str) -> list[str]:
     ]
 
 
-def imported_modules(code: str) -> list[str]:
-    """Run ``code`` in a fresh interpreter; return the heavy modules it left imported."""
-    script = (
-        f"{code}\nimport json, sys\n"
-        f"heavy = {HEAVY_PACKAGES!r}\n"
-        "print(json.dumps(sorted(m for m in sys.modules "
-        "if any(m == h or m.startswith(h + '.') for h in heavy))))"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    modules: list[str] = json.loads(completed.stdout.splitlines()[-1])
-    return modules
-
-
 def test_all_is_the_pinned_sorted_list() -> None:
     """dbscope.__all__ is exactly the public names, sorted; adding one is a decision."""
     assert dbscope.__all__ == PUBLIC_NAMES
@@ -113,7 +92,7 @@ def test_every_public_method_and_property_has_a_docstring(member: str) -> None:
 
 def test_importing_dbscope_imports_neither_fastapi_starlette_nor_pytest() -> None:
     """`import dbscope` in a fresh interpreter loads no FastAPI, Starlette or pytest module."""
-    assert imported_modules("import dbscope") == []
+    assert imported_by("import dbscope", *HEAVY_PACKAGES) == []
 
 
 def test_a_script_transaction_imports_neither_fastapi_nor_starlette(tmp_path: Path) -> None:
@@ -129,4 +108,4 @@ def test_a_script_transaction_imports_neither_fastapi_nor_starlette(tmp_path: Pa
         "            await session.execute(text('SELECT 1'))\n"
         "asyncio.run(main())"
     )
-    assert imported_modules(code) == []
+    assert imported_by(code, *HEAVY_PACKAGES) == []

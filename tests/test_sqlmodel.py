@@ -7,8 +7,6 @@ status a client gets.
 """
 
 import asyncio
-import subprocess
-import sys
 import textwrap
 import tomllib
 from collections.abc import AsyncIterator
@@ -27,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from dbscope import ConfigurationError, Database, LazyLoadError, SessionSharedError
 from tests.documented import block_containing, run_block, serving
-from tests.helpers import Tables, count_rows
+from tests.helpers import Tables, count_rows, imported_by
 from tests.plugin_projects import run
 
 ROOT = Path(__file__).parent.parent
@@ -294,14 +292,11 @@ async def test_from_env_takes_the_session_class_too(
 
 def test_sqlmodel_is_an_extra_that_import_dbscope_never_imports() -> None:
     """pyproject lists SQLModel as the extra `sqlmodel`; `import dbscope` loads none of it."""
-    script = "import sys, dbscope\nprint(sorted(m for m in sys.modules if 'sqlmodel' in m))"
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
+    imported = imported_by("import dbscope", "sqlmodel")
     with (ROOT / "pyproject.toml").open("rb") as file:
         project = tomllib.load(file)["project"]
 
-    assert completed.stdout.strip() == "[]"
+    assert imported == []
     assert not [line for line in project["dependencies"] if "sqlmodel" in line]
     extra = [Requirement(line).name for line in project["optional-dependencies"]["sqlmodel"]]
     assert extra == ["sqlmodel"]

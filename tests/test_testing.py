@@ -5,8 +5,6 @@
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
@@ -19,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dbscope import ConfigurationError, Database, testing
 
-from .helpers import admin
+from .helpers import admin, imported_by
 from .run_databases import (
     create_database,
     database_exists,
@@ -235,15 +233,8 @@ async def test_requests_through_the_client_join_the_test_transaction(
 
 def test_importing_dbscope_testing_imports_neither_pytest_nor_fastapi() -> None:
     """Any test runner can use dbscope.testing: it loads no pytest, FastAPI or httpx."""
-    code = (
-        "import sys, dbscope.testing\n"
-        "heavy = ('pytest', '_pytest', 'fastapi', 'starlette', 'httpx')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert completed.stdout.strip() == "[]"
+    heavy = ("pytest", "_pytest", "fastapi", "starlette", "httpx")
+    assert imported_by("import dbscope.testing", *heavy) == []
 
 
 def test_dbscope_testing_exports_its_helpers_under_the_public_module() -> None:
