@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import dbscope.alembic
 from dbscope import ConfigurationError, Database
 from tests.documented import block_containing, run_block
-from tests.helpers import admin, postgres_parts, without_settings, without_tables
+from tests.helpers import admin, imported_by, postgres_parts, without_settings, without_tables
 from tests.plugin_projects import ALEMBIC_VERSION
 from tests.server import free_port
 
@@ -91,6 +91,16 @@ async def alembic(
     )
 
 
+async def upgrade_head(
+    project: Path, environment: Mapping[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    """`alembic upgrade head` on ``project`` with only ``environment``'s settings, done; a
+    failure fails the test with Alembic's output."""
+    done = await alembic(project, "upgrade", "head", environment=environment)
+    assert done.returncode == 0, done.stderr.decode()
+    return done
+
+
 async def tables_in(database_url: str, schema: str) -> set[str]:
     """The names of the tables in ``schema`` (PostgreSQL)."""
     query = text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s")
@@ -111,8 +121,7 @@ async def test_alembic_upgrade_head_with_only_database_url_makes_the_tables(
     project: Path, clean: str
 ) -> None:
     """`alembic upgrade head` with DATABASE_URL alone migrates SQLite, PostgreSQL and MariaDB."""
-    done = await alembic(project, "upgrade", "head", environment={"DATABASE_URL": clean})
-    assert done.returncode == 0, done.stderr.decode()
+    await upgrade_head(project, {"DATABASE_URL": clean})
     assert await version_of(clean) == ["0001"]
     async with admin(clean) as connection:
         assert (await connection.execute(text(f"SELECT count(*) FROM {TABLE}"))).scalar() == 0
@@ -124,8 +133,7 @@ async def test_alembic_reads_the_postgres_parts_when_there_is_no_database_url(
 ) -> None:
     """POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_HOST, POSTGRES_PORT and POSTGRES_DB suffice."""
     parts = postgres_parts(clean, SECRET)
-    done = await alembic(project, "upgrade", "head", environment=parts)
-    assert done.returncode == 0, done.stderr.decode()
+    done = await upgrade_head(project, parts)
     assert await version_of(clean) == ["0001"]
     assert SECRET not in (done.stdout + done.stderr).decode()
 
@@ -159,8 +167,7 @@ async def test_a_prefix_given_to_run_migrations_reads_the_prefixed_variables(
     project = write_project(tmp_path, env=ENV.format(arguments="prefix='APP_'"))
     nowhere = f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app"
     environment = {"APP_DATABASE_URL": sqlite_url, "DATABASE_URL": nowhere}
-    done = await alembic(project, "upgrade", "head", environment=environment)
-    assert done.returncode == 0, done.stderr.decode()
+    await upgrade_head(project, environment)
     assert await version_of(sqlite_url) == ["0001"]
 
 
@@ -185,8 +192,7 @@ async def test_an_explicit_sqlalchemy_url_wins_over_the_environment(
     """sqlalchemy.url in alembic.ini is used; the environment's unreachable URL is not."""
     project = write_project(tmp_path, ini=f"sqlalchemy.url = {sqlite_url}\n")
     nowhere = f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app"
-    done = await alembic(project, "upgrade", "head", environment={"DATABASE_URL": nowhere})
-    assert done.returncode == 0, done.stderr.decode()
+    await upgrade_head(project, {"DATABASE_URL": nowhere})
     assert await version_of(sqlite_url) == ["0001"]
 
 
@@ -231,8 +237,7 @@ async def test_postgres_schema_holds_the_version_table_and_the_migrated_tables(
 ) -> None:
     """POSTGRES_SCHEMA: alembic_version and the new table are in the schema, not in public."""
     environment = {"DATABASE_URL": postgres_url, "POSTGRES_SCHEMA": schema}
-    done = await alembic(project, "upgrade", "head", environment=environment)
-    assert done.returncode == 0, done.stderr.decode()
+    await upgrade_head(project, environment)
     assert await tables_in(postgres_url, schema) == {"alembic_version", TABLE}
     assert not {"alembic_version", TABLE} & await tables_in(postgres_url, "public")
     assert await version_of(postgres_url, f"{schema}.alembic_version") == ["0001"]
@@ -373,6 +378,8 @@ def test_dbscope_alembic_exports_exactly_its_documented_names() -> None:
     assert dbscope.alembic.__all__ == [
         "MigrationStatus",
         "at_head",
+        "command_line",
+        "config_path",
         "run_migrations",
         "status",
         "upgrade",
@@ -382,12 +389,7 @@ def test_dbscope_alembic_exports_exactly_its_documented_names() -> None:
 
 def test_importing_dbscope_and_its_alembic_module_does_not_import_alembic() -> None:
     """`import dbscope`, dbscope.alembic and the command leave Alembic unimported."""
-    code = (
-        "import sys, dbscope, dbscope.alembic, dbscope._cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
-    assert done.stdout.decode().strip() == "[]"
+    assert imported_by("import dbscope, dbscope.alembic, dbscope._cli", "alembic") == []
 
 
 # -- the docs ----------------------------------------------------------------------------------
@@ -412,8 +414,7 @@ async def test_the_guides_env_py_migrates_with_only_database_url(
     documented_project: Path, clean: str
 ) -> None:
     """docs/alembic.md's env.py, as written, under `alembic upgrade head`."""
-    done = await alembic(documented_project, "upgrade", "head", environment={"DATABASE_URL": clean})
-    assert done.returncode == 0, done.stderr.decode()
+    await upgrade_head(documented_project, {"DATABASE_URL": clean})
     assert await version_of(clean) == ["0001"]
 
 

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from dbscope import Database
 from dbscope._cli import main
 from dbscope.testing import own_database
 from tests.documented import ROOT, block_containing
@@ -422,6 +423,19 @@ async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_pat
     assert code == 0, output
     assert output.strip() == "42"
     assert argv[1:] == [file]
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_the_shell_command_from_code_has_the_password_in_its_variables_only(
+    secret_url: str,
+) -> None:
+    """db.shell_command(), what `dbscope shell` runs: the client first, the arguments given
+    last, the password only in the variables to add to its environment."""
+    argv, variables = Database(secret_url).shell_command("--", "given")
+    assert Path(argv[0]).name in CLIENTS
+    assert argv[-2:] == ["--", "given"]
+    assert not any(SECRET in argument for argument in argv)
+    assert SECRET in variables.values()
 
 
 async def test_shell_of_an_in_memory_database_exits_2() -> None:

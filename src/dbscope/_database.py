@@ -18,8 +18,10 @@ from typing import Any, Self
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from dbscope._dialects import client_command
 from dbscope._engine import ServerInfo, check_engine_options, engine_options
 from dbscope._errors import Limits
+from dbscope._exceptions import ConfigurationError
 from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, ProbeOptions
 from dbscope._health_report import Health
 from dbscope._lease import lease_connection
@@ -279,6 +281,31 @@ class Database(RequestEntryPoints):
     def url(self) -> URL:
         """The database URL; its str and repr mask the password."""
         return self._settings.url
+
+    def shell_command(self, *arguments: str) -> tuple[list[str], dict[str, str]]:
+        """The command that opens this database in its own client: what ``dbscope shell`` runs.
+
+        The client is psql, mariadb (or mysql) or sqlite3, the first found on the PATH. Its
+        command line says where the database is (host, port, user, database), then
+        ``arguments``; the password is only in the variables to add to its environment
+        (``PGPASSWORD``, ``MYSQL_PWD``), since every user of the machine can read a command
+        line, and so are a PostgreSQL URL's ``sslmode`` and ``target_session_attrs``.
+
+        Args:
+            *arguments: the client's own arguments, e.g. ``"-c", "SELECT 1"`` for psql.
+
+        Returns:
+            The argument list, the client's full path first, and the variables to add to the
+            environment it runs in.
+
+        Raises:
+            ConfigurationError: the database has no client (an in-memory SQLite database), or
+                none of its clients is on the PATH; the message says what to install.
+        """
+        try:
+            return client_command(self.url, arguments)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
 
     @property
     def name(self) -> str:

@@ -221,6 +221,12 @@ class ServerInfo:
     version: tuple[int | str, ...]
     isolation_levels: tuple[str, ...] = ()
 
+    @property
+    def title(self) -> str:
+        """What people call the server: ``"PostgreSQL"``, ``"MariaDB/MySQL"``, ``"SQLite"``;
+        SQLAlchemy's name of the backend (``backend``) for a server dbscope does not know."""
+        return backend(self.backend).title or self.backend
+
 
 async def verify(
     engine: AsyncEngine, settings: DatabaseSettings, options: Mapping[str, Any]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
-from dbscope._unit_of_work import UnitOfWork, Units
+from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._write_tokens import WriteToken, current_jar
 
@@ -74,8 +75,7 @@ class UnitEntryPoints:
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        comment = self._units.comment(tags)
-        async with self._units.open(options, comment=comment, after=_token(after)) as unit:
+        async with self._opener(options, tags, after)() as unit:
             yield unit.session
 
     def unit_of_work(
@@ -128,6 +128,14 @@ class UnitEntryPoints:
         self._check(options)
         return options
 
+    def _opener(
+        self, options: UnitOptions, tags: Mapping[str, str] | None, after: str | None
+    ) -> Callable[..., UnitRun]:
+        """How each unit of one call opens: with ``options``, the SQL comment of ``tags`` and
+        after the write token ``after`` (both checked here, once per call, not per unit)."""
+        comment, token = self._units.comment(tags), _token(after)
+        return functools.partial(self._units.open, options, comment=comment, after=token)
+
     def _check(self, options: UnitOptions) -> None:
         # Before connect(), only the standard levels are known; after it, the server's own.
         server = self._lifecycle.server
@@ -174,10 +182,10 @@ class UnitEntryPoints:
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        comment, token = self._units.comment(tags), _token(after)
+        open_unit = self._opener(options, tags, after)
 
         async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with self._units.open(options, comment=comment, after=token) as unit:
+            async with open_unit() as unit:
                 return await query(unit.session)
 
         if not read_only:
@@ -218,8 +226,7 @@ class UnitEntryPoints:
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        comment = self._units.comment(tags)
-        async with self._units.open(options, comment=comment, after=_token(after)) as unit:
+        async with self._opener(options, tags, after)() as unit:
             async for item in body(unit.session):
                 yield item
 
@@ -269,9 +276,8 @@ class UnitEntryPoints:
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        comment, token = self._units.comment(tags), _token(after)
         return Retrying(
-            lambda: self._units.open(options, comment=comment, after=token, primary=True),
+            functools.partial(self._opener(options, tags, after), primary=True),
             retry_policy(policy, **policy_fields),
             self._units.rules,
             on_retry=self._lifecycle.count_retry,

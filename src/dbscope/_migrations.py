@@ -77,8 +77,15 @@ def require_alembic(purpose: str) -> None:
         raise ModuleNotFoundError(message, name=error.name) from None
 
 
-def config_path(path: str | Path | None) -> Path:
-    """``path``, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``."""
+def config_path(path: str | Path | None = None) -> Path:
+    """The ``alembic.ini`` that :func:`upgrade`, :func:`status` and :func:`at_head` read.
+
+    ``path`` if given, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``
+    in the working directory. Whether the file exists is not checked.
+
+    Args:
+        path: the ``config`` given to them, if any.
+    """
     if path is not None:
         return Path(path)
     return Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")

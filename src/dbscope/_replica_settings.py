@@ -12,10 +12,11 @@ check must also pass.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, TypeAdapter, ValidationError, field_validator
+from pydantic import ByteSize, TypeAdapter, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 from sqlalchemy.engine import URL
 
@@ -25,6 +26,38 @@ from dbscope._urls import parse_url
 # 16 MiB of WAL: one segment; a replica further behind serves no reads.
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
 _SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+@dataclass(frozen=True)
+class Least:
+    """The least value a numeric setting may take, and what a value below it is told.
+
+    Attributes:
+        value: the bound.
+        message: the error, ``{value}`` standing for the value given.
+        allowed: whether the bound itself is allowed (``False``: the value must be above it).
+    """
+
+    value: float
+    message: str
+    allowed: bool = True
+
+    def check(self, given: float | None) -> float | None:
+        """``given`` if it is unset or not below the bound, else ValueError with the message."""
+        if given is None or not (given < self.value if self.allowed else given <= self.value):
+            return given
+        raise ValueError(self.message.format(value=given))
+
+
+# Each numeric replica setting's bound.
+REPLICA_BOUNDS: Final = {
+    "replica_wait": Least(
+        0, "must be 0 (read the primary at once) or a number of seconds, got {value}"
+    ),
+    "replica_check_interval": Least(
+        0, "must be a positive number of seconds, got {value}", allowed=False
+    ),
+}
 
 
 class ReplicaSettings(BaseSettings):
@@ -104,17 +137,7 @@ class ReplicaSettings(BaseSettings):
             raise ValueError(message)
         return size
 
-    @field_validator("replica_wait")
+    @field_validator(*REPLICA_BOUNDS)
     @classmethod
-    def _check_wait(cls, value: float) -> float:
-        if value < 0:
-            message = f"must be 0 (read the primary at once) or a number of seconds, got {value}"
-            raise ValueError(message)
-        return value
-
-    @field_validator("replica_check_interval")
-    @classmethod
-    def _check_interval(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be a positive number of seconds, got {value}")
-        return value
+    def _check_replica_bounds(cls, value: float, info: ValidationInfo) -> Any:
+        return REPLICA_BOUNDS[str(info.field_name)].check(value)

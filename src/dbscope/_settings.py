@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._replica_settings import ReplicaSettings
+from dbscope._replica_settings import Least, ReplicaSettings
 from dbscope._setting_sources import (
     NO_DATABASE,
     Sources,
@@ -46,6 +48,71 @@ from dbscope._urls import host_ports, is_memory, parse_url
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # An HTTP header name (a token, RFC 9110), for the request id's header.
 HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# Each numeric pool setting's bound (those of the replicas: _replica_settings.py).
+POOL_BOUNDS: Final = {
+    "pool_size": Least(
+        1,
+        "must be at least 1, got {value}: it is the number of connections kept open "
+        "(SQLAlchemy's 0, 'no limit', would let load open connections without bound)",
+    ),
+    "max_overflow": Least(
+        0,
+        "must be 0 or more, got {value}: it is the number of extra connections allowed under "
+        "load (an unbounded overflow would let load exhaust the server's connection limit)",
+    ),
+    "pool_timeout": Least(0, "must be a positive number of seconds, got {value}", allowed=False),
+    "connect_timeout": Least(0, "must be a positive number of seconds, got {value}", allowed=False),
+    "pool_max_waiters": Least(
+        0,
+        "must be 0 or more, got {value}: it is how many requests may wait for a connection "
+        "(0: none wait, an exhausted pool answers at once); leave it unset for no bound",
+    ),
+    "pool_pre_ping_after": Least(
+        0, "must be 0 (ping at every use) or a number of seconds, got {value}"
+    ),
+    "pool_recycle": Least(-1, "must be a number of seconds, or -1 to never recycle; got {value}"),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The words a setting may be (in any case, blanks around), and what another is told.
+
+    Attributes:
+        words: the values it may take.
+        message: the error, ``{value}`` standing for the value given, quoted.
+        hints: for a word it may not be that people write, what to add to the message.
+    """
+
+    words: tuple[object, ...]
+    message: str
+    hints: Mapping[str, str] = field(default_factory=dict)
+
+    def check(self, given: Any) -> Any:
+        """``given``, stripped and lower-cased, if it is one of the words; else ValueError."""
+        wanted = given.strip().lower() if isinstance(given, str) else given
+        if wanted in self.words:
+            return wanted
+        hint = self.hints.get(wanted, "") if isinstance(wanted, str) else ""
+        raise ValueError(self.message.format(value=repr(given)) + hint)
+
+
+# The settings written as a word.
+CHOICES: Final = {
+    "sql_comments": Choice(
+        PLACEMENTS,
+        "must be 'off', 'append' or 'prepend', got {value}: 'append' tags each statement at "
+        "its end (as sqlcommenter says), 'prepend' at its start (still seen where the server "
+        "cuts long query texts, as pg_stat_activity does at 1024 bytes)",
+    ),
+    "pgbouncer": Choice(
+        (None, *get_args(PoolerMode)),
+        "must be 'transaction' or 'transaction-prepared', got {value}: 'transaction' for "
+        "PgBouncer's pool_mode = transaction, 'transaction-prepared' for the same with "
+        "max_prepared_statements > 0 (PgBouncer 1.21+); unset without PgBouncer",
+        hints={"session": " (in session mode PgBouncer needs nothing: leave it unset)"},
+    ),
+}
 
 
 def validate_schema_name(name: str) -> str:
@@ -181,57 +248,15 @@ class DatabaseSettings(ReplicaSettings):
     def _check_schema(cls, value: str | None) -> str | None:
         return None if value is None else validate_schema_name(value)
 
-    @field_validator("pool_size")
+    @field_validator(*POOL_BOUNDS)
     @classmethod
-    def _check_pool_size(cls, value: int) -> int:
-        if value < 1:
-            message = (
-                f"must be at least 1, got {value}: it is the number of connections "
-                "kept open (SQLAlchemy's 0, 'no limit', would let load open connections "
-                "without bound)"
-            )
-            raise ValueError(message)
-        return value
+    def _check_pool_bounds(cls, value: float | None, info: ValidationInfo) -> Any:
+        return POOL_BOUNDS[str(info.field_name)].check(value)
 
-    @field_validator("max_overflow")
+    @field_validator(*CHOICES, mode="before")
     @classmethod
-    def _check_max_overflow(cls, value: int) -> int:
-        if value < 0:
-            message = (
-                f"must be 0 or more, got {value}: it is the number of extra "
-                "connections allowed under load (an unbounded overflow would let load exhaust "
-                "the server's connection limit)"
-            )
-            raise ValueError(message)
-        return value
-
-    @field_validator("pool_timeout", "connect_timeout")
-    @classmethod
-    def _check_timeout(cls, value: float) -> float:
-        if value <= 0:
-            message = f"must be a positive number of seconds, got {value}"
-            raise ValueError(message)
-        return value
-
-    @field_validator("pool_max_waiters")
-    @classmethod
-    def _check_max_waiters(cls, value: int | None) -> int | None:
-        if value is not None and value < 0:
-            message = (
-                f"must be 0 or more, got {value}: it is how many requests may wait for a "
-                "connection (0: none wait, an exhausted pool answers at once); leave it unset "
-                "for no bound"
-            )
-            raise ValueError(message)
-        return value
-
-    @field_validator("pool_pre_ping_after")
-    @classmethod
-    def _check_ping_after(cls, value: float) -> float:
-        if value < 0:
-            message = f"must be 0 (ping at every use) or a number of seconds, got {value}"
-            raise ValueError(message)
-        return value
+    def _check_choices(cls, value: Any, info: ValidationInfo) -> Any:
+        return CHOICES[str(info.field_name)].check(value)
 
     @field_validator("pool_name")
     @classmethod
@@ -240,19 +265,6 @@ class DatabaseSettings(ReplicaSettings):
             message = "must not be blank; leave it unset for host:port/database"
             raise ValueError(message)
         return value
-
-    @field_validator("sql_comments", mode="before")
-    @classmethod
-    def _check_sql_comments(cls, value: Any) -> Any:
-        wanted = value.strip().lower() if isinstance(value, str) else value
-        if wanted in PLACEMENTS:
-            return wanted
-        message = (
-            f"must be 'off', 'append' or 'prepend', got {value!r}: 'append' tags each "
-            "statement at its end (as sqlcommenter says), 'prepend' at its start (still seen "
-            "where the server cuts long query texts, as pg_stat_activity does at 1024 bytes)"
-        )
-        raise ValueError(message)
 
     @field_validator("request_id_header", mode="before")
     @classmethod
@@ -269,29 +281,6 @@ class DatabaseSettings(ReplicaSettings):
             )
             raise ValueError(message)
         return name
-
-    @field_validator("pgbouncer", mode="before")
-    @classmethod
-    def _check_pgbouncer(cls, value: Any) -> Any:
-        wanted = value.strip().lower() if isinstance(value, str) else value
-        if wanted is None or wanted in get_args(PoolerMode):
-            return wanted
-        session = " (in session mode PgBouncer needs nothing: leave it unset)"
-        message = (
-            f"must be 'transaction' or 'transaction-prepared', got {value!r}: 'transaction' "
-            "for PgBouncer's pool_mode = transaction, 'transaction-prepared' for the same with "
-            "max_prepared_statements > 0 (PgBouncer 1.21+); unset without PgBouncer"
-            + (session if wanted == "session" else "")
-        )
-        raise ValueError(message)
-
-    @field_validator("pool_recycle")
-    @classmethod
-    def _check_recycle(cls, value: int | None) -> int | None:
-        if value is not None and value < -1:
-            message = f"must be a number of seconds, or -1 to never recycle; got {value}"
-            raise ValueError(message)
-        return value
 
     @model_validator(mode="after")
     def _resolve_url(self) -> DatabaseSettings:

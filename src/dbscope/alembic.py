@@ -14,7 +14,8 @@ alembic.ini, else the environment, read and checked exactly as ``Database.from_e
 it (``DATABASE_URL`` or ``POSTGRES_*``, behind a prefix if given). With ``POSTGRES_SCHEMA`` the
 version table lives in that schema and the migrations run with it as their ``search_path``.
 ``alembic upgrade head --sql`` writes the SQL without a server. From code, inside a running
-event loop: ``await upgrade(db)``, ``await at_head(db)``.
+event loop: ``await upgrade(db)``, ``await at_head(db)``; Alembic's whole command line with a
+Database's settings: ``command_line(argv, settings=db.settings)``.
 
 Alembic is imported only here (``pip install 'dbscope[alembic]'``); ``import dbscope`` never
 imports it.
@@ -22,8 +23,9 @@ imports it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
@@ -47,7 +49,18 @@ from dbscope._migrations import (
 )
 from dbscope._settings_loading import load_settings
 
-__all__ = ["MigrationStatus", "at_head", "run_migrations", "status", "upgrade"]
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+__all__ = [
+    "MigrationStatus",
+    "at_head",
+    "command_line",
+    "config_path",
+    "run_migrations",
+    "status",
+    "upgrade",
+]
 
 
 def run_migrations(
@@ -148,6 +161,40 @@ async def at_head(db: Database, *, config: str | Path | None = None) -> bool:
     The same arguments and errors as :func:`status`.
     """
     return (await status(db, config=config)).at_head
+
+
+def command_line(
+    argv: Sequence[str], *, settings: DatabaseSettings | None = None, prog: str | None = None
+) -> None:
+    """Run Alembic's own command line with ``argv``, as ``alembic`` does: what
+    ``dbscope migrate`` runs.
+
+    Alembic reads its options (``-c``, ``-n``, ``-x``...) and its command from ``argv``. With
+    ``settings``, :func:`run_migrations` in env.py migrates with them instead of reading
+    alembic.ini's ``sqlalchemy.url`` or the environment.
+
+    Args:
+        argv: Alembic's arguments, e.g. ``["-c", "alembic.ini", "upgrade", "head"]``.
+        settings: the settings to migrate with, e.g. ``db.settings``.
+        prog: the command's name in Alembic's usage line and messages.
+
+    Raises:
+        ModuleNotFoundError: Alembic is not installed; the message has the install command.
+        SystemExit: where ``alembic`` would end: on a wrong argument, a failed command
+            (Alembic's message printed) and after ``--help``.
+    """
+    require_alembic(prog or "dbscope.alembic.command_line()")
+    from alembic.config import CommandLine
+
+    attributes = {} if settings is None else {SETTINGS: settings}
+
+    class Command(CommandLine):
+        # Alembic builds the Config from its own options (-c, -n, -x...) and hands it here.
+        def run_cmd(self, config: Any, options: Namespace) -> None:
+            config.attributes.update(attributes)
+            super().run_cmd(config, options)
+
+    Command(prog=prog).main(argv)
 
 
 def _shared(connection: object) -> Connection:

@@ -20,7 +20,7 @@ from dbscope._cli._common import CommandFailed, add_settings_options
 
 __all__ = ["main"]
 
-COMMANDS = (_check, _shell, _migrate)
+COMMANDS = (_check.COMMAND, _shell.COMMAND, _migrate.COMMAND)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,15 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for command in COMMANDS:
         sub = commands.add_parser(
-            command.NAME,
-            help=command.HELP,
-            description=command.DESCRIPTION,
+            command.name,
+            help=command.help,
+            description=command.description,
+            usage=command.usage,
             allow_abbrev=False,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_settings_options(sub)
-        command.add_arguments(sub)
-        sub.set_defaults(run=command.run, passes_through=command.PASSES_THROUGH)
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
+        sub.set_defaults(run=command.run, passes_through=command.passes_on is not None)
     return parser
 
 

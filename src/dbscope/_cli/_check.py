@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Final
 
 from dbscope import ConfigurationError, Database
-from dbscope._cli._common import load_database
-from dbscope._dialects import backend
-from dbscope._durability import Durability
-from dbscope._migrations import config_path
+from dbscope._cli._common import Command, load_database
+from dbscope.alembic import config_path
 from dbscope.alembic import status as migration_status
 
-NAME: Final = "check"
-HELP: Final = "connect, and report the server, pool, latency, standby and migrations"
-DESCRIPTION: Final = __doc__
-PASSES_THROUGH: Final = False
 ROUND_TRIPS: Final = 5
 
 
@@ -51,6 +45,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     db = load_database(args)
     config = _alembic_config(args.config)
     return asyncio.run(_check(db, config, require_standby=args.require_standby))
+
+
+COMMAND: Final = Command(
+    name="check",
+    help="connect, and report the server, pool, latency, standby and migrations",
+    description=__doc__,
+    run=run,
+    add_arguments=add_arguments,
+)
 
 
 def _alembic_config(given: str | None) -> Path | None:
@@ -90,7 +93,10 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
         # Read at connect(), as the app reads it (db.stats().durability).
         durability = db.stats().durability
         failed = require_standby and not (durability is not None and durability.commits_wait)
-        report.say("standby", _describe_standbys(db, durability), failed=failed)
+        if durability is None:
+            report.say("standby", f"not applicable to {db.url.get_backend_name()}", failed=failed)
+        else:
+            report.say("standby", durability.describe(), failed=failed)
         if config is None:
             report.say("migrations", "no alembic.ini here; give one with --config to check it")
         else:
@@ -100,9 +106,8 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
 
 def _server(db: Database) -> str:
     assert db.server is not None  # connected
-    rules = backend(db.server.backend)
     version = ".".join(str(part) for part in db.server.version)
-    return f"{rules.title or db.server.backend} {version}".strip()
+    return f"{db.server.title} {version}".strip()
 
 
 def _pool(db: Database) -> str:
@@ -136,12 +141,6 @@ async def _latency(db: Database) -> str:
         f"{statistics.median(samples):.2f} ms median of {ROUND_TRIPS} round trips "
         f"(SELECT 1; max {max(samples):.2f} ms)"
     )
-
-
-def _describe_standbys(db: Database, durability: Durability | None) -> str:
-    if durability is None:
-        return f"not applicable to {db.url.get_backend_name()}"
-    return durability.describe()
 
 
 async def _migrations(db: Database, config: Path, report: _Report) -> None:

@@ -1,17 +1,51 @@
-"""What every subcommand shares: finding the application's Database."""
+"""What every subcommand shares: how it is described, and finding the application's
+Database."""
 
 from __future__ import annotations
 
 import argparse
 import pkgutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from dbscope import ConfigurationError, Database
+
+# The settings options as a usage line shows them (--env-file goes with --prefix).
+SETTINGS_USAGE: Final = "[--app MODULE:ATTRIBUTE | --prefix PREFIX]"
 
 
 class CommandFailed(Exception):
     """A subcommand's check failed; the message says which and why (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand of ``dbscope``.
+
+    Attributes:
+        name: its name on the command line.
+        help: its line in ``dbscope --help``.
+        description: its ``--help`` text (the module's docstring).
+        run: runs it with the parsed arguments and those it passes through; the exit code.
+        add_arguments: adds its own options, if it has any.
+        passes_on: what it hands on unread (to Alembic, to the client) after dbscope's
+            options, as its usage line shows it; None: it refuses arguments it does not know.
+    """
+
+    name: str
+    help: str
+    description: str | None
+    run: Callable[[argparse.Namespace, list[str]], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    passes_on: str | None = None
+
+    @property
+    def usage(self) -> str | None:
+        """Its usage line, where argparse's would not show what it hands on."""
+        return None if self.passes_on is None else f"%(prog)s {SETTINGS_USAGE} {self.passes_on}"
 
 
 def add_settings_options(parser: argparse.ArgumentParser) -> None:

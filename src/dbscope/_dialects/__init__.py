@@ -9,6 +9,8 @@ codes from its errors.
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from collections.abc import Sequence
 from typing import Final
 
 from sqlalchemy.engine import URL
@@ -49,6 +51,7 @@ __all__ = [
     "Replication",
     "Standbys",
     "backend",
+    "client_command",
     "driver",
     "resolve_async_url",
 ]
@@ -107,3 +110,29 @@ def resolve_async_url(url: URL) -> URL:
         )
         raise ValueError(message)
     return url.set(drivername=f"{prefix}+{name}")
+
+
+def client_command(url: URL, arguments: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line that opens ``url``'s database in its own client, the first of its
+    programs on the PATH, followed by ``arguments``; and the variables to add to its
+    environment (the password: a command line is shown to every user of the machine).
+
+    Raises:
+        ValueError: dbscope knows no client for the database (an in-memory SQLite one lives
+            inside the application's connection), or none of its clients is on the PATH.
+    """
+    client = backend(url.get_backend_name()).client(url)
+    if client is None:
+        message = (
+            f"No client can open {url.render_as_string(hide_password=True)!r}: an in-memory "
+            "SQLite database lives inside the application's one connection, "
+            "and other databases' clients are not known to dbscope."
+        )
+        raise ValueError(message)
+    for program in client.programs:
+        path = shutil.which(program)
+        if path is not None:
+            return [path, *client.arguments, *arguments], dict(client.environment)
+    names = " or ".join(client.programs)
+    message = f"A shell on this database runs {names}, and none is on the PATH: {client.install}."
+    raise ValueError(message)
