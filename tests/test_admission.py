@@ -15,10 +15,11 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
 
+import dbscope.otel
 from dbscope import ConfigurationError, Database, DatabaseUnavailableError
-from dbscope.fastapi._dependencies import early_retries
 from dbscope.fastapi._early_retries import EarlyRetries
 from tests.helpers import app_with, client_for
+from tests.otel_readings import metered as metered_sdk
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 
@@ -221,33 +222,37 @@ async def test_a_client_that_comes_back_before_its_retry_after_gets_its_503_late
     """A client refused for a full line that asks again at once is held until its Retry-After
     has passed and answered 503 without asking the pool; its next request runs as any other;
     another client is refused at once all the same."""
-    async with Database(database_url, pool_max_waiters=0, pool_timeout=30, **ONE_CONNECTION) as db:
-        holder = Holder(db)
-        app = build_app(db, holder)
-        early, other = client_at(app, 1), client_at(app, 2)
-        async with client_for(app) as client, early, other:
-            held = asyncio.ensure_future(client.get("/hold"))
-            await holder.holding.wait()
-            first = await early.get("/query")
-            again = asyncio.ensure_future(early.get("/query"))
-            someone_else = await other.get("/query")
-            late = await again  # the line is still full: it would have been refused too
-            holder.release.set()
-            served = await held
-            next_one = await early.get("/query")
-            stats = db.stats()
+    options: dict[str, Any] = {"pool_max_waiters": 0, "pool_timeout": 30, **ONE_CONNECTION}
+    with metered_sdk() as sdk:
+        async with Database(database_url, **options) as db:
+            dbscope.otel.instrument(db, meter_provider=sdk.provider)
+            holder = Holder(db)
+            app = build_app(db, holder)
+            early, other = client_at(app, 1), client_at(app, 2)
+            async with client_for(app) as client, early, other:
+                held = asyncio.ensure_future(client.get("/hold"))
+                await holder.holding.wait()
+                first = await early.get("/query")
+                again = asyncio.ensure_future(early.get("/query"))
+                someone_else = await other.get("/query")
+                late = await again  # the line is still full: it would have been refused too
+                holder.release.set()
+                served = await held
+                next_one = await early.get("/query")
+                stats, readings = db.stats(), sdk.read()
     assert [first.status_code, someone_else.status_code, late.status_code] == [503, 503, 503]
     assert "asked again before the Retry-After" in late.json()["detail"]["message"]
     assert late.headers["Retry-After"] == "1"
     assert stats.refused == 2  # the first and someone else's: the early retry never asked
-    assert early_retries(db).held == 1
+    assert readings.value("dbscope.pool.held_early_retries", db.name) == stats.held == 1
     assert [served.status_code, next_one.status_code] == [200, 200]
 
 
 async def test_a_client_that_waited_out_its_retry_after_is_not_held() -> None:
     """Coming back after the Retry-After it was given, a client is not held; another client
     never was; a refusal remembered once is forgotten when its client returns."""
-    early = EarlyRetries()
+    holds: list[None] = []
+    early = EarlyRetries(lambda: holds.append(None))
     scope = {"client": ("127.0.0.1", 5000)}
     early.refused(scope, 0.01)
     await asyncio.sleep(0.02)
@@ -256,17 +261,18 @@ async def test_a_client_that_waited_out_its_retry_after_is_not_held() -> None:
     assert not await early.hold({"client": None})
     early.refused(scope, 30)
     early.refused({"client": ("127.0.0.1", 5002)}, 30)
-    assert early.held == 0
+    assert holds == []
     assert len(early._until) == 2
 
 
 async def test_the_refused_clients_remembered_are_bounded() -> None:
     """Beyond max_clients, the oldest refused client is forgotten (and so never held)."""
-    early = EarlyRetries(max_clients=3)
+    holds: list[None] = []
+    early = EarlyRetries(lambda: holds.append(None), max_clients=3)
     for port in range(5):
         early.refused({"client": ("127.0.0.1", port)}, 30)
     assert not await early.hold({"client": ("127.0.0.1", 0)})
-    assert early.held == 0
+    assert holds == []
     assert list(early._until) == [("127.0.0.1", port) for port in range(2, 5)]
 
 

@@ -61,6 +61,8 @@ class Lifecycle:
 
     Attributes:
         retries: units of work re-run after a conflict, over the Database's life.
+        held: requests held until their client's Retry-After had passed, over its life
+            (``dbscope.fastapi``'s early retries).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Lifecycle:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.retries = 0
+        self.held = 0
         self._observers: list[EngineObserver] = []
         # The engine connect() built and its counters, until dispose(); never a bound one.
         self._running: tuple[AsyncEngine, PoolCounters] | None = None
@@ -89,6 +92,10 @@ class Lifecycle:
     def count_retry(self) -> None:
         """Count one unit of work re-run after a conflict."""
         self.retries += 1
+
+    def count_held(self) -> None:
+        """Count one request held until its client's Retry-After had passed."""
+        self.held += 1
 
     def observe(self, observer: EngineObserver) -> None:
         """Tell ``observer`` of the engine now (if connected) and of each one to come."""
@@ -208,7 +215,7 @@ class Lifecycle:
         """The pool's numbers now."""
         if self._counters is None or self._engine is None:
             raise LifecycleError(self.not_connected_message())
-        stats = self._counters.stats()
+        stats = dataclasses.replace(self._counters.stats(), held=self.held)
         if self.state == "connected" and self.durability.reading is not None:
             stats = dataclasses.replace(stats, durability=self.durability.reading)
         return stats

@@ -156,6 +156,13 @@ OBSERVED: Final = (
         "Checkouts refused at once: pool_max_waiters were already waiting.",
     ),
     Observed(
+        "dbscope.pool.held_early_retries",
+        True,
+        PoolReporter.holds,
+        "{request}",
+        "Requests held until Retry-After had passed: their client asked again before it.",
+    ),
+    Observed(
         "dbscope.pool.invalidations",
         True,
         PoolReporter.invalidations,

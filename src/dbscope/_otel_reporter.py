@@ -229,3 +229,7 @@ class PoolReporter:
     def retries(self) -> list[Observation]:
         """Units of work re-run after a conflict."""
         return self._count(self._lifecycle.retries)
+
+    def holds(self) -> list[Observation]:
+        """Requests held until their client's Retry-After had passed."""
+        return self._count(self._lifecycle.held)

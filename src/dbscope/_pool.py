@@ -284,6 +284,9 @@ class PoolStats:
             connect().
         refused: requests refused at once since connect(), because ``pool_max_waiters``
             requests already waited.
+        held: requests of clients that asked again before the ``Retry-After`` of such a
+            refusal had passed, held until it had and answered 503 without asking the pool
+            (``dbscope.fastapi``), over the Database's life.
         replicas: each read replica's numbers (:class:`ReplicaStats`); empty without.
         fallbacks: read-only units that ran on the primary instead of a replica, by why:
             ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
@@ -305,6 +308,7 @@ class PoolStats:
     waiting: int = 0
     timeouts: int = 0
     refused: int = 0
+    held: int = 0
     replicas: tuple[ReplicaStats, ...] = ()
     fallbacks: tuple[tuple[str, int], ...] = ()
     durability: Durability | None = None

@@ -35,7 +35,8 @@ def early_retries(db: "Database") -> EarlyRetries:
     """The clients ``db``'s requests refused for a full wait line (``_early_retries.py``)."""
     found = _early_retries.get(db)
     if found is None:
-        found = _early_retries[db] = EarlyRetries()
+        # Its holds are counted where db.stats() and the metrics read them.
+        found = _early_retries[db] = EarlyRetries(db._lifecycle.count_held)
     return found
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Hashable, MutableMapping
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, Final
 
 # Clients remembered at most: a refusal adds one, the oldest is forgotten first. A hold lasts
@@ -32,13 +32,14 @@ MAX_CLIENTS: Final = 10_000
 class EarlyRetries:
     """When each recently refused client may come back; see the module's docstring.
 
-    Attributes:
-        held: requests held so far because their client came back early.
+    Args:
+        count_held: called for each request held (the Database counts them in its stats).
+        max_clients: refused clients remembered at most.
     """
 
-    def __init__(self, max_clients: int = MAX_CLIENTS) -> None:
+    def __init__(self, count_held: Callable[[], None], max_clients: int = MAX_CLIENTS) -> None:
         self.max_clients = max_clients
-        self.held = 0
+        self._count_held = count_held
         self._until: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
 
     def refused(self, scope: MutableMapping[str, Any], retry_after: float) -> None:
@@ -64,7 +65,7 @@ class EarlyRetries:
         delay = until - asyncio.get_running_loop().time()
         if delay <= 0:
             return False
-        self.held += 1
+        self._count_held()
         await asyncio.sleep(delay)
         return True
 
