@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -47,12 +46,22 @@ from benchmarks.pgbouncer_targets import (
     Target,
     target_env,
 )
-from benchmarks.replica_throughput import Settings, _with_loadgen, _with_wrk, cpu_seconds
+from benchmarks.throughput import (
+    Settings,
+    add_throughput_options,
+    measure_load,
+    median_of,
+    parse_throughput_args,
+    round_ratios,
+    spread_of,
+)
 from benchmarks.variants.common import bench_settings
 
 RESULTS: Final = servers.ROOT / "benchmarks" / "results"
 BOUNCER: Final = servers.ROOT / "tests" / "pgbouncer" / "bouncer"
 PATHS: Final = ("/db", "/updates?q=5")
+FULL: Final = {"rounds": 3, "duration": 3.0, "spread": 8.0}
+SMOKE: Final = {"rounds": 1, "duration": 1.0, "spread": 2.0}
 
 
 @dataclass(frozen=True)
@@ -77,23 +86,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="dbscope through PgBouncer: throughput, and server connections per app.",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds in all")
-    parser.add_argument("--rounds", type=int, help="throughput rounds (3)")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (3)")
-    parser.add_argument("--connections", type=int, default=64, help="throughput clients (64)")
+    add_throughput_options(parser, FULL)
     parser.add_argument("--processes", type=int, default=4, help="app processes (4)")
     parser.add_argument("--spread", type=float, help="seconds of load on the processes (8)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
-    args = parser.parse_args(argv)
-    defaults = {"rounds": 3, "duration": 3.0, "spread": 8.0}
-    smoke = {"rounds": 1, "duration": 1.0, "spread": 2.0}
-    for name, value in (smoke if args.smoke else defaults).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    at_least_one = ("rounds", "connections", "processes")
+    args = parse_throughput_args(parser, argv, full=FULL, smoke=SMOKE, at_least_one=at_least_one)
     if args.smoke:
-        args.connections, args.processes = min(args.connections, 8), min(args.processes, 2)
-    for name in ("rounds", "connections", "processes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+        args.processes = min(args.processes, 2)
     if args.duration <= 0 or args.spread <= 0:
         parser.error("--duration and --spread must be positive numbers of seconds")
     return args
@@ -202,22 +202,17 @@ def throughput(url: str, args: argparse.Namespace) -> list[Run]:
 def _load(
     server: servers.Server, target: Target, path: str, settings: Settings, number: int
 ) -> Run:
-    cpu = cpu_seconds(server.pid)
-    if settings.use_wrk:
-        measured = _with_wrk(server.port, path, settings, None)
-    else:
-        measured = _with_loadgen(server.port, path, settings, None)
-    cpu = cpu_seconds(server.pid) - cpu
+    measured = measure_load(server, path, settings)
     return Run(
         round=number,
         target=target.key,
         path=path,
         tool=measured.tool,
-        requests_per_second=round(measured.requests_per_second, 1),
-        p50_ms=None if measured.p50_ms is None else round(measured.p50_ms, 2),
-        p99_ms=None if measured.p99_ms is None else round(measured.p99_ms, 2),
+        requests_per_second=measured.requests_per_second,
+        p50_ms=measured.p50_ms,
+        p99_ms=measured.p99_ms,
         failures=measured.failures,
-        cpu_us_per_request=round(cpu / measured.requests * 1e6, 1) if measured.requests else None,
+        cpu_us_per_request=measured.cpu_us_per_request,
     )
 
 
@@ -231,42 +226,22 @@ def summary(runs: list[Run]) -> dict[str, Any]:
             cells[f"{target.key} {path}"] = {
                 "target": target.label,
                 "path": path,
-                "requests_per_second": _spread([run.requests_per_second for run in mine]),
-                "p50_ms": _median([run.p50_ms for run in mine]),
-                "p99_ms": _median([run.p99_ms for run in mine]),
-                "cpu_us_per_request": _median([run.cpu_us_per_request for run in mine]),
+                "requests_per_second": spread_of([run.requests_per_second for run in mine]),
+                "p50_ms": median_of([run.p50_ms for run in mine]),
+                "p99_ms": median_of([run.p99_ms for run in mine]),
+                "cpu_us_per_request": median_of([run.cpu_us_per_request for run in mine]),
                 "failures": sum(run.failures for run in mine),
             }
-    rate = {(run.round, run.target, run.path): run.requests_per_second for run in runs}
+    rate = {(run.round, (run.target, run.path)): run.requests_per_second for run in runs}
     ratios = {}
     for target in (TRANSACTION, PREPARED):
         for path in PATHS:
-            values = [
-                rate[(number, target.key, path)] / rate[(number, DIRECT.key, path)]
-                for number in sorted({run.round for run in runs})
-                if rate.get((number, DIRECT.key, path))
-            ]
             ratios[f"{target.key} {path}"] = {
                 "target": target.label,
                 "path": path,
-                **_spread(values),
+                **round_ratios(rate, (target.key, path), (DIRECT.key, path)),
             }
     return {"cells": cells, "ratios": ratios, "runs": [asdict(run) for run in runs]}
-
-
-def _spread(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [value for value in values if value is not None]
-    return round(statistics.median(known), 2) if known else None
 
 
 def _command(argv: Sequence[str] | None) -> str:

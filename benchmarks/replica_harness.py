@@ -24,11 +24,14 @@ from benchmarks.environment import describe_environment
 from benchmarks.harness import _affinity
 from benchmarks.replica_cluster import ClusterError
 from benchmarks.replica_pairs import Phase, run_phase
-from benchmarks.replica_throughput import Settings, measure, summary
+from benchmarks.replica_throughput import measure, summary
+from benchmarks.throughput import Settings, add_throughput_options, parse_throughput_args
 
 RESULTS: Final = servers.ROOT / "benchmarks" / "results"
 # A phase's pairs are cut short after this many seconds, and said so.
 PHASE_LIMIT: Final = {False: 600.0, True: 30.0}
+FULL: Final = {"pairs": 10_000, "clients": 16, "rounds": 5, "duration": 3.0, "down": 5.0}
+SMOKE: Final = {"pairs": 200, "clients": 4, "rounds": 1, "duration": 1.0, "down": 1.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,23 +44,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, help="write-then-read pairs per phase (10000)")
     parser.add_argument("--clients", type=int, help="concurrent pair clients (16)")
     parser.add_argument("--delay", type=int, default=50, help="replica apply delay, ms (50)")
-    parser.add_argument("--rounds", type=int, help="throughput rounds (5)")
-    parser.add_argument("--duration", type=float, help="seconds per throughput run (3)")
-    parser.add_argument("--connections", type=int, default=64, help="throughput clients (64)")
+    add_throughput_options(parser, FULL)
     parser.add_argument("--down", type=float, help="seconds the replica is stopped (5)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
-    args = parser.parse_args(argv)
-    small = args.smoke
-    defaults = {"pairs": 10_000, "clients": 16, "rounds": 5, "duration": 3.0, "down": 5.0}
-    smoke = {"pairs": 200, "clients": 4, "rounds": 1, "duration": 1.0, "down": 1.0}
-    for name, value in (smoke if small else defaults).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if small:
-        args.connections = min(args.connections, 8)
-    for name in ("pairs", "clients", "rounds", "connections", "delay", "duration"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    at_least_one = ("pairs", "clients", "rounds", "connections", "delay", "duration")
+    args = parse_throughput_args(parser, argv, full=FULL, smoke=SMOKE, at_least_one=at_least_one)
     if args.down < 0:
         parser.error(f"--down must be 0 or more seconds, got {args.down}")
     return args

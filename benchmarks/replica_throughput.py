@@ -13,19 +13,16 @@ smoke mode).
 from __future__ import annotations
 
 import asyncio
-import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
-from benchmarks import loadgen, wrk
-from benchmarks.config import LOAD_CORE
+from benchmarks import loadgen
 from benchmarks.replica_pairs import TOKEN_HEADER, served, stats
-from benchmarks.servers import HOST, Server, can_pin
+from benchmarks.servers import HOST, Server
+from benchmarks.throughput import Settings, measure_load, median_of, round_ratios, spread_of
 
 # A client id no pair client uses, for the write that makes the token.
 TOKEN_CLIENT: Final = 1_000_000
@@ -89,106 +86,25 @@ async def replayed_token(port: int) -> str:
     raise RuntimeError(message)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How each load runs: its clients, seconds, and whether wrk (else loadgen.py) sends it."""
-
-    connections: int
-    duration: float
-    use_wrk: bool
-
-
 def run_load(server: Server, load: Load, token: str, settings: Settings, *, number: int) -> Run:
     """One run of ``load``, with what ``/stats`` counted meanwhile and the CPU time the server
-    spent per request (its own process: what the machine's other work does not change much,
-    unlike requests/s)."""
+    spent per request."""
     headers = {TOKEN_HEADER: token} if load.token else None
     before = loadgen.run_async(stats(server.port))
-    load_with = _with_wrk if settings.use_wrk else _with_loadgen
-    cpu = cpu_seconds(server.pid)
-    measured = load_with(server.port, load.path, settings, headers)
-    cpu = cpu_seconds(server.pid) - cpu
+    measured = measure_load(server, load.path, settings, headers)
     after = loadgen.run_async(stats(server.port))
     fallbacks = sum(after["fallbacks"].values()) - sum(before["fallbacks"].values())
-    p50, p99 = measured.p50_ms, measured.p99_ms
     return Run(
         round=number,
         load=load.key,
         tool=measured.tool,
-        requests_per_second=round(measured.requests_per_second, 1),
-        p50_ms=None if p50 is None else round(p50, 2),
-        p99_ms=None if p99 is None else round(p99, 2),
+        requests_per_second=measured.requests_per_second,
+        p50_ms=measured.p50_ms,
+        p99_ms=measured.p99_ms,
         failures=measured.failures,
         served_by_replica=served(after) - served(before),
         fallbacks=fallbacks,
-        cpu_us_per_request=round(cpu / measured.requests * 1e6, 1) if measured.requests else None,
-    )
-
-
-def cpu_seconds(pid: int) -> float:
-    """The user and system CPU seconds process ``pid`` has used so far (``/proc/pid/stat``)."""
-    # After the command's name (in parentheses, which may hold spaces): utime and stime are
-    # the 12th and 13th fields.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What a load tool reported: requests/s, latency (ms), failed and completed requests."""
-
-    requests_per_second: float
-    p50_ms: float | None
-    p99_ms: float | None
-    failures: int
-    requests: int
-    tool: str
-
-
-def _with_wrk(port: int, path: str, settings: Settings, headers: dict[str, str] | None) -> Measured:
-    core = LOAD_CORE if can_pin() else None
-    report = wrk.run(
-        port,
-        path,
-        connections=settings.connections,
-        duration=settings.duration,
-        core=core,
-        headers=headers,
-    )
-    failures = report.non_2xx + report.socket_errors
-    return Measured(
-        report.requests_per_second,
-        report.p50_ms,
-        report.p99_ms,
-        failures,
-        report.requests,
-        "wrk",
-    )
-
-
-def _with_loadgen(
-    port: int, path: str, settings: Settings, headers: dict[str, str] | None
-) -> Measured:
-    result = loadgen.run_async(
-        loadgen.run_load(
-            port,
-            path,
-            connections=settings.connections,
-            duration=settings.duration,
-            headers=headers,
-        )
-    )
-    latencies = [r.latency * 1000 for r in result.responses if r.status == 200]
-    p50 = loadgen.percentile(latencies, 0.50)
-    p99 = loadgen.percentile(latencies, 0.99)
-    failures = len(result.responses) - len(latencies) + result.transport_errors
-    return Measured(
-        result.requests_per_second,
-        p50,
-        p99,
-        failures,
-        len(result.responses),
-        "benchmarks/loadgen.py",
+        cpu_us_per_request=measured.cpu_us_per_request,
     )
 
 
@@ -215,10 +131,10 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
         rates = [run.requests_per_second for run in mine]
         by_load[load.key] = {
             "label": load.label,
-            "requests_per_second": _spread(rates),
-            "p50_ms": _median([run.p50_ms for run in mine]),
-            "p99_ms": _median([run.p99_ms for run in mine]),
-            "cpu_us_per_request": _median([run.cpu_us_per_request for run in mine]),
+            "requests_per_second": spread_of(rates),
+            "p50_ms": median_of([run.p50_ms for run in mine]),
+            "p99_ms": median_of([run.p99_ms for run in mine]),
+            "cpu_us_per_request": median_of([run.cpu_us_per_request for run in mine]),
             "failures": sum(run.failures for run in mine),
             "served_by_replica": sum(run.served_by_replica for run in mine),
             "fallbacks": sum(run.fallbacks for run in mine),
@@ -227,43 +143,25 @@ def summary(runs: list[Run], settings: Settings) -> dict[str, Any]:
         "seconds": settings.duration,
         "connections": settings.connections,
         "loads": by_load,
-        "replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY)),
-        "token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA)),
-        "routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT)),
-        "direct_vs_primary": _spread(_ratios(runs, DIRECT, PRIMARY)),
-        "cpu_replica_vs_primary": _spread(_ratios(runs, REPLICA, PRIMARY, cpu=True)),
-        "cpu_token_vs_no_token": _spread(_ratios(runs, TOKEN, REPLICA, cpu=True)),
-        "cpu_routed_vs_direct": _spread(_ratios(runs, REPLICA, DIRECT, cpu=True)),
-        "cpu_direct_vs_primary": _spread(_ratios(runs, DIRECT, PRIMARY, cpu=True)),
+        "replica_vs_primary": _ratios(runs, REPLICA, PRIMARY),
+        "token_vs_no_token": _ratios(runs, TOKEN, REPLICA),
+        "routed_vs_direct": _ratios(runs, REPLICA, DIRECT),
+        "direct_vs_primary": _ratios(runs, DIRECT, PRIMARY),
+        "cpu_replica_vs_primary": _ratios(runs, REPLICA, PRIMARY, cpu=True),
+        "cpu_token_vs_no_token": _ratios(runs, TOKEN, REPLICA, cpu=True),
+        "cpu_routed_vs_direct": _ratios(runs, REPLICA, DIRECT, cpu=True),
+        "cpu_direct_vs_primary": _ratios(runs, DIRECT, PRIMARY, cpu=True),
         "runs": [asdict(run) for run in runs],
     }
 
 
-def _ratios(runs: list[Run], top: Load, bottom: Load, *, cpu: bool = False) -> list[float]:
-    """``top`` over ``bottom`` in each round: requests/s, or with ``cpu`` CPU per request."""
-    rounds = sorted({run.round for run in runs})
+def _ratios(
+    runs: list[Run], top: Load, bottom: Load, *, cpu: bool = False
+) -> dict[str, float | None]:
+    """``top`` over ``bottom`` in each round (requests/s, or with ``cpu`` CPU per request):
+    their median, min and max."""
     value = {
         (run.round, run.load): run.cpu_us_per_request if cpu else run.requests_per_second
         for run in runs
     }
-    ratios = []
-    for number in rounds:
-        high, low = value.get((number, top.key)), value.get((number, bottom.key))
-        if high is not None and low:
-            ratios.append(high / low)
-    return ratios
-
-
-def _spread(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [value for value in values if value is not None]
-    return round(statistics.median(known), 2) if known else None
+    return round_ratios(value, top.key, bottom.key)
