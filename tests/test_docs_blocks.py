@@ -65,14 +65,18 @@ def importable_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
+UNUSED_PLUGINS = ("hypothesispytest", "schemathesis", "dbscope", "anyio", "asyncio")
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """pytest in a subprocess with tests/docs_blocks.py as a plugin.
 
     Not in this process: the plugin's record of the blocks taken is this run's own. Without
-    Hypothesis' and Schemathesis' plugins, which no project uses and which cost each process
-    (pytest-xdist's workers too) about 1.3 s of CPU to load.
+    the installed plugins that no project here uses: Hypothesis' and Schemathesis' cost each
+    process (pytest-xdist's workers too) about 1.3 s of CPU to load, dbscope's (which imports
+    SQLAlchemy) about 1 s, the async plugins a little.
     """
-    unused = ("-p", "no:hypothesispytest", "-p", "no:schemathesis")
+    unused = [option for name in UNUSED_PLUGINS for option in ("-p", f"no:{name}")]
     plugins = ("-p", "tests.docs_blocks", "-p", "no:cacheprovider", *unused)
     return pytester.runpytest_subprocess(*plugins, *args)
 

@@ -1,9 +1,10 @@
-"""A request cancelled in the middle of a query leaks nothing: a thousand cancellations.
+"""A request cancelled in the middle of a query leaks nothing: a storm of cancellations.
 
-Per PostgreSQL driver, 1000 requests are cancelled while PostgreSQL runs their ``pg_sleep``,
-by three causes, a third each: a pure ASGI middleware that wraps the app in
-``asyncio.wait_for``; one that runs it in an ``anyio.move_on_after`` cancel scope; and clients
-that hang up on a streaming response served by uvicorn (tests/apps/stream_app.py). After one
+Per PostgreSQL driver, 300 requests (``DBSCOPE_CANCELLATIONS``; docs/units-of-work.md's
+figures are of 1000) are cancelled while PostgreSQL runs their ``pg_sleep``, by three causes,
+a third each: a pure ASGI middleware that wraps the app in ``asyncio.wait_for``; one that
+runs it in an ``anyio.move_on_after`` cancel scope; and clients that hang up on a streaming
+response served by uvicorn (tests/apps/stream_app.py). After one
 second of quiet the pool has nothing checked out, no connection was left to the garbage
 collector (no warning, no pool log line), no backend of the app's ``application_name`` is
 idle in a transaction, and there are at most ``pool_size + max_overflow`` of them, then and at
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,7 +41,20 @@ from tests.helpers import admin, app_with, client_for
 from tests.server import running_server
 
 APP = "stream_app:app"
-REQUESTS = {"wait_for": 334, "cancel_scope": 333, "stream": 333}
+
+
+def storm(total: int) -> dict[str, int]:
+    """``total`` requests in thirds, one per cause (the first cause takes the remainder)."""
+    third = total // 3
+    return {"wait_for": total - 2 * third, "cancel_scope": third, "stream": third}
+
+
+# Requests per driver: 300 in the suite, 100 per cause; no assertion needs more. The figures
+# of docs/units-of-work.md are of 1000 (about 75 s):
+#   DBSCOPE_CANCELLATIONS=1000 .venv/bin/pytest -s tests/reliability/test_cancellation.py
+# A leak that shows once in many cancellations is likelier found in the larger storm: run it
+# after changing what a cancellation goes through.
+REQUESTS = storm(int(os.environ.get("DBSCOPE_CANCELLATIONS", "300")))
 CONCURRENCY = 10
 POOL_SIZE = 10
 MAX_OVERFLOW = 5
