@@ -63,6 +63,9 @@ class BenchSettings:
             None leaves each library's own default.
         pool_max_waiters: dbscope's bound on the wait line (``BENCH_POOL_MAX_WAITERS``);
             None leaves it unbounded. Only dbscope's variants read it: no other layer has one.
+        pool_pre_ping_after: seconds idle before dbscope pings a connection
+            (``BENCH_POOL_PRE_PING_AFTER``); None leaves dbscope's default. Only
+            benchmarks/instructions.py sets it, whose process runs under callgrind.
     """
 
     url: str
@@ -70,6 +73,7 @@ class BenchSettings:
     max_overflow: int
     pool_timeout: float | None
     pool_max_waiters: int | None = None
+    pool_pre_ping_after: float | None = None
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -93,6 +97,8 @@ class BenchSettings:
         options = self.engine_options
         if self.pool_max_waiters is not None:
             options["pool_max_waiters"] = self.pool_max_waiters
+        if self.pool_pre_ping_after is not None:
+            options["pool_pre_ping_after"] = self.pool_pre_ping_after
         return options
 
 
@@ -108,6 +114,9 @@ def bench_settings() -> BenchSettings:
         else None,
         pool_max_waiters=int(environ["BENCH_POOL_MAX_WAITERS"])
         if environ.get("BENCH_POOL_MAX_WAITERS")
+        else None,
+        pool_pre_ping_after=float(environ["BENCH_POOL_PRE_PING_AFTER"])
+        if environ.get("BENCH_POOL_PRE_PING_AFTER")
         else None,
     )
 
