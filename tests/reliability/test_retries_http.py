@@ -122,5 +122,7 @@ async def test_every_attempt_of_a_retried_endpoint_runs_at_the_requested_isolati
     """The retry of a SERIALIZABLE request (session_with) is SERIALIZABLE too."""
     app, responses, _ = await post_two_withdrawals(db, attempts=3)
     assert statuses(responses) == [200, 200]
-    assert len(app.state.levels) == 3
-    assert app.state.levels == ["SERIALIZABLE"] * 3
+    # At least one conflict and its retry; on a slow machine the retry may overlap the other
+    # request's first run still open and conflict again (SERIALIZABLE aborts one of them).
+    assert len(app.state.levels) >= 3
+    assert set(app.state.levels) == {"SERIALIZABLE"}
