@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -137,23 +138,48 @@ class PatroniCluster:
         message = f"No new primary within {FAILOVER_TIMEOUT} s: {self.roles()}"
         raise TimeoutError(message)
 
-    def ready(self) -> bool:
-        """Whether the cluster can fail over now: a leader, and a streaming replica that is
-        its synchronous standby when ``synchronous_mode`` is on (Patroni promotes no other
-        then)."""
+    def _state(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """The members and the dynamic configuration, as the first node that answers
+        lists them; None if none does."""
         for rest in (REST_PORT, REST_PORT + 1):
             try:
                 members = httpx.get(f"http://{HOST}:{rest}/cluster", timeout=2).json()["members"]
                 config = httpx.get(f"http://{HOST}:{rest}/config", timeout=2).json()
             except (httpx.HTTPError, ValueError, KeyError):
                 continue
-            wanted = (
-                ("sync_standby",) if config.get("synchronous_mode") else ("replica", "sync_standby")
-            )
-            return any(
-                member["role"] in wanted and member["state"] == "streaming" for member in members
-            )
-        return False
+            return members, config
+        return None
+
+    def ready(self) -> bool:
+        """Whether the cluster can fail over now: a leader, and a streaming replica that is
+        its synchronous standby when ``synchronous_mode`` is on (Patroni promotes no other
+        then)."""
+        state = self._state()
+        if state is None:
+            return False
+        members, config = state
+        wanted = (
+            ("sync_standby",) if config.get("synchronous_mode") else ("replica", "sync_standby")
+        )
+        return any(
+            member["role"] in wanted and member["state"] == "streaming" for member in members
+        )
+
+    def settled(self, synchronous: bool) -> bool:
+        """Whether the cluster is as :func:`healthy` leaves it: a running leader and a
+        streaming replica, which is its synchronous standby exactly when ``synchronous``
+        (``synchronous_mode`` on)."""
+        state = self._state()
+        if state is None or bool(state[1].get("synchronous_mode")) != synchronous:
+            return False
+        roles = {(member["role"], member["state"]) for member in state[0]}
+        standby = ("sync_standby", "streaming") if synchronous else ("replica", "streaming")
+        listed_as_sync = any(role == "sync_standby" for role, _ in roles)
+        return (
+            ("leader", "running") in roles
+            and standby in roles
+            and (synchronous or not listed_as_sync)
+        )
 
     async def wait_ready(self) -> None:
         """Wait until :meth:`ready`."""
@@ -205,10 +231,17 @@ def alone() -> Iterator[None]:
 async def healthy(cluster: PatroniCluster, *, synchronous: bool = True) -> AsyncIterator[None]:
     """A leader and a streaming replica before the block, with ``synchronous_mode`` as
     asked; after it, a node the block killed rejoined and synchronous mode back on."""
-    await cluster.rejoin()
-    await cluster.synchronous(synchronous)
+    await _settle(cluster, synchronous)
     try:
         yield
     finally:
-        await cluster.rejoin()
-        await cluster.synchronous(True)
+        await _settle(cluster, True)
+
+
+async def _settle(cluster: PatroniCluster, synchronous: bool) -> None:
+    """Rejoin a killed node and set ``synchronous_mode``, unless the cluster is so already
+    (asked over its REST API in this process: the script's checks start interpreters)."""
+    if await anyio.to_thread.run_sync(cluster.settled, synchronous):
+        return
+    await cluster.rejoin()
+    await cluster.synchronous(synchronous)
