@@ -1,86 +1,44 @@
 """The `dbscope` command, run as a subprocess with nothing but the settings each test gives.
 
-Every run starts from this process's environment without any database setting. The test
-servers trust their users, so a PostgreSQL URL with a password connects whatever the
-password; on MariaDB a user of the test's own has one, which the client must be given.
+Every run starts from this process's environment without any database setting
+(tests/cli_runs.py). `dbscope check`, `dbscope migrate` and the guide's lines here;
+`dbscope shell` in tests/test_cli_shell.py.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dbscope import Database
 from dbscope import alembic as migrations
 from dbscope._cli import main
 from dbscope.testing import own_database
+from tests.cli_runs import SECRET, dbscope, nowhere, output_of
 from tests.documented import ROOT, block_containing
 from tests.helpers import (
-    SERVER_BACKENDS,
-    admin,
     postgres_parts,
     without_settings,
     without_tables,
 )
-from tests.server import free_port
 
-DBSCOPE = str(Path(sys.executable).with_name("dbscope"))
-SECRET = "Pa55-w0rd-nobody-sees"
+# The fixture secret_url.
+pytest_plugins = ["tests.cli_fixtures"]
+
 EXAMPLE_INI = ROOT / "examples" / "notes" / "alembic.ini"
-CLIENTS = {"psql", "mariadb", "mysql", "sqlite3"}
-
-
-async def dbscope(
-    *arguments: str, environment: Mapping[str, str], cwd: Path = ROOT
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the installed `dbscope` command with only ``environment``'s settings."""
-    return await anyio.run_process(
-        [DBSCOPE, *arguments], env=without_settings(**environment), cwd=cwd, check=False
-    )
-
-
-def output_of(done: subprocess.CompletedProcess[bytes]) -> str:
-    """What a run wrote, stdout then stderr."""
-    return (done.stdout + done.stderr).decode()
 
 
 def lines(text: str) -> dict[str, str]:
     """`name: value` lines of `dbscope check`, by name."""
     found = (re.match(r"(\w+):\s+(.*)", line) for line in text.splitlines())
     return {match[1]: match[2] for match in found if match}
-
-
-@pytest.fixture
-async def mysql_user_url(mysql_url: str) -> AsyncIterator[str]:
-    """The MariaDB URL as a user of the test's own, whose password the server checks."""
-    url = make_url(mysql_url)
-    user = f"{url.database}_cli"
-    async with admin(mysql_url) as connection:
-        await connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
-        await connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{SECRET}'"))
-        await connection.execute(text(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))
-    yield url.set(username=user, password=SECRET).render_as_string(hide_password=False)
-    async with admin(mysql_url) as connection:
-        await connection.execute(text(f"DROP USER '{user}'@'%'"))
-
-
-@pytest.fixture
-def secret_url(request: pytest.FixtureRequest, database_url: str, db_backend: str) -> str:
-    """The test database's URL with a password it is reached with (none for SQLite)."""
-    if db_backend == "sqlite":
-        return database_url
-    if db_backend == "asyncmy":
-        return str(request.getfixturevalue("mysql_user_url"))
-    return make_url(database_url).set(password=SECRET).render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -96,11 +54,6 @@ def example_clean(database_url: str) -> Iterator[str]:
 def example_tables(database_url: str) -> Iterator[str]:
     """The test database's URL, without the example's tables before and after the test."""
     yield from without_tables(database_url, "example_notes", "example_authors", "alembic_version")
-
-
-def nowhere() -> str:
-    """A PostgreSQL URL with a password, at a port nothing listens on."""
-    return f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app"
 
 
 # -- dbscope check -----------------------------------------------------------------------------
@@ -348,118 +301,6 @@ async def test_migrate_without_an_alembic_command_shows_alembics_usage() -> None
     done = await dbscope("migrate", environment={})
     assert done.returncode == 2
     assert "usage: dbscope migrate" in done.stderr.decode()
-
-
-# -- dbscope shell -----------------------------------------------------------------------------
-
-
-async def run_shell(
-    environment: Mapping[str, str], statements: str, *arguments: str
-) -> tuple[list[str], dict[str, str], str, int]:
-    """Run `dbscope shell` feeding ``statements``; the client's argv and environment as the
-    kernel shows them (/proc), its output, and its exit code."""
-    command = [DBSCOPE, "shell", *arguments]
-    async with await anyio.open_process(command, env=without_settings(**environment)) as process:
-        proc = Path(f"/proc/{process.pid}")
-        with anyio.fail_after(30):
-            while not (argv := client_argv(proc)):
-                assert process.returncode is None, "dbscope shell ended before its client ran"
-                await anyio.sleep(0.01)
-        pairs = proc.joinpath("environ").read_bytes().decode().split("\0")[:-1]
-        variables = dict(pair.split("=", 1) for pair in pairs)
-        assert process.stdin is not None
-        assert process.stdout is not None
-        await process.stdin.send(statements.encode())
-        await process.stdin.aclose()
-        output = b"".join([chunk async for chunk in process.stdout]).decode()
-        code = await process.wait()
-    return argv, variables, output, code
-
-
-def client_argv(proc: Path) -> list[str]:
-    """The argument list of the process ``proc``, once it runs a database client; else [].
-
-    The client's own, not a wrapper's (Debian's psql is a Perl script that runs the real
-    one), and not read mid-exec, when the new program is there but its arguments not yet.
-    """
-    argv = proc.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
-    ready = proc.joinpath("exe").resolve().name in CLIENTS and argv
-    return argv if ready and Path(argv[0]).name in CLIENTS else []
-
-
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-async def test_shell_gives_the_client_the_password_in_its_environment_only(
-    secret_url: str,
-) -> None:
-    """psql or mariadb runs the statements; the password is in its environment, not argv."""
-    argv, variables, output, code = await run_shell(
-        {"DATABASE_URL": secret_url}, "SELECT 40 + 2 AS answer;\n"
-    )
-    assert code == 0, output
-    assert "42" in output
-    assert Path(argv[0]).name in CLIENTS
-    assert not any(SECRET in argument for argument in argv)
-    assert SECRET in (variables.get("PGPASSWORD"), variables.get("MYSQL_PWD"))
-
-
-@pytest.mark.parametrize("db_backend", ["asyncmy"])
-async def test_shell_connects_to_mariadb_as_the_urls_user_with_its_password(
-    secret_url: str,
-) -> None:
-    """MariaDB checks the password: the client is in as the URL's user."""
-    _, _, output, code = await run_shell({"DATABASE_URL": secret_url}, "SELECT CURRENT_USER();\n")
-    assert code == 0, output
-    assert f"{make_url(secret_url).username}@%" in output
-
-
-@pytest.mark.parametrize("db_backend", ["asyncpg"])
-async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url: str) -> None:
-    """`dbscope shell -- -c 'SELECT ...'` runs psql's own -c."""
-    query = ("--", "-c", "SELECT 'from -c' AS said")
-    done = await dbscope("shell", *query, environment={"DATABASE_URL": secret_url})
-    assert done.returncode == 0, output_of(done)
-    assert "from -c" in done.stdout.decode()
-
-
-async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
-    """A SQLite URL opens sqlite3 on its file."""
-    file = make_url(sqlite_url).database or ""
-    async with admin(sqlite_url) as connection:
-        await connection.execute(text("CREATE TABLE t (x INTEGER)"))
-        await connection.execute(text("INSERT INTO t VALUES (7)"))
-    argv, _, output, code = await run_shell({"DATABASE_URL": sqlite_url}, "SELECT x * 6 FROM t;\n")
-    assert code == 0, output
-    assert output.strip() == "42"
-    assert argv[1:] == [file]
-
-
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
-async def test_the_shell_command_from_code_has_the_password_in_its_variables_only(
-    secret_url: str,
-) -> None:
-    """db.shell_command(), what `dbscope shell` runs: the client first, the arguments given
-    last, the password only in the variables to add to its environment."""
-    argv, variables = Database(secret_url).shell_command("--", "given")
-    assert Path(argv[0]).name in CLIENTS
-    assert argv[-2:] == ["--", "given"]
-    assert not any(SECRET in argument for argument in argv)
-    assert SECRET in variables.values()
-
-
-async def test_shell_of_an_in_memory_database_exits_2() -> None:
-    """An in-memory SQLite database has no shell: exit 2, saying why."""
-    done = await dbscope("shell", environment={"DATABASE_URL": "sqlite+aiosqlite://"})
-    assert done.returncode == 2
-    assert "in-memory SQLite database" in done.stderr.decode()
-
-
-async def test_shell_without_the_client_installed_exits_2_with_how_to_install_it() -> None:
-    """No psql on the PATH: exit 2 naming the package to install."""
-    environment = {"DATABASE_URL": nowhere(), "PATH": "/nonexistent"}
-    done = await dbscope("shell", environment=environment)
-    assert done.returncode == 2
-    assert "runs psql, and none is on the PATH" in done.stderr.decode()
-    assert "postgresql-client" in done.stderr.decode()
 
 
 # -- the guide ---------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""`dbscope shell`, run as a subprocess with nothing but the settings each test gives: the
+client opened on the database, the password in its environment only.
+
+The test servers trust their users, so a PostgreSQL URL with a password connects whatever the
+password; on MariaDB a user of the test's own has one, which the client must be given. The
+other commands are in tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from dbscope import Database
+from tests.cli_runs import DBSCOPE, SECRET, dbscope, nowhere, output_of
+from tests.helpers import SERVER_BACKENDS, admin, without_settings
+
+# The fixtures secret_url and mysql_user_url.
+pytest_plugins = ["tests.cli_fixtures"]
+
+CLIENTS = {"psql", "mariadb", "mysql", "sqlite3"}
+
+
+async def run_shell(
+    environment: Mapping[str, str], statements: str, *arguments: str
+) -> tuple[list[str], dict[str, str], str, int]:
+    """Run `dbscope shell` feeding ``statements``; the client's argv and environment as the
+    kernel shows them (/proc), its output, and its exit code."""
+    command = [DBSCOPE, "shell", *arguments]
+    async with await anyio.open_process(command, env=without_settings(**environment)) as process:
+        proc = Path(f"/proc/{process.pid}")
+        with anyio.fail_after(30):
+            while not (argv := client_argv(proc)):
+                assert process.returncode is None, "dbscope shell ended before its client ran"
+                await anyio.sleep(0.01)
+        pairs = proc.joinpath("environ").read_bytes().decode().split("\0")[:-1]
+        variables = dict(pair.split("=", 1) for pair in pairs)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        await process.stdin.send(statements.encode())
+        await process.stdin.aclose()
+        output = b"".join([chunk async for chunk in process.stdout]).decode()
+        code = await process.wait()
+    return argv, variables, output, code
+
+
+def client_argv(proc: Path) -> list[str]:
+    """The argument list of the process ``proc``, once it runs a database client; else [].
+
+    The client's own, not a wrapper's (Debian's psql is a Perl script that runs the real
+    one), and not read mid-exec, when the new program is there but its arguments not yet.
+    """
+    argv = proc.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
+    ready = proc.joinpath("exe").resolve().name in CLIENTS and argv
+    return argv if ready and Path(argv[0]).name in CLIENTS else []
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_shell_gives_the_client_the_password_in_its_environment_only(
+    secret_url: str,
+) -> None:
+    """psql or mariadb runs the statements; the password is in its environment, not argv."""
+    argv, variables, output, code = await run_shell(
+        {"DATABASE_URL": secret_url}, "SELECT 40 + 2 AS answer;\n"
+    )
+    assert code == 0, output
+    assert "42" in output
+    assert Path(argv[0]).name in CLIENTS
+    assert not any(SECRET in argument for argument in argv)
+    assert SECRET in (variables.get("PGPASSWORD"), variables.get("MYSQL_PWD"))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+async def test_shell_connects_to_mariadb_as_the_urls_user_with_its_password(
+    secret_url: str,
+) -> None:
+    """MariaDB checks the password: the client is in as the URL's user."""
+    _, _, output, code = await run_shell({"DATABASE_URL": secret_url}, "SELECT CURRENT_USER();\n")
+    assert code == 0, output
+    assert f"{make_url(secret_url).username}@%" in output
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url: str) -> None:
+    """`dbscope shell -- -c 'SELECT ...'` runs psql's own -c."""
+    query = ("--", "-c", "SELECT 'from -c' AS said")
+    done = await dbscope("shell", *query, environment={"DATABASE_URL": secret_url})
+    assert done.returncode == 0, output_of(done)
+    assert "from -c" in done.stdout.decode()
+
+
+async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
+    """A SQLite URL opens sqlite3 on its file."""
+    file = make_url(sqlite_url).database or ""
+    async with admin(sqlite_url) as connection:
+        await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        await connection.execute(text("INSERT INTO t VALUES (7)"))
+    argv, _, output, code = await run_shell({"DATABASE_URL": sqlite_url}, "SELECT x * 6 FROM t;\n")
+    assert code == 0, output
+    assert output.strip() == "42"
+    assert argv[1:] == [file]
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_the_shell_command_from_code_has_the_password_in_its_variables_only(
+    secret_url: str,
+) -> None:
+    """db.shell_command(), what `dbscope shell` runs: the client first, the arguments given
+    last, the password only in the variables to add to its environment."""
+    argv, variables = Database(secret_url).shell_command("--", "given")
+    assert Path(argv[0]).name in CLIENTS
+    assert argv[-2:] == ["--", "given"]
+    assert not any(SECRET in argument for argument in argv)
+    assert SECRET in variables.values()
+
+
+async def test_shell_of_an_in_memory_database_exits_2() -> None:
+    """An in-memory SQLite database has no shell: exit 2, saying why."""
+    done = await dbscope("shell", environment={"DATABASE_URL": "sqlite+aiosqlite://"})
+    assert done.returncode == 2
+    assert "in-memory SQLite database" in done.stderr.decode()
+
+
+async def test_shell_without_the_client_installed_exits_2_with_how_to_install_it() -> None:
+    """No psql on the PATH: exit 2 naming the package to install."""
+    environment = {"DATABASE_URL": nowhere(), "PATH": "/nonexistent"}
+    done = await dbscope("shell", environment=environment)
+    assert done.returncode == 2
+    assert "runs psql, and none is on the PATH" in done.stderr.decode()
+    assert "postgresql-client" in done.stderr.decode()
