@@ -87,6 +87,13 @@ async def measure(
     }
 
 
+def use_uvicorns_loop() -> None:
+    """Run on uvloop where it is installed, as uvicorn does."""
+    if importlib.util.find_spec("uvloop") is not None:
+        uvloop = importlib.import_module("uvloop")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main() -> int:
     """Measure, print and write the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,9 +103,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=RESULTS)
     arguments = parser.parse_args()
-    if importlib.util.find_spec("uvloop") is not None:  # uvicorn's loop, as the servers run
-        uvloop = importlib.import_module("uvloop")
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    use_uvicorns_loop()
     variants = arguments.variants.split(",")
     figures: dict[str, dict[str, dict[str, float]]] = {}
     for workers in (int(count) for count in arguments.workers.split(",")):

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -44,6 +42,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import data
+from benchmarks.contention import send, use_uvicorns_loop
 from benchmarks.profiling import asgi_get
 from benchmarks.variants.common import bench_settings
 
@@ -58,24 +57,9 @@ async def serve(variant: str, workers: int, requests: int) -> None:
     """Warm ``variant`` up, then send it ``requests`` ``GET /db`` from ``workers`` tasks."""
     module = importlib.import_module(f"benchmarks.variants.{variant}")
     call = asgi_get(module.app, "/db")
-
-    async def send(count: int) -> None:
-        left = count
-
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                status = await call()
-                if status != 200:
-                    message = f"{variant} answered {status}"
-                    raise RuntimeError(message)
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-
     async with module.app.router.lifespan_context(module.app):
-        await send(WARM_UP)
-        await send(requests)
+        await send(call, WARM_UP, workers)
+        await send(call, requests, workers)
 
 
 def counted(variant: str, workers: int, requests: int, ping_after: float) -> int:
@@ -126,9 +110,7 @@ def main() -> int:
     arguments = parser.parse_args()
     if arguments.serve:  # the process callgrind counts, on uvicorn's loop where it has one
         variant, workers, requests = arguments.serve
-        if importlib.util.find_spec("uvloop") is not None:
-            uvloop = importlib.import_module("uvloop")
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        use_uvicorns_loop()
         asyncio.run(serve(variant, int(workers), int(requests)))
         return 0
     if shutil.which("valgrind") is None:
@@ -141,8 +123,7 @@ def main() -> int:
             count = per_request(variant, workers, arguments.requests, arguments.ping_after)
             figures.setdefault(variant, {})[str(workers)] = count
             print(f"{variant:24} {workers:3} workers: {count:>10,} instructions per request")
-    with contextlib.suppress(OSError):
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
