@@ -199,6 +199,10 @@ class DatabaseSettings(ReplicaSettings):
     """With ``sql_comments`` on, the request header PostgreSQL shows as the connection's
     ``application_name`` during a request (one statement more per transaction); ``"none"``:
     no header is read."""
+    defer_begin: bool = True
+    """Run a unit's reads before its first write outside a transaction, where they see the
+    same (PostgreSQL at READ COMMITTED, not behind PgBouncer): a unit that only reads sends no
+    BEGIN and no COMMIT. False: each transaction begins with its first statement."""
     raise_on_lazy_load: bool = False
     """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""
     pgbouncer: PoolerMode | None = None

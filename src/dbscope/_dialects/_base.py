@@ -257,6 +257,10 @@ class Backend:
         Left out behind PgBouncer in transaction mode, where a session's settings would stay
         with the server connection that ran them, not with the client."""
 
+    def defer_begins(self, engine: AsyncEngine) -> None:
+        """Let each unit's transaction begin at its first statement that is not a plain read,
+        where the backend and driver can; by default the transaction begins as ever."""
+
     async def idle_timeout(self, connection: Any) -> int | None:
         """Seconds after which the server closes an idle connection, if it says so."""
         return None

@@ -20,6 +20,7 @@ from dbscope._dialects._base import (
     Standbys,
     server_version,
 )
+from dbscope._dialects import deferred_begin
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
@@ -107,6 +108,8 @@ class PostgreSQL(Backend):
     """PostgreSQL's rules: ``SET LOCAL`` for every unit setting, SQLSTATEs for errors."""
 
     def begin(self, connection: Connection, wanted: Begin) -> None:
+        # First: the statements below, if any, then begin the transaction (deferred_begin.py).
+        deferred_begin.defer(connection)
         # A read-only unit on its own engine begins with BEGIN READ ONLY (an engine view, see
         # _unit_of_work); bound to a test's connection it is a savepoint, and says so here.
         if wanted.read_only and not connection.get_execution_options().get("postgresql_readonly"):
@@ -142,6 +145,11 @@ class PostgreSQL(Backend):
 
     def set_up_sessions(self, engine: AsyncEngine) -> None:
         event.listen(engine.sync_engine, "connect", _check_client_connection)
+
+    def defer_begins(self, engine: AsyncEngine) -> None:
+        status = self.drivers[engine.dialect.driver].status
+        if status is not None:
+            deferred_begin.install(engine, status)
 
     def error_code(self, orig: BaseException | None) -> str | None:
         return sqlstate(orig)

@@ -1,0 +1,154 @@
+"""A unit's reads before its first write, run without a transaction (PostgreSQL).
+
+At READ COMMITTED, PostgreSQL's default level, each statement of a transaction takes a
+snapshot of its own: a plain read (a SELECT that locks nothing and calls no function but a
+pure one) sees the same rows inside a transaction as outside one. So a unit's transaction
+begins with its first statement that is *not* a plain read (a write, a ``SET LOCAL``, a
+savepoint, SQL text, a locking read, a stream's cursor), and every statement from there on
+runs in it: a unit that fails after it wrote rolls all its writes back, as before. A unit that
+only reads sends neither BEGIN nor COMMIT, two round trips of a one-query request's three
+(docs/units-of-work.md, "When the transaction begins").
+
+The reads before the first write are run by the driver in autocommit: SQLAlchemy's adapters of
+asyncpg and psycopg send BEGIN themselves before a statement unless autocommit is on, and their
+commit and rollback do nothing when no transaction was begun. What a unit can see differs in
+one respect only: a read's lock on its tables ends with the statement, not with the unit, so a
+schema change waiting for the table may run between the unit's read and its first write.
+
+Left alone, each beginning its transaction at the first statement as ever: units at another
+isolation level (the unit's, the engine's or the server's default), connections behind
+PgBouncer in transaction mode (a read outside a transaction may reach another server
+connection than the statement it prepared), and a transaction already begun by the test that
+lends its connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+from weakref import WeakKeyDictionary, WeakSet
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect, ExecutionContext
+from sqlalchemy.engine.interfaces import Compiled
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import Select
+
+from dbscope._dialects._base import LeaseStatus
+
+READ_COMMITTED: Final = "READ COMMITTED"
+# On a pooled connection's info, from the start of a unit's transaction to its first
+# statement that is not a plain read (or to its checkin, if it only read).
+DEFERRED: Final = "dbscope.deferred_begin"
+# Functions that only compute from their arguments and the rows read: a read that calls them
+# sees and does the same outside a transaction. Any other begins the transaction first:
+# now() (the transaction's time), nextval(), pg_advisory_xact_lock(), set_config(), and any
+# function of the application's, which may write.
+PURE_FUNCTIONS: Final = frozenset(
+    {
+        # aggregates and window functions
+        "count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every", "array_agg",
+        "string_agg", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+        "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "lag", "lead",
+        "first_value", "last_value", "nth_value",
+        # comparisons, strings, numbers, JSON
+        "coalesce", "nullif", "greatest", "least", "lower", "upper", "length", "char_length",
+        "octet_length", "concat", "concat_ws", "substr", "substring", "trim", "btrim",
+        "ltrim", "rtrim", "replace", "strpos", "left", "right", "abs", "round", "floor",
+        "ceil", "ceiling", "mod", "power", "sqrt", "json_build_object", "jsonb_build_object",
+        "json_build_array", "jsonb_build_array",
+    }
+)  # fmt: skip
+
+# The dialects of the engines that defer (an engine's views share its dialect).
+_deferring: WeakSet[Dialect] = WeakSet()
+# Whether a compiled statement is a plain read: judged once per statement shape, since
+# SQLAlchemy keeps its compiled statements in a cache and hands the same one out again.
+_plain: WeakKeyDictionary[Compiled, bool] = WeakKeyDictionary()
+
+
+def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
+    """Let the units on ``engine`` begin their transactions at their first statement that is
+    not a plain read; ``status`` tells whether a driver connection is in a transaction."""
+    sync_engine = engine.sync_engine
+    _deferring.add(sync_engine.dialect)
+
+    def before_statement(
+        connection: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext,
+        executemany: bool,
+    ) -> None:
+        info = connection.info
+        if DEFERRED not in info:
+            return
+        adapted = connection.connection.dbapi_connection
+        assert adapted is not None  # a connection that runs a statement has one
+        if _plain_read(context) and status(adapted.driver_connection) == "idle":
+            if not adapted.autocommit:
+                adapted.autocommit = True
+            return
+        del info[DEFERRED]  # this statement begins the transaction, or joins the one begun
+        if adapted.autocommit:
+            adapted.autocommit = False
+
+    event.listen(sync_engine, "before_cursor_execute", before_statement)
+    event.listen(sync_engine, "checkin", _end_deferral)
+
+
+def defer(connection: Connection) -> None:
+    """Let the transaction ``connection`` has just begun (a unit's) wait for its first
+    statement that is not a plain read, where its engine and levels allow."""
+    dialect = connection.dialect
+    if (
+        dialect in _deferring
+        and dialect.default_isolation_level == READ_COMMITTED
+        and connection.get_execution_options().get("isolation_level", READ_COMMITTED)
+        == READ_COMMITTED
+    ):
+        connection.info[DEFERRED] = True
+
+
+def _end_deferral(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # A unit that only read returns its connection in autocommit: the next user of the
+    # connection (a unit, a lease, the engine's own user) gets it as SQLAlchemy left it.
+    deferred = record.info.pop(DEFERRED, None)
+    if deferred and dbapi_connection is not None and dbapi_connection.autocommit:
+        dbapi_connection.autocommit = False
+
+
+def _plain_read(context: ExecutionContext) -> bool:
+    compiled = context.compiled
+    if compiled is None or context.execution_options.get("stream_results"):
+        return False  # SQL the driver gets as text, or a server-side cursor (needs BEGIN)
+    verdict = _plain.get(compiled)
+    if verdict is None:
+        verdict = _plain[compiled] = _reads_only(compiled)
+    return verdict
+
+
+def _reads_only(compiled: Compiled) -> bool:
+    compile_state = getattr(compiled, "compile_state", None)
+    # The statement SQLAlchemy compiled: for an ORM query, with the mapped columns spelled out.
+    statement = getattr(compile_state, "statement", None)
+    if statement is None:
+        statement = compiled.statement
+    if not isinstance(statement, Select):
+        return False
+    for element in visitors.iterate(statement):
+        if isinstance(element, Select) and element._for_update_arg is not None:
+            return False
+        if isinstance(element, UpdateBase | TextClause):
+            return False  # a write in a CTE, or SQL text that may do anything
+        if isinstance(element, ColumnClause) and element.is_literal and element.name != "*":
+            return False  # literal_column(): SQL text as a column (count()'s * is one too)
+        if isinstance(element, FunctionElement) and element.name.lower() not in PURE_FUNCTIONS:
+            return False
+    return True
