@@ -66,6 +66,9 @@ class BenchSettings:
         pool_pre_ping_after: seconds idle before dbscope pings a connection
             (``BENCH_POOL_PRE_PING_AFTER``); None leaves dbscope's default. Only
             benchmarks/instructions.py sets it, whose process runs under callgrind.
+        defer_begin: whether dbscope's units begin their transaction at the first statement
+            that is not a plain read (``BENCH_DEFER_BEGIN``, 0 or 1); None leaves dbscope's
+            default (on). Set to 0 to measure the Session path as it was before.
     """
 
     url: str
@@ -74,6 +77,7 @@ class BenchSettings:
     pool_timeout: float | None
     pool_max_waiters: int | None = None
     pool_pre_ping_after: float | None = None
+    defer_begin: bool | None = None
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -99,6 +103,8 @@ class BenchSettings:
             options["pool_max_waiters"] = self.pool_max_waiters
         if self.pool_pre_ping_after is not None:
             options["pool_pre_ping_after"] = self.pool_pre_ping_after
+        if self.defer_begin is not None:
+            options["defer_begin"] = self.defer_begin
         return options
 
 
@@ -117,6 +123,9 @@ def bench_settings() -> BenchSettings:
         else None,
         pool_pre_ping_after=float(environ["BENCH_POOL_PRE_PING_AFTER"])
         if environ.get("BENCH_POOL_PRE_PING_AFTER")
+        else None,
+        defer_begin=environ["BENCH_DEFER_BEGIN"] == "1"
+        if environ.get("BENCH_DEFER_BEGIN")
         else None,
     )
 

@@ -78,15 +78,16 @@ def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
     sync_engine = engine.sync_engine
     _deferring.add(sync_engine.dialect)
 
-    def before_statement(
-        connection: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext,
-        executemany: bool,
-    ) -> None:
-        info = connection.info
+    # Listened to as the dialect's events, just before the driver runs each statement (where
+    # the driver sends its BEGIN), not as the engine's before_cursor_execute: an engine
+    # listener makes every connection dispatch all its events, some 100,000 instructions a
+    # request.
+    def before_statement(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+        connection = context.root_connection
+        try:
+            info = connection.info
+        except NotImplementedError:
+            return  # the engine's first connection, on which SQLAlchemy learns the server
         if DEFERRED not in info:
             return
         adapted = connection.connection.dbapi_connection
@@ -99,7 +100,12 @@ def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
         if adapted.autocommit:
             adapted.autocommit = False
 
-    event.listen(sync_engine, "before_cursor_execute", before_statement)
+    def before_other(cursor: Any, statement: str, context: Any, *_: Any) -> None:
+        before_statement(cursor, statement, None, context)
+
+    event.listen(sync_engine, "do_execute", before_statement)
+    event.listen(sync_engine, "do_executemany", before_statement)
+    event.listen(sync_engine, "do_execute_no_params", before_other)
     event.listen(sync_engine, "checkin", _end_deferral)
 
 
