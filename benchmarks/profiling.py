@@ -176,7 +176,8 @@ def counted_round_trips(module: ModuleType, engine: AsyncEngine) -> Any:
     # (asyncpg) began one: dbscope's units that only read have none (deferred_begin.py).
     def ended(how: str) -> Callable[[Connection], None]:
         def count(connection: Connection) -> None:
-            if connection.connection.driver_connection.is_in_transaction():
+            driver_connection = connection.connection.driver_connection
+            if driver_connection is not None and driver_connection.is_in_transaction():
                 counts["BEGIN"] += 1
                 counts[how] += 1
 

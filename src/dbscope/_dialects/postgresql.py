@@ -9,6 +9,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from dbscope._dialects import deferred_begin
 from dbscope._dialects._base import (
     MARK,
     OWN,
@@ -20,7 +21,6 @@ from dbscope._dialects._base import (
     Standbys,
     server_version,
 )
-from dbscope._dialects import deferred_begin
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
