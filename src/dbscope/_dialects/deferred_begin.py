@@ -126,8 +126,14 @@ def _end_deferral(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     # A unit that only read returns its connection in autocommit: the next user of the
     # connection (a unit, a lease, the engine's own user) gets it as SQLAlchemy left it.
     deferred = record.info.pop(DEFERRED, None)
-    if deferred and dbapi_connection is not None and dbapi_connection.autocommit:
+    if not (deferred and dbapi_connection is not None and dbapi_connection.autocommit):
+        return
+    try:
         dbapi_connection.autocommit = False
+    except Exception:
+        # psycopg's switch is a coroutine, which cannot run outside SQLAlchemy's greenlet (a
+        # connection collected rather than returned): it must not be lent again as it is.
+        record.invalidate()
 
 
 def _plain_read(context: ExecutionContext) -> bool:
