@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import func, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database
@@ -30,6 +30,7 @@ from tests.server import running_server
 pytest_plugins = ["tests.read_your_writes_fixtures"]
 
 APP = "read_your_writes_app:app"
+NOTES = table("ryw_notes")
 # Past any real position: a replica never replays this far.
 FORGED_POSITION = "FFFFFFFFFFFFFFFF"
 
@@ -253,6 +254,29 @@ async def test_the_cookie_and_header_take_the_options_given(notes_asyncpg: Pair)
         f"w={token}; Max-Age=5; Path=/app; HttpOnly; SameSite=Lax; Secure"
     )
     assert token.split(":")[0].isdigit()
+
+
+async def count_notes(session: AsyncSession) -> dict[str, int]:
+    """Count the notes with a plain read (a Core SELECT, no SQL text)."""
+    return {"notes": int(await session.scalar(select(func.count()).select_from(NOTES)) or 0)}
+
+
+@pytest.mark.parametrize(("defer_begin", "token_after_a_read"), [(True, False), (False, True)])
+async def test_a_read_write_unit_that_only_read_gives_no_token(
+    notes_asyncpg: Pair, defer_begin: bool, token_after_a_read: bool
+) -> None:
+    """A request on ``db.session`` that only read wrote nothing, so it hands out no token
+    that later reads would wait for; its transaction never began on the primary. One that
+    wrote does. (With ``defer_begin=False`` every committed unit's position is taken.)"""
+    db = Database(notes_asyncpg.primary, replicas=[notes_asyncpg.replica], defer_begin=defer_begin)
+    app = app_with(db.session, {"POST /notes": insert_note, "GET /notes": count_notes})
+    app.add_middleware(ReadYourWrites)
+    async with db, client_for(app) as client:
+        read = await client.get("/notes")
+        written = await client.post("/notes")
+    assert read.status_code == written.status_code == 200
+    assert (HEADER in read.headers) is token_after_a_read
+    assert HEADER in written.headers
 
 
 @pytest.mark.parametrize(

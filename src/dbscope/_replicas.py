@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-from dbscope._dialects import Backend, backend
+from dbscope._dialects import Backend, backend, only_read
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
@@ -297,7 +297,10 @@ class Replicas:
 
 
 def _mark_commit(connection: Connection) -> None:
-    connection.info[COMMITTED] = True
+    # A unit that only read (its transaction never began on the server) wrote nothing that a
+    # later read must wait for: reading the position after it would only slow those reads.
+    if not only_read(connection):
+        connection.info[COMMITTED] = True
 
 
 async def _discard(unit: UnitOfWork) -> None:

@@ -31,6 +31,7 @@ from dbscope._dialects._base import (
     Replication,
     Standbys,
 )
+from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "backend",
     "client_command",
     "driver",
+    "only_read",
     "resolve_async_url",
 ]
 

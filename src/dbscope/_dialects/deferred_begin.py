@@ -122,6 +122,12 @@ def defer(connection: Connection) -> None:
         connection.info[DEFERRED] = True
 
 
+def only_read(connection: Connection) -> bool:
+    """Whether the transaction ``connection`` is in never began on the server: every statement
+    of it so far was a plain read, so it wrote nothing."""
+    return DEFERRED in connection.info
+
+
 def _end_deferral(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     # A unit that only read returns its connection in autocommit: the next user of the
     # connection (a unit, a lease, the engine's own user) gets it as SQLAlchemy left it.
