@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
-from psycopg.pq import TransactionStatus
 from sqlalchemy import ForeignKey, column, event, func, make_url, select, table, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncResult, AsyncSession
@@ -22,6 +21,7 @@ from dbscope import Database
 from tests import helpers
 from tests.conftest import POSTGRES_DRIVERS
 from tests.documented import block_containing, run_async_block
+from tests.driver_connections import in_transaction as driver_in_transaction
 
 pytestmark = pytest.mark.parametrize("db_backend", POSTGRES_DRIVERS)
 
@@ -226,13 +226,6 @@ async def test_a_request_that_only_reads_opens_no_transaction(db: Database) -> N
     async with helpers.client_for(app) as client:
         response = await client.get("/balance")
     assert response.json() == {"balance": 100, "open": False}
-
-
-def driver_in_transaction(driver_connection: Any) -> bool:
-    """Whether the server's last ReadyForQuery said "in a transaction", as the driver keeps it."""
-    if hasattr(driver_connection, "is_in_transaction"):  # asyncpg
-        return bool(driver_connection.is_in_transaction())
-    return bool(driver_connection.info.transaction_status != TransactionStatus.IDLE)  # psycopg
 
 
 async def test_the_documented_unit_reads_outside_and_writes_inside_the_transaction(

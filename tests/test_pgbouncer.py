@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, bindparam, cast, column, func, select, table, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from dbscope import Database, DatabaseUnavailableError, StatementTimeoutError
 from tests.conftest import POSTGRES_DRIVERS, POSTGRES_URL
 from tests.documented import block_containing, run_async_block, run_block
-from tests.driver_connections import execute, fetch_value
+from tests.driver_connections import execute, fetch_value, in_transaction
 from tests.helpers import admin
 from tests.pgbouncer_service import MODES, Bouncers, Mode
 
@@ -120,6 +120,28 @@ async def test_asyncpg_without_the_preset_fails_through_transaction_mode(
     # even reads the rows of another statement ('insufficient data in buffer').
     prepared = sum(count for line, count in found.items() if "prepared statement" in line)
     assert prepared > UNITS // 4, found
+
+
+async def test_units_that_only_read_run_outside_transactions_through_pgbouncer(
+    through: Through,
+) -> None:
+    """200 units at once, each two plain reads with parameters: no transaction begins, so
+    PgBouncer may serve each exchange (asyncpg's prepare and execute too) on another server
+    connection; none fails, and each reads what it asked for."""
+    classes = table("pg_class", column("relpages"))
+
+    async def unit(number: int) -> tuple[int, bool]:
+        async with db.transaction() as session:
+            plus_one = await session.scalar(select(cast(bindparam("n", number), Integer) + 1))
+            count = select(func.count()).select_from(classes).where(classes.c.relpages > number)
+            await session.scalar(count)
+            raw = await (await session.connection()).get_raw_connection()
+            began = in_transaction(raw.driver_connection)
+            return int(plus_one or 0), began
+
+    async with through.database() as db:
+        seen = await asyncio.gather(*(unit(number) for number in range(UNITS)))
+    assert seen == [(number + 1, False) for number in range(UNITS)]
 
 
 async def test_each_mode_keeps_prepared_statements_or_none(through: Through) -> None:

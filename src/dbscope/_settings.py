@@ -201,7 +201,7 @@ class DatabaseSettings(ReplicaSettings):
     no header is read."""
     defer_begin: bool = True
     """Run a unit's reads before its first write outside a transaction, where they see the
-    same (PostgreSQL at READ COMMITTED, not behind PgBouncer): a unit that only reads sends no
+    same (PostgreSQL at READ COMMITTED, PgBouncer or not): a unit that only reads sends no
     BEGIN and no COMMIT. False: each transaction begins with its first statement."""
     raise_on_lazy_load: bool = False
     """Refuse every lazy load that would run SQL (to find N+1 queries, in tests at least)."""

@@ -15,11 +15,14 @@ commit and rollback do nothing when no transaction was begun. What a unit can se
 one respect only: a read's lock on its tables ends with the statement, not with the unit, so a
 schema change waiting for the table may run between the unit's read and its first write.
 
+Behind PgBouncer in transaction mode a read outside a transaction holds a server connection
+for that read alone, and each of the driver's exchanges stands on its own (unnamed statements
+parsed again where they run, or prepared statements that PgBouncer prepares on each server
+connection: _dialects/pgbouncer.py), whichever server connection serves it.
+
 Left alone, each beginning its transaction at the first statement as ever: units at another
-isolation level (the unit's, the engine's or the server's default), connections behind
-PgBouncer in transaction mode (a read outside a transaction may reach another server
-connection than the statement it prepared), and a transaction already begun by the test that
-lends its connection.
+isolation level (the unit's, the engine's or the server's default), and a transaction already
+begun by the test that lends its connection.
 """
 
 from __future__ import annotations
