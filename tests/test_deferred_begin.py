@@ -139,6 +139,14 @@ NEEDS_A_TRANSACTION: dict[str, Any] = {
         select(func.pg_backend_pid())
     ),
     "a locking read": lambda session: session.get(Account, 1, with_for_update=True),
+    "a locking read in SQL text": lambda session: session.execute(
+        select(Account).where(Account.id == 1).suffix_with("FOR UPDATE SKIP LOCKED")
+    ),
+    "a CTE that locks": lambda session: session.execute(
+        select(Account.id).where(
+            Account.id.in_(select(select(Account.id).with_for_update().cte().c.id))
+        )
+    ),
     "a stream's cursor": lambda session: read_all(session.stream(select(Account))),
     "a read in a savepoint": lambda session: read_in_savepoint(session),
 }

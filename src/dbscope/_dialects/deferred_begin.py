@@ -164,7 +164,7 @@ def _reads_only(compiled: Compiled) -> bool:
     if not isinstance(statement, Select):
         return False
     for element in visitors.iterate(statement):
-        if isinstance(element, Select) and element._for_update_arg is not None:
+        if isinstance(element, Select) and _locks_or_adds_text(element):
             return False
         if isinstance(element, UpdateBase | TextClause):
             return False  # a write in a CTE, or SQL text that may do anything
@@ -173,3 +173,15 @@ def _reads_only(compiled: Compiled) -> bool:
         if isinstance(element, FunctionElement) and element.name.lower() not in PURE_FUNCTIONS:
             return False
     return True
+
+
+def _locks_or_adds_text(select: Select[Any]) -> bool:
+    # FOR UPDATE/SHARE, or SQL text around the statement, which a traversal does not visit:
+    # suffix_with("FOR UPDATE SKIP LOCKED") is how many job queues lock their rows.
+    return bool(
+        select._for_update_arg is not None
+        or select._prefixes
+        or select._suffixes
+        or select._hints
+        or select._statement_hints
+    )
