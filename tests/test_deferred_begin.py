@@ -12,9 +12,21 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, column, event, func, make_url, select, table, text
+from sqlalchemy import (
+    ColumnElement,
+    ForeignKey,
+    Integer,
+    column,
+    event,
+    func,
+    make_url,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncResult, AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import Database
@@ -121,6 +133,18 @@ async def test_a_unit_that_reads_then_writes_commits_everything(db: Database) ->
     assert await helpers.stored(db, "SELECT balance FROM db_accounts ORDER BY id") == [100, 55]
 
 
+class BackendPid(ColumnElement[int]):
+    """``pg_backend_pid()``, as an application's own construct renders it."""
+
+    inherit_cache = True
+    type = Integer()
+
+
+@compiles(BackendPid)
+def _render_backend_pid(element: BackendPid, compiler: Any, **kw: Any) -> str:
+    return "pg_backend_pid()"
+
+
 async def read_all(stream: Awaitable[AsyncResult[Any]]) -> None:
     """Read a stream to its end (which closes its cursor)."""
     await (await stream).all()
@@ -138,6 +162,10 @@ NEEDS_A_TRANSACTION: dict[str, Any] = {
     "a function of the application's": lambda session: session.scalar(
         select(func.pg_backend_pid())
     ),
+    "a function in a schema, with a pure function's name": lambda session: session.scalar(
+        select(func.pg_catalog.count(Account.id))
+    ),
+    "a construct of the application's": lambda session: session.scalar(select(BackendPid())),
     "a locking read": lambda session: session.get(Account, 1, with_for_update=True),
     "a locking read in SQL text": lambda session: session.execute(
         select(Account).where(Account.id == 1).suffix_with("FOR UPDATE SKIP LOCKED")

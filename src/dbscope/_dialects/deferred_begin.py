@@ -72,7 +72,7 @@ PURE_FUNCTIONS: Final = frozenset(
 _deferring: WeakSet[Dialect] = WeakSet()
 # Whether a compiled statement is a plain read: judged once per statement shape, since
 # SQLAlchemy keeps its compiled statements in a cache and hands the same one out again.
-_plain: WeakKeyDictionary[Compiled, bool] = WeakKeyDictionary()
+_verdicts: WeakKeyDictionary[Compiled, bool] = WeakKeyDictionary()
 
 
 def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
@@ -149,9 +149,9 @@ def _plain_read(context: ExecutionContext) -> bool:
     compiled = context.compiled
     if compiled is None or context.execution_options.get("stream_results"):
         return False  # SQL the driver gets as text, or a server-side cursor (needs BEGIN)
-    verdict = _plain.get(compiled)
+    verdict = _verdicts.get(compiled)
     if verdict is None:
-        verdict = _plain[compiled] = _reads_only(compiled)
+        verdict = _verdicts[compiled] = _reads_only(compiled)
     return verdict
 
 
@@ -163,15 +163,21 @@ def _reads_only(compiled: Compiled) -> bool:
         statement = compiled.statement
     if not isinstance(statement, Select):
         return False
-    for element in visitors.iterate(statement):
-        if isinstance(element, Select) and _locks_or_adds_text(element):
-            return False
-        if isinstance(element, UpdateBase | TextClause):
-            return False  # a write in a CTE, or SQL text that may do anything
-        if isinstance(element, ColumnClause) and element.is_literal and element.name != "*":
-            return False  # literal_column(): SQL text as a column (count()'s * is one too)
-        if isinstance(element, FunctionElement) and element.name.lower() not in PURE_FUNCTIONS:
-            return False
+    return all(_reads_plainly(element) for element in visitors.iterate(statement))
+
+
+def _reads_plainly(element: Any) -> bool:
+    if isinstance(element, Select):
+        return not _locks_or_adds_text(element)  # a Select of SQLModel's, say, is one too
+    if not type(element).__module__.startswith("sqlalchemy."):
+        return False  # a construct of the application's (@compiles) may render any SQL
+    if isinstance(element, UpdateBase | TextClause):
+        return False  # a write in a CTE, or SQL text that may do anything
+    if isinstance(element, ColumnClause) and element.is_literal and element.name != "*":
+        return False  # literal_column(): SQL text as a column (count()'s * is one too)
+    if isinstance(element, FunctionElement):
+        # By its plain name only: myschema.count() is a function of the application's.
+        return element.name.lower() in PURE_FUNCTIONS and not getattr(element, "packagenames", ())
     return True
 
 
