@@ -6,7 +6,6 @@ that only reads never has one; its first write (or any statement that needs a tr
 opens it, and a failure after that rolls the writes back.
 """
 
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -40,7 +39,6 @@ pytestmark = pytest.mark.parametrize("db_backend", POSTGRES_DRIVERS)
 ACTIVITY = text(
     "SELECT count(*), count(xact_start) FROM pg_stat_activity WHERE application_name = :name"
 )
-_names = itertools.count()
 
 
 class Base(DeclarativeBase):
@@ -81,7 +79,7 @@ async def db(database_url: str, accounts: None) -> AsyncIterator[Database]:
 
 
 def _unique_name() -> str:
-    return f"deferred-{next(_names)}-{uuid.uuid4().hex[:8]}"
+    return f"deferred-{uuid.uuid4().hex[:12]}"
 
 
 async def in_transaction(db: Database) -> bool:
@@ -196,10 +194,17 @@ async def test_a_statement_that_is_not_a_plain_read_opens_the_transaction(
     [
         ({"defer_begin": False}, {}),
         ({}, {"isolation_level": "REPEATABLE READ"}),
+        ({"isolation_level": "REPEATABLE READ"}, {}),
         ({}, {"schema": "public"}),
         ({}, {"statement_timeout": 5}),
     ],
-    ids=["defer_begin=False", "REPEATABLE READ", "schema", "statement_timeout"],
+    ids=[
+        "defer_begin=False",
+        "the unit's REPEATABLE READ",
+        "the engine's REPEATABLE READ",
+        "schema",
+        "statement_timeout",
+    ],
 )
 async def test_these_units_open_the_transaction_at_their_first_statement(
     database_url: str, accounts: None, database_options: Any, unit_options: Any

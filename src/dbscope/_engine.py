@@ -199,8 +199,7 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules.configure(engine, memory=settings.is_memory)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)
-    # At another isolation level a read outside the transaction would not see its snapshot.
-    if settings.defer_begin and options.get("isolation_level") in (None, "READ COMMITTED"):
+    if settings.defer_begin:
         rules.defer_begins(engine)
     return engine
 

@@ -115,6 +115,9 @@ def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
 def defer(connection: Connection) -> None:
     """Let the transaction ``connection`` has just begun (a unit's) wait for its first
     statement that is not a plain read, where its engine and levels allow."""
+    # At another level a read outside the transaction would not see the transaction's
+    # snapshot. SQLAlchemy's default level is the engine's isolation_level if it was given,
+    # else the server's, as read at the first connection; the unit's is on the connection.
     dialect = connection.dialect
     if (
         dialect in _deferring
