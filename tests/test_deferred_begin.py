@@ -22,6 +22,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncResult, AsyncSession
@@ -171,6 +172,11 @@ NEEDS_A_TRANSACTION: dict[str, Any] = {
     "a CTE that locks": lambda session: session.execute(
         select(Account.id).where(
             Account.id.in_(select(select(Account.id).with_for_update().cte().c.id))
+        )
+    ),
+    "a write in a CTE": lambda session: session.execute(
+        select(func.count()).select_from(
+            update(Account).where(Account.id == 1).values(balance=0).returning(Account.id).cte()
         )
     ),
     "a stream's cursor": lambda session: read_all(session.stream(select(Account))),
