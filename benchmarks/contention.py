@@ -3,10 +3,11 @@
 ``python benchmarks/contention.py`` (in benchmarks/.venv; ``BENCH_DATABASE_URL`` as for the
 other benchmarks) drives each variant's app in one process through ASGI from ``--workers``
 tasks that share its pool (``BENCH_POOL_SIZE``, 16 by default), each sending ``GET /db``
-until ``--requests`` have been sent, and measures the CPU time the process spent per request
-and its requests per second. Each round measures every variant in turn, so that a busy
-moment of the machine falls on all of them alike; the figures are medians over the rounds,
-after one round of warm-up. With ``--workers 1`` it is one request at a time.
+(``--target`` another path, e.g. ``/queries?q=20``) until ``--requests`` have been sent,
+and measures the CPU time the process spent per request and its requests per second. Each
+round measures every variant in turn, so that a busy moment of the machine falls on all of
+them alike; the figures are medians over the rounds, after one round of warm-up. With
+``--workers 1`` it is one request at a time.
 
 This is what the HTTP load leaves out (uvicorn, the load generator and the database share
 the machine's cores there) and what an instruction count distorts under contention: under
@@ -60,7 +61,7 @@ async def send(call: Call, requests: int, workers: int) -> tuple[float, float]:
 
 
 async def measure(
-    variants: list[str], workers: int, requests: int, rounds: int
+    variants: list[str], workers: int, requests: int, rounds: int, target: str = "/db"
 ) -> dict[str, dict[str, float]]:
     """Median CPU µs per request and requests/s of each variant over ``rounds``."""
     await data.ensure_world(bench_settings().url)
@@ -71,7 +72,7 @@ async def measure(
         for variant in variants:
             app: Any = importlib.import_module(f"benchmarks.variants.{variant}").app
             await running.enter_async_context(app.router.lifespan_context(app))
-            calls[variant] = asgi_get(app, "/db")
+            calls[variant] = asgi_get(app, target)
         for round_number in range(rounds + 1):  # the first round only warms up
             for variant in variants:
                 spent_cpu, spent_wall = await send(calls[variant], requests, workers)
@@ -101,13 +102,16 @@ def main() -> int:
     parser.add_argument("--workers", default="1,64", help="tasks sending at once, per measure")
     parser.add_argument("--requests", type=int, default=3000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--target", default="/db", help="e.g. /queries?q=20")
     parser.add_argument("--output", type=Path, default=RESULTS)
     arguments = parser.parse_args()
     use_uvicorns_loop()
     variants = arguments.variants.split(",")
     figures: dict[str, dict[str, dict[str, float]]] = {}
     for workers in (int(count) for count in arguments.workers.split(",")):
-        measured = asyncio.run(measure(variants, workers, arguments.requests, arguments.rounds))
+        measured = asyncio.run(
+            measure(variants, workers, arguments.requests, arguments.rounds, arguments.target)
+        )
         figures[str(workers)] = measured
         for variant, found in measured.items():
             print(

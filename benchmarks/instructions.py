@@ -6,6 +6,8 @@ through ASGI, without HTTP, from ``--workers`` tasks that share its pool (``BENC
 16 by default), and counts the instructions the process executes. Each count is taken twice
 under ``valgrind --tool=callgrind``, once with ``--requests`` more requests than the other; the
 difference over those requests is the figure, so start-up, imports and the warm-up cancel out.
+``--target`` counts another path (``/queries?q=20``: give it fewer ``--requests`` and a
+shorter ``--warm-up``, each request being twenty).
 
 Unlike a timing, the count does not move with the machine's load, so it compares what one
 request's code costs across variants to within a percent or two. It leaves out what a
@@ -35,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -47,22 +50,30 @@ from benchmarks.profiling import asgi_get
 from benchmarks.variants.common import bench_settings
 
 VARIANTS: Final = ("blog", "dbscope_session", "with_fastapi_sqla", "with_advanced_alchemy")
-WARM_UP: Final = 500
-BASE: Final = 200
 COLLECTED: Final = re.compile(r"Collected : (\d+)")
 RESULTS: Final = Path(__file__).resolve().parent / "results" / "instructions.json"
 
 
-async def serve(variant: str, workers: int, requests: int) -> None:
-    """Warm ``variant`` up, then send it ``requests`` ``GET /db`` from ``workers`` tasks."""
+@dataclass(frozen=True)
+class Count:
+    """What one count sends: ``target``, first ``warm_up`` times, from ``workers`` tasks."""
+
+    target: str
+    warm_up: int
+    workers: int
+    ping_after: float
+
+
+async def serve(variant: str, count: Count, requests: int) -> None:
+    """Warm ``variant`` up, then send it ``requests`` ``GET target`` from the count's tasks."""
     module = importlib.import_module(f"benchmarks.variants.{variant}")
-    call = asgi_get(module.app, "/db")
+    call = asgi_get(module.app, count.target)
     async with module.app.router.lifespan_context(module.app):
-        await send(call, WARM_UP, workers)
-        await send(call, requests, workers)
+        await send(call, count.warm_up, count.workers)
+        await send(call, requests, count.workers)
 
 
-def counted(variant: str, workers: int, requests: int, ping_after: float) -> int:
+def counted(variant: str, count: Count, requests: int) -> int:
     """The instructions a run of :func:`serve` takes, all told, under callgrind."""
     with tempfile.TemporaryDirectory() as scratch:
         command = [
@@ -73,12 +84,14 @@ def counted(variant: str, workers: int, requests: int, ping_after: float) -> int
             __file__,
             "--serve",
             variant,
-            str(workers),
+            count.target,
+            str(count.warm_up),
+            str(count.workers),
             str(requests),
         ]
         environment = {
             **os.environ,
-            "BENCH_POOL_PRE_PING_AFTER": str(ping_after),
+            "BENCH_POOL_PRE_PING_AFTER": str(count.ping_after),
             # The blog pattern's pool leaves some waiters waiting while others are served
             # again and again: under callgrind's slowness they would time out.
             "BENCH_POOL_TIMEOUT": "3600",
@@ -91,10 +104,11 @@ def counted(variant: str, workers: int, requests: int, ping_after: float) -> int
     return int(found.group(1))
 
 
-def per_request(variant: str, workers: int, requests: int, ping_after: float) -> int:
+def per_request(variant: str, count: Count, requests: int) -> int:
     """Instructions per request: the difference of two counts over the requests between."""
-    small = counted(variant, workers, BASE, ping_after)
-    large = counted(variant, workers, BASE + requests, ping_after)
+    base = count.warm_up * 2 // 5
+    small = counted(variant, count, base)
+    large = counted(variant, count, base + requests)
     return round((large - small) / requests)
 
 
@@ -104,14 +118,17 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workers", default="1,64", help="tasks sending at once, per count")
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warm-up", type=int, default=500, help="requests before the count")
+    parser.add_argument("--target", default="/db", help="what each request gets")
     parser.add_argument("--ping-after", type=float, default=1000.0)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.serve:  # the process callgrind counts, on uvicorn's loop where it has one
-        variant, workers, requests = arguments.serve
+        variant, target, warm_up, workers, requests = arguments.serve
         use_uvicorns_loop()
-        asyncio.run(serve(variant, int(workers), int(requests)))
+        count = Count(target, int(warm_up), int(workers), arguments.ping_after)
+        asyncio.run(serve(variant, count, int(requests)))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is missing: apt-get install valgrind", file=sys.stderr)
@@ -120,9 +137,10 @@ def main() -> int:
     figures: dict[str, dict[str, int]] = {}
     for workers in (int(count) for count in arguments.workers.split(",")):
         for variant in arguments.variants.split(","):
-            count = per_request(variant, workers, arguments.requests, arguments.ping_after)
-            figures.setdefault(variant, {})[str(workers)] = count
-            print(f"{variant:24} {workers:3} workers: {count:>10,} instructions per request")
+            count = Count(arguments.target, arguments.warm_up, workers, arguments.ping_after)
+            instructions = per_request(variant, count, arguments.requests)
+            figures.setdefault(variant, {})[str(workers)] = instructions
+            print(f"{variant:24} {workers:3} workers: {instructions:>10,} instructions per request")
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -132,6 +132,22 @@ async def test_an_unloaded_relationship_read_in_async_code_raises_lazy_load_erro
 
 
 @pytest.mark.usefixtures("notes")
+async def test_the_check_stays_off_the_statements_that_are_not_lazy_loads(db: Database) -> None:
+    """The check is put on the session for a load from async code only, and taken off after:
+    a refused load leaves no listener, so the unit's next statements build no ORMExecuteState,
+    and a second unloaded read is refused again."""
+    async with db.transaction() as session:
+        note = await get_note(session)
+        listeners = session.sync_session.dispatch.do_orm_execute
+        assert not listeners
+        for _ in range(2):
+            with pytest.raises(LazyLoadError, match=r"Note\.author"):
+                _ = note.author
+            assert not listeners
+        assert (await session.scalars(select(Author.name))).all() == ["ann"]
+
+
+@pytest.mark.usefixtures("notes")
 async def test_awaitable_attrs_still_load_a_relationship_by_default(db: Database) -> None:
     """``await note.awaitable_attrs.author`` runs the load it asks for."""
     async with db.transaction() as session:

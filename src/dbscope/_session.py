@@ -32,11 +32,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
-from dbscope._lazy_loads import STRICT_KEY, refuse_lazy_loads
+from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
 from dbscope._tags import SqlComment
 
 logger = logging.getLogger("dbscope")
@@ -109,9 +110,18 @@ class UnitSession(Session):
 
     unit: UnitState | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.info.get(STRICT_KEY):
+            refuse_every_lazy_load(self)
+
     # Every statement of a unit enters by one of these three (get() and loads by execute()).
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        """Session.execute; see :meth:`_rerouted`."""
+        """Session.execute; see :meth:`_rerouted`, and ``_lazy_loads`` for a load from async
+        code."""
+        if not in_greenlet():
+            with lazy_loads_refused(self):
+                return super().execute(*args, **kwargs)
         unit = self.unit
         if unit is None or unit.reroute is None:
             return super().execute(*args, **kwargs)
@@ -148,9 +158,6 @@ class UnitSession(Session):
             self.rollback()
         self.bind = bind
         return run(*args, **kwargs)
-
-
-refuse_lazy_loads(UnitSession)
 
 
 class UnitAsyncSession(AsyncSession):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Final
-from weakref import WeakKeyDictionary, WeakSet
+from weakref import WeakSet
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, ExecutionContext
@@ -70,9 +70,12 @@ PURE_FUNCTIONS: Final = frozenset(
 
 # The dialects of the engines that defer (an engine's views share its dialect).
 _deferring: WeakSet[Dialect] = WeakSet()
-# Whether a compiled statement is a plain read: judged once per statement shape, since
-# SQLAlchemy keeps its compiled statements in a cache and hands the same one out again.
-_verdicts: WeakKeyDictionary[Compiled, bool] = WeakKeyDictionary()
+# Whether a statement is a plain read, by its SQL: judged once per statement shape (SQLAlchemy
+# renders the same SQL for it again and again, and the same SQL does the same on the server,
+# whatever built it). Keyed by the text, a plain dict lookup: a weak key costs a weakref per
+# statement. Emptied when full, for the applications whose SQL is never the same twice.
+_verdicts: dict[str, bool] = {}
+_VERDICTS_KEPT: Final = 2000
 
 
 def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
@@ -152,9 +155,11 @@ def _plain_read(context: ExecutionContext) -> bool:
     compiled = context.compiled
     if compiled is None or context.execution_options.get("stream_results"):
         return False  # SQL the driver gets as text, or a server-side cursor (needs BEGIN)
-    verdict = _verdicts.get(compiled)
+    verdict = _verdicts.get(compiled.string)
     if verdict is None:
-        verdict = _verdicts[compiled] = _reads_only(compiled)
+        if len(_verdicts) >= _VERDICTS_KEPT:
+            _verdicts.clear()
+        verdict = _verdicts[compiled.string] = _reads_only(compiled)
     return verdict
 
 
