@@ -90,14 +90,16 @@ def install(engine: AsyncEngine, status: Callable[[Any], LeaseStatus]) -> None:
     # request.
     def before_statement(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
         connection = context.root_connection
+        adapted = connection.connection.dbapi_connection
+        assert adapted is not None  # a connection that runs a statement has one
+        if adapted.autocommit and _plain_read(context):
+            return  # a unit still reading (only this module turns autocommit on in a unit)
         try:
             info = connection.info
         except NotImplementedError:
             return  # the engine's first connection, on which SQLAlchemy learns the server
         if DEFERRED not in info:
             return
-        adapted = connection.connection.dbapi_connection
-        assert adapted is not None  # a connection that runs a statement has one
         if _plain_read(context) and status(adapted.driver_connection) == "idle":
             if not adapted.autocommit:
                 adapted.autocommit = True
