@@ -12,7 +12,8 @@ that what is measured is the app and its database layer alone:
   connection taken from SQLAlchemy's pool) next to the raw asyncpg pool;
 - round trips per request, counted with SQLAlchemy's engine and pool events (and dbscope's
   pings with ``db.stats()``);
-- function calls per request (cProfile), dbscope's own functions among them;
+- function calls per request (cProfile), dbscope's own functions among them, on ``/db`` and
+  on ``/queries?q=20`` (twenty ORM reads in one unit, where per-statement costs show);
 - a pyinstrument call tree of dbscope's ``/db``.
 
 Results go to ``profile.json`` and ``profile-*.txt`` in the results directory.
@@ -49,6 +50,7 @@ REQUESTS: Final = 1000
 PROFILED_REQUESTS: Final = 1000
 REPEATS: Final = 5
 CORE: Final = 1
+QUERIES: Final = "/queries?q=20"
 VARIANTS: Final = ("raw_asyncpg", "sa_core", "blog", "dbscope_session", "dbscope_fast")
 
 Call = Callable[[], Awaitable[int]]
@@ -356,6 +358,14 @@ async def _measure(modules: dict[str, ModuleType], output: Path) -> dict[str, An
             calls[name] = _calls(stats, PROFILED_REQUESTS)
             (output / f"profile-cprofile-{name}.txt").write_text(_top(stats, PROFILED_REQUESTS))
         results["calls_per_db_request"] = calls
+        # Twenty ORM reads in one unit: what each statement costs, apart from the request's.
+        results["calls_per_queries_request"] = {}
+        for name in ("blog", "dbscope_session"):
+            call = asgi_get(modules[name].app, QUERIES)
+            for _ in range(20):
+                await call()  # the statement compiled and cached, as in a running service
+            stats = await _cprofiled(call, 200)
+            results["calls_per_queries_request"][name] = _calls(stats, 200)
         tree = await _pyinstrument(asgi_get(modules["dbscope_session"].app, "/db"))
         (output / "profile-pyinstrument-dbscope-db.txt").write_text(tree)
     return results
