@@ -80,6 +80,9 @@ LOADS: Final = (
     Load("queries", "/queries?q=20", 64),
     Load("updates", "/updates?q=5", 64),
     Load("nodb", "/nodb", 64),
+    # No database: what 256 connections cost the server and the load generator alone, the
+    # floor under /db's latency at 256 (its tail is this one's, not the pool's).
+    Load("nodb", "/nodb", 256),
 )
 # The four endpoints every variant must answer with 200 (the smoke mode checks them).
 ENDPOINTS: Final = ("/db", "/queries?q=20", "/updates?q=5", "/nodb")
