@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -18,6 +20,7 @@ from dbscope._dialects._base import (
     Backend,
     Begin,
     Client,
+    Connect,
     Driver,
     ErrorKind,
     LeaseStatus,
@@ -135,11 +138,32 @@ class MySQL(Backend):
         mark = f" COMMENT '{MARK}'" if _has_schema_comments(connection) else ""
         return [f"CREATE DATABASE {name}{mark}"]
 
+    async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
+        if close_sessions:  # as PostgreSQL's DROP DATABASE ... WITH (FORCE)
+            async with connect(self.maintenance_url(url)) as connection:
+                await _end_sessions_in(connection, url.database or "")
+        await super().drop_database(url, connect, close_sessions=close_sessions)
+
     def drop_statements(
         self, connection: AsyncConnection, name: str, *, close_sessions: bool
     ) -> list[str]:
         # A database in use waits for its locks: 10 s, not the default year, then is refused.
         return ["SET SESSION lock_wait_timeout = 10", f"DROP DATABASE IF EXISTS {name}"]
+
+
+async def _end_sessions_in(connection: AsyncConnection, database: str) -> None:
+    # A session left in a transaction in the database (a test's connection never closed)
+    # holds locks that DROP DATABASE would wait for.
+    found = await connection.execute(
+        text(
+            "SELECT id FROM information_schema.processlist "
+            "WHERE db = :name AND id <> CONNECTION_ID()"
+        ),
+        {"name": database},
+    )
+    for session in found.scalars().all():
+        with contextlib.suppress(DBAPIError):  # it ended meanwhile
+            await connection.execute(text(f"KILL CONNECTION {int(session)}"))
 
 
 def _has_schema_comments(connection: AsyncConnection) -> bool:
