@@ -34,7 +34,7 @@ def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     drop_database(run_database(url))
 
 
-def hold_a_transaction_in(url: str) -> "subprocess.Popen[bytes]":
+def hold_a_transaction_in(url: str) -> subprocess.Popen[bytes]:
     """A client's session in ``url``'s database, in a transaction that read tos_notes, asleep
     for a minute; started, and returned once the server shows it asleep."""
     parsed = make_url(url)
@@ -59,6 +59,7 @@ def hold_a_transaction_in(url: str) -> "subprocess.Popen[bytes]":
             return holder
         time.sleep(0.05)
     holder.kill()
+    holder.wait()
     pytest.fail(f"the client never showed in the server's session list: {command}")
 
 
