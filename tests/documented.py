@@ -147,6 +147,13 @@ async def run_async_block(code: str, namespace: dict[str, Any]) -> list[tuple[st
 @contextlib.asynccontextmanager
 async def serving(app: ASGIApp) -> AsyncIterator[str]:
     """Serve ``app`` (its lifespan included) with uvicorn in this event loop; yield its URL."""
+    async with served(app) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def served(app: ASGIApp) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """As :func:`serving`, and the server too (its ``server_state`` counts the connections)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -160,7 +167,7 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
                     task.result()  # the reason it stopped
                     raise RuntimeError("uvicorn stopped before it started serving")
                 await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await task

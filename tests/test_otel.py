@@ -137,7 +137,7 @@ async def test_every_measurement_carries_the_pool_name(database_url: str, sdk: M
         name: {dict(point.attributes or {}).get(POOL_NAME) for point in readings.points(name)}
         for name in readings.metrics
     }
-    assert len(names) == 12  # all but create_time: connect() opened the only connection
+    assert len(names) == 13  # all but create_time: connect() opened the only connection
     assert all(found == {"primary"} for found in names.values()), names
 
 

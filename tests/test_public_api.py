@@ -12,6 +12,7 @@ from tests.helpers import imported_by
 
 PUBLIC_NAMES = [
     "Attempt",
+    "ClientDisconnectedError",
     "ConfigurationError",
     "ConstraintViolationError",
     "Database",

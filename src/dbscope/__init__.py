@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 from dbscope._database import Database
 from dbscope._engine import ServerInfo
 from dbscope._exceptions import (
+    ClientDisconnectedError,
     ConfigurationError,
     ConstraintViolationError,
     DatabaseUnavailableError,
@@ -22,7 +23,7 @@ from dbscope._exceptions import (
     UnitOfWorkEndedError,
 )
 from dbscope._health_report import Health, HealthCheck
-from dbscope._pool import PoolStats
+from dbscope._pool_stats import PoolStats
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import UnitOfWork
@@ -30,6 +31,7 @@ from dbscope._unit_options import UnitOptions
 
 __all__ = [
     "Attempt",
+    "ClientDisconnectedError",
     "ConfigurationError",
     "ConstraintViolationError",
     "Database",

@@ -26,7 +26,7 @@ from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, Probe
 from dbscope._health_report import Health
 from dbscope._lease import lease_connection
 from dbscope._lifecycle import Lifecycle, State
-from dbscope._pool import PoolStats
+from dbscope._pool_stats import PoolStats
 from dbscope._replicas import Replicas
 from dbscope._request_entry_points import RequestEntryPoints
 from dbscope._session_classes import unit_session_class

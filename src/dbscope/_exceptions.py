@@ -12,6 +12,7 @@ Every error derives from :class:`DbscopeError`::
     ├── StatementTimeoutError     a statement ran longer than the unit's statement_timeout
     ├── RetriesExhaustedError     a retried unit of work kept conflicting
     ├── ConstraintViolationError  a constraint failed at COMMIT (also an IntegrityError)
+    ├── ClientDisconnectedError   the client hung up while its request waited in line
     └── DatabaseUnavailableError  an outage: pool exhausted, server unreachable, connection lost
 
 Errors of the application and of the database that are not outages (an IntegrityError, a
@@ -78,6 +79,14 @@ class RetriesExhaustedError(DbscopeError):
     def __init__(self, message: str, *, attempts: int) -> None:
         super().__init__(message)
         self.attempts = attempts
+
+
+class ClientDisconnectedError(DbscopeError):
+    """The request's client hung up while the request waited in line for a connection.
+
+    Raised at the request's first statement, when its turn came, instead of running it: the
+    unit of work did nothing. FastAPI answers 499, which no client receives.
+    """
 
 
 class DatabaseUnavailableError(DbscopeError):

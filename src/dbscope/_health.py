@@ -37,7 +37,7 @@ from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._health_report import Health, HealthCheck, Status
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolStats, ReplicaStats
+from dbscope._pool_stats import PoolStats, ReplicaStats
 from dbscope._urls import describe_location
 
 logger = logging.getLogger("dbscope")

@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
-from dbscope._pool import PoolCounters, PoolStats
+from dbscope._pool import PoolCounters
+from dbscope._pool_stats import PoolStats
 from dbscope._session import UnitAsyncSession, session_factory
 from dbscope._settings import DatabaseSettings
 

@@ -156,6 +156,13 @@ OBSERVED: Final = (
         "Checkouts refused at once: pool_max_waiters were already waiting.",
     ),
     Observed(
+        "dbscope.pool.abandoned",
+        True,
+        PoolReporter.abandonments,
+        "{request}",
+        "Checkouts not served when their turn came: their client had hung up while waiting.",
+    ),
+    Observed(
         "dbscope.pool.held_early_retries",
         True,
         PoolReporter.holds,

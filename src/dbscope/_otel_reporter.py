@@ -30,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolCounters, PoolStats, QueuedPool
+from dbscope._pool import PoolCounters, QueuedPool
+from dbscope._pool_stats import PoolStats
 
 if TYPE_CHECKING:
     from dbscope._otel_metrics import Instruments
@@ -50,6 +51,7 @@ class Counts:
 
     timeouts: int = 0
     refused: int = 0
+    abandoned: int = 0
     invalidated: int = 0
     pinged: int = 0
 
@@ -58,6 +60,7 @@ class Counts:
         return Counts(
             timeouts=self.timeouts + stats.timeouts,
             refused=self.refused + stats.refused,
+            abandoned=self.abandoned + stats.abandoned,
             invalidated=self.invalidated + stats.invalidated,
             pinged=self.pinged + stats.pinged,
         )
@@ -209,6 +212,10 @@ class PoolReporter:
     def refusals(self) -> list[Observation]:
         """Checkouts refused by a full line."""
         return self._count(self._figures()[1].refused)
+
+    def abandonments(self) -> list[Observation]:
+        """Checkouts not served: their client hung up while they waited."""
+        return self._count(self._figures()[1].abandoned)
 
     def invalidations(self) -> list[Observation]:
         """Connections thrown away."""

@@ -7,7 +7,10 @@ once; and every excess request waits. :class:`QueuedPool` puts a line in front o
 checkout: a connection handed back goes to the longest waiter, never to a newcomer, and with
 ``max_waiters`` set, a request arriving when the line is full fails at once (503 in FastAPI)
 instead of waiting its turn to time out. The line is anyio's ``CapacityLimiter``, one token
-per connection the pool may open.
+per connection the pool may open. A request whose client hung up while it waited in line is
+not served when its turn comes (:data:`waiting_client`): under overload, clients and proxies
+give up, and a fair line would otherwise spend the connections on answers nobody reads,
+ahead of the clients still waiting.
 
 The checkout check. SQLAlchemy's ``pool_pre_ping`` sends a round trip at every checkout, the
 largest single cost of a one-row request, for a connection used a millisecond ago. Most
@@ -25,11 +28,10 @@ new connection took to open is measured only while a :class:`PoolObserver` is at
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from contextvars import ContextVar
+from typing import Any, Final, Protocol
 
 import anyio
 from sqlalchemy import event
@@ -41,14 +43,31 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProx
 from sqlalchemy.util import await_only
 
 from dbscope._dialects import driver
-from dbscope._durability import Durability
 from dbscope._errors import LineFullError
+from dbscope._exceptions import ClientDisconnectedError
+from dbscope._pool_stats import PoolStats
 
-REPLICA_FIELDS: Final = ("replicas", "fallbacks")
-ReplicaState = Literal["starting", "ready", "lagging", "down", "promoted", "foreign"]
 # When the connection was last returned to the pool (time.monotonic()); absent while it has
 # never been checked in, that is, just after it was opened.
 CHECKED_IN_AT: Final = "dbscope.checked_in_at"
+
+
+class Client(Protocol):
+    """The HTTP connection a request came on, as the server shows it (uvicorn's request cycle).
+
+    Attributes:
+        disconnected: the client hung up before it had its whole response.
+    """
+
+    disconnected: bool
+
+
+# The task serving an HTTP request, and its client, set by the web layer for the request's own
+# unit of work: a checkout made by that task that had to wait in line is not served if the
+# client left meanwhile. Other tasks (one the request started, say) are always served.
+waiting_client: ContextVar[tuple[asyncio.Task[Any] | None, Client] | None] = ContextVar(
+    "dbscope_waiting_client", default=None
+)
 
 
 class PoolObserver(Protocol):
@@ -79,6 +98,8 @@ class QueuedPool(AsyncAdaptedQueuePool):
     Attributes:
         timeouts: checkouts that waited ``pool_timeout`` in line and gave up.
         refused: checkouts refused at once because ``max_waiters`` already waited.
+        abandoned: checkouts not served when their turn came: their request's client had hung
+            up while they waited.
         observer: told how long checkouts wait, connections are used and take to open;
             None (the default) measures nothing.
     """
@@ -88,6 +109,7 @@ class QueuedPool(AsyncAdaptedQueuePool):
         self.max_waiters = max_waiters
         self.timeouts = 0
         self.refused = 0
+        self.abandoned = 0
         self.observer: PoolObserver | None = None
         # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
         self._line: anyio.CapacityLimiter | None = None
@@ -106,7 +128,8 @@ class QueuedPool(AsyncAdaptedQueuePool):
         pool = super().recreate()
         assert isinstance(pool, QueuedPool)
         pool.max_waiters = self.max_waiters
-        pool.timeouts, pool.refused, pool.observer = self.timeouts, self.refused, self.observer
+        pool.timeouts, pool.refused, pool.abandoned = self.timeouts, self.refused, self.abandoned
+        pool.observer = self.observer
         return pool
 
     def limits(self) -> tuple[int, float]:
@@ -189,10 +212,26 @@ class QueuedPool(AsyncAdaptedQueuePool):
                 f"connection timed out, timeout {self._timeout:.2f}"
             )
             raise PoolTimeoutError(message, code="3o7r") from None
+        if _client_left():
+            self.abandoned += 1
+            self._leave_line(ticket)  # the turn passes to the next in line
+            message = (
+                "The client hung up while its request waited in line for a database "
+                "connection: the request was not run."
+            )
+            raise ClientDisconnectedError(message)
 
     def _leave_line(self, ticket: object) -> None:
         assert self._line is not None
         self._line.release_on_behalf_of(ticket)
+
+
+def _client_left() -> bool:
+    waiting = waiting_client.get()
+    if waiting is None:
+        return False
+    task, client = waiting
+    return client.disconnected and asyncio.current_task() is task
 
 
 class LivenessCheck:
@@ -242,92 +281,6 @@ class LivenessCheck:
             raise
 
 
-@dataclass(frozen=True)
-class ReplicaStats:
-    """One replica, as ``db.stats().replicas`` shows it.
-
-    Attributes:
-        name: the replica's pool name (its ``host:port/database``).
-        state: ``"ready"`` (serving reads), ``"lagging"`` (more than ``replica_max_lag``
-            behind), ``"down"`` (unreachable, in back-off), ``"promoted"`` (no longer in
-            recovery), ``"foreign"`` (another cluster's), or ``"starting"``.
-        lag: bytes of log behind the primary at the last check; None if unknown.
-        served: read-only units it has served.
-        reason: why it is not ready, if it is not.
-        pool: its pool's numbers; None while it has no engine.
-    """
-
-    name: str
-    state: ReplicaState
-    lag: int | None
-    served: int
-    reason: str | None
-    pool: PoolStats | None
-
-
-@dataclass(frozen=True, repr=False)
-class PoolStats:
-    """A snapshot of the connection pool.
-
-    Attributes:
-        size: connections the pool keeps (``pool_size``).
-        checked_out: connections in use by a unit of work right now.
-        checked_in: idle connections waiting in the pool.
-        overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
-        invalidated: connections thrown away since connect() because they died, failed a
-            pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
-            reconnect.
-        pinged: connections pinged before use since connect(), because they had been idle
-            for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
-        waiting: requests waiting in line for a connection right now.
-        timeouts: requests that waited ``pool_timeout`` for a connection and gave up, since
-            connect().
-        refused: requests refused at once since connect(), because ``pool_max_waiters``
-            requests already waited.
-        held: requests of clients that asked again before the ``Retry-After`` of such a
-            refusal had passed, held until it had and answered 503 without asking the pool
-            (``dbscope.fastapi``), over the Database's life.
-        replicas: each read replica's numbers (:class:`ReplicaStats`); empty without.
-        fallbacks: read-only units that ran on the primary instead of a replica, by why:
-            ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
-            ``replica_wait``), ``unreachable``, ``connection_lost``, ``pool_timeout``,
-            ``isolation_level`` (REPEATABLE READ with a token, or SERIALIZABLE).
-        durability: whether a commit on the primary waits for a synchronous standby
-            (``durability.state``: ``synchronous``, ``asynchronous``, ``single`` or
-            ``unknown``), as read at connect() and again after the pool lost connections;
-            None where the question does not apply (SQLite, MariaDB/MySQL). The repr shows
-            it only where there are standbys to speak of (not ``single``).
-    """
-
-    size: int
-    checked_out: int
-    checked_in: int
-    overflow: int
-    invalidated: int
-    pinged: int = 0
-    waiting: int = 0
-    timeouts: int = 0
-    refused: int = 0
-    held: int = 0
-    replicas: tuple[ReplicaStats, ...] = ()
-    fallbacks: tuple[tuple[str, int], ...] = ()
-    durability: Durability | None = None
-
-    def __repr__(self) -> str:
-        # The replica fields only when there are replicas: most pools have none. Durability
-        # only when there are standbys to speak of: not for a file, nor a single server.
-        shown = [
-            f"{field.name}={getattr(self, field.name)!r}"
-            for field in dataclasses.fields(self)
-            if field.name not in REPLICA_FIELDS or getattr(self, field.name)
-            if field.name != "durability" or self._standbys_shown()
-        ]
-        return f"PoolStats({', '.join(shown)})"
-
-    def _standbys_shown(self) -> bool:
-        return self.durability is not None and self.durability.state != "single"
-
-
 class PoolCounters:
     """What the pool's events count over the life of one engine."""
 
@@ -362,4 +315,5 @@ class PoolCounters:
             waiting=pool.waiting() if queued else 0,
             timeouts=pool.timeouts if queued else 0,
             refused=pool.refused if queued else 0,
+            abandoned=pool.abandoned if queued else 0,
         )

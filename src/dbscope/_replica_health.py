@@ -26,7 +26,7 @@ from dbscope._dialects import Backend, Replication
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import ReplicaState, ReplicaStats
+from dbscope._pool_stats import ReplicaState, ReplicaStats
 from dbscope._urls import describe_location
 
 if TYPE_CHECKING:

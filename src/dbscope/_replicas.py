@@ -38,7 +38,8 @@ from dbscope._dialects import Backend, backend, only_read
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolCounters, ReplicaStats
+from dbscope._pool import PoolCounters
+from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
 from dbscope._session import WRITER, UnitState, unit_bind
 from dbscope._settings import DatabaseSettings, default_pool_name

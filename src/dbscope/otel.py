@@ -12,6 +12,7 @@ says so. Every measurement carries ``db.client.connection.pool.name`` (``Databas
 - ``db.client.connection.wait_time``, ``use_time`` and ``create_time``: Histograms, in
   seconds;
 - dbscope's own, Counters: ``dbscope.pool.refusals`` (refused by a full wait line),
+  ``dbscope.pool.abandoned`` (not served when their turn came: the client had hung up),
   ``dbscope.pool.held_early_retries`` (requests of clients that came back before the
   ``Retry-After`` of such a refusal, held until it passed and answered 503 unrun),
   ``dbscope.pool.invalidations``, ``dbscope.pool.pings`` (liveness pings) and

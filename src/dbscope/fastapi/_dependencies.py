@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
+import asyncio
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError
+from dbscope._pool import Client, waiting_client
 from dbscope._unit_of_work import UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope.fastapi._early_retries import EarlyRetries
@@ -49,6 +51,15 @@ def early_retry() -> HTTPException:
     )
     error = DatabaseUnavailableError(message, cause="pool_timeout", retry_after=1)
     return http_error(error)
+
+
+def _client_of(request: Request) -> tuple["asyncio.Task[Any] | None", Client] | None:
+    """The request's task and its client's connection, where the server tells whether the
+    client hung up (uvicorn's request cycle does: ``receive`` is its method); else None."""
+    cycle = getattr(request.receive, "__self__", None)
+    if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
+        return None
+    return asyncio.current_task(), cycle
 
 
 def _refusal(error: Handled, scope: MutableMapping[str, Any], early: EarlyRetries) -> HTTPException:
@@ -92,6 +103,9 @@ def _session_dependency(
         assert database is not None, "the Database of this app was garbage-collected"
         if await early.hold(request.scope):
             raise early_retry()
+        # Until the endpoint returns, its first statement is not run if the client hung up
+        # while it waited in line for a connection (_pool.py).
+        waiting_client.set(_client_of(request))
         try:
             # With SQL comments on, the unit's statements name the route (docs/sql-tags.md).
             units = (
@@ -104,7 +118,11 @@ def _session_dependency(
                 else database.unit_of_work(options)
             )
             async with units as unit:
-                yield unit
+                try:
+                    yield unit
+                finally:
+                    # The commit, and what runs after it, is served whatever the client does.
+                    waiting_client.set(None)
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising.
                 if response.status_code is not None and response.status_code >= 400:
@@ -144,8 +162,10 @@ def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[An
         assert database is not None, "the Database of this app was garbage-collected"
         if await early.hold(request.scope):
             raise early_retry()
+        waiting_client.set(_client_of(request))
         try:
             async with database.lease() as connection:
+                waiting_client.set(None)
                 yield connection
         except HANDLED as error:
             raise _refusal(error, request.scope, early) from error

@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 
 from dbscope._exceptions import (
+    ClientDisconnectedError,
     ConstraintViolationError,
     DatabaseUnavailableError,
     RetriesExhaustedError,
@@ -24,13 +25,18 @@ HANDLED: Final = (
     StatementTimeoutError,
     RetriesExhaustedError,
     ConstraintViolationError,
+    ClientDisconnectedError,
 )
 Handled = (
     DatabaseUnavailableError
     | StatementTimeoutError
     | RetriesExhaustedError
     | (ConstraintViolationError)
+    | ClientDisconnectedError
 )
+# nginx's status for a request whose client closed the connection first: nobody receives it,
+# but the server's log and metrics show it for what it is.
+CLIENT_CLOSED_REQUEST: Final = 499
 # Under overload every refused request would log a line: the first of each kind is logged at
 # once, the rest are counted and summed up in one line per interval.
 SUMMARY_INTERVAL: Final = 5.0
@@ -86,8 +92,9 @@ def http_error(error: Handled) -> HTTPException:
 
     An outage answers 503 with ``Retry-After``, a statement timeout 504, a transaction whose
     retries ran out 409, a constraint that failed at COMMIT 409 naming the constraint (never
-    the row's values); the JSON body names the cause. The first of each kind is logged at
-    once, then one line per 5 s counts the rest.
+    the row's values), a request whose client hung up while it waited in line 499; the JSON
+    body names the cause. The first of each kind is logged at once, then one line per 5 s
+    counts the rest.
     """
     if isinstance(error, DatabaseUnavailableError):
         _error_log.warn(f"503 ({error.cause})", str(error))
@@ -103,6 +110,10 @@ def http_error(error: Handled) -> HTTPException:
             "message": str(error),
         }
         return HTTPException(409, detail)
+    if isinstance(error, ClientDisconnectedError):
+        _error_log.warn("499 (client_disconnected)", str(error))
+        detail = {"cause": "client_disconnected", "message": str(error)}
+        return HTTPException(CLIENT_CLOSED_REQUEST, detail)
     _error_log.warn("409 (conflict)", str(error))
     return HTTPException(409, {"cause": "conflict", "message": str(error)})
 
