@@ -17,6 +17,11 @@ class Sample:
     Attributes:
         pair: the run of the other variant (the blog pattern, or the variant the blog pattern
             was paired with) that ran right beside this one has the same number.
+        seen: the share of the clients' time that the latencies measured account for: mean
+            latency x requests/s / connections. wrk's clients send their next request as soon
+            as they have an answer, so (Little's law) it is 1.0 when every client is answered
+            in its turn; far below, many clients waited on requests that did not finish
+            within the run, and which p50 and p99 leave out.
     """
 
     round: int
@@ -28,6 +33,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     errors: int
+    seen: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Summary:
     rps_max: float
     p50_ms: float
     p99_ms: float
+    seen: float
     errors: int
     ratio_median: float | None
     ratio_min: float | None
@@ -77,6 +84,7 @@ def summarize(samples: list[Sample]) -> list[Summary]:
                     rps_max=max(rps),
                     p50_ms=statistics.median(s.p50_ms for s in runs),
                     p99_ms=statistics.median(s.p99_ms for s in runs),
+                    seen=statistics.median(s.seen for s in runs),
                     errors=sum(s.errors for s in runs),
                     ratio_median=statistics.median(ratios) if ratios else None,
                     ratio_min=min(ratios) if ratios else None,
@@ -95,13 +103,13 @@ def _ratio(summary: Summary) -> str:
 def text_table(summaries: list[Summary]) -> str:
     """A plain-text table for the terminal."""
     header = f"{'variant':<28} {'load':<11} {'req/s':>8} {'min-max':>13} {'p50 ms':>8} "
-    header += f"{'p99 ms':>8} {'vs blog (min-max)':>20} {'errors':>6}"
+    header += f"{'p99 ms':>8} {'seen':>5} {'vs blog (min-max)':>20} {'errors':>6}"
     lines = [header, "-" * len(header)]
     for s in summaries:
         spread = f"{s.rps_min:,.0f}-{s.rps_max:,.0f}"
         lines.append(
             f"{BY_NAME[s.variant].label:<28} {s.load:<11} {s.rps_median:>8,.0f} {spread:>13} "
-            f"{s.p50_ms:>8.1f} {s.p99_ms:>8.1f} {_ratio(s):>20} {s.errors:>6}"
+            f"{s.p50_ms:>8.1f} {s.p99_ms:>8.1f} {s.seen:>5.0%} {_ratio(s):>20} {s.errors:>6}"
         )
     return "\n".join(lines)
 
@@ -115,15 +123,15 @@ def markdown_tables(summaries: list[Summary]) -> str:
             continue
         parts.append(f"**`GET {load.path}`, {load.connections} connections**\n")
         parts.append(
-            "| variant | req/s (median) | min-max | p50 ms | p99 ms | vs blog pattern "
-            "(min-max) | non-2xx + socket errors |"
+            "| variant | req/s (median) | min-max | p50 ms | p99 ms | latency seen | vs blog "
+            "pattern (min-max) | non-2xx + socket errors |"
         )
-        parts.append("|---|---:|---:|---:|---:|---:|---:|")
+        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s in rows:
             parts.append(
                 f"| {BY_NAME[s.variant].label} | {s.rps_median:,.0f} | "
                 f"{s.rps_min:,.0f}-{s.rps_max:,.0f} | {s.p50_ms:.1f} | {s.p99_ms:.1f} | "
-                f"{_ratio(s)} | {s.errors} |"
+                f"{s.seen:.0%} | {_ratio(s)} | {s.errors} |"
             )
         parts.append("")
     return "\n".join(parts)

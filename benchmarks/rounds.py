@@ -129,4 +129,5 @@ def _measure(
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,
         errors=errors,
+        seen=result.seen(load.connections),
     )

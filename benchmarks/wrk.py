@@ -22,10 +22,16 @@ class WrkResult:
 
     requests: int
     requests_per_second: float
+    mean_ms: float
     p50_ms: float
     p99_ms: float
     non_2xx: int
     socket_errors: int
+
+    def seen(self, connections: int) -> float:
+        """The share of ``connections`` clients' time the latencies account for (Little's
+        law: 1.0 when every request in flight was answered within the run; see Sample)."""
+        return self.mean_ms / 1000 * self.requests_per_second / connections
 
 
 def available() -> bool:
@@ -71,8 +77,7 @@ def parse(report: str) -> WrkResult:
         return match
 
     def latency(label: str) -> float:
-        match = number(rf"^\s+{label}%\s+([\d.]+)(us|ms|s|m)\s*$")
-        return float(match.group(1)) * UNITS[match.group(2)]
+        return _in_ms(number(rf"^\s+{label}%\s+([\d.]+)(us|ms|s|m)\s*$"))
 
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report
@@ -81,8 +86,13 @@ def parse(report: str) -> WrkResult:
     return WrkResult(
         requests=int(number(r"(\d+) requests in").group(1)),
         requests_per_second=float(number(r"Requests/sec:\s+([\d.]+)").group(1)),
+        mean_ms=_in_ms(number(r"^\s+Latency\s+([\d.]+)(us|ms|s|m)\s")),
         p50_ms=latency("50"),
         p99_ms=latency("99"),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
     )
+
+
+def _in_ms(match: re.Match[str]) -> float:
+    return float(match.group(1)) * UNITS[match.group(2)]

@@ -1,0 +1,75 @@
+"""Reading wrk's report, and the share of the clients' time its latencies account for.
+
+The reports are wrk 4.1.0's own, from two servers of benchmarks/variants at 256 connections:
+the blog pattern's latencies leave out the clients it kept waiting past the run.
+"""
+
+import pytest
+from benchmarks import wrk
+from benchmarks.report import Sample, markdown_tables, summarize
+
+BLOG_REPORT = """Running 6s test @ http://127.0.0.1:8449/db
+  1 threads and 256 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    18.30ms   48.81ms   1.46s    99.61%
+    Req/Sec     1.00k   141.19     1.12k    86.67%
+  Latency Distribution
+     50%   14.67ms
+     75%   16.71ms
+     90%   17.62ms
+     99%   63.26ms
+  5962 requests in 6.01s, 0.89MB read
+  Socket errors: connect 0, read 0, write 0, timeout 10
+Requests/sec:    991.50
+Transfer/sec:    150.84KB
+"""
+DBSCOPE_REPORT = """Running 6s test @ http://127.0.0.1:8254/db
+  1 threads and 256 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   269.52ms  252.50ms   1.89s    91.93%
+    Req/Sec     1.14k   246.35     1.35k    79.66%
+  Latency Distribution
+     50%  200.79ms
+     75%  248.65ms
+     90%  362.27ms
+     99%    1.49s
+  6801 requests in 6.08s, 1.01MB read
+Requests/sec:   1119.46
+Transfer/sec:    170.31KB
+"""
+
+
+def test_wrk_s_report_is_read_with_its_units() -> None:
+    """Mean, p50 and p99 in milliseconds whatever unit wrk chose; the timeouts are errors."""
+    blog, dbscope = wrk.parse(BLOG_REPORT), wrk.parse(DBSCOPE_REPORT)
+    assert (blog.mean_ms, blog.p50_ms, blog.p99_ms) == (18.30, 14.67, 63.26)
+    assert (blog.requests, blog.socket_errors) == (5962, 10)
+    assert (dbscope.mean_ms, dbscope.p99_ms) == (269.52, 1490.0)
+
+
+def test_the_latencies_seen_show_the_clients_left_waiting() -> None:
+    """Little's law: mean latency x requests/s / connections is about 1 for a server that
+    answers every client in turn, and far below for one that leaves clients waiting."""
+    samples = []
+    for variant, report in (("blog", BLOG_REPORT), ("dbscope_session", DBSCOPE_REPORT)):
+        result = wrk.parse(report)
+        samples.append(
+            Sample(
+                0,
+                0,
+                variant,
+                "db@256",
+                result.requests,
+                result.requests_per_second,
+                result.p50_ms,
+                result.p99_ms,
+                0,
+                seen=result.seen(256),
+            )
+        )
+    blog, dbscope = summarize(samples)
+    assert blog.seen == pytest.approx(0.071, abs=0.001)
+    assert dbscope.seen == pytest.approx(1.18, abs=0.01)
+    assert "| 1,119 | 1,119-1,119 | 200.8 | 1490.0 | 118% | 1.13x (1.13-1.13) | 0 |" in (
+        markdown_tables([dbscope])
+    )
