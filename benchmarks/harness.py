@@ -211,6 +211,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "pool_size": POOL_SIZE,
         "max_overflow": 0,
         "pool_timeout_s": POOL_TIMEOUT,
+        "gc_threshold": os.environ.get("BENCH_GC_THRESHOLD"),  # None: CPython's 700
         "server_core": SERVER_CORE,
         "load_core": LOAD_CORE,
         "loads": [asdict(load) for load in LOADS],

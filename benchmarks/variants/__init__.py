@@ -9,5 +9,13 @@ Every variant answers, following the TechEmpower database tests:
 
 The variants used by the overload scenario also answer ``GET /hold``, which keeps its
 connection for ``HOLD_SECONDS`` (``SELECT pg_sleep``). Settings come from ``BENCH_*``
-environment variables (see ``common.BenchSettings``).
+environment variables (see ``common.BenchSettings``); ``BENCH_GC_THRESHOLD``, when set,
+raises CPython's youngest-generation threshold in every variant alike, as the recipe in
+docs/recipes.md does for an app (unset: CPython's 700).
 """
+
+import gc
+import os
+
+if os.environ.get("BENCH_GC_THRESHOLD"):
+    gc.set_threshold(int(os.environ["BENCH_GC_THRESHOLD"]), 10, 10)
