@@ -4,6 +4,7 @@ a WebSocket handler, several databases, the app's own exception handlers, Alembi
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ from arq.connections import create_pool
 from arq.worker import Worker
 from examples.notes.models import Base as ExampleBase
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message
 
 import dbscope.alembic
@@ -250,3 +252,30 @@ async def test_the_migrations_of_the_example_make_its_models_tables(database_url
             async with db.transaction() as session:
                 with pytest.raises(AssertionError, match="body"):
                     await check(session)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
+async def test_the_garbage_collector_is_tuned_at_start_up_and_the_app_serves(
+    database_url: str,
+) -> None:
+    """The recipe's lifespan connects the Database and raises the threshold; a request on
+    ``Depends(db.session)`` is answered. The process's threshold is put back after."""
+    namespace = recipe(database_url, "gc.set_threshold")
+    lifespan = namespace["lifespan"]
+    app = helpers.app_with(namespace["db"].session, {"GET /one": select_one}, lifespan=lifespan)
+
+    before = gc.get_threshold()
+    try:
+        async with lifespan(app), helpers.client_for(app) as client:
+            during = gc.get_threshold()
+            answered = await client.get("/one")
+    finally:
+        gc.set_threshold(*before)
+    assert before[0] < 10_000  # CPython's default, or the test would prove nothing
+    assert during == (10_000, 10, 10)
+    assert (answered.status_code, answered.json()) == (200, 1)
+
+
+async def select_one(session: AsyncSession) -> int:
+    """An endpoint on the request's session."""
+    return int((await session.execute(text("SELECT 1"))).scalar_one())
