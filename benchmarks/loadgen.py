@@ -59,12 +59,16 @@ class LoadResult:
         transport_errors: requests that got no response (refused, reset, timed out).
         reconnects: keep-alive connections the server closed between two requests (as
             uvicorn does after a 500); the request is sent again on a new connection.
+        unanswered: for each request still in flight when the load ended, the seconds it had
+            waited by then: a lower bound of its latency, which no percentile of the
+            responses shows.
     """
 
     duration: float
     responses: list[Response] = field(default_factory=list)
     transport_errors: int = 0
     reconnects: int = 0
+    unanswered: list[float] = field(default_factory=list)
 
     @property
     def statuses(self) -> Counter[int]:
@@ -172,6 +176,8 @@ class _Client:
         self.start = start
         self.result = result
         self.writer: asyncio.StreamWriter | None = None
+        # When the request in flight was sent (time.monotonic()); None between requests.
+        self.sent_at: float | None = None
 
     async def run(self, deadline: float, wait: float) -> None:
         reader: asyncio.StreamReader | None = None
@@ -181,9 +187,10 @@ class _Client:
                 try:
                     if reader is None:
                         reader = await self._connect(wait)
-                    sent = time.monotonic()
+                    sent = self.sent_at = time.monotonic()
                     head = await asyncio.wait_for(self._send(reader), wait)
                 except (OSError, EOFError, ValueError, TimeoutError) as error:
+                    self.sent_at = None
                     self.close()
                     reader = None
                     if reused and isinstance(error, ServerClosed | ConnectionError):
@@ -193,6 +200,7 @@ class _Client:
                         await asyncio.sleep(ERROR_PAUSE)
                     continue
                 latency = time.monotonic() - sent
+                self.sent_at = None
                 self.result.responses.append(Response(sent - self.start, latency, head.status))
                 if not head.keep_alive:
                     self.close()
@@ -239,7 +247,7 @@ async def run_load(
 
     A request that gets no response within ``wait`` seconds counts as a transport error.
     Requests in flight at the deadline are abandoned: their connections are closed, as a
-    load balancer's would be, and they are not counted.
+    load balancer's would be, and only how long they had waited is kept (``unanswered``).
     """
     start = time.monotonic()
     deadline = start + duration
@@ -255,6 +263,8 @@ async def run_load(
                 await asyncio.wait_for(until.wait(), duration)
             result.duration = time.monotonic() - start
     finally:
+        ended = time.monotonic()
+        result.unanswered = [ended - c.sent_at for c in clients if c.sent_at is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -6,6 +6,9 @@ the blog pattern's latencies leave out the clients it kept waiting past the run.
 
 import pytest
 from benchmarks import wrk
+from benchmarks.catalog import Load
+from benchmarks.latency import waits
+from benchmarks.loadgen import LoadResult, Response
 from benchmarks.report import Sample, markdown_tables, summarize
 
 BLOG_REPORT = """Running 6s test @ http://127.0.0.1:8449/db
@@ -73,3 +76,14 @@ def test_the_latencies_seen_show_the_clients_left_waiting() -> None:
     assert "| 1,119 | 1,119-1,119 | 200.8 | 1490.0 | 118% | 1.13x (1.13-1.13) | 0 |" in (
         markdown_tables([dbscope])
     )
+
+
+def test_a_client_left_waiting_counts_in_the_latencies_of_every_request() -> None:
+    """97 requests answered in 10 ms and three clients still waiting when the run ended, two
+    of them for 3 s: the answered p99 hides them, the p99 over every request does not."""
+    result = LoadResult(duration=1.0)
+    result.responses = [Response(sent=0.0, latency=0.010, status=200) for _ in range(97)]
+    result.unanswered = [3.0, 3.0, 0.005]
+    run = waits("blog", Load("db", "/db", 3), result)
+    assert (run.answered_p99_ms, run.kept_waiting) == (10.0, 2)
+    assert (run.every_p99_ms, run.every_longest_ms) == (3000.0, 3000.0)
