@@ -293,7 +293,11 @@ async def test_retries_settle_a_real_serialization_failure(through: Through) -> 
 
     async with through.database() as db:
         retries = await asyncio.gather(add(db), add(db))
-    assert sorted(retries) == [0, 1]
+    # One never retried; the other at least once. More than once when its retry read before
+    # the first one's COMMIT had come back through PgBouncer: a conflict again, as it should.
+    fewer, more = sorted(retries)
+    assert fewer == 0
+    assert 1 <= more < 5
     async with admin(DIRECT) as connection:
         amounts = await connection.scalars(text("SELECT amount FROM pgb_ledger ORDER BY amount"))
         assert list(amounts) == [1, 2]
