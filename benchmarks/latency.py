@@ -35,9 +35,10 @@ from typing import Final
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import loadgen, servers
+from benchmarks import data, loadgen, servers
 from benchmarks.catalog import BY_NAME, LOADS, Load
 from benchmarks.config import LOAD_CORE, SERVER_CORE, base_env
+from benchmarks.variants.common import bench_settings
 
 VARIANTS: Final = ("blog", "dbscope_session", "with_fastapi_sqla", "with_advanced_alchemy")
 DATABASE_LOADS: Final = tuple(load for load in LOADS if load.endpoint != "nodb")
@@ -84,15 +85,16 @@ def measure(variant: str, duration: float, log: Path) -> list[Waits]:
     ) as server:
         measured = []
         for load in DATABASE_LOADS:
-            for seconds in (WARM_UP_SECONDS, duration):
-                result = loadgen.run_async(
-                    loadgen.run_load(
-                        server.port, load.path, connections=load.connections, duration=seconds
-                    )
-                )
-            measured.append(waits(variant, load, result))
+            _load(server.port, load, WARM_UP_SECONDS)
+            measured.append(waits(variant, load, _load(server.port, load, duration)))
             print(_line(measured[-1]), flush=True)
         return measured
+
+
+def _load(port: int, load: Load, seconds: float) -> loadgen.LoadResult:
+    return loadgen.run_async(
+        loadgen.run_load(port, load.path, connections=load.connections, duration=seconds)
+    )
 
 
 def median_by_load(runs: list[Waits]) -> list[Waits]:
@@ -134,6 +136,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.sched_setaffinity(0, {LOAD_CORE})  # the client: the servers are pinned by taskset
+    loadgen.run_async(data.ensure_world(bench_settings().url))  # the rows /db reads
     logs = Path(tempfile.mkdtemp(prefix="dbscope-latency-"))
     runs: list[Waits] = []
     for round_ in range(args.rounds):

@@ -33,7 +33,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     errors: int
-    seen: float = 1.0
+    seen: float
 
 
 @dataclass(frozen=True)
