@@ -43,6 +43,11 @@ async def has_item(session: AsyncSession, item: int) -> bool:
     return bool(await session.scalar(query, {"id": item}))
 
 
+async def on_replica_and_sees(session: AsyncSession, item: int) -> tuple[bool, bool]:
+    """Whether ``session``'s unit runs on a replica, and whether it sees the item ``item``."""
+    return await in_recovery(session), await has_item(session, item)
+
+
 async def add_item(db: Database, item: int) -> None:
     """Write the item ``item`` in a unit of its own, on the primary."""
     async with db.transaction() as session:

@@ -23,8 +23,7 @@ from tests.replica_reads import (
     TABLE,
     add_item,
     fallbacks,
-    has_item,
-    in_recovery,
+    on_replica_and_sees,
     replicated,
     served,
 )
@@ -56,7 +55,7 @@ async def read(
     async with db.transaction(
         read_only=True, after=after, stale_ok=stale_ok, isolation_level=isolation_level
     ) as session:
-        return await in_recovery(session), await has_item(session, item)
+        return await on_replica_and_sees(session, item)
 
 
 async def test_a_read_after_a_write_reads_the_primary_while_the_replica_is_behind(
