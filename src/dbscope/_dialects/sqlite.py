@@ -28,6 +28,11 @@ from dbscope._dialects._base import (
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
+# SQLITE_BUSY: another connection held the write lock past the busy timeout (5 s).
+BUSY: Final = 5
+# The execution option of a read-only unit's engine view (Backend.read_only_view): its
+# transaction begins DEFERRED, every other IMMEDIATE.
+READ_ONLY: Final = "dbscope_sqlite_read_only"
 # dbscope's mark on the files it makes for test runs: "dbsc" in the header's application_id.
 APPLICATION_ID: Final = 0x64627363
 # A database file and the journal files beside it.
@@ -35,7 +40,8 @@ COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 
 
 class SQLite(Backend):
-    """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
+    """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN (IMMEDIATE unless the
+    unit is read-only)."""
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         pragmas = ["PRAGMA foreign_keys=ON"]
@@ -52,7 +58,14 @@ class SQLite(Backend):
             cursor.close()
 
         def on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN", execution_options=OWN)
+            # A deferred transaction that reads, then writes after another connection has
+            # committed, fails at once with "database is locked" (its snapshot is stale, and
+            # no busy timeout helps). A unit that may write takes the write lock at BEGIN
+            # instead, waiting its turn for up to the busy timeout, as Rails does; readers
+            # still go ahead in WAL mode.
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+            connection.exec_driver_sql(begin, execution_options=OWN)
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
@@ -74,6 +87,8 @@ class SQLite(Backend):
         code = getattr(orig, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF == CONSTRAINT:
             return "constraint"
+        if code == BUSY:
+            return "lock_wait"
         return None
 
     def error_code(self, orig: BaseException | None) -> str | None:
@@ -137,8 +152,6 @@ def _drop(path: Path) -> None:
 
 
 def _sqlite_errors() -> tuple[type[BaseException], ...]:
-    import sqlite3
-
     return (sqlite3.Error,)
 
 
@@ -159,6 +172,7 @@ BACKEND: Final = SQLite(
     aliases=(),
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
+    read_only_view=(READ_ONLY,),
     title="SQLite",
     schema_advice=": a SQLite file is a database of its own, so tables kept apart get a file each.",
 )
