@@ -226,6 +226,9 @@ class Database(RequestEntryPoints):
         at the end by rolling back its own transaction. ``connect()`` and ``dispose()`` do
         nothing meanwhile, so the app's lifespan can run. All units share the one
         connection: run them one at a time. ``dbscope.testing`` and the pytest plugin use it.
+        Meanwhile the units follow the rules of ``connection``'s database, which may be
+        another than the URL's (an app on SQLite in development, tested on PostgreSQL):
+        its errors, read-only transactions and schemas.
 
         Args:
             connection: a connection with a transaction begun.
@@ -234,7 +237,10 @@ class Database(RequestEntryPoints):
         strict = (
             self._settings.raise_on_lazy_load if raise_on_lazy_load is None else raise_on_lazy_load
         )
-        with self._lifecycle.bind_to(connection, raise_on_lazy_load=strict):
+        with (
+            self._lifecycle.bind_to(connection, raise_on_lazy_load=strict),
+            self._units.following(connection.engine.url),
+        ):
             yield
 
     # -- the driver connection, for hot reads -----------------------------------------------

@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dbscope._dialects import OWN, Begin
@@ -121,6 +122,19 @@ class Units:
         self.tagger = tagger
         self.current: ContextVar[UnitOfWork | None] = ContextVar("dbscope_unit", default=None)
         self._prepared: dict[UnitOptions, tuple[Begin, Limits]] = {}
+
+    @contextlib.contextmanager
+    def following(self, url: URL) -> Iterator[None]:
+        """Apply the rules of the database at ``url`` meanwhile, and name it in messages: a
+        test binds the units to its connection, which may be another database's (an app on
+        SQLite in development, tested on PostgreSQL)."""
+        saved = (self.limits, self.rules, self._prepared)
+        self.limits = dataclasses.replace(self.limits, url=url)
+        self.rules, self._prepared = self.limits.backend, {}
+        try:
+            yield
+        finally:
+            self.limits, self.rules, self._prepared = saved
 
     def prepared(self, options: UnitOptions) -> tuple[Begin, Limits]:
         """What each transaction of a unit with ``options`` begins with, and what its errors
