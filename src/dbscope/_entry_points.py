@@ -201,7 +201,7 @@ class UnitEntryPoints:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def stream(
+    def stream(
         self,
         body: Callable[[AsyncSession], AsyncIterator[T]],
         *,
@@ -223,12 +223,12 @@ class UnitEntryPoints:
         when the endpoint returned. The options (and ``tags``, ``after``, ``stale_ok``) are
         those of ``transaction()``.
         """
+        # Checked here, at the call: in the generator, a wrong option would show only at the
+        # first chunk, once a server had already answered 200.
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        async with self._opener(options, tags, after)() as unit:
-            async for item in body(unit.session):
-                yield item
+        return _streamed(body, self._opener(options, tags, after))
 
     def retrying(
         self,
@@ -254,7 +254,8 @@ class UnitEntryPoints:
         even when read-only: a conflict is the primary's to settle, and a retried unit must not
         meet a replica's own (a query cancelled by replay). It is re-run
         when the database reports a serialization failure (SQLSTATE 40001) or deadlock
-        (40P01; MySQL 1213, and 1205 with ``lock_timeouts=True``), after an exponential
+        (40P01; MySQL 1213; with ``lock_timeouts=True`` lock wait timeouts too, MySQL's 1205
+        and SQLite's busy timeout), after an exponential
         backoff with jitter; each retry is logged, and ``.retries`` counts them. Other errors
         propagate at once, unchanged. When attempts run out, RetriesExhaustedError is raised
         (409 in FastAPI).
@@ -299,7 +300,6 @@ class UnitEntryPoints:
         return retry_in_unit(
             self._units.current.get,
             retry_policy(policy, **policy_fields),
-            self._units.rules,
             self._lifecycle.count_retry,
         )
 
@@ -322,6 +322,15 @@ class UnitEntryPoints:
             ValueError: the name is not a plain identifier.
         """
         await self._units.running().use_schema(name)
+
+
+async def _streamed(
+    body: Callable[[AsyncSession], AsyncIterator[T]], open_unit: Callable[[], UnitRun]
+) -> AsyncIterator[T]:
+    """``body`` run in a unit of work of its own, opened at the first chunk asked for."""
+    async with open_unit() as unit:
+        async for item in body(unit.session):
+            yield item
 
 
 def _token(after: str | None) -> WriteToken | None:

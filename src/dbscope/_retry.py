@@ -3,7 +3,8 @@
 Under SERIALIZABLE or REPEATABLE READ, or whenever two transactions lock rows in opposite
 orders, the database aborts one of them and expects the application to run it again from the
 start. Whether an error is such a conflict is the backend's verdict from its own codes
-(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213, and 1205 on request),
+(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213; lock wait timeouts on
+request, MySQL/MariaDB 1205 and SQLite's SQLITE_BUSY),
 never the exception class, which differs between asyncpg and psycopg for the same failure.
 
 There is one loop, :class:`Retrying`: ``db.retrying()`` hands its attempts to the caller, each
@@ -18,11 +19,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,7 +55,12 @@ class RetryPolicy:
         backoff: the first wait in seconds; each next one doubles, up to ``max_backoff``;
             the actual wait is drawn at random between 0 and that (full jitter).
         max_backoff: the longest wait in seconds.
-        lock_timeouts: also retry MySQL/MariaDB lock wait timeouts (1205).
+        lock_timeouts: also retry lock wait timeouts (MySQL/MariaDB 1205, SQLite's busy
+            timeout).
+
+    Raises:
+        ConfigurationError: a field that is no value for it (``attempts=2.5``,
+            ``backoff=nan``, ``lock_timeouts="no"``), named as given.
     """
 
     attempts: int = 3
@@ -62,14 +69,17 @@ class RetryPolicy:
     lock_timeouts: bool = False
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            message = f"attempts must be at least 1, got {self.attempts}."
-            raise ConfigurationError(message)
-        if self.backoff < 0 or self.max_backoff < 0:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             message = (
-                f"backoff and max_backoff must be 0 or more seconds, got backoff="
-                f"{self.backoff} and max_backoff={self.max_backoff}."
+                f"attempts={attempts!r} is not a number of runs; use an int of at least 1 "
+                "(the first run included)."
             )
+            raise ConfigurationError(message)
+        for name in ("backoff", "max_backoff"):
+            _check_seconds(name, getattr(self, name))
+        if not isinstance(self.lock_timeouts, bool):
+            message = f"lock_timeouts={self.lock_timeouts!r} is not a bool; use True or False."
             raise ConfigurationError(message)
 
     def delay(self, retry: int) -> float:
@@ -78,10 +88,35 @@ class RetryPolicy:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
+def _check_seconds(name: str, value: object) -> None:
+    """Refuse a wait (``backoff``, ``max_backoff``) that is not a finite number of seconds, 0
+    or more."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (isinstance(value, int) or math.isfinite(value))
+        or value < 0
+    ):
+        message = (
+            f"{name}={value!r} is not a wait; use a finite number of seconds, 0 or more (an "
+            "int or a float, e.g. 0.05)."
+        )
+        raise ConfigurationError(message)
+
+
+RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
+
+
 def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPolicy:
-    """``policy``, or a RetryPolicy from keyword arguments; ConfigurationError for a mix or
-    an unknown option."""
+    """``policy``, or a RetryPolicy from keyword arguments; ConfigurationError for a mix, a
+    ``policy`` that is no RetryPolicy, or an unknown option."""
     if policy is not None:
+        if not isinstance(policy, RetryPolicy):
+            message = (
+                f"policy={policy!r} is not a RetryPolicy; pass RetryPolicy(attempts=..., "
+                "...), or its fields as keyword arguments (attempts=5)."
+            )
+            raise ConfigurationError(message)
         if options:
             message = (
                 f"Pass either policy=RetryPolicy(...) or its fields, not both: got policy and "
@@ -89,10 +124,15 @@ def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPoli
             )
             raise ConfigurationError(message)
         return policy
-    try:
-        return RetryPolicy(**options)
-    except TypeError as error:
-        raise ConfigurationError(f"Invalid retry option: {error}") from None
+    unknown = [f"{name}={value!r}" for name, value in options.items() if name not in RETRY_FIELDS]
+    if unknown:
+        verb = "is not a retry option" if len(unknown) == 1 else "are not retry options"
+        message = (
+            f"{', '.join(unknown)} {verb}; use {', '.join(RETRY_FIELDS)}, or "
+            "policy=RetryPolicy(...)."
+        )
+        raise ConfigurationError(message)
+    return RetryPolicy(**options)
 
 
 def _conflict(error: BaseException, rules: Backend, policy: RetryPolicy) -> str | None:
@@ -224,10 +264,14 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
 def retry_in_unit(
     current: Callable[[], UnitOfWork | None],
     policy: RetryPolicy,
-    rules: Backend,
     on_retry: Callable[[], object] | None = None,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Decorate an async function (an endpoint) to re-run it in the current unit of work."""
+    """Decorate an async function (an endpoint) to re-run it in the current unit of work.
+
+    What a conflict is, is the running unit's backend's verdict (its ``state.rules``), not
+    the rules of when the decorator was applied: a Database bound to a test's connection
+    runs its units by that connection's rules.
+    """
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         name = function.__qualname__
@@ -243,6 +287,7 @@ def retry_in_unit(
                 )
                 raise NoSessionError(message)
             results: list[T] = []
+            rules = unit.state.rules
             attempts = Retrying(lambda: _in_request_unit(unit), policy, rules, name, on_retry)
             async for attempt in attempts:
                 async with attempt:

@@ -7,12 +7,13 @@ and hashable, so that what a unit's options mean is worked out once per value.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
 from dbscope._dialects import SYNCHRONOUS_COMMIT, Backend
 from dbscope._exceptions import ConfigurationError
-from dbscope._settings import validate_schema_name
+from dbscope._settings import SCHEMA_NAME
 
 ISOLATION_LEVELS: Final = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
 
@@ -41,6 +42,11 @@ class UnitOptions:
     synchronous_commit: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("read_only", "stale_ok"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                message = f"{name}={value!r} is not a bool; use True or False."
+                raise ConfigurationError(message)
         if self.stale_ok and not self.read_only:
             message = (
                 "stale_ok=True applies to read-only units, which may read a replica; a unit "
@@ -48,11 +54,9 @@ class UnitOptions:
             )
             raise ConfigurationError(message)
         if self.schema is not None:
-            validate_schema_name(self.schema)
-        if self.statement_timeout is not None and self.statement_timeout <= 0:
-            timeout = self.statement_timeout
-            message = f"statement_timeout must be a positive number of seconds, got {timeout}."
-            raise ConfigurationError(message)
+            _check_schema(self.schema)
+        if self.statement_timeout is not None:
+            _check_timeout(self.statement_timeout)
         if self.synchronous_commit is not None and self.synchronous_commit not in (
             SYNCHRONOUS_COMMIT
         ):
@@ -79,6 +83,14 @@ class UnitOptions:
                 "or MariaDB/MySQL. Remove it, or bound the work with asyncio.timeout()."
             )
             raise ConfigurationError(message)
+        longest = rules.max_statement_timeout
+        timeout = self.statement_timeout
+        if timeout is not None and longest is not None and timeout > longest:
+            message = (
+                f"statement_timeout={timeout!r} is more than {rules.title} accepts; use a "
+                f"positive number of seconds up to {longest!r}, or None for no timeout."
+            )
+            raise ConfigurationError(message)
         if self.schema is not None and not rules.has_schemas:
             message = (
                 f"schema={self.schema!r} is not available on {rules.name}, which has no "
@@ -91,6 +103,34 @@ class UnitOptions:
                 f"{rules.name}: it is PostgreSQL's setting; remove it."
             )
             raise ConfigurationError(message)
+
+
+def _check_timeout(timeout: object) -> None:
+    """Refuse a ``statement_timeout`` that is not a positive, finite number of seconds; the
+    backend's upper bound is checked with the rest of its rules (``UnitOptions.check``)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (isinstance(timeout, int) or math.isfinite(timeout))
+        or timeout <= 0
+    ):
+        message = (
+            f"statement_timeout={timeout!r} is not a timeout; use a positive, finite number of "
+            "seconds (an int or a float, e.g. 2.5) up to what the server accepts, or None for "
+            "no timeout."
+        )
+        raise ConfigurationError(message)
+
+
+def _check_schema(schema: object) -> None:
+    """Refuse a ``schema`` that is not a plain identifier (never SQL: it is quoted as one)."""
+    if not isinstance(schema, str) or not SCHEMA_NAME.fullmatch(schema):
+        message = (
+            f"schema={schema!r} is not a plain identifier; use a str of letters, digits, '_' "
+            "and '$', starting with a letter or '_', at most 63 characters, or None for the "
+            "Database's schema."
+        )
+        raise ConfigurationError(message)
 
 
 DEFAULT_OPTIONS: Final = UnitOptions()

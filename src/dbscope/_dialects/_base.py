@@ -63,22 +63,6 @@ class DatabaseRefused(Exception):
     """The server (or the file system) would not make or drop a database; its own words."""
 
 
-def _no_errors() -> tuple[type[BaseException], ...]:
-    return ()
-
-
-def _never_dead(connection: Any) -> bool:
-    return False
-
-
-def _no_conflict(mode: PoolerMode, args: Mapping[str, Any]) -> str | None:
-    return None
-
-
-def _unknown(connection: Any) -> bool | None:
-    return None
-
-
 async def rollback_connection(connection: Any) -> None:
     """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
     aiosqlite)."""
@@ -114,16 +98,16 @@ class Driver:
     name: str
     install: str
     connect_args: Callable[[float, str | None], dict[str, Any]] = lambda timeout, name: {}
-    looks_dead: Callable[[Any], bool] = _never_dead
-    errors: Callable[[], tuple[type[BaseException], ...]] = _no_errors
-    fatal: Callable[[], tuple[type[BaseException], ...]] = _no_errors
+    looks_dead: Callable[[Any], bool] = lambda connection: False
+    errors: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
+    fatal: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
     status: Callable[[Any], LeaseStatus] | None = None
     rollback: Callable[[Any], Awaitable[object]] | None = None
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False
     pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None
-    pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = _no_conflict
-    hot_standby: Callable[[Any], bool | None] = _unknown
+    pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = lambda mode, args: None
+    hot_standby: Callable[[Any], bool | None] = lambda connection: None
 
 
 @dataclass(frozen=True)
@@ -199,6 +183,8 @@ class Backend:
         drivers: its async drivers, in order of preference when a URL names none.
         has_schemas: whether a unit can target a schema (``search_path``).
         has_statement_timeout: whether a unit can bound its statements' time.
+        max_statement_timeout: the longest ``statement_timeout`` in seconds that the server's
+            own setting accepts; None where there is none to bound.
         has_synchronous_commit: whether a unit can choose what its commit waits for
             (PostgreSQL's ``synchronous_commit``).
         has_replicas: whether read-only units can be routed to its streaming replicas, by the
@@ -218,6 +204,7 @@ class Backend:
     drivers: Mapping[str, Driver] = field(default_factory=dict)
     has_schemas: bool = False
     has_statement_timeout: bool = False
+    max_statement_timeout: float | None = None
     has_synchronous_commit: bool = False
     has_replicas: bool = False
     recycle: int = -1

@@ -256,6 +256,8 @@ BACKEND: Final = MySQL(
     aliases=("mariadb",),
     drivers={"asyncmy": ASYNCMY, "aiomysql": AIOMYSQL},
     has_statement_timeout=True,
+    # MariaDB's max_statement_time is at most 31536000 s (a year); more is cut to it.
+    max_statement_timeout=31536000,
     recycle=3600,
     default_port=3306,
     title="MariaDB/MySQL",

@@ -370,6 +370,8 @@ BACKEND: Final = PostgreSQL(
     drivers={"asyncpg": ASYNCPG, "psycopg": PSYCOPG},
     has_schemas=True,
     has_statement_timeout=True,
+    # statement_timeout is an int of milliseconds: at most 2147483647 ms.
+    max_statement_timeout=2147483.647,
     has_synchronous_commit=True,
     read_only_view=("postgresql_readonly",),
     default_port=5432,
