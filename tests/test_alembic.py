@@ -173,3 +173,32 @@ async def test_alembic_current_reads_the_version_table_in_the_schema(
     done = await alembic(project, "current", environment=environment)
     assert done.returncode == 0, done.stderr.decode()
     assert "0001 (head)" in done.stdout.decode()
+
+
+# -- alembic.ini's URL and the files env.py is given --------------------------------------------
+
+
+async def test_an_unescaped_percent_in_sqlalchemy_url_names_the_file_and_the_fix_not_the_value(
+    tmp_path: Path,
+) -> None:
+    """A percent-encoded password in alembic.ini: ConfigurationError saying '%%', no value."""
+    encoded = "Zq9%23pW%40rd%3A1%2Fx"
+    url = f"postgresql+asyncpg://u:{encoded}@127.0.0.1:{free_port()}/db"
+    project = write_project(tmp_path, ini=f"sqlalchemy.url = {url}\n")
+    done = await alembic(project, "current", environment={})
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode != 0
+    assert f"ConfigurationError: {str(project)!r}: sqlalchemy.url in [alembic]" in output
+    assert "must be written '%%'" in output
+    assert "InterpolationSyntaxError" not in output
+    assert not [piece for piece in ("Zq9", "%23pW", "pW@rd", "pW%40rd") if piece in output]
+
+
+async def test_a_missing_env_file_given_to_run_migrations_is_a_configuration_error(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """run_migrations(env_file="missing.env") fails naming it, even with DATABASE_URL set."""
+    project = write_project(tmp_path, env=ENV.format(arguments="env_file='missing.env'"))
+    done = await alembic(project, "upgrade", "head", environment={"DATABASE_URL": sqlite_url})
+    assert done.returncode != 0
+    assert "ConfigurationError: The env file 'missing.env' does not exist" in done.stderr.decode()

@@ -81,6 +81,27 @@ async def test_a_missing_alembic_ini_is_a_configuration_error_naming_it(
             await dbscope.alembic.upgrade(db, config=missing)
 
 
+def test_config_path_required_gives_a_file_that_is_there_and_refuses_one_that_is_not(
+    project: Path, tmp_path: Path
+) -> None:
+    """config_path(path, required=True): the path of a file; else the functions' message."""
+    missing = tmp_path / "missing.ini"
+    assert dbscope.alembic.config_path(project, required=True) == project
+    assert dbscope.alembic.config_path(missing) == missing  # not required: not checked
+    with pytest.raises(ConfigurationError, match=r"missing\.ini' does not exist; give the path"):
+        dbscope.alembic.config_path(missing, required=True)
+
+
+def test_command_line_refuses_an_alembic_ini_that_is_not_there(tmp_path: Path) -> None:
+    """command_line(["-c", missing, ...]) names the file, instead of Alembic's missing key."""
+    missing = str(tmp_path / "missing.ini")
+    with pytest.raises(ConfigurationError) as refused:
+        dbscope.alembic.command_line(["-c", missing, "current"])
+    assert str(refused.value).startswith(
+        f"The Alembic configuration {missing!r} does not exist; give the path of your alembic.ini"
+    )
+
+
 async def test_a_synchronous_alembic_command_called_inside_the_loop_runs(
     project: Path, clean: str
 ) -> None:

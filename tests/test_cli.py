@@ -165,7 +165,7 @@ async def test_check_with_a_missing_alembic_ini_exits_2_before_connecting() -> N
     done = await dbscope("check", "-c", "missing.ini", environment={"DATABASE_URL": nowhere()})
     assert done.returncode == 2
     assert done.stdout == b""
-    assert "--config 'missing.ini': there is no such file" in done.stderr.decode()
+    assert "The Alembic configuration 'missing.ini' does not exist" in done.stderr.decode()
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])

@@ -14,6 +14,7 @@ import pytest
 
 from .plugin_projects import (
     ISOLATION_TESTS,
+    PLAIN_INI,
     ini,
     run,
     run_plain_project,
@@ -139,3 +140,34 @@ def test_a_project_without_settings_is_untouched(pytester: pytest.Pytester) -> N
 
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("dbscope:*")
+
+
+def test_an_unknown_dialect_in_dbscope_test_url_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """DBSCOPE_TEST_URL=foo://x: pytest stops with a usage error naming the variable and the
+    reason, before any test; no INTERNALERROR."""
+    result = run_plain_project(pytester, "foo://x")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: DBSCOPE_TEST_URL names a database URL dbscope refuses; fix DBSCOPE_TEST_URL.*"]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_refused_url_given_by_the_option_is_a_usage_error_without_its_password(
+    pytester: pytest.Pytester,
+) -> None:
+    """--dbscope-url with a synchronous driver: a usage error naming the option and the fix,
+    and not the password."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+    url = "postgresql+psycopg2://app:Pw-s3cret-9@db.internal/test"
+
+    result = run(pytester, "pytest-asyncio", None, f"--dbscope-url={url}", in_process=True)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --dbscope-url names a database URL dbscope refuses*"])
+    result.stderr.fnmatch_lines(["*'postgresql+asyncpg://'*"])
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()

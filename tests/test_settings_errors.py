@@ -68,6 +68,53 @@ def test_no_url_in_the_environment_is_rejected_naming_database_url(
     assert "set DATABASE_URL" in from_env_error(clean_env)
 
 
+def test_a_missing_env_file_is_rejected_naming_it_and_the_fix(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    """from_env(env_file=...) naming no file fails, even though the environment names a
+    database: a misspelled file would otherwise be skipped without a word."""
+    clean_env.setenv("DATABASE_URL", sqlite_url)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env(env_file="/nonexistent.env")
+    assert str(info.value).startswith(
+        "The env file '/nonexistent.env' does not exist: give the path of an existing dotenv "
+        "file, or name none"
+    )
+
+
+def test_a_missing_env_file_named_by_a_relative_path_says_where_it_was_looked_for(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A relative env file is read from the working directory, which the message names."""
+    clean_env.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env(env_file=".env.local")
+    assert str(info.value).startswith(
+        f"The env file '.env.local' does not exist (looked for from {tmp_path}): give the path"
+    )
+
+
+def test_an_env_file_that_is_a_directory_is_rejected(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+) -> None:
+    """from_env(env_file=<a directory>) says it is not a file."""
+    clean_env.setenv("DATABASE_URL", sqlite_url)
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        Database.from_env(env_file=str(tmp_path))
+
+
+def test_an_env_file_that_is_there_is_read_and_none_named_reads_the_environment(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+) -> None:
+    """An existing env file is read; without one, from_env() reads the environment alone."""
+    (tmp_path / "app.env").write_text(f"DATABASE_URL={sqlite_url}\nPOOL_SIZE=7\n")
+    from_file = Database.from_env(env_file=str(tmp_path / "app.env"))
+    clean_env.setenv("DATABASE_URL", sqlite_url)
+    without = Database.from_env()
+    assert from_file.settings.pool_size == 7
+    assert without.settings.pool_size == 5
+
+
 # -- arguments --------------------------------------------------------------------------------
 
 

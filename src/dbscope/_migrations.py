@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import configparser
 import logging.config
 import os
 from collections.abc import Callable, Coroutine, Sequence
@@ -77,18 +78,23 @@ def require_alembic(purpose: str) -> None:
         raise ModuleNotFoundError(message, name=error.name) from None
 
 
-def config_path(path: str | Path | None = None) -> Path:
+def config_path(path: str | Path | None = None, *, required: bool = False) -> Path:
     """The ``alembic.ini`` that :func:`upgrade`, :func:`status` and :func:`at_head` read.
 
     ``path`` if given, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``
-    in the working directory. Whether the file exists is not checked.
+    in the working directory. Whether the file exists is checked only if ``required``.
 
     Args:
         path: the ``config`` given to them, if any.
+        required: refuse a file that is not there, as they do (and ``dbscope check -c``,
+            ``dbscope migrate -c``).
+
+    Raises:
+        ConfigurationError: ``required``, and there is no file there; the message names the
+            path as given and the fix.
     """
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini")
+    chosen = Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini") if path is None else path
+    return require_config(chosen) if required else Path(chosen)
 
 
 def load_config(path: str | Path) -> Config:
@@ -104,15 +110,25 @@ def load_config(path: str | Path) -> Config:
     require_alembic(f"Running the migrations of {str(path)!r}")
     from alembic.config import Config
 
-    if not Path(path).is_file():
-        message = (
-            f"The Alembic configuration {str(path)!r} does not exist; give the path of your "
-            "alembic.ini (create one with 'alembic init -t async migrations')."
-        )
-        raise ConfigurationError(message)
-    config = Config(str(path))
+    config = Config(str(require_config(path)))
     config.attributes[CONFIGURE_LOGGER] = False
     return config
+
+
+def require_config(path: str | Path) -> Path:
+    """``path``, if it is a file: the one check of an alembic.ini, whoever named it.
+
+    Raises:
+        ConfigurationError: there is no file at ``path``; the message names it as given and
+            the fix.
+    """
+    if Path(path).is_file():
+        return Path(path)
+    message = (
+        f"The Alembic configuration {str(path)!r} does not exist; give the path of your "
+        "alembic.ini (create one with 'alembic init -t async migrations')."
+    )
+    raise ConfigurationError(message)
 
 
 def set_url(config: Config, url: URL) -> None:
@@ -120,6 +136,29 @@ def set_url(config: Config, url: URL) -> None:
     rendered = url.render_as_string(hide_password=False)
     # Escaped for configparser's interpolation: a password may hold '%'.
     config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+
+
+def get_url(config: Config) -> str | None:
+    """The ``sqlalchemy.url`` of ``config`` (its main section), as configparser reads it.
+
+    Raises:
+        ConfigurationError: configparser cannot read it: a '%' that is not written '%%'
+            (a percent-encoded password's, say). The message names the file and the key,
+            never the value, which holds the password.
+    """
+    try:
+        return config.get_main_option("sqlalchemy.url")
+    except configparser.InterpolationError:
+        file = config.config_file_name or "the Alembic configuration"
+        message = (
+            f"{file!r}: sqlalchemy.url in [{config.config_ini_section}] cannot be read: "
+            "alembic.ini goes through configparser's interpolation, where '%' begins a "
+            "reference, so each '%' of the URL (a percent-encoded password's too) must be "
+            "written '%%' ('%40' as '%%40'). Double each '%' there, or remove the line to use "
+            "the application's settings (DATABASE_URL or POSTGRES_*)."
+        )
+        # `from None`: configparser's error quotes the value, password included.
+        raise ConfigurationError(message) from None
 
 
 def run_command(config: Config, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -263,10 +302,8 @@ def run_coroutine(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        running = False
+        pass  # no loop: run it here, outside the except block (no chained RuntimeError)
     else:
-        running = True
-    if not running:
-        return asyncio.run(work())
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-alembic") as pool:
-        return pool.submit(lambda: asyncio.run(work())).result()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-alembic") as pool:
+            return pool.submit(lambda: asyncio.run(work())).result()
+    return asyncio.run(work())

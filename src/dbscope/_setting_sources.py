@@ -3,19 +3,23 @@
 A keyword argument (``pool_size=-1``) for settings given in code, the variable
 (``environment variable APP_POOL_SIZE='-1'``) for those read from the environment; a value
 only for settings that cannot hold a secret; and near misses of the known names
-(``DATABSE_URL is set: did you mean DATABASE_URL?``).
+(``DATABSE_URL is set: did you mean DATABASE_URL?``); and a dotenv file named that cannot
+be read, which pydantic-settings would skip without a word.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
+
+from dbscope._exceptions import ConfigurationError
 
 NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
 # The error type of a check across settings that blames one: its context names the setting.
@@ -70,6 +74,37 @@ class Sources:
             "pass the URL to Database(...)."
         )
         return " ".join([message, *misspelled_variables(p, self.fields)])
+
+
+def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse a dotenv file that was named and cannot be read.
+
+    pydantic-settings skips a missing file without a word, so a misspelled ``--env-file``
+    would run on the environment alone. A pipe (``--env-file <(...)``) is read as a file.
+
+    Raises:
+        ConfigurationError: a file named is missing, not a file, or unreadable; the message
+            names it as given (never its content) and the fix.
+    """
+    named = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
+    for given in named:
+        path = Path(given).expanduser()
+        if not str(given):
+            problem = "names no file"
+        elif not path.exists():
+            relative = "" if path.is_absolute() else f" (looked for from {Path.cwd()})"
+            problem = f"does not exist{relative}"
+        elif not (path.is_file() or path.is_fifo()):
+            problem = "is not a file"
+        elif not os.access(path, os.R_OK):
+            problem = "cannot be read (permission denied)"
+        else:
+            continue
+        message = (
+            f"The env file {str(given)!r} {problem}: give the path of an existing dotenv "
+            "file, or name none to read the environment alone."
+        )
+        raise ConfigurationError(message)
 
 
 def environment_names() -> set[str]:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from dbscope._setting_sources import check_env_files
 from dbscope._settings import DatabaseSettings
 
 
@@ -70,10 +71,13 @@ def load_settings(
     ``default_url`` is used only when neither a URL nor its PostgreSQL parts are given.
 
     Raises:
-        ConfigurationError: a value is invalid; the message names it and the fix.
+        ConfigurationError: a value is invalid, or ``env_file`` names no readable file; the
+            message names it and the fix.
     """
     if not from_env:
         return _ArgumentSettings(**values)
+    if env_file is not None:
+        check_env_files(env_file)
     settings_class = DatabaseSettings
     if default_url is not None:
         location = _DatabaseLocation(_env_prefix=env_prefix, _env_file=env_file)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.engine import Connection
 
@@ -39,6 +39,7 @@ from dbscope._migrations import (
     MigrationStatus,
     config_path,
     configure_logging,
+    get_url,
     load_config,
     migrate_offline,
     migrate_on,
@@ -62,6 +63,9 @@ __all__ = [
     "upgrade",
 ]
 
+# Alembic's commands that need no configuration file: init writes the one -c names.
+COMMANDS_WITHOUT_CONFIG: Final = frozenset({"init", "list_templates"})
+
 
 def run_migrations(
     metadata: Metadata = None,
@@ -80,14 +84,16 @@ def run_migrations(
     Args:
         metadata: the models' ``MetaData`` (``Base.metadata``), for ``--autogenerate``.
         prefix: the prefix of the environment variables, as for ``Database.from_env()``.
-        env_file: a dotenv file to read as well, as for ``Database.from_env()``.
+        env_file: a dotenv file to read as well, as for ``Database.from_env()``; it must
+            exist.
         default_url: the URL when nothing names a database, as for ``Database.from_env()``.
         **options: more of Alembic's ``context.configure()`` options (``compare_type``,
             ``render_as_batch``, ``include_object``...).
 
     Raises:
         ConfigurationError: the settings are invalid (the same messages as
-            ``Database.from_env()``), or alembic.ini's ``sqlalchemy.url`` is.
+            ``Database.from_env()``), or alembic.ini's ``sqlalchemy.url`` is (a '%' not
+            written '%%' included).
         DatabaseUnavailableError: the server cannot be reached.
     """
     require_alembic("dbscope.alembic.run_migrations()")
@@ -180,6 +186,7 @@ def command_line(
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
+        ConfigurationError: ``-c`` names a file that does not exist.
         SystemExit: where ``alembic`` would end: on a wrong argument, a failed command
             (Alembic's message printed) and after ``--help``.
     """
@@ -191,10 +198,21 @@ def command_line(
     class Command(CommandLine):
         # Alembic builds the Config from its own options (-c, -n, -x...) and hands it here.
         def run_cmd(self, config: Any, options: Namespace) -> None:
+            _require_named_configs(options)
             config.attributes.update(attributes)
             super().run_cmd(config, options)
 
     Command(prog=prog).main(argv)
+
+
+def _require_named_configs(options: Namespace) -> None:
+    """Refuse a file named with ``-c`` that is not there, as ``dbscope check -c`` does;
+    Alembic would read it as empty and fail on a missing key."""
+    command = options.cmd[0].__name__
+    if command in COMMANDS_WITHOUT_CONFIG:
+        return
+    for given in options.config or ():
+        config_path(given, required=True)
 
 
 def _shared(connection: object) -> Connection:
@@ -216,7 +234,7 @@ def _settings(
     given = config.attributes.get(SETTINGS)
     if isinstance(given, DatabaseSettings):
         return given
-    url = config.get_main_option("sqlalchemy.url")
+    url = get_url(config)
     if url:
         if url.strip() == PLACEHOLDER_URL:
             message = (

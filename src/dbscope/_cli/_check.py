@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from dbscope import ConfigurationError, Database
+from dbscope import Database
 from dbscope._cli._common import Command, load_database
 from dbscope.alembic import config_path
 from dbscope.alembic import status as migration_status
@@ -62,13 +62,10 @@ def _alembic_config(given: str | None) -> Path | None:
     Raises:
         ConfigurationError: the given file does not exist (said before connecting).
     """
-    path = config_path(given)
-    if path.is_file():
-        return path
-    if given is None:
-        return None
-    message = f"--config {given!r}: there is no such file; give the path of your alembic.ini."
-    raise ConfigurationError(message)
+    if given is not None:
+        return config_path(given, required=True)
+    path = config_path()
+    return path if path.is_file() else None
 
 
 class _Report:

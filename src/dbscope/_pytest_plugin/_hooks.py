@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from dbscope import Database, DbscopeError
+from dbscope import ConfigurationError, Database
 from dbscope._pytest_plugin import _async_fixtures, _loops
-from dbscope._pytest_plugin._options import configured_url
+from dbscope._pytest_plugin._options import url_setting
 from dbscope._pytest_plugin._queries import register_marker
 from dbscope._pytest_plugin._reporting import keep_worker_lines, show_worker_lines
 
@@ -26,17 +26,21 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     """One line naming the database the settings give, its password masked.
 
     The URL is shown as dbscope resolves it (``Database(url).url``, whose repr masks the
-    password wherever the URL gave it), never by editing the text the user wrote.
+    password wherever the URL gave it), never by editing the text the user wrote. A URL
+    dbscope refuses ends the run as a usage error naming the setting that gave it, as the
+    plugin's other settings do, before any test runs.
     """
     setup = config.stash.get(_loops.SETUP, None)
-    url = configured_url(config)
+    url, setting = url_setting(config)
     if setup is None or not url:
         return None
     try:
         shown = repr(Database(url).url)
-    except DbscopeError as error:
-        # dbscope's messages never repeat a password, so the reason can be shown as is.
-        shown = f"(a URL dbscope refuses: {error})"
+    except ConfigurationError as error:
+        # dbscope's messages never repeat a password, so the reason can be shown as is;
+        # `from None`: the chained errors would be printed under the message.
+        message = f"{setting} names a database URL dbscope refuses; fix {setting}. {error}"
+        raise pytest.UsageError(message) from None
     return f"dbscope: {shown} ({setup.async_plugin}, loop scope {setup.loop_scope})"
 
 

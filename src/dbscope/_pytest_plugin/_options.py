@@ -79,12 +79,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def configured_url(config: pytest.Config) -> str:
     """--dbscope-url, else $DBSCOPE_TEST_URL, else the dbscope_url setting; or ''."""
-    return str(
-        config.getoption("dbscope_url")
-        or os.environ.get(URL_VARIABLE)
-        or config.getini("dbscope_url")
-        or ""
+    return url_setting(config)[0]
+
+
+def url_setting(config: pytest.Config) -> tuple[str, str]:
+    """The URL the settings give and the one that gave it (``--dbscope-url``,
+    ``DBSCOPE_TEST_URL`` or ``dbscope_url``); ``("", "")`` if none does."""
+    given = (
+        (config.getoption("dbscope_url"), "--dbscope-url"),
+        (os.environ.get(URL_VARIABLE), URL_VARIABLE),
+        (config.getini("dbscope_url"), "dbscope_url"),
     )
+    for value, name in given:
+        if value:
+            return str(value), name
+    return "", ""
 
 
 def flag(config: pytest.Config, name: str) -> bool:
