@@ -94,7 +94,8 @@ def test_replica_max_lag_takes_a_size_with_a_unit(given: object, size: int) -> N
         (
             {"replica_patroni_urls": ["127.0.0.1:8009"]},
             "argument replica_patroni_urls",
-            "'127.0.0.1:8009' is not a Patroni REST API URL: write it as 'http://host:8008'",
+            "URL 1 of 1 is not a Patroni REST API URL (not shown: it may be a pasted password): "
+            "write it as 'http://host:8008'",
         ),
         (
             {"replica_patroni_urls": ["http://127.0.0.1:8009/replica"]},

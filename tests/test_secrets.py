@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbscope import (
     ConfigurationError,
     Database,
+    DatabaseSettings,
     DbscopeError,
     LifecycleError,
 )
@@ -185,12 +186,57 @@ def test_an_invalid_pool_size_variable_error_hides_the_password(
     assert_hidden(str(info.value), repr(info.value), full_traceback(info.value))
 
 
-def test_a_password_with_an_unencoded_at_is_rejected_showing_none_of_it() -> None:
+# Where the tail of a password with an unencoded '@' lands: the host, or with a ':', '/' or
+# '?' in it the port, the database or the query.
+SPLIT_PASSWORDS = ["s3cr3t@Pa55", "s3cr3t@Pa55:1/x", "s3cr3t@Pa55/x", "s3cr3t@Pa55?x=1"]
+
+
+@pytest.mark.parametrize("split_password", SPLIT_PASSWORDS)
+def test_a_password_with_an_unencoded_at_is_rejected_showing_none_of_it(
+    split_password: str,
+) -> None:
     """user:pass@word@host fails asking for %40, and shows neither half of the password."""
-    split_password = PASSWORD.replace("-", "@")
-    error = config_error(f"postgresql+asyncpg://app:{split_password}@db.example/app")
-    assert "%40" in str(error)
-    assert_hidden(str(error), repr(error), full_traceback(error))
+    for url in (
+        f"postgresql+asyncpg://app:{split_password}@db.example:5432/app",
+        f"mysql+asyncmy://app:{split_password}@db.example/app",
+    ):
+        error = config_error(url)
+        assert "%40" in str(error)
+        assert_hidden(str(error), repr(error), full_traceback(error))
+    replica = f"postgresql+asyncpg://app:{split_password}@replica.example/app"
+    with pytest.raises(ConfigurationError) as refused:
+        Database("postgresql+asyncpg://app@db.example/app", replicas=[replica])
+    assert_hidden(str(refused.value), full_traceback(refused.value))
+
+
+def test_an_at_past_the_user_part_may_stand_encoded() -> None:
+    """An '@' in the query written %40, or in a SQLite file's path, is no password's."""
+    db = Database(f"postgresql+asyncpg://app:{PASSWORD}@db.example/app?application_name=a%40b")
+    assert db.url.query["application_name"] == "a@b"
+    assert Database("sqlite+aiosqlite:///data/a@b.db").url.database == "data/a@b.db"
+
+
+def test_dumped_settings_hide_the_url_passwords() -> None:
+    """model_dump() and model_dump_json(), as an app may log them, mask every URL's password."""
+    settings = DatabaseSettings(
+        database_url=f"postgresql+asyncpg://app:{PASSWORD}@db.example/app",
+        database_replica_urls=[f"postgresql+asyncpg://app:{PASSWORD}@replica.example/app"],
+    )
+    dumped = settings.model_dump()
+    assert dumped["database_url"] == "postgresql+asyncpg://app:***@db.example/app"
+    assert dumped["database_replica_urls"] == ("postgresql+asyncpg://app:***@replica.example/app",)
+    assert_hidden(str(dumped), str(settings.model_dump(mode="json")), settings.model_dump_json())
+
+
+def test_a_patroni_url_that_is_not_one_is_never_echoed() -> None:
+    """A value pasted into the Patroni URLs by mistake may be a password: it is not shown."""
+    with pytest.raises(ConfigurationError, match="URL 1 of 1 is not a Patroni REST API URL") as bad:
+        Database(
+            "postgresql+asyncpg://app@db.example/app",
+            replicas=["postgresql+asyncpg://app@replica.example/app"],
+            replica_patroni_urls=[PASSWORD],
+        )
+    assert_hidden(str(bad.value))
 
 
 # -- a password given as ?password= -----------------------------------------------------------

@@ -19,13 +19,14 @@ import sqlalchemy.ext.asyncio
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from dbscope._dialects import Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
+from dbscope._unit_options import ISOLATION_LEVELS
 
 # Options that only a queue pool takes: passed on for a user's own poolclass only when the
 # user set them, so that NullPool works without dbscope's defaults getting in its way.
@@ -52,7 +53,8 @@ KNOWN_ENGINE_OPTIONS: Final = (
 
 def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
     """Combine the settings, the per-database defaults and the user's engine options."""
-    _refuse_autocommit(extra)
+    _check_option_types(extra)
+    _check_isolation_level(extra)
     options: dict[str, Any] = {
         "echo": settings.echo,
         # dbscope checks connections itself (_pool), without SQLAlchemy's ping per use.
@@ -89,7 +91,24 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     return options
 
 
-def _refuse_autocommit(extra: Mapping[str, Any]) -> None:
+def _check_option_types(extra: Mapping[str, Any]) -> None:
+    # Wrong types would fail deep inside SQLAlchemy ("'str' object has no attribute
+    # '__dict__'"). Values are not shown: connect_args may hold a password.
+    pool = extra.get("poolclass")
+    if pool is not None and not (isinstance(pool, type) and issubclass(pool, Pool)):
+        message = (
+            f"poolclass must be a pool class, got a {type(pool).__name__}: pass the class "
+            "itself (poolclass=NullPool, from sqlalchemy.pool), or leave it out for dbscope's."
+        )
+        raise ConfigurationError(message)
+    for name in ("connect_args", "execution_options"):
+        value = extra.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            message = f"{name} must be a dict of names to values, got a {type(value).__name__}."
+            raise ConfigurationError(message)
+
+
+def _check_isolation_level(extra: Mapping[str, Any]) -> None:
     # In autocommit every statement commits at once: a request that fails half-way would keep
     # its first writes, which is what a unit of work exists to prevent.
     for given, level in (
@@ -103,6 +122,16 @@ def _refuse_autocommit(extra: Mapping[str, Any]) -> None:
                 "writes. Remove it. For statements outside a transaction use `async with "
                 "db.lease()` (the driver connection in autocommit); for a stricter level per "
                 "unit, db.transaction(isolation_level=...) or db.session_with(...)."
+            )
+            raise ConfigurationError(message)
+        # SQLAlchemy takes any case, and '_' for ' '; anything else fails only at connect.
+        words = level.upper().replace("_", " ") if isinstance(level, str) else None
+        if level is not None and words not in ISOLATION_LEVELS:
+            where = "" if given == "isolation_level" else f" in {given}"
+            message = (
+                f"isolation_level={level!r}{where} is not an isolation level: use one of "
+                f"{', '.join(map(repr, ISOLATION_LEVELS))}, or leave it unset for the "
+                "database's own."
             )
             raise ConfigurationError(message)
 

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Final
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, IntegrityError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dbscope._dialects import Backend, backend
@@ -99,8 +99,11 @@ def translate(
         return unavailable("pool_timeout", limits, line_full=isinstance(error, LineFullError))
     rules = limits.backend
     if _raised_while_connecting(error.__traceback__):
-        if isinstance(error, DBAPIError) and rules.error_kind(error.orig) == "refused":
+        kind = rules.error_kind(error.orig) if isinstance(error, DBAPIError) else None
+        if kind == "refused" and isinstance(error, DBAPIError):
             return refused(error, limits)
+        if kind is None and isinstance(error, ProgrammingError):
+            return None  # the driver refused its own arguments (psycopg: an unknown option)
         if isinstance(error, DBAPIError | OSError):
             return unavailable("unreachable", limits)
         return None
@@ -145,6 +148,12 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
         return DatabaseUnavailableError(
             message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
         )
+    if translated is None:  # no server's verdict: the driver refused what it was given
+        message = (
+            f"Could not connect to {describe_location(url)}: {reason} (the driver refused its "
+            "arguments: check the options in the URL's query string and in connect_args)"
+        )
+        return ConfigurationError(message)
     message = (
         f"Could not connect to {describe_location(url)} as user {url.username!r}: {reason} "
         "(check the user, password and database in the URL, and the user's privileges)"

@@ -12,11 +12,19 @@ check must also pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    ByteSize,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode
 from sqlalchemy.engine import URL
 
@@ -44,7 +52,13 @@ class Least:
 
     def check(self, given: float | None) -> float | None:
         """``given`` if it is unset or not below the bound, else ValueError with the message."""
-        if given is None or not (given < self.value if self.allowed else given <= self.value):
+        if given is None:
+            return given
+        if isinstance(given, bool) or not math.isfinite(given):
+            # True passes as 1, and nan compares false with every bound: a NaN pool_timeout
+            # would refuse every waiter at once.
+            raise ValueError(f"must be a finite number, got {given!r}")
+        if not (given < self.value if self.allowed else given <= self.value):
             return given
         raise ValueError(self.message.format(value=given))
 
@@ -104,10 +118,10 @@ class ReplicaSettings(BaseSettings):
         for number, given in enumerate(value, 1):
             parts = urlsplit(given)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                # Shown unless it could hold credentials (user:password@...).
-                shown = f"URL {number}" if "@" in given else repr(given)
+                # Not shown: a value pasted here by mistake may be a password, or hold one.
                 message = (
-                    f"{shown} is not a Patroni REST API URL: write it as "
+                    f"URL {number} of {len(value)} is not a Patroni REST API URL (not shown: "
+                    "it may be a pasted password): write it as "
                     "'http://host:8008' (https where the API has TLS)"
                 )
                 raise ValueError(message)
@@ -136,6 +150,11 @@ class ReplicaSettings(BaseSettings):
             )
             raise ValueError(message)
         return size
+
+    @field_serializer("database_replica_urls")
+    def _dump_replica_urls(self, urls: tuple[URL, ...]) -> tuple[str, ...]:
+        # A URL is a NamedTuple: dumped as it is, its password would show in plain text.
+        return tuple(url.render_as_string(hide_password=True) for url in urls)
 
     @field_validator(*REPLICA_BOUNDS)
     @classmethod

@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,7 @@ from dbscope._replica_settings import Least, ReplicaSettings
 from dbscope._setting_sources import (
     NO_DATABASE,
     Sources,
+    check_env_files,
     describe_validation_error,
     setting_error,
 )
@@ -46,7 +48,7 @@ from dbscope._urls import host_ports, is_memory, parse_url
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-# An HTTP header name (a token, RFC 9110), for the request id's header.
+# An HTTP header or cookie name (a token, RFC 9110): the request id's header, ReadYourWrites'.
 HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # Each numeric pool setting's bound (those of the replicas: _replica_settings.py).
 POOL_BOUNDS: Final = {
@@ -219,6 +221,8 @@ class DatabaseSettings(ReplicaSettings):
     if not TYPE_CHECKING:  # mypy keeps checking keyword arguments against the fields
 
         def __init__(self, **values: Any) -> None:
+            if values.get("_env_file") is not None:
+                check_env_files(values["_env_file"])  # pydantic-settings skips a missing one
             try:
                 super().__init__(**values)
             except ValidationError as error:
@@ -247,6 +251,11 @@ class DatabaseSettings(ReplicaSettings):
     def _parse_database_url(cls, value: Any) -> Any:
         return parse_url(value) if isinstance(value, str | URL) else value
 
+    @field_serializer("database_url")
+    def _dump_database_url(self, url: URL | None) -> str | None:
+        # A URL is a NamedTuple: dumped as it is, its password would show in plain text.
+        return None if url is None else url.render_as_string(hide_password=True)
+
     @field_validator("postgres_schema")
     @classmethod
     def _check_schema(cls, value: str | None) -> str | None:
@@ -266,8 +275,7 @@ class DatabaseSettings(ReplicaSettings):
     @classmethod
     def _check_pool_name(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            message = "must not be blank; leave it unset for host:port/database"
-            raise ValueError(message)
+            raise ValueError("must not be blank; leave it unset for host:port/database")
         return value
 
     @field_validator("request_id_header", mode="before")
@@ -279,11 +287,10 @@ class DatabaseSettings(ReplicaSettings):
         if name.lower() in ("", "none", "off"):
             return None
         if not HEADER_NAME.fullmatch(name):
-            message = (
+            raise ValueError(
                 f"{value!r} is not a header name: use letters, digits and '-' (e.g. "
                 "'X-Request-ID'), or 'none' to read no request id"
             )
-            raise ValueError(message)
         return name
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ Messages name where a database is with :func:`describe_location`, built from the
 never from its text: replacing the password in a message would also replace its letters
 wherever else they occur, and show a short password by the words it mangled.
 
-This module imports nothing of dbscope's but ``_exceptions``.
+This module imports nothing of dbscope's but ``_exceptions`` and ``_dialects``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from dbscope._dialects import backend
 from dbscope._exceptions import ConfigurationError
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
-# The port a driver uses when the URL names none, for the messages that name it.
+UNENCODED_AT: Final = (
+    "The database URL has an '@' in its user name or password that is not percent-encoded, "
+    "so where the password ends cannot be told (the URL is not shown, it holds a password): "
+    "write each '@' inside the user name or password, or anywhere after them, as %40, e.g. "
+    "'postgresql+asyncpg://app:pa%40ss@db.internal/app' for the password 'pa@ss'."
+)
 
 
 def parse_url(value: str | URL) -> URL:
@@ -42,6 +47,12 @@ def parse_url(value: str | URL) -> URL:
             "'postgresql+asyncpg://app@localhost/app' or 'sqlite+aiosqlite:///app.db'."
         )
         raise ValueError(message) from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"The database URL's port {url.port} is not a TCP port (1 to 65535).")
+    if (url.username or url.password) and value.partition("://")[2].count("@") > 1:
+        # user:pa@ss/x@host/db parses as password 'pa' at host 'ss', database 'x@host/db':
+        # an '@' after the user part, wherever it landed, is a password's unencoded '@'.
+        raise ConfigurationError(UNENCODED_AT)
     return normalize_url(url)
 
 
@@ -69,13 +80,7 @@ def check_user_part(url: URL) -> None:
     """
     if url.host is None or "@" not in url.host:
         return
-    message = (
-        "The database URL has an '@' in its user name or password that is not "
-        "percent-encoded, so its host cannot be told apart (the URL is not shown, it holds "
-        "a password): write each '@' inside the user name or password as %40, e.g. "
-        "'postgresql+asyncpg://app:pa%40ss@db.internal/app' for the password 'pa@ss'."
-    )
-    raise ConfigurationError(message)
+    raise ConfigurationError(UNENCODED_AT)
 
 
 def move_query_password(url: URL) -> URL:

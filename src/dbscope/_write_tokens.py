@@ -14,7 +14,7 @@ it cannot read and what is too long to be honest.
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final
 
@@ -90,23 +90,14 @@ class TokenJar:
         return True
 
 
-_jar: ContextVar[TokenJar | None] = ContextVar("dbscope_write_tokens", default=None)
+# This context's jar: a request's, set by ReadYourWrites (fastapi/_read_your_writes.py).
+JAR: ContextVar[TokenJar | None] = ContextVar("dbscope_write_tokens", default=None)
 
 
 def current_jar(*, create: bool = False) -> TokenJar | None:
     """The jar of this context; with ``create``, a new one set here if there is none."""
-    jar = _jar.get()
+    jar = JAR.get()
     if jar is None and create:
         jar = TokenJar()
-        _jar.set(jar)
+        JAR.set(jar)
     return jar
-
-
-def use_jar(jar: TokenJar) -> Token[TokenJar | None]:
-    """Make ``jar`` this context's (a request's); returns what :func:`leave_jar` takes."""
-    return _jar.set(jar)
-
-
-def leave_jar(token: Token[TokenJar | None]) -> None:
-    """Put back the jar that was this context's before :func:`use_jar`."""
-    _jar.reset(token)

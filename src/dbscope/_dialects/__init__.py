@@ -8,12 +8,14 @@ codes from its errors.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import shutil
 from collections.abc import Sequence
 from typing import Final
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import NoSuchModuleError
 
 from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
@@ -80,10 +82,11 @@ def resolve_async_url(url: URL) -> URL:
 
     A URL without a driver (``postgresql://``) gets the first installed async driver for its
     backend; a synchronous driver is refused with the URLs that would work instead.
-    Backends dbscope does not know are left for SQLAlchemy to judge.
+    Backends dbscope does not know are left for SQLAlchemy to judge, once it has a dialect.
     """
     rules = backend(url.get_backend_name())
     if rules is GENERIC:
+        _check_dialect(url)
         return url
     # SQLAlchemy knows "mariadb" (a dialect of its own) but not "postgres".
     prefix = url.get_backend_name() if url.get_backend_name() in _SQLALCHEMY_NAMES else rules.name
@@ -112,6 +115,23 @@ def resolve_async_url(url: URL) -> URL:
         )
         raise ValueError(message)
     return url.set(drivername=f"{prefix}+{name}")
+
+
+def _check_dialect(url: URL) -> None:
+    """Refuse a URL whose database SQLAlchemy has no dialect for (a misspelt name, mostly)."""
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        name = url.get_backend_name()
+        near = difflib.get_close_matches(name, _BY_NAME, n=1)
+        known = ", ".join(f"'{b.name}'" for b in BACKENDS)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        message = (
+            f"The URL begins {url.drivername + '://'!r}, and SQLAlchemy has no dialect for "
+            f"{name!r}: {hint}dbscope knows {known}, e.g. "
+            "'postgresql+asyncpg://app@localhost/app'."
+        )
+        raise ValueError(message) from None
 
 
 def client_command(url: URL, arguments: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
+from typing import Final, get_args
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
@@ -20,20 +20,14 @@ from dbscope._exceptions import (
 logger = logging.getLogger("dbscope")
 
 # dbscope's errors that are the database's state rather than a bug, and so not a 500.
-HANDLED: Final = (
-    DatabaseUnavailableError,
-    StatementTimeoutError,
-    RetriesExhaustedError,
-    ConstraintViolationError,
-    ClientDisconnectedError,
-)
 Handled = (
     DatabaseUnavailableError
     | StatementTimeoutError
     | RetriesExhaustedError
-    | (ConstraintViolationError)
+    | ConstraintViolationError
     | ClientDisconnectedError
 )
+HANDLED: Final[tuple[type[Handled], ...]] = get_args(Handled)
 # nginx's status for a request whose client closed the connection first: nobody receives it,
 # but the server's log and metrics show it for what it is.
 CLIENT_CLOSED_REQUEST: Final = 499

@@ -11,7 +11,8 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbscope._exceptions import ConfigurationError
-from dbscope._write_tokens import TokenJar, WriteToken, leave_jar, parse_tokens, use_jar
+from dbscope._settings import HEADER_NAME
+from dbscope._write_tokens import JAR, TokenJar, WriteToken, parse_tokens
 
 DEFAULT_COOKIE: Final = "dbscope_writes"
 DEFAULT_HEADER: Final = "Dbscope-Writes"
@@ -19,8 +20,6 @@ DEFAULT_MAX_AGE: Final = 60
 # A comma is no cookie-octet (RFC 6265), so in the cookie the tokens are separated by dots
 # (no token holds one: ``<digits>:<hex>``); the header keeps the comma-separated list.
 COOKIE_SEPARATOR: Final = "."
-# A header or cookie name: an RFC 9110 token.
-_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A cookie path: visible ASCII but ';', starting with '/'.
 _PATH: Final = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
 
@@ -94,11 +93,11 @@ class ReadYourWrites:
             await send(message)
 
         # The request's units reach the jar through the context: its writes add to it.
-        context = use_jar(jar)
+        context = JAR.set(jar)
         try:
             await self.app(scope, receive, send_with_tokens)
         finally:
-            leave_jar(context)
+            JAR.reset(context)
 
     def _tokens(self, scope: Scope) -> list[WriteToken]:
         """The tokens of the request's header and of its cookie."""
@@ -123,7 +122,7 @@ class ReadYourWrites:
 
 
 def _check_name(option: str, value: object, example: str) -> None:
-    if isinstance(value, str) and _NAME.fullmatch(value):
+    if isinstance(value, str) and HEADER_NAME.fullmatch(value):
         return
     message = (
         f"ReadYourWrites({option}={value!r}): a {option.split('_')[0]} name is a non-empty "

@@ -1,0 +1,126 @@
+"""Values that parse but cannot work fail at construction, naming the value and the fix.
+
+Each of these used to be accepted and fail later: on the first request (a NaN pool_timeout
+refused every waiter at once), at connect with another mistake's advice (an isolation level
+that does not exist, a port past 65535), or with SQLAlchemy's words for a misspelt database
+("Invalid engine option: Can't load plugin"), or as a raw NoSuchModuleError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from dbscope import ConfigurationError, Database, DatabaseSettings
+from tests.conftest import POSTGRES_URL, require_server
+
+URL = "postgresql+asyncpg://app@db.example/app"
+
+
+@pytest.mark.parametrize("setting", ["pool_timeout", "connect_timeout", "pool_pre_ping_after"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_time_that_is_not_finite_is_refused(setting: str, value: float) -> None:
+    """nan compares false with every bound, inf never ends: both refused by name."""
+    with pytest.raises(ConfigurationError, match=f"{setting}={value}: must be a finite number"):
+        Database(URL, **{setting: value})  # type: ignore[arg-type]
+
+
+def test_a_time_variable_that_is_not_finite_is_refused_naming_it(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """POOL_TIMEOUT=nan in the environment: named as the variable."""
+    clean_env.setenv("DATABASE_URL", URL)
+    clean_env.setenv("POOL_TIMEOUT", "nan")
+    with pytest.raises(ConfigurationError, match="variable POOL_TIMEOUT='nan': must be a finite"):
+        Database.from_env()
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("postgressql+asyncpg://app:pw@localhost/app", "did you mean 'postgresql'?"),
+        ("mysq://root@localhost/app", "did you mean 'mysql'?"),
+        ("foo://x", "dbscope knows 'postgresql', 'mysql', 'sqlite'"),
+    ],
+)
+def test_a_database_sqlalchemy_has_no_dialect_for_is_refused_with_the_names(
+    url: str, hint: str
+) -> None:
+    """A misspelt database name: the nearest known one, never SQLAlchemy's plugin words."""
+    with pytest.raises(ConfigurationError) as refused:
+        Database(url)
+    message = str(refused.value)
+    assert hint in message
+    assert "argument url" in message
+    assert "plugin" not in message
+    assert "engine option" not in message
+
+
+def test_a_port_past_65535_is_refused_at_construction() -> None:
+    """Not a TCP port: said when the Database is made, not as a login failure at connect."""
+    with pytest.raises(ConfigurationError, match="port 99999 is not a TCP port"):
+        Database("postgresql+asyncpg://app@db.example:99999/app")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"isolation_level": "BOGUS"}, {"execution_options": {"isolation_level": "REPEATABLE"}}],
+)
+def test_an_isolation_level_that_does_not_exist_is_refused_at_construction(
+    options: dict[str, Any],
+) -> None:
+    """Refused with the levels there are, instead of at connect with a login's advice."""
+    with pytest.raises(ConfigurationError, match="is not an isolation level: use one of"):
+        Database(URL, **options)
+
+
+@pytest.mark.parametrize("level", ["read committed", "REPEATABLE_READ"])
+async def test_an_isolation_level_in_sqlalchemys_other_spellings_is_applied(level: str) -> None:
+    """SQLAlchemy takes any case and '_' for ' ': so does the check, and the server has it."""
+    require_server(POSTGRES_URL)
+    async with Database(POSTGRES_URL, isolation_level=level) as db, db.transaction() as session:
+        shown = await session.scalar(text("SHOW transaction_isolation"))
+    assert shown == level.lower().replace("_", " ")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"poolclass": "NullPool"}, "poolclass must be a pool class, got a str"),
+        ({"connect_args": 5}, "connect_args must be a dict of names to values, got a int"),
+        ({"execution_options": 5}, "execution_options must be a dict of names to values"),
+    ],
+)
+def test_an_engine_option_of_the_wrong_type_is_refused_naming_it(
+    options: dict[str, Any], expected: str
+) -> None:
+    """Refused by name instead of an AttributeError or TypeError from inside SQLAlchemy."""
+    with pytest.raises(ConfigurationError, match=expected):
+        Database(URL, **options)
+
+
+@pytest.mark.parametrize(
+    ("drivername", "query"),
+    [("postgresql+psycopg", "sslmod=require"), ("postgresql+asyncpg", "sslmode=require")],
+)
+async def test_a_connect_option_the_driver_refuses_is_a_configuration_error_about_options(
+    drivername: str, query: str
+) -> None:
+    """Not an outage (psycopg's unknown option was a 503 with Retry-After), and not a login:
+    the advice names the URL's query string and connect_args."""
+    require_server(POSTGRES_URL)
+    url = make_url(POSTGRES_URL).set(drivername=drivername)
+    db = Database(f"{url.render_as_string(hide_password=False)}?{query}")
+    with pytest.raises(ConfigurationError, match="the options in the URL's query string"):
+        await db.connect()
+
+
+def test_settings_made_directly_refuse_a_missing_env_file(tmp_path: Path) -> None:
+    """DatabaseSettings(_env_file=...) checks the file as Database.from_env(env_file=) does."""
+    missing = tmp_path / "missing.env"
+    with pytest.raises(ConfigurationError, match=r"missing\.env' does not exist"):
+        DatabaseSettings(_env_file=missing)
