@@ -1,9 +1,12 @@
-"""SQLite files: a unit that reads, then writes, is not failed by another unit's commit.
+"""SQLite files: a unit that reads, then writes after another unit committed, is a conflict.
 
-In WAL mode a deferred transaction reads a snapshot; if another connection commits before it
-writes, its write fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT), whatever
-the busy timeout. dbscope begins every unit that may write with BEGIN IMMEDIATE, so writers
-take turns from their first statement; read-only units still read alongside.
+In WAL mode a deferred transaction reads a snapshot; if another connection holds the write
+lock or has committed since, its write fails at once with "database is locked" (SQLITE_BUSY,
+SQLITE_BUSY_SNAPSHOT), whatever the busy timeout: the stale read PostgreSQL reports as a
+serialization failure. dbscope reads it as a conflict, so ``db.retrying()`` and
+``@db.retry()`` run the unit again. Units
+begin deferred, not IMMEDIATE: a unit open around another (a middleware's around the
+request's) would otherwise hold the one write lock the inner unit waits for.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
@@ -16,7 +19,6 @@ from typing import Annotated
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, RetriesExhaustedError
@@ -41,49 +43,65 @@ async def count(db: Database) -> int:
         return int(await session.scalar(select(func.count()).select_from(text("sw_rows"))) or 0)
 
 
-async def test_a_commit_between_a_units_read_and_its_write_does_not_fail_it(db: Database) -> None:
-    """A reads; B tries to write and commit meanwhile; A writes: both commit, B after A."""
-    async with db:
-        order: list[str] = []
-        read = asyncio.Event()
+async def stale_write(db: Database, attempts: int) -> int:
+    """A reads; B writes and commits; A writes, in a unit of ``attempts``: A's retries."""
+    read, committed = asyncio.Event(), asyncio.Event()
 
-        async def writer_b() -> None:
-            await read.wait()
-            async with db.transaction() as session:
-                await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('b')"))
-            order.append("b")
-
-        b = asyncio.create_task(writer_b())
+    async def writer_b() -> None:
+        await read.wait()
         async with db.transaction() as session:
-            await session.scalar(text("SELECT count(*) FROM sw_rows"))
-            read.set()
-            # Without BEGIN IMMEDIATE, B commits here at once and A's write below fails.
-            await asyncio.wait({b}, timeout=1.0)
-            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('a')"))
-        order.append("a")
+            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('b')"))
+        committed.set()
+
+    b = asyncio.create_task(writer_b())
+    retrying = db.retrying(attempts=attempts, backoff=0)
+    try:
+        async for attempt in retrying:
+            async with attempt as session:
+                await session.scalar(text("SELECT count(*) FROM sw_rows"))
+                read.set()
+                await committed.wait()
+                await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('a')"))
+    finally:
         await b
-        assert order == ["a", "b"]
-        assert await count(db) == 2
+    return retrying.retries
 
 
-async def test_concurrent_read_then_write_requests_all_succeed(db: Database) -> None:
-    """40 requests at once, each reading then writing, as POST endpoints do: none fails."""
+async def test_a_commit_between_a_units_read_and_its_write_is_a_conflict_retried(
+    db: Database,
+) -> None:
+    """A's write after B's commit is a write conflict: A's second attempt commits. With one
+    attempt allowed, RetriesExhaustedError names it."""
+    async with db:
+        assert await stale_write(db, attempts=3) == 1
+        with pytest.raises(RetriesExhaustedError, match=r"write conflict \(SQLITE_BUSY"):
+            await stale_write(db, attempts=1)
+        assert await count(db) == 3  # a and b, then b alone
+
+
+async def test_concurrent_read_then_write_requests_all_succeed_with_retry(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """20 requests at once, each reading then writing, under @db.retry(): none fails, and the
+    count each committed attempt read is every row committed before it."""
     app = FastAPI()
     Session = Annotated[AsyncSession, Depends(db.session)]
 
     @app.post("/rows", status_code=201)
+    @db.retry(attempts=20, backoff=0.005, max_backoff=0.05)
     async def add(session: Session) -> dict[str, int]:
         before = int(await session.scalar(text("SELECT count(*) FROM sw_rows")) or 0)
-        await asyncio.sleep(0)  # let the other requests' units begin meanwhile
+        await asyncio.sleep(0)  # let the other requests' units read meanwhile
         await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('http')"))
         return {"before": before}
 
     async with db, client_for(app) as client:
-        responses = await asyncio.gather(*(client.post("/rows") for _ in range(40)))
-        assert [r.status_code for r in responses] == [201] * 40
-        # Writers took turns: each saw every row committed before it, none a stale snapshot.
-        assert sorted(r.json()["before"] for r in responses) == list(range(40))
-        assert await count(db) == 40
+        responses = await asyncio.gather(*(client.post("/rows") for _ in range(20)))
+        assert [r.status_code for r in responses] == [201] * 20
+        assert sorted(r.json()["before"] for r in responses) == list(range(20))
+        assert await count(db) == 20
+    # The conflicts were real, and retried.
+    assert any("after a write conflict (SQLITE_BUSY" in line for line in caplog.messages)
 
 
 async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) -> None:
@@ -95,17 +113,10 @@ async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) 
         assert await count(db) == 1
 
 
-async def insert_retried(db: Database, *, lock_timeouts: bool = False) -> None:
-    """Insert a row in a unit retried up to twice, at once, lock waits included on request."""
-    async for attempt in db.retrying(attempts=2, backoff=0, lock_timeouts=lock_timeouts):
-        async with attempt as session:
-            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('x')"))
-
-
-async def test_a_writer_that_waits_past_the_busy_timeout_is_a_lock_wait_timeout(
+async def test_a_writer_that_waits_past_the_busy_timeout_is_a_conflict_retried(
     tmp_path: Path,
 ) -> None:
-    """Past the busy timeout the unit fails as a lock wait: retried with lock_timeouts=True."""
+    """Past the busy timeout a write-first unit fails as a write conflict, run again."""
     path = tmp_path / "app.db"
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute(CREATE)
@@ -114,9 +125,17 @@ async def test_a_writer_that_waits_past_the_busy_timeout_is_a_lock_wait_timeout(
     db = Database(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05})
     try:
         async with db:
-            with pytest.raises(RetriesExhaustedError, match=r"lock wait timeout \(SQLITE_BUSY\)"):
-                await insert_retried(db, lock_timeouts=True)
-            with pytest.raises(OperationalError, match="database is locked"):
+            with pytest.raises(
+                RetriesExhaustedError, match=r"write conflict \(SQLITE_BUSY\)"
+            ) as ran:
                 await insert_retried(db)
+            assert ran.value.attempts == 2
     finally:
         holder.close()
+
+
+async def insert_retried(db: Database) -> None:
+    """Insert a row in a unit run at most twice, the second at once."""
+    async for attempt in db.retrying(attempts=2, backoff=0):
+        async with attempt as session:
+            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('x')"))

@@ -3,8 +3,8 @@
 Under SERIALIZABLE or REPEATABLE READ, or whenever two transactions lock rows in opposite
 orders, the database aborts one of them and expects the application to run it again from the
 start. Whether an error is such a conflict is the backend's verdict from its own codes
-(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213; lock wait timeouts on
-request, MySQL/MariaDB 1205 and SQLite's SQLITE_BUSY),
+(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213, and 1205 on request;
+SQLite's SQLITE_BUSY),
 never the exception class, which differs between asyncpg and psycopg for the same failure.
 
 There is one loop, :class:`Retrying`: ``db.retrying()`` hands its attempts to the caller, each
@@ -55,8 +55,7 @@ class RetryPolicy:
         backoff: the first wait in seconds; each next one doubles, up to ``max_backoff``;
             the actual wait is drawn at random between 0 and that (full jitter).
         max_backoff: the longest wait in seconds.
-        lock_timeouts: also retry lock wait timeouts (MySQL/MariaDB 1205, SQLite's busy
-            timeout).
+        lock_timeouts: also retry MySQL/MariaDB lock wait timeouts (1205).
 
     Raises:
         ConfigurationError: a field that is no value for it (``attempts=2.5``,
@@ -141,8 +140,7 @@ def _conflict(error: BaseException, rules: Backend, policy: RetryPolicy) -> str 
         return None
     kind = rules.error_kind(error.orig)
     if kind == "conflict":
-        code = rules.error_code(error.orig)
-        return "serialization failure" if code == "40001" else "deadlock"
+        return rules.conflict_name(error.orig)
     if kind == "lock_wait" and policy.lock_timeouts:
         return f"lock wait timeout ({rules.error_code(error.orig)})"
     return None

@@ -260,6 +260,10 @@ class Backend:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
         return None
 
+    def conflict_name(self, orig: BaseException | None) -> str:
+        """How the conflict ``orig`` (of kind ``conflict``) is named in logs and messages."""
+        return "serialization failure"
+
     def constraint_name(self, orig: BaseException | None) -> str | None:
         """The name of the constraint a violation error names, if the driver tells it."""
         return None

@@ -97,6 +97,9 @@ class MySQL(Backend):
         number = error_number(orig)
         return None if number is None else str(number)
 
+    def conflict_name(self, orig: BaseException | None) -> str:
+        return "deadlock"  # InnoDB's only conflict code here (DEADLOCK)
+
     def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
         # MySQL's SQLSTATEs are coarse (42000 for an unknown database and a syntax error
         # alike): the error number decides.

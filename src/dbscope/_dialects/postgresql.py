@@ -175,6 +175,9 @@ class PostgreSQL(Backend):
             return "read_only"
         return None
 
+    def conflict_name(self, orig: BaseException | None) -> str:
+        return "deadlock" if sqlstate(orig) == "40P01" else "serialization failure"
+
     def constraint_name(self, orig: BaseException | None) -> str | None:
         for candidate in (orig, getattr(orig, "__cause__", None)):
             name = getattr(candidate, "constraint_name", None)  # asyncpg

@@ -28,11 +28,12 @@ from dbscope._dialects._base import (
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
-# SQLITE_BUSY: another connection held the write lock past the busy timeout (5 s).
+# SQLITE_BUSY and SQLITE_BUSY_SNAPSHOT: another writer was in the way. A transaction that
+# read and then writes fails at once, busy timeout or not, while another holds the write lock
+# (BUSY: waiting could deadlock) or after another committed (BUSY_SNAPSHOT: what it read is
+# stale); one that writes first fails after waiting out the busy timeout (5 s). Either way,
+# running the unit again is the cure, as for PostgreSQL's serialization failures.
 BUSY: Final = 5
-# The execution option of a read-only unit's engine view (Backend.read_only_view): its
-# transaction begins DEFERRED, every other IMMEDIATE.
-READ_ONLY: Final = "dbscope_sqlite_read_only"
 # dbscope's mark on the files it makes for test runs: "dbsc" in the header's application_id.
 APPLICATION_ID: Final = 0x64627363
 # A database file and the journal files beside it.
@@ -40,8 +41,7 @@ COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 
 
 class SQLite(Backend):
-    """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN (IMMEDIATE unless the
-    unit is read-only)."""
+    """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         pragmas = ["PRAGMA foreign_keys=ON"]
@@ -58,14 +58,10 @@ class SQLite(Backend):
             cursor.close()
 
         def on_begin(connection: Connection) -> None:
-            # A deferred transaction that reads, then writes after another connection has
-            # committed, fails at once with "database is locked" (its snapshot is stale, and
-            # no busy timeout helps). A unit that may write takes the write lock at BEGIN
-            # instead, waiting its turn for up to the busy timeout, as Rails does; readers
-            # still go ahead in WAL mode.
-            read_only = connection.get_execution_options().get(READ_ONLY, False)
-            begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
-            connection.exec_driver_sql(begin, execution_options=OWN)
+            # Deferred, not IMMEDIATE: a unit opened around another (a middleware's around the
+            # request's) would hold the one write lock the inner unit waits for. The price is
+            # BUSY in units that read before they write (above), which retries settle.
+            connection.exec_driver_sql("BEGIN", execution_options=OWN)
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
@@ -87,9 +83,12 @@ class SQLite(Backend):
         code = getattr(orig, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF == CONSTRAINT:
             return "constraint"
-        if code == BUSY:
-            return "lock_wait"
+        if isinstance(code, int) and code & 0xFF == BUSY:
+            return "conflict"
         return None
+
+    def conflict_name(self, orig: BaseException | None) -> str:
+        return f"write conflict ({self.error_code(orig)})"
 
     def error_code(self, orig: BaseException | None) -> str | None:
         name = getattr(orig, "sqlite_errorname", None)
@@ -172,7 +171,6 @@ BACKEND: Final = SQLite(
     aliases=(),
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
-    read_only_view=(READ_ONLY,),
     title="SQLite",
     schema_advice=": a SQLite file is a database of its own, so tables kept apart get a file each.",
 )
