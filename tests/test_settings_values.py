@@ -124,3 +124,15 @@ def test_settings_made_directly_refuse_a_missing_env_file(tmp_path: Path) -> Non
     missing = tmp_path / "missing.env"
     with pytest.raises(ConfigurationError, match=r"missing\.env' does not exist"):
         DatabaseSettings(_env_file=missing)
+
+
+def test_a_synchronous_driver_is_refused_with_the_async_ones_marked_installed_or_not() -> None:
+    """The replacement to write: each async driver says whether it is here, or how to get it.
+
+    The dev install has asyncmy (dbscope[mysql]) and not aiomysql.
+    """
+    with pytest.raises(ConfigurationError) as refused:
+        Database("mysql+pymysql://root@db.example/app")
+    message = str(refused.value)
+    assert "'mysql+asyncmy://' (installed)" in message
+    assert "'mysql+aiomysql://' (pip install aiomysql)" in message

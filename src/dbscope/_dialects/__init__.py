@@ -102,7 +102,11 @@ def resolve_async_url(url: URL) -> URL:
         return url.set(drivername=f"{prefix}+{installed[0].name}")
     name = url.get_driver_name()
     if name not in rules.drivers:
-        alternatives = " or ".join(f"'{prefix}+{d.name}://'" for d in drivers)
+        alternatives = " or ".join(
+            f"'{prefix}+{d.name}://' "
+            + ("(installed)" if importlib.util.find_spec(d.name) else f"({d.install})")
+            for d in drivers
+        )
         message = (
             f"The URL uses the driver '{name}', which is synchronous; dbscope needs an async "
             f"driver: use {alternatives}."
