@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._dialects import Backend
 from dbscope._exceptions import ConfigurationError, NoSessionError, RetriesExhaustedError
+from dbscope._unit_options import is_finite_number
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -90,12 +90,7 @@ class RetryPolicy:
 def _check_seconds(name: str, value: object) -> None:
     """Refuse a wait (``backoff``, ``max_backoff``) that is not a finite number of seconds, 0
     or more."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (isinstance(value, int) or math.isfinite(value))
-        or value < 0
-    ):
+    if not is_finite_number(value) or value < 0:
         message = (
             f"{name}={value!r} is not a wait; use a finite number of seconds, 0 or more (an "
             "int or a float, e.g. 0.05)."

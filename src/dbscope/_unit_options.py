@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeGuard
 
 from dbscope._dialects import SYNCHRONOUS_COMMIT, Backend
 from dbscope._exceptions import ConfigurationError
@@ -105,15 +105,18 @@ class UnitOptions:
             raise ConfigurationError(message)
 
 
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a finite float: no bool (True passes for 1), no NaN
+    (which every comparison with a bound lets through), no infinity."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def _check_timeout(timeout: object) -> None:
     """Refuse a ``statement_timeout`` that is not a positive, finite number of seconds; the
     backend's upper bound is checked with the rest of its rules (``UnitOptions.check``)."""
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (isinstance(timeout, int) or math.isfinite(timeout))
-        or timeout <= 0
-    ):
+    if not is_finite_number(timeout) or timeout <= 0:
         message = (
             f"statement_timeout={timeout!r} is not a timeout; use a positive, finite number of "
             "seconds (an int or a float, e.g. 2.5) up to what the server accepts, or None for "
