@@ -136,3 +136,10 @@ def test_a_synchronous_driver_is_refused_with_the_async_ones_marked_installed_or
     message = str(refused.value)
     assert "'mysql+asyncmy://' (installed)" in message
     assert "'mysql+aiomysql://' (pip install aiomysql)" in message
+
+
+@pytest.mark.parametrize(("setting", "value"), [("pool_size", True), ("pool_timeout", False)])
+def test_a_bool_for_a_number_is_refused(setting: str, value: bool) -> None:
+    """pydantic would take True for 1: a flag where a number belongs is a mistake."""
+    with pytest.raises(ConfigurationError, match=f"{setting}={value}: must be a number"):
+        Database(URL, **{setting: value})  # type: ignore[arg-type]

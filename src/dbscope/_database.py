@@ -30,10 +30,11 @@ from dbscope._pool_stats import PoolStats
 from dbscope._replicas import Replicas
 from dbscope._request_entry_points import RequestEntryPoints
 from dbscope._session_classes import unit_session_class
-from dbscope._settings import DatabaseSettings, default_pool_name
+from dbscope._settings import DatabaseSettings
 from dbscope._settings_loading import load_settings
 from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import Units
+from dbscope._urls import default_pool_name
 
 
 class Database(RequestEntryPoints):

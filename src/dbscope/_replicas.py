@@ -42,9 +42,10 @@ from dbscope._pool import PoolCounters
 from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
 from dbscope._session import WRITER, UnitState, unit_bind
-from dbscope._settings import DatabaseSettings, default_pool_name
+from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
+from dbscope._urls import default_pool_name
 from dbscope._write_tokens import WriteToken, current_jar
 
 logger = logging.getLogger("dbscope")

@@ -43,7 +43,7 @@ from dbscope._setting_sources import (
     setting_error,
 )
 from dbscope._tags import PLACEMENTS, SqlComments
-from dbscope._urls import host_ports, is_memory, parse_url
+from dbscope._urls import is_memory, parse_url
 
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
@@ -126,15 +126,6 @@ def validate_schema_name(name: str) -> str:
         "'$' only, starting with a letter or '_', at most 63 characters."
     )
     raise ValueError(message)
-
-
-def default_pool_name(url: URL) -> str:
-    """A pool's name when none is set: ``host:port/database`` as OpenTelemetry's conventions
-    suggest (every host of a multi-host URL, comma-separated), or a file database's path;
-    never the user or the password."""
-    if backend(url.get_backend_name()).default_port is None and not url.host:
-        return url.database or ":memory:"
-    return f"{','.join(host_ports(url))}/{url.database or ''}"
 
 
 class DatabaseSettings(ReplicaSettings):
@@ -260,6 +251,14 @@ class DatabaseSettings(ReplicaSettings):
     @classmethod
     def _check_schema(cls, value: str | None) -> str | None:
         return None if value is None else validate_schema_name(value)
+
+    @field_validator(*POOL_BOUNDS, mode="before")
+    @classmethod
+    def _refuse_bools(cls, value: Any) -> Any:
+        # pydantic would take True for 1 before the bounds below see it.
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
 
     @field_validator(*POOL_BOUNDS)
     @classmethod

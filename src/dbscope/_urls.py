@@ -113,6 +113,15 @@ def describe_location(url: URL) -> str:
     return where
 
 
+def default_pool_name(url: URL) -> str:
+    """A pool's name when none is set: ``host:port/database`` as OpenTelemetry's conventions
+    suggest (every host of a multi-host URL, comma-separated), or a file database's path;
+    never the user or the password."""
+    if backend(url.get_backend_name()).default_port is None and not url.host:
+        return url.database or ":memory:"
+    return f"{','.join(host_ports(url))}/{url.database or ''}"
+
+
 def host_ports(url: URL) -> list[str]:
     """Each ``host:port`` a driver tries for ``url``, in order, with default ports filled in.
 
