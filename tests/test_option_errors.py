@@ -21,7 +21,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from dbscope import ConfigurationError, Database, RetryPolicy
-from dbscope._dialects import backend
 from dbscope.fastapi import add_exception_handlers
 from tests import helpers
 
@@ -262,8 +261,7 @@ async def test_a_retried_function_takes_a_conflict_by_the_rules_of_the_unit_it_r
         async with engine.connect() as connection:
             await connection.begin()
             with db.bind_to(connection):
-                async with db.unit_of_work() as unit:
-                    unit.state.rules = backend("postgresql")
+                async with db.unit_of_work():  # on PostgreSQL's rules: the binding's
                     result = await conflicting_once()
             await connection.rollback()
     finally:

@@ -138,7 +138,9 @@ def test_a_synchronous_driver_is_refused_with_the_async_ones_marked_installed_or
     assert "'mysql+aiomysql://' (pip install aiomysql)" in message
 
 
-@pytest.mark.parametrize(("setting", "value"), [("pool_size", True), ("pool_timeout", False)])
+@pytest.mark.parametrize(
+    ("setting", "value"), [("pool_size", True), ("pool_timeout", False), ("replica_wait", True)]
+)
 def test_a_bool_for_a_number_is_refused(setting: str, value: bool) -> None:
     """pydantic would take True for 1: a flag where a number belongs is a mistake."""
     with pytest.raises(ConfigurationError, match=f"{setting}={value}: must be a number"):

@@ -99,14 +99,14 @@ def translate(
         return unavailable("pool_timeout", limits, line_full=isinstance(error, LineFullError))
     rules = limits.backend
     if _raised_while_connecting(error.__traceback__):
-        kind = rules.error_kind(error.orig) if isinstance(error, DBAPIError) else None
-        if kind == "refused" and isinstance(error, DBAPIError):
-            return refused(error, limits)
-        if kind is None and isinstance(error, ProgrammingError):
-            return None  # the driver refused its own arguments (psycopg: an unknown option)
-        if isinstance(error, DBAPIError | OSError):
+        if isinstance(error, DBAPIError):
+            kind = rules.error_kind(error.orig)
+            if kind == "refused":
+                return refused(error, limits)
+            if kind is None and isinstance(error, ProgrammingError):
+                return None  # the driver refused its own arguments (psycopg: an unknown option)
             return unavailable("unreachable", limits)
-        return None
+        return unavailable("unreachable", limits) if isinstance(error, OSError) else None
     if _shared_session(error):
         return shared_session()
     if not isinstance(error, DBAPIError):

@@ -54,9 +54,9 @@ class Least:
         """``given`` if it is unset or not below the bound, else ValueError with the message."""
         if given is None:
             return given
-        if isinstance(given, bool) or not math.isfinite(given):
-            # True passes as 1, and nan compares false with every bound: a NaN pool_timeout
-            # would refuse every waiter at once.
+        if not math.isfinite(given):
+            # nan compares false with every bound: a NaN pool_timeout would refuse every
+            # waiter at once.
             raise ValueError(f"must be a finite number, got {given!r}")
         if not (given < self.value if self.allowed else given <= self.value):
             return given

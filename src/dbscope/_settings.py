@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._replica_settings import Least, ReplicaSettings
+from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings
 from dbscope._setting_sources import (
     NO_DATABASE,
     Sources,
@@ -252,10 +252,10 @@ class DatabaseSettings(ReplicaSettings):
     def _check_schema(cls, value: str | None) -> str | None:
         return None if value is None else validate_schema_name(value)
 
-    @field_validator(*POOL_BOUNDS, mode="before")
+    @field_validator(*POOL_BOUNDS, *REPLICA_BOUNDS, mode="before")
     @classmethod
     def _refuse_bools(cls, value: Any) -> Any:
-        # pydantic would take True for 1 before the bounds below see it.
+        # pydantic would take True for 1 before the bounds (Least) see it.
         if isinstance(value, bool):
             raise ValueError(f"must be a number, got {value!r}")
         return value

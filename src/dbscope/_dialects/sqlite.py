@@ -81,9 +81,10 @@ class SQLite(Backend):
 
     def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
         code = getattr(orig, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF == CONSTRAINT:
+        primary = code & 0xFF if isinstance(code, int) else None  # without its extended part
+        if primary == CONSTRAINT:
             return "constraint"
-        if isinstance(code, int) and code & 0xFF == BUSY:
+        if primary == BUSY:
             return "conflict"
         return None
 
