@@ -110,6 +110,23 @@ async def test_a_missing_alembic_ini_exits_2_with_one_message_for_migrate_and_ch
     assert SECRET not in output_of(done)
 
 
+@pytest.mark.parametrize("command", [("migrate", "current"), ("check",)])
+async def test_an_alembic_ini_named_by_alembic_config_that_is_missing_exits_2_naming_it(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """$ALEMBIC_CONFIG naming no file: refused by both, the variable named. Before, `check`
+    said "no alembic.ini here" and passed, and `migrate` printed Alembic's missing key."""
+    environment = {"DATABASE_URL": nowhere(), "ALEMBIC_CONFIG": "/nonexistent.ini"}
+    done = await dbscope(*command, environment=environment, cwd=tmp_path)
+    error = one_error_line(
+        done,
+        "dbscope: error: The Alembic configuration '/nonexistent.ini' that ALEMBIC_CONFIG "
+        "names does not exist",
+    )
+    assert error.endswith("set ALEMBIC_CONFIG to the path of your alembic.ini, or unset it.")
+    assert SECRET not in output_of(done)
+
+
 async def test_migrate_init_may_name_an_alembic_ini_that_is_not_there_yet(tmp_path: Path) -> None:
     """`init` writes the file -c names: it is not refused for being missing."""
     arguments = ("-c", "alembic.ini", "init", "-t", "async", "migrations")

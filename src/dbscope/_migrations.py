@@ -82,7 +82,9 @@ def config_path(path: str | Path | None = None, *, required: bool = False) -> Pa
     """The ``alembic.ini`` that :func:`upgrade`, :func:`status` and :func:`at_head` read.
 
     ``path`` if given, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``
-    in the working directory. Whether the file exists is checked only if ``required``.
+    in the working directory. Whether the file exists is checked if ``required``, and always
+    for a file ``$ALEMBIC_CONFIG`` names: one named and missing is a mistake, not "no
+    migrations here".
 
     Args:
         path: the ``config`` given to them, if any.
@@ -90,11 +92,15 @@ def config_path(path: str | Path | None = None, *, required: bool = False) -> Pa
             ``dbscope migrate -c``).
 
     Raises:
-        ConfigurationError: ``required``, and there is no file there; the message names the
-            path as given and the fix.
+        ConfigurationError: there is no file where it must be; the message names the path as
+            given, and the variable if it came from one, and the fix.
     """
-    chosen = Path(os.environ.get("ALEMBIC_CONFIG") or "alembic.ini") if path is None else path
-    return require_config(chosen) if required else Path(chosen)
+    if path is not None:
+        return require_config(path) if required else Path(path)
+    named = os.environ.get("ALEMBIC_CONFIG")
+    if named:
+        return require_config(named, variable="ALEMBIC_CONFIG")
+    return require_config("alembic.ini") if required else Path("alembic.ini")
 
 
 def load_config(path: str | Path) -> Config:
@@ -115,19 +121,25 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-def require_config(path: str | Path) -> Path:
+def require_config(path: str | Path, *, variable: str | None = None) -> Path:
     """``path``, if it is a file: the one check of an alembic.ini, whoever named it.
 
     Raises:
-        ConfigurationError: there is no file at ``path``; the message names it as given and
-            the fix.
+        ConfigurationError: there is no file at ``path``; the message names it as given (and
+            the environment ``variable`` that gave it) and the fix.
     """
     if Path(path).is_file():
         return Path(path)
-    message = (
-        f"The Alembic configuration {str(path)!r} does not exist; give the path of your "
-        "alembic.ini (create one with 'alembic init -t async migrations')."
-    )
+    if variable is not None:
+        message = (
+            f"The Alembic configuration {str(path)!r} that {variable} names does not exist; "
+            f"set {variable} to the path of your alembic.ini, or unset it."
+        )
+    else:
+        message = (
+            f"The Alembic configuration {str(path)!r} does not exist; give the path of your "
+            "alembic.ini (create one with 'alembic init -t async migrations')."
+        )
     raise ConfigurationError(message)
 
 

@@ -206,13 +206,13 @@ def command_line(
 
 
 def _require_named_configs(options: Namespace) -> None:
-    """Refuse a file named with ``-c`` that is not there, as ``dbscope check -c`` does;
-    Alembic would read it as empty and fail on a missing key."""
+    """Refuse a file named with ``-c`` or ``$ALEMBIC_CONFIG`` that is not there, as
+    ``dbscope check`` does; Alembic would read it as empty and fail on a missing key."""
     command = options.cmd[0].__name__
     if command in COMMANDS_WITHOUT_CONFIG:
         return
-    for given in options.config or ():
-        config_path(given, required=True)
+    for given in options.config or (None,):  # none given: the file $ALEMBIC_CONFIG names
+        config_path(given, required=given is not None)
 
 
 def _shared(connection: object) -> Connection:

@@ -57,7 +57,8 @@ COMMAND: Final = Command(
 
 
 def _alembic_config(given: str | None) -> Path | None:
-    """The alembic.ini to check: the given one, which must exist, else the default if any.
+    """The alembic.ini to check: the given one or the one $ALEMBIC_CONFIG names, which must
+    exist, else ./alembic.ini if there is one.
 
     Raises:
         ConfigurationError: the given file does not exist (said before connecting).
