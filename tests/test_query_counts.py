@@ -145,7 +145,8 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
     bound: Database, db_backend: str
 ) -> None:
     """SET LOCAL, SET TRANSACTION READ ONLY, max_statement_time, the search_path and the
-    request's application_name cost no count: the same code counts the same everywhere."""
+    request's application_name cost no count, nor what puts them back at the end of a unit
+    bound to the test's connection: the same code counts the same everywhere."""
     if db_backend == "sqlite":
         options: dict[str, Any] = {"read_only": True}
     elif db_backend == "asyncmy":
@@ -164,12 +165,18 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
         "SET TRANSACTION READ ONLY",
         "SET LOCAL statement_timeout = 5000",
         "SET LOCAL search_path TO public",
+        "SET LOCAL statement_timeout TO DEFAULT",
+        "SET LOCAL search_path TO DEFAULT",
     ]
+    named = "SET LOCAL application_name TO DEFAULT"
     expected = {
         "sqlite": [],
-        "asyncmy": ["SET SESSION max_statement_time = 5.0"],
-        "asyncpg": [*postgresql, "SELECT set_config('application_name', $1, true)"],
-        "psycopg": [*postgresql, "SELECT set_config('application_name', %(name)s, true)"],
+        "asyncmy": [
+            "SET SESSION max_statement_time = 5.0",
+            "SET SESSION max_statement_time = DEFAULT",
+        ],
+        "asyncpg": [*postgresql, "SELECT set_config('application_name', $1, true)", named],
+        "psycopg": [*postgresql, "SELECT set_config('application_name', %(name)s, true)", named],
     }
     assert own == expected[db_backend]
 

@@ -90,6 +90,8 @@ class UnitState:
         write_position: the latest position read so, if any.
         reroute: on a replica, until its first statement returned: where the unit goes if
             that statement meets an outage of the replica (``_replicas.py``), else None.
+        savepoint_of: bound to a test's connection (its transactions are savepoints), that
+            connection, on which what ``begin`` set is put back when each one ends.
     """
 
     rules: Backend
@@ -103,6 +105,7 @@ class UnitState:
     tracks_writes: bool = False
     write_position: int | None = None
     reroute: Callable[[Exception], Engine | None] | None = None
+    savepoint_of: Connection | None = None
 
 
 class UnitSession(Session):
@@ -235,6 +238,19 @@ def _configure_transaction(
         state.rules.name_transaction(connection, state.request_id)
     if state.tracks_writes:  # read when the connection returns, after its commit
         connection.info[WRITER] = state
+    if connection.in_nested_transaction():  # bound to a test's connection: a savepoint
+        state.savepoint_of = connection
+
+
+@event.listens_for(UnitSession, "after_transaction_end")
+def _put_back_settings(session: Session, transaction: SessionTransaction) -> None:
+    # In production the transaction's end undoes what begin() set; a savepoint's does not.
+    state = unit_state(session)
+    if state is None or state.savepoint_of is None or transaction.parent is not None:
+        return
+    connection, state.savepoint_of = state.savepoint_of, None
+    if connection.in_transaction() and not connection.invalidated:
+        state.rules.put_back(connection, state.begin, named=state.request_id is not None)
 
 
 @event.listens_for(UnitSession, "after_transaction_create")

@@ -226,6 +226,11 @@ class Backend:
     def begin(self, connection: Connection, wanted: Begin) -> None:
         """Apply ``wanted`` to the transaction ``connection`` has just begun."""
 
+    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+        """Undo what :meth:`begin` (and ``named``: :meth:`name_transaction`) did, at the end
+        of a unit that was a savepoint of a test's transaction, where ``SET LOCAL`` outlives
+        a released savepoint and the connection never returns to the pool to be reset."""
+
     def name_transaction(self, connection: Connection, name: str) -> None:
         """Show ``name`` (a request id) in the server's list of sessions until the transaction
         ``connection`` has just begun ends; by default nothing."""

@@ -42,6 +42,7 @@ TIMEOUTS: Final = frozenset({1969, 3024})
 CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, 1048})
 # Set on a connection's info while a unit's statement timeout is in force.
 TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
+RESET_STATEMENT_TIMEOUT: Final = "SET SESSION max_statement_time = DEFAULT"
 
 
 def error_number(orig: BaseException | None) -> int | None:
@@ -66,6 +67,10 @@ class MySQL(Backend):
             statement = f"SET SESSION max_statement_time = {seconds}"
             connection.exec_driver_sql(statement, execution_options=OWN)
             connection.info[TIMEOUT_FLAG] = True
+
+    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+        if connection.info.pop(TIMEOUT_FLAG, False):
+            connection.exec_driver_sql(RESET_STATEMENT_TIMEOUT, execution_options=OWN)
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
@@ -183,7 +188,7 @@ def _reset_statement_timeout(
     # serves anyone else.
     if record.info.pop(TIMEOUT_FLAG, False):
         cursor = dbapi_connection.cursor()
-        cursor.execute("SET SESSION max_statement_time = DEFAULT")
+        cursor.execute(RESET_STATEMENT_TIMEOUT)
         cursor.close()
 
 

@@ -128,6 +128,18 @@ class PostgreSQL(Backend):
             statement = self.schema_statement(connection.dialect, wanted.schema)
             connection.exec_driver_sql(statement, execution_options=OWN)
 
+    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+        # DEFAULT: the session's value, which the next unit of a pooled connection begins with.
+        # Read-only needs nothing: a read-only unit never commits, and its rollback reverts.
+        for setting, was_set in (
+            ("synchronous_commit", wanted.synchronous_commit is not None),
+            ("statement_timeout", wanted.statement_timeout is not None),
+            ("search_path", wanted.schema is not None),
+            ("application_name", named),
+        ):
+            if was_set:
+                connection.exec_driver_sql(f"SET LOCAL {setting} TO DEFAULT", execution_options=OWN)
+
     def name_transaction(self, connection: Connection, name: str) -> None:
         # Reverts at the transaction's end, as SET LOCAL does: the pooled connection goes back
         # with its own name. Cut here, not by the server, so that a long header costs nothing.

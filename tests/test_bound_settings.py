@@ -1,0 +1,85 @@
+"""What a unit sets for itself ends with it, bound to a test's connection as in production.
+
+In production each unit is a transaction of its own: ``SET LOCAL`` ends with it, and
+MariaDB's session variable is put back when the connection returns to the pool. Bound to a
+test's connection (the pytest plugin, ``dbscope.testing.rolled_back``) a unit is a savepoint,
+and a released savepoint keeps ``SET LOCAL``; the connection never returns to the pool. So a
+unit's statement timeout or schema carried over to the next unit of the test, and to the
+test's own connection, until dbscope put them back at the unit's end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dbscope import Database, UnitOptions, testing
+
+POSTGRES = ("statement_timeout", "search_path", "synchronous_commit", "application_name")
+
+
+@pytest.fixture
+def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    with testing.any_loop_engine(database_url) as engine:
+        yield engine
+
+
+async def postgres_settings(connection: AsyncConnection) -> list[str]:
+    query = "SELECT " + ", ".join(f"current_setting('{name}')" for name in POSTGRES)
+    return list((await connection.execute(text(query))).one())
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_a_units_settings_end_with_it_on_postgresql(
+    engine: AsyncEngine, database_url: str, outcome: str
+) -> None:
+    db = Database(database_url)
+    options = UnitOptions(statement_timeout=0.5, schema="reporting", synchronous_commit="local")
+    async with testing.rolled_back(db, engine) as connection:
+        before = await postgres_settings(connection)
+        async with db.unit_of_work(options, request_id="req-17") as unit:
+            during = await postgres_settings(await unit.session.connection())
+            unit.rollback_only = outcome == "rollback"
+        async with db.transaction() as session:
+            next_unit = await postgres_settings(await session.connection())
+        after = await postgres_settings(connection)
+    assert during == ["500ms", "reporting", "local", "req-17"]
+    assert next_unit == before
+    assert after == before
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_schema_the_unit_chose_on_its_way_ends_with_it(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    db = Database(database_url)
+    async with testing.rolled_back(db, engine) as connection:
+        before = await postgres_settings(connection)
+        async with db.transaction():
+            await db.use_schema("tenant_7")
+        after = await postgres_settings(connection)
+    assert "tenant_7" not in before[1]
+    assert after == before
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_a_units_statement_timeout_ends_with_it_on_mariadb(
+    engine: AsyncEngine, database_url: str, outcome: str
+) -> None:
+    db = Database(database_url)
+    timeout = text("SELECT @@SESSION.max_statement_time")
+    async with testing.rolled_back(db, engine) as connection:
+        before = (await connection.execute(timeout)).scalar_one()
+        async with db.unit_of_work(UnitOptions(statement_timeout=0.5)) as unit:
+            during = (await unit.session.execute(timeout)).scalar_one()
+            unit.rollback_only = outcome == "rollback"
+        async with db.transaction() as session:
+            next_unit = (await session.execute(timeout)).scalar_one()
+        after = (await connection.execute(timeout)).scalar_one()
+    assert float(during) == 0.5
+    assert float(next_unit) == float(before) == float(after)
