@@ -10,7 +10,7 @@ test's own connection, until dbscope put them back at the unit's end.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -22,7 +22,7 @@ POSTGRES = ("statement_timeout", "search_path", "synchronous_commit", "applicati
 
 
 @pytest.fixture
-def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+def engine(database_url: str) -> Iterator[AsyncEngine]:
     with testing.any_loop_engine(database_url) as engine:
         yield engine
 
