@@ -315,7 +315,9 @@ class TcpProxy:
     ``cut()`` closes the listening socket and every proxied connection, so the server behind
     it is as unreachable as a crashed host: pooled connections die, new ones are refused.
     ``start()`` again listens on the same port. While ``silent`` is set, new connections are
-    accepted and never answered, as by a server that hangs. ``accepted`` counts connections.
+    accepted and never answered, as by a server that hangs; while ``frozen`` is set, open
+    ones carry nothing either way, as by a host that froze or a NAT that dropped them.
+    ``accepted`` counts connections.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -323,6 +325,7 @@ class TcpProxy:
         self.port = 0
         self.accepted = 0
         self.silent = False
+        self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -366,6 +369,8 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.frozen:
+                    continue  # dropped, and never acknowledged to the sender
                 writer.write(data)
                 await writer.drain()
         except OSError:

@@ -24,7 +24,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 from dbscope._dialects import Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
-from dbscope._pool import QueuedPool
+from dbscope._pool import QueuedPool, bound_closes
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_options import ISOLATION_LEVELS
 
@@ -226,6 +226,7 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     engine = sqlalchemy.ext.asyncio.create_async_engine(settings.url, **options)
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
+    bound_closes(engine)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)
     if settings.defer_begin:

@@ -126,7 +126,9 @@ class Lifecycle:
         engine = build_engine(self.settings, self.options)
         engine, self.server, standbys = await verify(engine, self.settings, self.options)
         self._engine = engine
-        self._counters = PoolCounters(engine, ping_after(self.settings))
+        self._counters = PoolCounters(
+            engine, ping_after(self.settings), ping_timeout=self.settings.connect_timeout
+        )
         self._sessions = session_factory(
             bind=engine,
             raise_on_lazy_load=self.settings.raise_on_lazy_load,

@@ -28,8 +28,10 @@ new connection took to open is measured only while a :class:`PoolObserver` is at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Final, Protocol
 
@@ -41,14 +43,18 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import driver
 from dbscope._errors import LineFullError
 from dbscope._exceptions import ClientDisconnectedError
 from dbscope._pool_stats import PoolStats
 
-# When the connection was last returned to the pool (time.monotonic()); absent while it has
-# never been checked in, that is, just after it was opened.
+# Seconds a connection may take to close gracefully before it is aborted: SQLAlchemy's own
+# bound when it ends a connection gracefully before terminating it.
+CLOSE_TIMEOUT: Final = 2.0
+# When the connection was last returned to the pool (time.monotonic()); None from its opening
+# to its first return.
 CHECKED_IN_AT: Final = "dbscope.checked_in_at"
 
 
@@ -237,23 +243,34 @@ def _client_left() -> bool:
 class LivenessCheck:
     """Checks each connection at checkout: for free always, with a ping once idle long enough.
 
+    A ping unanswered within ``ping_timeout`` seconds fails as a lost connection's would:
+    a silent death (a dropped NAT entry, a frozen host) sends nothing, and the driver would
+    wait for the answer for as long as the kernel keeps the socket, many minutes.
+
     Attributes:
         pings: the pings sent so far.
     """
 
-    def __init__(self, engine: AsyncEngine, ping_after: float) -> None:
+    def __init__(self, engine: AsyncEngine, ping_after: float, ping_timeout: float) -> None:
         self.engine = engine
         self.ping_after = ping_after
+        self.ping_timeout = ping_timeout
         self.pings = 0
+        self._began = time.monotonic()
         known = driver(engine.dialect.driver)
         self._looks_dead = known.looks_dead if known is not None else lambda connection: False
+        event.listen(engine.sync_engine, "connect", self._remember_opening)
         event.listen(engine.sync_engine, "checkin", self._remember_checkin)
         event.listen(engine.sync_engine, "checkout", self._check)
 
     def close(self) -> None:
         """Stop checking (the engine outlives this check)."""
+        event.remove(self.engine.sync_engine, "connect", self._remember_opening)
         event.remove(self.engine.sync_engine, "checkin", self._remember_checkin)
         event.remove(self.engine.sync_engine, "checkout", self._check)
+
+    def _remember_opening(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[CHECKED_IN_AT] = None
 
     def _remember_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info[CHECKED_IN_AT] = time.monotonic()
@@ -261,9 +278,11 @@ class LivenessCheck:
     def _check(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, _: PoolProxiedConnection
     ) -> None:
-        checked_in_at = record.info.get(CHECKED_IN_AT)
+        # A connection from before this check began (connect() proved the server with it)
+        # has no mark: idle since then at least. One just opened is not checked.
+        checked_in_at = record.info.get(CHECKED_IN_AT, self._began)
         if checked_in_at is None:
-            return  # just opened
+            return
         idle = time.monotonic() - checked_in_at
         if idle >= self.ping_after or self._looks_dead(dbapi_connection.driver_connection):
             self.pings += 1
@@ -274,20 +293,61 @@ class LivenessCheck:
         # check out again; any other error is the caller's.
         dialect = self.engine.dialect
         try:
-            dialect.do_ping(dbapi_connection)
+            with _within(self.ping_timeout):
+                dialect.do_ping(dbapi_connection)
+        except TimeoutError:
+            message = f"The connection did not answer its ping within {self.ping_timeout:g} s"
+            raise DisconnectionError(message) from None
         except dialect.loaded_dbapi.Error as error:
             if dialect.is_disconnect(error, dbapi_connection, None):
                 raise DisconnectionError(f"The connection failed its ping: {error}") from error
             raise
 
 
+@contextlib.contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError if the block, synchronous code in SQLAlchemy's greenlet that awaits
+    the driver (``await_only``), takes longer than ``seconds``: asyncio's timeout, entered
+    and left from the greenlet, cancels the task's await of the driver."""
+    timeout = asyncio.timeout(seconds)
+    await_only(timeout.__aenter__())
+    try:
+        yield
+    except BaseException as error:
+        await_only(timeout.__aexit__(type(error), error, error.__traceback__))  # TimeoutError
+        raise
+    await_only(timeout.__aexit__(None, None, None))
+
+
+def bound_closes(engine: AsyncEngine) -> None:
+    """Give each connection of ``engine`` at most :data:`CLOSE_TIMEOUT` seconds to close,
+    where its driver's own close waits for the server: on a frozen server asyncpg's did
+    not return, and with it ``dispose()``, the app's shutdown."""
+    known = driver(engine.dialect.driver)
+    close = None if known is None else known.close
+    if close is None:
+        return
+
+    def close_within(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # The pool's own close follows, and finds the connection closed (or aborted).
+        if in_greenlet():  # not in the garbage collector's finalizer: nothing may be awaited
+            with contextlib.suppress(Exception):
+                await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
+
+    event.listen(engine.sync_engine, "close", close_within)
+
+
 class PoolCounters:
     """What the pool's events count over the life of one engine."""
 
-    def __init__(self, engine: AsyncEngine, ping_after: float | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, ping_after: float | None = None, ping_timeout: float = 5.0
+    ) -> None:
         self.engine = engine
         self.invalidated = 0
-        self.liveness = None if ping_after is None else LivenessCheck(engine, ping_after)
+        self.liveness = (
+            None if ping_after is None else LivenessCheck(engine, ping_after, ping_timeout)
+        )
         event.listen(engine.sync_engine, "invalidate", self._count_invalidation)
         event.listen(engine.sync_engine, "soft_invalidate", self._count_invalidation)
 

@@ -83,6 +83,8 @@ class Driver:
             report it closed yet.
         status: the connection's state, read without a round trip (for leases).
         rollback: roll back a transaction a lease left open.
+        close: its graceful close, bounded by a timeout (seconds), where its own close waits
+            for the server without bound; None where closing never waits.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
@@ -103,6 +105,7 @@ class Driver:
     fatal: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
     status: Callable[[Any], LeaseStatus] | None = None
     rollback: Callable[[Any], Awaitable[object]] | None = None
+    close: Callable[[Any, float], Awaitable[object]] | None = None
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False
     pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import select
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, cast
 
 from dbscope._dialects import pgbouncer
 from dbscope._dialects._base import Driver, LeaseStatus, rollback_connection
@@ -42,6 +43,12 @@ def _asyncpg_status(connection: Any) -> LeaseStatus:
     if connection.is_closed():
         return "closed"
     return "in_transaction" if connection.is_in_transaction() else "idle"
+
+
+def _asyncpg_close(connection: Any, timeout: float) -> Awaitable[None]:
+    # asyncpg's close waits for the server to see it go, without bound unless given one; on
+    # the timeout it aborts the connection (and raises).
+    return cast("Awaitable[None]", connection.close(timeout=timeout))
 
 
 async def _asyncpg_rollback(connection: Any) -> None:
@@ -117,6 +124,7 @@ ASYNCPG: Final = Driver(
     fatal=_asyncpg_fatal,
     status=_asyncpg_status,
     rollback=_asyncpg_rollback,
+    close=_asyncpg_close,
     pooler_args=pgbouncer.asyncpg_args,
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
