@@ -216,6 +216,32 @@ def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
     assert rows(own, "ptp_items") == [(1, "kept")]
 
 
+@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
+def test_a_test_database_made_by_hand_serves_run_after_run(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """Without the right to create databases, name_test made once by hand: plain runs make
+    and drop their tables in it each time; runs that keep them say so and go on with
+    --dbscope-use-existing-tables. Before, the documented --dbscope-reuse-db alone refused
+    the second run's tables as someone else's, saying nothing of why."""
+    own = run_database(project_url)
+    create_database(own)
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    keeping = ("--dbscope-reuse-db", "--dbscope-use-existing-tables")
+
+    plain = [run(pytester, "pytest-asyncio", project_url, in_process=True) for _ in range(2)]
+    kept = [run(pytester, "pytest-asyncio", project_url, *keeping, in_process=True) for _ in "ab"]
+    reuse_alone = run(
+        pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db", in_process=True
+    )
+
+    for result in (*plain, *kept):
+        result.assert_outcomes(passed=7)
+    assert table_names(own) == {"ptp_items", "ptp_parents", "ptp_children"}
+    reuse_alone.assert_outcomes(errors=7)
+    reuse_alone.stdout.fnmatch_lines(["*dbscope cannot tell tables an earlier run kept*"])
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 def test_without_tables_to_make_the_tests_run_in_the_named_database(
     pytester: pytest.Pytester, project_url: str

@@ -246,8 +246,11 @@ class _Run:
                 f"dropped the test database {self.label}, left by an earlier run, to make it anew"
             )
         name = self.url.database or ""
-        advice = f"{self.rules.create_advice(name)}, or create {name!r} yourself and run with"
-        with self._refusals(f"create it: {advice} {self.names.reuse}"):
+        advice = (
+            f"{self.rules.create_advice(name)}, or create {name!r} yourself once: the tests "
+            "then run in it, and dbscope never drops it"
+        )
+        with self._refusals(f"create it: {advice}"):
             in_new_loop(lambda: self.rules.create_database(self.url, self._maintenance))
         return True
 
@@ -288,7 +291,7 @@ class _Run:
         before = self._table_names(metadata)
         existing = sorted(before if metadata is None else before & set(metadata.tables))
         if existing and not (ours or use_existing):
-            raise DatabaseSetupError(self._refusal(existing))
+            raise DatabaseSetupError(self._refusal(existing, kept=keep))
         if ours and metadata is not None:
             schemas = self.rules.schemas_to_create(metadata)
             self._on_connection(lambda connection: _create_schemas(connection, schemas))
@@ -311,13 +314,21 @@ class _Run:
         elif tables := [table for key, table in metadata.tables.items() if key in made]:
             self._on_connection(lambda connection: metadata.drop_all(connection, tables=tables))
 
-    def _refusal(self, found: list[str]) -> str:
+    def _refusal(self, found: list[str], *, kept: bool) -> str:
+        # In a database dbscope did not make, nothing tells the tables an earlier run kept
+        # (reuse, keep) from anyone else's: the mark is on the databases dbscope makes.
+        unknown = (
+            " (in a database it did not make, dbscope cannot tell tables an earlier run kept "
+            "from anyone else's)"
+            if kept
+            else ""
+        )
         return (
             f"the test database {self.label} already has the app's tables {', '.join(found)}, "
-            "which dbscope did not make; the tests would read and write their rows. Drop those "
-            f"tables (or the database), or point {self.names.url} elsewhere; or, to run on them "
-            f"all the same, pass {self.names.use_existing_tables}: dbscope never drops a table "
-            "it did not make."
+            f"which dbscope did not make{unknown}; the tests would read and write their rows. "
+            f"Drop those tables (or the database), or point {self.names.url} elsewhere; or, to "
+            f"run on them all the same, pass {self.names.use_existing_tables}: dbscope never "
+            "drops a table it did not make."
         )
 
     def _table_names(self, metadata: MetaData | None) -> set[str]:
