@@ -120,6 +120,8 @@ def test_the_reuse_option_keeps_the_database_for_the_next_run(
 
     first.assert_outcomes(passed=7)
     second.assert_outcomes(passed=7)
+    # Said after the progress line, not in it.
+    first.stdout.fnmatch_lines(["*[[]100%[]]", "dbscope: kept the test database *"])
     second.stdout.fnmatch_lines(["dbscope: reusing the test database *kept by an earlier run*"])
     own = run_database(project_url)
     assert table_names(own) == {"ptp_items", "ptp_parents", "ptp_children"}

@@ -171,3 +171,51 @@ def test_a_refused_url_given_by_the_option_is_a_usage_error_without_its_password
     result.stderr.fnmatch_lines(["ERROR: --dbscope-url names a database URL dbscope refuses*"])
     result.stderr.fnmatch_lines(["*'postgresql+asyncpg://'*"])
     assert "s3cret" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("quiet", ["-q", "--no-header"])
+def test_a_refused_url_is_a_usage_error_without_the_header_too(
+    pytester: pytest.Pytester, quiet: str
+) -> None:
+    """-q and --no-header leave the header out: the URL is refused all the same, before any
+    test (before, every test errored, naming neither the variable nor the fix)."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+    url = "postgresql+psycopg2://app:Pw-s3cret-9@db.internal/test"
+
+    result = run(pytester, "pytest-asyncio", url, quiet, in_process=True)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: DBSCOPE_TEST_URL names a database URL dbscope refuses*"])
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()
+
+
+FAILING_WITH_THE_URLS = """
+def test_fails(dbscope_url, dbscope_run_url):
+    seen = dbscope_run_url
+    assert seen.startswith("postgresql+asyncpg://app:")  # the password is there to connect with
+    assert not seen
+"""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://app:Pw-s3cret-9@db.internal/test",
+        "postgresql+asyncpg://app@db.internal/test?password=Pw-s3cret-9",
+    ],
+)
+@pytest.mark.parametrize("locals_shown", [(), ("-l",)])
+def test_a_failed_test_that_takes_the_urls_shows_them_without_the_password(
+    pytester: pytest.Pytester, url: str, locals_shown: tuple[str, ...]
+) -> None:
+    """pytest prints a failed test's arguments (and with -l its variables) by their repr:
+    the URL fixtures' repr masks the password, where a plain str showed it."""
+    pytester.makepyfile(test_urls=FAILING_WITH_THE_URLS)
+    pytester.makefile(".ini", pytest=PLAIN_INI)
+
+    result = run(pytester, "pytest-asyncio", url, *locals_shown, in_process=True)
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*dbscope_run_url = 'postgresql+asyncpg://app:***@db.internal*"])
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()

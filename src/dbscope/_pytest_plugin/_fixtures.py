@@ -8,6 +8,7 @@ their messages the plugin's settings. The async fixtures are in ``_async_fixture
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -18,9 +19,10 @@ from typing import Any, Final, NoReturn
 import pytest
 from sqlalchemy import MetaData
 
-from dbscope import Database, testing
-from dbscope._pytest_plugin._options import configured_url, flag, worker_id
+from dbscope import ConfigurationError, Database, testing
+from dbscope._pytest_plugin._options import configured_url, flag, url_setting, worker_id
 from dbscope._pytest_plugin._reporting import explained, fail, phased, say
+from dbscope._urls import move_query_password, parse_url
 
 DEFAULT_DATABASE = pytest.StashKey[Database]()
 # How the messages of dbscope.testing name the URL and the options: as the settings do.
@@ -30,6 +32,25 @@ NAMES: Final = testing.OptionNames(
     keep="--dbscope-keep-tables",
     use_existing_tables="--dbscope-use-existing-tables (dbscope_use_existing_tables = true)",
 )
+
+
+class MaskedUrl(str):
+    """A database URL, the str to connect with, whose repr hides its password: pytest
+    prints a failed test's arguments by their repr (and its variables, with -l)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        try:
+            url = move_query_password(parse_url(str(self)))
+        except ConfigurationError:
+            return "'<a database URL dbscope refuses>'"
+        return repr(url.render_as_string(hide_password=True))
+
+
+def _names(config: pytest.Config) -> testing.OptionNames:
+    """NAMES, with the URL named by the setting that gave it (dbscope_url if overridden)."""
+    return dataclasses.replace(NAMES, url=url_setting(config)[1] or "dbscope_url")
 
 
 # -- the settings ------------------------------------------------------------------------------
@@ -48,7 +69,7 @@ def dbscope_url(request: pytest.FixtureRequest) -> str:
             "fixture dbscope_url in conftest.py. For example: "
             "postgresql+asyncpg://postgres@localhost/test or sqlite+aiosqlite:///test.db"
         )
-    return url
+    return MaskedUrl(url)
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +158,7 @@ def dbscope_run_url(
     makes no database either: the tests run in dbscope_url's database, which must have them.
     """
     if dbscope_metadata is None and dbscope_alembic_config is None:
-        yield dbscope_url
+        yield MaskedUrl(dbscope_url)
         return
     config = request.config
     app = _app_database(config)
@@ -146,11 +167,12 @@ def dbscope_run_url(
         reuse=flag(config, "dbscope_reuse_db"),
         keep=flag(config, "dbscope_keep_tables"),
         report=functools.partial(say, config),
-        names=NAMES,
+        names=_names(config),
         worker=worker_id(config),
         pgbouncer=None if app is None else app.settings.pgbouncer,
     )
-    yield from phased(own, "setting up the test database", "dropping the test database")
+    for url in phased(own, "setting up the test database", "dropping the test database"):
+        yield MaskedUrl(url)
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +199,7 @@ def dbscope_tables(
         keep=flag(config, "dbscope_reuse_db") or flag(config, "dbscope_keep_tables"),
         use_existing_tables=flag(config, "dbscope_use_existing_tables"),
         report=functools.partial(say, config),
-        names=NAMES,
+        names=_names(config),
         pgbouncer=None if app is None else app.settings.pgbouncer,
     )
     yield from phased(tables, "creating the tables", "dropping the tables")

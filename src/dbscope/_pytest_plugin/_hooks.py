@@ -11,7 +11,7 @@ from dbscope import ConfigurationError, Database
 from dbscope._pytest_plugin import _async_fixtures, _loops
 from dbscope._pytest_plugin._options import url_setting
 from dbscope._pytest_plugin._queries import register_marker
-from dbscope._pytest_plugin._reporting import keep_worker_lines, show_worker_lines
+from dbscope._pytest_plugin._reporting import keep_worker_lines, show_lines
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -20,28 +20,37 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_loops.SETUP] = setup
     config.pluginmanager.register(_async_fixtures.build(setup), "dbscope-async-fixtures")
     register_marker(config)
+    _shown_url(config)  # here, not in the header, which -q and --no-header leave out
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    """One line naming the database the settings give, its password masked.
-
-    The URL is shown as dbscope resolves it (``Database(url).url``, whose repr masks the
-    password wherever the URL gave it), never by editing the text the user wrote. A URL
-    dbscope refuses ends the run as a usage error naming the setting that gave it, as the
-    plugin's other settings do, before any test runs.
-    """
+    """One line naming the database the settings give, its password masked."""
     setup = config.stash.get(_loops.SETUP, None)
+    shown = _shown_url(config)
+    if setup is None or shown is None:
+        return None
+    return f"dbscope: {shown} ({setup.async_plugin}, loop scope {setup.loop_scope})"
+
+
+def _shown_url(config: pytest.Config) -> str | None:
+    """The URL the settings give, as dbscope resolves it (``Database(url).url``, whose repr
+    masks the password wherever the URL gave it), never by editing the text the user wrote;
+    None if none is given.
+
+    Raises:
+        pytest.UsageError: dbscope refuses the URL: the run ends before any test, naming the
+            setting that gave it, as the plugin's other settings do.
+    """
     url, setting = url_setting(config)
-    if setup is None or not url:
+    if not url:
         return None
     try:
-        shown = repr(Database(url).url)
+        return repr(Database(url).url)
     except ConfigurationError as error:
         # dbscope's messages never repeat a password, so the reason can be shown as is;
         # `from None`: the chained errors would be printed under the message.
         message = f"{setting} names a database URL dbscope refuses; fix {setting}. {error}"
         raise pytest.UsageError(message) from None
-    return f"dbscope: {shown} ({setup.async_plugin}, loop scope {setup.loop_scope})"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -64,5 +73,5 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """pytest-xdist's controller: say what the workers said of their databases."""
-    show_worker_lines(config)
+    """Say what the run (or pytest-xdist's workers) did with the test databases."""
+    show_lines(config)

@@ -56,24 +56,17 @@ def require_asyncio() -> None:
 
 
 def say(config: pytest.Config, message: str) -> None:
-    """Write ``message`` on a line of its own in the terminal, between the progress dots.
+    """Keep ``message`` for the end of the run, where :func:`show_lines` writes it.
 
-    A pytest-xdist worker has no terminal: it hands the line to its controller, which shows
-    it after the tests (``show_worker_lines``).
+    Not at once: fixtures speak in the middle of the progress line, and a run's database is
+    dropped or kept after its last dot and before its ``[100%]``. A pytest-xdist worker has
+    no terminal: it hands the line to its controller (``keep_worker_lines``).
     """
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput.setdefault(WORKER_LINES, []).append(message)
-        return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    # Fixtures run while pytest captures the output, which it shows only for failed tests.
-    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-    with suspended:
-        reporter.ensure_newline()
-        reporter.write_line(f"dbscope: {message}")
+    else:
+        config.stash.setdefault(_KEPT_LINES, []).append(message)
 
 
 def keep_worker_lines(node: Any) -> None:
@@ -82,8 +75,11 @@ def keep_worker_lines(node: Any) -> None:
     node.config.stash.setdefault(_KEPT_LINES, []).extend(lines)
 
 
-def show_worker_lines(config: pytest.Config) -> None:
-    """Say, once the tests have run, what the workers of a pytest-xdist run said."""
-    # Not as each worker finishes: the progress line is still being written then.
+def show_lines(config: pytest.Config) -> None:
+    """Write, once the tests have run, what the plugin (or the workers of a pytest-xdist
+    run) said, a line each."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
     for line in config.stash.get(_KEPT_LINES, []):
-        say(config, line)
+        reporter.write_line(f"dbscope: {line}")
