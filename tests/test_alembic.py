@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import alembic as alembic_package
 import pytest
 from sqlalchemy import text
 
@@ -31,6 +32,17 @@ from tests.helpers import admin, postgres_parts
 from tests.server import free_port
 
 pytest_plugins = ["tests.alembic_fixtures"]
+
+# An env.py whose models are the one migration's table: nothing for autogenerate to add.
+MODELS_ENV = """
+import sqlalchemy as sa
+
+from dbscope.alembic import run_migrations
+
+metadata = sa.MetaData()
+sa.Table("ptp_migrated", metadata, sa.Column("id", sa.Integer, primary_key=True))
+run_migrations(metadata)
+"""
 
 
 # -- Alembic's command line, on the environment's settings -------------------------------------
@@ -173,6 +185,27 @@ async def test_alembic_current_reads_the_version_table_in_the_schema(
     done = await alembic(project, "current", environment=environment)
     assert done.returncode == 0, done.stderr.decode()
     assert "0001 (head)" in done.stdout.decode()
+
+
+async def test_autogenerate_under_a_schema_proposes_no_operation_on_an_unchanged_database(
+    tmp_path: Path, postgres_url: str, schema: str
+) -> None:
+    """`revision --autogenerate` after `upgrade head`, models unchanged, under POSTGRES_SCHEMA:
+    an empty revision. Before, it proposed dropping the schema's own alembic_version, which
+    Alembic reflected as the search_path's (no schema), not as the version table's schema."""
+    project = write_project(tmp_path, env=MODELS_ENV)
+    template = Path(alembic_package.__file__).parent / "templates" / "async" / "script.py.mako"
+    (tmp_path / "migrations" / "script.py.mako").write_text(template.read_text())
+    environment = {"DATABASE_URL": postgres_url, "POSTGRES_SCHEMA": schema}
+    await upgrade_head(project, environment)
+    done = await alembic(
+        project, "revision", "--autogenerate", "-m", "nochange", environment=environment
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    [revision] = (tmp_path / "migrations" / "versions").glob("*_nochange.py")
+    upgrade = revision.read_text().partition("def upgrade()")[2].partition("def downgrade()")[0]
+    assert "op." not in upgrade, upgrade
+    assert "Detected removed table" not in done.stderr.decode()
 
 
 # -- alembic.ini's URL and the files env.py is given --------------------------------------------

@@ -7,6 +7,7 @@ Every run starts from this process's environment without any database setting
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -21,7 +22,7 @@ from dbscope import Database
 from dbscope import alembic as migrations
 from dbscope._cli import main
 from dbscope.testing import own_database
-from tests.cli_runs import SECRET, dbscope, nowhere, output_of
+from tests.cli_runs import DBSCOPE, SECRET, dbscope, nowhere, output_of
 from tests.documented import ROOT, block_containing
 from tests.helpers import (
     postgres_parts,
@@ -191,6 +192,39 @@ async def test_check_of_a_database_without_standbys_says_they_do_not_apply(
     assert lines(done.stdout.decode())["standby"] == "not applicable to sqlite"
 
 
+async def test_check_shows_an_in_memory_sqlite_url_as_it_is_written() -> None:
+    """`sqlite+aiosqlite:///:memory:` on the database line, not SQLAlchemy's '%3Amemory%3A'."""
+    url = "sqlite+aiosqlite:///:memory:"
+    done = await dbscope("check", environment={"DATABASE_URL": url})
+    assert done.returncode == 0, output_of(done)
+    assert lines(done.stdout.decode())["database"] == url
+
+
+@pytest.mark.parametrize(
+    "command", [("check",), ("migrate", "-c", str(EXAMPLE_INI), "upgrade", "head", "--sql")]
+)
+async def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    command: tuple[str, ...], sqlite_url: str
+) -> None:
+    """stdout a pipe whose reader is gone (`| head -1` once head has left): exit 1, and not a
+    word of BrokenPipeError. The reader is closed before the command starts, so no line can
+    get through first, as it could to a real head."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = await anyio.run_process(
+            [DBSCOPE, *command],
+            stdout=writer,
+            env=without_settings(DATABASE_URL=sqlite_url),
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 1, done.stderr.decode()
+    assert "BrokenPipeError" not in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
 def test_main_returns_the_exit_code_and_prints_the_error(
     clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,6 +315,25 @@ async def test_migrate_with_a_bad_setting_exits_2_in_one_line() -> None:
     assert done.returncode == 2
     assert errors[-1].startswith("dbscope: error: Invalid database settings:")
     assert "POOL_SIZE" in errors[-1]
+    assert "Traceback" not in done.stderr.decode()
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_migrate_into_a_schema_that_does_not_exist_exits_2_in_one_line(
+    database_url: str,
+) -> None:
+    """POSTGRES_SCHEMA naming no schema: one line naming it and the fix, not the server's
+    error in three chained tracebacks."""
+    schema = f"dbscope_missing_{os.getpid()}"
+    environment = {"DATABASE_URL": database_url, "POSTGRES_SCHEMA": schema}
+    upgrade = ("-c", str(EXAMPLE_INI), "upgrade", "head")
+    done = await dbscope("migrate", *upgrade, environment=environment)
+    errors = done.stderr.decode().splitlines()
+    assert done.returncode == 2, output_of(done)
+    assert errors[-1].startswith(
+        f"dbscope: error: The schema {schema!r} that the settings name (POSTGRES_SCHEMA"
+    )
+    assert f"create it first (CREATE SCHEMA {schema};" in errors[-1]
     assert "Traceback" not in done.stderr.decode()
 
 

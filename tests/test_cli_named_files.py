@@ -1,5 +1,6 @@
 """The files a `dbscope` command line names: an alembic.ini (`-c`) or a dotenv file
-(`--env-file`) that is not there, and an alembic.ini whose URL configparser cannot read.
+(`--env-file`) that is not there or not readable as what it must be (an INI file, UTF-8
+text), and an alembic.ini whose URL configparser cannot read.
 
 Each fails before anything runs, with one line and exit code 2, naming the file as given and
 the fix, never a password (encoded or not). Run as subprocesses with nothing but the settings
@@ -127,6 +128,44 @@ async def test_an_alembic_ini_named_by_alembic_config_that_is_missing_exits_2_na
     assert SECRET not in output_of(done)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("check", "-c", "garbage.ini"),
+        ("migrate", "-c", "garbage.ini", "current"),
+        ("check",),  # ./alembic.ini, found without -c
+        ("migrate", "current"),
+    ],
+)
+async def test_an_alembic_ini_that_is_not_an_ini_file_exits_2_naming_it_and_not_its_lines(
+    command: tuple[str, ...], tmp_path: Path, sqlite_url: str
+) -> None:
+    """No section header: one line naming the file and the line's number, never its text.
+    Before, configparser's MissingSectionHeaderError in a traceback, quoting the line."""
+    name = "garbage.ini" if "-c" in command else "alembic.ini"
+    (tmp_path / name).write_text(f"sqlalchemy.url = {encoded_url(5432)}\n[alembic]\n")
+    done = await dbscope(*command, environment={"DATABASE_URL": sqlite_url}, cwd=tmp_path)
+    error = one_error_line(
+        done,
+        f"dbscope: error: The Alembic configuration {name!r} cannot be read as an INI file: "
+        "line 1 comes before any section header such as [alembic]; correct it, or give the path",
+    )
+    assert "Traceback" not in error
+    assert done.stdout == b""
+    assert_no_password(output_of(done))
+
+
+@pytest.mark.parametrize("command", [("check", "-c", "."), ("migrate", "-c", ".", "current")])
+async def test_an_alembic_ini_that_is_a_directory_exits_2_saying_so(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """-c naming a directory: said to be a directory, not "does not exist"."""
+    done = await dbscope(*command, environment={"DATABASE_URL": nowhere()}, cwd=tmp_path)
+    one_error_line(
+        done, "dbscope: error: The Alembic configuration '.' is a directory, not a file; give"
+    )
+
+
 async def test_migrate_init_may_name_an_alembic_ini_that_is_not_there_yet(tmp_path: Path) -> None:
     """`init` writes the file -c names: it is not refused for being missing."""
     arguments = ("-c", "alembic.ini", "init", "-t", "async", "migrations")
@@ -152,6 +191,18 @@ async def test_an_env_file_that_is_a_directory_exits_2(tmp_path: Path) -> None:
     """--env-file naming a directory: not a file, said so."""
     done = await dbscope("check", "--env-file", str(tmp_path), environment={})
     one_error_line(done, f"dbscope: error: The env file {str(tmp_path)!r} is not a file")
+
+
+@pytest.mark.parametrize("command", [("check",), ("migrate", "current")])
+async def test_an_env_file_that_is_not_utf8_exits_2_naming_it(
+    command: tuple[str, ...], tmp_path: Path, sqlite_url: str
+) -> None:
+    """--env-file with a Latin-1 byte: one line, not UnicodeDecodeError's traceback."""
+    (tmp_path / "latin1.env").write_bytes(f"DATABASE_URL={sqlite_url}\nX=\xff\n".encode("latin-1"))
+    name, *rest = command
+    done = await dbscope(name, "--env-file", "latin1.env", *rest, environment={}, cwd=tmp_path)
+    error = one_error_line(done, "dbscope: error: The env file 'latin1.env' is not UTF-8 text")
+    assert error.endswith("save it as UTF-8, or name none to read the environment alone.")
 
 
 async def test_an_env_file_that_is_there_is_read(tmp_path: Path, sqlite_url: str) -> None:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 import dbscope.fastapi
+import dbscope.testing
 from dbscope import ConfigurationError, Database
 from tests import helpers
 from tests.documented import serving
@@ -163,6 +164,17 @@ async def test_both_probes_answer_health_json_that_no_one_may_cache(sqlite_url: 
         answers = [(await timed_get(base_url, path))[0] for path in ("/livez", "/readyz")]
     assert [r.headers["content-type"] for r in answers] == [MEDIA_TYPE] * 2
     assert [r.headers["cache-control"] for r in answers] == ["no-store"] * 2
+
+
+async def test_both_probes_answer_head_as_get_without_a_body(sqlite_url: str) -> None:
+    """HEAD /livez and HEAD /readyz (load balancers' probes): GET's status and headers, no body."""
+    async with dbscope.testing.client(health_app(Database(sqlite_url))) as client:
+        for path in ("/livez", "/readyz"):
+            got, head = await client.get(path), await client.head(path)
+            assert (head.status_code, head.content) == (200, b""), path
+            assert head.headers["content-type"] == got.headers["content-type"] == MEDIA_TYPE
+            assert head.headers["cache-control"] == "no-store"
+            assert int(head.headers["content-length"]) > 0
 
 
 async def test_the_probes_answer_on_the_paths_given(sqlite_url: str) -> None:

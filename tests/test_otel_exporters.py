@@ -169,6 +169,13 @@ async def test_the_traces_and_metrics_example_of_the_guide_runs(database_url: st
         found["tracer_provider"].shutdown()
         found["meter_provider"].shutdown()
     assert "SELECT 42" in statements(spans.get_finished_spans())
+    # The guide: a span named by the statement's first word as written, `SELECT`.
+    named = [
+        span.name
+        for span in spans.get_finished_spans()
+        if span.attributes and span.attributes.get("db.statement") == "SELECT 42"
+    ]
+    assert [name.split()[0] for name in named] == ["SELECT"]
     assert readings.histogram("db.client.connection.use_time", db.name).count == 1
     assert "db.client.connections.usage" not in readings.metrics
 

@@ -103,6 +103,20 @@ def test_an_env_file_that_is_a_directory_is_rejected(
         Database.from_env(env_file=str(tmp_path))
 
 
+def test_an_env_file_that_is_not_utf8_is_rejected_naming_it_and_not_its_content(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """from_env(env_file=<Latin-1 bytes>) fails naming the file and the byte, not a value."""
+    (tmp_path / "latin1.env").write_bytes(b"DATABASE_URL=sqlite:///a.db\nSECRET=Pa\xdf\n")
+    clean_env.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env(env_file="latin1.env")
+    assert str(info.value) == (
+        "The env file 'latin1.env' is not UTF-8 text (byte 37 cannot be decoded): save it as "
+        "UTF-8, or name none to read the environment alone."
+    )
+
+
 def test_an_env_file_that_is_there_is_read_and_none_named_reads_the_environment(
     clean_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -19,12 +19,12 @@ import concurrent.futures
 import configparser
 import logging.config
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -82,9 +82,9 @@ def config_path(path: str | Path | None = None, *, required: bool = False) -> Pa
     """The ``alembic.ini`` that :func:`upgrade`, :func:`status` and :func:`at_head` read.
 
     ``path`` if given, else Alembic's own default: ``$ALEMBIC_CONFIG``, else ``alembic.ini``
-    in the working directory. Whether the file exists is checked if ``required``, and always
-    for a file ``$ALEMBIC_CONFIG`` names: one named and missing is a mistake, not "no
-    migrations here".
+    in the working directory. Whether the file exists and can be read is checked if
+    ``required``, always for a file ``$ALEMBIC_CONFIG`` names (one named and missing is a
+    mistake, not "no migrations here"), and for the default ``alembic.ini`` when it exists.
 
     Args:
         path: the ``config`` given to them, if any.
@@ -92,15 +92,17 @@ def config_path(path: str | Path | None = None, *, required: bool = False) -> Pa
             ``dbscope migrate -c``).
 
     Raises:
-        ConfigurationError: there is no file where it must be; the message names the path as
-            given, and the variable if it came from one, and the fix.
+        ConfigurationError: there is no file where it must be, or it is no INI file; the
+            message names the path as given, and the variable if it came from one, and the fix.
     """
     if path is not None:
         return require_config(path) if required else Path(path)
     named = os.environ.get("ALEMBIC_CONFIG")
     if named:
         return require_config(named, variable="ALEMBIC_CONFIG")
-    return require_config("alembic.ini") if required else Path("alembic.ini")
+    default = Path("alembic.ini")
+    # One that is there is read now: a file that is no INI file fails here, in one line.
+    return require_config(default) if required or default.exists() else default
 
 
 def load_config(path: str | Path) -> Config:
@@ -111,7 +113,7 @@ def load_config(path: str | Path) -> Config:
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
-        ConfigurationError: there is no file at ``path``.
+        ConfigurationError: there is no file at ``path``, or it is not an INI file.
     """
     require_alembic(f"Running the migrations of {str(path)!r}")
     from alembic.config import Config
@@ -122,25 +124,53 @@ def load_config(path: str | Path) -> Config:
 
 
 def require_config(path: str | Path, *, variable: str | None = None) -> Path:
-    """``path``, if it is a file: the one check of an alembic.ini, whoever named it.
+    """``path``, if it is a file configparser reads: the one check of an alembic.ini, whoever
+    named it.
 
     Raises:
-        ConfigurationError: there is no file at ``path``; the message names it as given (and
-            the environment ``variable`` that gave it) and the fix.
+        ConfigurationError: there is no file at ``path``, or it is not an INI file; the message
+            names it as given (and the environment ``variable`` that gave it) and the fix.
     """
-    if Path(path).is_file():
-        return Path(path)
+    found = Path(path)
+    named = f"The Alembic configuration {str(path)!r}"
     if variable is not None:
-        message = (
-            f"The Alembic configuration {str(path)!r} that {variable} names does not exist; "
-            f"set {variable} to the path of your alembic.ini, or unset it."
-        )
+        named = f"{named} that {variable} names"
+        fix = f"set {variable} to the path of your alembic.ini, or unset it."
     else:
-        message = (
-            f"The Alembic configuration {str(path)!r} does not exist; give the path of your "
-            "alembic.ini (create one with 'alembic init -t async migrations')."
+        fix = (
+            "give the path of your alembic.ini (create one with "
+            "'alembic init -t async migrations')."
         )
+    if found.is_file():
+        problem = _ini_problem(found)
+        if problem is None:
+            return found
+        message = f"{named} cannot be read as an INI file: {problem}; correct it, or {fix}"
+    elif found.is_dir():
+        message = f"{named} is a directory, not a file; {fix}"
+    else:
+        message = f"{named} does not exist; {fix}"
     raise ConfigurationError(message)
+
+
+def _ini_problem(path: Path) -> str | None:
+    """What keeps configparser from reading ``path`` as Alembic reads it, or None.
+
+    Said by line number only: a line's text may hold a password (sqlalchemy.url).
+    """
+    try:
+        configparser.ConfigParser().read(path, encoding="locale")
+    except UnicodeDecodeError as error:
+        return f"byte {error.start} is not {error.encoding} text"
+    except configparser.MissingSectionHeaderError as error:
+        return f"line {error.lineno} comes before any section header such as [alembic]"
+    except configparser.ParsingError as error:
+        lines = ", ".join(str(number) for number, _ in error.errors)
+        return f"line {lines} is neither a section header nor 'key = value'"
+    except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as error:
+        what = getattr(error, "option", None) or f"[{error.section}]"
+        return f"line {error.lineno} repeats {what}"
+    return None
 
 
 def set_url(config: Config, url: URL) -> None:
@@ -276,10 +306,49 @@ def migrate_on(
     """
     from alembic import context
 
+    if schema is not None:
+        _require_schema(connection, schema)
+        options = _without_version_table(schema, options)
     context.configure(
         connection=connection, target_metadata=metadata, version_table_schema=schema, **options
     )
     _run_in_transaction(schema)
+
+
+def _require_schema(connection: Connection, schema: str) -> None:
+    """Refuse a schema the database does not have, before Alembic makes its version table there
+    (before any migration runs, so no migration can make the schema): the server takes any
+    name in ``search_path``, and the first statement to need it would fail in chained
+    tracebacks."""
+    if inspect(connection).has_schema(schema):
+        return
+    message = (
+        f"The schema {schema!r} that the settings name (POSTGRES_SCHEMA, or Database's "
+        f"schema=) does not exist in the database: create it first (CREATE SCHEMA {schema}; "
+        "by hand, e.g. in `dbscope shell`, or in your deployment's set-up), or name a schema "
+        "that exists."
+    )
+    raise ConfigurationError(message)
+
+
+def _without_version_table(schema: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with an ``include_name`` that hides the version table from autogenerate.
+
+    Alembic leaves out of its comparison only the version table it names, ``schema``'s; under
+    ``search_path`` = ``schema`` the same table is reflected with no schema, and autogenerate
+    would propose dropping it. The caller's own ``include_name`` still decides the rest.
+    """
+    version_table = options.get("version_table", "alembic_version")
+    given: Callable[[str | None, str, Mapping[str, Any]], bool] | None
+    given = options.get("include_name")
+
+    def include_name(name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
+        ours = parent_names.get("schema_name") in (None, schema)
+        if type_ == "table" and name == version_table and ours:
+            return False
+        return given is None or given(name, type_, parent_names)
+
+    return {**options, "include_name": include_name}
 
 
 def migrate_offline(

@@ -83,12 +83,13 @@ def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLik
     would run on the environment alone. A pipe (``--env-file <(...)``) is read as a file.
 
     Raises:
-        ConfigurationError: a file named is missing, not a file, or unreadable; the message
-            names it as given (never its content) and the fix.
+        ConfigurationError: a file named is missing, not a file, unreadable or not UTF-8; the
+            message names it as given (never its content) and the fix.
     """
     named = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
     for given in named:
         path = Path(given).expanduser()
+        fix = "give the path of an existing dotenv file"
         if not str(given):
             problem = "names no file"
         elif not path.exists():
@@ -98,13 +99,28 @@ def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLik
             problem = "is not a file"
         elif not os.access(path, os.R_OK):
             problem = "cannot be read (permission denied)"
+        elif (offset := _undecodable_byte(path)) is not None:
+            problem = f"is not UTF-8 text (byte {offset} cannot be decoded)"
+            fix = "save it as UTF-8"
         else:
             continue
         message = (
-            f"The env file {str(given)!r} {problem}: give the path of an existing dotenv "
-            "file, or name none to read the environment alone."
+            f"The env file {str(given)!r} {problem}: {fix}, or name none to read the "
+            "environment alone."
         )
         raise ConfigurationError(message)
+
+
+def _undecodable_byte(path: Path) -> int | None:
+    """The offset of the first byte of ``path`` that is not UTF-8 (pydantic-settings reads
+    a dotenv file as UTF-8), or None. A pipe is not read here: what is read is gone."""
+    if path.is_fifo():
+        return None
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start
+    return None
 
 
 def environment_names() -> set[str]:

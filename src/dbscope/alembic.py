@@ -93,7 +93,8 @@ def run_migrations(
     Raises:
         ConfigurationError: the settings are invalid (the same messages as
             ``Database.from_env()``), or alembic.ini's ``sqlalchemy.url`` is (a '%' not
-            written '%%' included).
+            written '%%' included), or ``POSTGRES_SCHEMA`` names a schema the database does
+            not have.
         DatabaseUnavailableError: the server cannot be reached.
     """
     require_alembic("dbscope.alembic.run_migrations()")
@@ -186,7 +187,8 @@ def command_line(
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
-        ConfigurationError: ``-c`` names a file that does not exist.
+        ConfigurationError: ``-c`` names a file that does not exist, or the alembic.ini is
+            not an INI file.
         SystemExit: where ``alembic`` would end: on a wrong argument, a failed command
             (Alembic's message printed) and after ``--help``.
     """
@@ -206,8 +208,9 @@ def command_line(
 
 
 def _require_named_configs(options: Namespace) -> None:
-    """Refuse a file named with ``-c`` or ``$ALEMBIC_CONFIG`` that is not there, as
-    ``dbscope check`` does; Alembic would read it as empty and fail on a missing key."""
+    """Refuse a file named with ``-c`` or ``$ALEMBIC_CONFIG`` that is not there, and any
+    alembic.ini that is no INI file, as ``dbscope check`` does; Alembic would read a missing
+    one as empty and fail on a missing key, and fail on a malformed one in a traceback."""
     command = options.cmd[0].__name__
     if command in COMMANDS_WITHOUT_CONFIG:
         return

@@ -4,13 +4,15 @@ Every subcommand reads the application's settings the way the application does:
 ``DATABASE_URL`` or ``POSTGRES_*`` (``Database.from_env()``), behind ``--prefix``, or the
 ``Database`` object that ``--app module:attribute`` names (docs/cli.md).
 
-Exit codes: 0 success; 1 a check failed or the server could not be reached; 2 a setting or
-an argument is wrong (one line on stderr, no traceback).
+Exit codes: 0 success; 1 a check failed or the server could not be reached, or the reader of
+the output left (``| head``); 2 a setting or an argument is wrong (one line on stderr, no
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +27,20 @@ COMMANDS = (_check.COMMAND, _shell.COMMAND, _migrate.COMMAND)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dbscope`` command with ``argv`` (default ``sys.argv[1:]``); the exit code."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except BrokenPipeError:
+        # The reader left (`dbscope check | head -1`). Python's docs' recipe (the signal
+        # module, "Note on SIGPIPE"): stdout onto devnull, so that the flush at exit cannot
+        # fail again, and exit 1 quietly, as a command killed by SIGPIPE ends non-zero.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not args.passes_through:

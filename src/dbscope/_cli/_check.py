@@ -83,7 +83,7 @@ class _Report:
 
 async def _check(db: Database, config: Path | None, *, require_standby: bool) -> int:
     report = _Report()
-    report.say("database", db.url.render_as_string(hide_password=True))
+    report.say("database", _shown_url(db))
     async with db:
         report.say("server", _server(db))
         report.say("pool", _pool(db))
@@ -100,6 +100,15 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
         else:
             await _migrations(db, config, report)
     return 1 if report.failed else 0
+
+
+def _shown_url(db: Database) -> str:
+    shown = db.url.render_as_string(hide_password=True)
+    database = db.url.database
+    if db.settings.is_memory and database:
+        # SQLAlchemy escapes the ':' of ':memory:' ('%3Amemory%3A'): shown as users write it.
+        shown = shown.replace(database.replace(":", "%3A"), database, 1)
+    return shown
 
 
 def _server(db: Database) -> str:

@@ -54,7 +54,8 @@ def health_router(
     ``GET /readyz`` answers ``await db.health(...)``: 200 for ``pass`` and ``warn`` (a
     saturated pool), 503 for ``fail``, within ``timeout`` even when every connection is in use
     and requests wait in line for one. Both answer ``application/health+json`` with
-    ``Cache-Control: no-store``. Leave them out of the OpenAPI schema with
+    ``Cache-Control: no-store``, and ``HEAD`` as ``GET`` without the body (load balancers and
+    uptime checkers probe with HEAD). Leave them out of the OpenAPI schema with
     ``app.include_router(health_router(db), include_in_schema=False)``.
 
     Args:
@@ -101,6 +102,10 @@ def health_router(
         )
         return HealthResponse(health.to_dict(), status_code=health.http_status)
 
+    # Load balancers and uptime checkers probe with HEAD: the same answer, whose body the
+    # server leaves out. Out of the OpenAPI schema, where it would repeat GET's operation id.
+    for path, endpoint in ((liveness_path, livez), (readiness_path, readyz)):
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return router
 
 
