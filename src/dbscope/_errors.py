@@ -129,6 +129,10 @@ def translate(
     return None
 
 
+# What a client is told of an unreachable database: not where it is, which the log says.
+UNREACHABLE: Final = "The database could not be reached."
+
+
 def connect_error(error: BaseException, url: URL) -> DbscopeError:
     """Describe a failed first connection: where, and the fix; never the password."""
     reason = (str(getattr(error, "orig", None) or error) or type(error).__name__).strip()
@@ -146,7 +150,10 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
             "is running and that the host and port in the URL are right)"
         )
         return DatabaseUnavailableError(
-            message, cause="unreachable", retry_after=RETRY_AFTER["unreachable"]
+            message,
+            cause="unreachable",
+            retry_after=RETRY_AFTER["unreachable"],
+            public_message=UNREACHABLE,
         )
     if translated is None:  # no server's verdict: the driver refused what it was given
         message = (
@@ -165,7 +172,7 @@ def refused(error: DBAPIError, limits: Limits) -> ConfigurationError:
     """The server refused the user, password, database or a privilege: no retry cures it."""
     code = limits.backend.error_code(error.orig)
     message = (
-        f"The database at {describe_location(limits.url)} refused the request for good "
+        f"The database ({describe_location(limits.url)}) refused the request for good "
         f"(error {code}: {str(error.orig).strip()}): check the user, password and database "
         "in the URL, and the user's privileges."
     )
@@ -180,6 +187,7 @@ def unavailable(
     ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
     ``demoted``: the connection was dropped because its server refused a write as read-only.
     """
+    public = None
     if line_full:
         message = (
             f"All database connections are busy and pool_max_waiters="
@@ -193,7 +201,8 @@ def unavailable(
             "service is overloaded."
         )
     elif cause == "unreachable":
-        message = f"The database at {describe_location(limits.url)} could not be reached."
+        public = UNREACHABLE
+        message = f"The database ({describe_location(limits.url)}) could not be reached."
     elif demoted:
         message = (
             "The server refused a write as read-only: it is a standby now (a failover demoted "
@@ -209,7 +218,9 @@ def unavailable(
     retry_after = RETRY_AFTER[cause]
     if line_full:
         retry_after = random.choice(SHED_RETRY_AFTER)  # noqa: S311 - a spread, not a secret
-    return DatabaseUnavailableError(message, cause=cause, retry_after=retry_after)
+    return DatabaseUnavailableError(
+        message, cause=cause, retry_after=retry_after, public_message=public
+    )
 
 
 def shared_session() -> SessionSharedError:

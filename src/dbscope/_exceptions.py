@@ -97,12 +97,22 @@ class DatabaseUnavailableError(DbscopeError):
             ``"unreachable"`` (a new connection could not be opened) or
             ``"connection_lost"`` (the connection died during the unit of work).
         retry_after: seconds a client should wait before retrying.
+        public_message: the message without where the database is (its host, port and
+            name), for answers to clients, who need not know; the message for logs names it.
     """
 
-    def __init__(self, message: str, *, cause: UnavailableCause, retry_after: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: UnavailableCause,
+        retry_after: int,
+        public_message: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.cause: UnavailableCause = cause
         self.retry_after = retry_after
+        self.public_message = message if public_message is None else public_message
 
 
 class ConstraintViolationError(DbscopeError, IntegrityError):

@@ -73,10 +73,11 @@ _error_log = _ErrorLog(SUMMARY_INTERVAL)
 
 
 def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
-    """The 503 response for an outage: ``Retry-After`` and a JSON body naming the cause."""
+    """The 503 response for an outage: ``Retry-After`` and a JSON body naming the cause, not
+    where the database is (the log says that)."""
     return HTTPException(
         status_code=503,
-        detail={"cause": error.cause, "message": str(error)},
+        detail={"cause": error.cause, "message": error.public_message},
         headers={"Retry-After": str(error.retry_after)},
     )
 
