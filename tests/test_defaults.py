@@ -142,6 +142,18 @@ async def test_mysql_connections_are_recycled_before_the_server_drops_them(
     assert 0 < recycle < wait_timeout
 
 
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_server_settings_given_keep_the_application_name(database_url: str) -> None:
+    """asyncpg's server_settings of the user's (a time zone) and dbscope's application name
+    both reach the server: the user's mapping replaced dbscope's before."""
+    given = {"server_settings": {"TimeZone": "Asia/Tokyo"}}
+    async with Database(database_url, application_name="zoned", connect_args=given) as db:
+        async with db.transaction() as session:
+            query = "SELECT current_setting('application_name'), current_setting('TimeZone')"
+            seen = tuple((await session.execute(text(query))).one())
+    assert seen == ("zoned", "Asia/Tokyo")
+
+
 async def test_a_mysql_recycle_longer_than_wait_timeout_is_shortened(mysql_url: str) -> None:
     """An explicit pool_recycle beyond @@wait_timeout is brought below it at connect()."""
     db = Database(mysql_url, pool_recycle=10_000_000)

@@ -83,7 +83,7 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
         options.update(poolclass=QueuedPool, max_waiters=settings.pool_max_waiters)
     user_connect_args = dict(extra.get("connect_args", {}))
     options.update(extra)
-    options["connect_args"] = {**_default_connect_args(settings), **user_connect_args}
+    options["connect_args"] = _merged(_default_connect_args(settings), user_connect_args)
     if settings.pgbouncer is not None:
         # What the user asked for, in the URL's query or connect_args, over dbscope's own.
         asked = {**options["connect_args"], **settings.url.query, **user_connect_args}
@@ -152,6 +152,17 @@ def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     if settings.pgbouncer is not None and known.pooler_args is not None:
         args.update(known.pooler_args(settings.pgbouncer))
     return args
+
+
+def _merged(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, a mapping given merged into dbscope's: asyncpg's
+    ``server_settings`` of the user's (a TimeZone) kept the application name out."""
+    merged = {**defaults, **given}
+    for name, value in given.items():
+        default = defaults.get(name)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            merged[name] = {**default, **value}
+    return merged
 
 
 def _refuse_for_pooler(settings: DatabaseSettings, connect_args: Mapping[str, Any]) -> None:
