@@ -147,10 +147,12 @@ async def test_server_settings_given_keep_the_application_name(database_url: str
     """asyncpg's server_settings of the user's (a time zone) and dbscope's application name
     both reach the server: the user's mapping replaced dbscope's before."""
     given = {"server_settings": {"TimeZone": "Asia/Tokyo"}}
-    async with Database(database_url, application_name="zoned", connect_args=given) as db:
-        async with db.transaction() as session:
-            query = "SELECT current_setting('application_name'), current_setting('TimeZone')"
-            seen = tuple((await session.execute(text(query))).one())
+    query = "SELECT current_setting('application_name'), current_setting('TimeZone')"
+    async with (
+        Database(database_url, application_name="zoned", connect_args=given) as db,
+        db.transaction() as session,
+    ):
+        seen = tuple((await session.execute(text(query))).one())
     assert seen == ("zoned", "Asia/Tokyo")
 
 
