@@ -94,6 +94,25 @@ async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url:
     assert "from -c" in done.stdout.decode()
 
 
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_shell_targets_the_schema_the_units_target(secret_url: str) -> None:
+    """POSTGRES_SCHEMA: psql's unqualified names are the tenant's, as in the app's units
+    (before, the shell read `public` while the app read the tenant's tables)."""
+    environment = {"DATABASE_URL": secret_url, "POSTGRES_SCHEMA": "tenant_a"}
+    done = await dbscope("shell", "--", "-tAc", "SHOW search_path", environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert done.stdout.decode().strip() == "tenant_a"
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+async def test_shell_reaches_mariadb_by_the_urls_unix_socket(database_url: str) -> None:
+    """?unix_socket= is given to the client as --socket, not dropped for TCP to localhost."""
+    url = make_url(database_url).set(host="localhost", port=None)
+    url = url.update_query_dict({"unix_socket": "/nonexistent/mysqld.sock"})
+    argv, _ = Database(url).shell_command()
+    assert "--socket=/nonexistent/mysqld.sock" in argv
+
+
 async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
     """A SQLite URL opens sqlite3 on its file."""
     file = make_url(sqlite_url).database or ""

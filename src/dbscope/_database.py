@@ -296,7 +296,8 @@ class Database(RequestEntryPoints):
         command line says where the database is (host, port, user, database), then
         ``arguments``; the password is only in the variables to add to its environment
         (``PGPASSWORD``, ``MYSQL_PWD``), since every user of the machine can read a command
-        line, and so are a PostgreSQL URL's ``sslmode`` and ``target_session_attrs``.
+        line, and so are a PostgreSQL URL's ``sslmode`` and ``target_session_attrs`` and the
+        schema the units target (``PGOPTIONS``).
 
         Args:
             *arguments: the client's own arguments, e.g. ``"-c", "SELECT 1"`` for psql.
@@ -310,7 +311,7 @@ class Database(RequestEntryPoints):
                 none of its clients is on the PATH; the message says what to install.
         """
         try:
-            return client_command(self.url, arguments)
+            return client_command(self.url, arguments, self._settings.postgres_schema)
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
 

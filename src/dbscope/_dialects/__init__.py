@@ -138,16 +138,19 @@ def _check_dialect(url: URL) -> None:
         raise ValueError(message) from None
 
 
-def client_command(url: URL, arguments: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+def client_command(
+    url: URL, arguments: Sequence[str] = (), schema: str | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The command line that opens ``url``'s database in its own client, the first of its
     programs on the PATH, followed by ``arguments``; and the variables to add to its
-    environment (the password: a command line is shown to every user of the machine).
+    environment (the password: a command line is shown to every user of the machine). Its
+    statements target ``schema``, if given, as the application's units do.
 
     Raises:
         ValueError: dbscope knows no client for the database (an in-memory SQLite one lives
             inside the application's connection), or none of its clients is on the PATH.
     """
-    client = backend(url.get_backend_name()).client(url)
+    client = backend(url.get_backend_name()).client(url, schema)
     if client is None:
         message = (
             f"No client can open {url.render_as_string(hide_password=True)!r}: an in-memory "

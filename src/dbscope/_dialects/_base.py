@@ -345,8 +345,9 @@ class Backend:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def client(self, url: URL) -> Client | None:
-        """The command-line client for ``url``'s database; None if dbscope knows none."""
+    def client(self, url: URL, schema: str | None = None) -> Client | None:
+        """The command-line client for ``url``'s database, its statements targeting
+        ``schema`` if given; None if dbscope knows none."""
         return None
 
     # -- read replicas (where has_replicas) --------------------------------------------------

@@ -75,10 +75,11 @@ class MySQL(Backend):
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
 
-    def client(self, url: URL) -> Client | None:
+    def client(self, url: URL, schema: str | None = None) -> Client | None:
         arguments: list[str] = []
         for option, value in (
             ("--host", url.host),
+            ("--socket", url.query.get("unix_socket")),
             ("--port", None if url.port is None else str(url.port)),
             ("--user", url.username),
             ("--database", url.database),

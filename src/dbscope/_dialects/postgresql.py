@@ -223,7 +223,7 @@ class PostgreSQL(Backend):
         force = close_sessions and server_version(connection) >= (13,)
         return [f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if force else "")]
 
-    def client(self, url: URL) -> Client | None:
+    def client(self, url: URL, schema: str | None = None) -> Client | None:
         hosts, ports = _libpq_hosts(url)
         arguments: list[str] = []
         for option, value in (
@@ -240,6 +240,8 @@ class PostgreSQL(Backend):
         ssl = url.query.get("sslmode") or url.query.get("ssl")
         if isinstance(ssl, str) and ssl in SSL_MODES:
             environment["PGSSLMODE"] = ssl
+        if schema is not None:  # a plain identifier (checked by the settings)
+            environment["PGOPTIONS"] = f"-c search_path={schema}"
         attributes = url.query.get("target_session_attrs")
         if isinstance(attributes, str):
             environment["PGTARGETSESSIONATTRS"] = attributes

@@ -115,7 +115,7 @@ class SQLite(Backend):
     async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
         await asyncio.to_thread(_drop, Path(url.database or ""))
 
-    def client(self, url: URL) -> Client | None:
+    def client(self, url: URL, schema: str | None = None) -> Client | None:
         if self.is_memory(url):  # it lives inside the app's one connection
             return None
         return Client(
