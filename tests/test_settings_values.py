@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dbscope import ConfigurationError, Database, DatabaseSettings
-from tests.conftest import POSTGRES_URL, require_server
+from tests.conftest import MYSQL_URL, POSTGRES_URL, require_server
 
 URL = "postgresql+asyncpg://app@db.example/app"
 
@@ -105,15 +105,24 @@ def test_an_engine_option_of_the_wrong_type_is_refused_naming_it(
 
 @pytest.mark.parametrize(
     ("drivername", "query"),
-    [("postgresql+psycopg", "sslmod=require"), ("postgresql+asyncpg", "sslmode=require")],
+    [
+        ("postgresql+psycopg", "sslmod=require"),
+        ("postgresql+asyncpg", "sslmode=require"),
+        # A value the driver refuses, which it said as an outage: libpq's words, asyncpg's
+        # ClientConfigurationError, asyncmy's failed charset lookup.
+        ("postgresql+psycopg", "sslmode=bogus"),
+        ("postgresql+asyncpg", "server_settings=x"),
+        ("mysql+asyncmy", "charset=bogus"),
+    ],
 )
 async def test_a_connect_option_the_driver_refuses_is_a_configuration_error_about_options(
     drivername: str, query: str
 ) -> None:
     """Not an outage (psycopg's unknown option was a 503 with Retry-After), and not a login:
     the advice names the URL's query string and connect_args."""
-    require_server(POSTGRES_URL)
-    url = make_url(POSTGRES_URL).set(drivername=drivername)
+    server = MYSQL_URL if drivername.startswith("mysql") else POSTGRES_URL
+    require_server(server)
+    url = make_url(server).set(drivername=drivername)
     db = Database(f"{url.render_as_string(hide_password=False)}?{query}")
     with pytest.raises(ConfigurationError, match="the options in the URL's query string"):
         await db.connect()

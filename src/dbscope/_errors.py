@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, IntegrityError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from dbscope._dialects import Backend, backend
+from dbscope._dialects import Backend, backend, driver
 from dbscope._exceptions import (
     ConfigurationError,
     ConstraintViolationError,
@@ -60,6 +60,10 @@ SHARED_SESSION_WORDS: Final = (
     "concurrent operations are not permitted",
     "another operation is in progress",
 )
+
+
+# What a driver raises, or raises from, on an argument it cannot take: never an outage.
+ARGUMENT_ERRORS: Final = (TypeError, ValueError, LookupError, AttributeError)
 
 
 class LineFullError(PoolTimeoutError):
@@ -103,8 +107,8 @@ def translate(
             kind = rules.error_kind(error.orig)
             if kind == "refused":
                 return refused(error, limits)
-            if kind is None and isinstance(error, ProgrammingError):
-                return None  # the driver refused its own arguments (psycopg: an unknown option)
+            if kind is None and _refused_arguments(error, limits):
+                return None  # the driver refused its own arguments: a URL option's value
             return unavailable("unreachable", limits)
         return unavailable("unreachable", limits) if isinstance(error, OSError) else None
     if _shared_session(error):
@@ -245,6 +249,22 @@ def _shared_session(error: BaseException) -> bool:
         return True
     text = str(error)
     return any(words in text for words in SHARED_SESSION_WORDS)
+
+
+def _refused_arguments(error: DBAPIError, limits: Limits) -> bool:
+    """Whether a connect failed on the driver's own arguments, before any server was tried:
+    psycopg's ProgrammingError (an unknown option), a client-side type or value error in the
+    chain (asyncpg's ClientConfigurationError, asyncmy's failed charset lookup), or the
+    driver's own words for it."""
+    if isinstance(error, ProgrammingError):
+        return True
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        if isinstance(cause, ARGUMENT_ERRORS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    known = driver(limits.url.get_driver_name())
+    return known is not None and error.orig is not None and known.refused_arguments(error.orig)
 
 
 def _raised_while_connecting(traceback: TracebackType | None) -> bool:

@@ -95,6 +95,9 @@ class Driver:
             pass PgBouncer in a mode, as a sentence with the fix; None if nothing.
         hot_standby: whether the server said, when the driver last heard from it, that it is
             a hot standby (read without a round trip); None when it did not say.
+        refused_arguments: whether a failed connect is the driver refusing its arguments (a
+            URL option's value) rather than the server out of reach, where its error does not
+            show it by type (``arguments_refused`` reads the types).
     """
 
     name: str
@@ -111,6 +114,7 @@ class Driver:
     pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None
     pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = lambda mode, args: None
     hot_standby: Callable[[Any], bool | None] = lambda connection: None
+    refused_arguments: Callable[[BaseException], bool] = lambda error: False
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import select
 from collections.abc import Awaitable
 from typing import Any, Final, cast
@@ -71,6 +72,15 @@ def _psycopg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     return args
 
 
+# libpq's words for a connection option it cannot take ('invalid sslmode value: "x"', 'invalid
+# integer value "x" for connection option "port"'), said before it tries any server.
+_LIBPQ_REFUSED: Final = re.compile(r"invalid (\w+ )?value|invalid connection option")
+
+
+def _psycopg_refused_arguments(error: BaseException) -> bool:
+    return bool(_LIBPQ_REFUSED.search(str(error)))
+
+
 def _psycopg_unread_input(connection: Any) -> bool:
     # An idle psycopg connection is not read until its next query: data waiting on the socket
     # means the server spoke (a FATAL on termination, an end of file, a notification).
@@ -134,6 +144,7 @@ PSYCOPG: Final = Driver(
     install="pip install 'dbscope[psycopg]'",
     connect_args=_psycopg_connect_args,
     looks_dead=_psycopg_unread_input,
+    refused_arguments=_psycopg_refused_arguments,
     errors=_psycopg_errors,
     status=_psycopg_status,
     rollback=rollback_connection,
