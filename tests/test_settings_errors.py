@@ -61,6 +61,25 @@ def test_a_misspelled_variable_is_named_when_no_database_is_configured(
     assert f"{prefix}DATABSE_URL is set: did you mean {prefix}DATABASE_URL?" in message
 
 
+@pytest.mark.parametrize("prefix", ["", "APP_"])
+def test_a_misspelled_variable_beside_a_database_is_warned_of_once(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, sqlite_url: str, prefix: str
+) -> None:
+    """PG_BOUNCER for PGBOUNCER is never read, and the app would run without it: from_env()
+    says so, naming both. A variable that lacks only the prefix is another Database's."""
+    clean_env.setenv(f"{prefix}DATABASE_URL", sqlite_url)
+    clean_env.setenv(f"{prefix}PG_BOUNCER", "transaction")
+    clean_env.setenv("POOL_SIZE", "3")  # with the prefix APP_: another Database's setting
+    with caplog.at_level("WARNING", logger="dbscope"):
+        settings = Database.from_env(prefix).settings
+    warnings = [record.getMessage() for record in caplog.records]
+    assert settings.pgbouncer is None
+    assert warnings == [
+        f"{prefix}PG_BOUNCER is set: did you mean {prefix}PGBOUNCER? It is not one of "
+        "dbscope's settings, and was not read."
+    ]
+
+
 def test_no_url_in_the_environment_is_rejected_naming_database_url(
     clean_env: pytest.MonkeyPatch,
 ) -> None:

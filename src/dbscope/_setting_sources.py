@@ -30,6 +30,17 @@ SECRET_FIELDS: Final = frozenset(
 )
 
 
+# Names that Database() takes as keywords, or people write, for settings that DatabaseSettings
+# calls otherwise: a near miss by spelling ('replicas' -> 'replica_wait') would mislead.
+OTHER_NAMES: Final = {
+    "url": "database_url",
+    "schema": "postgres_schema",
+    "replicas": "database_replica_urls",
+    "replica": "database_replica_urls",
+    "replica_urls": "database_replica_urls",
+}
+
+
 def setting_error(setting: str, value: object, message: str) -> PydanticCustomError:
     """An error of a check across settings that blames ``setting``, which had ``value``."""
     context = {"setting": setting, "value": value, "message": message}
@@ -128,12 +139,17 @@ def environment_names() -> set[str]:
     return {name.upper() for name in os.environ}
 
 
-def misspelled_variables(prefix: str, fields: tuple[str, ...]) -> list[str]:
-    """``X is set: did you mean Y?`` for each environment variable close to a setting's name."""
+def misspelled_variables(
+    prefix: str, fields: tuple[str, ...], *, forgotten_prefix: bool = True
+) -> list[str]:
+    """``X is set: did you mean Y?`` for each environment variable close to a setting's name
+    (and, if ``forgotten_prefix``, for each that is one but for the prefix)."""
     known = [f"{prefix}{name}".upper() for name in fields]
     hints: list[str] = []
     for name in sorted(environment_names().difference(known)):
         if prefix and f"{prefix}{name}" in known:  # the prefix forgotten
+            if not forgotten_prefix:
+                continue
             close = [f"{prefix}{name}"]
         else:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
@@ -154,7 +170,8 @@ def describe_validation_error(error: ValidationError, sources: Sources) -> str:
         if item["type"] == NO_DATABASE:
             lines.append(sources.no_database())
         elif item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(setting, sources.fields, n=1)
+            other = OTHER_NAMES.get(setting)
+            close = [other] if other else difflib.get_close_matches(setting, sources.fields, n=1)
             lines.append(
                 f"unknown setting {setting!r}"
                 + "".join(f": did you mean {match!r}?" for match in close)

@@ -7,14 +7,17 @@ dotenv file), and its ``default_url`` applies only when the environment names no
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
-from dbscope._setting_sources import check_env_files
+from dbscope._setting_sources import check_env_files, misspelled_variables
 from dbscope._settings import DatabaseSettings
+
+logger = logging.getLogger("dbscope")
 
 
 class _ArgumentSettings(DatabaseSettings):
@@ -83,4 +86,12 @@ def load_settings(
         location = _DatabaseLocation(_env_prefix=env_prefix, _env_file=env_file)
         if not any(location.model_dump().values()):
             settings_class, values["database_url"] = _DefaultUrlSettings, default_url
-    return settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)
+    settings = settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)
+    # A misspelt variable is never read, and the app runs without it: PG_BOUNCER for
+    # PGBOUNCER ran through PgBouncer without the preset, its statements failing. Not for a
+    # variable that lacks only the prefix: another Database of the app may read it.
+    for hint in misspelled_variables(
+        env_prefix.upper(), tuple(DatabaseSettings.model_fields), forgotten_prefix=False
+    ):
+        logger.warning("%s It is not one of dbscope's settings, and was not read.", hint)
+    return settings
