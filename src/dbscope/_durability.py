@@ -5,7 +5,8 @@ that had not received it yet, though the application already answered 2xx for it
 on a Patroni cluster: 298 acknowledged writes lost in one crash without ``synchronous_mode``,
 none with it). What the primary says of its standbys is read at ``connect()``, on the
 connection that proves the server answers, and again in the background after the pool lost
-connections (a failover may have moved the primary); never in a request's way.
+connections (a failover may have moved the primary), until it has as many standbys as before
+or two minutes have passed; never in a request's way.
 ``db.stats().durability`` shows the latest :class:`Durability`.
 
 One warning per Database, when the server has standbys but its commits wait for none:
@@ -174,14 +175,27 @@ class DurabilityWatch:
             url, poolclass=NullPool, isolation_level="AUTOCOMMIT", **options
         )
         rules = backend(url.get_backend_name())
+        before = self.reading
         try:
             await asyncio.sleep(REREAD_DELAY)
             for _ in range(int(REREAD_FOR / REREAD_EVERY)):
                 try:
                     async with asyncio.timeout(REREAD_EVERY), reader.connect() as connection:
                         self.update(await rules.standbys(connection))
-                    return
+                    read = True
                 except Exception:  # no primary yet, mid-failover: try again
-                    await asyncio.sleep(REREAD_EVERY)
+                    read = False
+                if read and not _fewer_standbys(self.reading, before):
+                    return
+                # A promoted standby has none of its own until the old primary rejoins as
+                # one, seconds later: read until it has as many as before, or time is up.
+                await asyncio.sleep(REREAD_EVERY)
         finally:
             await reader.dispose()
+
+
+def _fewer_standbys(now: Durability | None, before: Durability | None) -> bool:
+    """Whether ``now`` has fewer standbys, or fewer in sync, than ``before``."""
+    if now is None or before is None:
+        return False
+    return now.standbys < before.standbys or (now.in_sync or 0) < (before.in_sync or 0)
