@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
@@ -30,6 +31,14 @@ async def replicated(urls: tuple[str, str], **options: Any) -> AsyncIterator[Dat
     options.setdefault("replica_check_interval", CHECK_INTERVAL)
     async with Database(primary, replicas=[replica], **options) as db:
         yield db
+
+
+def another_name(url: str | URL) -> str:
+    """``url`` with its host spelt otherwise (127.0.0.1 as localhost, and back): the same
+    server, which a replica URL may name only so (the primary's own URL is refused)."""
+    parsed = make_url(url)
+    host = "127.0.0.1" if parsed.host == "localhost" else "localhost"
+    return parsed.set(host=host).render_as_string(hide_password=False)
 
 
 async def in_recovery(session: AsyncSession) -> bool:

@@ -292,6 +292,8 @@ async def test_a_read_write_unit_that_only_read_gives_no_token(
         ("max_age", 1.5),
         ("max_age", True),
         ("max_age", "60"),
+        ("max_age", 3601),
+        ("max_age", 10**12),
         ("secure", "yes"),
         ("path", "app"),
         ("path", "/a;b"),
@@ -305,3 +307,28 @@ def test_an_unusable_option_is_refused_at_construction(option: str, value: objec
     with pytest.raises(ConfigurationError) as raised:
         ReadYourWrites(FastAPI(), **given)
     assert f"{option}={value!r}" in str(raised.value)
+
+
+async def count_notes_in_sql_text(session: AsyncSession) -> dict[str, int]:
+    """Count the notes with SQL text, which begins the transaction on PostgreSQL."""
+    return {"notes": int(await session.scalar(text("SELECT count(*) FROM ryw_notes")) or 0)}
+
+
+async def test_a_read_in_sql_text_on_db_session_gives_a_token_and_on_read_session_none(
+    notes_asyncpg: Pair,
+) -> None:
+    """As docs/replicas.md says: a GET that only reads, in text(), on ``db.session`` begins
+    the transaction and so hands out a token; the same read on ``db.read_session`` does not."""
+    db = Database(notes_asyncpg.primary, replicas=[notes_asyncpg.replica])
+    routes = {"GET /notes": count_notes_in_sql_text}
+    on_session, on_read_session = app_with(db.session, routes), app_with(db.read_session, routes)
+    for app in (on_session, on_read_session):
+        app.add_middleware(ReadYourWrites)
+    async with db, client_for(on_session) as writer, client_for(on_read_session) as reader:
+        read_write = await writer.get("/notes")
+        read_only = await reader.get("/notes")
+    assert read_write.status_code == read_only.status_code == 200
+    assert HEADER in read_write.headers
+    assert COOKIE in read_write.cookies
+    assert HEADER not in read_only.headers
+    assert "set-cookie" not in read_only.headers

@@ -3,6 +3,7 @@ serves no reads, which go to the primary (counted, never an error), and one that
 serves again; on a real primary and streaming replica, stopped and paused for real.
 """
 
+import asyncio
 import contextlib
 import logging
 
@@ -14,7 +15,16 @@ from sqlalchemy.engine import make_url
 from dbscope import Database
 from tests.conftest import POSTGRES_URL, require_server
 from tests.replica_cluster import ReplicaPair, replay_paused, replica_stopped
-from tests.replica_reads import CHECK_INTERVAL, add_item, fallbacks, in_recovery, replicated, served
+from tests.replica_reads import (
+    CHECK_INTERVAL,
+    add_item,
+    another_name,
+    fallbacks,
+    in_recovery,
+    replicated,
+    served,
+)
+from tests.server import free_port
 
 pytest_plugins = ["tests.replica_fixtures"]
 
@@ -73,10 +83,13 @@ async def test_a_stopped_replica_sends_the_reads_to_the_primary(
         ran_on_replica += await reads_on_replica(db)
         replica = db.stats().replicas[0]
         counted = fallbacks(db)
+        health = (await db.health()).to_dict()["checks"]["replica:lag"][0]
     assert not any(ran_on_replica)
     assert sum(counted.values()) == 2 * READS
     assert replica.state == "down"
     assert replica.reason == "it could not be reached"
+    assert replica.lag is None  # not the 0 of its last check while it served
+    assert "observedValue" not in health
     assert replica.served == 0
     assert logged(caplog, "serves no reads: it could not be reached") == 1
 
@@ -135,11 +148,11 @@ async def test_the_primary_named_as_a_replica_is_promoted_and_never_read(
 ) -> None:
     """A 'replica' that is not in recovery is promoted; the real replica beside it serves."""
     primary, replica = urls
-    async with Database(primary, replicas=[primary, replica]) as db:
+    async with Database(primary, replicas=[another_name(primary), replica]) as db:
         ran_on_replica = await reads_on_replica(db)
         promoted, ready = db.stats().replicas
     assert all(ran_on_replica)
-    assert (promoted.state, promoted.served) == ("promoted", 0)
+    assert (promoted.state, promoted.served, promoted.lag) == ("promoted", 0, None)
     assert promoted.reason == "it is no longer in recovery: a primary now"
     assert (ready.state, ready.served) == ("ready", READS)
 
@@ -160,3 +173,69 @@ async def test_a_replica_of_another_cluster_is_foreign_and_never_read(
     assert database == other.database
     assert (replica.state, replica.served) == ("foreign", 0)
     assert replica.reason == "it replicates another cluster than the primary's"
+
+
+async def test_a_replica_whose_pool_is_busy_with_reads_stays_ready(urls: tuple[str, str]) -> None:
+    """Every replica connection held by a long read for longer than a check's time bound:
+    the checks, which do not wait in the replica's pool, find it ready still, and the next
+    read runs on it."""
+    async with replicated(urls, pool_size=2, max_overflow=0) as db:
+
+        async def long_read() -> bool:
+            async with db.transaction(read_only=True) as session:
+                on_replica = await in_recovery(session)
+                await session.execute(text("SELECT pg_sleep(2.5)"))
+                return on_replica
+
+        reads = asyncio.gather(long_read(), long_read())
+        states, busiest = set(), 0
+        while not reads.done():
+            replica = db.stats().replicas[0]
+            states.add(replica.state)
+            busiest = max(busiest, replica.pool.checked_out if replica.pool else 0)
+            await anyio.sleep(0.05)
+        held = await reads
+        ran_on_replica = await reads_on_replica(db, 1)
+        after = db.stats().replicas[0]
+    assert list(held) == [True, True]
+    assert busiest == 2
+    assert states == {"ready"}
+    assert ran_on_replica == [True]
+    assert (after.state, after.served) == ("ready", 3)
+
+
+async def test_a_replica_that_refuses_the_connection_says_why_once(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica URL naming a database the replica has not: the log says why (the refusal's
+    own message), once over many checks; no lag is reported."""
+    primary, replica = urls
+    wrong = make_url(replica).set(database="no_such_database").render_as_string(False)
+    reason = 'database "no_such_database" does not exist (check the user, password and'
+    async with Database(primary, replicas=[wrong], replica_check_interval=CHECK_INTERVAL) as db:
+        await anyio.sleep(30 * CHECK_INTERVAL)  # past several back-offs
+        stats = db.stats().replicas[0]
+        health = (await db.health()).to_dict()["checks"]["replica:lag"][0]
+    assert stats.state == "down"
+    assert reason in (stats.reason or "")
+    assert stats.lag is None
+    assert "observedValue" not in health
+    assert logged(caplog, f"serves no reads: {stats.reason}") == 1
+    assert logged(caplog, "serves no reads") == 1
+
+
+async def test_a_member_patroni_turns_down_that_is_no_replica_shows_promoted(
+    urls: tuple[str, str],
+) -> None:
+    """A 'replica' not in recovery whose Patroni check fails too (the leader after a
+    failover) shows what it is, promoted, not down (unreachable)."""
+    primary = urls[0]
+    db = Database(
+        primary,
+        replicas=[another_name(primary)],
+        replica_patroni_urls=[f"http://127.0.0.1:{free_port()}"],
+    )
+    async with db:
+        promoted = db.stats().replicas[0]
+    assert (promoted.state, promoted.lag) == ("promoted", None)
+    assert promoted.reason == "it is no longer in recovery: a primary now"

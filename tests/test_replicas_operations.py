@@ -13,6 +13,7 @@ from sqlalchemy import text
 import dbscope.otel
 from dbscope import Database
 from tests.otel_readings import Metered, metered
+from tests.replica_reads import another_name
 from tests.server import free_port
 
 
@@ -61,7 +62,7 @@ async def test_an_unreachable_replica_makes_health_warn_and_reads_run_on_the_pri
 
 async def test_a_replica_url_that_names_a_primary_serves_no_reads(postgres_url: str) -> None:
     """A 'replica' that is not in recovery is found promoted, and never read."""
-    db = Database(postgres_url, replicas=[postgres_url])
+    db = Database(postgres_url, replicas=[another_name(postgres_url)])
     async with db:
         ran_on_replica = await on_replica(db)
         stats = db.stats()
@@ -75,7 +76,7 @@ async def test_each_replica_pool_is_reported_with_the_fallbacks_by_reason(
     postgres_url: str, sdk: Metered
 ) -> None:
     """dbscope.otel reports a replica's pool under its own name, and the reads it turned away."""
-    db = Database(postgres_url, replicas=[postgres_url], pool_name="orders")
+    db = Database(postgres_url, replicas=[another_name(postgres_url)], pool_name="orders")
     async with db:
         dbscope.otel.instrument(db, meter_provider=sdk.provider)
         await on_replica(db)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from dbscope import ConfigurationError, Database
+from dbscope import ConfigurationError, Database, DatabaseSettings
 from dbscope.testing import rolled_back
 from tests.helpers import admin, wait_until_none
 from tests.replica_reads import TABLE, add_item, fallbacks, has_item, in_recovery, served
@@ -77,7 +77,28 @@ def test_replica_max_lag_takes_a_size_with_a_unit(given: object, size: int) -> N
         (
             {"replica_check_interval": 0},
             "keyword argument replica_check_interval=0",
-            "must be a positive number of seconds",
+            "must be at least 0.05 seconds, got 0",
+        ),
+        (
+            {"replica_check_interval": 1e-6},
+            "keyword argument replica_check_interval=1e-06",
+            "must be at least 0.05 seconds, got 1e-06",
+        ),
+        (
+            {"replica_check_interval": 1e9},
+            "keyword argument replica_check_interval=1000000000.0",
+            "must be at most 3600 seconds, got 1e+09",
+        ),
+        (
+            {"replica_wait": 1e9},
+            "keyword argument replica_wait=1000000000.0",
+            "must be at most 10 seconds, got 1e+09",
+        ),
+        (
+            {"replicas": [PRIMARY.replace("app@", "other@")]},
+            "argument replicas",
+            "a replica URL names the primary itself (postgresql at 127.0.0.1:5432, database "
+            "'app'): name a streaming replica's host and port, or remove it",
         ),
         ({"replicas": [42]}, "argument replicas", "each replica must be a URL, got a int"),
         ({"replicas": ["not a url"]}, "argument replicas", "dialect+driver://user:password@"),
@@ -120,7 +141,9 @@ def test_bad_replica_arguments_are_refused_naming_them(
     [
         ("APP_REPLICA_MAX_LAG", "lots", FIX),
         ("APP_REPLICA_WAIT", "-1", "or a number of seconds"),
-        ("APP_REPLICA_CHECK_INTERVAL", "0", "must be a positive number of seconds"),
+        ("APP_REPLICA_CHECK_INTERVAL", "0", "must be at least 0.05 seconds"),
+        ("APP_REPLICA_CHECK_INTERVAL", "1e-6", "must be at least 0.05 seconds"),
+        ("APP_REPLICA_WAIT", "1e9", "must be at most 10 seconds"),
     ],
 )
 def test_bad_replica_variables_are_refused_naming_them(
@@ -156,17 +179,21 @@ def test_a_patroni_url_with_credentials_is_refused_without_showing_them(
         ("sqlite+aiosqlite:///app.db", "sqlite+aiosqlite:///replica.db"),
         ("mysql+asyncmy://root@127.0.0.1:3306/app", "mysql+asyncmy://root@127.0.0.1:3307/app"),
         (PRIMARY, "mysql+asyncmy://root@127.0.0.1:3307/app"),
+        (PRIMARY, "mysql+aiomysql://root@127.0.0.1:3307/app"),
+        (PRIMARY, "mysql://root@127.0.0.1:3307/app"),
     ],
 )
 def test_replicas_of_other_databases_than_postgresql_are_refused(
     primary: str, replica: str
 ) -> None:
-    """Replicas are PostgreSQL streaming replicas: SQLite and MariaDB ones are refused."""
+    """Replicas are PostgreSQL streaming replicas: SQLite and MariaDB ones are refused, with
+    no advice to install their drivers."""
     with pytest.raises(ConfigurationError) as raised:
         Database(primary, replicas=[with_password(replica)])
     message = str(raised.value)
-    assert "argument replicas: read replicas are routed for PostgreSQL streaming" in message
-    assert "Remove the replicas, or name PostgreSQL URLs" in message
+    assert "argument replicas: replicas are PostgreSQL streaming replicas only" in message
+    assert "remove it, or name a PostgreSQL replica of the primary" in message
+    assert "install" not in message
     assert PASSWORD not in message
 
 
@@ -178,7 +205,36 @@ def test_replicas_named_in_the_environment_for_sqlite_are_refused_naming_the_var
     clean_env.setenv("DATABASE_REPLICA_URLS", "sqlite+aiosqlite:///replica.db")
     with pytest.raises(ConfigurationError) as raised:
         Database.from_env()
-    assert "environment variable DATABASE_REPLICA_URLS: read replicas are" in str(raised.value)
+    assert "environment variable DATABASE_REPLICA_URLS: replicas are PostgreSQL" in str(
+        raised.value
+    )
+
+
+@pytest.mark.parametrize("separator", [" ", ";", "; "])
+def test_replica_urls_joined_otherwise_than_by_commas_are_refused_saying_so(
+    clean_env: pytest.MonkeyPatch, separator: str
+) -> None:
+    """DATABASE_REPLICA_URLS joined by a space or ';': told to separate them with commas,
+    not that an '@' is not percent-encoded; no password shown."""
+    clean_env.setenv("DATABASE_URL", PRIMARY)
+    second = REPLICA.replace("5434", "5435")
+    clean_env.setenv("DATABASE_REPLICA_URLS", separator.join(map(with_password, [REPLICA, second])))
+    with pytest.raises(ConfigurationError) as raised:
+        Database.from_env()
+    message = str(raised.value)
+    assert "environment variable DATABASE_REPLICA_URLS: one replica URL holds 2 URLs" in message
+    assert "separate the replica URLs with commas" in message
+    assert "percent-encoded" not in message
+    assert PASSWORD not in message
+
+
+def test_replicas_given_to_database_settings_are_pointed_to_its_own_name() -> None:
+    """DatabaseSettings(replicas=...), Database's keyword: told database_replica_urls."""
+    given: dict[str, Any] = {"database_url": PRIMARY, "replicas": [REPLICA]}  # Database's name
+    with pytest.raises(ConfigurationError) as raised:
+        DatabaseSettings(**given)
+    expected = "unknown setting 'replicas': did you mean 'database_replica_urls'?"
+    assert expected in str(raised.value)
 
 
 async def test_no_password_of_a_replica_shows_in_reprs_errors_or_logs(

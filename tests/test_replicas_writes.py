@@ -22,6 +22,7 @@ from tests.replica_cluster import apply_delayed, replay_paused, wait_for_replay
 from tests.replica_reads import (
     TABLE,
     add_item,
+    another_name,
     fallbacks,
     on_replica_and_sees,
     replicated,
@@ -139,7 +140,7 @@ async def test_a_read_cancelled_while_it_waits_for_the_replica_returns_its_conne
 ) -> None:
     """A read waiting for the replica to replay a write, cancelled (a client gone): its
     replica connection is back in the pool at once, not left to the garbage collector."""
-    async with replicated(urls, replica_wait=30.0) as db, replay_paused(urls[1]):
+    async with replicated(urls, replica_wait=10.0) as db, replay_paused(urls[1]):
         await add_item(db, 1)
         waiting = asyncio.create_task(read(db, 1))
         with anyio.fail_after(10):
@@ -196,7 +197,7 @@ async def test_a_token_of_another_cluster_is_ignored(urls: tuple[str, str]) -> N
     pair's log: the read runs on the replica, without waiting."""
     other_url = make_url(POSTGRES_URL).set(drivername=make_url(urls[0]).drivername)
     require_server(other_url.render_as_string(hide_password=False))
-    async with Database(other_url, replicas=[other_url]) as other:
+    async with Database(other_url, replicas=[another_name(other_url)]) as other:
         async with other.transaction() as session:
             await session.execute(text("SELECT 1"))
         other_token = other.write_token()

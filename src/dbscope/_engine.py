@@ -215,7 +215,7 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
     names = re.findall(r"'([^']+)'", head)
     configuration = re.search(r"configuration (\S+?)\.?\s", tail)
     pool = configuration.group(1).split("/")[1] if configuration else "this pool"
-    known = [*DatabaseSettings.model_fields, *KNOWN_ENGINE_OPTIONS, "url", "schema"]
+    known = [*DatabaseSettings.model_fields, *KNOWN_ENGINE_OPTIONS, "url", "schema", "replicas"]
     problems = []
     for name in names:
         if name in QUEUE_POOL_OPTIONS:
@@ -227,7 +227,8 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
         guesses = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {guesses[0]!r}?" if guesses else "see the list of settings"
         problems.append(f"unknown option {name!r}: {hint}")
-    return "Invalid Database option: " + "; ".join(problems) + "."
+    joined = "; ".join(problems)
+    return f"Invalid Database option: {joined}" + ("" if joined.endswith("?") else ".")
 
 
 def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:

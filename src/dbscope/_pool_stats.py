@@ -19,9 +19,11 @@ class ReplicaStats:
     Attributes:
         name: the replica's pool name (its ``host:port/database``).
         state: ``"ready"`` (serving reads), ``"lagging"`` (more than ``replica_max_lag``
-            behind), ``"down"`` (unreachable, in back-off), ``"promoted"`` (no longer in
-            recovery), ``"foreign"`` (another cluster's), or ``"starting"``.
-        lag: bytes of log behind the primary at the last check; None if unknown.
+            behind), ``"down"`` (in back-off: unreachable, refusing the connection, silent,
+            or a standby its Patroni member holds unfit), ``"promoted"`` (no longer in
+            recovery: a primary now), ``"foreign"`` (another cluster's), or ``"starting"``.
+        lag: bytes of log behind the primary at the last check; None if unknown (down,
+            promoted, foreign, or the primary's position not read).
         served: read-only units it has served.
         reason: why it is not ready, if it is not.
         pool: its pool's numbers; None while it has no engine.

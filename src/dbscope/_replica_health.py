@@ -5,13 +5,18 @@ recovery (a promoted replica is no replica), of the primary's cluster, and at mo
 ``replica_max_lag`` bytes behind the primary (never seconds: an idle primary makes a replica
 0 bytes behind look seconds late). A replica that fails is skipped, and checked again after a
 back-off that doubles up to :data:`MAX_BACKOFF_CHECKS` intervals (at most :data:`MAX_BACKOFF`),
-so a replica back up serves again within that. A state is logged once when it changes, not
-once per check.
+so a replica back up serves again within that; one that refuses the connection (its user,
+password or database) waits the longest back-off at once. A state is logged once when it
+changes, not once per check (and a down replica's reason, when that changes).
 
 A replica run by Patroni may name its member's REST API (``replica_patroni_urls``): it then
 serves only while ``GET /replica?lag=<replica_max_lag>`` answers 200 as well, so a member that
 Patroni itself holds unfit (being rebuilt, tagged ``noloadbalance``, paused replication) serves
 no reads. Asked with httpx (the ``patroni`` extra), within the same check's time bound.
+
+A replica's pool busy with reads is no sign of trouble: when it has no connection free, the
+check reads on a connection of its own, opened outside the pool and closed at once (as the
+readiness probe does, ``_health.py``), rather than wait in the line of the reads it judges.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from dbscope._dialects import Backend, Replication
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+from dbscope._dialects import Backend, Replication, driver
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
@@ -38,6 +46,9 @@ MAX_BACKOFF: Final = 30.0
 # ... and at most this many check intervals: a replica back up serves again within them
 # (measured with a 1 s interval: 12 s after a 20 s outage when only MAX_BACKOFF bounded it).
 MAX_BACKOFF_CHECKS: Final = 8
+# The engine options a check's own connection is opened with, as the replica's pool opens
+# its: how to connect, and every transaction READ ONLY.
+OWN_CONNECTION_OPTIONS: Final = ("connect_args", "async_creator", "execution_options")
 
 
 class Replica:
@@ -54,6 +65,7 @@ class Replica:
         self.reason: str | None = None
         self.backoff = 0.0
         self.next_check = 0.0
+        self._own: AsyncEngine | None = None
 
     def stats(self) -> ReplicaStats:
         """The replica's numbers now."""
@@ -64,6 +76,36 @@ class Replica:
         """Drop what the checks found: the next life's server may be another."""
         self.state, self.reason, self.lag = "starting", None, None
         self.replayed, self.backoff, self.next_check = 0, 0.0, 0.0
+
+    def busy(self) -> bool:
+        """Whether a checkout from the replica's pool would wait: no connection idle, no room
+        to open one, or others already waiting. Read without yielding to the event loop, so
+        that a checkout right after it finds the pool as it was read."""
+        pool = self.lifecycle.engine.pool
+        if not isinstance(pool, QueuePool):
+            return False
+        room = pool._max_overflow < 0 or pool.checkedout() < pool.size() + pool._max_overflow
+        return (pool.checkedin() == 0 and not room) or self.lifecycle.stats().waiting > 0
+
+    def own_engine(self, timeout: float) -> AsyncEngine:
+        """An engine whose every connection is new and closed after use (NullPool): the
+        check's, when the replica's pool is busy."""
+        if self._own is None:
+            url = self.lifecycle.settings.url
+            given = self.lifecycle.options
+            options = {name: given[name] for name in OWN_CONNECTION_OPTIONS if name in given}
+            known = driver(url.get_driver_name())
+            if known is not None:  # bounded by the check's time, the app's arguments kept
+                connect_args = dict(options.get("connect_args", {}))
+                options["connect_args"] = {**connect_args, **known.connect_args(timeout, None)}
+            self._own = create_async_engine(url, poolclass=NullPool, **options)
+        return self._own
+
+    async def close_own_engine(self) -> None:
+        """Drop the check's own engine (it holds no connection between checks)."""
+        own, self._own = self._own, None
+        if own is not None:
+            await own.dispose()
 
 
 class ReplicaChecks:
@@ -118,6 +160,7 @@ class ReplicaChecks:
                 await watch
         for replica in self.replicas:
             await replica.lifecycle.dispose()
+            await replica.close_own_engine()
             replica.forget()
         http, self._http = self._http, None
         if http is not None:
@@ -160,19 +203,24 @@ class ReplicaChecks:
         return reading.position
 
     async def _check(self, replica: Replica, primary: int | None) -> None:
+        timeout = max(self.interval, 1.0)
         try:
-            async with asyncio.timeout(max(self.interval, 1.0)):
+            async with asyncio.timeout(timeout):
                 if replica.lifecycle.state != "connected":
                     await replica.lifecycle.connect()
-                async with replica.lifecycle.engine.connect() as connection:
+                # Busy serving reads is no failure: the check does not queue behind them.
+                engine = replica.own_engine(timeout) if replica.busy() else None
+                async with (engine or replica.lifecycle.engine).connect() as connection:
                     reading = await self.rules.replication(connection)
                 unfit = await self._patroni_says(replica)
         except Exception as error:
-            self.failed(replica, why(error, replica))
+            self.failed(replica, why(error, replica), refused=refused(error, replica))
             return
-        if unfit is not None:
+        if unfit is not None and reading.replica:
             self.failed(replica, unfit)
             return
+        # Not in recovery (a member Patroni turned down because it leads now): what the
+        # server says of itself is the more precise state.
         self._judge(replica, reading, primary)
 
     async def _patroni_says(self, replica: Replica) -> str | None:
@@ -190,8 +238,10 @@ class ReplicaChecks:
     def _judge(self, replica: Replica, reading: Replication, primary: int | None) -> None:
         replica.backoff = 0.0
         if not reading.replica:
+            replica.lag = None  # a primary is behind no one: no lag to report
             self._set(replica, "promoted", "it is no longer in recovery: a primary now")
         elif self.cluster and reading.cluster != self.cluster:
+            replica.lag = None  # bytes of another cluster's log say nothing of this one's
             self._set(replica, "foreign", "it replicates another cluster than the primary's")
         else:
             # As the replica says, even backwards (a replica made anew from a backup): a
@@ -205,14 +255,20 @@ class ReplicaChecks:
             else:
                 self._set(replica, "ready", None)
 
-    def failed(self, replica: Replica, reason: str) -> None:
-        """Take ``replica`` out of service for ``reason``, until a check after the back-off."""
-        replica.backoff = min(self.max_backoff, max(self.interval, replica.backoff * 2))
+    def failed(self, replica: Replica, reason: str, *, refused: bool = False) -> None:
+        """Take ``replica`` out of service for ``reason``, until a check after the back-off
+        (the longest at once when it ``refused`` the connection: settings do not mend
+        themselves in a second)."""
+        backoff = max(self.interval, replica.backoff * 2)
+        replica.backoff = self.max_backoff if refused else min(self.max_backoff, backoff)
         replica.next_check = time.monotonic() + replica.backoff
+        replica.lag = None  # the last reading's lag is no reading of a replica out of reach
         self._set(replica, "down", reason)
 
     def _set(self, replica: Replica, state: ReplicaState, reason: str | None) -> None:
-        if state != replica.state:  # logged once per change, not once per check
+        # Logged once per change, not once per check; a down replica's new reason is news
+        # (unreachable, then up but refusing the connection), a lagging one's bytes are not.
+        if state != replica.state or (state == "down" and reason != replica.reason):
             where = describe_location(replica.lifecycle.settings.url)
             if state == "ready":
                 logger.info("Replica %s of Database %r serves reads", where, self.name)
@@ -235,13 +291,26 @@ def _httpx() -> Any:
 
 
 def why(error: Exception, replica: Replica) -> str:
-    """Why ``error`` takes ``replica`` out of service, phrased from the error's kind: a
-    driver's message could name the user or more."""
+    """Why ``error`` takes ``replica`` out of service, phrased from the error's kind (a
+    driver's message could name the user or more), or a refusal's own message, which says
+    what to fix and never holds a password (``_errors.py``)."""
     if isinstance(error, TimeoutError):
         return "it did not answer in time"
-    if isinstance(error, DatabaseUnavailableError):
-        return "it could not be reached"
-    translated = translate(error, Limits(replica.lifecycle.settings.url))
+    translated = _translated(error, replica)
     if isinstance(translated, DatabaseUnavailableError):
         return "it could not be reached"
+    if isinstance(translated, ConfigurationError):
+        return str(translated)
     return f"checking it failed ({type(translated or error).__name__})"
+
+
+def refused(error: Exception, replica: Replica) -> bool:
+    """Whether ``error`` is the replica refusing the connection for a reason of its settings
+    (user, password, database, rights), which the next check would meet again."""
+    return isinstance(_translated(error, replica), ConfigurationError)
+
+
+def _translated(error: Exception, replica: Replica) -> Exception | None:
+    if isinstance(error, DatabaseUnavailableError | ConfigurationError):
+        return error  # already dbscope's: connect() translates its own
+    return translate(error, Limits(replica.lifecycle.settings.url))

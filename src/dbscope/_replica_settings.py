@@ -13,6 +13,7 @@ check must also pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
@@ -28,8 +29,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode
 from sqlalchemy.engine import URL
 
-from dbscope._dialects import resolve_async_url
-from dbscope._urls import parse_url
+from dbscope._dialects import backend, resolve_async_url
+from dbscope._setting_sources import setting_error
+from dbscope._urls import describe_location, parse_url
 
 # 16 MiB of WAL: one segment; a replica further behind serves no reads.
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
@@ -49,27 +51,55 @@ class Least:
     value: float
     message: str
     allowed: bool = True
+    most: float | None = None
+    """The greatest value allowed, if any; a value above it is told ``most_message``."""
+    most_message: str = ""
 
     def check(self, given: float | None) -> float | None:
-        """``given`` if it is unset or not below the bound, else ValueError with the message."""
+        """``given`` if it is unset or within the bounds, else ValueError with the message."""
         if given is None:
             return given
         if not math.isfinite(given):
             # nan compares false with every bound: a NaN pool_timeout would refuse every
             # waiter at once.
             raise ValueError(f"must be a finite number, got {given!r}")
-        if not (given < self.value if self.allowed else given <= self.value):
-            return given
-        raise ValueError(self.message.format(value=given))
+        if given < self.value if self.allowed else given <= self.value:
+            raise ValueError(self.message.format(value=given))
+        if self.most is not None and given > self.most:
+            raise ValueError(self.most_message.format(value=given, most=self.most))
+        return given
 
 
 # Each numeric replica setting's bound.
+# The least check interval: each check is a query per replica (and the primary's position),
+# so a shorter one spends the app's CPU on checks (1e-6 s: 2.5 s of CPU in 3 s).
+LEAST_CHECK_INTERVAL: Final = 0.05
+# A replica replays a write in milliseconds; a read kept waiting longer than this had better
+# read the primary, which has the write now.
+MOST_REPLICA_WAIT: Final = 10.0
+# A replica missed for an hour is no replica: a longer interval only hides an outage.
+MOST_CHECK_INTERVAL: Final = 3600.0
+
 REPLICA_BOUNDS: Final = {
     "replica_wait": Least(
-        0, "must be 0 (read the primary at once) or a number of seconds, got {value}"
+        0,
+        "must be 0 (read the primary at once) or a number of seconds, got {value}",
+        most=MOST_REPLICA_WAIT,
+        most_message=(
+            "must be at most {most:g} seconds, got {value:g}: it is how long a read waits for "
+            "a replica to replay its client's writes before it reads the primary instead, "
+            "and replicas replay a write in milliseconds; e.g. 0.05"
+        ),
     ),
     "replica_check_interval": Least(
-        0, "must be a positive number of seconds, got {value}", allowed=False
+        LEAST_CHECK_INTERVAL,
+        "must be at least 0.05 seconds, got {value:g}: each check queries every replica, "
+        "so a shorter interval spends the app's CPU on checks; e.g. 1",
+        most=MOST_CHECK_INTERVAL,
+        most_message=(
+            "must be at most {most:g} seconds, got {value:g}: a replica that went down is "
+            "found out only at its next check; e.g. 1"
+        ),
     ),
 }
 
@@ -100,12 +130,7 @@ class ReplicaSettings(BaseSettings):
         if isinstance(value, URL) or not isinstance(value, list | tuple):
             message = "must be a list of replica URLs (comma-separated in the environment)"
             raise ValueError(message)
-        urls = []
-        for given in value:
-            if not isinstance(given, str | URL):
-                raise ValueError(f"each replica must be a URL, got a {type(given).__name__}")
-            urls.append(resolve_async_url(parse_url(given)))
-        return tuple(urls)
+        return tuple(_replica_url(given) for given in value)
 
     @field_validator("replica_patroni_urls", mode="before")
     @classmethod
@@ -160,3 +185,71 @@ class ReplicaSettings(BaseSettings):
     @classmethod
     def _check_replica_bounds(cls, value: float, info: ValidationInfo) -> Any:
         return REPLICA_BOUNDS[str(info.field_name)].check(value)
+
+
+def _replica_url(given: object) -> URL:
+    """One replica's URL, checked: one URL, of a database that has replicas, with its driver."""
+    if not isinstance(given, str | URL):
+        raise ValueError(f"each replica must be a URL, got a {type(given).__name__}")
+    if isinstance(given, str) and given.count("://") > 1:
+        # Joined by a space or ';': parsed as one URL, its second '@' would be blamed on the
+        # password. Not shown: it holds the URLs' passwords, if any.
+        message = (
+            f"one replica URL holds {given.count('://')} URLs (not shown: they may hold "
+            "passwords): separate the replica URLs with commas, e.g. "
+            "DATABASE_REPLICA_URLS=postgresql+asyncpg://app@replica-1/app,"
+            "postgresql+asyncpg://app@replica-2/app, or give a list, replicas=[...]"
+        )
+        raise ValueError(message)
+    url = parse_url(given)
+    if not backend(url.get_backend_name()).has_replicas:
+        # Said before the driver is looked for: installing another database's driver would
+        # not help.
+        message = (
+            f"replicas are PostgreSQL streaming replicas only, and a replica URL names "
+            f"{url.get_backend_name()!r}: remove it, or name a PostgreSQL replica of the primary"
+        )
+        raise ValueError(message)
+    return resolve_async_url(url)
+
+
+def check_replicas(primary_url: URL, replicas: Sequence[URL], patroni_urls: Sequence[str]) -> None:
+    """Refuse replicas that cannot serve the primary's reads: another backend or driver than
+    the primary's, the primary itself, or Patroni URLs that do not pair with them.
+
+    Raises:
+        PydanticCustomError: the setting at fault, named as the caller gave it.
+    """
+    primary = backend(primary_url.get_backend_name())
+    if patroni_urls and len(patroni_urls) != len(replicas):
+        message = (
+            f"{len(patroni_urls)} Patroni URLs for {len(replicas)} replicas: "
+            "give one per replica, in the same order, or none."
+        )
+        raise setting_error("replica_patroni_urls", None, message)
+    for replica in replicas:
+        if not (primary.has_replicas and backend(replica.get_backend_name()) is primary):
+            message = (
+                f"read replicas are routed for PostgreSQL streaming replicas of a "
+                f"PostgreSQL primary; here the primary is {primary_url.get_backend_name()} and "
+                f"a replica {replica.get_backend_name()}. Remove the replicas, or name "
+                "PostgreSQL URLs."
+            )
+            raise setting_error("database_replica_urls", None, message)
+        if replica.get_driver_name() != primary_url.get_driver_name():
+            # Each replica's engine takes the primary's options, whose connect_args are
+            # the driver's own: another driver's refuses them, and the replica never serves.
+            message = (
+                f"a replica uses the driver {replica.get_driver_name()!r} and the primary "
+                f"{primary_url.get_driver_name()!r}; they share the engine options, which are "
+                f"the driver's own. Name the same driver in every URL "
+                f"('{replica.get_backend_name()}+{primary_url.get_driver_name()}://...')."
+            )
+            raise setting_error("database_replica_urls", None, message)
+        if describe_location(replica) == describe_location(primary_url):
+            # Read-only units would run on the primary and be counted as a replica's.
+            message = (
+                f"a replica URL names the primary itself ({describe_location(replica)}): "
+                "name a streaming replica's host and port, or remove it"
+            )
+            raise setting_error("database_replica_urls", None, message)

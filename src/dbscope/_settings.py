@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings
+from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings, check_replicas
 from dbscope._setting_sources import (
     NO_DATABASE,
     Sources,
@@ -313,37 +313,8 @@ class DatabaseSettings(ReplicaSettings):
         if self.pgbouncer is not None:
             self._check_pgbouncer_url()
         if self.database_replica_urls or self.replica_patroni_urls:
-            self._check_replicas()
+            check_replicas(self._url, self.database_replica_urls, self.replica_patroni_urls)
         return self
-
-    def _check_replicas(self) -> None:
-        primary = backend(self._url.get_backend_name())
-        patroni = self.replica_patroni_urls
-        if patroni and len(patroni) != len(self.database_replica_urls):
-            message = (
-                f"{len(patroni)} Patroni URLs for {len(self.database_replica_urls)} replicas: "
-                "give one per replica, in the same order, or none."
-            )
-            raise setting_error("replica_patroni_urls", None, message)
-        for replica in self.database_replica_urls:
-            if not (primary.has_replicas and backend(replica.get_backend_name()) is primary):
-                message = (
-                    f"read replicas are routed for PostgreSQL streaming replicas of a "
-                    f"PostgreSQL primary; here the primary is {self._url.get_backend_name()} and "
-                    f"a replica {replica.get_backend_name()}. Remove the replicas, or name "
-                    "PostgreSQL URLs."
-                )
-                raise setting_error("database_replica_urls", None, message)
-            if replica.get_driver_name() != self._url.get_driver_name():
-                # Each replica's engine takes the primary's options, whose connect_args are
-                # the driver's own: another driver's refuses them, and the replica never serves.
-                message = (
-                    f"a replica uses the driver {replica.get_driver_name()!r} and the primary "
-                    f"{self._url.get_driver_name()!r}; they share the engine options, which are "
-                    f"the driver's own. Name the same driver in every URL "
-                    f"('{replica.get_backend_name()}+{self._url.get_driver_name()}://...')."
-                )
-                raise setting_error("database_replica_urls", None, message)
 
     def for_replica(self, url: URL) -> DatabaseSettings:
         """These settings for the replica at ``url``: its own URL, the same pool settings."""

@@ -1,10 +1,10 @@
 """``dbscope check``: can the application reach its database, and how does it stand?
 
 Connects as the application does, then reports the server's version, the pool's settings,
-the round-trip time of ``SELECT 1``, whether commits wait for a synchronous standby, and,
-when there is an ``alembic.ini``, whether the database is at the migrations' head. Exit code
-1 when a check fails, for CI and deployment scripts; the URL is shown with its password
-hidden.
+the round-trip time of ``SELECT 1``, whether commits wait for a synchronous standby, each
+read replica's state and lag (or why it serves no reads), and, when there is an
+``alembic.ini``, whether the database is at the migrations' head. Exit code 1 when a check
+fails, for CI and deployment scripts; the URL is shown with its password hidden.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
             report.say("standby", f"not applicable to {db.url.get_backend_name()}", failed=failed)
         else:
             report.say("standby", durability.describe(), failed=failed)
+        _replicas(db, report)
         if config is None:
             report.say("migrations", "no alembic.ini here; give one with --config to check it")
         else:
@@ -148,6 +149,19 @@ async def _latency(db: Database) -> str:
         f"{statistics.median(samples):.2f} ms median of {ROUND_TRIPS} round trips "
         f"(SELECT 1; max {max(samples):.2f} ms)"
     )
+
+
+def _replicas(db: Database, report: _Report) -> None:
+    # As connect()'s first check found them. A replica that serves no reads fails the check,
+    # whatever the reason: its reads all go to the primary, which a deployment should know
+    # of before it takes traffic, and a refused connection (user, database) does not mend.
+    for replica in db.stats().replicas:
+        if replica.state == "ready":
+            lag = "an unknown number of" if replica.lag is None else str(replica.lag)
+            report.say("replica", f"{replica.name} ready, {lag} bytes behind the primary")
+        else:
+            value = f"{replica.name} {replica.state}, serves no reads: {replica.reason}"
+            report.say("replica", value, failed=True)
 
 
 async def _migrations(db: Database, config: Path, report: _Report) -> None:

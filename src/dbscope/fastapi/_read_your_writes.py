@@ -17,6 +17,8 @@ from dbscope._write_tokens import JAR, TokenJar, WriteToken, parse_tokens
 DEFAULT_COOKIE: Final = "dbscope_writes"
 DEFAULT_HEADER: Final = "Dbscope-Writes"
 DEFAULT_MAX_AGE: Final = 60
+# An hour: a read needs its token for the milliseconds a replica takes to replay the write.
+MOST_MAX_AGE: Final = 3600
 # A comma is no cookie-octet (RFC 6265), so in the cookie the tokens are separated by dots
 # (no token holds one: ``<digits>:<hex>``); the header keeps the comma-separated list.
 COOKIE_SEPARATOR: Final = "."
@@ -137,6 +139,13 @@ def _check_options(max_age: object, secure: object, path: object) -> None:
         message = (
             f"ReadYourWrites(max_age={max_age!r}): the cookie's lifetime is a whole number "
             f"of seconds, 1 or more; e.g. max_age={DEFAULT_MAX_AGE}."
+        )
+        raise ConfigurationError(message)
+    if max_age > MOST_MAX_AGE:
+        message = (
+            f"ReadYourWrites(max_age={max_age!r}): at most {MOST_MAX_AGE} seconds (an hour): "
+            "replicas replay a write in milliseconds, so a longer-lived cookie only makes "
+            f"old writes' tokens travel; e.g. max_age={DEFAULT_MAX_AGE}."
         )
         raise ConfigurationError(message)
     if not isinstance(secure, bool):
