@@ -28,12 +28,13 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import NullPool
 
 from dbscope._dialects import Backend, Replication, driver
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
+from dbscope._pool import QueuedPool
 from dbscope._pool_stats import ReplicaState, ReplicaStats
 from dbscope._urls import describe_location
 
@@ -82,10 +83,10 @@ class Replica:
         to open one, or others already waiting. Read without yielding to the event loop, so
         that a checkout right after it finds the pool as it was read."""
         pool = self.lifecycle.engine.pool
-        if not isinstance(pool, QueuePool):
+        if not isinstance(pool, QueuedPool):
             return False
-        room = pool._max_overflow < 0 or pool.checkedout() < pool.size() + pool._max_overflow
-        return (pool.checkedin() == 0 and not room) or self.lifecycle.stats().waiting > 0
+        room = pool.checkedout() < pool.limits()[1]
+        return (pool.checkedin() == 0 and not room) or pool.waiting() > 0
 
     def own_engine(self, timeout: float) -> AsyncEngine:
         """An engine whose every connection is new and closed after use (NullPool): the
