@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
-from dbscope._dialects import backend, driver
+from dbscope._dialects import backend
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._health_report import Health, HealthCheck, Status
@@ -43,7 +43,6 @@ from dbscope._urls import describe_location
 logger = logging.getLogger("dbscope")
 
 # The engine options a probe's connection is opened with, as the app's are: how to connect.
-CONNECT_OPTIONS: Final = ("connect_args", "async_creator")
 # A Kubernetes probe's default timeoutSeconds is 1: the probe gives up well before it.
 DEFAULT_TIMEOUT: Final = 0.5
 DEFAULT_MAX_AGE: Final = 1.0
@@ -209,7 +208,7 @@ class HealthProbe:
         key = (engine, timeout)
         probe_engine = self._engines.get(key)
         if probe_engine is None:
-            self._engines = {key: (probe_engine := _probe_engine(self._lifecycle, url, timeout))}
+            self._engines = {key: (probe_engine := self._lifecycle.own_engine(url, timeout))}
         checks: tuple[HealthCheck, ...]
         try:
             async with asyncio.timeout(timeout), probe_engine.connect() as connection:
@@ -231,20 +230,6 @@ class HealthProbe:
 def _over(task: asyncio.Task[_Reading], loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``task`` can answer no more callers here: it ended, or runs in another loop."""
     return task.done() or task.get_loop() is not loop
-
-
-def _probe_engine(lifecycle: Lifecycle, url: URL, timeout: float) -> AsyncEngine:
-    # NullPool: each probe opens its own connection and closes it, so a probe holds no server
-    # connection between readings and never shares the app pool's line.
-    given = lifecycle.options
-    options = {name: given[name] for name in CONNECT_OPTIONS if name in given}
-    known = driver(url.get_driver_name())
-    if known is not None:
-        # Only the timeout's own arguments are replaced: the app's (TLS, server settings,
-        # statement cache) stay, so the probe connects as the app's pool does.
-        connect_args = dict(options.get("connect_args", {}))
-        options["connect_args"] = {**connect_args, **known.connect_args(timeout, None)}
-    return create_async_engine(url, poolclass=NullPool, **options)
 
 
 def _ping(connection: Connection) -> None:

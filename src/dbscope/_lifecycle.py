@@ -24,10 +24,19 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
+from dbscope._dialects import driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import LifecycleError
@@ -37,6 +46,8 @@ from dbscope._session import UnitAsyncSession, session_factory
 from dbscope._settings import DatabaseSettings
 
 logger = logging.getLogger("dbscope")
+# The engine options a connection of its own is opened with, as the pool opens its.
+CONNECT_OPTIONS: Final = ("connect_args", "async_creator")
 
 State = Literal["new", "connected", "disposed", "bound"]
 
@@ -185,6 +196,22 @@ class Lifecycle:
         finally:
             counters.close()
             self.state, self._engine, self._sessions, self._loop, self._counters = saved
+
+    def own_engine(
+        self, url: URL, timeout: float, *, execution_options: bool = False
+    ) -> AsyncEngine:
+        """An engine on ``url`` whose every connection is new and closed after use
+        (NullPool), for checks that must never wait in the pool's line nor hold a connection
+        between them. It connects as the pool does (the app's connect arguments: TLS, server
+        settings, statement cache), but within ``timeout``, with the engine's execution
+        options too if asked (a replica's every transaction READ ONLY)."""
+        names = (*CONNECT_OPTIONS, "execution_options") if execution_options else CONNECT_OPTIONS
+        options = {name: self.options[name] for name in names if name in self.options}
+        known = driver(url.get_driver_name())
+        if known is not None:  # only the timeout's own arguments are replaced
+            connect_args = dict(options.get("connect_args", {}))
+            options["connect_args"] = {**connect_args, **known.connect_args(timeout, None)}
+        return create_async_engine(url, poolclass=NullPool, **options)
 
     def session_maker(self) -> async_sessionmaker[AsyncSession]:
         """The sessionmaker, if the engine exists and belongs to the running loop."""

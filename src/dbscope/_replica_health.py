@@ -27,10 +27,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dbscope._dialects import Backend, Replication, driver
+from dbscope._dialects import Backend, Replication
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
@@ -47,9 +46,6 @@ MAX_BACKOFF: Final = 30.0
 # ... and at most this many check intervals: a replica back up serves again within them
 # (measured with a 1 s interval: 12 s after a 20 s outage when only MAX_BACKOFF bounded it).
 MAX_BACKOFF_CHECKS: Final = 8
-# The engine options a check's own connection is opened with, as the replica's pool opens
-# its: how to connect, and every transaction READ ONLY.
-OWN_CONNECTION_OPTIONS: Final = ("connect_args", "async_creator", "execution_options")
 
 
 class Replica:
@@ -89,17 +85,11 @@ class Replica:
         return (pool.checkedin() == 0 and not room) or pool.waiting() > 0
 
     def own_engine(self, timeout: float) -> AsyncEngine:
-        """An engine whose every connection is new and closed after use (NullPool): the
-        check's, when the replica's pool is busy."""
+        """The check's engine when the replica's pool is busy: each connection its own."""
         if self._own is None:
-            url = self.lifecycle.settings.url
-            given = self.lifecycle.options
-            options = {name: given[name] for name in OWN_CONNECTION_OPTIONS if name in given}
-            known = driver(url.get_driver_name())
-            if known is not None:  # bounded by the check's time, the app's arguments kept
-                connect_args = dict(options.get("connect_args", {}))
-                options["connect_args"] = {**connect_args, **known.connect_args(timeout, None)}
-            self._own = create_async_engine(url, poolclass=NullPool, **options)
+            lifecycle = self.lifecycle
+            url = lifecycle.settings.url
+            self._own = lifecycle.own_engine(url, timeout, execution_options=True)
         return self._own
 
     async def close_own_engine(self) -> None:

@@ -97,7 +97,7 @@ class Driver:
             a hot standby (read without a round trip); None when it did not say.
         refused_arguments: whether a failed connect is the driver refusing its arguments (a
             URL option's value) rather than the server out of reach, where its error does not
-            show it by type (``arguments_refused`` reads the types).
+            show it by type (``_errors._refused_arguments`` reads the types).
     """
 
     name: str
