@@ -46,6 +46,7 @@ class FailoverResult:
     load_seconds: float
     down_seconds: float
     responses: int
+    sent_after_end: int
     statuses: dict[str, int]
     errors_500: int
     transport_errors: int
@@ -154,6 +155,7 @@ async def run(port: int, plan: Plan) -> FailoverResult:
         load_seconds=round(result.duration, 2),
         down_seconds=round(starting - stopping, 2),
         responses=len(result.responses),
+        sent_after_end=result.sent_after_end,
         statuses={str(code): n for code, n in sorted(result.statuses.items())},
         errors_500=result.statuses[500],
         transport_errors=result.transport_errors,

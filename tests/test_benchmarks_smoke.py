@@ -47,7 +47,8 @@ def test_replica_benchmark_smoke_mode_reads_no_stale_row_and_answers_no_500(
 ) -> None:
     """benchmarks/replicas.py --smoke runs its three measurements on the replica pair: no
     stale read in any phase, reads served by the replica, every request answered, no 500
-    while the replica is stopped and started, and the pair left running without a delay."""
+    while the replica is stopped and started, no request sent after the load was to end, and
+    the pair left running without a delay."""
     if not replica_pair.managed:
         unavailable(
             "benchmarks/replicas.py stops and starts the replica of tests/replicas/cluster; "
@@ -68,5 +69,6 @@ def test_replica_benchmark_smoke_mode_reads_no_stale_row_and_answers_no_500(
     assert pairs[0]["on_replica"] > 0
     assert results["throughput"]["loads"]["token"]["served_by_replica"] > 0
     assert results["failover"]["errors_500"] == 0
+    assert results["failover"]["sent_after_end"] == 0
     assert results["failover"]["served_while_down"] == 0
     assert results["cleanup"] == []

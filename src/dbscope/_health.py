@@ -167,7 +167,9 @@ class HealthProbe:
         task = in_flight[1]
         try:
             # Shielded: a caller giving up leaves the probe to end, and answer the next ones.
-            fresh = await asyncio.wait_for(asyncio.shield(task), options.timeout)
+            # Not wait_for: on Python 3.11 it swallows a cancel that comes as the probe ends.
+            async with asyncio.timeout(options.timeout):
+                fresh = await asyncio.shield(task)
         except TimeoutError:
             output = _no_answer(options.timeout)
             return (_server_check("fail", datetime.now(UTC), output=output),)

@@ -203,7 +203,9 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
     connect = importlib.import_module(driver).connect
 
     async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wait_for(connect(*args, **kwargs), timeout)
+        # Not wait_for: on Python 3.11 it swallows a cancel that comes as the connect ends.
+        async with asyncio.timeout(timeout):
+            return await connect(*args, **kwargs)
 
     return connect_within_timeout
 
