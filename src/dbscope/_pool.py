@@ -322,7 +322,8 @@ def _within(seconds: float) -> Iterator[None]:
 def bound_closes(engine: AsyncEngine) -> None:
     """Give each connection of ``engine`` at most :data:`CLOSE_TIMEOUT` seconds to close,
     where its driver's own close waits for the server: on a frozen server asyncpg's did
-    not return, and with it ``dispose()``, the app's shutdown."""
+    not return, and with it ``dispose()``, the app's shutdown. aiosqlite's is waited for
+    through cancels (``Driver.close``)."""
     known = driver(engine.dialect.driver)
     close = None if known is None else known.close
     if close is None:

@@ -84,7 +84,8 @@ class Driver:
         status: the connection's state, read without a round trip (for leases).
         rollback: roll back a transaction a lease left open.
         close: its graceful close, bounded by a timeout (seconds), where its own close waits
-            for the server without bound; None where closing never waits.
+            for the server without bound or is left unfinished by a second cancel; None where
+            closing never waits.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only

@@ -160,12 +160,37 @@ def _aiosqlite_status(connection: Any) -> LeaseStatus:
     return "in_transaction" if connection.in_transaction else "idle"
 
 
+async def _aiosqlite_close(connection: Any, seconds: float) -> None:
+    """Close on aiosqlite's thread, and wait for it through cancels: until it is done, the
+    file keeps the write lock of the transaction the connection had open.
+
+    SQLAlchemy's own close of a cancelled connection waits for one cancel only. anyio's
+    cancel scope cancels again at each await: SQLAlchemy then left the close queued behind
+    the thread's work and its task pending for ever, and the next unit found the file
+    locked. The cancel is raised again once the close is done.
+    """
+    closing = asyncio.ensure_future(connection.close())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    cancel: asyncio.CancelledError | None = None
+    while not closing.done() and loop.time() < deadline:
+        try:  # wait() leaves ``closing`` running when it is itself cancelled
+            await asyncio.wait({closing}, timeout=deadline - loop.time())
+        except asyncio.CancelledError as error:
+            cancel = error
+    if closing.done() and not closing.cancelled():
+        closing.exception()  # read, so that asyncio does not report it: the close is over
+    if cancel is not None:
+        raise cancel
+
+
 AIOSQLITE: Final = Driver(
     name="aiosqlite",
     install="pip install aiosqlite",
     errors=_sqlite_errors,
     status=_aiosqlite_status,
     rollback=rollback_connection,
+    close=_aiosqlite_close,
 )
 BACKEND: Final = SQLite(
     name="sqlite",
