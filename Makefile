@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 ## Run the whole test suite against SQLite, PostgreSQL and MariaDB.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m tests.run_suite
 
 ## Lint, format check, strict type check and the import layers (pyproject.toml).
 lint: $(STAMP)

@@ -73,6 +73,18 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
         pytest.mark.anyio(obj)
 
 
+# The fixtures of the services the run starts; their tests are marked ``services``, so that
+# tests/run_suite.py can run them beside the others.
+SERVICES = frozenset({"replica_pair", "pgbouncer", "patroni"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``services`` each test that uses the replica pair, PgBouncer or Patroni."""
+    for item in items:
+        if SERVICES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """SQLAlchemy's asyncio extension runs on asyncio only."""

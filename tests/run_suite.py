@@ -1,0 +1,84 @@
+"""The whole suite as two pytest runs side by side: what ``make test`` (and so CI) runs.
+
+One run takes the tests of the services the suite starts (the replica pair, PgBouncer and
+the Patroni cluster; tests/conftest.py marks them ``services``), on the test databases as
+``pytest`` alone would. The other takes every other test, on databases of its own on the same
+servers (``SUITE_DATABASE``, made here and dropped at the end), so that the two never share
+a table or a run database. Most of a service test's time is spent waiting for a server
+(a failover, a replica catching up), which the other run fills.
+
+``python -m tests.run_suite [pytest arguments]``: the other run's output streams; the
+services' follows when both are over. The exit status is the worse of the two (a run that
+selected no test counts as passed). Plain ``pytest`` still runs the whole suite in one
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from tests.conftest import MYSQL_URL, POSTGRES_URL
+from tests.run_databases import create_database, drop_database
+
+SUITE_DATABASE = "dbscope_suite"
+# pytest's exit status when a run selected no test: not a failure here.
+NO_TESTS = 5
+
+
+def beside(url: str) -> str:
+    """``url`` with SUITE_DATABASE for its database."""
+    return make_url(url).set(database=SUITE_DATABASE).render_as_string(hide_password=False)
+
+
+@contextmanager
+def own_databases() -> Iterator[dict[str, str]]:
+    """SUITE_DATABASE on each server, made anew, and the environment that names them; dropped
+    at the end. A server that cannot be reached is left to the tests to report."""
+    urls = {"DBSCOPE_TEST_POSTGRES_URL": beside(POSTGRES_URL)}
+    urls["DBSCOPE_TEST_MYSQL_URL"] = beside(MYSQL_URL)
+    made = []
+    for url in urls.values():
+        try:
+            drop_database(url)
+            create_database(url)
+        except Exception as error:  # the tests report an unreachable server better
+            print(f"run_suite: {SUITE_DATABASE} not made ({type(error).__name__})", file=sys.stderr)
+        else:
+            made.append(url)
+    try:
+        yield urls
+    finally:
+        for url in made:
+            drop_database(url)
+
+
+def run(arguments: Sequence[str]) -> int:
+    """Both runs; the worse exit status."""
+    command = [sys.executable, "-m", "pytest", *arguments]
+    with own_databases() as urls, tempfile.TemporaryFile("w+") as services_output:
+        services = subprocess.Popen(
+            [*command, "-m", "services"], stdout=services_output, stderr=subprocess.STDOUT
+        )
+        try:
+            others = subprocess.run(
+                [*command, "-m", "not services"], env={**os.environ, **urls}, check=False
+            )
+        finally:
+            status = services.wait()
+        services_output.seek(0)
+        print(f"\n{'=' * 30} the services' tests {'=' * 30}\n{services_output.read()}", end="")
+    codes = [code for code in (others.returncode, status) if code != NO_TESTS]
+    return max(codes, default=0)
+
+
+if __name__ == "__main__":
+    os.chdir(Path(__file__).resolve().parent.parent)
+    raise SystemExit(run(sys.argv[1:]))
