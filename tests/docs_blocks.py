@@ -9,14 +9,17 @@ block that no test can run carries a marker with its reason on the line before i
 At the end of a whole run of the suite (``make test``: every test collected, each one run and
 passed, none skipped), the blocks neither taken nor marked fail the run, each named by its
 file and first line. Under pytest-xdist each worker hands its record to the controller, which
-checks the union. A partial run (a file, ``-k``, a failure) checks nothing: the blocks that
-the tests it left out take would all look unrun.
+checks the union; tests/run_suite.py's two runs each write theirs to the file
+``$DBSCOPE_DOCS_BLOCKS_RECORD`` names, and it checks the union. A partial run (a file, ``-k``,
+a failure) checks nothing: the blocks that the tests it left out take would all look unrun.
 
 Registered as a plugin by tests/conftest.py (``pytest_plugins``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -31,6 +34,12 @@ NOT_RUN = re.compile(r"<!-- not run: (?P<reason>\S.*?) -->")
 # What a marker starts with, to find one written wrong (no reason, or a misspelling).
 NOT_RUN_START = "<!-- not run"
 WORKER_KEY = "dbscope_docs_blocks_taken"
+# The file a part of tests/run_suite.py writes its record to, once every test of it passed.
+RECORD = "DBSCOPE_DOCS_BLOCKS_RECORD"
+ADVICE = (
+    "Run each from a test through tests/documented.py (block_containing, python_blocks), "
+    "or put '<!-- not run: <reason> -->' on the line before its fence."
+)
 
 TAKEN: set[tuple[str, str]] = set()
 """(document, block) for each block a test of this process has taken."""
@@ -101,19 +110,23 @@ class _Run:
 _RUN = _Run(TAKEN)
 
 
-def _whole_and_green(session: pytest.Session) -> bool:
-    """Whether every test of the suite was collected, run and passed, none skipped."""
+def _whole_and_green(session: pytest.Session, *, part: bool = False) -> bool:
+    """Whether every test of the suite was collected, run and passed, none skipped; with
+    ``part``, every test of the part ``-m`` selected (tests/run_suite.py)."""
     config = session.config
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
         return False
-    if config.option.keyword or config.option.markexpr or config.option.collectonly:
+    if config.option.keyword or config.option.collectonly or (config.option.markexpr and not part):
         return False
     stats: dict[str, list[Any]] = reporter.stats
     passed = [report for report in stats.get("passed", []) if report.when == "call"]
+    left_out = (
+        ("failed", "error", "skipped") if part else ("failed", "error", "skipped", "deselected")
+    )
     return (
         session.exitstatus == pytest.ExitCode.OK
-        and not any(stats.get(kind) for kind in ("failed", "error", "skipped", "deselected"))
+        and not any(stats.get(kind) for kind in left_out)
         and len(passed) == session.testscollected > 0
     )
 
@@ -131,6 +144,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         workeroutput[WORKER_KEY] = [list(pair) for pair in sorted(_RUN.taken)]
         return
+    record = os.environ.get(RECORD)
+    if record is not None:
+        if _whole_and_green(session, part=True):
+            Path(record).write_text(json.dumps(sorted(_RUN.taken)))
+        return
     if not _whole_and_green(session):
         return
     _RUN.unrun = unrun(_RUN.taken, session.config.rootpath)
@@ -145,7 +163,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("python blocks of the docs that no test ran", red=True)
     for block in _RUN.unrun:
         terminalreporter.line(str(block))
-    terminalreporter.line(
-        "Run each from a test through tests/documented.py (block_containing, python_blocks), "
-        "or put '<!-- not run: <reason> -->' on the line before its fence."
-    )
+    terminalreporter.line(ADVICE)
+
+
+def unrun_in_parts(records: Iterable[Path], root: Path = ROOT) -> list[Block] | None:
+    """The blocks no part of tests/run_suite.py took, from each part's record; None when a
+    part wrote none (it was not whole and green, so nothing can be told)."""
+    taken: set[tuple[str, str]] = set()
+    for record in records:
+        if not record.exists():
+            return None
+        taken.update((document, code) for document, code in json.loads(record.read_text()))
+    return unrun(taken, root)

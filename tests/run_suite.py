@@ -9,8 +9,9 @@ a table or a run database. Most of a service test's time is spent waiting for a 
 
 ``python -m tests.run_suite [pytest arguments]``: the other run's output streams; the
 services' follows when both are over. The exit status is the worse of the two (a run that
-selected no test counts as passed). Plain ``pytest`` still runs the whole suite in one
-process.
+selected no test counts as passed). When both passed whole, the python blocks of the docs
+that neither ran fail it (tests/docs_blocks.py). Plain ``pytest`` still runs the whole suite
+in one process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from tests.conftest import MYSQL_URL, POSTGRES_URL
+from tests.docs_blocks import ADVICE, RECORD, unrun_in_parts
 from tests.run_databases import create_database, drop_database
 
 SUITE_DATABASE = "dbscope_suite"
@@ -61,21 +63,35 @@ def own_databases() -> Iterator[dict[str, str]]:
 
 
 def run(arguments: Sequence[str]) -> int:
-    """Both runs; the worse exit status."""
+    """Both runs; the worse exit status, or 1 for a python block of the docs neither ran."""
     command = [sys.executable, "-m", "pytest", *arguments]
-    with own_databases() as urls, tempfile.TemporaryFile("w+") as services_output:
+    with (
+        own_databases() as urls,
+        tempfile.TemporaryDirectory() as records,
+        tempfile.TemporaryFile("w+") as services_output,
+    ):
+        services_record, others_record = Path(records, "services"), Path(records, "others")
         services = subprocess.Popen(
-            [*command, "-m", "services"], stdout=services_output, stderr=subprocess.STDOUT
+            [*command, "-m", "services"],
+            env={**os.environ, RECORD: str(services_record)},
+            stdout=services_output,
+            stderr=subprocess.STDOUT,
         )
         try:
             others = subprocess.run(
-                [*command, "-m", "not services"], env={**os.environ, **urls}, check=False
+                [*command, "-m", "not services"],
+                env={**os.environ, **urls, RECORD: str(others_record)},
+                check=False,
             )
         finally:
             status = services.wait()
         services_output.seek(0)
         print(f"\n{'=' * 30} the services' tests {'=' * 30}\n{services_output.read()}", end="")
+        unrun = unrun_in_parts([services_record, others_record])
     codes = [code for code in (others.returncode, status) if code != NO_TESTS]
+    if unrun:
+        print("\npython blocks of the docs that no test ran:", *unrun, ADVICE, sep="\n")
+        codes.append(1)
     return max(codes, default=0)
 
 

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_blocks import NOT_RUN, NOT_RUN_START, ROOT, documents, python_blocks_of
+from tests.docs_blocks import (
+    NOT_RUN,
+    NOT_RUN_START,
+    RECORD,
+    ROOT,
+    documents,
+    python_blocks_of,
+    unrun_in_parts,
+)
 
 README = """\
 # project
@@ -123,6 +131,28 @@ def test_parallel_workers_records_are_checked_together(pytester: pytest.Pytester
     passing.assert_outcomes(passed=3)
     assert failing.ret == pytest.ExitCode.TESTS_FAILED
     assert "docs/guide.md, python block 2: import sys" in failing.outlines
+
+
+def test_the_parts_of_a_split_run_are_checked_together(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tests/run_suite.py's two runs (``-m services`` and ``-m "not services"``) each write
+    what they took once all of theirs passed; the union is checked, and a part that failed
+    wrote nothing to judge."""
+    project(pytester, [("README.md", 1)], [("README.md", 2)])
+    marked = pytester.path / "test_1.py"
+    marked.write_text("import pytest\n\npytestmark = pytest.mark.services\n" + marked.read_text())
+
+    def part(name: str, selection: str) -> Path:
+        monkeypatch.setenv(RECORD, str(pytester.path / name))
+        assert run(pytester, "-m", selection).ret == pytest.ExitCode.OK
+        return pytester.path / name
+
+    records = [part("one", "services"), part("other", "not services")]
+    unrun = unrun_in_parts(records, pytester.path)
+    assert [str(block) for block in unrun or ()] == ["docs/guide.md, python block 2: import sys"]
+    records[1].unlink()
+    assert unrun_in_parts(records, pytester.path) is None
 
 
 def test_every_not_run_marker_of_the_docs_gives_its_reason() -> None:
