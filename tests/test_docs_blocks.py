@@ -69,8 +69,10 @@ def project(pytester: pytest.Pytester, *taken_by_test: list[tuple[str, int]]) ->
 
 @pytest.fixture(autouse=True)
 def importable_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The projects' pytest imports tests/docs_blocks.py from this repository."""
+    """The projects' pytest imports tests/docs_blocks.py from this repository, and writes no
+    record where tests/run_suite.py told this run to write its own."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv(RECORD, raising=False)
 
 
 UNUSED_PLUGINS = ("hypothesispytest", "schemathesis", "dbscope", "anyio", "asyncio")
