@@ -21,10 +21,11 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
+from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
 from dbscope._dialects import Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
-from dbscope._pool import QueuedPool, bound_closes
+from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_options import ISOLATION_LEVELS
 
@@ -235,10 +236,13 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     """Create the engine with its per-database event listeners; call inside the event loop."""
     # Looked up on the module at each call, not imported: OpenTelemetry's SQLAlchemy
     # instrumentation replaces that attribute, and so traces the engines built after it runs.
-    engine = sqlalchemy.ext.asyncio.create_async_engine(settings.url, **options)
+    engine = gives_back_on_failure(
+        sqlalchemy.ext.asyncio.create_async_engine(settings.url, **options)
+    )
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
+    puts_back_before_checkin(engine)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)
     if settings.defer_begin:

@@ -329,8 +329,16 @@ async def _streamed(
 ) -> AsyncIterator[T]:
     """``body`` run in a unit of work of its own, opened at the first chunk asked for."""
     async with open_unit() as unit:
-        async for item in body(unit.session):
-            yield item
+        items = body(unit.session)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            # A stream cut short: the body's own clean-up runs now, in its unit, rather than
+            # when the event loop finalizes the generator, after the unit has ended.
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _token(after: str | None) -> WriteToken | None:

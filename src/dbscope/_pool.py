@@ -43,16 +43,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
-from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import driver
 from dbscope._errors import LineFullError
 from dbscope._exceptions import ClientDisconnectedError
 from dbscope._pool_stats import PoolStats
 
-# Seconds a connection may take to close gracefully before it is aborted: SQLAlchemy's own
-# bound when it ends a connection gracefully before terminating it.
-CLOSE_TIMEOUT: Final = 2.0
 # When the connection was last returned to the pool (time.monotonic()); None from its opening
 # to its first return.
 CHECKED_IN_AT: Final = "dbscope.checked_in_at"
@@ -317,25 +313,6 @@ def _within(seconds: float) -> Iterator[None]:
         await_only(timeout.__aexit__(type(error), error, error.__traceback__))  # TimeoutError
         raise
     await_only(timeout.__aexit__(None, None, None))
-
-
-def bound_closes(engine: AsyncEngine) -> None:
-    """Give each connection of ``engine`` at most :data:`CLOSE_TIMEOUT` seconds to close,
-    where its driver's own close waits for the server: on a frozen server asyncpg's did
-    not return, and with it ``dispose()``, the app's shutdown. aiosqlite's is waited for
-    through cancels (``Driver.close``)."""
-    known = driver(engine.dialect.driver)
-    close = None if known is None else known.close
-    if close is None:
-        return
-
-    def close_within(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        # The pool's own close follows, and finds the connection closed (or aborted).
-        if in_greenlet():  # not in the garbage collector's finalizer: nothing may be awaited
-            with contextlib.suppress(Exception):
-                await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
-
-    event.listen(engine.sync_engine, "close", close_within)
 
 
 class PoolCounters:

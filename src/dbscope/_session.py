@@ -26,14 +26,16 @@ import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio.result import AsyncCommon
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
+from dbscope._connection_ends import gives_back_on_failure
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
@@ -170,6 +172,22 @@ class UnitAsyncSession(AsyncSession):
     _user: asyncio.Task[Any] | None = None
     _depth = 0
     _idle: asyncio.Event | None = None
+    # What stream() and stream_scalars() handed out, for the unit's end to close.
+    streams: list[AsyncCommon[Any]] | None = None
+
+    async def close_streams(self) -> None:
+        """Close each result ``stream()`` and ``stream_scalars()`` handed out (a no-op for one
+        read to its end). A stream cut short kept its server-side cursor open on the
+        connection going back to the pool: psycopg and asyncmy then warned when the garbage
+        collector found it, and on SQLite the next unit found the file locked."""
+        streams, self.streams = self.streams, None
+        for result in streams or ():
+            context = getattr(result._real_result, "context", None)
+            connection = getattr(context, "root_connection", None)
+            # A cursor whose connection was dropped (a cancel mid-statement) went with it;
+            # closing it would only fail, and SQLAlchemy log the failure.
+            if not result.closed and connection is not None and not connection.invalidated:
+                await result.close()
 
     def idle(self) -> bool:
         """Whether no other task is inside one of the session's methods now."""
@@ -208,8 +226,24 @@ def one_task_at_a_time(
     return guarded
 
 
+def kept_for_closing(
+    method: Callable[..., Coroutine[Any, Any, T]],
+) -> Callable[..., Coroutine[Any, Any, T]]:
+    """``method``, whose result the session keeps until :meth:`close_streams`."""
+
+    @functools.wraps(method)
+    async def kept(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
+        result = await method(self, *args, **kwargs)
+        self.streams = [*(self.streams or ()), cast("AsyncCommon[Any]", result)]
+        return result
+
+    return kept
+
+
 for _name in GUARDED_METHODS:
     setattr(UnitAsyncSession, _name, one_task_at_a_time(getattr(AsyncSession, _name)))
+for _name in ("stream", "stream_scalars"):
+    setattr(UnitAsyncSession, _name, kept_for_closing(getattr(UnitAsyncSession, _name)))
 del _name
 
 
@@ -361,7 +395,7 @@ def _engine_view(
     view: dict[str, Any] = dict.fromkeys(read_only or (), True)
     if isolation_level is not None:
         view["isolation_level"] = isolation_level
-    return engine.execution_options(**view)
+    return gives_back_on_failure(engine.execution_options(**view))
 
 
 async def wait_idle(session: UnitAsyncSession) -> None:

@@ -306,6 +306,13 @@ class UnitRun:
         assert isinstance(session, UnitAsyncSession)
         await wait_idle(session)
         outcome = failure
+        if session.streams:
+            try:
+                await session.close_streams()
+            except (
+                BaseException
+            ) as error:  # a cancel, a lost connection: the unit ends all the same
+                outcome = outcome or error
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).

@@ -1,0 +1,97 @@
+"""How pooled connections end: closed within a bound, given back when setting them up fails,
+and put back where a failure still returns them to the pool.
+
+Each closes a gap of the drivers' or SQLAlchemy's, once for every engine dbscope builds and
+every view of one (``engine.execution_options()``) a unit runs on. The gaps were found by
+cancelling units after each of their steps (tests/reliability/test_cancel_sweep*.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
+
+from dbscope._dialects import driver
+
+# Seconds a connection may take to close gracefully before it is aborted: SQLAlchemy's own
+# bound when it ends a connection gracefully before terminating it.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+def bound_closes(engine: AsyncEngine) -> None:
+    """Give each connection of ``engine`` at most :data:`CLOSE_TIMEOUT` seconds to close,
+    where its driver's own close waits for the server: on a frozen server asyncpg's did
+    not return, and with it ``dispose()``, the app's shutdown. aiosqlite's is waited for
+    through cancels (``Driver.close``)."""
+    known = driver(engine.dialect.driver)
+    close = None if known is None else known.close
+    if close is None:
+        return
+
+    def close_within(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # The pool's own close follows, and finds the connection closed (or aborted).
+        if in_greenlet():  # not in the garbage collector's finalizer: nothing may be awaited
+            with contextlib.suppress(Exception):
+                await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
+
+    event.listen(engine.sync_engine, "close", close_within)
+
+
+class _GivesBackOnFailure(Connection):
+    """A Connection that gives its pooled connection back if setting it up fails.
+
+    SQLAlchemy sets a unit's isolation level and read-only mode in the Connection's
+    constructor, after the checkout. asyncmy and aiosqlite wait for the server there, so a
+    cancel can land in it; the constructor then raised with the pooled connection still
+    checked out, until the garbage collector found it (with a warning). The connection is
+    dropped, not reused: a statement may have been cut off mid-way.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as error:
+            pooled = getattr(self, "_dbapi_connection", None)
+            if pooled is not None:
+                pooled.invalidate(error)
+            raise
+
+
+def gives_back_on_failure(engine: AsyncEngine) -> AsyncEngine:
+    """``engine``, its connections given back to the pool when setting them up fails; views
+    (``engine.execution_options()``) need it of their own."""
+    engine.sync_engine._connection_cls = _GivesBackOnFailure
+    return engine
+
+
+def puts_back_before_checkin(engine: AsyncEngine) -> None:
+    """Put back what a unit set on its connection (its isolation level, its read-only mode)
+    in the pool's reset, where a failure still returns the connection to the pool.
+
+    SQLAlchemy puts these back at the very end of the checkin instead, after the step that
+    gives a connection back when its checkin fails. asyncmy and aiosqlite wait for the server
+    to take them back, so a cancel could land there: the checkin stopped, and the pool lost
+    the connection for good (``checked_out`` never fell again). The transaction is rolled
+    back first where the pool would roll it back next: psycopg takes no isolation level
+    inside one.
+    """
+    dialect = engine.sync_engine.dialect
+
+    def put_back(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+        # The record's queue of what to put back; SQLAlchemy empties it at the checkin.
+        resets = getattr(record, "finalize_callback", None)
+        if not resets or state.terminate_only or not state.asyncio_safe:
+            return
+        if not state.transaction_was_reset:
+            dialect.do_rollback(dbapi_connection)
+        while resets:
+            resets.pop()(dbapi_connection)
+
+    event.listen(engine.sync_engine, "reset", put_back)
