@@ -73,16 +73,20 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
         pytest.mark.anyio(obj)
 
 
-# The fixtures of the services the run starts; their tests are marked ``services``, so that
-# tests/run_suite.py can run them beside the others.
+# The fixtures of the services the run starts; their tests are marked ``services``, and those
+# of tests/reliability (storms of cancelled requests and slow queries) ``reliability``, so
+# that tests/run_suite.py can run them beside the others.
 SERVICES = frozenset({"replica_pair", "pgbouncer", "patroni"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``services`` each test that uses the replica pair, PgBouncer or Patroni."""
+    """Mark ``services`` each test that uses the replica pair, PgBouncer or Patroni, and
+    ``reliability`` each of tests/reliability."""
     for item in items:
         if SERVICES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+        if "reliability" in item.path.parts:
+            item.add_marker(pytest.mark.reliability)
 
 
 @pytest.fixture

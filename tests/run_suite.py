@@ -1,12 +1,13 @@
 """The whole suite as two pytest runs side by side: what ``make test`` (and so CI) runs.
 
-One run takes the tests that mostly wait: those of the services the suite starts (the
-replica pair, PgBouncer and the Patroni cluster; tests/conftest.py marks them ``services``)
-and those that talk HTTP to a uvicorn server of their own (``server``). It runs on the test
-databases, as ``pytest`` alone would. The other run takes every other test, on databases of
-its own on the same servers (``SUITE_DATABASE``, made here and dropped at the end), so that
-the two never share a table or a run database. A failover, a replica catching up or a
-server starting leaves the CPU to the other run.
+One run takes the tests that mostly wait: those of the services the suite starts (the replica
+pair, PgBouncer and the Patroni cluster; tests/conftest.py marks them ``services``), those that
+talk HTTP to a uvicorn server of their own (``server``) and those of tests/reliability, storms
+of cancelled requests and slow queries (``reliability``). It runs on the test databases, as
+``pytest`` alone would. The other run takes every other test, on databases of its own on the
+same servers (``SUITE_DATABASE``, made here and dropped at the end), so that the two never
+share a table or a run database. A failover, a replica catching up or a server starting leaves
+the CPU to the other run.
 
 ``python -m tests.run_suite [pytest arguments]``: the other run's output streams; the waiting
 run's follows when both are over. The exit status is the worse of the two (a run that
@@ -32,7 +33,7 @@ from tests.docs_blocks import ADVICE, RECORD, unrun_in_parts
 from tests.run_databases import create_database, drop_database
 
 SUITE_DATABASE = "dbscope_suite"
-WAITING = "services or server"  # the markers of the tests that mostly wait
+WAITING = "services or server or reliability"  # the markers of the tests that mostly wait
 # pytest's exit status when a run selected no test: not a failure here.
 NO_TESTS = 5
 
