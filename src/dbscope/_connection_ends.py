@@ -73,25 +73,27 @@ def gives_back_on_failure(engine: AsyncEngine) -> AsyncEngine:
 
 def puts_back_before_checkin(engine: AsyncEngine) -> None:
     """Put back what a unit set on its connection (its isolation level, its read-only mode)
-    in the pool's reset, where a failure still returns the connection to the pool.
+    in the pool's reset, where a failure still returns the connection to the pool; called
+    for each view that sets some, once per pool.
 
     SQLAlchemy puts these back at the very end of the checkin instead, after the step that
     gives a connection back when its checkin fails. asyncmy and aiosqlite wait for the server
     to take them back, so a cancel could land there: the checkin stopped, and the pool lost
-    the connection for good (``checked_out`` never fell again). The transaction is rolled
-    back first where the pool would roll it back next: psycopg takes no isolation level
-    inside one.
+    the connection for good (``checked_out`` never fell again). Units that set nothing, and
+    leases, never pay for the listener.
     """
-    dialect = engine.sync_engine.dialect
+    pool = engine.sync_engine.pool
+    if not event.contains(pool, "reset", _put_back):
+        event.listen(pool, "reset", _put_back)
 
-    def put_back(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
-        # The record's queue of what to put back; SQLAlchemy empties it at the checkin.
-        resets = getattr(record, "finalize_callback", None)
-        if not resets or state.terminate_only or not state.asyncio_safe:
-            return
-        if not state.transaction_was_reset:
-            dialect.do_rollback(dbapi_connection)
-        while resets:
-            resets.pop()(dbapi_connection)
 
-    event.listen(engine.sync_engine, "reset", put_back)
+def _put_back(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+    # The record's queue of what to put back; SQLAlchemy empties it at the checkin.
+    resets = getattr(record, "finalize_callback", None)
+    if not resets or state.terminate_only or not state.asyncio_safe:
+        return
+    if not state.transaction_was_reset:
+        # What the pool does next, done first: psycopg takes no isolation level in a transaction.
+        dbapi_connection.rollback()
+    while resets:
+        resets.pop()(dbapi_connection)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
-from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
+from dbscope._connection_ends import bound_closes, gives_back_on_failure
 from dbscope._dialects import Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
@@ -242,7 +242,6 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
-    puts_back_before_checkin(engine)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)
     if settings.defer_begin:

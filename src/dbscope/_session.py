@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio.result import AsyncCommon
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
-from dbscope._connection_ends import gives_back_on_failure
+from dbscope._connection_ends import gives_back_on_failure, puts_back_before_checkin
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
@@ -395,6 +395,7 @@ def _engine_view(
     view: dict[str, Any] = dict.fromkeys(read_only or (), True)
     if isolation_level is not None:
         view["isolation_level"] = isolation_level
+    puts_back_before_checkin(engine)
     return gives_back_on_failure(engine.execution_options(**view))
 
 
