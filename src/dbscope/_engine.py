@@ -1,4 +1,4 @@
-"""Building, checking and verifying engines.
+"""Building, checking and verifying engines, and the engine views units with options run on.
 
 The engine options are checked at construction by letting SQLAlchemy build (and drop) an
 engine, since SQLAlchemy knows best which options a dialect and pool accept; dbscope only
@@ -10,6 +10,7 @@ connections belong to the loop that made them.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,11 +19,16 @@ from typing import Any, Final
 import sqlalchemy.ext.asyncio
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, InvalidRequestError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
-from dbscope._connection_ends import bound_closes, gives_back_on_failure
-from dbscope._dialects import Standbys, backend, driver
+from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
+from dbscope._dialects import Backend, Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
 from dbscope._pool import QueuedPool
@@ -315,3 +321,38 @@ async def verify(
         await engine.dispose()
         engine = build_engine(settings, {**options, "pool_recycle": max(1, wait_timeout // 2)})
     return engine, info, standbys
+
+
+def unit_bind(
+    factory: async_sessionmaker[AsyncSession],
+    rules: Backend,
+    read_only: bool,
+    isolation_level: str | None,
+) -> dict[str, Any]:
+    """The session arguments of a unit: an engine view when it needs one (below)."""
+    # An isolation level must hold for every transaction of the unit (a retried attempt, a
+    # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
+    # engine view with the level, which applies it at each checkout. On PostgreSQL the same
+    # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
+    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
+    # began (the backend's begin() then sets read-only itself).
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        return {}
+    view = rules.read_only_view if read_only else None
+    if isolation_level is None and not view:
+        return {}
+    return {"bind": _engine_view(bind, isolation_level, view)}
+
+
+@functools.lru_cache(maxsize=32)
+def _engine_view(
+    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
+) -> AsyncEngine:
+    # Built once per engine and options rather than per unit: a view costs about 30 µs. The
+    # cache keeps at most 32 views, and the engines behind them, alive.
+    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
+    if isolation_level is not None:
+        view["isolation_level"] = isolation_level
+    puts_back_before_checkin(engine)
+    return gives_back_on_failure(engine.execution_options(**view))

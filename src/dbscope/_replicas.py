@@ -35,13 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from dbscope._dialects import Backend, backend, only_read
+from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import PoolCounters
 from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
-from dbscope._session import WRITER, UnitState, unit_bind
+from dbscope._session import WRITER, UnitState
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions

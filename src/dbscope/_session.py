@@ -30,12 +30,11 @@ from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio.result import AsyncCommon
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
-from dbscope._connection_ends import gives_back_on_failure, puts_back_before_checkin
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
@@ -362,41 +361,6 @@ def session_factory(
         info={STRICT_KEY: raise_on_lazy_load},
         **options,
     )
-
-
-def unit_bind(
-    factory: async_sessionmaker[AsyncSession],
-    rules: Backend,
-    read_only: bool,
-    isolation_level: str | None,
-) -> dict[str, Any]:
-    """The session arguments of a unit: an engine view when it needs one (below)."""
-    # An isolation level must hold for every transaction of the unit (a retried attempt, a
-    # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
-    # engine view with the level, which applies it at each checkout. On PostgreSQL the same
-    # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
-    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
-    # began (the backend's begin() then sets read-only itself).
-    bind = factory.kw.get("bind")
-    if not isinstance(bind, AsyncEngine):
-        return {}
-    view = rules.read_only_view if read_only else None
-    if isolation_level is None and not view:
-        return {}
-    return {"bind": _engine_view(bind, isolation_level, view)}
-
-
-@functools.lru_cache(maxsize=32)
-def _engine_view(
-    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
-) -> AsyncEngine:
-    # Built once per engine and options rather than per unit: a view costs about 30 µs. The
-    # cache keeps at most 32 views, and the engines behind them, alive.
-    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
-    if isolation_level is not None:
-        view["isolation_level"] = isolation_level
-    puts_back_before_checkin(engine)
-    return gives_back_on_failure(engine.execution_options(**view))
 
 
 async def wait_idle(session: UnitAsyncSession) -> None:

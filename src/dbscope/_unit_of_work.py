@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dbscope._dialects import OWN, Begin
+from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import NoSessionError
 from dbscope._session import (
@@ -31,7 +32,6 @@ from dbscope._session import (
     add_commit_hook,
     attach_state,
     run_commit_hooks,
-    unit_bind,
     wait_idle,
 )
 from dbscope._settings import validate_schema_name
@@ -305,14 +305,7 @@ class UnitRun:
         session = self.unit.session
         assert isinstance(session, UnitAsyncSession)
         await wait_idle(session)
-        outcome = failure
-        if session.streams:
-            try:
-                await session.close_streams()
-            except (
-                BaseException
-            ) as error:  # a cancel, a lost connection: the unit ends all the same
-                outcome = outcome or error
+        outcome = failure if not session.streams else await _closed_streams(session, failure)
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).
@@ -354,3 +347,15 @@ class UnitRun:
         with contextlib.suppress(ValueError):
             self._units.current.reset(self._token)
         self.unit.state.ended = True
+
+
+async def _closed_streams(
+    session: UnitAsyncSession, failure: BaseException | None
+) -> BaseException | None:
+    """What ended the unit, after closing what it streamed: a cancel or a lost connection
+    while closing ends it all the same, as its failure if it had none."""
+    try:
+        await session.close_streams()
+    except BaseException as error:
+        return failure or error
+    return failure
