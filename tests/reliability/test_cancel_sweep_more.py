@@ -220,8 +220,10 @@ async def in_stream(db: Database) -> AsyncIterator[Unit]:
 # Not yet on psycopg and SQLite, where this sweep still fails. psycopg: a cancel during the
 # stream's own statement drops the connection, and SQLAlchemy leaves its server-side cursor
 # object unclosed, so psycopg warns when the garbage collector finds it (a ResourceWarning;
-# the cursor went with the connection). SQLite: after some cancel points the next unit that
-# reads and then writes finds the file locked; the cause is not yet found.
+# the cursor went with the connection). SQLite: the dropped connection is closed, but its
+# stream's statement, kept alive by a reference cycle until the garbage collector runs, keeps
+# the file's write lock (sqlite3_close_v2 leaves a connection with a live statement open), so
+# the next unit that reads and then writes finds the file locked.
 @pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
 @pytest.mark.parametrize("cause", ["cancel", "asyncio_timeout", "anyio_move_on_after"])
 async def test_a_stream_cancelled_at_any_step_leaves_nothing_behind(
