@@ -177,8 +177,8 @@ class UnitAsyncSession(AsyncSession):
     async def close_streams(self) -> None:
         """Close each result ``stream()`` and ``stream_scalars()`` handed out (a no-op for one
         read to its end). A stream cut short kept its server-side cursor open on the
-        connection going back to the pool: psycopg and asyncmy then warned when the garbage
-        collector found it, and on SQLite the next unit found the file locked."""
+        connection going back to the pool: asyncmy warned at the connection's next use,
+        psycopg when the garbage collector found the cursor."""
         streams, self.streams = self.streams, None
         for result in streams or ():
             context = getattr(result._real_result, "context", None)
@@ -233,7 +233,9 @@ def kept_for_closing(
     @functools.wraps(method)
     async def kept(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
         result = await method(self, *args, **kwargs)
-        self.streams = [*(self.streams or ()), cast("AsyncCommon[Any]", result)]
+        # Those read to their end are closed already: a long unit keeps only the open ones.
+        still_open = [stream for stream in self.streams or () if not stream.closed]
+        self.streams = [*still_open, cast("AsyncCommon[Any]", result)]
         return result
 
     return kept
