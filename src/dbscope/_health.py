@@ -42,7 +42,6 @@ from dbscope._urls import describe_location
 
 logger = logging.getLogger("dbscope")
 
-# The engine options a probe's connection is opened with, as the app's are: how to connect.
 # A Kubernetes probe's default timeoutSeconds is 1: the probe gives up well before it.
 DEFAULT_TIMEOUT: Final = 0.5
 DEFAULT_MAX_AGE: Final = 1.0
