@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
+from dbscope._connection_ends import CLOSE_TIMEOUT
 from dbscope._dialects import BACKENDS, Driver, driver
 from dbscope._errors import Limits, lease_lost, translate, unavailable
 from dbscope._exceptions import ConfigurationError
@@ -84,7 +85,7 @@ async def lease_connection(lifecycle: Lifecycle, limits: Limits) -> AsyncIterato
     except BaseException as error:
         lost = _lost(error, known, connection, limits)
         if lost or not isinstance(error, Exception):
-            await _discard(proxied, bind.dialect)
+            await _discard(proxied, bind.dialect, known)
             if lost:
                 raise unavailable("connection_lost", limits) from error
             raise
@@ -116,7 +117,7 @@ async def _give_back(
     try:
         status = known.status(proxied.driver_connection)
         if status in ("busy", "closed"):
-            await _discard(proxied, dialect)
+            await _discard(proxied, dialect, known)
             return
         if status == "in_transaction":
             await known.rollback(proxied.driver_connection)
@@ -125,23 +126,30 @@ async def _give_back(
         # The pool's reset-on-return may do I/O (a ROLLBACK on MySQL), so it runs in a greenlet.
         await greenlet_spawn(proxied.close)
     except BaseException as error:
-        await _discard(proxied, dialect)
+        await _discard(proxied, dialect, known)
         if not isinstance(error, Exception):
             raise
         logger.warning("Discarded a leased connection that could not be reset: %r", error)
 
 
-async def _discard(proxied: PoolProxiedConnection, dialect: Dialect) -> None:
+async def _discard(proxied: PoolProxiedConnection, dialect: Dialect, known: Driver) -> None:
     """Close the connection and give its place in the pool back; it is never reused."""
     if not proxied.is_valid:
         return  # already back in the pool (its reset was interrupted, and SQLAlchemy dropped it)
-    if dialect.has_terminate:
-        # Terminates without awaiting (asyncpg, asyncmy, aiosqlite): even a cancelled task,
-        # which any await would interrupt again, gets the connection back to the pool.
-        proxied.invalidate()
-    else:
-        # psycopg has no terminate; its close awaits nothing, so this is not interrupted.
-        await greenlet_spawn(proxied.invalidate)
+    try:
+        if known.closes_on_thread and known.close is not None:
+            # Its terminate only asks the driver's thread to close, and the place would be
+            # free before the file's lock: the next unit that writes found the file locked.
+            # Waited for through cancels, bounded; a cancel is raised once it is closed.
+            await known.close(proxied.driver_connection, CLOSE_TIMEOUT)
+    finally:
+        if dialect.has_terminate:
+            # Terminates without awaiting (asyncpg, asyncmy, aiosqlite): even a cancelled
+            # task, which any await would interrupt again, gets the connection back to the pool.
+            proxied.invalidate()
+        else:
+            # psycopg has no terminate; its close awaits nothing, so this is not interrupted.
+            await greenlet_spawn(proxied.invalidate)
 
 
 @contextlib.asynccontextmanager

@@ -172,9 +172,6 @@ async def test_a_lease_cancelled_at_any_step_leaves_nothing_behind(
     await run_sweep(sweep, in_lease(sweep), "lease", cause)
 
 
-# Not on SQLite, where this sweep failed once in eight full runs: the next unit found the
-# file locked after a lease cut short in its checkout ping (left open; see the stream sweep).
-@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 async def test_a_lease_cancelled_during_its_checkout_ping_leaves_nothing_behind(
     pinged: Sweep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,14 +217,13 @@ async def in_stream(db: Database) -> AsyncIterator[Unit]:
     yield unit
 
 
-# Not yet on psycopg and SQLite, where this sweep still fails. psycopg: a cancel during the
-# stream's own statement drops the connection, and SQLAlchemy leaves its server-side cursor
-# object unclosed, so psycopg warns when the garbage collector finds it (a ResourceWarning;
-# the cursor went with the connection). SQLite: the dropped connection is closed, but its
-# stream's statement, kept alive by a reference cycle until the garbage collector runs, keeps
-# the file's write lock (sqlite3_close_v2 leaves a connection with a live statement open), so
-# the next unit that reads and then writes finds the file locked.
-@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
+# Not yet on psycopg, where this sweep still fails: a cancel during the stream's own
+# statement drops the connection, and SQLAlchemy leaves its server-side cursor object
+# unclosed, so psycopg warns when the garbage collector finds it (a ResourceWarning; the
+# cursor went with the connection). On SQLite it failed until a connection rolled back before
+# closing (``_dialects/sqlite.py``): the stream's statement, kept alive by the cancel's
+# traceback, left the closed connection open with its transaction and the file's write lock.
+@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy", "sqlite"])
 @pytest.mark.parametrize("cause", ["cancel", "asyncio_timeout", "anyio_move_on_after"])
 async def test_a_stream_cancelled_at_any_step_leaves_nothing_behind(
     sweep: Sweep, cause: str

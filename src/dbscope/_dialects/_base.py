@@ -86,6 +86,9 @@ class Driver:
         close: its graceful close, bounded by a timeout (seconds), where its own close waits
             for the server without bound or is left unfinished by a second cancel; None where
             closing never waits.
+        closes_on_thread: its connection lives on a thread of its own, which terminating it
+            only asks to close: what the connection holds (SQLite's file lock) outlives the
+            terminate until ``close`` is waited for.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
@@ -110,6 +113,7 @@ class Driver:
     status: Callable[[Any], LeaseStatus] | None = None
     rollback: Callable[[Any], Awaitable[object]] | None = None
     close: Callable[[Any, float], Awaitable[object]] | None = None
+    closes_on_thread: bool = False
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False
     pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None

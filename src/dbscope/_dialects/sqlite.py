@@ -160,6 +160,29 @@ def _aiosqlite_status(connection: Any) -> LeaseStatus:
     return "in_transaction" if connection.in_transaction else "idle"
 
 
+class _RollsBackBeforeClosing(sqlite3.Connection):
+    """A connection that ends its transaction before it closes, so that closing always lets
+    go of the file's write lock.
+
+    A cursor still alive when its connection closes (one whose unit was cancelled, kept by
+    the cancel's traceback until the garbage collector runs) keeps its statement;
+    sqlite3_close_v2 then leaves the connection open, as a "zombie", until that statement
+    is finalized, and with it the transaction it had begun: the next unit that writes found
+    the file locked. Rolled back first, the zombie holds nothing. This covers every way
+    SQLAlchemy closes a connection (aiosqlite's close, its stop when a connection is
+    invalidated, the pool's own close); Python's sqlite3 closes them all through here.
+    """
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.rollback()  # a no-op outside a transaction
+        super().close()
+
+
+def _aiosqlite_connect_args(timeout: float, application_name: str | None) -> dict[str, Any]:
+    return {"factory": _RollsBackBeforeClosing}
+
+
 async def _aiosqlite_close(connection: Any, seconds: float) -> None:
     """Close on aiosqlite's thread, and wait for it through cancels: until it is done, the
     file keeps the write lock of the transaction the connection had open.
@@ -187,10 +210,12 @@ async def _aiosqlite_close(connection: Any, seconds: float) -> None:
 AIOSQLITE: Final = Driver(
     name="aiosqlite",
     install="pip install aiosqlite",
+    connect_args=_aiosqlite_connect_args,
     errors=_sqlite_errors,
     status=_aiosqlite_status,
     rollback=rollback_connection,
     close=_aiosqlite_close,
+    closes_on_thread=True,
 )
 BACKEND: Final = SQLite(
     name="sqlite",
