@@ -218,6 +218,35 @@ async def test_a_lease_cancelled_mid_query_is_discarded(
     assert value == 1
 
 
+# A statement SQLite takes a moment over, on aiosqlite's thread: about 0.5 s here.
+SLOW_ON_SQLITE = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000) "
+    "SELECT count(*) FROM n"
+)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+@pytest.mark.usefixtures("lease_rows")
+async def test_a_lease_cancelled_mid_write_on_sqlite_gives_its_place_back_with_the_file_unlocked(
+    database_url: str,
+) -> None:
+    """aiosqlite closes a discarded connection on its thread, after the statement under way:
+    the lease gives its place in the pool back only then, so that the next unit does not find
+    the file locked by the write it had begun (reading first, SQLite's BUSY comes at once)."""
+    async with Database(database_url, pool_size=1, max_overflow=0) as db:
+        with anyio.move_on_after(0.1) as scope:
+            async with db.lease() as connection:
+                await execute(connection, "BEGIN")
+                await execute(connection, f"INSERT INTO {TABLE} (value) VALUES (1)")
+                await fetch_value(connection, SLOW_ON_SQLITE)
+        assert scope.cancelled_caught
+        async with db.transaction() as session:
+            rows = await session.scalar(text(f"SELECT count(*) FROM {TABLE}"))
+            await session.execute(text(f"INSERT INTO {TABLE} (value) VALUES (2)"))
+        stats = db.stats()
+    assert (rows, stats.checked_out, stats.invalidated) == (0, 0, 1)
+
+
 async def test_an_exhausted_pool_raises_pool_timeout(database_url: str) -> None:
     """While a lease holds the only connection, another lease fails within pool_timeout."""
     async with Database(database_url, **SMALL_POOL) as db:
