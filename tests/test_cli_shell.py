@@ -113,6 +113,22 @@ async def test_shell_reaches_mariadb_by_the_urls_unix_socket(database_url: str) 
     assert "--socket=/nonexistent/mysqld.sock" in argv
 
 
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+async def test_shell_takes_the_mariadb_urls_tls_options(database_url: str) -> None:
+    """The URL's ssl_ca, ssl_cert, ssl_key, ssl_capath and ssl_cipher reach the client as
+    --ssl-ca and so on: the shell talks TLS to a server the app reaches over TLS."""
+    tls = {
+        "ssl_ca": "/etc/tls/ca.pem",
+        "ssl_cert": "/etc/tls/client.pem",
+        "ssl_key": "/etc/tls/client.key",
+        "ssl_capath": "/etc/tls/cas",
+        "ssl_cipher": "ECDHE-RSA-AES256-GCM-SHA384",
+    }
+    argv, _ = Database(make_url(database_url).update_query_dict(tls)).shell_command()
+    given = [argument for argument in argv if argument.startswith("--ssl")]
+    assert given == [f"--{name.replace('_', '-')}={value}" for name, value in tls.items()]
+
+
 async def test_shell_opens_sqlite3_on_the_database_file(sqlite_url: str, tmp_path: Path) -> None:
     """A SQLite URL opens sqlite3 on its file."""
     file = make_url(sqlite_url).database or ""

@@ -51,6 +51,12 @@ def error_number(orig: BaseException | None) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+# The URL's TLS options (SQLAlchemy's MySQL dialects read them into the driver's ``ssl``)
+# that MariaDB's client and MySQL's take alike, as --ssl-ca and so on. ssl_check_hostname is
+# not carried over: the clients spell it differently (docs/cli.md).
+SSL_OPTIONS: Final = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_capath", "ssl_cipher")
+
+
 class MySQL(Backend):
     """MariaDB/MySQL's rules: session variables put back on return, error numbers."""
 
@@ -83,8 +89,10 @@ class MySQL(Backend):
             ("--port", None if url.port is None else str(url.port)),
             ("--user", url.username),
             ("--database", url.database),
+            # The TLS options SQLAlchemy reads from the URL, under the names both clients take.
+            *((f"--{name.replace('_', '-')}", url.query.get(name)) for name in SSL_OPTIONS),
         ):
-            if value:
+            if isinstance(value, str) and value:
                 arguments.append(f"{option}={value}")
         # MYSQL_PWD: read by MariaDB's client and MySQL's (deprecated there, still honoured).
         password = {} if url.password is None else {"MYSQL_PWD": str(url.password)}
