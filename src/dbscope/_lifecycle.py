@@ -206,6 +206,10 @@ class Lifecycle:
         settings, statement cache), but within ``timeout``, with the engine's execution
         options too if asked (a replica's every transaction READ ONLY)."""
         names = (*CONNECT_OPTIONS, "execution_options") if execution_options else CONNECT_OPTIONS
+        if url.get_driver_name() != self.settings.url.get_driver_name():
+            # A test's database on another driver than the app's (an app made for SQLite,
+            # tested on PostgreSQL): the app's connect arguments are not this driver's.
+            names = tuple(name for name in names if name not in CONNECT_OPTIONS)
         options = {name: self.options[name] for name in names if name in self.options}
         known = driver(url.get_driver_name())
         if known is not None:  # only the timeout's own arguments are replaced
