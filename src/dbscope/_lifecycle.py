@@ -205,7 +205,9 @@ class Lifecycle:
         between them. It connects as the pool does (the app's connect arguments: TLS, server
         settings, statement cache), but within ``timeout``, with the engine's execution
         options too if asked (a replica's every transaction READ ONLY)."""
-        names = (*CONNECT_OPTIONS, "execution_options") if execution_options else CONNECT_OPTIONS
+        names: tuple[str, ...] = CONNECT_OPTIONS
+        if execution_options:
+            names = (*names, "execution_options")
         if url.get_driver_name() != self.settings.url.get_driver_name():
             # A test's database on another driver than the app's (an app made for SQLite,
             # tested on PostgreSQL): the app's connect arguments are not this driver's.
