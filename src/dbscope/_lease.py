@@ -136,12 +136,13 @@ async def _discard(proxied: PoolProxiedConnection, dialect: Dialect, known: Driv
     """Close the connection and give its place in the pool back; it is never reused."""
     if not proxied.is_valid:
         return  # already back in the pool (its reset was interrupted, and SQLAlchemy dropped it)
+    connection = proxied.driver_connection  # None if SQLAlchemy dropped it in a failed reset
     try:
-        if known.closes_on_thread and known.close is not None:
+        if known.closes_on_thread and known.close is not None and connection is not None:
             # Its terminate only asks the driver's thread to close, and the place would be
             # free before the file's lock: the next unit that writes found the file locked.
             # Waited for through cancels, bounded; a cancel is raised once it is closed.
-            await known.close(proxied.driver_connection, CLOSE_TIMEOUT)
+            await known.close(connection, CLOSE_TIMEOUT)
     finally:
         if dialect.has_terminate:
             # Terminates without awaiting (asyncpg, asyncmy, aiosqlite): even a cancelled
