@@ -150,6 +150,7 @@ async def _discard(proxied: PoolProxiedConnection, dialect: Dialect, known: Driv
             proxied.invalidate()
         else:
             # psycopg has no terminate; its close awaits nothing, so this is not interrupted.
+            # aiosqlite before 0.22.1 has none either; its connection was closed above.
             await greenlet_spawn(proxied.invalidate)
 
 
