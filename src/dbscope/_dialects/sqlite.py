@@ -170,7 +170,8 @@ class _RollsBackBeforeClosing(sqlite3.Connection):
     is finalized, and with it the transaction it had begun: the next unit that writes found
     the file locked. Rolled back first, the zombie holds nothing. This covers every way
     SQLAlchemy closes a connection (aiosqlite's close, its stop when a connection is
-    invalidated, the pool's own close); Python's sqlite3 closes them all through here.
+    invalidated, the pool's own close); Python's sqlite3 closes them all through here. A
+    ``factory`` of the app's own in ``connect_args`` replaces it.
     """
 
     def close(self) -> None:
