@@ -148,13 +148,14 @@ async def test_the_app_recovers_when_the_database_is_reachable_again(database_ur
 async def test_requests_succeed_after_every_pooled_backend_is_terminated(
     database_url: str,
 ) -> None:
-    """pg_terminate_backend on every pooled connection costs no failed request, without a
-    ping: the driver has seen each hang-up. The requests wait for that (a backend leaves
+    """pg_terminate_backend on every pooled connection costs no failed request: the
+    checkout check sees each hang-up the driver has read, and pings (and so replaces) just
+    those connections. The requests wait until the driver has read them (a backend leaves
     pg_stat_activity a moment before it closes its socket, and asyncpg reads the close in
     the event loop); one racing the hang-up itself can still fail (docs/configuration.md)."""
     name = f"dbscope-test-outages-{os.getpid()}"
     db = Database(database_url, application_name=name, pool_size=3)
-    pooled: list[Any] = []  # the driver connections the warm-up put back
+    pooled: list[Any] = []  # the connections the warm-up put back in the pool
     async with db, helpers.client_for(build_app(db)) as client:
 
         def put_back(dbapi_connection: Any, _: object) -> None:
