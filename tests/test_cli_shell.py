@@ -104,6 +104,23 @@ async def test_shell_targets_the_schema_the_units_target(secret_url: str) -> Non
     assert done.stdout.decode().strip() == "tenant_a"
 
 
+@pytest.mark.parametrize("db_backend", ["psycopg"])
+async def test_shell_reaches_a_multi_host_url_with_an_ipv6_host(database_url: str) -> None:
+    """?host=[::1]:5432&host=127.0.0.1:5432 gives psql each host and port whole (before, the
+    IPv6 host was split at its first colon, and psql refused the port)."""
+    url = make_url(database_url)
+    port = url.port or 5432
+    hosts = (f"[::1]:{port}", f"127.0.0.1:{port}")
+    multi = url.set(host=None, port=None).update_query_dict({"host": hosts})
+    argv, _ = Database(multi).shell_command()
+    assert argv[argv.index("--host") + 1] == "::1,127.0.0.1"
+    assert argv[argv.index("--port") + 1] == f"{port},{port}"
+    environment = {"DATABASE_URL": multi.render_as_string(hide_password=False)}
+    done = await dbscope("shell", "--", "-tAc", "SELECT 'reached'", environment=environment)
+    assert done.returncode == 0, output_of(done)
+    assert done.stdout.decode().strip() == "reached"
+
+
 @pytest.mark.parametrize("db_backend", ["asyncmy"])
 async def test_shell_reaches_mariadb_by_the_urls_unix_socket(database_url: str) -> None:
     """?unix_socket= is given to the client as --socket, not dropped for TCP to localhost."""

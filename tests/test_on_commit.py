@@ -7,6 +7,7 @@ inferred.
 """
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -193,6 +194,27 @@ async def test_on_commit_outside_a_unit_of_work_raises_no_session_error(db: Data
     """With no unit of work active, registering a callback is refused."""
     with pytest.raises(NoSessionError):
         db.on_commit(lambda: None)
+
+
+async def test_a_callback_that_is_no_function_is_refused_when_registered(
+    db: Database, calls: list[str]
+) -> None:
+    """``on_commit(notify())`` (a coroutine) or ``on_commit(None)`` raises TypeError at once,
+    saying what to pass; the coroutine is closed, never left to warn, and the unit commits."""
+
+    async def notify() -> None:
+        calls.append("notify")
+
+    coroutine = notify()
+    async with db.transaction() as session:
+        await session.execute(INSERT, {"label": "row"})
+        with pytest.raises(TypeError, match="a coroutine: pass the function, without calling"):
+            db.on_commit(coroutine)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="takes a function to call after the commit"):
+            db.on_commit(None)  # type: ignore[arg-type]
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+    assert calls == []
+    assert await stored_labels(db) == ["row"]
 
 
 def build_app(db: Database) -> FastAPI:

@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +50,11 @@ def build_app(db: Database) -> FastAPI:
     app = helpers.app_with(
         db.session, {"GET /query": query, "GET /hold-briefly": hold_briefly, "POST /hold": hold}
     )
+
+    @app.get("/leased")
+    async def leased(connection: Annotated[Any, Depends(db.leased)]) -> dict[str, bool]:
+        return {"leased": connection is not None}
+
     app.state.started = asyncio.Event()
     app.state.release = asyncio.Event()
     app.state.backend_id = None
@@ -111,7 +116,9 @@ async def test_requests_succeed_again_once_the_pool_has_a_free_connection(
 
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_an_unreachable_database_answers_503_unreachable(database_url: str) -> None:
-    """Once the server cannot be reached after start-up, requests get 503, not 500."""
+    """Once the server cannot be reached after start-up, requests get 503, not 500: those of
+    a session, and those of a lease (psycopg and asyncmy raise their own errors there,
+    unwrapped)."""
     async with (
         helpers.proxied(database_url) as (proxy, url),
         Database(url, connect_timeout=2) as db,
@@ -119,11 +126,13 @@ async def test_an_unreachable_database_answers_503_unreachable(database_url: str
         async with helpers.client_for(build_app(db)) as client:
             before = await client.get("/query")
             await proxy.cut()
-            with anyio.fail_after(10):
+            with anyio.fail_after(20):
                 response = await client.get("/query")
+                leased = await client.get("/leased")
         assert db.stats().checked_out == 0
     assert before.status_code == 200
     helpers.assert_unavailable(response, "unreachable")
+    helpers.assert_unavailable(leased, "unreachable")
     # Where the database is goes to the log, not to every client (as /readyz keeps it).
     assert response.json()["detail"]["message"] == "The database could not be reached."
     assert f"{proxy.port}" not in response.text

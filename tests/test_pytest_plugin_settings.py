@@ -94,6 +94,13 @@ def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path:
             "*there is no module 'no_such_package.main' on sys.path*pythonpath*",
         ),
         (
+            # A module failing to import a package whose name begins its own (acme for
+            # acme_hooks.main) shows that error; it is not reported as missing itself.
+            "dbscope_app = acme_hooks.main:app",
+            "test_rows_cross",
+            "*No module named 'acme'*",
+        ),
+        (
             "dbscope_metadata = plugin_app:app",
             "test_one",
             "*dbscope_metadata = 'plugin_app:app' is a FastAPI, not a MetaData*",
@@ -106,6 +113,7 @@ def test_a_wrong_or_missing_setting_fails_naming_it(
     """A missing app, or a name that leads nowhere, fails with the setting and its value."""
     settings = settings_ini(setting)
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS, settings=settings)
+    pytester.makepyfile(**{"acme_hooks/__init__": "", "acme_hooks/main": "import acme\n"})
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
     result = run(pytester, "pytest-asyncio", url, "-k", test, in_process=True)

@@ -3,9 +3,7 @@ a WebSocket handler, several databases, the app's own exception handlers, Alembi
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,15 @@ from arq.worker import Worker
 from examples.notes.models import Base as ExampleBase
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.types import ASGIApp, Message
 
 import dbscope.alembic
 from dbscope import Database, LifecycleError
 from dbscope.testing import own_database
 from tests import helpers
 from tests.documented import ROOT, block_containing, python_blocks, run_block
+from tests.websocket_client import WebSocketClient
 
 PAGE = "docs/recipes.md"
-ANSWER_TIMEOUT = 10.0
 EXAMPLE_ALEMBIC = Path(ROOT / "examples" / "notes" / "alembic.ini")
 
 
@@ -109,50 +106,6 @@ async def test_a_taskiq_task_runs_in_a_transaction_of_its_own(
     assert not result.is_err
     assert idle_after_the_task == 1
     assert await archived(db) == {1: True, 2: False}
-
-
-class WebSocketClient:
-    """One WebSocket connection to an ASGI app, spoken in ASGI messages, in this event loop.
-
-    (Starlette's TestClient would run the app on a loop of its own, and uvicorn needs a
-    WebSocket library the suite does not install.)
-    """
-
-    def __init__(self, app: ASGIApp, path: str) -> None:
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self.outbox: asyncio.Queue[Message] = asyncio.Queue()
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "scheme": "ws",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [],
-            "server": ("docs", 80),
-            "client": ("127.0.0.1", 50000),
-            "subprotocols": [],
-        }
-        self.app = asyncio.ensure_future(app(scope, self.inbox.get, self.outbox.put))
-
-    async def connect(self) -> None:
-        """Open the connection; the app must accept it."""
-        await self.inbox.put({"type": "websocket.connect"})
-        assert (await self.answer())["type"] == "websocket.accept"
-
-    async def send_text(self, text: str) -> Any:
-        """Send one text message; return the JSON the app answers with."""
-        await self.inbox.put({"type": "websocket.receive", "text": text})
-        return json.loads((await self.answer())["text"])
-
-    async def close(self) -> None:
-        """Disconnect, and wait for the app's handler to end."""
-        await self.inbox.put({"type": "websocket.disconnect", "code": 1000})
-        await asyncio.wait_for(self.app, ANSWER_TIMEOUT)
-
-    async def answer(self) -> Message:
-        return await asyncio.wait_for(self.outbox.get(), ANSWER_TIMEOUT)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])

@@ -4,6 +4,7 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 function.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, NoSessionError
 from tests.helpers import Tables, client_for, send, stored
+from tests.websocket_client import ANSWER_TIMEOUT, WebSocketClient
 
 TABLE = "scope_rows"
 
@@ -238,3 +240,27 @@ async def test_an_explicit_commit_mid_request_keeps_what_it_committed(database_u
 async def test_a_rolled_back_savepoint_keeps_the_rest_of_the_request(database_url: str) -> None:
     """A savepoint rolled back by an exception undoes its rows only; the request commits."""
     assert await post_then_rows(Database(database_url), "/savepoint") == (200, [1, 3])
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+@pytest.mark.parametrize("dependency", ["session", "leased"])
+async def test_a_websocket_that_asks_for_the_request_unit_is_told_to_open_one_per_message(
+    db: Database, dependency: str
+) -> None:
+    """``Depends(db.session)`` or ``Depends(db.leased)`` in a WebSocket route raises
+    NoSessionError naming what to use per message, and holds no connection."""
+    app = FastAPI()
+    provider = getattr(db, dependency)
+
+    @app.websocket("/ws")
+    async def socket(connection: Annotated[object, Depends(provider)]) -> None:
+        raise AssertionError("never reached")
+
+    websocket = WebSocketClient(app, "/ws")
+    await websocket.inbox.put({"type": "websocket.connect"})
+
+    with pytest.raises(NoSessionError, match=r"not WebSockets.*Open one per message") as refused:
+        await asyncio.wait_for(websocket.app, ANSWER_TIMEOUT)
+    per_message = "db.transaction() as session" if dependency == "session" else "db.lease()"
+    assert per_message in str(refused.value)
+    assert db.stats().checked_out == 0

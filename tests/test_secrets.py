@@ -209,6 +209,35 @@ def test_a_password_with_an_unencoded_at_is_rejected_showing_none_of_it(
     assert_hidden(str(refused.value), full_traceback(refused.value))
 
 
+def test_a_user_name_with_an_unencoded_slash_is_rejected_showing_no_password() -> None:
+    """team/app:password@host/db would parse as host 'team' and the rest, password included,
+    as the database name: it fails asking for %2F, and shows none of the password."""
+    error = config_error(f"postgresql+asyncpg://team/app:{PASSWORD}@db.example/app")
+    assert "%2F" in str(error)
+    assert_hidden(str(error), repr(error), full_traceback(error))
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "s3cr3t/Pa55", "s3cr3t?Pa55", "s3cr3t#Pa55"])
+def test_a_patroni_url_with_credentials_is_rejected_whatever_they_hold(password: str) -> None:
+    """Credentials in a Patroni URL are refused whichever character splits them (a '#' made
+    the rest a fragment, a '/' or '?' a port that is no number), and never shown."""
+    with pytest.raises(ConfigurationError, match="write it without credentials") as bad:
+        Database(
+            "postgresql+asyncpg://app@db.example/app",
+            replicas=["postgresql+asyncpg://app@replica.example/app"],
+            replica_patroni_urls=[f"http://patroni:{password}@10.0.0.5:8008"],
+        )
+    assert_hidden(str(bad.value), full_traceback(bad.value))
+
+
+def test_an_ssl_key_passphrase_in_the_url_is_rejected_showing_none_of_it() -> None:
+    """?sslpassword= would show wherever the URL does: it is refused, and sent to
+    connect_args."""
+    error = config_error(f"postgresql+psycopg://app@db.example/app?sslpassword={PASSWORD}")
+    assert "connect_args={'sslpassword': ...}" in str(error)
+    assert_hidden(str(error), repr(error), full_traceback(error))
+
+
 def test_an_at_past_the_user_part_may_stand_encoded() -> None:
     """An '@' in the query written %40, or in a SQLite file's path, is no password's."""
     db = Database(f"postgresql+asyncpg://app:{PASSWORD}@db.example/app?application_name=a%40b")

@@ -148,6 +148,38 @@ def test_an_env_file_that_is_there_is_read_and_none_named_reads_the_environment(
     assert without.settings.pool_size == 5
 
 
+def test_an_env_file_shared_with_the_apps_other_settings_is_read_for_dbscopes_own(
+    clean_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Variables of the app's own in the env file (SECRET_KEY, DEBUG) are left alone, as in
+    the environment, with or without a prefix; dbscope's are read."""
+    others = "SECRET_KEY=not-dbscopes\nDEBUG=true\n"
+    (tmp_path / "app.env").write_text(f"{others}DATABASE_URL={sqlite_url}\nPOOL_SIZE=7\n")
+    (tmp_path / "prefixed.env").write_text(f"{others}APP_DATABASE_URL={sqlite_url}\n")
+    plain = Database.from_env(env_file=str(tmp_path / "app.env"))
+    prefixed = Database.from_env("APP_", env_file=str(tmp_path / "prefixed.env"))
+    settings = DatabaseSettings(_env_file=str(tmp_path / "app.env"))
+    assert plain.settings.pool_size == 7
+    assert str(prefixed.url) == sqlite_url
+    assert settings.pool_size == 7
+
+
+def test_a_postgres_host_with_a_port_is_rejected_naming_both(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """POSTGRES_HOST=db:5432 fails at once saying to set POSTGRES_PORT; an IPv6 host stands."""
+    clean_env.setenv("POSTGRES_USER", "app")
+    clean_env.setenv("POSTGRES_DB", "app")
+    clean_env.setenv("POSTGRES_HOST", "db.internal:5433")
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env()
+    assert "environment variable POSTGRES_HOST='db.internal:5433'" in str(info.value)
+    assert "POSTGRES_PORT=5433" in str(info.value)
+    assert "'db.internal'" in str(info.value)
+    clean_env.setenv("POSTGRES_HOST", "::1")
+    assert Database.from_env().url.host == "::1"
+
+
 # -- arguments --------------------------------------------------------------------------------
 
 
@@ -220,6 +252,32 @@ def test_pool_size_for_in_memory_sqlite_is_rejected_with_the_fix() -> None:
         Database("sqlite+aiosqlite:///:memory:", pool_size=5)
     assert "pool_size=5" in str(info.value)
     assert "sqlite+aiosqlite:///app.db" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///app.db?timeout=abc",
+        "mysql+asyncmy://app@localhost/app?connect_timeout=abc",
+        "postgresql+asyncpg://app@localhost/app?prepared_statement_cache_size=abc",
+    ],
+    ids=["sqlite", "asyncmy", "asyncpg"],
+)
+def test_a_url_option_that_is_no_number_is_rejected_naming_it(url: str) -> None:
+    """?timeout=abc fails at construction naming the options given, not with int()'s words
+    alone."""
+    with pytest.raises(ConfigurationError) as info:
+        Database(url)
+    assert "The database URL's options could not be read" in str(info.value)
+    assert "=abc" in str(info.value)
+
+
+def test_an_in_memory_sqlite_uri_is_an_in_memory_database() -> None:
+    """file::memory:?uri=true is SQLite's URI for memory: a pool_size is refused, as for
+    :memory:."""
+    url = "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true"
+    with pytest.raises(ConfigurationError, match="pool_size=5"):
+        Database(url, pool_size=5)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from typing import Annotated
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, RetriesExhaustedError
@@ -139,3 +140,31 @@ async def insert_retried(db: Database) -> None:
     async for attempt in db.retrying(attempts=2, backoff=0):
         async with attempt as session:
             await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('x')"))
+
+
+async def test_a_commit_that_fails_leaves_no_transaction_for_the_next_user(tmp_path: Path) -> None:
+    """A deferred foreign key failing at COMMIT (SQLite keeps the transaction open then) is
+    rolled back: the next unit on the same pooled connection begins, and a lease's write is
+    kept as soon as it returns."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'fk.db'}", pool_size=1)
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text("CREATE TABLE sw_parent (id INTEGER PRIMARY KEY)"))
+            await session.execute(
+                text(
+                    "CREATE TABLE sw_child (parent_id INTEGER REFERENCES sw_parent (id) "
+                    "DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+        with pytest.raises(IntegrityError):
+            async with database.transaction() as session:
+                await session.execute(text("INSERT INTO sw_child (parent_id) VALUES (9)"))
+        async with database.transaction() as session:  # the same connection: pool_size=1
+            await session.execute(text("INSERT INTO sw_parent (id) VALUES (1)"))
+        async with database.lease() as connection:
+            await connection.execute("INSERT INTO sw_parent (id) VALUES (2)")
+    with sqlite3.connect(tmp_path / "fk.db") as reader:
+        parents = reader.execute("SELECT id FROM sw_parent ORDER BY id").fetchall()
+        children = reader.execute("SELECT count(*) FROM sw_child").fetchone()
+    assert parents == [(1,), (2,)]
+    assert children == (0,)

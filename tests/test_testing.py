@@ -5,7 +5,9 @@
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -15,7 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, t
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from dbscope import ConfigurationError, Database, testing
+from dbscope import ConfigurationError, Database, LifecycleError, testing
 
 from .helpers import admin, imported_by
 from .run_databases import (
@@ -75,6 +77,24 @@ async def test_rolled_back_removes_what_committed_units_wrote(engine: AsyncEngin
     assert inside == 2
     assert await count_rows(engine) == 0
     assert db.state == "new"
+
+
+async def test_a_commit_of_the_test_transaction_is_refused_and_keeps_nothing(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """commit() on the connection rolled_back() yields raises LifecycleError before the
+    COMMIT is sent: nothing stays, on a connection of its own or on a pooled one."""
+    db = Database(NOWHERE)
+    async with Database(database_url, pool_size=1) as pooled:
+        for test_engine in (engine, pooled.engine):
+            async with testing.rolled_back(db, test_engine) as connection:
+                await connection.execute(insert(rows_table).values(id=1))
+                with pytest.raises(LifecycleError, match="its rows would stay for every later"):
+                    await connection.commit()
+            async with test_engine.connect() as after:  # pooled: the same server connection
+                left = await after.scalar(select(func.count()).select_from(rows_table))
+            assert left == 0
+    assert await count_rows(engine) == 0
 
 
 async def insert_then_fail(db: Database) -> None:
@@ -292,6 +312,32 @@ def test_own_database_drops_only_a_database_it_made(named: str) -> None:
     assert inside == {"tt_notes", "tt_other"}
     assert (database_exists(own), table_names(own, "tt_")) == (True, {"tt_other"})
     assert "dbscope did not make it" in notes_said[0]
+
+
+def test_own_database_of_a_sqlite_uri_is_the_file_beside_the_one_it_opens(
+    tmp_path: Path,
+) -> None:
+    """file:app.db?uri=true opens app.db: the run's database is app_test.db beside it, made and
+    dropped by its path; an app_test.db of someone else's keeps its rows and gets no mark."""
+    url = f"sqlite+aiosqlite:///file:{tmp_path / 'app.db'}?uri=true"
+    run_file = tmp_path / "app_test.db"
+    with testing.own_database(url, metadata=notes) as test_url:
+        made = (make_url(test_url).database, run_file.exists())
+    assert made == (str(run_file), True)
+    assert not run_file.exists()
+
+    with sqlite3.connect(run_file) as theirs:
+        theirs.execute(CREATE_NOTES)
+        theirs.execute("INSERT INTO tt_notes (id) VALUES (7)")
+    with (
+        pytest.raises(testing.DatabaseSetupError, match=r"tables tt_notes"),
+        testing.own_database(url, metadata=notes),
+    ):
+        pass
+    with contextlib.closing(sqlite3.connect(run_file)) as theirs:
+        kept = theirs.execute("SELECT id FROM tt_notes").fetchall()
+        mark = theirs.execute("PRAGMA application_id").fetchone()
+    assert (kept, mark) == ([(7,)], (0,))
 
 
 def test_own_database_refuses_the_apps_tables_in_a_database_it_did_not_make(

@@ -207,6 +207,16 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"Invalid engine option: {error}") from None
     except InvalidRequestError as error:
         raise ConfigurationError(f"Invalid database URL {url!r}: {error}") from None
+    except ValueError as error:
+        # An option of the query that the dialect converts (?connect_timeout=abc): its
+        # int() named neither the option nor the fix. The query holds no password by now
+        # (``_urls.normalize_url``).
+        given = "&".join(f"{name}={value}" for name, value in url.query.items())
+        message = (
+            f"The database URL's options could not be read ({error}): check their values "
+            f"(?{given}); a number is written without quotes or unit, e.g. ?connect_timeout=10."
+        )
+        raise ConfigurationError(message) from None
     except ModuleNotFoundError as error:
         message = (
             f"The URL {url!r} needs the module {error.name!r}, which is not installed; "

@@ -154,6 +154,7 @@ class UnitEntryPoints:
 
         Raises:
             NoSessionError: no unit of work is active here.
+            TypeError: ``callback`` is not callable (``notify()`` given for ``notify``).
         """
         self._units.running().on_commit(callback)
 

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Final
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dbscope._dialects import Backend, backend, driver
@@ -103,14 +103,7 @@ def translate(
         return unavailable("pool_timeout", limits, line_full=isinstance(error, LineFullError))
     rules = limits.backend
     if _raised_while_connecting(error.__traceback__):
-        if isinstance(error, DBAPIError):
-            kind = rules.error_kind(error.orig)
-            if kind == "refused":
-                return refused(error, limits)
-            if kind is None and _refused_arguments(error, limits):
-                return None  # the driver refused its own arguments: a URL option's value
-            return unavailable("unreachable", limits)
-        return unavailable("unreachable", limits) if isinstance(error, OSError) else None
+        return _connect_failed(error, limits)
     if _shared_session(error):
         return shared_session()
     if not isinstance(error, DBAPIError):
@@ -121,14 +114,16 @@ def translate(
         # the server is a standby now. In a read-only unit it is the unit's own error.
         return unavailable("connection_lost", limits, demoted=kind == "read_only")
     if kind == "refused":
-        return refused(error, limits)
+        return refused(error.orig, limits)
     if kind == "timeout" and limits.statement_timeout is not None:
         message = (
             f"A statement ran longer than statement_timeout={limits.statement_timeout}s and "
             "was cancelled; the transaction was rolled back."
         )
         return StatementTimeoutError(message)
-    if kind == "constraint" and at_commit and isinstance(error, IntegrityError):
+    # By its code, not its class: asyncmy raises a failed CHECK (MariaDB's 4025) as an
+    # OperationalError.
+    if kind == "constraint" and at_commit:
         return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig))
     return None
 
@@ -172,12 +167,32 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
     return ConfigurationError(message)
 
 
-def refused(error: DBAPIError, limits: Limits) -> ConfigurationError:
-    """The server refused the user, password, database or a privilege: no retry cures it."""
-    code = limits.backend.error_code(error.orig)
+def _connect_failed(error: BaseException, limits: Limits) -> DbscopeError | None:
+    """The verdict on ``error``, raised while the pool opened a connection: wrapped by
+    SQLAlchemy (``engine.connect()``) or as the driver raised it (a lease's
+    ``raw_connection()``, which does not wrap)."""
+    known = driver(limits.url.get_driver_name())
+    if isinstance(error, DBAPIError):
+        orig: BaseException | None = error.orig
+    elif known is not None and isinstance(error, known.errors()):
+        orig = error
+    else:
+        return unavailable("unreachable", limits) if isinstance(error, OSError) else None
+    kind = limits.backend.error_kind(orig)
+    if kind == "refused":
+        return refused(orig, limits)
+    if kind is None and _refused_arguments(error, orig, limits):
+        return None  # the driver refused its own arguments: a URL option's value
+    return unavailable("unreachable", limits)
+
+
+def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:
+    """The server refused the user, password, database or a privilege (``orig``, the
+    driver's error): no retry cures it."""
+    code = limits.backend.error_code(orig)
     message = (
         f"The database ({describe_location(limits.url)}) refused the request for good "
-        f"(error {code}: {str(error.orig).strip()}): check the user, password and database "
+        f"(error {code}: {str(orig).strip()}): check the user, password and database "
         "in the URL, and the user's privileges."
     )
     return ConfigurationError(message)
@@ -251,20 +266,20 @@ def _shared_session(error: BaseException) -> bool:
     return any(words in text for words in SHARED_SESSION_WORDS)
 
 
-def _refused_arguments(error: DBAPIError, limits: Limits) -> bool:
-    """Whether a connect failed on the driver's own arguments, before any server was tried:
-    psycopg's ProgrammingError (an unknown option), a client-side type or value error in the
-    chain (asyncpg's ClientConfigurationError, asyncmy's failed charset lookup), or the
-    driver's own words for it."""
-    if isinstance(error, ProgrammingError):
+def _refused_arguments(error: BaseException, orig: BaseException | None, limits: Limits) -> bool:
+    """Whether a connect failed on the driver's own arguments (``orig``, the driver's error
+    in ``error``), before any server was tried: psycopg's ProgrammingError (an unknown
+    option), a client-side type or value error in the chain (asyncpg's
+    ClientConfigurationError, asyncmy's failed charset lookup), or the driver's own words."""
+    if isinstance(error, ProgrammingError) or type(orig).__name__ == "ProgrammingError":
         return True
-    cause: BaseException | None = error.orig
+    cause = orig
     while cause is not None:
         if isinstance(cause, ARGUMENT_ERRORS):
             return True
         cause = cause.__cause__ or cause.__context__
     known = driver(limits.url.get_driver_name())
-    return known is not None and error.orig is not None and known.refused_arguments(error.orig)
+    return known is not None and orig is not None and known.refused_arguments(orig)
 
 
 def _raised_while_connecting(traceback: TracebackType | None) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 UnavailableCause = Literal["pool_timeout", "unreachable", "connection_lost"]
 
@@ -127,7 +127,7 @@ class ConstraintViolationError(DbscopeError, IntegrityError):
         constraint: the constraint's name, when the driver reports it.
     """
 
-    def __init__(self, message: str, error: IntegrityError, constraint: str | None) -> None:
+    def __init__(self, message: str, error: DBAPIError, constraint: str | None) -> None:
         # No parameters kept: they hold the row's values, which may be personal data.
         orig = error.orig if error.orig is not None else error
         IntegrityError.__init__(self, error.statement, None, orig, hide_parameters=True)
@@ -141,7 +141,7 @@ class ConstraintViolationError(DbscopeError, IntegrityError):
         return f"{type(self).__name__}({self.message!r})"
 
     @classmethod
-    def at_commit(cls, error: IntegrityError, constraint: str | None) -> Self:
+    def at_commit(cls, error: DBAPIError, constraint: str | None) -> Self:
         """The error for ``error``, raised by a unit's COMMIT."""
         named = f"the constraint {constraint!r}" if constraint else "a constraint"
         message = (

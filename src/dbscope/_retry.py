@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ from dbscope._unit_options import is_finite_number
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from dbscope._session import UnitState
     from dbscope._unit_of_work import UnitOfWork
 
 logger = logging.getLogger("dbscope")
@@ -148,10 +150,14 @@ class Attempt:
         self.number = number
         self._retrying = retrying
         self._unit: AbstractAsyncContextManager[UnitOfWork] | None = None
+        self._state: UnitState | None = None
+        self._commits = 0
 
     async def __aenter__(self) -> AsyncSession:
         self._unit = self._retrying.open_unit()
         unit = await self._unit.__aenter__()
+        self._state = unit.state
+        self._commits = unit.state.commits
         return unit.session
 
     async def __aexit__(
@@ -170,7 +176,11 @@ class Attempt:
         if failure is None:
             self._retrying.succeeded()
             return False
-        if isinstance(failure, Exception) and self._retrying.failed(self.number, failure):
+        assert self._state is not None
+        committed = self._state.commits > self._commits
+        if isinstance(failure, Exception) and self._retrying.failed(
+            self.number, failure, committed
+        ):
             return True  # swallowed: the loop runs the unit again
         if failure is exc:
             return False
@@ -219,12 +229,22 @@ class Retrying:
         """Stop: the last attempt committed."""
         self._done = True
 
-    def failed(self, number: int, error: Exception) -> bool:
-        """Decide about a failed attempt: True to run again, else raise."""
+    def failed(self, number: int, error: Exception, committed: bool = False) -> bool:
+        """Decide about a failed attempt, which ``committed`` part of its work before it
+        failed (a ``commit()`` in its body) or not: True to run again, else raise."""
         conflict = _conflict(error, self.rules, self.policy)
         if conflict is None:
             self._done = True
             return False  # the attempt's own error propagates unchanged
+        if committed:
+            self._done = True
+            message = (
+                f"{self.name} failed with a {conflict} after it had committed part of its "
+                "work (a commit() in its body): running it again would repeat that part, so "
+                "it was not retried. Commit only at the end of a retried unit, or retry what "
+                "follows the commit as a unit of its own."
+            )
+            raise RetriesExhaustedError(message, attempts=number) from error
         if number >= self.policy.attempts:
             self._done = True
             message = (
@@ -248,7 +268,8 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
     # COMMIT is retried too, and rolled back before the next attempt.
     try:
         yield unit
-        await unit.session.commit()
+        if unit.commits:  # else the unit rolls back at its end (an error status, read-only)
+            await unit.session.commit()
     except BaseException:
         await unit.session.rollback()
         raise
@@ -267,7 +288,15 @@ def retry_in_unit(
     """
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        name = function.__qualname__
+        name = getattr(function, "__qualname__", repr(function))
+        if not inspect.iscoroutinefunction(function):
+            # A plain function's result is no awaitable: every request would fail at run time.
+            message = (
+                f"db.retry() decorates async functions (endpoints written `async def`); "
+                f"{name} is not one. Make it `async def`, or retry inside it with "
+                "`async for attempt in db.retrying(): ...`."
+            )
+            raise ConfigurationError(message)
 
         @functools.wraps(function)
         async def retried(*args: P.args, **kwargs: P.kwargs) -> T:

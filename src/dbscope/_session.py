@@ -84,6 +84,8 @@ class UnitState:
         ended: the unit has ended; the session refuses to begin again.
         pending: callbacks with the transaction they were registered in.
         due: callbacks whose transaction committed, waiting to run.
+        commits: how many times the unit's transaction has committed so far (an explicit
+            ``commit()`` in its body included).
         comment: the SQL comment its statements carry (``sql_comments``), if any.
         request_id: shown in the server's session list during each transaction, if any.
         tracks_writes: the primary's log position is read after each of its commits, for
@@ -101,6 +103,7 @@ class UnitState:
     ended: bool = False
     pending: list[tuple[SessionTransaction | None, CommitHook]] = field(default_factory=list)
     due: list[CommitHook] = field(default_factory=list)
+    commits: int = 0
     comment: SqlComment | None = None
     request_id: str | None = None
     tracks_writes: bool = False
@@ -301,7 +304,22 @@ def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> 
 
 
 def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) -> None:
-    """Register ``callback`` on the innermost transaction of ``session`` now."""
+    """Register ``callback`` on the innermost transaction of ``session`` now.
+
+    Raises:
+        TypeError: ``callback`` is not callable (a coroutine, ``notify()`` for ``notify``),
+            refused here rather than failing after the commit.
+    """
+    if not callable(callback):
+        coroutine = inspect.iscoroutine(callback)
+        if coroutine:
+            callback.close()  # never to run: closed, so that Python does not warn of it
+        hint = " (a coroutine: pass the function, without calling it)" if coroutine else ""
+        message = (
+            f"on_commit() takes a function to call after the commit, with no arguments; got "
+            f"{callback!r}{hint}. Use functools.partial(f, ...) to pass arguments."
+        )
+        raise TypeError(message)
     transaction = session.get_nested_transaction() or session.get_transaction()
     state.pending.append((transaction, callback))
 
@@ -315,11 +333,12 @@ def take_due_hooks(state: UnitState) -> list[CommitHook]:
 
 
 @event.listens_for(UnitSession, "after_commit")
-def _hooks_become_due(session: Session) -> None:
+def _transaction_committed(session: Session) -> None:
     # after_commit follows the outermost transaction only; savepoints keep their hooks pending
     # until the transaction around them commits.
     state = unit_state(session)
     if state is not None:
+        state.commits += 1
         state.due.extend(callback for _, callback in state.pending)
         state.pending.clear()
 

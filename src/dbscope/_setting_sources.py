@@ -14,10 +14,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from dbscope._exceptions import ConfigurationError
 
@@ -28,6 +30,27 @@ SETTING_ERROR: Final = "setting"
 SECRET_FIELDS: Final = frozenset(
     {"database_url", "database_replica_urls", "postgres_password", "replica_patroni_urls"}
 )
+
+
+class OwnVariablesOnly(PydanticBaseSettingsSource):
+    """A dotenv file's values for dbscope's settings only.
+
+    The file is the app's, shared with its other settings (``SECRET_KEY``, ``DEBUG``);
+    pydantic-settings passes all of its variables on, which ``extra="forbid"`` (kept for
+    keyword arguments, where an unknown name is a typo) refused as unknown settings.
+    dbscope reads its own and leaves the rest, as it does in the environment.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: value for name, value in self._source().items() if name in fields}
 
 
 # Names that Database() takes as keywords, or people write, for settings that DatabaseSettings

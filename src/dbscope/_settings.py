@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
@@ -37,13 +37,14 @@ from dbscope._exceptions import ConfigurationError
 from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings, check_replicas
 from dbscope._setting_sources import (
     NO_DATABASE,
+    OwnVariablesOnly,
     Sources,
     check_env_files,
     describe_validation_error,
     setting_error,
 )
 from dbscope._tags import PLACEMENTS, SqlComments
-from dbscope._urls import is_memory, parse_url
+from dbscope._urls import host_alone, is_memory, parse_url
 
 # A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
 # (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
@@ -223,6 +224,20 @@ class DatabaseSettings(ReplicaSettings):
                 raise ConfigurationError(message) from None
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not cls._reads_env:  # Database(url, ...): what the code says, nothing else
+            return (init_settings,)
+        dotenv = OwnVariablesOnly(settings_cls, dotenv_settings)
+        return (init_settings, env_settings, dotenv, file_secret_settings)
+
+    @classmethod
     def _sources(cls, values: Mapping[str, Any]) -> Sources:
         config = cls.model_config
         return Sources(
@@ -251,6 +266,11 @@ class DatabaseSettings(ReplicaSettings):
     @classmethod
     def _check_schema(cls, value: str | None) -> str | None:
         return None if value is None else validate_schema_name(value)
+
+    @field_validator("postgres_host")
+    @classmethod
+    def _check_postgres_host(cls, value: str | None) -> str | None:
+        return None if value is None else host_alone(value)
 
     @field_validator(*POOL_BOUNDS, *REPLICA_BOUNDS, mode="before")
     @classmethod

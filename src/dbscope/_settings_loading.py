@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from dbscope._setting_sources import check_env_files, misspelled_variables
@@ -30,17 +30,6 @@ class _ArgumentSettings(DatabaseSettings):
         "database_replica_urls": "replicas",
     }
     _reads_env: ClassVar[bool] = False
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 class _DefaultUrlSettings(DatabaseSettings):

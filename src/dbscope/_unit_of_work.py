@@ -64,14 +64,26 @@ class UnitOfWork:
     Attributes:
         session: the unit's AsyncSession.
         rollback_only: when set, the unit rolls back instead of committing at its end.
+        failed_quietly: its owner's check, if any, of a failure its body reports without
+            raising (an endpoint that set an error status on the response); when it answers
+            True, the unit rolls back as if ``rollback_only`` were set.
     """
 
-    __slots__ = ("rollback_only", "session", "state")
+    __slots__ = ("failed_quietly", "rollback_only", "session", "state")
 
     def __init__(self, session: AsyncSession, state: UnitState) -> None:
         self.session = session
         self.state = state
         self.rollback_only = False
+        self.failed_quietly: Callable[[], bool] | None = None
+
+    @property
+    def commits(self) -> bool:
+        """Whether the unit commits once its body has returned: neither ``rollback_only``
+        nor a failure its owner reports without raising."""
+        if self.rollback_only:
+            return False
+        return self.failed_quietly is None or not self.failed_quietly()
 
     def on_commit(self, callback: CommitHook) -> None:
         """Run ``callback`` (a function or coroutine function, no arguments) after the commit.
@@ -309,8 +321,9 @@ class UnitRun:
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).
+        commits = self.unit.commits
         committed = False
-        if failure is None and not self.unit.rollback_only:
+        if failure is None and commits:
             try:
                 await session.commit()
                 committed = True
@@ -331,7 +344,7 @@ class UnitRun:
             # the first error is the one that explains.
             with contextlib.suppress(Exception):
                 await session.invalidate()
-            if outcome is None and not self.unit.rollback_only:
+            if outcome is None and commits:
                 raise
             # A unit that was never to commit lost nothing but its rollback: what it read
             # stands (measured: a replica stopped under load answered reads 503 after

@@ -16,13 +16,15 @@ This module imports nothing of dbscope's but ``_exceptions`` and ``_dialects``.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 from itertools import zip_longest
 from typing import Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from dbscope._dialects import backend
+from dbscope._dialects import backend, split_host_port
 from dbscope._exceptions import ConfigurationError
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
@@ -31,6 +33,13 @@ UNENCODED_AT: Final = (
     "so where the password ends cannot be told (the URL is not shown, it holds a password): "
     "write each '@' inside the user name or password, or anywhere after them, as %40, e.g. "
     "'postgresql+asyncpg://app:pa%40ss@db.internal/app' for the password 'pa@ss'."
+)
+
+UNENCODED_SLASH: Final = (
+    "The database URL has no user but an '@' in its database name: most likely a '/' in the "
+    "user name that is not percent-encoded, which ended the host there (the URL is not "
+    "shown, it may hold a password). Write each '/' in the user name as %2F, e.g. "
+    "'postgresql+asyncpg://team%2Fapp:secret@db.internal/app' for the user 'team/app'."
 )
 
 
@@ -56,6 +65,25 @@ def parse_url(value: str | URL) -> URL:
     return normalize_url(url)
 
 
+def host_alone(value: str) -> str:
+    """``value``, a host given apart from the URL (``POSTGRES_HOST``), checked to hold no port.
+
+    Raises:
+        ValueError: a ``host:port``, which would be read as an IPv6 address, and the mistake
+            reported at the first connect as an outage.
+    """
+    if ":" not in value:
+        return value
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.IPv6Address(value.removeprefix("[").removesuffix("]")))
+    host, _, port = value.rpartition(":")
+    message = (
+        f"must be the host alone: give the port as postgres_port (POSTGRES_PORT={port}), and "
+        f"the host as {host!r}"
+    )
+    raise ValueError(message)
+
+
 def is_memory(url: URL) -> bool:
     """Tell whether ``url`` names a database that lives in one connection (in-memory SQLite)."""
     return backend(url.get_backend_name()).is_memory(url)
@@ -73,18 +101,35 @@ def normalize_url(url: URL) -> URL:
 
 
 def check_user_part(url: URL) -> None:
-    """Refuse a URL whose host holds an ``@``: the tail of a password with an unencoded ``@``.
+    """Refuse a URL whose user part was split by a character it should have encoded.
 
     ``user:pa@ss@host`` parses as password ``pa`` at host ``ss@host``, which the host would
-    then show in every message. No host name holds an ``@``, so this is never a real host.
+    then show in every message: no host name holds an ``@``. ``team/app:pw@host/db`` parses
+    as host ``team`` and database ``app:pw@host/db``, the password in every message and on
+    the command line of ``dbscope shell``: a server's URL whose database holds an ``@`` and
+    that has no user is such a one.
     """
-    if url.host is None or "@" not in url.host:
-        return
-    raise ConfigurationError(UNENCODED_AT)
+    if url.host is not None and "@" in url.host:
+        raise ConfigurationError(UNENCODED_AT)
+    server = backend(url.get_backend_name()).default_port is not None
+    if server and url.username is None and "@" in (url.database or ""):
+        raise ConfigurationError(UNENCODED_SLASH)
 
 
 def move_query_password(url: URL) -> URL:
-    """Move a ``?password=`` query value into the URL's password, where it is masked."""
+    """Move a ``?password=`` query value into the URL's password, where it is masked.
+
+    Raises:
+        ConfigurationError: ``?sslpassword=`` (libpq's client-key passphrase), which would
+            show wherever the URL does; it belongs in ``connect_args``.
+    """
+    if "sslpassword" in url.query:
+        message = (
+            "The database URL gives ?sslpassword= (not shown), which would show in every log "
+            "line and message that names the URL: remove it from the URL and pass it as "
+            "connect_args={'sslpassword': ...} (psycopg)."
+        )
+        raise ConfigurationError(message)
     value = url.query.get("password")
     if value is None:
         return url
@@ -132,23 +177,18 @@ def host_ports(url: URL) -> list[str]:
     pairs: list[tuple[str | None, str | int | None]]
     hosts = url.query.get("host")
     if isinstance(hosts, tuple):  # host=h1:p1&host=h2:p2
-        pairs = [_split_host_port(token) for token in hosts]
+        pairs = [split_host_port(token) for token in hosts]
     elif hosts is not None:  # host=h1,h2 (&port=p1,p2), or host=h1:p1
         ports = url.query.get("port", ())
         port_list = ports.split(",") if isinstance(ports, str) else list(ports)
         names = hosts.split(",")
         if len(names) == 1 and not port_list:
-            pairs = [_split_host_port(names[0])]
+            pairs = [split_host_port(names[0])]
         else:
             pairs = list(zip_longest(names, port_list))
     else:
         pairs = [(url.host, url.port)]
     return [_host_port(host, port or default_port) for host, port in pairs]
-
-
-def _split_host_port(token: str) -> tuple[str, str | None]:
-    host, _, port = token.partition(":")
-    return host, port or None
 
 
 def _host_port(host: str | None, port: str | int | None) -> str:

@@ -34,7 +34,7 @@ from dbscope._dialects._base import (
     Standbys,
 )
 from dbscope._dialects.deferred_begin import only_read
-from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
+from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, split_host_port
 
 __all__ = [
     "BACKENDS",
@@ -58,6 +58,7 @@ __all__ = [
     "driver",
     "only_read",
     "resolve_async_url",
+    "split_host_port",
 ]
 
 BACKENDS: Final = (postgresql.BACKEND, mysql.BACKEND, sqlite.BACKEND)

@@ -133,12 +133,13 @@ class MySQL(Backend):
         return None
 
     def constraint_name(self, orig: BaseException | None) -> str | None:
-        # "Duplicate entry '...' for key 'name'" names the row's values: take only the key.
         text = str(getattr(orig, "args", ("", ""))[-1])
-        for marker in ("for key '", "CONSTRAINT `"):
-            if marker in text:
-                name = text.split(marker, 1)[1]
-                return name.split("'" if marker.endswith("'") else "`", 1)[0]
+        if text.endswith("'") and " for key '" in text:
+            # "Duplicate entry '<the row's values>' for key '<name>'": the values may hold
+            # the marker too, so the key is what follows its last one.
+            return text.rpartition(" for key '")[2][:-1]
+        if "CONSTRAINT `" in text:  # a foreign key or check, named before any value
+            return text.split("CONSTRAINT `", 1)[1].split("`", 1)[0]
         return None
 
     def too_long(self, name: str) -> str | None:

@@ -329,12 +329,22 @@ def _libpq_hosts(url: URL) -> tuple[str | None, str | None]:
     if listed is None:
         return url.host, None if url.port is None else str(url.port)
     entries = listed if isinstance(listed, tuple) else tuple(listed.split(","))
-    pairs = [entry.partition(":") for entry in entries]
-    hosts = ",".join(host for host, _, _ in pairs)
+    pairs = [split_host_port(entry) for entry in entries]
+    hosts = ",".join(host for host, _ in pairs)
     ports = url.query.get("port")
     if not isinstance(ports, str):
-        ports = ",".join(port for _, _, port in pairs)
+        ports = ",".join(port or "" for _, port in pairs)
     return hosts, ports if ports.strip(",") else None
+
+
+def split_host_port(token: str) -> tuple[str, str | None]:
+    """``host:port`` of a multi-host URL's ``?host=``, as host and port (None if none given);
+    an IPv6 host is bracketed, ``[::1]:5432``, and returned without its brackets."""
+    if token.startswith("["):
+        host, _, rest = token[1:].partition("]")
+        return host, rest.removeprefix(":") or None
+    host, _, port = token.partition(":")
+    return host, port or None
 
 
 def _demoted_primary(context: ExceptionContext) -> None:

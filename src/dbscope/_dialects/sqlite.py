@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
@@ -39,6 +40,9 @@ APPLICATION_ID: Final = 0x64627363
 # A database file and the journal files beside it.
 COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 
+# What a SQLite URI's query may say of the file, besides uri=true: meaningless for a path.
+URI_PARAMETERS: Final = ("uri", "mode", "cache", "vfs", "immutable", "psow", "nolock", "modeof")
+
 
 class SQLite(Backend):
     """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
@@ -67,7 +71,10 @@ class SQLite(Backend):
         event.listen(engine.sync_engine, "begin", on_begin)
 
     def is_memory(self, url: URL) -> bool:
-        return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
+            return True
+        # SQLite's URI form of the same, file::memory: (?cache=shared, for one connection).
+        return url.database == "file::memory:" and url.query.get("uri") == "true"
 
     def probe_url(self, url: URL) -> URL | None:
         # A memory database lives in the pool's one connection: another would see an empty
@@ -98,7 +105,13 @@ class SQLite(Backend):
     # A database is a file: made by opening it, no server to connect to.
 
     def database_named(self, url: URL, suffix: str) -> URL:
-        path = Path(url.database or "")  # app.db gives app_test.db, beside it
+        database = url.database or ""
+        if url.query.get("uri") == "true" and database.startswith("file:"):
+            # A URI (file:app.db?uri=true) names the file sqlite3 opens: its path, not the
+            # text, is what the test database is named after and made, found and dropped by.
+            database = unquote(urlsplit(database).path)
+            url = url.difference_update_query(URI_PARAMETERS)
+        path = Path(database)  # app.db gives app_test.db, beside it
         return url.set(database=str(path.with_name(f"{path.stem}{suffix}{path.suffix}")))
 
     def create_advice(self, name: str) -> str:
@@ -160,9 +173,16 @@ def _aiosqlite_status(connection: Any) -> LeaseStatus:
     return "in_transaction" if connection.in_transaction else "idle"
 
 
-class _RollsBackBeforeClosing(sqlite3.Connection):
-    """A connection that ends its transaction before it closes, so that closing always lets
-    go of the file's write lock.
+class _EndsItsTransactions(sqlite3.Connection):
+    """A connection whose transaction ends with every COMMIT, failed or not, and before it
+    closes, so that it never hands a transaction to its next user or keeps the file's lock.
+
+    A COMMIT that fails (a deferred foreign key, SQLITE_BUSY) leaves SQLite's transaction
+    open. SQLAlchemy counts it ended, and its pool skips the rollback on return: the next
+    unit on the connection failed to BEGIN ("cannot start a transaction within a
+    transaction"), and a lease's autocommitted write stayed uncommitted, then was lost.
+    dbscope runs the whole unit again or not at all, never the COMMIT alone, so the failed
+    transaction is rolled back at once.
 
     A cursor still alive when its connection closes (one whose unit was cancelled, kept by
     the cancel's traceback until the garbage collector runs) keeps its statement;
@@ -174,6 +194,15 @@ class _RollsBackBeforeClosing(sqlite3.Connection):
     ``factory`` of the app's own in ``connect_args`` replaces it.
     """
 
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.Error:
+            if self.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.rollback()
+            raise
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.rollback()  # a no-op outside a transaction
@@ -181,7 +210,7 @@ class _RollsBackBeforeClosing(sqlite3.Connection):
 
 
 def _aiosqlite_connect_args(timeout: float, application_name: str | None) -> dict[str, Any]:
-    return {"factory": _RollsBackBeforeClosing}
+    return {"factory": _EndsItsTransactions}
 
 
 async def _aiosqlite_close(connection: Any, seconds: float) -> None:

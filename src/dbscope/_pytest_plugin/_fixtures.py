@@ -226,8 +226,10 @@ def _load(config: pytest.Config, setting: str) -> object | None:
     try:
         found: object = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name is None or not module_name.startswith(error.name):
-            raise  # the module exists but fails to import something of its own
+        missing = error.name or ""
+        if not (module_name == missing or module_name.startswith(f"{missing}.")):
+            raise  # the module exists but fails to import something of its own (stripe for
+            # stripe_webhooks.main: a prefix of its name, but not one of its packages)
         fail(
             f"{setting} = {spec!r}: there is no module {module_name!r} on sys.path; "
             "pytest's `pythonpath` setting (e.g. pythonpath = ['src']) adds directories."

@@ -3,15 +3,17 @@
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
 import asyncio
+import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from dbscope._errors import LineFullError
-from dbscope._exceptions import DatabaseUnavailableError
+from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
 from dbscope._pool import Client, waiting_client
 from dbscope._unit_of_work import UnitOfWork
 from dbscope._unit_options import UnitOptions
@@ -70,6 +72,27 @@ def _refusal(error: Handled, scope: MutableMapping[str, Any], early: EarlyRetrie
     return http_error(error)
 
 
+def _http_request(connection: HTTPConnection, dependency: str, per_message: str) -> Request:
+    """``connection``, an HTTP request; a WebSocket is refused, with what to use instead.
+
+    FastAPI gives a WebSocket route no ``Request``: asked for one, it failed with a TypeError
+    of its own. A unit of work (or a lease) for a WebSocket's whole life would hold a pooled
+    connection, and a transaction, as long as the socket stays open.
+    """
+    if isinstance(connection, Request):
+        return connection
+    message = (
+        f"{dependency} serves HTTP requests, not WebSockets: a WebSocket would hold its "
+        "connection for as long as it stays open. Open one per message inside the WebSocket "
+        f"endpoint: `async with {per_message}:`."
+    )
+    raise NoSessionError(message)
+
+
+def _error_status(response: Response) -> bool:
+    return response.status_code is not None and response.status_code >= 400
+
+
 def session_dependency(
     db: "Database", options: UnitOptions
 ) -> Callable[..., Awaitable[AsyncSession]]:
@@ -97,8 +120,9 @@ def _session_dependency(
     del database  # the dependency holds the Database weakly
 
     async def request_unit_of_work(
-        request: Request, response: Response
+        request: HTTPConnection, response: Response
     ) -> AsyncIterator[UnitOfWork]:
+        request = _http_request(request, "db.session", "db.transaction() as session")
         database = db()
         assert database is not None, "the Database of this app was garbage-collected"
         if await early.hold(request.scope):
@@ -118,15 +142,15 @@ def _session_dependency(
                 else database.unit_of_work(options)
             )
             async with units as unit:
+                # `response` is the one FastAPI injects; an endpoint that set an error status
+                # on it reports a failure without raising. Asked at the commit, whoever makes
+                # it: the unit's end, or an attempt of @db.retry() inside the endpoint.
+                unit.failed_quietly = functools.partial(_error_status, response)
                 try:
                     yield unit
                 finally:
                     # The commit, and what runs after it, is served whatever the client does.
                     waiting_client.set(None)
-                # `response` is the one FastAPI injects; an endpoint that set an error status
-                # on it reports a failure without raising.
-                if response.status_code is not None and response.status_code >= 400:
-                    unit.rollback_only = True
         except HANDLED as error:
             raise _refusal(error, request.scope, early) from error
 
@@ -157,7 +181,8 @@ def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[An
     early = early_retries(database)
     del database  # the dependency holds the Database weakly
 
-    async def request_lease(request: Request) -> AsyncIterator[Any]:
+    async def request_lease(request: HTTPConnection) -> AsyncIterator[Any]:
+        request = _http_request(request, "db.leased", "db.lease() as connection")
         database = db()
         assert database is not None, "the Database of this app was garbage-collected"
         if await early.hold(request.scope):

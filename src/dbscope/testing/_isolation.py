@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, MetaData, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
-from dbscope import ConfigurationError, Database
+from dbscope import ConfigurationError, Database, LifecycleError
 from dbscope._dialects import PoolerMode
 from dbscope._migrations import load_config, run_command, set_url
 
@@ -55,12 +55,27 @@ async def rolled_back(
     """
     async with engine.connect() as connection:
         transaction = await connection.begin()
+        event.listen(connection.sync_connection, "commit", _refuse_commit)
         try:
             with db.bind_to(connection, raise_on_lazy_load=raise_on_lazy_load):
                 yield connection
         finally:
             if transaction.is_active:
                 await transaction.rollback()
+
+
+def _refuse_commit(connection: Connection) -> None:
+    # Before the COMMIT is sent: the transaction is rolled back instead, on the driver's
+    # connection (SQLAlchemy counts the transaction ended once its commit() raises, and a
+    # pool that runs no reset on return would hand it on open, the test's rows in it).
+    connection.connection.rollback()
+    message = (
+        "The test committed the test transaction (commit() on dbscope_connection, or on the "
+        "connection rolled_back() yields): its rows would stay for every later test. Use a "
+        "savepoint, `async with connection.begin_nested():`, or a unit of work of the app's "
+        "Database, whose commits are savepoints here."
+    )
+    raise LifecycleError(message)
 
 
 @contextlib.asynccontextmanager

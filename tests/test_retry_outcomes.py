@@ -1,0 +1,111 @@
+"""What a retried unit of work keeps: only what a unit without retries would keep, once.
+
+``@db.retry()`` commits each attempt itself, so that a conflict at COMMIT is retried too; these
+tests hold that commit to the unit's own verdict (an error status, a read-only session) and
+keep a retry from repeating work an attempt had already committed.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which
+# name each test's own Database.
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI, Response
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import ConfigurationError, Database, RetriesExhaustedError
+from tests.helpers import Tables, count_rows, send
+
+# A serialization failure (SQLSTATE 40001) raised on demand, as a conflicting transaction would.
+CONFLICT = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$"
+
+
+async def test_a_retried_endpoint_that_sets_an_error_status_keeps_nothing(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """Under @db.retry(), an endpoint that answers 400 through its Response is rolled back."""
+    await tables.create("ro_notes", "text VARCHAR(20) NOT NULL")
+    app = FastAPI()
+
+    @app.post("/notes")
+    @db.retry()
+    async def refuse(
+        session: Annotated[AsyncSession, Depends(db.session)], response: Response
+    ) -> dict[str, str]:
+        await session.execute(text("INSERT INTO ro_notes (text) VALUES ('refused')"))
+        response.status_code = 400
+        return {"detail": "refused"}
+
+    answer = await send(app, "POST /notes")
+    assert answer.status_code == 400
+    assert await count_rows(database_url, "ro_notes") == 0
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_a_retried_read_session_keeps_no_write_on_sqlite(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """SQLite has no read-only transaction: under @db.retry() too, a read session's write is
+    rolled back."""
+    await tables.create("ro_notes", "text VARCHAR(20) NOT NULL")
+    app = FastAPI()
+
+    @app.post("/notes")
+    @db.retry()
+    async def write(session: Annotated[AsyncSession, Depends(db.read_session)]) -> None:
+        await session.execute(text("INSERT INTO ro_notes (text) VALUES ('read')"))
+
+    assert (await send(app, "POST /notes")).status_code == 200
+    assert await count_rows(database_url, "ro_notes") == 0
+
+
+async def charge_twice_in_retrying(db: Database, runs: list[int]) -> None:
+    """In db.retrying(): insert and commit, then meet a conflict."""
+    async for attempt in db.retrying():
+        async with attempt as session:
+            runs.append(2)
+            await session.execute(text("INSERT INTO ro_charges (amount) VALUES (20)"))
+            await session.commit()
+            await session.execute(text(CONFLICT))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_conflict_after_an_explicit_commit_is_not_retried(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """An attempt that committed part of its work before a conflict is not run again: its
+    committed part is kept once, and the request answers 409."""
+    await tables.create("ro_charges", "amount INTEGER NOT NULL")
+    runs: list[int] = []
+    app = FastAPI()
+
+    @app.post("/charge")
+    @db.retry()
+    async def charge(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        runs.append(1)
+        await session.execute(text("INSERT INTO ro_charges (amount) VALUES (10)"))
+        await session.commit()
+        await session.execute(text(CONFLICT))
+
+    answer = await send(app, "POST /charge")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"]["cause"] == "conflict"
+    assert runs == [1]
+    assert await count_rows(database_url, "ro_charges") == 1
+
+    with pytest.raises(RetriesExhaustedError, match="after it had committed part of its work"):
+        await charge_twice_in_retrying(db, runs)
+    assert runs == [1, 2]
+    assert await count_rows(database_url, "ro_charges") == 2
+
+
+def test_retry_refuses_a_plain_function_when_it_decorates(sqlite_url: str) -> None:
+    """@db.retry() on a `def` endpoint fails at decoration, naming it, not at each request."""
+    db = Database(sqlite_url)
+
+    def endpoint() -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match=r"endpoint is not one\. Make it `async def`"):
+        db.retry()(endpoint)  # type: ignore[arg-type]
