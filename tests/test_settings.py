@@ -196,6 +196,18 @@ async def test_a_postgres_url_without_driver_connects_with_asyncpg(scheme: str) 
         assert await select_one(db) == 1
 
 
+@pytest.mark.parametrize("driver", ["", "+asyncpg", "+psycopg"])
+async def test_a_hosting_services_url_with_sslmode_connects_on_either_driver(driver: str) -> None:
+    """postgres://...?sslmode=disable, as hosting services give it: asyncpg, which refuses
+    libpq's keyword, gets it as its own ssl; psycopg keeps it."""
+    url = local_postgres().set(drivername=f"postgres{driver}")
+    db = Database(url.update_query_dict({"sslmode": "disable"}).render_as_string(False))
+    expected = {"ssl": "disable"} if "psycopg" not in driver else {"sslmode": "disable"}
+    assert dict(db.url.query) == expected
+    async with db:
+        assert await select_one(db) == 1
+
+
 async def test_a_sqlite_url_without_driver_uses_aiosqlite(tmp_path: Path) -> None:
     """sqlite:///file gets aiosqlite and creates the file on connect."""
     path = tmp_path / "plain.db"

@@ -271,6 +271,7 @@ def _refused_arguments(error: BaseException, orig: BaseException | None, limits:
     in ``error``), before any server was tried: psycopg's ProgrammingError (an unknown
     option), a client-side type or value error in the chain (asyncpg's
     ClientConfigurationError, asyncmy's failed charset lookup), or the driver's own words."""
+    # SQLAlchemy's wrapper, or the driver's own class, by the name PEP 249 gives it.
     if isinstance(error, ProgrammingError) or type(orig).__name__ == "ProgrammingError":
         return True
     cause = orig

@@ -268,7 +268,7 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
     # COMMIT is retried too, and rolled back before the next attempt.
     try:
         yield unit
-        if unit.commits:  # else the unit rolls back at its end (an error status, read-only)
+        if unit.will_commit:  # else the unit rolls back at its end (an error status, read-only)
             await unit.session.commit()
     except BaseException:
         await unit.session.rollback()

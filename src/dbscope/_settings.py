@@ -232,6 +232,10 @@ class DatabaseSettings(ReplicaSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Where the settings come from, first wins (pydantic-settings' hook): the keyword
+        arguments, the environment, dbscope's own variables of the dotenv file (the app's
+        others are left alone), secret files; for ``Database(url, ...)``, the arguments only.
+        """
         if not cls._reads_env:  # Database(url, ...): what the code says, nothing else
             return (init_settings,)
         dotenv = OwnVariablesOnly(settings_cls, dotenv_settings)

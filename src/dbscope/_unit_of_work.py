@@ -78,7 +78,7 @@ class UnitOfWork:
         self.failed_quietly: Callable[[], bool] | None = None
 
     @property
-    def commits(self) -> bool:
+    def will_commit(self) -> bool:
         """Whether the unit commits once its body has returned: neither ``rollback_only``
         nor a failure its owner reports without raising."""
         if self.rollback_only:
@@ -321,7 +321,7 @@ class UnitRun:
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).
-        commits = self.unit.commits
+        commits = self.unit.will_commit
         committed = False
         if failure is None and commits:
             try:

@@ -34,7 +34,8 @@ from dbscope._dialects._base import (
     Standbys,
 )
 from dbscope._dialects.deferred_begin import only_read
-from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, split_host_port
+from dbscope._dialects.hosts import split_host_port
+from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 
 __all__ = [
     "BACKENDS",
@@ -100,7 +101,7 @@ def resolve_async_url(url: URL) -> URL:
                 f"installed; install one with: {drivers[0].install}"
             )
             raise ValueError(message)
-        return url.set(drivername=f"{prefix}+{installed[0].name}")
+        return installed[0].url_query(url.set(drivername=f"{prefix}+{installed[0].name}"))
     name = url.get_driver_name()
     if name not in rules.drivers:
         alternatives = " or ".join(
@@ -119,7 +120,7 @@ def resolve_async_url(url: URL) -> URL:
             f"{rules.drivers[name].install}"
         )
         raise ValueError(message)
-    return url.set(drivername=f"{prefix}+{name}")
+    return rules.drivers[name].url_query(url.set(drivername=f"{prefix}+{name}"))
 
 
 def _check_dialect(url: URL) -> None:

@@ -46,8 +46,7 @@ PoolerMode = Literal["transaction", "transaction-prepared"]
 # What a server holds under a database's name: nothing, a database that bears dbscope's mark
 # (dbscope made it for a test run), or one someone else made.
 Presence = Literal["absent", "marked", "unmarked"]
-# Opens an autocommit connection to the server of a URL. The caller, which builds engines,
-# gives it: this package is a leaf.
+# Opens an autocommit connection to the server of a URL; given by the caller (a leaf here).
 Connect = Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]
 # The mark on the databases dbscope makes, telling a later run that it may drop them. Not a
 # table: the app and its migrations see nothing of it.
@@ -87,8 +86,7 @@ class Driver:
             for the server without bound or is left unfinished by a second cancel; None where
             closing never waits.
         closes_on_thread: its connection lives on a thread of its own, which terminating it
-            only asks to close: what the connection holds (SQLite's file lock) outlives the
-            terminate until ``close`` is waited for.
+            only asks to close: what it holds (a file lock) lasts until ``close`` is done.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
             driver whose connections are in autocommit already.
         batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
@@ -102,6 +100,8 @@ class Driver:
         refused_arguments: whether a failed connect is the driver refusing its arguments (a
             URL option's value) rather than the server out of reach, where its error does not
             show it by type (``_errors._refused_arguments`` reads the types).
+        url_query: the URL with its query as the driver takes it (libpq's ``sslmode`` as
+            asyncpg's ``ssl``).
     """
 
     name: str
@@ -120,6 +120,7 @@ class Driver:
     pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = lambda mode, args: None
     hot_standby: Callable[[Any], bool | None] = lambda connection: None
     refused_arguments: Callable[[BaseException], bool] = lambda error: False
+    url_query: Callable[[URL], URL] = lambda url: url
 
 
 @dataclass(frozen=True)

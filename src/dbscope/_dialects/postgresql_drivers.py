@@ -7,6 +7,8 @@ import select
 from collections.abc import Awaitable
 from typing import Any, Final, cast
 
+from sqlalchemy.engine import URL
+
 from dbscope._dialects import pgbouncer
 from dbscope._dialects._base import Driver, LeaseStatus, rollback_connection
 
@@ -18,6 +20,14 @@ def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     if name:
         args["server_settings"] = {"application_name": name}
     return args
+
+
+def _asyncpg_url_query(url: URL) -> URL:
+    # asyncpg refuses libpq's sslmode as a keyword, and takes the same modes as its ssl.
+    mode = url.query.get("sslmode")
+    if mode is None or "ssl" in url.query:
+        return url
+    return url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
 
 
 def _asyncpg_closed(connection: Any) -> bool:
@@ -129,6 +139,7 @@ ASYNCPG: Final = Driver(
     name="asyncpg",
     install="pip install 'dbscope[asyncpg]'",
     connect_args=_asyncpg_connect_args,
+    url_query=_asyncpg_url_query,
     looks_dead=_asyncpg_closed,
     errors=_asyncpg_errors,
     fatal=_asyncpg_fatal,
