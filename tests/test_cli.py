@@ -132,6 +132,17 @@ async def test_check_with_app_naming_something_else_exits_2() -> None:
     assert "is a FastAPI, not a dbscope.Database" in done.stderr.decode()
 
 
+async def test_check_with_app_whose_module_misses_a_package_shows_that_error(
+    tmp_path: Path,
+) -> None:
+    """--app acme_hooks:db, whose module imports acme (not installed): Python's own error,
+    not "there is no module 'acme_hooks' here", though acme begins its name."""
+    (tmp_path / "acme_hooks.py").write_text("import acme\n")
+    done = await dbscope("check", "--app", "acme_hooks:db", environment={}, cwd=tmp_path)
+    assert "No module named 'acme'" in done.stderr.decode()
+    assert "there is no module" not in done.stderr.decode()
+
+
 async def test_check_fails_until_the_migrations_are_at_head(sqlite_url: str) -> None:
     """With -c alembic.ini: exit 1 before `dbscope migrate upgrade head`, exit 0 after."""
     environment = {"DATABASE_URL": sqlite_url}
@@ -319,12 +330,14 @@ async def test_migrate_with_a_bad_setting_exits_2_in_one_line() -> None:
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize(("name", "quoted"), [("dbscope_missing", False), ("Dbscope_Gone", True)])
 async def test_migrate_into_a_schema_that_does_not_exist_exits_2_in_one_line(
-    database_url: str,
+    database_url: str, name: str, quoted: bool
 ) -> None:
     """POSTGRES_SCHEMA naming no schema: one line naming it and the fix, not the server's
-    error in three chained tracebacks."""
-    schema = f"dbscope_missing_{os.getpid()}"
+    error in three chained tracebacks; the CREATE SCHEMA it gives makes that very schema (a
+    mixed-case name quoted, which unquoted would make another)."""
+    schema = f"{name}_{os.getpid()}"
     environment = {"DATABASE_URL": database_url, "POSTGRES_SCHEMA": schema}
     upgrade = ("-c", str(EXAMPLE_INI), "upgrade", "head")
     done = await dbscope("migrate", *upgrade, environment=environment)
@@ -333,7 +346,8 @@ async def test_migrate_into_a_schema_that_does_not_exist_exits_2_in_one_line(
     assert errors[-1].startswith(
         f"dbscope: error: The schema {schema!r} that the settings name (POSTGRES_SCHEMA"
     )
-    assert f"create it first (CREATE SCHEMA {schema};" in errors[-1]
+    created = f'"{schema}"' if quoted else schema
+    assert f"create it first (CREATE SCHEMA {created};" in errors[-1]
     assert "Traceback" not in done.stderr.decode()
 
 

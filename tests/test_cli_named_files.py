@@ -166,6 +166,21 @@ async def test_an_alembic_ini_that_is_a_directory_exits_2_saying_so(
     )
 
 
+@pytest.mark.parametrize("location", ["", "script_location = nowhere\n"])
+async def test_check_of_an_alembic_ini_without_its_scripts_exits_2_in_one_line(
+    location: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    """No script_location, or one naming no directory: one line in Alembic's words and the
+    fix, exit 2 (before, Alembic's CommandError in a traceback, exit 1)."""
+    (tmp_path / "alembic.ini").write_text(f"[alembic]\n{location}")
+    environment = {"DATABASE_URL": sqlite_url}
+    done = await dbscope("check", "-c", "alembic.ini", environment=environment, cwd=tmp_path)
+    error = one_error_line(
+        done, "dbscope: error: The Alembic configuration 'alembic.ini' names no migration scripts"
+    )
+    assert "Set script_location" in error
+
+
 async def test_migrate_init_may_name_an_alembic_ini_that_is_not_there_yet(tmp_path: Path) -> None:
     """`init` writes the file -c names: it is not refused for being missing."""
     arguments = ("-c", "alembic.ini", "init", "-t", "async", "migrations")

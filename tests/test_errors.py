@@ -64,7 +64,8 @@ async def test_an_unknown_user_is_a_configuration_error(database_url: str) -> No
 async def test_a_database_dropped_while_the_app_runs_answers_500_not_503(
     database_url: str,
 ) -> None:
-    """A new connection refused at run time is a configuration error: 500, no Retry-After."""
+    """A new connection refused at run time is a configuration error: 500, no Retry-After;
+    for a unit of work and for a lease (whose driver errors SQLAlchemy does not wrap)."""
     name = f"dbscope_gone_{uuid.uuid4().hex[:8]}"
     async with admin(database_url) as connection:
         await connection.execute(text(f"CREATE DATABASE {name}"))
@@ -85,6 +86,9 @@ async def test_a_database_dropped_while_the_app_runs_answers_500_not_503(
         with pytest.raises(ConfigurationError, match=name):
             async with db.transaction() as session:
                 await session.execute(text("SELECT 1"))
+        with pytest.raises(ConfigurationError, match=name):
+            async with db.lease():
+                pass
     assert response.status_code == 500
     assert "retry-after" not in response.headers
 

@@ -293,6 +293,24 @@ async def test_readyz_with_migrations_answers_503_until_they_are_run(
     assert at_head.status_code == 200
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_an_alembic_ini_naming_no_scripts_fails_readiness_and_says_why_in_the_log(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alembic.ini without script_location fails the probe (503 in the router), its
+    reason logged once; before, every probe raised Alembic's CommandError (a 500)."""
+    config = tmp_path / "alembic.ini"
+    config.write_text("[alembic]\n")
+    async with Database(database_url) as db:
+        with caplog.at_level("WARNING", logger="dbscope"):
+            first = await db.health(migrations=config)
+            second = await db.health(migrations=config)
+    assert (first.status, second.status) == ("fail", "fail")
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 1
+    assert "names no migration scripts" in logged[0]
+
+
 def test_a_probe_without_migrations_never_imports_alembic(sqlite_url: str) -> None:
     """db.health() and the router load Alembic only when migrations are asked for."""
     code = (

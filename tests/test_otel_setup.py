@@ -113,6 +113,44 @@ def test_the_global_meter_provider_set_up_after_instrument_gets_the_metrics(
     assert run_python(code) == str([(count, "global", 0), (count, "global", 1)])
 
 
+def test_a_provider_named_before_it_is_made_the_global_one_reports_every_pool(
+    tmp_path: Path,
+) -> None:
+    """instrument(a, meter_provider=mp), mp then set globally, instrument(b): one set of
+    instruments for mp, both pools reported, and a third Database named 'a' refused."""
+    code = f"""
+        import asyncio
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import dbscope.otel
+        from dbscope import ConfigurationError, Database
+        from tests.otel_readings import Readings
+
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        c = Database("sqlite+aiosqlite:///{tmp_path / "c.db"}", pool_name="a")
+        a = Database("sqlite+aiosqlite:///{tmp_path / "a.db"}", pool_name="a")
+        b = Database("sqlite+aiosqlite:///{tmp_path / "b.db"}", pool_name="b")
+        dbscope.otel.instrument(a, meter_provider=provider)
+        metrics.set_meter_provider(provider)
+        dbscope.otel.instrument(b)
+        refused = False
+        try:
+            dbscope.otel.instrument(c)
+        except ConfigurationError:
+            refused = True
+
+        async def main():
+            async with a, b:
+                points = Readings(reader).points("db.client.connection.max")
+                print(refused, sorted(dict(point.attributes)["{POOL_NAME}"] for point in points))
+
+        asyncio.run(main())
+    """
+    assert run_python(code) == "True ['a', 'b']"
+
+
 def test_instrumenting_twice_for_one_provider_gives_the_same_metrics(
     sqlite_url: str, sdk: Metered
 ) -> None:
@@ -228,6 +266,9 @@ async def test_a_pool_that_keeps_no_queue_reports_only_retries(
         readings = sdk.read()
     assert readings.points("db.client.connection.count") == []
     assert readings.value("dbscope.unit.retries", db.name) == 0
+    # Nor a count of a line, checks or failures that a NullPool does not keep (each was a
+    # constant 0 before): only what has points, and retries is all.
+    assert [name for name in readings.metrics if readings.points(name)] == ["dbscope.unit.retries"]
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 

@@ -7,6 +7,8 @@ keep a retry from repeating work an attempt had already committed.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which
 # name each test's own Database.
+import functools
+from collections.abc import Awaitable
 from typing import Annotated
 
 import pytest
@@ -101,11 +103,21 @@ async def test_a_conflict_after_an_explicit_commit_is_not_retried(
 
 
 def test_retry_refuses_a_plain_function_when_it_decorates(sqlite_url: str) -> None:
-    """@db.retry() on a `def` endpoint fails at decoration, naming it, not at each request."""
+    """@db.retry() on a `def` endpoint fails at decoration, naming it, not at each request;
+    an async endpoint under a plain wrapper (a logging decorator's) is taken."""
     db = Database(sqlite_url)
 
     def endpoint() -> None:
         return None
 
-    with pytest.raises(ConfigurationError, match=r"endpoint is not one\. Make it `async def`"):
+    async def handler() -> None:
+        return None
+
+    @functools.wraps(handler)
+    def logged() -> Awaitable[None]:
+        return handler()
+
+    plain = r"endpoint is a plain function\. Make it `async def`"
+    with pytest.raises(ConfigurationError, match=plain):
         db.retry()(endpoint)  # type: ignore[arg-type]
+    assert callable(db.retry()(logged))

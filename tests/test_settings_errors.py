@@ -149,17 +149,27 @@ def test_an_env_file_that_is_there_is_read_and_none_named_reads_the_environment(
 
 
 def test_an_env_file_shared_with_the_apps_other_settings_is_read_for_dbscopes_own(
-    clean_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+    clean_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    sqlite_url: str,
+    tmp_path: Path,
 ) -> None:
     """Variables of the app's own in the env file (SECRET_KEY, DEBUG) are left alone, as in
-    the environment, with or without a prefix; dbscope's are read."""
-    others = "SECRET_KEY=not-dbscopes\nDEBUG=true\n"
+    the environment, with or without a prefix; dbscope's are read, and a near miss of one
+    (PG_BOUNCER) is named."""
+    others = "SECRET_KEY=not-dbscopes\nDEBUG=true\nPG_BOUNCER=transaction\n"
     (tmp_path / "app.env").write_text(f"{others}DATABASE_URL={sqlite_url}\nPOOL_SIZE=7\n")
     (tmp_path / "prefixed.env").write_text(f"{others}APP_DATABASE_URL={sqlite_url}\n")
-    plain = Database.from_env(env_file=str(tmp_path / "app.env"))
+    with caplog.at_level("WARNING", logger="dbscope"):
+        plain = Database.from_env(env_file=str(tmp_path / "app.env"))
     prefixed = Database.from_env("APP_", env_file=str(tmp_path / "prefixed.env"))
     settings = DatabaseSettings(_env_file=str(tmp_path / "app.env"))
     assert plain.settings.pool_size == 7
+    assert plain.settings.pgbouncer is None
+    assert [record.getMessage() for record in caplog.records] == [
+        "PG_BOUNCER is set: did you mean PGBOUNCER? It is not one of dbscope's settings, and was "
+        "not read."
+    ]
     assert str(prefixed.url) == sqlite_url
     assert settings.pool_size == 7
 

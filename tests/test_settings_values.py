@@ -107,7 +107,8 @@ def test_an_engine_option_of_the_wrong_type_is_refused_naming_it(
     ("drivername", "query"),
     [
         ("postgresql+psycopg", "sslmod=require"),
-        ("postgresql+asyncpg", "sslmode=require"),
+        # asyncpg takes libpq's sslmode as its ssl (test_settings.py): a misspelling of it.
+        ("postgresql+asyncpg", "sslmod=require"),
         # A value the driver refuses, which it said as an outage: libpq's words, asyncpg's
         # ClientConfigurationError, asyncmy's failed charset lookup.
         ("postgresql+psycopg", "sslmode=bogus"),

@@ -208,21 +208,32 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
     except InvalidRequestError as error:
         raise ConfigurationError(f"Invalid database URL {url!r}: {error}") from None
     except ValueError as error:
-        # An option of the query that the dialect converts (?connect_timeout=abc): its
-        # int() named neither the option nor the fix. The query holds no password by now
-        # (``_urls.normalize_url``).
-        given = "&".join(f"{name}={value}" for name, value in url.query.items())
-        message = (
-            f"The database URL's options could not be read ({error}): check their values "
-            f"(?{given}); a number is written without quotes or unit, e.g. ?connect_timeout=10."
-        )
-        raise ConfigurationError(message) from None
+        raise ConfigurationError(_unreadable_query(url, error)) from None
     except ModuleNotFoundError as error:
         message = (
             f"The URL {url!r} needs the module {error.name!r}, which is not installed; "
             "install the async driver for this database."
         )
         raise ConfigurationError(message) from None
+
+
+def _unreadable_query(url: URL, error: ValueError) -> str:
+    """Why SQLAlchemy could not read ``url``'s query: a value it converts to a number
+    (``?connect_timeout=abc``), whose int() named neither the option nor the fix, or an IPv6
+    host in a multi-host ``?host=``, which it splits at the first colon. The query holds no
+    password by now (``_urls.normalize_url``)."""
+    hosts = url.query.get("host")
+    if isinstance(hosts, tuple) and any(host.startswith("[") for host in hosts):
+        return (
+            "The database URL lists an IPv6 address among several ?host= values, which "
+            "SQLAlchemy cannot read: name those hosts by a host name, or give the address as "
+            "the only host (postgresql+asyncpg://app@[::1]:5432/app)."
+        )
+    query = url.render_as_string(hide_password=True).partition("?")[2]
+    return (
+        f"The database URL's options could not be read ({error}): check their values "
+        f"(?{query}); a number is written without quotes or unit, e.g. ?connect_timeout=10."
+    )
 
 
 def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:

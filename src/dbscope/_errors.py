@@ -32,7 +32,12 @@ from types import TracebackType
 from typing import Final
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IllegalStateChangeError, ProgrammingError
+from sqlalchemy.exc import (
+    DBAPIError,
+    EmulatedDBAPIException,
+    IllegalStateChangeError,
+    ProgrammingError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dbscope._dialects import Backend, backend, driver
@@ -169,12 +174,14 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
 
 def _connect_failed(error: BaseException, limits: Limits) -> DbscopeError | None:
     """The verdict on ``error``, raised while the pool opened a connection: wrapped by
-    SQLAlchemy (``engine.connect()``) or as the driver raised it (a lease's
-    ``raw_connection()``, which does not wrap)."""
+    SQLAlchemy (``engine.connect()``), or not (a lease's ``raw_connection()``): the driver's
+    own error, or the one SQLAlchemy's adapter of the driver raised for it (asyncpg's)."""
     known = driver(limits.url.get_driver_name())
     if isinstance(error, DBAPIError):
         orig: BaseException | None = error.orig
-    elif known is not None and isinstance(error, known.errors()):
+    elif isinstance(error, EmulatedDBAPIException) or (
+        known is not None and isinstance(error, known.errors())
+    ):
         orig = error
     else:
         return unavailable("unreachable", limits) if isinstance(error, OSError) else None

@@ -156,7 +156,14 @@ class HealthProbe:
         url = backend(engine.url.get_backend_name()).probe_url(engine.url)
         if url is None:  # a memory database: nothing outside the pool reaches it
             return ()
-        heads = None if config is None else await self._heads_of(config)
+        try:
+            heads = None if config is None else await self._heads_of(config)
+        except ConfigurationError as error:  # a broken alembic.ini: failing, as is the app
+            if not self._failing:
+                self._failing = True
+                logger.warning("Not ready: %s", error)
+            output = "the migrations' configuration could not be read (the log says why)"
+            return (_server_check("fail", datetime.now(UTC), output=output),)
         loop = asyncio.get_running_loop()
         in_flight = self._in_flight
         if in_flight is None or in_flight[0] != key or _over(in_flight[1], loop):

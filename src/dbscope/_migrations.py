@@ -4,8 +4,7 @@
 check and ``dbscope.testing`` all load an ``alembic.ini``, run its commands and read where a
 database stands through this module, with Alembic's own API: ``Config`` and ``command`` to run,
 ``ScriptDirectory`` for the heads, ``MigrationContext`` for the revisions a database is at.
-Alembic is imported only when one of them is called; without it, the call says what to
-install.
+Alembic is imported only when one is called; without it, the call says what to install.
 
 A command runs either on a connection the caller shares (Alembic's cookbook: the
 connection in ``config.attributes["connection"]``, where env.py finds it) or on a URL put
@@ -238,10 +237,20 @@ async def run_on_connection(
 
 
 def head_revisions(config: Config) -> tuple[str, ...]:
-    """The head revisions of the scripts ``config`` names."""
+    """The head revisions of the scripts ``config`` names; ConfigurationError, in Alembic's
+    words, if it names none it can read (no ``script_location``, or a missing one)."""
     from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
-    return tuple(ScriptDirectory.from_config(config).get_heads())
+    try:
+        return tuple(ScriptDirectory.from_config(config).get_heads())
+    except CommandError as error:
+        message = (
+            f"The Alembic configuration {config.config_file_name!r} names no migration "
+            f"scripts to read: {error} Set script_location in it to the directory of the "
+            "migrations' env.py."
+        )
+        raise ConfigurationError(message) from None
 
 
 def current_revisions(connection: Connection, *, schema: str | None = None) -> tuple[str, ...]:
@@ -322,9 +331,10 @@ def _require_schema(connection: Connection, schema: str) -> None:
     tracebacks."""
     if inspect(connection).has_schema(schema):
         return
+    quoted = connection.dialect.identifier_preparer.quote(schema)  # Tenant_A with its quotes
     message = (
         f"The schema {schema!r} that the settings name (POSTGRES_SCHEMA, or Database's "
-        f"schema=) does not exist in the database: create it first (CREATE SCHEMA {schema}; "
+        f"schema=) does not exist in the database: create it first (CREATE SCHEMA {quoted}; "
         "by hand, e.g. in `dbscope shell`, or in your deployment's set-up), or name a schema "
         "that exists."
     )

@@ -204,14 +204,17 @@ def instruments_for(meter_provider: MeterProvider | None, version: str) -> Instr
     """The instruments of ``meter_provider`` (None: the global one), made at its first use."""
     # The global provider is one key whether named or not, and before the SDK is set up
     # (the API's proxy) as after: its meter is one meter, whose instruments must be made once.
-    key: object = meter_provider
-    if meter_provider is None or meter_provider is get_meter_provider():
-        key = GLOBAL
+    current = get_meter_provider()
+    provider = current if meter_provider is None else meter_provider
+    key: object = GLOBAL if provider is current else provider
     found = _instruments.get(key)
+    if found is None and key is GLOBAL:
+        # Named before it was made the global one: its instruments are made already.
+        found = _instruments.get(current)
     if found is None:
-        provider = get_meter_provider() if meter_provider is None else meter_provider
         meter = provider.get_meter("dbscope", version, schema_url=SCHEMA_URL)
-        found = _instruments[key] = Instruments(meter)
+        found = Instruments(meter)
+    _instruments[key] = found
     return found
 
 

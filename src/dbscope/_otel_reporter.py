@@ -199,31 +199,39 @@ class PoolReporter:
 
     def pending_requests(self) -> list[Observation]:
         """Checkouts waiting in line now."""
-        stats, _, _ = self._figures()
+        stats, _, running = self._figures()
+        if stats is None and running:
+            return []  # NullPool: no line to wait in
         return [Observation(0 if stats is None else stats.waiting, self._attributes)]
 
     def _count(self, value: int) -> list[Observation]:
         return [Observation(value, self._attributes)]
 
+    def _pool_count(self, count: Callable[[Counts], int]) -> list[Observation]:
+        """A count of the pool's, carried over its engines; none while a NullPool runs,
+        which keeps no line, no check and no count."""
+        stats, counts, running = self._figures()
+        return [] if stats is None and running else self._count(count(counts))
+
     def timeouts(self) -> list[Observation]:
         """Checkouts that gave up after pool_timeout."""
-        return self._count(self._figures()[1].timeouts)
+        return self._pool_count(lambda counts: counts.timeouts)
 
     def refusals(self) -> list[Observation]:
         """Checkouts refused by a full line."""
-        return self._count(self._figures()[1].refused)
+        return self._pool_count(lambda counts: counts.refused)
 
     def abandonments(self) -> list[Observation]:
         """Checkouts not served: their client hung up while they waited."""
-        return self._count(self._figures()[1].abandoned)
+        return self._pool_count(lambda counts: counts.abandoned)
 
     def invalidations(self) -> list[Observation]:
         """Connections thrown away."""
-        return self._count(self._figures()[1].invalidated)
+        return self._pool_count(lambda counts: counts.invalidated)
 
     def pings(self) -> list[Observation]:
         """Liveness pings."""
-        return self._count(self._figures()[1].pinged)
+        return self._pool_count(lambda counts: counts.pinged)
 
     def fallbacks(self) -> list[Observation]:
         """Read-only units run on the primary instead of a replica, by why."""
@@ -238,5 +246,6 @@ class PoolReporter:
         return self._count(self._lifecycle.retries)
 
     def holds(self) -> list[Observation]:
-        """Requests held until their client's Retry-After had passed."""
-        return self._count(self._lifecycle.held)
+        """Requests held until their client's Retry-After had passed (after a full line)."""
+        stats, _, running = self._figures()
+        return [] if stats is None and running else self._count(self._lifecycle.held)

@@ -230,8 +230,13 @@ class Retrying:
         self._done = True
 
     def failed(self, number: int, error: Exception, committed: bool = False) -> bool:
-        """Decide about a failed attempt, which ``committed`` part of its work before it
-        failed (a ``commit()`` in its body) or not: True to run again, else raise."""
+        """Decide about a failed attempt, which ``committed`` before it failed (a
+        ``commit()`` in its body) or not: True to run again, else raise.
+
+        Any commit counts, even of a transaction that only read: which statements wrote is
+        not known here, and an attempt repeated after a commit that kept writes would keep
+        them twice.
+        """
         conflict = _conflict(error, self.rules, self.policy)
         if conflict is None:
             self._done = True
@@ -240,9 +245,9 @@ class Retrying:
             self._done = True
             message = (
                 f"{self.name} failed with a {conflict} after it had committed part of its "
-                "work (a commit() in its body): running it again would repeat that part, so "
-                "it was not retried. Commit only at the end of a retried unit, or retry what "
-                "follows the commit as a unit of its own."
+                "work (a commit() in its body): running it again would repeat what that "
+                "commit kept, so it was not retried. Commit only at the end of a retried "
+                "unit, or retry what follows the commit as a unit of its own."
             )
             raise RetriesExhaustedError(message, attempts=number) from error
         if number >= self.policy.attempts:
@@ -264,8 +269,9 @@ class Retrying:
 
 @contextlib.asynccontextmanager
 async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
-    # One attempt of a decorated endpoint: its work is committed here, so that a conflict at
-    # COMMIT is retried too, and rolled back before the next attempt.
+    # One attempt of a decorated endpoint: its work is committed here (unless the unit will
+    # not commit), so that a conflict at COMMIT is retried too, and rolled back before the
+    # next attempt.
     try:
         yield unit
         if unit.will_commit:  # else the unit rolls back at its end (an error status, read-only)
@@ -289,11 +295,14 @@ def retry_in_unit(
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         name = getattr(function, "__qualname__", repr(function))
-        if not inspect.iscoroutinefunction(function):
-            # A plain function's result is no awaitable: every request would fail at run time.
+        innermost = inspect.unwrap(function)
+        if inspect.isfunction(innermost) and not inspect.iscoroutinefunction(innermost):
+            # A plain `def` (under any decorators that wrap it): its result is no awaitable,
+            # and every request would fail. A partial, a bound method or a callable object
+            # is taken on trust, as FastAPI takes it.
             message = (
                 f"db.retry() decorates async functions (endpoints written `async def`); "
-                f"{name} is not one. Make it `async def`, or retry inside it with "
+                f"{name} is a plain function. Make it `async def`, or retry inside it with "
                 "`async for attempt in db.retrying(): ...`."
             )
             raise ConfigurationError(message)

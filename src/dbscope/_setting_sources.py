@@ -19,7 +19,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
 
 from dbscope._exceptions import ConfigurationError
 
@@ -38,7 +38,8 @@ class OwnVariablesOnly(PydanticBaseSettingsSource):
     The file is the app's, shared with its other settings (``SECRET_KEY``, ``DEBUG``);
     pydantic-settings passes all of its variables on, which ``extra="forbid"`` (kept for
     keyword arguments, where an unknown name is a typo) refused as unknown settings.
-    dbscope reads its own and leaves the rest, as it does in the environment.
+    dbscope reads its own and leaves the rest, as it does in the environment; ``from_env``
+    names a near miss of a setting's name in either (``dotenv_names``).
     """
 
     def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
@@ -157,19 +158,33 @@ def _undecodable_byte(path: Path) -> int | None:
     return None
 
 
+def dotenv_names(env_file: str | None, env_prefix: str) -> set[str]:
+    """The variable names of the dotenv file ``env_file`` (none if None), in capitals."""
+    if env_file is None:
+        return set()
+    source = DotEnvSettingsSource(BaseSettings, env_file=env_file, env_prefix=env_prefix)
+    return {name.upper() for name in source.env_vars}
+
+
 def environment_names() -> set[str]:
     """The environment's variable names, in capitals (pydantic-settings ignores their case)."""
     return {name.upper() for name in os.environ}
 
 
 def misspelled_variables(
-    prefix: str, fields: tuple[str, ...], *, forgotten_prefix: bool = True
+    prefix: str,
+    fields: tuple[str, ...],
+    *,
+    forgotten_prefix: bool = True,
+    names: set[str] | None = None,
 ) -> list[str]:
-    """``X is set: did you mean Y?`` for each environment variable close to a setting's name
-    (and, if ``forgotten_prefix``, for each that is one but for the prefix)."""
+    """``X is set: did you mean Y?`` for each variable close to a setting's name (and, if
+    ``forgotten_prefix``, for each that is one but for the prefix), among ``names`` (in
+    capitals; the environment's by default)."""
     known = [f"{prefix}{name}".upper() for name in fields]
     hints: list[str] = []
-    for name in sorted(environment_names().difference(known)):
+    given = environment_names() if names is None else names
+    for name in sorted(given.difference(known)):
         if prefix and f"{prefix}{name}" in known:  # the prefix forgotten
             if not forgotten_prefix:
                 continue

@@ -14,7 +14,12 @@ from typing import Any, ClassVar
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
-from dbscope._setting_sources import check_env_files, misspelled_variables
+from dbscope._setting_sources import (
+    check_env_files,
+    dotenv_names,
+    environment_names,
+    misspelled_variables,
+)
 from dbscope._settings import DatabaseSettings
 
 logger = logging.getLogger("dbscope")
@@ -76,11 +81,16 @@ def load_settings(
         if not any(location.model_dump().values()):
             settings_class, values["database_url"] = _DefaultUrlSettings, default_url
     settings = settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)
-    # A misspelt variable is never read, and the app runs without it: PG_BOUNCER for
-    # PGBOUNCER ran through PgBouncer without the preset, its statements failing. Not for a
+    # A misspelt variable, in the environment or the dotenv file, is never read, and the app
+    # runs without it: PG_BOUNCER for PGBOUNCER ran through PgBouncer without the preset,
+    # its statements failing. Not for a
     # variable that lacks only the prefix: another Database of the app may read it.
+    names = environment_names() | dotenv_names(env_file, env_prefix)
     for hint in misspelled_variables(
-        env_prefix.upper(), tuple(DatabaseSettings.model_fields), forgotten_prefix=False
+        env_prefix.upper(),
+        tuple(DatabaseSettings.model_fields),
+        forgotten_prefix=False,
+        names=names,
     ):
         logger.warning("%s It is not one of dbscope's settings, and was not read.", hint)
     return settings

@@ -184,8 +184,8 @@ def host_ports(url: URL) -> list[str]:
         names = hosts.split(",")
         if len(names) == 1 and not port_list:
             pairs = [split_host_port(names[0])]
-        else:
-            pairs = list(zip_longest(names, port_list))
+        else:  # an IPv6 host bracketed, [::1], as in the host:port form
+            pairs = list(zip_longest([split_host_port(name)[0] for name in names], port_list))
     else:
         pairs = [(url.host, url.port)]
     return [_host_port(host, port or default_port) for host, port in pairs]

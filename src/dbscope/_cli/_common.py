@@ -96,8 +96,11 @@ def _import(spec: str) -> object:
     try:
         return pkgutil.resolve_name(spec)
     except ModuleNotFoundError as error:
-        if error.name is None or not module_name.startswith(error.name):
-            raise  # the module exists, and fails to import something of its own
+        missing = error.name or ""
+        if not (module_name == missing or module_name.startswith(f"{missing}.")):
+            # The module exists, and fails to import something of its own: `import notes` in
+            # notes_api is not notes_api missing, though its name begins with it.
+            raise
         message = (
             f"--app {spec!r}: there is no module {module_name!r} here ({Path.cwd()}); run "
             "dbscope from the directory your application's package is in."

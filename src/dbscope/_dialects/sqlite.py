@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import asbool
 
 from dbscope._dialects._base import (
     OWN,
@@ -74,7 +75,7 @@ class SQLite(Backend):
         if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
             return True
         # SQLite's URI form of the same, file::memory: (?cache=shared, for one connection).
-        return url.database == "file::memory:" and url.query.get("uri") == "true"
+        return url.database == "file::memory:" and _is_uri(url)
 
     def probe_url(self, url: URL) -> URL | None:
         # A memory database lives in the pool's one connection: another would see an empty
@@ -106,7 +107,7 @@ class SQLite(Backend):
 
     def database_named(self, url: URL, suffix: str) -> URL:
         database = url.database or ""
-        if url.query.get("uri") == "true" and database.startswith("file:"):
+        if _is_uri(url) and database.startswith("file:"):
             # A URI (file:app.db?uri=true) names the file sqlite3 opens: its path, not the
             # text, is what the test database is named after and made, found and dropped by.
             database = unquote(urlsplit(database).path)
@@ -171,6 +172,13 @@ def _sqlite_errors() -> tuple[type[BaseException], ...]:
 def _aiosqlite_status(connection: Any) -> LeaseStatus:
     # dbscope opens SQLite connections with isolation_level=None: autocommit, BEGIN explicit.
     return "in_transaction" if connection.in_transaction else "idle"
+
+
+def _is_uri(url: URL) -> bool:
+    """Whether SQLAlchemy opens ``url``'s database as a SQLite URI (``?uri=true``, or any
+    other way it reads as true)."""
+    value = url.query.get("uri", False)
+    return isinstance(value, str) and asbool(value)
 
 
 class _EndsItsTransactions(sqlite3.Connection):

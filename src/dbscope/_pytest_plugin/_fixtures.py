@@ -228,8 +228,9 @@ def _load(config: pytest.Config, setting: str) -> object | None:
     except ModuleNotFoundError as error:
         missing = error.name or ""
         if not (module_name == missing or module_name.startswith(f"{missing}.")):
-            raise  # the module exists but fails to import something of its own (stripe for
-            # stripe_webhooks.main: a prefix of its name, but not one of its packages)
+            # The module exists, and fails to import something of its own: `import stripe` in
+            # stripe_webhooks.main is not that module missing, though its name begins with it.
+            raise
         fail(
             f"{setting} = {spec!r}: there is no module {module_name!r} on sys.path; "
             "pytest's `pythonpath` setting (e.g. pythonpath = ['src']) adds directories."
