@@ -64,6 +64,18 @@ async def test_the_engine_is_on_the_runs_own_database(dbscope_engine, dbscope_se
     assert dbscope_engine.url.database == os.environ["PTP_RUN_DATABASE"]
 """
 
+ENGINE_ALONE_TEST = """
+import pytest
+from sqlalchemy import text
+
+pytestmark = MARK
+
+
+async def test_the_apps_tables_are_there(dbscope_engine):
+    async with dbscope_engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM ptp_items")) == 0
+"""
+
 CRASHING_TEST = """
 import os
 
@@ -88,6 +100,20 @@ pytestmark = MARK
 async def test_the_existing_row_is_there(dbscope_session):
     assert list(await dbscope_session.scalars(select(Item.name))) == ["kept"]
 """
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_a_test_that_asks_for_the_engine_alone_finds_the_apps_tables(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """dbscope_engine alone, before any test took a session: the app's tables are made (they
+    were made only with dbscope_connection, and such a test found none)."""
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
+    pytester.makepyfile(test_engine=ENGINE_ALONE_TEST.replace("MARK", MARK["pytest-asyncio"]))
+
+    result = run(pytester, "pytest-asyncio", project_url, "-k", "apps_tables", in_process=True)
+
+    result.assert_outcomes(passed=1)
 
 
 def test_the_tests_run_in_a_database_of_their_own_and_the_named_one_keeps_its_rows(

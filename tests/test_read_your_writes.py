@@ -133,6 +133,22 @@ async def test_a_read_the_replica_has_not_replayed_goes_to_the_primary(
     assert stats == {"state": "ready", "served": 1, "fallbacks": {"behind": 1}}
 
 
+async def test_the_newer_of_two_cookies_of_the_name_holds_whichever_comes_last(
+    notes_asyncpg: Pair,
+) -> None:
+    """A browser sends a cookie set under Path=/admin before one of the same name set under
+    Path=/: the newer token holds though the older comes last (the last one alone was read)."""
+    pair = notes_asyncpg
+    with served(pair, wait=0.2) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as writer, replay_paused(pair.replica):
+            written = await writer.post("/notes", params={"body": "mine"})
+            cluster = written.cookies[COOKIE].split(":")[0]
+            cookies = f"{COOKIE}={written.cookies[COOKIE]}; {COOKIE}={cluster}:0"
+            async with httpx.AsyncClient(base_url=base_url) as reader:
+                read = await reader.get(written.headers["location"], headers={"cookie": cookies})
+    assert read.json() == {"body": "mine", "on_replica": False}
+
+
 # -- API clients -----------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import QueuedPool
 from dbscope._pool_stats import ReplicaState, ReplicaStats
-from dbscope._urls import describe_location
+from dbscope._urls import describe_location, host_ports
 
 if TYPE_CHECKING:
     import httpx
@@ -63,6 +63,9 @@ class Replica:
         self.backoff = 0.0
         self.next_check = 0.0
         self._own: AsyncEngine | None = None
+        # A URL of several hosts may reach several standbys, each at its own position: what
+        # the check read on one says nothing of the server a unit reaches.
+        self.several_servers = len(host_ports(lifecycle.settings.url)) > 1
 
     def stats(self) -> ReplicaStats:
         """The replica's numbers now."""

@@ -147,7 +147,9 @@ class Replicas:
             return self._on_primary(make, "no_replica_ready")
         unit = make(replica.lifecycle.session_maker())
         wanted = 0 if token is None else token.position
-        if replica.replayed < wanted:
+        # Checked on the unit's own connection when the check's reading may be of another
+        # server of the same URL, or when it is behind what the unit must see.
+        if replica.replayed < wanted or (wanted and replica.several_servers):
             try:
                 connection = await unit.session.connection()  # checks out, and begins
                 if not await self._catch_up(replica, connection, wanted):

@@ -61,17 +61,21 @@ def build(setup: Setup) -> ModuleType:
     return module
 
 
-def _any_loop_engine(dbscope_run_url: str, dbscope_database: Database) -> Iterator[AsyncEngine]:
-    """An engine on the test database that any loop may use; each test opens a connection."""
+def _any_loop_engine(
+    dbscope_run_url: str, dbscope_database: Database, dbscope_tables: None
+) -> Iterator[AsyncEngine]:
+    """An engine on the test database that any loop may use; each test opens a connection.
+    The app's tables are there (``dbscope_tables``), for a test that asks for it alone."""
     pgbouncer = dbscope_database.settings.pgbouncer  # through PgBouncer as the app goes
     engine = testing.any_loop_engine(dbscope_run_url, pgbouncer=pgbouncer)
     yield from phased(engine, "connecting to the test database", "closing the engine")
 
 
 async def _pooled_engine(
-    dbscope_run_url: str, dbscope_database: Database
+    dbscope_run_url: str, dbscope_database: Database, dbscope_tables: None
 ) -> AsyncIterator[AsyncEngine]:
-    """A pooled engine on the test database, built in the loop that the tests share."""
+    """A pooled engine on the test database, built in the loop that the tests share, with
+    the app's tables there (``dbscope_tables``)."""
     require_asyncio()
     with explained("connecting to the test database"):
         # No pre-ping: a test database does not restart under a run, and the ping would be

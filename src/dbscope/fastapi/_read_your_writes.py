@@ -111,9 +111,12 @@ class ReadYourWrites:
             elif name == b"cookie":
                 cookies.append(value.decode("latin-1"))
         tokens = parse_tokens(",".join(echoed)) if echoed else []
-        if cookies:
-            cookie = cookie_parser("; ".join(cookies)).get(self.cookie_name, "")
-            tokens += parse_tokens(cookie.replace(COOKIE_SEPARATOR, ","))
+        # Every cookie of the name, not the last: one set under Path=/admin comes before one
+        # under Path=/, and is the newer where both are sent. The newest position wins.
+        for pair in "; ".join(cookies).split(";"):
+            cookie = cookie_parser(pair).get(self.cookie_name)
+            if cookie:
+                tokens += parse_tokens(cookie.replace(COOKIE_SEPARATOR, ","))
         return tokens
 
     def _hand_out(self, message: Message, tokens: str) -> None:
