@@ -29,6 +29,14 @@ def test_a_time_that_is_not_finite_is_refused(setting: str, value: float) -> Non
         Database(URL, **{setting: value})  # type: ignore[arg-type]
 
 
+def test_a_connect_timeout_beyond_an_hour_is_refused_at_construction() -> None:
+    """connect_timeout=3e9 was taken, then refused by MariaDB's client at connect (over a
+    year), blamed on the URL's options: refused when the Database is made."""
+    with pytest.raises(ConfigurationError, match=r"connect_timeout=3000000000\.0: must be at most"):
+        Database("mysql+asyncmy://app@db.example/app", connect_timeout=3e9)
+    assert Database(URL, connect_timeout=3600).settings.connect_timeout == 3600
+
+
 def test_a_time_variable_that_is_not_finite_is_refused_naming_it(
     clean_env: pytest.MonkeyPatch,
 ) -> None:

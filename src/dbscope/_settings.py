@@ -64,7 +64,13 @@ POOL_BOUNDS: Final = {
         "load (an unbounded overflow would let load exhaust the server's connection limit)",
     ),
     "pool_timeout": Least(0, "must be a positive number of seconds, got {value}", allowed=False),
-    "connect_timeout": Least(0, "must be a positive number of seconds, got {value}", allowed=False),
+    "connect_timeout": Least(
+        0,
+        "must be a positive number of seconds, got {value}",
+        allowed=False,
+        most=3600,
+        most_message="must be at most {most:g} seconds: it bounds each connect and ping",
+    ),
     "pool_max_waiters": Least(
         0,
         "must be 0 or more, got {value}: it is how many requests may wait for a connection "
