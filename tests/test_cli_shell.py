@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from dbscope import Database
 from tests.cli_runs import DBSCOPE, SECRET, dbscope, nowhere, output_of
@@ -169,6 +169,19 @@ async def test_the_shell_command_from_code_has_the_password_in_its_variables_onl
     assert argv[-2:] == ["--", "given"]
     assert not any(SECRET in argument for argument in argv)
     assert SECRET in variables.values()
+
+
+def test_shell_gives_names_as_names_never_as_connection_strings_or_options() -> None:
+    """A database named like a libpq connection string goes to psql as PGDATABASE (libpq
+    reads --dbname's 'k=v' as one, host and all); a SQLite path beginning with '-' is no
+    option to sqlite3."""
+    hostile = "dbname=postgres host=evil.example application_name=x"
+    url = URL.create("postgresql+asyncpg", username="app", host="db.example", database=hostile)
+    argv, variables = Database(url).shell_command()
+    assert variables["PGDATABASE"] == hostile
+    assert not any("evil" in argument for argument in argv)
+    sqlite_argv, _ = Database("sqlite+aiosqlite:///-version").shell_command()
+    assert sqlite_argv[1:] == ["./-version"]
 
 
 async def test_shell_of_an_in_memory_database_exits_2() -> None:

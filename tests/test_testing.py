@@ -19,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dbscope import ConfigurationError, Database, LifecycleError, testing
 
-from .helpers import admin, imported_by
+from .helpers import SERVER_BACKENDS, admin, imported_by
 from .run_databases import (
     create_database,
     database_exists,
     drop_database,
     drop_tables,
     execute,
+    on_server,
     rows,
     run_database,
     table_names,
@@ -312,6 +313,26 @@ def test_own_database_drops_only_a_database_it_made(named: str) -> None:
     assert inside == {"tt_notes", "tt_other"}
     assert (database_exists(own), table_names(own, "tt_")) == (True, {"tt_other"})
     assert "dbscope did not make it" in notes_said[0]
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+def test_own_database_makes_and_drops_the_very_name_that_has_a_percent_or_a_colon(
+    database_url: str,
+) -> None:
+    """'tt_pct%:x' names the database made, yielded and dropped: through text(), psycopg and
+    asyncmy made 'tt_pct%%:x_test' and could drop another database than the one found."""
+    named = make_url(database_url).set(database="tt_pct%:x").render_as_string(False)
+    with testing.own_database(named, metadata=notes) as url:
+        inside = table_names(url, "tt_")
+    left = on_server(
+        database_url,
+        "SELECT datname FROM pg_database WHERE strpos(datname, 'tt_pct') = 1"
+        if make_url(database_url).get_backend_name() == "postgresql"
+        else "SELECT schema_name FROM information_schema.schemata "
+        "WHERE locate('tt_pct', schema_name) = 1",
+    )
+    assert (make_url(url).database, inside) == ("tt_pct%:x_test", {"tt_notes"})
+    assert left == []
 
 
 def test_own_database_of_a_sqlite_uri_is_the_file_beside_the_one_it_opens(

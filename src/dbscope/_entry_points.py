@@ -320,7 +320,7 @@ class UnitEntryPoints:
 
         Raises:
             NoSessionError: no unit of work is active here.
-            ValueError: the name is not a plain identifier.
+            ConfigurationError: the name is not a plain identifier (a ValueError too).
         """
         await self._units.running().use_schema(name)
 

@@ -125,14 +125,14 @@ CHOICES: Final = {
 
 
 def validate_schema_name(name: str) -> str:
-    """Return ``name`` if it is a plain identifier usable as a schema, else raise ValueError."""
+    """``name`` if it is a plain identifier usable as a schema, else ConfigurationError."""
     if SCHEMA_NAME.fullmatch(name):
         return name
     message = (
         f"The schema name {name!r} is not a plain identifier; use letters, digits, '_' and "
         "'$' only, starting with a letter or '_', at most 63 characters."
     )
-    raise ValueError(message)
+    raise ConfigurationError(message)
 
 
 class DatabaseSettings(ReplicaSettings):

@@ -37,7 +37,10 @@ class WriteToken:
     def parse(cls, text: str) -> WriteToken | None:
         """The token ``text`` writes, or None if it is not one."""
         cluster, separator, position = text.strip().partition(":")
-        if not (separator and cluster.isdigit() and position):
+        # ASCII only: int() and isdigit() take other scripts' digits, which would be echoed.
+        if not (separator and f"{cluster}{position}".isascii()):
+            return None
+        if not (cluster.isdigit() and position.isalnum()):
             return None
         try:
             value = int(position, 16)

@@ -30,12 +30,11 @@ from dbscope._dialects._base import (
     LeaseStatus,
     PoolerMode,
     Presence,
-    Replication,
-    Standbys,
 )
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.hosts import split_host_port
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
+from dbscope._dialects.replication import Replication, Standbys
 
 __all__ = [
     "BACKENDS",

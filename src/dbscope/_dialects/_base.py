@@ -21,6 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import immutabledict
 
+from dbscope._dialects.replication import Replication, Standbys
+
 # What an error means, read from the database's own code (never from the exception class,
 # which differs between drivers for the same failure):
 #   lost        the connection is gone or the server cannot serve now; it may heal by itself
@@ -56,6 +58,7 @@ MARK: Final = "dbscope test database"
 # (dbscope.testing) leave them out by this mark, not by guessing from the text.
 OWN_STATEMENT: Final = "dbscope_own_statement"
 OWN: Final = immutabledict({OWN_STATEMENT: True})
+NO_PARAMETERS: Final = immutabledict({"no_parameters": True})
 
 
 class DatabaseRefused(Exception):
@@ -124,22 +127,6 @@ class Driver:
 
 
 @dataclass(frozen=True)
-class Replication:
-    """One server's place in streaming replication.
-
-    Attributes:
-        cluster: the cluster's identity, shared by a primary and its physical replicas
-            (PostgreSQL's system identifier); "" when the server does not say.
-        replica: whether the server is a replica (in recovery), not a primary.
-        position: a replica's replayed position, or a primary's current one, in bytes.
-    """
-
-    cluster: str
-    replica: bool
-    position: int | None
-
-
-@dataclass(frozen=True)
 class Begin:
     """What a unit asks of each transaction it begins."""
 
@@ -165,24 +152,6 @@ class Client:
     arguments: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     install: str = ""
-
-
-@dataclass(frozen=True)
-class Standbys:
-    """Whether a commit waits for a standby server: what the primary says of itself.
-
-    Attributes:
-        setting: the server's list of synchronous standbys (empty: commits never wait).
-        commit: the level a commit waits for (PostgreSQL's ``synchronous_commit``).
-        in_sync: standbys connected that a commit waits for now; None when the user may not
-            see them.
-        connected: standbys connected, whether a commit waits for them or not.
-    """
-
-    setting: str
-    commit: str
-    in_sync: int | None
-    connected: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,14 +353,21 @@ class Backend:
 async def _execute(connection: AsyncConnection, statements: list[str]) -> None:
     try:
         for statement in statements:
-            await connection.execute(text(statement))
+            # As written, with no parameters: through text(), a name's '%' (doubled for
+            # psycopg and asyncmy) or ':x' (a parameter) made or dropped another database
+            # than the one found and yielded.
+            await connection.exec_driver_sql(statement, execution_options=NO_PARAMETERS)
     except DBAPIError as error:
         # The driver's own words name the privilege or the lock at fault.
         raise DatabaseRefused(str(error.orig)) from None
 
 
 def _quoted(connection: AsyncConnection, url: URL) -> str:
-    return connection.dialect.identifier_preparer.quote_identifier(url.database or "")
+    # The dialect's quotes, without the '%' doubling of quote_identifier() for drivers that
+    # take %s: these statements go to the driver as written (_execute).
+    preparer = connection.dialect.identifier_preparer
+    name = (url.database or "").replace(preparer.escape_quote, preparer.escape_to_quote)
+    return f"{preparer.initial_quote}{name}{preparer.final_quote}"
 
 
 def server_version(connection: AsyncConnection) -> tuple[int, ...]:

@@ -17,12 +17,11 @@ from dbscope._dialects._base import (
     Begin,
     Client,
     ErrorKind,
-    Replication,
-    Standbys,
     server_version,
 )
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG
+from dbscope._dialects.replication import Replication, Standbys
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
 # too many connections.
@@ -231,11 +230,12 @@ class PostgreSQL(Backend):
             ("--host", hosts),
             ("--port", ports),
             ("--username", url.username),
-            ("--dbname", url.database),
         ):
             if value:
                 arguments += [option, value]
         environment = {"PGAPPNAME": "dbscope shell"}
+        if url.database:  # not --dbname, which libpq reads as a connection string if it can
+            environment["PGDATABASE"] = url.database
         if url.password is not None:
             environment["PGPASSWORD"] = str(url.password)
         ssl = url.query.get("sslmode") or url.query.get("ssl")

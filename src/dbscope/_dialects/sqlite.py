@@ -132,9 +132,11 @@ class SQLite(Backend):
     def client(self, url: URL, schema: str | None = None) -> Client | None:
         if self.is_memory(url):  # it lives inside the app's one connection
             return None
+        path = url.database or ""
         return Client(
             programs=("sqlite3",),
-            arguments=(url.database or "",),
+            # A path that begins with '-' would be an option to sqlite3.
+            arguments=(f"./{path}" if path.startswith("-") else path,),
             install="install SQLite's shell, e.g. apt install sqlite3",
         )
 
