@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import CheckConstraint, String, UniqueConstraint, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
@@ -157,6 +157,31 @@ async def test_a_constraint_failing_at_commit_answers_409_naming_it(
         assert body["constraint"] == constraint
     assert SECRET_VALUE not in response.text
     assert kept == [SECRET_VALUE] * len(before)
+
+
+async def test_a_check_failing_inside_the_endpoint_is_an_integrity_error_it_can_catch(
+    database_url: str, tables: Tables
+) -> None:
+    """A CHECK violated by a flush in the endpoint raises IntegrityError there, on every
+    backend (asyncmy raised MariaDB's 4025 as an OperationalError, past the except)."""
+    await tables.create_all(Base.metadata)
+    async with Database(database_url) as db:
+        app = FastAPI()
+
+        @app.post("/accounts")
+        async def add(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+            session.add(Account(id=1, balance=-5))
+            try:
+                await session.flush()
+            except IntegrityError as error:
+                raise HTTPException(422, "the balance may not be negative") from error
+
+        async with client_for(app) as client:
+            response = await client.post("/accounts")
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "the balance may not be negative"},
+    )
 
 
 async def test_a_constraint_failing_at_the_end_of_a_transaction_is_still_an_integrity_error(

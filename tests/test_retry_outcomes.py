@@ -13,11 +13,24 @@ from typing import Annotated
 
 import pytest
 from fastapi import Depends, FastAPI, Response
-from sqlalchemy import text
+from sqlalchemy import String, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import ConfigurationError, Database, RetriesExhaustedError
-from tests.helpers import Tables, count_rows, send
+from tests.helpers import Tables, app_with, count_rows, send
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Email(Base):
+    """An address, unique as the primary key."""
+
+    __tablename__ = "ro_emails"
+    email: Mapped[str] = mapped_column(String(20), primary_key=True)
+
 
 # A serialization failure (SQLSTATE 40001) raised on demand, as a conflicting transaction would.
 CONFLICT = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$"
@@ -42,6 +55,28 @@ async def test_a_retried_endpoint_that_sets_an_error_status_keeps_nothing(
     answer = await send(app, "POST /notes")
     assert answer.status_code == 400
     assert await count_rows(database_url, "ro_notes") == 0
+
+
+async def test_a_retried_endpoint_whose_commit_violates_a_constraint_answers_409(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """A unique constraint failing at @db.retry()'s commit answers 409 naming it, as without
+    the decorator (it was a 500 with the driver's traceback), and is not retried."""
+    await tables.create_all(Base.metadata)
+    runs: list[int] = []
+
+    @db.retry()
+    async def add(session: AsyncSession) -> None:
+        runs.append(1)
+        session.add(Email(email="a@x"))  # flushed by the commit
+
+    app = app_with(db.session, {"POST /emails": add})
+    first = await send(app, "POST /emails")
+    second = await send(app, "POST /emails")
+    assert (first.status_code, second.status_code) == (200, 409), second.text
+    assert second.json()["detail"]["cause"] == "constraint_violation"
+    assert runs == [1, 1]
+    assert await count_rows(database_url, "ro_emails") == 1
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

@@ -126,11 +126,16 @@ def translate(
             "was cancelled; the transaction was rolled back."
         )
         return StatementTimeoutError(message)
-    # By its code, not its class: asyncmy raises a failed CHECK (MariaDB's 4025) as an
-    # OperationalError.
-    if kind == "constraint" and at_commit:
-        return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig))
-    return None
+    return violated_at_commit(error, rules) if at_commit else None
+
+
+def violated_at_commit(error: BaseException, rules: Backend) -> ConstraintViolationError | None:
+    """``error``, raised by a unit's own COMMIT, as the ConstraintViolationError it is (by
+    its code, not its class: asyncmy raises a failed CHECK as an OperationalError); None if
+    it is no constraint's."""
+    if not isinstance(error, DBAPIError) or rules.error_kind(error.orig) != "constraint":
+        return None
+    return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig))
 
 
 # What a client is told of an unreachable database: not where it is, which the log says.

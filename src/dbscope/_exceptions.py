@@ -145,7 +145,7 @@ class ConstraintViolationError(DbscopeError, IntegrityError):
         """The error for ``error``, raised by a unit's COMMIT."""
         named = f"the constraint {constraint!r}" if constraint else "a constraint"
         message = (
-            f"The transaction could not commit: it violates {named} (checked at COMMIT, after "
-            "the endpoint returned); nothing was stored."
+            f"The transaction could not commit: it violates {named} (checked at COMMIT, once "
+            "its work was done: in a request, after the endpoint returned); nothing was stored."
         )
         return cls(message, error, constraint)

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._dialects import Backend
+from dbscope._errors import violated_at_commit
 from dbscope._exceptions import ConfigurationError, NoSessionError, RetriesExhaustedError
 from dbscope._unit_options import is_finite_number
 
@@ -274,11 +275,20 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
     # next attempt.
     try:
         yield unit
-        if unit.will_commit:  # else the unit rolls back at its end (an error status, read-only)
-            await unit.session.commit()
     except BaseException:
         await unit.session.rollback()
         raise
+    if not unit.will_commit:  # the unit rolls back at its end (an error status, read-only)
+        return
+    try:
+        await unit.session.commit()
+    except BaseException as error:
+        await unit.session.rollback()
+        # As the unit's own commit would: a constraint failing here answers 409, not 500.
+        violated = violated_at_commit(error, unit.state.rules)
+        if violated is None:
+            raise
+        raise violated from error
 
 
 def retry_in_unit(

@@ -6,9 +6,7 @@ typed :class:`UnitState` on the session, and ``after_begin`` hands them to the b
 nothing is left on the pooled connection for the next user, and a mid-unit ``commit()`` gets
 the same settings again.
 
-The same state keeps the unit's on-commit callbacks: a callback belongs to the (possibly
-nested) transaction it was registered in, is dropped when that transaction or one around it
-rolls back, and becomes due when the outermost transaction commits.
+The same state keeps the unit's on-commit callbacks (``_commit_hooks.py`` runs them).
 
 :class:`UnitAsyncSession` lets one task at a time in: a second task that uses the session
 while the first is inside one of its methods gets SessionSharedError at once, before it
@@ -22,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -303,67 +300,6 @@ def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> 
         raise UnitOfWorkEndedError(message)
 
 
-def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) -> None:
-    """Register ``callback`` on the innermost transaction of ``session`` now.
-
-    Raises:
-        TypeError: ``callback`` is not callable (a coroutine, ``notify()`` for ``notify``),
-            refused here rather than failing after the commit.
-    """
-    if not callable(callback):
-        coroutine = inspect.iscoroutine(callback)
-        if coroutine:
-            callback.close()  # never to run: closed, so that Python does not warn of it
-        hint = " (a coroutine: pass the function, without calling it)" if coroutine else ""
-        message = (
-            f"on_commit() takes a function to call after the commit, with no arguments; got "
-            f"{callback!r}{hint}. Use functools.partial(f, ...) to pass arguments."
-        )
-        raise TypeError(message)
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    state.pending.append((transaction, callback))
-
-
-def take_due_hooks(state: UnitState) -> list[CommitHook]:
-    """The callbacks whose transaction has committed, in registration order; forgets them."""
-    if not state.due:
-        return state.due  # none, as for most units: nothing to allocate
-    due, state.due = state.due, []
-    return due
-
-
-@event.listens_for(UnitSession, "after_commit")
-def _transaction_committed(session: Session) -> None:
-    # after_commit follows the outermost transaction only; savepoints keep their hooks pending
-    # until the transaction around them commits.
-    state = unit_state(session)
-    if state is not None:
-        state.commits += 1
-        state.due.extend(callback for _, callback in state.pending)
-        state.pending.clear()
-
-
-@event.listens_for(UnitSession, "after_soft_rollback")
-def _drop_rolled_back_hooks(session: Session, previous_transaction: SessionTransaction) -> None:
-    state = unit_state(session)
-    if state is not None and state.pending:
-        state.pending[:] = [
-            (transaction, callback)
-            for transaction, callback in state.pending
-            if not _inside(transaction, previous_transaction)
-        ]
-
-
-def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
-    if outer.parent is None:
-        return True  # the whole transaction rolled back
-    while transaction is not None:
-        if transaction is outer:
-            return True
-        transaction = transaction.parent
-    return False
-
-
 def session_factory(
     *,
     raise_on_lazy_load: bool,
@@ -397,14 +333,3 @@ async def wait_idle(session: UnitAsyncSession) -> None:
         logger.error("A session stayed in use by another task; its connection is dropped.")
         session._user = None  # the unit's end goes on; invalidate() discards the connection
         await session.invalidate()
-
-
-async def run_commit_hooks(state: UnitState) -> None:
-    """Run the callbacks whose transaction committed; log, never raise, their errors."""
-    for callback in take_due_hooks(state):
-        try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("An on_commit callback failed: %r", callback)

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, Connection, ExceptionContext
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -80,6 +80,7 @@ class MySQL(Backend):
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "reset", _reset_statement_timeout)
+        event.listen(engine.sync_engine, "handle_error", _constraint_as_integrity_error)
 
     def client(self, url: URL, schema: str | None = None) -> Client | None:
         arguments: list[str] = []
@@ -189,6 +190,19 @@ def _has_schema_comments(connection: AsyncConnection) -> bool:
     so there a database is never known as dbscope's."""
     is_mariadb = bool(getattr(connection.dialect, "is_mariadb", False))
     return is_mariadb and server_version(connection) >= (10, 5)
+
+
+def _constraint_as_integrity_error(context: ExceptionContext) -> IntegrityError | None:
+    # asyncmy raises a failed CHECK (MariaDB's 4025, MySQL's 3819) as an OperationalError:
+    # the IntegrityError an endpoint catches for the other constraints, as every driver's is.
+    error = context.sqlalchemy_exception
+    if isinstance(error, IntegrityError) or not isinstance(error, DBAPIError):
+        return None
+    if error.orig is None or BACKEND.error_kind(error.orig) != "constraint":
+        return None
+    return IntegrityError(
+        error.statement, error.params, error.orig, hide_parameters=error.hide_parameters
+    )
 
 
 def _reset_statement_timeout(

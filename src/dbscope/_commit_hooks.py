@@ -1,0 +1,91 @@
+"""Work after commit: ``on_commit`` callbacks, kept on the unit's state.
+
+A callback belongs to the (possibly nested) transaction it was registered in: it is dropped
+when that transaction or a savepoint around it rolls back, and becomes due when the outermost
+transaction commits; the unit runs what is due after its end. The commits are counted too, for
+a retried unit that must not run again after one (``_retry.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from dbscope._session import CommitHook, UnitSession, UnitState, unit_state
+
+logger = logging.getLogger("dbscope")
+
+
+def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) -> None:
+    """Register ``callback`` on the innermost transaction of ``session`` now.
+
+    Raises:
+        TypeError: ``callback`` is not callable (a coroutine, ``notify()`` for ``notify``),
+            refused here rather than failing after the commit.
+    """
+    if not callable(callback):
+        coroutine = inspect.iscoroutine(callback)
+        if coroutine:
+            callback.close()  # never to run: closed, so that Python does not warn of it
+        hint = " (a coroutine: pass the function, without calling it)" if coroutine else ""
+        message = (
+            f"on_commit() takes a function to call after the commit, with no arguments; got "
+            f"{callback!r}{hint}. Use functools.partial(f, ...) to pass arguments."
+        )
+        raise TypeError(message)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    state.pending.append((transaction, callback))
+
+
+def take_due_hooks(state: UnitState) -> list[CommitHook]:
+    """The callbacks whose transaction has committed, in registration order; forgets them."""
+    if not state.due:
+        return state.due  # none, as for most units: nothing to allocate
+    due, state.due = state.due, []
+    return due
+
+
+@event.listens_for(UnitSession, "after_commit")
+def _transaction_committed(session: Session) -> None:
+    # after_commit follows the outermost transaction only; savepoints keep their hooks pending
+    # until the transaction around them commits.
+    state = unit_state(session)
+    if state is not None:
+        state.commits += 1
+        state.due.extend(callback for _, callback in state.pending)
+        state.pending.clear()
+
+
+@event.listens_for(UnitSession, "after_soft_rollback")
+def _drop_rolled_back_hooks(session: Session, previous_transaction: SessionTransaction) -> None:
+    state = unit_state(session)
+    if state is not None and state.pending:
+        state.pending[:] = [
+            (transaction, callback)
+            for transaction, callback in state.pending
+            if not _inside(transaction, previous_transaction)
+        ]
+
+
+def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    if outer.parent is None:
+        return True  # the whole transaction rolled back
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+async def run_commit_hooks(state: UnitState) -> None:
+    """Run the callbacks whose transaction committed; log, never raise, their errors."""
+    for callback in take_due_hooks(state):
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("An on_commit callback failed: %r", callback)
