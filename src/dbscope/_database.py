@@ -296,8 +296,9 @@ class Database(RequestEntryPoints):
         command line says where the database is (host, port, user, database), then
         ``arguments``; the password is only in the variables to add to its environment
         (``PGPASSWORD``, ``MYSQL_PWD``), since every user of the machine can read a command
-        line, and so are a PostgreSQL URL's ``sslmode`` and ``target_session_attrs`` and the
-        schema the units target (``PGOPTIONS``).
+        line, and so are a PostgreSQL URL's database (``PGDATABASE``, which libpq never
+        reads as a connection string), ``sslmode`` and ``target_session_attrs`` and the
+        schema the units target (``PGOPTIONS``): run it with them.
 
         Args:
             *arguments: the client's own arguments, e.g. ``"-c", "SELECT 1"`` for psql.

@@ -18,7 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final
 
-# At most this many tokens (clusters) are read from one header or cookie, and no longer text.
+# At most this many tokens (clusters) are read from one header or cookie, and no longer text;
+# and a request's jar holds at most this many clusters.
 MAX_TOKENS: Final = 8
 MAX_TEXT: Final = 512
 
@@ -67,9 +68,12 @@ class TokenJar:
     __slots__ = ("_tokens", "changed")
 
     def __init__(self, tokens: list[WriteToken] | None = None) -> None:
+        """A jar of ``tokens``, a request's: of at most MAX_TOKENS clusters, the first seen,
+        however many headers and cookies brought them (each echoed back on a write)."""
         self._tokens: dict[str, WriteToken] = {}
         for token in tokens or ():
-            self._keep(token)
+            if token.cluster in self._tokens or len(self._tokens) < MAX_TOKENS:
+                self._keep(token)
         self.changed = False
 
     def add(self, token: WriteToken) -> None:

@@ -1,9 +1,9 @@
 """``dbscope shell``: the database's own client, on the application's database.
 
 Runs psql, mariadb (or mysql) or sqlite3 in place of itself, with where the database is in
-the client's arguments and the password only in its environment (``PGPASSWORD``,
-``MYSQL_PWD``): a process list shows a command line to every user of the machine. Arguments
-after ``--`` go to the client.
+the client's arguments (psql's database in ``PGDATABASE``) and the password only in its
+environment (``PGPASSWORD``, ``MYSQL_PWD``): a process list shows a command line to every
+user of the machine. Arguments after ``--`` go to the client.
 """
 
 from __future__ import annotations

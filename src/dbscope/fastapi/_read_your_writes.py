@@ -112,13 +112,13 @@ class ReadYourWrites:
                 cookies.append(value.decode("latin-1"))
         tokens = parse_tokens(",".join(echoed)) if echoed else []
         # Every cookie of the name, not the last: one set under Path=/admin comes before one
-        # under Path=/, and is the newer where both are sent; the newest position wins. Read
-        # as one text, so that the bounds on tokens hold for the request, not per cookie.
-        values = (
-            cookie_parser(pair).get(self.cookie_name) for pair in "; ".join(cookies).split(";")
-        )
-        text = ",".join(value.replace(COOKIE_SEPARATOR, ",") for value in values if value)
-        return tokens + parse_tokens(text) if text else tokens
+        # under Path=/, and is the newer where both are sent; the newest position wins (the
+        # jar keeps it, and at most MAX_TOKENS clusters of the whole request).
+        for pair in "; ".join(cookies).split(";"):
+            value = cookie_parser(pair).get(self.cookie_name)
+            if value:
+                tokens += parse_tokens(value.replace(COOKIE_SEPARATOR, ","))
+        return tokens
 
     def _hand_out(self, message: Message, tokens: str) -> None:
         headers = MutableHeaders(scope=message)
