@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbscope import Database, SessionSharedError
+from dbscope import Database, SessionSharedError, testing
 from tests.helpers import Tables, count_rows
 
 PARALLEL = 10
@@ -134,6 +134,28 @@ async def test_parallel_writes_commit_when_not_read_only(database_url: str) -> N
     async with Database(database_url) as db:
         await db.parallel(write, write, read_only=False)
     assert await count_rows(database_url, "par_rows") == 2
+
+
+@pytest.mark.usefixtures("par_rows")
+async def test_parallel_units_in_a_rolled_back_test_run_one_after_another(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bound to a test's connection, parallel units are savepoints of the test's transaction:
+    run one at a time, each keeps its write until the test ends, and none fails to close
+    (at once, their savepoints interleaved: "savepoint sa_savepoint_3 does not exist")."""
+    test_database = Database(database_url)
+
+    async def write(session: AsyncSession) -> int:
+        await session.execute(INSERT)
+        return int(await session.scalar(text("SELECT count(*) FROM par_rows")) or 0)
+
+    db = Database("postgresql+asyncpg://app@127.0.0.1:9/never")  # the app's, never reached
+    async with test_database, testing.rolled_back(db, test_database.engine):
+        with caplog.at_level("WARNING", logger="dbscope"):
+            seen = await db.parallel(write, write, write, read_only=False)
+    assert seen == [1, 2, 3]
+    assert [record.getMessage() for record in caplog.records] == []
+    assert await count_rows(database_url, "par_rows") == 0
 
 
 async def test_gathering_two_queries_on_one_session_fails_and_leaves_nothing_checked_out(

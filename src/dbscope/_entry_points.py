@@ -18,7 +18,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
@@ -176,7 +176,8 @@ class UnitEntryPoints:
         takes a session and returns an awaitable. One AsyncSession must never be shared
         between tasks; this gives each query its own session and connection (so it needs
         ``len(queries)`` free connections). If one query fails, the others are cancelled and
-        the error propagates. Units are read-only unless ``read_only=False``; the other
+        the error propagates. While bound to a test's connection (``bind_to``), the queries
+        run one after another on it. Units are read-only unless ``read_only=False``; the other
         options (and ``tags``, ``after``, ``stale_ok``) apply to each unit as in
         ``transaction()``.
         """
@@ -193,6 +194,11 @@ class UnitEntryPoints:
             # Each task runs in a copy of this context: made here, the write token jar is
             # the one they add to, so that reads after them see their writes.
             current_jar(create=True)
+        if isinstance(self._lifecycle.bind(), AsyncConnection):
+            # Bound to a test's connection, where each unit is a savepoint of the test's
+            # transaction: savepoints taken at once interleave, and a rollback to one undid
+            # another's work ("savepoint does not exist"). One query at a time, in order.
+            return [await run(query) for query in queries]
         tasks = [asyncio.ensure_future(run(query)) for query in queries]
         try:
             return list(await asyncio.gather(*tasks))
