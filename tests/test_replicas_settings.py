@@ -123,6 +123,11 @@ def test_replica_max_lag_takes_a_size_with_a_unit(given: object, size: int) -> N
             "argument replica_patroni_urls",
             "write it without credentials, path or query (got one for 127.0.0.1:8009)",
         ),
+        (  # braces in the host: once a format string, now text (a KeyError before)
+            {"replica_patroni_urls": ["http://a{b}:8009/replica"]},
+            "argument replica_patroni_urls",
+            "write it without credentials, path or query (got one for a{b}:8009)",
+        ),
     ],
 )
 def test_bad_replica_arguments_are_refused_naming_them(

@@ -247,5 +247,4 @@ class PoolReporter:
 
     def holds(self) -> list[Observation]:
         """Requests held until their client's Retry-After had passed (after a full line)."""
-        stats, _, running = self._figures()
-        return [] if stats is None and running else self._count(self._lifecycle.held)
+        return self._pool_count(lambda _: self._lifecycle.held)

@@ -141,9 +141,9 @@ class ReplicaSettings(BaseSettings):
             message = "must be a list of Patroni REST API URLs (comma-separated in the environment)"
             raise ValueError(message)
         for number, given in enumerate(value, 1):
-            problem = _patroni_url_problem(given)
+            problem = _patroni_url_problem(given, f"URL {number} of {len(value)}")
             if problem is not None:
-                raise ValueError(problem.format(f"URL {number} of {len(value)}"))
+                raise ValueError(problem)
         return tuple(given.rstrip("/") for given in value)
 
     @field_validator("replica_max_lag", mode="before")
@@ -174,13 +174,13 @@ class ReplicaSettings(BaseSettings):
         return REPLICA_BOUNDS[str(info.field_name)].check(value)
 
 
-def _patroni_url_problem(given: str) -> str | None:
-    """What keeps ``given`` from being only ``http(s)://host:port`` (``{}`` stands for which
-    URL it is), or None. A path would be asked instead of /replica, and /replica needs no
-    credentials; the URL is shown only when it cannot hold a password."""
+def _patroni_url_problem(given: str, which: str) -> str | None:
+    """What keeps ``given`` (``which`` URL of the list) from being only
+    ``http(s)://host:port``, or None. A path would be asked instead of /replica, and /replica
+    needs no credentials; the URL is shown only when it cannot hold a password."""
     only = "a Patroni URL must be only 'http://host:port': write it without credentials, path "
     if "@" in given:  # credentials, whichever way their other characters split the URL
-        return only + "or query ({}, not shown: it holds credentials)"
+        return only + f"or query ({which}, not shown: it holds credentials)"
     parts = urlsplit(given)
     try:
         port = parts.port  # raises for a port that is no number: a password's tail, say
@@ -189,8 +189,8 @@ def _patroni_url_problem(given: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
         # Not shown: a value pasted here by mistake may be a password, or hold one.
         return (
-            "{} is not a Patroni REST API URL (not shown: it may be a pasted password): write "
-            "it as 'http://host:8008' (https where the API has TLS)"
+            f"{which} is not a Patroni REST API URL (not shown: it may be a pasted password): "
+            "write it as 'http://host:8008' (https where the API has TLS)"
         )
     if parts.path.strip("/") or parts.query or parts.fragment:
         return only + f"or query (got one for {parts.hostname}:{port})"

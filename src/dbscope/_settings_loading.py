@@ -83,8 +83,8 @@ def load_settings(
     settings = settings_class(_env_prefix=env_prefix, _env_file=env_file, **values)
     # A misspelt variable, in the environment or the dotenv file, is never read, and the app
     # runs without it: PG_BOUNCER for PGBOUNCER ran through PgBouncer without the preset,
-    # its statements failing. Not for a
-    # variable that lacks only the prefix: another Database of the app may read it.
+    # its statements failing. Not for a variable that lacks only the prefix: another
+    # Database of the app may read it.
     names = environment_names() | dotenv_names(env_file, env_prefix)
     for hint in misspelled_variables(
         env_prefix.upper(),
