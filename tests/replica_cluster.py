@@ -11,11 +11,12 @@ another checkout's, say).
 
 Stale reads are made for real, on the replica: :func:`replay_paused` pauses WAL replay,
 :func:`apply_delayed` delays the replay of every commit (``recovery_min_apply_delay``), and
-:func:`replica_stopped` stops the replica's server. :func:`wait_for_replay` waits until the
-replica has replayed what the primary committed; :func:`statements_served` counts the
-statements the replica ran in a database (``pg_stat_statements``), so a test can show that the
-replica was really read. These helpers run their own queries in the ``postgres`` database, so
-they never count as served.
+:func:`replica_stopped` stops the replica's server. :func:`second_standby` adds a second
+replica of the primary for the span of a block, on the next port. :func:`wait_for_replay`
+waits until the replica has replayed what the primary committed; :func:`statements_served`
+counts the statements the replica ran in a database (``pg_stat_statements``), so a test can
+show that the replica was really read. These helpers run their own queries in the
+``postgres`` database, so they never count as served.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SCRIPT = Path(__file__).parent / "replicas" / "cluster"
 PRIMARY_PORT = int(os.environ.get("DBSCOPE_REPLICAS_PORT", "5433"))
 PRIMARY_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT}/test"
 REPLICA_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT + 1}/test"
+STANDBY_URL = f"postgresql://postgres@127.0.0.1:{PRIMARY_PORT + 2}/test"
 # The start measured ~4 s (an earlier pair dropped first: ~5 s); this bounds a stuck one.
 START_TIMEOUT = 120.0
 WAIT_TIMEOUT = 10.0
@@ -131,6 +133,23 @@ async def replica_stopped(pair: ReplicaPair) -> AsyncIterator[None]:
         yield
     finally:
         await start_replica(pair)
+
+
+@contextlib.asynccontextmanager
+async def second_standby(pair: ReplicaPair) -> AsyncIterator[str]:
+    """A second replica of the pair's primary, streaming, inside the block (~1.5 s to make):
+    its URL (``postgresql://``, database ``test``). It is dropped after the block, whatever
+    happens; :func:`drop_standby` drops it earlier."""
+    await _run(pair, "add-standby")
+    try:
+        yield STANDBY_URL
+    finally:
+        await drop_standby(pair)
+
+
+async def drop_standby(pair: ReplicaPair) -> None:
+    """Stop and drop the second replica (and its slot on the primary), if there is one."""
+    await _run(pair, "drop-standby")
 
 
 async def _run(pair: ReplicaPair, command: str) -> None:
