@@ -43,8 +43,13 @@ async def test_a_read_after_a_write_is_checked_on_the_server_its_connection_reac
             await add_item(writer, 1)
             token = writer.write_token()
         await wait_for_replay(primary, standby)
-        options = {"replica_check_interval": 60, "replica_wait": 0.2, "pool_pre_ping_after": 0}
-        async with Database(primary, replicas=[several_hosts(standby, replica)], **options) as db:
+        async with Database(
+            primary,
+            replicas=[several_hosts(standby, replica)],
+            replica_check_interval=60,  # no check after the one at connect
+            replica_wait=0.2,
+            pool_pre_ping_after=0,  # the dead connection is replaced, not reported
+        ) as db:
             # The check at connect read the standby: replica 'ready', with the write.
             assert db.stats().replicas[0].state == "ready"
             await drop_standby(replica_pair)
