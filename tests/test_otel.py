@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import dbscope._otel_reporter
 import dbscope.otel
 from dbscope import Database
+from tests import helpers
 from tests.documented import serving
 from tests.helpers import app_with
 from tests.otel_readings import POOL_NAME, Holders, Metered, metered, turned_away
@@ -124,6 +125,32 @@ async def test_the_durations_are_histograms_in_seconds(sqlite_url: str, sdk: Met
     assert wait.sum < 1
     assert create.count == 1
     assert 0 < create.sum < 1
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg", "asyncmy"])
+async def test_a_checkout_that_replaces_a_dead_connection_waited_for_the_new_one(
+    database_url: str, sdk: Metered
+) -> None:
+    """The server ends the pooled connection; the next checkout pings it, finds it dead and
+    opens another: that opening is part of the checkout's wait (before, the wait ended before
+    the ping, and the incident's checkouts read as no wait at all). Each wait holds its own
+    opening, so the waits add up to the openings at least."""
+    async with Database(database_url, pool_size=1, pool_pre_ping_after=0) as db:
+        dbscope.otel.instrument(db, meter_provider=sdk.provider)
+        server_id = "SELECT CONNECTION_ID()" if "mysql" in database_url else "SELECT pg_backend_pid()"
+        async with db.transaction() as session:
+            backend = (await session.execute(text(server_id))).scalar_one()
+        async with helpers.admin(database_url) as connection:
+            await helpers.kill(connection, backend)
+        async with db.transaction() as session:
+            replaced = (await session.execute(text(server_id))).scalar_one()
+        readings, stats = sdk.read(), db.stats()
+    wait = readings.histogram("db.client.connection.wait_time", db.name)
+    create = readings.histogram("db.client.connection.create_time", db.name)
+    assert replaced != backend
+    assert (stats.pinged, stats.invalidated) == (2, 1)  # the first: connect()'s, idle since
+    assert (wait.count, create.count) == (2, 1)
+    assert wait.sum >= create.sum
 
 
 async def test_every_measurement_carries_the_pool_name(database_url: str, sdk: Metered) -> None:

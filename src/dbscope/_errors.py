@@ -202,10 +202,12 @@ def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:
     """The server refused the user, password, database or a privilege (``orig``, the
     driver's error): no retry cures it."""
     code = limits.backend.error_code(orig)
+    # libpq gives a failed connection no SQLSTATE: psycopg's refusal has no code to name.
+    said = str(orig).strip() if code is None else f"error {code}: {str(orig).strip()}"
     message = (
         f"The database ({describe_location(limits.url)}) refused the request for good "
-        f"(error {code}: {str(orig).strip()}): check the user, password and database "
-        "in the URL, and the user's privileges."
+        f"({said}): check the user, password and database in the URL, and the user's "
+        "privileges."
     )
     return ConfigurationError(message)
 

@@ -121,7 +121,7 @@ class PoolReporter:
         pool = engine.pool
         if isinstance(pool, QueuedPool):
             if self.durations:
-                pool.observer = self
+                counters.observe(self)
             self._limits = pool.limits()
         with self._lock:
             self._running = (engine, counters)
@@ -130,7 +130,7 @@ class PoolReporter:
         """Keep ``engine``'s counts, and observe its pool no more."""
         pool = engine.pool
         if isinstance(pool, QueuedPool) and pool.observer is self:
-            pool.observer = None
+            counters.observe(None)
         with self._lock:
             if isinstance(pool, QueuePool):
                 self._carried = self._carried.plus(counters.stats())

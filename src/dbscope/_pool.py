@@ -79,7 +79,8 @@ class PoolObserver(Protocol):
     """
 
     def waited(self, seconds: float) -> None:
-        """A checkout got its connection after ``seconds`` (in line, and opening it if new)."""
+        """A checkout got its connection after ``seconds``: in line, opening it if new, and
+        pinging and replacing it if found dead."""
 
     def used(self, seconds: float) -> None:
         """A connection came back ``seconds`` after its checkout."""
@@ -116,7 +117,9 @@ class QueuedPool(AsyncAdaptedQueuePool):
         # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
         self._line: anyio.CapacityLimiter | None = None
         self._tickets: dict[ConnectionPoolEntry, object] = {}
-        # While observed: when each connection in use was checked out (time.perf_counter()).
+        # While observed (time.perf_counter()): when each checkout under way began, and when
+        # each connection in use was checked out.
+        self._checkout_began: dict[ConnectionPoolEntry, float] = {}
         self._checked_out_at: dict[ConnectionPoolEntry, float] = {}
         # SQLAlchemy opens every connection, new or replacing a dead one, through this.
         self._open = self._invoke_creator
@@ -155,12 +158,23 @@ class QueuedPool(AsyncAdaptedQueuePool):
             raise
         self._tickets[record] = ticket
         if observer is not None:
-            self._checked_out_at[record] = now = time.perf_counter()
-            observer.waited(now - started)
+            # The wait ends at checked_out(): a dead connection is replaced after this.
+            self._checkout_began[record] = started
         return record
+
+    def checked_out(self, record: ConnectionPoolEntry) -> None:
+        """The checkout of ``record`` passed its checks (``PoolCounters.observe`` calls this
+        after the liveness check): its wait ends, its use begins."""
+        began = self._checkout_began.pop(record, None)
+        observer = self.observer
+        if began is not None and observer is not None:
+            self._checked_out_at[record] = now = time.perf_counter()
+            observer.waited(now - began)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         ticket = self._tickets.pop(record, None)
+        if self._checkout_began:  # a checkout that failed its checks: no wait, no use
+            self._checkout_began.pop(record, None)
         if self._checked_out_at:  # observed (now, or when this connection was checked out)
             checked_out_at = self._checked_out_at.pop(record, None)
             observer = self.observer
@@ -335,6 +349,30 @@ class PoolCounters:
         event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
         if self.liveness is not None:
             self.liveness.close()
+        self.observe(None)
+
+    def observe(self, observer: PoolObserver | None) -> None:
+        """Tell ``observer`` how long the pool's checkouts wait, its connections are used
+        and take to open, from now on; None: no more. Only a :class:`QueuedPool` is measured.
+
+        A checkout's wait ends once it passed the liveness check, whose listener comes before
+        this one: a connection found dead there is replaced within the checkout, its opening
+        and the failed ping are part of the wait.
+        """
+        pool, sync_engine = self.engine.pool, self.engine.sync_engine
+        if not isinstance(pool, QueuedPool):
+            return
+        pool.observer = observer
+        listening = event.contains(sync_engine, "checkout", self._checked_out)
+        if observer is not None and not listening:
+            event.listen(sync_engine, "checkout", self._checked_out)
+        elif observer is None and listening:
+            event.remove(sync_engine, "checkout", self._checked_out)
+
+    def _checked_out(self, dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+        pool = self.engine.pool  # the pool of now: dispose() replaces it
+        if isinstance(pool, QueuedPool):
+            pool.checked_out(record)
 
     def _count_invalidation(self, *args: Any) -> None:
         self.invalidated += 1
