@@ -137,7 +137,8 @@ async def test_a_checkout_that_replaces_a_dead_connection_waited_for_the_new_one
     opening, so the waits add up to the openings at least."""
     async with Database(database_url, pool_size=1, pool_pre_ping_after=0) as db:
         dbscope.otel.instrument(db, meter_provider=sdk.provider)
-        server_id = "SELECT CONNECTION_ID()" if "mysql" in database_url else "SELECT pg_backend_pid()"
+        mysql = database_url.startswith("mysql")
+        server_id = "SELECT CONNECTION_ID()" if mysql else "SELECT pg_backend_pid()"
         async with db.transaction() as session:
             backend = (await session.execute(text(server_id))).scalar_one()
         async with helpers.admin(database_url) as connection:
