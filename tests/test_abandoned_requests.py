@@ -137,9 +137,12 @@ async def served_behind(line: Line, base_url: str, route: str) -> int:
 
 
 @asynccontextmanager
-async def one_connection_line(database_url: str) -> AsyncIterator[tuple[Line, str, Any]]:
-    """The app served with its only connection held; yields it, its URL and the server."""
-    line = Line(Database(database_url, **ONE_CONNECTION))
+async def one_connection_line(
+    database_url: str, **options: Any
+) -> AsyncIterator[tuple[Line, str, Any]]:
+    """The app served with its only connection held; yields it, its URL and the server.
+    ``options`` as for Database."""
+    line = Line(Database(database_url, **ONE_CONNECTION, **options))
     async with (
         served(line.app) as (base_url, server),
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
@@ -173,6 +176,20 @@ async def test_a_request_whose_client_hung_up_in_line_is_not_run(
     assert sorted(line.statuses) == [200, 200, 499]  # /hold, /rows/2; the gone client's
     assert all(record.exc_info is None for record in caplog.records)  # no traceback
     assert all(record.levelno < logging.ERROR for record in caplog.records)
+
+
+async def test_a_client_that_hung_up_in_line_keeps_no_live_client_out_of_a_full_line(
+    database_url: str, tables: Tables
+) -> None:
+    """pool_max_waiters=1, and the one waiting request's client hung up: it will not be served,
+    so the next request waits in its place and is served, not refused at once with a 503."""
+    await tables.create("ab_rows", "value INTEGER NOT NULL")
+    async with one_connection_line(database_url, pool_max_waiters=1) as (line, base_url, server):
+        await hang_up_while_waiting(line, server, base_url, "/rows/1")
+        assert await served_behind(line, base_url, "/rows/2") == 200
+        stats = line.db.stats()
+    assert (stats.abandoned, stats.refused) == (1, 0)
+    assert await count_rows(database_url, "ab_rows WHERE value = 2") == 1
 
 
 async def test_a_leased_request_whose_client_hung_up_in_line_is_not_run(

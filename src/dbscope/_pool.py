@@ -117,6 +117,8 @@ class QueuedPool(AsyncAdaptedQueuePool):
         # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
         self._line: anyio.CapacityLimiter | None = None
         self._tickets: dict[ConnectionPoolEntry, object] = {}
+        # The HTTP clients of the requests waiting in line (by ticket), those the web layer named.
+        self._waiting_clients: dict[object, Client] = {}
         # While observed (time.perf_counter()): when each checkout under way began, and when
         # each connection in use was checked out.
         self._checkout_began: dict[ConnectionPoolEntry, float] = {}
@@ -205,7 +207,7 @@ class QueuedPool(AsyncAdaptedQueuePool):
             return
         except anyio.WouldBlock:
             pass
-        if self.max_waiters is not None and self.waiting() >= self.max_waiters:
+        if self.max_waiters is not None and self._waiting_for_someone() >= self.max_waiters:
             self.refused += 1
             message = (
                 f"The connection pool is exhausted and {self.max_waiters} requests already "
@@ -215,7 +217,16 @@ class QueuedPool(AsyncAdaptedQueuePool):
             raise LineFullError(message, code="3o7r")
         await_only(self._wait_in_line(line, ticket))
 
+    def _waiting_for_someone(self) -> int:
+        """The checkouts in line but those of requests whose client hung up: those are not
+        served when their turn comes, and must not keep a live client out of the line."""
+        gone = sum(client.disconnected for client in self._waiting_clients.values())
+        return self.waiting() - gone
+
     async def _wait_in_line(self, line: anyio.CapacityLimiter, ticket: object) -> None:
+        client = _request_client()
+        if client is not None:
+            self._waiting_clients[ticket] = client
         try:
             # asyncio's own timeout: SQLAlchemy's asyncio pool runs on asyncio only, and it
             # costs a fraction of an anyio cancel scope on this path, which every waiter takes.
@@ -228,7 +239,9 @@ class QueuedPool(AsyncAdaptedQueuePool):
                 f"connection timed out, timeout {self._timeout:.2f}"
             )
             raise PoolTimeoutError(message, code="3o7r") from None
-        if _client_left():
+        finally:
+            self._waiting_clients.pop(ticket, None)
+        if client is not None and client.disconnected:
             self.abandoned += 1
             self._leave_line(ticket)  # the turn passes to the next in line
             message = (
@@ -242,12 +255,13 @@ class QueuedPool(AsyncAdaptedQueuePool):
         self._line.release_on_behalf_of(ticket)
 
 
-def _client_left() -> bool:
+def _request_client() -> Client | None:
+    """The HTTP client of the request this task serves, if the web layer named one."""
     waiting = waiting_client.get()
     if waiting is None:
-        return False
+        return None
     task, client = waiting
-    return client.disconnected and asyncio.current_task() is task
+    return client if asyncio.current_task() is task else None
 
 
 class LivenessCheck:
