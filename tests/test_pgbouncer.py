@@ -18,7 +18,7 @@ from sqlalchemy import Integer, bindparam, cast, column, func, select, table, te
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from dbscope import Database, DatabaseUnavailableError, StatementTimeoutError
+from dbscope import ConfigurationError, Database, DatabaseUnavailableError, StatementTimeoutError
 from tests.conftest import POSTGRES_DRIVERS, POSTGRES_URL
 from tests.documented import block_containing, run_async_block, run_block
 from tests.driver_connections import execute, fetch_value, in_transaction
@@ -353,3 +353,17 @@ async def test_the_guides_lease_runs_its_transaction_through_pgbouncer(
         namespace: dict[str, Any] = {"db": db}
         await run_async_block(code, namespace)
     assert namespace["count"] > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_user_pgbouncer_refuses_is_a_configuration_error(
+    pgbouncer: Bouncers, mode: Mode
+) -> None:
+    """PgBouncer refuses a user missing from its auth_file with SQLSTATE 08P01, a protocol
+    violation, which asyncpg reports as such: a mistake to fix, not an outage to wait out
+    (before, 'could not be reached', and a 503 at run time)."""
+    url = make_url(pgbouncer.url(mode, "asyncpg", POSTGRES_URL)).set(username="dbscope_nobody")
+    db = Database(url.render_as_string(hide_password=False), pgbouncer=mode)
+    with pytest.raises(ConfigurationError, match="dbscope_nobody") as refused:
+        await db.connect()
+    assert "authentication failed" in str(refused.value)

@@ -32,6 +32,19 @@ from typing import Any, Final
 
 from dbscope._dialects._base import PoolerMode
 
+# PgBouncer refuses a login it checks itself (its auth_file, auth_query or HBA file) with
+# SQLSTATE 08P01, a protocol violation, where PostgreSQL sends class 28 or 3D000; asyncpg
+# reports the code, so only the message tells a refused login from a lost connection
+# ('"trust" authentication failed' for a user missing from auth_file, measured on 1.24).
+PROTOCOL_VIOLATION: Final = "08P01"
+LOGIN_REFUSALS: Final = re.compile(r"authentication failed|no such (user|database)")
+
+
+def refused_login(code: str, message: str) -> bool:
+    """Whether the error ``code``/``message`` is PgBouncer refusing the user or database."""
+    return code == PROTOCOL_VIOLATION and LOGIN_REFUSALS.search(message) is not None
+
+
 # The startup parameters PgBouncer tracks per client: its fixed ones and the default of
 # track_extra_parameters (IntervalStyle). PostgreSQL's names are case-insensitive.
 TRACKED: Final = frozenset(

@@ -9,7 +9,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dbscope._dialects import deferred_begin
+from dbscope._dialects import deferred_begin, pgbouncer
 from dbscope._dialects._base import (
     MARK,
     OWN,
@@ -173,6 +173,8 @@ class PostgreSQL(Backend):
             if "FATAL:" in text and not any(state in text for state in PASSING_FATAL_STATES):
                 return "refused"
             return None
+        if pgbouncer.refused_login(code, str(orig)):
+            return "refused"
         if code in LOST or code.startswith("08"):
             return "lost"
         if code.startswith(REFUSED):
