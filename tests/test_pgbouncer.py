@@ -9,10 +9,14 @@ up and checks it does on the server directly, never through PgBouncer.
 """
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import asyncpg
 import pytest
 from sqlalchemy import Integer, bindparam, cast, column, func, select, table, text
 from sqlalchemy.engine import make_url
@@ -111,7 +115,7 @@ async def test_asyncpg_without_the_preset_fails_through_transaction_mode(
     try:
         await db.connect()
         found = await failures(db)
-    except DatabaseUnavailableError as error:  # at connect, with one an earlier run left
+    except (ConfigurationError, DatabaseUnavailableError) as error:  # at connect
         found = {str(error): UNITS}
     finally:
         await db.dispose()
@@ -120,6 +124,38 @@ async def test_asyncpg_without_the_preset_fails_through_transaction_mode(
     # even reads the rows of another statement ('insufficient data in buffer').
     prepared = sum(count for line, count in found.items() if "prepared statement" in line)
     assert prepared > UNITS // 4, found
+
+
+async def test_asyncpg_told_of_no_pgbouncer_is_told_to_set_it_at_connect(
+    pgbouncer: Bouncers,
+) -> None:
+    """A server connection behind PgBouncer keeps the statements another client prepared by
+    name; a new process's asyncpg, its cache on without the preset, names its first ones the
+    same: the ConfigurationError at connect says to set PGBOUNCER (before: 'the driver refused
+    its arguments: check the options in the URL')."""
+    name = f"dbscope_pgb_advice_{os.getpid()}"
+    async with admin(DIRECT) as connection:
+        await connection.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(pgbouncer.url("transaction", "asyncpg", POSTGRES_URL)).set(database=name)
+    try:
+        # The database's one server connection behind PgBouncer keeps the names asyncpg gives
+        # a process's first statements (a counter of the process).
+        other = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+        names = [f'PREPARE "__asyncpg_stmt_{n}__" AS SELECT {n}' for n in range(1, 21)]
+        await other.execute("; ".join(names))  # one simple query: nothing named by asyncpg
+        await other.close()
+        connect = (
+            "import asyncio, sys, dbscope; asyncio.run(dbscope.Database(sys.argv[1]).connect())"
+        )
+        rendered = url.render_as_string(hide_password=False)
+        result = await anyio.run_process([sys.executable, "-c", connect, rendered], check=False)
+    finally:
+        async with admin(DIRECT) as connection:
+            await connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    said = result.stderr.decode()
+    assert "dbscope.ConfigurationError" in said, said
+    assert "already exists" in said
+    assert "Set PGBOUNCER=transaction" in said
 
 
 async def test_units_that_only_read_run_outside_transactions_through_pgbouncer(

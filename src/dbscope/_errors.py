@@ -164,6 +164,10 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
             retry_after=RETRY_AFTER["unreachable"],
             public_message=UNREACHABLE,
         )
+    advice = rules.setup_advice(getattr(error, "orig", None) or error)
+    if translated is None and advice is not None:
+        message = f"Could not connect to {describe_location(url)}: {reason}. {advice}."
+        return ConfigurationError(message)
     if translated is None:  # no server's verdict: the driver refused what it was given
         message = (
             f"Could not connect to {describe_location(url)}: {reason} (the driver refused its "

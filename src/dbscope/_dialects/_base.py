@@ -247,6 +247,11 @@ class Backend:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
         return None
 
+    def setup_advice(self, orig: BaseException | None) -> str | None:
+        """The fix, when the driver error ``orig`` says the server was reached but the setup
+        in front of it does not fit the connection's settings (a pooler's mode, say)."""
+        return None
+
     def conflict_name(self, orig: BaseException | None) -> str:
         """How the conflict ``orig`` (of kind ``conflict``) is named in logs and messages."""
         return "serialization failure"

@@ -45,6 +45,24 @@ def refused_login(code: str, message: str) -> bool:
     return code == PROTOCOL_VIOLATION and LOGIN_REFUSALS.search(message) is not None
 
 
+# A prepared statement that clashes with one of the same name (42P05) or is gone (26000): the
+# driver's statements met another client's server connection, behind a pooler in transaction
+# mode that dbscope was not told of.
+STATEMENTS_ELSEWHERE: Final = frozenset({"42P05", "26000"})
+
+
+def statements_advice(code: str | None) -> str | None:
+    """The fix for a prepared statement that clashes or is gone (SQLSTATE ``code``)."""
+    if code not in STATEMENTS_ELSEWHERE:
+        return None
+    return (
+        "The driver's prepared statements reached another server connection: a pooler in "
+        "transaction mode (PgBouncer) stands in front of the server. Set PGBOUNCER=transaction "
+        "(Database(..., pgbouncer='transaction')), or 'transaction-prepared' where PgBouncer "
+        "1.21+ has max_prepared_statements above 0"
+    )
+
+
 # The startup parameters PgBouncer tracks per client: its fixed ones and the default of
 # track_extra_parameters (IntervalStyle). PostgreSQL's names are case-insensitive.
 TRACKED: Final = frozenset(

@@ -189,6 +189,9 @@ class PostgreSQL(Backend):
             return "read_only"
         return None
 
+    def setup_advice(self, orig: BaseException | None) -> str | None:
+        return pgbouncer.statements_advice(sqlstate(orig))
+
     def conflict_name(self, orig: BaseException | None) -> str:
         return "deadlock" if sqlstate(orig) == "40P01" else "serialization failure"
 
