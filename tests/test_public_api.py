@@ -31,6 +31,7 @@ PUBLIC_NAMES = [
     "ServerInfo",
     "SessionSharedError",
     "StatementTimeoutError",
+    "Stream",
     "UnitOfWork",
     "UnitOfWorkEndedError",
     "UnitOptions",

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
+from dbscope._streams import Stream
 from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._write_tokens import WriteToken, current_jar
@@ -220,22 +221,24 @@ class UnitEntryPoints:
         after: str | None = None,
         stale_ok: bool = False,
         synchronous_commit: str | None = None,
-    ) -> AsyncIterator[T]:
+    ) -> Stream[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
-        ``return StreamingResponse(db.stream(rows))`` where ``rows(session)`` is an async
-        generator. The stream's transaction commits when the last chunk has been produced,
-        and rolls back if the client goes away (or anything raises) before then. The
-        request's own session cannot be used in a streaming body: its unit of work ended
-        when the endpoint returned. The options (and ``tags``, ``after``, ``stale_ok``) are
-        those of ``transaction()``.
+        ``return StreamingResponse(await db.stream(rows))`` where ``rows(session)`` is an
+        async generator: awaited, the unit takes its connection and makes the first chunk in
+        the endpoint, so an exhausted pool or a database down answers 503 before the
+        response starts (see :class:`Stream`). The stream's transaction commits when the last
+        chunk has been produced, and rolls back if the client goes away (or anything raises)
+        before then. The request's own session cannot be used in a streaming body: its unit
+        of work ended when the endpoint returned. The options (and ``tags``, ``after``,
+        ``stale_ok``) are those of ``transaction()``.
         """
         # Checked here, at the call: in the generator, a wrong option would show only at the
         # first chunk, once a server had already answered 200.
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        return _streamed(body, self._opener(options, tags, after))
+        return Stream(body, self._opener(options, tags, after))
 
     def retrying(
         self,
@@ -329,23 +332,6 @@ class UnitEntryPoints:
             ConfigurationError: the name is not a plain identifier (a ValueError too).
         """
         await self._units.running().use_schema(name)
-
-
-async def _streamed(
-    body: Callable[[AsyncSession], AsyncIterator[T]], open_unit: Callable[[], UnitRun]
-) -> AsyncIterator[T]:
-    """``body`` run in a unit of work of its own, opened at the first chunk asked for."""
-    async with open_unit() as unit:
-        items = body(unit.session)
-        try:
-            async for item in items:
-                yield item
-        finally:
-            # A stream cut short: the body's own clean-up runs now, in its unit, rather than
-            # when the event loop finalizes the generator, after the unit has ended.
-            close = getattr(items, "aclose", None)
-            if close is not None:
-                await close()
 
 
 def _token(after: str | None) -> WriteToken | None:

@@ -20,7 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, UnitOfWorkEndedError
-from tests.helpers import Tables, app_with, count_rows, send
+from dbscope.fastapi import add_exception_handlers
+from tests.helpers import Tables, app_with, client_for, count_rows, send
 from tests.server import running_server
 
 APP = "stream_app:app"
@@ -164,3 +165,73 @@ async def test_a_streaming_body_using_the_requests_session_gets_unit_of_work_end
     assert [type(error) for error in app.state.refused] == [UnitOfWorkEndedError]
     assert rows == 1
     assert checked_out == 0
+
+
+def export_app(db: Database) -> FastAPI:
+    """``/awaited`` returns ``await db.stream(rows)``, ``/as-is`` ``db.stream(rows)``: each
+    stores three rows, one per chunk; dbscope's exception handlers answer its errors."""
+    insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, :number)")
+
+    def rows(tag: str) -> Callable[[AsyncSession], AsyncIterator[str]]:
+        async def body(session: AsyncSession) -> AsyncIterator[str]:
+            for number in range(3):
+                await session.execute(insert, {"tag": tag, "number": number})
+                yield f"{number}\n"
+
+        return body
+
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.get("/awaited")
+    async def awaited() -> StreamingResponse:
+        return StreamingResponse(await db.stream(rows("awaited")), media_type="text/plain")
+
+    @app.get("/as-is")
+    async def as_is() -> StreamingResponse:
+        return StreamingResponse(db.stream(rows("as-is")), media_type="text/plain")
+
+    return app
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_an_awaited_stream_answers_503_when_the_pool_is_exhausted(database_url: str) -> None:
+    """The pool's one connection held: the awaited stream waits pool_timeout in the endpoint
+    and answers 503 with Retry-After; the stream iterated as it is can only cut its 200
+    short. Once the connection is back, the awaited stream sends and stores every chunk."""
+    db = Database(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    async with db, client_for(export_app(db)) as client:
+        async with db.transaction() as held:
+            await held.execute(text("SELECT 1"))
+            refused = await client.get("/awaited")
+            cut = await client.get("/as-is")
+        served = await client.get("/awaited")
+        stats = db.stats()
+    rows = await count_rows(database_url, "st_rows WHERE tag = 'awaited'")
+    assert (refused.status_code, refused.headers.get("retry-after")) == (503, "1")
+    assert refused.json()["detail"]["cause"] == "pool_timeout"
+    assert (served.status_code, served.text) == (200, "0\n1\n2\n")
+    assert (cut.status_code, cut.text) == (200, "")  # the response had started
+    assert rows == 3
+    assert (stats.checked_out, stats.timeouts) == (0, 2)
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_an_awaited_stream_with_no_chunk_commits_and_sends_nothing(
+    database_url: str, db: Database
+) -> None:
+    """A body that writes and yields nothing: the awaited stream's unit ends in the endpoint,
+    committed; the response is empty."""
+
+    async def writes_only(session: AsyncSession) -> AsyncIterator[str]:
+        await session.execute(text("INSERT INTO st_rows (tag, number) VALUES ('empty', 0)"))
+        return
+        yield ""
+
+    async def empty() -> StreamingResponse:
+        return StreamingResponse(await db.stream(writes_only), media_type="text/plain")
+
+    response = await send(app_with(db.session, {"GET /empty": empty}), "GET /empty")
+    rows = await count_rows(database_url, "st_rows WHERE tag = 'empty'")
+    assert (response.status_code, response.text, rows) == (200, "", 1)
+    assert db.stats().checked_out == 0
