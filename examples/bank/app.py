@@ -11,13 +11,21 @@ The tests and the failover benchmark (tests/test_failover_bank.py, benchmarks/fa
 serve it with uvicorn on a Patroni cluster through a multi-host URL, while the cluster
 switches over and its leader crashes; ``python -m examples.bank`` serves it on
 ``DATABASE_URL`` (default: a SQLite file, bank.db), after :func:`open_accounts`.
+
+Every input is bounded by the column that stores it (the constants below), so that a value
+the database cannot hold is refused with a 422 naming the field before any SQL runs, instead
+of failing in the driver with a 500. The 422 handler is the notes example's (examples/notes),
+copied so that each example stands on its own.
 """
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Self
 
-from fastapi import Depends, FastAPI, HTTPException
-from pydantic import BaseModel, Field
-from sqlalchemy import BigInteger, ForeignKey, String, func, select, update
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -25,6 +33,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from dbscope import Database
 
 DEFAULT_URL: Final = "sqlite+aiosqlite:///bank.db"
+# The bounds of the columns below. Account ids are `integer`, 32 bits on PostgreSQL and
+# MariaDB/MySQL: a larger id names no account, and the drivers fail on it instead of finding
+# none (asyncpg beyond 32 bits, SQLite beyond 64). Amounts and balances are `bigint`.
+MAX_ACCOUNT_ID: Final = 2**31 - 1
+MAX_AMOUNT: Final = 2**63 - 1
+TRANSFER_ID_LENGTH: Final = 64
+# PostgreSQL's text types cannot hold a NUL character; no transfer id needs one.
+NO_NUL: Final = r"^[^\x00]*$"
 
 
 class Base(DeclarativeBase):
@@ -36,7 +52,7 @@ class Account(Base):
 
     __tablename__ = "bank_accounts"
 
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     balance: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -45,31 +61,56 @@ class Transfer(Base):
 
     __tablename__ = "bank_ledger"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(TRANSFER_ID_LENGTH), primary_key=True)
     source: Mapped[int] = mapped_column(ForeignKey("bank_accounts.id"))
     target: Mapped[int] = mapped_column(ForeignKey("bank_accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
 
 
+# Accounts are numbered from 0 (open_accounts).
+AccountId = Annotated[int, Field(ge=0, le=MAX_ACCOUNT_ID)]
+
+
 class TransferIn(BaseModel):
     """A transfer the client asks for, named by the client."""
 
-    id: str = Field(min_length=1, max_length=64)
-    source: int
-    target: int
-    amount: int = Field(gt=0)
+    id: str = Field(min_length=1, max_length=TRANSFER_ID_LENGTH, pattern=NO_NUL)
+    source: AccountId
+    target: AccountId
+    amount: int = Field(gt=0, le=MAX_AMOUNT)
+
+    @model_validator(mode="after")
+    def two_accounts(self) -> Self:
+        """Refuse a transfer from an account to itself, as any other invalid body (422)."""
+        if self.source == self.target:
+            message = f"source and target are the same account ({self.source}); name two."
+            raise ValueError(message)
+        return self
+
+
+async def refuse_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 naming each invalid field, as FastAPI's own handler does, without the input.
+
+    FastAPI's handler echoes each invalid value back. That can be a string with a lone
+    surrogate (valid JSON, not valid Unicode) that no UTF-8 response can carry: rendering the
+    422 would then fail with a 500. The client sent the input; it has it.
+    """
+    detail = [{key: value for key, value in e.items() if key != "input"} for e in error.errors()]
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
 
 def create_app(db: Database) -> FastAPI:
     """The bank's routes on ``db``; the app connects and disposes it in its lifespan."""
-    app = FastAPI(title="Bank (dbscope example)", lifespan=db.lifespan)
+    app = FastAPI(
+        title="Bank (dbscope example)",
+        lifespan=db.lifespan,
+        exception_handlers={RequestValidationError: refuse_invalid_request},
+    )
     Session = Annotated[AsyncSession, Depends(db.session)]
     ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
 
     @app.post("/transfers", status_code=201)
     async def transfer(body: TransferIn, session: Session) -> dict[str, str]:
-        if body.source == body.target:
-            raise HTTPException(422, "source and target are the same account")
         # Both rows locked in one order, whatever the direction: no deadlock between two
         # transfers that cross.
         locked = select(Account.id).where(Account.id.in_((body.source, body.target)))
