@@ -146,14 +146,16 @@ async def test_a_replica_further_behind_than_replica_max_lag_serves_no_reads(
 async def test_the_primary_named_as_a_replica_is_promoted_and_never_read(
     urls: tuple[str, str],
 ) -> None:
-    """A 'replica' that is not in recovery is promoted; the real replica beside it serves."""
+    """A 'replica' that is not in recovery is promoted; the real replica beside it serves. Not
+    in recovery from its first check, it is said to be a primary from the start (before: 'no
+    longer in recovery', as after a failover)."""
     primary, replica = urls
     async with Database(primary, replicas=[another_name(primary), replica]) as db:
         ran_on_replica = await reads_on_replica(db)
         promoted, ready = db.stats().replicas
     assert all(ran_on_replica)
     assert (promoted.state, promoted.served, promoted.lag) == ("promoted", 0, None)
-    assert promoted.reason == "it is no longer in recovery: a primary now"
+    assert (promoted.reason or "").startswith("it is a primary of this cluster, not in recovery")
     assert (ready.state, ready.served) == ("ready", READS)
 
 
@@ -238,4 +240,4 @@ async def test_a_member_patroni_turns_down_that_is_no_replica_shows_promoted(
     async with db:
         promoted = db.stats().replicas[0]
     assert (promoted.state, promoted.lag) == ("promoted", None)
-    assert promoted.reason == "it is no longer in recovery: a primary now"
+    assert (promoted.reason or "").startswith("it is a primary of this cluster, not in recovery")

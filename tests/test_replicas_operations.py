@@ -69,7 +69,7 @@ async def test_a_replica_url_that_names_a_primary_serves_no_reads(postgres_url: 
     assert ran_on_replica is False
     assert stats.replicas[0].state == "promoted"
     assert stats.replicas[0].served == 0
-    assert "no longer in recovery" in (stats.replicas[0].reason or "")
+    assert "the primary itself under another name" in (stats.replicas[0].reason or "")
 
 
 async def test_each_replica_pool_is_reported_with_the_fallbacks_by_reason(

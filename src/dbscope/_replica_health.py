@@ -233,7 +233,7 @@ class ReplicaChecks:
         replica.backoff = 0.0
         if not reading.replica:
             replica.lag = None  # a primary is behind no one: no lag to report
-            self._set(replica, "promoted", "it is no longer in recovery: a primary now")
+            self._set(replica, "promoted", _why_primary(replica, reading, self.cluster))
         elif self.cluster and reading.cluster != self.cluster:
             replica.lag = None  # bytes of another cluster's log say nothing of this one's
             self._set(replica, "foreign", "it replicates another cluster than the primary's")
@@ -270,6 +270,19 @@ class ReplicaChecks:
                 message = "Replica %s of Database %r serves no reads: %s"
                 logger.warning(message, where, self.name, reason)
         replica.state, replica.reason = state, reason
+
+
+def _why_primary(replica: Replica, reading: Replication, cluster: str) -> str:
+    """Why a replica found out of recovery serves no reads: promoted since it was last seen,
+    or, the first time it is checked, a primary of the cluster from the start (most often
+    the primary itself under another name: localhost for 127.0.0.1, a pooler's port)."""
+    if replica.state != "starting" or (cluster and reading.cluster != cluster):
+        return "it is no longer in recovery: a primary now"
+    return (
+        "it is a primary of this cluster, not in recovery, since its first check: the primary "
+        "itself under another name (localhost for 127.0.0.1, a pooler in front of it) or a "
+        "standby promoted before; give the URL of a standby"
+    )
 
 
 def _httpx() -> Any:
