@@ -45,6 +45,7 @@ REQUESTS: list[tuple[str, bytes, int, str | None]] = [
     ("id of 65 characters", transfer("x" * 65), 422, "id"),
     ("id of a NUL", transfer("\x00"), 422, "id"),
     ("id with a NUL", transfer("a\x00b"), 422, "id"),
+    ("id ending in a space", transfer("a "), 422, "id"),
     ("one account twice", transfer("m", source=2, target=2), 422, "body"),
     ("id a lone surrogate", b'{"id": "\\ud800", "source": 2, "target": 3, "amount": 1}', 422, "id"),
     ("largest source", transfer("j", source=INT32 - 1), 404, None),
@@ -86,3 +87,23 @@ async def test_input_beyond_the_bank_columns_is_422_and_none_is_a_500(database_u
     assert [answer for answer in answers if answer[1] >= 500] == []
     assert answers == [(name, status, field) for name, _, status, field in REQUESTS]
     assert (int(total or 0), transfers) == (ACCOUNTS * BALANCE, 3)
+
+
+async def test_transfer_ids_that_differ_only_in_case_accent_or_spaces_are_two_transfers(
+    database_url: str,
+) -> None:
+    """A transfer id is the client's key, compared as written: on MariaDB/MySQL too, whose
+    default collation finds 'dup', 'DUP' and 'dúp' equal (before: the second was answered 409
+    'already applied' and never made). The same id again is 409; one ending in a space,
+    which MariaDB/MySQL would find equal to 'dup', is a 422."""
+    ids = ["dup", "DUP", "dúp", " dup"]
+    async with Database(database_url) as db, helpers.client_for(create_app(db)) as client:
+        await open_accounts(db, accounts=ACCOUNTS, balance=BALANCE)
+        statuses = []
+        for name in [*ids, "dup", "dup "]:
+            body = {"id": name, "source": 2, "target": 3, "amount": 1}
+            statuses.append((await client.post("/transfers", json=body)).status_code)
+        async with db.transaction(read_only=True) as session:
+            transfers = await session.scalar(text("SELECT count(*) FROM bank_ledger"))
+    assert statuses == [201, 201, 201, 201, 409, 422]
+    assert transfers == len(ids)

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, func, select, update
+from sqlalchemy.dialects.mysql import VARCHAR
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,8 +40,9 @@ DEFAULT_URL: Final = "sqlite+aiosqlite:///bank.db"
 MAX_ACCOUNT_ID: Final = 2**31 - 1
 MAX_AMOUNT: Final = 2**63 - 1
 TRANSFER_ID_LENGTH: Final = 64
-# PostgreSQL's text types cannot hold a NUL character; no transfer id needs one.
-NO_NUL: Final = r"^[^\x00]*$"
+# PostgreSQL's text types cannot hold a NUL character, and MariaDB/MySQL compare strings
+# without their trailing spaces: a transfer id has neither.
+TRANSFER_ID: Final = r"^[^\x00]*[^\x00 ]$"
 
 
 class Base(DeclarativeBase):
@@ -61,7 +63,15 @@ class Transfer(Base):
 
     __tablename__ = "bank_ledger"
 
-    id: Mapped[str] = mapped_column(String(TRANSFER_ID_LENGTH), primary_key=True)
+    # Compared as written. MariaDB/MySQL's default collation finds 'dup', 'DUP' and 'dúp'
+    # equal, and would answer a new transfer 'already applied': a binary one there (which
+    # still ignores trailing spaces, which TRANSFER_ID refuses).
+    id: Mapped[str] = mapped_column(
+        String(TRANSFER_ID_LENGTH).with_variant(
+            VARCHAR(TRANSFER_ID_LENGTH, collation="utf8mb4_bin"), "mysql"
+        ),
+        primary_key=True,
+    )
     source: Mapped[int] = mapped_column(ForeignKey("bank_accounts.id"))
     target: Mapped[int] = mapped_column(ForeignKey("bank_accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
@@ -74,7 +84,7 @@ AccountId = Annotated[int, Field(ge=0, le=MAX_ACCOUNT_ID)]
 class TransferIn(BaseModel):
     """A transfer the client asks for, named by the client."""
 
-    id: str = Field(min_length=1, max_length=TRANSFER_ID_LENGTH, pattern=NO_NUL)
+    id: str = Field(min_length=1, max_length=TRANSFER_ID_LENGTH, pattern=TRANSFER_ID)
     source: AccountId
     target: AccountId
     amount: int = Field(gt=0, le=MAX_AMOUNT)
