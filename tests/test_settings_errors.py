@@ -61,6 +61,19 @@ def test_a_misspelled_variable_is_named_when_no_database_is_configured(
     assert f"{prefix}DATABSE_URL is set: did you mean {prefix}DATABASE_URL?" in message
 
 
+def test_a_dotenv_file_not_read_is_named_when_no_database_is_configured(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The app's settings in ./.env, from_env() given no env_file: "no database is configured"
+    says the file was not read and how to read it; with env_file='.env' it is read."""
+    (tmp_path / ".env").write_text(f"DATABASE_URL=sqlite+aiosqlite:///{tmp_path / 'app.db'}\n")
+    clean_env.chdir(tmp_path)
+    message = from_env_error(clean_env)
+    assert "A .env file is in the working directory but was not read" in message
+    assert "Database.from_env(env_file='.env')" in message
+    assert Database.from_env(env_file=".env").settings.url.database == str(tmp_path / "app.db")
+
+
 @pytest.mark.parametrize("prefix", ["", "APP_"])
 def test_a_misspelled_variable_beside_a_database_is_warned_of_once(
     clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, sqlite_url: str, prefix: str
@@ -233,6 +246,28 @@ def test_a_misspelled_option_is_rejected_with_the_right_spelling(
         Database(sqlite_url, **given)
     assert f"unknown option {option!r}: did you mean {meant!r}?" in str(info.value)
     assert not str(info.value).endswith("?.")
+
+
+@pytest.mark.parametrize(
+    ("option", "fix"),
+    [
+        ("class_", "pass session_class="),
+        ("expire_on_commit", "never expire what they loaded at a commit; remove it"),
+        ("autoflush", "do not flush before each query (autoflush=False)"),
+    ],
+)
+def test_a_sessionmaker_option_is_rejected_saying_what_dbscope_does(
+    sqlite_url: str, option: str, fix: str
+) -> None:
+    """The blog's async_sessionmaker(expire_on_commit=False, autoflush=False, class_=...)
+    arguments, given to Database: the message says the sessionmaker is dbscope's and what to
+    do (before: class_ was "did you mean 'poolclass'?", the others "see the list")."""
+    given: dict[str, Any] = {option: False}
+    with pytest.raises(ConfigurationError) as info:
+        Database(sqlite_url, **given)
+    message = str(info.value)
+    assert f"{option!r} is an option of async_sessionmaker, which dbscope builds" in message
+    assert fix in message
 
 
 @pytest.mark.parametrize(("option", "value"), [("pool_size", -3), ("max_overflow", -4)])

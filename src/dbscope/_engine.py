@@ -35,6 +35,15 @@ from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_options import ISOLATION_LEVELS
 
+# What a blog's session manager gives async_sessionmaker, which dbscope builds, and instead.
+SESSIONMAKER_OPTIONS: Final = {
+    "class_": "pass session_class= for a subclass of AsyncSession",
+    "expire_on_commit": "its sessions never expire what they loaded at a commit; remove it",
+    "autoflush": (
+        "its sessions do not flush before each query (autoflush=False): call "
+        "session.flush() where a query must see pending changes; remove it"
+    ),
+}
 # Options that only a queue pool takes: passed on for a user's own poolclass only when the
 # user set them, so that NullPool works without dbscope's defaults getting in its way.
 QUEUE_POOL_OPTIONS: Final = ("pool_size", "max_overflow", "pool_timeout")
@@ -250,6 +259,12 @@ def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
             problems.append(
                 f"{name}={options.get(name)!r} does not apply to {pool}, which keeps no queue "
                 f"of connections; remove {name}, or remove poolclass to get a queue pool"
+            )
+            continue
+        if name in SESSIONMAKER_OPTIONS:
+            problems.append(
+                f"{name!r} is an option of async_sessionmaker, which dbscope builds: "
+                f"{SESSIONMAKER_OPTIONS[name]}"
             )
             continue
         guesses = difflib.get_close_matches(name, known, n=1)

@@ -108,7 +108,13 @@ class Sources:
             f"{p}POSTGRES_HOST, {p}POSTGRES_USER, {p}POSTGRES_PASSWORD and {p}POSTGRES_DB, or "
             "pass the URL to Database(...)."
         )
-        return " ".join([message, *misspelled_variables(p, self.fields)])
+        unread = []
+        if self.env_file is None and Path(".env").is_file():
+            unread.append(
+                "A .env file is in the working directory but was not read: "
+                "Database.from_env(env_file='.env') reads it."
+            )
+        return " ".join([message, *misspelled_variables(p, self.fields), *unread])
 
 
 def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
