@@ -6,6 +6,7 @@ primary and streaming replica whose replay is paused or delayed for real.
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -354,3 +355,35 @@ async def _capture_refused(urls: tuple[str, str]) -> AsyncIterator[tuple[str, st
             await connection.execute(text(f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC"))
             await connection.execute(text(f"DROP OWNED BY {CAPTURE_ROLE}"))
             await connection.execute(text(f"DROP ROLE {CAPTURE_ROLE}"))
+
+
+async def test_the_first_view_of_the_primary_breaks_no_checkin_under_way(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes commit side by side, each checkin reading the primary's position (an await in
+    the pool's reset); meanwhile the first read-only unit on the primary (SERIALIZABLE, which
+    a standby refuses) builds its view of the engine. No checkin fails for it (before: the
+    view added a reset listener mid-iteration, 'deque mutated during iteration', each
+    connection being checked in invalidated)."""
+    stop = asyncio.Event()
+    written = 0
+
+    async def write(db: Database) -> None:
+        nonlocal written
+        while not stop.is_set():
+            written += 1
+            await add_item(db, 1000 + written)
+
+    async with replicated(urls, pool_size=8, max_overflow=0) as db:
+        writers = [asyncio.create_task(write(db)) for _ in range(7)]
+        await asyncio.sleep(0.3)
+        async with db.transaction(read_only=True, isolation_level="SERIALIZABLE") as session:
+            await session.execute(text("SELECT 1"))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*writers)
+        invalidated = db.stats().invalidated
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []
+    assert invalidated == 0
+    assert written > 7

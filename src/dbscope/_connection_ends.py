@@ -79,8 +79,12 @@ def puts_back_before_checkin(engine: AsyncEngine) -> None:
     SQLAlchemy puts these back at the very end of the checkin instead, after the step that
     gives a connection back when its checkin fails. asyncmy and aiosqlite wait for the server
     to take them back, so a cancel could land there: the checkin stopped, and the pool lost
-    the connection for good (``checked_out`` never fell again). Units that set nothing, and
-    leases, never pay for the listener.
+    the connection for good (``checked_out`` never fell again). A checkin with nothing to
+    put back costs the listener one attribute read.
+
+    Called when the engine is built, before any checkin: adding a reset listener while a
+    checkin awaits in another one breaks SQLAlchemy's loop over them. An engine built
+    otherwise (a test's) gets it at its first view.
     """
     pool = engine.sync_engine.pool
     if not event.contains(pool, "reset", _put_back):

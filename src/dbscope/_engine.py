@@ -284,6 +284,10 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
+    # Now, before any checkin: added later, the listener would change the pool's list of
+    # reset listeners while a checkin awaits in one (the primary's position read after a
+    # commit), and SQLAlchemy's loop over them fails ("deque mutated during iteration").
+    puts_back_before_checkin(engine)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)
     if settings.defer_begin:
