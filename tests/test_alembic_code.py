@@ -177,6 +177,7 @@ def test_dbscope_alembic_exports_exactly_its_documented_names() -> None:
         "at_head",
         "command_line",
         "config_path",
+        "config_url",
         "run_migrations",
         "status",
         "upgrade",

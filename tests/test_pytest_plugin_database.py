@@ -248,26 +248,40 @@ def test_the_existing_tables_option_runs_on_them_and_drops_only_its_own(
 def test_a_test_database_made_by_hand_serves_run_after_run(
     pytester: pytest.Pytester, project_url: str
 ) -> None:
-    """Without the right to create databases, name_test made once by hand: plain runs make
-    and drop their tables in it each time; runs that keep them say so and go on with
-    --dbscope-use-existing-tables. Before, the documented --dbscope-reuse-db alone refused
-    the second run's tables as someone else's, saying nothing of why."""
+    """Without the right to create databases, name_test made once by hand: plain runs, and
+    runs with --dbscope-reuse-db alone (which cannot keep tables the next run would know as
+    dbscope's, and says so), make and drop their tables in it each time; with
+    --dbscope-use-existing-tables too they keep them; the tables kept stop a run without
+    that option, which says it cannot tell them from anyone else's."""
     own = run_database(project_url)
     create_database(own)
     write_project(pytester, "pytest-asyncio", ISOLATION_TESTS)
     keeping = ("--dbscope-reuse-db", "--dbscope-use-existing-tables")
 
     plain = [run(pytester, "pytest-asyncio", project_url, in_process=True) for _ in range(2)]
+    reused = [
+        run(pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db", in_process=True)
+        for _ in range(2)
+    ]
+    left = table_names(own)
     kept = [run(pytester, "pytest-asyncio", project_url, *keeping, in_process=True) for _ in "ab"]
     reuse_alone = run(
         pytester, "pytest-asyncio", project_url, "--dbscope-reuse-db", in_process=True
     )
 
-    for result in (*plain, *kept):
+    for result in (*plain, *reused, *kept):
         result.assert_outcomes(passed=7)
+    reused[0].stdout.fnmatch_lines(
+        [
+            "dbscope: dropped the tables ptp_children, ptp_items, ptp_parents all the same*"
+            "add --dbscope-use-existing-tables*"
+        ]
+    )
+    assert left == set()
     assert table_names(own) == {"ptp_items", "ptp_parents", "ptp_children"}
     reuse_alone.assert_outcomes(errors=7)
-    reuse_alone.stdout.fnmatch_lines(["*dbscope cannot tell tables an earlier run kept*"])
+    reuse_alone.stdout.fnmatch_lines(["*cannot tell them from anyone else's*"])
+    reuse_alone.stdout.no_fnmatch_line("*which dbscope did not make;*")
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

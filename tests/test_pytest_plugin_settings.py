@@ -94,6 +94,12 @@ def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path:
             "*there is no module 'no_such_package.main' on sys.path*pythonpath*",
         ),
         (
+            # A package without the module: only the plugin's message, no import error above.
+            "dbscope_app = acme_hooks.nomain:app",
+            "test_rows_cross",
+            "*there is no module 'acme_hooks.nomain' on sys.path*",
+        ),
+        (
             # A module failing to import a package whose name begins its own (acme for
             # acme_hooks.main) shows that error; it is not reported as missing itself.
             "dbscope_app = acme_hooks.main:app",
@@ -121,6 +127,7 @@ def test_a_wrong_or_missing_setting_fails_naming_it(
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([message])
     result.stdout.no_fnmatch_line("*Traceback*")
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
 
 
 def test_the_report_header_names_the_database_without_its_password(

@@ -298,6 +298,25 @@ async def test_shapes_hide_values_lists_and_columns_the_same_on_every_driver(
     ]
 
 
+async def test_a_limit_and_an_offset_have_one_shape_on_every_driver(bound: Database) -> None:
+    """.limit(5) is LIMIT ? (SQLite sends it with OFFSET 0), an offset LIMIT ? OFFSET ?,
+    alone (PostgreSQL's LIMIT ALL) or after a limit (MariaDB's LIMIT ?, ?)."""
+    by_id = select(AUTHORS.c.id).order_by(AUTHORS.c.id)
+    async with bound.transaction() as session, count_queries(bound) as log:
+        await session.execute(by_id.limit(5))
+        await session.execute(by_id.offset(1))
+        await session.execute(by_id.limit(5).offset(1))
+        first_two = by_id.limit(2).subquery("first_two")
+        await session.execute(select(first_two.c.id))
+
+    assert [statement.shape for statement in log] == [
+        "SELECT ... FROM qc_authors ORDER BY qc_authors.id LIMIT ?",
+        "SELECT ... FROM qc_authors ORDER BY qc_authors.id LIMIT ? OFFSET ?",
+        "SELECT ... FROM qc_authors ORDER BY qc_authors.id LIMIT ? OFFSET ?",
+        "SELECT ... FROM (SELECT ... FROM qc_authors ORDER BY qc_authors.id LIMIT ?) AS first_two",
+    ]
+
+
 async def test_named_placeholders_and_subqueries_have_shapes_too(bound: Database) -> None:
     """:name placeholders become ?; a subquery's SELECT keeps its own FROM."""
     statement = (

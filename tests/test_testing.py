@@ -6,7 +6,7 @@
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,6 +95,23 @@ async def test_a_commit_of_the_test_transaction_is_refused_and_keeps_nothing(
             async with test_engine.connect() as after:  # pooled: the same server connection
                 left = await after.scalar(select(func.count()).select_from(rows_table))
             assert left == 0
+    assert await count_rows(engine) == 0
+
+
+async def test_a_commit_after_the_test_ended_its_transaction_is_refused_for_what_it_is(
+    engine: AsyncEngine,
+) -> None:
+    """After rollback() on the test's connection, a unit's commit would be a real one: it is
+    refused, saying the test transaction had ended (not that the test committed it)."""
+    db = Database(NOWHERE)
+
+    async with testing.rolled_back(db, engine) as connection:
+        await connection.rollback()
+        with pytest.raises(LifecycleError, match="after the test transaction had ended") as error:
+            async with db.transaction() as session:
+                await session.execute(insert(rows_table).values(id=1))
+
+    assert "The test committed" not in str(error.value)
     assert await count_rows(engine) == 0
 
 
@@ -227,6 +244,35 @@ async def test_a_failing_startup_raises_the_apps_own_error() -> None:
     """The lifespan's exception reaches the test unchanged."""
     with pytest.raises(ValueError, match="the cache is unreachable"):
         async with testing.running_app(lifespan_app([], fail=True)):
+            pass
+
+
+async def test_an_app_without_a_lifespan_is_served_without_one() -> None:
+    """An ASGI app that raises on the lifespan scope, before asking for a message, has no
+    lifespan: as the ASGI specification tells servers, the client goes on without one."""
+
+    async def http_only(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"unsupported scope {scope['type']!r}")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with testing.client(http_only) as http:
+        status = (await http.get("/")).status_code
+
+    assert status == 204
+
+
+async def test_a_failing_shutdown_raises_the_apps_own_error() -> None:
+    """An exception at shutdown, after a start-up that went well, reaches the test."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        raise ValueError("the queue would not flush")
+
+    with pytest.raises(ValueError, match="the queue would not flush"):
+        async with testing.running_app(FastAPI(lifespan=lifespan)):
             pass
 
 

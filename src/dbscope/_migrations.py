@@ -316,7 +316,7 @@ def migrate_on(
     from alembic import context
 
     if schema is not None:
-        _require_schema(connection, schema)
+        require_schema(connection, schema)
         options = _without_version_table(schema, options)
     context.configure(
         connection=connection, target_metadata=metadata, version_table_schema=schema, **options
@@ -324,7 +324,7 @@ def migrate_on(
     _run_in_transaction(schema)
 
 
-def _require_schema(connection: Connection, schema: str) -> None:
+def require_schema(connection: Connection, schema: str) -> None:
     """Refuse a schema the database does not have, before Alembic makes its version table there
     (before any migration runs, so no migration can make the schema): the server takes any
     name in ``search_path``, and the first statement to need it would fail in chained

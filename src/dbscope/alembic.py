@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 
 from dbscope import ConfigurationError, Database, DatabaseSettings
+from dbscope._migration_lock import migrating
 from dbscope._migrations import (
     CONNECTION,
     PLACEHOLDER_URL,
@@ -45,6 +46,7 @@ from dbscope._migrations import (
     migrate_on,
     migration_status,
     require_alembic,
+    require_schema,
     run_coroutine,
     run_on_connection,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "at_head",
     "command_line",
     "config_path",
+    "config_url",
     "run_migrations",
     "status",
     "upgrade",
@@ -79,7 +82,10 @@ def run_migrations(
 
     Works under Alembic's CLI and ``dbscope migrate`` (no event loop runs: one is started),
     from async code that calls an Alembic command (a loop runs: the migrations run in a
-    thread of their own), on a connection the caller shares, and offline (``--sql``).
+    thread of their own), on a connection the caller shares, and offline (``--sql``). On a
+    connection of its own it first takes the migration lock of the database (of the schema,
+    with ``POSTGRES_SCHEMA``), so that a second run at the same time waits for this one and
+    then finds the database migrated; on a shared connection, the caller takes it.
 
     Args:
         metadata: the models' ``MetaData`` (``Base.metadata``), for ``--autogenerate``.
@@ -96,6 +102,7 @@ def run_migrations(
             written '%%' included), or ``POSTGRES_SCHEMA`` names a schema the database does
             not have.
         DatabaseUnavailableError: the server cannot be reached.
+        alembic.util.CommandError: another run held the migration lock for 10 minutes.
     """
     require_alembic("dbscope.alembic.run_migrations()")
     from alembic import context
@@ -113,8 +120,8 @@ def run_migrations(
 
     async def migrate() -> None:
         db = Database.from_settings(settings)
-        async with db, db.engine.begin() as connection:
-            schema = settings.postgres_schema
+        schema = settings.postgres_schema
+        async with db, db.engine.connect() as connection, migrating(connection, schema=schema):
             await connection.run_sync(migrate_on, metadata, schema=schema, **options)
 
     run_coroutine(migrate)
@@ -126,7 +133,8 @@ async def upgrade(
     """Upgrade ``db``'s database to ``revision``, on one of its connections, in one transaction.
 
     ``db`` must be connected. The env.py of ``config`` gets the connection (and ``db``'s
-    schema) through ``config.attributes``; :func:`run_migrations` uses them.
+    schema) through ``config.attributes``; :func:`run_migrations` uses them. The migration
+    lock is held throughout, as :func:`run_migrations` holds it.
 
     Args:
         db: a connected Database.
@@ -137,12 +145,12 @@ async def upgrade(
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
         ConfigurationError: there is no file at ``config``.
         LifecycleError: ``db`` is not connected.
+        alembic.util.CommandError: another run held the migration lock for 10 minutes.
     """
     alembic_config = load_config(config_path(config))
-    async with db.engine.begin() as connection:
-        await run_on_connection(
-            connection, alembic_config, "upgrade", revision, schema=db.settings.postgres_schema
-        )
+    schema = db.settings.postgres_schema
+    async with db.engine.connect() as connection, migrating(connection, schema=schema):
+        await run_on_connection(connection, alembic_config, "upgrade", revision, schema=schema)
 
 
 async def status(db: Database, *, config: str | Path | None = None) -> MigrationStatus:
@@ -154,12 +162,39 @@ async def status(db: Database, *, config: str | Path | None = None) -> Migration
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
-        ConfigurationError: there is no file at ``config``.
+        ConfigurationError: there is no file at ``config``, or ``db``'s schema
+            (``POSTGRES_SCHEMA``) does not exist; the message says how to create it.
     """
+    schema = db.settings.postgres_schema
     async with db.engine.connect() as connection:
-        return await migration_status(
-            connection, config_path(config), schema=db.settings.postgres_schema
-        )
+        if schema is not None:
+            # Else a missing schema reads as a database never migrated.
+            await connection.run_sync(require_schema, schema)
+        return await migration_status(connection, config_path(config), schema=schema)
+
+
+def config_url(config: str | Path | None = None) -> URL | None:
+    """The database the ``sqlalchemy.url`` of ``config`` names, which Alembic's command line,
+    and ``dbscope migrate`` without ``--app`` or ``--prefix``, migrate; None when it names
+    none (or Alembic's placeholder), and the application's settings are used.
+
+    Args:
+        config: the ``alembic.ini``; default ``$ALEMBIC_CONFIG``, else ``./alembic.ini``.
+
+    Raises:
+        ModuleNotFoundError: Alembic is not installed; the message has the install command.
+        ConfigurationError: there is no file at ``config``, or its ``sqlalchemy.url`` cannot
+            be read (a '%' not written '%%') or is no database URL dbscope takes.
+    """
+    path = config_path(config)
+    url = get_url(load_config(path))
+    if not url or url.strip() == PLACEHOLDER_URL:
+        return None
+    try:
+        return load_settings(from_env=False, database_url=url).url
+    except ConfigurationError as error:
+        message = f"{path}'s sqlalchemy.url is invalid. {error}"
+        raise ConfigurationError(message) from None
 
 
 async def at_head(db: Database, *, config: str | Path | None = None) -> bool:

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 from typing import Final
 
-from dbscope import Database
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from dbscope import ConfigurationError, Database
 from dbscope._cli._common import Command, load_database
-from dbscope.alembic import config_path
+from dbscope.alembic import config_path, config_url
 from dbscope.alembic import status as migration_status
 
 ROUND_TRIPS: Final = 5
@@ -165,7 +168,20 @@ def _replicas(db: Database, report: _Report) -> None:
 
 
 async def _migrations(db: Database, config: Path, report: _Report) -> None:
-    status = await migration_status(db, config=config)
+    elsewhere = _migrated_elsewhere(db, config)
+    if elsewhere is not None:
+        report.say("migrations", elsewhere, failed=True)
+        return
+    try:
+        status = await migration_status(db, config=config)
+    except DBAPIError as error:
+        # Refused by the server (a user without SELECT on the version table, say): its own
+        # words, first line, which hold no password.
+        said = str(error.orig or error).strip().splitlines() or [type(error).__name__]
+        report.say(
+            "migrations", f"cannot read the version table ({config}): {said[0]}", failed=True
+        )
+        return
     current = ", ".join(status.current) or "none (never migrated)"
     heads = ", ".join(status.heads) or "none"
     if status.at_head:
@@ -174,3 +190,30 @@ async def _migrations(db: Database, config: Path, report: _Report) -> None:
         advice = "run: dbscope migrate upgrade head"
         value = f"not at head: the database is at {current}, the head is {heads}; {advice}"
         report.say("migrations", value, failed=True)
+
+
+def _migrated_elsewhere(db: Database, config: Path) -> str | None:
+    """Why the check of ``config`` would not be about the database it migrates: its
+    ``sqlalchemy.url`` names another database than the app's; None if it names none."""
+    try:
+        named = config_url(config)
+    except ConfigurationError as error:
+        return str(error)
+    if named is None or _same_database(named, db.url):
+        return None
+    there, here = named.render_as_string(), db.url.render_as_string()  # passwords as ***
+    return (
+        f"{config} sets sqlalchemy.url to another database ({there}) than the app's, checked "
+        f"here ({here}): Alembic, and `dbscope migrate` without --app or --prefix, migrate "
+        "that one. Remove sqlalchemy.url from it to migrate the app's database, or correct it."
+    )
+
+
+def _same_database(one: URL, other: URL) -> bool:
+    # A port left out is the server's default, which the other may spell out.
+    ports = {one.port, other.port} - {None}
+    same = (one.get_backend_name(), one.host, one.database, one.query.get("host"))
+    return (
+        same == (other.get_backend_name(), other.host, other.database, other.query.get("host"))
+        and len(ports) < 2
+    )

@@ -177,6 +177,12 @@ class Backend:
             only in its BEGIN statement, saving a statement per read-only unit.
         default_port: the server's port when a URL names none; None for a database that is a
             file, with no server to reach.
+        locks_migrations_in_transaction: whether :meth:`lock_migrations` runs in the
+            migrations' own transaction, whose end lets the lock go (else before it, for the
+            session, until :meth:`unlock_migrations`).
+        connected_refuses_drop: whether a session connected to a database makes the server
+            refuse to drop it (unless told to end the sessions): a test run keeps one open to
+            its own database, so that another run finds it in use instead of dropping it.
         schema_advice: what to do instead, said to those who ask for a schema here.
         title: how people call it, in messages.
     """
@@ -193,6 +199,8 @@ class Backend:
     pinged: bool = True
     read_only_view: tuple[str, ...] = ()
     default_port: int | None = None
+    locks_migrations_in_transaction: bool = False
+    connected_refuses_drop: bool = False
     schema_advice: str = "."
     title: str = ""
 
@@ -333,6 +341,16 @@ class Backend:
         """The command-line client for ``url``'s database, its statements targeting
         ``schema`` if given; None if dbscope knows none."""
         return None
+
+    def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
+        """Wait at most ``seconds`` for the lock ``name`` that keeps two migration runs on this
+        database apart (see ``locks_migrations_in_transaction``; for a session, the caller
+        ends the transaction the statements begin): True when had, False when the wait ran
+        out, None when the server reported an error. By default there is none to take."""
+        return True
+
+    def unlock_migrations(self, connection: Connection, name: str) -> None:
+        """Release what :meth:`lock_migrations` took, once the migrations' transaction ended."""
 
     # -- read replicas (where has_replicas) --------------------------------------------------
 

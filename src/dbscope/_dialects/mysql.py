@@ -43,6 +43,9 @@ CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, 1048})
 # Set on a connection's info while a unit's statement timeout is in force.
 TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
 RESET_STATEMENT_TIMEOUT: Final = "SET SESSION max_statement_time = DEFAULT"
+# GET_LOCK's names are the server's, not a database's: the database's name goes in, the
+# whole cut to the 64 characters MySQL allows.
+LOCK_NAME: Final = "LEFT(CONCAT(:name, ' in ', IFNULL(DATABASE(), '')), 64)"
 
 
 def error_number(orig: BaseException | None) -> int | None:
@@ -103,6 +106,16 @@ class MySQL(Backend):
             environment=password,
             install="install MariaDB's or MySQL's client, e.g. apt install mariadb-client",
         )
+
+    def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
+        # The session's until RELEASE_LOCK; GET_LOCK answers 1 (had), 0 (the wait ran out) or
+        # NULL (an error: the session killed, memory short).
+        query = text(f"SELECT GET_LOCK({LOCK_NAME}, :seconds)")
+        had = connection.execute(query, {"name": name, "seconds": seconds}).scalar()
+        return None if had is None else bool(had)
+
+    def unlock_migrations(self, connection: Connection, name: str) -> None:
+        connection.execute(text(f"SELECT RELEASE_LOCK({LOCK_NAME})"), {"name": name})
 
     async def idle_timeout(self, connection: Any) -> int | None:
         result = await connection.exec_driver_sql("SELECT @@wait_timeout", execution_options=OWN)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -21,7 +23,7 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG
-from dbscope._dialects.replication import Replication, Standbys
+from dbscope._dialects.replication import Replication, Standbys, lsn_bytes, lsn_text, record_end
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
 # too many connections.
@@ -31,6 +33,8 @@ LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 REFUSED: Final = ("28", "3D000", "42501")
 CONFLICTS: Final = frozenset({"40001", "40P01"})
 QUERY_CANCELED: Final = "57014"
+# A lock not had within lock_timeout.
+LOCK_NOT_AVAILABLE: Final = "55P03"
 # A write in a read-only transaction: a unit that writes meets it on a standby (a primary
 # demoted by a failover, or a URL that names a standby).
 READ_ONLY_SQL_TRANSACTION: Final = "25006"
@@ -60,8 +64,6 @@ FROM pg_stat_replication
 """
 # libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
 SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
 # Read-your-writes (FIELD-NOTES: a position taken inside the transaction misses its own commit).
 # The functions are named with their schema: a function of the same name earlier on the
 # search_path must not answer instead. The page and segment sizes say where a page's header is.
@@ -70,9 +72,6 @@ WRITE_POSITION: Final = (
     "pg_catalog.current_setting('wal_block_size')::int, "
     "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))"
 )
-# The sizes of a WAL page's header (MAXALIGNed): the long one opens each segment.
-PAGE_HEADER: Final = 24
-SEGMENT_HEADER: Final = 40
 # pg_control_system() needs pg_monitor or superuser; without it the cluster goes unnamed.
 REPLICATION: Final = (
     "SELECT (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), "
@@ -258,6 +257,24 @@ class PostgreSQL(Backend):
             install="install PostgreSQL's client, e.g. apt install postgresql-client",
         )
 
+    def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
+        # A transaction's advisory lock, taken in the migrations' own transaction and let go
+        # at its end: a session's would stay behind PgBouncer in transaction mode, on the
+        # server connection that took it. lock_timeout bounds the wait, then is put back.
+        milliseconds = max(1, round(seconds * 1000))
+        lock = f"SELECT pg_catalog.pg_advisory_xact_lock({_advisory_key(name)})"
+        connection.exec_driver_sql(
+            f"SET LOCAL lock_timeout = {milliseconds}", execution_options=OWN
+        )
+        try:
+            connection.exec_driver_sql(lock)
+        except DBAPIError as error:
+            if sqlstate(error.orig) == LOCK_NOT_AVAILABLE:
+                return False
+            raise
+        connection.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT", execution_options=OWN)
+        return True
+
     def write_position(self, dbapi_connection: Any) -> int:
         # Outside a transaction (autocommit: no BEGIN, nothing for the pool to roll back), on
         # the connection that committed: its log position now is past its commit record.
@@ -299,30 +316,10 @@ class PostgreSQL(Backend):
         )
 
 
-def lsn_bytes(text: str) -> int:
-    """A log sequence number (``16/B374D848``) as a position in bytes."""
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def record_end(position: int, page: int, segment: int) -> int:
-    """An insert position as the end of the last record written before it.
-
-    Where the last record ended exactly at a page's end, the insert position is past the next
-    page's header, where the next record will start; a replica that has replayed everything
-    reports the page's end, short of it, until some other record is written (measured: about
-    1 commit in 1000, whose reads then waited for nothing and went to the primary).
-    """
-    if position % segment == SEGMENT_HEADER:
-        return position - SEGMENT_HEADER
-    if position % page == PAGE_HEADER:
-        return position - PAGE_HEADER
-    return position
-
-
-def lsn_text(position: int) -> str:
-    """A position in bytes as a log sequence number."""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+def _advisory_key(name: str) -> int:
+    """The advisory lock key (a bigint) of the lock ``name``: the same in every process."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _demoted_primary(context: ExceptionContext) -> None:
@@ -380,5 +377,7 @@ BACKEND: Final = PostgreSQL(
     has_synchronous_commit=True,
     read_only_view=("postgresql_readonly",),
     default_port=5432,
+    connected_refuses_drop=True,
+    locks_migrations_in_transaction=True,
     title="PostgreSQL",
 )

@@ -43,6 +43,10 @@ COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 
 # What a SQLite URI's query may say of the file, besides uri=true: meaningless for a path.
 URI_PARAMETERS: Final = ("uri", "mode", "cache", "vfs", "immutable", "psow", "nolock", "modeof")
+# On a connection's info while it holds the migrations' lock: its next BEGIN, and the busy
+# timeout (milliseconds) it had before.
+NEXT_BEGIN: Final = "dbscope.next_begin"
+KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 
 
 class SQLite(Backend):
@@ -66,10 +70,29 @@ class SQLite(Backend):
             # Deferred, not IMMEDIATE: a unit opened around another (a middleware's around the
             # request's) would hold the one write lock the inner unit waits for. The price is
             # BUSY in units that read before they write (above), which retries settle.
-            connection.exec_driver_sql("BEGIN", execution_options=OWN)
+            # Migrations begin IMMEDIATE (lock_migrations).
+            begin = connection.info.get(NEXT_BEGIN, "BEGIN")
+            connection.exec_driver_sql(begin, execution_options=OWN)
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
+
+    def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
+        # SQLite lets one connection at a time write a file. The migrations' transaction takes
+        # that write lock at its BEGIN (IMMEDIATE), waiting up to ``seconds`` for another's to
+        # end, not at its first write after reading the version, where another writer makes it
+        # fail at once (BUSY, above). A wait that runs out fails that BEGIN with BUSY.
+        kept = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        connection.info[KEPT_BUSY_TIMEOUT] = kept
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
+        connection.info[NEXT_BEGIN] = "BEGIN IMMEDIATE"
+        return True
+
+    def unlock_migrations(self, connection: Connection, name: str) -> None:
+        connection.info.pop(NEXT_BEGIN, None)  # first: the statement below begins with BEGIN
+        kept = connection.info.pop(KEPT_BUSY_TIMEOUT, None)
+        if isinstance(kept, int):
+            connection.exec_driver_sql(f"PRAGMA busy_timeout = {kept}")
 
     def is_memory(self, url: URL) -> bool:
         if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":

@@ -196,7 +196,8 @@ def dbscope_tables(
         dbscope_run_url,
         metadata=dbscope_metadata,
         alembic_config=dbscope_alembic_config,
-        keep=flag(config, "dbscope_reuse_db") or flag(config, "dbscope_keep_tables"),
+        keep=flag(config, "dbscope_keep_tables"),
+        reuse=flag(config, "dbscope_reuse_db"),
         use_existing_tables=flag(config, "dbscope_use_existing_tables"),
         report=functools.partial(say, config),
         names=_names(config),
@@ -231,6 +232,8 @@ def _load(config: pytest.Config, setting: str) -> object | None:
             # The module exists, and fails to import something of its own: `import stripe` in
             # stripe_webhooks.main is not that module missing, though its name begins with it.
             raise
+        found = None  # said below, outside this block: pytest would show the import's error
+    if found is None:
         fail(
             f"{setting} = {spec!r}: there is no module {module_name!r} on sys.path; "
             "pytest's `pythonpath` setting (e.g. pythonpath = ['src']) adds directories."

@@ -27,7 +27,9 @@ async def running_app(app: ASGIApp) -> AsyncIterator[ASGIApp]:
     """Start ``app`` as a server would, and shut it down at the end: the ASGI lifespan.
 
     The lifespan runs in a task of its own, as under uvicorn, so it may enter and exit task
-    groups freely. An exception raised at start-up or shutdown propagates unchanged.
+    groups freely. An exception raised at start-up or shutdown propagates unchanged. An app
+    that does not speak the lifespan protocol (it returns, or raises, before asking for its
+    first message) runs without one, as the ASGI specification tells servers to.
 
     Yields:
         The app to send requests to: it hands the lifespan's state (what a lifespan yields)
@@ -42,13 +44,19 @@ async def running_app(app: ASGIApp) -> AsyncIterator[ASGIApp]:
         "state": state,
     }
 
+    listening = asyncio.Event()  # the app asked for a message: it has a lifespan
+
+    async def receive() -> Message:
+        listening.set()
+        return await to_app.get()
+
     async def run_lifespan() -> None:
-        await app(scope, to_app.get, from_app.put)
+        await app(scope, receive, from_app.put)
 
     task = asyncio.create_task(run_lifespan())
     try:
         await to_app.put({"type": "lifespan.startup"})
-        started = await _lifespan_reply(task, from_app, "startup")
+        started = await _lifespan_reply(task, from_app, "startup", listening)
     except BaseException:
         task.cancel()
         with contextlib.suppress(BaseException):
@@ -63,22 +71,25 @@ async def running_app(app: ASGIApp) -> AsyncIterator[ASGIApp]:
     try:
         yield app_with_state
     finally:
-        if started:
+        if started:  # else the task has ended already, its outcome seen
             await to_app.put({"type": "lifespan.shutdown"})
-            await _lifespan_reply(task, from_app, "shutdown")
-        await task
+            await _lifespan_reply(task, from_app, "shutdown", listening)
+            await task
 
 
 async def _lifespan_reply(
-    task: asyncio.Task[None], replies: asyncio.Queue[Message], step: str
+    task: asyncio.Task[None], replies: asyncio.Queue[Message], step: str, listening: asyncio.Event
 ) -> bool:
     """Wait for the app's answer to ``lifespan.<step>``; False if it has no lifespan."""
     reply = asyncio.ensure_future(replies.get())
     await asyncio.wait({reply, task}, return_when=asyncio.FIRST_COMPLETED)
     if not reply.done():
         reply.cancel()
-        task.result()  # raises the app's own exception, if it failed
-        return False  # the app returned without answering: it has no lifespan
+        if task.exception() is not None and listening.is_set():
+            task.result()  # raises the app's own exception: its start-up or shutdown failed
+        # It returned without answering, or raised on the lifespan scope before asking for a
+        # message (an app for HTTP alone): it has no lifespan.
+        return False
     message = reply.result()
     if message["type"] == f"lifespan.{step}.failed":
         if task.done():

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import Connection, MetaData, event
-from sqlalchemy.engine import URL
+from sqlalchemy import Connection, MetaData, event, inspect
+from sqlalchemy.engine import URL, Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import CreateSchema
 
 from dbscope import ConfigurationError, Database, LifecycleError
 from dbscope._dialects import PoolerMode
@@ -55,7 +58,8 @@ async def rolled_back(
     """
     async with engine.connect() as connection:
         transaction = await connection.begin()
-        event.listen(connection.sync_connection, "commit", _refuse_commit)
+        refuse = functools.partial(_refuse_commit, transaction.sync_transaction)
+        event.listen(connection.sync_connection, "commit", refuse)
         try:
             with db.bind_to(connection, raise_on_lazy_load=raise_on_lazy_load):
                 yield connection
@@ -64,17 +68,28 @@ async def rolled_back(
                 await transaction.rollback()
 
 
-def _refuse_commit(connection: Connection) -> None:
+def _refuse_commit(test_transaction: Transaction | None, connection: Connection) -> None:
     # Before the COMMIT is sent: the transaction is rolled back instead, on the driver's
     # connection (SQLAlchemy counts the transaction ended once its commit() raises, and a
     # pool that runs no reset on return would hand it on open, the test's rows in it).
     connection.connection.rollback()
-    message = (
-        "The test committed the test transaction (commit() on dbscope_connection, or on the "
-        "connection rolled_back() yields): its rows would stay for every later test. Use a "
-        "savepoint, `async with connection.begin_nested():`, or a unit of work of the app's "
-        "Database, whose commits are savepoints here."
-    )
+    if connection.get_transaction() is test_transaction:
+        message = (
+            "The test committed the test transaction (commit() on dbscope_connection, or on "
+            "the connection rolled_back() yields): its rows would stay for every later test. "
+            "Use a savepoint, `async with connection.begin_nested():`, or a unit of work of "
+            "the app's Database, whose commits are savepoints here."
+        )
+    else:
+        # The test ended its transaction itself: what came next began a real one.
+        message = (
+            "A transaction on the test's connection committed after the test transaction "
+            "had ended (rollback() on dbscope_connection, or on the connection "
+            "rolled_back() yields): without it around them, the commits of the app's units "
+            "are real, and their rows would stay for every later test. To undo the test's "
+            "writes midway, roll back a savepoint instead: `async with "
+            "connection.begin_nested() as savepoint:` ... `await savepoint.rollback()`."
+        )
     raise LifecycleError(message)
 
 
@@ -203,6 +218,35 @@ def _alembic(url: str | URL, path: str | Path, command_name: str, revision: str)
     run_command(config, command_name, revision)
 
 
+@contextlib.asynccontextmanager
+async def maintenance_connection(
+    url: URL, *, pgbouncer: PoolerMode | None = None
+) -> AsyncIterator[AsyncConnection]:
+    """An autocommit connection to the server, for making and dropping databases."""
+    maintenance = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
+    async with maintenance, maintenance.engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def table_names(connection: Connection, schemas: set[str | None]) -> set[str]:
+    """Every table in ``schemas`` (None: the default one), as MetaData keys them."""
+    inspector = inspect(connection)
+    known = set(inspector.get_schema_names())
+    names: set[str] = set()
+    for schema in schemas:
+        if schema is None:
+            names.update(inspector.get_table_names())
+        elif schema in known:
+            names.update(f"{schema}.{name}" for name in inspector.get_table_names(schema))
+    return names
+
+
+def create_schemas(connection: Connection, schemas: list[str]) -> None:
+    """Make each of ``schemas`` that does not exist yet."""
+    for schema in schemas:
+        connection.execute(CreateSchema(schema, if_not_exists=True))
+
+
 def on_connection(
     url: str | URL, work: Callable[[Connection], T], *, pgbouncer: PoolerMode | None = None
 ) -> T:
@@ -214,6 +258,38 @@ def on_connection(
             return await connection.run_sync(work)
 
     return in_new_loop(run)
+
+
+@contextlib.contextmanager
+def connection_held(url: str | URL, *, pgbouncer: PoolerMode | None = None) -> Iterator[None]:
+    """Keep one connection to the database at ``url`` open for the block, idle, in a thread
+    with a loop of its own: the server then counts the database in use all along, even
+    while the tests hold no connection (each opening its own, between them none)."""
+    opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+    release = threading.Event()
+
+    async def hold() -> None:
+        database = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
+        try:
+            async with database, database.engine.connect():
+                opened.set_result(None)
+                await asyncio.to_thread(release.wait)
+        except Exception as error:
+            # Once open, its loss (a server restarted) changes nothing the block does.
+            if not opened.done():
+                opened.set_exception(error)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dbscope-testing") as pool:
+        holding = pool.submit(lambda: asyncio.run(hold()))
+        concurrent.futures.wait((opened, holding), return_when=concurrent.futures.FIRST_COMPLETED)
+        if not opened.done():
+            holding.result()  # raises what stopped it before the connection opened
+        try:
+            opened.result()
+            yield
+        finally:
+            release.set()
+            holding.result()
 
 
 def in_thread(work: Callable[[], T]) -> T:

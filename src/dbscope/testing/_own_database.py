@@ -13,21 +13,28 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.pool import NullPool
-from sqlalchemy.schema import CreateSchema
 
 from dbscope import ConfigurationError, Database, DbscopeError, _dialects
 from dbscope._dialects import PoolerMode
-from dbscope.testing._isolation import NOTHING_TO_CREATE, create_tables, in_new_loop, on_connection
+from dbscope.testing._isolation import (
+    NOTHING_TO_CREATE,
+    connection_held,
+    create_schemas,
+    create_tables,
+    in_new_loop,
+    maintenance_connection,
+    on_connection,
+    table_names,
+)
 
 T = TypeVar("T")
 
@@ -104,7 +111,10 @@ def own_database(
     run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker, pgbouncer)
     ours = run.find_or_make(reuse=reuse)
     try:
-        with run.tables(metadata, alembic_config, ours, use_existing_tables, reuse or keep):
+        with (
+            run.held(ours),
+            run.tables(metadata, alembic_config, ours, use_existing_tables, keep, reuse),
+        ):
             yield run.rendered
     finally:
         if ours and (reuse or keep):
@@ -121,6 +131,7 @@ def own_tables(
     metadata: MetaData | None = None,
     alembic_config: str | Path | None = None,
     keep: bool = False,
+    reuse: bool = False,
     use_existing_tables: bool = False,
     report: Callable[[str], None] | None = None,
     names: OptionNames | None = None,
@@ -134,7 +145,8 @@ def own_tables(
     dbscope made, the tables go with the database, and on PostgreSQL the schemas of
     ``metadata`` are made too. Tables made by migrations are kept: a downgrade could drop
     tables the run did not make. The arguments are :func:`own_database`'s; ``keep`` keeps
-    the tables.
+    the tables, and so does ``reuse`` with ``use_existing_tables``: ``reuse`` alone drops
+    them, saying so, as nothing would tell the next run they are dbscope's.
 
     Raises:
         ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
@@ -148,7 +160,7 @@ def own_tables(
     ours = (
         rules in _dialects.BACKENDS and not given.settings.is_memory and run.presence() == "marked"
     )
-    with run.tables(metadata, alembic_config, ours, use_existing_tables, keep):
+    with run.tables(metadata, alembic_config, ours, use_existing_tables, keep, reuse):
         yield
 
 
@@ -254,6 +266,14 @@ class _Run:
             in_new_loop(lambda: self.rules.create_database(self.url, self._maintenance))
         return True
 
+    def held(self, ours: bool) -> contextlib.AbstractContextManager[None]:
+        """A connection kept open to the run's database while the run uses it, where the
+        server then refuses another run's drop of it (:meth:`find_or_make`): between tests
+        the run may hold none."""
+        if ours and self.rules.connected_refuses_drop:
+            return connection_held(self.url, pgbouncer=self.pgbouncer)
+        return contextlib.nullcontext()
+
     def drop(self, *, close_sessions: bool) -> None:
         """Drop the database; ``close_sessions``: even while sessions use it."""
         hint = "drop it by hand"
@@ -282,19 +302,20 @@ class _Run:
         ours: bool,
         use_existing: bool,
         keep: bool,
+        reuse: bool,
     ) -> Iterator[None]:
-        """Make the app's tables, if any; drop those made at the end, unless the database
-        is dbscope's (``ours``: they go with it) or ``keep``."""
+        """Make the app's tables, if any; at the end, unless the database is dbscope's
+        (``ours``: they go with it), drop those made or keep them (:meth:`_leave_tables`)."""
         if metadata is None and alembic_config is None:
             yield
             return
         before = self._table_names(metadata)
         existing = sorted(before if metadata is None else before & set(metadata.tables))
         if existing and not (ours or use_existing):
-            raise DatabaseSetupError(self._refusal(existing, kept=keep))
+            raise DatabaseSetupError(self._refusal(existing))
         if ours and metadata is not None:
             schemas = self.rules.schemas_to_create(metadata)
-            self._on_connection(lambda connection: _create_schemas(connection, schemas))
+            self._on_connection(lambda connection: create_schemas(connection, schemas))
         create_tables(
             self.url, metadata=metadata, alembic_config=alembic_config, pgbouncer=self.pgbouncer
         )
@@ -302,33 +323,55 @@ class _Run:
         try:
             yield
         finally:
-            if not (ours or keep):
-                self._drop_tables(made, metadata, alembic_config)
+            if made and not ours:
+                self._leave_tables(made, metadata, alembic_config, keep, reuse, use_existing)
 
-    def _drop_tables(
-        self, made: set[str], metadata: MetaData | None, alembic_config: str | Path | None
+    def _leave_tables(
+        self,
+        made: set[str],
+        metadata: MetaData | None,
+        alembic_config: str | Path | None,
+        keep: bool,
+        reuse: bool,
+        use_existing: bool,
     ) -> None:
-        if metadata is None or alembic_config is not None:
-            if made:  # a downgrade to base would drop tables this run did not make
-                self.say(f"kept the tables the migrations made: {', '.join(sorted(made))}")
-        elif tables := [table for key, table in metadata.tables.items() if key in made]:
-            self._on_connection(lambda connection: metadata.drop_all(connection, tables=tables))
-
-    def _refusal(self, found: list[str], *, kept: bool) -> str:
-        # In a database dbscope did not make, nothing tells the tables an earlier run kept
-        # (reuse, keep) from anyone else's: the mark is on the databases dbscope makes.
-        unknown = (
-            " (in a database it did not make, dbscope cannot tell tables an earlier run kept "
-            "from anyone else's)"
-            if kept
-            else ""
+        """Drop or keep the tables the run made in a database dbscope did not make, where
+        nothing marks them as dbscope's: a run that keeps them says what the next needs."""
+        listed = ", ".join(sorted(made))
+        next_run = (
+            ""
+            if use_existing
+            else f"; the next run cannot tell them from anyone else's in {self.label}, which "
+            f"dbscope did not make, and runs on them only with {self.names.use_existing_tables}"
         )
+        if metadata is None or alembic_config is not None:
+            # A downgrade to base would drop tables this run did not make.
+            self.say(f"kept the tables the migrations made: {listed}{next_run}")
+        elif keep or (reuse and use_existing):
+            self.say(
+                f"kept the tables {listed} ({self.names.keep if keep else self.names.reuse})"
+                f"{next_run}"
+            )
+        else:
+            tables = [table for key, table in metadata.tables.items() if key in made]
+            self._on_connection(lambda connection: metadata.drop_all(connection, tables=tables))
+            if reuse:
+                self.say(
+                    f"dropped the tables {listed} all the same ({self.names.reuse}): in "
+                    f"{self.label}, which dbscope did not make, the next run could not tell them "
+                    f"from anyone else's; add {self.names.use_existing_tables} to both runs"
+                )
+
+    def _refusal(self, found: list[str]) -> str:
+        # The mark is on the databases dbscope makes: in another, nothing tells the tables an
+        # earlier run kept (reuse, keep) from anyone else's.
         return (
             f"the test database {self.label} already has the app's tables {', '.join(found)}, "
-            f"which dbscope did not make{unknown}; the tests would read and write their rows. "
-            f"Drop those tables (or the database), or point {self.names.url} elsewhere; or, to "
-            f"run on them all the same, pass {self.names.use_existing_tables}: dbscope never "
-            "drops a table it did not make."
+            "and dbscope did not make that database, so it cannot tell them from anyone "
+            "else's (an earlier run's kept tables included); the tests would read and write "
+            f"their rows. Drop those tables (or the database), or point {self.names.url} "
+            f"elsewhere; or, to run on them all the same, pass "
+            f"{self.names.use_existing_tables}: dbscope never drops a table it did not make."
         )
 
     def _table_names(self, metadata: MetaData | None) -> set[str]:
@@ -336,14 +379,14 @@ class _Run:
         schemas: set[str | None] = {None}
         if metadata is not None:
             schemas = {table.schema for table in metadata.tables.values()}
-        return self._on_connection(lambda connection: _table_names(connection, schemas))
+        return self._on_connection(lambda connection: table_names(connection, schemas))
 
     def _on_connection(self, work: Callable[[Connection], T]) -> T:
         return on_connection(self.url, work, pgbouncer=self.pgbouncer)
 
     @property
     def _maintenance(self) -> Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]:
-        return functools.partial(_maintenance, pgbouncer=self.pgbouncer)
+        return functools.partial(maintenance_connection, pgbouncer=self.pgbouncer)
 
 
 def _checked_worker(worker: str) -> str:
@@ -355,30 +398,3 @@ def _checked_worker(worker: str) -> str:
         )
         raise ConfigurationError(message)
     return worker
-
-
-@contextlib.asynccontextmanager
-async def _maintenance(
-    url: URL, *, pgbouncer: PoolerMode | None = None
-) -> AsyncIterator[AsyncConnection]:
-    """An autocommit connection to the server, for making and dropping databases."""
-    maintenance = Database(url, poolclass=NullPool, pool_pre_ping=False, pgbouncer=pgbouncer)
-    async with maintenance, maintenance.engine.connect() as connection:
-        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
-
-
-def _table_names(connection: Connection, schemas: set[str | None]) -> set[str]:
-    inspector = inspect(connection)
-    known = set(inspector.get_schema_names())
-    names: set[str] = set()
-    for schema in schemas:
-        if schema is None:
-            names.update(inspector.get_table_names())
-        elif schema in known:
-            names.update(f"{schema}.{name}" for name in inspector.get_table_names(schema))
-    return names
-
-
-def _create_schemas(connection: Connection, schemas: list[str]) -> None:
-    for schema in schemas:
-        connection.execute(CreateSchema(schema, if_not_exists=True))

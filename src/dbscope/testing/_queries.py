@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 
 from dbscope import ConfigurationError, Database
 from dbscope._dialects import OWN_STATEMENT
-from dbscope.testing._shapes import origin, shape
+from dbscope.testing._shapes import has_added_offsets, origin, shape
 
 TRANSACTION_CONTROL: Final = re.compile(
     r"\s*(?:(?:/\*.*?\*/|--[^\n]*)\s*)*"
@@ -138,8 +138,9 @@ class QueryLog(Sequence[LoggedStatement]):
                 text += f" and {len(others)} other place{'s' if len(others) > 1 else ''}"
         return text
 
-    def _add(self, statement: str) -> None:
-        self._statements.append(LoggedStatement(statement, shape(statement), origin()))
+    def _add(self, statement: str, *, offsets_added: bool = False) -> None:
+        described = shape(statement, offsets_added=offsets_added)
+        self._statements.append(LoggedStatement(statement, described, origin()))
 
 
 class Counting:
@@ -197,7 +198,7 @@ class Counting:
             options = context.execution_options if context is not None else {}
             if options.get(OWN_STATEMENT) or TRANSACTION_CONTROL.match(statement):
                 return
-        self.log._add(statement)
+        self.log._add(statement, offsets_added=has_added_offsets(statement, context))
 
     async def __aenter__(self) -> QueryLog:
         return self.__enter__()

@@ -20,9 +20,11 @@ import re
 import sys
 from collections.abc import Iterator
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import greenlet  # type: ignore[import-untyped]  # greenlet ships no type hints
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.visitors import iterate
 
 # The packages a statement passes through on its way from the application to the driver:
 # the origin of a statement is the first frame outside them.
@@ -63,12 +65,19 @@ TOKEN: Final = re.compile(
 # After the values became ?: a list of them, and the rows of a multi-row VALUES.
 VALUE_LIST: Final = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 REPEATED_LISTS: Final = re.compile(r"\(\.\.\.\)(?:\s*,\s*\(\.\.\.\))+")
+# How drivers write a LIMIT and an OFFSET: `LIMIT ? OFFSET ?` (`LIMIT ?, ?`, the offset
+# first, on MariaDB/MySQL; `LIMIT ALL OFFSET ?` for an offset alone on PostgreSQL).
+LIMIT_ALL: Final = re.compile(r"\bLIMIT\s+ALL\b", re.IGNORECASE)
+LIMIT_COMMA: Final = re.compile(r"\bLIMIT\s+\?\s*,\s*\?", re.IGNORECASE)
+ADDED_OFFSET: Final = re.compile(r"\b(LIMIT\s+\?)\s+OFFSET\s+\?", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)  # an N+1 sends the same text again and again
-def shape(statement: str) -> str:
+def shape(statement: str, *, offsets_added: bool = False) -> str:
     """``statement`` with its values as ``?``, lists as ``(...)``, each ``SELECT``'s columns
-    as ``...``, its comments and the quotes around names gone, and its spaces collapsed."""
+    as ``...``, its comments and the quotes around names gone, and its spaces collapsed; a
+    limit and an offset as ``LIMIT ? OFFSET ?``, and without ``OFFSET ?`` where
+    ``offsets_added`` (:func:`has_added_offsets`)."""
     tokens: list[tuple[str, str]] = []
     for match in TOKEN.finditer(statement):
         kind = match.lastgroup or "other"
@@ -82,7 +91,23 @@ def shape(statement: str) -> str:
         tokens.append((kind, text))
     text = "".join(text for _, text in _without_columns(tokens))
     text = REPEATED_LISTS.sub("(...)", VALUE_LIST.sub("(...)", text))
+    text = LIMIT_COMMA.sub("LIMIT ? OFFSET ?", LIMIT_ALL.sub("LIMIT ?", text))
+    if offsets_added:
+        text = ADDED_OFFSET.sub(r"\1", text)
     return " ".join(text.split())
+
+
+def has_added_offsets(statement: str, context: Any) -> bool:
+    """Whether each OFFSET in ``statement``, compiled for the execution ``context``, is the
+    dialect's, added to a bare LIMIT (SQLite writes ``.limit(5)`` as ``LIMIT ? OFFSET ?``,
+    the offset 0): none of its SELECTs asks for one. False for SQL sent as written."""
+    if "OFFSET" not in statement.upper():
+        return False
+    selected = getattr(getattr(context, "compiled", None), "statement", None)
+    if not isinstance(selected, ClauseElement):
+        return False
+    # _offset_clause: where a SELECT keeps its .offset(); SQLAlchemy names it nowhere public.
+    return all(getattr(part, "_offset_clause", None) is None for part in iterate(selected))
 
 
 def _without_columns(tokens: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:

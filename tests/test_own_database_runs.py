@@ -1,0 +1,103 @@
+"""dbscope.testing.own_database and own_tables across runs: a second run at once, and the
+tables a run keeps in a database dbscope did not make."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table
+
+from dbscope import testing
+
+from .run_databases import (
+    create_database,
+    database_exists,
+    drop_database,
+    drop_tables,
+    run_database,
+    table_names,
+)
+
+notes = MetaData()
+Table("tr_notes", notes, Column("id", Integer, primary_key=True))
+
+
+@pytest.fixture
+def named(database_url: str) -> Iterator[str]:
+    """The database URL, with no tr_notes table, and no run database of it."""
+
+    def clean() -> None:
+        drop_tables(database_url, "tr_notes")
+        drop_database(run_database(database_url))
+
+    clean()
+    yield database_url
+    clean()
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+def test_a_second_run_stops_while_the_first_uses_the_database_between_its_tests(
+    named: str,
+) -> None:
+    """The first run holds no connection of its tests' (each test opens and closes one): the
+    second, on the same URL, still finds the database in use and stops, leaving it whole."""
+    with testing.own_database(named, metadata=notes) as url:
+        with (
+            pytest.raises(testing.DatabaseSetupError, match="another test run uses it"),
+            testing.own_database(named, metadata=notes),
+        ):
+            pass
+        still = table_names(url, "tr_")
+
+    assert still == {"tr_notes"}
+    assert not database_exists(run_database(named))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy", "sqlite"])
+def test_reuse_alone_in_a_database_it_did_not_make_drops_its_tables_saying_why(
+    named: str,
+) -> None:
+    """reuse=True in a database made by hand: nothing would tell the next run the tables are
+    dbscope's, so they go at the end and the run says how to keep them; run after run passes.
+    """
+    own = run_database(named)
+    create_database(own)
+    said: list[str] = []
+
+    for _ in range(2):
+        with testing.own_database(named, metadata=notes, reuse=True, report=said.append) as url:
+            inside = table_names(url, "tr_")
+        assert inside == {"tr_notes"}
+
+    assert table_names(own, "tr_") == set()
+    dropped = [line for line in said if line.startswith("dropped the tables tr_notes")]
+    assert len(dropped) == 2
+    assert "add use_existing_tables=True" in dropped[0]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "sqlite"])
+def test_tables_kept_in_a_database_it_did_not_make_are_said_and_then_refused_truly(
+    named: str,
+) -> None:
+    """keep=True keeps them and says the next run needs use_existing_tables; the next run's
+    refusal says it cannot tell them from anyone else's, never that dbscope did not make them.
+    """
+    own = run_database(named)
+    create_database(own)
+    said: list[str] = []
+
+    with testing.own_tables(own, metadata=notes, keep=True, report=said.append):
+        pass
+    with (
+        pytest.raises(testing.DatabaseSetupError) as refused,
+        testing.own_tables(own, metadata=notes),
+    ):
+        pass
+
+    assert table_names(own, "tr_") == {"tr_notes"}
+    assert len(said) == 1
+    assert said[0].startswith("kept the tables tr_notes (keep=True); the next run cannot tell")
+    assert said[0].endswith("runs on them only with use_existing_tables=True")
+    assert "cannot tell them from anyone else's" in str(refused.value)
+    assert "which dbscope did not make" not in str(refused.value)
