@@ -25,13 +25,11 @@ from dbscope._dialects._base import (
     Begin,
     Client,
     DatabaseRefused,
-    Driver,
     ErrorKind,
-    LeaseStatus,
-    PoolerMode,
     Presence,
 )
 from dbscope._dialects.deferred_begin import only_read
+from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode
 from dbscope._dialects.hosts import split_host_port
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 from dbscope._dialects.replication import Replication, Standbys

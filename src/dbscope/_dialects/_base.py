@@ -3,14 +3,13 @@
 A :class:`Backend` holds what one server speaks: which statements set up a unit's transaction,
 which error codes mean a lost connection, a refusal, a timeout, a conflict or a violated
 constraint, what its engines need at start-up, and how a database of its own is made, found
-and dropped for a test run. A :class:`Driver` holds what one client library needs: its
-connect arguments, a round-trip-free liveness test, and what a lease does with its connection
-object. Nothing outside ``dbscope._dialects`` writes a backend or driver name.
+and dropped for a test run. Each of its drivers is a :class:`~dbscope._dialects.driver.Driver`
+(driver.py). Nothing outside ``dbscope._dialects`` writes a backend or driver name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -21,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import immutabledict
 
+from dbscope._dialects.driver import Driver
 from dbscope._dialects.replication import Replication, Standbys
 
 # What an error means, read from the database's own code (never from the exception class,
@@ -36,14 +36,6 @@ from dbscope._dialects.replication import Replication, Standbys
 ErrorKind = Literal[
     "lost", "refused", "timeout", "conflict", "lock_wait", "constraint", "read_only"
 ]
-
-# What a driver connection is doing, as far as its driver knows without asking the server.
-LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
-
-# PgBouncer in transaction mode between the application and the server (pgbouncer.py):
-#   transaction           it keeps no prepared statement: a driver may prepare none by name
-#   transaction-prepared  it keeps each client's (PgBouncer 1.21+, max_prepared_statements)
-PoolerMode = Literal["transaction", "transaction-prepared"]
 
 # What a server holds under a database's name: nothing, a database that bears dbscope's mark
 # (dbscope made it for a test run), or one someone else made.
@@ -63,67 +55,6 @@ NO_PARAMETERS: Final = immutabledict({"no_parameters": True})
 
 class DatabaseRefused(Exception):
     """The server (or the file system) would not make or drop a database; its own words."""
-
-
-async def rollback_connection(connection: Any) -> None:
-    """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
-    aiosqlite)."""
-    await connection.rollback()
-
-
-@dataclass(frozen=True)
-class Driver:
-    """What dbscope does with one driver's connections.
-
-    Attributes:
-        name: the driver's name in a URL (``postgresql+<name>://``).
-        install: the command that installs it.
-        connect_args: its connect arguments for a timeout (seconds) and an application name.
-        looks_dead: a test of an idle connection without a round trip: True if it may be dead.
-        errors: its exception base classes (imported only once the driver is used).
-        fatal: its errors after which it cannot go on with the connection, though it may not
-            report it closed yet.
-        status: the connection's state, read without a round trip (for leases).
-        rollback: roll back a transaction a lease left open.
-        close: its graceful close, bounded by a timeout (seconds), where its own close waits
-            for the server without bound or is left unfinished by a second cancel; None where
-            closing never waits.
-        closes_on_thread: its connection lives on a thread of its own, which terminating it
-            only asks to close: what it holds (a file lock) lasts until ``close`` is done.
-        set_autocommit: switch autocommit on or off, returning the previous state; None for a
-            driver whose connections are in autocommit already.
-        batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
-            while the statement ends with its VALUES list, so SQL comments leave those alone.
-        pooler_args: its connect arguments behind PgBouncer in a mode, over ``connect_args``;
-            None for a driver of a server PgBouncer does not pool.
-        pooler_conflict: what of its connect arguments (the URL's query included) cannot
-            pass PgBouncer in a mode, as a sentence with the fix; None if nothing.
-        hot_standby: whether the server said, when the driver last heard from it, that it is
-            a hot standby (read without a round trip); None when it did not say.
-        refused_arguments: whether a failed connect is the driver refusing its arguments (a
-            URL option's value) rather than the server out of reach, where its error does not
-            show it by type (``_errors._refused_arguments`` reads the types).
-        url_query: the URL with its query as the driver takes it (libpq's ``sslmode`` as
-            asyncpg's ``ssl``).
-    """
-
-    name: str
-    install: str
-    connect_args: Callable[[float, str | None], dict[str, Any]] = lambda timeout, name: {}
-    looks_dead: Callable[[Any], bool] = lambda connection: False
-    errors: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
-    fatal: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
-    status: Callable[[Any], LeaseStatus] | None = None
-    rollback: Callable[[Any], Awaitable[object]] | None = None
-    close: Callable[[Any, float], Awaitable[object]] | None = None
-    closes_on_thread: bool = False
-    set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
-    batches_inserts: bool = False
-    pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None
-    pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = lambda mode, args: None
-    hot_standby: Callable[[Any], bool | None] = lambda connection: None
-    refused_arguments: Callable[[BaseException], bool] = lambda error: False
-    url_query: Callable[[URL], URL] = lambda url: url
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnClause, TextClause
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import Select
 
-from dbscope._dialects._base import LeaseStatus
+from dbscope._dialects.driver import LeaseStatus
 
 READ_COMMITTED: Final = "READ COMMITTED"
 # On a pooled connection's info, from the start of a unit's transaction to its first

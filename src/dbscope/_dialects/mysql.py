@@ -21,12 +21,10 @@ from dbscope._dialects._base import (
     Begin,
     Client,
     Connect,
-    Driver,
     ErrorKind,
-    LeaseStatus,
-    rollback_connection,
     server_version,
 )
+from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.

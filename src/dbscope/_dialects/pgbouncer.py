@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from dbscope._dialects._base import PoolerMode
+from dbscope._dialects.driver import PoolerMode
 
 # PgBouncer refuses a login it checks itself (its auth_file, auth_query or HBA file) with
 # SQLSTATE 08P01, a protocol violation, where PostgreSQL sends class 28 or 3D000; asyncpg

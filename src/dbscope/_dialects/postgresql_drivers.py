@@ -10,7 +10,7 @@ from typing import Any, Final, cast
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import pgbouncer
-from dbscope._dialects._base import Driver, LeaseStatus, rollback_connection
+from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
 
 # -- asyncpg -----------------------------------------------------------------------------------
 

@@ -21,12 +21,10 @@ from dbscope._dialects._base import (
     Client,
     Connect,
     DatabaseRefused,
-    Driver,
     ErrorKind,
-    LeaseStatus,
     Presence,
-    rollback_connection,
 )
+from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19

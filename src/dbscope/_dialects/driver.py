@@ -1,0 +1,80 @@
+"""The record of one client library (a :class:`Driver`): what dbscope does with its
+connections. Its connect arguments, a round-trip-free liveness test, what a lease does with
+its connection object, and what it needs behind PgBouncer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL
+
+# What a driver connection is doing, as far as its driver knows without asking the server.
+LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
+
+# PgBouncer in transaction mode between the application and the server (pgbouncer.py):
+#   transaction           it keeps no prepared statement: a driver may prepare none by name
+#   transaction-prepared  it keeps each client's (PgBouncer 1.21+, max_prepared_statements)
+PoolerMode = Literal["transaction", "transaction-prepared"]
+
+
+async def rollback_connection(connection: Any) -> None:
+    """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
+    aiosqlite)."""
+    await connection.rollback()
+
+
+@dataclass(frozen=True)
+class Driver:
+    """What dbscope does with one driver's connections.
+
+    Attributes:
+        name: the driver's name in a URL (``postgresql+<name>://``).
+        install: the command that installs it.
+        connect_args: its connect arguments for a timeout (seconds) and an application name.
+        looks_dead: a test of an idle connection without a round trip: True if it may be dead.
+        errors: its exception base classes (imported only once the driver is used).
+        fatal: its errors after which it cannot go on with the connection, though it may not
+            report it closed yet.
+        status: the connection's state, read without a round trip (for leases).
+        rollback: roll back a transaction a lease left open.
+        close: its graceful close, bounded by a timeout (seconds), where its own close waits
+            for the server without bound or is left unfinished by a second cancel; None where
+            closing never waits.
+        closes_on_thread: its connection lives on a thread of its own, which terminating it
+            only asks to close: what it holds (a file lock) lasts until ``close`` is done.
+        set_autocommit: switch autocommit on or off, returning the previous state; None for a
+            driver whose connections are in autocommit already.
+        batches_inserts: its ``executemany()`` of an INSERT is one multi-row statement only
+            while the statement ends with its VALUES list, so SQL comments leave those alone.
+        pooler_args: its connect arguments behind PgBouncer in a mode, over ``connect_args``;
+            None for a driver of a server PgBouncer does not pool.
+        pooler_conflict: what of its connect arguments (the URL's query included) cannot
+            pass PgBouncer in a mode, as a sentence with the fix; None if nothing.
+        hot_standby: whether the server said, when the driver last heard from it, that it is
+            a hot standby (read without a round trip); None when it did not say.
+        refused_arguments: whether a failed connect is the driver refusing its arguments (a
+            URL option's value) rather than the server out of reach, where its error does not
+            show it by type (``_errors._refused_arguments`` reads the types).
+        url_query: the URL with its query as the driver takes it (libpq's ``sslmode`` as
+            asyncpg's ``ssl``).
+    """
+
+    name: str
+    install: str
+    connect_args: Callable[[float, str | None], dict[str, Any]] = lambda timeout, name: {}
+    looks_dead: Callable[[Any], bool] = lambda connection: False
+    errors: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
+    fatal: Callable[[], tuple[type[BaseException], ...]] = lambda: ()
+    status: Callable[[Any], LeaseStatus] | None = None
+    rollback: Callable[[Any], Awaitable[object]] | None = None
+    close: Callable[[Any, float], Awaitable[object]] | None = None
+    closes_on_thread: bool = False
+    set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
+    batches_inserts: bool = False
+    pooler_args: Callable[[PoolerMode], dict[str, Any]] | None = None
+    pooler_conflict: Callable[[PoolerMode, Mapping[str, Any]], str | None] = lambda mode, args: None
+    hot_standby: Callable[[Any], bool | None] = lambda connection: None
+    refused_arguments: Callable[[BaseException], bool] = lambda error: False
+    url_query: Callable[[URL], URL] = lambda url: url
