@@ -111,7 +111,8 @@ async def test_shell_reaches_a_multi_host_url_with_an_ipv6_host(database_url: st
     url = make_url(database_url)
     port = url.port or 5432
     hosts = (f"[::1]:{port}", f"127.0.0.1:{port}")
-    multi = url.set(host=None, port=None).update_query_dict({"host": hosts})
+    query = {"host": hosts, "target_session_attrs": "any"}
+    multi = url.set(host=None, port=None).update_query_dict(query)
     argv, _ = Database(multi).shell_command()
     assert argv[argv.index("--host") + 1] == "::1,127.0.0.1"
     assert argv[argv.index("--port") + 1] == f"{port},{port}"

@@ -277,7 +277,10 @@ async def test_a_pool_that_keeps_no_queue_reports_only_retries(
     [
         ("postgresql+asyncpg://app:secret@db.internal/app", "db.internal:5432/app"),
         ("postgresql+psycopg://app:secret@db.internal:6432/app", "db.internal:6432/app"),
-        ("postgresql://app@/app?host=h1:5432&host=h2:5433", "h1:5432,h2:5433/app"),
+        (
+            "postgresql://app@/app?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+            "h1:5432,h2:5433/app",
+        ),
         ("mysql+asyncmy://root:secret@127.0.0.1/shop", "127.0.0.1:3306/shop"),
         ("sqlite+aiosqlite:///data/app.db", "data/app.db"),
         ("sqlite+aiosqlite://", ":memory:"),

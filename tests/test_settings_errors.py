@@ -401,10 +401,29 @@ async def test_a_multi_host_url_reaching_no_host_fails_connect_naming_every_host
     """connect() to two hosts that nothing listens on raises an error naming both host:ports."""
     first = free_port()
     second = next(port for port in iter(free_port, None) if port != first)
-    db = Database(f"{drivername}://app@/app" + MULTI_HOST_FORMS[form].format(first, second))
+    hosts = MULTI_HOST_FORMS[form].format(first, second)
+    db = Database(f"{drivername}://app@/app{hosts}&target_session_attrs=read-write")
     with pytest.raises(DatabaseUnavailableError) as info:
         await db.connect()
     assert f"at 127.0.0.1:{first}, 127.0.0.1:{second}, database 'app'" in str(info.value)
+
+
+@pytest.mark.parametrize("form", list(MULTI_HOST_FORMS))
+@pytest.mark.parametrize("drivername", ["postgresql+asyncpg", "postgresql+psycopg"])
+def test_a_multi_host_url_without_target_session_attrs_is_refused(
+    drivername: str, form: str
+) -> None:
+    """Each connection would go to the first host that answers, a standby after a failover,
+    where every write fails (measured: 503s without end after a switchover). Refused naming
+    the fix; target_session_attrs=any takes the first that answers, as asked."""
+    url = f"{drivername}://app:S3cret@/app" + MULTI_HOST_FORMS[form].format(5432, 5433)
+    with pytest.raises(ConfigurationError) as refused:
+        Database(url)
+    message = str(refused.value)
+    assert "names several hosts and no target_session_attrs" in message
+    assert "Add target_session_attrs=read-write" in message
+    assert "S3cret" not in message
+    assert Database(url + "&target_session_attrs=any").name == "127.0.0.1:5432,127.0.0.1:5433/app"
 
 
 @pytest.mark.parametrize("backend", SERVER_BACKENDS)

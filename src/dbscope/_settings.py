@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
-from dbscope._dialects import PoolerMode, backend, driver, resolve_async_url
+from dbscope._dialects import PoolerMode, backend, driver, resolve_primary_url
 from dbscope._exceptions import ConfigurationError
 from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings, check_replicas
 from dbscope._setting_sources import (
@@ -326,7 +326,7 @@ class DatabaseSettings(ReplicaSettings):
     def _resolve_url(self) -> DatabaseSettings:
         url = self.database_url or self._url_from_parts()
         try:
-            self._url = resolve_async_url(url)
+            self._url = resolve_primary_url(url)
         except ValueError as error:
             if self.database_url is None:
                 raise

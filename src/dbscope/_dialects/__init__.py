@@ -56,6 +56,7 @@ __all__ = [
     "driver",
     "only_read",
     "resolve_async_url",
+    "resolve_primary_url",
     "split_host_port",
 ]
 
@@ -118,6 +119,16 @@ def resolve_async_url(url: URL) -> URL:
         )
         raise ValueError(message)
     return rules.drivers[name].url_query(url.set(drivername=f"{prefix}+{name}"))
+
+
+def resolve_primary_url(url: URL) -> URL:
+    """:func:`resolve_async_url` for a Database's own URL, not a replica's: ValueError too
+    for one that may reach a server taking no writes (``Backend.primary_url_problem``)."""
+    resolved = resolve_async_url(url)
+    problem = backend(resolved.get_backend_name()).primary_url_problem(resolved)
+    if problem is not None:
+        raise ValueError(problem)
+    return resolved
 
 
 def _check_dialect(url: URL) -> None:

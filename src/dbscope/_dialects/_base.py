@@ -139,6 +139,11 @@ class Backend:
         """Whether ``url`` names a database that lives in one connection's memory."""
         return False
 
+    def primary_url_problem(self, url: URL) -> str | None:
+        """Why ``url``, a Database's own URL (not a replica's), may reach a server that takes
+        no writes, with the fix; None when it names one server, or says which it wants."""
+        return None
+
     def probe_url(self, url: URL) -> URL | None:
         """Where a health probe opens a connection of its own to ``url``'s database; None
         when no other connection reaches it."""

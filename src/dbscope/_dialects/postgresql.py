@@ -162,6 +162,20 @@ class PostgreSQL(Backend):
         if status is not None:
             deferred_begin.install(engine, status)
 
+    def primary_url_problem(self, url: URL) -> str | None:
+        hosts, _ = libpq_hosts(url)
+        if not hosts or "," not in hosts or "target_session_attrs" in url.query:
+            return None
+        # libpq and asyncpg connect to the first host that answers: after a failover, that
+        # may be the old primary come back as a standby, where every write fails.
+        return (
+            f"the URL {url.render_as_string()} names several hosts and no "
+            "target_session_attrs, so each connection goes to the first host that answers, "
+            "a standby after a failover, where every write fails. Add "
+            "target_session_attrs=read-write to the query to reach the primary wherever it "
+            "is (or target_session_attrs=any to take the first that answers)"
+        )
+
     def error_code(self, orig: BaseException | None) -> str | None:
         return sqlstate(orig)
 
