@@ -154,6 +154,30 @@ async def test_a_checkout_that_replaces_a_dead_connection_waited_for_the_new_one
     assert wait.sum >= create.sum
 
 
+async def test_a_test_bound_to_a_connection_of_the_apps_engine_keeps_its_durations(
+    database_url: str, sdk: Metered
+) -> None:
+    """bind_to() a connection of the Database's own engine counts the pool apart for the
+    block; after it, each checkout's wait and use are measured as before (before: the
+    block's end detached the pool's observer for good)."""
+    wait_time, use_time = "db.client.connection.wait_time", "db.client.connection.use_time"
+    async with Database(database_url) as db:
+        dbscope.otel.instrument(db, meter_provider=sdk.provider)
+        async with db.engine.connect() as connection:
+            with db.bind_to(connection):
+                async with db.transaction() as session:
+                    await session.execute(text("SELECT 1"))
+        before = sdk.read()
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+        after = sdk.read()
+    counts = [
+        (reading.histogram(wait_time, db.name).count, reading.histogram(use_time, db.name).count)
+        for reading in (before, after)
+    ]
+    assert counts[1] == (counts[0][0] + 1, counts[0][1] + 1)
+
+
 async def test_every_measurement_carries_the_pool_name(database_url: str, sdk: Metered) -> None:
     """Each data point of every metric names the pool; pool_name= sets that name."""
     async with Database(database_url, pool_name="primary") as db:

@@ -351,6 +351,7 @@ class PoolCounters:
     ) -> None:
         self.engine = engine
         self.invalidated = 0
+        self._observing = False
         self.liveness = (
             None if ping_after is None else LivenessCheck(engine, ping_after, ping_timeout)
         )
@@ -363,7 +364,8 @@ class PoolCounters:
         event.remove(self.engine.sync_engine, "soft_invalidate", self._count_invalidation)
         if self.liveness is not None:
             self.liveness.close()
-        self.observe(None)
+        if self._observing:  # another's observer (a test's counters on the app's engine) stays
+            self.observe(None)
 
     def observe(self, observer: PoolObserver | None) -> None:
         """Tell ``observer`` how long the pool's checkouts wait, its connections are used
@@ -377,6 +379,7 @@ class PoolCounters:
         if not isinstance(pool, QueuedPool):
             return
         pool.observer = observer
+        self._observing = observer is not None
         listening = event.contains(sync_engine, "checkout", self._checked_out)
         if observer is not None and not listening:
             event.listen(sync_engine, "checkout", self._checked_out)
