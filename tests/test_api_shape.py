@@ -16,7 +16,7 @@ import dbscope.fastapi
 from dbscope import ConfigurationError, Database, RetryPolicy, UnitOptions
 
 UNIT_OPTIONS = {field.name for field in fields(UnitOptions)}
-ENTRY_POINTS = ["session_with", "transaction", "retrying", "stream", "parallel"]
+ENTRY_POINTS = ["session_with", "transaction", "retrying", "stream", "stream_response", "parallel"]
 
 
 def classes_in(annotation: object) -> list[type]:
@@ -58,8 +58,9 @@ def test_no_public_signature_returns_a_private_class(
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_every_entry_point_takes_the_same_unit_options(entry_point: str) -> None:
-    """session_with, transaction, retrying, stream and parallel take every UnitOptions field
-    as a keyword; retry documents why it takes none (the request's unit has them)."""
+    """session_with, transaction, retrying, stream, stream_response and parallel take every
+    UnitOptions field as a keyword; retry documents why it takes none (the request's unit has
+    them)."""
     parameters = inspect.signature(getattr(Database, entry_point)).parameters
     keywords = {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
     assert keywords >= UNIT_OPTIONS

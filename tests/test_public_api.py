@@ -31,7 +31,6 @@ PUBLIC_NAMES = [
     "ServerInfo",
     "SessionSharedError",
     "StatementTimeoutError",
-    "Stream",
     "UnitOfWork",
     "UnitOfWorkEndedError",
     "UnitOptions",

@@ -26,7 +26,6 @@ from dbscope._health_report import Health, HealthCheck
 from dbscope._pool_stats import PoolStats
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
-from dbscope._streams import Stream
 from dbscope._unit_of_work import UnitOfWork
 from dbscope._unit_options import UnitOptions
 
@@ -51,7 +50,6 @@ __all__ = [
     "ServerInfo",
     "SessionSharedError",
     "StatementTimeoutError",
-    "Stream",
     "UnitOfWork",
     "UnitOfWorkEndedError",
     "UnitOptions",

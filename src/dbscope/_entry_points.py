@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
-from dbscope._streams import Stream
+from dbscope._streams import streamed
 from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._write_tokens import WriteToken, current_jar
@@ -221,24 +221,24 @@ class UnitEntryPoints:
         after: str | None = None,
         stale_ok: bool = False,
         synchronous_commit: str | None = None,
-    ) -> Stream[T]:
+    ) -> AsyncIterator[T]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
-        ``return StreamingResponse(await db.stream(rows))`` where ``rows(session)`` is an
-        async generator: awaited, the unit takes its connection and makes the first chunk in
-        the endpoint, so an exhausted pool or a database down answers 503 before the
-        response starts (see :class:`Stream`). The stream's transaction commits when the last
-        chunk has been produced, and rolls back if the client goes away (or anything raises)
-        before then. The request's own session cannot be used in a streaming body: its unit
-        of work ended when the endpoint returned. The options (and ``tags``, ``after``,
-        ``stale_ok``) are those of ``transaction()``.
+        ``rows(session)`` is an async generator; the iterator this returns runs it in its own
+        unit, opened at the first chunk asked for. Its transaction commits when the last chunk
+        has been produced, and rolls back if the consumer stops early (or anything raises).
+        In an endpoint, return ``db.stream_response(rows)`` instead: its unit opens before
+        the response starts, so an exhausted pool answers 503, not a 200 cut short. The
+        request's own session cannot be used in a streaming body: its unit of work ended when
+        the endpoint returned. The options (and ``tags``, ``after``, ``stale_ok``) are those
+        of ``transaction()``.
         """
         # Checked here, at the call: in the generator, a wrong option would show only at the
         # first chunk, once a server had already answered 200.
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        return Stream(body, self._opener(options, tags, after))
+        return streamed(body, self._opener(options, tags, after))
 
     def retrying(
         self,

@@ -8,15 +8,18 @@ dbscope`` never imports FastAPI.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._entry_points import UnitEntryPoints
+from dbscope._streams import streamed
 from dbscope._unit_options import DEFAULT_OPTIONS
 
 if TYPE_CHECKING:
+    from starlette.responses import StreamingResponse
+
     from dbscope._database import Database
 
 
@@ -76,6 +79,43 @@ class RequestEntryPoints(UnitEntryPoints):
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
         return session_dependency(self._database(), options)
+
+    def stream_response(
+        self,
+        body: Callable[[AsyncSession], AsyncIterator[Any]],
+        *,
+        media_type: str | None = None,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        statement_timeout: float | None = None,
+        schema: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        after: str | None = None,
+        stale_ok: bool = False,
+        synchronous_commit: str | None = None,
+    ) -> StreamingResponse:
+        """A ``StreamingResponse`` of ``body``'s chunks, made in a unit of work of its own
+        that opens before the response starts: ``return db.stream_response(rows)``.
+
+        The unit takes its connection and ``rows(session)`` makes its first chunk before the
+        status is sent, so an exhausted pool or a database down answers 503 with
+        ``Retry-After``, as ``Depends(db.session)`` does, where
+        ``StreamingResponse(db.stream(rows))`` would cut a 200 short. It commits once the
+        last chunk is made, and rolls back if the client goes away or anything raises. The
+        unit's options (and ``tags``, ``after``, ``stale_ok``) are ``stream()``'s, checked
+        here; ``media_type``, ``status_code`` and ``headers`` are the response's.
+        """
+        from dbscope.fastapi._streaming import UnitStreamingResponse
+
+        options = self._options(
+            read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
+        )
+        chunks = streamed(body, self._opener(options, tags, after))
+        return UnitStreamingResponse(
+            chunks, status_code=status_code, headers=headers, media_type=media_type
+        )
 
     @property
     def leased(self) -> Callable[..., Awaitable[Any]]:

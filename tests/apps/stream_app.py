@@ -93,7 +93,7 @@ async def stream_rows(tag: str) -> StreamingResponse:
             await session.execute(insert, {"tag": tag, "number": number})
             yield f"{tag} {number}\n"
 
-    return StreamingResponse(await db.stream(rows), media_type="text/plain")
+    return db.stream_response(rows, media_type="text/plain")
 
 
 @app.get("/sleep")

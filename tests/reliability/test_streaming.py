@@ -9,18 +9,17 @@ checked out. Rows are counted on a connection of the test's own.
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, UnitOfWorkEndedError
-from dbscope.fastapi import add_exception_handlers
 from tests.helpers import Tables, app_with, client_for, count_rows, send
 from tests.server import running_server
 
@@ -168,9 +167,13 @@ async def test_a_streaming_body_using_the_requests_session_gets_unit_of_work_end
 
 
 def export_app(db: Database) -> FastAPI:
-    """``/awaited`` returns ``await db.stream(rows)``, ``/as-is`` ``db.stream(rows)``: each
-    stores three rows, one per chunk; dbscope's exception handlers answer its errors."""
+    """``/response`` returns ``db.stream_response(rows)``, ``/as-is``
+    ``StreamingResponse(db.stream(rows))``: each stores three rows, one per chunk.
+    ``/with-request-unit`` writes a row and registers a callback in the request's unit, then
+    returns a stream_response; ``/raises`` makes one, then fails. No exception handlers."""
     insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, :number)")
+    app = FastAPI()
+    app.state.called = []
 
     def rows(tag: str) -> Callable[[AsyncSession], AsyncIterator[str]]:
         async def body(session: AsyncSession) -> AsyncIterator[str]:
@@ -180,47 +183,87 @@ def export_app(db: Database) -> FastAPI:
 
         return body
 
-    app = FastAPI()
-    add_exception_handlers(app)
-
-    @app.get("/awaited")
-    async def awaited() -> StreamingResponse:
-        return StreamingResponse(await db.stream(rows("awaited")), media_type="text/plain")
+    @app.get("/response")
+    async def response() -> StreamingResponse:
+        return db.stream_response(rows("response"), media_type="text/plain")
 
     @app.get("/as-is")
     async def as_is() -> StreamingResponse:
         return StreamingResponse(db.stream(rows("as-is")), media_type="text/plain")
 
+    @app.get("/with-request-unit")
+    async def with_request_unit(
+        session: Annotated[AsyncSession, Depends(db.session)],
+    ) -> StreamingResponse:
+        await session.execute(insert, {"tag": "request", "number": 0})
+        db.on_commit(lambda: app.state.called.append("request committed"))
+        return db.stream_response(rows("stream"), media_type="text/plain")
+
+    @app.get("/raises")
+    async def raises() -> StreamingResponse:
+        db.stream_response(rows("never"))
+        raise RuntimeError("the endpoint failed after making its stream_response")
+
     return app
 
 
 @pytest.mark.usefixtures("st_rows")
-async def test_an_awaited_stream_answers_503_when_the_pool_is_exhausted(database_url: str) -> None:
-    """The pool's one connection held: the awaited stream waits pool_timeout in the endpoint
-    and answers 503 with Retry-After; the stream iterated as it is can only cut its 200
-    short. Once the connection is back, the awaited stream sends and stores every chunk."""
+async def test_a_stream_response_answers_503_when_the_pool_is_exhausted(database_url: str) -> None:
+    """The pool's one connection held: stream_response waits pool_timeout before the response
+    starts and answers 503 with Retry-After, as db.session does, with no exception handler;
+    StreamingResponse(db.stream(rows)) can only cut its 200 short. Once the connection is
+    back, stream_response sends and stores every chunk."""
     db = Database(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
     async with db, client_for(export_app(db)) as client:
         async with db.transaction() as held:
             await held.execute(text("SELECT 1"))
-            refused = await client.get("/awaited")
+            refused = await client.get("/response")
             cut = await client.get("/as-is")
-        served = await client.get("/awaited")
+        served = await client.get("/response")
         stats = db.stats()
-    rows = await count_rows(database_url, "st_rows WHERE tag = 'awaited'")
+    rows = await count_rows(database_url, "st_rows WHERE tag = 'response'")
     assert (refused.status_code, refused.headers.get("retry-after")) == (503, "1")
     assert refused.json()["detail"]["cause"] == "pool_timeout"
-    assert (served.status_code, served.text) == (200, "0\n1\n2\n")
     assert (cut.status_code, cut.text) == (200, "")  # the response had started
+    assert (served.status_code, served.text) == (200, "0\n1\n2\n")
     assert rows == 3
     assert (stats.checked_out, stats.timeouts) == (0, 2)
 
 
 @pytest.mark.usefixtures("st_rows")
-async def test_an_awaited_stream_with_no_chunk_commits_and_sends_nothing(
+async def test_a_stream_response_leaves_the_requests_unit_its_own(
     database_url: str, db: Database
 ) -> None:
-    """A body that writes and yields nothing: the awaited stream's unit ends in the endpoint,
+    """The request's unit writes and registers a callback, then returns a stream_response:
+    the request's row is committed and its callback run before the stream's unit opens; the
+    stream's rows are stored too, and no connection stays checked out."""
+    app = export_app(db)
+    response = await send(app, "GET /with-request-unit")
+    request_rows = await count_rows(database_url, "st_rows WHERE tag = 'request'")
+    stream_rows = await count_rows(database_url, "st_rows WHERE tag = 'stream'")
+    assert (response.status_code, response.text) == (200, "0\n1\n2\n")
+    assert (request_rows, stream_rows) == (1, 3)
+    assert app.state.called == ["request committed"]
+    assert db.stats().checked_out == 0
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_a_stream_response_never_sent_holds_no_connection(
+    database_url: str, db: Database
+) -> None:
+    """An endpoint that makes a stream_response and then raises: 500, and its unit was never
+    opened, so nothing waits for the garbage collector to give a connection back."""
+    response = await send(export_app(db), "GET /raises")
+    assert response.status_code == 500
+    assert db.stats().checked_out == 0
+    assert await count_rows(database_url, "st_rows") == 0
+
+
+@pytest.mark.usefixtures("st_rows")
+async def test_a_stream_response_with_no_chunk_commits_and_sends_nothing(
+    database_url: str, db: Database
+) -> None:
+    """A body that writes and yields nothing: the unit ends before the response starts,
     committed; the response is empty."""
 
     async def writes_only(session: AsyncSession) -> AsyncIterator[str]:
@@ -229,7 +272,7 @@ async def test_an_awaited_stream_with_no_chunk_commits_and_sends_nothing(
         yield ""
 
     async def empty() -> StreamingResponse:
-        return StreamingResponse(await db.stream(writes_only), media_type="text/plain")
+        return db.stream_response(writes_only, media_type="text/plain")
 
     response = await send(app_with(db.session, {"GET /empty": empty}), "GET /empty")
     rows = await count_rows(database_url, "st_rows WHERE tag = 'empty'")
