@@ -177,7 +177,7 @@ def test_dbscope_alembic_exports_exactly_its_documented_names() -> None:
         "at_head",
         "command_line",
         "config_path",
-        "config_url",
+        "other_database",
         "run_migrations",
         "status",
         "upgrade",
@@ -238,3 +238,32 @@ async def test_the_guides_shared_connection_upgrades_in_the_callers_transaction(
         assert isinstance(connection, AsyncConnection)
         await namespace["upgrade_in"](connection)
     assert await version_of(clean) == ["0001"]
+
+
+@pytest.mark.parametrize(
+    ("app", "ini", "another"),
+    [
+        ("postgresql+asyncpg://u:p@127.0.0.1/db", "postgresql://u:p@localhost:5432/db", False),
+        (
+            "postgresql+asyncpg://u@127.0.0.1:5432/db",
+            "postgresql+psycopg://u@/db?host=127.0.0.1",
+            False,
+        ),
+        ("mysql+asyncmy://root@127.0.0.1:3306/db", "mariadb+asyncmy://root@localhost/db", False),
+        ("sqlite+aiosqlite:///app.db", "sqlite+aiosqlite:///./app.db", False),
+        ("postgresql+asyncpg://u@127.0.0.1/db", "postgresql://u@127.0.0.1:6543/db", True),
+        ("mysql+asyncmy://root@127.0.0.1/db", "mysql+asyncmy://root@127.0.0.1:3307/db", True),
+        ("postgresql+asyncpg://u@127.0.0.1/db", "postgresql://u@127.0.0.1/other", True),
+        ("postgresql+asyncpg://u@127.0.0.1/db", "postgresql://u@10.0.0.7/db", True),
+    ],
+)
+def test_other_database_is_none_for_the_apps_own_however_spelled(
+    tmp_path: Path, app: str, ini: str, another: bool
+) -> None:
+    """alembic.ini's sqlalchemy.url is the app's database whatever its spelling (localhost
+    for 127.0.0.1, the default port written or not, ?host=, mariadb:// for mysql://, a path
+    through ./); another port, database or host is another database (before: the first four
+    were failed, and an app URL without a port matched any port)."""
+    project = write_project(tmp_path, ini=f"sqlalchemy.url = {ini}\n")
+    found = dbscope.alembic.other_database(Database(app), config=project)
+    assert (found is not None) is another

@@ -9,6 +9,7 @@ the row by itself).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,50 @@ async def test_two_migrate_runs_through_pgbouncer_apply_a_data_migration_once(
     driver = make_url(clean).get_driver_name()
     url = pgbouncer.url("transaction", driver, clean)
     await migrate_twice_at_once(tmp_path, clean, {"DATABASE_URL": url, "PGBOUNCER": "transaction"})
+
+
+# upgrade(db) of a Database whose transactions are REPEATABLE READ: argv[1] the URL, argv[2]
+# the alembic.ini.
+UPGRADE_AT_REPEATABLE_READ = """
+import asyncio, sys
+from dbscope import Database
+from dbscope.alembic import upgrade
+
+async def main():
+    async with Database(sys.argv[1], isolation_level="REPEATABLE READ") as db:
+        await upgrade(db, config=sys.argv[2])
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_two_upgrades_at_repeatable_read_apply_a_data_migration_once(
+    tmp_path: Path, clean: str
+) -> None:
+    """upgrade(db) twice at once, each Database's transactions REPEATABLE READ: the second
+    reads the version after the first committed (the lock's transaction is READ COMMITTED)
+    and does nothing (before: its snapshot was taken as it asked for the lock, and it failed
+    on the first's work)."""
+    project = write_project(tmp_path)
+    (tmp_path / "migrations" / "versions" / "0002_data.py").write_text(DATA_MIGRATION)
+    config = ("-c", str(project))
+    first = await dbscope(
+        "migrate", *config, "upgrade", "0001", environment={"DATABASE_URL": clean}
+    )
+    assert first.returncode == 0, output_of(first)
+    runs = []
+
+    async def upgrade() -> None:
+        command = [sys.executable, "-c", UPGRADE_AT_REPEATABLE_READ, clean, str(project)]
+        runs.append(await anyio.run_process(command, check=False))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(upgrade)
+        group.start_soon(upgrade)
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr.decode() for run in runs]
+    assert await count_rows(clean, TABLE) == 1
+    assert await version_of(clean) == ["0002"]
 
 
 async def migrate_twice_at_once(tmp_path: Path, clean: str, environment: dict[str, str]) -> None:

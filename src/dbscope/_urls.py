@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from itertools import zip_longest
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import URL, make_url
@@ -28,6 +29,8 @@ from dbscope._dialects import backend, split_host_port
 from dbscope._exceptions import ConfigurationError
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
+# The names of this machine's own server, one host to a comparison of URLs.
+LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 UNENCODED_AT: Final = (
     "The database URL has an '@' in its user name or password that is not percent-encoded, "
     "so where the password ends cannot be told (the URL is not shown, it holds a password): "
@@ -189,6 +192,24 @@ def host_ports(url: URL) -> list[str]:
     else:
         pairs = [(url.host, url.port)]
     return [_host_port(host, port or default_port) for host, port in pairs]
+
+
+def same_database(one: URL, other: URL) -> bool:
+    """Whether ``one`` and ``other`` name one database, however spelled: the same backend
+    (``mariadb`` is ``mysql``), hosts with their default ports filled in (``localhost``,
+    ``127.0.0.1`` and ``::1`` as one) and database name; a file by its absolute path."""
+    return _database_of(one) == _database_of(other)
+
+
+def _database_of(url: URL) -> tuple[str, tuple[str, ...], str | None]:
+    rules = backend(url.get_backend_name())
+    if rules.default_port is None and not url.host:  # a file, or memory
+        return rules.name, (), url.database and str(Path(url.database).resolve())
+    hosts = tuple(
+        f"localhost:{port}" if host in LOOPBACK else f"{host}:{port}"
+        for host, _, port in (where.rpartition(":") for where in host_ports(url))
+    )
+    return rules.name, hosts, url.database
 
 
 def _host_port(host: str | None, port: str | int | None) -> str:

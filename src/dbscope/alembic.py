@@ -51,6 +51,7 @@ from dbscope._migrations import (
     run_on_connection,
 )
 from dbscope._settings_loading import load_settings
+from dbscope._urls import same_database
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -60,7 +61,7 @@ __all__ = [
     "at_head",
     "command_line",
     "config_path",
-    "config_url",
+    "other_database",
     "run_migrations",
     "status",
     "upgrade",
@@ -173,12 +174,15 @@ async def status(db: Database, *, config: str | Path | None = None) -> Migration
         return await migration_status(connection, config_path(config), schema=schema)
 
 
-def config_url(config: str | Path | None = None) -> URL | None:
-    """The database the ``sqlalchemy.url`` of ``config`` names, which Alembic's command line,
-    and ``dbscope migrate`` without ``--app`` or ``--prefix``, migrate; None when it names
-    none (or Alembic's placeholder), and the application's settings are used.
+def other_database(db: Database, *, config: str | Path | None = None) -> URL | None:
+    """The database the ``sqlalchemy.url`` of ``config`` names when it is not ``db``'s:
+    Alembic's command line, and ``dbscope migrate`` without ``--app`` or ``--prefix``, migrate
+    that one. None when the file names none (or Alembic's placeholder), or ``db``'s own
+    database however spelled (``localhost`` for ``127.0.0.1``, the default port given or not,
+    ``mariadb://`` for ``mysql://``).
 
     Args:
+        db: the application's Database.
         config: the ``alembic.ini``; default ``$ALEMBIC_CONFIG``, else ``./alembic.ini``.
 
     Raises:
@@ -191,10 +195,11 @@ def config_url(config: str | Path | None = None) -> URL | None:
     if not url or url.strip() == PLACEHOLDER_URL:
         return None
     try:
-        return load_settings(from_env=False, database_url=url).url
+        named = load_settings(from_env=False, database_url=url).url
     except ConfigurationError as error:
         message = f"{path}'s sqlalchemy.url is invalid. {error}"
         raise ConfigurationError(message) from None
+    return None if same_database(named, db.url) else named
 
 
 async def at_head(db: Database, *, config: str | Path | None = None) -> bool:

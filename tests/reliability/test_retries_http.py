@@ -103,16 +103,19 @@ async def test_a_retried_endpoint_commits_both_conflicting_requests(
     caplog: pytest.LogCaptureFixture,
     record_property: RecordProperty,
 ) -> None:
-    """@db.retry(attempts=3): both overlapping requests get 200, after one logged retry."""
+    """@db.retry(attempts=3): both overlapping requests get 200, after a logged retry each time
+    one ran again. Mostly one; on a loaded machine the retry can begin while the other
+    request's transaction is still open, and conflict with it once more (measured: 'a' run
+    three times, two lines, under a full test run and two other processes)."""
     app, responses, balance = await post_two_withdrawals(db, attempts=3)
     lines = retry_lines(caplog)
     print(f"\n[{db_backend}] @db.retry: runs={dict(app.state.runs)} log lines={lines}")
     record_property("retries", len(lines))
     assert statuses(responses) == [200, 200], [response.text for response in responses]
     assert balance == 40
-    assert sum(app.state.runs.values()) == 3
-    assert len(lines) == 1
-    assert "post_withdrawal" in lines[0]
+    assert 1 <= len(lines) <= 2
+    assert sum(app.state.runs.values()) == 2 + len(lines)
+    assert all("post_withdrawal" in line for line in lines)
 
 
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from dbscope import ConfigurationError, Database
 from dbscope._cli._common import Command, load_database
-from dbscope.alembic import config_path, config_url
+from dbscope.alembic import config_path, other_database
 from dbscope.alembic import status as migration_status
 
 ROUND_TRIPS: Final = 5
@@ -196,24 +195,14 @@ def _migrated_elsewhere(db: Database, config: Path) -> str | None:
     """Why the check of ``config`` would not be about the database it migrates: its
     ``sqlalchemy.url`` names another database than the app's; None if it names none."""
     try:
-        named = config_url(config)
+        named = other_database(db, config=config)
     except ConfigurationError as error:
         return str(error)
-    if named is None or _same_database(named, db.url):
+    if named is None:
         return None
     there, here = named.render_as_string(), db.url.render_as_string()  # passwords as ***
     return (
         f"{config} sets sqlalchemy.url to another database ({there}) than the app's, checked "
         f"here ({here}): Alembic, and `dbscope migrate` without --app or --prefix, migrate "
         "that one. Remove sqlalchemy.url from it to migrate the app's database, or correct it."
-    )
-
-
-def _same_database(one: URL, other: URL) -> bool:
-    # A port left out is the server's default, which the other may spell out.
-    ports = {one.port, other.port} - {None}
-    same = (one.get_backend_name(), one.host, one.database, one.query.get("host"))
-    return (
-        same == (other.get_backend_name(), other.host, other.database, other.query.get("host"))
-        and len(ports) < 2
     )

@@ -33,6 +33,7 @@ LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 REFUSED: Final = ("28", "3D000", "42501")
 CONFLICTS: Final = frozenset({"40001", "40P01"})
 QUERY_CANCELED: Final = "57014"
+READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # A lock not had within lock_timeout.
 LOCK_NOT_AVAILABLE: Final = "55P03"
 # A write in a read-only transaction: a unit that writes meets it on a standby (a primary
@@ -277,6 +278,8 @@ class PostgreSQL(Backend):
         # server connection that took it. lock_timeout bounds the wait, then is put back.
         milliseconds = max(1, round(seconds * 1000))
         lock = f"SELECT pg_catalog.pg_advisory_xact_lock({_advisory_key(name)})"
+        # REPEATABLE READ's snapshot, taken as the lock is asked, would miss the other's run.
+        connection.exec_driver_sql(READ_COMMITTED, execution_options=OWN)
         connection.exec_driver_sql(
             f"SET LOCAL lock_timeout = {milliseconds}", execution_options=OWN
         )
