@@ -112,3 +112,39 @@ def test_the_dependency_cache_keeps_no_database_alive(sqlite_url: str) -> None:
     del db
     gc.collect()
     assert gone() is None
+
+
+def test_http_error_answers_dbscope_errors_and_refuses_any_other() -> None:
+    """RetriesExhaustedError is the 409 conflict; another error is no conflict to answer
+    (before: a LifecycleError, a ValueError were 409 'conflict' with their own text)."""
+    conflict = dbscope.fastapi.http_error(dbscope.RetriesExhaustedError("ran out", attempts=3))
+    assert (conflict.status_code, conflict.detail["cause"]) == (409, "conflict")
+    for error in (dbscope.LifecycleError("not connected"), ValueError("a bug")):
+        with pytest.raises(TypeError, match="http_error\\(\\) answers dbscope's errors"):
+            dbscope.fastapi.http_error(error)  # type: ignore[arg-type]
+
+
+async def test_an_endpoint_may_return_pool_stats_and_health_as_declared(sqlite_url: str) -> None:
+    """`-> PoolStats` and `-> Health` as FastAPI response types: their annotations resolve
+    where they were written, though the classes show as dbscope's (before: every request
+    failed, 'TypeAdapter[...PoolStats] is not fully defined')."""
+    from fastapi import FastAPI
+
+    from tests.helpers import client_for
+
+    db = Database(sqlite_url)
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.get("/stats")
+    async def stats() -> dbscope.PoolStats:
+        return db.stats()
+
+    @app.get("/health")
+    async def health() -> dbscope.Health:
+        return await db.health()
+
+    async with db, client_for(app) as client:
+        answers = [await client.get(path) for path in ("/stats", "/health")]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert answers[0].json()["size"] == db.settings.pool_size
+    assert typing.get_type_hints(dbscope.PoolStats)["replicas"] is not None

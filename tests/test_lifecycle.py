@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database, LifecycleError
+from dbscope import ConfigurationError, Database, LifecycleError
 from tests.helpers import Lifespan, Tables, app_with, send
 
 with warnings.catch_warnings():
@@ -210,3 +210,21 @@ async def test_a_composed_lifespan_connects_and_disposes(database_url: str) -> N
         response = await send(app, "POST /rows", raise_app_exceptions=True)
     assert response.json() == {"count": 1}
     assert events == ["connected", "disposed"]
+
+
+@pytest.mark.parametrize("wrong", ["engine", "session", "nothing"])
+async def test_bind_to_something_else_than_a_connection_leaves_the_database_usable(
+    sqlite_url: str, wrong: str
+) -> None:
+    """bind_to() an AsyncEngine, an AsyncSession or None: a ConfigurationError naming what
+    it takes, and the Database stays connected (before: an AttributeError, and the Database
+    'bound' for good, every unit refused as 'not connected yet')."""
+    async with Database(sqlite_url) as db:
+        async with db.transaction() as session:
+            given = {"engine": db.engine, "session": session, "nothing": None}[wrong]
+        with pytest.raises(ConfigurationError, match="takes the AsyncConnection"):
+            with db.bind_to(given):  # type: ignore[arg-type]
+                pytest.fail("bound to something else than a connection")
+        async with db.transaction() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+        assert db.state == "connected"

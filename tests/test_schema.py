@@ -207,6 +207,28 @@ async def test_use_schema_rejects_a_name_that_is_not_an_identifier(
     assert await victim_exists(postgres_url)
 
 
+@pytest.mark.parametrize("db_backend", ["asyncmy", "sqlite"])
+async def test_use_schema_is_refused_where_there_are_no_schemas(database_url: str) -> None:
+    """MariaDB and SQLite have no schemas to switch between: use_schema() says so, as the
+    schema option does (before: accepted and ignored before the first statement, and a
+    NotImplementedError after it)."""
+    async with Database(database_url) as db:
+        async with db.transaction() as session:
+            for _ in range(2):  # before the unit's first statement, and after it
+                with pytest.raises(ConfigurationError, match="no schemas to switch between"):
+                    await db.use_schema("reporting")
+                await session.execute(text("SELECT 1"))
+
+
+async def test_use_schema_of_a_name_that_is_no_str_is_a_configuration_error(
+    postgres_url: str,
+) -> None:
+    """use_schema(5): the ConfigurationError it documents, not a TypeError of the regex."""
+    async with Database(postgres_url) as db, db.transaction():
+        with pytest.raises(ConfigurationError, match="not a plain identifier"):
+            await db.use_schema(5)  # type: ignore[arg-type]
+
+
 async def test_the_schema_option_rejects_a_name_that_is_not_an_identifier(
     postgres_url: str, default_search_path: str
 ) -> None:

@@ -24,6 +24,7 @@ from dbscope._exceptions import (
 )
 from dbscope._health_report import Health, HealthCheck
 from dbscope._pool_stats import PoolStats
+from dbscope._public import present_as
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_of_work import UnitOfWork
@@ -56,9 +57,7 @@ __all__ = [
 ]
 
 # Tracebacks and reprs name the public module, not the private one a class lives in.
-for _name in __all__:
-    globals()[_name].__module__ = "dbscope"
-del _name
+present_as(__name__, globals(), __all__)
 
 # Read from the installed distribution, so that pyproject.toml is the one place it is written.
 __version__: str = _metadata.version("dbscope")

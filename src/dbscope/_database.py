@@ -234,6 +234,10 @@ class Database(RequestEntryPoints):
         Args:
             connection: a connection with a transaction begun.
             raise_on_lazy_load: refuse every lazy load meanwhile (default: the setting).
+
+        Raises:
+            ConfigurationError: ``connection`` is no ``AsyncConnection``, or no event loop
+                runs here; the Database is left as it was.
         """
         strict = (
             self._settings.raise_on_lazy_load if raise_on_lazy_load is None else raise_on_lazy_load

@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 from dbscope._dialects import driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
-from dbscope._exceptions import LifecycleError
+from dbscope._exceptions import ConfigurationError, LifecycleError
 from dbscope._pool import PoolCounters
 from dbscope._pool_stats import PoolStats
 from dbscope._session import UnitAsyncSession, session_factory
@@ -179,22 +179,37 @@ class Lifecycle:
 
     @contextlib.contextmanager
     def bind_to(self, connection: AsyncConnection, *, raise_on_lazy_load: bool) -> Iterator[None]:
-        """Make every session join ``connection``'s transaction, with savepoints."""
-        saved = (self.state, self._engine, self._sessions, self._loop, self._counters)
-        self.state = "bound"
-        self._engine = connection.engine
-        counters = self._counters = PoolCounters(connection.engine)
-        self._sessions = session_factory(
-            bind=connection,
-            join_transaction_mode="create_savepoint",
-            raise_on_lazy_load=raise_on_lazy_load,
-            session_class=self.session_class,
-        )
-        self._loop = asyncio.get_running_loop()
+        """Make every session join ``connection``'s transaction, with savepoints.
+
+        Raises:
+            ConfigurationError: ``connection`` is no ``AsyncConnection``, or no event loop
+                runs; the Database is left as it was.
+        """
+        if not isinstance(connection, AsyncConnection):
+            message = (
+                f"bind_to() takes the AsyncConnection of a test's transaction (`async with "
+                f"engine.connect() as connection:`), not {type(connection).__name__}"
+            )
+            raise ConfigurationError(message)
         try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            message = "bind_to() binds within the event loop the test runs in: call it there"
+            raise ConfigurationError(message) from None
+        saved = (self.state, self._engine, self._sessions, self._loop, self._counters)
+        try:
+            self.state, self._engine, self._loop = "bound", connection.engine, loop
+            self._counters = PoolCounters(connection.engine)
+            self._sessions = session_factory(
+                bind=connection,
+                join_transaction_mode="create_savepoint",
+                raise_on_lazy_load=raise_on_lazy_load,
+                session_class=self.session_class,
+            )
             yield
         finally:
-            counters.close()
+            if self._counters is not None and self._counters is not saved[4]:
+                self._counters.close()
             self.state, self._engine, self._sessions, self._loop, self._counters = saved
 
     def own_engine(

@@ -126,7 +126,7 @@ CHOICES: Final = {
 
 def validate_schema_name(name: str) -> str:
     """``name`` if it is a plain identifier usable as a schema, else ConfigurationError."""
-    if SCHEMA_NAME.fullmatch(name):
+    if isinstance(name, str) and SCHEMA_NAME.fullmatch(name):
         return name
     message = (
         f"The schema name {name!r} is not a plain identifier; use letters, digits, '_' and "

@@ -25,7 +25,7 @@ from dbscope._commit_hooks import add_commit_hook, run_commit_hooks
 from dbscope._dialects import OWN, Begin
 from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
-from dbscope._exceptions import NoSessionError
+from dbscope._exceptions import ConfigurationError, NoSessionError
 from dbscope._session import CommitHook, UnitAsyncSession, UnitState, attach_state, wait_idle
 from dbscope._settings import validate_schema_name
 from dbscope._tags import SqlComment, SqlTagger, check_tags
@@ -89,9 +89,15 @@ class UnitOfWork:
 
     async def use_schema(self, name: str | None) -> None:
         """Make the unit's statements target schema ``name`` (None: the server's default)."""
-        if name is not None:
-            validate_schema_name(name)
         state = self.state
+        if name is not None:
+            if not state.rules.has_schemas:
+                message = (
+                    f"use_schema({name!r}) is not available on {state.rules.name}, which has "
+                    "no schemas to switch between (PostgreSQL has); remove it."
+                )
+                raise ConfigurationError(message)
+            validate_schema_name(name)
         state.begin = dataclasses.replace(state.begin, schema=name)
         connection = await self.session.connection()  # begins, and applies the schema, if new
         if state.applied_schema != name:

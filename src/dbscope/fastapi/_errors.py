@@ -90,6 +90,9 @@ def http_error(error: Handled) -> HTTPException:
     the row's values), a request whose client hung up while it waited in line 499; the JSON
     body names the cause. The first of each kind is logged at once, then one line per 5 s
     counts the rest.
+
+    Raises:
+        TypeError: ``error`` is none of those five: a bug's error is a 500, not a conflict.
     """
     if isinstance(error, DatabaseUnavailableError):
         _error_log.warn(f"503 ({error.cause})", str(error))
@@ -109,8 +112,12 @@ def http_error(error: Handled) -> HTTPException:
         _error_log.warn("499 (client_disconnected)", str(error))
         detail = {"cause": "client_disconnected", "message": str(error)}
         return HTTPException(CLIENT_CLOSED_REQUEST, detail)
-    _error_log.warn("409 (conflict)", str(error))
-    return HTTPException(409, {"cause": "conflict", "message": str(error)})
+    if isinstance(error, RetriesExhaustedError):
+        _error_log.warn("409 (conflict)", str(error))
+        return HTTPException(409, {"cause": "conflict", "message": str(error)})
+    # Another error is a bug to be seen as one (a 500 with its traceback), not a conflict.
+    message = f"http_error() answers dbscope's errors of the database's state, not {error!r}"
+    raise TypeError(message)
 
 
 def add_exception_handlers(app: FastAPI) -> None:

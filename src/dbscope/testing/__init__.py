@@ -19,6 +19,7 @@ and counts the statements a block sends, to catch an N+1::
 It imports neither pytest nor httpx (:func:`client` imports httpx when called).
 """
 
+from dbscope._public import present_as
 from dbscope.testing._asgi import client, running_app
 from dbscope.testing._isolation import (
     any_loop_engine,
@@ -65,6 +66,4 @@ __all__ = [
 ]
 
 # Tracebacks and help() name the public module, not the private one a helper lives in.
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
+present_as(__name__, globals(), __all__)
