@@ -212,12 +212,11 @@ async def test_use_schema_is_refused_where_there_are_no_schemas(database_url: st
     """MariaDB and SQLite have no schemas to switch between: use_schema() says so, as the
     schema option does (before: accepted and ignored before the first statement, and a
     NotImplementedError after it)."""
-    async with Database(database_url) as db:
-        async with db.transaction() as session:
-            for _ in range(2):  # before the unit's first statement, and after it
-                with pytest.raises(ConfigurationError, match="no schemas to switch between"):
-                    await db.use_schema("reporting")
-                await session.execute(text("SELECT 1"))
+    async with Database(database_url) as db, db.transaction() as session:
+        for _ in range(2):  # before the unit's first statement, and after it
+            with pytest.raises(ConfigurationError, match="no schemas to switch between"):
+                await db.use_schema("reporting")
+            await session.execute(text("SELECT 1"))
 
 
 async def test_use_schema_of_a_name_that_is_no_str_is_a_configuration_error(
