@@ -222,9 +222,11 @@ async def test_bind_to_something_else_than_a_connection_leaves_the_database_usab
     async with Database(sqlite_url) as db:
         async with db.transaction() as session:
             given = {"engine": db.engine, "session": session, "nothing": None}[wrong]
-        with pytest.raises(ConfigurationError, match="takes the AsyncConnection"):
-            with db.bind_to(given):  # type: ignore[arg-type]
-                pytest.fail("bound to something else than a connection")
+        with (
+            pytest.raises(ConfigurationError, match="takes the AsyncConnection"),
+            db.bind_to(given),  # type: ignore[arg-type]
+        ):
+            pytest.fail("bound to something else than a connection")
         async with db.transaction() as session:
             assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
         assert db.state == "connected"
