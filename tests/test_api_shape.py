@@ -118,7 +118,8 @@ def test_http_error_answers_dbscope_errors_and_refuses_any_other() -> None:
     """RetriesExhaustedError is the 409 conflict; another error is no conflict to answer
     (before: a LifecycleError, a ValueError were 409 'conflict' with their own text)."""
     conflict = dbscope.fastapi.http_error(dbscope.RetriesExhaustedError("ran out", attempts=3))
-    assert (conflict.status_code, conflict.detail["cause"]) == (409, "conflict")
+    detail: dict[str, str] = conflict.detail  # type: ignore[assignment]
+    assert (conflict.status_code, detail["cause"]) == (409, "conflict")
     for error in (dbscope.LifecycleError("not connected"), ValueError("a bug")):
         with pytest.raises(TypeError, match="http_error\\(\\) answers dbscope's errors"):
             dbscope.fastapi.http_error(error)  # type: ignore[arg-type]
