@@ -172,8 +172,9 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
     expected = {
         "sqlite": [],
         "asyncmy": [
-            "SET SESSION max_statement_time = 5.0",
-            "SET SESSION max_statement_time = DEFAULT",
+            "SET @dbscope_statement_time = @@session.max_statement_time, "
+            "SESSION max_statement_time = 5.0",
+            "SET SESSION max_statement_time = @dbscope_statement_time",
         ],
         "asyncpg": [*postgresql, "SELECT set_config('application_name', $1, true)", named],
         "psycopg": [*postgresql, "SELECT set_config('application_name', %(name)s, true)", named],

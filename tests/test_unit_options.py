@@ -9,6 +9,7 @@ No ``from __future__ import annotations``: the endpoints use a ``Session`` alias
 a function.
 """
 
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -270,3 +271,25 @@ async def test_the_same_options_give_the_same_dependency(database_url: str) -> N
     assert db.session_with(isolation_level="SERIALIZABLE") is db.session_with(
         isolation_level="SERIALIZABLE"
     )
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+@pytest.mark.parametrize("timed_out", [False, True])
+async def test_a_units_statement_timeout_puts_back_the_sessions_own_on_mariadb(
+    database_url: str, timed_out: bool
+) -> None:
+    """A connection whose session has a max_statement_time of its own (here an init_command;
+    a user's MAX_STATEMENT_TIME alike) has it again after a unit with statement_timeout, timed
+    out or not (before: DEFAULT, the global 0, for the rest of the connection's life)."""
+    url = f"{database_url}?init_command=SET+SESSION+max_statement_time%3D7"
+    async with Database(url, pool_size=1, max_overflow=0) as db:
+        with contextlib.suppress(StatementTimeoutError):
+            async with db.transaction(statement_timeout=0.2) as session:
+                await session.execute(text("SELECT SLEEP(1)" if timed_out else "SELECT 1"))
+        async with db.transaction() as session:
+            after = await session.scalar(text("SELECT @@SESSION.max_statement_time"))
+            backend = await session.scalar(text("SELECT CONNECTION_ID()"))
+        async with db.transaction() as session:
+            same = await session.scalar(text("SELECT CONNECTION_ID()"))
+    assert float(after) == 7.0
+    assert backend == same  # one connection all along

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dbscope import Attempt, Database, RetriesExhaustedError, Retrying
-from tests.helpers import SERVER_BACKENDS
+from tests.helpers import SERVER_BACKENDS, Tables, admin
 from tests.reliability.conflicts import BALANCE, overlap, read_balance, retry_lines, scalar
 
 RecordProperty = Callable[[str, object], None]
@@ -260,3 +260,35 @@ async def test_a_non_retryable_error_propagates_unchanged_from_the_first_attempt
     assert attempts == [1]
     assert retrying.retries == 0
     assert retry_lines(caplog) == []
+
+
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+async def test_a_deadlock_inside_a_savepoint_is_retried(database_url: str, tables: Tables) -> None:
+    """Two units lock two rows in opposite orders, the second lock inside begin_nested(): one
+    deadlocks. InnoDB rolls back the whole transaction, the savepoint with it, and the ROLLBACK
+    TO SAVEPOINT that follows fails (1305): the deadlock under it is still a conflict, retried
+    (before, on MariaDB: '1305 SAVEPOINT does not exist', never retried)."""
+    await tables.create("rt_accounts", "id INTEGER PRIMARY KEY, balance INTEGER NOT NULL")
+    async with admin(database_url) as connection:
+        await connection.execute(text("INSERT INTO rt_accounts VALUES (1, 100), (2, 100)"))
+    move = text("UPDATE rt_accounts SET balance = balance + :amount WHERE id = :id")
+    barrier = asyncio.Barrier(2)
+    runs = {"a": 0, "b": 0}
+    async with Database(database_url, pool_size=4) as db:
+
+        async def transfer(name: str, source: int, target: int) -> int:
+            retrying = db.retrying(attempts=3, backoff=0.01)
+            async for attempt in retrying:
+                async with attempt as session:
+                    runs[name] += 1
+                    await session.execute(move, {"amount": -1, "id": source})
+                    if runs[name] == 1:
+                        await overlap(barrier)
+                    async with session.begin_nested():
+                        await session.execute(move, {"amount": 1, "id": target})
+            return retrying.retries
+
+        retries = await asyncio.gather(transfer("a", 1, 2), transfer("b", 2, 1))
+        balances = await scalar(db, "SELECT SUM(balance) FROM rt_accounts")
+    assert sorted(retries) == [0, 1]
+    assert balances == 200

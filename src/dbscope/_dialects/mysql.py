@@ -33,6 +33,9 @@ LOST: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
 # without one), unknown database, a missing table, column or other privilege.
 REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143, 1227, 1698})
 DEADLOCK: Final = 1213
+# A deadlock rolls back InnoDB's whole transaction, its savepoints with it: the ROLLBACK TO
+# SAVEPOINT of a nested transaction then fails with this, which hides the deadlock.
+SAVEPOINT_GONE: Final = 1305
 LOCK_WAIT_TIMEOUT: Final = 1205
 # MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
 TIMEOUTS: Final = frozenset({1969, 3024})
@@ -40,7 +43,13 @@ TIMEOUTS: Final = frozenset({1969, 3024})
 CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, 1048})
 # Set on a connection's info while a unit's statement timeout is in force.
 TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
-RESET_STATEMENT_TIMEOUT: Final = "SET SESSION max_statement_time = DEFAULT"
+# The session's own value (a user's MAX_STATEMENT_TIME, an init_command's) is kept in a user
+# variable and put back: DEFAULT would be the global one.
+SET_STATEMENT_TIMEOUT: Final = (
+    "SET @dbscope_statement_time = @@session.max_statement_time, "
+    "SESSION max_statement_time = {seconds}"
+)
+RESET_STATEMENT_TIMEOUT: Final = "SET SESSION max_statement_time = @dbscope_statement_time"
 # GET_LOCK's names are the server's, not a database's: the database's name goes in, the
 # whole cut to the 64 characters MySQL allows.
 LOCK_NAME: Final = "LEFT(CONCAT(:name, ' in ', IFNULL(DATABASE(), '')), 64)"
@@ -71,7 +80,10 @@ class MySQL(Backend):
             # No SET LOCAL here: the session value is put back when the connection returns to
             # the pool (_reset_statement_timeout).
             seconds = max(1, round(wanted.statement_timeout * 1000)) / 1000
-            statement = f"SET SESSION max_statement_time = {seconds}"
+            if connection.info.get(TIMEOUT_FLAG):  # the session's own value is kept already
+                statement = f"SET SESSION max_statement_time = {seconds}"
+            else:
+                statement = SET_STATEMENT_TIMEOUT.format(seconds=seconds)
             connection.exec_driver_sql(statement, execution_options=OWN)
             connection.info[TIMEOUT_FLAG] = True
 
@@ -91,6 +103,9 @@ class MySQL(Backend):
             ("--port", None if url.port is None else str(url.port)),
             ("--user", url.username),
             ("--database", url.database),
+            # The app's character set (asyncmy's default, utf8mb4), not the client's utf8mb3,
+            # in which 4-byte characters show as '?' and cannot be written.
+            ("--default-character-set", url.query.get("charset", "utf8mb4")),
             # The TLS options SQLAlchemy reads from the URL, under the names both clients take.
             *((f"--{name.replace('_', '-')}", url.query.get(name)) for name in SSL_OPTIONS),
         ):
@@ -134,7 +149,7 @@ class MySQL(Backend):
             return "lost"
         if number in REFUSED:
             return "refused"
-        if number == DEADLOCK:
+        if number == DEADLOCK or (number == SAVEPOINT_GONE and _after_deadlock(orig)):
             return "conflict"
         if number == LOCK_WAIT_TIMEOUT:
             return "lock_wait"
@@ -214,6 +229,18 @@ def _constraint_as_integrity_error(context: ExceptionContext) -> IntegrityError 
     return IntegrityError(
         error.statement, error.params, error.orig, hide_parameters=error.hide_parameters
     )
+
+
+def _after_deadlock(orig: BaseException | None) -> bool:
+    """Whether a deadlock is among the errors ``orig`` was raised in the handling of."""
+    cause = orig.__context__ if orig is not None else None
+    for _ in range(4):  # the driver's error, SQLAlchemy's around it, and again
+        if cause is None:
+            return False
+        if error_number(getattr(cause, "orig", cause)) == DEADLOCK:
+            return True
+        cause = cause.__context__
+    return False
 
 
 def _reset_statement_timeout(
