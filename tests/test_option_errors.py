@@ -217,6 +217,21 @@ async def test_a_streams_wrong_option_is_refused_when_called_not_when_iterated(
             db.stream(one_row, after="nope")
 
 
+def test_a_stream_of_no_body_or_a_wrong_status_is_refused_at_the_call(sqlite_url: str) -> None:
+    """db.stream(5), db.stream_response(5) and status_code='x': ConfigurationError at the call
+    (before: accepted, then a TypeError at the first chunk, after a 200, or a response never
+    sent); from_settings() of something else than settings, too (an AttributeError)."""
+    db = Database(sqlite_url)
+    given: Any = 5
+    for call in (db.stream, db.stream_response):
+        with pytest.raises(ConfigurationError, match="takes the body as a function of"):
+            call(given)
+    with pytest.raises(ConfigurationError, match="status_code='x' is no HTTP status"):
+        db.stream_response(one_row, status_code="x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="takes a DatabaseSettings, not str"):
+        Database.from_settings(sqlite_url)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 async def test_a_streams_wrong_option_answers_500_from_the_endpoint_never_a_cut_200(
     database_url: str,

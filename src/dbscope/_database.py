@@ -120,7 +120,10 @@ class Database(RequestEntryPoints):
         **engine_options: Any,
     ) -> Database:
         """Build a Database from a :class:`DatabaseSettings` made elsewhere (``session_class``
-        and ``engine_options`` as for ``Database()``)."""
+        and ``engine_options`` as for ``Database()``); ConfigurationError for anything else."""
+        if not isinstance(settings, DatabaseSettings):
+            message = f"from_settings() takes a DatabaseSettings, not {type(settings).__name__}"
+            raise ConfigurationError(message)
         database = cls.__new__(cls)
         database._setup(settings, engine_options, session_class)
         return database

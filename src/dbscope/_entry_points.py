@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
-from dbscope._streams import streamed
+from dbscope._streams import checked_body, streamed
 from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._write_tokens import WriteToken, current_jar
@@ -130,12 +130,19 @@ class UnitEntryPoints:
         return options
 
     def _opener(
-        self, options: UnitOptions, tags: Mapping[str, str] | None, after: str | None
+        self,
+        options: UnitOptions,
+        tags: Mapping[str, str] | None,
+        after: str | None,
+        request_id: str | None = None,
     ) -> Callable[..., UnitRun]:
-        """How each unit of one call opens: with ``options``, the SQL comment of ``tags`` and
-        after the write token ``after`` (both checked here, once per call, not per unit)."""
+        """How each unit of one call opens: with ``options``, the SQL comment of ``tags``,
+        after the write token ``after`` (both checked here, once per call, not per unit), and
+        a request's id as the connection's name."""
         comment, token = self._units.comment(tags), _token(after)
-        return functools.partial(self._units.open, options, comment=comment, after=token)
+        return functools.partial(
+            self._units.open, options, comment=comment, after=token, request_id=request_id
+        )
 
     def _check(self, options: UnitOptions) -> None:
         # Before connect(), only the standard levels are known; after it, the server's own.
@@ -235,6 +242,7 @@ class UnitEntryPoints:
         """
         # Checked here, at the call: in the generator, a wrong option would show only at the
         # first chunk, once a server had already answered 200.
+        checked_body(body, "stream()")
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )

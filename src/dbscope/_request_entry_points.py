@@ -8,13 +8,14 @@ dbscope`` never imports FastAPI.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._entry_points import UnitEntryPoints
-from dbscope._streams import streamed
+from dbscope._exceptions import ConfigurationError
+from dbscope._streams import checked_body, streamed
 from dbscope._unit_options import DEFAULT_OPTIONS
 
 if TYPE_CHECKING:
@@ -109,12 +110,28 @@ class RequestEntryPoints(UnitEntryPoints):
         """
         from dbscope.fastapi._streaming import UnitStreamingResponse
 
+        checked_body(body, "stream_response()")
+        if not isinstance(status_code, int) or isinstance(status_code, bool):
+            message = f"status_code={status_code!r} is no HTTP status; give an int, e.g. 200"
+            raise ConfigurationError(message)
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
-        chunks = streamed(body, self._opener(options, tags, after))
+        self._opener(options, tags, after)  # checks the tags and the token now
+
+        def chunks(route: Mapping[str, str], request_id: str | None) -> AsyncGenerator[Any, None]:
+            # The request's route tags under the call's own, as a request's unit has them.
+            opener = self._opener(options, {**route, **(tags or {})}, after, request_id)
+            return streamed(body, opener)
+
+        settings = self._database().settings
         return UnitStreamingResponse(
-            chunks, status_code=status_code, headers=headers, media_type=media_type
+            chunks,
+            tagged=settings.sql_comments != "off",
+            request_id_header=settings.request_id_header,
+            status_code=status_code,
+            headers=headers,
+            media_type=media_type,
         )
 
     @property

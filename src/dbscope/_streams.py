@@ -7,8 +7,20 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._exceptions import ConfigurationError
 from dbscope._retry import T
 from dbscope._unit_of_work import UnitRun
+
+
+def checked_body(body: object, call: str) -> None:
+    """Refuse a ``body`` that is no function of the session, at ``call``, not at the first
+    chunk (after a 200)."""
+    if not callable(body):
+        message = (
+            f"{call} takes the body as a function of the session (`async def rows(session): "
+            f"... yield chunk`), not {body!r}"
+        )
+        raise ConfigurationError(message)
 
 
 async def streamed(

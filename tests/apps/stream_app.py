@@ -19,7 +19,7 @@ import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,7 +34,8 @@ CHUNKS = 5
 seen_warnings: list[str] = []
 log_lines: list[str] = []
 errors: list[str] = []
-counters = {"started": 0, "finished": 0}  # the sleeps of /sleep begun and completed
+# The sleeps of /sleep begun and completed; the background tasks of /one run.
+counters = {"started": 0, "finished": 0, "background": 0}
 
 
 def record_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -94,6 +95,21 @@ async def stream_rows(tag: str) -> StreamingResponse:
             yield f"{tag} {number}\n"
 
     return db.stream_response(rows, media_type="text/plain")
+
+
+@app.get("/one/{tag}")
+async def stream_one(tag: str, background: BackgroundTasks) -> StreamingResponse:
+    """One chunk, made ``STREAM_CHUNK_PAUSE`` s after the unit's first write; a background
+    task counted in ``counters["background"]``."""
+
+    async def one(session: AsyncSession) -> AsyncIterator[str]:
+        insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, 0)")
+        await session.execute(insert, {"tag": tag})
+        await asyncio.sleep(CHUNK_PAUSE)
+        yield f"{tag}\n"
+
+    background.add_task(counters.__setitem__, "background", counters["background"] + 1)
+    return db.stream_response(one, media_type="text/plain")
 
 
 @app.get("/sleep")

@@ -87,6 +87,37 @@ async def test_clients_that_leave_a_stream_halfway_leave_no_rows_committed(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.usefixtures("st_rows")
+async def test_a_client_gone_while_the_first_chunk_is_made_keeps_nothing(
+    database_url: str,
+) -> None:
+    """/one writes, then makes its only chunk 0.5 s later; a client that gives up after 0.1 s
+    leaves no row and runs no background task, though the body would end without another
+    statement (before: committed, and the background run); one that waits gets both."""
+    env = {"DATABASE_URL": database_url, "STREAM_CHUNK_PAUSE": "0.5"}
+    with running_server(APP, env) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=0.1) as impatient:
+            with pytest.raises(httpx.TimeoutException):
+                await impatient.get("/one/gone")
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            await asyncio.sleep(1.0)  # past the pause: the gone client's unit has ended
+            kept = await client.get("/one/kept")
+            # The background task runs once the response is sent: asked until it has run.
+            with anyio.move_on_after(5):
+                while (stats := await quiet_stats(client))["counters"]["background"] == 0:
+                    await asyncio.sleep(0.02)
+        rows = {
+            tag: await count_rows(database_url, f"st_rows WHERE tag = '{tag}'")
+            for tag in ("gone", "kept")
+        }
+    assert (kept.status_code, kept.text) == (200, "kept\n")
+    assert rows == {"gone": 0, "kept": 1}
+    assert stats["counters"]["background"] == 1
+    assert stats["pool"]["checked_out"] == 0
+
+
+@pytest.mark.server
 @pytest.mark.usefixtures("st_rows")
 async def test_a_stream_read_to_the_end_commits_its_rows(database_url: str) -> None:
     """A client that reads all five chunks finds the five rows stored; nothing checked out."""
@@ -228,6 +259,37 @@ async def test_a_stream_response_answers_503_when_the_pool_is_exhausted(database
     assert (served.status_code, served.text) == (200, "0\n1\n2\n")
     assert rows == 3
     assert (stats.checked_out, stats.timeouts) == (0, 2)
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_stream_responses_statements_carry_the_requests_tags_and_id(
+    database_url: str,
+) -> None:
+    """sql_comments on: the stream's statements name the route, as the request's own unit's
+    do, and the connection is named after the request's X-Request-ID (before: only the
+    Database's own tags, and its application name)."""
+    db = Database(database_url, sql_comments="append")
+    seen: list[tuple[str, str]] = []
+
+    async def body(session: AsyncSession) -> AsyncIterator[str]:
+        own = "SELECT query, current_setting('application_name') FROM pg_stat_activity"
+        row = (await session.execute(text(f"{own} WHERE pid = pg_backend_pid()"))).one()
+        seen.append((row[0], row[1]))
+        yield "seen\n"
+
+    app = FastAPI()
+
+    @app.get("/reports/{name}")
+    async def report(name: str) -> StreamingResponse:
+        return db.stream_response(body, media_type="text/plain")
+
+    async with db, client_for(app) as client:
+        response = await client.get("/reports/daily", headers={"X-Request-ID": "req-77"})
+    assert response.text == "seen\n"
+    [(query, name)] = seen
+    assert "route='%2Freports%2F%7Bname%7D'" in query
+    assert "controller='report'" in query
+    assert name == "req-77"
 
 
 @pytest.mark.usefixtures("st_rows")

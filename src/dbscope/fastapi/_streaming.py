@@ -4,18 +4,19 @@ opened before the response starts.
 A ``StreamingResponse`` sends its status and headers before its body runs: a unit opened at
 the first chunk (``StreamingResponse(db.stream(rows))``) meets an exhausted pool or a
 database down after the ``200`` went out, and can only cut the body short. This response
-opens the unit, takes its connection and makes the first chunk first; what fails there is
+opens the unit, takes its connection and makes the first chunk first; an outage there is
 answered before anything is sent, as ``Depends(db.session)`` answers it (503 with
 ``Retry-After``); any other error goes to the app's exception handlers. The whole unit lives
 inside the response's call, so it ends there, whatever happens: never left for the garbage
-collector.
+collector. Its statements carry the request's route tags and id, as the request's own unit's
+do; its background tasks run only once the stream has completed and committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -25,17 +26,23 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dbscope.fastapi._errors import HANDLED, http_error
+from dbscope.fastapi._tags import request_id, request_tags
+
+# The chunks of one response, given the request's route tags and id.
+Chunks = Callable[[Mapping[str, str], str | None], AsyncGenerator[Any, None]]
 
 
 class UnitStreamingResponse(StreamingResponse):
-    """A ``StreamingResponse`` of ``chunks``, made in a unit of work of its own
+    """A ``StreamingResponse`` of what ``chunks`` makes, in a unit of work of its own
     (``dbscope._streams.streamed``), that unit opened and its first chunk made before the
     response starts. Sent once."""
 
     def __init__(
         self,
-        chunks: AsyncGenerator[Any, None],
+        chunks: Chunks,
         *,
+        tagged: bool,
+        request_id_header: str | None,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
@@ -49,6 +56,9 @@ class UnitStreamingResponse(StreamingResponse):
             background=background,
         )
         self._chunks = chunks
+        self._tagged = tagged
+        self._request_id_header = request_id_header
+        self._completed = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # In a task of its own, on a copy of the context: the unit sets itself as the
@@ -57,29 +67,57 @@ class UnitStreamingResponse(StreamingResponse):
         await asyncio.create_task(serving, context=contextvars.copy_context())
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks = self._chunks
+        tags, named = {}, None
+        if self._tagged:
+            tags = request_tags(scope)
+            named = request_id(Request(scope, receive), self._request_id_header)
+        chunks = self._chunks(tags, named)
+        # Starlette runs the background after a client gone too: here only once the stream
+        # completed, its unit committed.
+        background, self.background = self.background, None
         try:
             try:
-                first = await anext(chunks)  # opens the unit: its failure is sent no 200
-            except StopAsyncIteration:  # no chunk: the unit has ended, committed
-                self.body_iterator = _none()
+                first = await _first(chunks)
             except HANDLED as error:  # answered as Depends(db.session) answers it
                 answer = await http_exception_handler(Request(scope, receive), http_error(error))
                 await answer(scope, receive, send)
                 return
-            else:
-                self.body_iterator = _after(first, chunks)
+            if _client_gone(receive):
+                return  # the client left while the first chunk was made: rolled back below
+            self.body_iterator = self._after(first, chunks)
             await super().__call__(scope, receive, send)
         finally:
             await chunks.aclose()  # a client gone midway: the unit rolls back here
+        if self._completed and background is not None:
+            await background()
+
+    async def _after(
+        self, first: Any, chunks: AsyncGenerator[Any, None]
+    ) -> AsyncGenerator[Any, None]:
+        if first is _NONE:
+            self._completed = True
+            return
+        yield first
+        async for chunk in chunks:
+            yield chunk
+        self._completed = True
 
 
-async def _after(first: Any, chunks: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
-    yield first
-    async for chunk in chunks:
-        yield chunk
+_NONE = object()  # the body made no chunk: its unit has ended, committed
 
 
-async def _none() -> AsyncGenerator[Any, None]:
-    return
-    yield  # an async generator that yields nothing
+async def _first(chunks: AsyncGenerator[Any, None]) -> Any:
+    """The first chunk, or :data:`_NONE`."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return _NONE
+
+
+def _client_gone(receive: Receive) -> bool:
+    """Whether the client hung up, where the server tells without a message (uvicorn's
+    request cycle: ``receive`` is its method). Starlette listens for it only once the
+    response has started: a body of one chunk would otherwise commit for a client gone
+    while it was made."""
+    cycle = getattr(receive, "__self__", None)
+    return getattr(cycle, "disconnected", False) is True
