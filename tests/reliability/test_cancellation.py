@@ -396,3 +396,41 @@ async def test_clients_hanging_up_on_streams_mid_query_leak_nothing(
     assert pool["invalidated"] > 0
     assert counters["finished"] == 0
     assert counters["started"] >= count * MID_QUERY_SHARE
+
+
+@pytest.mark.parametrize("db_backend", ["psycopg"])
+async def test_units_cancelled_while_connecting_leave_no_server_connection(
+    database_url: str,
+) -> None:
+    """Units cancelled after ever more event-loop turns, many of them while their connection
+    opens, with the garbage collector off: the server ends with no more connections than the
+    pool keeps (before: one more per cancelled connect, until a collection). psycopg's alone:
+    asyncpg's cancelled connect closes its socket itself (and reports "unexpected
+    connection_lost() call" to the event loop, which this test's runner raises)."""
+    name = f"dbscope-cancel-{uuid.uuid4().hex[:8]}"
+    count = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    db = Database(database_url, application_name=name, pool_size=2, max_overflow=0)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        async with db, admin(database_url) as watcher:
+            for turns in range(0, 400, 2):
+                unit = asyncio.create_task(_one_unit(db))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                unit.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unit
+            with anyio.move_on_after(5):  # the closes of the cut connects, under way
+                while (await watcher.scalar(count, {"name": name})) > 2:
+                    await anyio.sleep(0.05)
+            left = await watcher.scalar(count, {"name": name})
+    finally:
+        if collecting:
+            gc.enable()
+    assert left <= 2
+
+
+async def _one_unit(db: Database) -> None:
+    async with db.transaction() as session:
+        await session.execute(text("SELECT 1"))
