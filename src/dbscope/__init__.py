@@ -7,6 +7,7 @@ does not import FastAPI: the integration loads when ``db.session`` is first used
 from importlib import metadata as _metadata
 
 from dbscope._database import Database
+from dbscope._durability import Durability
 from dbscope._engine import ServerInfo
 from dbscope._exceptions import (
     ClientDisconnectedError,
@@ -23,7 +24,7 @@ from dbscope._exceptions import (
     UnitOfWorkEndedError,
 )
 from dbscope._health_report import Health, HealthCheck
-from dbscope._pool_stats import PoolStats
+from dbscope._pool_stats import PoolStats, ReplicaStats
 from dbscope._public import present_as
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
@@ -39,12 +40,14 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbscopeError",
+    "Durability",
     "Health",
     "HealthCheck",
     "LazyLoadError",
     "LifecycleError",
     "NoSessionError",
     "PoolStats",
+    "ReplicaStats",
     "RetriesExhaustedError",
     "RetryPolicy",
     "Retrying",
