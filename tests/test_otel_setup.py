@@ -304,3 +304,9 @@ def test_a_blank_pool_name_is_refused_naming_it() -> None:
         Database("postgresql+asyncpg://app:secret@localhost/app", pool_name=" ")
     assert "host:port/database" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+def test_durations_that_is_no_bool_is_refused(sqlite_url: str) -> None:
+    """durations="no" is refused naming it (before: taken as True, histograms recorded)."""
+    with pytest.raises(ConfigurationError, match="durations='no' is no bool"):
+        dbscope.otel.instrument(Database(sqlite_url), durations="no")  # type: ignore[arg-type]

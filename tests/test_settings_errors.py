@@ -270,6 +270,13 @@ def test_a_sessionmaker_option_is_rejected_saying_what_dbscope_does(
     assert fix in message
 
 
+def test_an_engine_option_value_sqlalchemy_lacks_is_named(sqlite_url: str) -> None:
+    """echo_pool="bogus": a ConfigurationError naming the option and its value (before: a
+    KeyError out of SQLAlchemy)."""
+    with pytest.raises(ConfigurationError, match="Invalid engine option echo_pool='bogus'"):
+        Database(sqlite_url, echo_pool="bogus")
+
+
 @pytest.mark.parametrize(("option", "value"), [("pool_size", -3), ("max_overflow", -4)])
 def test_a_negative_pool_bound_is_rejected_with_its_value(
     sqlite_url: str, option: str, value: int

@@ -39,10 +39,7 @@ from dbscope._unit_options import ISOLATION_LEVELS
 SESSIONMAKER_OPTIONS: Final = {
     "class_": "pass session_class= for a subclass of AsyncSession",
     "expire_on_commit": "its sessions never expire what they loaded at a commit; remove it",
-    "autoflush": (
-        "its sessions do not flush before each query (autoflush=False): call "
-        "session.flush() where a query must see pending changes; remove it"
-    ),
+    "autoflush": "its sessions do not flush before each query (autoflush=False); remove it",
 }
 # Options that only a queue pool takes: passed on for a user's own poolclass only when the
 # user set them, so that NullPool works without dbscope's defaults getting in its way.
@@ -201,6 +198,10 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
         create_async_engine(url, **options)
     except TypeError as error:
         raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
+    except KeyError as error:  # a value SQLAlchemy looks up in a table: echo_pool="bogus"
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items() if v == error.args[0])
+        message = f"Invalid engine option {given}: a value SQLAlchemy's create_engine() lacks"
+        raise ConfigurationError(message) from None
     except ArgumentError as error:
         pool = options.get("poolclass")
         if (

@@ -119,7 +119,7 @@ def instrument(
             ``db`` is reported to another MeterProvider already, or another Database reports
             a pool of the same name to this one.
     """
-    _check_arguments(db, meter_provider)
+    _check_arguments(db, meter_provider, durations)
     try:
         from dbscope._otel_metrics import instruments_for
         from dbscope._otel_reporter import PoolReporter
@@ -156,7 +156,7 @@ def instrument(
     return metrics
 
 
-def _check_arguments(db: object, meter_provider: object) -> None:
+def _check_arguments(db: object, meter_provider: object, durations: object) -> None:
     # Named by their type only: a URL passed for the Database may hold a password.
     if not isinstance(db, Database):
         message = (
@@ -170,6 +170,9 @@ def _check_arguments(db: object, meter_provider: object) -> None:
             f"{type(meter_provider).__name__}: pass the SDK's MeterProvider(...), or leave it "
             "out for the global one."
         )
+        raise ConfigurationError(message)
+    if not isinstance(durations, bool):
+        message = f"durations={durations!r} is no bool: True records the histograms, False not"
         raise ConfigurationError(message)
 
 
