@@ -107,3 +107,18 @@ async def test_transfer_ids_that_differ_only_in_case_accent_or_spaces_are_two_tr
             transfers = await session.scalar(text("SELECT count(*) FROM bank_ledger"))
     assert statuses == [201, 201, 201, 201, 409, 422]
     assert transfers == len(ids)
+
+
+async def test_a_transfer_to_the_same_account_is_a_422_that_echoes_nothing(
+    sqlite_url: str,
+) -> None:
+    """The 422 names the body as invalid, with neither the account nor the validator's context
+    (before: the account id in its message, and an empty ctx)."""
+    async with Database(sqlite_url) as db, helpers.client_for(create_app(db)) as client:
+        await open_accounts(db, accounts=ACCOUNTS, balance=BALANCE)
+        body = {"id": "same", "source": 2, "target": 2, "amount": 1}
+        response = await client.post("/transfers", json=body)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert set(error) == {"type", "loc", "msg"}
+    assert "2" not in error["msg"]

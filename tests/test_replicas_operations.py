@@ -4,6 +4,7 @@ These need no streaming replica: a replica that cannot be reached, and a "replic
 really a primary (promoted, as the check finds), are what health and metrics must report.
 """
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -61,15 +62,19 @@ async def test_an_unreachable_replica_makes_health_warn_and_reads_run_on_the_pri
 
 
 async def test_a_replica_url_that_names_a_primary_serves_no_reads(postgres_url: str) -> None:
-    """A 'replica' that is not in recovery is found promoted, and never read."""
-    db = Database(postgres_url, replicas=[another_name(postgres_url)])
+    """A 'replica' that is not in recovery is found promoted, and never read; the later checks
+    keep what the first said of it (before: 'no longer in recovery' from the second on)."""
+    db = Database(postgres_url, replicas=[another_name(postgres_url)], replica_check_interval=0.05)
     async with db:
         ran_on_replica = await on_replica(db)
+        checks = db.stats().replicas[0]
+        await asyncio.sleep(0.3)  # several checks
         stats = db.stats()
     assert ran_on_replica is False
     assert stats.replicas[0].state == "promoted"
     assert stats.replicas[0].served == 0
     assert "the primary itself under another name" in (stats.replicas[0].reason or "")
+    assert stats.replicas[0].reason == checks.reason
 
 
 async def test_each_replica_pool_is_reported_with_the_fallbacks_by_reason(

@@ -93,7 +93,7 @@ class TransferIn(BaseModel):
     def two_accounts(self) -> Self:
         """Refuse a transfer from an account to itself, as any other invalid body (422)."""
         if self.source == self.target:
-            message = f"source and target are the same account ({self.source}); name two."
+            message = "source and target are the same account; name two."
             raise ValueError(message)
         return self
 
@@ -105,7 +105,9 @@ async def refuse_invalid_request(request: Request, error: RequestValidationError
     surrogate (valid JSON, not valid Unicode) that no UTF-8 response can carry: rendering the
     422 would then fail with a 500. The client sent the input; it has it.
     """
-    detail = [{key: value for key, value in e.items() if key != "input"} for e in error.errors()]
+    # Nor its context (a validator's own ValueError, which JSON cannot carry anyway).
+    shown = ("type", "loc", "msg")
+    detail = [{key: value for key, value in e.items() if key in shown} for e in error.errors()]
     return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
 

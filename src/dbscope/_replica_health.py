@@ -233,7 +233,9 @@ class ReplicaChecks:
         replica.backoff = 0.0
         if not reading.replica:
             replica.lag = None  # a primary is behind no one: no lag to report
-            self._set(replica, "promoted", _why_primary(replica, reading, self.cluster))
+            # Said once, at the first reading out of recovery: what it was before tells why.
+            reason = replica.reason if replica.state == "promoted" else None
+            self._set(replica, "promoted", reason or _why_primary(replica, reading, self.cluster))
         elif self.cluster and reading.cluster != self.cluster:
             replica.lag = None  # bytes of another cluster's log say nothing of this one's
             self._set(replica, "foreign", "it replicates another cluster than the primary's")
