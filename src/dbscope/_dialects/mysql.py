@@ -103,9 +103,10 @@ class MySQL(Backend):
             ("--port", None if url.port is None else str(url.port)),
             ("--user", url.username),
             ("--database", url.database),
-            # The app's character set (asyncmy's default, utf8mb4), not the client's utf8mb3,
-            # in which 4-byte characters show as '?' and cannot be written.
-            ("--default-character-set", url.query.get("charset", "utf8mb4")),
+            # What a UTF-8 terminal types and shows, whatever the URL's charset (the driver's
+            # own encoding): not the client's default utf8mb3, in which 4-byte characters show
+            # as '?' and cannot be written, nor latin1, which would store them double-encoded.
+            ("--default-character-set", "utf8mb4"),
             # The TLS options SQLAlchemy reads from the URL, under the names both clients take.
             *((f"--{name.replace('_', '-')}", url.query.get(name)) for name in SSL_OPTIONS),
         ):
