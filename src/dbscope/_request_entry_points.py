@@ -121,7 +121,8 @@ class RequestEntryPoints(UnitEntryPoints):
 
         def chunks(route: Mapping[str, str], request_id: str | None) -> AsyncGenerator[Any, None]:
             # The request's route tags under the call's own, as a request's unit has them.
-            opener = self._opener(options, {**route, **(tags or {})}, after, request_id)
+            merged = {**route, **(tags or {})} if route else tags
+            opener = self._opener(options, merged, after, request_id)
             return streamed(body, opener)
 
         settings = self._database().settings

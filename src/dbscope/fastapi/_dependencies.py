@@ -55,7 +55,7 @@ def early_retry() -> HTTPException:
     return http_error(error)
 
 
-def _client_of(request: Request) -> tuple["asyncio.Task[Any] | None", Client] | None:
+def client_of(request: Request) -> tuple["asyncio.Task[Any] | None", Client] | None:
     """The request's task and its client's connection, where the server tells whether the
     client hung up (uvicorn's request cycle does: ``receive`` is its method); else None."""
     cycle = getattr(request.receive, "__self__", None)
@@ -129,7 +129,7 @@ def _session_dependency(
             raise early_retry()
         # Until the endpoint returns, its first statement is not run if the client hung up
         # while it waited in line for a connection (_pool.py).
-        waiting_client.set(_client_of(request))
+        waiting_client.set(client_of(request))
         try:
             # With SQL comments on, the unit's statements name the route (docs/sql-tags.md).
             units = (
@@ -187,7 +187,7 @@ def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[An
         assert database is not None, "the Database of this app was garbage-collected"
         if await early.hold(request.scope):
             raise early_retry()
-        waiting_client.set(_client_of(request))
+        waiting_client.set(client_of(request))
         try:
             async with database.lease() as connection:
                 waiting_client.set(None)

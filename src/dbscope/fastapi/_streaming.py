@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from dbscope.fastapi._dependencies import client_of
 from dbscope.fastapi._errors import HANDLED, http_error
 from dbscope.fastapi._tags import request_id, request_tags
 
@@ -82,7 +83,7 @@ class UnitStreamingResponse(StreamingResponse):
                 answer = await http_exception_handler(Request(scope, receive), http_error(error))
                 await answer(scope, receive, send)
                 return
-            if _client_gone(receive):
+            if _client_gone(scope, receive):
                 return  # the client left while the first chunk was made: rolled back below
             self.body_iterator = self._after(first, chunks)
             await super().__call__(scope, receive, send)
@@ -114,10 +115,9 @@ async def _first(chunks: AsyncGenerator[Any, None]) -> Any:
         return _NONE
 
 
-def _client_gone(receive: Receive) -> bool:
-    """Whether the client hung up, where the server tells without a message (uvicorn's
-    request cycle: ``receive`` is its method). Starlette listens for it only once the
-    response has started: a body of one chunk would otherwise commit for a client gone
-    while it was made."""
-    cycle = getattr(receive, "__self__", None)
-    return getattr(cycle, "disconnected", False) is True
+def _client_gone(scope: Scope, receive: Receive) -> bool:
+    """Whether the client hung up, where the server tells without a message (uvicorn).
+    Starlette listens for it only once the response has started: a body of one chunk would
+    otherwise commit for a client gone while it was made."""
+    found = client_of(Request(scope, receive))
+    return found is not None and found[1].disconnected
