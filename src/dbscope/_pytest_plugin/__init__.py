@@ -21,6 +21,7 @@ from dbscope._pytest_plugin._fixtures import (
     dbscope_url,
 )
 from dbscope._pytest_plugin._hooks import (
+    pytest_assertrepr_compare,
     pytest_configure,
     pytest_report_header,
     pytest_runtest_setup,
@@ -41,6 +42,7 @@ __all__ = [
     "dbscope_tables",
     "dbscope_url",
     "pytest_addoption",
+    "pytest_assertrepr_compare",
     "pytest_configure",
     "pytest_report_header",
     "pytest_runtest_call",

@@ -19,7 +19,7 @@ from typing import Any, Final, NoReturn
 import pytest
 from sqlalchemy import MetaData
 
-from dbscope import ConfigurationError, Database, testing
+from dbscope import Database, testing
 from dbscope._pytest_plugin._options import configured_url, flag, url_setting, worker_id
 from dbscope._pytest_plugin._reporting import explained, fail, phased, say
 from dbscope._urls import move_query_password, parse_url
@@ -43,7 +43,7 @@ class MaskedUrl(str):
     def __repr__(self) -> str:
         try:
             url = move_query_password(parse_url(str(self)))
-        except ConfigurationError:
+        except ValueError:  # ConfigurationError, or parse_url's: text that is no URL
             return "'<a database URL dbscope refuses>'"
         return repr(url.render_as_string(hide_password=True))
 

@@ -9,6 +9,7 @@ import pytest
 
 from dbscope import ConfigurationError, Database
 from dbscope._pytest_plugin import _async_fixtures, _loops
+from dbscope._pytest_plugin._fixtures import MaskedUrl
 from dbscope._pytest_plugin._options import url_setting
 from dbscope._pytest_plugin._queries import register_marker
 from dbscope._pytest_plugin._reporting import keep_worker_lines, show_lines
@@ -64,6 +65,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         problem = _loops.loop_problem(item, setup, ", ".join(used))
         if problem is not None:
             pytest.fail(problem, pytrace=False)
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """A failed comparison with a dbscope URL, both sides without their passwords: pytest's
+    own explanation diffs the strings themselves, password and all."""
+    if not isinstance(left, MaskedUrl) and not isinstance(right, MaskedUrl):
+        return None
+    return [
+        f"{_masked(left)} {op} {_masked(right)}",
+        "(dbscope shows database URLs without their passwords, so gives no diff of them)",
+    ]
+
+
+def _masked(value: object) -> str:
+    """A URL without its password; the test's other values (not URLs) as they are."""
+    if isinstance(value, MaskedUrl) or (isinstance(value, str) and "://" in value):
+        return repr(MaskedUrl(value))
+    return repr(value)
 
 
 @pytest.hookimpl(optionalhook=True)
