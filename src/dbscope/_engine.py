@@ -31,6 +31,7 @@ from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_b
 from dbscope._dialects import Backend, Standbys, backend, driver
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
+from dbscope._failed_transactions import refuses_failed_commits
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_options import ISOLATION_LEVELS
@@ -285,9 +286,9 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
-    # Now, before any checkin: added later, the listener would change the pool's list of
-    # reset listeners while a checkin awaits in one (the primary's position read after a
-    # commit), and SQLAlchemy's loop over them fails ("deque mutated during iteration").
+    refuses_failed_commits(engine, rules)
+    # Now, before any checkin: a reset listener added while a checkin awaits in another one
+    # breaks SQLAlchemy's loop over them ("deque mutated during iteration").
     puts_back_before_checkin(engine)
     if settings.pgbouncer is None:
         rules.set_up_sessions(engine)

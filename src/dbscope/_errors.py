@@ -135,7 +135,19 @@ def violated_at_commit(error: BaseException, rules: Backend) -> ConstraintViolat
     it is no constraint's."""
     if not isinstance(error, DBAPIError) or rules.error_kind(error.orig) != "constraint":
         return None
-    return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig))
+    caught = CAUGHT_NOTE in getattr(error, "__notes__", ())
+    return ConstraintViolationError.at_commit(error, rules.constraint_name(error.orig), caught)
+
+
+# Added to an error that a COMMIT raises again (_failed_transactions.py): the application
+# caught it when a statement raised it, and went on in a transaction the server had ended.
+CAUGHT_NOTE: Final = (
+    "dbscope: raised again. A statement raised this error earlier in the transaction and the "
+    "error was caught, but the database had rolled the transaction back then (up to the "
+    "savepoint it was raised under, if any), so the work that followed could not commit. Let "
+    "the error end the unit, or run a statement that may fail under a savepoint: "
+    "`async with session.begin_nested():`."
+)
 
 
 # What a client is told of an unreachable database: not where it is, which the log says.

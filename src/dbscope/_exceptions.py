@@ -141,9 +141,18 @@ class ConstraintViolationError(DbscopeError, IntegrityError):
         return f"{type(self).__name__}({self.message!r})"
 
     @classmethod
-    def at_commit(cls, error: DBAPIError, constraint: str | None) -> Self:
-        """The error for ``error``, raised by a unit's COMMIT."""
+    def at_commit(cls, error: DBAPIError, constraint: str | None, caught: bool = False) -> Self:
+        """The error for ``error``, raised by a unit's COMMIT, or raised earlier by one of its
+        statements and ``caught`` by the application, which went on."""
         named = f"the constraint {constraint!r}" if constraint else "a constraint"
+        if caught:
+            message = (
+                f"The transaction could not commit: one of its statements violated {named}, "
+                "and the error was caught and the work went on, but the database had rolled "
+                "the transaction back; nothing was stored. Run a statement that may fail under "
+                "a savepoint (`async with session.begin_nested():`) to go on after it."
+            )
+            return cls(message, error, constraint)
         message = (
             f"The transaction could not commit: it violates {named} (checked at COMMIT, once "
             "its work was done: in a request, after the endpoint returned); nothing was stored."

@@ -36,6 +36,11 @@ from dbscope._dialects.replication import Replication, Standbys
 ErrorKind = Literal[
     "lost", "refused", "timeout", "conflict", "lock_wait", "constraint", "read_only"
 ]
+# What the server rolled back when it raised an error in a transaction, beside the statement:
+#   to_savepoint  up to the innermost savepoint open then, or the whole transaction outside any
+#   transaction   the whole transaction, its savepoints with it
+#   earlier       nothing more: the error says an earlier error did (PostgreSQL's 25P02)
+RolledBack = Literal["to_savepoint", "transaction", "earlier"]
 
 # What a server holds under a database's name: nothing, a database that bears dbscope's mark
 # (dbscope made it for a test run), or one someone else made.
@@ -185,6 +190,11 @@ class Backend:
 
     def error_kind(self, orig: BaseException | None) -> ErrorKind | None:
         """What the driver error ``orig`` means, from this backend's codes."""
+        return None
+
+    def rolled_back_by(self, orig: BaseException | None) -> RolledBack | None:
+        """What the server rolled back when it raised the driver error ``orig`` in a
+        transaction; None: the statement alone, and the transaction goes on."""
         return None
 
     def error_code(self, orig: BaseException | None) -> str | None:

@@ -22,6 +22,7 @@ from dbscope._dialects._base import (
     Client,
     Connect,
     ErrorKind,
+    RolledBack,
     server_version,
 )
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
@@ -159,6 +160,11 @@ class MySQL(Backend):
         if number in CONSTRAINTS:
             return "constraint"
         return None
+
+    def rolled_back_by(self, orig: BaseException | None) -> RolledBack | None:
+        # InnoDB rolls back the whole transaction at a deadlock; the next statement begins
+        # a new one. Other errors roll back their statement alone.
+        return "transaction" if error_number(orig) == DEADLOCK else None
 
     def constraint_name(self, orig: BaseException | None) -> str | None:
         text = str(getattr(orig, "args", ("", ""))[-1])

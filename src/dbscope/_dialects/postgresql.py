@@ -19,10 +19,11 @@ from dbscope._dialects._base import (
     Begin,
     Client,
     ErrorKind,
+    RolledBack,
     server_version,
 )
 from dbscope._dialects.hosts import libpq_hosts
-from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG
+from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG, raised_by_server, sqlstate
 from dbscope._dialects.replication import Replication, Standbys, lsn_bytes, lsn_text, record_end
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
@@ -33,6 +34,7 @@ LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 REFUSED: Final = ("28", "3D000", "42501")
 CONFLICTS: Final = frozenset({"40001", "40P01"})
 QUERY_CANCELED: Final = "57014"
+IN_FAILED_TRANSACTION: Final = "25P02"
 READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # A lock not had within lock_timeout.
 LOCK_NOT_AVAILABLE: Final = "55P03"
@@ -85,16 +87,6 @@ REPLAYED: Final = (
     "SELECT pg_catalog.pg_is_in_recovery() "
     "AND pg_catalog.pg_last_wal_replay_lsn() >= CAST(CAST(:position AS text) AS pg_lsn)"
 )
-
-
-def sqlstate(orig: BaseException | None) -> str | None:
-    """The SQLSTATE of a driver error: psycopg's own, or asyncpg's (behind SQLAlchemy's
-    adaptation, on the cause)."""
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-    return None
 
 
 # SET LOCAL application_name, with the name as a parameter: the statement text stays the same
@@ -202,6 +194,13 @@ class PostgreSQL(Backend):
         if code == READ_ONLY_SQL_TRANSACTION:
             return "read_only"
         return None
+
+    def rolled_back_by(self, orig: BaseException | None) -> RolledBack | None:
+        # Any error of the server's aborts the transaction; the drivers' own (an argument
+        # they could not send) never reached it.
+        if sqlstate(orig) == IN_FAILED_TRANSACTION:
+            return "earlier"
+        return "to_savepoint" if raised_by_server(orig) else None
 
     def setup_advice(self, orig: BaseException | None) -> str | None:
         return pgbouncer.statements_advice(sqlstate(orig))

@@ -13,6 +13,28 @@ from sqlalchemy.engine import URL
 from dbscope._dialects import pgbouncer
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
 
+
+def sqlstate(orig: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error: psycopg's own, or asyncpg's (behind SQLAlchemy's
+    adaptation, on the cause)."""
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def raised_by_server(orig: BaseException | None) -> bool:
+    """Whether the server raised the driver error ``orig``: its message has a severity
+    (asyncpg's, on the cause; psycopg's diagnostics). Errors the drivers raise themselves have
+    none, though asyncpg gives an argument it cannot send SQLSTATE 22000."""
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        diagnostics = getattr(candidate, "diag", candidate)
+        if getattr(diagnostics, "severity", None):
+            return True
+    return False
+
+
 # -- asyncpg -----------------------------------------------------------------------------------
 
 
