@@ -8,7 +8,7 @@ keep a retry from repeating work an attempt had already committed.
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which
 # name each test's own Database.
 import functools
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated
 
 import pytest
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import ConfigurationError, Database, RetriesExhaustedError
-from tests.helpers import Tables, app_with, count_rows, send
+from tests.helpers import Tables, app_with, count_rows, send, stored
 
 
 class Base(DeclarativeBase):
@@ -156,3 +156,75 @@ def test_retry_refuses_a_plain_function_when_it_decorates(sqlite_url: str) -> No
     with pytest.raises(ConfigurationError, match=plain):
         db.retry()(endpoint)  # type: ignore[arg-type]
     assert callable(db.retry()(logged))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_conflict_after_a_dependency_wrote_is_not_retried(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """A dependency that wrote through the request's session before the retried endpoint
+    began: a retry would run the endpoint alone, its rollback losing the dependency's row
+    (which the response acknowledged), so the request answers 409 and keeps nothing."""
+    await tables.create("ro_audit", "what VARCHAR(20) NOT NULL")
+    runs: list[int] = []
+    app = FastAPI()
+
+    async def audited(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        await session.execute(text("INSERT INTO ro_audit (what) VALUES ('audit')"))
+
+    @app.post("/charge", dependencies=[Depends(audited)])
+    @db.retry()
+    async def charge(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            await session.execute(text(CONFLICT))
+        await session.execute(text("INSERT INTO ro_audit (what) VALUES ('charge')"))
+
+    answer = await send(app, "POST /charge")
+    assert answer.status_code == 409, answer.text
+    assert "had run statements before it began" in answer.json()["detail"]["message"]
+    assert runs == [1]
+    assert await count_rows(database_url, "ro_audit") == 0
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_retried_function_inside_another_leaves_its_conflicts_to_the_outer(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """A retried service called by a retried endpoint after the endpoint wrote: the service's
+    conflict runs the endpoint again whole (its rollback took the endpoint's row), so each row
+    is kept once, where the service retrying alone lost the endpoint's."""
+    await tables.create("ro_rows", "what VARCHAR(20) NOT NULL")
+    runs: list[str] = []
+    app = FastAPI()
+
+    @db.retry()
+    async def service(session: AsyncSession) -> None:
+        runs.append("service")
+        if runs.count("service") == 1:
+            await session.execute(text(CONFLICT))
+        await session.execute(text("INSERT INTO ro_rows (what) VALUES ('service')"))
+
+    @app.post("/work")
+    @db.retry()
+    async def endpoint(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        runs.append("endpoint")
+        await session.execute(text("INSERT INTO ro_rows (what) VALUES ('endpoint')"))
+        await service(session)
+
+    answer = await send(app, "POST /work")
+    assert answer.status_code == 200, answer.text
+    assert runs == ["endpoint", "service", "endpoint", "service"]
+    rows = await stored(db, "SELECT what FROM ro_rows ORDER BY what")
+    assert rows == ["endpoint", "service"]
+
+
+def test_retry_refuses_an_async_generator(sqlite_url: str) -> None:
+    """Its work would run after the decorator returned it, outside every attempt."""
+    db = Database(sqlite_url)
+
+    async def rows() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(ConfigurationError, match=r"rows is an async generator"):
+        db.retry()(rows)  # type: ignore[arg-type]

@@ -102,6 +102,19 @@ def _check_seconds(name: str, value: object) -> None:
 
 
 RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
+# Why a conflict was not retried, after "<name> failed with a <conflict> ".
+COMMITTED_BEFORE: Final = (
+    "after it had committed part of its work (a commit() in its body): running it again "
+    "would repeat what that commit kept, so it was not retried. Commit only at the end of a "
+    "retried unit, or retry what follows the commit as a unit of its own."
+)
+PRECEDED: Final = (
+    "in a unit of work that had run statements before it began (a dependency that used the "
+    "request's session, say): running it again alone would lose what they wrote, or act on "
+    "what they read in the transaction that failed, so it was not retried. Run the unit's "
+    "statements in the retried function, or retry inside it with "
+    "`async for attempt in db.retrying(): ...`."
+)
 
 
 def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPolicy:
@@ -202,12 +215,15 @@ class Retrying:
         rules: Backend,
         name: str = "The unit of work",
         on_retry: Callable[[], object] | None = None,
+        preceded: bool = False,
     ) -> None:
         self.open_unit = open_unit
         self.policy = policy
         self.rules = rules
         self.name = name
         self.retries = 0
+        # The unit ran statements before the first attempt began: none may run again.
+        self.preceded = preceded
         # Counts every retry of the Database's units (its metrics), beside this loop's own.
         self._on_retry = on_retry
         self._number = 0
@@ -242,14 +258,10 @@ class Retrying:
         if conflict is None:
             self._done = True
             return False  # the attempt's own error propagates unchanged
-        if committed:
+        reason = COMMITTED_BEFORE if committed else PRECEDED if self.preceded else None
+        if reason is not None:
             self._done = True
-            message = (
-                f"{self.name} failed with a {conflict} after it had committed part of its "
-                "work (a commit() in its body): running it again would repeat what that "
-                "commit kept, so it was not retried. Commit only at the end of a retried "
-                "unit, or retry what follows the commit as a unit of its own."
-            )
+            message = f"{self.name} failed with a {conflict} {reason}"
             raise RetriesExhaustedError(message, attempts=number) from error
         if number >= self.policy.attempts:
             self._done = True
@@ -291,6 +303,28 @@ async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
         raise violated from error
 
 
+def _refuse_unawaitable(function: Callable[..., object], name: str) -> None:
+    """Refuse a function whose call is no awaitable that does its work: a plain ``def`` or
+    an async generator (under any decorators that wrap it), with which every request would
+    fail. A partial, a bound method or a callable object is taken on trust, as FastAPI
+    takes it."""
+    innermost = inspect.unwrap(function)
+    if inspect.isasyncgenfunction(innermost):
+        kind = (
+            "an async generator, whose work runs as it is iterated, after db.retry() has "
+            "returned it. Make it return instead"
+        )
+    elif inspect.isfunction(innermost) and not inspect.iscoroutinefunction(innermost):
+        kind = "a plain function. Make it `async def`"
+    else:
+        return
+    message = (
+        f"db.retry() decorates async functions (endpoints written `async def` that return); "
+        f"{name} is {kind}, or retry inside it with `async for attempt in db.retrying(): ...`."
+    )
+    raise ConfigurationError(message)
+
+
 def retry_in_unit(
     current: Callable[[], UnitOfWork | None],
     policy: RetryPolicy,
@@ -305,17 +339,7 @@ def retry_in_unit(
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         name = getattr(function, "__qualname__", repr(function))
-        innermost = inspect.unwrap(function)
-        if inspect.isfunction(innermost) and not inspect.iscoroutinefunction(innermost):
-            # A plain `def` (under any decorators that wrap it): its result is no awaitable,
-            # and every request would fail. A partial, a bound method or a callable object
-            # is taken on trust, as FastAPI takes it.
-            message = (
-                f"db.retry() decorates async functions (endpoints written `async def`); "
-                f"{name} is a plain function. Make it `async def`, or retry inside it with "
-                "`async for attempt in db.retrying(): ...`."
-            )
-            raise ConfigurationError(message)
+        _refuse_unawaitable(function, name)
 
         @functools.wraps(function)
         async def retried(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -327,12 +351,21 @@ def retry_in_unit(
                     "dependencies=[Depends(db.session)])."
                 )
                 raise NoSessionError(message)
+            if unit.retried:  # inside another retried function: its loop runs this again
+                return await function(*args, **kwargs)
             results: list[T] = []
             rules = unit.state.rules
-            attempts = Retrying(lambda: _in_request_unit(unit), policy, rules, name, on_retry)
-            async for attempt in attempts:
-                async with attempt:
-                    results.append(await function(*args, **kwargs))
+            preceded = unit.session.in_transaction()
+            attempts = Retrying(
+                lambda: _in_request_unit(unit), policy, rules, name, on_retry, preceded
+            )
+            unit.retried = True
+            try:
+                async for attempt in attempts:
+                    async with attempt:
+                        results.append(await function(*args, **kwargs))
+            finally:
+                unit.retried = False
             return results[-1]
 
         return retried

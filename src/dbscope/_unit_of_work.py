@@ -60,15 +60,18 @@ class UnitOfWork:
         failed_quietly: its owner's check, if any, of a failure its body reports without
             raising (an endpoint that set an error status on the response); when it answers
             True, the unit rolls back as if ``rollback_only`` were set.
+        retried: a ``@db.retry()`` function runs it again on conflicts: one called inside
+            that function runs once, and leaves its conflicts to the outer one's loop.
     """
 
-    __slots__ = ("failed_quietly", "rollback_only", "session", "state")
+    __slots__ = ("failed_quietly", "retried", "rollback_only", "session", "state")
 
     def __init__(self, session: AsyncSession, state: UnitState) -> None:
         self.session = session
         self.state = state
         self.rollback_only = False
         self.failed_quietly: Callable[[], bool] | None = None
+        self.retried = False
 
     @property
     def will_commit(self) -> bool:
