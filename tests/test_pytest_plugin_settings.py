@@ -227,6 +227,8 @@ def test_fails(dbscope_url, dbscope_run_url):
         "not seen",
         # pytest's own explanation of == diffs the two strings, password and all
         "seen == 'postgresql+asyncpg://app:Pw-s3cret-8@db.internal/test'",
+        # so it does for a string made of the fixture (a plain str)
+        "f'{seen}/x' == 'postgresql+asyncpg://app:Pw-s3cret-8@db.internal/test'",
         "'x' in seen",
     ],
 )

@@ -27,6 +27,7 @@ error came out of the pool opening a connection.
 from __future__ import annotations
 
 import random
+import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -156,7 +157,10 @@ UNREACHABLE: Final = "The database could not be reached."
 
 def connect_error(error: BaseException, url: URL) -> DbscopeError:
     """Describe a failed first connection: where, and the fix; never the password."""
-    reason = (str(getattr(error, "orig", None) or error) or type(error).__name__).strip()
+    said = getattr(error, "orig", None) or error
+    reason = (str(said) or type(error).__name__).strip()
+    if isinstance(said, UnicodeError):  # its text quotes what it could not encode
+        reason = f"the driver could not encode a connection argument ({type(said).__name__})"
     rules = backend(url.get_backend_name())
     if rules.drivers and rules.default_port is None:  # a file: no server to wait for
         message = (
@@ -197,6 +201,7 @@ def _connect_failed(error: BaseException, limits: Limits) -> DbscopeError | None
     """The verdict on ``error``, raised while the pool opened a connection: wrapped by
     SQLAlchemy (``engine.connect()``), or not (a lease's ``raw_connection()``): the driver's
     own error, or the one SQLAlchemy's adapter of the driver raised for it (asyncpg's)."""
+    _forget_arguments(error)
     known = driver(limits.url.get_driver_name())
     if isinstance(error, DBAPIError):
         orig: BaseException | None = error.orig
@@ -212,6 +217,19 @@ def _connect_failed(error: BaseException, limits: Limits) -> DbscopeError | None
     if kind is None and _refused_arguments(error, orig, limits):
         return None  # the driver refused its own arguments: a URL option's value
     return unavailable("unreachable", limits)
+
+
+def _forget_arguments(error: BaseException) -> None:
+    """Clear the variables of the finished frames in ``error``'s tracebacks, its causes'
+    included: the connect's hold the password (SQLAlchemy's ``cparams``, the drivers' own),
+    which a traceback that shows them prints (``pytest -l``, error trackers' frame capture).
+    The chain itself, its types, messages and lines, stays."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:

@@ -119,20 +119,34 @@ def check_user_part(url: URL) -> None:
         raise ConfigurationError(UNENCODED_SLASH)
 
 
+# What a query key holding a password may be spelt, whatever the case.
+QUERY_PASSWORDS: Final = ("password", "passwd", "pwd")
+
+
 def move_query_password(url: URL) -> URL:
     """Move a ``?password=`` query value into the URL's password, where it is masked.
 
     Raises:
         ConfigurationError: ``?sslpassword=`` (libpq's client-key passphrase), which would
-            show wherever the URL does; it belongs in ``connect_args``.
+            show wherever the URL does; it belongs in ``connect_args``. A password under
+            another key (``?passwd=``, ``?Password=``), which no driver here reads.
     """
-    if "sslpassword" in url.query:
-        message = (
-            "The database URL gives ?sslpassword= (not shown), which would show in every log "
-            "line and message that names the URL: remove it from the URL and pass it as "
-            "connect_args={'sslpassword': ...} (psycopg)."
-        )
-        raise ConfigurationError(message)
+    for key in url.query:
+        if key.lower() == "sslpassword":
+            message = (
+                f"The database URL gives ?{key}= (not shown), which would show in every log "
+                "line and message that names the URL: remove it from the URL and pass it as "
+                "connect_args={'sslpassword': ...} (psycopg)."
+            )
+            raise ConfigurationError(message)
+        if key != "password" and key.lower() in QUERY_PASSWORDS:
+            # Another spelling (PyMySQL's passwd, a capital): no driver here reads it, and
+            # dbscope would show it as any other option.
+            message = (
+                f"The database URL gives ?{key}= (not shown): write the password in "
+                "user:password@, special characters percent-encoded, or as ?password=."
+            )
+            raise ConfigurationError(message)
     value = url.query.get("password")
     if value is None:
         return url

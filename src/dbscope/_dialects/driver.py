@@ -58,7 +58,7 @@ class Driver:
             URL option's value) rather than the server out of reach, where its error does not
             show it by type (``_errors._refused_arguments`` reads the types).
         url_query: the URL with its query as the driver takes it (libpq's ``sslmode`` as
-            asyncpg's ``ssl``).
+            asyncpg's ``ssl``); ValueError for one it could never connect with.
     """
 
     name: str

@@ -312,6 +312,23 @@ async def _asyncmy_set_autocommit(connection: Any, value: bool) -> bool:
     return previous
 
 
+def _sendable_password(url: URL) -> URL:
+    # PyMySQL's rule, asyncmy's and aiomysql's: the password goes as Latin-1. Another
+    # character failed at every connect, with the driver's error quoting it.
+    password = url.password
+    try:
+        if isinstance(password, str):
+            password.encode("latin-1")
+    except UnicodeEncodeError:
+        message = (
+            f"The URL's password (not shown) has characters {url.get_driver_name()} cannot "
+            "send: it sends passwords as Latin-1. Give this user a password of Latin-1 "
+            "characters (ASCII letters, digits and punctuation are)."
+        )
+        raise ValueError(message) from None
+    return url
+
+
 ASYNCMY: Final = Driver(
     name="asyncmy",
     install="pip install 'dbscope[mysql]'",
@@ -322,12 +339,14 @@ ASYNCMY: Final = Driver(
     rollback=rollback_connection,
     set_autocommit=_asyncmy_set_autocommit,
     batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES
+    url_query=_sendable_password,
 )
 AIOMYSQL: Final = Driver(
     name="aiomysql",
     install="pip install aiomysql",
     connect_args=_connect_args("aiomysql"),
     batches_inserts=True,
+    url_query=_sendable_password,
 )
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 BACKEND: Final = MySQL(

@@ -13,6 +13,7 @@ from dbscope._pytest_plugin._fixtures import MaskedUrl
 from dbscope._pytest_plugin._options import url_setting
 from dbscope._pytest_plugin._queries import register_marker
 from dbscope._pytest_plugin._reporting import keep_worker_lines, show_lines
+from dbscope._urls import move_query_password, parse_url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,14 +69,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
-    """A failed comparison with a dbscope URL, both sides without their passwords: pytest's
-    own explanation diffs the strings themselves, password and all."""
-    if not isinstance(left, MaskedUrl) and not isinstance(right, MaskedUrl):
+    """A failed comparison with a database URL that has a password (dbscope's fixtures, or
+    a string made of one), both sides without their passwords: pytest's own explanation
+    diffs the strings themselves, password and all."""
+    if not _has_password(left) and not _has_password(right):
         return None
     return [
         f"{_masked(left)} {op} {_masked(right)}",
         "(dbscope shows database URLs without their passwords, so gives no diff of them)",
     ]
+
+
+def _has_password(value: object) -> bool:
+    if isinstance(value, MaskedUrl):
+        return True
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    try:
+        return move_query_password(parse_url(value)).password is not None
+    except ValueError:  # no URL (text holding one, say): pytest's own explanation
+        return False
 
 
 def _masked(value: object) -> str:
