@@ -218,6 +218,26 @@ async def test_a_lease_cancelled_mid_query_is_discarded(
     assert value == 1
 
 
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_timeout_of_the_body_inside_a_lease_propagates_as_it_is(database_url: str) -> None:
+    """The application's own timeout around a slow statement is no outage: asyncmy closes the
+    connection it cut short, and the lease said "connection lost" (a 503) for it."""
+    sleep = "SELECT SLEEP(2)" if database_url.startswith("mysql") else "SELECT pg_sleep(2)"
+    async with Database(database_url, **SMALL_POOL) as db:
+
+        async def sleep_too_long() -> None:
+            async with db.lease() as connection, asyncio.timeout(0.3):
+                await execute(connection, sleep)
+
+        with pytest.raises(TimeoutError):
+            await sleep_too_long()
+        async with db.lease() as connection:
+            value = await fetch_value(connection, "SELECT 1")
+        stats = db.stats()
+    assert value == 1
+    assert stats.checked_out == 0
+
+
 # A statement SQLite takes a moment over, on aiosqlite's thread: about 0.5 s here.
 SLOW_ON_SQLITE = (
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000) "

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import Integer, literal, select, text
+from sqlalchemy import Integer, event, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -221,3 +221,34 @@ async def test_objects_a_parallel_read_loaded_stay_readable_after_its_unit(
 
     (loaded,) = await db.parallel(rows)
     assert [row.value for row in loaded] == [7, 8]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg"])
+async def test_a_cancelled_parallel_gives_back_no_dead_connection(database_url: str) -> None:
+    """The caller cancelled mid-query (a request timeout): gather cancels the queries, and
+    parallel() must not cancel them again while their sessions close, which cut the close
+    short and checked closed connections back into the pool (6 runs in 10 here)."""
+    sleep = text("SELECT pg_sleep(0.5)")
+    closed_at_checkin: list[bool] = []
+
+    def check(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            closed_at_checkin.append(dbapi_connection.driver_connection.is_closed())
+
+    async def slow(session: AsyncSession) -> object:
+        return await session.scalar(sleep)
+
+    async def alive(session: AsyncSession) -> object:
+        return await session.scalar(text("SELECT 1"))
+
+    async with Database(database_url, pool_size=3, max_overflow=0) as db:
+        event.listen(db.engine.sync_engine, "checkin", check)
+        for step in range(10):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05 + step * 0.02):
+                    await db.parallel(slow, slow, slow)
+        # The cancelled ones' connections were dropped (checked in as None); these come back.
+        assert await db.parallel(alive, alive, alive) == [1, 1, 1]
+        assert db.stats().checked_out == 0
+    assert closed_at_checkin.count(False) >= 3
+    assert not any(closed_at_checkin)

@@ -212,7 +212,10 @@ class UnitEntryPoints:
             return list(await asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:
-                task.cancel()
+                # Not those cancelled already (gather's, when the caller was): a second
+                # cancel cut their sessions' close short, and dead connections went back.
+                if not task.done() and not task.cancelling():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 

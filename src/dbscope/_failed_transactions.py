@@ -43,7 +43,9 @@ def refuses_failed_commits(engine: AsyncEngine, rules: Backend) -> None:
 
     def remember(context: ExceptionContext) -> None:
         connection = context.connection
-        if connection is None or context.is_disconnect or not connection.in_transaction():
+        if connection is None or context.is_disconnect or connection.invalidated:
+            return
+        if not connection.in_transaction():
             return
         rolled_back = rules.rolled_back_by(context.original_exception)
         failure = connection.info.get(FAILED)
@@ -68,6 +70,8 @@ def refuses_failed_commits(engine: AsyncEngine, rules: Backend) -> None:
 
 
 def _refuse(connection: Connection) -> None:
+    if connection.invalidated:
+        return  # gone, and its record with it (SQLAlchemy raises for its info now)
     info = connection.info
     failure = info.pop(FAILED, None)
     info.pop(SAVEPOINTS, None)
@@ -89,8 +93,9 @@ def _noted(error: BaseException) -> BaseException:
 
 
 def _forget(connection: Connection) -> None:
-    connection.info.pop(FAILED, None)
-    connection.info.pop(SAVEPOINTS, None)
+    if not connection.invalidated:
+        connection.info.pop(FAILED, None)
+        connection.info.pop(SAVEPOINTS, None)
 
 
 def _open_savepoint(connection: Connection, name: str | None) -> None:
@@ -98,10 +103,13 @@ def _open_savepoint(connection: Connection, name: str | None) -> None:
 
 
 def _close_savepoint(connection: Connection, name: str, context: object) -> None:
-    connection.info[SAVEPOINTS] = max(0, connection.info.get(SAVEPOINTS, 0) - 1)
+    if not connection.invalidated:
+        connection.info[SAVEPOINTS] = max(0, connection.info.get(SAVEPOINTS, 0) - 1)
 
 
 def _roll_back_savepoint(connection: Connection, name: str, context: object) -> None:
+    if connection.invalidated:
+        return
     failure = connection.info.get(FAILED)
     if failure is not None and failure.to_savepoint:
         del connection.info[FAILED]

@@ -34,6 +34,7 @@ back with the test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -96,8 +97,9 @@ async def lease_connection(lifecycle: Lifecycle, limits: Limits) -> AsyncIterato
 
 def _lost(error: BaseException, known: Driver, connection: Any, limits: Limits) -> bool:
     # Only the driver's errors and the socket's can mean a dead connection; an OSError of the
-    # application's own (a missing file) on a live connection is no outage.
-    if not isinstance(error, (*known.errors(), OSError)):
+    # application's own (a missing file) on a live connection is no outage, nor a timeout of
+    # its own, after which asyncmy closes the connection it cut short.
+    if isinstance(error, TimeoutError) or not isinstance(error, (*known.errors(), OSError)):
         return False
     assert known.status is not None
     unusable = isinstance(error, known.fatal()) or known.status(connection) == "closed"
@@ -123,13 +125,16 @@ async def _give_back(
             await known.rollback(proxied.driver_connection)
         if not autocommit_was and known.set_autocommit is not None:
             await known.set_autocommit(proxied.driver_connection, False)
-        # The pool's reset-on-return may do I/O (a ROLLBACK on MySQL), so it runs in a greenlet.
-        await greenlet_spawn(proxied.close)
     except BaseException as error:
         await _discard(proxied, dialect, known)
         if not isinstance(error, Exception):
             raise
         logger.warning("Discarded a leased connection that could not be reset: %r", error)
+        return
+    # The pool's reset-on-return may do I/O (a ROLLBACK on MySQL and SQLite), so it runs in a
+    # greenlet, and to completion, as AsyncSession's close does: a cancel landing in it made
+    # SQLAlchemy log an ERROR with a traceback for a plain timeout. The cancel goes on.
+    await asyncio.shield(asyncio.ensure_future(greenlet_spawn(proxied.close)))
 
 
 async def _discard(proxied: PoolProxiedConnection, dialect: Dialect, known: Driver) -> None:
