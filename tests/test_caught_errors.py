@@ -208,3 +208,26 @@ async def test_a_caught_deadlock_is_retried_not_half_committed(
     assert retries == [0, 1]
     assert [unit for unit, _ in ran] == [1, 2]  # once each, the victim's for its second run
     assert ids == [1, 2, 11, 12, 21, 22]
+
+
+async def test_an_error_at_commit_leaves_nothing_for_the_next_unit(postgres_url: str) -> None:
+    """A COMMIT that fails (a deferred constraint) ends its transaction: the next unit on the
+    same connection commits (the failure, kept on the connection, was raised again there)."""
+    tables = Tables(postgres_url)
+    deferred = "id INTEGER, UNIQUE (id) DEFERRABLE INITIALLY DEFERRED"
+    await tables.create("ce_rows", deferred)
+    try:
+        async with Database(postgres_url, pool_size=1, max_overflow=0) as db:
+
+            async def add_twice() -> None:
+                async with db.transaction() as session:
+                    await session.execute(INSERT, {"id": 1})
+                    await session.execute(INSERT, {"id": 1})
+
+            with pytest.raises(ConstraintViolationError):
+                await add_twice()
+            async with db.transaction() as session:
+                await session.execute(INSERT, {"id": 2})
+            assert await stored_ids(db) == [2]
+    finally:
+        await tables.drop_all()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, DatabaseUnavailableError
 from tests.helpers import admin, app_with, client_for
-from tests.replica_cluster import replay_paused
+from tests.replica_cluster import ReplicaPair, apply_delayed, replay_paused, replica_stopped
 from tests.replica_reads import (
     TABLE,
     add_item,
@@ -237,3 +237,43 @@ async def test_a_read_whose_replica_connection_is_lost_after_its_first_result_fa
             await read_twice()
         assert dict(db.stats().fallbacks) == {}
     assert seen == [True, True]
+
+
+async def test_a_read_that_first_takes_its_connection_reads_the_primary_if_the_replica_is_down(
+    urls: tuple[str, str], replica_pair: ReplicaPair
+) -> None:
+    """``session.connection()`` is the unit's first use of its replica: with the replica
+    stopped, and not yet known to be (checks an hour apart), the unit takes the primary's
+    connection instead, counted, where it answered 503."""
+    async with replicated(urls, replica_check_interval=3600) as db, replica_stopped(replica_pair):
+        async with db.transaction(read_only=True) as session:
+            connection = await session.connection()
+            on_replica = await connection.scalar(text("SELECT pg_is_in_recovery()"))
+        stats = db.stats()
+    assert on_replica is False
+    assert sum(dict(stats.fallbacks).values()) == 1, stats.fallbacks
+    assert stats.replicas[0].served == 0
+
+
+async def test_a_read_after_a_commit_in_the_middle_of_a_unit_sees_the_write(
+    urls: tuple[str, str],
+) -> None:
+    """The write token is kept at the commit, not at the unit's end: a read-only unit opened
+    after ``session.commit()`` in the same context sees the write, with the replica 2 s late
+    applying it (it read the replica, and missed it)."""
+    query = text(f"INSERT INTO {TABLE} (id) VALUES (1)")
+
+    async def sees_it(db: Database) -> bool:
+        async with db.transaction(read_only=True) as reader:
+            return await has_item(reader, 1)
+
+    async with replicated(urls) as db, apply_delayed(urls[1], 2000):
+        async with db.transaction() as session:
+            await session.execute(query)
+            await session.commit()
+            token = db.write_token()
+            seen = await sees_it(db)
+        stats = db.stats()
+    assert token is not None
+    assert seen
+    assert stats.replicas[0].served + sum(dict(stats.fallbacks).values()) == 1

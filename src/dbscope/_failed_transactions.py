@@ -20,6 +20,7 @@ from typing import Final, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects import Backend
 from dbscope._errors import CAUGHT_NOTE
@@ -45,8 +46,8 @@ def refuses_failed_commits(engine: AsyncEngine, rules: Backend) -> None:
         connection = context.connection
         if connection is None or context.is_disconnect or connection.invalidated:
             return
-        if not connection.in_transaction():
-            return
+        if context.statement is None or not connection.in_transaction():
+            return  # no statement's: the COMMIT's or ROLLBACK's own, which end the transaction
         rolled_back = rules.rolled_back_by(context.original_exception)
         failure = connection.info.get(FAILED)
         if failure is not None and rolled_back == "earlier":
@@ -67,6 +68,9 @@ def refuses_failed_commits(engine: AsyncEngine, rules: Backend) -> None:
     event.listen(sync_engine, "savepoint", _open_savepoint)
     event.listen(sync_engine, "release_savepoint", _close_savepoint)
     event.listen(sync_engine, "rollback_savepoint", _roll_back_savepoint)
+    # A transaction SQLAlchemy ended without a ROLLBACK of its own (after a failed COMMIT,
+    # the pool's reset rolls back): no record outlives the connection's checkin.
+    event.listen(sync_engine.pool, "reset", _forget_at_checkin)
 
 
 def _refuse(connection: Connection) -> None:
@@ -96,6 +100,13 @@ def _forget(connection: Connection) -> None:
     if not connection.invalidated:
         connection.info.pop(FAILED, None)
         connection.info.pop(SAVEPOINTS, None)
+
+
+def _forget_at_checkin(
+    dbapi_connection: object, record: ConnectionPoolEntry, state: object
+) -> None:
+    record.info.pop(FAILED, None)
+    record.info.pop(SAVEPOINTS, None)
 
 
 def _open_savepoint(connection: Connection, name: str | None) -> None:

@@ -263,7 +263,8 @@ class Replicas:
     ) -> None:
         # The connection is back from a unit, its transaction over: read the position now,
         # after the COMMIT (one taken inside the transaction would come before its own commit
-        # record), and before anyone else uses the connection.
+        # record), and before anyone else uses the connection. Kept at once, in the unit's
+        # context (the checkin is the unit's): a read after a commit() mid-unit must see it.
         state = record.info.pop(WRITER, None)
         if not (record.info.pop(COMMITTED, False) and isinstance(state, UnitState)):
             return
@@ -279,7 +280,7 @@ class Replicas:
                 exc_info=True,
             )
             position = UNKNOWN_POSITION
-        state.write_position = max(state.write_position or 0, position)
+        self.remember(position)
 
     # -- health ------------------------------------------------------------------------------
 

@@ -87,7 +87,6 @@ class UnitState:
         request_id: shown in the server's session list during each transaction, if any.
         tracks_writes: the primary's log position is read after each of its commits, for
             read-your-writes on replicas (``_replicas.py``).
-        write_position: the latest position read so, if any.
         reroute: on a replica, until its first statement returned: where the unit goes if
             that statement meets an outage of the replica (``_replicas.py``), else None.
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
@@ -104,7 +103,6 @@ class UnitState:
     comment: SqlComment | None = None
     request_id: str | None = None
     tracks_writes: bool = False
-    write_position: int | None = None
     reroute: Callable[[Exception], Engine | None] | None = None
     savepoint_of: Connection | None = None
 
@@ -145,21 +143,44 @@ class UnitSession(Session):
             return super().scalars(*args, **kwargs)
         return self._rerouted(unit, super().scalars, args, kwargs)
 
-    def _rerouted(self, unit: UnitState, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def connection(self, *args: Any, **kwargs: Any) -> Any:
+        """Session.connection; see :meth:`_rerouted`: the unit's first use of its replica
+        may be to take its connection, and its first statement still follows."""
+        unit = self.unit
+        if unit is None or unit.reroute is None:
+            return super().connection(*args, **kwargs)
+        return self._rerouted(unit, super().connection, args, kwargs, statement=False)
+
+    def _rerouted(
+        self,
+        unit: UnitState,
+        run: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        *,
+        statement: bool = True,
+    ) -> Any:
         """A unit's first statement on a replica: run again on the primary if it meets an
         outage of the replica (no connection, or one lost): reads are idempotent, and none
         returned yet."""
-        reroute, unit.reroute = unit.reroute, None
+        reroute = unit.reroute
         assert reroute is not None
+        if statement:  # (one statement only: scalar() runs execute())
+            unit.reroute = None
         try:
             return run(*args, **kwargs)
         except Exception as error:
+            unit.reroute = None
             bind = reroute(error)
             if bind is None:
                 raise
-        logger.warning("A read's replica could not serve it; the read runs on the primary")
-        with contextlib.suppress(Exception):  # the lost connection's rollback may fail too
-            self.rollback()
+        # Counted (db.stats().fallbacks), and the replica's change of state logged once by
+        # its health checks: a line per read would flood the log under an outage.
+        logger.debug("A read's replica could not serve it; the read runs on the primary")
+        # The replica's connection, if any, is in an unknown state (cut mid-statement): its
+        # rollback failed and its close logged a traceback. Dropped instead.
+        with contextlib.suppress(Exception):
+            self.invalidate()
         self.bind = bind
         return run(*args, **kwargs)
 

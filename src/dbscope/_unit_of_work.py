@@ -293,9 +293,6 @@ class UnitRun:
             error = end_error
         finally:
             self._leave()
-        position = self.unit.state.write_position
-        if position is not None and self._units.router is not None:
-            self._units.router.remember(position)
         if error is None or isinstance(error, Exception):
             # Work committed earlier in the unit (an explicit commit()) stays committed, so
             # its callbacks are due even when the unit failed afterwards.
