@@ -6,6 +6,7 @@ as a module-level ``db`` in an application would.
 
 import asyncio
 import contextlib
+import gc
 import warnings
 from collections.abc import AsyncIterator, Iterator
 
@@ -230,3 +231,16 @@ async def test_bind_to_something_else_than_a_connection_leaves_the_database_usab
         async with db.transaction() as session:
             assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
         assert db.state == "connected"
+
+
+async def test_a_dependency_of_a_database_nobody_kept_says_so(sqlite_url: str) -> None:
+    """``Depends(Database(url).session)``: the dependency holds its Database weakly, and the
+    request met an AssertionError (an AttributeError under ``python -O``)."""
+
+    async def endpoint(session: AsyncSession) -> int:
+        return int(await session.scalar(text("SELECT 1")) or 0)
+
+    app = app_with(Database(sqlite_url).session, {"GET /one": endpoint})
+    gc.collect()
+    with pytest.raises(LifecycleError, match="garbage-collected"):
+        await send(app, "GET /one", raise_app_exceptions=True)

@@ -281,6 +281,10 @@ async def test_a_pool_that_keeps_no_queue_reports_only_retries(
             "postgresql://app@/app?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
             "h1:5432,h2:5433/app",
         ),
+        (  # the ports were left out, 5432 named for both
+            "postgresql+psycopg://app@/app?host=h1:6432,h2:6433&target_session_attrs=read-write",
+            "h1:6432,h2:6433/app",
+        ),
         ("mysql+asyncmy://root:secret@127.0.0.1/shop", "127.0.0.1:3306/shop"),
         ("sqlite+aiosqlite:///data/app.db", "data/app.db"),
         ("sqlite+aiosqlite://", ":memory:"),

@@ -415,6 +415,18 @@ async def test_a_multi_host_url_reaching_no_host_fails_connect_naming_every_host
     assert f"at 127.0.0.1:{first}, 127.0.0.1:{second}, database 'app'" in str(info.value)
 
 
+async def test_hosts_listed_with_their_ports_in_one_value_are_named_with_them() -> None:
+    """``?host=h1:p1,h2:p2`` (psycopg's; SQLAlchemy refuses it for asyncpg): the message
+    named port 5432 for both."""
+    first = free_port()
+    second = next(port for port in iter(free_port, None) if port != first)
+    query = f"?host=127.0.0.1:{first},127.0.0.1:{second}&target_session_attrs=read-write"
+    db = Database(f"postgresql+psycopg://app@/app{query}")
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await db.connect()
+    assert f"at 127.0.0.1:{first}, 127.0.0.1:{second}, database 'app'" in str(info.value)
+
+
 @pytest.mark.parametrize("form", list(MULTI_HOST_FORMS))
 @pytest.mark.parametrize("drivername", ["postgresql+asyncpg", "postgresql+psycopg"])
 def test_a_multi_host_url_without_target_session_attrs_is_refused(
@@ -444,3 +456,16 @@ async def test_a_wrong_user_fails_connect_with_a_configuration_error(
         await db.connect()
     assert "'dbscope_no_such_user'" in str(info.value)
     assert "check the user" in str(info.value).lower()
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_a_postgres_port_out_of_range_says_what_a_port_is(
+    clean_env: pytest.MonkeyPatch, port: str
+) -> None:
+    """As every other number's bound does, naming the variable and the value (pydantic's own
+    "greater than or equal to 1" said no fix)."""
+    clean_env.setenv("POSTGRES_USER", "app")
+    clean_env.setenv("POSTGRES_PORT", port)
+    with pytest.raises(ConfigurationError) as info:
+        Database.from_env()
+    assert f"POSTGRES_PORT='{port}': must be a TCP port, 1 to 65535" in str(info.value)

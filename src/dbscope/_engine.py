@@ -71,7 +71,7 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
     _check_isolation_level(extra)
     options: dict[str, Any] = {
         "echo": settings.echo,
-        # dbscope checks connections itself (_pool), without SQLAlchemy's ping per use.
+        # dbscope checks connections itself (_liveness), without SQLAlchemy's ping per use.
         "pool_pre_ping": False,
         "pool_recycle": _recycle(settings),
         "pool_size": settings.pool_size,

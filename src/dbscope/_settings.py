@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 from pydantic import (
-    Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -46,12 +45,12 @@ from dbscope._setting_sources import (
 from dbscope._tags import PLACEMENTS, SqlComments
 from dbscope._urls import host_alone, is_memory, parse_url
 
-# A schema name is an identifier, never SQL: letters, digits, '_' and '$', at most 63 bytes
-# (PostgreSQL's NAMEDATALEN). Anything else is rejected before it can reach a statement.
+# A schema name is an identifier, never SQL: letters, digits, '_', '$', at most 63 bytes.
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 # An HTTP header or cookie name (a token, RFC 9110): the request id's header, ReadYourWrites'.
 HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-# Each numeric pool setting's bound (those of the replicas: _replica_settings.py).
+PORT: Final = "must be a TCP port, 1 to 65535, got {value}"
+# Each numeric setting's bound (those of the replicas: _replica_settings.py).
 POOL_BOUNDS: Final = {
     "pool_size": Least(
         1,
@@ -80,6 +79,7 @@ POOL_BOUNDS: Final = {
         0, "must be 0 (ping at every use) or a number of seconds, got {value}"
     ),
     "pool_recycle": Least(-1, "must be a number of seconds, or -1 to never recycle; got {value}"),
+    "postgres_port": Least(1, PORT, most=65535, most_message=PORT),
 }
 
 
@@ -164,7 +164,7 @@ class DatabaseSettings(ReplicaSettings):
     """PostgreSQL password, used when ``database_url`` is not set."""
     postgres_host: str | None = None
     """PostgreSQL host (default ``localhost``), used when ``database_url`` is not set."""
-    postgres_port: int | None = Field(default=None, ge=1, le=65535)
+    postgres_port: int | None = None
     """PostgreSQL port (default 5432), used when ``database_url`` is not set."""
     postgres_db: str | None = None
     """PostgreSQL database name, used when ``database_url`` is not set."""

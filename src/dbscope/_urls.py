@@ -25,7 +25,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from dbscope._dialects import backend, split_host_port
+from dbscope._dialects import backend, libpq_hosts
 from dbscope._exceptions import ConfigurationError
 
 URL_FORM: Final = "dialect+driver://user:password@host:port/database"
@@ -188,24 +188,19 @@ def host_ports(url: URL) -> list[str]:
     """Each ``host:port`` a driver tries for ``url``, in order, with default ports filled in.
 
     Besides ``host:port``, PostgreSQL URLs may list hosts in the query, as SQLAlchemy reads
-    them: ``?host=h1:p1&host=h2:p2``, or ``?host=h1,h2&port=p1,p2``.
+    them (``_dialects.hosts``): ``?host=h1:p1&host=h2:p2``, ``?host=h1:p1,h2:p2``, or
+    ``?host=h1,h2&port=p1,p2``.
     """
     default_port = url.port or backend(url.get_backend_name()).default_port
-    pairs: list[tuple[str | None, str | int | None]]
-    hosts = url.query.get("host")
-    if isinstance(hosts, tuple):  # host=h1:p1&host=h2:p2
-        pairs = [split_host_port(token) for token in hosts]
-    elif hosts is not None:  # host=h1,h2 (&port=p1,p2), or host=h1:p1
-        ports = url.query.get("port", ())
-        port_list = ports.split(",") if isinstance(ports, str) else list(ports)
-        names = hosts.split(",")
-        if len(names) == 1 and not port_list:
-            pairs = [split_host_port(names[0])]
-        else:  # an IPv6 host bracketed, [::1], as in the host:port form
-            pairs = list(zip_longest([split_host_port(name)[0] for name in names], port_list))
-    else:
-        pairs = [(url.host, url.port)]
-    return [_host_port(host, port or default_port) for host, port in pairs]
+    if url.query.get("host") is None:
+        return [_host_port(url.host, default_port)]
+    hosts, ports = libpq_hosts(url)
+    names = (hosts or "").split(",")
+    port_list = ports.split(",") if ports else []
+    return [
+        _host_port(name or None, port or default_port)
+        for name, port in zip_longest(names, port_list)
+    ]
 
 
 def same_database(one: URL, other: URL) -> bool:

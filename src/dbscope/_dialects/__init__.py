@@ -30,7 +30,7 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode
-from dbscope._dialects.hosts import split_host_port
+from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 from dbscope._dialects.replication import Replication, Standbys
 
@@ -54,10 +54,10 @@ __all__ = [
     "backend",
     "client_command",
     "driver",
+    "libpq_hosts",
     "only_read",
     "resolve_async_url",
     "resolve_primary_url",
-    "split_host_port",
 ]
 
 BACKENDS: Final = (postgresql.BACKEND, mysql.BACKEND, sqlite.BACKEND)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from dbscope._errors import LineFullError
-from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
+from dbscope._exceptions import DatabaseUnavailableError, LifecycleError, NoSessionError
 from dbscope._pool import Client, waiting_client
 from dbscope._unit_of_work import UnitOfWork
 from dbscope._unit_options import UnitOptions
@@ -42,6 +42,20 @@ def early_retries(db: "Database") -> EarlyRetries:
         # Its holds are counted where db.stats() and the metrics read them.
         found = _early_retries[db] = EarlyRetries(db._lifecycle.count_held)
     return found
+
+
+def _alive(db: "weakref.ref[Database]") -> "Database":
+    """The Database a dependency belongs to, which holds it weakly (the dependencies are
+    cached per Database, and must not keep it alive)."""
+    database = db()
+    if database is None:
+        message = (
+            "The Database this dependency was made from no longer exists: nothing kept a "
+            "reference to it, and it was garbage-collected. Keep it for the app's life, in a "
+            "module variable (db = Database(...)), and take db.session from it."
+        )
+        raise LifecycleError(message)
+    return database
 
 
 def early_retry() -> HTTPException:
@@ -123,8 +137,7 @@ def _session_dependency(
         request: HTTPConnection, response: Response
     ) -> AsyncIterator[UnitOfWork]:
         request = _http_request(request, "db.session", "db.transaction() as session")
-        database = db()
-        assert database is not None, "the Database of this app was garbage-collected"
+        database = _alive(db)
         if await early.hold(request.scope):
             raise early_retry()
         # Until the endpoint returns, its first statement is not run if the client hung up
@@ -183,8 +196,7 @@ def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[An
 
     async def request_lease(request: HTTPConnection) -> AsyncIterator[Any]:
         request = _http_request(request, "db.leased", "db.lease() as connection")
-        database = db()
-        assert database is not None, "the Database of this app was garbage-collected"
+        database = _alive(db)
         if await early.hold(request.scope):
             raise early_retry()
         waiting_client.set(client_of(request))
