@@ -1,7 +1,7 @@
 """The one door where driver and SQLAlchemy errors become dbscope's errors.
 
-Every place that talks to the database (a unit of work, a lease, the first connect, a retried
-unit) hands what it caught to :func:`translate`, which answers with the dbscope error it
+Every place that talks to the database (a unit of work, a lease, the first connect) hands
+what it caught to :func:`translate`, which answers with the dbscope error it
 amounts to, or None when it is the application's own or the database's verdict on the
 application's SQL (an IntegrityError in the body, a syntax error), which then propagates
 unchanged:
@@ -18,6 +18,9 @@ a statement past the unit's statement_timeout         StatementTimeoutError: 504
 one session used by two tasks at once                 SessionSharedError: 500
 a constraint violated at COMMIT                       ConstraintViolationError: 409
 ====================================================  =====================================
+
+Whether an error is a conflict that running the unit again may cure is :func:`conflict_in`'s
+verdict, which the retry loop asks.
 
 Drivers disagree on exception classes, so the verdict rests on each backend's codes
 (``dbscope._dialects``), on SQLAlchemy's ``connection_invalidated`` flag, and on whether the
@@ -128,6 +131,20 @@ def translate(
         )
         return StatementTimeoutError(message)
     return violated_at_commit(error, rules) if at_commit else None
+
+
+def conflict_in(error: BaseException, rules: Backend, *, lock_timeouts: bool) -> str | None:
+    """The conflict ``error`` is, named for logs and messages (a serialization failure, a
+    deadlock; a lock wait timeout if ``lock_timeouts``): running its unit again may succeed.
+    None if it is no conflict."""
+    if not isinstance(error, DBAPIError):
+        return None
+    kind = rules.error_kind(error.orig)
+    if kind == "conflict":
+        return rules.conflict_name(error.orig)
+    if kind == "lock_wait" and lock_timeouts:
+        return f"lock wait timeout ({rules.error_code(error.orig)})"
+    return None
 
 
 def violated_at_commit(error: BaseException, rules: Backend) -> ConstraintViolationError | None:

@@ -26,11 +26,10 @@ from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._dialects import Backend
-from dbscope._errors import violated_at_commit
+from dbscope._errors import conflict_in, violated_at_commit
 from dbscope._exceptions import ConfigurationError, NoSessionError, RetriesExhaustedError
 from dbscope._unit_options import is_finite_number
 
@@ -145,18 +144,6 @@ def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPoli
     return RetryPolicy(**options)
 
 
-def _conflict(error: BaseException, rules: Backend, policy: RetryPolicy) -> str | None:
-    """The conflict ``error`` is, named for logs and messages; None if it is no conflict."""
-    if not isinstance(error, DBAPIError):
-        return None
-    kind = rules.error_kind(error.orig)
-    if kind == "conflict":
-        return rules.conflict_name(error.orig)
-    if kind == "lock_wait" and policy.lock_timeouts:
-        return f"lock wait timeout ({rules.error_code(error.orig)})"
-    return None
-
-
 class Attempt:
     """One run of a retried unit of work: ``async with attempt as session:``."""
 
@@ -254,7 +241,7 @@ class Retrying:
         not known here, and an attempt repeated after a commit that kept writes would keep
         them twice.
         """
-        conflict = _conflict(error, self.rules, self.policy)
+        conflict = conflict_in(error, self.rules, lock_timeouts=self.policy.lock_timeouts)
         if conflict is None:
             self._done = True
             return False  # the attempt's own error propagates unchanged
