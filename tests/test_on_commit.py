@@ -141,6 +141,24 @@ async def test_a_callback_registered_in_a_released_savepoint_runs_after_the_oute
     assert (calls, await stored_labels(db)) == (["savepoint"], ["savepoint"])
 
 
+async def test_a_released_savepoints_callbacks_are_dropped_when_the_unit_rolls_back(
+    db: Database, calls: list[str]
+) -> None:
+    """Releasing a savepoint commits nothing: the unit's rollback drops every callback, the
+    savepoint's and those before it (SQLAlchemy's after_commit for the release ran them)."""
+
+    async def fail_after_a_savepoint() -> None:
+        async with db.transaction() as session:
+            await insert_noting(db, session, "before", calls)
+            async with session.begin_nested():
+                await insert_noting(db, session, "savepoint", calls)
+            raise Boom
+
+    with pytest.raises(Boom):
+        await fail_after_a_savepoint()
+    assert (calls, await stored_labels(db)) == ([], [])
+
+
 async def test_a_failing_callback_is_logged_and_the_next_ones_still_run(
     db: Database, caplog: pytest.LogCaptureFixture, calls: list[str]
 ) -> None:

@@ -228,3 +228,24 @@ def test_retry_refuses_an_async_generator(sqlite_url: str) -> None:
 
     with pytest.raises(ConfigurationError, match=r"rows is an async generator"):
         db.retry()(rows)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_conflict_after_a_released_savepoint_is_retried(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """A released savepoint is no commit: the unit runs again (it was refused as "after it
+    had committed part of its work"), and its callback runs once."""
+    await tables.create("ro_charges", "amount INTEGER NOT NULL")
+    runs: list[int] = []
+    ran: list[int] = []
+    async for attempt in db.retrying(attempts=2, backoff=0):
+        async with attempt as session:
+            runs.append(attempt.number)
+            db.on_commit(functools.partial(ran.append, attempt.number))
+            async with session.begin_nested():
+                await session.execute(text("INSERT INTO ro_charges (amount) VALUES (10)"))
+            if attempt.number == 1:
+                await session.execute(text(CONFLICT))
+    assert (runs, ran) == ([1, 2], [2])
+    assert await count_rows(database_url, "ro_charges") == 1

@@ -50,10 +50,11 @@ def take_due_hooks(state: UnitState) -> list[CommitHook]:
 
 @event.listens_for(UnitSession, "after_commit")
 def _transaction_committed(session: Session) -> None:
-    # after_commit follows the outermost transaction only; savepoints keep their hooks pending
-    # until the transaction around them commits.
+    # SQLAlchemy calls it for a released savepoint too, which is still the session's current
+    # transaction then: its hooks stay pending until the transaction around it commits, and
+    # nothing was committed (a retried unit's released savepoint was taken for a commit()).
     state = unit_state(session)
-    if state is not None:
+    if state is not None and not session.in_nested_transaction():
         state.commits += 1
         state.due.extend(callback for _, callback in state.pending)
         state.pending.clear()
