@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from uvicorn.logging import DefaultFormatter
@@ -24,7 +24,7 @@ from tests.documented import (
     run_block,
     serving,
 )
-from tests.helpers import admin
+from tests.helpers import admin, count_rows, send
 
 
 # The quick start uses INSERT ... RETURNING, which MariaDB 10.11 lacks.
@@ -98,7 +98,7 @@ async def test_the_pool_figures_in_the_scripts_guide_are_what_db_stats_gives(
 
 # -- units-of-work.md: a SERIALIZABLE endpoint retried by @db.retry --------------------------
 
-RETRIED_BLOCK = ("docs/units-of-work.md", "SerializableSession")
+RETRIED_BLOCK = ("docs/units-of-work.md", "SerializableSession = Annotated")
 LOCK_WAIT_TIMEOUT = 10.0
 
 
@@ -118,7 +118,8 @@ async def ledger(database_url: str) -> AsyncIterator[AsyncConnection]:
     try:
         async with engine.connect() as connection:
             await connection.execute(text("DROP TABLE IF EXISTS ledger"))
-            await connection.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
+            columns = "owner INTEGER NOT NULL DEFAULT 1, amount INTEGER NOT NULL"
+            await connection.execute(text(f"CREATE TABLE ledger ({columns})"))
             await connection.execute(text("INSERT INTO ledger (amount) VALUES (100)"))
             yield connection
             await connection.execute(text("DROP TABLE ledger"))
@@ -126,8 +127,11 @@ async def ledger(database_url: str) -> AsyncIterator[AsyncConnection]:
         await engine.dispose()
 
 
-async def withdraw_together(database_url: str, base_url: str) -> list[httpx.Response]:
-    """POST two withdrawals of 30 that both read the balance before either inserts.
+async def withdraw_together(
+    database_url: str, base_url: str, path: str = "/withdrawals", **options: Any
+) -> list[httpx.Response]:
+    """POST two withdrawals of 30 that both read the balance before either inserts
+    (``options``: the request's, such as headers).
 
     A transaction of the test's own holds ``ledger`` in SHARE mode, which lets the requests
     read and stops their INSERTs; once both wait for it, it lets them go.
@@ -137,7 +141,7 @@ async def withdraw_together(database_url: str, base_url: str) -> list[httpx.Resp
         async with engine.connect() as holder, httpx.AsyncClient(base_url=base_url) as client:
             await holder.execute(text("LOCK TABLE ledger IN SHARE MODE"))
             requests = [
-                asyncio.ensure_future(client.post("/withdrawals", params={"amount": 30}))
+                asyncio.ensure_future(client.post(path, params={"amount": 30}, **options))
                 for _ in range(2)
             ]
             waiting = text(
@@ -174,6 +178,26 @@ async def test_a_retried_serializable_endpoint_commits_both_conflicting_requests
     assert lines[0] == documented.rstrip("\n")
     as_first = [re.sub(r"attempt \d of", "attempt 1 of", line) for line in lines]
     assert as_first == [lines[0]] * len(lines)
+
+
+async def test_a_signed_in_users_withdrawals_are_retried_with_the_user_loaded_anew(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signed-in withdrawal: the user's id from a header, the rows read in the retried
+    endpoint; two in a write skew both 200, one retried."""
+    caplog.set_level(logging.WARNING, logger="dbscope")
+    namespace = run_block(block_containing(*RETRIED_BLOCK), postgres_url)
+    signed_in = block_containing("docs/units-of-work.md", "def current_user_id")
+    namespace = run_block(signed_in, postgres_url, namespace=namespace)
+    headers = {"X-User-Id": "1"}
+    async with ledger(postgres_url) as connection:
+        async with serving(namespace["app"]) as base_url:
+            path = "/accounts/me/withdrawals"
+            responses = await withdraw_together(postgres_url, base_url, path, headers=headers)
+        balance = await connection.scalar(text("SELECT SUM(amount) FROM ledger WHERE owner = 1"))
+    assert [response.status_code for response in responses] == [200, 200]
+    assert balance == 40
+    assert 1 <= len(log_lines(caplog, "dbscope")) <= 4
 
 
 async def test_the_serializable_endpoint_without_retry_answers_500_to_the_loser(
@@ -231,6 +255,33 @@ async def test_a_request_past_the_documented_timeout_gets_504_and_gives_its_conn
     assert stats.checked_out == 0
     assert stats.invalidated == 1
     assert stored == 0
+
+
+async def test_a_router_that_lists_the_session_makes_each_of_its_routes_a_unit(
+    sqlite_url: str,
+) -> None:
+    """fastapi.md's ``APIRouter(dependencies=[Depends(db.session)])``: a route that takes no
+    session commits what it wrote through db.current_session(); one that raises keeps
+    nothing."""
+    async with Database(sqlite_url) as db:
+        router = APIRouter(dependencies=[Depends(db.session)])
+
+        @router.post("/rows/{value}")
+        async def add(value: int) -> dict[str, int]:
+            insert = text("INSERT INTO router_rows (value) VALUES (:value)")
+            await db.current_session().execute(insert, {"value": value})
+            if value < 0:
+                raise HTTPException(409, "negative")
+            return {"value": value}
+
+        app = FastAPI()
+        app.include_router(router)
+        async with admin(sqlite_url) as connection:
+            await connection.execute(text("CREATE TABLE router_rows (value INTEGER)"))
+        statuses = [(await send(app, f"POST /rows/{value}")).status_code for value in (1, -1)]
+        stored = await count_rows(sqlite_url, "router_rows")
+    assert statuses == [200, 409]
+    assert stored == 1
 
 
 # -- units-of-work.md: a LazyLoadError in a response model, as the client and the log see it ---

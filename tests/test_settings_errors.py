@@ -79,10 +79,12 @@ def test_a_misspelled_variable_beside_a_database_is_warned_of_once(
     clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, sqlite_url: str, prefix: str
 ) -> None:
     """PG_BOUNCER for PGBOUNCER is never read, and the app would run without it: from_env()
-    says so, naming both. A variable that lacks only the prefix is another Database's."""
+    says so, naming both. A variable that lacks only the prefix, or has a prefix of its own
+    before a setting's name, is another Database's."""
     clean_env.setenv(f"{prefix}DATABASE_URL", sqlite_url)
     clean_env.setenv(f"{prefix}PG_BOUNCER", "transaction")
     clean_env.setenv("POOL_SIZE", "3")  # with the prefix APP_: another Database's setting
+    clean_env.setenv("RO_DATABASE_URL", sqlite_url)  # another's, under a prefix of its own
     with caplog.at_level("WARNING", logger="dbscope"):
         settings = Database.from_env(prefix).settings
     warnings = [record.getMessage() for record in caplog.records]
@@ -310,7 +312,7 @@ def test_pool_size_for_in_memory_sqlite_is_rejected_with_the_fix() -> None:
     "url",
     [
         "sqlite+aiosqlite:///app.db?timeout=abc",
-        "mysql+asyncmy://app@localhost/app?connect_timeout=abc",
+        "mysql+asyncmy://app@localhost/app?read_timeout=abc",
         "postgresql+asyncpg://app@localhost/app?prepared_statement_cache_size=abc",
     ],
     ids=["sqlite", "asyncmy", "asyncpg"],
@@ -322,6 +324,15 @@ def test_a_url_option_that_is_no_number_is_rejected_naming_it(url: str) -> None:
         Database(url)
     assert "The database URL's options could not be read" in str(info.value)
     assert "=abc" in str(info.value)
+
+
+@pytest.mark.parametrize("driver", ["postgresql+asyncpg", "postgresql+psycopg", "mysql+asyncmy"])
+def test_a_url_connect_timeout_is_refused_for_the_setting(driver: str) -> None:
+    """dbscope's connect_timeout won over the URL's without a word (psycopg), or asyncpg
+    refused the name at the first connect; '?connect_timeout=abc' was taken (psycopg)."""
+    with pytest.raises(ConfigurationError, match="set connect_timeout") as info:
+        Database(f"{driver}://app@localhost/app?connect_timeout=30")
+    assert "CONNECT_TIMEOUT" in str(info.value)
 
 
 def test_an_in_memory_sqlite_uri_is_an_in_memory_database() -> None:

@@ -230,7 +230,7 @@ def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
 
 def _unreadable_query(url: URL, error: ValueError) -> str:
     """Why SQLAlchemy could not read ``url``'s query: a value it converts to a number
-    (``?connect_timeout=abc``), whose int() named neither the option nor the fix, or an IPv6
+    (``?read_timeout=abc``), whose int() named neither the option nor the fix, or an IPv6
     host in a multi-host ``?host=``, which it splits at the first colon. The query holds no
     password by now (``_urls.normalize_url``)."""
     hosts = url.query.get("host")
@@ -243,7 +243,7 @@ def _unreadable_query(url: URL, error: ValueError) -> str:
     query = url.render_as_string(hide_password=True).partition("?")[2]
     return (
         f"The database URL's options could not be read ({error}): check their values "
-        f"(?{query}); a number is written without quotes or unit, e.g. ?connect_timeout=10."
+        f"(?{query}); a number is written without quotes or unit, e.g. ?read_timeout=10."
     )
 
 

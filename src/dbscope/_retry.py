@@ -111,8 +111,8 @@ PRECEDED: Final = (
     "in a unit of work that had run statements before it began (a dependency that used the "
     "request's session, say): running it again alone would lose what they wrote, or act on "
     "what they read in the transaction that failed, so it was not retried. Run the unit's "
-    "statements in the retried function, or retry inside it with "
-    "`async for attempt in db.retrying(): ...`."
+    "statements in the retried function: let the dependency hand it what it read from the "
+    "request (a user's id), and the function load the rows."
 )
 
 

@@ -195,6 +195,8 @@ def misspelled_variables(
             if not forgotten_prefix:
                 continue
             close = [f"{prefix}{name}"]
+        elif any(name.endswith(f"_{setting}") for setting in known):
+            continue  # a setting under a prefix of its own (APP_): another Database's
         else:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
         hints.extend(f"{name} is set: did you mean {match}?" for match in close)

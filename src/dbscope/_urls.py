@@ -97,9 +97,19 @@ def normalize_url(url: URL) -> URL:
 
     Raises:
         ConfigurationError: an unencoded ``@`` in the user name or password, or a password
-            given twice; the message shows no part of the URL's user or password.
+            given twice; the message shows no part of the URL's user or password. A
+            ``?connect_timeout=``, which dbscope's own setting overrides.
     """
     check_user_part(url)
+    if "connect_timeout" in url.query and backend(url.get_backend_name()).default_port:
+        # dbscope passes its own to every driver, which won over the URL's without a word
+        # (psycopg), or the driver refused the name at the first connect (asyncpg).
+        message = (
+            "The database URL gives ?connect_timeout=, which dbscope sets itself, to bound "
+            "each connect and ping: remove it from the URL and set connect_timeout (a "
+            "Database option, or CONNECT_TIMEOUT in the environment) instead."
+        )
+        raise ConfigurationError(message)
     return move_query_password(url)
 
 
