@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, cast, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -231,3 +231,16 @@ async def test_an_error_at_commit_leaves_nothing_for_the_next_unit(postgres_url:
             assert await stored_ids(db) == [2]
     finally:
         await tables.drop_all()
+
+
+async def test_a_read_that_failed_before_the_transaction_began_is_no_failure(
+    postgres_rows: str,
+) -> None:
+    """Reads before a unit's first write run outside a transaction (deferred BEGIN): one that
+    fails aborts nothing on the server, and the unit's write after it commits."""
+    async with Database(postgres_rows) as db:
+        async with db.transaction() as session:
+            with contextlib.suppress(DBAPIError):
+                await session.scalar(select(cast(literal("abc"), Integer)))
+            await session.execute(INSERT, {"id": 5})
+        assert await stored_ids(db) == [5]

@@ -98,3 +98,15 @@ async def test_a_latin_1_password_still_reaches_mariadb(mysql_url: str) -> None:
     with pytest.raises(ConfigurationError, match="Access denied") as raised:
         await db.connect()
     assert "encode" not in str(raised.value)
+
+
+@pytest.mark.parametrize("host", [f"postgresql://app:{PASSWORD}@db/app", f"app:{PASSWORD}@db"])
+def test_a_url_pasted_as_the_postgres_host_is_refused_unshown(
+    clean_env: pytest.MonkeyPatch, host: str
+) -> None:
+    """The host's message showed the value, and split it into a host and a port."""
+    clean_env.setenv("POSTGRES_USER", "app")
+    clean_env.setenv("POSTGRES_HOST", host)
+    with pytest.raises(ConfigurationError, match="give a whole URL as DATABASE_URL") as raised:
+        Database.from_env()
+    assert "s3cr3t" not in str(raised.value)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dbscope._dialects import Backend
+from dbscope._dialects import Backend, only_read
 from dbscope._errors import CAUGHT_NOTE
 
 # On a pooled connection's info, within a transaction: the first error that rolled it back;
@@ -48,6 +48,8 @@ def refuses_failed_commits(engine: AsyncEngine, rules: Backend) -> None:
             return
         if context.statement is None or not connection.in_transaction():
             return  # no statement's: the COMMIT's or ROLLBACK's own, which end the transaction
+        if only_read(connection):
+            return  # a read before the deferred BEGIN: no transaction on the server to abort
         rolled_back = rules.rolled_back_by(context.original_exception)
         failure = connection.info.get(FAILED)
         if failure is not None and rolled_back == "earlier":

@@ -26,9 +26,15 @@ from dbscope._exceptions import ConfigurationError
 NO_DATABASE: Final = "no_database"  # the error type of "neither a URL nor its parts"
 # The error type of a check across settings that blames one: its context names the setting.
 SETTING_ERROR: Final = "setting"
-# Settings whose values are never shown: they hold a password, or may.
+# Settings whose values are never shown: they hold a password, or may (a URL pasted as a host).
 SECRET_FIELDS: Final = frozenset(
-    {"database_url", "database_replica_urls", "postgres_password", "replica_patroni_urls"}
+    {
+        "database_url",
+        "database_replica_urls",
+        "postgres_password",
+        "postgres_host",
+        "replica_patroni_urls",
+    }
 )
 
 

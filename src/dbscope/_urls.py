@@ -75,6 +75,12 @@ def host_alone(value: str) -> str:
         ValueError: a ``host:port``, which would be read as an IPv6 address, and the mistake
             reported at the first connect as an outage.
     """
+    if "@" in value or "://" in value:
+        message = (
+            "must be the host alone, not a URL or user@host (the value is not shown: it may "
+            "hold a password): give a whole URL as DATABASE_URL, or the host alone"
+        )
+        raise ValueError(message)
     if ":" not in value:
         return value
     with contextlib.suppress(ValueError):
