@@ -480,3 +480,20 @@ def test_a_postgres_port_out_of_range_says_what_a_port_is(
     with pytest.raises(ConfigurationError) as info:
         Database.from_env()
     assert f"POSTGRES_PORT='{port}': must be a TCP port, 1 to 65535" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("postgresql+asyncpg://app@localhost/app", {"query_cache_size": -1}),
+        ("postgresql+asyncpg://app@localhost/app", {"query_cache_size": "x"}),
+        ("postgresql+asyncpg://app@localhost/app?prepared_statement_cache_size=-5", {}),
+        ("postgresql+asyncpg://app@localhost/app", {"connect_args": {"statement_cache_size": -1}}),
+    ],
+    ids=["negative", "text", "url", "connect_args"],
+)
+def test_a_cache_size_below_0_is_refused_naming_it(url: str, options: dict[str, Any]) -> None:
+    """SQLAlchemy took a negative one, and its cache then trimmed itself for ever: the first
+    connect never returned, a CPU spinning."""
+    with pytest.raises(ConfigurationError, match="is no cache size"):
+        Database(url, **options)

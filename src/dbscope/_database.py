@@ -19,7 +19,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from dbscope._dialects import client_command
-from dbscope._engine import ServerInfo, check_engine_options, engine_options
+from dbscope._engine import ServerInfo, engine_options
+from dbscope._engine_checks import check_engine_options
 from dbscope._errors import Limits
 from dbscope._exceptions import ConfigurationError
 from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, ProbeOptions

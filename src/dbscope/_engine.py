@@ -9,66 +9,31 @@ connections belong to the loop that made them.
 
 from __future__ import annotations
 
-import difflib
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import sqlalchemy.ext.asyncio
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, InvalidRequestError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
 from dbscope._dialects import Backend, Standbys, backend, driver
+from dbscope._engine_checks import QUEUE_POOL_OPTIONS, check_option_types
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
 from dbscope._failed_transactions import refuses_failed_commits
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_options import ISOLATION_LEVELS
-
-# What a blog's session manager gives async_sessionmaker, which dbscope builds, and instead.
-SESSIONMAKER_OPTIONS: Final = {
-    "class_": "pass session_class= for a subclass of AsyncSession",
-    "expire_on_commit": "its sessions never expire what they loaded at a commit; remove it",
-    "autoflush": "its sessions do not flush before each query (autoflush=False); remove it",
-}
-# Options that only a queue pool takes: passed on for a user's own poolclass only when the
-# user set them, so that NullPool works without dbscope's defaults getting in its way.
-QUEUE_POOL_OPTIONS: Final = ("pool_size", "max_overflow", "pool_timeout")
-# Options people mean when they misspell one; used only to suggest a fix.
-KNOWN_ENGINE_OPTIONS: Final = (
-    "poolclass",
-    "connect_args",
-    "execution_options",
-    "isolation_level",
-    "json_serializer",
-    "json_deserializer",
-    "pool_use_lifo",
-    "pool_reset_on_return",
-    "echo_pool",
-    "hide_parameters",
-    "logging_name",
-    "pool_logging_name",
-    "query_cache_size",
-    "async_creator",
-    "plugins",
-)
 
 
 def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
     """Combine the settings, the per-database defaults and the user's engine options."""
-    _check_option_types(extra)
-    _check_isolation_level(extra)
+    check_option_types(extra)
     options: dict[str, Any] = {
         "echo": settings.echo,
         # dbscope checks connections itself (_liveness), without SQLAlchemy's ping per use.
@@ -103,51 +68,6 @@ def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict
         asked = {**options["connect_args"], **settings.url.query, **user_connect_args}
         _refuse_for_pooler(settings, asked)
     return options
-
-
-def _check_option_types(extra: Mapping[str, Any]) -> None:
-    # Wrong types would fail deep inside SQLAlchemy ("'str' object has no attribute
-    # '__dict__'"). Values are not shown: connect_args may hold a password.
-    pool = extra.get("poolclass")
-    if pool is not None and not (isinstance(pool, type) and issubclass(pool, Pool)):
-        message = (
-            f"poolclass must be a pool class, got a {type(pool).__name__}: pass the class "
-            "itself (poolclass=NullPool, from sqlalchemy.pool), or leave it out for dbscope's."
-        )
-        raise ConfigurationError(message)
-    for name in ("connect_args", "execution_options"):
-        value = extra.get(name)
-        if value is not None and not isinstance(value, Mapping):
-            message = f"{name} must be a dict of names to values, got a {type(value).__name__}."
-            raise ConfigurationError(message)
-
-
-def _check_isolation_level(extra: Mapping[str, Any]) -> None:
-    # In autocommit every statement commits at once: a request that fails half-way would keep
-    # its first writes, which is what a unit of work exists to prevent.
-    for given, level in (
-        ("isolation_level", extra.get("isolation_level")),
-        ("execution_options", dict(extra.get("execution_options") or {}).get("isolation_level")),
-    ):
-        if isinstance(level, str) and level.upper() == "AUTOCOMMIT":
-            message = (
-                f"{given} sets isolation_level={level!r} for every connection, which would "
-                "make each statement commit on its own: a failed request would keep its "
-                "writes. Remove it. For statements outside a transaction use `async with "
-                "db.lease()` (the driver connection in autocommit); for a stricter level per "
-                "unit, db.transaction(isolation_level=...) or db.session_with(...)."
-            )
-            raise ConfigurationError(message)
-        # SQLAlchemy takes any case, and '_' for ' '; anything else fails only at connect.
-        words = level.upper().replace("_", " ") if isinstance(level, str) else None
-        if level is not None and words not in ISOLATION_LEVELS:
-            where = "" if given == "isolation_level" else f" in {given}"
-            message = (
-                f"isolation_level={level!r}{where} is not an isolation level: use one of "
-                f"{', '.join(map(repr, ISOLATION_LEVELS))}, or leave it unset for the "
-                "database's own."
-            )
-            raise ConfigurationError(message)
 
 
 def _recycle(settings: DatabaseSettings) -> int:
@@ -190,90 +110,6 @@ def _refuse_for_pooler(settings: DatabaseSettings, connect_args: Mapping[str, An
             f"dbscope and PostgreSQL, and {conflict}"
         )
         raise ConfigurationError(message)
-
-
-def check_engine_options(url: URL, options: Mapping[str, Any]) -> None:
-    """Let SQLAlchemy judge the options now, and explain its verdict; builds no connection."""
-    try:
-        # The name imported at start-up: this engine is thrown away, no instrumentation's.
-        create_async_engine(url, **options)
-    except TypeError as error:
-        raise ConfigurationError(_explain_invalid_arguments(str(error), options)) from None
-    except KeyError as error:  # a value SQLAlchemy looks up in a table: echo_pool="bogus"
-        given = ", ".join(f"{k}={v!r}" for k, v in options.items() if v == error.args[0])
-        message = f"Invalid engine option {given}: a value SQLAlchemy's create_engine() lacks"
-        raise ConfigurationError(message) from None
-    except ArgumentError as error:
-        pool = options.get("poolclass")
-        if (
-            pool is not None
-            and issubclass(pool, QueuePool)
-            and not issubclass(pool, AsyncAdaptedQueuePool)
-        ):
-            message = (
-                f"poolclass={pool.__name__} cannot be used with asyncio. Remove poolclass "
-                "(dbscope uses AsyncAdaptedQueuePool), or pass AsyncAdaptedQueuePool or NullPool."
-            )
-            raise ConfigurationError(message) from None
-        raise ConfigurationError(f"Invalid engine option: {error}") from None
-    except InvalidRequestError as error:
-        raise ConfigurationError(f"Invalid database URL {url!r}: {error}") from None
-    except ValueError as error:
-        raise ConfigurationError(_unreadable_query(url, error)) from None
-    except ModuleNotFoundError as error:
-        message = (
-            f"The URL {url!r} needs the module {error.name!r}, which is not installed; "
-            "install the async driver for this database."
-        )
-        raise ConfigurationError(message) from None
-
-
-def _unreadable_query(url: URL, error: ValueError) -> str:
-    """Why SQLAlchemy could not read ``url``'s query: a value it converts to a number
-    (``?read_timeout=abc``), whose int() named neither the option nor the fix, or an IPv6
-    host in a multi-host ``?host=``, which it splits at the first colon. The query holds no
-    password by now (``_urls.normalize_url``)."""
-    hosts = url.query.get("host")
-    if isinstance(hosts, tuple) and any(host.startswith("[") for host in hosts):
-        return (
-            "The database URL lists an IPv6 address among several ?host= values, which "
-            "SQLAlchemy cannot read: name those hosts by a host name, or give the address as "
-            "the only host (postgresql+asyncpg://app@[::1]:5432/app)."
-        )
-    query = url.render_as_string(hide_password=True).partition("?")[2]
-    return (
-        f"The database URL's options could not be read ({error}): check their values "
-        f"(?{query}); a number is written without quotes or unit, e.g. ?read_timeout=10."
-    )
-
-
-def _explain_invalid_arguments(text: str, options: Mapping[str, Any]) -> str:
-    # SQLAlchemy says: "Invalid argument(s) 'a','b' sent to create_engine(), using
-    # configuration PGDialect_asyncpg/NullPool/Engine. ..."
-    head, _, tail = text.partition(" sent to ")
-    names = re.findall(r"'([^']+)'", head)
-    configuration = re.search(r"configuration (\S+?)\.?\s", tail)
-    pool = configuration.group(1).split("/")[1] if configuration else "this pool"
-    known = [*DatabaseSettings.model_fields, *KNOWN_ENGINE_OPTIONS, "url", "schema", "replicas"]
-    problems = []
-    for name in names:
-        if name in QUEUE_POOL_OPTIONS:
-            problems.append(
-                f"{name}={options.get(name)!r} does not apply to {pool}, which keeps no queue "
-                f"of connections; remove {name}, or remove poolclass to get a queue pool"
-            )
-            continue
-        if name in SESSIONMAKER_OPTIONS:
-            problems.append(
-                f"{name!r} is an option of async_sessionmaker, which dbscope builds: "
-                f"{SESSIONMAKER_OPTIONS[name]}"
-            )
-            continue
-        guesses = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {guesses[0]!r}?" if guesses else "see the list of settings"
-        problems.append(f"unknown option {name!r}: {hint}")
-    joined = "; ".join(problems)
-    return f"Invalid Database option: {joined}" + ("" if joined.endswith("?") else ".")
 
 
 def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> AsyncEngine:

@@ -34,7 +34,6 @@ back with the test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -46,7 +45,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from dbscope._connection_ends import CLOSE_TIMEOUT
-from dbscope._dialects import BACKENDS, Driver, driver
+from dbscope._dialects import BACKENDS, Driver, driver, through_cancels
 from dbscope._errors import Limits, lease_lost, translate, unavailable
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
@@ -132,9 +131,9 @@ async def _give_back(
         logger.warning("Discarded a leased connection that could not be reset: %r", error)
         return
     # The pool's reset-on-return may do I/O (a ROLLBACK on MySQL and SQLite), so it runs in a
-    # greenlet, and to completion, as AsyncSession's close does: a cancel landing in it made
-    # SQLAlchemy log an ERROR with a traceback for a plain timeout. The cancel goes on.
-    await asyncio.shield(asyncio.ensure_future(greenlet_spawn(proxied.close)))
+    # greenlet, and to its end before a cancel goes on: one landing in it made SQLAlchemy log
+    # an ERROR with a traceback for a plain timeout, and drop the connection.
+    await through_cancels(greenlet_spawn(proxied.close), CLOSE_TIMEOUT)
 
 
 async def _discard(proxied: PoolProxiedConnection, dialect: Dialect, known: Driver) -> None:

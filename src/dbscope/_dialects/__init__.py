@@ -29,7 +29,7 @@ from dbscope._dialects._base import (
     Presence,
 )
 from dbscope._dialects.deferred_begin import only_read
-from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode
+from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode, through_cancels
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
 from dbscope._dialects.replication import Replication, Standbys
@@ -58,6 +58,7 @@ __all__ = [
     "only_read",
     "resolve_async_url",
     "resolve_primary_url",
+    "through_cancels",
 ]
 
 BACKENDS: Final = (postgresql.BACKEND, mysql.BACKEND, sqlite.BACKEND)

@@ -4,6 +4,7 @@ its connection object, and what it needs behind PgBouncer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,26 @@ async def rollback_connection(connection: Any) -> None:
     """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
     aiosqlite)."""
     await connection.rollback()
+
+
+async def through_cancels(work: Awaitable[object], seconds: float) -> None:
+    """Wait up to ``seconds`` for ``work`` to finish, through cancels, then raise the cancel
+    if one came: a connection's close or check-in cut short leaves it to the garbage
+    collector, or checked out. anyio's cancel scope cancels again at each await, so one
+    shield is not enough; past the bound, ``work`` goes on alone."""
+    running = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    cancel: asyncio.CancelledError | None = None
+    while not running.done() and loop.time() < deadline:
+        try:  # wait() leaves ``running`` running when it is itself cancelled
+            await asyncio.wait({running}, timeout=deadline - loop.time())
+        except asyncio.CancelledError as error:
+            cancel = error
+    if running.done() and not running.cancelled():
+        running.exception()  # read, so that asyncio does not report it: the work is over
+    if cancel is not None:
+        raise cancel
 
 
 @dataclass(frozen=True)

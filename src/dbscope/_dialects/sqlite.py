@@ -24,7 +24,7 @@ from dbscope._dialects._base import (
     ErrorKind,
     Presence,
 )
-from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
+from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
@@ -253,19 +253,7 @@ async def _aiosqlite_close(connection: Any, seconds: float) -> None:
     the thread's work and its task pending for ever, and the next unit found the file
     locked. The cancel is raised again once the close is done.
     """
-    closing = asyncio.ensure_future(connection.close())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    cancel: asyncio.CancelledError | None = None
-    while not closing.done() and loop.time() < deadline:
-        try:  # wait() leaves ``closing`` running when it is itself cancelled
-            await asyncio.wait({closing}, timeout=deadline - loop.time())
-        except asyncio.CancelledError as error:
-            cancel = error
-    if closing.done() and not closing.cancelled():
-        closing.exception()  # read, so that asyncio does not report it: the close is over
-    if cancel is not None:
-        raise cancel
+    await through_cancels(connection.close(), seconds)
 
 
 AIOSQLITE: Final = Driver(
