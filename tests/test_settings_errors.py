@@ -326,15 +326,6 @@ def test_a_url_option_that_is_no_number_is_rejected_naming_it(url: str) -> None:
     assert "=abc" in str(info.value)
 
 
-@pytest.mark.parametrize("driver", ["postgresql+asyncpg", "postgresql+psycopg", "mysql+asyncmy"])
-def test_a_url_connect_timeout_is_refused_for_the_setting(driver: str) -> None:
-    """dbscope's connect_timeout won over the URL's without a word (psycopg), or asyncpg
-    refused the name at the first connect; '?connect_timeout=abc' was taken (psycopg)."""
-    with pytest.raises(ConfigurationError, match="set connect_timeout") as info:
-        Database(f"{driver}://app@localhost/app?connect_timeout=30")
-    assert "CONNECT_TIMEOUT" in str(info.value)
-
-
 def test_an_in_memory_sqlite_uri_is_an_in_memory_database() -> None:
     """file::memory:?uri=true is SQLite's URI for memory: a pool_size is refused, as for
     :memory:."""
@@ -467,33 +458,3 @@ async def test_a_wrong_user_fails_connect_with_a_configuration_error(
         await db.connect()
     assert "'dbscope_no_such_user'" in str(info.value)
     assert "check the user" in str(info.value).lower()
-
-
-@pytest.mark.parametrize("port", ["0", "70000"])
-def test_a_postgres_port_out_of_range_says_what_a_port_is(
-    clean_env: pytest.MonkeyPatch, port: str
-) -> None:
-    """As every other number's bound does, naming the variable and the value (pydantic's own
-    "greater than or equal to 1" said no fix)."""
-    clean_env.setenv("POSTGRES_USER", "app")
-    clean_env.setenv("POSTGRES_PORT", port)
-    with pytest.raises(ConfigurationError) as info:
-        Database.from_env()
-    assert f"POSTGRES_PORT='{port}': must be a TCP port, 1 to 65535" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("url", "options"),
-    [
-        ("postgresql+asyncpg://app@localhost/app", {"query_cache_size": -1}),
-        ("postgresql+asyncpg://app@localhost/app", {"query_cache_size": "x"}),
-        ("postgresql+asyncpg://app@localhost/app?prepared_statement_cache_size=-5", {}),
-        ("postgresql+asyncpg://app@localhost/app", {"connect_args": {"statement_cache_size": -1}}),
-    ],
-    ids=["negative", "text", "url", "connect_args"],
-)
-def test_a_cache_size_below_0_is_refused_naming_it(url: str, options: dict[str, Any]) -> None:
-    """SQLAlchemy took a negative one, and its cache then trimmed itself for ever: the first
-    connect never returned, a CPU spinning."""
-    with pytest.raises(ConfigurationError, match="is no cache size"):
-        Database(url, **options)

@@ -32,7 +32,7 @@ from dbscope._replicas import Replicas
 from dbscope._request_entry_points import RequestEntryPoints
 from dbscope._session_classes import unit_session_class
 from dbscope._settings import DatabaseSettings
-from dbscope._settings_loading import load_settings
+from dbscope._settings_loading import load_settings, setting_values
 from dbscope._tags import sql_tagger
 from dbscope._unit_of_work import Units
 from dbscope._urls import default_pool_name
@@ -71,14 +71,7 @@ class Database(RequestEntryPoints):
         session_class: type[AsyncSession] | None = None,
         **options: Any,
     ):
-        fields = DatabaseSettings.model_fields
-        values = {name: options.pop(name) for name in list(options) if name in fields}
-        if url is not None:
-            values["database_url"] = url
-        if schema is not None:
-            values["postgres_schema"] = schema
-        if replicas is not None:
-            values["database_replica_urls"] = replicas
+        values = setting_values(options, url=url, schema=schema, replicas=replicas)
         self._setup(load_settings(from_env=False, **values), options, session_class)
 
     @classmethod
@@ -94,10 +87,8 @@ class Database(RequestEntryPoints):
         """Build a Database from environment variables (and an optional ``.env`` file).
 
         Reads ``DATABASE_URL``, or ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``,
-        ``POSTGRES_PORT`` and ``POSTGRES_DB``; and ``POSTGRES_SCHEMA``, ``POOL_SIZE``,
-        ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``,
-        ``CONNECT_TIMEOUT``, ``ECHO``, ``APPLICATION_NAME``, ``SQL_COMMENTS``,
-        ``REQUEST_ID_HEADER``, ``PGBOUNCER``, each behind ``prefix`` if given.
+        ``POSTGRES_PORT`` and ``POSTGRES_DB``, and every other setting by its upper-case name
+        (``POOL_SIZE``; docs/configuration.md), each behind ``prefix`` if given.
 
         Args:
             prefix: prepended to every variable name, e.g. ``"APP_"`` for ``APP_DATABASE_URL``.
@@ -105,10 +96,12 @@ class Database(RequestEntryPoints):
             default_url: the URL to use when the environment names no database, e.g.
                 ``"sqlite+aiosqlite:///app.db"`` for a zero-setup development default.
             session_class: the AsyncSession subclass of the sessions, as for ``Database()``.
-            **engine_options: extra ``create_async_engine`` options.
+            **engine_options: extra ``create_async_engine`` options, and settings by their
+                lower-case names (``pool_size=20``), which win over the environment.
         """
+        values = setting_values(engine_options)
         settings = load_settings(
-            from_env=True, env_prefix=prefix, env_file=env_file, default_url=default_url
+            from_env=True, env_prefix=prefix, env_file=env_file, default_url=default_url, **values
         )
         return cls.from_settings(settings, session_class=session_class, **engine_options)
 
@@ -124,6 +117,14 @@ class Database(RequestEntryPoints):
         and ``engine_options`` as for ``Database()``); ConfigurationError for anything else."""
         if not isinstance(settings, DatabaseSettings):
             message = f"from_settings() takes a DatabaseSettings, not {type(settings).__name__}"
+            raise ConfigurationError(message)
+        given = sorted(set(engine_options) & set(DatabaseSettings.model_fields))
+        if given:
+            # Passed on, they went to SQLAlchemy unchecked, and the settings said otherwise.
+            message = (
+                f"{', '.join(given)} is a setting, not an engine option: build the "
+                "DatabaseSettings with it (DatabaseSettings(..., pool_size=...))."
+            )
             raise ConfigurationError(message)
         database = cls.__new__(cls)
         database._setup(settings, engine_options, session_class)

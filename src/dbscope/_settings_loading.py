@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from dbscope._exceptions import ConfigurationError
 from dbscope._setting_sources import (
     check_env_files,
     dotenv_names,
@@ -53,6 +54,28 @@ class _DatabaseLocation(BaseSettings):
     postgres_user: str | None = None
     postgres_host: str | None = None
     postgres_db: str | None = None
+
+
+def setting_values(options: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """The settings among ``options`` (taken out of it, leaving the engine options), with
+    those ``named`` by their argument names (``url``, ``schema``, ``replicas``) when given.
+
+    Raises:
+        ConfigurationError: a setting given under both names (``url`` and ``database_url``),
+            of which one would have been dropped without a word.
+    """
+    fields = DatabaseSettings.model_fields
+    values = {name: options.pop(name) for name in list(options) if name in fields}
+    arguments = {argument: field for field, argument in _ArgumentSettings._argument_names.items()}
+    for argument, value in named.items():
+        if value is None:
+            continue
+        field = arguments[argument]
+        if field in values:
+            message = f"{argument}= and {field}= are one setting: pass one of them."
+            raise ConfigurationError(message)
+        values[field] = value
+    return values
 
 
 def load_settings(
