@@ -267,3 +267,14 @@ def test_other_database_is_none_for_the_apps_own_however_spelled(
     project = write_project(tmp_path, ini=f"sqlalchemy.url = {ini}\n")
     found = dbscope.alembic.other_database(Database(app), config=project)
     assert (found is not None) is another
+
+
+def test_command_line_refuses_settings_that_are_none_and_one_string(sqlite_url: str) -> None:
+    """A Database for its settings was ignored, and env.py migrated whatever the environment
+    named; one string was read letter by letter ("invalid choice: 'c'")."""
+    db = Database(sqlite_url)
+    given: object = db
+    with pytest.raises(ConfigurationError, match=r"takes a DatabaseSettings \(db\.settings\)"):
+        dbscope.alembic.command_line(["current"], settings=given)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"as a list, e\.g\. \['current'\]"):
+        dbscope.alembic.command_line("current")

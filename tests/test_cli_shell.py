@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from dbscope import Database
+from dbscope import ConfigurationError, Database
 from tests.cli_runs import DBSCOPE, SECRET, dbscope, nowhere, output_of
 from tests.helpers import SERVER_BACKENDS, admin, without_settings
 
@@ -213,3 +213,10 @@ async def test_shell_without_the_client_installed_exits_2_with_how_to_install_it
     assert done.returncode == 2
     assert "runs psql, and none is on the PATH" in done.stderr.decode()
     assert "postgresql-client" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("given", [5, None, ["-c", "SELECT 1"]])
+def test_the_shell_command_takes_strings_only(sqlite_url: str, given: object) -> None:
+    """Anything else went into the client's argv, failing in the subprocess."""
+    with pytest.raises(ConfigurationError, match="shell_command\\(\\) takes strings"):
+        Database(sqlite_url).shell_command(given)  # type: ignore[arg-type]

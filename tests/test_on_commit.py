@@ -230,6 +230,9 @@ async def test_a_callback_that_is_no_function_is_refused_when_registered(
             db.on_commit(coroutine)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="takes a function to call after the commit"):
             db.on_commit(None)  # type: ignore[arg-type]
+        # One that needs an argument was taken, and only logged after the commit.
+        with pytest.raises(TypeError, match="calls its callback with no arguments"):
+            db.on_commit(calls.append)  # type: ignore[arg-type]
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
     assert calls == []
     assert await stored_labels(db) == ["row"]

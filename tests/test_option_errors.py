@@ -222,10 +222,14 @@ def test_a_stream_of_no_body_or_a_wrong_status_is_refused_at_the_call(sqlite_url
     (before: accepted, then a TypeError at the first chunk, after a 200, or a response never
     sent); from_settings() of something else than settings, too (an AttributeError)."""
     db = Database(sqlite_url)
-    given: Any = 5
-    for call in (db.stream, db.stream_response):
-        with pytest.raises(ConfigurationError, match="takes the body as a function of"):
-            call(given)
+
+    async def no_yield(session: AsyncSession) -> int:  # a coroutine, no async iterator
+        return 1
+
+    for given in (5, no_yield):
+        for call in (db.stream, db.stream_response):
+            with pytest.raises(ConfigurationError, match="takes the body as a function of"):
+                call(given)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="status_code='x' is no HTTP status"):
         db.stream_response(one_row, status_code="x")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="takes a DatabaseSettings, not str"):

@@ -4,11 +4,12 @@ tables a run keeps in a database dbscope did not make."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table
 
-from dbscope import testing
+from dbscope import ConfigurationError, testing
 
 from .run_databases import (
     create_database,
@@ -101,3 +102,25 @@ def test_tables_kept_in_a_database_it_did_not_make_are_said_and_then_refused_tru
     assert said[0].endswith("runs on them only with use_existing_tables=True")
     assert "cannot tell them from anyone else's" in str(refused.value)
     assert "which dbscope did not make" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"reuse": "no"}, "reuse='no' is not a bool"),
+        ({"keep": "false"}, "keep='false' is not a bool"),
+        ({"use_existing_tables": "no"}, "use_existing_tables='no' is not a bool"),
+        ({"report": 5}, "report=5 is no function"),
+        ({"metadata": 5}, "metadata=5 is no MetaData"),
+    ],
+)
+def test_an_argument_that_is_no_value_for_it_is_refused_before_anything_is_made(
+    sqlite_url: str, given: dict[str, object], said: str
+) -> None:
+    """A flag given as text was true: the run kept, reused or used the app's tables it was
+    told not to; the others failed inside, after the database was made."""
+    options: Any = {"metadata": notes, **given}
+    for helper in (testing.own_database, testing.own_tables):
+        with pytest.raises(ConfigurationError, match=said):
+            helper(sqlite_url, **options).__enter__()
+    assert not database_exists(run_database(sqlite_url))

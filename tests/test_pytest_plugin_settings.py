@@ -111,6 +111,16 @@ def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path:
             "test_one",
             "*dbscope_metadata = 'plugin_app:app' is a FastAPI, not a MetaData*",
         ),
+        (  # neither an app nor a function making one: each test met a TypeError
+            "dbscope_app = plugin_app:CREATE_ALL_RUNS",
+            "test_rows_cross",
+            "*dbscope_app = 'plugin_app:CREATE_ALL_RUNS' is a list, not a ASGI app*",
+        ),
+        (  # pytest's own said "invalid truth value", naming no setting
+            "dbscope_reuse_db = maybe\ndbscope_metadata = plugin_app:Base.metadata",
+            "test_one",
+            "*dbscope_reuse_db = ... in the ini settings is no yes or no*",
+        ),
     ],
 )
 def test_a_wrong_or_missing_setting_fails_naming_it(

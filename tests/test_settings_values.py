@@ -163,3 +163,18 @@ def test_a_bool_for_a_number_is_refused(setting: str, value: bool) -> None:
     """pydantic would take True for 1: a flag where a number belongs is a mistake."""
     with pytest.raises(ConfigurationError, match=f"{setting}={value}: must be a number"):
         Database(URL, **{setting: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql+bogus://app@db.example/app", "which SQLAlchemy does not know for postgresql"),
+        ("mysql+asyncpg://app@db.example/app", "which SQLAlchemy does not know for mysql"),
+        ("postgresql+psycopg_async://app@db.example/app", "an async driver dbscope has no rules"),
+    ],
+)
+def test_a_driver_that_is_not_synchronous_is_not_called_so(url: str, said: str) -> None:
+    """Every driver dbscope has no rules for was "synchronous", a misspelling included."""
+    with pytest.raises(ConfigurationError, match=said) as refused:
+        Database(url)
+    assert "synchronous" not in str(refused.value)

@@ -24,7 +24,7 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
 
     Raises:
         TypeError: ``callback`` is not callable (a coroutine, ``notify()`` for ``notify``),
-            refused here rather than failing after the commit.
+            or needs arguments: refused here rather than failing after the commit.
     """
     if not callable(callback):
         coroutine = inspect.iscoroutine(callback)
@@ -36,6 +36,17 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
             f"{callback!r}{hint}. Use functools.partial(f, ...) to pass arguments."
         )
         raise TypeError(message)
+    try:
+        inspect.signature(callback).bind()
+    except TypeError:
+        # A callback that needs arguments failed after the commit, only logged.
+        message = (
+            f"on_commit() calls its callback with no arguments; {callback!r} needs some. Use "
+            "functools.partial(f, ...) to pass them."
+        )
+        raise TypeError(message) from None
+    except ValueError:
+        pass  # no signature to read (some builtins): taken on trust
     transaction = session.get_nested_transaction() or session.get_transaction()
     state.pending.append((transaction, callback))
 

@@ -318,8 +318,13 @@ class Database(RequestEntryPoints):
 
         Raises:
             ConfigurationError: the database has no client (an in-memory SQLite database), or
-                none of its clients is on the PATH; the message says what to install.
+                none of its clients is on the PATH (the message says what to install); an
+                argument that is no string.
         """
+        for argument in arguments:
+            if not isinstance(argument, str):  # else in the argv, failing in the subprocess
+                message = f"shell_command() takes strings, not {argument!r}: pass *arguments."
+                raise ConfigurationError(message)
         try:
             return client_command(self.url, arguments, self._settings.postgres_schema)
         except ValueError as error:

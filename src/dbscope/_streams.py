@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,10 +16,12 @@ from dbscope._unit_of_work import UnitRun
 def checked_body(body: object, call: str) -> None:
     """Refuse a ``body`` that is no function of the session, at ``call``, not at the first
     chunk (after a 200)."""
-    if not callable(body):
+    # A coroutine function (an `async def` without `yield`) failed at the first chunk, after
+    # a 200. A plain function returning an async iterator (a lambda) is taken on trust.
+    if not callable(body) or inspect.iscoroutinefunction(inspect.unwrap(body)):
         message = (
-            f"{call} takes the body as a function of the session (`async def rows(session): "
-            f"... yield chunk`), not {body!r}"
+            f"{call} takes the body as a function of the session that yields its chunks "
+            f"(`async def rows(session): ... yield chunk`), not {body!r}"
         )
         raise ConfigurationError(message)
 

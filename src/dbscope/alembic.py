@@ -228,10 +228,20 @@ def command_line(
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
         ConfigurationError: ``-c`` names a file that does not exist, or the alembic.ini is
-            not an INI file.
+            not an INI file; ``settings`` that are none, ``argv`` given as one string.
         SystemExit: where ``alembic`` would end: on a wrong argument, a failed command
             (Alembic's message printed) and after ``--help``.
     """
+    if settings is not None and not isinstance(settings, DatabaseSettings):
+        # Ignored, env.py migrated whatever the environment named.
+        message = (
+            f"command_line(settings=...) takes a DatabaseSettings (db.settings), not "
+            f"{type(settings).__name__}."
+        )
+        raise ConfigurationError(message)
+    if isinstance(argv, str):
+        message = f"command_line() takes Alembic's arguments as a list, e.g. {argv.split()!r}."
+        raise ConfigurationError(message)
     require_alembic(prog or "dbscope.alembic.command_line()")
     from alembic.config import CommandLine
 

@@ -108,10 +108,7 @@ def resolve_async_url(url: URL) -> URL:
             + ("(installed)" if importlib.util.find_spec(d.name) else f"({d.install})")
             for d in drivers
         )
-        message = (
-            f"The URL uses the driver '{name}', which is synchronous; dbscope needs an async "
-            f"driver: use {alternatives}."
-        )
+        message = f"The URL uses the driver '{name}', {_kind_of(url)}: use {alternatives}."
         raise ValueError(message)
     if importlib.util.find_spec(name) is None:
         message = (
@@ -120,6 +117,17 @@ def resolve_async_url(url: URL) -> URL:
         )
         raise ValueError(message)
     return rules.drivers[name].url_query(url.set(drivername=f"{prefix}+{name}"))
+
+
+def _kind_of(url: URL) -> str:
+    """What the driver a URL names is, to dbscope, which knows it is none of its own."""
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        return f"which SQLAlchemy does not know for {url.get_backend_name()}"
+    if getattr(dialect, "is_async", False):
+        return "an async driver dbscope has no rules for"
+    return "which is synchronous; dbscope needs an async driver"
 
 
 def resolve_primary_url(url: URL) -> URL:

@@ -127,7 +127,10 @@ def dbscope_app(request: pytest.FixtureRequest) -> Any:
             "[tool.pytest.ini_options], or override the fixture dbscope_app in conftest.py."
         )
     if inspect.isfunction(found) and not _required_parameters(found):
-        return found()
+        found = found()
+    if not callable(found):  # no ASGI app, nor a function making one: failed in each test
+        advice = "name the FastAPI app (or a function without arguments that returns it)."
+        _not_a(request.config, "dbscope_app", found, "ASGI app", advice)
     return found
 
 

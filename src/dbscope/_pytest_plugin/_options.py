@@ -97,9 +97,20 @@ def url_setting(config: pytest.Config) -> tuple[str, str]:
 
 
 def flag(config: pytest.Config, name: str) -> bool:
-    """A yes/no setting: the command-line flag if given, else the ini setting."""
+    """A yes/no setting: the command-line flag if given, else the ini setting.
+
+    Raises:
+        pytest.UsageError: the ini setting is no yes or no, named (pytest's own said only
+            "invalid truth value").
+    """
     option = config.getoption(name)
-    return bool(config.getini(name) if option is None else option)
+    if option is not None:
+        return bool(option)
+    try:
+        return bool(config.getini(name))
+    except (ValueError, pytest.UsageError) as error:
+        message = f"{name} = ... in the ini settings is no yes or no ({error}): use true or false."
+        raise pytest.UsageError(message) from None
 
 
 def worker_id(config: pytest.Config) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbscope import ConfigurationError, Database, DbscopeError, _dialects
 from dbscope._dialects import PoolerMode
+from dbscope.testing._arguments import check_run_arguments, checked_worker
 from dbscope.testing._isolation import (
     NOTHING_TO_CREATE,
     connection_held,
@@ -39,7 +39,6 @@ from dbscope.testing._isolation import (
 T = TypeVar("T")
 
 SUFFIX: Final = "_test"
-_WORKER: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
 _log = logging.getLogger("dbscope")
 
 
@@ -104,10 +103,13 @@ def own_database(
         The URL of the run's database, its password included, to connect to.
 
     Raises:
-        ConfigurationError: the URL or ``worker`` is invalid.
+        ConfigurationError: the URL or ``worker`` is invalid, a flag is no bool, or another
+            argument no value for it.
         DatabaseSetupError: no database can be named after the URL, the server refuses to
             make or drop it, or it has the app's tables and dbscope did not make it.
     """
+    flags = {"reuse": reuse, "keep": keep, "use_existing_tables": use_existing_tables}
+    check_run_arguments(flags, metadata=metadata, alembic_config=alembic_config, report=report)
     run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker, pgbouncer)
     ours = run.find_or_make(reuse=reuse)
     try:
@@ -149,9 +151,12 @@ def own_tables(
     them, saying so, as nothing would tell the next run they are dbscope's.
 
     Raises:
-        ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given.
+        ConfigurationError: neither ``metadata`` nor ``alembic_config`` is given, or an
+            argument is no value for it, as for :func:`own_database`.
         DatabaseSetupError: the database has the app's tables and dbscope did not make it.
     """
+    flags = {"reuse": reuse, "keep": keep, "use_existing_tables": use_existing_tables}
+    check_run_arguments(flags, metadata=metadata, alembic_config=alembic_config, report=report)
     if metadata is None and alembic_config is None:
         raise ConfigurationError(NOTHING_TO_CREATE)
     given = Database(url)
@@ -185,7 +190,7 @@ class _Run:
     ) -> _Run:
         """The run's database: the one ``url`` names, its name followed by ``_test`` (and
         by ``_<worker>`` for one of several processes)."""
-        suffix = SUFFIX if worker is None else SUFFIX + "_" + _checked_worker(worker)
+        suffix = SUFFIX if worker is None else SUFFIX + "_" + checked_worker(worker)
         given = Database(url)
         resolved = given.url
         rules = _dialects.backend(resolved.get_backend_name())
@@ -387,14 +392,3 @@ class _Run:
     @property
     def _maintenance(self) -> Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]:
         return functools.partial(maintenance_connection, pgbouncer=self.pgbouncer)
-
-
-def _checked_worker(worker: str) -> str:
-    # The worker's name becomes part of a database's (or a file's) name: nothing to quote.
-    if not isinstance(worker, str) or not _WORKER.fullmatch(worker):
-        message = (
-            f"worker={worker!r} cannot be part of a database's name: give the worker's id "
-            "in letters, digits and '_' only, e.g. worker='gw0' (pytest-xdist's)."
-        )
-        raise ConfigurationError(message)
-    return worker
