@@ -85,3 +85,11 @@ def test_one_setting_under_both_its_names_is_refused(
         given[argument] = value
     with pytest.raises(ConfigurationError, match=f"{argument}= and {field}= are one setting"):
         Database(**given)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "two\nlines"])
+def test_an_application_name_that_is_not_printable_is_refused(name: str) -> None:
+    """PostgreSQL refused it at every connect ("invalid startup packet layout"), which was
+    answered as an outage."""
+    with pytest.raises(ConfigurationError, match="is not printable"):
+        Database("postgresql+asyncpg://app@localhost/app", application_name=name)

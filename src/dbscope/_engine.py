@@ -79,10 +79,18 @@ def _recycle(settings: DatabaseSettings) -> int:
 def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     """The connect timeout and application name, in each driver's own words; behind
     PgBouncer, what the driver needs there too."""
+    name = settings.application_name
+    if name is not None and not name.isprintable():
+        # The server refused it at every connect ("invalid startup packet"), told as an outage.
+        message = (
+            f"application_name={name!r} holds a character that is not printable (a NUL, a "
+            "newline): the server refuses it at every connect. Use printable text."
+        )
+        raise ConfigurationError(message)
     known = driver(settings.url.get_driver_name())
     if known is None:
         return {}
-    args = known.connect_args(settings.connect_timeout, settings.application_name)
+    args = known.connect_args(settings.connect_timeout, name)
     if settings.pgbouncer is not None and known.pooler_args is not None:
         args.update(known.pooler_args(settings.pgbouncer))
     return args
