@@ -93,3 +93,23 @@ def test_an_application_name_that_is_not_printable_is_refused(name: str) -> None
     answered as an outage."""
     with pytest.raises(ConfigurationError, match="is not printable"):
         Database("postgresql+asyncpg://app@localhost/app", application_name=name)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "key"),
+    [
+        ("postgresql+asyncpg://app@localhost/app?timeout=30", {}, "timeout"),
+        (
+            "postgresql+psycopg://app@localhost/app?application_name=web",
+            {"application_name": "worker"},
+            "application_name",
+        ),
+    ],
+)
+def test_a_url_option_dbscope_sets_from_a_setting_is_refused(
+    url: str, options: dict[str, Any], key: str
+) -> None:
+    """The driver's own name for what dbscope sets went unread: asyncpg took dbscope's
+    5 s for ?timeout=30."""
+    with pytest.raises(ConfigurationError, match=f"gives \\?{key}=, which dbscope sets itself"):
+        Database(url, **options)

@@ -91,6 +91,14 @@ def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     if known is None:
         return {}
     args = known.connect_args(settings.connect_timeout, name)
+    overridden = sorted(set(args) & set(settings.url.query))
+    if overridden:  # SQLAlchemy gives connect_args the last word: the URL's went unread
+        message = (
+            f"The database URL gives ?{overridden[0]}=, which dbscope sets itself from its "
+            "settings (connect_timeout, application_name): remove it from the URL and set the "
+            "setting instead."
+        )
+        raise ConfigurationError(message)
     if settings.pgbouncer is not None and known.pooler_args is not None:
         args.update(known.pooler_args(settings.pgbouncer))
     return args
