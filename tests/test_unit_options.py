@@ -293,3 +293,20 @@ async def test_a_units_statement_timeout_puts_back_the_sessions_own_on_mariadb(
             same = await session.scalar(text("SELECT CONNECTION_ID()"))
     assert float(after) == 7.0
     assert backend == same  # one connection all along
+
+
+@pytest.mark.parametrize(
+    ("url", "level"),
+    [
+        ("postgresql+asyncpg://app@localhost/app", "READ UNCOMMITTED"),
+        ("sqlite+aiosqlite:///app.db", "REPEATABLE READ"),
+    ],
+)
+def test_a_level_the_drivers_adapter_lacks_is_refused_where_the_unit_is_declared(
+    url: str, level: str
+) -> None:
+    """Before connect() only the standard four were known: session_with() took the level at
+    import, and every request answered 500."""
+    db = Database(url)
+    with pytest.raises(ConfigurationError, match=f"isolation_level='{level}' is not available"):
+        db.session_with(isolation_level=level)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from dbscope._dialects import driver
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
@@ -145,10 +146,14 @@ class UnitEntryPoints:
         )
 
     def _check(self, options: UnitOptions) -> None:
-        # Before connect(), only the standard levels are known; after it, the server's own.
+        # Before connect(), the levels the driver's adapter takes; after it, the server's own.
         server = self._lifecycle.server
         if server is not None and server.isolation_levels:
             options.check(self._units.rules, server.isolation_levels)
+            return
+        known = driver(self._lifecycle.settings.url.get_driver_name())
+        if known is not None and known.isolation_levels is not None:
+            options.check(self._units.rules, known.isolation_levels)
         else:
             options.check(self._units.rules)
 

@@ -80,6 +80,8 @@ class Driver:
             show it by type (``_errors._refused_arguments`` reads the types).
         url_query: the URL with its query as the driver takes it (libpq's ``sslmode`` as
             asyncpg's ``ssl``); ValueError for one it could never connect with.
+        isolation_levels: the levels SQLAlchemy's adapter of the driver takes, where not the
+            standard four: a unit asking for another is refused where it is declared.
     """
 
     name: str
@@ -99,3 +101,4 @@ class Driver:
     hot_standby: Callable[[Any], bool | None] = lambda connection: None
     refused_arguments: Callable[[BaseException], bool] = lambda error: False
     url_query: Callable[[URL], URL] = lambda url: url
+    isolation_levels: tuple[str, ...] | None = None

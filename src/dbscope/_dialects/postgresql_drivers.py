@@ -204,6 +204,7 @@ ASYNCPG: Final = Driver(
     pooler_args=pgbouncer.asyncpg_args,
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
+    isolation_levels=("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"),
 )
 PSYCOPG: Final = Driver(
     name="psycopg",

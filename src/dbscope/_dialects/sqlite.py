@@ -265,6 +265,7 @@ AIOSQLITE: Final = Driver(
     rollback=rollback_connection,
     close=_aiosqlite_close,
     closes_on_thread=True,
+    isolation_levels=("READ UNCOMMITTED", "SERIALIZABLE"),
 )
 BACKEND: Final = SQLite(
     name="sqlite",
