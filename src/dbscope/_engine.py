@@ -26,7 +26,7 @@ from dbscope._dialects import Backend, Standbys, backend, driver
 from dbscope._engine_checks import QUEUE_POOL_OPTIONS, check_option_types
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
-from dbscope._failed_transactions import refuses_failed_commits
+from dbscope._failed_transactions import remembers_failures
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 
@@ -138,7 +138,7 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
-    refuses_failed_commits(engine, rules)
+    remembers_failures(engine, rules)
     # Now, before any checkin: a reset listener added while a checkin awaits in another one
     # breaks SQLAlchemy's loop over them ("deque mutated during iteration").
     puts_back_before_checkin(engine)

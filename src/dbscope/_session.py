@@ -35,6 +35,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 from dbscope._dialects import Backend, Begin
 from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
+from dbscope._failed_transactions import forget, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
 from dbscope._tags import SqlComment
 
@@ -91,6 +92,7 @@ class UnitState:
             that statement meets an outage of the replica (``_replicas.py``), else None.
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
             connection, on which what ``begin`` set is put back when each one ends.
+        connection: the connection of the unit's current transaction, once it began.
     """
 
     rules: Backend
@@ -105,6 +107,7 @@ class UnitState:
     tracks_writes: bool = False
     reroute: Callable[[Exception], Engine | None] | None = None
     savepoint_of: Connection | None = None
+    connection: Connection | None = None
 
 
 class UnitSession(Session):
@@ -288,6 +291,9 @@ def _configure_transaction(
     state = unit_state(session)
     if state is None:
         return
+    if transaction.parent is None:  # the unit's transaction, not a savepoint of it
+        state.connection = connection
+        forget(connection)  # an error of an earlier transaction on it (_failed_transactions)
     state.rules.begin(connection, state.begin)
     state.applied_schema = state.begin.schema
     if state.request_id is not None:
@@ -307,6 +313,22 @@ def _put_back_settings(session: Session, transaction: SessionTransaction) -> Non
     connection, state.savepoint_of = state.savepoint_of, None
     if connection.in_transaction() and not connection.invalidated:
         state.rules.put_back(connection, state.begin, named=state.request_id is not None)
+
+
+@event.listens_for(UnitSession, "before_commit")
+def _refuse_a_failed_commit(session: Session) -> None:
+    # SQLAlchemy calls it for a savepoint's release too: the unit's own COMMIT is asked.
+    state = unit_state(session)
+    connection = None if state is None else state.connection
+    if connection is not None and not session.in_nested_transaction():
+        refuse_commit(connection)
+
+
+@event.listens_for(UnitSession, "after_soft_rollback")
+def _forget_a_rolled_back_failure(session: Session, previous: SessionTransaction) -> None:
+    state = unit_state(session)
+    if state is not None and state.connection is not None:
+        forget(state.connection, savepoint=previous.nested)
 
 
 @event.listens_for(UnitSession, "after_transaction_create")
