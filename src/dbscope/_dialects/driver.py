@@ -82,6 +82,9 @@ class Driver:
             asyncpg's ``ssl``); ValueError for one it could never connect with.
         isolation_levels: the levels SQLAlchemy's adapter of the driver takes, where not the
             standard four: a unit asking for another is refused where it is declared.
+        checkin_waits: the pool's reset at a checkin waits even when no transaction is open
+            (asyncmy's ROLLBACK goes to the server, aiosqlite's to its thread), so a cancel
+            can land in it.
     """
 
     name: str
@@ -102,3 +105,4 @@ class Driver:
     refused_arguments: Callable[[BaseException], bool] = lambda error: False
     url_query: Callable[[URL], URL] = lambda url: url
     isolation_levels: tuple[str, ...] | None = None
+    checkin_waits: bool = False

@@ -340,6 +340,7 @@ ASYNCMY: Final = Driver(
     set_autocommit=_asyncmy_set_autocommit,
     batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES
     url_query=_sendable_password,
+    checkin_waits=True,
 )
 AIOMYSQL: Final = Driver(
     name="aiomysql",
@@ -347,6 +348,7 @@ AIOMYSQL: Final = Driver(
     connect_args=_connect_args("aiomysql"),
     batches_inserts=True,
     url_query=_sendable_password,
+    checkin_waits=True,
 )
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 BACKEND: Final = MySQL(

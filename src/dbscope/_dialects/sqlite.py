@@ -266,6 +266,7 @@ AIOSQLITE: Final = Driver(
     close=_aiosqlite_close,
     closes_on_thread=True,
     isolation_levels=("READ UNCOMMITTED", "SERIALIZABLE"),
+    checkin_waits=True,
 )
 BACKEND: Final = SQLite(
     name="sqlite",
