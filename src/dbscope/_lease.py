@@ -133,7 +133,7 @@ async def _give_back(
     # The pool's reset-on-return may do I/O (a ROLLBACK on MySQL and SQLite), so it runs in a
     # greenlet; where it waits, to its end before a cancel goes on: one landing in it made
     # SQLAlchemy log an ERROR with a traceback for a plain timeout, and drop the connection.
-    # (Elsewhere it awaits nothing, and the task that would take costs 14% of a lease.)
+    # (Elsewhere it awaits nothing, and a task for it cost every lease: docs/benchmarks.md.)
     if known.checkin_waits:
         await through_cancels(greenlet_spawn(proxied.close), CLOSE_TIMEOUT)
     else:
