@@ -17,9 +17,9 @@ from sqlalchemy import Integer, cast, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import ConstraintViolationError, Database
+from dbscope import ConstraintViolationError, Database, DatabaseUnavailableError
 from tests.conftest import POSTGRES_DRIVERS, url_for
-from tests.helpers import Tables, app_with, send, stored
+from tests.helpers import BACKEND_ID, Tables, admin, app_with, kill, send, stored
 
 INSERT = text("INSERT INTO ce_rows (id) VALUES (:id)")
 # Statement-level errors roll back the statement alone there: what follows commits.
@@ -244,3 +244,48 @@ async def test_a_read_that_failed_before_the_transaction_began_is_no_failure(
                 await session.scalar(select(cast(literal("abc"), Integer)))
             await session.execute(INSERT, {"id": 5})
         assert await stored_ids(db) == [5]
+
+
+SLOW_AT_COMMIT = """
+CREATE FUNCTION ce_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER ce_slow AFTER INSERT ON ce_rows DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW EXECUTE FUNCTION ce_slow_commit();
+"""
+
+
+async def test_a_connection_lost_during_the_commit_says_the_outcome_is_unknown(
+    postgres_rows: str,
+) -> None:
+    """A deferred trigger holds the COMMIT while the backend is terminated: the error says
+    the outcome is not known (it said "try later", and a worker that did stored twice what
+    had committed before the answer was lost)."""
+    async with admin(postgres_rows) as connection:
+        for statement in SLOW_AT_COMMIT.strip().split(";\n"):
+            await connection.execute(text(statement))
+    backend = BACKEND_ID["postgresql"]
+    try:
+        async with Database(postgres_rows) as db:
+
+            async def write() -> None:
+                async with db.transaction() as session:
+                    held.append(int(await session.scalar(text(backend)) or 0))
+                    await session.execute(INSERT, {"id": 1})
+
+            held: list[int] = []
+            writing = asyncio.ensure_future(write())
+            async with admin(postgres_rows) as connection:
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                async with asyncio.timeout(10):
+                    while not await connection.scalar(text(waiting)):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                await kill(connection, held[0])
+            with pytest.raises(DatabaseUnavailableError) as raised:
+                await writing
+    finally:
+        async with admin(postgres_rows) as connection:
+            await connection.execute(text("DROP TRIGGER IF EXISTS ce_slow ON ce_rows"))
+            await connection.execute(text("DROP FUNCTION IF EXISTS ce_slow_commit()"))
+    assert raised.value.cause == "connection_lost"
+    assert raised.value.outcome_unknown
+    assert "whether the transaction committed is not known" in str(raised.value)

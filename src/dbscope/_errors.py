@@ -121,7 +121,8 @@ def translate(
     if error.connection_invalidated or kind == "lost":
         # A read-only refusal invalidates only in a unit that writes (the backend's rules):
         # the server is a standby now. In a read-only unit it is the unit's own error.
-        return unavailable("connection_lost", limits, demoted=kind == "read_only")
+        demoted = kind == "read_only"
+        return unavailable("connection_lost", limits, demoted=demoted, at_commit=at_commit)
     if kind == "refused":
         return refused(error.orig, limits)
     if kind == "timeout" and limits.statement_timeout is not None:
@@ -264,13 +265,29 @@ def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:
 
 
 def unavailable(
-    cause: UnavailableCause, limits: Limits, *, line_full: bool = False, demoted: bool = False
+    cause: UnavailableCause,
+    limits: Limits,
+    *,
+    line_full: bool = False,
+    demoted: bool = False,
+    at_commit: bool = False,
 ) -> DatabaseUnavailableError:
     """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
 
     ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
     ``demoted``: the connection was dropped because its server refused a write as read-only.
+    ``at_commit``: the connection was lost during the unit's own COMMIT, whose outcome is
+    then unknown (the server may have committed before the answer was lost).
     """
+    if cause == "connection_lost" and at_commit and not demoted:
+        message = (
+            "The connection to the database was lost during the COMMIT: whether the "
+            "transaction committed is not known. Check before doing the work again, or make "
+            "it safe to repeat (an idempotency key, an upsert)."
+        )
+        return DatabaseUnavailableError(
+            message, cause=cause, retry_after=RETRY_AFTER[cause], outcome_unknown=True
+        )
     public = None
     if line_full:
         message = (

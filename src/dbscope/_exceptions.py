@@ -99,6 +99,9 @@ class DatabaseUnavailableError(DbscopeError):
         retry_after: seconds a client should wait before retrying.
         public_message: the message without where the database is (its host, port and
             name), for answers to clients, who need not know; the message for logs names it.
+        outcome_unknown: the connection was lost during the unit's own COMMIT: whether the
+            transaction committed is not known, and running the work again blindly may
+            repeat it.
     """
 
     def __init__(
@@ -108,11 +111,13 @@ class DatabaseUnavailableError(DbscopeError):
         cause: UnavailableCause,
         retry_after: int,
         public_message: str | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(message)
         self.cause: UnavailableCause = cause
         self.retry_after = retry_after
         self.public_message = message if public_message is None else public_message
+        self.outcome_unknown = outcome_unknown
 
 
 class ConstraintViolationError(DbscopeError, IntegrityError):

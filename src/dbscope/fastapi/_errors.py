@@ -75,10 +75,11 @@ _error_log = _ErrorLog(SUMMARY_INTERVAL)
 def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
     """The 503 response for an outage: ``Retry-After`` and a JSON body naming the cause, not
     where the database is (the log says that)."""
+    detail: dict[str, object] = {"cause": error.cause, "message": error.public_message}
+    if error.outcome_unknown:  # lost during the COMMIT: the client must not repeat it blindly
+        detail["committed"] = "unknown"
     return HTTPException(
-        status_code=503,
-        detail={"cause": error.cause, "message": error.public_message},
-        headers={"Retry-After": str(error.retry_after)},
+        status_code=503, detail=detail, headers={"Retry-After": str(error.retry_after)}
     )
 
 
