@@ -244,3 +244,31 @@ async def test_a_dependency_of_a_database_nobody_kept_says_so(sqlite_url: str) -
     gc.collect()
     with pytest.raises(LifecycleError, match="garbage-collected"):
         await send(app, "GET /one", raise_app_exceptions=True)
+
+
+async def test_disposing_with_units_still_running_is_warned_of(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task the app started still in its unit when the lifespan ends: the loop's end then
+    cancels it, its work lost without a word. The pool's dispose says so first."""
+    db = Database(sqlite_url)
+    await db.connect()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def background() -> None:
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+            started.set()
+            await release.wait()
+            # Its connection closed here, not left to the collector, which would warn.
+            await session.invalidate()
+
+    task = asyncio.ensure_future(background())
+    await started.wait()
+    with caplog.at_level("WARNING", logger="dbscope"):
+        await db.dispose()
+    release.set()
+    with contextlib.suppress(Exception):
+        await task
+    warned = [record.getMessage() for record in caplog.records]
+    assert any("with 1 connection(s) still in use" in line for line in warned), warned

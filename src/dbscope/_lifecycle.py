@@ -168,6 +168,17 @@ class Lifecycle:
             return  # the binding test closes its own connection
         if self._engine is not None:
             engine, self._engine, self._sessions = self._engine, None, None
+            counted = getattr(engine.sync_engine.pool, "checkedout", None)  # not NullPool
+            busy = counted() if counted is not None else 0
+            if busy:
+                # Tasks the app started (asyncio.create_task) were then cancelled by the
+                # loop's end, their work lost without a word.
+                logger.warning(
+                    "Disposing of the connection pool with %d connection(s) still in use: "
+                    "units of work still run (tasks the app started?), and will lose their "
+                    "connection. Wait for them before the Database's lifespan ends.",
+                    busy,
+                )
             self.state = "disposed"
             running, self._running = self._running, None
             if running is not None:
