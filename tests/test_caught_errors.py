@@ -289,3 +289,52 @@ async def test_a_connection_lost_during_the_commit_says_the_outcome_is_unknown(
     assert raised.value.cause == "connection_lost"
     assert raised.value.outcome_unknown
     assert "whether the transaction committed is not known" in str(raised.value)
+
+
+async def test_savepoints_left_open_over_a_caught_error_give_their_connection_back(
+    postgres_rows: str,
+) -> None:
+    """Three savepoints left open, a caught error in the innermost: SQLAlchemy refuses to
+    close such a session (nor invalidate it), and the connection stayed checked out, idle in
+    an aborted transaction holding its locks, every later unit waiting pool_timeout."""
+    async with Database(postgres_rows, pool_size=1, max_overflow=0, pool_timeout=2) as db:
+
+        async def leave_savepoints_open() -> None:
+            async with db.transaction() as session:
+                for _ in range(3):
+                    await session.begin_nested()
+                await session.execute(INSERT, {"id": 1})
+                await insert_caught(session, 1)
+
+        with pytest.raises(ConstraintViolationError):
+            await leave_savepoints_open()
+        assert db.stats().checked_out == 0
+        async with db.transaction() as session:
+            await session.execute(INSERT, {"id": 9})
+        assert await stored_ids(db) == [9]
+
+
+async def test_a_transaction_sqlite_rolled_back_by_itself_does_not_commit_half(
+    sqlite_url: str,
+) -> None:
+    """ON CONFLICT ROLLBACK ends SQLite's whole transaction (no rule of the backend's says
+    so: the driver does); what follows ran in autocommit: half a unit kept, its callback
+    run."""
+    tables = Tables(sqlite_url)
+    await tables.create("ce_rows", "id INTEGER PRIMARY KEY ON CONFLICT ROLLBACK")
+    ran: list[str] = []
+    try:
+        async with Database(sqlite_url) as db:
+
+            async def add() -> None:
+                async with db.transaction() as session:
+                    await session.execute(INSERT, {"id": 1})
+                    db.on_commit(lambda: ran.append("committed"))
+                    await insert_caught(session, 1)
+                    await session.execute(INSERT, {"id": 2})
+
+            with pytest.raises(ConstraintViolationError):
+                await add()
+            assert (ran, await stored_ids(db)) == ([], [])
+    finally:
+        await tables.drop_all()

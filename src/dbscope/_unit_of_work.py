@@ -339,10 +339,12 @@ class UnitRun:
                 # cancelled meanwhile, so that the connection always returns to the pool.
                 await session.__aexit__(None, None, None)
         except Exception as error:
-            # Closing failed: the connection broke. Drop it, so that none stays checked out;
-            # the first error is the one that explains.
-            with contextlib.suppress(Exception):
-                await session.invalidate()
+            # Closing failed: the connection broke, or SQLAlchemy refuses to close over
+            # savepoints left open after an error (three deep: "Can't reconnect until invalid
+            # savepoint transaction is rolled back", the connection held, its locks with it).
+            # A rollback first, then the close; else drop it, so that none stays checked out.
+            # The first error is the one that explains.
+            await _rolled_back_or_dropped(session)
             if outcome is None and commits:
                 raise
             # A unit that was never to commit lost nothing but its rollback: what it read
@@ -359,6 +361,16 @@ class UnitRun:
         with contextlib.suppress(ValueError):
             self._units.current.reset(self._token)
         self.unit.state.ended = True
+
+
+async def _rolled_back_or_dropped(session: AsyncSession) -> None:
+    """End ``session`` whose close failed: rolled back and closed, or invalidated."""
+    try:
+        await session.rollback()
+        await session.close()
+    except Exception:
+        with contextlib.suppress(Exception):
+            await session.invalidate()
 
 
 async def _closed_streams(

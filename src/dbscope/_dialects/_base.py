@@ -197,6 +197,11 @@ class Backend:
         transaction; None: the statement alone, and the transaction goes on."""
         return None
 
+    def begin_again(self, dbapi_connection: Any) -> None:
+        """Open a transaction on a connection whose own the server ended at an error, where
+        the statements that follow would otherwise commit one by one; by default the driver
+        opens one at the next statement itself."""
+
     def error_code(self, orig: BaseException | None) -> str | None:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
         return None

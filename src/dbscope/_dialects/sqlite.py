@@ -50,6 +50,13 @@ KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 class SQLite(Backend):
     """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
 
+    def begin_again(self, dbapi_connection: Any) -> None:
+        # The connection is in autocommit, BEGIN explicit (below): after SQLite's own rollback
+        # (ON CONFLICT ROLLBACK, a full disk) each statement would commit by itself.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("BEGIN")
+        cursor.close()
+
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         pragmas = ["PRAGMA foreign_keys=ON"]
         if not memory:
