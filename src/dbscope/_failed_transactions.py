@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dbscope._dialects import Backend, driver, only_read
+from dbscope._dialects import Backend, only_read
 from dbscope._errors import CAUGHT_NOTE
 
 # On a pooled connection's info, within a transaction: the first error that rolled it back.
@@ -51,12 +51,11 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         if only_read(connection):
             return  # a read before the deferred BEGIN: no transaction on the server to abort
         rolled_back = rules.rolled_back_by(context.original_exception)
-        if rolled_back is None and _ended_by_server(connection):
-            # No rule says so, but the driver's transaction is gone: SQLite's ON CONFLICT
-            # ROLLBACK, a full disk; InnoDB's innodb_rollback_on_timeout. What follows runs in
-            # a transaction again, which the COMMIT's refusal rolls back.
+        pooled = connection.connection.dbapi_connection
+        if rolled_back is None and pooled is not None and rules.ended_by_itself(pooled):
+            # No rule says so, but the transaction is gone (SQLite's ON CONFLICT ROLLBACK):
+            # what follows runs in a new one, which the COMMIT's refusal rolls back.
             rolled_back = "transaction"
-            rules.begin_again(connection.connection.dbapi_connection)
         failure = connection.info.get(FAILED)
         if failure is not None and rolled_back == "earlier":
             # The statement was refused for the first error: that one explains, and a
@@ -69,16 +68,6 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         connection.info[FAILED] = _Failure(error, to_savepoint)
 
     event.listen(engine.sync_engine, "handle_error", remember)
-
-
-def _ended_by_server(connection: Connection) -> bool:
-    """Whether the driver says no transaction is open on ``connection`` any more, read without
-    a round trip (the leases' status)."""
-    known = driver(connection.dialect.driver)
-    pooled = connection.connection.dbapi_connection
-    if known is None or known.status is None or pooled is None:
-        return False
-    return known.status(pooled.driver_connection) == "idle"
 
 
 def refuse_commit(connection: Connection) -> None:

@@ -197,10 +197,12 @@ class Backend:
         transaction; None: the statement alone, and the transaction goes on."""
         return None
 
-    def begin_again(self, dbapi_connection: Any) -> None:
-        """Open a transaction on a connection whose own the server ended at an error, where
-        the statements that follow would otherwise commit one by one; by default the driver
-        opens one at the next statement itself."""
+    def ended_by_itself(self, dbapi_connection: Any) -> bool:
+        """Whether the server ended the transaction of ``dbapi_connection`` at the error just
+        raised, though no rule of ``rolled_back_by`` says so; if it did, a new one is begun,
+        so that the statements that follow cannot commit one by one. By default never (on
+        MySQL the driver's state says none after any DDL, which commits by itself)."""
+        return False
 
     def error_code(self, orig: BaseException | None) -> str | None:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""

@@ -50,12 +50,16 @@ KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 class SQLite(Backend):
     """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
 
-    def begin_again(self, dbapi_connection: Any) -> None:
-        # The connection is in autocommit, BEGIN explicit (below): after SQLite's own rollback
-        # (ON CONFLICT ROLLBACK, a full disk) each statement would commit by itself.
+    def ended_by_itself(self, dbapi_connection: Any) -> bool:
+        # ON CONFLICT ROLLBACK, a full disk: SQLite's own rollback, which the driver's state
+        # tells. The connection is in autocommit, BEGIN explicit (below): after it each
+        # statement would commit by itself.
+        if _aiosqlite_status(dbapi_connection.driver_connection) != "idle":
+            return False
         cursor = dbapi_connection.cursor()
         cursor.execute("BEGIN")
         cursor.close()
+        return True
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         pragmas = ["PRAGMA foreign_keys=ON"]
