@@ -113,3 +113,11 @@ def test_a_url_option_dbscope_sets_from_a_setting_is_refused(
     5 s for ?timeout=30."""
     with pytest.raises(ConfigurationError, match=f"gives \\?{key}=, which dbscope sets itself"):
         Database(url, **options)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_a_target_session_attrs_no_driver_takes_is_refused(driver: str) -> None:
+    """It failed at the first connect, asyncpg's message naming a mappingproxy."""
+    url = f"postgresql+{driver}://app@/app?host=a:5432&host=b:5432&target_session_attrs=read-wrte"
+    with pytest.raises(ConfigurationError, match="target_session_attrs='read-wrte' is none"):
+        Database(url)

@@ -45,8 +45,25 @@ def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     return args
 
 
+# What target_session_attrs takes, in libpq (PostgreSQL 14 on) and asyncpg alike.
+SESSION_ATTRS: Final = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def _checked_session_attrs(url: URL) -> URL:
+    # Another value failed at the first connect: asyncpg's message named a mappingproxy.
+    given = url.query.get("target_session_attrs")
+    if given is not None and given not in SESSION_ATTRS:
+        message = (
+            f"The URL's target_session_attrs={given!r} is none libpq or asyncpg takes: use "
+            f"one of {', '.join(SESSION_ATTRS)} (read-write to reach the primary)."
+        )
+        raise ValueError(message)
+    return url
+
+
 def _asyncpg_url_query(url: URL) -> URL:
     # asyncpg refuses libpq's sslmode as a keyword, and takes the same modes as its ssl.
+    url = _checked_session_attrs(url)
     mode = url.query.get("sslmode")
     if mode is None or "ssl" in url.query:
         return url
@@ -219,4 +236,5 @@ PSYCOPG: Final = Driver(
     pooler_args=pgbouncer.psycopg_args,
     pooler_conflict=pgbouncer.psycopg_conflict,
     hot_standby=_psycopg_hot_standby,
+    url_query=_checked_session_attrs,
 )
