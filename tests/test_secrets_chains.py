@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, Database, DatabaseUnavailableError
 from tests.helpers import SERVER_DRIVERNAMES, connect_to_nothing, proxied
@@ -59,10 +60,11 @@ async def test_no_frame_of_an_unreachable_servers_error_holds_the_password(
 async def test_no_frame_of_a_units_failed_connect_holds_the_password(postgres_url: str) -> None:
     """The same through a unit of work whose checkout cannot connect: the server went away
     after the Database connected (the pool's connect, then the translation at the unit's
-    end, a door of its own). PostgreSQL here trusts its users: the password is carried."""
+    end, a door of its own). NullPool keeps no connection, so the checkout connects anew.
+    PostgreSQL here trusts its users: the password is carried."""
     url = make_url(postgres_url).set(password=PASSWORD)
     async with proxied(url.render_as_string(hide_password=False)) as (proxy, through):
-        db = Database(through, pool_pre_ping=False)
+        db = Database(through, poolclass=NullPool)
         async with db:
             await proxy.cut()
             with pytest.raises(DatabaseUnavailableError) as raised:

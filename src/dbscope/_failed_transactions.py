@@ -51,8 +51,7 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         if only_read(connection):
             return  # a read before the deferred BEGIN: no transaction on the server to abort
         rolled_back = rules.rolled_back_by(context.original_exception)
-        pooled = connection.connection.dbapi_connection
-        if rolled_back is None and pooled is not None and rules.ended_by_itself(pooled):
+        if rolled_back is None and rules.begin_again_if_ended(connection.connection):
             # No rule says so, but the transaction is gone (SQLite's ON CONFLICT ROLLBACK):
             # what follows runs in a new one, which the COMMIT's refusal rolls back.
             rolled_back = "transaction"

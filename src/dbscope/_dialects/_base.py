@@ -197,11 +197,11 @@ class Backend:
         transaction; None: the statement alone, and the transaction goes on."""
         return None
 
-    def ended_by_itself(self, dbapi_connection: Any) -> bool:
-        """Whether the server ended the transaction of ``dbapi_connection`` at the error just
-        raised, though no rule of ``rolled_back_by`` says so; if it did, a new one is begun,
-        so that the statements that follow cannot commit one by one. By default never (on
-        MySQL the driver's state says none after any DDL, which commits by itself)."""
+    def begin_again_if_ended(self, dbapi_connection: Any) -> bool:
+        """Begin a new transaction on ``dbapi_connection`` if the server ended its own at the
+        error just raised, though no rule of ``rolled_back_by`` says so, so that the
+        statements that follow cannot commit one by one; whether it did. By default never
+        (on MySQL the driver's state says none after any DDL, which commits by itself)."""
         return False
 
     def error_code(self, orig: BaseException | None) -> str | None:

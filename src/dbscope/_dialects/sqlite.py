@@ -50,7 +50,7 @@ KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 class SQLite(Backend):
     """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
 
-    def ended_by_itself(self, dbapi_connection: Any) -> bool:
+    def begin_again_if_ended(self, dbapi_connection: Any) -> bool:
         # ON CONFLICT ROLLBACK, a full disk: SQLite's own rollback, which the driver's state
         # tells. The connection is in autocommit, BEGIN explicit (below): after it each
         # statement would commit by itself.
