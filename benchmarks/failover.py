@@ -45,8 +45,9 @@ from tests.patroni_cluster import (  # noqa: E402
 )
 
 from dbscope import Database  # noqa: E402
+from dbscope._dialects import SynchronousCommit  # noqa: E402
 
-LEVELS = ("remote_apply", "on", "remote_write", "local", "off")
+LEVELS: tuple[SynchronousCommit, ...] = ("remote_apply", "on", "remote_write", "local", "off")
 OUTPUT = ROOT / "benchmarks" / "results" / "failover.md"
 
 

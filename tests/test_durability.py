@@ -9,7 +9,7 @@ a function.
 """
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import pytest
 from fastapi import Depends, FastAPI
@@ -18,15 +18,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, UnitOptions
+from dbscope._dialects import SynchronousCommit
 from tests import helpers
 
-LEVELS = ("remote_apply", "on", "remote_write", "local", "off")
+LEVELS: tuple[SynchronousCommit, ...] = get_args(SynchronousCommit)
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
 
 
 @pytest.mark.parametrize("level", LEVELS)
 async def test_a_unit_commits_at_the_synchronous_commit_it_asks_for(
-    postgres_url: str, level: str
+    postgres_url: str, level: SynchronousCommit
 ) -> None:
     """transaction(synchronous_commit=level): SET LOCAL, so the unit runs at that level."""
     async with Database(postgres_url) as db, db.transaction(synchronous_commit=level) as session:
@@ -68,7 +69,7 @@ async def test_a_request_commits_at_its_dependencys_synchronous_commit(postgres_
 def test_an_unknown_synchronous_commit_is_refused_naming_it(given: str) -> None:
     """A value that is not a level fails when the options are made, naming it and the levels."""
     with pytest.raises(ConfigurationError) as refused:
-        UnitOptions(synchronous_commit=given)
+        UnitOptions(synchronous_commit=given)  # type: ignore[arg-type]
     assert f"synchronous_commit={given!r}" in str(refused.value)
     assert "'remote_apply', 'on', 'remote_write', 'local', 'off'" in str(refused.value)
 

@@ -176,7 +176,7 @@ def test_an_unknown_retry_option_is_refused_with_the_known_ones(sqlite_url: str)
     """A misspelt field names itself and the four there are."""
     db = Database(sqlite_url)
     with pytest.raises(ConfigurationError) as info:
-        db.retrying(atempts=5)
+        db.retrying(atempts=5)  # type: ignore[call-arg]  # what a checker refuses too
     assert str(info.value).startswith(
         "atempts=5 is not a retry option; use attempts, backoff, max_backoff, lock_timeouts"
     )
@@ -195,7 +195,7 @@ def stream_app(db: Database) -> FastAPI:
         yield f"{await session.scalar(text('SELECT 1'))}\n"
 
     async def export() -> StreamingResponse:
-        return StreamingResponse(db.stream(rows, isolation_level="SERIALISABLE"))
+        return StreamingResponse(db.stream(rows, isolation_level="SERIALISABLE"))  # type: ignore[arg-type]
 
     app.add_api_route("/export", export, methods=["GET"])
     return app
@@ -209,7 +209,7 @@ async def test_a_streams_wrong_option_is_refused_when_called_not_when_iterated(
     and a wrong write token."""
     async with pool_taken(database_url) as db:
         with pytest.raises(ConfigurationError, match="isolation_level='SERIALISABLE'"):
-            db.stream(one_row, isolation_level="SERIALISABLE")
+            db.stream(one_row, isolation_level="SERIALISABLE")  # type: ignore[arg-type]
         tags: Any = {"job": 5}
         with pytest.raises(ConfigurationError):
             db.stream(one_row, tags=tags)

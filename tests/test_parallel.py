@@ -59,7 +59,7 @@ async def test_ten_parallel_queries_succeed_on_a_cold_pool_with_pre_ping(
         with anyio.fail_after(10):
             results = await db.parallel(*(overlapping_query(n, barrier) for n in range(PARALLEL)))
         stats = db.stats()
-    assert results == list(range(PARALLEL))
+    assert results == tuple(range(PARALLEL))
     assert stats.checked_out == 0
     assert stats.checked_in == PARALLEL  # ten connections were open at once
 
@@ -79,7 +79,7 @@ async def test_parallel_results_come_back_in_argument_order(database_url: str) -
         results = await db.parallel(
             finishing_after(0.15, 1), finishing_after(0.1, 2), finishing_after(0, 3)
         )
-    assert results == [1, 2, 3]
+    assert results == (1, 2, 3)
 
 
 async def test_a_failing_query_cancels_the_others_and_its_error_propagates(
@@ -153,7 +153,7 @@ async def test_parallel_units_in_a_rolled_back_test_run_one_after_another(
     async with test_database, testing.rolled_back(db, test_database.engine):
         with caplog.at_level("WARNING", logger="dbscope"):
             seen = await db.parallel(write, write, write, read_only=False)
-    assert seen == [1, 2, 3]
+    assert seen == (1, 2, 3)
     assert [record.getMessage() for record in caplog.records] == []
     assert await count_rows(database_url, "par_rows") == 0
 
@@ -248,7 +248,7 @@ async def test_a_cancelled_parallel_gives_back_no_dead_connection(database_url: 
                 async with asyncio.timeout(0.05 + step * 0.02):
                     await db.parallel(slow, slow, slow)
         # The cancelled ones' connections were dropped (checked in as None); these come back.
-        assert await db.parallel(alive, alive, alive) == [1, 1, 1]
+        assert await db.parallel(alive, alive, alive) == (1, 1, 1)
         assert db.stats().checked_out == 0
     assert closed_at_checkin.count(False) >= 3
     assert not any(closed_at_checkin)

@@ -53,7 +53,7 @@ async def read_session_request(db: Database) -> list[bool]:
 
 
 async def parallel_reads(db: Database) -> list[bool]:
-    return await db.parallel(in_recovery, in_recovery, in_recovery)
+    return list(await db.parallel(in_recovery, in_recovery, in_recovery))
 
 
 async def read_only_stream(db: Database) -> list[bool]:
@@ -87,7 +87,7 @@ async def read_only_retried_unit(db: Database) -> list[bool]:
 
 
 async def read_write_parallel(db: Database) -> list[bool]:
-    return await db.parallel(in_recovery, in_recovery, read_only=False)
+    return list(await db.parallel(in_recovery, in_recovery, read_only=False))
 
 
 async def stream(db: Database) -> list[bool]:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, PoolStats
+from dbscope._unit_options import IsolationLevel
 from tests.conftest import POSTGRES_URL, require_server
 from tests.helpers import admin
 from tests.replica_cluster import apply_delayed, replay_paused, wait_for_replay
@@ -51,7 +52,7 @@ async def read(
     *,
     after: str | None = None,
     stale_ok: bool = False,
-    isolation_level: str | None = None,
+    isolation_level: IsolationLevel | None = None,
 ) -> tuple[bool, bool]:
     """A read-only unit of ``db``: whether it ran on the replica, and whether it saw ``item``."""
     async with db.transaction(

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, StatementTimeoutError
+from dbscope._unit_options import IsolationLevel
 from tests import helpers
 
 ONE_CONNECTION: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
@@ -188,7 +189,7 @@ async def test_sqlite_refuses_a_statement_timeout(sqlite_url: str) -> None:
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
 @pytest.mark.parametrize("level", ["SERIALIZABLE", "REPEATABLE READ"])
 async def test_a_transaction_runs_at_the_isolation_level_it_asks_for(
-    database_url: str, level: str
+    database_url: str, level: IsolationLevel
 ) -> None:
     """Inside the unit the server reports the level; the next unit is back to the default."""
     async with Database(database_url, **ONE_CONNECTION) as db:
@@ -253,7 +254,7 @@ async def test_an_option_out_of_its_range_is_a_configuration_error(
     [("sqlite", "REPEATABLE READ"), ("sqlite", "READ COMMITTED"), ("asyncpg", "READ UNCOMMITTED")],
 )
 async def test_an_isolation_level_the_backend_refuses_is_a_configuration_error(
-    database_url: str, level: str
+    database_url: str, level: IsolationLevel
 ) -> None:
     """A standard level this backend's driver rejects is refused like an unknown one."""
     async with Database(database_url) as db:
@@ -303,7 +304,7 @@ async def test_a_units_statement_timeout_puts_back_the_sessions_own_on_mariadb(
     ],
 )
 def test_a_level_the_drivers_adapter_lacks_is_refused_where_the_unit_is_declared(
-    url: str, level: str
+    url: str, level: IsolationLevel
 ) -> None:
     """Before connect() only the standard four were known: session_with() took the level at
     import, and every request answered 500."""

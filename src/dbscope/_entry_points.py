@@ -12,22 +12,30 @@ not an option, so kept out of UnitOptions, which are cached per value.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Unpack, overload
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from dbscope._dialects import driver
+from dbscope._dialects import SynchronousCommit, driver
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
-from dbscope._retry import P, Retrying, RetryPolicy, T, retry_in_unit, retry_policy
+from dbscope._parallel import T1, T2, T3, Query, run_parallel
+from dbscope._retry import (
+    P,
+    RetryFields,
+    Retrying,
+    RetryPolicy,
+    T,
+    retry_in_unit,
+    retry_policy,
+)
 from dbscope._streams import checked_body, streamed
 from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
-from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
-from dbscope._write_tokens import WriteToken, current_jar
+from dbscope._unit_options import DEFAULT_OPTIONS, IsolationLevel, UnitKeywords, UnitOptions
+from dbscope._write_tokens import WriteToken
 
 
 class UnitEntryPoints:
@@ -41,13 +49,13 @@ class UnitEntryPoints:
         self,
         *,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
+        synchronous_commit: SynchronousCommit | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A session in its own transaction: committed if the block ends normally.
 
@@ -111,11 +119,11 @@ class UnitEntryPoints:
     def _options(
         self,
         read_only: bool,
-        isolation_level: str | None,
+        isolation_level: IsolationLevel | None,
         statement_timeout: float | None,
         schema: str | None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
+        synchronous_commit: SynchronousCommit | None = None,
     ) -> UnitOptions:
         options = UnitOptions(
             read_only=read_only,
@@ -171,22 +179,37 @@ class UnitEntryPoints:
         """
         self._units.running().on_commit(callback)
 
+    @overload
+    async def parallel(self, q1: Query[T1], /, **options: Unpack[UnitKeywords]) -> tuple[T1]: ...
+    @overload
+    async def parallel(
+        self, q1: Query[T1], q2: Query[T2], /, **options: Unpack[UnitKeywords]
+    ) -> tuple[T1, T2]: ...
+    @overload
+    async def parallel(
+        self, q1: Query[T1], q2: Query[T2], q3: Query[T3], /, **options: Unpack[UnitKeywords]
+    ) -> tuple[T1, T2, T3]: ...
+    @overload
+    async def parallel(
+        self, *queries: Query[T], **options: Unpack[UnitKeywords]
+    ) -> tuple[T, ...]: ...
     async def parallel(
         self,
-        *queries: Callable[[AsyncSession], Awaitable[T]],
+        *queries: Query[Any],
         read_only: bool = True,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
-    ) -> list[T]:
+        synchronous_commit: SynchronousCommit | None = None,
+    ) -> tuple[Any, ...]:
         """Run independent queries concurrently, each in a unit of work of its own.
 
         ``users, orders = await db.parallel(load_users, load_orders)``, where each argument
-        takes a session and returns an awaitable. One AsyncSession must never be shared
+        takes a session and returns an awaitable; their results come back in a tuple, in
+        order. One AsyncSession must never be shared
         between tasks; this gives each query its own session and connection (so it needs
         ``len(queries)`` free connections). If one query fails, the others are cancelled and
         the error propagates. While bound to a test's connection (``bind_to``), the queries
@@ -199,49 +222,29 @@ class UnitEntryPoints:
         )
         open_unit = self._opener(options, tags, after)
 
-        async def run(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-            async with open_unit() as unit:
-                return await query(unit.session)
-
-        if not read_only:
-            # Each task runs in a copy of this context: made here, the write token jar is
-            # the one they add to, so that reads after them see their writes.
-            current_jar(create=True)
-        if isinstance(self._lifecycle.bind(), AsyncConnection):
-            # Bound to a test's connection, where each unit is a savepoint of the test's
-            # transaction: savepoints taken at once interleave, and a rollback to one undid
-            # another's work ("savepoint does not exist"). One query at a time, in order.
-            return [await run(query) for query in queries]
-        tasks = [asyncio.ensure_future(run(query)) for query in queries]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                # Not those cancelled already (gather's, when the caller was): a second
-                # cancel cut their sessions' close short, and dead connections went back.
-                if not task.done() and not task.cancelling():
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        bound = isinstance(self._lifecycle.bind(), AsyncConnection)
+        return await run_parallel(queries, open_unit, writes=not read_only, bound=bound)
 
     def stream(
         self,
         body: Callable[[AsyncSession], AsyncIterator[T]],
         *,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
-    ) -> AsyncIterator[T]:
+        synchronous_commit: SynchronousCommit | None = None,
+    ) -> AsyncGenerator[T, None]:
         """Run a streamed body as a unit of work of its own; commits only if it completes.
 
         ``rows(session)`` is an async generator; the iterator this returns runs it in its own
         unit, opened at the first chunk asked for. Its transaction commits when the last chunk
-        has been produced, and rolls back if the consumer stops early (or anything raises).
+        has been produced, and rolls back if the consumer stops early (or anything raises):
+        a consumer that may stop early closes it (``contextlib.aclosing``), or its connection
+        stays checked out until the generator is garbage collected.
         In an endpoint, return ``db.stream_response(rows)`` instead: its unit opens before
         the response starts, so an exhausted pool answers 503, not a 200 cut short. The
         request's own session cannot be used in a streaming body: its unit of work ended when
@@ -260,15 +263,15 @@ class UnitEntryPoints:
         self,
         *,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
+        synchronous_commit: SynchronousCommit | None = None,
         policy: RetryPolicy | None = None,
-        **policy_fields: Any,
+        **policy_fields: Unpack[RetryFields],
     ) -> Retrying:
         """Run a block as a unit of work again, from the start, after a conflict::
 
@@ -311,8 +314,8 @@ class UnitEntryPoints:
         )
 
     def retry(
-        self, *, policy: RetryPolicy | None = None, **policy_fields: Any
-    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+        self, *, policy: RetryPolicy | None = None, **policy_fields: Unpack[RetryFields]
+    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
         """Decorate an endpoint so that its request's unit of work is retried on conflicts.
 
         The endpoint body is re-run, after a rollback, when it or its commit meets a

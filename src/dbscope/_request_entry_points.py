@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._dialects import SynchronousCommit
 from dbscope._entry_points import UnitEntryPoints
 from dbscope._exceptions import ConfigurationError
 from dbscope._streams import checked_body, streamed
-from dbscope._unit_options import DEFAULT_OPTIONS
+from dbscope._unit_options import DEFAULT_OPTIONS, IsolationLevel
 
 if TYPE_CHECKING:
     from starlette.responses import StreamingResponse
@@ -56,11 +57,11 @@ class RequestEntryPoints(UnitEntryPoints):
         self,
         *,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
+        synchronous_commit: SynchronousCommit | None = None,
     ) -> Callable[..., Awaitable[AsyncSession]]:
         """A FastAPI session dependency with per-request options (see ``transaction()``).
 
@@ -89,13 +90,13 @@ class RequestEntryPoints(UnitEntryPoints):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
         schema: str | None = None,
         tags: Mapping[str, str] | None = None,
         after: str | None = None,
         stale_ok: bool = False,
-        synchronous_commit: str | None = None,
+        synchronous_commit: SynchronousCommit | None = None,
     ) -> StreamingResponse:
         """A ``StreamingResponse`` of ``body``'s chunks, made in a unit of work of its own
         that opens before the response starts: ``return db.stream_response(rows)``.

@@ -21,10 +21,10 @@ import functools
 import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypedDict, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -98,6 +98,16 @@ def _check_seconds(name: str, value: object) -> None:
             "int or a float, e.g. 0.05)."
         )
         raise ConfigurationError(message)
+
+
+class RetryFields(TypedDict, total=False):
+    """RetryPolicy's fields as keyword arguments (``db.retry(attempts=5)``): typed, so that a
+    checker refuses ``atempts=5`` where it is written, as the runtime check does."""
+
+    attempts: int
+    backoff: float
+    max_backoff: float
+    lock_timeouts: bool
 
 
 RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
@@ -316,7 +326,7 @@ def retry_in_unit(
     current: Callable[[], UnitOfWork | None],
     policy: RetryPolicy,
     on_retry: Callable[[], object] | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Decorate an async function (an endpoint) to re-run it in the current unit of work.
 
     What a conflict is, is the running unit's backend's verdict (its ``state.rules``), not
@@ -324,7 +334,7 @@ def retry_in_unit(
     runs its units by that connection's rules.
     """
 
-    def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         name = getattr(function, "__qualname__", repr(function))
         _refuse_unawaitable(function, name)
 

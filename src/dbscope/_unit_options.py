@@ -8,14 +8,16 @@ and hashable, so that what a unit's options mean is worked out once per value.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeGuard
+from typing import Final, Literal, TypedDict, TypeGuard, get_args
 
-from dbscope._dialects import SYNCHRONOUS_COMMIT, Backend
+from dbscope._dialects import SYNCHRONOUS_COMMIT, Backend, SynchronousCommit
 from dbscope._exceptions import ConfigurationError
 from dbscope._settings import SCHEMA_NAME
 
-ISOLATION_LEVELS: Final = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+IsolationLevel = Literal["SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"]
+ISOLATION_LEVELS: Final = get_args(IsolationLevel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,11 +37,11 @@ class UnitOptions:
     """
 
     read_only: bool = False
-    isolation_level: str | None = None
+    isolation_level: IsolationLevel | None = None
     statement_timeout: float | None = None
     schema: str | None = None
     stale_ok: bool = False
-    synchronous_commit: str | None = None
+    synchronous_commit: SynchronousCommit | None = None
 
     def __post_init__(self) -> None:
         for name in ("read_only", "stale_ok"):
@@ -103,6 +105,21 @@ class UnitOptions:
                 f"{rules.name}: it is PostgreSQL's setting; remove it."
             )
             raise ConfigurationError(message)
+
+
+class UnitKeywords(TypedDict, total=False):
+    """The keyword arguments of every entry point that opens units: the options, and a
+    call's ``tags`` and ``after`` (values of one call, not options). ``db.parallel``'s
+    overloads take them as ``**options``."""
+
+    read_only: bool
+    isolation_level: IsolationLevel | None
+    statement_timeout: float | None
+    schema: str | None
+    tags: Mapping[str, str] | None
+    after: str | None
+    stale_ok: bool
+    synchronous_commit: SynchronousCommit | None
 
 
 def is_finite_number(value: object) -> TypeGuard[int | float]:

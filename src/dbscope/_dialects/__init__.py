@@ -31,7 +31,7 @@ from dbscope._dialects._base import (
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode, through_cancels
 from dbscope._dialects.hosts import libpq_hosts
-from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT
+from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, SynchronousCommit
 from dbscope._dialects.replication import Replication, Standbys
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Presence",
     "Replication",
     "Standbys",
+    "SynchronousCommit",
     "backend",
     "client_command",
     "driver",

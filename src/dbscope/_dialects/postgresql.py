@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
@@ -44,7 +44,8 @@ READ_ONLY_SQL_TRANSACTION: Final = "25006"
 # On a pooled connection's info, from the BEGIN of a unit that writes to its checkin.
 WRITES: Final = "dbscope.writes"
 # What synchronous_commit takes, from the most a commit waits for to the least.
-SYNCHRONOUS_COMMIT: Final = ("remote_apply", "on", "remote_write", "local", "off")
+SynchronousCommit = Literal["remote_apply", "on", "remote_write", "local", "off"]
+SYNCHRONOUS_COMMIT: Final = get_args(SynchronousCommit)
 # libpq (psycopg) gives no SQLSTATE for a failed connect: a FATAL message means the server
 # answered, and refused for good unless it is in one of these passing states.
 PASSING_FATAL_STATES: Final = (
