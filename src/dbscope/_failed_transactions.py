@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.engine import Connection, ExceptionContext, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbscope._dialects import Backend, only_read
@@ -36,6 +36,9 @@ class _Failure(NamedTuple):
     # savepoint, and one was open. None could be made after the error: the server refuses
     # every statement but a rollback until then.
     to_savepoint: bool
+    # The transaction it rolled back: a record left by a use outside units (nobody forgets
+    # it there) is no later transaction's.
+    transaction: RootTransaction | None
 
 
 def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
@@ -46,7 +49,10 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         connection = context.connection
         if connection is None or context.is_disconnect or connection.invalidated:
             return
-        if context.statement is None or not connection.in_transaction():
+        statement = context.statement
+        if statement is None and context.execution_context is not None:
+            statement = context.execution_context.statement  # raised at a fetch of its rows
+        if statement is None or not connection.in_transaction():
             return  # no statement's: the COMMIT's or ROLLBACK's own, which end the transaction
         if only_read(connection):
             return  # a read before the deferred BEGIN: no transaction on the server to abort
@@ -56,6 +62,9 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
             # what follows runs in a new one, which the COMMIT's refusal rolls back.
             rolled_back = "transaction"
         failure = connection.info.get(FAILED)
+        if failure is not None and failure.transaction is not connection.get_transaction():
+            del connection.info[FAILED]
+            failure = None
         if failure is not None and rolled_back == "earlier":
             # The statement was refused for the first error: that one explains, and a
             # conflict is retried as one.
@@ -64,18 +73,23 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
             return
         error = context.sqlalchemy_exception or context.original_exception
         to_savepoint = rolled_back == "to_savepoint" and connection.in_nested_transaction()
-        connection.info[FAILED] = _Failure(error, to_savepoint)
+        connection.info[FAILED] = _Failure(error, to_savepoint, connection.get_transaction())
 
     event.listen(engine.sync_engine, "handle_error", remember)
 
 
-def refuse_commit(connection: Connection) -> None:
+def refuse_commit(connection: Connection, rules: Backend) -> None:
     """Raise the error that rolled back ``connection``'s transaction, if one did: before its
     COMMIT, which the server would answer with a rollback (PostgreSQL), or keep half of."""
     if connection.closed or connection.invalidated:
         return  # gone, and its record with it (SQLAlchemy raises for its info now)
-    failure = connection.info.pop(FAILED, None)
-    if failure is not None:
+    failure = connection.info.get(FAILED)
+    if failure is None:
+        return
+    # Asked before the record goes: on PostgreSQL its probe, refused for the failure, raises it.
+    undone = rules.failure_undone(connection)
+    connection.info.pop(FAILED, None)
+    if not undone:
         raise _noted(failure.error)
 
 

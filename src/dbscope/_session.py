@@ -319,16 +319,20 @@ def _put_back_settings(session: Session, transaction: SessionTransaction) -> Non
 def _refuse_a_failed_commit(session: Session) -> None:
     # SQLAlchemy calls it for a savepoint's release too: the unit's own COMMIT is asked.
     state = unit_state(session)
-    connection = None if state is None else state.connection
-    if connection is not None and not session.in_nested_transaction():
-        refuse_commit(connection)
+    if state is not None and state.connection is not None and not session.in_nested_transaction():
+        refuse_commit(state.connection, state.rules)
 
 
 @event.listens_for(UnitSession, "after_soft_rollback")
 def _forget_a_rolled_back_failure(session: Session, previous: SessionTransaction) -> None:
     state = unit_state(session)
     if state is not None and state.connection is not None:
-        forget(state.connection, savepoint=previous.nested)
+        # A flush's failure rolls back its own subtransaction, and with it the first of its
+        # parents that is a savepoint or the unit's transaction: that one says what ended.
+        boundary = previous
+        while boundary.parent is not None and not boundary.nested:
+            boundary = boundary.parent
+        forget(state.connection, savepoint=boundary.nested)
 
 
 @event.listens_for(UnitSession, "after_transaction_create")

@@ -197,6 +197,12 @@ class Backend:
         transaction; None: the statement alone, and the transaction goes on."""
         return None
 
+    def failure_undone(self, connection: Connection) -> bool:
+        """Whether the transaction of ``connection``, which an error rolled back (to a
+        savepoint, or whole), is whole again: rolled back by the application to a savepoint
+        of its own. By default, never known."""
+        return False
+
     def begin_again_if_ended(self, dbapi_connection: Any) -> bool:
         """Begin a new transaction on ``dbapi_connection`` if the server ended its own at the
         error just raised, though no rule of ``rolled_back_by`` says so, so that the

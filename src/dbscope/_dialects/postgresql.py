@@ -196,6 +196,15 @@ class PostgreSQL(Backend):
             return "read_only"
         return None
 
+    def failure_undone(self, connection: Connection) -> bool:
+        # An aborted transaction refuses any statement (25P02, which handle_error answers
+        # with the remembered error): one round trip, on a failure's path only.
+        try:
+            connection.exec_driver_sql("SELECT 1", execution_options=OWN)
+        except Exception:
+            return False
+        return True
+
     def rolled_back_by(self, orig: BaseException | None) -> RolledBack | None:
         # Any error of the server's aborts the transaction; the drivers' own (an argument
         # they could not send) never reached it.
