@@ -95,13 +95,15 @@ async def test_shell_passes_what_follows_a_double_dash_to_the_client(secret_url:
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg"])
-async def test_shell_targets_the_schema_the_units_target(secret_url: str) -> None:
+@pytest.mark.parametrize("schema", ["tenant_a", "Tenant_A"])
+async def test_shell_targets_the_schema_the_units_target(secret_url: str, schema: str) -> None:
     """POSTGRES_SCHEMA: psql's unqualified names are the tenant's, as in the app's units
-    (before, the shell read `public` while the app read the tenant's tables)."""
-    environment = {"DATABASE_URL": secret_url, "POSTGRES_SCHEMA": "tenant_a"}
+    (before, the shell read `public` while the app read the tenant's tables; then a name in
+    mixed case was folded to lower case, another schema)."""
+    environment = {"DATABASE_URL": secret_url, "POSTGRES_SCHEMA": schema}
     done = await dbscope("shell", "--", "-tAc", "SHOW search_path", environment=environment)
     assert done.returncode == 0, output_of(done)
-    assert done.stdout.decode().strip() == "tenant_a"
+    assert done.stdout.decode().strip() == f'"{schema}"'  # quoted, as the units' SET LOCAL
 
 
 @pytest.mark.parametrize("db_backend", ["psycopg"])

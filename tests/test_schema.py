@@ -7,21 +7,25 @@ backend pid, so a schema left on the connection would reach the next request.
 """
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import ConfigurationError, Database
+from dbscope.fastapi import add_exception_handlers
 from tests.helpers import Tables, admin, app_with, client_for
 
 SCHEMA_A = "schema_test_a"
 SCHEMA_B = "schema_test_b"
 INJECTION = "x; DROP TABLE schema_victim; --"
 SMALL_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
+SERIALIZATION_FAILURE = (
+    "DO $$BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END$$"
+)
 
 
 @pytest.fixture
@@ -235,3 +239,54 @@ async def test_the_schema_option_rejects_a_name_that_is_not_an_identifier(
     with pytest.raises(ConfigurationError, match="not a plain identifier"):
         Database(postgres_url, schema=INJECTION)
     assert await victim_exists(postgres_url)
+
+
+async def test_a_savepoints_rollback_undoes_the_schema_it_switched_to(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """A use_schema() in a savepoint that rolls back is undone with it, as PostgreSQL undoes
+    its SET LOCAL; asking for that schema again then switches to it (it was a no-op: the
+    unit's writes went to the schema of before)."""
+    db = Database(postgres_url, schema=SCHEMA_A, **SMALL_POOL)
+    async with db, db.transaction() as session:
+        await session.execute(text("SELECT 1"))
+        savepoint = await session.begin_nested()
+        await db.use_schema(SCHEMA_B)
+        inside = await where_am_i(session)
+        await savepoint.rollback()
+        undone = await where_am_i(session)
+        await db.use_schema(SCHEMA_B)
+        again = await where_am_i(session)
+        await session.commit()  # the next transaction begins on what the unit targets
+        after_commit = await where_am_i(session)
+    markers = [place["marker"] for place in (inside, undone, again, after_commit)]
+    assert markers == ["b", "a", "b", "b"]
+
+
+async def test_a_retried_endpoint_behind_a_schema_dependency_is_retried(
+    postgres_url: str, default_search_path: str
+) -> None:
+    """The docs' tenant dependency calls use_schema() before the endpoint: that began the
+    transaction, and a conflict was answered 409 ("statements before it began") instead of
+    retried. Each attempt targets the tenant's schema."""
+    db = Database(postgres_url, **SMALL_POOL)
+    seen: list[str] = []
+
+    async def tenant_session(session: Annotated[AsyncSession, Depends(db.session)]) -> AsyncSession:
+        await db.use_schema(SCHEMA_B)
+        return session
+
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.post("/conflicting")
+    @db.retry(attempts=3, backoff=0)
+    async def conflicting(session: Annotated[AsyncSession, Depends(tenant_session)]) -> list[str]:
+        seen.append((await where_am_i(session))["marker"])
+        if len(seen) == 1:
+            await session.execute(text(SERIALIZATION_FAILURE))
+        return seen
+
+    async with db, client_for(app) as client:
+        response = await client.post("/conflicting")
+    assert (response.status_code, response.json()) == (200, ["b", "b"])

@@ -343,8 +343,10 @@ class UnitEntryPoints:
     async def use_schema(self, name: str | None) -> None:
         """Target PostgreSQL schema ``name`` for the rest of the current unit of work.
 
-        The name must be a plain identifier and is quoted; it lasts until the unit ends and
-        never reaches the next user of the connection. ``None`` returns to the default.
+        The name must be a plain identifier and is quoted; it lasts until the unit ends (or
+        a savepoint it was set under rolls back, as PostgreSQL's ``SET LOCAL`` does) and never
+        reaches the next user of the connection. ``None`` returns to the default. Called
+        before the unit's first statement, it sends nothing: its transaction begins on it.
 
         Raises:
             NoSessionError: no unit of work is active here.

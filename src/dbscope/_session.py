@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -93,6 +94,8 @@ class UnitState:
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
             connection, on which what ``begin`` set is put back when each one ends.
         connection: the connection of the unit's current transaction, once it began.
+        before_savepoints: for each open savepoint, ``begin`` and ``applied_schema`` when it
+            began, which its rollback puts back (it undoes a ``use_schema()`` run in it).
     """
 
     rules: Backend
@@ -108,6 +111,9 @@ class UnitState:
     reroute: Callable[[Exception], Engine | None] | None = None
     savepoint_of: Connection | None = None
     connection: Connection | None = None
+    before_savepoints: WeakKeyDictionary[SessionTransaction, tuple[Begin, str | None]] | None = (
+        None  # made at the first savepoint: most units take none
+    )
 
 
 class UnitSession(Session):
@@ -294,6 +300,13 @@ def _configure_transaction(
     if transaction.parent is None:  # the unit's transaction, not a savepoint of it
         state.connection = connection
         forget(connection)  # an error of an earlier transaction on it (_failed_transactions)
+    elif transaction.nested:
+        # Its rollback undoes the SET LOCALs run in it (a use_schema()): what the unit targets
+        # then is what it targeted when the savepoint began. Weakly: a batch's savepoint per
+        # row is forgotten once released.
+        if state.before_savepoints is None:
+            state.before_savepoints = WeakKeyDictionary()
+        state.before_savepoints[transaction] = (state.begin, state.applied_schema)
     state.rules.begin(connection, state.begin)
     state.applied_schema = state.begin.schema
     if state.request_id is not None:
@@ -333,6 +346,9 @@ def _forget_a_rolled_back_failure(session: Session, previous: SessionTransaction
         while boundary.parent is not None and not boundary.nested:
             boundary = boundary.parent
         forget(state.connection, savepoint=boundary.nested)
+        before = state.before_savepoints
+        if before is not None and boundary in before:
+            state.begin, state.applied_schema = before.pop(boundary)
 
 
 @event.listens_for(UnitSession, "after_transaction_create")

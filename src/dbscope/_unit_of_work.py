@@ -102,7 +102,11 @@ class UnitOfWork:
                 raise ConfigurationError(message)
             validate_schema_name(name)
         state.begin = dataclasses.replace(state.begin, schema=name)
-        connection = await self.session.connection()  # begins, and applies the schema, if new
+        if not self.session.in_transaction():
+            # The transaction's begin applies it, at the unit's first statement: no BEGIN of
+            # its own here, which a retried endpoint took for statements run before it.
+            return
+        connection = await self.session.connection()
         if state.applied_schema != name:
             statement = state.rules.schema_statement(connection.dialect, name)
             await connection.exec_driver_sql(statement, execution_options=OWN)

@@ -269,8 +269,9 @@ class PostgreSQL(Backend):
         ssl = url.query.get("sslmode") or url.query.get("ssl")
         if isinstance(ssl, str) and ssl in SSL_MODES:
             environment["PGSSLMODE"] = ssl
-        if schema is not None:  # a plain identifier (checked by the settings)
-            environment["PGOPTIONS"] = f"-c search_path={schema}"
+        if schema is not None:  # a plain identifier (checked by the settings): no '"' in it
+            # Quoted, as the units' SET LOCAL quotes it: unquoted, "Upper" was folded to upper.
+            environment["PGOPTIONS"] = f'-c search_path="{schema}"'
         attributes = url.query.get("target_session_attrs")
         if isinstance(attributes, str):
             environment["PGTARGETSESSIONATTRS"] = attributes
