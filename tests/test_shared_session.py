@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, SessionSharedError
-from tests.helpers import client_for
+from tests.helpers import Tables, client_for, stored
 
 SLOW = {
     "sqlite": "SELECT 1",
@@ -19,6 +19,12 @@ SLOW = {
     "mysql": "SELECT SLEEP(0.05)",
 }
 ROUNDS = 20
+
+
+@pytest.fixture
+async def shared_rows(tables: Tables) -> None:
+    """An empty ``shared_rows`` table on the test's database (``db``)."""
+    await tables.create("shared_rows", "id INTEGER PRIMARY KEY")
 
 
 def slow_query(session: AsyncSession) -> str:
@@ -88,3 +94,33 @@ async def test_a_request_sharing_its_session_answers_500_with_one_clear_error(
     assert stats.invalidated == 0
     assert not [r for r in caplog.records if "IllegalStateChange" in r.getMessage()]
     assert not [r for r in caplog.records if "Closing the session failed" in r.getMessage()]
+
+
+@pytest.mark.usefixtures("shared_rows")
+async def test_a_session_used_in_another_event_loop_is_refused_and_nothing_is_lost(
+    db: Database,
+) -> None:
+    """A `def` endpoint runs the request's session in asyncio.run(): refused before it touches
+    the connection (on asyncpg the connection went back to the pool inside a transaction, and
+    every later request answered 200 with its writes never committed); the writes of the next
+    requests are stored."""
+    app = FastAPI()
+    Session = Annotated[AsyncSession, Depends(db.session)]
+    insert = text("INSERT INTO shared_rows (id) VALUES (:id)")
+
+    @app.post("/in-another-loop")
+    def in_another_loop(session: Session) -> None:  # run in a thread by FastAPI
+        asyncio.run(session.execute(insert, {"id": 0}))
+
+    @app.post("/rows/{row}")
+    async def add(row: int, session: Session) -> None:
+        await session.execute(insert, {"id": row})
+
+    async with client_for(app, raise_app_exceptions=True) as client:
+        with pytest.raises(SessionSharedError, match="another event loop"):
+            await client.post("/in-another-loop")
+    async with client_for(app) as client:
+        served = [(await client.post(f"/rows/{row}")).status_code for row in (1, 2, 3)]
+    assert served == [200] * 3
+    assert await stored(db, "SELECT id FROM shared_rows ORDER BY id") == [1, 2, 3]
+    assert db.stats().checked_out == 0

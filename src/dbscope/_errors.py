@@ -334,6 +334,17 @@ def shared_session() -> SessionSharedError:
     return SessionSharedError(message)
 
 
+def other_loop() -> SessionSharedError:
+    """The error for a unit's session used in an event loop other than its unit's."""
+    message = (
+        "This session belongs to a unit of work of another event loop (asyncio.run() or a "
+        "thread's loop, in a `def` endpoint?): its connection's driver runs in the unit's "
+        "loop. Make the endpoint `async def` and await the session there, or open a unit of "
+        "this loop's own with `async with db.transaction() as session:`."
+    )
+    return SessionSharedError(message)
+
+
 def lease_lost(error: BaseException, rules: Backend, *, unusable: bool) -> bool:
     """Tell whether ``error``, raised by a driver connection used without SQLAlchemy, means
     that the connection died: the backend's code says so, or the driver cannot go on with it.

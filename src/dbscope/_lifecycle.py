@@ -36,13 +36,13 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from dbscope._async_session import UnitAsyncSession, session_factory
 from dbscope._dialects import driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import ConfigurationError, LifecycleError
 from dbscope._pool import PoolCounters
 from dbscope._pool_stats import PoolStats
-from dbscope._session import UnitAsyncSession, session_factory
 from dbscope._settings import DatabaseSettings
 
 logger = logging.getLogger("dbscope")

@@ -6,35 +6,25 @@ typed :class:`UnitState` on the session, and ``after_begin`` hands them to the b
 nothing is left on the pooled connection for the next user, and a mid-unit ``commit()`` gets
 the same settings again.
 
-The same state keeps the unit's on-commit callbacks (``_commit_hooks.py`` runs them).
-
-:class:`UnitAsyncSession` lets one task at a time in: a second task that uses the session
-while the first is inside one of its methods gets SessionSharedError at once, before it
-touches the connection, and the unit's end waits for the first to finish. A Database given
-another AsyncSession class (``session_class=``, SQLModel's) gets a class that is both, made
-once per class by ``_session_classes.unit_session_class``.
+The same state keeps the unit's on-commit callbacks (``_commit_hooks.py`` runs them). The
+AsyncSession over :class:`UnitSession` is ``_async_session.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.ext.asyncio.result import AsyncCommon
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import Backend, Begin
-from dbscope._errors import shared_session
 from dbscope._exceptions import UnitOfWorkEndedError
 from dbscope._failed_transactions import forget, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
@@ -45,31 +35,7 @@ logger = logging.getLogger("dbscope")
 CommitHook = Callable[[], Any]
 # On a pooled connection's info, while a unit that tracks its writes uses it: the unit's state.
 WRITER: Final = "dbscope.writer"
-# How long a unit's end waits for another task still inside its session.
-IDLE_WAIT_SECONDS: Final = 30.0
 T = TypeVar("T")
-
-# The AsyncSession methods that run on the connection: the ones a second task must not enter.
-GUARDED_METHODS: Final = (
-    "close",
-    "commit",
-    "connection",
-    "delete",
-    "execute",
-    "flush",
-    "get",
-    "get_one",
-    "invalidate",
-    "merge",
-    "refresh",
-    "reset",
-    "rollback",
-    "run_sync",
-    "scalar",
-    "scalars",
-    "stream",
-    "stream_scalars",
-)
 
 
 @dataclass(eq=False, slots=True)
@@ -194,90 +160,6 @@ class UnitSession(Session):
         return run(*args, **kwargs)
 
 
-class UnitAsyncSession(AsyncSession):
-    """An AsyncSession that one task at a time may use; see the module's docstring."""
-
-    sync_session_class = UnitSession
-    _user: asyncio.Task[Any] | None = None
-    _depth = 0
-    _idle: asyncio.Event | None = None
-    # What stream() and stream_scalars() handed out, for the unit's end to close.
-    streams: list[AsyncCommon[Any]] | None = None
-
-    async def close_streams(self) -> None:
-        """Close each result ``stream()`` and ``stream_scalars()`` handed out (a no-op for one
-        read to its end). A stream cut short kept its server-side cursor open on the
-        connection going back to the pool: asyncmy warned at the connection's next use,
-        psycopg when the garbage collector found the cursor."""
-        streams, self.streams = self.streams, None
-        for result in streams or ():
-            context = getattr(result._real_result, "context", None)
-            connection = getattr(context, "root_connection", None)
-            # A cursor whose connection was dropped (a cancel mid-statement) went with it;
-            # closing it would only fail, and SQLAlchemy log the failure.
-            if not result.closed and connection is not None and not connection.invalidated:
-                await result.close()
-
-    def idle(self) -> bool:
-        """Whether no other task is inside one of the session's methods now."""
-        return self._user is None or self._user is asyncio.current_task()
-
-    async def wait_idle(self) -> None:
-        """Return once no other task is inside one of the session's methods."""
-        while not self.idle():
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            await self._idle.wait()
-
-
-def one_task_at_a_time(
-    method: Callable[..., Coroutine[Any, Any, T]],
-) -> Callable[..., Coroutine[Any, Any, T]]:
-    """``method`` behind the guard: a second task inside it gets SessionSharedError."""
-
-    @functools.wraps(method)
-    async def guarded(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
-        task = asyncio.current_task()
-        if self._user is not None and self._user is not task:
-            raise shared_session()
-        self._user = task
-        self._depth += 1
-        try:
-            return await method(self, *args, **kwargs)
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._user = None
-                if self._idle is not None:
-                    self._idle.set()
-                    self._idle = None
-
-    return guarded
-
-
-def kept_for_closing(
-    method: Callable[..., Coroutine[Any, Any, T]],
-) -> Callable[..., Coroutine[Any, Any, T]]:
-    """``method``, whose result the session keeps until :meth:`close_streams`."""
-
-    @functools.wraps(method)
-    async def kept(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
-        result = await method(self, *args, **kwargs)
-        # Those read to their end are closed already: a long unit keeps only the open ones.
-        still_open = [stream for stream in self.streams or () if not stream.closed]
-        self.streams = [*still_open, cast("AsyncCommon[Any]", result)]
-        return result
-
-    return kept
-
-
-for _name in GUARDED_METHODS:
-    setattr(UnitAsyncSession, _name, one_task_at_a_time(getattr(AsyncSession, _name)))
-for _name in ("stream", "stream_scalars"):
-    setattr(UnitAsyncSession, _name, kept_for_closing(getattr(UnitAsyncSession, _name)))
-del _name
-
-
 def attach_state(session: Session, state: UnitState) -> UnitState:
     """Make ``state`` the unit state of ``session``, one of dbscope's sessions."""
     assert isinstance(session, UnitSession)
@@ -361,38 +243,3 @@ def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> 
             "that nobody commits. Open a new one: `async with db.transaction() as session:`."
         )
         raise UnitOfWorkEndedError(message)
-
-
-def session_factory(
-    *,
-    raise_on_lazy_load: bool,
-    session_class: type[UnitAsyncSession] = UnitAsyncSession,
-    **options: Any,
-) -> async_sessionmaker[AsyncSession]:
-    """The sessionmaker dbscope uses: objects stay readable after commit, no hidden flushes.
-
-    ``session_class`` is one ``_session_classes.unit_session_class`` gave.
-    """
-    return async_sessionmaker(
-        class_=session_class,
-        sync_session_class=session_class.sync_session_class,
-        expire_on_commit=False,
-        autoflush=False,
-        info={STRICT_KEY: raise_on_lazy_load},
-        **options,
-    )
-
-
-async def wait_idle(session: UnitAsyncSession) -> None:
-    """Wait (a bounded time) until no other task is inside ``session``."""
-    # Another task may still be inside the session (asyncio.gather over it): the one that
-    # came second was refused, the first finishes its statement before the unit ends.
-    if session.idle():
-        return  # the usual case, and every request's: no timer to set up
-    try:
-        async with asyncio.timeout(IDLE_WAIT_SECONDS):
-            await session.wait_idle()
-    except TimeoutError:
-        logger.error("A session stayed in use by another task; its connection is dropped.")
-        session._user = None  # the unit's end goes on; invalidate() discards the connection
-        await session.invalidate()

@@ -16,8 +16,9 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from dbscope._async_session import GUARDED_METHODS, UnitAsyncSession, one_task_at_a_time
 from dbscope._exceptions import ConfigurationError
-from dbscope._session import GUARDED_METHODS, UnitAsyncSession, UnitSession, one_task_at_a_time
+from dbscope._session import UnitSession
 
 _COMBINED: dict[type[AsyncSession], type[UnitAsyncSession]] = {}
 

@@ -21,12 +21,13 @@ from typing import Any, Protocol
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dbscope._async_session import UnitAsyncSession, wait_idle
 from dbscope._commit_hooks import add_commit_hook, run_commit_hooks
 from dbscope._dialects import OWN, Begin
 from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import ConfigurationError, NoSessionError
-from dbscope._session import CommitHook, UnitAsyncSession, UnitState, attach_state, wait_idle
+from dbscope._session import CommitHook, UnitState, attach_state
 from dbscope._settings import validate_schema_name
 from dbscope._tags import SqlComment, SqlTagger, check_tags
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
