@@ -119,6 +119,7 @@ def _endpoint(body: Body, session_parameter: object) -> Body:
     )
     endpoint.__name__ = endpoint.__qualname__ = body.__name__
     endpoint.__doc__ = body.__doc__
+    endpoint.__wrapped__ = body  # type: ignore[attr-defined]  # as functools.wraps says
     return endpoint
 
 

@@ -280,7 +280,8 @@ async def test_a_retried_function_takes_a_conflict_by_the_rules_of_the_unit_it_r
         async with engine.connect() as connection:
             await connection.begin()
             with db.bind_to(connection):
-                async with db.unit_of_work():  # on PostgreSQL's rules: the binding's
+                async with db.unit_of_work() as unit:  # on PostgreSQL's rules: the binding's
+                    unit.endpoint = conflicting_once  # it owns the unit, as an endpoint
                     result = await conflicting_once()
             await connection.rollback()
     finally:

@@ -249,3 +249,29 @@ async def test_a_conflict_after_a_released_savepoint_is_retried(
                 await session.execute(text(CONFLICT))
     assert (runs, ran) == ([1, 2], [2])
     assert await count_rows(database_url, "ro_charges") == 1
+
+
+async def test_a_retried_function_that_is_not_the_endpoint_commits_nothing(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """@db.retry() on a service function called by an endpoint that is not retried, or in
+    db.transaction(), is refused: its commit kept the caller's work, and the caller's failure
+    after it (a 422, an exception) rolled back nothing."""
+    await tables.create_all(Base.metadata)
+
+    @db.retry()
+    async def add_line(session: AsyncSession, email: str) -> None:
+        session.add(Email(email=email))
+
+    async def endpoint(session: AsyncSession) -> None:
+        session.add(Email(email="first@x"))
+        await add_line(session, "second@x")
+        raise ValueError("the endpoint fails after the service function")
+
+    answer = await send(app_with(db.session, {"POST /emails": endpoint}), "POST /emails")
+    with pytest.raises(ConfigurationError, match="not the endpoint"):  # noqa: PT012
+        async with db.transaction() as session:
+            session.add(Email(email="third@x"))
+            await add_line(session, "fourth@x")
+    assert answer.status_code == 500
+    assert await count_rows(database_url, "ro_emails") == 0

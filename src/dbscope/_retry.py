@@ -111,6 +111,16 @@ class RetryFields(TypedDict, total=False):
 
 
 RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
+# A retried function that is not its request's endpoint: each attempt's commit would keep
+# the work its caller did before it, whatever the caller does after.
+NOT_THE_ENDPOINT: Final = (
+    "{name} is decorated with db.retry() but is not the endpoint of the request whose unit of "
+    "work it runs in (a function the endpoint calls, or one called in db.transaction()): its "
+    "commit would keep its caller's work before the caller had finished, even if it then "
+    "failed. Put @db.retry() on the endpoint, below the route decorator (functions decorated "
+    "inside it then run once per attempt), or retry in a unit of its own with "
+    "`async for attempt in db.retrying(): ...`."
+)
 # Why a conflict was not retried, after "<name> failed with a <conflict> ".
 COMMITTED_BEFORE: Final = (
     "after it had committed part of its work (a commit() in its body): running it again "
@@ -322,6 +332,16 @@ def _refuse_unawaitable(function: Callable[..., object], name: str) -> None:
     raise ConfigurationError(message)
 
 
+def _runs_as(endpoint: Callable[..., Any] | None, retried: Callable[..., Any]) -> bool:
+    """Whether ``endpoint`` is ``retried``, under any decorators that wrap it
+    (``functools.wraps``, as FastAPI needs them to, for the signature)."""
+    while endpoint is not None:
+        if endpoint is retried:
+            return True
+        endpoint = getattr(endpoint, "__wrapped__", None)
+    return False
+
+
 def retry_in_unit(
     current: Callable[[], UnitOfWork | None],
     policy: RetryPolicy,
@@ -350,6 +370,8 @@ def retry_in_unit(
                 raise NoSessionError(message)
             if unit.retried:  # inside another retried function: its loop runs this again
                 return await function(*args, **kwargs)
+            if not _runs_as(unit.endpoint, retried):
+                raise ConfigurationError(NOT_THE_ENDPOINT.format(name=name))
             results: list[T] = []
             rules = unit.state.rules
             preceded = unit.session.in_transaction()

@@ -63,9 +63,11 @@ class UnitOfWork:
             True, the unit rolls back as if ``rollback_only`` were set.
         retried: a ``@db.retry()`` function runs it again on conflicts: one called inside
             that function runs once, and leaves its conflicts to the outer one's loop.
+        endpoint: a request's unit: the endpoint its route runs (a ``@db.retry()`` function
+            commits its attempts only as that endpoint).
     """
 
-    __slots__ = ("failed_quietly", "retried", "rollback_only", "session", "state")
+    __slots__ = ("endpoint", "failed_quietly", "retried", "rollback_only", "session", "state")
 
     def __init__(self, session: AsyncSession, state: UnitState) -> None:
         self.session = session
@@ -73,6 +75,7 @@ class UnitOfWork:
         self.rollback_only = False
         self.failed_quietly: Callable[[], bool] | None = None
         self.retried = False
+        self.endpoint: Callable[..., Any] | None = None
 
     @property
     def will_commit(self) -> bool:

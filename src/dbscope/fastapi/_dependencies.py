@@ -159,6 +159,7 @@ def _session_dependency(
                 # on it reports a failure without raising. Asked at the commit, whoever makes
                 # it: the unit's end, or an attempt of @db.retry() inside the endpoint.
                 unit.failed_quietly = functools.partial(_error_status, response)
+                unit.endpoint = request.scope.get("endpoint")
                 try:
                     yield unit
                 finally:
