@@ -172,10 +172,12 @@ class Lifecycle:
             busy = counted() if counted is not None else 0
             if busy:
                 # Tasks the app started (asyncio.create_task) were then cancelled by the
-                # loop's end, their work lost without a word.
+                # loop's end, their work lost without a word. Requests a server cancelled at
+                # its graceful shutdown's timeout are still unwinding here too.
                 logger.warning(
                     "Disposing of the connection pool with %d connection(s) still in use: "
-                    "units of work still run (tasks the app started?), and will lose their "
+                    "units of work still run (tasks the app started, or requests the server "
+                    "cancelled at its graceful shutdown's timeout), and will lose their "
                     "connection. Wait for them before the Database's lifespan ends.",
                     busy,
                 )

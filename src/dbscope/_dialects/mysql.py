@@ -272,8 +272,17 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
 
     async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
         # Not wait_for: on Python 3.11 it swallows a cancel that comes as the connect ends.
-        async with asyncio.timeout(timeout):
-            return await connect(*args, **kwargs)
+        try:
+            async with asyncio.timeout(timeout):
+                return await connect(*args, **kwargs)
+        except RuntimeError as error:
+            # asyncmy reads the socket off the transport after connecting; under uvloop a
+            # connection reset in between leaves none, and asyncmy raises a RuntimeError.
+            if "does not expose socket" not in str(error):
+                raise
+            errors = importlib.import_module(f"{driver}.errors")
+            lost = errors.OperationalError(2013, "Lost connection to server during connect")
+            raise lost from error
 
     return connect_within_timeout
 
