@@ -264,3 +264,23 @@ async def test_a_websocket_that_asks_for_the_request_unit_is_told_to_open_one_pe
     per_message = "db.transaction() as session" if dependency == "session" else "db.lease()"
     assert per_message in str(refused.value)
     assert db.stats().checked_out == 0
+
+
+async def test_a_unit_inside_a_request_that_waits_for_itself_says_so(database_url: str) -> None:
+    """A db.transaction() inside a request, on a pool the request's own unit holds whole,
+    waits for itself: the 503 says so and names the fix, not only "overloaded" (a retry
+    never frees that connection)."""
+    db = Database(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    app = FastAPI()
+
+    @app.post("/inner")
+    async def inner(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        await session.execute(text("SELECT 1"))
+        async with db.transaction() as second:
+            await second.execute(text("SELECT 2"))
+
+    async with db, client_for(app) as client:
+        answer = await client.post("/inner")
+    assert answer.status_code == 503
+    assert "waits for itself" in answer.json()["detail"]["message"]
+    assert "session.begin_nested()" in answer.json()["detail"]["message"]

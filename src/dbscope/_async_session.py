@@ -13,6 +13,7 @@ class by ``_session_classes.unit_session_class``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -178,3 +179,25 @@ async def wait_idle(session: UnitAsyncSession) -> None:
         logger.error("A session stayed in use by another task; its connection is dropped.")
         session._user = None  # the unit's end goes on; invalidate() discards the connection
         await session.invalidate()
+
+
+async def rolled_back_or_dropped(session: AsyncSession) -> None:
+    """End ``session`` whose close failed: rolled back and closed, or invalidated."""
+    try:
+        await session.rollback()
+        await session.close()
+    except Exception:
+        with contextlib.suppress(Exception):
+            await session.invalidate()
+
+
+async def closed_streams(
+    session: UnitAsyncSession, failure: BaseException | None
+) -> BaseException | None:
+    """What ended the unit, after closing what it streamed: a cancel or a lost connection
+    while closing ends it all the same, as its failure if it had none."""
+    try:
+        await session.close_streams()
+    except BaseException as error:
+        return failure or error
+    return failure

@@ -334,6 +334,21 @@ def shared_session() -> SessionSharedError:
     return SessionSharedError(message)
 
 
+def waiting_for_itself(error: DatabaseUnavailableError) -> DatabaseUnavailableError:
+    """``error``, a pool timeout of a unit opened inside another unit of the same pool, that
+    says so: the task waited while holding a connection of its own, which no retry frees."""
+    message = (
+        f"{error} This task's own unit of work holds a connection of this pool already: "
+        "a unit opened inside it (db.transaction() in a request, a second session "
+        "dependency with other options) waits for a second one, and with the pool taken it "
+        "waits for itself. Do the inner work in the outer unit (session.begin_nested() for a "
+        "part that may fail on its own)."
+    )
+    return DatabaseUnavailableError(
+        message, cause=error.cause, retry_after=error.retry_after, public_message=message
+    )
+
+
 def other_loop() -> SessionSharedError:
     """The error for a unit's session used in an event loop other than its unit's."""
     message = (

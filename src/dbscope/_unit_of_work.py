@@ -21,12 +21,17 @@ from typing import Any, Protocol
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dbscope._async_session import UnitAsyncSession, wait_idle
+from dbscope._async_session import (
+    UnitAsyncSession,
+    closed_streams,
+    rolled_back_or_dropped,
+    wait_idle,
+)
 from dbscope._commit_hooks import add_commit_hook, run_commit_hooks
 from dbscope._dialects import OWN, Begin
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, translate
-from dbscope._exceptions import ConfigurationError, NoSessionError
+from dbscope._errors import Limits, translate, waiting_for_itself
+from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError, NoSessionError
 from dbscope._session import CommitHook, UnitState, attach_state
 from dbscope._settings import validate_schema_name
 from dbscope._tags import SqlComment, SqlTagger, check_tags
@@ -309,6 +314,12 @@ class UnitRun:
             return
         if isinstance(error, Exception):
             translated = translate(error, self._limits, at_commit=error is not failure)
+            if (
+                isinstance(translated, DatabaseUnavailableError)
+                and translated.cause == "pool_timeout"
+                and self._inside_a_unit()
+            ):
+                translated = waiting_for_itself(translated)
             if translated is not None:
                 raise translated from error
         if error is failure:
@@ -324,7 +335,7 @@ class UnitRun:
         session = self.unit.session
         assert isinstance(session, UnitAsyncSession)
         await wait_idle(session)
-        outcome = failure if not session.streams else await _closed_streams(session, failure)
+        outcome = failure if not session.streams else await closed_streams(session, failure)
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).
@@ -352,7 +363,7 @@ class UnitRun:
             # savepoint transaction is rolled back", the connection held, its locks with it).
             # A rollback first, then the close; else drop it, so that none stays checked out.
             # The first error is the one that explains.
-            await _rolled_back_or_dropped(session)
+            await rolled_back_or_dropped(session)
             if outcome is None and commits:
                 raise
             # A unit that was never to commit lost nothing but its rollback: what it read
@@ -363,31 +374,15 @@ class UnitRun:
         if outcome is not None and outcome is not failure:
             raise outcome
 
+    def _inside_a_unit(self) -> bool:
+        """Whether this unit was opened inside another of the same Database that holds a
+        connection (its transaction began)."""
+        outer = self._token.old_value
+        return isinstance(outer, UnitOfWork) and outer.session.in_transaction()
+
     def _leave(self) -> None:
         # The unit may end in another context than it began (a generator closed by the
         # garbage collector); the variable then belongs to a context that is gone anyway.
         with contextlib.suppress(ValueError):
             self._units.current.reset(self._token)
         self.unit.state.ended = True
-
-
-async def _rolled_back_or_dropped(session: AsyncSession) -> None:
-    """End ``session`` whose close failed: rolled back and closed, or invalidated."""
-    try:
-        await session.rollback()
-        await session.close()
-    except Exception:
-        with contextlib.suppress(Exception):
-            await session.invalidate()
-
-
-async def _closed_streams(
-    session: UnitAsyncSession, failure: BaseException | None
-) -> BaseException | None:
-    """What ended the unit, after closing what it streamed: a cancel or a lost connection
-    while closing ends it all the same, as its failure if it had none."""
-    try:
-        await session.close_streams()
-    except BaseException as error:
-        return failure or error
-    return failure
