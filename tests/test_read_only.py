@@ -207,3 +207,24 @@ async def test_a_read_whose_connection_dies_after_its_rows_keeps_them(
     assert stats.checked_out == 0
     assert after != backend  # a new connection replaced the dropped one
     assert "Closing the session failed after its work" in caplog.text
+
+
+@pytest.mark.usefixtures("uo_rows")
+async def test_a_read_only_units_commit_keeps_no_write(db: Database, database_url: str) -> None:
+    """An explicit commit() in a read-only unit: PostgreSQL and MariaDB refuse the write
+    before it; SQLite, which has no read-only transaction, committed it (200, the row kept):
+    its commit is refused. Through a request (500) and in db.transaction() alike."""
+
+    async def add(session: AsyncSession) -> None:
+        await session.execute(INSERT)
+        await session.commit()
+
+    app = helpers.app_with(db.read_session, {"POST /rows": add})
+    answer = await helpers.send(app, "POST /rows")
+    with pytest.raises(Exception, match=r"(?i)read[- ]only") as refused:
+        async with db.transaction(read_only=True) as session:
+            await add(session)
+    assert answer.status_code == 500
+    if db.url.get_backend_name() == "sqlite":
+        assert "no read-only transaction" in str(refused.value)
+    assert await helpers.count_rows(database_url, "uo_rows") == 0

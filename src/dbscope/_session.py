@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import Backend, Begin
+from dbscope._errors import read_only_commit
 from dbscope._exceptions import UnitOfWorkEndedError
 from dbscope._failed_transactions import forget, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
@@ -214,7 +215,11 @@ def _put_back_settings(session: Session, transaction: SessionTransaction) -> Non
 def _refuse_a_failed_commit(session: Session) -> None:
     # SQLAlchemy calls it for a savepoint's release too: the unit's own COMMIT is asked.
     state = unit_state(session)
-    if state is not None and state.connection is not None and not session.in_nested_transaction():
+    if state is None or session.in_nested_transaction():
+        return
+    if state.begin.read_only and not state.rules.has_read_only:
+        raise read_only_commit(state.rules.title)
+    if state.connection is not None:
         refuse_commit(state.connection, state.rules)
 
 

@@ -281,6 +281,7 @@ AIOSQLITE: Final = Driver(
 )
 BACKEND: Final = SQLite(
     name="sqlite",
+    has_read_only=False,
     aliases=(),
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
