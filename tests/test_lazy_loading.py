@@ -132,6 +132,22 @@ async def test_an_unloaded_relationship_read_in_async_code_raises_lazy_load_erro
 
 
 @pytest.mark.usefixtures("notes")
+async def test_an_attribute_expired_by_a_rollback_raises_lazy_load_error(db: Database) -> None:
+    """The docs' pattern (roll back, then answer 400 from the object) read an expired
+    attribute: MissingGreenlet, and on aiosqlite a connection thrown away. Now LazyLoadError
+    naming the fix, before the session takes a connection."""
+    async with db.transaction() as session:
+        note = await get_note(session)
+        await session.rollback()
+        with pytest.raises(LazyLoadError, match=r"Note's attributes were expired") as raised:
+            _ = note.title
+        assert "session.refresh" in str(raised.value)
+        await session.refresh(note)
+        assert note.title == "first"
+    assert db.stats().invalidated == 0
+
+
+@pytest.mark.usefixtures("notes")
 async def test_the_check_stays_off_the_statements_that_are_not_lazy_loads(db: Database) -> None:
     """The check is put on the session for a load from async code only, and taken off after:
     a refused load leaves no listener, so the unit's next statements build no ORMExecuteState,

@@ -51,7 +51,11 @@ def lazy_loads_refused(session: Session) -> Iterator[None]:
 
 
 def _check_lazy_load(state: ORMExecuteState) -> None:
-    if not state.is_select or state.lazy_loaded_from is None:
+    if not state.is_select:
+        return
+    if state.lazy_loaded_from is None:
+        if state.is_column_load and not in_greenlet():
+            raise LazyLoadError(_expired(state))
         return  # not a lazy load: a query, or an eager load the query asked for
     path = state.loader_strategy_path
     attribute = str(path[-1]) if path is not None else "a relationship"
@@ -65,3 +69,14 @@ def _check_lazy_load(state: ORMExecuteState) -> None:
             "`await obj.awaitable_attrs.<name>` (AsyncAttrs)."
         )
     raise LazyLoadError(message)
+
+
+def _expired(state: ORMExecuteState) -> str:
+    mapper = state.bind_mapper
+    name = mapper.class_.__name__ if mapper is not None else "An object"
+    return (
+        f"{name}'s attributes were expired (by session.rollback(), session.expire(), or a "
+        "commit() that expires), and loading them again cannot work in async code "
+        "(SQLAlchemy would raise MissingGreenlet): read them before, or reload the object "
+        "with `await session.refresh(obj)`."
+    )
