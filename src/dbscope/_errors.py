@@ -327,9 +327,11 @@ def unavailable(
 def shared_session() -> SessionSharedError:
     """The error for one session used by two tasks at once."""
     message = (
-        "One session was used by two tasks at once (asyncio.gather over one session?). A "
-        "session and its connection run one statement at a time: give each concurrent query "
-        "its own session with `await db.parallel(...)`."
+        "One session was used by two tasks at once (asyncio.gather over one session, or a "
+        "task started with asyncio.create_task that still uses it?). A session and its "
+        "connection run one statement at a time: give each concurrent query its own session "
+        "with `await db.parallel(...)`, await the task before the session is used again, or "
+        "give the task a unit of its own (`async with db.transaction() as session:`)."
     )
     return SessionSharedError(message)
 
