@@ -290,3 +290,12 @@ async def test_a_retried_endpoint_behind_a_schema_dependency_is_retried(
     async with db, client_for(app) as client:
         response = await client.post("/conflicting")
     assert (response.status_code, response.json()) == (200, ["b", "b"])
+
+
+async def test_a_schema_the_database_lacks_fails_at_connect_naming_it(postgres_url: str) -> None:
+    """The server takes any name in search_path: every request answered 500 ("relation ...
+    does not exist"), never naming the schema. Now connect() refuses, saying how to make it."""
+    db = Database(postgres_url, schema="Nowhere_yet")
+    with pytest.raises(ConfigurationError, match=r"'Nowhere_yet'.*CREATE SCHEMA \"Nowhere_yet\""):
+        await db.connect()
+    assert db.state != "connected"

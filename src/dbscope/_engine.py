@@ -27,6 +27,7 @@ from dbscope._engine_checks import QUEUE_POOL_OPTIONS, check_option_types
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
 from dbscope._failed_transactions import remembers_failures
+from dbscope._migrations import require_schema
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
 
@@ -199,8 +200,14 @@ async def verify(
             wait_timeout = await rules.idle_timeout(connection)
             # Whether commits wait for a standby (_durability.py): at start-up, not per request.
             standbys = await rules.standbys(connection)
+            if settings.postgres_schema is not None:
+                # The server takes any name in search_path: every unit's first statement
+                # would fail instead ("relation ... does not exist"), never naming it.
+                await connection.run_sync(require_schema, settings.postgres_schema)
     except BaseException as error:
         await engine.dispose()
+        if isinstance(error, ConfigurationError):
+            raise
         if isinstance(error, Exception):
             raise connect_error(error, url) from error
         raise
