@@ -9,10 +9,10 @@ connections belong to the loop that made them.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import sqlalchemy.ext.asyncio
 from sqlalchemy.ext.asyncio import (
@@ -243,17 +243,34 @@ def unit_bind(
     view = rules.read_only_view if read_only else None
     if isolation_level is None and not view:
         return {}
-    return {"bind": _engine_view(bind, isolation_level, view)}
+    return {"bind": _engine_view(factory, bind, isolation_level, view)}
 
 
-@functools.lru_cache(maxsize=32)
+# The engine views of each sessionmaker, built once per options rather than per unit (a view
+# costs about 30 µs), and gone with their sessionmaker, which a dispose drops. (Keyed by the
+# engine, each view's reference to it kept it alive: disposed engines piled up.)
+_VIEWS: WeakKeyDictionary[
+    async_sessionmaker[AsyncSession],
+    dict[tuple[str | None, tuple[str, ...] | None], AsyncEngine],
+] = WeakKeyDictionary()
+
+
 def _engine_view(
-    engine: AsyncEngine, isolation_level: str | None, read_only: tuple[str, ...] | None
+    factory: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    isolation_level: str | None,
+    read_only: tuple[str, ...] | None,
 ) -> AsyncEngine:
-    # Built once per engine and options rather than per unit: a view costs about 30 µs. The
-    # cache keeps at most 32 views, and the engines behind them, alive.
+    views = _VIEWS.get(factory)
+    if views is None:
+        views = _VIEWS[factory] = {}
+    found = views.get((isolation_level, read_only))
+    if found is not None:
+        return found
     view: dict[str, Any] = dict.fromkeys(read_only or (), True)
     if isolation_level is not None:
         view["isolation_level"] = isolation_level
     puts_back_before_checkin(engine)
-    return gives_back_on_failure(engine.execution_options(**view))
+    made = gives_back_on_failure(engine.execution_options(**view))
+    views[isolation_level, read_only] = made
+    return made

@@ -22,6 +22,7 @@ from typing import Final, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext, RootTransaction
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects import Backend, only_read
 from dbscope._errors import CAUGHT_NOTE
@@ -76,6 +77,13 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         connection.info[FAILED] = _Failure(error, to_savepoint, connection.get_transaction())
 
     event.listen(engine.sync_engine, "handle_error", remember)
+    # Gone at the checkin: an idle pooled connection kept a failed request's error, its
+    # traceback, and through its frames the request and everything it held.
+    event.listen(engine.sync_engine, "checkin", _forget_at_checkin)
+
+
+def _forget_at_checkin(dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+    record.info.pop(FAILED, None)
 
 
 def refuse_commit(connection: Connection, rules: Backend) -> None:
