@@ -275,3 +275,56 @@ async def test_a_retried_function_that_is_not_the_endpoint_commits_nothing(
             await add_line(session, "fourth@x")
     assert answer.status_code == 500
     assert await count_rows(database_url, "ro_emails") == 0
+
+
+async def test_retried_endpoints_of_every_shape_fastapi_takes_are_run(
+    db: Database, tables: Tables, database_url: str
+) -> None:
+    """A retried bound method, functools.partial or callable object is its route's endpoint:
+    each answers 200, its row stored (the check of the endpoint refused all three)."""
+    await tables.create_all(Base.metadata)
+
+    class Views:
+        """Endpoints of an object, as class-based views give them."""
+
+        @db.retry()
+        async def add(self, email: str) -> None:
+            db.current_session().add(Email(email=email))
+
+        @db.retry()
+        async def __call__(self, email: str) -> None:
+            await self.add(email)
+
+    views = Views()
+
+    @db.retry()
+    async def add_for(email: str, domain: str) -> None:
+        db.current_session().add(Email(email=f"{email}@{domain}"))
+
+    app = FastAPI(dependencies=[Depends(db.session)])
+    app.add_api_route("/method", views.add, methods=["POST"])
+    app.add_api_route("/partial", functools.partial(add_for, domain="x"), methods=["POST"])
+    app.add_api_route("/object", views, methods=["POST"])
+    answers = [
+        (await send(app, f"POST /{shape}", params={"email": shape})).status_code
+        for shape in ("method", "partial", "object")
+    ]
+    assert answers == [200, 200, 200]
+    assert await count_rows(database_url, "ro_emails") == 3
+
+
+async def test_a_retried_endpoint_registered_without_its_decorator_says_so(
+    db: Database, tables: Tables
+) -> None:
+    """@db.retry() above the route decorator: the route serves the function as it was, never
+    retried, silently (500s under contention). Each request now fails naming the order."""
+    await tables.create_all(Base.metadata)
+    app = FastAPI()
+
+    @db.retry()
+    @app.post("/emails")
+    async def add(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+        session.add(Email(email="a@x"))
+
+    with pytest.raises(ConfigurationError, match=r"below @app\.post"):
+        await send(app, "POST /emails", raise_app_exceptions=True)

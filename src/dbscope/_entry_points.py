@@ -29,9 +29,9 @@ from dbscope._retry import (
     Retrying,
     RetryPolicy,
     T,
-    retry_in_unit,
     retry_policy,
 )
+from dbscope._retry_decorator import retry_in_unit
 from dbscope._streams import checked_body, streamed
 from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, IsolationLevel, UnitKeywords, UnitOptions

@@ -9,19 +9,16 @@ never the exception class, which differs between asyncpg and psycopg for the sam
 
 There is one loop, :class:`Retrying`: ``db.retrying()`` hands its attempts to the caller, each
 a fresh unit of work, and ``@db.retry()`` runs the decorated endpoint through the same loop
-over the request's own unit. Each retry waits an exponential backoff with full jitter, is
-logged, and is counted.
+over the request's own unit (``_retry_decorator.py``). Each retry waits an exponential
+backoff with full jitter, is logged, and is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypedDict, TypeVar
@@ -29,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypedDict, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope._dialects import Backend
-from dbscope._errors import conflict_in, violated_at_commit
-from dbscope._exceptions import ConfigurationError, NoSessionError, RetriesExhaustedError
+from dbscope._errors import conflict_in
+from dbscope._exceptions import ConfigurationError, RetriesExhaustedError
 from dbscope._unit_options import is_finite_number
 
 if TYPE_CHECKING:
@@ -111,16 +108,6 @@ class RetryFields(TypedDict, total=False):
 
 
 RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
-# A retried function that is not its request's endpoint: each attempt's commit would keep
-# the work its caller did before it, whatever the caller does after.
-NOT_THE_ENDPOINT: Final = (
-    "{name} is decorated with db.retry() but is not the endpoint of the request whose unit of "
-    "work it runs in (a function the endpoint calls, or one called in db.transaction()): its "
-    "commit would keep its caller's work before the caller had finished, even if it then "
-    "failed. Put @db.retry() on the endpoint, below the route decorator (functions decorated "
-    "inside it then run once per attempt), or retry in a unit of its own with "
-    "`async for attempt in db.retrying(): ...`."
-)
 # Why a conflict was not retried, after "<name> failed with a <conflict> ".
 COMMITTED_BEFORE: Final = (
     "after it had committed part of its work (a commit() in its body): running it again "
@@ -285,108 +272,3 @@ class Retrying:
             self.policy.attempts,
         )
         return True
-
-
-@contextlib.asynccontextmanager
-async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
-    # One attempt of a decorated endpoint: its work is committed here (unless the unit will
-    # not commit), so that a conflict at COMMIT is retried too, and rolled back before the
-    # next attempt.
-    try:
-        yield unit
-    except BaseException:
-        await unit.session.rollback()
-        raise
-    if not unit.will_commit:  # the unit rolls back at its end (an error status, read-only)
-        return
-    try:
-        await unit.session.commit()
-    except BaseException as error:
-        await unit.session.rollback()
-        # As the unit's own commit would: a constraint failing here answers 409, not 500.
-        violated = violated_at_commit(error, unit.state.rules)
-        if violated is None:
-            raise
-        raise violated from error
-
-
-def _refuse_unawaitable(function: Callable[..., object], name: str) -> None:
-    """Refuse a function whose call is no awaitable that does its work: a plain ``def`` or
-    an async generator (under any decorators that wrap it), with which every request would
-    fail. A partial, a bound method or a callable object is taken on trust, as FastAPI
-    takes it."""
-    innermost = inspect.unwrap(function)
-    if inspect.isasyncgenfunction(innermost):
-        kind = (
-            "an async generator, whose work runs as it is iterated, after db.retry() has "
-            "returned it. Make it return instead"
-        )
-    elif inspect.isfunction(innermost) and not inspect.iscoroutinefunction(innermost):
-        kind = "a plain function. Make it `async def`"
-    else:
-        return
-    message = (
-        f"db.retry() decorates async functions (endpoints written `async def` that return); "
-        f"{name} is {kind}, or retry inside it with `async for attempt in db.retrying(): ...`."
-    )
-    raise ConfigurationError(message)
-
-
-def _runs_as(endpoint: Callable[..., Any] | None, retried: Callable[..., Any]) -> bool:
-    """Whether ``endpoint`` is ``retried``, under any decorators that wrap it
-    (``functools.wraps``, as FastAPI needs them to, for the signature)."""
-    while endpoint is not None:
-        if endpoint is retried:
-            return True
-        endpoint = getattr(endpoint, "__wrapped__", None)
-    return False
-
-
-def retry_in_unit(
-    current: Callable[[], UnitOfWork | None],
-    policy: RetryPolicy,
-    on_retry: Callable[[], object] | None = None,
-) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
-    """Decorate an async function (an endpoint) to re-run it in the current unit of work.
-
-    What a conflict is, is the running unit's backend's verdict (its ``state.rules``), not
-    the rules of when the decorator was applied: a Database bound to a test's connection
-    runs its units by that connection's rules.
-    """
-
-    def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        name = getattr(function, "__qualname__", repr(function))
-        _refuse_unawaitable(function, name)
-
-        @functools.wraps(function)
-        async def retried(*args: P.args, **kwargs: P.kwargs) -> T:
-            unit = current()
-            if unit is None:
-                message = (
-                    f"{name} is decorated with db.retry() but runs outside a unit of work: "
-                    "make the endpoint depend on db.session (a `Session` parameter, or "
-                    "dependencies=[Depends(db.session)])."
-                )
-                raise NoSessionError(message)
-            if unit.retried:  # inside another retried function: its loop runs this again
-                return await function(*args, **kwargs)
-            if not _runs_as(unit.endpoint, retried):
-                raise ConfigurationError(NOT_THE_ENDPOINT.format(name=name))
-            results: list[T] = []
-            rules = unit.state.rules
-            preceded = unit.session.in_transaction()
-            attempts = Retrying(
-                lambda: _in_request_unit(unit), policy, rules, name, on_retry, preceded
-            )
-            unit.retried = True
-            try:
-                async for attempt in attempts:
-                    async with attempt:
-                        results.append(await function(*args, **kwargs))
-            finally:
-                unit.retried = False
-            return results[-1]
-
-        return retried
-
-    return decorate

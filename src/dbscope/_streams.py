@@ -31,6 +31,9 @@ async def streamed(
 ) -> AsyncGenerator[T, None]:
     """``body`` run in a unit of work of its own, opened at the first chunk asked for."""
     async with open_unit() as unit:
+        # Take the connection before the body runs: a body whose first chunk needs no query
+        # (a CSV header) would otherwise let stream_response() send its 200 first.
+        await unit.session.connection()
         items = body(unit.session)
         try:
             async for item in items:

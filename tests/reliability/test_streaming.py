@@ -263,6 +263,34 @@ async def test_a_stream_response_answers_503_when_the_pool_is_exhausted(database
     assert (stats.checked_out, stats.timeouts) == (0, 2)
 
 
+async def test_a_stream_whose_first_chunk_runs_no_query_answers_503_too(
+    database_url: str,
+) -> None:
+    """A CSV header yielded before the first query: the response started (200) on that chunk,
+    and the body stopped after it when the pool had no connection. The unit now takes its
+    connection before the body runs."""
+    db = Database(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+
+    async def csv(session: AsyncSession) -> AsyncIterator[str]:
+        yield "n\n"
+        yield f"{(await session.execute(text('SELECT 1'))).scalar_one()}\n"
+
+    app = FastAPI()
+
+    @app.get("/export.csv")
+    async def export() -> StreamingResponse:
+        return db.stream_response(csv, media_type="text/csv")
+
+    async with db, client_for(app) as client:
+        async with db.transaction() as held:
+            await held.execute(text("SELECT 1"))
+            refused = await client.get("/export.csv")
+        served = await client.get("/export.csv")
+    assert refused.status_code == 503
+    assert refused.json()["detail"]["cause"] == "pool_timeout"
+    assert (served.status_code, served.text) == (200, "n\n1\n")
+
+
 @pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
 async def test_a_stream_responses_statements_carry_the_requests_tags_and_id(
     database_url: str,

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError, LifecycleError, NoSessionError
 from dbscope._pool import Client, waiting_client
+from dbscope._retry_decorator import refuse_misordered
 from dbscope._unit_of_work import UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope.fastapi._early_retries import EarlyRetries
@@ -160,6 +161,7 @@ def _session_dependency(
                 # it: the unit's end, or an attempt of @db.retry() inside the endpoint.
                 unit.failed_quietly = functools.partial(_error_status, response)
                 unit.endpoint = request.scope.get("endpoint")
+                refuse_misordered(unit.endpoint)
                 try:
                     yield unit
                 finally:
