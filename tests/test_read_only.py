@@ -56,21 +56,11 @@ def build_read_only_app(db: Database) -> FastAPI:
 # -- read only --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("db_backend", ["sqlite"])
 @pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_request_never_commits(database_url: str) -> None:
-    """A write in a read_session request is never committed, though the request succeeds."""
-    async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
-        response = await client.post("/write")
-    assert response.status_code == 200
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
-
-
-@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
-@pytest.mark.usefixtures("uo_rows")
-async def test_a_write_in_a_read_only_request_fails_on_a_server(database_url: str) -> None:
+async def test_a_write_in_a_read_only_request_fails(database_url: str) -> None:
     """PostgreSQL and MariaDB refuse the write of a read_session request: 500, nothing
-    stored."""
+    stored. So does SQLite, whose connection is query-only for the unit (before, it answered
+    200 and rolled the write back: a test on SQLite passed where production failed)."""
     async with Database(database_url) as db, helpers.client_for(build_read_only_app(db)) as client:
         response = await client.post("/write")
     assert response.status_code == 500
@@ -181,10 +171,12 @@ async def test_a_read_only_unit_inside_a_test_transaction_leaves_it_writable(
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 @pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_transaction_never_commits(database_url: str) -> None:
-    """transaction(read_only=True) ends in a rollback where the server allows the write."""
-    async with Database(database_url) as db, db.transaction(read_only=True) as session:
-        await session.execute(INSERT)
+async def test_a_read_only_transaction_refuses_a_write_on_sqlite(database_url: str) -> None:
+    """transaction(read_only=True) on SQLite, which has no read-only transaction: the unit's
+    connection is query-only, and the write fails, as on the servers."""
+    with pytest.raises(DBAPIError, match="readonly"):
+        async with Database(database_url) as db, db.transaction(read_only=True) as session:
+            await session.execute(INSERT)
     assert await helpers.count_rows(database_url, "uo_rows") == 0
 
 
@@ -210,21 +202,30 @@ async def test_a_read_whose_connection_dies_after_its_rows_keeps_them(
 
 
 @pytest.mark.usefixtures("uo_rows")
-async def test_a_read_only_units_commit_keeps_no_write(db: Database, database_url: str) -> None:
-    """An explicit commit() in a read-only unit: PostgreSQL and MariaDB refuse the write
-    before it; SQLite, which has no read-only transaction, committed it (200, the row kept):
-    its commit is refused. Through a request (500) and in db.transaction() alike."""
+async def test_a_read_only_units_commit_keeps_no_write(database_url: str) -> None:
+    """An explicit commit() in a read-only unit, by the session or by its connection:
+    PostgreSQL and MariaDB refuse the write before it; SQLite, which has no read-only
+    transaction, committed it (200, the row kept): its connection is query-only, and the
+    write is refused there too. Through a request (500) and in db.transaction() alike."""
 
     async def add(session: AsyncSession) -> None:
         await session.execute(INSERT)
         await session.commit()
 
-    app = helpers.app_with(db.read_session, {"POST /rows": add})
-    answer = await helpers.send(app, "POST /rows")
-    with pytest.raises(Exception, match=r"(?i)read[- ]only") as refused:
-        async with db.transaction(read_only=True) as session:
-            await add(session)
-    assert answer.status_code == 500
-    if db.url.get_backend_name() == "sqlite":
-        assert "no read-only transaction" in str(refused.value)
-    assert await helpers.count_rows(database_url, "uo_rows") == 0
+    async def add_by_connection(session: AsyncSession) -> None:
+        connection = await session.connection()
+        await connection.execute(INSERT)
+        await connection.commit()
+
+    routes = {"POST /rows": add, "POST /by-connection": add_by_connection}
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        app = helpers.app_with(db.read_session, routes)
+        answers = [(await helpers.send(app, route)).status_code for route in routes]
+        with pytest.raises(DBAPIError, match=r"(?i)read[- ]?only"):
+            async with db.transaction(read_only=True) as session:
+                await add_by_connection(session)
+        kept = await helpers.count_rows(database_url, "uo_rows")
+        async with db.transaction() as session:  # the connection writes again after its checkin
+            await session.execute(INSERT)
+    assert (answers, kept) == ([500, 500], 0)
+    assert await helpers.count_rows(database_url, "uo_rows") == 1

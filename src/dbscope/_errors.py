@@ -351,18 +351,6 @@ def waiting_for_itself(error: DatabaseUnavailableError) -> DatabaseUnavailableEr
     )
 
 
-def read_only_commit(database: str) -> ConfigurationError:
-    """The error for ``commit()`` in a read-only unit on a database whose transactions cannot
-    be read-only: the commit would keep what the unit wrote."""
-    message = (
-        f"commit() in a read-only unit of work (db.read_session, read_only=True): {database} "
-        "has no read-only transaction to refuse its writes, and a read-only unit never "
-        "commits. Write in a unit that may (db.session, db.transaction()), or leave the "
-        "commit out: the unit rolls back at its end."
-    )
-    return ConfigurationError(message)
-
-
 def other_loop() -> SessionSharedError:
     """The error for a unit's session used in an event loop other than its unit's."""
     message = (

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import Backend, Begin
-from dbscope._errors import read_only_commit
 from dbscope._exceptions import UnitOfWorkEndedError
 from dbscope._failed_transactions import forget, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
@@ -217,8 +216,6 @@ def _refuse_a_failed_commit(session: Session) -> None:
     state = unit_state(session)
     if state is None or session.in_nested_transaction():
         return
-    if state.begin.read_only and not state.rules.has_read_only:
-        raise read_only_commit(state.rules.title)
     if state.connection is not None:
         refuse_commit(state.connection, state.rules)
 

@@ -100,8 +100,6 @@ class Backend:
             and others (``postgres``, from hosting platforms), rewritten to ``name``.
         drivers: its async drivers, in order of preference when a URL names none.
         has_schemas: whether a unit can target a schema (``search_path``).
-        has_read_only: whether a read-only unit's transaction refuses writes (where not, its
-            ``commit()`` is refused instead: it would keep them).
         has_statement_timeout: whether a unit can bound its statements' time.
         max_statement_timeout: the longest ``statement_timeout`` in seconds that the server's
             own setting accepts; None where there is none to bound.
@@ -129,7 +127,6 @@ class Backend:
     aliases: tuple[str, ...]
     drivers: Mapping[str, Driver] = field(default_factory=dict)
     has_schemas: bool = False
-    has_read_only: bool = True
     has_statement_timeout: bool = False
     max_statement_timeout: float | None = None
     has_synchronous_commit: bool = False

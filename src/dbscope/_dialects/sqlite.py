@@ -18,6 +18,7 @@ from sqlalchemy.util import asbool
 from dbscope._dialects._base import (
     OWN,
     Backend,
+    Begin,
     Client,
     Connect,
     DatabaseRefused,
@@ -44,11 +45,25 @@ URI_PARAMETERS: Final = ("uri", "mode", "cache", "vfs", "immutable", "psow", "no
 # On a connection's info while it holds the migrations' lock: its next BEGIN, and the busy
 # timeout (milliseconds) it had before.
 NEXT_BEGIN: Final = "dbscope.next_begin"
+# On a pooled connection's info, from a read-only unit's begin to its checkin: query-only.
+QUERY_ONLY: Final = "dbscope.query_only"
 KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 
 
 class SQLite(Backend):
     """SQLite's rules: foreign keys on, WAL for files, an explicit BEGIN."""
+
+    def begin(self, connection: Connection, wanted: Begin) -> None:
+        # No READ ONLY transaction here: the connection is made query-only instead, so that
+        # a read-only unit's write fails loudly by any path (a connection's commit(), a
+        # COMMIT in SQL), as on PostgreSQL and MariaDB, until it goes back to the pool.
+        if wanted.read_only and not connection.info.get(QUERY_ONLY):
+            connection.exec_driver_sql("PRAGMA query_only = ON", execution_options=OWN)
+            connection.info[QUERY_ONLY] = True
+
+    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+        if connection.info.pop(QUERY_ONLY, False):
+            connection.exec_driver_sql("PRAGMA query_only = OFF", execution_options=OWN)
 
     def begin_again_if_ended(self, dbapi_connection: Any) -> bool:
         # ON CONFLICT ROLLBACK, a full disk: SQLite's own rollback, which the driver's state
@@ -85,6 +100,7 @@ class SQLite(Backend):
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
+        event.listen(engine.sync_engine, "reset", _writable_again)
 
     def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
         # SQLite lets one connection at a time write a file. The migrations' transaction takes
@@ -267,6 +283,14 @@ async def _aiosqlite_close(connection: Any, seconds: float) -> None:
     await through_cancels(connection.close(), seconds)
 
 
+def _writable_again(dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any) -> None:
+    # A read-only unit's query-only mode is the connection's: off before anyone else uses it.
+    if record.info.pop(QUERY_ONLY, False):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only = OFF")
+        cursor.close()
+
+
 AIOSQLITE: Final = Driver(
     name="aiosqlite",
     install="pip install aiosqlite",
@@ -281,7 +305,6 @@ AIOSQLITE: Final = Driver(
 )
 BACKEND: Final = SQLite(
     name="sqlite",
-    has_read_only=False,
     aliases=(),
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
