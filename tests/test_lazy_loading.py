@@ -139,7 +139,9 @@ async def test_an_attribute_expired_by_a_rollback_raises_lazy_load_error(db: Dat
     async with db.transaction() as session:
         note = await get_note(session)
         await session.rollback()
-        with pytest.raises(LazyLoadError, match=r"Note's attributes were expired") as raised:
+        with pytest.raises(
+            LazyLoadError, match=r"Note's attributes are not loaded: expired"
+        ) as raised:
             _ = note.title
         assert "session.refresh" in str(raised.value)
         await session.refresh(note)

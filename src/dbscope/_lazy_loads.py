@@ -75,8 +75,9 @@ def _expired(state: ORMExecuteState) -> str:
     mapper = state.bind_mapper
     name = mapper.class_.__name__ if mapper is not None else "An object"
     return (
-        f"{name}'s attributes were expired (by session.rollback(), session.expire(), or a "
-        "commit() that expires), and loading them again cannot work in async code "
-        "(SQLAlchemy would raise MissingGreenlet): read them before, or reload the object "
-        "with `await session.refresh(obj)`."
+        f"{name}'s attributes are not loaded: expired (by session.rollback(), "
+        "session.expire(), or a commit() that expires) or deferred (deferred(), load_only()), "
+        "and loading them cannot work in async code (SQLAlchemy would raise MissingGreenlet). "
+        "Read them before the rollback, reload the object with `await session.refresh(obj)`, "
+        "read one with `await obj.awaitable_attrs.<name>`, or undefer() it in the query."
     )
