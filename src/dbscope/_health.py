@@ -177,9 +177,18 @@ class HealthProbe:
             async with asyncio.timeout(options.timeout):
                 fresh = await asyncio.shield(task)
         except TimeoutError:
-            output = _no_answer(options.timeout)
-            return (_server_check("fail", datetime.now(UTC), output=output),)
+            return (self._unanswered(options.timeout),)
         return fresh[0]
+
+    def _unanswered(self, timeout: float) -> HealthCheck:
+        """The server's reading when the probe had no answer within ``timeout``."""
+        if self._lifecycle.settings.pgbouncer is not None and self._lifecycle.stats().checked_out:
+            # Behind PgBouncer the probe waits in its line for a server connection, which this
+            # app's own transactions hold: busy, not down (a fail would pull every instance
+            # behind a busy bouncer out at once).
+            output = f"{_no_answer(timeout)}: PgBouncer's line, the app's transactions ahead"
+            return _server_check("warn", datetime.now(UTC), output=output)
+        return _server_check("fail", datetime.now(UTC), output=_no_answer(timeout))
 
     def _keep(self, key: object, url: URL, task: asyncio.Task[_Reading]) -> None:
         if task.cancelled():
@@ -228,7 +237,7 @@ class HealthProbe:
                     schema = self._lifecycle.settings.postgres_schema
                     checks += (await _migrations_check(connection, heads, schema),)
         except TimeoutError:
-            checks = (_server_check("fail", datetime.now(UTC), output=_no_answer(timeout)),)
+            checks = (self._unanswered(timeout),)
         except Exception as error:  # every failure is a verdict on the server, not a crash
             output = _failure(error, url)
             checks = (_server_check("fail", datetime.now(UTC), output=output),)
