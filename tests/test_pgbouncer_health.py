@@ -15,7 +15,6 @@ from dbscope import Database
 from tests.conftest import POSTGRES_DRIVERS, POSTGRES_URL
 from tests.pgbouncer_service import Bouncers
 
-pytestmark = pytest.mark.services
 BUSY = 12  # more transactions than PgBouncer's 10 server connections
 
 
