@@ -5,10 +5,12 @@ Patroni answers 503 as no replica) or cannot be asked serves none, and its reads
 primary, counted.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from dbscope import Database
 from tests.documented import block_containing, run_block
@@ -106,3 +108,28 @@ async def test_the_guides_patroni_block_reads_on_the_standby(cluster: PatroniClu
     async with db:
         ran_on = await where_reads_run(db)
     assert ran_on == (standby, True)
+
+
+async def test_a_replica_url_of_the_clusters_hosts_follows_a_switchover(
+    cluster: PatroniCluster,
+) -> None:
+    """The replica URL names the cluster's hosts, as the primary's does, asking for a standby
+    (target_session_attrs=standby): accepted (it was refused as "the primary itself"), and
+    after a switchover the replica serves from the new standby (its pool kept the node
+    promoted: every read went to the primary, for good)."""
+    url = cluster.url("psycopg")
+    standby = make_url(url).update_query_dict({"target_session_attrs": "standby"})
+    replica = standby.render_as_string(hide_password=False)
+    async with Database(url, replicas=[replica], replica_check_interval=0.2) as db:
+        before = await where_reads_run(db)
+        promoted = await cluster.switchover()
+        new_standby = cluster.standby_port()
+        after = before
+        for _ in range(150):  # the checks: promoted found, pool dropped, the standby found
+            after = await where_reads_run(db)
+            if after == (new_standby, True):
+                break
+            await asyncio.sleep(0.2)
+    assert before[1] is True
+    assert promoted == before[0]  # the standby it read became the primary
+    assert after == (new_standby, True)

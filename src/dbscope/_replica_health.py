@@ -216,6 +216,11 @@ class ReplicaChecks:
         # Not in recovery (a member Patroni turned down because it leads now): what the
         # server says of itself is the more precise state.
         self._judge(replica, reading, primary)
+        if replica.state == "promoted":
+            # Its pooled connections stay on the node promoted; new ones go where the URL
+            # leads now (a URL of the cluster's hosts asking for a standby, a moving
+            # address): the next check asks there. Kept, the replica never served again.
+            await replica.lifecycle.engine.dispose()
 
     async def _patroni_says(self, replica: Replica) -> str | None:
         """Why the replica's Patroni member is unfit to serve reads; None when it is fit."""

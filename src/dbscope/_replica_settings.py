@@ -256,8 +256,10 @@ def check_replicas(primary_url: URL, replicas: Sequence[URL], patroni_urls: Sequ
                 f"('{replica.get_backend_name()}+{primary_url.get_driver_name()}://...')."
             )
             raise setting_error("database_replica_urls", None, message)
-        if describe_location(replica) == describe_location(primary_url):
-            # Read-only units would run on the primary and be counted as a replica's.
+        standby_only = replica.query.get("target_session_attrs") in ("standby", "read-only")
+        if describe_location(replica) == describe_location(primary_url) and not standby_only:
+            # Read-only units would run on the primary and be counted as a replica's. (Not a
+            # URL of the cluster's hosts that asks for a standby: the driver finds it.)
             message = (
                 f"a replica URL names the primary itself ({describe_location(replica)}): "
                 "name a streaming replica's host and port, or remove it"
