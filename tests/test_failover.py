@@ -309,3 +309,36 @@ async def test_the_guides_remote_apply_receipt_is_on_the_standby_when_answered(
     assert seen == list(range(1, 11))
     async with helpers.admin(url) as connection:
         assert await connection.scalar(text("SELECT count FROM visits")) == 1
+
+
+async def test_a_switchover_in_synchronous_mode_is_warned_of_by_no_reading_midway(
+    synchronous: PatroniCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Patroni runs the promoted standby without a synchronous one for seconds: the readings
+    taken while it settles said "asynchronous", and the one warning told the user to turn on
+    the synchronous mode that was on (4 switchovers in 4). Only the settled reading is judged."""
+    caplog.set_level(logging.WARNING, logger="dbscope")
+
+    async def busy(db: Database) -> None:
+        # Units all along, as an app's: the first to find its connection gone makes the
+        # pool drop it, and the reading starts while the new primary settles.
+        while True:
+            with contextlib.suppress(DatabaseUnavailableError):
+                async with db.transaction() as session:
+                    await session.execute(text("SELECT 1"))
+            await anyio.sleep(0.1)
+
+    seen: list[str] = []
+    async with Database(synchronous.url()) as db, anyio.create_task_group() as units:
+        units.start_soon(busy, db)
+        await synchronous.switchover()
+        for _ in range(300):  # read again every 2 s until the old primary rejoins in sync
+            durability = db.stats().durability
+            seen.append("" if durability is None else durability.state)
+            if seen[-1] == "synchronous" and len(set(seen)) > 1:
+                break
+            await anyio.sleep(0.1)
+        units.cancel_scope.cancel()
+    assert seen[-1] == "synchronous", sorted(set(seen))
+    assert "asynchronous" in seen  # the window the warning was given in
+    assert not [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]

@@ -131,10 +131,20 @@ class DurabilityWatch:
         self._task: asyncio.Task[None] | None = None
         self._started = -REREAD_AFTER
 
-    def update(self, standbys: Standbys | None) -> None:
-        """Take a new answer of the primary (None: the question does not apply there)."""
+    def update(self, standbys: Standbys | None, *, settled: bool = True) -> None:
+        """Take a new answer of the primary (None: the question does not apply there).
+
+        ``settled``: no failover is under way, so an asynchronous reading is warned of. One
+        taken while a new primary settles is not: Patroni's synchronous_mode runs a promoted
+        standby without a synchronous one for seconds, and the one warning went to that.
+        """
         reading = None if standbys is None else Durability.of(standbys)
         self.reading = reading
+        if settled:
+            self._warn_if_asynchronous()
+
+    def _warn_if_asynchronous(self) -> None:
+        reading = self.reading
         if reading is not None and reading.state == "asynchronous" and not self._warned:
             self._warned = True
             logger.warning(WARNING, self.label, reading.standbys, reading.setting, reading.commit)
@@ -181,15 +191,16 @@ class DurabilityWatch:
             for _ in range(int(REREAD_FOR / REREAD_EVERY)):
                 try:
                     async with asyncio.timeout(REREAD_EVERY), reader.connect() as connection:
-                        self.update(await rules.standbys(connection))
+                        self.update(await rules.standbys(connection), settled=False)
                     read = True
                 except Exception:  # no primary yet, mid-failover: try again
                     read = False
                 if read and not _fewer_standbys(self.reading, before):
-                    return
+                    break
                 # A promoted standby has none of its own until the old primary rejoins as
                 # one, seconds later: read until it has as many as before, or time is up.
                 await asyncio.sleep(REREAD_EVERY)
+            self._warn_if_asynchronous()  # what it settled at, or the last reading
         finally:
             await reader.dispose()
 
