@@ -10,6 +10,7 @@ test's own connection, until dbscope put them back at the unit's end.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -83,3 +84,22 @@ async def test_a_units_statement_timeout_ends_with_it_on_mariadb(
         after = (await connection.execute(timeout)).scalar_one()
     assert float(during) == 0.5
     assert float(next_unit) == float(before) == float(after)
+
+
+async def test_a_unit_inside_another_in_a_test_is_warned_of(
+    engine: AsyncEngine, db: Database
+) -> None:
+    """Bound to a test's connection, a unit opened inside another is a savepoint of it: the
+    inner one's commit undone by the outer one's rollback, and no lock between them, where in
+    production it is a transaction apart that keeps its work, or waits for ever for the outer
+    one's row. The test passed either way; it now says so. A unit after another is not."""
+    async with testing.rolled_back(db, engine):
+        async with db.transaction() as outer:
+            await outer.execute(text("SELECT 1"))
+            with pytest.warns(RuntimeWarning, match="in production it is a second transaction"):
+                async with db.transaction() as inner:
+                    await inner.execute(text("SELECT 2"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            async with db.transaction() as after:
+                await after.execute(text("SELECT 3"))

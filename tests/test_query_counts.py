@@ -170,7 +170,7 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
     ]
     named = "SET LOCAL application_name TO DEFAULT"
     expected = {
-        "sqlite": [],
+        "sqlite": ["PRAGMA query_only = ON", "PRAGMA query_only = OFF"],
         "asyncmy": [
             "SET @dbscope_statement_time = @@session.max_statement_time, "
             "SESSION max_statement_time = 5.0",

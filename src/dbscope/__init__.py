@@ -28,7 +28,7 @@ from dbscope._pool_stats import PoolStats, ReplicaStats
 from dbscope._public import present_as
 from dbscope._retry import Attempt, Retrying, RetryPolicy
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit import UnitOfWork
 from dbscope._unit_options import UnitOptions
 
 __all__ = [

@@ -22,9 +22,9 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio.result import AsyncCommon
 
-from dbscope._errors import other_loop, shared_session
 from dbscope._lazy_loads import STRICT_KEY
 from dbscope._session import UnitSession
+from dbscope._usage_errors import other_loop, shared_session
 
 logger = logging.getLogger("dbscope")
 

@@ -33,7 +33,8 @@ from dbscope._retry import (
 )
 from dbscope._retry_decorator import retry_in_unit
 from dbscope._streams import checked_body, streamed
-from dbscope._unit_of_work import UnitOfWork, UnitRun, Units
+from dbscope._unit import UnitOfWork
+from dbscope._unit_of_work import UnitRun, Units
 from dbscope._unit_options import DEFAULT_OPTIONS, IsolationLevel, UnitKeywords, UnitOptions
 from dbscope._write_tokens import WriteToken
 

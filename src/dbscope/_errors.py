@@ -50,11 +50,11 @@ from dbscope._exceptions import (
     ConstraintViolationError,
     DatabaseUnavailableError,
     DbscopeError,
-    SessionSharedError,
     StatementTimeoutError,
     UnavailableCause,
 )
 from dbscope._urls import describe_location
+from dbscope._usage_errors import shared_session
 
 RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
     "pool_timeout": 1,
@@ -322,44 +322,6 @@ def unavailable(
     return DatabaseUnavailableError(
         message, cause=cause, retry_after=retry_after, public_message=public
     )
-
-
-def shared_session() -> SessionSharedError:
-    """The error for one session used by two tasks at once."""
-    message = (
-        "One session was used by two tasks at once (asyncio.gather over one session, or a "
-        "task started with asyncio.create_task that still uses it?). A session and its "
-        "connection run one statement at a time: give each concurrent query its own session "
-        "with `await db.parallel(...)`, await the task before the session is used again, or "
-        "give the task a unit of its own (`async with db.transaction() as session:`)."
-    )
-    return SessionSharedError(message)
-
-
-def waiting_for_itself(error: DatabaseUnavailableError) -> DatabaseUnavailableError:
-    """``error``, a pool timeout of a unit opened inside another unit of the same pool, that
-    says so: the task waited while holding a connection of its own, which no retry frees."""
-    message = (
-        f"{error} This task's own unit of work holds a connection of this pool already: "
-        "a unit opened inside it (db.transaction() in a request, a second session "
-        "dependency with other options) waits for a second one, and with the pool taken it "
-        "waits for itself. Do the inner work in the outer unit (session.begin_nested() for a "
-        "part that may fail on its own)."
-    )
-    return DatabaseUnavailableError(
-        message, cause=error.cause, retry_after=error.retry_after, public_message=message
-    )
-
-
-def other_loop() -> SessionSharedError:
-    """The error for a unit's session used in an event loop other than its unit's."""
-    message = (
-        "This session belongs to a unit of work of another event loop (asyncio.run() or a "
-        "thread's loop, in a `def` endpoint?): its connection's driver runs in the unit's "
-        "loop. Make the endpoint `async def` and await the session there, or open a unit of "
-        "this loop's own with `async with db.transaction() as session:`."
-    )
-    return SessionSharedError(message)
 
 
 def lease_lost(error: BaseException, rules: Backend, *, unusable: bool) -> bool:

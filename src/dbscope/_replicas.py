@@ -44,7 +44,7 @@ from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
 from dbscope._session import WRITER, UnitState
 from dbscope._settings import DatabaseSettings
-from dbscope._unit_of_work import MakeUnit, UnitOfWork
+from dbscope._unit import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope._urls import default_pool_name
 from dbscope._write_tokens import WriteToken, current_jar

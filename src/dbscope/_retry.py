@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from dbscope._session import UnitState
-    from dbscope._unit_of_work import UnitOfWork
+    from dbscope._unit import UnitOfWork
 
 logger = logging.getLogger("dbscope")
 

@@ -15,7 +15,7 @@ from weakref import WeakSet
 from dbscope._errors import violated_at_commit
 from dbscope._exceptions import ConfigurationError, NoSessionError
 from dbscope._retry import P, Retrying, RetryPolicy, T
-from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit import UnitOfWork
 
 # A retried function that is not its request's endpoint: each attempt's commit would keep
 # the work its caller did before it, whatever the caller does after.

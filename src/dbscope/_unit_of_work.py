@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from dbscope._async_session import (
     UnitAsyncSession,
@@ -27,99 +28,18 @@ from dbscope._async_session import (
     rolled_back_or_dropped,
     wait_idle,
 )
-from dbscope._commit_hooks import add_commit_hook, run_commit_hooks
-from dbscope._dialects import OWN, Begin
+from dbscope._commit_hooks import run_commit_hooks
+from dbscope._dialects import Begin
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, translate, waiting_for_itself
-from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError, NoSessionError
-from dbscope._session import CommitHook, UnitState, attach_state
-from dbscope._settings import validate_schema_name
+from dbscope._errors import Limits, translate
+from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
+from dbscope._session import UnitState, attach_state
 from dbscope._tags import SqlComment, SqlTagger, check_tags
+from dbscope._unit import ReadRouter, UnitOfWork
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
+from dbscope._usage_errors import NESTED_IN_A_TEST, waiting_for_itself
 
 logger = logging.getLogger("dbscope")
-
-# Builds a unit's UnitOfWork on a sessionmaker (a replica's), or on the Database's own (None).
-MakeUnit = Callable[[async_sessionmaker[AsyncSession] | None], "UnitOfWork"]
-
-
-class ReadRouter(Protocol):
-    """Where read-only units run, when a Database has replicas (``_replicas.Replicas``)."""
-
-    def routes(self) -> bool:
-        """Whether units are routed now (connected, and not bound to a test's connection)."""
-
-    async def open_read(self, make: MakeUnit, options: UnitOptions, after: object) -> UnitOfWork:
-        """A read-only unit, on a replica that has the writes of ``after`` (a WriteToken,
-        else those seen in this context) or on the primary; its connection checked out."""
-
-    def remember(self, position: int) -> None:
-        """A unit's commit left the primary's log at ``position``: later reads must see it."""
-
-
-class UnitOfWork:
-    """A session and how its transaction will end.
-
-    Attributes:
-        session: the unit's AsyncSession.
-        rollback_only: when set, the unit rolls back instead of committing at its end.
-        failed_quietly: its owner's check, if any, of a failure its body reports without
-            raising (an endpoint that set an error status on the response); when it answers
-            True, the unit rolls back as if ``rollback_only`` were set.
-        retried: a ``@db.retry()`` function runs it again on conflicts: one called inside
-            that function runs once, and leaves its conflicts to the outer one's loop.
-        endpoint: a request's unit: the endpoint its route runs (a ``@db.retry()`` function
-            commits its attempts only as that endpoint).
-    """
-
-    __slots__ = ("endpoint", "failed_quietly", "retried", "rollback_only", "session", "state")
-
-    def __init__(self, session: AsyncSession, state: UnitState) -> None:
-        self.session = session
-        self.state = state
-        self.rollback_only = False
-        self.failed_quietly: Callable[[], bool] | None = None
-        self.retried = False
-        self.endpoint: Callable[..., Any] | None = None
-
-    @property
-    def will_commit(self) -> bool:
-        """Whether the unit commits once its body has returned: neither ``rollback_only``
-        nor a failure its owner reports without raising."""
-        if self.rollback_only:
-            return False
-        return self.failed_quietly is None or not self.failed_quietly()
-
-    def on_commit(self, callback: CommitHook) -> None:
-        """Run ``callback`` (a function or coroutine function, no arguments) after the commit.
-
-        It runs once the transaction it was registered in has committed, in registration
-        order; never if that transaction, or a savepoint it was registered in, rolls back.
-        A callback that raises is logged with its traceback and does not affect the unit.
-        """
-        add_commit_hook(self.session.sync_session, self.state, callback)
-
-    async def use_schema(self, name: str | None) -> None:
-        """Make the unit's statements target schema ``name`` (None: the server's default)."""
-        state = self.state
-        if name is not None:
-            if not state.rules.has_schemas:
-                message = (
-                    f"use_schema({name!r}) is not available on {state.rules.name}, which has "
-                    "no schemas to switch between (PostgreSQL has); remove it."
-                )
-                raise ConfigurationError(message)
-            validate_schema_name(name)
-        state.begin = dataclasses.replace(state.begin, schema=name)
-        if not self.session.in_transaction():
-            # The transaction's begin applies it, at the unit's first statement: no BEGIN of
-            # its own here, which a retried endpoint took for statements run before it.
-            return
-        connection = await self.session.connection()
-        if state.applied_schema != name:
-            statement = state.rules.schema_statement(connection.dialect, name)
-            await connection.exec_driver_sql(statement, execution_options=OWN)
-            state.applied_schema = name
 
 
 class Units:
@@ -294,6 +214,8 @@ class UnitRun:
 
             self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
+        if self._inside_a_unit() and isinstance(self.unit.session.bind, AsyncConnection):
+            warnings.warn(NESTED_IN_A_TEST, RuntimeWarning, stacklevel=2)
         return self.unit
 
     async def __aexit__(
@@ -378,7 +300,9 @@ class UnitRun:
         """Whether this unit was opened inside another of the same Database that holds a
         connection (its transaction began)."""
         outer = self._token.old_value
-        return isinstance(outer, UnitOfWork) and outer.session.in_transaction()
+        return (
+            isinstance(outer, UnitOfWork) and not outer.tests_own and outer.session.in_transaction()
+        )
 
     def _leave(self) -> None:
         # The unit may end in another context than it began (a generator closed by the

@@ -16,7 +16,7 @@ from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError, LifecycleError, NoSessionError
 from dbscope._pool import Client, waiting_client
 from dbscope._retry_decorator import refuse_misordered
-from dbscope._unit_of_work import UnitOfWork
+from dbscope._unit import UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope.fastapi._early_retries import EarlyRetries
 from dbscope.fastapi._errors import HANDLED, Handled, http_error

@@ -103,6 +103,7 @@ async def open_session(db: Database) -> AsyncIterator[AsyncSession]:
     ``rollback()`` are savepoints while ``db`` is bound (:func:`rolled_back`).
     """
     async with db.unit_of_work() as unit:
+        unit.tests_own = True
         try:
             yield unit.session
         finally:

@@ -1,0 +1,112 @@
+"""UnitOfWork: a unit's session and how its transaction will end, what the code inside a unit
+reaches (``on_commit``, ``use_schema``); and what opening a read-only unit on a replica takes
+(``ReadRouter``, ``_replicas.py``'s). ``_unit_of_work.py`` opens, runs and ends them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dbscope._commit_hooks import add_commit_hook
+from dbscope._dialects import OWN
+from dbscope._exceptions import ConfigurationError
+from dbscope._session import CommitHook, UnitState
+from dbscope._settings import validate_schema_name
+from dbscope._unit_options import UnitOptions
+
+# Builds a unit's UnitOfWork on a sessionmaker (a replica's), or on the Database's own (None).
+MakeUnit = Callable[[async_sessionmaker[AsyncSession] | None], "UnitOfWork"]
+
+
+class ReadRouter(Protocol):
+    """Where read-only units run, when a Database has replicas (``_replicas.Replicas``)."""
+
+    def routes(self) -> bool:
+        """Whether units are routed now (connected, and not bound to a test's connection)."""
+
+    async def open_read(self, make: MakeUnit, options: UnitOptions, after: object) -> UnitOfWork:
+        """A read-only unit, on a replica that has the writes of ``after`` (a WriteToken,
+        else those seen in this context) or on the primary; its connection checked out."""
+
+    def remember(self, position: int) -> None:
+        """A unit's commit left the primary's log at ``position``: later reads must see it."""
+
+
+class UnitOfWork:
+    """A session and how its transaction will end.
+
+    Attributes:
+        session: the unit's AsyncSession.
+        rollback_only: when set, the unit rolls back instead of committing at its end.
+        failed_quietly: its owner's check, if any, of a failure its body reports without
+            raising (an endpoint that set an error status on the response); when it answers
+            True, the unit rolls back as if ``rollback_only`` were set.
+        retried: a ``@db.retry()`` function runs it again on conflicts: one called inside
+            that function runs once, and leaves its conflicts to the outer one's loop.
+        endpoint: a request's unit: the endpoint its route runs (a ``@db.retry()`` function
+            commits its attempts only as that endpoint).
+        tests_own: the session a test holds for its own queries (``dbscope.testing``): the
+            app's units opened inside it are no units nested in units.
+    """
+
+    __slots__ = (
+        "endpoint",
+        "failed_quietly",
+        "retried",
+        "rollback_only",
+        "session",
+        "state",
+        "tests_own",
+    )
+
+    def __init__(self, session: AsyncSession, state: UnitState) -> None:
+        self.session = session
+        self.state = state
+        self.rollback_only = False
+        self.failed_quietly: Callable[[], bool] | None = None
+        self.retried = False
+        self.endpoint: Callable[..., Any] | None = None
+        self.tests_own = False
+
+    @property
+    def will_commit(self) -> bool:
+        """Whether the unit commits once its body has returned: neither ``rollback_only``
+        nor a failure its owner reports without raising."""
+        if self.rollback_only:
+            return False
+        return self.failed_quietly is None or not self.failed_quietly()
+
+    def on_commit(self, callback: CommitHook) -> None:
+        """Run ``callback`` (a function or coroutine function, no arguments) after the commit.
+
+        It runs once the transaction it was registered in has committed, in registration
+        order; never if that transaction, or a savepoint it was registered in, rolls back.
+        A callback that raises is logged with its traceback and does not affect the unit.
+        """
+        add_commit_hook(self.session.sync_session, self.state, callback)
+
+    async def use_schema(self, name: str | None) -> None:
+        """Make the unit's statements target schema ``name`` (None: the server's default)."""
+        state = self.state
+        if name is not None:
+            if not state.rules.has_schemas:
+                message = (
+                    f"use_schema({name!r}) is not available on {state.rules.name}, which has "
+                    "no schemas to switch between (PostgreSQL has); remove it."
+                )
+                raise ConfigurationError(message)
+            validate_schema_name(name)
+        state.begin = dataclasses.replace(state.begin, schema=name)
+        if not self.session.in_transaction():
+            # The transaction's begin applies it, at the unit's first statement: no BEGIN of
+            # its own here, which a retried endpoint took for statements run before it.
+            return
+        connection = await self.session.connection()
+        if state.applied_schema != name:
+            statement = state.rules.schema_statement(connection.dialect, name)
+            await connection.exec_driver_sql(statement, execution_options=OWN)
+            state.applied_schema = name

@@ -1,0 +1,62 @@
+"""The errors of a unit of work used wrongly by the application: one session used by two tasks
+or from another event loop, a unit that waits for a connection its own outer unit holds, a
+unit opened inside another while bound to a test's connection (a warning). Made here, where
+the messages name the fix; raised where the misuse is seen (``_async_session.py``,
+``_unit_of_work.py``) and by the one door (``_errors.translate``) for what a driver says.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dbscope._exceptions import DatabaseUnavailableError, SessionSharedError
+
+
+def shared_session() -> SessionSharedError:
+    """The error for one session used by two tasks at once."""
+    message = (
+        "One session was used by two tasks at once (asyncio.gather over one session, or a "
+        "task started with asyncio.create_task that still uses it?). A session and its "
+        "connection run one statement at a time: give each concurrent query its own session "
+        "with `await db.parallel(...)`, await the task before the session is used again, or "
+        "give the task a unit of its own (`async with db.transaction() as session:`)."
+    )
+    return SessionSharedError(message)
+
+
+# Bound to a test's connection, every unit is a savepoint of the test's transaction: one opened
+# inside another is a savepoint of that one, where in production it is a transaction apart.
+NESTED_IN_A_TEST: Final = (
+    "A unit of work opened inside another (db.transaction() in a request, a second session "
+    "dependency with other options) runs here as a savepoint of the outer one, on the test's "
+    "connection; in production it is a second transaction on a connection of its own: it "
+    "commits on its own (the outer one's rollback keeps it) and waits for the row locks of "
+    "the outer one (for ever on PostgreSQL). Do the inner work in the outer unit "
+    "(session.begin_nested() for a part that may fail), or test it on a real pool."
+)
+
+
+def waiting_for_itself(error: DatabaseUnavailableError) -> DatabaseUnavailableError:
+    """``error``, a pool timeout of a unit opened inside another unit of the same pool, that
+    says so: the task waited while holding a connection of its own, which no retry frees."""
+    message = (
+        f"{error} This task's own unit of work holds a connection of this pool already: "
+        "a unit opened inside it (db.transaction() in a request, a second session "
+        "dependency with other options) waits for a second one, and with the pool taken it "
+        "waits for itself. Do the inner work in the outer unit (session.begin_nested() for a "
+        "part that may fail on its own)."
+    )
+    return DatabaseUnavailableError(
+        message, cause=error.cause, retry_after=error.retry_after, public_message=message
+    )
+
+
+def other_loop() -> SessionSharedError:
+    """The error for a unit's session used in an event loop other than its unit's."""
+    message = (
+        "This session belongs to a unit of work of another event loop (asyncio.run() or a "
+        "thread's loop, in a `def` endpoint?): its connection's driver runs in the unit's "
+        "loop. Make the endpoint `async def` and await the session there, or open a unit of "
+        "this loop's own with `async with db.transaction() as session:`."
+    )
+    return SessionSharedError(message)
