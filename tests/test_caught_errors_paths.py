@@ -73,38 +73,35 @@ async def test_an_error_raised_at_a_fetch_refuses_the_commit(cp_rows: str) -> No
         assert (ran, await stored_ids(db)) == ([], [])
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])
 async def test_a_flush_failed_under_a_savepoint_keeps_an_earlier_whole_failure(
-    sqlite_url: str,
+    database_url: str, tables: Tables
 ) -> None:
     """SQLite's ON CONFLICT ROLLBACK ends the whole transaction; a get-or-create after it,
     under a savepoint, fails at its flush and is caught: that savepoint's rollback does not
     undo the first failure, and the unit is refused (it was committed, half of it kept)."""
-    tables = Tables(sqlite_url)
     await tables.create("cp_rows", "id INTEGER PRIMARY KEY ON CONFLICT ROLLBACK")
     await tables.create("cp_other", "id INTEGER PRIMARY KEY")
     ran: list[str] = []
-    try:
-        async with Database(sqlite_url) as db:
+    async with Database(database_url) as db:
+        async with db.transaction() as session:
+            session.add(Other(id=7))
+
+        async def add() -> None:
             async with db.transaction() as session:
-                session.add(Other(id=7))
+                await session.execute(INSERT, {"id": 1})
+                db.on_commit(lambda: ran.append("committed"))
+                with contextlib.suppress(DBAPIError):
+                    await session.execute(INSERT, {"id": 1})  # the whole unit rolled back
+                await session.execute(INSERT, {"id": 2})
+                with contextlib.suppress(IntegrityError):
+                    async with session.begin_nested():
+                        session.add(Other(id=7))  # flushed at the savepoint's end: exists
+                await session.execute(INSERT, {"id": 3})
 
-            async def add() -> None:
-                async with db.transaction() as session:
-                    await session.execute(INSERT, {"id": 1})
-                    db.on_commit(lambda: ran.append("committed"))
-                    with contextlib.suppress(DBAPIError):
-                        await session.execute(INSERT, {"id": 1})  # the whole unit rolled back
-                    await session.execute(INSERT, {"id": 2})
-                    with contextlib.suppress(IntegrityError):
-                        async with session.begin_nested():
-                            session.add(Other(id=7))  # flushed at the savepoint's end: exists
-                    await session.execute(INSERT, {"id": 3})
-
-            with pytest.raises(ConstraintViolationError):
-                await add()
-            assert (ran, await stored_ids(db)) == ([], [])
-    finally:
-        await tables.drop_all()
+        with pytest.raises(ConstraintViolationError):
+            await add()
+        assert (ran, await stored_ids(db)) == ([], [])
 
 
 async def _sql_savepoint(session: AsyncSession, statement: str) -> None:

@@ -115,6 +115,23 @@ async def test_a_commit_after_the_test_ended_its_transaction_is_refused_for_what
     assert await count_rows(engine) == 0
 
 
+# asyncmy's transaction status is the server's flag, which reads leave unset: not asked there.
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg", "psycopg"])
+async def test_a_commit_sent_as_sql_in_a_test_is_named_at_its_end(engine: AsyncEngine) -> None:
+    """A COMMIT sent as SQL (before a CREATE INDEX CONCURRENTLY, say) ends the test
+    transaction where no event sees it: the row stayed for every later test, and nothing said
+    why. At the end the driver is asked, and the test fails naming it."""
+
+    async def commit_as_sql() -> None:
+        async with testing.rolled_back(Database(NOWHERE), engine) as connection:
+            await connection.execute(insert(rows_table).values(id=1))
+            await connection.exec_driver_sql("COMMIT")
+
+    with pytest.raises(LifecycleError, match="ended by a COMMIT or ROLLBACK sent as SQL"):
+        await commit_as_sql()
+    assert await count_rows(engine) == 1  # kept, as the failure says
+
+
 async def insert_then_fail(db: Database) -> None:
     """Insert row 2 in a transaction that then raises LookupError."""
     async with db.transaction() as session:

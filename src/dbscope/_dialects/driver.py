@@ -82,6 +82,8 @@ class Driver:
             asyncpg's ``ssl``); ValueError for one it could never connect with.
         isolation_levels: the levels SQLAlchemy's adapter of the driver takes, where not the
             standard four: a unit asking for another is refused where it is declared.
+        status_sees_reads: whether ``status`` says ``in_transaction`` for a transaction that
+            has only read (asyncmy's is the server's flag, which only a write sets).
         checkin_waits: the pool's reset at a checkin waits even when no transaction is open
             (asyncmy's ROLLBACK goes to the server, aiosqlite's to its thread), so a cancel
             can land in it.
@@ -105,4 +107,5 @@ class Driver:
     refused_arguments: Callable[[BaseException], bool] = lambda error: False
     url_query: Callable[[URL], URL] = lambda url: url
     isolation_levels: tuple[str, ...] | None = None
+    status_sees_reads: bool = True
     checkin_waits: bool = False

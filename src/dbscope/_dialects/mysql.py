@@ -351,6 +351,7 @@ ASYNCMY: Final = Driver(
     looks_dead=_asyncmy_closing,
     errors=_asyncmy_errors,
     status=_asyncmy_status,
+    status_sees_reads=False,
     rollback=rollback_connection,
     set_autocommit=_asyncmy_set_autocommit,
     batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES

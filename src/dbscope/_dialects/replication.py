@@ -9,6 +9,39 @@ from typing import Final
 PAGE_HEADER: Final = 24
 SEGMENT_HEADER: Final = 40
 
+# PostgreSQL's questions, which its backend asks (postgresql.py).
+# Who a commit waits for: the setting, its level, and the standbys connected in a state
+# that a commit waits for. A user without pg_monitor sees the standbys' rows with NULL
+# states: the third count tells that nothing could be seen.
+STANDBYS_QUERY: Final = """
+SELECT current_setting('synchronous_standby_names'),
+       current_setting('synchronous_commit'),
+       count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')),
+       count(*) FILTER (WHERE sync_state IS NULL),
+       count(*)
+FROM pg_stat_replication
+"""
+# Read-your-writes (FIELD-NOTES: a position taken inside the transaction misses its own commit).
+# The functions are named with their schema: a function of the same name earlier on the
+# search_path must not answer instead. The page and segment sizes say where a page's header is.
+WRITE_POSITION: Final = (
+    "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, "
+    "pg_catalog.current_setting('wal_block_size')::int, "
+    "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))"
+)
+# pg_control_system() needs pg_monitor or superuser; without it the cluster goes unnamed.
+REPLICATION: Final = (
+    "SELECT (SELECT system_identifier::text FROM pg_catalog.pg_control_system()), "
+    "pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()::text, "
+    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+    "ELSE pg_catalog.pg_current_wal_lsn()::text END"
+)
+# The position goes as text: asyncpg would encode a pg_lsn parameter from an int.
+REPLAYED: Final = (
+    "SELECT pg_catalog.pg_is_in_recovery() "
+    "AND pg_catalog.pg_last_wal_replay_lsn() >= CAST(CAST(:position AS text) AS pg_lsn)"
+)
+
 
 @dataclass(frozen=True)
 class Replication:

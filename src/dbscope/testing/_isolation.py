@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateSchema
 
 from dbscope import ConfigurationError, Database, LifecycleError
-from dbscope._dialects import PoolerMode
+from dbscope._dialects import OWN, PoolerMode, driver
 from dbscope._migrations import load_config, run_command, set_url
 
 T = TypeVar("T")
@@ -58,14 +58,40 @@ async def rolled_back(
     """
     async with engine.connect() as connection:
         transaction = await connection.begin()
+        # Begun on the server now, not at the test's first statement: at the end, a driver
+        # that says no transaction is open tells of one ended by SQL (_ended_by_sql).
+        await connection.exec_driver_sql("SELECT 1", execution_options=OWN)
         refuse = functools.partial(_refuse_commit, transaction.sync_transaction)
         event.listen(connection.sync_connection, "commit", refuse)
         try:
             with db.bind_to(connection, raise_on_lazy_load=raise_on_lazy_load):
                 yield connection
         finally:
+            ended = transaction.is_active and await _ended_by_sql(connection)
             if transaction.is_active:
                 await transaction.rollback()
+        if ended:
+            raise LifecycleError(ENDED_BY_SQL)
+
+
+# The driver says no transaction is open where SQLAlchemy's is: a COMMIT or ROLLBACK sent as
+# SQL ended it, and what the test wrote stays for every later test.
+ENDED_BY_SQL: Final = (
+    "The test transaction was ended by a COMMIT or ROLLBACK sent as SQL (text('COMMIT'), "
+    "exec_driver_sql('COMMIT'), before a CREATE INDEX CONCURRENTLY, say): what was written "
+    "before a COMMIT, or after either, stays in the test database for every later test. Let "
+    "the unit of work commit, or test such code against a database of its own."
+)
+
+
+async def _ended_by_sql(connection: AsyncConnection) -> bool:
+    raw = await connection.get_raw_connection()
+    known = driver(connection.dialect.driver)
+    if known is None or known.status is None or raw.driver_connection is None:
+        return False
+    if not known.status_sees_reads:  # "idle" after reads only too: nothing to tell by
+        return False
+    return known.status(raw.driver_connection) == "idle"
 
 
 def _refuse_commit(test_transaction: Transaction | None, connection: Connection) -> None:
