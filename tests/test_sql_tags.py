@@ -43,8 +43,9 @@ def sent_statements(db: Database) -> Iterator[list[str]]:
 
 
 def without_begin(sent: list[str]) -> list[str]:
-    """The statements but SQLite's BEGIN (tagged or not), which dbscope sends itself."""
-    return [statement for statement in sent if "BEGIN" not in statement]
+    """The statements but those dbscope sends itself on SQLite (tagged or not): its BEGIN, and
+    a read-only unit's query-only mode."""
+    return [s for s in sent if "BEGIN" not in s and not s.startswith("PRAGMA query_only")]
 
 
 def note_router_app(db: Database) -> FastAPI:
