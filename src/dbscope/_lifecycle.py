@@ -37,8 +37,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from dbscope._async_session import UnitAsyncSession, session_factory
-from dbscope._cut_statements import CutStatements
-from dbscope._dialects import backend, driver
+from dbscope._dialects import driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import ConfigurationError, LifecycleError
@@ -101,8 +100,6 @@ class Lifecycle:
         # The engine connect() built and its counters, until dispose(); never a bound one.
         self._running: tuple[AsyncEngine, PoolCounters] | None = None
         self.durability = DurabilityWatch(label)
-        rules = backend(settings.url.get_backend_name())
-        self.cut_statements = CutStatements(rules, settings.connect_timeout)
 
     def count_retry(self) -> None:
         """Count one unit of work re-run after a conflict."""
@@ -153,7 +150,6 @@ class Lifecycle:
         self._running = (engine, self._counters)
         self.durability.update(standbys)
         self.durability.watch(engine, self.options)
-        self.cut_statements.watch(engine, self.options)
         for observer in self._observers:
             observer.engine_started(engine, self._counters)
         logger.info(
@@ -191,7 +187,6 @@ class Lifecycle:
                 for observer in self._observers:
                     observer.engine_stopped(*running)
             await self.durability.close()
-            await self.cut_statements.close()
             await engine.dispose()
             logger.info("Disposed the connection pool of %r", self.settings.url)
 

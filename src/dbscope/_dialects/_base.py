@@ -203,12 +203,6 @@ class Backend:
         of its own. By default, never known."""
         return False
 
-    def stop_cut_statement(self, driver_connection: Any) -> str | None:
-        """The statement that stops, sent from another connection, what ``driver_connection``
-        was running when a cancel cut it off; None where the server stops it itself, or
-        nothing can (``_cut_statements.py``)."""
-        return None
-
     def begin_again_if_ended(self, dbapi_connection: Any) -> bool:
         """Begin a new transaction on ``dbapi_connection`` if the server ended its own at the
         error just raised, though no rule of ``rolled_back_by`` says so, so that the

@@ -161,12 +161,6 @@ class MySQL(Backend):
             return "constraint"
         return None
 
-    def stop_cut_statement(self, driver_connection: Any) -> str | None:
-        # The server runs a statement to its end on a connection gone (a SLEEP(3): 3 s, its
-        # locks held); KILL QUERY ends the statement alone, the thread is going anyway.
-        thread_id = getattr(driver_connection, "thread_id", None)
-        return None if thread_id is None else f"KILL QUERY {int(thread_id())}"
-
     def rolled_back_by(self, orig: BaseException | None) -> RolledBack | None:
         # InnoDB rolls back the whole transaction at a deadlock; the next statement begins
         # a new one. Other errors roll back their statement alone.
