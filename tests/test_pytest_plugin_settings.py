@@ -116,11 +116,6 @@ def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path:
             "test_rows_cross",
             "*dbscope_app = 'plugin_app:CREATE_ALL_RUNS' is a list, not a ASGI app*",
         ),
-        (  # pytest's own said "invalid truth value", naming no setting
-            "dbscope_reuse_db = maybe\ndbscope_metadata = plugin_app:Base.metadata",
-            "test_one",
-            "*dbscope_reuse_db = ... in the ini settings is no yes or no*",
-        ),
     ],
 )
 def test_a_wrong_or_missing_setting_fails_naming_it(
@@ -138,6 +133,21 @@ def test_a_wrong_or_missing_setting_fails_naming_it(
     result.stdout.fnmatch_lines([message])
     result.stdout.no_fnmatch_line("*Traceback*")
     result.stdout.no_fnmatch_line("*During handling of the above exception*")
+
+
+def test_a_yes_or_no_setting_that_is_neither_stops_the_run_naming_it(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """pytest's own said "invalid truth value", naming no setting; then each test failed in
+    its fixtures with a long traceback. The run now stops at its start, naming it."""
+    settings = settings_ini("dbscope_reuse_db = maybe\ndbscope_metadata = plugin_app:Base.metadata")
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS, settings=settings)
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    result = run(pytester, "pytest-asyncio", url, in_process=True)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dbscope_reuse_db = ... in the ini settings is no yes or no*"])
 
 
 def test_the_report_header_names_the_database_without_its_password(

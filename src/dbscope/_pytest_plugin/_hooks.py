@@ -10,7 +10,7 @@ import pytest
 from dbscope import ConfigurationError, Database
 from dbscope._pytest_plugin import _async_fixtures, _loops
 from dbscope._pytest_plugin._fixtures import MaskedUrl
-from dbscope._pytest_plugin._options import url_setting
+from dbscope._pytest_plugin._options import FLAGS, flag, url_setting
 from dbscope._pytest_plugin._queries import register_marker
 from dbscope._pytest_plugin._reporting import keep_worker_lines, show_lines
 from dbscope._urls import move_query_password, parse_url
@@ -23,6 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_async_fixtures.build(setup), "dbscope-async-fixtures")
     register_marker(config)
     _shown_url(config)  # here, not in the header, which -q and --no-header leave out
+    for name, _ in FLAGS:  # a wrong one stops the run here, not each test in its fixtures
+        flag(config, name)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
