@@ -105,7 +105,7 @@ def forget(connection: Connection, *, savepoint: bool = False) -> None:
     """A transaction of ``connection`` begins or rolls back (a savepoint of it, if
     ``savepoint``): an error that rollback undoes is no longer the transaction's."""
     if connection.closed or connection.invalidated:
-        return  # back in the pool: the next transaction's begin forgets it
+        return  # back in the pool, whose checkin dropped its record
     failure = connection.info.get(FAILED)
     if failure is not None and (failure.to_savepoint or not savepoint):
         del connection.info[FAILED]

@@ -221,7 +221,8 @@ def _refuse_a_failed_commit(session: Session) -> None:
 
 
 @event.listens_for(UnitSession, "after_soft_rollback")
-def _forget_a_rolled_back_failure(session: Session, previous: SessionTransaction) -> None:
+def _undo_what_the_rollback_undid(session: Session, previous: SessionTransaction) -> None:
+    # The failure it undid (_failed_transactions), and a savepoint's use_schema().
     state = unit_state(session)
     if state is not None and state.connection is not None:
         # A flush's failure rolls back its own subtransaction, and with it the first of its
