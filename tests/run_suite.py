@@ -91,7 +91,8 @@ def run(arguments: Sequence[str]) -> int:
         waiting_output.seek(0)
         print(f"\n{' the tests that mostly wait ':=^80}\n{waiting_output.read()}", end="")
         unrun = unrun_in_parts([waiting_record, others_record])
-    codes = [code for code in (others.returncode, status) if code != NO_TESTS]
+    # A run a signal ended (negative: a hung run killed) failed, whatever else passed.
+    codes = [code if code >= 0 else 1 for code in (others.returncode, status) if code != NO_TESTS]
     if unrun and not any(codes):  # a failed run is not judged: its blocks would look unrun
         print("\npython blocks of the docs that no test ran:", *unrun, ADVICE, sep="\n")
         codes.append(1)

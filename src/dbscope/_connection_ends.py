@@ -9,7 +9,7 @@ cancelling units after each of their steps (tests/reliability/test_cancel_sweep*
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
@@ -18,11 +18,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
 
-from dbscope._dialects import driver
-
-# Seconds a connection may take to close gracefully before it is aborted: SQLAlchemy's own
-# bound when it ends a connection gracefully before terminating it.
-CLOSE_TIMEOUT: Final = 2.0
+from dbscope._dialects import CLOSE_TIMEOUT, driver
 
 
 def bound_closes(engine: AsyncEngine) -> None:

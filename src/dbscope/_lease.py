@@ -44,8 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from dbscope._connection_ends import CLOSE_TIMEOUT
-from dbscope._dialects import BACKENDS, Driver, driver, through_cancels
+from dbscope._dialects import BACKENDS, CLOSE_TIMEOUT, Driver, driver, through_cancels
 from dbscope._errors import Limits, lease_lost, translate, unavailable
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
@@ -98,6 +98,25 @@ async def test_a_cancel_during_the_checkout_ping_leaves_nothing_behind(
     await run_sweep(pinged, in_transaction(pinged.db), "transaction pinged", cause)
     assert pinged.db.stats().pinged == watch.sent > 0
     assert watch.cut_short > 0, "no cancel landed during a ping"
+
+
+# -- a new connection at every checkout -------------------------------------------------------
+
+
+async def test_a_cancel_while_the_unit_opens_its_connection_leaves_nothing_behind(
+    database_url: str, db_backend: str, tables: Tables
+) -> None:
+    """With each connection replaced at its next checkout (``pool_recycle=0``), every unit
+    closes the old connection and opens a new one: a transaction cancelled at each step of
+    those too. asyncmy's connect awaits the socket in Python 3.11's ``asyncio.wait_for``, which
+    returned the connection in place of a cancel that came as it opened: the unit went on
+    (a task cancelled in a loop of units ran for ever)."""
+    async with open_sweep(database_url, db_backend, tables, pool_recycle=0) as sweep:
+        opened: list[object] = []
+        event.listen(sweep.db.engine.sync_engine, "connect", lambda *_: opened.append(True))
+        points = await run_sweep(sweep, in_transaction(sweep.db), "transaction connects", "cancel")
+    # Each following unit opened a connection of its own, and so did each swept one that ran.
+    assert len(opened) >= len(points) + sum(point.completed for point in points)
 
 
 # -- db.lease() -------------------------------------------------------------------------------

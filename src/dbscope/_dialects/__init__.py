@@ -29,13 +29,20 @@ from dbscope._dialects._base import (
     Presence,
 )
 from dbscope._dialects.deferred_begin import only_read
-from dbscope._dialects.driver import Driver, LeaseStatus, PoolerMode, through_cancels
+from dbscope._dialects.driver import (
+    CLOSE_TIMEOUT,
+    Driver,
+    LeaseStatus,
+    PoolerMode,
+    through_cancels,
+)
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, SynchronousCommit
 from dbscope._dialects.replication import Replication, Standbys
 
 __all__ = [
     "BACKENDS",
+    "CLOSE_TIMEOUT",
     "GENERIC",
     "OWN",
     "OWN_STATEMENT",

@@ -25,7 +25,13 @@ from dbscope._dialects._base import (
     RolledBack,
     server_version,
 )
-from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
+from dbscope._dialects.driver import (
+    CLOSE_TIMEOUT,
+    Driver,
+    LeaseStatus,
+    closed_if_cancelled,
+    rollback_connection,
+)
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.
@@ -272,6 +278,7 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
 
     async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
         # Not wait_for: on Python 3.11 it swallows a cancel that comes as the connect ends.
+        # (So does the drivers' own connect_timeout: closed_if_cancelled keeps cancels out.)
         try:
             async with asyncio.timeout(timeout):
                 return await connect(*args, **kwargs)
@@ -284,7 +291,17 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
             lost = errors.OperationalError(2013, "Lost connection to server during connect")
             raise lost from error
 
-    return connect_within_timeout
+    return closed_if_cancelled(connect_within_timeout, _quit)
+
+
+async def _quit(connection: Any) -> None:
+    """Say goodbye (COM_QUIT) to the server, within CLOSE_TIMEOUT, as asyncmy's and aiomysql's
+    ``ensure_closed()`` do; the socket closed in any case."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await connection.ensure_closed()
+    finally:
+        connection.close()
 
 
 def _connect_args(driver: str) -> Callable[[float, str | None], dict[str, Any]]:

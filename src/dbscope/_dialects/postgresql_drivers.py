@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import select
 from collections.abc import Awaitable
@@ -11,7 +10,13 @@ from typing import Any, Final, cast
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import pgbouncer
-from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
+from dbscope._dialects.driver import (
+    CLOSE_TIMEOUT,
+    Driver,
+    LeaseStatus,
+    closed_if_cancelled,
+    rollback_connection,
+)
 
 
 def sqlstate(orig: BaseException | None) -> str | None:
@@ -42,7 +47,19 @@ def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     args: dict[str, Any] = {"timeout": timeout}
     if name:
         args["server_settings"] = {"application_name": name}
+    # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
+    args["async_creator_fn"] = closed_if_cancelled(_asyncpg_connect, _asyncpg_quit)
     return args
+
+
+async def _asyncpg_connect(*args: Any, **kwargs: Any) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(*args, **kwargs)
+
+
+async def _asyncpg_quit(connection: Any) -> None:
+    await _asyncpg_close(connection, CLOSE_TIMEOUT)
 
 
 # What target_session_attrs takes, in libpq (PostgreSQL 14 on) and asyncpg alike.
@@ -120,38 +137,18 @@ def _psycopg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     if name:
         args["application_name"] = name
     # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
-    args["async_creator_fn"] = _psycopg_connect
+    args["async_creator_fn"] = closed_if_cancelled(_psycopg_connect, _psycopg_close)
     return args
 
 
-# The closes of connections whose opening was cancelled, kept until done (the event loop
-# holds its tasks weakly).
-_closing: set[asyncio.Task[Any]] = set()
-
-
 async def _psycopg_connect(*args: Any, **kwargs: Any) -> Any:
-    """psycopg's connect, whose connection is closed if the caller is cancelled meanwhile.
-
-    A connect cut by a cancel (a request's timeout) leaves the connection open on the server
-    in a reference cycle, until the garbage collector runs (measured with the collector off:
-    18 server connections for a pool of 2, and "too many clients" past it).
-    """
     import psycopg
 
-    opening = asyncio.ensure_future(psycopg.AsyncConnection.connect(*args, **kwargs))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
-        raise
+    return await psycopg.AsyncConnection.connect(*args, **kwargs)
 
 
-def _close_opened(opening: asyncio.Future[Any]) -> None:
-    if opening.cancelled() or opening.exception() is not None:
-        return
-    closing = asyncio.ensure_future(opening.result().close())
-    _closing.add(closing)
-    closing.add_done_callback(_closing.discard)
+async def _psycopg_close(connection: Any) -> None:
+    await connection.close()
 
 
 # libpq's words for a connection option it cannot take ('invalid sslmode value: "x"', 'invalid
