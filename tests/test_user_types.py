@@ -3,18 +3,21 @@ checks each ``assert_type`` below, and pytest runs the same code against SQLite,
 type and the value it describes are checked together.
 
 Before: a retried function's call was typed ``Awaitable`` (``asyncio.create_task`` refused it),
+a Database given SQLModel's session class handed out ``AsyncSession`` (``exec()`` unknown),
 ``db.parallel()`` gave every query's result as ``object``, ``db.stream()`` was an iterator
 without ``aclose()``, and ``attempts=2.5`` or a misspelt retry field passed the checker.
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, assert_type
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import literal, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
 
 from dbscope import ConfigurationError, Database
 
@@ -78,3 +81,33 @@ async def test_the_checker_refuses_what_the_runtime_refuses(sqlite_url: str) -> 
     with pytest.raises(ConfigurationError, match="'remote-apply'"):
         async with db.transaction(synchronous_commit="remote-apply"):  # type: ignore[arg-type]
             pass
+
+
+async def one(session: SQLModelSession) -> int:
+    return (await session.exec(select(literal(1)))).one()
+
+
+def pool_size(db: Database) -> int:
+    """A function of any Database: one of SQLModel's sessions is one too."""
+    return db.settings.pool_size
+
+
+async def test_a_database_of_sqlmodels_sessions_hands_out_sqlmodels_sessions(
+    sqlite_url: str,
+) -> None:
+    """With ``session_class=``, every entry point's session is of that class to the checker
+    as at run time: ``exec()`` needs no cast."""
+    async with Database(sqlite_url, session_class=SQLModelSession) as db:
+        assert_type(db, Database[SQLModelSession])
+        async with db.transaction() as session:
+            assert_type(session, SQLModelSession)
+            assert_type(db.current_session(), SQLModelSession)
+            assert await one(session) == 1
+        async for attempt in db.retrying(attempts=2):
+            async with attempt as retried:
+                assert await one(assert_type(retried, SQLModelSession)) == 1
+        assert await db.parallel(one, one) == (1, 1)
+        assert_type(db.session, Callable[..., Awaitable[SQLModelSession]])
+        assert isinstance(session, SQLModelSession)
+        assert pool_size(db) == pool_size(Database(sqlite_url))
+    assert_type(Database(sqlite_url), Database[AsyncSession])

@@ -17,10 +17,11 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio.result import AsyncCommon
+from typing_extensions import TypeVar
 
 from dbscope._lazy_loads import STRICT_KEY
 from dbscope._session import UnitSession
@@ -31,6 +32,10 @@ logger = logging.getLogger("dbscope")
 # How long a unit's end waits for another task still inside its session.
 IDLE_WAIT_SECONDS: Final = 30.0
 T = TypeVar("T")
+# The class of a Database's sessions as a type checker sees them: SQLAlchemy's AsyncSession,
+# or the ``session_class`` it was given (SQLModel's, whose ``exec()`` a checker then knows).
+# Covariant: a Database of SQLModel's sessions is a Database of AsyncSessions.
+SessionT = TypeVar("SessionT", bound=AsyncSession, default=AsyncSession, covariant=True)
 
 # The AsyncSession methods that run on the connection: the ones a second task must not enter.
 GUARDED_METHODS: Final = (

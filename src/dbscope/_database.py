@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from dbscope._async_session import SessionT
 from dbscope._dialects import client_command
 from dbscope._engine import ServerInfo, engine_options
 from dbscope._engine_checks import check_engine_options
@@ -38,7 +39,7 @@ from dbscope._unit_of_work import Units
 from dbscope._urls import default_pool_name
 
 
-class Database(RequestEntryPoints):
+class Database(RequestEntryPoints[SessionT]):
     """An async SQLAlchemy engine, its pool and its sessions, scoped per unit of work.
 
     Args:
@@ -68,7 +69,7 @@ class Database(RequestEntryPoints):
         *,
         schema: str | None = None,
         replicas: Sequence[str | URL] | None = None,
-        session_class: type[AsyncSession] | None = None,
+        session_class: type[SessionT] | None = None,
         **options: Any,
     ):
         values = setting_values(options, url=url, schema=schema, replicas=replicas)
@@ -81,9 +82,9 @@ class Database(RequestEntryPoints):
         *,
         env_file: str | None = None,
         default_url: str | URL | None = None,
-        session_class: type[AsyncSession] | None = None,
+        session_class: type[SessionT] | None = None,
         **engine_options: Any,
-    ) -> Database:
+    ) -> Database[SessionT]:
         """Build a Database from environment variables (and an optional ``.env`` file).
 
         Reads ``DATABASE_URL``, or ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``,
@@ -110,9 +111,9 @@ class Database(RequestEntryPoints):
         cls,
         settings: DatabaseSettings,
         *,
-        session_class: type[AsyncSession] | None = None,
+        session_class: type[SessionT] | None = None,
         **engine_options: Any,
-    ) -> Database:
+    ) -> Database[SessionT]:
         """Build a Database from a :class:`DatabaseSettings` made elsewhere (``session_class``
         and ``engine_options`` as for ``Database()``); ConfigurationError for anything else."""
         if not isinstance(settings, DatabaseSettings):
@@ -134,7 +135,7 @@ class Database(RequestEntryPoints):
         self,
         settings: DatabaseSettings,
         extra: dict[str, Any],
-        session_class: type[AsyncSession] | None,
+        session_class: type[SessionT] | None,
     ) -> None:
         sessions = unit_session_class(session_class)  # code, not a setting: never from env
         options = engine_options(settings, extra)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Unpack, overload
+from typing import Any, Generic, Unpack, cast, overload
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dbscope._async_session import SessionT
 from dbscope._dialects import SynchronousCommit, driver
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
@@ -39,8 +40,9 @@ from dbscope._unit_options import DEFAULT_OPTIONS, IsolationLevel, UnitKeywords,
 from dbscope._write_tokens import WriteToken
 
 
-class UnitEntryPoints:
-    """The unit-of-work methods of :class:`~dbscope.Database`."""
+class UnitEntryPoints(Generic[SessionT]):
+    """The unit-of-work methods of :class:`~dbscope.Database`, whose sessions are of the class
+    ``SessionT`` (``session_class``)."""
 
     _units: Units
     _lifecycle: Lifecycle
@@ -57,7 +59,7 @@ class UnitEntryPoints:
         after: str | None = None,
         stale_ok: bool = False,
         synchronous_commit: SynchronousCommit | None = None,
-    ) -> AsyncIterator[AsyncSession]:
+    ) -> AsyncIterator[SessionT]:
         """A session in its own transaction: committed if the block ends normally.
 
         Any exception rolls the transaction back and propagates unchanged; an outage (pool
@@ -87,7 +89,7 @@ class UnitEntryPoints:
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
         async with self._opener(options, tags, after)() as unit:
-            yield unit.session
+            yield cast("SessionT", unit.session)
 
     def unit_of_work(
         self,
@@ -181,22 +183,29 @@ class UnitEntryPoints:
         self._units.running().on_commit(callback)
 
     @overload
-    async def parallel(self, q1: Query[T1], /, **options: Unpack[UnitKeywords]) -> tuple[T1]: ...
+    async def parallel(
+        self, q1: Query[SessionT, T1], /, **options: Unpack[UnitKeywords]
+    ) -> tuple[T1]: ...
     @overload
     async def parallel(
-        self, q1: Query[T1], q2: Query[T2], /, **options: Unpack[UnitKeywords]
+        self, q1: Query[SessionT, T1], q2: Query[SessionT, T2], /, **options: Unpack[UnitKeywords]
     ) -> tuple[T1, T2]: ...
     @overload
     async def parallel(
-        self, q1: Query[T1], q2: Query[T2], q3: Query[T3], /, **options: Unpack[UnitKeywords]
+        self,
+        q1: Query[SessionT, T1],
+        q2: Query[SessionT, T2],
+        q3: Query[SessionT, T3],
+        /,
+        **options: Unpack[UnitKeywords],
     ) -> tuple[T1, T2, T3]: ...
     @overload
     async def parallel(
-        self, *queries: Query[T], **options: Unpack[UnitKeywords]
+        self, *queries: Query[SessionT, T], **options: Unpack[UnitKeywords]
     ) -> tuple[T, ...]: ...
     async def parallel(
         self,
-        *queries: Query[Any],
+        *queries: Query[SessionT, Any],
         read_only: bool = True,
         isolation_level: IsolationLevel | None = None,
         statement_timeout: float | None = None,
@@ -228,7 +237,7 @@ class UnitEntryPoints:
 
     def stream(
         self,
-        body: Callable[[AsyncSession], AsyncIterator[T]],
+        body: Callable[[SessionT], AsyncIterator[T]],
         *,
         read_only: bool = False,
         isolation_level: IsolationLevel | None = None,
@@ -273,7 +282,7 @@ class UnitEntryPoints:
         synchronous_commit: SynchronousCommit | None = None,
         policy: RetryPolicy | None = None,
         **policy_fields: Unpack[RetryFields],
-    ) -> Retrying:
+    ) -> Retrying[SessionT]:
         """Run a block as a unit of work again, from the start, after a conflict::
 
             async for attempt in db.retrying(attempts=5):
@@ -333,13 +342,13 @@ class UnitEntryPoints:
             self._lifecycle.count_retry,
         )
 
-    def current_session(self) -> AsyncSession:
+    def current_session(self) -> SessionT:
         """The session of the request or transaction running in this task.
 
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        return self._units.running().session
+        return cast("SessionT", self._units.running().session)
 
     async def use_schema(self, name: str | None) -> None:
         """Target PostgreSQL schema ``name`` for the rest of the current unit of work.

@@ -15,12 +15,13 @@ from dbscope._write_tokens import current_jar
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
 T3 = TypeVar("T3")
-# A query of db.parallel(): given its unit's session, the awaitable of its result.
-Query: TypeAlias = Callable[[AsyncSession], Awaitable[T]]
+S = TypeVar("S", bound=AsyncSession)
+# A query of db.parallel(): given its unit's session (of class S), the awaitable of its result.
+Query: TypeAlias = Callable[[S], Awaitable[T]]
 
 
 async def run_parallel(
-    queries: tuple[Query[Any], ...],
+    queries: tuple[Query[Any, Any], ...],
     open_unit: Callable[[], UnitRun],
     *,
     writes: bool,
@@ -30,7 +31,7 @@ async def run_parallel(
     fails, the others are cancelled and its error raised. ``bound``: the units are savepoints
     of a test's connection."""
 
-    async def run(query: Query[Any]) -> Any:
+    async def run(query: Query[Any, Any]) -> Any:
         async with open_unit() as unit:
             return await query(unit.session)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dbscope._async_session import SessionT
 from dbscope._dialects import SynchronousCommit
 from dbscope._entry_points import UnitEntryPoints
 from dbscope._exceptions import ConfigurationError
@@ -25,15 +24,15 @@ if TYPE_CHECKING:
     from dbscope._database import Database
 
 
-class RequestEntryPoints(UnitEntryPoints):
+class RequestEntryPoints(UnitEntryPoints[SessionT]):
     """The FastAPI dependencies of :class:`~dbscope.Database`."""
 
-    def _database(self) -> Database:
+    def _database(self) -> Database[SessionT]:
         # Only Database has these bases; the dependencies take the whole of it.
-        return cast("Database", self)
+        return cast("Database[SessionT]", self)
 
     @property
-    def session(self) -> Callable[..., Awaitable[AsyncSession]]:
+    def session(self) -> Callable[..., Awaitable[SessionT]]:
         """The FastAPI dependency giving the request's session: ``Depends(db.session)``.
 
         One session per request; it commits after the endpoint returns and before the
@@ -44,7 +43,7 @@ class RequestEntryPoints(UnitEntryPoints):
         return session_dependency(self._database(), DEFAULT_OPTIONS)
 
     @property
-    def read_session(self) -> Callable[..., Awaitable[AsyncSession]]:
+    def read_session(self) -> Callable[..., Awaitable[SessionT]]:
         """The FastAPI dependency for a read-only request: ``Depends(db.read_session)``.
 
         It never commits, and on PostgreSQL and MariaDB/MySQL its transaction is ``READ
@@ -62,7 +61,7 @@ class RequestEntryPoints(UnitEntryPoints):
         schema: str | None = None,
         stale_ok: bool = False,
         synchronous_commit: SynchronousCommit | None = None,
-    ) -> Callable[..., Awaitable[AsyncSession]]:
+    ) -> Callable[..., Awaitable[SessionT]]:
         """A FastAPI session dependency with per-request options (see ``transaction()``).
 
         ``Depends(db.session_with(statement_timeout=2))`` cancels any statement of the request
@@ -84,7 +83,7 @@ class RequestEntryPoints(UnitEntryPoints):
 
     def stream_response(
         self,
-        body: Callable[[AsyncSession], AsyncIterator[Any]],
+        body: Callable[[SessionT], AsyncIterator[Any]],
         *,
         media_type: str | None = None,
         status_code: int = 200,

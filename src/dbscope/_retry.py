@@ -21,10 +21,9 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypedDict, TypeVar, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dbscope._async_session import SessionT
 from dbscope._dialects import Backend
 from dbscope._errors import conflict_in
 from dbscope._exceptions import ConfigurationError, RetriesExhaustedError
@@ -151,22 +150,22 @@ def retry_policy(policy: RetryPolicy | None = None, **options: Any) -> RetryPoli
     return RetryPolicy(**options)
 
 
-class Attempt:
+class Attempt(Generic[SessionT]):
     """One run of a retried unit of work: ``async with attempt as session:``."""
 
-    def __init__(self, retrying: Retrying, number: int) -> None:
+    def __init__(self, retrying: Retrying[SessionT], number: int) -> None:
         self.number = number
         self._retrying = retrying
         self._unit: AbstractAsyncContextManager[UnitOfWork] | None = None
         self._state: UnitState | None = None
         self._commits = 0
 
-    async def __aenter__(self) -> AsyncSession:
+    async def __aenter__(self) -> SessionT:
         self._unit = self._retrying.open_unit()
         unit = await self._unit.__aenter__()
         self._state = unit.state
         self._commits = unit.state.commits
-        return unit.session
+        return cast("SessionT", unit.session)
 
     async def __aexit__(
         self,
@@ -195,7 +194,7 @@ class Attempt:
         raise failure
 
 
-class Retrying:
+class Retrying(Generic[SessionT]):
     """The attempts of one retried unit of work; see ``Database.retrying()``.
 
     Attributes:
@@ -223,10 +222,10 @@ class Retrying:
         self._number = 0
         self._done = False
 
-    def __aiter__(self) -> AsyncIterator[Attempt]:
+    def __aiter__(self) -> AsyncIterator[Attempt[SessionT]]:
         return self._attempts()
 
-    async def _attempts(self) -> AsyncIterator[Attempt]:
+    async def _attempts(self) -> AsyncIterator[Attempt[SessionT]]:
         while not self._done:
             if self._number > 0:
                 await asyncio.sleep(self.policy.delay(self._number))

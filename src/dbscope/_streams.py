@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dbscope._async_session import SessionT
 from dbscope._exceptions import ConfigurationError
 from dbscope._retry import T
 from dbscope._unit_of_work import UnitRun
@@ -27,14 +27,14 @@ def checked_body(body: object, call: str) -> None:
 
 
 async def streamed(
-    body: Callable[[AsyncSession], AsyncIterator[T]], open_unit: Callable[[], UnitRun]
+    body: Callable[[SessionT], AsyncIterator[T]], open_unit: Callable[[], UnitRun]
 ) -> AsyncGenerator[T, None]:
     """``body`` run in a unit of work of its own, opened at the first chunk asked for."""
     async with open_unit() as unit:
         # Take the connection before the body runs: a body whose first chunk needs no query
         # (a CSV header) would otherwise let stream_response() send its 200 first.
         await unit.session.connection()
-        items = body(unit.session)
+        items = body(cast("SessionT", unit.session))  # of the Database's session class
         try:
             async for item in items:
                 yield item

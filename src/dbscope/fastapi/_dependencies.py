@@ -6,12 +6,13 @@ import asyncio
 import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from dbscope._async_session import SessionT
 from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError, LifecycleError, NoSessionError
 from dbscope._pool import Client, waiting_client
@@ -28,15 +29,19 @@ if TYPE_CHECKING:
 # The dependencies of each Database, by options: FastAPI shares a dependency's value within
 # a request by the dependency's identity, so the same options must give the same function.
 # Weak keys: the cache keeps no Database alive (the dependencies hold it weakly too).
-_sessions: "weakref.WeakKeyDictionary[Database, dict[UnitOptions, Callable[..., Any]]]" = (
+_sessions: "weakref.WeakKeyDictionary[Database[Any], dict[UnitOptions, Callable[..., Any]]]" = (
     weakref.WeakKeyDictionary()
 )
-_leases: "weakref.WeakKeyDictionary[Database, Callable[..., Any]]" = weakref.WeakKeyDictionary()
+_leases: "weakref.WeakKeyDictionary[Database[Any], Callable[..., Any]]" = (
+    weakref.WeakKeyDictionary()
+)
 # The clients each Database refused because its wait line was full, and when they may return.
-_early_retries: "weakref.WeakKeyDictionary[Database, EarlyRetries]" = weakref.WeakKeyDictionary()
+_early_retries: "weakref.WeakKeyDictionary[Database[Any], EarlyRetries]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def early_retries(db: "Database") -> EarlyRetries:
+def early_retries(db: "Database[Any]") -> EarlyRetries:
     """The clients ``db``'s requests refused for a full wait line (``_early_retries.py``)."""
     found = _early_retries.get(db)
     if found is None:
@@ -45,7 +50,7 @@ def early_retries(db: "Database") -> EarlyRetries:
     return found
 
 
-def _alive(db: "weakref.ref[Database]") -> "Database":
+def _alive(db: "weakref.ref[Database[Any]]") -> "Database[Any]":
     """The Database a dependency belongs to, which holds it weakly (the dependencies are
     cached per Database, and must not keep it alive)."""
     database = db()
@@ -109,8 +114,8 @@ def _error_status(response: Response) -> bool:
 
 
 def session_dependency(
-    db: "Database", options: UnitOptions
-) -> Callable[..., Awaitable[AsyncSession]]:
+    db: "Database[SessionT]", options: UnitOptions
+) -> Callable[..., Awaitable[SessionT]]:
     """The dependency behind ``db.session`` and ``db.session_with(...)``, one per options.
 
     Every dependency and endpoint of one request that asks for it gets the same session.
@@ -123,11 +128,12 @@ def session_dependency(
         header = settings.request_id_header if tagged else None
         dependency = _session_dependency(weakref.ref(db), options, tagged, header)
         by_options[options] = dependency
-    return dependency
+    # The session is of the Database's session class (_session_classes.py).
+    return cast("Callable[..., Awaitable[SessionT]]", dependency)
 
 
 def _session_dependency(
-    db: "weakref.ref[Database]", options: UnitOptions, tagged: bool, header: str | None
+    db: "weakref.ref[Database[Any]]", options: UnitOptions, tagged: bool, header: str | None
 ) -> Callable[..., Awaitable[AsyncSession]]:
     database = db()
     assert database is not None
@@ -178,7 +184,7 @@ def _session_dependency(
     return session
 
 
-def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
+def lease_dependency(db: "Database[Any]") -> Callable[..., Awaitable[Any]]:
     """The dependency behind ``db.leased``.
 
     Like ``db.session``, a plain dependency over a function-scoped one, so the connection goes
@@ -191,7 +197,7 @@ def lease_dependency(db: "Database") -> Callable[..., Awaitable[Any]]:
     return dependency
 
 
-def _lease_dependency(db: "weakref.ref[Database]") -> Callable[..., Awaitable[Any]]:
+def _lease_dependency(db: "weakref.ref[Database[Any]]") -> Callable[..., Awaitable[Any]]:
     database = db()
     assert database is not None
     early = early_retries(database)
