@@ -160,3 +160,20 @@ def run_database_made_elsewhere(url: str) -> str:
     create_database(own)
     execute(own, *ITEMS_WITH_A_ROW)
     return own
+
+
+def column_types(url: str, table: str) -> dict[str, str]:
+    """Each column of ``table`` in the database at ``url`` and its type, as the server
+    reports it (``VARCHAR(80)``), seen from our own connection."""
+
+    async def types() -> dict[str, str]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                columns = await connection.run_sync(lambda c: inspect(c).get_columns(table))
+                dialect = connection.dialect
+        finally:
+            await engine.dispose()
+        return {column["name"]: column["type"].compile(dialect) for column in columns}
+
+    return asyncio.run(types())

@@ -3,15 +3,17 @@ tables a run keeps in a database dbscope did not make."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table
+from sqlalchemy import Column, Integer, MetaData, String, Table
 
 from dbscope import ConfigurationError, testing
 
 from .run_databases import (
+    column_types,
     create_database,
     database_exists,
     drop_database,
@@ -124,3 +126,26 @@ def test_an_argument_that_is_no_value_for_it_is_refused_before_anything_is_made(
         with pytest.raises(ConfigurationError, match=said):
             helper(sqlite_url, **options).__enter__()
     assert not database_exists(run_database(sqlite_url))
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncmy"])
+def test_a_kept_database_whose_tables_changed_is_made_anew_naming_them_without_alembic(
+    named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reuse=True with a column added to the metadata in between: the kept database is made
+    anew, with the column; without Alembic (an extra) the line names the table and column by
+    SQLAlchemy's inspector. The same metadata again reuses it."""
+    monkeypatch.setitem(sys.modules, "alembic.autogenerate", None)  # not installed
+    changed = MetaData()
+    Table("tr_notes", changed, Column("id", Integer, primary_key=True), Column("title", String(20)))
+    said: list[str] = []
+
+    for metadata in (notes, changed, changed):
+        with testing.own_database(named, metadata=metadata, reuse=True, report=said.append):
+            pass
+
+    assert column_types(run_database(named), "tr_notes").keys() == {"id", "title"}
+    remade = [line for line in said if line.startswith("made the test database")]
+    assert len(remade) == 1
+    assert remade[0].endswith("no longer match the metadata (tr_notes: column title added)")
+    assert said[-2].startswith("reusing the test database")

@@ -149,6 +149,7 @@ def test_the_reuse_option_keeps_the_database_for_the_next_run(
     # Said after the progress line, not in it.
     first.stdout.fnmatch_lines(["*[[]100%[]]", "dbscope: kept the test database *"])
     second.stdout.fnmatch_lines(["dbscope: reusing the test database *kept by an earlier run*"])
+    second.stdout.no_fnmatch_line("dbscope: made the test database*")  # the same tables
     own = run_database(project_url)
     assert table_names(own) == {"ptp_items", "ptp_parents", "ptp_children"}
     assert rows(own, "ptp_items") == []

@@ -26,6 +26,7 @@ from dbscope._dialects._base import (
     Client,
     DatabaseRefused,
     ErrorKind,
+    Found,
     Presence,
 )
 from dbscope._dialects.deferred_begin import only_read
@@ -53,6 +54,7 @@ __all__ = [
     "DatabaseRefused",
     "Driver",
     "ErrorKind",
+    "Found",
     "LeaseStatus",
     "PoolerMode",
     "Presence",

@@ -50,12 +50,34 @@ Connect = Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]
 # The mark on the databases dbscope makes, telling a later run that it may drop them. Not a
 # table: the app and its migrations see nothing of it.
 MARK: Final = "dbscope test database"
+# What follows MARK once the run has made the app's tables from its metadata: their
+# fingerprint (dbscope.testing), so that a later run reuses the database only for the same.
+TABLES: Final = "; tables "
 # The execution option on the statements dbscope sends of its own accord in a unit (SET LOCAL,
 # SET TRANSACTION READ ONLY, SQLite's BEGIN, a replica's replay check...): query counts
 # (dbscope.testing) leave them out by this mark, not by guessing from the text.
 OWN_STATEMENT: Final = "dbscope_own_statement"
 OWN: Final = immutabledict({OWN_STATEMENT: True})
 NO_PARAMETERS: Final = immutabledict({"no_parameters": True})
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a server holds under a test database's name, and the fingerprint of the tables
+    dbscope made in it, if its mark carries one."""
+
+    presence: Presence
+    tables: str | None = None
+
+
+def read_mark(mark: object) -> Found:
+    """What a database's mark (its comment) says: dbscope's, with its tables' fingerprint
+    or without, or someone else's."""
+    if mark == MARK:
+        return Found("marked")
+    if isinstance(mark, str) and mark.startswith(MARK + TABLES):
+        return Found("marked", mark.removeprefix(MARK + TABLES))
+    return Found("unmarked")
 
 
 class DatabaseRefused(Exception):
@@ -121,6 +143,8 @@ class Backend:
             its own database, so that another run finds it in use instead of dropping it.
         schema_advice: what to do instead, said to those who ask for a schema here.
         title: how people call it, in messages.
+        fingerprint_digits: how many hex digits of the fingerprint of a test run's tables
+            its database's mark keeps (:meth:`mark_tables_statements`).
     """
 
     name: str
@@ -139,6 +163,7 @@ class Backend:
     connected_refuses_drop: bool = False
     schema_advice: str = "."
     title: str = ""
+    fingerprint_digits: int = 16
 
     def is_memory(self, url: URL) -> bool:
         """Whether ``url`` names a database that lives in one connection's memory."""
@@ -254,14 +279,24 @@ class Backend:
         # URL.set() leaves a field alone when given None; a NamedTuple's _replace clears it.
         return url._replace(database=None)
 
-    async def database_presence(self, url: URL, connect: Connect) -> Presence:
-        """Whether ``url``'s database exists, and whether it bears dbscope's mark."""
+    async def database_presence(self, url: URL, connect: Connect) -> Found:
+        """Whether ``url``'s database exists, whether it bears dbscope's mark, and the
+        fingerprint of its tables that the mark carries; one query, the mark's own."""
         async with connect(self.maintenance_url(url)) as connection:
             query = text(self.presence_query(connection))
             row = (await connection.execute(query, {"name": url.database})).first()
-        if row is None:
-            return "absent"
-        return "marked" if row[0] == MARK else "unmarked"
+        return Found("absent") if row is None else read_mark(row[0])
+
+    def mark_tables(self, connection: Connection, fingerprint: str) -> None:
+        """Keep ``fingerprint``, of the tables a test run made from its metadata, with the mark
+        of ``connection``'s database (:meth:`mark_tables_statements`)."""
+        for statement in self.mark_tables_statements(connection, fingerprint):
+            connection.exec_driver_sql(statement, execution_options=NO_PARAMETERS)
+
+    def mark_tables_statements(self, connection: Connection, fingerprint: str) -> list[str]:
+        """The statements that keep ``fingerprint`` with the mark of ``connection``'s
+        database; by default none (a database that carries no mark)."""
+        return []
 
     async def create_database(self, url: URL, connect: Connect) -> None:
         """Make ``url``'s database, empty, with dbscope's mark; DatabaseRefused if refused."""
@@ -344,7 +379,7 @@ async def _execute(connection: AsyncConnection, statements: list[str]) -> None:
         raise DatabaseRefused(str(error.orig)) from None
 
 
-def _quoted(connection: AsyncConnection, url: URL) -> str:
+def _quoted(connection: AsyncConnection | Connection, url: URL) -> str:
     # The dialect's quotes, without the '%' doubling of quote_identifier() for drivers that
     # take %s: these statements go to the driver as written (_execute).
     preparer = connection.dialect.identifier_preparer
@@ -352,7 +387,17 @@ def _quoted(connection: AsyncConnection, url: URL) -> str:
     return f"{preparer.initial_quote}{name}{preparer.final_quote}"
 
 
-def server_version(connection: AsyncConnection) -> tuple[int, ...]:
+def quoted_database(connection: Connection) -> str:
+    """The name of ``connection``'s database, quoted, for statements sent as written."""
+    return _quoted(connection, connection.engine.url)
+
+
+def tables_mark(fingerprint: str) -> str:
+    """dbscope's mark, carrying the fingerprint of the tables made in the database."""
+    return f"{MARK}{TABLES}{fingerprint}"
+
+
+def server_version(connection: AsyncConnection | Connection) -> tuple[int, ...]:
     """The server's version, as the dialect read it when connecting."""
     info = connection.dialect.server_version_info or ()
     return tuple(part for part in info if isinstance(part, int))

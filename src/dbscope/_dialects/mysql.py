@@ -23,7 +23,9 @@ from dbscope._dialects._base import (
     Connect,
     ErrorKind,
     RolledBack,
+    quoted_database,
     server_version,
+    tables_mark,
 )
 from dbscope._dialects.driver import (
     CLOSE_TIMEOUT,
@@ -196,6 +198,13 @@ class MySQL(Backend):
         mark = f" COMMENT '{MARK}'" if _has_schema_comments(connection) else ""
         return [f"CREATE DATABASE {name}{mark}"]
 
+    def mark_tables_statements(self, connection: Connection, fingerprint: str) -> list[str]:
+        if not _has_schema_comments(connection):  # MySQL: no mark to carry it
+            return []
+        return [
+            f"ALTER DATABASE {quoted_database(connection)} COMMENT '{tables_mark(fingerprint)}'"
+        ]
+
     async def drop_database(self, url: URL, connect: Connect, *, close_sessions: bool) -> None:
         if close_sessions:  # as PostgreSQL's DROP DATABASE ... WITH (FORCE)
             async with connect(self.maintenance_url(url)) as connection:
@@ -224,7 +233,7 @@ async def _end_sessions_in(connection: AsyncConnection, database: str) -> None:
             await connection.execute(text(f"KILL CONNECTION {int(session)}"))
 
 
-def _has_schema_comments(connection: AsyncConnection) -> bool:
+def _has_schema_comments(connection: AsyncConnection | Connection) -> bool:
     """MariaDB 10.5 and later keep a comment on a database (dbscope's mark); MySQL does not,
     so there a database is never known as dbscope's."""
     is_mariadb = bool(getattr(connection.dialect, "is_mariadb", False))

@@ -20,7 +20,9 @@ from dbscope._dialects._base import (
     Client,
     ErrorKind,
     RolledBack,
+    quoted_database,
     server_version,
+    tables_mark,
 )
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG, raised_by_server, sqlstate
@@ -219,6 +221,11 @@ class PostgreSQL(Backend):
 
     def create_statements(self, connection: AsyncConnection, name: str) -> list[str]:
         return [f"CREATE DATABASE {name}", f"COMMENT ON DATABASE {name} IS '{MARK}'"]
+
+    def mark_tables_statements(self, connection: Connection, fingerprint: str) -> list[str]:
+        return [
+            f"COMMENT ON DATABASE {quoted_database(connection)} IS '{tables_mark(fingerprint)}'"
+        ]
 
     def drop_statements(
         self, connection: AsyncConnection, name: str, *, close_sessions: bool

@@ -23,7 +23,7 @@ from dbscope._dialects._base import (
     Connect,
     DatabaseRefused,
     ErrorKind,
-    Presence,
+    Found,
 )
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
 
@@ -168,8 +168,12 @@ class SQLite(Backend):
 
     # The file work runs in a thread: it blocks, if only for a moment.
 
-    async def database_presence(self, url: URL, connect: Connect) -> Presence:
+    async def database_presence(self, url: URL, connect: Connect) -> Found:
         return await asyncio.to_thread(_presence, Path(url.database or ""))
+
+    def mark_tables_statements(self, connection: Connection, fingerprint: str) -> list[str]:
+        # Beside the mark (application_id), the header's other field of the application's.
+        return [f"PRAGMA user_version = {int(fingerprint, 16)}"]
 
     async def create_database(self, url: URL, connect: Connect) -> None:
         await asyncio.to_thread(_create, Path(url.database or ""))
@@ -189,15 +193,19 @@ class SQLite(Backend):
         )
 
 
-def _presence(path: Path) -> Presence:
+def _presence(path: Path) -> Found:
     if not path.exists():
-        return "absent"
+        return Found("absent")
     try:
         with contextlib.closing(sqlite3.connect(path)) as connection:
             (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+            (tables,) = connection.execute("PRAGMA user_version").fetchone()
     except sqlite3.DatabaseError:  # a file that is not a SQLite database
-        return "unmarked"
-    return "marked" if application_id == APPLICATION_ID else "unmarked"
+        return Found("unmarked")
+    if application_id != APPLICATION_ID:
+        return Found("unmarked")
+    digits = BACKEND.fingerprint_digits
+    return Found("marked", f"{tables:0{digits}x}" if tables else None)
 
 
 def _create(path: Path) -> None:
@@ -309,5 +317,7 @@ BACKEND: Final = SQLite(
     drivers={"aiosqlite": AIOSQLITE},
     pinged=False,
     title="SQLite",
+    # user_version, a signed 32-bit integer, keeps 7 of the fingerprint's hex digits.
+    fingerprint_digits=7,
     schema_advice=": a SQLite file is a database of its own, so tables kept apart get a file each.",
 )

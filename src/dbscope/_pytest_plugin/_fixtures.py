@@ -173,6 +173,8 @@ def dbscope_run_url(
         names=_names(config),
         worker=worker_id(config),
         pgbouncer=None if app is None else app.settings.pgbouncer,
+        # dbscope_tables makes them: a kept database is reused only for the same tables.
+        tables_from=dbscope_metadata if dbscope_alembic_config is None else None,
     )
     for url in phased(own, "setting up the test database", "dropping the test database"):
         yield MaskedUrl(url)

@@ -25,17 +25,20 @@ def check_run_arguments(
     metadata: object,
     alembic_config: object,
     report: object,
+    tables_from: object = None,
 ) -> None:
-    """Refuse a flag that is no bool, ``metadata`` that is no MetaData, ``alembic_config``
-    that is no path, and a ``report`` that is no function, naming the argument as given."""
+    """Refuse a flag that is no bool, ``metadata`` (or ``tables_from``) that is no MetaData,
+    ``alembic_config`` that is no path, and a ``report`` that is no function, naming the
+    argument as given."""
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name}={value!r} is not a bool; use True or False.")
-    if metadata is not None and not isinstance(metadata, MetaData):
-        message = (
-            f"metadata={metadata!r} is no MetaData: give your declarative base's (Base.metadata)."
-        )
-        raise ConfigurationError(message)
+    for name, value in (("metadata", metadata), ("tables_from", tables_from)):
+        if value is not None and not isinstance(value, MetaData):
+            message = (
+                f"{name}={value!r} is no MetaData: give your declarative base's (Base.metadata)."
+            )
+            raise ConfigurationError(message)
     if alembic_config is not None and not isinstance(alembic_config, str | Path):
         message = f"alembic_config={alembic_config!r} is no path: give the alembic.ini's."
         raise ConfigurationError(message)

@@ -35,6 +35,7 @@ from dbscope.testing._isolation import (
     on_connection,
     table_names,
 )
+from dbscope.testing._kept_tables import changed_tables, mark_tables
 
 T = TypeVar("T")
 
@@ -69,15 +70,17 @@ def own_database(
     names: OptionNames | None = None,
     worker: str | None = None,
     pgbouncer: PoolerMode | None = None,
+    tables_from: MetaData | None = None,
 ) -> Iterator[str]:
     """Make a database for the run beside the one ``url`` names, and drop it at the end.
 
     It is ``<name>_test`` on ``url``'s server (``<stem>_test.db`` beside a SQLite file),
     or ``<name>_test_<worker>`` for one of several processes that run the tests at once,
     made with dbscope's mark, with the tables of ``metadata`` or ``alembic_config`` in it.
-    One that an earlier run left is made anew, or reused with ``reuse``; one someone else
-    made is used as it is and never dropped, and the app's tables in it are refused
-    (:func:`own_tables`). Synchronous: call it with or without a running loop.
+    One that an earlier run left is made anew, or reused with ``reuse`` if its tables were
+    made from the same definitions as ``metadata``'s (else made anew, saying what changed);
+    one someone else made is used as it is and never dropped, and the app's tables in it are
+    refused (:func:`own_tables`). Synchronous: call it with or without a running loop.
 
     Args:
         url: names the database to name the run's after; that one is never touched.
@@ -98,6 +101,9 @@ def own_database(
         pgbouncer: ``url`` names a PgBouncer in this mode, as the app's Database's
             ``pgbouncer`` setting says: the connections that make, fill and drop the
             database are made with it (docs/pgbouncer.md).
+        tables_from: the metadata whose tables :func:`own_tables` makes in the database
+            after this call (as the pytest plugin does), instead of ``metadata``: a kept
+            database is reused only if its tables were made from the same definitions.
 
     Yields:
         The URL of the run's database, its password included, to connect to.
@@ -109,9 +115,17 @@ def own_database(
             make or drop it, or it has the app's tables and dbscope did not make it.
     """
     flags = {"reuse": reuse, "keep": keep, "use_existing_tables": use_existing_tables}
-    check_run_arguments(flags, metadata=metadata, alembic_config=alembic_config, report=report)
+    check_run_arguments(
+        flags,
+        metadata=metadata,
+        alembic_config=alembic_config,
+        report=report,
+        tables_from=tables_from,
+    )
     run = _Run.named_after(url, names or OptionNames(), report or _log.info, worker, pgbouncer)
-    ours = run.find_or_make(reuse=reuse)
+    # Migrations upgrade a kept database to head: no fingerprint of theirs to compare.
+    expected = (tables_from or metadata) if alembic_config is None else None
+    ours = run.find_or_make(reuse=reuse, expected=expected)
     try:
         with (
             run.held(ours),
@@ -163,7 +177,9 @@ def own_tables(
     rules = _dialects.backend(given.url.get_backend_name())
     run = _Run(given.url, rules, names or OptionNames(), report or _log.info, pgbouncer)
     ours = (
-        rules in _dialects.BACKENDS and not given.settings.is_memory and run.presence() == "marked"
+        rules in _dialects.BACKENDS
+        and not given.settings.is_memory
+        and run.presence().presence == "marked"
     )
     with run.tables(metadata, alembic_config, ours, use_existing_tables, keep, reuse):
         yield
@@ -239,25 +255,36 @@ class _Run:
         server = f"{url.host}:{url.port}" if url.port else (url.host or "the local server")
         return f"{url.database!r} on {server}"
 
-    def presence(self) -> _dialects.Presence:
-        """What the server holds under the database's name."""
+    def presence(self) -> _dialects.Found:
+        """What the server holds under the database's name, and the fingerprint of the tables
+        dbscope made there."""
         return in_new_loop(lambda: self.rules.database_presence(self.url, self._maintenance))
 
-    def find_or_make(self, *, reuse: bool) -> bool:
-        """Make the database, unless someone else made it or it is reused; True if dbscope
-        made it (now or in an earlier run), and so may drop it."""
+    def find_or_make(self, *, reuse: bool, expected: MetaData | None = None) -> bool:
+        """Make the database, unless someone else made it or it is reused (only if its tables
+        were made from ``expected``'s definitions, when given); True if dbscope made it (now
+        or in an earlier run), and so may drop it."""
         found = self.presence()
-        if found == "unmarked":
+        if found.presence == "unmarked":
             self.say(
                 f"the test database {self.label} exists and dbscope did not make it: the tests "
                 "run in it, and dbscope drops neither it nor any table it did not make"
             )
             return False
-        if found == "marked" and reuse:
+        changed = None
+        if reuse and found.presence == "marked" and expected is not None:
+            changed = changed_tables(found, expected, self.url, self.rules, self._on_connection)
+        if found.presence == "marked" and reuse and changed is None:
             reusing = f"reusing the test database {self.label}, kept by an earlier run"
             self.say(f"{reusing} ({self.names.reuse})")
             return True
-        if found == "marked":
+        if found.presence == "marked" and reuse:
+            self.drop(close_sessions=False)
+            self.say(
+                f"made the test database {self.label} anew ({self.names.reuse}): the tables "
+                f"an earlier run kept in it no longer match the metadata ({changed})"
+            )
+        elif found.presence == "marked":
             self.drop(close_sessions=False)
             self.say(
                 f"dropped the test database {self.label}, left by an earlier run, to make it anew"
@@ -324,6 +351,8 @@ class _Run:
         create_tables(
             self.url, metadata=metadata, alembic_config=alembic_config, pgbouncer=self.pgbouncer
         )
+        if ours and metadata is not None and alembic_config is None and not existing:
+            mark_tables(metadata, self.url, self.rules, self._on_connection)
         made = self._table_names(metadata) - before
         try:
             yield
