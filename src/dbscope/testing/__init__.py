@@ -28,12 +28,8 @@ from dbscope.testing._isolation import (
     open_session,
     rolled_back,
 )
-from dbscope.testing._own_database import (
-    DatabaseSetupError,
-    OptionNames,
-    own_database,
-    own_tables,
-)
+from dbscope.testing._own_database import DatabaseSetupError, OptionNames, own_database
+from dbscope.testing._own_tables import own_tables
 from dbscope.testing._queries import (
     Counting,
     LoggedStatement,
