@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from dbscope import Database, UnitOptions, testing
+from tests import helpers
 
 POSTGRES = ("statement_timeout", "search_path", "synchronous_commit", "application_name")
 
@@ -64,6 +65,77 @@ async def test_a_schema_the_unit_chose_on_its_way_ends_with_it(
             await db.use_schema("tenant_7")
         after = await postgres_settings(connection)
     assert "tenant_7" not in before[1]
+    assert after == before
+
+
+async def set_local(connection: AsyncConnection) -> None:
+    """The test's own values for each setting a unit may change, in the test's transaction."""
+    for statement in (
+        "SET LOCAL statement_timeout = '50ms'",
+        "SET LOCAL search_path = pg_catalog, public",
+        "SET LOCAL synchronous_commit = off",
+        "SET LOCAL application_name = 'the test'",
+    ):
+        await connection.exec_driver_sql(statement)
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_a_units_end_puts_back_what_the_test_had_set_on_postgresql(
+    engine: AsyncEngine, database_url: str, outcome: str
+) -> None:
+    """What the test set with SET LOCAL before a unit is what it finds after it, not the
+    server's defaults."""
+    db = Database(database_url)
+    options = UnitOptions(statement_timeout=2, schema="reporting", synchronous_commit="local")
+    async with testing.rolled_back(db, engine) as connection:
+        await set_local(connection)
+        before = await postgres_settings(connection)
+        async with db.unit_of_work(options, request_id="req-17") as unit:
+            await unit.session.execute(text("SELECT 1"))
+            unit.rollback_only = outcome == "rollback"
+        after = await postgres_settings(connection)
+    assert before == ["50ms", "pg_catalog, public", "off", "the test"]
+    assert after == before
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_request_with_options_leaves_the_tests_own_settings(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """A request through db.session_with(statement_timeout=..., schema=...) leaves the test's
+    SET LOCAL values as it found them."""
+    db = Database(database_url)
+
+    async def timeout(session: AsyncSession) -> str:
+        return str(await session.scalar(text("SELECT current_setting('statement_timeout')")))
+
+    routes = {"GET /timeout": timeout}
+    app = helpers.app_with(db.session_with(statement_timeout=2, schema="reporting"), routes)
+    async with testing.rolled_back(db, engine) as connection:
+        await set_local(connection)
+        before = await postgres_settings(connection)
+        response = await helpers.send(app, "GET /timeout")
+        after = await postgres_settings(connection)
+    assert response.json() == "2s"
+    assert after == before
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_schema_chosen_on_the_way_gives_back_the_tests_search_path(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """use_schema() in a unit that began without a schema: the test's search_path after it."""
+    db = Database(database_url)
+    async with testing.rolled_back(db, engine) as connection:
+        await set_local(connection)
+        before = await postgres_settings(connection)
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))  # begun: use_schema() sets it right away
+            await db.use_schema("tenant_7")
+            during = await postgres_settings(await session.connection())
+        after = await postgres_settings(connection)
+    assert during[1] == "tenant_7"
     assert after == before
 
 

@@ -145,8 +145,9 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
     bound: Database, db_backend: str
 ) -> None:
     """SET LOCAL, SET TRANSACTION READ ONLY, max_statement_time, the search_path and the
-    request's application_name cost no count, nor what puts them back at the end of a unit
-    bound to the test's connection: the same code counts the same everywhere."""
+    request's application_name cost no count, nor what reads them before and puts them back
+    at the end of a unit bound to the test's connection: the same code counts the same
+    everywhere."""
     if db_backend == "sqlite":
         options: dict[str, Any] = {"read_only": True}
     elif db_backend == "asyncmy":
@@ -161,14 +162,21 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
 
     assert [statement.shape for statement in counted] == [AUTHOR_SHAPE] * 2
     own = [s.sql for s in all_ if s.shape != AUTHOR_SHAPE and "SAVEPOINT" not in s.sql]
-    postgresql = [
-        "SET TRANSACTION READ ONLY",
-        "SET LOCAL statement_timeout = 5000",
-        "SET LOCAL search_path TO public",
-        "SET LOCAL statement_timeout TO DEFAULT",
-        "SET LOCAL search_path TO DEFAULT",
-    ]
-    named = "SET LOCAL application_name TO DEFAULT"
+
+    # Bound to the test's connection, what a unit changes is read first and put back after.
+    def postgresql(timeout: str, path: str, name: str, put_back_name: str) -> list[str]:
+        return [
+            "SELECT current_setting('statement_timeout'), current_setting('search_path')",
+            "SET TRANSACTION READ ONLY",
+            "SET LOCAL statement_timeout = 5000",
+            "SET LOCAL search_path TO public",
+            f"SELECT set_config('statement_timeout', {timeout}, true), "
+            f"set_config('search_path', {path}, true)",
+            "SELECT current_setting('application_name')",
+            f"SELECT set_config('application_name', {name}, true)",
+            f"SELECT set_config('application_name', {put_back_name}, true)",
+        ]
+
     expected = {
         "sqlite": ["PRAGMA query_only = ON", "PRAGMA query_only = OFF"],
         "asyncmy": [
@@ -176,8 +184,10 @@ async def test_dbscope_own_statements_are_left_out_unless_everything_is_asked(
             "SESSION max_statement_time = 5.0",
             "SET SESSION max_statement_time = @dbscope_statement_time",
         ],
-        "asyncpg": [*postgresql, "SELECT set_config('application_name', $1, true)", named],
-        "psycopg": [*postgresql, "SELECT set_config('application_name', %(name)s, true)", named],
+        "asyncpg": postgresql("$1", "$2", "$1", "$1"),
+        "psycopg": postgresql(
+            "%(statement_timeout)s", "%(search_path)s", "%(name)s", "%(application_name)s"
+        ),
     }
     assert own == expected[db_backend]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from weakref import WeakKeyDictionary
@@ -59,6 +59,9 @@ class UnitState:
             that statement meets an outage of the replica (``_replicas.py``), else None.
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
             connection, on which what ``begin`` set is put back when each one ends.
+        settings_before: bound to a test's connection, what the unit's settings were in the
+            test's transaction before its current one began (the backend's
+            ``settings_before``), which its end puts back; None otherwise.
         connection: the connection of the unit's current transaction, once it began.
         before_savepoints: for each open savepoint, ``begin`` and ``applied_schema`` when it
             began, which its rollback puts back (it undoes a ``use_schema()`` run in it).
@@ -76,6 +79,7 @@ class UnitState:
     tracks_writes: bool = False
     reroute: Callable[[Exception], Engine | None] | None = None
     savepoint_of: Connection | None = None
+    settings_before: Mapping[str, str] | None = None
     connection: Connection | None = None
     before_savepoints: WeakKeyDictionary[SessionTransaction, tuple[Begin, str | None]] | None = (
         None  # made at the first savepoint: most units take none
@@ -182,6 +186,12 @@ def _configure_transaction(
     if transaction.parent is None:  # the unit's transaction, not a savepoint of it
         state.connection = connection
         forget(connection)  # an error of an earlier transaction on it (_failed_transactions)
+        if connection.in_nested_transaction():  # bound to a test's connection: a savepoint
+            # What the test set in its own transaction, which the unit's end puts back.
+            named = state.request_id is not None
+            state.settings_before = state.rules.settings_before(
+                connection, state.begin, named=named
+            )
     elif transaction.nested:
         # Its rollback undoes the SET LOCALs run in it (a use_schema()): what the unit targets
         # then is what it targeted when the savepoint began. Weakly: a batch's savepoint per
@@ -206,8 +216,9 @@ def _put_back_settings(session: Session, transaction: SessionTransaction) -> Non
     if state is None or state.savepoint_of is None or transaction.parent is not None:
         return
     connection, state.savepoint_of = state.savepoint_of, None
+    before, state.settings_before = state.settings_before, None
     if connection.in_transaction() and not connection.invalidated:
-        state.rules.put_back(connection, state.begin, named=state.request_id is not None)
+        state.rules.put_back(connection, before or {})
 
 
 @event.listens_for(UnitSession, "before_commit")

@@ -9,10 +9,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dbscope._commit_hooks import add_commit_hook
-from dbscope._dialects import OWN
+from dbscope._dialects import OWN, Begin
 from dbscope._exceptions import ConfigurationError
 from dbscope._session import CommitHook, UnitState
 from dbscope._settings import validate_schema_name
@@ -89,6 +90,14 @@ class UnitOfWork:
         """
         add_commit_hook(self.session.sync_session, self.state, callback)
 
+    def _keep_settings_before(self, connection: Connection, wanted: Begin) -> None:
+        # What the unit's end puts back, read where it has not been yet: a unit that began
+        # without a schema read no search_path.
+        state = self.state
+        kept = state.settings_before or {}
+        read = state.rules.settings_before(connection, wanted, named=False)
+        state.settings_before = {**read, **kept}
+
     async def use_schema(self, name: str | None) -> None:
         """Make the unit's statements target schema ``name`` (None: the server's default)."""
         state = self.state
@@ -107,6 +116,8 @@ class UnitOfWork:
             return
         connection = await self.session.connection()
         if state.applied_schema != name:
+            if state.settings_before is not None:  # bound to a test's connection
+                await connection.run_sync(self._keep_settings_before, Begin(schema=name))
             statement = state.rules.schema_statement(connection.dialect, name)
             await connection.exec_driver_sql(statement, execution_options=OWN)
             state.applied_schema = name

@@ -182,10 +182,20 @@ class Backend:
     def begin(self, connection: Connection, wanted: Begin) -> None:
         """Apply ``wanted`` to the transaction ``connection`` has just begun."""
 
-    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
-        """Undo what :meth:`begin` (and ``named``: :meth:`name_transaction`) did, at the end
-        of a unit that was a savepoint of a test's transaction, where ``SET LOCAL`` outlives
-        a released savepoint and the connection never returns to the pool to be reset."""
+    def settings_before(
+        self, connection: Connection, wanted: Begin, *, named: bool
+    ) -> Mapping[str, str]:
+        """What :meth:`begin` with ``wanted`` (and ``named``: :meth:`name_transaction`) is
+        about to change in the transaction of ``connection``, as it is now: read at the start
+        of a unit that is a savepoint of a test's transaction, for :meth:`put_back` to restore
+        at its end. By default nothing is read (nothing to restore, or restored otherwise)."""
+        return {}
+
+    def put_back(self, connection: Connection, before: Mapping[str, str]) -> None:
+        """Undo what :meth:`begin` and :meth:`name_transaction` did, at the end of a unit
+        that was a savepoint of a test's transaction, where ``SET LOCAL`` outlives a released
+        savepoint and the connection never returns to the pool to be reset: ``before`` is
+        what :meth:`settings_before` read as the unit began (or a ``use_schema()`` of it)."""
 
     def name_transaction(self, connection: Connection, name: str) -> None:
         """Show ``name`` (a request id) in the server's list of sessions until the transaction

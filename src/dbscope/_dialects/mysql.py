@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from sqlalchemy import event, text
@@ -96,7 +96,7 @@ class MySQL(Backend):
             connection.exec_driver_sql(statement, execution_options=OWN)
             connection.info[TIMEOUT_FLAG] = True
 
-    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+    def put_back(self, connection: Connection, before: Mapping[str, str]) -> None:
         if connection.info.pop(TIMEOUT_FLAG, False):
             connection.exec_driver_sql(RESET_STATEMENT_TIMEOUT, execution_options=OWN)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import event, text
@@ -100,17 +101,35 @@ class PostgreSQL(Backend):
             statement = self.schema_statement(connection.dialect, wanted.schema)
             connection.exec_driver_sql(statement, execution_options=OWN)
 
-    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
-        # DEFAULT: the session's value, which the next unit of a pooled connection begins with.
-        # Read-only needs nothing: a read-only unit never commits, and its rollback reverts.
-        for setting, was_set in (
-            ("synchronous_commit", wanted.synchronous_commit is not None),
-            ("statement_timeout", wanted.statement_timeout is not None),
-            ("search_path", wanted.schema is not None),
-            ("application_name", named),
-        ):
-            if was_set:
-                connection.exec_driver_sql(f"SET LOCAL {setting} TO DEFAULT", execution_options=OWN)
+    def settings_before(
+        self, connection: Connection, wanted: Begin, *, named: bool
+    ) -> Mapping[str, str]:
+        # The test's own values (a SET LOCAL of its transaction), not DEFAULT, which is the
+        # session's: put_back() restores them. Read-only needs nothing: a read-only unit
+        # never commits, and its rollback reverts.
+        names = [
+            setting
+            for setting, will_set in (
+                ("synchronous_commit", wanted.synchronous_commit is not None),
+                ("statement_timeout", wanted.statement_timeout is not None),
+                ("search_path", wanted.schema is not None),
+                ("application_name", named),
+            )
+            if will_set
+        ]
+        if not names:
+            return {}
+        query = "SELECT " + ", ".join(f"current_setting('{name}')" for name in names)
+        values = connection.exec_driver_sql(query, execution_options=OWN).one()
+        return dict(zip(names, values, strict=True))
+
+    def put_back(self, connection: Connection, before: Mapping[str, str]) -> None:
+        if not before:
+            return
+        # set_config(..., true) is SET LOCAL; the names are ours (settings_before's), the
+        # values go as parameters: one statement, whatever they hold.
+        calls = ", ".join(f"set_config('{name}', :{name}, true)" for name in before)
+        connection.execute(text(f"SELECT {calls}"), dict(before), execution_options=OWN)
 
     def name_transaction(self, connection: Connection, name: str) -> None:
         # Reverts at the transaction's end, as SET LOCAL does: the pooled connection goes back

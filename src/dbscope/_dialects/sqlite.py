@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -61,7 +62,7 @@ class SQLite(Backend):
             connection.exec_driver_sql("PRAGMA query_only = ON", execution_options=OWN)
             connection.info[QUERY_ONLY] = True
 
-    def put_back(self, connection: Connection, wanted: Begin, *, named: bool) -> None:
+    def put_back(self, connection: Connection, before: Mapping[str, str]) -> None:
         if connection.info.pop(QUERY_ONLY, False):
             connection.exec_driver_sql("PRAGMA query_only = OFF", execution_options=OWN)
 
