@@ -1,16 +1,18 @@
 """One session used by two tasks at once is refused every time, with one clear error, and
-leaves nothing behind: no connection dropped, none checked out, nothing left in the loop."""
+leaves nothing behind: no connection dropped, none checked out, nothing left in the loop.
+So are two units at once on a test's one connection (requests gathered in a test)."""
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Annotated
 
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from dbscope import Database, SessionSharedError
+from dbscope import Database, SessionSharedError, testing
 from tests.helpers import Tables, client_for, stored
 
 SLOW = {
@@ -124,3 +126,77 @@ async def test_a_session_used_in_another_event_loop_is_refused_and_nothing_is_lo
     assert served == [200] * 3
     assert await stored(db, "SELECT id FROM shared_rows ORDER BY id") == [1, 2, 3]
     assert db.stats().checked_out == 0
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[AsyncEngine]:
+    with testing.any_loop_engine(database_url) as engine:
+        yield engine
+
+
+def rows_app(db: Database) -> FastAPI:
+    """``POST /rows/{row}`` stores a row, between two slow statements."""
+    app = FastAPI()
+
+    @app.post("/rows/{row}")
+    async def add(row: int, session: Annotated[AsyncSession, Depends(db.session)]) -> int:
+        await session.execute(text(slow_query(session)))
+        await session.execute(text("INSERT INTO shared_rows (id) VALUES (:id)"), {"id": row})
+        await session.execute(text(slow_query(session)))
+        return row
+
+    return app
+
+
+async def rows_seen(connection: AsyncConnection) -> list[int]:
+    return list((await connection.scalars(text("SELECT id FROM shared_rows ORDER BY id"))).all())
+
+
+@pytest.mark.usefixtures("shared_rows")
+async def test_requests_gathered_in_a_test_are_refused_with_one_clear_error(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """asyncio.gather over requests bound to a test's connection: the first is served, the
+    others get SessionSharedError once it has ended (not the driver's "savepoint does not
+    exist"), and the test's connection serves the requests after them."""
+    db = Database(database_url)
+    app = rows_app(db)
+    async with testing.rolled_back(db, engine) as connection:
+        async with client_for(app, raise_app_exceptions=True) as client:
+            outcomes = await asyncio.gather(
+                *(client.post(f"/rows/{row}") for row in (1, 2, 3)), return_exceptions=True
+            )
+            after = await client.post("/rows/4")
+        rows = await rows_seen(connection)
+    served = [o.json() for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, SessionSharedError)]
+    assert len(served) == 1
+    assert len(refused) == 2
+    assert "one connection" in str(refused[0])
+    assert after.status_code == 200
+    assert rows == [*served, 4]
+
+
+@pytest.mark.usefixtures("shared_rows")
+async def test_a_task_group_over_requests_in_a_test_leaves_the_connection_whole(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """A TaskGroup over requests in a test fails with SessionSharedError alone: the request
+    served is not cancelled midway, and the test's transaction ends as usual."""
+    db = Database(database_url)
+    app = rows_app(db)
+    refused: list[BaseException] = []
+    async with testing.rolled_back(db, engine) as connection:
+        async with client_for(app, raise_app_exceptions=True) as client:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for row in (1, 2, 3):
+                        group.create_task(client.post(f"/rows/{row}"))
+            except* SessionSharedError as errors:
+                refused.extend(errors.exceptions)
+            after = await client.post("/rows/4")
+        rows = await rows_seen(connection)
+    assert refused
+    assert after.status_code == 200
+    assert len(rows) == 2
+    assert rows[-1] == 4

@@ -19,13 +19,13 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio.result import AsyncCommon
 from typing_extensions import TypeVar
 
 from dbscope._lazy_loads import STRICT_KEY
-from dbscope._session import UnitSession
-from dbscope._usage_errors import other_loop, shared_session
+from dbscope._session import UnitSession, test_connection_units, unit_state
+from dbscope._usage_errors import other_loop, shared_session, units_at_once_in_a_test
 
 logger = logging.getLogger("dbscope")
 
@@ -38,6 +38,8 @@ T = TypeVar("T")
 SessionT = TypeVar("SessionT", bound=AsyncSession, default=AsyncSession, covariant=True)
 
 # The AsyncSession methods that run on the connection: the ones a second task must not enter.
+# Those that start work and not only end it (all but close, invalidate, reset and rollback)
+# wait for their turn on a test's connection (wait_for_turn).
 GUARDED_METHODS: Final = (
     "close",
     "commit",
@@ -68,6 +70,8 @@ class UnitAsyncSession(AsyncSession):
     _user: asyncio.Task[Any] | None = None
     _depth = 0
     _idle: asyncio.Event | None = None
+    # Bound to a test's connection (dbscope.testing): its units take turns on it.
+    _on_test_connection = False
     # What stream() and stream_scalars() handed out, for the unit's end to close.
     streams: list[AsyncCommon[Any]] | None = None
 
@@ -88,6 +92,8 @@ class UnitAsyncSession(AsyncSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop = asyncio.get_running_loop()  # made by a unit, in its task
+        if isinstance(kwargs.get("bind"), AsyncConnection):
+            self._on_test_connection = True
 
     def idle(self) -> bool:
         """Whether no other task is inside one of the session's methods now."""
@@ -102,9 +108,10 @@ class UnitAsyncSession(AsyncSession):
 
 
 def one_task_at_a_time(
-    method: Callable[..., Coroutine[Any, Any, T]],
+    method: Callable[..., Coroutine[Any, Any, T]], *, starts_work: bool = True
 ) -> Callable[..., Coroutine[Any, Any, T]]:
-    """``method`` behind the guard: a second task inside it gets SessionSharedError."""
+    """``method`` behind the guard: a second task inside it gets SessionSharedError; on a
+    test's connection, one that ``starts_work`` waits for its turn first."""
 
     @functools.wraps(method)
     async def guarded(self: UnitAsyncSession, *args: Any, **kwargs: Any) -> T:
@@ -116,6 +123,8 @@ def one_task_at_a_time(
         self._user = task
         self._depth += 1
         try:
+            if starts_work and self._on_test_connection and self._depth == 1:
+                await wait_for_turn(self)
             return await method(self, *args, **kwargs)
         finally:
             self._depth -= 1
@@ -145,10 +154,12 @@ def kept_for_closing(
 
 
 for _name in GUARDED_METHODS:
-    setattr(UnitAsyncSession, _name, one_task_at_a_time(getattr(AsyncSession, _name)))
+    _ending = _name in ("close", "invalidate", "reset", "rollback")
+    _guarded = one_task_at_a_time(getattr(AsyncSession, _name), starts_work=not _ending)
+    setattr(UnitAsyncSession, _name, _guarded)
 for _name in ("stream", "stream_scalars"):
     setattr(UnitAsyncSession, _name, kept_for_closing(getattr(UnitAsyncSession, _name)))
-del _name
+del _name, _ending, _guarded
 
 
 def session_factory(
@@ -184,6 +195,23 @@ async def wait_idle(session: UnitAsyncSession) -> None:
         logger.error("A session stayed in use by another task; its connection is dropped.")
         session._user = None  # the unit's end goes on; invalidate() discards the connection
         await session.invalidate()
+
+
+async def wait_for_turn(session: UnitAsyncSession) -> None:
+    """Bound to a test's connection: return if no other unit is open on it, else wait
+    (a bounded time) until they have ended and raise SessionSharedError. Refused only once
+    the others have ended, so that a TaskGroup cancels none of them in the middle of a
+    statement, and a test that gathered requests ends with its connection whole."""
+    sync_session = session.sync_session
+    units = test_connection_units(sync_session)
+    state = unit_state(sync_session)
+    if units is None or state is None or not units.blocking(state):
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(IDLE_WAIT_SECONDS):
+            while units.blocking(state):
+                await units.one_ended()
+    raise units_at_once_in_a_test()
 
 
 async def rolled_back_or_dropped(session: AsyncSession) -> None:

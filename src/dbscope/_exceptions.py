@@ -8,7 +8,7 @@ Every error derives from :class:`DbscopeError`::
     ├── NoSessionError            current_session() outside a request or transaction
     ├── LazyLoadError             an unloaded relationship was read where it cannot load
     ├── UnitOfWorkEndedError      a session was used after its unit of work ended
-    ├── SessionSharedError        one session was used by two tasks at once
+    ├── SessionSharedError        one session (a test's connection) used by two tasks at once
     ├── StatementTimeoutError     a statement ran longer than the unit's statement_timeout
     ├── RetriesExhaustedError     a retried unit of work kept conflicting
     ├── ConstraintViolationError  a constraint failed at COMMIT (also an IntegrityError)
@@ -59,7 +59,8 @@ class UnitOfWorkEndedError(DbscopeError, RuntimeError):
 
 
 class SessionSharedError(DbscopeError):
-    """One session was used by two tasks at once; each task needs its own session."""
+    """One session was used by two tasks at once; each task needs its own session. In a test
+    bound to its connection, also two units of work at once on that one connection."""
 
 
 class StatementTimeoutError(DbscopeError):

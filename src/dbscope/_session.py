@@ -12,6 +12,7 @@ AsyncSession over :class:`UnitSession` is ``_async_session.py``'s.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -59,6 +60,8 @@ class UnitState:
             that statement meets an outage of the replica (``_replicas.py``), else None.
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
             connection, on which what ``begin`` set is put back when each one ends.
+        outer: bound to a test's connection, the unit this one was opened inside, if any.
+        tests_own: the session a test holds for its own queries (``dbscope.testing``).
         settings_before: bound to a test's connection, what the unit's settings were in the
             test's transaction before its current one began (the backend's
             ``settings_before``), which its end puts back; None otherwise.
@@ -79,6 +82,8 @@ class UnitState:
     tracks_writes: bool = False
     reroute: Callable[[Exception], Engine | None] | None = None
     savepoint_of: Connection | None = None
+    outer: UnitState | None = None
+    tests_own: bool = False
     settings_before: Mapping[str, str] | None = None
     connection: Connection | None = None
     before_savepoints: WeakKeyDictionary[SessionTransaction, tuple[Begin, str | None]] | None = (
@@ -257,3 +262,79 @@ def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> 
             "that nobody commits. Open a new one: `async with db.transaction() as session:`."
         )
         raise UnitOfWorkEndedError(message)
+
+
+class TestConnectionUnits:
+    """Bound to a test's connection, the units whose transaction (a savepoint of the test's)
+    is open on it, in the order they began; one that would begin beside them waits for them
+    to end and is refused (``_async_session.wait_for_turn``): the savepoints of two units at
+    once end each other's, and the driver only says that a savepoint does not exist."""
+
+    __slots__ = ("_ended", "open")
+
+    def __init__(self) -> None:
+        self.open: list[UnitState] = []
+        self._ended: asyncio.Event | None = None
+
+    def blocking(self, state: UnitState) -> bool:
+        """Whether a unit open before ``state``'s (all open ones, if it has not begun) is
+        neither one it was opened inside nor the test's own session."""
+        open_units = self.open
+        if state in open_units:
+            open_units = open_units[: open_units.index(state)]
+        return any(not (other.tests_own or _inside(state, other)) for other in open_units)
+
+    async def one_ended(self) -> None:
+        """Return when one of the open units has ended."""
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        await self._ended.wait()
+
+    def end(self, state: UnitState) -> None:
+        """``state``'s transaction has ended."""
+        if state in self.open:
+            self.open.remove(state)
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.set()
+
+
+# Keyed by the test's sync Connection, new for each test's connection.
+_test_connections: WeakKeyDictionary[Connection, TestConnectionUnits] = WeakKeyDictionary()
+
+
+def test_connection_units(session: Session) -> TestConnectionUnits | None:
+    """The units open on the test's connection ``session`` is bound to; None when unbound."""
+    connection = session.bind  # in production an Engine: one isinstance() per unit
+    if not isinstance(connection, Connection):
+        return None
+    found = _test_connections.get(connection)
+    if found is None:
+        found = _test_connections[connection] = TestConnectionUnits()
+    return found
+
+
+@event.listens_for(UnitSession, "after_transaction_create")
+def _open_on_a_test_connection(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and (units := test_connection_units(session)) is not None:
+        state = unit_state(session)
+        if state is not None:
+            units.open.append(state)
+
+
+@event.listens_for(UnitSession, "after_transaction_end")
+def _leave_the_test_connection(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and (units := test_connection_units(session)) is not None:
+        state = unit_state(session)
+        if state is not None:
+            units.end(state)
+
+
+def _inside(state: UnitState, other: UnitState) -> bool:
+    """Whether ``state``'s unit was opened inside ``other``'s (a savepoint nested in it)."""
+    outer = state.outer
+    while outer is not None:
+        if outer is other:
+            return True
+        outer = outer.outer
+    return False

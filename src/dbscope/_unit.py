@@ -61,7 +61,6 @@ class UnitOfWork:
         "rollback_only",
         "session",
         "state",
-        "tests_own",
     )
 
     def __init__(self, session: AsyncSession, state: UnitState) -> None:
@@ -71,7 +70,15 @@ class UnitOfWork:
         self.failed_quietly: Callable[[], bool] | None = None
         self.retried = False
         self.endpoint: Callable[..., Any] | None = None
-        self.tests_own = False
+
+    @property
+    def tests_own(self) -> bool:
+        """Whether this is the session a test holds for its own queries."""
+        return self.state.tests_own
+
+    @tests_own.setter
+    def tests_own(self, value: bool) -> None:
+        self.state.tests_own = value
 
     @property
     def will_commit(self) -> bool:

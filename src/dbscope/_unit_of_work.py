@@ -214,8 +214,12 @@ class UnitRun:
 
             self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
-        if self._inside_a_unit() and isinstance(self.unit.session.bind, AsyncConnection):
-            warnings.warn(NESTED_IN_A_TEST, RuntimeWarning, stacklevel=2)
+        if isinstance(self.unit.session.bind, AsyncConnection):  # bound to a test's connection
+            outer = self._token.old_value
+            if isinstance(outer, UnitOfWork):  # its savepoints may nest in the outer one's
+                self.unit.state.outer = outer.state
+            if self._inside_a_unit():
+                warnings.warn(NESTED_IN_A_TEST, RuntimeWarning, stacklevel=2)
         return self.unit
 
     async def __aexit__(

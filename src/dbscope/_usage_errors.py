@@ -24,6 +24,21 @@ def shared_session() -> SessionSharedError:
     return SessionSharedError(message)
 
 
+def units_at_once_in_a_test() -> SessionSharedError:
+    """The error for a unit that begins on a test's connection while another one, not its
+    outer unit, is open there."""
+    message = (
+        "Two units of work ran at once on the test's one connection (asyncio.gather() or a "
+        "TaskGroup over requests, or a task the app started that opens a unit while another "
+        "runs): in a test bound to its connection every request and db.transaction() block "
+        "is a savepoint of the test's transaction, and that connection serves one unit at a "
+        "time. Send the requests one after another; to test requests at once, send them to "
+        "the app on a Database of its own, with a pool, on the test database "
+        "(docs/testing.md, 'Concurrent requests')."
+    )
+    return SessionSharedError(message)
+
+
 # Bound to a test's connection, every unit is a savepoint of the test's transaction: one opened
 # inside another is a savepoint of that one, where in production it is a transaction apart.
 NESTED_IN_A_TEST: Final = (
