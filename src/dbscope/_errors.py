@@ -122,7 +122,10 @@ def translate(
         # A read-only refusal invalidates only in a unit that writes (the backend's rules):
         # the server is a standby now. In a read-only unit it is the unit's own error.
         demoted = kind == "read_only"
-        return unavailable("connection_lost", limits, demoted=demoted, at_commit=at_commit)
+        because = rules.lost_because(error.orig)
+        return unavailable(
+            "connection_lost", limits, demoted=demoted, at_commit=at_commit, because=because
+        )
     if kind == "refused":
         return refused(error.orig, limits)
     if kind == "timeout" and limits.statement_timeout is not None:
@@ -271,6 +274,7 @@ def unavailable(
     line_full: bool = False,
     demoted: bool = False,
     at_commit: bool = False,
+    because: str | None = None,
 ) -> DatabaseUnavailableError:
     """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
 
@@ -278,7 +282,11 @@ def unavailable(
     ``demoted``: the connection was dropped because its server refused a write as read-only.
     ``at_commit``: the connection was lost during the unit's own COMMIT, whose outcome is
     then unknown (the server may have committed before the answer was lost).
+    ``because``: what the backend knows of a lost connection (``Backend.lost_because``),
+    said instead: PgBouncer's queue waited out, where nothing ran.
     """
+    if because is not None:
+        return DatabaseUnavailableError(because, cause=cause, retry_after=RETRY_AFTER[cause])
     if cause == "connection_lost" and at_commit and not demoted:
         message = (
             "The connection to the database was lost during the COMMIT: whether the "

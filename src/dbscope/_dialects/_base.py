@@ -249,6 +249,12 @@ class Backend:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
         return None
 
+    def lost_because(self, orig: BaseException | None) -> str | None:
+        """What a connection error ``orig`` (an error_kind of "lost") says happened, when
+        more is known than that the connection was lost (a pooler in front of the server
+        that gave up waiting for it); None for a plain lost connection."""
+        return None
+
     def setup_advice(self, orig: BaseException | None) -> str | None:
         """The fix, when the driver error ``orig`` says the server was reached but the setup
         in front of it does not fit the connection's settings (a pooler's mode, say)."""

@@ -45,6 +45,28 @@ def refused_login(code: str, message: str) -> bool:
     return code == PROTOCOL_VIOLATION and LOGIN_REFUSALS.search(message) is not None
 
 
+# What PgBouncer says, as class 08 (psycopg: 08P01; asyncpg: 08003, the connection closed
+# after it), to a client whose statement waited query_wait_timeout in its queue for a server
+# connection: none came, so none of the statement ran. Measured on 1.24.1.
+QUEUE_WAIT_TIMEOUT: Final = "query_wait_timeout"
+QUEUE_WAITED_OUT: Final = (
+    "The statement waited in PgBouncer's queue for a server connection until PgBouncer's "
+    "query_wait_timeout ended the wait, so it never ran: the server behind "
+    "PgBouncer is down or cannot be reached, or PgBouncer's pool for this database is full "
+    "(default_pool_size, max_db_connections). PgBouncer's SHOW POOLS counts the clients "
+    "waiting (cl_waiting); query_wait_timeout in pgbouncer.ini bounds the wait (120 s by "
+    "default)."
+)
+
+
+def queue_waited_out(code: str | None, message: str) -> str | None:
+    """What happened, when the error ``code``/``message`` is PgBouncer ending a statement's
+    wait for a server connection (query_wait_timeout); None for any other."""
+    if code is None or not code.startswith("08") or QUEUE_WAIT_TIMEOUT not in message:
+        return None
+    return QUEUE_WAITED_OUT
+
+
 # A prepared statement that clashes with one of the same name (42P05) or is gone (26000): the
 # driver's statements met another client's server connection, behind a pooler in transaction
 # mode that dbscope was not told of.

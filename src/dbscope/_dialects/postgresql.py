@@ -210,6 +210,9 @@ class PostgreSQL(Backend):
             return "earlier"
         return "to_savepoint" if raised_by_server(orig) else None
 
+    def lost_because(self, orig: BaseException | None) -> str | None:
+        return pgbouncer.queue_waited_out(sqlstate(orig), str(orig))
+
     def setup_advice(self, orig: BaseException | None) -> str | None:
         return pgbouncer.statements_advice(sqlstate(orig))
 
