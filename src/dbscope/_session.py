@@ -305,7 +305,7 @@ _test_connections: WeakKeyDictionary[Connection, TestConnectionUnits] = WeakKeyD
 
 def test_connection_units(session: Session) -> TestConnectionUnits | None:
     """The units open on the test's connection ``session`` is bound to; None when unbound."""
-    connection = session.bind  # in production an Engine: one isinstance() per unit
+    connection = session.bind
     if not isinstance(connection, Connection):
         return None
     found = _test_connections.get(connection)
@@ -314,7 +314,14 @@ def test_connection_units(session: Session) -> TestConnectionUnits | None:
     return found
 
 
-@event.listens_for(UnitSession, "after_transaction_create")
+def watch_test_connection(session: Session) -> None:
+    """Keep ``session``'s unit, bound to a test's connection, among those open on it while its
+    transaction is (:class:`TestConnectionUnits`). Listened for on this session alone: a
+    pooled unit pays nothing for it."""
+    event.listen(session, "after_transaction_create", _open_on_a_test_connection)
+    event.listen(session, "after_transaction_end", _leave_the_test_connection)
+
+
 def _open_on_a_test_connection(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None and (units := test_connection_units(session)) is not None:
         state = unit_state(session)
@@ -322,7 +329,6 @@ def _open_on_a_test_connection(session: Session, transaction: SessionTransaction
             units.open.append(state)
 
 
-@event.listens_for(UnitSession, "after_transaction_end")
 def _leave_the_test_connection(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None and (units := test_connection_units(session)) is not None:
         state = unit_state(session)

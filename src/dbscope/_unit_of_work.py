@@ -33,7 +33,7 @@ from dbscope._dialects import Begin
 from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
-from dbscope._session import UnitState, attach_state
+from dbscope._session import UnitState, attach_state, watch_test_connection
 from dbscope._tags import SqlComment, SqlTagger, check_tags
 from dbscope._unit import ReadRouter, UnitOfWork
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
@@ -215,6 +215,7 @@ class UnitRun:
             self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
         if isinstance(self.unit.session.bind, AsyncConnection):  # bound to a test's connection
+            watch_test_connection(self.unit.session.sync_session)
             outer = self._token.old_value
             if isinstance(outer, UnitOfWork):  # its savepoints may nest in the outer one's
                 self.unit.state.outer = outer.state
