@@ -259,12 +259,16 @@ MYAPP = {
         'db = Database("postgresql+asyncpg://nobody@127.0.0.1:9/production")\n'
     ),
     "myapp/main.py": (
-        "from fastapi import FastAPI\n\n"
+        "from fastapi import Depends, FastAPI\n"
+        "from sqlalchemy import text\n\n"
         "def create_app(db):\n"
         "    app = FastAPI(lifespan=db.lifespan)\n\n"
         '    @app.get("/health")\n'
         "    async def health() -> dict[str, str]:\n"
         '        return {"status": "ok"}\n\n'
+        '    @app.get("/one")\n'
+        "    async def one(session=Depends(db.session)) -> dict[str, int]:\n"
+        '        return {"one": (await session.execute(text("SELECT 1"))).scalar_one()}\n\n'
         "    return app\n"
     ),
 }
@@ -282,7 +286,7 @@ def test_the_testing_guides_conftest_runs_its_health_test(
         conftest += block_containing(guide, "def anyio_backend():")
         test = block_containing(guide, "pytestmark = pytest.mark.anyio")
     else:
-        test = block_containing(guide, "pytestmark = pytest.mark.asyncio")
+        test = block_containing(guide, "pytest.mark.asyncio\n\n\nasync def test_health")
     conftest += block_containing(guide, "def dbscope_raise_on_lazy_load():")
     for name, source in MYAPP.items():
         (pytester.path / name).parent.mkdir(exist_ok=True)
@@ -295,4 +299,24 @@ def test_the_testing_guides_conftest_runs_its_health_test(
         + (loop_scope if async_plugin == "pytest-asyncio" else "")
     )
     result = plugin_projects.run(pytester, async_plugin, project_url, in_process=True)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "asyncpg"])
+def test_the_testing_guides_requests_at_once_run_on_a_database_of_their_own(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """The guide's test of requests at once, on the app's own Database and pool (beside the
+    guide's conftest.py, whose Database names a server that does not exist), passes."""
+    guide = "docs/testing.md"
+    for name, source in MYAPP.items():
+        (pytester.path / name).parent.mkdir(exist_ok=True)
+        (pytester.path / name).write_text(source)
+    pytester.makeconftest(block_containing(guide, "def dbscope_app():"))
+    pytester.makepyfile(test_at_once=block_containing(guide, "def test_requests_at_once_share"))
+    pytester.makeini(
+        "[pytest]\npythonpath = .\nfilterwarnings = error\n"
+        "asyncio_default_fixture_loop_scope = function\n"
+    )
+    result = plugin_projects.run(pytester, "pytest-asyncio", project_url, in_process=True)
     result.assert_outcomes(passed=1)
