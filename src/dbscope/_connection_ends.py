@@ -9,6 +9,7 @@ cancelling units after each of their steps (tests/reliability/test_cancel_sweep*
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -25,11 +26,11 @@ def bound_closes(engine: AsyncEngine) -> None:
     """Give each connection of ``engine`` at most :data:`CLOSE_TIMEOUT` seconds to close,
     where its driver's own close waits for the server: on a frozen server asyncpg's did
     not return, and with it ``dispose()``, the app's shutdown. aiosqlite's is waited for
-    through cancels (``Driver.close``)."""
+    through cancels (``Driver.close``), before a terminate as well."""
     known = driver(engine.dialect.driver)
-    close = None if known is None else known.close
-    if close is None:
+    if known is None or known.close is None:
         return
+    close = known.close
 
     def close_within(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # The pool's own close follows, and finds the connection closed (or aborted).
@@ -38,6 +39,34 @@ def bound_closes(engine: AsyncEngine) -> None:
                 await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
 
     event.listen(engine.sync_engine, "close", close_within)
+    if known.closes_on_thread:
+        _closes_before_terminating(engine, close)
+
+
+def _closes_before_terminating(
+    engine: AsyncEngine, close: Callable[[Any, float], Awaitable[object]]
+) -> None:
+    """Close a connection that lives on a thread of its own before SQLAlchemy terminates it,
+    where the pool sends no ``close`` event first: a connect event that failed (a cancel in
+    a connect listener, the app's or dbscope's ``PRAGMA``).
+
+    SQLAlchemy's terminate queues a graceful close on aiosqlite's thread, and when a second
+    cancel (anyio's cancel scope, at each await) cuts it short, stops the thread: the stop
+    overtakes the close's own, the thread ends before the close is done, and its task waits
+    for ever ("Task was destroyed but it is pending!"). Closed first, through cancels, the
+    connection leaves the terminate nothing to wait for.
+    """
+    dialect = engine.sync_engine.dialect
+    terminate = dialect.do_terminate
+
+    def close_then_terminate(dbapi_connection: Any) -> None:
+        try:
+            if in_greenlet():  # not in the garbage collector's finalizer: nothing may be awaited
+                await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
+        finally:
+            terminate(dbapi_connection)
+
+    dialect.do_terminate = close_then_terminate  # type: ignore[method-assign]
 
 
 class _GivesBackOnFailure(Connection):

@@ -1,0 +1,82 @@
+"""A unit cancelled while its new connection is being set up leaves nothing behind.
+
+The pool runs the ``connect`` event's listeners (dbscope's, SQLAlchemy's, the app's: a
+``PRAGMA``, a ``SET``) on each new connection before any unit has it. A cancel that lands
+there makes SQLAlchemy terminate the connection at once, without the ``close`` event dbscope
+bounds closes by. On SQLite, with anyio's cancel scope (which cancels again at each await)
+and aiosqlite's thread still busy, the terminate stopped the thread before its own graceful
+close was done, and left that close's task pending for ever: "Task was destroyed but it is
+pending!" each time, found by cancelling units at random moments under CPU load.
+"""
+
+import asyncio
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import event, text
+
+from dbscope import Database
+from tests.cancel_points import nothing_reported
+
+CANCELS = 5
+# A setup statement that keeps the connection busy for a while, on each backend: the cancel
+# lands before it ends.
+SLOW_SETUP = {
+    "sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+    " WHERE i < 300000) SELECT count(*) FROM n",
+    "postgresql": "SELECT pg_sleep(0.05)",
+    "mysql": "SELECT SLEEP(0.05)",
+}
+
+
+class SlowSetup:
+    """A ``connect`` listener that runs a slow statement, and counts the runs a cancel cut."""
+
+    def __init__(self, statement: str) -> None:
+        self.statement = statement
+        self.started = asyncio.Event()
+        self.cut_short = 0
+
+    def __call__(self, dbapi_connection: Any, record: Any) -> None:
+        self.started.set()
+        try:
+            # aiosqlite's cursor() waits for its thread: the cancel lands there, the thread
+            # idle, and SQLAlchemy's terminate raced its own graceful close.
+            cursor = dbapi_connection.cursor()
+            cursor.execute(self.statement)
+            cursor.fetchall()
+            cursor.close()
+        except asyncio.CancelledError:
+            self.cut_short += 1
+            raise
+
+
+async def test_a_cancel_scope_in_a_connect_listener_leaves_nothing_behind(
+    database_url: str,
+) -> None:
+    """anyio's cancel scope cancels units while a connect listener runs on their new
+    connection: each cancel lands there, nothing stays checked out, and nothing is reported
+    (no task left pending, no warning)."""
+    # pool_recycle=0: every checkout opens a connection of its own, set up by the listener.
+    async with Database(database_url, pool_size=1, max_overflow=0, pool_recycle=0) as db:
+        setup = SlowSetup(SLOW_SETUP[db.engine.dialect.name])
+        event.listen(db.engine.sync_engine, "connect", setup)
+        with nothing_reported():
+            for _ in range(CANCELS):
+                setup.started.clear()
+                async with anyio.create_task_group() as group:
+
+                    async def cancel_once_set_up_begins() -> None:
+                        await setup.started.wait()
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(cancel_once_set_up_begins)
+                    async with db.transaction() as session:
+                        await session.execute(text("SELECT 1"))
+                    pytest.fail("the unit ran on after its cancel")
+            event.remove(db.engine.sync_engine, "connect", setup)
+            async with db.transaction() as session:  # the pool still serves
+                assert await session.scalar(text("SELECT 1")) == 1
+        assert setup.cut_short == CANCELS
+        assert db.stats().checked_out == 0
