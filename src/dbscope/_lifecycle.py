@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from dbscope._async_session import UnitAsyncSession, session_factory
-from dbscope._dialects import driver
+from dbscope._dialects import CLOSE_TIMEOUT, driver, settle_connects
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import ConfigurationError, LifecycleError
@@ -188,6 +188,9 @@ class Lifecycle:
                     observer.engine_stopped(*running)
             await self.durability.close()
             await engine.dispose()
+            # A connect a cancel cut short goes on alone: its connection is closed before
+            # the app's loop ends (a connect within connect_timeout, a close within CLOSE).
+            await settle_connects(self.settings.connect_timeout + CLOSE_TIMEOUT)
             logger.info("Disposed the connection pool of %r", self.settings.url)
 
     @contextlib.contextmanager

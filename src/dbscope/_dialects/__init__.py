@@ -35,6 +35,7 @@ from dbscope._dialects.driver import (
     Driver,
     LeaseStatus,
     PoolerMode,
+    settle_connects,
     through_cancels,
 )
 from dbscope._dialects.hosts import libpq_hosts
@@ -68,6 +69,7 @@ __all__ = [
     "only_read",
     "resolve_async_url",
     "resolve_primary_url",
+    "settle_connects",
     "through_cancels",
 ]
 

@@ -50,9 +50,9 @@ async def through_cancels(work: Awaitable[object], seconds: float) -> None:
 # bound when it ends a connection gracefully before terminating it.
 CLOSE_TIMEOUT: Final = 2.0
 
-# The closes of connections whose opening was cancelled, kept until done (the event loop
-# holds its tasks weakly).
-_closing: set[asyncio.Task[object]] = set()
+# The connects a cancel left to finish, and the closes of what they opened: kept until done
+# (the event loop holds its tasks weakly), and waited for at dispose() (settle_connects).
+_unfinished: set[asyncio.Future[Any]] = set()
 
 
 def closed_if_cancelled(
@@ -73,10 +73,11 @@ def closed_if_cancelled(
     """
 
     def close_opened(opening: asyncio.Future[Any]) -> None:
+        _unfinished.discard(opening)
         if opening.cancelled() or opening.exception() is not None:
             return
         closing = asyncio.ensure_future(close(opening.result()))
-        _closing.add(closing)
+        _unfinished.add(closing)
         closing.add_done_callback(_closed)
 
     async def connect_through_cancels(*args: Any, **kwargs: Any) -> Any:
@@ -84,16 +85,33 @@ def closed_if_cancelled(
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
+            _unfinished.add(opening)
             opening.add_done_callback(close_opened)
             raise
 
     return connect_through_cancels
 
 
-def _closed(closing: asyncio.Task[object]) -> None:
-    _closing.discard(closing)
+def _closed(closing: asyncio.Future[Any]) -> None:
+    _unfinished.discard(closing)
     if not closing.cancelled():
         closing.exception()  # read: a close that failed has nothing left to release
+
+
+async def settle_connects(seconds: float) -> None:
+    """Wait up to ``seconds`` for the connects of this event loop that a cancel left to
+    finish (:func:`closed_if_cancelled`), and for the closes of what they opened. An event
+    loop that ended first left their connections to the garbage collector, which warned
+    (ResourceWarning: 6 times in 100 runs on asyncpg that cancelled a unit as it connected,
+    then disposed of the Database and ended the loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        # A connect that ends adds its close (its done callback runs first): look again.
+        waiting = {task for task in _unfinished if task.get_loop() is loop}
+        if not waiting:
+            return
+        await asyncio.wait(waiting, timeout=deadline - loop.time())
 
 
 @dataclass(frozen=True)
