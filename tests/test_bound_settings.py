@@ -54,23 +54,6 @@ async def test_a_units_settings_end_with_it_on_postgresql(
     assert after == before
 
 
-@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
-async def test_a_schema_the_unit_chose_on_its_way_ends_with_it(
-    engine: AsyncEngine, database_url: str
-) -> None:
-    db = Database(database_url)
-    async with testing.rolled_back(db, engine) as connection:
-        before = await postgres_settings(connection)
-        async with db.transaction() as session:
-            await session.execute(text("SELECT 1"))  # begun: use_schema() sends its SET LOCAL
-            await db.use_schema("tenant_7")
-            during = (await session.execute(text("SHOW search_path"))).scalar_one()
-        after = await postgres_settings(connection)
-    assert "tenant_7" not in before[1]
-    assert "tenant_7" in during
-    assert after == before
-
-
 async def set_local(connection: AsyncConnection) -> None:
     """The test's own values for each setting a unit may change, in the test's transaction."""
     for statement in (
