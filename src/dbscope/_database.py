@@ -122,11 +122,10 @@ class Database(RequestEntryPoints[SessionT]):
         given = sorted(set(engine_options) & set(DatabaseSettings.model_fields))
         if given:
             # Passed on, they went to SQLAlchemy unchecked, and the settings said otherwise.
-            message = (
-                f"{', '.join(given)} is a setting, not an engine option: build the "
-                "DatabaseSettings with it (DatabaseSettings(..., pool_size=...))."
+            fix = "build the DatabaseSettings with it (DatabaseSettings(..., pool_size=...))."
+            raise ConfigurationError(
+                f"{', '.join(given)} is a setting, not an engine option: {fix}"
             )
-            raise ConfigurationError(message)
         database = cls.__new__(cls)
         database._setup(settings, engine_options, session_class)
         return database

@@ -26,8 +26,6 @@ from dbscope._dialects._base import (
     Client,
     DatabaseRefused,
     ErrorKind,
-    Found,
-    Presence,
 )
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import (
@@ -39,6 +37,7 @@ from dbscope._dialects.driver import (
     through_cancels,
 )
 from dbscope._dialects.hosts import libpq_hosts
+from dbscope._dialects.marks import Found, Presence
 from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, SynchronousCommit
 from dbscope._dialects.replication import Replication, Standbys
 

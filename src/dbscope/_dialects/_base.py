@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import immutabledict
 
 from dbscope._dialects.driver import Driver
+from dbscope._dialects.marks import Found, read_mark
 from dbscope._dialects.replication import Replication, Standbys
 
 # What an error means, read from the database's own code (never from the exception class,
@@ -42,42 +43,14 @@ ErrorKind = Literal[
 #   earlier       nothing more: the error says an earlier error did (PostgreSQL's 25P02)
 RolledBack = Literal["to_savepoint", "transaction", "earlier"]
 
-# What a server holds under a database's name: nothing, a database that bears dbscope's mark
-# (dbscope made it for a test run), or one someone else made.
-Presence = Literal["absent", "marked", "unmarked"]
 # Opens an autocommit connection to the server of a URL; given by the caller (a leaf here).
 Connect = Callable[[URL], AbstractAsyncContextManager[AsyncConnection]]
-# The mark on the databases dbscope makes, telling a later run that it may drop them. Not a
-# table: the app and its migrations see nothing of it.
-MARK: Final = "dbscope test database"
-# What follows MARK once the run has made the app's tables from its metadata: their
-# fingerprint (dbscope.testing), so that a later run reuses the database only for the same.
-TABLES: Final = "; tables "
 # The execution option on the statements dbscope sends of its own accord in a unit (SET LOCAL,
 # SET TRANSACTION READ ONLY, SQLite's BEGIN, a replica's replay check...): query counts
 # (dbscope.testing) leave them out by this mark, not by guessing from the text.
 OWN_STATEMENT: Final = "dbscope_own_statement"
 OWN: Final = immutabledict({OWN_STATEMENT: True})
 NO_PARAMETERS: Final = immutabledict({"no_parameters": True})
-
-
-@dataclass(frozen=True)
-class Found:
-    """What a server holds under a test database's name, and the fingerprint of the tables
-    dbscope made in it, if its mark carries one."""
-
-    presence: Presence
-    tables: str | None = None
-
-
-def read_mark(mark: object) -> Found:
-    """What a database's mark (its comment) says: dbscope's, with its tables' fingerprint
-    or without, or someone else's."""
-    if mark == MARK:
-        return Found("marked")
-    if isinstance(mark, str) and mark.startswith(MARK + TABLES):
-        return Found("marked", mark.removeprefix(MARK + TABLES))
-    return Found("unmarked")
 
 
 class DatabaseRefused(Exception):
@@ -406,11 +379,6 @@ def _quoted(connection: AsyncConnection | Connection, url: URL) -> str:
 def quoted_database(connection: Connection) -> str:
     """The name of ``connection``'s database, quoted, for statements sent as written."""
     return _quoted(connection, connection.engine.url)
-
-
-def tables_mark(fingerprint: str) -> str:
-    """dbscope's mark, carrying the fingerprint of the tables made in the database."""
-    return f"{MARK}{TABLES}{fingerprint}"
 
 
 def server_version(connection: AsyncConnection | Connection) -> tuple[int, ...]:

@@ -1,9 +1,16 @@
-"""The hosts of a PostgreSQL URL that lists several (``?host=h1:p1&host=h2:p2``), as libpq
-takes them."""
+"""A PostgreSQL URL as libpq takes it: the hosts of one that lists several
+(``?host=h1:p1&host=h2:p2``), and psql's command for it (``dbscope shell``)."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from sqlalchemy.engine import URL
+
+from dbscope._dialects._base import Client
+
+# libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
+SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def libpq_hosts(url: URL) -> tuple[str | None, str | None]:
@@ -32,3 +39,37 @@ def split_host_port(token: str) -> tuple[str, str | None]:
         return host, rest.removeprefix(":") or None
     host, _, port = token.partition(":")
     return host, port or None
+
+
+def psql(url: URL, schema: str | None = None) -> Client:
+    """psql's command line and environment for ``url`` (``dbscope shell``), with ``schema`` as
+    its search_path; the password only in the environment."""
+    hosts, ports = libpq_hosts(url)
+    arguments: list[str] = []
+    for option, value in (
+        ("--host", hosts),
+        ("--port", ports),
+        ("--username", url.username),
+    ):
+        if value:
+            arguments += [option, value]
+    environment = {"PGAPPNAME": "dbscope shell"}
+    if url.database:  # not --dbname, which libpq reads as a connection string if it can
+        environment["PGDATABASE"] = url.database
+    if url.password is not None:
+        environment["PGPASSWORD"] = str(url.password)
+    ssl = url.query.get("sslmode") or url.query.get("ssl")
+    if isinstance(ssl, str) and ssl in SSL_MODES:
+        environment["PGSSLMODE"] = ssl
+    if schema is not None:  # a plain identifier (checked by the settings): no '"' in it
+        # Quoted, as the units' SET LOCAL quotes it: unquoted, "Upper" was folded to upper.
+        environment["PGOPTIONS"] = f'-c search_path="{schema}"'
+    attributes = url.query.get("target_session_attrs")
+    if isinstance(attributes, str):
+        environment["PGTARGETSESSIONATTRS"] = attributes
+    return Client(
+        programs=("psql",),
+        arguments=tuple(arguments),
+        environment=environment,
+        install="install PostgreSQL's client, e.g. apt install postgresql-client",
+    )

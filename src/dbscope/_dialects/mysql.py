@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects._base import (
-    MARK,
     OWN,
     Backend,
     Begin,
@@ -25,7 +24,6 @@ from dbscope._dialects._base import (
     RolledBack,
     quoted_database,
     server_version,
-    tables_mark,
 )
 from dbscope._dialects.driver import (
     CLOSE_TIMEOUT,
@@ -34,6 +32,7 @@ from dbscope._dialects.driver import (
     closed_if_cancelled,
     rollback_connection,
 )
+from dbscope._dialects.marks import MARK, tables_mark
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.
@@ -304,8 +303,7 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
 
 
 async def _quit(connection: Any) -> None:
-    """Say goodbye (COM_QUIT) to the server, within CLOSE_TIMEOUT, as asyncmy's and aiomysql's
-    ``ensure_closed()`` do; the socket closed in any case."""
+    """COM_QUIT to the server (``ensure_closed()``) within CLOSE_TIMEOUT; the socket closed."""
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await connection.ensure_closed()

@@ -14,7 +14,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects import deferred_begin, pgbouncer
 from dbscope._dialects._base import (
-    MARK,
     OWN,
     Backend,
     Begin,
@@ -23,9 +22,9 @@ from dbscope._dialects._base import (
     RolledBack,
     quoted_database,
     server_version,
-    tables_mark,
 )
-from dbscope._dialects.hosts import libpq_hosts
+from dbscope._dialects.hosts import libpq_hosts, psql
+from dbscope._dialects.marks import MARK, tables_mark
 from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG, raised_by_server, sqlstate
 from dbscope._dialects.replication import (
     REPLAYED,
@@ -68,8 +67,6 @@ PASSING_FATAL_STATES: Final = (
     "too many",
     "administrator command",
 )
-# libpq's modes, as a URL's sslmode (psycopg) or ssl (asyncpg) gives them.
-SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # SET LOCAL application_name, with the name as a parameter: the statement text stays the same
 # for every request, so that asyncpg prepares it once per connection, not once per request.
 NAME_TRANSACTION: Final = text("SELECT set_config('application_name', :name, true)")
@@ -258,35 +255,7 @@ class PostgreSQL(Backend):
         return [f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if force else "")]
 
     def client(self, url: URL, schema: str | None = None) -> Client | None:
-        hosts, ports = libpq_hosts(url)
-        arguments: list[str] = []
-        for option, value in (
-            ("--host", hosts),
-            ("--port", ports),
-            ("--username", url.username),
-        ):
-            if value:
-                arguments += [option, value]
-        environment = {"PGAPPNAME": "dbscope shell"}
-        if url.database:  # not --dbname, which libpq reads as a connection string if it can
-            environment["PGDATABASE"] = url.database
-        if url.password is not None:
-            environment["PGPASSWORD"] = str(url.password)
-        ssl = url.query.get("sslmode") or url.query.get("ssl")
-        if isinstance(ssl, str) and ssl in SSL_MODES:
-            environment["PGSSLMODE"] = ssl
-        if schema is not None:  # a plain identifier (checked by the settings): no '"' in it
-            # Quoted, as the units' SET LOCAL quotes it: unquoted, "Upper" was folded to upper.
-            environment["PGOPTIONS"] = f'-c search_path="{schema}"'
-        attributes = url.query.get("target_session_attrs")
-        if isinstance(attributes, str):
-            environment["PGTARGETSESSIONATTRS"] = attributes
-        return Client(
-            programs=("psql",),
-            arguments=tuple(arguments),
-            environment=environment,
-            install="install PostgreSQL's client, e.g. apt install postgresql-client",
-        )
+        return psql(url, schema)
 
     def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
         # A transaction's advisory lock, taken in the migrations' own transaction and let go

@@ -24,9 +24,9 @@ from dbscope._dialects._base import (
     Connect,
     DatabaseRefused,
     ErrorKind,
-    Found,
 )
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
+from dbscope._dialects.marks import Found
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
