@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from dbscope._async_session import UnitAsyncSession, session_factory
-from dbscope._dialects import CLOSE_TIMEOUT, driver, settle_connects
+from dbscope._dialects import CLOSE_TIMEOUT, ClosedIfCancelled, driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import ConfigurationError, LifecycleError
@@ -190,7 +190,9 @@ class Lifecycle:
             await engine.dispose()
             # A connect a cancel cut short goes on alone: its connection is closed before
             # the app's loop ends (a connect within connect_timeout, a close within CLOSE).
-            await settle_connects(self.settings.connect_timeout + CLOSE_TIMEOUT)
+            creator = self.options.get("connect_args", {}).get("async_creator_fn")
+            if isinstance(creator, ClosedIfCancelled):
+                await creator.settle(self.settings.connect_timeout + CLOSE_TIMEOUT)
             logger.info("Disposed the connection pool of %r", self.settings.url)
 
     @contextlib.contextmanager

@@ -30,10 +30,10 @@ from dbscope._dialects._base import (
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import (
     CLOSE_TIMEOUT,
+    ClosedIfCancelled,
     Driver,
     LeaseStatus,
     PoolerMode,
-    settle_connects,
     through_cancels,
 )
 from dbscope._dialects.hosts import libpq_hosts
@@ -51,6 +51,7 @@ __all__ = [
     "Backend",
     "Begin",
     "Client",
+    "ClosedIfCancelled",
     "DatabaseRefused",
     "Driver",
     "ErrorKind",
@@ -68,7 +69,6 @@ __all__ = [
     "only_read",
     "resolve_async_url",
     "resolve_primary_url",
-    "settle_connects",
     "through_cancels",
 ]
 

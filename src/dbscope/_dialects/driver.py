@@ -50,68 +50,67 @@ async def through_cancels(work: Awaitable[object], seconds: float) -> None:
 # bound when it ends a connection gracefully before terminating it.
 CLOSE_TIMEOUT: Final = 2.0
 
-# The connects a cancel left to finish, and the closes of what they opened: kept until done
-# (the event loop holds its tasks weakly), and waited for at dispose() (settle_connects).
-_unfinished: set[asyncio.Future[Any]] = set()
 
-
-def closed_if_cancelled(
-    connect: Callable[..., Awaitable[Any]], close: Callable[[Any], Awaitable[object]]
-) -> Callable[..., Awaitable[Any]]:
+class ClosedIfCancelled:
     """``connect``, a driver's, run in a task of its own that a cancel of its caller does not
     reach: the caller's cancel is raised at once, and what the connect then opens is closed
-    by ``close``. (SQLAlchemy's async dialects call it as their ``async_creator_fn``.)
+    by ``close``. One per engine (SQLAlchemy's async dialects call it as their
+    ``async_creator_fn``), which :meth:`settle` waits for at ``dispose()``.
 
-    Each driver's connect went wrong when cancelled (every cancel point swept,
+    The PostgreSQL drivers' connects went wrong when cancelled (every cancel point swept,
     tests/reliability/test_cancel_sweep_more.py): psycopg's left the connection open on the
     server in a reference cycle, until the garbage collector ran (18 server connections for a
     pool of 2, and "too many clients" past it); asyncpg's left a future failed with
-    "unexpected connection_lost() call" that the event loop reported as never retrieved;
-    asyncmy's opens its socket in Python 3.11's ``asyncio.wait_for``, which returned the
-    connection in place of a cancel that came as the socket opened: the unit went on, and a
-    task cancelled in a loop of units never ended.
+    "unexpected connection_lost() call" that the event loop reported as never retrieved.
+    The price: a cancelled request's connect goes on for up to ``connect_timeout`` after its
+    place in the pool is free, so a storm of cancels against a server slow to answer has
+    more connects in flight than the pool's size (each closed as soon as it opens).
     """
 
-    def close_opened(opening: asyncio.Future[Any]) -> None:
-        _unfinished.discard(opening)
-        if opening.cancelled() or opening.exception() is not None:
-            return
-        closing = asyncio.ensure_future(close(opening.result()))
-        _unfinished.add(closing)
-        closing.add_done_callback(_closed)
+    def __init__(
+        self, connect: Callable[..., Awaitable[Any]], close: Callable[[Any], Awaitable[object]]
+    ) -> None:
+        self.connect = connect
+        self.close = close
+        # The connects a cancel left to finish, and the closes of what they opened: kept
+        # until done (the event loop holds its tasks weakly).
+        self.unfinished: set[asyncio.Future[Any]] = set()
 
-    async def connect_through_cancels(*args: Any, **kwargs: Any) -> Any:
-        opening = asyncio.ensure_future(connect(*args, **kwargs))
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        opening = asyncio.ensure_future(self.connect(*args, **kwargs))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
-            _unfinished.add(opening)
-            opening.add_done_callback(close_opened)
+            self.unfinished.add(opening)
+            opening.add_done_callback(self._close_opened)
             raise
 
-    return connect_through_cancels
-
-
-def _closed(closing: asyncio.Future[Any]) -> None:
-    _unfinished.discard(closing)
-    if not closing.cancelled():
-        closing.exception()  # read: a close that failed has nothing left to release
-
-
-async def settle_connects(seconds: float) -> None:
-    """Wait up to ``seconds`` for the connects of this event loop that a cancel left to
-    finish (:func:`closed_if_cancelled`), and for the closes of what they opened. An event
-    loop that ended first left their connections to the garbage collector, which warned
-    (ResourceWarning: 6 times in 100 runs on asyncpg that cancelled a unit as it connected,
-    then disposed of the Database and ended the loop)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        # A connect that ends adds its close (its done callback runs first): look again.
-        waiting = {task for task in _unfinished if task.get_loop() is loop}
-        if not waiting:
+    def _close_opened(self, opening: asyncio.Future[Any]) -> None:
+        self.unfinished.discard(opening)
+        if opening.cancelled() or opening.exception() is not None:
             return
-        await asyncio.wait(waiting, timeout=deadline - loop.time())
+        closing = asyncio.ensure_future(self.close(opening.result()))
+        self.unfinished.add(closing)
+        closing.add_done_callback(self._closed)
+
+    def _closed(self, closing: asyncio.Future[Any]) -> None:
+        self.unfinished.discard(closing)
+        if not closing.cancelled():
+            closing.exception()  # read: a close that failed has nothing left to release
+
+    async def settle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the connects of this event loop that a cancel left to
+        finish, and for the closes of what they opened. An event loop that ended first left
+        their connections to the garbage collector, which warned (ResourceWarning: 6 times in
+        100 runs on asyncpg that cancelled a unit as it connected, then ended the loop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            # A connect that ends adds its close (its done callback runs first): look again.
+            waiting = {task for task in self.unfinished if task.get_loop() is loop}
+            if not waiting:
+                return
+            await asyncio.wait(waiting, timeout=deadline - loop.time())
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,8 @@ from dbscope._dialects._base import (
     server_version,
 )
 from dbscope._dialects.driver import (
-    CLOSE_TIMEOUT,
     Driver,
     LeaseStatus,
-    closed_if_cancelled,
     rollback_connection,
 )
 from dbscope._dialects.marks import MARK, tables_mark
@@ -286,10 +284,11 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
 
     async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
         # Not wait_for: on Python 3.11 it swallows a cancel that comes as the connect ends.
-        # (So does the drivers' own connect_timeout: closed_if_cancelled keeps cancels out.)
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
         try:
             async with asyncio.timeout(timeout):
-                return await connect(*args, **kwargs)
+                connection = await connect(*args, **kwargs)
         except RuntimeError as error:
             # asyncmy reads the socket off the transport after connecting; under uvloop a
             # connection reset in between leaves none, and asyncmy raises a RuntimeError.
@@ -298,17 +297,15 @@ def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any
             errors = importlib.import_module(f"{driver}.errors")
             lost = errors.OperationalError(2013, "Lost connection to server during connect")
             raise lost from error
+        if task is not None and task.cancelling() > cancels:
+            # The drivers' own connect_timeout is that wait_for, around opening the socket: a
+            # cancel that came as it opened was swallowed, and the unit went on (a task
+            # cancelled in a loop of units never ended). Raised here, the socket closed.
+            connection.close()
+            raise asyncio.CancelledError
+        return connection
 
-    return closed_if_cancelled(connect_within_timeout, _quit)
-
-
-async def _quit(connection: Any) -> None:
-    """COM_QUIT to the server (``ensure_closed()``) within CLOSE_TIMEOUT; the socket closed."""
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await connection.ensure_closed()
-    finally:
-        connection.close()
+    return connect_within_timeout
 
 
 def _connect_args(driver: str) -> Callable[[float, str | None], dict[str, Any]]:

@@ -12,9 +12,9 @@ from sqlalchemy.engine import URL
 from dbscope._dialects import pgbouncer
 from dbscope._dialects.driver import (
     CLOSE_TIMEOUT,
+    ClosedIfCancelled,
     Driver,
     LeaseStatus,
-    closed_if_cancelled,
     rollback_connection,
 )
 
@@ -48,7 +48,7 @@ def _asyncpg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     if name:
         args["server_settings"] = {"application_name": name}
     # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
-    args["async_creator_fn"] = closed_if_cancelled(_asyncpg_connect, _asyncpg_quit)
+    args["async_creator_fn"] = ClosedIfCancelled(_asyncpg_connect, _asyncpg_quit)
     return args
 
 
@@ -137,7 +137,7 @@ def _psycopg_connect_args(timeout: float, name: str | None) -> dict[str, Any]:
     if name:
         args["application_name"] = name
     # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
-    args["async_creator_fn"] = closed_if_cancelled(_psycopg_connect, _psycopg_close)
+    args["async_creator_fn"] = ClosedIfCancelled(_psycopg_connect, _psycopg_close)
     return args
 
 
