@@ -8,9 +8,9 @@ and aiosqlite's thread still busy, the terminate stopped the thread before its o
 close was done, and left that close's task pending for ever: "Task was destroyed but it is
 pending!" each time, found by cancelling units at random moments under CPU load.
 
-A cancel that lands while the driver opens the connection ends the unit at once and leaves
-the connect to finish alone (``_dialects.driver.closed_if_cancelled``): ``dispose()`` waits
-for it, or the app's event loop could end with it running.
+A cancel that lands while a PostgreSQL driver opens the connection ends the unit at once and
+leaves the connect to finish alone (``_dialects.driver.ClosedIfCancelled``): ``dispose()``
+waits for its own Database's, or the app's event loop could end with them running.
 """
 
 import asyncio

@@ -25,11 +25,7 @@ from dbscope._dialects._base import (
     quoted_database,
     server_version,
 )
-from dbscope._dialects.driver import (
-    Driver,
-    LeaseStatus,
-    rollback_connection,
-)
+from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection
 from dbscope._dialects.marks import MARK, tables_mark
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
