@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database, NoSessionError
+from dbscope import ConfigurationError, Database, NoSessionError
 from tests.helpers import ResponseStart, Tables, app_with, client_for, stored
 
 INSERT = text("INSERT INTO oc_rows (label) VALUES (:label)")
@@ -304,3 +304,15 @@ async def test_callbacks_of_a_request_that_fails_never_run(db: Database) -> None
     assert response.status_code == 409
     assert app.state.events == ["response-start"]
     assert await stored_labels(db) == []
+
+
+async def test_on_commit_in_a_read_only_unit_is_refused_when_registered(
+    db: Database, calls: list[str]
+) -> None:
+    """A read-only unit never commits: its callback would be dropped in silence, so
+    registering one is refused at once, naming the fix (Django runs it after any commit)."""
+    async with db.transaction(read_only=True) as session:
+        await session.execute(text("SELECT 1"))
+        with pytest.raises(ConfigurationError, match="read-only unit of work: it never commits"):
+            db.on_commit(appender(calls, "read-only"))
+    assert calls == []

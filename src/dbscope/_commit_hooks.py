@@ -14,6 +14,7 @@ import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from dbscope._exceptions import ConfigurationError
 from dbscope._session import CommitHook, UnitSession, UnitState, unit_state
 
 logger = logging.getLogger("dbscope")
@@ -25,7 +26,16 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
     Raises:
         TypeError: ``callback`` is not callable (a coroutine, ``notify()`` for ``notify``),
             or needs arguments: refused here rather than failing after the commit.
+        ConfigurationError: the unit is read-only, so it never commits: the callback would
+            be dropped without a word (Django runs it after any atomic block that commits).
     """
+    if state.begin.read_only:
+        message = (
+            f"on_commit({callback!r}) in a read-only unit of work: it never commits, so the "
+            "callback would never run. Register it in a unit that writes (db.session, "
+            "db.transaction()), or call it directly."
+        )
+        raise ConfigurationError(message)
     if not callable(callback):
         coroutine = inspect.iscoroutine(callback)
         if coroutine:

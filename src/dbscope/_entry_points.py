@@ -179,6 +179,7 @@ class UnitEntryPoints(Generic[SessionT]):
         Raises:
             NoSessionError: no unit of work is active here.
             TypeError: ``callback`` is not callable (``notify()`` given for ``notify``).
+            ConfigurationError: the unit is read-only, and so never commits.
         """
         self._units.running().on_commit(callback)
 

@@ -94,6 +94,7 @@ class UnitOfWork:
         It runs once the transaction it was registered in has committed, in registration
         order; never if that transaction, or a savepoint it was registered in, rolls back.
         A callback that raises is logged with its traceback and does not affect the unit.
+        In a read-only unit, which never commits, it is refused (``ConfigurationError``).
         """
         add_commit_hook(self.session.sync_session, self.state, callback)
 
