@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import ConfigurationError, Database, LifecycleError
+from dbscope import ConfigurationError, Database, LifecycleError, testing
 from tests.helpers import Lifespan, Tables, app_with, send
 
 with warnings.catch_warnings():
@@ -272,3 +272,21 @@ async def test_disposing_with_units_still_running_is_warned_of(
         await task
     warned = [record.getMessage() for record in caplog.records]
     assert any("with 1 connection(s) still in use" in line for line in warned), warned
+
+
+@pytest.mark.usefixtures("lifecycle_rows")
+async def test_a_test_client_request_on_a_bound_database_names_the_client_to_use(
+    database_url: str,
+) -> None:
+    """Starlette's TestClient serves the app in a thread with a loop of its own, where a
+    Database bound to the test's connection cannot run; the refusal says so and names the
+    in-loop client, instead of telling a test that never connected to connect again."""
+    db = Database(database_url)
+    with testing.any_loop_engine(database_url) as engine:
+        async with testing.rolled_back(db, engine):
+            with TestClient(build_app(db)) as client, pytest.raises(LifecycleError) as error:
+                client.post("/rows")
+    assert "is bound to a test's connection" in str(error.value)
+    assert "TestClient" in str(error.value)
+    assert "dbscope_client" in str(error.value)
+    assert "connect again" not in str(error.value)

@@ -257,13 +257,27 @@ class Lifecycle:
         if self._sessions is None:
             raise LifecycleError(self.not_connected_message())
         if self._loop is not asyncio.get_running_loop():
-            message = (
-                f"{self.label} was connected in another event loop; an engine cannot move "
-                "between loops. Dispose it and connect again in this loop (for tests: connect "
-                "in a fixture that runs in the test's loop)."
-            )
-            raise LifecycleError(message)
+            raise LifecycleError(self.other_loop_message())
         return self._sessions
+
+    def other_loop_message(self) -> str:
+        """Why a unit of work is refused in this loop, and the fix for how it got here."""
+        if self.state == "bound":
+            # Bound by a test: what runs in another loop is nearly always an app served by
+            # Starlette's TestClient, which runs it in a thread with a loop of its own.
+            return (
+                f"{self.label} is bound to a test's connection, which belongs to the test's "
+                "event loop, and this unit of work runs in another loop (as every request "
+                "sent through Starlette's or FastAPI's TestClient does: it serves the app in a "
+                "thread with a loop of its own). Send the test's requests in its own loop: "
+                "the plugin's dbscope_client, or dbscope.testing.client(app), an "
+                "httpx.AsyncClient."
+            )
+        return (
+            f"{self.label} was connected in another event loop; an engine cannot move "
+            "between loops. Dispose it and connect again in this loop (for tests: connect "
+            "in a fixture that runs in the test's loop)."
+        )
 
     def bind(self) -> AsyncEngine | AsyncConnection:
         """What units of work run on: the engine, or while bound, the test's connection.
