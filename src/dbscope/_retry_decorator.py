@@ -29,22 +29,36 @@ NOT_THE_ENDPOINT: Final = (
 )
 
 
+def _others(unit: UnitOfWork) -> list[UnitOfWork]:
+    """The request units of the request's other Databases (``Depends(billing.session)``)."""
+    return [other for other in unit.request_units or () if other is not unit]
+
+
+async def _rolled_back(unit: UnitOfWork) -> None:
+    # The other Databases' work of a failed attempt goes with the retried one's: the next
+    # attempt writes it again (it was kept once per attempt, and a conflict in one of them
+    # left its transaction failed for every attempt after).
+    await unit.session.rollback()
+    for other in _others(unit):
+        await other.session.rollback()
+
+
 @contextlib.asynccontextmanager
 async def _in_request_unit(unit: UnitOfWork) -> AsyncIterator[UnitOfWork]:
     # One attempt of a decorated endpoint: its work is committed here (unless the unit will
     # not commit), so that a conflict at COMMIT is retried too, and rolled back before the
-    # next attempt.
+    # next attempt. The other Databases' units commit at the request's end, as without it.
     try:
         yield unit
     except BaseException:
-        await unit.session.rollback()
+        await _rolled_back(unit)
         raise
     if not unit.will_commit:  # the unit rolls back at its end (an error status, read-only)
         return
     try:
         await unit.session.commit()
     except BaseException as error:
-        await unit.session.rollback()
+        await _rolled_back(unit)
         # As the unit's own commit would: a constraint failing here answers 409, not 500.
         violated = violated_at_commit(error, unit.state.rules)
         if violated is None:
@@ -148,7 +162,9 @@ def retry_in_unit(
                 raise ConfigurationError(NOT_THE_ENDPOINT.format(name=name))
             results: list[T] = []
             rules = unit.state.rules
-            preceded = unit.session.in_transaction()
+            # Statements run before the endpoint, in any Database's request unit, would not run
+            # again: a conflict is then not retried (_retry.py's PRECEDED).
+            preceded = any(each.session.in_transaction() for each in (unit, *_others(unit)))
             attempts = Retrying(
                 lambda: _in_request_unit(unit), policy, rules, name, on_retry, preceded
             )

@@ -50,6 +50,8 @@ class UnitOfWork:
             that function runs once, and leaves its conflicts to the outer one's loop.
         endpoint: a request's unit: the endpoint its route runs (a ``@db.retry()`` function
             commits its attempts only as that endpoint).
+        request_units: a request's unit: the request units of every Database open in the
+            request, this one included, which a ``@db.retry()`` attempt rolls back together.
         tests_own: the session a test holds for its own queries (``dbscope.testing``): the
             app's units opened inside it are no units nested in units.
     """
@@ -57,6 +59,7 @@ class UnitOfWork:
     __slots__ = (
         "endpoint",
         "failed_quietly",
+        "request_units",
         "retried",
         "rollback_only",
         "session",
@@ -70,6 +73,7 @@ class UnitOfWork:
         self.failed_quietly: Callable[[], bool] | None = None
         self.retried = False
         self.endpoint: Callable[..., Any] | None = None
+        self.request_units: list[UnitOfWork] | None = None
 
     @property
     def tests_own(self) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, cast
 
 from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,6 +35,8 @@ _sessions: "weakref.WeakKeyDictionary[Database[Any], dict[UnitOptions, Callable[
 _leases: "weakref.WeakKeyDictionary[Database[Any], Callable[..., Any]]" = (
     weakref.WeakKeyDictionary()
 )
+# The request scope's key for the request units of every Database open in the request.
+REQUEST_UNITS: Final = "dbscope.request_units"
 # The clients each Database refused because its wait line was full, and when they may return.
 _early_retries: "weakref.WeakKeyDictionary[Database[Any], EarlyRetries]" = (
     weakref.WeakKeyDictionary()
@@ -168,9 +170,14 @@ def _session_dependency(
                 unit.failed_quietly = functools.partial(_error_status, response)
                 unit.endpoint = request.scope.get("endpoint")
                 refuse_misordered(unit.endpoint)
+                # Every Database's request unit, for a @db.retry() attempt to roll back
+                # together: another's work kept across attempts would be kept once per attempt.
+                unit.request_units = request.scope.setdefault(REQUEST_UNITS, [])
+                unit.request_units.append(unit)
                 try:
                     yield unit
                 finally:
+                    unit.request_units.remove(unit)
                     # The commit, and what runs after it, is served whatever the client does.
                     waiting_client.set(None)
         except HANDLED as error:
