@@ -200,3 +200,33 @@ async def test_a_task_group_over_requests_in_a_test_leaves_the_connection_whole(
     assert after.status_code == 200
     assert len(rows) == 2
     assert rows[-1] == 4
+
+
+@pytest.mark.usefixtures("shared_rows")
+async def test_two_databases_bound_to_one_test_connection_in_one_request_are_refused_at_once(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """A request that holds the sessions of two Databases bound to one test's connection is
+    refused when the second begins, naming the fix, not after the 30 s wait for others:
+    the first unit ends only after the request. The connection serves the next request."""
+    db, billing = Database(database_url), Database(database_url)
+    app = rows_app(db)
+
+    @app.post("/both")
+    async def both(
+        session: Annotated[AsyncSession, Depends(db.session)],
+        other: Annotated[AsyncSession, Depends(billing.session)],
+    ) -> None:
+        await session.execute(text("INSERT INTO shared_rows (id) VALUES (1)"))
+        await other.execute(text("INSERT INTO shared_rows (id) VALUES (2)"))
+
+    async with testing.rolled_back(db, engine) as connection:
+        with billing.bind_to(connection):
+            async with client_for(app, raise_app_exceptions=True) as client:
+                with pytest.raises(SessionSharedError) as refused:
+                    await client.post("/both")
+                after = await client.post("/rows/3")
+        rows = await rows_seen(connection)
+    assert "a test database of its own" in str(refused.value)
+    assert after.status_code == 200
+    assert rows == [3]

@@ -25,7 +25,12 @@ from typing_extensions import TypeVar
 
 from dbscope._lazy_loads import STRICT_KEY
 from dbscope._session import UnitSession, test_connection_units, unit_state
-from dbscope._usage_errors import other_loop, shared_session, units_at_once_in_a_test
+from dbscope._usage_errors import (
+    other_loop,
+    shared_session,
+    units_at_once_in_a_test,
+    units_in_one_task_in_a_test,
+)
 
 logger = logging.getLogger("dbscope")
 
@@ -205,8 +210,10 @@ async def wait_for_turn(session: UnitAsyncSession) -> None:
     sync_session = session.sync_session
     units = test_connection_units(sync_session)
     state = unit_state(sync_session)
-    if units is None or state is None or not units.blocking(state):
+    if units is None or state is None or not (blocking := units.blocking(state)):
         return
+    if asyncio.current_task() in blocking:  # it ends after this one: waiting cannot help
+        raise units_in_one_task_in_a_test()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(IDLE_WAIT_SECONDS):
             while units.blocking(state):

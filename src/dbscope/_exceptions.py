@@ -122,7 +122,7 @@ class DatabaseUnavailableError(DbscopeError):
 
 
 class ConstraintViolationError(DbscopeError, IntegrityError):
-    """A unique, foreign key, check or exclusion constraint failed at COMMIT.
+    """A unique, foreign key, check, exclusion or NOT NULL constraint failed at COMMIT.
 
     Raised when the unit's own commit fails this way (a deferred constraint, or a flush of
     pending objects at commit), after the body returned, where the application could not
@@ -130,7 +130,9 @@ class ConstraintViolationError(DbscopeError, IntegrityError):
     catches that still does. Its message names the constraint, never the row's values.
 
     Attributes:
-        constraint: the constraint's name, when the driver reports it.
+        constraint: the constraint's name, when the driver reports it; for a NULL refused
+            by a column, the column and ``NOT NULL`` (``"user.email NOT NULL"``; MariaDB and
+            MySQL do not name the table).
     """
 
     def __init__(self, message: str, error: DBAPIError, constraint: str | None) -> None:

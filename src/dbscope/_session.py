@@ -266,23 +266,26 @@ def _refuse_use_after_end(session: Session, transaction: SessionTransaction) -> 
 
 class TestConnectionUnits:
     """Bound to a test's connection, the units whose transaction (a savepoint of the test's)
-    is open on it, in the order they began; one that would begin beside them waits for them
-    to end and is refused (``_async_session.wait_for_turn``): the savepoints of two units at
-    once end each other's, and the driver only says that a savepoint does not exist."""
+    is open on it, in the order they began, each with the task it began in; one that would
+    begin beside them waits for them to end and is refused (``_async_session.wait_for_turn``):
+    the savepoints of two units at once end each other's, and the driver only says that a
+    savepoint does not exist."""
 
     __slots__ = ("_ended", "open")
 
     def __init__(self) -> None:
-        self.open: list[UnitState] = []
+        self.open: list[tuple[UnitState, asyncio.Task[Any] | None]] = []
         self._ended: asyncio.Event | None = None
 
-    def blocking(self, state: UnitState) -> bool:
-        """Whether a unit open before ``state``'s (all open ones, if it has not begun) is
-        neither one it was opened inside nor the test's own session."""
-        open_units = self.open
-        if state in open_units:
-            open_units = open_units[: open_units.index(state)]
-        return any(not (other.tests_own or _inside(state, other)) for other in open_units)
+    def blocking(self, state: UnitState) -> list[asyncio.Task[Any] | None]:
+        """The tasks of the units open before ``state``'s (all open ones, if it has not
+        begun) that are neither one it was opened inside nor the test's own session."""
+        before = next((i for i, (each, _) in enumerate(self.open) if each is state), None)
+        return [
+            task
+            for other, task in self.open[:before]
+            if not (other.tests_own or _inside(state, other))
+        ]
 
     async def one_ended(self) -> None:
         """Return when one of the open units has ended."""
@@ -292,8 +295,7 @@ class TestConnectionUnits:
 
     def end(self, state: UnitState) -> None:
         """``state``'s transaction has ended."""
-        if state in self.open:
-            self.open.remove(state)
+        self.open = [(each, task) for each, task in self.open if each is not state]
         ended, self._ended = self._ended, None
         if ended is not None:
             ended.set()
@@ -326,7 +328,7 @@ def _open_on_a_test_connection(session: Session, transaction: SessionTransaction
     if transaction.parent is None and (units := test_connection_units(session)) is not None:
         state = unit_state(session)
         if state is not None:
-            units.open.append(state)
+            units.open.append((state, asyncio.current_task()))
 
 
 def _leave_the_test_connection(session: Session, transaction: SessionTransaction) -> None:

@@ -39,6 +39,20 @@ def units_at_once_in_a_test() -> SessionSharedError:
     return SessionSharedError(message)
 
 
+def units_in_one_task_in_a_test() -> SessionSharedError:
+    """The error for a unit that begins on a test's connection while another one, not its
+    outer unit, is open there in the same task: the sessions of two Databases bound to the
+    one connection, used in one request."""
+    message = (
+        "Two units of work ran at once on the test's one connection, in one task: the "
+        "sessions of two Databases bound to that connection, used in one request (or one "
+        "Database's db.transaction() block inside the other's unit). The connection serves "
+        "one unit at a time, and the first cannot end before the second. Give the second "
+        "Database a test database of its own (docs/testing.md, 'One Database is bound')."
+    )
+    return SessionSharedError(message)
+
+
 # Bound to a test's connection, every unit is a savepoint of the test's transaction: one opened
 # inside another is a savepoint of that one, where in production it is a transaction apart.
 NESTED_IN_A_TEST: Final = (

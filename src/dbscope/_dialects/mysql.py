@@ -42,7 +42,8 @@ LOCK_WAIT_TIMEOUT: Final = 1205
 # MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT.
 TIMEOUTS: Final = frozenset({1969, 3024})
 # Duplicate entry, a parent row in use, no parent row, a check constraint, a NULL refused.
-CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, 1048})
+NULL_REFUSED: Final = 1048
+CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, NULL_REFUSED})
 # Set on a connection's info while a unit's statement timeout is in force.
 TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
 # The session's own value (a user's MAX_STATEMENT_TIME, an init_command's) is kept in a user
@@ -175,6 +176,8 @@ class MySQL(Backend):
             return text.rpartition(" for key '")[2][:-1]
         if "CONSTRAINT `" in text:  # a foreign key or check, named before any value
             return text.split("CONSTRAINT `", 1)[1].split("`", 1)[0]
+        if error_number(orig) == NULL_REFUSED and text.count("'") == 2:
+            return f"{text.split(chr(39))[1]} NOT NULL"  # "Column '<name>' cannot be null"
         return None
 
     def too_long(self, name: str) -> str | None:

@@ -47,6 +47,7 @@ REFUSED: Final = ("28", "3D000", "42501")
 CONFLICTS: Final = frozenset({"40001", "40P01"})
 QUERY_CANCELED: Final = "57014"
 IN_FAILED_TRANSACTION: Final = "25P02"
+NOT_NULL_VIOLATION: Final = "23502"
 READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # A lock not had within lock_timeout.
 LOCK_NOT_AVAILABLE: Final = "55P03"
@@ -218,11 +219,15 @@ class PostgreSQL(Backend):
 
     def constraint_name(self, orig: BaseException | None) -> str | None:
         for candidate in (orig, getattr(orig, "__cause__", None)):
-            name = getattr(candidate, "constraint_name", None)  # asyncpg
-            diag = getattr(candidate, "diag", None)  # psycopg
-            name = name or getattr(diag, "constraint_name", None)
+            # asyncpg's error has the fields itself, psycopg's in its diag
+            fields = getattr(candidate, "diag", candidate)
+            name = getattr(fields, "constraint_name", None)
             if isinstance(name, str):
                 return name
+            table = getattr(fields, "table_name", None)
+            column = getattr(fields, "column_name", None)
+            if table and column and sqlstate(orig) == NOT_NULL_VIOLATION:  # no name before 18
+                return f"{table}.{column} NOT NULL"
         return None
 
     def too_long(self, name: str) -> str | None:

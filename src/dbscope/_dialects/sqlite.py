@@ -148,6 +148,13 @@ class SQLite(Backend):
     def conflict_name(self, orig: BaseException | None) -> str:
         return f"write conflict ({self.error_code(orig)})"
 
+    def constraint_name(self, orig: BaseException | None) -> str | None:
+        # SQLite names no constraint, but a NULL refused by its column (no value in it):
+        # "NOT NULL constraint failed: <table>.<column>".
+        if self.error_code(orig) == "SQLITE_CONSTRAINT_NOTNULL":
+            return f"{str(orig).rpartition(': ')[2]} NOT NULL"
+        return None
+
     def error_code(self, orig: BaseException | None) -> str | None:
         name = getattr(orig, "sqlite_errorname", None)
         return name if isinstance(name, str) else None
