@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 import dbscope.fastapi
 import dbscope.testing
@@ -185,6 +186,33 @@ async def test_the_probes_answer_on_the_paths_given(sqlite_url: str) -> None:
         default, _ = await timed_get(base_url, "/readyz")
     assert statuses == [200, 200]
     assert default.status_code == 404
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_readyz_over_two_databases_answers_the_worse_naming_each(
+    database_url: str, sqlite_url: str
+) -> None:
+    """health_router(db, billing): /readyz asks both; one disposed makes it 503 fail, each
+    check names its Database, and the output says which failed."""
+    db, billing = Database(database_url), Database(sqlite_url)
+    app = FastAPI()
+    app.include_router(dbscope.fastapi.health_router(db, billing))
+    async with db, billing, dbscope.testing.client(app) as client:
+        before = await client.get("/readyz")
+        await billing.dispose()
+        after = await client.get("/readyz")
+    named = {check["componentId"] for check in before.json()["checks"]["database:responseTime"]}
+    assert (before.status_code, before.json()["status"]) == (200, "pass")
+    assert named == {db.name, billing.name}
+    assert (after.status_code, after.json()["status"]) == (503, "fail")
+    assert after.json()["output"].startswith(f"{billing.name}: ")
+    assert db.name not in after.json()["output"]
+
+
+def test_two_databases_of_one_name_are_refused_by_the_health_router(sqlite_url: str) -> None:
+    """Their checks could not be told apart: the router is refused, naming pool_name."""
+    with pytest.raises(ConfigurationError, match="pool_name"):
+        dbscope.fastapi.health_router(Database(sqlite_url), Database(sqlite_url))
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ observed value, unit, status and time. ``_health.py`` takes the readings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -29,6 +30,8 @@ class HealthCheck:
             revisions the database is at).
         observed_unit: the unit of ``observed_value``.
         output: why the status is not ``"pass"``; None when it is.
+        component_id: which Database the reading is of, where one answer covers several
+            (``health_router(db, billing)``): its ``name``; None otherwise.
     """
 
     component: str
@@ -39,6 +42,7 @@ class HealthCheck:
     observed_value: float | int | tuple[str, ...] | None = None
     observed_unit: str | None = None
     output: str | None = None
+    component_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -48,6 +52,8 @@ class HealthCheck:
     def to_dict(self) -> dict[str, Any]:
         """The check as an ``application/health+json`` check object."""
         rendered: dict[str, Any] = {"componentType": self.component_type}
+        if self.component_id is not None:
+            rendered["componentId"] = self.component_id
         if self.observed_value is not None:
             value = self.observed_value
             rendered["observedValue"] = list(value) if isinstance(value, tuple) else value
@@ -80,6 +86,18 @@ class Health:
         status: Status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
         return cls(status=status, checks=checks)
 
+    @classmethod
+    def together(cls, answers: Mapping[str, Health]) -> Health:
+        """One answer over several Databases' (keyed by name), each check marked with its
+        Database's name: the worst status of all."""
+        return cls.of(
+            tuple(
+                replace(check, component_id=name)
+                for name, health in answers.items()
+                for check in health.checks
+            )
+        )
+
     @property
     def http_status(self) -> int:
         """The HTTP status to answer with: 503 for ``"fail"``, 200 otherwise."""
@@ -88,7 +106,11 @@ class Health:
     def to_dict(self) -> dict[str, Any]:
         """The ``application/health+json`` document: ``status``, ``output``, ``checks``."""
         rendered: dict[str, Any] = {"status": self.status}
-        outputs = [check.output for check in self.checks if check.output is not None]
+        outputs = [
+            check.output if check.component_id is None else f"{check.component_id}: {check.output}"
+            for check in self.checks
+            if check.output is not None
+        ]
         if outputs and self.status != "pass":
             rendered["output"] = "; ".join(outputs)
         checks: dict[str, list[dict[str, Any]]] = {}

@@ -1,5 +1,6 @@
 """``/livez`` and ``/readyz``: Kubernetes' probes, in ``application/health+json``."""
 
+import asyncio
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -16,7 +17,13 @@ HEADERS: Final = {"Cache-Control": "no-store"}
 
 
 class HealthSource(Protocol):
-    """What the router asks of the Database: ``health()`` (the Database, seen from below it)."""
+    """What the router asks of the Database: ``health()`` and, where it answers for several,
+    ``name`` (the Database, seen from below it)."""
+
+    @property
+    def name(self) -> str:
+        """The Database's name (see ``Database.name``)."""
+        ...
 
     async def health(
         self,
@@ -40,7 +47,7 @@ class HealthResponse(JSONResponse):
 
 def health_router(
     db: HealthSource,
-    *,
+    *more: HealthSource,
     liveness_path: str = "/livez",
     readiness_path: str = "/readyz",
     migrations: str | Path | None = None,
@@ -58,21 +65,29 @@ def health_router(
     uptime checkers probe with HEAD). Leave them out of the OpenAPI schema with
     ``app.include_router(health_router(db), include_in_schema=False)``.
 
+    With several Databases (``health_router(db, billing)``), ``/readyz`` asks them all at
+    once and answers the worst of their statuses; each check carries its Database's ``name``
+    as ``componentId``.
+
     Args:
         db: the app's Database.
+        more: the app's other Databases, if any; each needs a ``name`` of its own
+            (``pool_name``, or another URL).
         liveness_path: where the liveness probe answers.
         readiness_path: where the readiness probe answers.
-        migrations: an ``alembic.ini``: ``/readyz`` fails until the database is at its head
-            revisions (Alembic is needed; the scripts are read once, at the first probe).
+        migrations: an ``alembic.ini``: ``/readyz`` fails until the database (the first, ``db``)
+            is at its head revisions (Alembic is needed; the scripts are read once, at the
+            first probe).
         timeout: seconds after which an unanswered database probe counts as ``fail``.
         max_age: seconds for which one reading of the server answers every probe.
 
     Raises:
         ConfigurationError: a path does not start with ``/`` or both are the same, a number
-            is not usable, or ``migrations`` names no file.
+            is not usable, ``migrations`` names no file, or two Databases have one name.
         ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
     """
     _check_paths(liveness_path, readiness_path)
+    sources = _named((db, *more))
     options = ProbeOptions(timeout=timeout, max_age=max_age, migrations=migrations)
     if migrations is not None:
         from dbscope._migrations import require_alembic
@@ -97,9 +112,7 @@ def health_router(
     )
     async def readyz() -> HealthResponse:
         """The database's health: 503 when it cannot serve, 200 otherwise."""
-        health = await db.health(
-            migrations=options.migrations, timeout=options.timeout, max_age=options.max_age
-        )
+        health = await _health_of(sources, options)
         return HealthResponse(health.to_dict(), status_code=health.http_status)
 
     # Load balancers and uptime checkers probe with HEAD: the same answer, whose body the
@@ -120,3 +133,35 @@ def _check_paths(liveness_path: str, readiness_path: str) -> None:
             "questions (is the app alive, can it serve): give them different paths."
         )
         raise ConfigurationError(message)
+
+
+def _named(sources: tuple[HealthSource, ...]) -> dict[str, HealthSource]:
+    """``sources`` by name; one Database alone needs none."""
+    if len(sources) == 1:
+        return {"": sources[0]}
+    named = {source.name: source for source in sources}
+    if len(named) < len(sources):
+        message = (
+            f"health_router() got two Databases named alike ({[s.name for s in sources]}): "
+            "their checks could not be told apart. Give each a pool_name of its own."
+        )
+        raise ConfigurationError(message)
+    return named
+
+
+async def _health_of(sources: dict[str, HealthSource], options: ProbeOptions) -> Health:
+    """The health of one Database, or of several asked at once, each check named."""
+
+    async def one(source: HealthSource, migrations: str | Path | None) -> Health:
+        return await source.health(
+            migrations=migrations, timeout=options.timeout, max_age=options.max_age
+        )
+
+    first, *others = sources.values()
+    if not others:
+        return await one(first, options.migrations)
+    # The migrations are the first Database's: another has a project of its own.
+    answers = await asyncio.gather(
+        one(first, options.migrations), *(one(other, None) for other in others)
+    )
+    return Health.together(dict(zip(sources, answers, strict=True)))
