@@ -21,6 +21,7 @@ from typing import Any, Final, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio.result import AsyncCommon
+from sqlalchemy.util import greenlet_spawn
 from typing_extensions import TypeVar
 
 from dbscope._lazy_loads import STRICT_KEY
@@ -89,10 +90,19 @@ class UnitAsyncSession(AsyncSession):
         for result in streams or ():
             context = getattr(result._real_result, "context", None)
             connection = getattr(context, "root_connection", None)
-            # A cursor whose connection was dropped (a cancel mid-statement) went with it;
-            # closing it would only fail, and SQLAlchemy log the failure.
-            if not result.closed and connection is not None and not connection.invalidated:
-                await result.close()
+            if result.closed or connection is None:
+                continue
+            if connection.invalidated:
+                # The connection was dropped (a cancel mid-statement, a lost server): closing
+                # the result would fail, and SQLAlchemy log it. The driver's cursor closes
+                # without a word to the server, which psycopg's did not, warning when the
+                # garbage collector found it open.
+                cursor = getattr(result._real_result, "cursor", None)
+                if cursor is not None:
+                    with contextlib.suppress(Exception):
+                        await greenlet_spawn(cursor.close)
+                continue
+            await result.close()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -25,7 +25,13 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.hosts import libpq_hosts, psql
 from dbscope._dialects.marks import MARK, tables_mark
-from dbscope._dialects.postgresql_drivers import ASYNCPG, PSYCOPG, raised_by_server, sqlstate
+from dbscope._dialects.postgresql_drivers import (
+    ASYNCPG,
+    PSYCOPG,
+    adapted_fetch_error,
+    raised_by_server,
+    sqlstate,
+)
 from dbscope._dialects.replication import (
     REPLAYED,
     REPLICATION,
@@ -142,6 +148,8 @@ class PostgreSQL(Backend):
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "handle_error", _demoted_primary)
+        if engine.dialect.driver == ASYNCPG.name:
+            event.listen(engine.sync_engine, "handle_error", adapted_fetch_error)
         event.listen(engine.sync_engine, "checkin", _forget_writes)
 
     def set_up_sessions(self, engine: AsyncEngine) -> None:

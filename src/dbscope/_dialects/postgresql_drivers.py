@@ -7,7 +7,9 @@ import select
 from collections.abc import Awaitable
 from typing import Any, Final, cast
 
-from sqlalchemy.engine import URL
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+from sqlalchemy.engine import URL, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 
 from dbscope._dialects import pgbouncer
 from dbscope._dialects.driver import (
@@ -105,6 +107,37 @@ def _asyncpg_fatal() -> tuple[type[BaseException], ...]:
     import asyncpg
 
     return (asyncpg.InternalClientError,)
+
+
+def adapted_fetch_error(context: ExceptionContext) -> Exception | None:
+    """An asyncpg error that SQLAlchemy left as asyncpg raised it, adapted as its other
+    statements' are: the fetches of a server-side cursor (``session.stream()``'s rows past
+    the first) raise them raw. A connection lost there was no outage (a terminated backend
+    raised asyncpg's InterfaceError out of ``db.stream()``, where psycopg's was a
+    DatabaseUnavailableError), nor a server's error a DBAPIError."""
+    error, dbapi = context.original_exception, context.dialect.loaded_dbapi
+    if not isinstance(error, Exception) or isinstance(error, dbapi.Error):
+        return None
+    if not isinstance(error, _asyncpg_errors()):
+        return None
+    try:
+        AsyncAdapt_asyncpg_connection._handle_exception_no_connection(dbapi, error)
+    except dbapi.Error as translated:
+        adapted: Any = translated
+    else:  # it raises for every asyncpg error; this keeps the checker's flow whole
+        return None
+    closed = context.dialect.is_disconnect(adapted, None, None)
+    context.is_disconnect = closed or isinstance(error, _asyncpg_fatal())
+    wrapped: Exception = DBAPIError.instance(
+        context.statement,
+        context.parameters,
+        adapted,
+        dbapi.Error,
+        hide_parameters=context.engine is not None and context.engine.hide_parameters,
+        connection_invalidated=context.is_disconnect,
+        dialect=context.dialect,
+    )
+    return wrapped
 
 
 def _asyncpg_status(connection: Any) -> LeaseStatus:
