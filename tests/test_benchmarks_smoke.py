@@ -5,13 +5,17 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 from benchmarks.catalog import ENDPOINTS, PROJECT_ONLY
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_URL, require_server, unavailable
+from tests.helpers import admin
 from tests.replica_cluster import ReplicaPair
 
 ROOT = Path(__file__).parent.parent
@@ -72,3 +76,28 @@ def test_replica_benchmark_smoke_mode_reads_no_stale_row_and_answers_no_500(
     assert results["failover"]["sent_after_end"] == 0
     assert results["failover"]["served_while_down"] == 0
     assert results["cleanup"] == []
+
+
+@pytest.mark.server
+async def test_the_cancel_noise_benchmark_runs_and_leaves_nothing_checked_out() -> None:
+    """benchmarks/cancel_noise.py on a database of its own (it terminates every backend of
+    it): 20 rounds, every unit accounted for, no connection left checked out."""
+    require_server(POSTGRES_URL)
+    name = f"dbscope_noise_{uuid.uuid4().hex[:8]}"
+    async with admin(POSTGRES_URL) as connection:
+        await connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        url = make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
+        command = [
+            sys.executable, str(ROOT / "benchmarks" / "cancel_noise.py"), "--rounds", "20",
+            "--url", url.render_as_string(hide_password=False),
+        ]  # fmt: skip
+        with anyio.fail_after(120):
+            completed = await anyio.run_process(command, cwd=ROOT, check=False)
+    finally:
+        async with admin(POSTGRES_URL) as connection:
+            await connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    printed = completed.stdout.decode()
+    assert completed.returncode == 0, printed + completed.stderr.decode()
+    assert "units: 160," in printed
+    assert "checked out at the end: 0" in printed
