@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 import dbscope.fastapi
 import dbscope.testing
@@ -193,8 +194,10 @@ async def test_readyz_over_two_databases_answers_the_worse_naming_each(
     database_url: str, sqlite_url: str
 ) -> None:
     """health_router(db, billing): /readyz asks both; one disposed makes it 503 fail, each
-    check names its Database, and the output says which failed."""
-    db, billing = Database(database_url), Database(sqlite_url)
+    check names its Database by pool_name, and the output says which failed, naming no host
+    or database."""
+    db = Database(database_url, pool_name="app")
+    billing = Database(sqlite_url, pool_name="billing")
     app = FastAPI()
     app.include_router(dbscope.fastapi.health_router(db, billing))
     async with db, billing, dbscope.testing.client(app) as client:
@@ -203,16 +206,23 @@ async def test_readyz_over_two_databases_answers_the_worse_naming_each(
         after = await client.get("/readyz")
     named = {check["componentId"] for check in before.json()["checks"]["database:responseTime"]}
     assert (before.status_code, before.json()["status"]) == (200, "pass")
-    assert named == {db.name, billing.name}
+    assert named == {"app", "billing"}
     assert (after.status_code, after.json()["status"]) == (503, "fail")
-    assert after.json()["output"].startswith(f"{billing.name}: ")
-    assert db.name not in after.json()["output"]
+    assert after.json()["output"].startswith("billing: ")
+    assert "app:" not in after.json()["output"]
+    for where in (make_url(database_url).host, make_url(database_url).database, sqlite_url):
+        assert str(where) not in before.text + after.text
 
 
-def test_two_databases_of_one_name_are_refused_by_the_health_router(sqlite_url: str) -> None:
-    """Their checks could not be told apart: the router is refused, naming pool_name."""
-    with pytest.raises(ConfigurationError, match="pool_name"):
-        dbscope.fastapi.health_router(Database(sqlite_url), Database(sqlite_url))
+@pytest.mark.parametrize("names", [(None, "billing"), ("app", "app")])
+def test_several_databases_without_pool_names_of_their_own_are_refused_by_the_health_router(
+    sqlite_url: str, names: tuple[str | None, str | None]
+) -> None:
+    """Their checks could not be told apart without naming a host: the router is refused,
+    naming pool_name."""
+    databases = [Database(sqlite_url, pool_name=name) for name in names]
+    with pytest.raises(ConfigurationError, match="pool_name of its own"):
+        dbscope.fastapi.health_router(*databases)
 
 
 # -- bad input ----------------------------------------------------------------------------------

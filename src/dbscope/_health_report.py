@@ -31,7 +31,7 @@ class HealthCheck:
         observed_unit: the unit of ``observed_value``.
         output: why the status is not ``"pass"``; None when it is.
         component_id: which Database the reading is of, where one answer covers several
-            (``health_router(db, billing)``): its ``name``; None otherwise.
+            (``health_router(db, billing)``): its ``pool_name``; None otherwise.
     """
 
     component: str
@@ -88,8 +88,8 @@ class Health:
 
     @classmethod
     def together(cls, answers: Mapping[str, Health]) -> Health:
-        """One answer over several Databases' (keyed by name), each check marked with its
-        Database's name: the worst status of all."""
+        """One answer over several Databases' (keyed by pool_name), each check marked with
+        its Database's: the worst status of all."""
         return cls.of(
             tuple(
                 replace(check, component_id=name)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from dbscope._exceptions import ConfigurationError
 from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, ProbeOptions
 from dbscope._health_report import Health
+from dbscope._settings import DatabaseSettings
 
 MEDIA_TYPE: Final = "application/health+json"
 # A probe's answer is true for this instant only: no proxy or client may reuse it.
@@ -18,11 +19,11 @@ HEADERS: Final = {"Cache-Control": "no-store"}
 
 class HealthSource(Protocol):
     """What the router asks of the Database: ``health()`` and, where it answers for several,
-    ``name`` (the Database, seen from below it)."""
+    its ``settings``' pool_name (the Database, seen from below it)."""
 
     @property
-    def name(self) -> str:
-        """The Database's name (see ``Database.name``)."""
+    def settings(self) -> DatabaseSettings:
+        """The Database's settings (see ``Database.settings``)."""
         ...
 
     async def health(
@@ -66,13 +67,13 @@ def health_router(
     ``app.include_router(health_router(db), include_in_schema=False)``.
 
     With several Databases (``health_router(db, billing)``), ``/readyz`` asks them all at
-    once and answers the worst of their statuses; each check carries its Database's ``name``
-    as ``componentId``.
+    once and answers the worst of their statuses; each check carries its Database's
+    ``pool_name`` as ``componentId`` (each needs one: the body names no host or database).
 
     Args:
         db: the app's Database.
-        more: the app's other Databases, if any; each needs a ``name`` of its own
-            (``pool_name``, or another URL).
+        more: the app's other Databases, if any; then every Database needs a ``pool_name``
+            of its own.
         liveness_path: where the liveness probe answers.
         readiness_path: where the readiness probe answers.
         migrations: an ``alembic.ini``: ``/readyz`` fails until the database (the first, ``db``)
@@ -83,7 +84,8 @@ def health_router(
 
     Raises:
         ConfigurationError: a path does not start with ``/`` or both are the same, a number
-            is not usable, ``migrations`` names no file, or two Databases have one name.
+            is not usable, ``migrations`` names no file, or one of several Databases has no
+            ``pool_name`` of its own.
         ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
     """
     _check_paths(liveness_path, readiness_path)
@@ -136,17 +138,18 @@ def _check_paths(liveness_path: str, readiness_path: str) -> None:
 
 
 def _named(sources: tuple[HealthSource, ...]) -> dict[str, HealthSource]:
-    """``sources`` by name; one Database alone needs none."""
+    """``sources`` by pool_name; one Database alone needs none."""
     if len(sources) == 1:
         return {"": sources[0]}
-    named = {source.name: source for source in sources}
-    if len(named) < len(sources):
+    names = [source.settings.pool_name for source in sources]
+    if None in names or len(set(names)) < len(names):
         message = (
-            f"health_router() got two Databases named alike ({[s.name for s in sources]}): "
-            "their checks could not be told apart. Give each a pool_name of its own."
+            f"health_router() over several Databases names each one's checks by its pool_name "
+            f"(the body names no host or database), and got {names}: give each Database a "
+            "pool_name of its own, e.g. Database(url, pool_name='billing')."
         )
         raise ConfigurationError(message)
-    return named
+    return {name: source for name, source in zip(names, sources, strict=True) if name}
 
 
 async def _health_of(sources: dict[str, HealthSource], options: ProbeOptions) -> Health:
