@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, Protocol
 
@@ -44,12 +46,21 @@ from dbscope._exceptions import ConfigurationError, LifecycleError
 from dbscope._pool import PoolCounters
 from dbscope._pool_stats import PoolStats
 from dbscope._settings import DatabaseSettings
+from dbscope._usage_errors import connected_beside_a_test
 
 logger = logging.getLogger("dbscope")
 # The engine options a connection of its own is opened with, as the pool opens its.
 CONNECT_OPTIONS: Final = ("connect_args", "async_creator")
 
 State = Literal["new", "connected", "disposed", "bound"]
+# Where the test connections that Databases are bound to lead, while they are: a Database
+# that connects elsewhere meanwhile (an app's second one, forgotten) writes for real.
+_bound_targets: Counter[tuple[str, str | None, int | None, str | None]] = Counter()
+
+
+def _target(url: URL) -> tuple[str, str | None, int | None, str | None]:
+    """Which database ``url`` leads to, as far as the URL says."""
+    return (url.get_backend_name(), url.host, url.port, url.database)
 
 
 class EngineObserver(Protocol):
@@ -127,6 +138,8 @@ class Lifecycle:
         """Build the engine in the running loop and prove the server answers."""
         if self.state == "bound":
             return  # a test owns the connection; the app's lifespan leaves it alone
+        if _bound_targets and _target(self.settings.url) not in _bound_targets:
+            warnings.warn(connected_beside_a_test(self.label), RuntimeWarning, stacklevel=3)
         if self.state == "connected":
             message = (
                 f"{self.label} is already connected: connect() was called twice, or two "
@@ -215,6 +228,8 @@ class Lifecycle:
             message = "bind_to() binds within the event loop the test runs in: call it there"
             raise ConfigurationError(message) from None
         saved = (self.state, self._engine, self._sessions, self._loop, self._counters)
+        target = _target(connection.engine.url)
+        _bound_targets[target] += 1
         try:
             self.state, self._engine, self._loop = "bound", connection.engine, loop
             self._counters = PoolCounters(connection.engine)
@@ -229,6 +244,9 @@ class Lifecycle:
             if self._counters is not None and self._counters is not saved[4]:
                 self._counters.close()
             self.state, self._engine, self._sessions, self._loop, self._counters = saved
+            _bound_targets[target] -= 1
+            if not _bound_targets[target]:
+                del _bound_targets[target]
 
     def own_engine(
         self, url: URL, timeout: float, *, execution_options: bool = False

@@ -53,6 +53,17 @@ def units_in_one_task_in_a_test() -> SessionSharedError:
     return SessionSharedError(message)
 
 
+def connected_beside_a_test(label: str) -> str:
+    """The warning for a Database that connects to its own database while a test binds
+    another Database to its connection: the second Database of an app, forgotten."""
+    return (
+        f"{label} connected to its own database while a test binds another Database to its "
+        "connection: what its units write there is committed for real, and not rolled back "
+        "with the test. Give it a test database of its own (docs/testing.md, 'One Database "
+        "is bound'), or bind it to the test's connection too."
+    )
+
+
 # Bound to a test's connection, every unit is a savepoint of the test's transaction: one opened
 # inside another is a savepoint of that one, where in production it is a transaction apart.
 NESTED_IN_A_TEST: Final = (
