@@ -3,13 +3,17 @@
 A callback belongs to the (possibly nested) transaction it was registered in: it is dropped
 when that transaction or a savepoint around it rolls back, and becomes due when the outermost
 transaction commits; the unit runs what is due after its end. The commits are counted too, for
-a retried unit that must not run again after one (``_retry.py``).
+a retried unit that must not run again after one (``_retry.py``): the unit's own, and, while a
+retried attempt runs, every unit's committed in its context (another Database's, or a
+``transaction()`` opened inside the attempt), which running the attempt again would repeat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from contextvars import ContextVar, Token
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
@@ -18,6 +22,38 @@ from dbscope._exceptions import ConfigurationError
 from dbscope._session import CommitHook, UnitSession, UnitState, unit_state
 
 logger = logging.getLogger("dbscope")
+
+
+class CommitCount:
+    """The commits of every unit of work in a context (and the tasks it starts) while a
+    retried attempt runs there."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+# None outside retried attempts: a commit there costs one lookup.
+_counting: ContextVar[CommitCount | None] = ContextVar("dbscope_commit_count", default=None)
+
+
+def count_commits() -> tuple[CommitCount, Token[CommitCount | None] | None]:
+    """Count the commits made in this context from now on, and the token that ends it (None
+    inside an attempt that counts already: the two share its count, so that an outer attempt
+    sees what an inner one committed, as @db.retry over @billing.retry)."""
+    count = _counting.get()
+    if count is not None:
+        return count, None
+    count = CommitCount()
+    return count, _counting.set(count)
+
+
+def stop_counting(token: Token[CommitCount | None] | None) -> None:
+    """End what ``count_commits()`` began (the token may belong to a context that is gone)."""
+    if token is not None:
+        with contextlib.suppress(ValueError):
+            _counting.reset(token)
 
 
 def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) -> None:
@@ -77,6 +113,9 @@ def _transaction_committed(session: Session) -> None:
     state = unit_state(session)
     if state is not None and not session.in_nested_transaction():
         state.commits += 1
+        count = _counting.get()
+        if count is not None:
+            count.value += 1
         state.due.extend(callback for _, callback in state.pending)
         state.pending.clear()
 

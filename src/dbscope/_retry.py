@@ -19,11 +19,13 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
+from contextvars import Token
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypedDict, TypeVar, cast
 
 from dbscope._async_session import SessionT
+from dbscope._commit_hooks import CommitCount, count_commits, stop_counting
 from dbscope._dialects import Backend
 from dbscope._errors import conflict_in
 from dbscope._exceptions import ConfigurationError, RetriesExhaustedError
@@ -109,9 +111,11 @@ class RetryFields(TypedDict, total=False):
 RETRY_FIELDS: Final = tuple(field.name for field in fields(RetryPolicy))
 # Why a conflict was not retried, after "<name> failed with a <conflict> ".
 COMMITTED_BEFORE: Final = (
-    "after it had committed part of its work (a commit() in its body): running it again "
-    "would repeat what that commit kept, so it was not retried. Commit only at the end of a "
-    "retried unit, or retry what follows the commit as a unit of its own."
+    "after it had committed part of its work (a commit() in its body, or another unit of work "
+    "committed inside it: a transaction() of its own or of another Database, another "
+    "Database's retried endpoint): running it again would repeat what that commit kept, so it "
+    "was not retried. Commit only at the end of a retried unit, or retry what follows the "
+    "commit as a unit of its own."
 )
 PRECEDED: Final = (
     "in a unit of work that had run statements before it began (a dependency that used the "
@@ -159,12 +163,19 @@ class Attempt(Generic[SessionT]):
         self._unit: AbstractAsyncContextManager[UnitOfWork] | None = None
         self._state: UnitState | None = None
         self._commits = 0
+        self._count = CommitCount()  # counted from __aenter__ on
+        self._counting: Token[CommitCount | None] | None = None
+        self._counted = 0
 
     async def __aenter__(self) -> SessionT:
         self._unit = self._retrying.open_unit()
         unit = await self._unit.__aenter__()
         self._state = unit.state
         self._commits = unit.state.commits
+        # Every unit's commits in this context, not only this unit's: a billing.transaction()
+        # inside a db attempt, or billing's retried endpoint inside db's, kept its work already.
+        self._count, self._counting = count_commits()
+        self._counted = self._count.value
         return cast("SessionT", unit.session)
 
     async def __aexit__(
@@ -180,11 +191,13 @@ class Attempt(Generic[SessionT]):
             failure = exc  # the unit re-raised the body's own error, if any, by returning
         except Exception as error:
             failure = error  # an error at commit, or the body's error translated
+        finally:
+            stop_counting(self._counting)
         if failure is None:
             self._retrying.succeeded()
             return False
         assert self._state is not None
-        committed = self._state.commits > self._commits
+        committed = self._state.commits > self._commits or self._count.value > self._counted
         if isinstance(failure, Exception) and self._retrying.failed(
             self.number, failure, committed
         ):
