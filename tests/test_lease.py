@@ -9,6 +9,7 @@ is in test_lease_http.py.
 
 import asyncio
 import os
+import warnings
 
 import anyio
 import pytest
@@ -293,6 +294,44 @@ async def test_a_backend_terminated_mid_lease_raises_connection_lost(database_ur
     assert info.value.cause == "connection_lost"
     assert (stats.checked_out, stats.invalidated) == (0, 1)
     assert value == 1
+
+
+async def kill_mid_unbuffered_result(db: Database, connection: AsyncConnection) -> int:
+    """Read an unbuffered result through a lease (asyncmy's SSCursor, in its ``async with``)
+    and kill its server connection after 100 rows, from ``connection``; the rows read."""
+    from asyncmy.cursors import SSCursor
+
+    rows = 0
+    async with db.lease() as leased:
+        backend = await fetch_value(leased, backend_id_query(leased))
+        async with leased.cursor(SSCursor) as cursor:
+            # Larger than the socket's buffers: the kill lands mid-result.
+            await cursor.execute("SELECT seq, REPEAT('x', 500) FROM seq_1_to_200000")
+            while await cursor.fetchone() is not None:
+                rows += 1
+                if rows == 100:
+                    await helpers.kill(connection, backend)
+    return rows
+
+
+async def test_a_connection_killed_while_asyncmy_reads_an_unbuffered_result_is_lost(
+    mysql_url: str,
+) -> None:
+    """KILL CONNECTION while a lease reads an unbuffered result: the cursor's close, reading
+    the rest of a result whose connection is gone, raises asyncmy's InternalError ("Packet
+    sequence number wrong") over the 2013 the fetch met. The socket has closed:
+    DatabaseUnavailableError("connection_lost"), not asyncmy's error (a 500 for
+    Depends(db.leased)), and the connection dropped without a reset tried on it (a warning,
+    and asyncmy's "unbuffered result left incomplete")."""
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        async with Database(mysql_url) as db, helpers.admin(mysql_url) as connection:
+            with pytest.raises(DatabaseUnavailableError) as info:
+                await kill_mid_unbuffered_result(db, connection)
+            stats = db.stats()
+    assert info.value.cause == "connection_lost"
+    assert (stats.checked_out, stats.invalidated) == (0, 1)
+    assert [str(w.message) for w in warned] == []
 
 
 async def test_a_lease_before_connect_raises_the_sessions_lifecycle_error(sqlite_url: str) -> None:

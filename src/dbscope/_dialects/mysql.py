@@ -329,7 +329,10 @@ def _asyncmy_errors() -> tuple[type[BaseException], ...]:
 
 
 def _asyncmy_status(connection: Any) -> LeaseStatus:
-    if not connection.connected:
+    # asyncmy stays "connected" after the server hung up until it writes: a kill mid-result
+    # came out of a lease as the InternalError ("Packet sequence number wrong") its cursor's
+    # close raised reading the rest, not as the lost connection it was.
+    if not connection.connected or _asyncmy_closing(connection):
         return "closed"
     return "in_transaction" if connection.get_transaction_status() else "idle"
 
