@@ -8,6 +8,7 @@ work is kept already, and a second run kept it twice."""
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which
 # name each test's own Databases.
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -201,4 +202,70 @@ async def test_an_attempt_after_a_commit_in_an_earlier_attempt_is_retried(
                 if len(runs) == 1:
                     await session.execute(text(CONFLICT))
     assert retrying.retries == 1
+    assert await count_rows(postgres_url, "rt_app") == 1
+
+
+async def test_attempts_side_by_side_inside_an_attempt_count_only_their_own_commits(
+    postgres_url: str, two_tables: Tables, other: Database
+) -> None:
+    """Two retried units in tasks of one outer attempt (``gather``): the second commits while
+    the first's attempt runs, then the first meets a conflict. The second's commit is no part
+    of the first's work, so the first is retried (it was refused as having committed: the
+    two shared the outer attempt's count); the outer attempt sees both commits."""
+    second_committed = asyncio.Event()
+    runs: list[int] = []
+
+    async def first(db: Database) -> None:
+        async for attempt in db.retrying(backoff=0):
+            async with attempt as session:
+                runs.append(1)
+                await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
+                if len(runs) == 1:
+                    await second_committed.wait()
+                    await session.execute(text(CONFLICT))
+
+    async def second() -> None:
+        async for attempt in other.retrying(backoff=0):
+            async with attempt as session:
+                await session.execute(text("INSERT INTO rt_other (n) VALUES (1)"))
+        second_committed.set()
+
+    async with Database(postgres_url) as db:
+        async for attempt in db.retrying(attempts=1):
+            async with attempt:
+                await asyncio.gather(first(db), second())
+    assert runs == [1, 1]
+    assert await count_rows(postgres_url, "rt_app") == 1
+    assert await count_rows(postgres_url, "rt_other") == 1
+
+
+async def test_a_read_only_request_unit_used_before_the_endpoint_leaves_conflicts_retried(
+    postgres_url: str, two_tables: Tables
+) -> None:
+    """A dependency that read through Depends(db.read_session) (the signed-in user) before the
+    retried endpoint: a read-only unit keeps nothing across attempts, so the conflict is
+    retried as without it (it answered 409, "had run statements before it began"), and what
+    the dependency loaded is not rolled back (expired) under the endpoint."""
+    runs: list[int] = []
+    app = FastAPI()
+    async with Database(postgres_url) as db:
+
+        async def current_user(session: Annotated[AsyncSession, Depends(db.read_session)]) -> str:
+            return str(await session.scalar(text("SELECT current_user")))
+
+        @app.post("/work")
+        @db.retry(backoff=0)
+        async def work(
+            user: Annotated[str, Depends(current_user)],
+            session: Annotated[AsyncSession, Depends(db.session)],
+        ) -> str:
+            runs.append(1)
+            await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
+            if len(runs) == 1:
+                await session.execute(text(CONFLICT))
+            return user
+
+        answer = await send(app, "POST /work")
+    assert answer.status_code == 200, answer.text
+    assert runs == [1, 1]
     assert await count_rows(postgres_url, "rt_app") == 1

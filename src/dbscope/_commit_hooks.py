@@ -26,26 +26,29 @@ logger = logging.getLogger("dbscope")
 
 class CommitCount:
     """The commits of every unit of work in a context (and the tasks it starts) while a
-    retried attempt runs there."""
+    retried attempt runs there; ``outer`` is the attempt's it runs inside, if any, which
+    counts them too."""
 
-    __slots__ = ("value",)
+    __slots__ = ("outer", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, outer: CommitCount | None = None) -> None:
         self.value = 0
+        self.outer = outer
 
 
 # None outside retried attempts: a commit there costs one lookup.
 _counting: ContextVar[CommitCount | None] = ContextVar("dbscope_commit_count", default=None)
 
 
-def count_commits() -> tuple[CommitCount, Token[CommitCount | None] | None]:
-    """Count the commits made in this context from now on, and the token that ends it (None
-    inside an attempt that counts already: the two share its count, so that an outer attempt
-    sees what an inner one committed, as @db.retry over @billing.retry)."""
-    count = _counting.get()
-    if count is not None:
-        return count, None
-    count = CommitCount()
+def count_commits() -> tuple[CommitCount, Token[CommitCount | None]]:
+    """Count the commits made in this context from now on, and the token that ends it.
+
+    Inside an attempt that counts already, the commits are that one's too, so that an outer
+    attempt sees what an inner one committed (@db.retry over @billing.retry); but not the
+    other way round: two attempts side by side in tasks of one attempt (``gather``) each
+    count their own, and one's commit is no part of the other's work.
+    """
+    count = CommitCount(_counting.get())
     return count, _counting.set(count)
 
 
@@ -114,8 +117,9 @@ def _transaction_committed(session: Session) -> None:
     if state is not None and not session.in_nested_transaction():
         state.commits += 1
         count = _counting.get()
-        if count is not None:
+        while count is not None:
             count.value += 1
+            count = count.outer
         state.due.extend(callback for _, callback in state.pending)
         state.pending.clear()
 

@@ -30,8 +30,15 @@ NOT_THE_ENDPOINT: Final = (
 
 
 def _others(unit: UnitOfWork) -> list[UnitOfWork]:
-    """The request units of the request's other Databases (``Depends(billing.session)``)."""
-    return [other for other in unit.request_units or () if other is not unit]
+    """The request's other units that write (``Depends(billing.session)``). A read-only one
+    (``Depends(db.read_session)`` in an auth dependency) keeps nothing across attempts:
+    rolling it back would only expire what the dependency loaded, and its reads before the
+    endpoint leave a conflict retryable, as a header read would."""
+    return [
+        other
+        for other in unit.request_units or ()
+        if other is not unit and not other.state.begin.read_only
+    ]
 
 
 async def _rolled_back(unit: UnitOfWork) -> None:
