@@ -97,3 +97,29 @@ async def test_a_server_error_while_a_stream_fetches_is_a_dbapi_error(database_u
             await read_all(db, rows)
         invalidated = db.stats().invalidated
     assert invalidated == 0
+
+
+async def test_a_server_error_met_by_a_stream_and_caught_is_raised_again_at_commit(
+    postgres_url: str,
+) -> None:
+    """The body caught the stream's error and went on: PostgreSQL had rolled the transaction
+    back, and the unit's COMMIT raises that error again as the body met it, SQLAlchemy's
+    DBAPIError on both drivers (on asyncpg the COMMIT raised asyncpg's own
+    DivisionByZeroError, kept as asyncpg raised it before it was adapted)."""
+    met: list[BaseException] = []
+
+    async def caught(db: Database) -> None:
+        async with db.transaction() as session:
+            options = {"yield_per": BATCH}
+            query = text(series(session, fail=True))
+            try:
+                async for _ in await session.stream(query, execution_options=options):
+                    pass
+            except DBAPIError as error:
+                met.append(error)
+
+    async with Database(postgres_url, pool_size=1) as db:
+        with pytest.raises(DBAPIError, match="division by zero") as at_commit:
+            await caught(db)
+    assert len(met) == 1
+    assert type(at_commit.value) is type(met[0])

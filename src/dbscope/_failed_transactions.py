@@ -72,7 +72,11 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
             raise _noted(failure.error)
         if rolled_back is None or failure is not None:
             return
-        error = context.sqlalchemy_exception or context.original_exception
+        # What the application was raised: an earlier listener's adaptation first (asyncpg's
+        # errors at a stream's fetch, raw until adapted; SQLAlchemy sets the attribute only
+        # then), else SQLAlchemy's wrapper.
+        chained = getattr(context, "chained_exception", None)
+        error = chained or context.sqlalchemy_exception or context.original_exception
         to_savepoint = rolled_back == "to_savepoint" and connection.in_nested_transaction()
         connection.info[FAILED] = _Failure(error, to_savepoint, connection.get_transaction())
 
