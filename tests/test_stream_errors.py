@@ -3,6 +3,7 @@ SQLAlchemy's asyncpg adapter raised as asyncpg raised them): a connection lost i
 and a server's error is SQLAlchemy's DBAPIError, as for any other statement, on every server
 driver."""
 
+import asyncio
 import contextlib
 import gc
 import warnings
@@ -123,3 +124,36 @@ async def test_a_server_error_met_by_a_stream_and_caught_is_raised_again_at_comm
             await caught(db)
     assert len(met) == 1
     assert type(at_commit.value) is type(met[0])
+
+
+async def test_a_backend_ended_while_a_fetch_is_in_flight_drops_the_connection_at_once(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows that take 50 ms each, the backend terminated while the second batch is fetched:
+    asyncpg raises "connection was closed in the middle of operation", which its message
+    alone does not tell as a lost connection. It is one: DatabaseUnavailableError, and the
+    unit's close does not try a ROLLBACK on the dead connection (it did, and logged
+    "Closing the session failed" at ERROR with two tracebacks)."""
+    slow = "SELECT x, pg_sleep(0.05) FROM generate_series(1, 60) AS x"
+    killers: list[asyncio.Task[None]] = []
+
+    async def kill_soon(backend_id: int) -> None:
+        await asyncio.sleep(0.2)  # the next fetch is in flight by then
+        async with admin(postgres_url) as connection:
+            await kill(connection, backend_id)
+
+    async def rows(session: AsyncSession) -> AsyncIterator[int]:
+        backend_id = await session.scalar(text("SELECT pg_backend_pid()"))
+        async for row in await session.stream(text(slow), execution_options={"yield_per": 10}):
+            if not killers:
+                killers.append(asyncio.create_task(kill_soon(backend_id)))
+            yield row[0]
+
+    async with Database(postgres_url, pool_size=1) as db:
+        with pytest.raises(DatabaseUnavailableError) as lost:
+            await read_all(db, rows)
+        await asyncio.gather(*killers)
+        cause = lost.value.cause
+    failed_closes = [r for r in caplog.records if "Closing the session failed" in r.getMessage()]
+    assert cause == "connection_lost"
+    assert failed_closes == []

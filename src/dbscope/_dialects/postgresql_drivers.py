@@ -126,7 +126,14 @@ def adapted_fetch_error(context: ExceptionContext) -> Exception | None:
         adapted: Any = translated
     else:  # it raises for every asyncpg error; this keeps the checker's flow whole
         return None
-    closed = context.dialect.is_disconnect(adapted, None, None)
+    # As SQLAlchemy asks for its own errors: with the connection, whose is_closed() knows a
+    # backend lost mid-fetch ("connection was closed in the middle of operation"), which the
+    # message alone does not say; else the unit's close tried a ROLLBACK on it, logged.
+    connection = context.connection
+    dbapi_connection = None
+    if connection is not None and not connection.invalidated:
+        dbapi_connection = connection.connection.dbapi_connection
+    closed = context.dialect.is_disconnect(adapted, dbapi_connection, None)
     context.is_disconnect = closed or isinstance(error, _asyncpg_fatal())
     wrapped: Exception = DBAPIError.instance(
         context.statement,
