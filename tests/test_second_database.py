@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbscope import Database, testing
@@ -40,3 +41,20 @@ async def test_a_database_on_the_tests_own_database_is_not_warned_of(
     db, pooled = Database(sqlite_url), Database(sqlite_url)
     async with testing.rolled_back(db, engine), pooled:
         assert pooled.state == "connected"
+
+
+async def test_a_database_on_the_tests_own_server_with_the_port_left_out_is_not_warned_of(
+    postgres_url: str,
+) -> None:
+    """The same database, its URL naming the server's default port or leaving it out: the
+    same target, no warning (it warned that the Database connected to its own database)."""
+    url = make_url(postgres_url)
+    assert url.port in (None, 5432)
+    spelled = url.set(port=5432)
+    left_out = URL.create(
+        url.drivername, url.username, url.password, url.host, None, url.database, url.query
+    )
+    db, pooled = Database(spelled), Database(left_out)
+    with testing.any_loop_engine(spelled.render_as_string(hide_password=False)) as engine:
+        async with testing.rolled_back(db, engine), pooled:
+            assert pooled.state == "connected"

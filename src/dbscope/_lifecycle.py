@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from dbscope._async_session import UnitAsyncSession, session_factory
-from dbscope._dialects import CLOSE_TIMEOUT, ClosedIfCancelled, driver
+from dbscope._dialects import CLOSE_TIMEOUT, ClosedIfCancelled, backend, driver
 from dbscope._durability import DurabilityWatch
 from dbscope._engine import ServerInfo, build_engine, ping_after, verify
 from dbscope._exceptions import ConfigurationError, LifecycleError
@@ -59,8 +59,10 @@ _bound_targets: Counter[tuple[str, str | None, int | None, str | None]] = Counte
 
 
 def _target(url: URL) -> tuple[str, str | None, int | None, str | None]:
-    """Which database ``url`` leads to, as far as the URL says."""
-    return (url.get_backend_name(), url.host, url.port, url.database)
+    """Which database ``url`` leads to, as far as the URL says (a port left out is the
+    server's default one: the plugin's URL and the app's may spell it or not)."""
+    name = url.get_backend_name()
+    return (name, url.host, url.port or backend(name).default_port, url.database)
 
 
 class EngineObserver(Protocol):
