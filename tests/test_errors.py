@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
 from dbscope import ConfigurationError, ConstraintViolationError, Database
+from dbscope.fastapi import _errors as fastapi_errors
 from tests.helpers import SERVER_BACKENDS, Tables, admin, client_for, stored
 
 # With MariaDB's own words for a key in it: its message names the key after the row's values.
@@ -179,6 +180,36 @@ async def test_a_constraint_failing_at_commit_answers_409_naming_it(
     assert body["constraint"] == reported_name(constraint, database_url)
     assert SECRET_VALUE not in response.text
     assert kept == [SECRET_VALUE] * len(before)
+
+
+async def test_the_log_line_of_a_409_names_the_database_and_the_body_does_not(
+    database_url: str,
+    tables: Tables,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app of two Databases tells them apart in its log: the warning of a constraint
+    failing at a request's COMMIT names the Database (its pool_name); the body does not."""
+    # A log of its own: the process's holds back a 409 that another test logged within 5 s.
+    monkeypatch.setattr(fastapi_errors, "_error_log", fastapi_errors._ErrorLog(5.0))
+    await tables.create_all(Base.metadata)
+    async with Database(database_url, pool_name="billing") as db:
+        app = FastAPI()
+
+        @app.post("/rows")
+        async def add(session: Annotated[AsyncSession, Depends(db.session)]) -> None:
+            session.add_all([Item(id=1, label="same"), Item(id=2, label="same")])
+
+        with caplog.at_level("WARNING", logger="dbscope"):
+            async with client_for(app) as client:
+                response = await client.post("/rows")
+    logged = [
+        r.getMessage() for r in caplog.records if "409 (constraint_violation)" in r.getMessage()
+    ]
+    assert response.status_code == 409
+    assert len(logged) == 1
+    assert logged[0].endswith("(Database 'billing')")
+    assert "billing" not in response.text
 
 
 async def test_a_check_failing_inside_the_endpoint_is_an_integrity_error_it_can_catch(

@@ -86,12 +86,15 @@ def client_of(request: Request) -> tuple["asyncio.Task[Any] | None", Client] | N
     return asyncio.current_task(), cycle
 
 
-def _refusal(error: Handled, scope: MutableMapping[str, Any], early: EarlyRetries) -> HTTPException:
-    """``error`` as the request's answer; a refusal for a full wait line is remembered, so
-    that its client's next request waits out the Retry-After it was given."""
+def _refusal(
+    error: Handled, scope: MutableMapping[str, Any], early: EarlyRetries, database: str
+) -> HTTPException:
+    """``error`` of the Database named ``database`` as the request's answer; a refusal for a
+    full wait line is remembered, so that its client's next request waits out the
+    Retry-After it was given."""
     if isinstance(error, DatabaseUnavailableError) and isinstance(error.__cause__, LineFullError):
         early.refused(scope, error.retry_after)
-    return http_error(error)
+    return http_error(error, database=database)
 
 
 def _http_request(connection: HTTPConnection, dependency: str, per_message: str) -> Request:
@@ -181,7 +184,7 @@ def _session_dependency(
                     # The commit, and what runs after it, is served whatever the client does.
                     waiting_client.set(None)
         except HANDLED as error:
-            raise _refusal(error, request.scope, early) from error
+            raise _refusal(error, request.scope, early, database.name) from error
 
     async def session(
         unit: Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")],
@@ -221,7 +224,7 @@ def _lease_dependency(db: "weakref.ref[Database[Any]]") -> Callable[..., Awaitab
                 waiting_client.set(None)
                 yield connection
         except HANDLED as error:
-            raise _refusal(error, request.scope, early) from error
+            raise _refusal(error, request.scope, early, database.name) from error
 
     async def leased(
         connection: Annotated[Any, Depends(request_lease, scope="function")],

@@ -83,7 +83,7 @@ def service_unavailable(error: DatabaseUnavailableError) -> HTTPException:
     )
 
 
-def http_error(error: Handled) -> HTTPException:
+def http_error(error: Handled, *, database: str | None = None) -> HTTPException:
     """The response for one of dbscope's errors, logged without a traceback.
 
     An outage answers 503 with ``Retry-After``, a statement timeout 504, a transaction whose
@@ -92,17 +92,23 @@ def http_error(error: Handled) -> HTTPException:
     body names the cause. The first of each kind is logged at once, then one line per 5 s
     counts the rest.
 
+    Args:
+        error: the error.
+        database: the name of the Database whose unit raised it (``db.name``), for the log
+            line, where an app of several Databases tells them apart; never in the body.
+
     Raises:
         TypeError: ``error`` is none of those five: a bug's error is a 500, not a conflict.
     """
+    logged = str(error) if database is None else f"{error} (Database {database!r})"
     if isinstance(error, DatabaseUnavailableError):
-        _error_log.warn(f"503 ({error.cause})", str(error))
+        _error_log.warn(f"503 ({error.cause})", logged)
         return service_unavailable(error)
     if isinstance(error, StatementTimeoutError):
-        _error_log.warn("504 (statement_timeout)", str(error))
+        _error_log.warn("504 (statement_timeout)", logged)
         return HTTPException(504, {"cause": "statement_timeout", "message": str(error)})
     if isinstance(error, ConstraintViolationError):
-        _error_log.warn("409 (constraint_violation)", str(error))
+        _error_log.warn("409 (constraint_violation)", logged)
         detail = {
             "cause": "constraint_violation",
             "constraint": error.constraint,
@@ -110,11 +116,11 @@ def http_error(error: Handled) -> HTTPException:
         }
         return HTTPException(409, detail)
     if isinstance(error, ClientDisconnectedError):
-        _error_log.warn("499 (client_disconnected)", str(error))
+        _error_log.warn("499 (client_disconnected)", logged)
         detail = {"cause": "client_disconnected", "message": str(error)}
         return HTTPException(CLIENT_CLOSED_REQUEST, detail)
     if isinstance(error, RetriesExhaustedError):
-        _error_log.warn("409 (conflict)", str(error))
+        _error_log.warn("409 (conflict)", logged)
         return HTTPException(409, {"cause": "conflict", "message": str(error)})
     # Another error is a bug to be seen as one (a 500 with its traceback), not a conflict.
     message = f"http_error() answers dbscope's errors of the database's state, not {error!r}"
