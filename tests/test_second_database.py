@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dbscope import Database, testing
+from dbscope import Database, DatabaseUnavailableError, testing
 
 
 @pytest.fixture
@@ -58,3 +58,39 @@ async def test_a_database_on_the_tests_own_server_with_the_port_left_out_is_not_
     with testing.any_loop_engine(spelled.render_as_string(hide_password=False)) as engine:
         async with testing.rolled_back(db, engine), pooled:
             assert pooled.state == "connected"
+
+
+async def test_a_database_that_cannot_connect_during_a_bound_test_raises_its_own_error(
+    sqlite_url: str, engine: AsyncEngine
+) -> None:
+    """A test that checks a Database on an unreachable server fails to connect, while the
+    app's is bound: the connection's error, not the warning (an error by the suite's
+    config), which spoke of a Database 'connected' that had written nothing."""
+    db, down = Database(sqlite_url), Database("postgresql://nobody@127.0.0.1:1/nowhere")
+    async with testing.rolled_back(db, engine):
+        with pytest.raises(DatabaseUnavailableError):
+            await down.connect()
+        assert down.state == "new"
+
+
+async def test_an_in_memory_database_during_a_bound_test_is_not_warned_of(
+    sqlite_url: str, engine: AsyncEngine
+) -> None:
+    """An in-memory SQLite Database (an app's scratch store) keeps nothing past the
+    process: no warning that its writes are real (an error by the suite's config)."""
+    db, scratch = Database(sqlite_url), Database("sqlite+aiosqlite://")
+    async with testing.rolled_back(db, engine), scratch:
+        assert scratch.state == "connected"
+
+
+async def test_the_warning_as_an_error_leaves_no_engine_behind(
+    sqlite_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Under filterwarnings=error the warning is raised once connected: the Database is
+    left unconnected (its engine disposed), and connects normally after the test."""
+    db, billing = Database(sqlite_url), Database(f"sqlite+aiosqlite:///{tmp_path}/billing.db")
+    async with testing.rolled_back(db, engine):
+        with pytest.raises(RuntimeWarning, match="a test database of its own"):
+            await billing.connect()
+    async with billing:  # left unconnected: connecting again is no 'already connected'
+        assert billing.state == "connected"

@@ -140,8 +140,6 @@ class Lifecycle:
         """Build the engine in the running loop and prove the server answers."""
         if self.state == "bound":
             return  # a test owns the connection; the app's lifespan leaves it alone
-        if _bound_targets and _target(self.settings.url) not in _bound_targets:
-            warnings.warn(connected_beside_a_test(self.label), RuntimeWarning, stacklevel=3)
         if self.state == "connected":
             message = (
                 f"{self.label} is already connected: connect() was called twice, or two "
@@ -151,6 +149,7 @@ class Lifecycle:
             raise LifecycleError(message)
         engine = build_engine(self.settings, self.options)
         engine, self.server, standbys = await verify(engine, self.settings, self.options)
+        await self._warn_if_beside_a_test(engine)
         self._engine = engine
         self._counters = PoolCounters(
             engine, ping_after(self.settings), ping_timeout=self.settings.connect_timeout
@@ -176,6 +175,22 @@ class Lifecycle:
             self.settings.max_overflow,
             self.settings.pool_timeout,
         )
+
+    async def _warn_if_beside_a_test(self, engine: AsyncEngine) -> None:
+        """Warn of a Database that has just connected to a database of its own while a test
+        binds another Database to its connection: its writes are real. Only once connected:
+        a Database that cannot connect (a test of an unreachable server) raises its own
+        error, not the warning that filterwarnings=error makes one; and an in-memory SQLite
+        database keeps nothing past the process."""
+        if not _bound_targets or self.settings.is_memory:
+            return
+        if _target(self.settings.url) in _bound_targets:
+            return
+        try:
+            warnings.warn(connected_beside_a_test(self.label), RuntimeWarning, stacklevel=4)
+        except BaseException:  # raised as an error: the engine is not kept, nor leaked
+            await engine.dispose()
+            raise
 
     async def dispose(self) -> None:
         """Close every pooled connection; again, or before connect(), it does nothing."""
