@@ -10,9 +10,10 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable
+from typing import Annotated
 
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -316,3 +317,29 @@ async def test_on_commit_in_a_read_only_unit_is_refused_when_registered(
         with pytest.raises(ConfigurationError, match="read-only unit of work: it never commits"):
             db.on_commit(appender(calls, "read-only"))
     assert calls == []
+
+
+async def test_on_commit_in_a_request_with_a_read_session_after_its_session_waits_for_the_write(
+    db: Database, calls: list[str]
+) -> None:
+    """A request that depends on db.session, then on db.read_session (a dependency that
+    loads the signed-in user): the read-only unit runs last, but the callback belongs to the
+    writable one and runs after its commit (it was refused, a 500; before that, dropped)."""
+    app = FastAPI()
+
+    async def signed_in(session: Annotated[AsyncSession, Depends(db.read_session)]) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    @app.post("/rows")
+    async def add(
+        session: Annotated[AsyncSession, Depends(db.session)],
+        user: Annotated[int, Depends(signed_in)],
+    ) -> None:
+        await session.execute(INSERT, {"label": "written"})
+        db.on_commit(appender(calls, "after the write"))
+
+    async with client_for(app) as client:
+        response = await client.post("/rows")
+    assert response.status_code == 200, response.text
+    assert calls == ["after the write"]
+    assert await stored_labels(db) == ["written"]

@@ -174,14 +174,15 @@ class UnitEntryPoints(Generic[SessionT]):
         ``callback`` takes no arguments and may be a coroutine function. Callbacks run in
         registration order, after the commit and (in a request) before the response is sent.
         One registered inside a savepoint that rolls back is dropped with it. One that raises
-        is logged with its traceback and changes nothing else.
+        is logged with its traceback and changes nothing else. In a request that depends on
+        both ``db.session`` and ``db.read_session``, it waits for the writable one's commit.
 
         Raises:
             NoSessionError: no unit of work is active here.
             TypeError: ``callback`` is not callable (``notify()`` given for ``notify``).
             ConfigurationError: the unit is read-only, and so never commits.
         """
-        self._units.running().on_commit(callback)
+        self._units.committing().on_commit(callback)
 
     @overload
     async def parallel(

@@ -54,11 +54,14 @@ class UnitOfWork:
             request, this one included, which a ``@db.retry()`` attempt rolls back together.
         tests_own: the session a test holds for its own queries (``dbscope.testing``): the
             app's units opened inside it are no units nested in units.
+        opened_in: the unit of the same Database that was running where this one opened, if
+            any (a request's ``Depends(db.session)`` for its ``Depends(db.read_session)``).
     """
 
     __slots__ = (
         "endpoint",
         "failed_quietly",
+        "opened_in",
         "request_units",
         "retried",
         "rollback_only",
@@ -74,6 +77,7 @@ class UnitOfWork:
         self.retried = False
         self.endpoint: Callable[..., Any] | None = None
         self.request_units: list[UnitOfWork] | None = None
+        self.opened_in: UnitOfWork | None = None
 
     @property
     def tests_own(self) -> bool:

@@ -125,6 +125,26 @@ class Units:
         unit = self.current.get()
         return None if unit is None else unit.state.comment
 
+    def committing(self) -> UnitOfWork:
+        """The unit whose commit an ``on_commit()`` callback of this context waits for: the
+        running one; but a request's read-only unit, running because its dependency was
+        entered after the request's writable one (``Depends(db.read_session)`` listed after
+        ``Depends(db.session)``), never commits, and the request's writes are the other's.
+
+        Raises:
+            NoSessionError: no unit of work is active here.
+        """
+        unit = self.running()
+        opened_in = unit.opened_in
+        if (
+            unit.state.begin.read_only
+            and opened_in is not None
+            and unit.request_units is not None
+            and opened_in.request_units is unit.request_units
+        ):
+            return opened_in
+        return unit
+
     def running(self) -> UnitOfWork:
         """The unit of work of this context.
 
@@ -214,6 +234,8 @@ class UnitRun:
 
             self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
+        if isinstance(opened_in := self._token.old_value, UnitOfWork):
+            self.unit.opened_in = opened_in
         if isinstance(self.unit.session.bind, AsyncConnection):  # bound to a test's connection
             watch_test_connection(self.unit.session.sync_session)
             outer = self._token.old_value
