@@ -119,10 +119,11 @@ COMMITTED_BEFORE: Final = (
 )
 PRECEDED: Final = (
     "in a unit of work that had run statements before it began (a dependency that used the "
-    "request's session, say): running it again alone would lose what they wrote, or act on "
-    "what they read in the transaction that failed, so it was not retried. Run the unit's "
-    "statements in the retried function: let the dependency hand it what it read from the "
-    "request (a user's id), and the function load the rows."
+    "request's session, or another Database's request session, say): running it again alone "
+    "would lose what they wrote, or act on what they read in the transaction that failed, so "
+    "it was not retried. Run the unit's statements in the retried function: let the "
+    "dependency hand it what it read from the request (a user's id), and the function load "
+    "the rows; or read in the dependency through a read_session, which a retry leaves alone."
 )
 
 
