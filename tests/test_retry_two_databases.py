@@ -269,3 +269,34 @@ async def test_a_read_only_request_unit_used_before_the_endpoint_leaves_conflict
     assert answer.status_code == 200, answer.text
     assert runs == [1, 1]
     assert await count_rows(postgres_url, "rt_app") == 1
+
+
+async def test_a_read_only_request_unit_entered_after_the_session_leaves_conflicts_retried(
+    postgres_url: str, two_tables: Tables
+) -> None:
+    """The same with Depends(db.session) listed first: the read-only unit, entered last, is
+    the one running, but the attempts are the writable unit's (they were the read-only
+    one's, whose reads made the conflict unretryable, a 409, and which commits no attempt)."""
+    runs: list[int] = []
+    app = FastAPI()
+    async with Database(postgres_url) as db:
+
+        async def current_user(session: Annotated[AsyncSession, Depends(db.read_session)]) -> str:
+            return str(await session.scalar(text("SELECT current_user")))
+
+        @app.post("/work")
+        @db.retry(backoff=0)
+        async def work(
+            session: Annotated[AsyncSession, Depends(db.session)],
+            user: Annotated[str, Depends(current_user)],
+        ) -> str:
+            runs.append(1)
+            await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
+            if len(runs) == 1:
+                await session.execute(text(CONFLICT))
+            return user
+
+        answer = await send(app, "POST /work")
+    assert answer.status_code == 200, answer.text
+    assert runs == [1, 1]
+    assert await count_rows(postgres_url, "rt_app") == 1

@@ -339,7 +339,9 @@ class UnitEntryPoints(Generic[SessionT]):
         ``db.session_with(isolation_level="SERIALIZABLE")``), not the decorator's.
         """
         return retry_in_unit(
-            self._units.current.get,
+            # The request's writable unit, whichever of db.session and db.read_session was
+            # entered last: retrying the read-only one never commits an attempt.
+            self._units.writable_here,
             retry_policy(policy, **policy_fields),
             self._lifecycle.count_retry,
         )

@@ -126,24 +126,22 @@ class Units:
         return None if unit is None else unit.state.comment
 
     def committing(self) -> UnitOfWork:
-        """The unit whose commit an ``on_commit()`` callback of this context waits for: the
-        running one; but a request's read-only unit, running because its dependency was
-        entered after the request's writable one (``Depends(db.read_session)`` listed after
-        ``Depends(db.session)``), never commits, and the request's writes are the other's.
+        """The unit whose commit an ``on_commit()`` callback of this context waits for
+        (``writable_here``'s).
 
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        unit = self.running()
-        opened_in = unit.opened_in
-        if (
-            unit.state.begin.read_only
-            and opened_in is not None
-            and unit.request_units is not None
-            and opened_in.request_units is unit.request_units
-        ):
-            return opened_in
-        return unit
+        return _writable(self.running())
+
+    def writable_here(self) -> UnitOfWork | None:
+        """The unit that commits this context's writes, if any: the running one; but a
+        request's read-only unit, running because its dependency was entered after the
+        request's writable one (``Depends(db.read_session)`` listed after
+        ``Depends(db.session)``), never commits, and the request's writes are the other's.
+        ``@db.retry()`` retries that one, as ``on_commit()`` waits for its commit."""
+        unit = self.current.get()
+        return None if unit is None else _writable(unit)
 
     def running(self) -> UnitOfWork:
         """The unit of work of this context.
@@ -161,6 +159,18 @@ class Units:
             )
             raise NoSessionError(message)
         return unit
+
+
+def _writable(unit: UnitOfWork) -> UnitOfWork:
+    opened_in = unit.opened_in
+    if (
+        unit.state.begin.read_only
+        and opened_in is not None
+        and unit.request_units is not None
+        and opened_in.request_units is unit.request_units
+    ):
+        return opened_in
+    return unit
 
 
 # A routed unit's options, the write it must see, its comment and request id.
