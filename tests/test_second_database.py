@@ -94,3 +94,16 @@ async def test_the_warning_as_an_error_leaves_no_engine_behind(
             await billing.connect()
     async with billing:  # left unconnected: connecting again is no 'already connected'
         assert billing.state == "connected"
+
+
+async def test_a_database_on_the_tests_own_mariadb_spelled_mariadb_is_not_warned_of(
+    mysql_url: str,
+) -> None:
+    """The test's MariaDB database named mysql+asyncmy:// (the plugin's spelling) and the
+    app's mariadb+asyncmy://: one server, no warning (the backend names differed)."""
+    url = make_url(mysql_url)
+    as_mariadb = url.set(drivername=url.drivername.replace("mysql", "mariadb", 1))
+    db, pooled = Database(url), Database(as_mariadb)
+    with testing.any_loop_engine(url.render_as_string(hide_password=False)) as engine:
+        async with testing.rolled_back(db, engine), pooled:
+            assert pooled.state == "connected"

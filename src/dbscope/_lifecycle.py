@@ -61,8 +61,8 @@ _bound_targets: Counter[tuple[str, str | None, int | None, str | None]] = Counte
 def _target(url: URL) -> tuple[str, str | None, int | None, str | None]:
     """Which database ``url`` leads to, as far as the URL says (a port left out is the
     server's default one: the plugin's URL and the app's may spell it or not)."""
-    name = url.get_backend_name()
-    return (name, url.host, url.port or backend(name).default_port, url.database)
+    rules = backend(url.get_backend_name())  # "mariadb" and "mysql" are one server's names
+    return (rules.name, url.host, url.port or rules.default_port, url.database)
 
 
 class EngineObserver(Protocol):

@@ -48,7 +48,9 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
 
         It never commits, and on PostgreSQL and MariaDB/MySQL its transaction is ``READ
         ONLY``, so a write fails loudly instead of being kept. It is a unit of work of its
-        own: do not mix it with ``db.session`` in one request.
+        own, with a session of its own: in a request that also depends on ``db.session`` (a
+        dependency that loads the signed-in user), write through ``db.session``'s;
+        ``db.on_commit()`` and ``@db.retry()`` take that one, whichever was entered last.
         """
         return self.session_with(read_only=True)
 
