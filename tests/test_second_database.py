@@ -2,6 +2,8 @@
 binds another Database to its connection is warned of (its writes are real), and one that
 connects to the test's own database is not (docs/testing.md's concurrent requests)."""
 
+import gc
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,11 +89,16 @@ async def test_the_warning_as_an_error_leaves_no_engine_behind(
     sqlite_url: str, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     """Under filterwarnings=error the warning is raised once connected: the Database is
-    left unconnected (its engine disposed), and connects normally after the test."""
+    left unconnected (its engine disposed: nothing left for the collector, which warned of
+    the connection), and connects normally after the test."""
     db, billing = Database(sqlite_url), Database(f"sqlite+aiosqlite:///{tmp_path}/billing.db")
-    async with testing.rolled_back(db, engine):
-        with pytest.raises(RuntimeWarning, match="a test database of its own"):
-            await billing.connect()
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", ResourceWarning)
+        async with testing.rolled_back(db, engine):
+            with pytest.raises(RuntimeWarning, match="a test database of its own"):
+                await billing.connect()
+        gc.collect()
+    assert [str(w.message) for w in warned if w.category is ResourceWarning] == []
     async with billing:  # left unconnected: connecting again is no 'already connected'
         assert billing.state == "connected"
 
