@@ -239,64 +239,52 @@ async def test_attempts_side_by_side_inside_an_attempt_count_only_their_own_comm
     assert await count_rows(postgres_url, "rt_other") == 1
 
 
-async def test_a_read_only_request_unit_used_before_the_endpoint_leaves_conflicts_retried(
-    postgres_url: str, two_tables: Tables
-) -> None:
-    """A dependency that read through Depends(db.read_session) (the signed-in user) before the
-    retried endpoint: a read-only unit keeps nothing across attempts, so the conflict is
-    retried as without it (it answered 409, "had run statements before it began"), and what
-    the dependency loaded is not rolled back (expired) under the endpoint."""
-    runs: list[int] = []
+def read_and_write_app(db: Database, runs: list[int], *, session_first: bool) -> FastAPI:
+    """POST /work under @db.retry(), depending on db.session and on a dependency that reads
+    the signed-in user through db.read_session, in the order ``session_first`` says; its
+    first run meets a conflict."""
     app = FastAPI()
-    async with Database(postgres_url) as db:
 
-        async def current_user(session: Annotated[AsyncSession, Depends(db.read_session)]) -> str:
-            return str(await session.scalar(text("SELECT current_user")))
+    async def current_user(session: Annotated[AsyncSession, Depends(db.read_session)]) -> str:
+        return str(await session.scalar(text("SELECT current_user")))
 
-        @app.post("/work")
-        @db.retry(backoff=0)
-        async def work(
-            user: Annotated[str, Depends(current_user)],
-            session: Annotated[AsyncSession, Depends(db.session)],
-        ) -> str:
-            runs.append(1)
-            await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
-            if len(runs) == 1:
-                await session.execute(text(CONFLICT))
-            return user
+    async def write(session: AsyncSession, user: str) -> str:
+        runs.append(1)
+        await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
+        if len(runs) == 1:
+            await session.execute(text(CONFLICT))
+        return user
 
-        answer = await send(app, "POST /work")
-    assert answer.status_code == 200, answer.text
-    assert runs == [1, 1]
-    assert await count_rows(postgres_url, "rt_app") == 1
+    async def session_first_work(
+        session: Annotated[AsyncSession, Depends(db.session)],
+        user: Annotated[str, Depends(current_user)],
+    ) -> str:
+        return await write(session, user)
+
+    async def user_first_work(
+        user: Annotated[str, Depends(current_user)],
+        session: Annotated[AsyncSession, Depends(db.session)],
+    ) -> str:
+        return await write(session, user)
+
+    work = session_first_work if session_first else user_first_work
+    app.post("/work")(db.retry(backoff=0)(work))
+    return app
 
 
-async def test_a_read_only_request_unit_entered_after_the_session_leaves_conflicts_retried(
-    postgres_url: str, two_tables: Tables
+@pytest.mark.parametrize("session_first", [False, True])
+async def test_a_read_only_request_unit_beside_the_session_leaves_conflicts_retried(
+    postgres_url: str, two_tables: Tables, session_first: bool
 ) -> None:
-    """The same with Depends(db.session) listed first: the read-only unit, entered last, is
-    the one running, but the attempts are the writable unit's (they were the read-only
-    one's, whose reads made the conflict unretryable, a 409, and which commits no attempt)."""
+    """A dependency that read through Depends(db.read_session) (the signed-in user) beside
+    the retried endpoint's Depends(db.session): a read-only unit keeps nothing across
+    attempts, so the conflict is retried as without it (it answered 409, "had run statements
+    before it began"), and what the dependency loaded is not rolled back under the endpoint.
+    With db.session listed first, the read-only unit, entered last, is the one running, but
+    the attempts are the writable unit's (they were the read-only one's, which commits none)."""
     runs: list[int] = []
-    app = FastAPI()
     async with Database(postgres_url) as db:
-
-        async def current_user(session: Annotated[AsyncSession, Depends(db.read_session)]) -> str:
-            return str(await session.scalar(text("SELECT current_user")))
-
-        @app.post("/work")
-        @db.retry(backoff=0)
-        async def work(
-            session: Annotated[AsyncSession, Depends(db.session)],
-            user: Annotated[str, Depends(current_user)],
-        ) -> str:
-            runs.append(1)
-            await session.execute(text("INSERT INTO rt_app (n) VALUES (1)"))
-            if len(runs) == 1:
-                await session.execute(text(CONFLICT))
-            return user
-
-        answer = await send(app, "POST /work")
+        answer = await send(read_and_write_app(db, runs, session_first=session_first), "POST /work")
     assert answer.status_code == 200, answer.text
     assert runs == [1, 1]
     assert await count_rows(postgres_url, "rt_app") == 1

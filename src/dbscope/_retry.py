@@ -166,7 +166,6 @@ class Attempt(Generic[SessionT]):
         self._commits = 0
         self._count = CommitCount()  # counted from __aenter__ on
         self._counting: Token[CommitCount | None] | None = None
-        self._counted = 0
 
     async def __aenter__(self) -> SessionT:
         self._unit = self._retrying.open_unit()
@@ -176,7 +175,6 @@ class Attempt(Generic[SessionT]):
         # Every unit's commits in this context, not only this unit's: a billing.transaction()
         # inside a db attempt, or billing's retried endpoint inside db's, kept its work already.
         self._count, self._counting = count_commits()
-        self._counted = self._count.value
         return cast("SessionT", unit.session)
 
     async def __aexit__(
@@ -198,7 +196,7 @@ class Attempt(Generic[SessionT]):
             self._retrying.succeeded()
             return False
         assert self._state is not None
-        committed = self._state.commits > self._commits or self._count.value > self._counted
+        committed = self._state.commits > self._commits or self._count.value > 0
         if isinstance(failure, Exception) and self._retrying.failed(
             self.number, failure, committed
         ):

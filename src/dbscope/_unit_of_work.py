@@ -248,9 +248,8 @@ class UnitRun:
             self.unit.opened_in = opened_in
         if isinstance(self.unit.session.bind, AsyncConnection):  # bound to a test's connection
             watch_test_connection(self.unit.session.sync_session)
-            outer = self._token.old_value
-            if isinstance(outer, UnitOfWork):  # its savepoints may nest in the outer one's
-                self.unit.state.outer = outer.state
+            if self.unit.opened_in is not None:  # its savepoints may nest in the outer one's
+                self.unit.state.outer = self.unit.opened_in.state
             if self._inside_a_unit():
                 warnings.warn(NESTED_IN_A_TEST, RuntimeWarning, stacklevel=2)
         return self.unit
