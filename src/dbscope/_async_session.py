@@ -92,17 +92,19 @@ class UnitAsyncSession(AsyncSession):
             connection = getattr(context, "root_connection", None)
             if result.closed or connection is None:
                 continue
+            cursor = getattr(result._real_result, "cursor", None)  # the close forgets it
             if connection.invalidated:
                 # The connection was dropped (a cancel mid-statement, a lost server): closing
-                # the result would fail, and SQLAlchemy log it. The driver's cursor closes
-                # without a word to the server, which psycopg's did not, warning when the
-                # garbage collector found it open.
-                cursor = getattr(result._real_result, "cursor", None)
-                if cursor is not None:
-                    with contextlib.suppress(Exception):
-                        await greenlet_spawn(cursor.close)
+                # the result would fail, and SQLAlchemy log it.
+                await _forget_cursor(cursor, lost=True)
                 continue
-            await result.close()
+            try:
+                await result.close()
+            except BaseException:
+                # Cut short itself (anyio cancels every await of a cancelled scope): psycopg
+                # then closed the connection, but not the cursor whose CLOSE it was sending.
+                await _forget_cursor(cursor, lost=False)
+                raise
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,6 +122,17 @@ class UnitAsyncSession(AsyncSession):
             if self._idle is None:
                 self._idle = asyncio.Event()
             await self._idle.wait()
+
+
+async def _forget_cursor(cursor: Any, *, lost: bool) -> None:
+    """Close a stream's ``cursor`` (SQLAlchemy's, around the driver's) if its connection is
+    ``lost`` or closed: with no word to the server, as the drivers close a cursor there
+    (psycopg's warned when the garbage collector found it open)."""
+    driver_connection = getattr(getattr(cursor, "_cursor", None), "connection", None)
+    if cursor is None or not (lost or getattr(driver_connection, "closed", False) is True):
+        return
+    with contextlib.suppress(Exception):
+        await greenlet_spawn(cursor.close)
 
 
 def one_task_at_a_time(

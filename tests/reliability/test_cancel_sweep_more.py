@@ -236,13 +236,14 @@ async def in_stream(db: Database) -> AsyncIterator[Unit]:
     yield unit
 
 
-# Not yet on psycopg, where this sweep still fails: a cancel during the stream's own
-# statement drops the connection, and SQLAlchemy leaves its server-side cursor object
-# unclosed, so psycopg warns when the garbage collector finds it (a ResourceWarning; the
-# cursor went with the connection). On SQLite it failed until a connection rolled back before
-# closing (``_dialects/sqlite.py``): the stream's statement, kept alive by the cancel's
-# traceback, left the closed connection open with its transaction and the file's write lock.
-@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy", "sqlite"])
+# On psycopg it failed until a stream's cursor was closed where SQLAlchemy leaves it open (a
+# cancel during its DECLARE: ``postgresql_drivers.closed_server_cursor``; an anyio cancel
+# during its CLOSE at the unit's end: ``_async_session.close_streams``): psycopg warned when
+# the garbage collector found it (a ResourceWarning). On SQLite it failed until a connection
+# rolled back before closing (``_dialects/sqlite.py``): the stream's statement, kept alive by
+# the cancel's traceback, left the closed connection open with its transaction and the file's
+# write lock.
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg", "asyncmy", "sqlite"])
 @pytest.mark.parametrize("cause", ["cancel", "asyncio_timeout", "anyio_move_on_after"])
 async def test_a_stream_cancelled_at_any_step_leaves_nothing_behind(
     sweep: Sweep, cause: str

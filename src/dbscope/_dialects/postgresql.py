@@ -29,6 +29,7 @@ from dbscope._dialects.postgresql_drivers import (
     ASYNCPG,
     PSYCOPG,
     adapted_fetch_error,
+    closed_server_cursor,
     raised_by_server,
     sqlstate,
 )
@@ -150,6 +151,8 @@ class PostgreSQL(Backend):
         event.listen(engine.sync_engine, "handle_error", _demoted_primary)
         if engine.dialect.driver == ASYNCPG.name:
             event.listen(engine.sync_engine, "handle_error", adapted_fetch_error)
+        else:
+            event.listen(engine.sync_engine, "handle_error", closed_server_cursor)
         event.listen(engine.sync_engine, "checkin", _forget_writes)
 
     def set_up_sessions(self, engine: AsyncEngine) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 from collections.abc import Awaitable
 from typing import Any, Final, cast
 
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_ss_cursor
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import await_only
 
 from dbscope._dialects import pgbouncer
 from dbscope._dialects.driver import (
@@ -227,6 +230,28 @@ def _psycopg_status(connection: Any) -> LeaseStatus:
     if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         return "in_transaction"
     return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
+
+
+def closed_server_cursor(context: ExceptionContext) -> None:
+    """Close the psycopg server-side cursor of a statement that lost its connection (a cancel
+    in the middle of a stream's DECLARE, a terminated backend): SQLAlchemy closes a failed
+    statement's cursor only while the connection lives, and psycopg warned when the garbage
+    collector found this one open."""
+    # From the statement's context: SQLAlchemy 2.1 leaves ExceptionContext.cursor unset.
+    cursor = getattr(context.execution_context, "cursor", None)
+    connection = context.connection
+    if not context.is_disconnect or not isinstance(cursor, AsyncAdapt_dbapi_ss_cursor):
+        return
+    driver_connection = None
+    if connection is not None and not connection.invalidated:
+        driver_connection = connection.connection.driver_connection
+    if driver_connection is not None:
+        # Closed first, as the invalidation that follows would (psycopg's close awaits
+        # nothing): the cursor's close then sends nothing either. Closed on a live
+        # connection, it sent CLOSE for a cursor the server never declared, and failed.
+        await_only(driver_connection.close())
+    with contextlib.suppress(Exception):
+        cursor.close()
 
 
 def _psycopg_hot_standby(connection: Any) -> bool | None:
