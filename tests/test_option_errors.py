@@ -11,7 +11,7 @@ the rules of the unit it runs in.
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -234,6 +234,26 @@ def test_a_stream_of_no_body_or_a_wrong_status_is_refused_at_the_call(sqlite_url
         db.stream_response(one_row, status_code="x")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="takes a DatabaseSettings, not str"):
         Database.from_settings(sqlite_url)  # type: ignore[arg-type]
+
+
+def test_a_plain_generator_body_or_a_status_past_599_is_refused_at_the_call(
+    sqlite_url: str,
+) -> None:
+    """A `def` body with `yield` was taken, then failed at the first request with Python's
+    "'async for' requires an object with __aiter__"; status_code=99 or 600 was taken, and the
+    server then sent no response at all (Starlette's KeyError)."""
+    db = Database(sqlite_url)
+
+    def rows(session: AsyncSession) -> Iterator[str]:  # no async: its queries cannot be awaited
+        yield "a"
+
+    for call in (db.stream, db.stream_response):
+        with pytest.raises(ConfigurationError, match=r"rows .* is a plain generator function"):
+            call(rows)  # type: ignore[arg-type]
+    for status in (99, 600):
+        with pytest.raises(ConfigurationError, match=f"status_code={status} is no HTTP status"):
+            db.stream_response(one_row, status_code=status)
+    assert db.stream_response(one_row, status_code=599).status_code == 599
 
 
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)

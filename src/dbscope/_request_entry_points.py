@@ -116,6 +116,9 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
         if not isinstance(status_code, int) or isinstance(status_code, bool):
             message = f"status_code={status_code!r} is no HTTP status; give an int, e.g. 200"
             raise ConfigurationError(message)
+        if not 100 <= status_code <= 599:  # the server would send no response at all
+            message = f"status_code={status_code!r} is no HTTP status: give one of 100 to 599"
+            raise ConfigurationError(message)
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )

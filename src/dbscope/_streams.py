@@ -17,11 +17,21 @@ def checked_body(body: object, call: str) -> None:
     """Refuse a ``body`` that is no function of the session, at ``call``, not at the first
     chunk (after a 200)."""
     # A coroutine function (an `async def` without `yield`) failed at the first chunk, after
-    # a 200. A plain function returning an async iterator (a lambda) is taken on trust.
-    if not callable(body) or inspect.iscoroutinefunction(inspect.unwrap(body)):
+    # a 200, and a generator function (a `def` with `yield`) at the first request, with
+    # Python's "'async for' requires an object with __aiter__". A plain function returning an
+    # async iterator (a lambda) is taken on trust.
+    function = inspect.unwrap(body) if callable(body) else None
+    if function is None or inspect.iscoroutinefunction(function):
         message = (
             f"{call} takes the body as a function of the session that yields its chunks "
             f"(`async def rows(session): ... yield chunk`), not {body!r}"
+        )
+        raise ConfigurationError(message)
+    if inspect.isgeneratorfunction(function):
+        message = (
+            f"{call} takes an async generator function as the body, and {body!r} is a plain "
+            "generator function: write it `async def` (`async def rows(session): ... yield "
+            "chunk`), so that its queries can be awaited"
         )
         raise ConfigurationError(message)
 
