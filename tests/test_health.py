@@ -266,3 +266,15 @@ def test_unusable_probe_paths_are_refused_when_the_router_is_built(
     db = Database(sqlite_url)
     with pytest.raises(ConfigurationError, match=named):
         dbscope.fastapi.health_router(db, liveness_path=liveness, readiness_path=readiness)
+
+
+def test_a_router_over_something_else_than_a_database_is_refused_when_built(
+    sqlite_url: str,
+) -> None:
+    """health_router(db.health), or a name, was taken, and every /readyz then answered 500;
+    beside a Database it was an AttributeError."""
+    db = Database(sqlite_url, pool_name="app")
+    for given in ((db.health,), ("app",), (db, "billing")):
+        with pytest.raises(ConfigurationError, match="takes the app's Database objects") as refused:
+            dbscope.fastapi.health_router(*given)
+        assert repr(given[-1]) in str(refused.value)

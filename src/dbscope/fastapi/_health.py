@@ -83,7 +83,8 @@ def health_router(
         max_age: seconds for which one reading of the server answers every probe.
 
     Raises:
-        ConfigurationError: a path does not start with ``/`` or both are the same, a number
+        ConfigurationError: ``db`` or one of ``more`` is no Database, a path does not start
+            with ``/`` or both are the same, a number
             is not usable, ``migrations`` names no file, or one of several Databases has no
             ``pool_name`` of its own.
         ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
@@ -139,6 +140,14 @@ def _check_paths(liveness_path: str, readiness_path: str) -> None:
 
 def _named(sources: tuple[HealthSource, ...]) -> dict[str, HealthSource]:
     """``sources`` by pool_name; one Database alone needs none."""
+    for source in sources:
+        # Anything else (db.health, the app, a name) was taken, and every /readyz was a 500.
+        if not callable(getattr(source, "health", None)) or not hasattr(source, "settings"):
+            message = (
+                f"health_router() takes the app's Database objects (health_router(db)), "
+                f"not {source!r}."
+            )
+            raise ConfigurationError(message)
     if len(sources) == 1:
         return {"": sources[0]}
     names = [source.settings.pool_name for source in sources]
