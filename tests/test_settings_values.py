@@ -178,3 +178,16 @@ def test_a_driver_that_is_not_synchronous_is_not_called_so(url: str, said: str) 
     with pytest.raises(ConfigurationError, match=said) as refused:
         Database(url)
     assert "synchronous" not in str(refused.value)
+
+
+@pytest.mark.parametrize("given", [5, b"postgresql://app:pw@db.example/app", ["x"]])
+def test_a_url_that_is_no_string_is_refused_by_its_type_never_shown(given: object) -> None:
+    """Database(5) was told pydantic's "Input should be a tuple, list, dictionary or an
+    instance of URL", which no URL is; bytes may hold a password, so only the type is named."""
+    with pytest.raises(
+        ConfigurationError, match="url: must be a URL string or a sqlalchemy URL,"
+    ) as refused:
+        Database(given)  # type: ignore[arg-type]
+    assert type(given).__name__ in str(refused.value)
+    assert "tuple" not in str(refused.value)
+    assert "pw" not in str(refused.value)

@@ -265,7 +265,7 @@ class DatabaseSettings(ReplicaSettings):
     @field_validator("database_url", mode="before")
     @classmethod
     def _parse_database_url(cls, value: Any) -> Any:
-        return parse_url(value) if isinstance(value, str | URL) else value
+        return None if value is None else parse_url(value)
 
     @field_serializer("database_url")
     def _dump_database_url(self, url: URL | None) -> str | None:

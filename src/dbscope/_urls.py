@@ -50,6 +50,8 @@ def parse_url(value: str | URL) -> URL:
     """Parse and check a URL; the error never repeats the string, which may hold a password."""
     if isinstance(value, URL):
         return normalize_url(value)
+    if not isinstance(value, str):  # pydantic's words: "should be a tuple, list, dictionary..."
+        raise ValueError(f"must be a URL string or a sqlalchemy URL, not {type(value).__name__}")
     try:
         url = make_url(value)
     except (ArgumentError, ValueError):  # ValueError: a non-numeric port, e.g. a missing host
