@@ -6,6 +6,7 @@ records when the response starts, so the order "callback, then response" is obse
 inferred.
 """
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, NoSessionError
+from dbscope.testing import OnCommitError, failed_callbacks
 from tests.helpers import ResponseStart, Tables, app_with, client_for, stored
 
 INSERT = text("INSERT INTO oc_rows (label) VALUES (:label)")
@@ -178,6 +180,42 @@ async def test_a_failing_callback_is_logged_and_the_next_ones_still_run(
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], Boom)
+
+
+async def test_failed_callbacks_hears_of_each_one_that_raises_in_any_loop(
+    db: Database, database_url: str, calls: list[str]
+) -> None:
+    """``dbscope.testing.failed_callbacks()`` collects the callbacks that raise in the block,
+    a unit's in a thread with a loop of its own too; ``check()`` names each once, with its
+    traceback from its own frame; one that raises after the block is only logged."""
+
+    def fail() -> None:
+        raise Boom("the callback failed")
+
+    async def in_a_loop_of_its_own() -> None:
+        async with Database(database_url) as other, other.transaction() as session:
+            await session.execute(INSERT, {"label": "other"})
+            other.on_commit(fail)
+
+    with failed_callbacks() as failed:
+        async with db.transaction() as session:
+            await session.execute(INSERT, {"label": "row"})
+            db.on_commit(fail)
+            db.on_commit(appender(calls, "after-the-failure"))
+        await asyncio.to_thread(asyncio.run, in_a_loop_of_its_own())
+    with pytest.raises(OnCommitError) as raised:
+        failed.check()
+    failed.check()  # nothing new since
+    async with db.transaction() as session:
+        db.on_commit(fail)
+
+    name = f"<locals>.fail (tests/test_on_commit.py:{fail.__code__.co_firstlineno})"
+    assert str(raised.value).startswith("2 on_commit callbacks raised: tests.test_on_commit.")
+    assert str(raised.value).count(f"{name} raised {Boom.__module__}.Boom: the callback") == 2
+    assert "_commit_hooks.py" not in str(raised.value)
+    assert [type(item.error) for item in failed] == [Boom, Boom]
+    assert calls == ["after-the-failure"]
+    assert await stored_labels(db) == ["other", "row"]
 
 
 async def test_a_callback_of_a_mid_unit_commit_runs_even_if_the_unit_later_fails(

@@ -6,6 +6,10 @@ transaction commits; the unit runs what is due after its end. The commits are co
 a retried unit that must not run again after one (``_retry.py``): the unit's own, and, while a
 retried attempt runs, every unit's committed in its context (another Database's, or a
 ``transaction()`` opened inside the attempt), which running the attempt again would repeat.
+
+A callback that raises is logged, never raised: the commit is done. Test code may also hear
+of it (:func:`watch_failures`, which ``dbscope.testing.failed_callbacks()`` uses, so that the
+pytest plugin fails the test); in production no one listens, and a failure costs nothing more.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 
 from sqlalchemy import event
@@ -22,6 +27,10 @@ from dbscope._exceptions import ConfigurationError
 from dbscope._session import CommitHook, UnitSession, UnitState, unit_state
 
 logger = logging.getLogger("dbscope")
+
+FailureListener = Callable[[CommitHook, Exception], None]
+# Told of each callback that raises, in any task, loop or thread: test code's collectors.
+_failure_listeners: list[FailureListener] = []
 
 
 class CommitCount:
@@ -152,5 +161,18 @@ async def run_commit_hooks(state: UnitState) -> None:
             result = callback()
             if inspect.isawaitable(result):
                 await result
-        except Exception:
+        except Exception as error:
             logger.exception("An on_commit callback failed: %r", callback)
+            for listener in tuple(_failure_listeners):
+                listener(callback, error)
+
+
+@contextlib.contextmanager
+def watch_failures(listener: FailureListener) -> Iterator[None]:
+    """Tell ``listener`` of every on_commit callback that raises during the block, anywhere
+    in the process, besides logging it."""
+    _failure_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _failure_listeners.remove(listener)

@@ -16,11 +16,23 @@ and counts the statements a block sends, to catch an N+1::
     async with assert_queries(db, at_most=2):              # or count_queries(db) as log
         await http.get("/authors")
 
+and the ``on_commit`` callbacks that raised, which production only logs::
+
+    with failed_callbacks() as failed:
+        await http.post("/orders", json={...})
+    failed.check()                                         # OnCommitError, tracebacks and all
+
 It imports neither pytest nor httpx (:func:`client` imports httpx when called).
 """
 
 from dbscope._public import present_as
 from dbscope.testing._asgi import client, running_app
+from dbscope.testing._callbacks import (
+    FailedCallback,
+    FailedCallbacks,
+    OnCommitError,
+    failed_callbacks,
+)
 from dbscope.testing._isolation import (
     any_loop_engine,
     create_tables,
@@ -43,7 +55,10 @@ from dbscope.testing._queries import (
 __all__ = [
     "Counting",
     "DatabaseSetupError",
+    "FailedCallback",
+    "FailedCallbacks",
     "LoggedStatement",
+    "OnCommitError",
     "OptionNames",
     "QueryCountError",
     "QueryCounter",
@@ -54,6 +69,7 @@ __all__ = [
     "count_queries",
     "create_tables",
     "drop_tables",
+    "failed_callbacks",
     "open_session",
     "own_database",
     "own_tables",
