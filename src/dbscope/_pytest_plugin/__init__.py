@@ -7,9 +7,11 @@ is the only part of dbscope that imports pytest. pytest takes the hooks and fixt
 this module's names: the options (``_options``), the hooks (``_hooks``) and the fixtures
 (``_fixtures``; the async ones in ``_async_fixtures``, built at start-up for the plugin and
 event loop ``_loops`` chooses), which speak through ``_reporting``; the query counts (the
-``dbscope_queries`` fixture and marker) are ``_queries``.
+``dbscope_queries`` fixture and marker) are ``_queries``; an ``on_commit`` callback that
+raises fails its test (``_callbacks``).
 """
 
+from dbscope._pytest_plugin._callbacks import pytest_runtest_makereport, pytest_runtest_protocol
 from dbscope._pytest_plugin._fixtures import (
     dbscope_alembic_config,
     dbscope_app,
@@ -46,6 +48,8 @@ __all__ = [
     "pytest_configure",
     "pytest_report_header",
     "pytest_runtest_call",
+    "pytest_runtest_makereport",
+    "pytest_runtest_protocol",
     "pytest_runtest_setup",
     "pytest_terminal_summary",
     "pytest_testnodedown",

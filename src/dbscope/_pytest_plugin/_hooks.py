@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dbscope import ConfigurationError, Database
-from dbscope._pytest_plugin import _async_fixtures, _loops
+from dbscope._pytest_plugin import _async_fixtures, _callbacks, _loops
 from dbscope._pytest_plugin._fixtures import MaskedUrl
 from dbscope._pytest_plugin._options import FLAGS, flag, url_setting
 from dbscope._pytest_plugin._queries import register_marker
@@ -22,6 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_loops.SETUP] = setup
     config.pluginmanager.register(_async_fixtures.build(setup), "dbscope-async-fixtures")
     register_marker(config)
+    _callbacks.register_marker(config)
     _shown_url(config)  # here, not in the header, which -q and --no-header leave out
     for name, _ in FLAGS:  # a wrong one stops the run here, not each test in its fixtures
         flag(config, name)
