@@ -206,6 +206,32 @@ async def test_a_nested_transaction_restores_the_outer_session(database_url: str
             db.current_session()
 
 
+@pytest.mark.usefixtures("scope_rows")
+async def test_a_service_writes_through_current_session_beside_a_read_session(db: Database) -> None:
+    """A request that depends on db.session, then on db.read_session (the signed-in user,
+    entered last): current_session() is the writable unit's, whose commit the request's
+    writes wait for, as on_commit() and @db.retry() take it. It was the read-only one, and
+    the service's INSERT failed (a 500)."""
+    app = FastAPI()
+
+    async def signed_in(session: Annotated[AsyncSession, Depends(db.read_session)]) -> int:
+        return id(session)
+
+    @app.post("/rows")
+    async def add(
+        session: Annotated[AsyncSession, Depends(db.session)],
+        reader: Annotated[int, Depends(signed_in)],
+    ) -> dict[str, bool]:
+        await insert(db.current_session(), 5)  # a service function's write
+        return {"writable": db.current_session() is session}
+
+    async with client_for(app) as client:
+        response = await client.post("/rows")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"writable": True}
+    assert await rows(db) == [5]
+
+
 # -- how a transaction ends -------------------------------------------------------------------
 
 

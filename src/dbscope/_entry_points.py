@@ -349,10 +349,14 @@ class UnitEntryPoints(Generic[SessionT]):
     def current_session(self) -> SessionT:
         """The session of the request or transaction running in this task.
 
+        In a request that depends on both ``db.session`` and ``db.read_session``, it is
+        ``db.session``'s, whichever was entered last: the one that commits the request's
+        writes (as ``on_commit()`` and ``@db.retry()`` take it).
+
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        return cast("SessionT", self._units.running().session)
+        return cast("SessionT", self._units.committing().session)
 
     async def use_schema(self, name: str | None) -> None:
         """Target PostgreSQL schema ``name`` for the rest of the current unit of work.

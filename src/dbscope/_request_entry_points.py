@@ -50,7 +50,8 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
         ONLY``, so a write fails loudly instead of being kept. It is a unit of work of its
         own, with a session of its own: in a request that also depends on ``db.session`` (a
         dependency that loads the signed-in user), write through ``db.session``'s;
-        ``db.on_commit()`` and ``@db.retry()`` take that one, whichever was entered last.
+        ``db.current_session()``, ``db.on_commit()`` and ``@db.retry()`` take that one,
+        whichever was entered last.
         """
         return self.session_with(read_only=True)
 
