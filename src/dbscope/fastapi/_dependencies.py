@@ -140,10 +140,7 @@ def session_dependency(
 def _session_dependency(
     db: "weakref.ref[Database[Any]]", options: UnitOptions, tagged: bool, header: str | None
 ) -> Callable[..., Awaitable[AsyncSession]]:
-    database = db()
-    assert database is not None
-    early = early_retries(database)
-    del database  # the dependency holds the Database weakly
+    early = early_retries(_alive(db))  # the dependency holds the Database weakly
 
     async def request_unit_of_work(
         request: HTTPConnection, response: Response
@@ -208,10 +205,7 @@ def lease_dependency(db: "Database[Any]") -> Callable[..., Awaitable[Any]]:
 
 
 def _lease_dependency(db: "weakref.ref[Database[Any]]") -> Callable[..., Awaitable[Any]]:
-    database = db()
-    assert database is not None
-    early = early_retries(database)
-    del database  # the dependency holds the Database weakly
+    early = early_retries(_alive(db))  # the dependency holds the Database weakly
 
     async def request_lease(request: HTTPConnection) -> AsyncIterator[Any]:
         request = _http_request(request, "db.leased", "db.lease() as connection")
