@@ -153,16 +153,11 @@ def _session_dependency(
         # while it waited in line for a connection (_pool.py).
         waiting_client.set(client_of(request))
         try:
-            # With SQL comments on, the unit's statements name the route (docs/sql-tags.md).
-            units = (
-                database.unit_of_work(
-                    options,
-                    tags=request_tags(request.scope),
-                    request_id=request_id(request, header),
-                )
-                if tagged
-                else database.unit_of_work(options)
-            )
+            if tagged:  # the unit's statements name the route (docs/sql-tags.md)
+                tags, named = request_tags(request.scope), request_id(request, header)
+                units = database.unit_of_work(options, tags=tags, request_id=named)
+            else:
+                units = database.unit_of_work(options)
             async with units as unit:
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising. Asked at the commit, whoever makes
