@@ -296,39 +296,43 @@ def unavailable(
         return DatabaseUnavailableError(
             message, cause=cause, retry_after=RETRY_AFTER[cause], outcome_unknown=True
         )
-    public = None
-    if line_full:
-        message = (
-            f"All database connections are busy and pool_max_waiters="
-            f"{limits.pool_max_waiters} requests already wait for one: the service is "
-            "overloaded."
-        )
-    elif cause == "pool_timeout":
-        message = (
-            f"No database connection was free within pool_timeout={limits.pool_timeout}s "
-            f"(pool_size={limits.pool_size}, max_overflow={limits.max_overflow}): the "
-            "service is overloaded."
-        )
-    elif cause == "unreachable":
-        public = UNREACHABLE
-        message = f"The database ({describe_location(limits.url)}) could not be reached."
-    elif demoted:
-        message = (
-            "The server refused a write as read-only: it is a standby now (a failover demoted "
-            "it, or the URL names a standby). The pool drops its connections to it and "
-            "reconnects; a multi-host URL with target_session_attrs=read-write finds the "
-            "new primary."
-        )
-    else:
-        message = (
-            "The connection to the database was lost while in use (server restart, terminated "
-            "backend or network cut)."
-        )
+    message = _unavailable_message(cause, limits, line_full=line_full, demoted=demoted)
+    public = UNREACHABLE if cause == "unreachable" else None
     retry_after = RETRY_AFTER[cause]
     if line_full:
         retry_after = random.choice(SHED_RETRY_AFTER)  # noqa: S311 - a spread, not a secret
     return DatabaseUnavailableError(
         message, cause=cause, retry_after=retry_after, public_message=public
+    )
+
+
+def _unavailable_message(
+    cause: UnavailableCause, limits: Limits, *, line_full: bool, demoted: bool
+) -> str:
+    if line_full:  # the wait line of a pool_timeout
+        return (
+            f"All database connections are busy and pool_max_waiters="
+            f"{limits.pool_max_waiters} requests already wait for one: the service is "
+            "overloaded."
+        )
+    if cause == "pool_timeout":
+        return (
+            f"No database connection was free within pool_timeout={limits.pool_timeout}s "
+            f"(pool_size={limits.pool_size}, max_overflow={limits.max_overflow}): the "
+            "service is overloaded."
+        )
+    if cause == "unreachable":
+        return f"The database ({describe_location(limits.url)}) could not be reached."
+    if demoted:
+        return (
+            "The server refused a write as read-only: it is a standby now (a failover demoted "
+            "it, or the URL names a standby). The pool drops its connections to it and "
+            "reconnects; a multi-host URL with target_session_attrs=read-write finds the "
+            "new primary."
+        )
+    return (
+        "The connection to the database was lost while in use (server restart, terminated "
+        "backend or network cut)."
     )
 
 
