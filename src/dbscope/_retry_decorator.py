@@ -27,6 +27,10 @@ NOT_THE_ENDPOINT: Final = (
     "inside it then run once per attempt), or retry in a unit of its own with "
     "`async for attempt in db.retrying(): ...`."
 )
+OUTSIDE_A_UNIT: Final = (
+    "{name} is decorated with db.retry() but runs outside a unit of work: make the endpoint "
+    "depend on db.session (a `Session` parameter, or dependencies=[Depends(db.session)])."
+)
 
 
 def _others(unit: UnitOfWork) -> list[UnitOfWork]:
@@ -157,12 +161,7 @@ def retry_in_unit(
         async def retried(*args: P.args, **kwargs: P.kwargs) -> T:
             unit = current()
             if unit is None:
-                message = (
-                    f"{name} is decorated with db.retry() but runs outside a unit of work: "
-                    "make the endpoint depend on db.session (a `Session` parameter, or "
-                    "dependencies=[Depends(db.session)])."
-                )
-                raise NoSessionError(message)
+                raise NoSessionError(OUTSIDE_A_UNIT.format(name=name))
             if unit.retried:  # inside another retried function: its loop runs this again
                 return await function(*args, **kwargs)
             if not _runs_as(unit.endpoint, retried):
