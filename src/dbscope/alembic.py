@@ -118,14 +118,15 @@ def run_migrations(
     if context.is_offline_mode():
         migrate_offline(settings.url, metadata, schema=settings.postgres_schema, **options)
         return
+    run_coroutine(lambda: _migrate(settings, metadata, options))
 
-    async def migrate() -> None:
-        db = Database.from_settings(settings)
-        schema = settings.postgres_schema
-        async with db, db.engine.connect() as connection, migrating(connection, schema=schema):
-            await connection.run_sync(migrate_on, metadata, schema=schema, **options)
 
-    run_coroutine(migrate)
+async def _migrate(settings: DatabaseSettings, metadata: Metadata, options: dict[str, Any]) -> None:
+    """Run the migrations on a connection of a Database of ``settings``, under the lock."""
+    db = Database.from_settings(settings)
+    schema = settings.postgres_schema
+    async with db, db.engine.connect() as connection, migrating(connection, schema=schema):
+        await connection.run_sync(migrate_on, metadata, schema=schema, **options)
 
 
 async def upgrade(
