@@ -42,6 +42,7 @@ from dbscope._exceptions import ConfigurationError
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
+    from dbscope._otel_metrics import Instruments
     from dbscope._otel_reporter import PoolReporter
 
 __all__ = ["SEMCONV_VERSION", "PoolMetrics", "instrument"]
@@ -122,7 +123,6 @@ def instrument(
     _check_arguments(db, meter_provider, durations)
     try:
         from dbscope._otel_metrics import instruments_for
-        from dbscope._otel_reporter import PoolReporter
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("opentelemetry"):
             raise
@@ -139,21 +139,28 @@ def instrument(
             "instrument() returned before instrumenting it again."
         )
         raise ConfigurationError(message)
+    metrics = _instrumented[db] = _started(db, instruments, durations)
+    return metrics
+
+
+def _started(db: Database, instruments: Instruments, durations: bool) -> PoolMetrics:
+    """``db``'s pool reported to ``instruments`` from now on, and each replica's as a pool of
+    its own, named as the replica."""
+    from dbscope._otel_reporter import PoolReporter  # imported already, by _otel_metrics
+
     # The Database's lifecycle announces each engine it builds and disposes.
     router = db._replicas
     fallbacks = None if router is None else (lambda: dict(router.fallbacks))
     reporter = PoolReporter(
         db._lifecycle, db.name, instruments, durations=durations, fallbacks=fallbacks
     )
-    # Each replica's pool is a pool of its own, named as the replica.
     replicas = tuple(
         PoolReporter(replica.lifecycle, replica.name, instruments, durations=durations)
         for replica in ([] if router is None else router.replicas)
     )
     for started in (reporter, *replicas):
         started.start()
-    metrics = _instrumented[db] = PoolMetrics(db.name, reporter, replicas)
-    return metrics
+    return PoolMetrics(db.name, reporter, replicas)
 
 
 def _check_arguments(db: object, meter_provider: object, durations: object) -> None:
