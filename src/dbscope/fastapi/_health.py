@@ -96,6 +96,13 @@ def health_router(
         from dbscope._migrations import require_alembic
 
         require_alembic(f"health_router(migrations={str(migrations)!r})")
+    return _router(liveness_path, readiness_path, sources, options)
+
+
+def _router(
+    liveness_path: str, readiness_path: str, sources: dict[str, HealthSource], options: ProbeOptions
+) -> APIRouter:
+    """The two probes' routes, GET and HEAD each."""
     router = APIRouter()
     readiness: dict[int | str, dict[str, Any]] = {
         200: {"description": "pass or warn"},
