@@ -62,19 +62,24 @@ async def running_app(app: ASGIApp) -> AsyncIterator[ASGIApp]:
         with contextlib.suppress(BaseException):
             await task
         raise
+    try:
+        yield _with_state(app, state)
+    finally:
+        if started:  # else the task has ended already, its outcome seen
+            await to_app.put({"type": "lifespan.shutdown"})
+            await _lifespan_reply(task, from_app, "shutdown", listening)
+            await task
+
+
+def _with_state(app: ASGIApp, state: dict[str, Any]) -> ASGIApp:
+    """``app``, handing each request a copy of the lifespan's ``state``, as servers do."""
 
     async def app_with_state(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             scope = {**scope, "state": state.copy()}
         await app(scope, receive, send)
 
-    try:
-        yield app_with_state
-    finally:
-        if started:  # else the task has ended already, its outcome seen
-            await to_app.put({"type": "lifespan.shutdown"})
-            await _lifespan_reply(task, from_app, "shutdown", listening)
-            await task
+    return app_with_state
 
 
 async def _lifespan_reply(
