@@ -291,26 +291,17 @@ class UnitEntryPoints(Generic[SessionT]):
                 async with attempt as session:
                     ...
 
-        Each attempt is a fresh ``db.transaction()`` with the given options, on the primary
-        even when read-only: a conflict is the primary's to settle, and a retried unit must not
-        meet a replica's own (a query cancelled by replay). It is re-run
-        when the database reports a serialization failure (SQLSTATE 40001) or deadlock
-        (40P01; MySQL 1213, and 1205 with ``lock_timeouts=True``; SQLite's SQLITE_BUSY, a
-        write conflict), after an exponential
-        backoff with jitter; each retry is logged, and ``.retries`` counts them. Other errors
-        propagate at once, unchanged. When attempts run out, RetriesExhaustedError is raised
-        (409 in FastAPI).
+        Each attempt is a fresh ``db.transaction()`` with the given options and ``tags``, on
+        the primary, which has every write (``after`` and ``stale_ok`` change nothing), even
+        when read-only: a conflict is the primary's to settle, and a retried unit must not
+        meet a replica's own (a query cancelled by replay). It is re-run when the database
+        reports a serialization failure (SQLSTATE 40001) or deadlock (40P01; MySQL 1213, and
+        1205 with ``lock_timeouts=True``; SQLite's SQLITE_BUSY, a write conflict), after an
+        exponential backoff with jitter; each retry is logged, and ``.retries`` counts them.
+        Other errors propagate at once, unchanged. When attempts run out,
+        RetriesExhaustedError is raised (409 in FastAPI).
 
         Args:
-            read_only: as for ``transaction()``.
-            isolation_level: as for ``transaction()``.
-            statement_timeout: as for ``transaction()``.
-            schema: as for ``transaction()``.
-            tags: as for ``transaction()``.
-            after: as for ``transaction()``; retried units read the primary, which has every
-                write, so it changes nothing.
-            stale_ok: as for ``transaction()``; as ``after``, it changes nothing here.
-            synchronous_commit: as for ``transaction()``.
             policy: a :class:`RetryPolicy`; or its fields as keyword arguments:
                 ``attempts`` (3), ``backoff`` (0.05 s), ``max_backoff`` (1 s),
                 ``lock_timeouts`` (False).
