@@ -128,14 +128,11 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
         def chunks(route: Mapping[str, str], request_id: str | None) -> AsyncGenerator[Any, None]:
             # The request's route tags under the call's own, as a request's unit has them.
             merged = {**route, **(tags or {})} if route else tags
-            opener = self._opener(options, merged, after, request_id)
-            return streamed(body, opener)
+            return streamed(body, self._opener(options, merged, after, request_id))
 
-        settings = self._database().settings
         return UnitStreamingResponse(
             chunks,
-            tagged=settings.sql_comments != "off",
-            request_id_header=settings.request_id_header,
+            self._database().settings,
             status_code=status_code,
             headers=headers,
             media_type=media_type,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.exception_handlers import http_exception_handler
@@ -29,6 +29,9 @@ from dbscope.fastapi._dependencies import client_of
 from dbscope.fastapi._errors import HANDLED, http_error
 from dbscope.fastapi._tags import request_id, request_tags
 
+if TYPE_CHECKING:
+    from dbscope._settings import DatabaseSettings
+
 # The chunks of one response, given the request's route tags and id.
 Chunks = Callable[[Mapping[str, str], str | None], AsyncGenerator[Any, None]]
 
@@ -36,14 +39,14 @@ Chunks = Callable[[Mapping[str, str], str | None], AsyncGenerator[Any, None]]
 class UnitStreamingResponse(StreamingResponse):
     """A ``StreamingResponse`` of what ``chunks`` makes, in a unit of work of its own
     (``dbscope._streams.streamed``), that unit opened and its first chunk made before the
-    response starts. Sent once."""
+    response starts, given the route's tags and the request's id as the Database's
+    ``settings`` say. Sent once."""
 
     def __init__(
         self,
         chunks: Chunks,
+        settings: DatabaseSettings,
         *,
-        tagged: bool,
-        request_id_header: str | None,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
@@ -57,8 +60,8 @@ class UnitStreamingResponse(StreamingResponse):
             background=background,
         )
         self._chunks = chunks
-        self._tagged = tagged
-        self._request_id_header = request_id_header
+        self._tagged = settings.sql_comments != "off"
+        self._request_id_header = settings.request_id_header
         self._completed = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
