@@ -114,12 +114,7 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
         from dbscope.fastapi._streaming import UnitStreamingResponse
 
         checked_body(body, "stream_response()")
-        if not isinstance(status_code, int) or isinstance(status_code, bool):
-            message = f"status_code={status_code!r} is no HTTP status; give an int, e.g. 200"
-            raise ConfigurationError(message)
-        if not 100 <= status_code <= 599:  # the server would send no response at all
-            message = f"status_code={status_code!r} is no HTTP status: give one of 100 to 599"
-            raise ConfigurationError(message)
+        _check_status(status_code)
         options = self._options(
             read_only, isolation_level, statement_timeout, schema, stale_ok, synchronous_commit
         )
@@ -150,3 +145,13 @@ class RequestEntryPoints(UnitEntryPoints[SessionT]):
         from dbscope.fastapi._dependencies import lease_dependency
 
         return lease_dependency(self._database())
+
+
+def _check_status(status_code: object) -> None:
+    # Past 599 (or below 100) the server sent no response at all.
+    if isinstance(status_code, bool) or not isinstance(status_code, int):
+        message = f"status_code={status_code!r} is no HTTP status; give an int, e.g. 200"
+        raise ConfigurationError(message)
+    if not 100 <= status_code <= 599:
+        message = f"status_code={status_code!r} is no HTTP status: give one of 100 to 599"
+        raise ConfigurationError(message)

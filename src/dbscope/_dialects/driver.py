@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, ExceptionContext
 
 # What a driver connection is doing, as far as its driver knows without asking the server.
 LeaseStatus = Literal["idle", "in_transaction", "busy", "closed"]
@@ -154,6 +154,8 @@ class Driver:
         checkin_waits: the pool's reset at a checkin waits even when no transaction is open
             (asyncmy's ROLLBACK goes to the server, aiosqlite's to its thread), so a cancel
             can land in it.
+        on_error: a ``handle_error`` listener of the engines of the driver, mending what
+            SQLAlchemy leaves of its errors; None if none.
     """
 
     name: str
@@ -176,3 +178,4 @@ class Driver:
     isolation_levels: tuple[str, ...] | None = None
     status_sees_reads: bool = True
     checkin_waits: bool = False
+    on_error: Callable[[ExceptionContext], Exception | None] | None = None

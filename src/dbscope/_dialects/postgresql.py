@@ -28,8 +28,6 @@ from dbscope._dialects.marks import MARK, tables_mark
 from dbscope._dialects.postgresql_drivers import (
     ASYNCPG,
     PSYCOPG,
-    adapted_fetch_error,
-    closed_server_cursor,
     raised_by_server,
     sqlstate,
 )
@@ -149,10 +147,9 @@ class PostgreSQL(Backend):
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
         event.listen(engine.sync_engine, "handle_error", _demoted_primary)
-        if engine.dialect.driver == ASYNCPG.name:
-            event.listen(engine.sync_engine, "handle_error", adapted_fetch_error)
-        else:
-            event.listen(engine.sync_engine, "handle_error", closed_server_cursor)
+        on_error = self.drivers[engine.dialect.driver].on_error
+        if on_error is not None:
+            event.listen(engine.sync_engine, "handle_error", on_error)
         event.listen(engine.sync_engine, "checkin", _forget_writes)
 
     def set_up_sessions(self, engine: AsyncEngine) -> None:

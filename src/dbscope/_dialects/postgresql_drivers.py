@@ -232,7 +232,7 @@ def _psycopg_status(connection: Any) -> LeaseStatus:
     return "closed" if status == TransactionStatus.UNKNOWN else "busy"  # ACTIVE: mid-statement
 
 
-def closed_server_cursor(context: ExceptionContext) -> None:
+def closed_server_cursor(context: ExceptionContext) -> Exception | None:
     """Close the psycopg server-side cursor of a statement that lost its connection (a cancel
     in the middle of a stream's DECLARE, a terminated backend): SQLAlchemy closes a failed
     statement's cursor only while the connection lives, and psycopg warned when the garbage
@@ -241,7 +241,7 @@ def closed_server_cursor(context: ExceptionContext) -> None:
     cursor = getattr(context.execution_context, "cursor", None)
     connection = context.connection
     if not context.is_disconnect or not isinstance(cursor, AsyncAdapt_dbapi_ss_cursor):
-        return
+        return None
     driver_connection = None
     if connection is not None and not connection.invalidated:
         driver_connection = connection.connection.driver_connection
@@ -252,6 +252,7 @@ def closed_server_cursor(context: ExceptionContext) -> None:
         await_only(driver_connection.close())
     with contextlib.suppress(Exception):
         cursor.close()
+    return None
 
 
 def _psycopg_hot_standby(connection: Any) -> bool | None:
@@ -283,6 +284,7 @@ ASYNCPG: Final = Driver(
     pooler_args=pgbouncer.asyncpg_args,
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
+    on_error=adapted_fetch_error,
     isolation_levels=("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"),
 )
 PSYCOPG: Final = Driver(
@@ -298,5 +300,6 @@ PSYCOPG: Final = Driver(
     pooler_args=pgbouncer.psycopg_args,
     pooler_conflict=pgbouncer.psycopg_conflict,
     hot_standby=_psycopg_hot_standby,
+    on_error=closed_server_cursor,
     url_query=_checked_session_attrs,
 )

@@ -84,9 +84,8 @@ def health_router(
 
     Raises:
         ConfigurationError: ``db`` or one of ``more`` is no Database, a path does not start
-            with ``/`` or both are the same, a number
-            is not usable, ``migrations`` names no file, or one of several Databases has no
-            ``pool_name`` of its own.
+            with ``/`` or both are the same, a number is not usable, ``migrations`` names no
+            file, or one of several Databases has no ``pool_name`` of its own.
         ModuleNotFoundError: ``migrations`` is given and Alembic is not installed.
     """
     _check_paths(liveness_path, readiness_path)
