@@ -1,11 +1,13 @@
 """Helpers of the read-your-writes tests (tests/test_read_your_writes*.py; their fixtures
 are in tests/read_your_writes_fixtures.py): a database of these tests' own on the replica pair
-(tests/replica_cluster.py), with an empty ``ryw_notes`` table, and what a client is told.
+(tests/replica_cluster.py), with an empty ``ryw_notes`` table, what a client is told, and the
+app of tests/apps/read_your_writes_app.py served by uvicorn.
 """
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from sqlalchemy import text
@@ -13,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers import Tables, admin
 from tests.replica_cluster import wait_for_replay
+from tests.server import running_server
 
 DATABASE = "test_r7"
 HEADER = "dbscope-writes"
@@ -28,6 +31,46 @@ class Pair:
 
     primary: str
     replica: str
+
+
+APP = "read_your_writes_app:app"
+# The position of a token whose write's position could not be read: its reads go to the
+# primary, and so do those of a client that sends it of its own.
+UNKNOWN_POSITION = "FFFFFFFFFFFFFFFF"
+
+
+@contextlib.contextmanager
+def served(pair: Pair, *, middleware: bool = True, wait: float = 10.0) -> Iterator[str]:
+    """The app on ``pair`` under uvicorn (with ReadYourWrites, or without): its base URL.
+
+    ``wait`` is its replica_wait; the replicas are checked at start-up only (the interval is
+    long), so that the replica's statements counted during a test are the test's reads.
+    """
+    env = {
+        "DATABASE_URL": pair.primary,
+        "DATABASE_REPLICA_URLS": pair.replica,
+        "REPLICA_WAIT": str(wait),
+        "REPLICA_CHECK_INTERVAL": "60",
+        # Other tests' writes on the shared pair must not make the paused replica "lagging".
+        "REPLICA_MAX_LAG": "1GB",
+        "READ_YOUR_WRITES": "on" if middleware else "off",
+    }
+    with running_server(APP, env) as base_url:
+        yield base_url
+
+
+async def app_stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The app's replica state, reads served and fallbacks (``db.stats()``)."""
+    stats: dict[str, Any] = (await client.get("/stats")).json()
+    return stats
+
+
+async def api_write(base_url: str, body: str) -> tuple[int, str]:
+    """Store a note as an API client does; its id and the write token of the response."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        response = await client.post("/api/notes", json={"body": body})
+    assert response.status_code == 201
+    return int(response.json()["id"]), response.headers[HEADER]
 
 
 def in_own_database(url: str) -> str:

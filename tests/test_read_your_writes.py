@@ -10,8 +10,6 @@ cannot make them pass. The guide's blocks (docs/replicas.md) on the same pair:
 tests/test_read_your_writes_guide.py.
 """
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,50 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbscope import ConfigurationError, Database
 from dbscope.fastapi import ReadYourWrites
 from tests.helpers import app_with, client_for
-from tests.read_your_writes_pair import COOKIE, DELAY_MS, HEADER, Pair, browser
+from tests.read_your_writes_pair import (
+    COOKIE,
+    DELAY_MS,
+    HEADER,
+    Pair,
+    api_write,
+    app_stats,
+    browser,
+    served,
+)
 from tests.replica_cluster import apply_delayed, replay_paused, statements_served, wait_for_replay
-from tests.server import running_server
 
 pytest_plugins = ["tests.read_your_writes_fixtures"]
 
-APP = "read_your_writes_app:app"
 NOTES = table("ryw_notes")
-# Past any real position: a replica never replays this far.
-FORGED_POSITION = "FFFFFFFFFFFFFFFF"
-
-
-@contextlib.contextmanager
-def served(pair: Pair, *, middleware: bool = True, wait: float = 10.0) -> Iterator[str]:
-    """The app on ``pair`` under uvicorn (with ReadYourWrites, or without): its base URL.
-
-    ``wait`` is its replica_wait; the replicas are checked at start-up only (the interval is
-    long), so that the replica's statements counted during a test are the test's reads.
-    """
-    env = {
-        "DATABASE_URL": pair.primary,
-        "DATABASE_REPLICA_URLS": pair.replica,
-        "REPLICA_WAIT": str(wait),
-        "REPLICA_CHECK_INTERVAL": "60",
-        # Other tests' writes on the shared pair must not make the paused replica "lagging".
-        "REPLICA_MAX_LAG": "1GB",
-        "READ_YOUR_WRITES": "on" if middleware else "off",
-    }
-    with running_server(APP, env) as base_url:
-        yield base_url
-
-
-async def app_stats(client: httpx.AsyncClient) -> dict[str, Any]:
-    """The app's replica state, reads served and fallbacks (``db.stats()``)."""
-    stats: dict[str, Any] = (await client.get("/stats")).json()
-    return stats
-
-
-async def api_write(base_url: str, body: str) -> tuple[int, str]:
-    """Store a note as an API client does; its id and the write token of the response."""
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        response = await client.post("/api/notes", json={"body": body})
-    assert response.status_code == 201
-    return int(response.json()["id"]), response.headers[HEADER]
 
 
 # -- POST, redirect, GET ---------------------------------------------------------------------
@@ -165,84 +134,6 @@ async def test_an_api_client_that_echoes_the_header_reads_its_own_write(notes: P
     assert response.json() == {"body": "mine", "on_replica": True}
     assert stats == {"state": "ready", "served": 1, "fallbacks": {}}
     assert await statements_served(notes.replica) > served_before
-
-
-# -- tokens are data -------------------------------------------------------------------------
-
-
-async def test_a_forged_token_costs_only_reads_from_the_primary(notes_asyncpg: Pair) -> None:
-    """A token of the right cluster but a position no replica reaches reads the primary
-    (counted "behind") and answers correctly; the same read without it uses the replica."""
-    pair = notes_asyncpg
-    with served(pair, wait=0.2) as base_url:
-        note, token = await api_write(base_url, "mine")
-        await wait_for_replay(pair.primary, pair.replica)
-        forged = f"{token.split(':')[0]}:{FORGED_POSITION}"
-        async with httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.get(f"/notes/{note}", headers={HEADER: forged})
-            plain = await client.get(f"/notes/{note}")
-            stats = await app_stats(client)
-    assert response.json() == {"body": "mine", "on_replica": False}
-    assert plain.json() == {"body": "mine", "on_replica": True}
-    assert stats == {"state": "ready", "served": 1, "fallbacks": {"behind": 1}}
-
-
-async def test_a_token_of_another_cluster_is_ignored(notes_asyncpg: Pair) -> None:
-    """A cookie token naming another cluster, however far its position, does not hold the
-    read back: the replica serves it, and nothing falls back to the primary."""
-    pair = notes_asyncpg
-    with served(pair, wait=0.2) as base_url:
-        note, token = await api_write(base_url, "mine")
-        await wait_for_replay(pair.primary, pair.replica)
-        cluster = int(token.split(":")[0])
-        other = f"{cluster + 1}:{FORGED_POSITION}"
-        async with httpx.AsyncClient(base_url=base_url) as client:
-            cookie = {"cookie": f"{COOKIE}={other}"}
-            response = await client.get(f"/notes/{note}", headers=cookie)
-            stats = await app_stats(client)
-    assert response.json() == {"body": "mine", "on_replica": True}
-    assert stats == {"state": "ready", "served": 1, "fallbacks": {}}
-
-
-async def test_garbled_and_oversized_tokens_are_ignored(notes_asyncpg: Pair) -> None:
-    """Text that is no token, a position that is no number, and a header longer than any
-    honest one (even one holding a forged token) are ignored: the replica serves each read."""
-    pair = notes_asyncpg
-    with served(pair, wait=0.2) as base_url:
-        note, token = await api_write(base_url, "mine")
-        await wait_for_replay(pair.primary, pair.replica)
-        cluster = token.split(":")[0]
-        oversized = ",".join([f"{cluster}:{FORGED_POSITION}"] + ["0:0"] * 200)
-        sent = [
-            {HEADER: "not a token"},
-            {HEADER: f"{cluster}:not-hex"},
-            {HEADER: oversized},
-            {"cookie": f"{COOKIE}=%%%; other=1"},
-        ]
-        async with httpx.AsyncClient(base_url=base_url) as client:
-            responses = [await client.get(f"/notes/{note}", headers=each) for each in sent]
-            stats = await app_stats(client)
-    assert [response.json() for response in responses] == [
-        {"body": "mine", "on_replica": True}
-    ] * len(sent)
-    assert stats == {"state": "ready", "served": len(sent), "fallbacks": {}}
-
-
-async def test_a_write_echoes_at_most_eight_clusters_however_many_cookies_brought(
-    notes_asyncpg: Pair,
-) -> None:
-    """400 cookies of the name, each with a cluster of its own: the write's response carries
-    the first 8 and its own (before, every one: 32 KB of headers back for 38 KB sent)."""
-    with served(notes_asyncpg) as base_url:
-        cookies = "; ".join(f"{COOKIE}={1000 + number}:1" for number in range(400))
-        async with httpx.AsyncClient(base_url=base_url) as client:
-            response = await client.post(
-                "/api/notes", json={"body": "mine"}, headers={"cookie": cookies}
-            )
-    echoed = response.headers[HEADER].split(",")
-    assert response.status_code == 201
-    assert echoed[:8] == [f"{1000 + number}:1" for number in range(8)]
-    assert len(echoed) == 9
 
 
 async def test_a_request_that_only_reads_gets_no_cookie(notes_asyncpg: Pair) -> None:

@@ -131,6 +131,9 @@ class ReplicaChecks:
         self.max_lag = max_lag
         self.max_backoff = min(MAX_BACKOFF, MAX_BACKOFF_CHECKS * interval)
         self.cluster = ""
+        # How far the primary's log is known to have gone: its last reading, or a later
+        # commit's position (Replicas.remember). A write token further than that is checked.
+        self.reached = 0
         self._watch: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         if any(replica.patroni for replica in replicas):
@@ -192,8 +195,10 @@ class ReplicaChecks:
             # say nothing of its log.
             logger.warning("The primary is another cluster than at connect(); replicas rechecked")
             self.cluster = reading.cluster
+            self.reached = 0
             for replica in self.replicas:
                 replica.replayed = 0
+        self.reached = max(self.reached, reading.position or 0)
         return reading.position
 
     async def _check(self, replica: Replica, primary: int | None) -> None:

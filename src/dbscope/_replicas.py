@@ -142,6 +142,8 @@ class Replicas:
             return self._on_primary(make, "isolation_level")
         if token is not None and token.position == UNKNOWN_POSITION:
             return self._on_primary(make, "behind")  # no replica will ever say it has it
+        if token is not None and not await self._written(token):
+            token = None  # further than the primary's log: no write to wait for (forged)
         replica = self._choose(token)
         if replica is None:
             return self._on_primary(make, "no_replica_ready")
@@ -201,6 +203,26 @@ class Replicas:
         jar = current_jar(create=True)
         assert jar is not None
         jar.add(WriteToken(self.cluster, position))
+        if position != UNKNOWN_POSITION:
+            self.checks.reached = max(self.checks.reached, position)
+
+    async def _written(self, token: WriteToken) -> bool:
+        """Whether the primary's log has reached ``token``'s position: known, or else asked
+        of the primary (a token of another process's later write; one cheap query).
+
+        A token further than the primary's log now names no write: a client made it up. Such
+        a read waiting for a replica would hold a replica connection and ask it again and
+        again for ``replica_wait``, then read the primary; it takes any ready replica instead.
+        """
+        if token.position <= self.checks.reached:
+            return True
+        try:
+            async with self.primary.engine.connect() as connection:
+                now = await self.rules.log_position(connection)
+        except Exception:  # the primary busy or out of reach: the token as it says
+            return True
+        self.checks.reached = max(self.checks.reached, now)
+        return token.position <= now
 
     def write_token(self) -> WriteToken | None:
         """The latest write of this context on this Database's cluster, if any."""

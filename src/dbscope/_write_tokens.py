@@ -7,9 +7,10 @@ so it sees the write (read-your-writes). The tokens a request or a script has se
 a :class:`TokenJar`, one per context, keyed by cluster: two Databases on one cluster share
 their log and so a token, two clusters never mix.
 
-A token is data, not authority: a forged or garbled one costs its bearer reads from the
-primary, nothing else. :func:`parse_tokens` reads them from a cookie or header, ignoring what
-it cannot read and what is too long to be honest.
+A token is data, not authority: a garbled one is ignored, one further than the primary's
+log is ignored once the primary says so (``Replicas._written``), and the unknown position
+costs its bearer reads from the primary, nothing else. :func:`parse_tokens` reads them from a
+cookie or header, ignoring what it cannot read and what is too long to be honest.
 """
 
 from __future__ import annotations

@@ -342,6 +342,11 @@ class Backend:
         transaction has just committed, outside any transaction (called from a pool event)."""
         raise NotImplementedError
 
+    async def log_position(self, connection: AsyncConnection) -> int:
+        """The primary's position in its log now, as :meth:`write_position` reads it: no
+        commit's position it gave before is further."""
+        raise NotImplementedError
+
     async def replication(self, connection: AsyncConnection) -> Replication:
         """What the server says of its place in replication (see :class:`Replication`)."""
         raise NotImplementedError

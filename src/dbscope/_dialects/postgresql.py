@@ -304,6 +304,11 @@ class PostgreSQL(Backend):
             dbapi_connection.autocommit = was
         return record_end(lsn_bytes(position), page, segment)
 
+    async def log_position(self, connection: AsyncConnection) -> int:
+        result = await connection.execute(text(WRITE_POSITION), execution_options=OWN)
+        position, page, segment = result.one()
+        return record_end(lsn_bytes(position), page, segment)
+
     async def replication(self, connection: AsyncConnection) -> Replication:
         cluster, replica, replayed, current = (
             await connection.execute(text(REPLICATION), execution_options=OWN)

@@ -41,8 +41,10 @@ class ReadYourWrites:
 
     Tokens are kept by cluster: one cookie and one header carry those of every Database of
     the app (two Databases on two clusters: two tokens, side by side). A token is data, not
-    authority: a garbled, forged or oversized one costs its client reads from the primary,
-    nothing else. A request that commits nothing gets no cookie and no header.
+    authority: a garbled or oversized one is ignored, and so is one further than the
+    primary's log (checked with one query on the primary when it is further than the app
+    knows); the unknown position (``FFFFFFFFFFFFFFFF``) costs its client reads from the
+    primary, nothing else. A request that commits nothing gets no cookie and no header.
 
     The tokens are added when the response starts. A streamed response whose unit of work
     commits after that (a ``db.transaction()`` inside the body's generator) cannot carry its
