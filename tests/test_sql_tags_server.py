@@ -195,9 +195,9 @@ async def test_a_request_id_with_a_nul_names_the_unit_without_it(postgres_url: s
     """A NUL in a request id (a header some ASGI servers pass on, a job's id) is left out of
     the application_name; before, the unit failed at its BEGIN (the request a 500)."""
     query = text("SELECT current_setting('application_name')")
-    async with Database(postgres_url, application_name=APPLICATION, **ONE_CONNECTION) as db:
-        async with db.unit_of_work(request_id="job\x00-7") as unit:
-            inside = await unit.session.scalar(query)
+    db = Database(postgres_url, application_name=APPLICATION, **ONE_CONNECTION)
+    async with db, db.unit_of_work(request_id="job\x00-7") as unit:
+        inside = await unit.session.scalar(query)
     assert inside == "job-7"
 
 
