@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects import deferred_begin, pgbouncer
 from dbscope._dialects._base import (
@@ -25,11 +24,14 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.hosts import libpq_hosts, psql
 from dbscope._dialects.marks import MARK, tables_mark
-from dbscope._dialects.postgresql_drivers import (
-    ASYNCPG,
-    PSYCOPG,
-    raised_by_server,
-    sqlstate,
+from dbscope._dialects.postgresql_drivers import raised_by_server, sqlstate
+from dbscope._dialects.postgresql_events import (
+    DRIVERS,
+    READ_ONLY_SQL_TRANSACTION,
+    WRITES,
+    check_client_connection,
+    demoted_primary,
+    forget_writes,
 )
 from dbscope._dialects.replication import (
     REPLAYED,
@@ -56,11 +58,6 @@ NOT_NULL_VIOLATION: Final = "23502"
 READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 # A lock not had within lock_timeout.
 LOCK_NOT_AVAILABLE: Final = "55P03"
-# A write in a read-only transaction: a unit that writes meets it on a standby (a primary
-# demoted by a failover, or a URL that names a standby).
-READ_ONLY_SQL_TRANSACTION: Final = "25006"
-# On a pooled connection's info, from the BEGIN of a unit that writes to its checkin.
-WRITES: Final = "dbscope.writes"
 # What synchronous_commit takes, from the most a commit waits for to the least.
 SynchronousCommit = Literal["remote_apply", "on", "remote_write", "local", "off"]
 SYNCHRONOUS_COMMIT: Final = get_args(SynchronousCommit)
@@ -148,14 +145,14 @@ class PostgreSQL(Backend):
         return f"SET LOCAL search_path TO {target}"
 
     def configure(self, engine: AsyncEngine, *, memory: bool) -> None:
-        event.listen(engine.sync_engine, "handle_error", _demoted_primary)
+        event.listen(engine.sync_engine, "handle_error", demoted_primary)
         on_error = self.drivers[engine.dialect.driver].on_error
         if on_error is not None:
             event.listen(engine.sync_engine, "handle_error", on_error)
-        event.listen(engine.sync_engine, "checkin", _forget_writes)
+        event.listen(engine.sync_engine, "checkin", forget_writes)
 
     def set_up_sessions(self, engine: AsyncEngine) -> None:
-        event.listen(engine.sync_engine, "connect", _check_client_connection)
+        event.listen(engine.sync_engine, "connect", check_client_connection)
 
     def defer_begins(self, engine: AsyncEngine) -> None:
         status = self.drivers[engine.dialect.driver].status
@@ -344,54 +341,11 @@ def _advisory_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _demoted_primary(context: ExceptionContext) -> None:
-    """A write refused as read-only in a unit that writes: the server is a standby now (a
-    failover demoted it while the pool kept connections to it, or the URL names a standby).
-
-    Handled as a lost connection: SQLAlchemy drops this connection and every one the pool
-    opened before it, so the next checkouts connect anew and, through a multi-host URL with
-    ``target_session_attrs=read-write``, find the new primary. A read-only unit's refusal is
-    its own doing, and so is one from a server that says it is no standby (a role with
-    ``default_transaction_read_only``): both stay the application's errors.
-    """
-    connection = context.connection
-    if context.is_disconnect or connection is None or connection.invalidated:
-        return
-    if sqlstate(context.original_exception) != READ_ONLY_SQL_TRANSACTION:
-        return
-    if not connection.info.get(WRITES):
-        return
-    dbapi_connection = connection.connection.dbapi_connection
-    known = BACKEND.drivers.get(connection.dialect.driver)
-    said = None
-    if dbapi_connection is not None and known is not None:
-        said = known.hot_standby(dbapi_connection.driver_connection)
-    context.is_disconnect = said is not False
-
-
-def _forget_writes(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    record.info.pop(WRITES, None)
-
-
-def _check_client_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    # A query whose request was cancelled has its connection closed by SQLAlchemy, but the
-    # server runs the query to its end unless it checks on the client (PostgreSQL 14+):
-    # cancelled requests would pile up running backends. The WHERE keeps older servers,
-    # which lack the setting, out of it.
-    cursor = dbapi_connection.cursor()
-    cursor.execute(
-        "SELECT set_config('client_connection_check_interval', '100', false) "
-        "WHERE current_setting('server_version_num')::int >= 140000"
-    )
-    cursor.close()
-    dbapi_connection.commit()  # the drivers opened a transaction; a rollback would undo it
-
-
 BACKEND: Final = PostgreSQL(
     has_replicas=True,
     name="postgresql",
     aliases=("postgres",),
-    drivers={"asyncpg": ASYNCPG, "psycopg": PSYCOPG},
+    drivers=DRIVERS,
     has_schemas=True,
     has_statement_timeout=True,
     # statement_timeout is an int of milliseconds: at most 2147483647 ms.
