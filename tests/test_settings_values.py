@@ -191,3 +191,18 @@ def test_a_url_that_is_no_string_is_refused_by_its_type_never_shown(given: objec
     assert type(given).__name__ in str(refused.value)
     assert "tuple" not in str(refused.value)
     assert "pw" not in str(refused.value)
+
+
+def test_a_pool_recycle_of_0_is_refused_as_a_new_connection_per_unit(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """pool_recycle=0 (what 'no limit' is in other pools) was taken, and SQLAlchemy then
+    replaced every connection at each checkout: a connect per unit, in silence."""
+    with pytest.raises(ConfigurationError, match=r"pool_recycle=0: .* at each checkout.* -1"):
+        Database(URL, pool_recycle=0)
+    clean_env.setenv("DATABASE_URL", URL)
+    clean_env.setenv("POOL_RECYCLE", "0")
+    with pytest.raises(ConfigurationError, match="variable POOL_RECYCLE='0': "):
+        Database.from_env()
+    assert Database(URL, pool_recycle=-1).settings.pool_recycle == -1
+    assert Database(URL, pool_recycle=1).settings.pool_recycle == 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, get_args
 
 from pydantic import (
@@ -33,7 +32,13 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_primary_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._replica_settings import REPLICA_BOUNDS, Least, ReplicaSettings, check_replicas
+from dbscope._replica_settings import (
+    REPLICA_BOUNDS,
+    Choice,
+    Least,
+    ReplicaSettings,
+    check_replicas,
+)
 from dbscope._setting_sources import (
     NO_DATABASE,
     OwnVariablesOnly,
@@ -78,32 +83,17 @@ POOL_BOUNDS: Final = {
     "pool_pre_ping_after": Least(
         0, "must be 0 (ping at every use) or a number of seconds, got {value}"
     ),
-    "pool_recycle": Least(-1, "must be a number of seconds, or -1 to never recycle; got {value}"),
+    "pool_recycle": Least(
+        -1,
+        "must be a number of seconds, or -1 to never recycle; got {value}",
+        refused={
+            0: "0 would replace every connection at each checkout (SQLAlchemy counts it as an "
+            "age limit, not as 'no limit'), a new connection per unit of work: use -1 to never "
+            "recycle, or the number of seconds after which to replace a connection"
+        },
+    ),
     "postgres_port": Least(1, PORT, most=65535, most_message=PORT),
 }
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The words a setting may be (in any case, blanks around), and what another is told.
-
-    Attributes:
-        words: the values it may take.
-        message: the error, ``{value}`` standing for the value given, quoted.
-        hints: for a word it may not be that people write, what to add to the message.
-    """
-
-    words: tuple[object, ...]
-    message: str
-    hints: Mapping[str, str] = field(default_factory=dict)
-
-    def check(self, given: Any) -> Any:
-        """``given``, stripped and lower-cased, if it is one of the words; else ValueError."""
-        wanted = given.strip().lower() if isinstance(given, str) else given
-        if wanted in self.words:
-            return wanted
-        hint = self.hints.get(wanted, "") if isinstance(wanted, str) else ""
-        raise ValueError(self.message.format(value=repr(given)) + hint)
 
 
 # The settings written as a word.

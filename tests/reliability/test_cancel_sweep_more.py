@@ -30,6 +30,7 @@ from dbscope import Database
 from dbscope.testing import client
 from tests.cancel_points import ROWS, Point, Sweep, Unit, open_sweep, run_sweep, write_row
 from tests.helpers import SERVER_BACKENDS, Tables, app_with
+from tests.new_connections import new_connection_at_each_checkout
 
 # The smallest pool_pre_ping_after (_settings.py): a ping at every checkout but a new
 # connection's, so every swept unit pings (a following unit runs before it, and checks in).
@@ -106,12 +107,13 @@ async def test_a_cancel_during_the_checkout_ping_leaves_nothing_behind(
 async def test_a_cancel_while_the_unit_opens_its_connection_leaves_nothing_behind(
     database_url: str, db_backend: str, tables: Tables
 ) -> None:
-    """With each connection replaced at its next checkout (``pool_recycle=0``), every unit
-    closes the old connection and opens a new one: a transaction cancelled at each step of
-    those too. asyncmy's connect awaits the socket in Python 3.11's ``asyncio.wait_for``, which
+    """With each connection replaced at its next checkout (tests/new_connections.py), every
+    unit closes the old connection and opens a new one: a transaction cancelled at each step
+    of those too. asyncmy's connect awaits the socket in Python 3.11's ``asyncio.wait_for``, which
     returned the connection in place of a cancel that came as it opened: the unit went on
     (a task cancelled in a loop of units ran for ever)."""
-    async with open_sweep(database_url, db_backend, tables, pool_recycle=0) as sweep:
+    async with open_sweep(database_url, db_backend, tables) as sweep:
+        await new_connection_at_each_checkout(sweep.db)
         opened: list[object] = []
         event.listen(sweep.db.engine.sync_engine, "connect", lambda *_: opened.append(True))
         points = await run_sweep(sweep, in_transaction(sweep.db), "transaction connects", "cancel")

@@ -25,6 +25,7 @@ from sqlalchemy import event, text
 from dbscope import Database
 from tests import helpers
 from tests.cancel_points import nothing_reported
+from tests.new_connections import new_connection_at_each_checkout
 
 CANCELS = 5
 POLLS = 500
@@ -66,8 +67,9 @@ async def test_a_cancel_scope_in_a_connect_listener_leaves_nothing_behind(
     """anyio's cancel scope cancels units while a connect listener runs on their new
     connection: each cancel lands there, nothing stays checked out, and nothing is reported
     (no task left pending, no warning)."""
-    # pool_recycle=0: every checkout opens a connection of its own, set up by the listener.
-    async with Database(database_url, pool_size=1, max_overflow=0, pool_recycle=0) as db:
+    async with Database(database_url, pool_size=1, max_overflow=0) as db:
+        # Every checkout opens a connection of its own, set up by the listener.
+        await new_connection_at_each_checkout(db)
         setup = SlowSetup(SLOW_SETUP[db.engine.dialect.name])
         event.listen(db.engine.sync_engine, "connect", setup)
         with nothing_reported():
@@ -104,8 +106,9 @@ async def connect_left_running(database_url: str) -> AsyncIterator[Database]:
     """A Database whose unit was cancelled while its connection opened (a server slow to
     answer: a silent proxy), its connect left running alone."""
     async with helpers.proxied(database_url) as (proxy, url):
-        db = Database(url, pool_size=1, max_overflow=0, pool_recycle=0, connect_timeout=1)
+        db = Database(url, pool_size=1, max_overflow=0, connect_timeout=1)
         await db.connect()
+        await new_connection_at_each_checkout(db)
         proxy.silent = True
         accepted = proxy.accepted
 
