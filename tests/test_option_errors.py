@@ -139,6 +139,9 @@ POLICY_NOT_VALUES = [
     pytest.param({"backoff": -1}, "backoff=-1", id="backoff-negative"),
     pytest.param({"max_backoff": math.inf}, "max_backoff=inf", id="max_backoff-inf"),
     pytest.param({"max_backoff": "1"}, "max_backoff='1'", id="max_backoff-str"),
+    # Below backoff, it capped every wait: backoff=2 waited at most 1 s, and never doubled.
+    pytest.param({"backoff": 2, "max_backoff": 1}, "max_backoff=1", id="max_backoff-below"),
+    pytest.param({"max_backoff": 0.01}, "max_backoff=0.01", id="max_backoff-below-default"),
     pytest.param({"lock_timeouts": "no"}, "lock_timeouts='no'", id="lock_timeouts-str"),
 ]
 

@@ -59,7 +59,8 @@ class RetryPolicy:
 
     Raises:
         ConfigurationError: a field that is no value for it (``attempts=2.5``,
-            ``backoff=nan``, ``lock_timeouts="no"``), named as given.
+            ``backoff=nan``, ``lock_timeouts="no"``, a ``max_backoff`` below ``backoff``),
+            named as given.
     """
 
     attempts: int = 3
@@ -77,6 +78,14 @@ class RetryPolicy:
             raise ConfigurationError(message)
         for name in ("backoff", "max_backoff"):
             _check_seconds(name, getattr(self, name))
+        if self.max_backoff < self.backoff:
+            # min(max_backoff, backoff * 2**n) would never reach backoff: every wait capped.
+            message = (
+                f"max_backoff={self.max_backoff!r} is less than backoff={self.backoff!r}, the "
+                "first wait, and caps every wait (backoff and its doubling would be ignored); "
+                "use a max_backoff of at least backoff, or a smaller backoff."
+            )
+            raise ConfigurationError(message)
         if not isinstance(self.lock_timeouts, bool):
             message = f"lock_timeouts={self.lock_timeouts!r} is not a bool; use True or False."
             raise ConfigurationError(message)
