@@ -100,7 +100,17 @@ def test_replica_max_lag_takes_a_size_with_a_unit(given: object, size: int) -> N
             "a replica URL names the primary itself (postgresql at 127.0.0.1:5432, database "
             "'app'): name a streaming replica's host and port, or remove it",
         ),
-        ({"replicas": [42]}, "argument replicas", "each replica must be a URL, got a int"),
+        (  # named by its value: "got a int" said which type, not which replica
+            {"replicas": [REPLICA, 42]},
+            "argument replicas",
+            "each replica must be a URL string or a sqlalchemy URL, got 42",
+        ),
+        (  # by its type alone: bytes may hold a password
+            {"replicas": [b"postgresql://app:pw@127.0.0.1:5434/app"]},
+            "argument replicas",
+            "got a bytes (not shown: it may hold a password)",
+        ),
+        ({"replicas": 5}, "argument replicas", "(comma-separated in the environment), got 5"),
         ({"replicas": ["not a url"]}, "argument replicas", "dialect+driver://user:password@"),
         (
             {"replicas": ["postgresql+psycopg://app@127.0.0.1:5434/app"]},

@@ -158,7 +158,10 @@ class ReplicaSettings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, URL) or not isinstance(value, list | tuple):
-            message = "must be a list of replica URLs (comma-separated in the environment)"
+            message = (
+                f"must be a list of replica URLs (comma-separated in the environment), got "
+                f"{_shown(value)}"
+            )
             raise ValueError(message)
         return tuple(_replica_url(given) for given in value)
 
@@ -230,7 +233,8 @@ def _patroni_url_problem(given: str, which: str) -> str | None:
 def _replica_url(given: object) -> URL:
     """One replica's URL, checked: one URL, of a database that has replicas, with its driver."""
     if not isinstance(given, str | URL):
-        raise ValueError(f"each replica must be a URL, got a {type(given).__name__}")
+        message = f"each replica must be a URL string or a sqlalchemy URL, got {_shown(given)}"
+        raise ValueError(message)
     if isinstance(given, str) and given.count("://") > 1:
         # Joined by a space or ';': parsed as one URL, its second '@' would be blamed on the
         # password. Not shown: it holds the URLs' passwords, if any.
@@ -251,6 +255,16 @@ def _replica_url(given: object) -> URL:
         )
         raise ValueError(message)
     return resolve_async_url(url)
+
+
+def _shown(given: object) -> str:
+    """``given`` as the caller wrote it if it is a number or None; else its type alone: a
+    string, bytes or a list may hold a password, a URL is a replica list of one."""
+    if given is None or isinstance(given, int | float):
+        return repr(given)
+    if isinstance(given, URL):
+        return "a single URL: give a list of one, replicas=[url]"
+    return f"a {type(given).__name__} (not shown: it may hold a password)"
 
 
 def check_replicas(primary_url: URL, replicas: Sequence[URL], patroni_urls: Sequence[str]) -> None:
