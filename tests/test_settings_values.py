@@ -206,3 +206,33 @@ def test_a_pool_recycle_of_0_is_refused_as_a_new_connection_per_unit(
         Database.from_env()
     assert Database(URL, pool_recycle=-1).settings.pool_recycle == -1
     assert Database(URL, pool_recycle=1).settings.pool_recycle == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("postgresql+asyncpg://app:pw@bad host/app", "'bad host'"),
+        ("mysql+asyncmy://root@db.example /app", "'db.example '"),
+        ("postgresql+psycopg://app@/app?host=db1&host=db 2:5433", "'db 2:5433'"),
+    ],
+)
+def test_a_host_with_a_blank_is_refused_at_construction_not_reported_as_an_outage(
+    url: str, host: str
+) -> None:
+    """u@bad host/db was taken, and every connect failed the name look-up: a
+    DatabaseUnavailableError, a 503 for a setting no server can fix. A socket directory in
+    the query may hold a blank."""
+    with pytest.raises(ConfigurationError, match=f"host {host} holds a blank") as refused:
+        Database(url)
+    assert "pw" not in str(refused.value)
+    Database("postgresql+psycopg://app@/app?host=/run/my sockets")
+
+
+def test_a_postgres_host_with_a_blank_is_refused_naming_the_variable(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """POSTGRES_HOST='db host' was an outage at every connect, as the URL's host was."""
+    clean_env.setenv("POSTGRES_HOST", "db host")
+    clean_env.setenv("POSTGRES_DB", "app")
+    with pytest.raises(ConfigurationError, match="POSTGRES_HOST: 'db host' holds a blank"):
+        Database.from_env()

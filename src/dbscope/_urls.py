@@ -83,6 +83,8 @@ def host_alone(value: str) -> str:
             "hold a password): give a whole URL as DATABASE_URL, or the host alone"
         )
         raise ValueError(message)
+    if any(character.isspace() for character in value) and not value.startswith("/"):
+        raise ValueError(f"{value!r} holds a blank, which no host name can: remove it")
     if ":" not in value:
         return value
     with contextlib.suppress(ValueError):
@@ -109,6 +111,7 @@ def normalize_url(url: URL) -> URL:
             ``?connect_timeout=``, which dbscope's own setting overrides.
     """
     check_user_part(url)
+    check_hosts(url)
     if "connect_timeout" in url.query and backend(url.get_backend_name()).default_port:
         # dbscope passes its own to every driver, which won over the URL's without a word
         # (psycopg), or the driver refused the name at the first connect (asyncpg).
@@ -135,6 +138,23 @@ def check_user_part(url: URL) -> None:
     server = backend(url.get_backend_name()).default_port is not None
     if server and url.username is None and "@" in (url.database or ""):
         raise ConfigurationError(UNENCODED_SLASH)
+
+
+def check_hosts(url: URL) -> None:
+    """Refuse a host with a blank in it (``u@bad host/db``), in ``host:port`` or the query's
+    ``?host=`` list: no host name holds one, and the driver's failed look-up was reported as
+    an outage (a 503) at every connect. A socket directory (``?host=/run/my dir``) may."""
+    hosts = [url.host or ""]
+    listed = url.query.get("host")
+    if listed is not None:
+        hosts += listed if isinstance(listed, tuple) else listed.split(",")
+    for host in hosts:
+        if not host.startswith("/") and any(character.isspace() for character in host):
+            message = (
+                f"The database URL's host {host!r} holds a blank, which no host name can: "
+                "remove it (a host is a name such as 'db.internal', or an IP address)."
+            )
+            raise ConfigurationError(message)
 
 
 # What a query key holding a password may be spelt, whatever the case.
