@@ -84,7 +84,11 @@ def host_alone(value: str) -> str:
         )
         raise ValueError(message)
     if any(character.isspace() for character in value) and not value.startswith("/"):
-        raise ValueError(f"{value!r} holds a blank, which no host name can: remove it")
+        message = (
+            "must be a host name, which holds no blank (the value is not shown: it may be a "
+            "pasted password): give the host alone, e.g. 'db.internal'"
+        )
+        raise ValueError(message)
     if ":" not in value:
         return value
     with contextlib.suppress(ValueError):
