@@ -237,3 +237,27 @@ def test_a_postgres_host_with_a_blank_is_refused_naming_the_variable(
     clean_env.setenv("POSTGRES_DB", "app")
     with pytest.raises(ConfigurationError, match="POSTGRES_HOST: must be a host name, which ho"):
         Database.from_env()
+
+
+# What a checker refuses, given all the same.
+FIVE: Any = 5
+FILES: Any = [".env", 3]
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: DatabaseSettings(_env_prefix=FIVE), "_env_prefix=5 is not a prefix; use a"),
+        (lambda: DatabaseSettings(_env_file=FIVE), "_env_file=5 is not the path of a dotenv"),
+        (lambda: Database.from_env(FIVE), "prefix=5 is not a prefix; use a string"),
+        (lambda: Database.from_env(env_file=FILES), r"env_file=\['.env', 3\] is not"),
+    ],
+)
+def test_an_env_prefix_or_file_of_another_type_is_refused_naming_it(
+    clean_env: pytest.MonkeyPatch, make: Any, said: str
+) -> None:
+    """DatabaseSettings(_env_prefix=5) raised pydantic-settings' TypeError, "object of type
+    'int' has no len()"; an int for the file, "'int' object is not iterable"."""
+    clean_env.setenv("DATABASE_URL", URL)
+    with pytest.raises(ConfigurationError, match=said):
+        make()

@@ -123,6 +123,27 @@ class Sources:
         return " ".join([message, *misspelled_variables(p, self.fields), *unread])
 
 
+def check_env_options(
+    env_prefix: object, env_file: object, names: tuple[str, str] = ("_env_prefix", "_env_file")
+) -> None:
+    """Refuse an ``env_prefix`` that is no string and an ``env_file`` that is no path (nor a
+    list of paths), named as ``names`` say, before pydantic-settings fails on them inside
+    (``object of type 'int' has no len()``); then :func:`check_env_files`."""
+    if env_prefix is not None and not isinstance(env_prefix, str):
+        message = f"{names[0]}={env_prefix!r} is not a prefix; use a string, e.g. 'APP_'."
+        raise ConfigurationError(message)
+    if env_file is None:
+        return
+    paths = env_file if isinstance(env_file, list | tuple) else [env_file]
+    if not all(isinstance(path, str | os.PathLike) for path in paths):
+        message = (
+            f"{names[1]}={env_file!r} is not the path of a dotenv file; use a string or a "
+            "Path, e.g. '.env', or a list of them."
+        )
+        raise ConfigurationError(message)
+    check_env_files(env_file)  # type: ignore[arg-type]  # checked above
+
+
 def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
     """Refuse a dotenv file that was named and cannot be read.
 

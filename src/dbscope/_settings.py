@@ -43,7 +43,7 @@ from dbscope._setting_sources import (
     NO_DATABASE,
     OwnVariablesOnly,
     Sources,
-    check_env_files,
+    check_env_options,
     describe_validation_error,
     setting_error,
 )
@@ -209,8 +209,9 @@ class DatabaseSettings(ReplicaSettings):
     if not TYPE_CHECKING:  # mypy keeps checking keyword arguments against the fields
 
         def __init__(self, **values: Any) -> None:
-            if values.get("_env_file") is not None:
-                check_env_files(values["_env_file"])  # pydantic-settings skips a missing one
+            # Before pydantic-settings, which skips a missing file, and fails on a prefix
+            # of another type than str in its words (no len()).
+            check_env_options(values.get("_env_prefix"), values.get("_env_file"))
             try:
                 super().__init__(**values)
             except ValidationError as error:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 
 from dbscope._exceptions import ConfigurationError
 from dbscope._setting_sources import (
-    check_env_files,
+    check_env_options,
     dotenv_names,
     environment_names,
     misspelled_variables,
@@ -96,8 +96,7 @@ def load_settings(
     """
     if not from_env:
         return _ArgumentSettings(**values)
-    if env_file is not None:
-        check_env_files(env_file)
+    check_env_options(env_prefix, env_file, names=("prefix", "env_file"))
     settings_class = DatabaseSettings
     if default_url is not None:
         location = _DatabaseLocation(_env_prefix=env_prefix, _env_file=env_file)
