@@ -201,11 +201,13 @@ def test_shell_gives_names_as_names_never_as_connection_strings_or_options() -> 
     assert sqlite_argv[1:] == ["./-version"]
 
 
-async def test_shell_of_an_in_memory_database_exits_2() -> None:
-    """An in-memory SQLite database has no shell: exit 2, saying why."""
-    done = await dbscope("shell", environment={"DATABASE_URL": "sqlite+aiosqlite://"})
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+async def test_shell_of_an_in_memory_database_exits_2(url: str) -> None:
+    """An in-memory SQLite database has no shell: exit 2, saying why, and naming the URL as
+    written (not SQLAlchemy's '%3Amemory%3A', as dbscope check does)."""
+    done = await dbscope("shell", environment={"DATABASE_URL": url})
     assert done.returncode == 2
-    assert "in-memory SQLite database" in done.stderr.decode()
+    assert f"No client can open {url!r}: an in-memory SQLite database" in done.stderr.decode()
 
 
 async def test_shell_without_the_client_installed_exits_2_with_how_to_install_it() -> None:

@@ -183,7 +183,7 @@ def client_command(
     client = backend(url.get_backend_name()).client(url, schema)
     if client is None:
         message = (
-            f"No client can open {url.render_as_string(hide_password=True)!r}: an in-memory "
+            f"No client can open {_as_written(url)!r}: an in-memory "
             "SQLite database lives inside the application's one connection, "
             "and other databases' clients are not known to dbscope."
         )
@@ -195,3 +195,13 @@ def client_command(
     names = " or ".join(client.programs)
     message = f"A shell on this database runs {names}, and none is on the PATH: {client.install}."
     raise ValueError(message)
+
+
+def _as_written(url: URL) -> str:
+    """``url`` (password hidden) as users write it: SQLAlchemy percent-encodes the name of a
+    database that is a file or memory (``:memory:`` as ``%3Amemory%3A``)."""
+    rendered = url.render_as_string(hide_password=True)
+    if url.host or url.username or not url.database:
+        return rendered
+    _, mark, query = rendered.partition("?")
+    return f"{url.drivername}:///{url.database}{mark}{query}"
