@@ -191,6 +191,39 @@ async def test_migrate_init_may_name_an_alembic_ini_that_is_not_there_yet(tmp_pa
     assert (tmp_path / "migrations" / "env.py").is_file()
 
 
+async def test_migrate_without_an_alembic_ini_exits_2_saying_where_it_looked_and_how_to_make_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """No -c, no $ALEMBIC_CONFIG, no ./alembic.ini: the file looked for, the directory, and
+    `alembic init`. Before, Alembic's "No 'script_location' key found in configuration"."""
+    done = await dbscope(
+        "migrate", "current", environment={"DATABASE_URL": sqlite_url}, cwd=tmp_path
+    )
+    error = one_error_line(
+        done,
+        f"dbscope: error: No Alembic configuration: there is no 'alembic.ini' (looked for in "
+        f"{tmp_path}), nor a [tool.alembic] table in 'pyproject.toml'. Name your alembic.ini "
+        "with -c",
+    )
+    assert "'alembic init -t async migrations'" in error
+    assert "script_location' key found" not in error
+
+
+async def test_migrate_with_an_alembic_ini_without_script_location_exits_2_saying_so(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """An alembic.ini without script_location: named, with the line to add."""
+    (tmp_path / "alembic.ini").write_text("[alembic]\n")
+    done = await dbscope(
+        "migrate", "current", environment={"DATABASE_URL": sqlite_url}, cwd=tmp_path
+    )
+    one_error_line(
+        done,
+        "dbscope: error: 'alembic.ini' sets no script_location in its [alembic] section, the "
+        "directory of the migrations' env.py: add one ('script_location = %(here)s/migrations')",
+    )
+
+
 # -- a dotenv file that is not there -----------------------------------------------------------
 
 

@@ -252,6 +252,7 @@ def command_line(
         # Alembic builds the Config from its own options (-c, -n, -x...) and hands it here.
         def run_cmd(self, config: Any, options: Namespace) -> None:
             _require_named_configs(options)
+            _require_script_location(config, options)
             config.attributes.update(attributes)
             super().run_cmd(config, options)
 
@@ -267,6 +268,34 @@ def _require_named_configs(options: Namespace) -> None:
         return
     for given in options.config or (None,):  # none given: the file $ALEMBIC_CONFIG names
         config_path(given, required=given is not None)
+
+
+def _require_script_location(config: Any, options: Namespace) -> None:
+    """Refuse a configuration without ``script_location`` before Alembic says only "No
+    'script_location' key found in configuration": say which file was read or looked for,
+    and how to make one."""
+    if options.cmd[0].__name__ in COMMANDS_WITHOUT_CONFIG:
+        return
+    if config.get_alembic_option("script_location") is not None:
+        return
+    ini = str(config.config_file_name)
+    toml = str(config.toml_file_name)
+    where = "" if Path(ini).is_absolute() else f" (looked for in {Path.cwd()})"
+    if Path(ini).is_file():
+        message = (
+            f"{ini!r} sets no script_location in its [{options.name}] section, the directory "
+            "of the migrations' env.py: add one ('script_location = %(here)s/migrations'), or "
+            "name the section that has it with -n."
+        )
+        raise ConfigurationError(message)
+    message = (
+        f"No Alembic configuration: there is no {ini!r}{where}, nor a [tool.alembic] table "
+        f"in {toml!r}. Name your alembic.ini with -c (e.g. 'dbscope migrate -c "
+        "path/to/alembic.ini upgrade head'), or make one where you run the command with "
+        "'alembic init -t async migrations', then make migrations/env.py dbscope's one-liner "
+        "(docs/alembic.md, \"Setting up a project\")."
+    )
+    raise ConfigurationError(message)
 
 
 def _shared(connection: object) -> Connection:
