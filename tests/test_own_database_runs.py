@@ -149,3 +149,16 @@ def test_a_kept_database_whose_tables_changed_is_made_anew_naming_them_without_a
     assert len(remade) == 1
     assert remade[0].endswith("no longer match the metadata (tr_notes: column title added)")
     assert said[-2].startswith("reusing the test database")
+
+
+def test_pgbouncer_on_a_run_that_is_not_postgresql_is_refused_before_anything_is_made(
+    sqlite_url: str,
+) -> None:
+    """own_database(sqlite_url, pgbouncer="transaction") was taken, as was any value: no
+    Database was made with it on SQLite. Refused as the app's Database refuses it."""
+    with pytest.raises(ConfigurationError, match="pgbouncer='transaction': PgBouncer pools Po"):
+        testing.own_database(sqlite_url, pgbouncer="transaction").__enter__()
+    bogus: Any = "session"
+    with pytest.raises(ConfigurationError, match="pgbouncer='session': must be 'transaction'"):
+        testing.own_database(sqlite_url, pgbouncer=bogus).__enter__()
+    assert not database_exists(run_database(sqlite_url))

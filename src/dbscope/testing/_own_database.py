@@ -161,7 +161,9 @@ class _Run:
         """The run's database: the one ``url`` names, its name followed by ``_test`` (and
         by ``_<worker>`` for one of several processes)."""
         suffix = SUFFIX if worker is None else SUFFIX + "_" + checked_worker(worker)
-        given = Database(url)
+        # With pgbouncer: checked as the app's Database checks it (a mode, of a PostgreSQL
+        # URL), where a SQLite run made no Database with it and took any.
+        given = Database(url, pgbouncer=pgbouncer)
         resolved = given.url
         rules = _dialects.backend(resolved.get_backend_name())
         if given.settings.is_memory:
