@@ -293,7 +293,7 @@ def _require_script_location(config: Any, options: Namespace) -> None:
         f"in {toml!r}. Name your alembic.ini with -c (e.g. 'dbscope migrate -c "
         "path/to/alembic.ini upgrade head'), or make one where you run the command with "
         "'alembic init -t async migrations', then make migrations/env.py dbscope's one-liner "
-        "(docs/alembic.md, \"Setting up a project\")."
+        '(docs/alembic.md, "Setting up a project").'
     )
     raise ConfigurationError(message)
 
