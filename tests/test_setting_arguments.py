@@ -95,6 +95,20 @@ def test_an_application_name_that_is_not_printable_is_refused(name: str) -> None
         Database("postgresql+asyncpg://app@localhost/app", application_name=name)
 
 
+@pytest.mark.parametrize(("name", "size"), [("a" * 100, 100), ("é" * 32, 64)])
+def test_an_application_name_longer_than_postgresql_keeps_is_refused_naming_its_length(
+    name: str, size: int
+) -> None:
+    """PostgreSQL keeps 63 bytes of it: a 100-character name was taken, and shown cut in
+    pg_stat_activity (whole in the SQL comments' tag)."""
+    said = f"is {size} bytes long, and PostgreSQL keeps at most 63 of it"
+    for url in ("postgresql+asyncpg://app@localhost/app", "sqlite+aiosqlite:///app.db"):
+        with pytest.raises(ConfigurationError, match=said):
+            Database(url, application_name=name)
+    kept = Database("postgresql+psycopg://app@localhost/app", application_name="a" * 63)
+    assert kept.settings.application_name == "a" * 63
+
+
 @pytest.mark.parametrize(
     ("url", "options", "key"),
     [

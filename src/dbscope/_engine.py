@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
-from dbscope._dialects import Backend, Standbys, backend, driver
+from dbscope._dialects import APPLICATION_NAME_BYTES, Backend, Standbys, backend, driver
 from dbscope._engine_checks import QUEUE_POOL_OPTIONS, check_option_types
 from dbscope._errors import connect_error
 from dbscope._exceptions import ConfigurationError
@@ -86,6 +86,16 @@ def _default_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
         message = (
             f"application_name={name!r} holds a character that is not printable (a NUL, a "
             "newline): the server refuses it at every connect. Use printable text."
+        )
+        raise ConfigurationError(message)
+    size = 0 if name is None else len(name.encode())
+    if size > APPLICATION_NAME_BYTES:
+        # PostgreSQL keeps the first 63 bytes, the SQL comments' tag the whole name: two names
+        # for one app, and names that differ only past the cut look alike in pg_stat_activity.
+        message = (
+            f"application_name={name!r} is {size} bytes long, and PostgreSQL keeps at most "
+            f"{APPLICATION_NAME_BYTES} of it (the rest cut off without a word): use a name of at "
+            f"most {APPLICATION_NAME_BYTES} bytes."
         )
         raise ConfigurationError(message)
     known = driver(settings.url.get_driver_name())

@@ -38,10 +38,15 @@ from dbscope._dialects.driver import (
 )
 from dbscope._dialects.hosts import libpq_hosts
 from dbscope._dialects.marks import Found, Presence
-from dbscope._dialects.postgresql import SYNCHRONOUS_COMMIT, SynchronousCommit
+from dbscope._dialects.postgresql import (
+    APPLICATION_NAME_BYTES,
+    SYNCHRONOUS_COMMIT,
+    SynchronousCommit,
+)
 from dbscope._dialects.replication import Replication, Standbys
 
 __all__ = [
+    "APPLICATION_NAME_BYTES",
     "BACKENDS",
     "CLOSE_TIMEOUT",
     "GENERIC",
