@@ -169,7 +169,8 @@ class DatabaseSettings(ReplicaSettings):
     pool_max_waiters: int | None = None
     """Requests that may wait for a connection at once; beyond it, 503 at once. None: any."""
     pool_recycle: int | None = None
-    """Seconds after which a connection is replaced; -1 never. Default: per database."""
+    """Seconds after which a connection is replaced; -1 never (0 is refused). Default: per
+    database."""
     pool_pre_ping: bool | None = None
     """Check a connection before use, replacing dead ones. Default: on (off for SQLite)."""
     pool_pre_ping_after: float = 1.0
@@ -181,7 +182,7 @@ class DatabaseSettings(ReplicaSettings):
     echo: bool = False
     """Log every SQL statement (SQLAlchemy's ``echo``)."""
     application_name: str | None = None
-    """Name shown for the connections in PostgreSQL's ``pg_stat_activity``."""
+    """Name shown for the connections in PostgreSQL's ``pg_stat_activity``; at most 63 bytes."""
     sql_comments: SqlComments = "off"
     """Tag each statement of a unit with its route (sqlcommenter): ``"append"``,
     ``"prepend"`` (kept when the server cuts long query texts), or ``"off"``."""
