@@ -14,12 +14,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import dbscope._otel_reporter
 import dbscope.otel
-from dbscope import Database
+from dbscope import Database, DatabaseUnavailableError
 from tests import helpers
 from tests.documented import serving
 from tests.helpers import app_with
@@ -263,6 +263,42 @@ async def test_invalidated_connections_and_pings_are_counted(
     # connect()'s connection pinged at its first use; its replacement is fresh at its first
     # use, then pinged twice.
     assert stats.pinged == 3
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg", "asyncmy"])
+async def test_connections_replaced_after_one_was_lost_each_count_as_invalidated(
+    database_url: str, sdk: Metered
+) -> None:
+    """The server ends a connection in use: SQLAlchemy then replaces every connection opened
+    before it at its next checkout, healthy or not. Each replaced connection counts once, as
+    many as were opened again (before: only the lost one, 1 where 3 were replaced)."""
+    async with Database(database_url, pool_size=3, max_overflow=0) as db:
+        dbscope.otel.instrument(db, meter_provider=sdk.provider)
+        holders = Holders(db)
+        await holders.hold(3)  # three connections open, then idle
+        await holders.finish()
+        opened: list[object] = []
+        event.listen(db.engine.sync_engine, "connect", lambda *_: opened.append(None))
+        with pytest.raises(DatabaseUnavailableError) as lost:
+            await _unit_whose_backend_ends(db, database_url)
+        holders = Holders(db)
+        await holders.hold(3)  # each of the three checked out again
+        await holders.finish()
+        stats, readings = db.stats(), sdk.read()
+    assert lost.value.cause == "connection_lost"
+    assert len(opened) == 3
+    assert readings.value("dbscope.pool.invalidations", db.name) == stats.invalidated == 3
+
+
+async def _unit_whose_backend_ends(db: Database, database_url: str) -> None:
+    """A unit of work whose server connection is ended while it runs."""
+    mysql = database_url.startswith("mysql")
+    server_id = "SELECT CONNECTION_ID()" if mysql else "SELECT pg_backend_pid()"
+    async with db.transaction() as session:
+        backend = (await session.execute(text(server_id))).scalar_one()
+        async with helpers.admin(database_url) as connection:
+            await helpers.kill(connection, backend)
+        await session.execute(text("SELECT 1"))
 
 
 async def test_a_retried_conflict_counts_one_retry(postgres_url: str, sdk: Metered) -> None:

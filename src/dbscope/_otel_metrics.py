@@ -174,7 +174,7 @@ OBSERVED: Final = (
         True,
         PoolReporter.invalidations,
         "{connection}",
-        "Connections thrown away: dead, failed a check, or cut off mid-query.",
+        "Connections thrown away: dead, failed a check, cut off mid-query, or older than one dead.",
     ),
     Observed(
         "dbscope.pool.pings",

@@ -105,6 +105,8 @@ class QueuedPool(AsyncAdaptedQueuePool):
         refused: checkouts refused at once because ``max_waiters`` already waited.
         abandoned: checkouts not served when their turn came: their request's client had hung
             up while they waited.
+        replaced: connections thrown away at their checkout because they were opened before
+            one found lost (below).
         observer: told how long checkouts wait, connections are used and take to open;
             None (the default) measures nothing.
     """
@@ -119,6 +121,7 @@ class QueuedPool(AsyncAdaptedQueuePool):
         self.timeouts = 0
         self.refused = 0
         self.abandoned = 0
+        self.replaced = 0
         self.observer: PoolObserver | None = None
         # Created in the event loop, at the first checkout: anyio's limiter belongs to one.
         self._line: anyio.CapacityLimiter | None = None
@@ -142,6 +145,7 @@ class QueuedPool(AsyncAdaptedQueuePool):
         assert isinstance(pool, QueuedPool)
         pool.max_waiters = self.max_waiters
         pool.timeouts, pool.refused, pool.abandoned = self.timeouts, self.refused, self.abandoned
+        pool.replaced = self.replaced
         pool.observer = self.observer
         return pool
 
@@ -165,10 +169,19 @@ class QueuedPool(AsyncAdaptedQueuePool):
             self._leave_line(ticket)
             raise
         self._tickets[record] = ticket
+        if self._invalidate_time and self._opened_before_a_lost_one(record):
+            self.replaced += 1
         if observer is not None:
             # The wait ends at checked_out(): a dead connection is replaced after this.
             self._checkout_began[record] = started
         return record
+
+    def _opened_before_a_lost_one(self, record: ConnectionPoolEntry) -> bool:
+        """Whether SQLAlchemy closes ``record``'s connection and opens another at this checkout,
+        unannounced: once a connection was found lost (a disconnect error), it takes every
+        one opened before it for stale. One already None was counted when invalidated."""
+        opened: float = getattr(record, "starttime", math.inf)  # _ConnectionRecord's
+        return record.dbapi_connection is not None and self._invalidate_time > opened
 
     def checked_out(self, record: ConnectionPoolEntry) -> None:
         """The checkout of ``record`` passed its checks (``PoolCounters.observe`` calls this
@@ -330,7 +343,7 @@ class PoolCounters:
             checked_out=pool.checkedout(),
             checked_in=pool.checkedin(),
             overflow=pool.overflow(),
-            invalidated=self.invalidated,
+            invalidated=self.invalidated + (pool.replaced if queued else 0),
             pinged=0 if self.liveness is None else self.liveness.pings,
             waiting=pool.waiting() if queued else 0,
             timeouts=pool.timeouts if queued else 0,

@@ -47,8 +47,9 @@ class PoolStats:
         checked_in: idle connections waiting in the pool.
         overflow: connections open beyond ``pool_size`` (negative while the pool is filling).
         invalidated: connections thrown away since connect() because they died, failed a
-            pre-ping, or were interrupted mid-query (a cancelled request, say); each costs a
-            reconnect.
+            pre-ping, were interrupted mid-query (a cancelled request, say), or were opened
+            before one found dead (SQLAlchemy replaces those at their next checkout); each
+            costs a reconnect.
         pinged: connections pinged before use since connect(), because they had been idle
             for ``pool_pre_ping_after`` seconds or their driver saw the server hang up.
         waiting: requests waiting in line for a connection right now.
