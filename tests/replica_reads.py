@@ -17,11 +17,16 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database
+from tests.helpers import admin
+from tests.replica_cluster import wait_for_replay
 
 DATABASE = os.environ.get("DBSCOPE_TEST_REPLICA_DATABASE", "test")
 TABLE = "items"
 # Short, so that a state change shows within a test: the checks are one query each.
 CHECK_INTERVAL = 0.1
+# A role that may not call the function dbscope reads the primary's position with.
+CAPTURE_ROLE = "dbscope_capture_fails"
+CAPTURE_FUNCTION = "pg_catalog.pg_current_wal_insert_lsn()"
 
 
 @contextlib.asynccontextmanager
@@ -71,3 +76,31 @@ def served(db: Database) -> int:
 def fallbacks(db: Database) -> dict[str, int]:
     """The read-only units that ran on the primary instead, by why."""
     return dict(db.stats().fallbacks)
+
+
+@contextlib.asynccontextmanager
+async def capture_refused(urls: tuple[str, str]) -> AsyncIterator[tuple[str, str]]:
+    """The URLs as a role that may not call pg_current_wal_insert_lsn() in the database."""
+    async with admin(urls[0]) as connection:
+        await connection.execute(text(f"DROP ROLE IF EXISTS {CAPTURE_ROLE}"))
+        await connection.execute(text(f"CREATE ROLE {CAPTURE_ROLE} LOGIN"))
+        await connection.execute(text(f"GRANT ALL ON {TABLE} TO {CAPTURE_ROLE}"))
+        await connection.execute(text(f"REVOKE EXECUTE ON FUNCTION {CAPTURE_FUNCTION} FROM PUBLIC"))
+        try:
+            await wait_for_replay(*urls)
+            yield (
+                make_url(urls[0]).set(username=CAPTURE_ROLE).render_as_string(False),
+                make_url(urls[1]).set(username=CAPTURE_ROLE).render_as_string(False),
+            )
+        finally:
+            await connection.execute(
+                text(f"GRANT EXECUTE ON FUNCTION {CAPTURE_FUNCTION} TO PUBLIC")
+            )
+            await connection.execute(text(f"DROP OWNED BY {CAPTURE_ROLE}"))
+            await connection.execute(text(f"DROP ROLE {CAPTURE_ROLE}"))
+
+
+async def capture_allowed(primary: str) -> None:
+    """Every role may call pg_current_wal_insert_lsn() again, as before capture_refused()."""
+    async with admin(primary) as connection:
+        await connection.execute(text(f"GRANT EXECUTE ON FUNCTION {CAPTURE_FUNCTION} TO PUBLIC"))

@@ -44,6 +44,27 @@ async def test_a_token_of_an_unknown_position_costs_only_reads_from_the_primary(
     assert stats == {"state": "ready", "served": 1, "fallbacks": {"behind": 1}}
 
 
+async def test_a_write_replaces_the_unknown_position_its_client_sent(notes_asyncpg: Pair) -> None:
+    """A client sends back the token of a write whose position could not be read (a position
+    no replica reaches); the response to its next write carries that write's own position,
+    so its reads go back to the replica (before: the unknown position stayed its token for
+    good, and every later read of the client ran on the primary)."""
+    pair = notes_asyncpg
+    with served(pair, wait=0.2) as base_url:
+        _, token = await api_write(base_url, "first")
+        unknown = f"{token.split(':')[0]}:{UNKNOWN_POSITION}"
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            posted = await client.post(
+                "/api/notes", json={"body": "mine"}, headers={HEADER: unknown}
+            )
+            # The client keeps the token it has when a response carries none.
+            note, token = posted.json()["id"], posted.headers.get(HEADER, unknown)
+            await wait_for_replay(pair.primary, pair.replica)
+            response = await client.get(f"/notes/{note}", headers={HEADER: token})
+    assert not token.endswith(UNKNOWN_POSITION)
+    assert response.json() == {"body": "mine", "on_replica": True}
+
+
 async def test_a_token_of_another_cluster_is_ignored(notes_asyncpg: Pair) -> None:
     """A cookie token naming another cluster, however far its position, does not hold the
     read back: the replica serves it, and nothing falls back to the primary."""

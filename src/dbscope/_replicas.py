@@ -47,15 +47,12 @@ from dbscope._settings import DatabaseSettings
 from dbscope._unit import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope._urls import default_pool_name
-from dbscope._write_tokens import WriteToken, current_jar
+from dbscope._write_tokens import UNKNOWN_POSITION, WriteToken, current_jar
 
 logger = logging.getLogger("dbscope")
 
 # On a pooled connection's info: its transaction committed (set just before the COMMIT).
 COMMITTED: Final = "dbscope.committed"
-# A position no replica reaches: a write whose position could not be read sends the reads
-# that follow it to the primary.
-UNKNOWN_POSITION: Final = (1 << 64) - 1
 # How often a read that waits for a replica asks it again.
 CATCH_UP_STEP: Final = 0.002
 # Isolation levels whose snapshot is taken at the unit's first statement, the replay check:
@@ -198,11 +195,12 @@ class Replicas:
         bind = unit_bind(factory, self.rules, True, options.isolation_level).get("bind")
         return (bind or self.primary.engine).sync_engine
 
-    def remember(self, position: int) -> None:
-        """Keep the primary's position after a commit as this context's write token."""
+    def remember(self, position: int, read_since: int | None = None) -> None:
+        """Keep the primary's position after a commit as this context's write token;
+        ``read_since``: the jar's mark before the position was read."""
         jar = current_jar(create=True)
         assert jar is not None
-        jar.add(WriteToken(self.cluster, position))
+        jar.add(WriteToken(self.cluster, position), read_since)
         if position != UNKNOWN_POSITION:
             self.checks.reached = max(self.checks.reached, position)
 
@@ -290,6 +288,10 @@ class Replicas:
         state = record.info.pop(WRITER, None)
         if not (record.info.pop(COMMITTED, False) and isinstance(state, UnitState)):
             return
+        jar = current_jar(create=True)
+        assert jar is not None
+        # Read after this mark, the position replaces an unknown one kept before it.
+        read_since = jar.mark()
         try:
             if reset.terminate_only or not reset.asyncio_safe:
                 # Collected, not returned: nothing may be asked of it now.
@@ -298,11 +300,11 @@ class Replicas:
         except Exception:
             logger.warning(
                 "Could not read the primary's log position after a commit; the "
-                "reads that follow it go to the primary.",
+                "reads that follow it go to the primary, until a later write's is read.",
                 exc_info=True,
             )
             position = UNKNOWN_POSITION
-        self.remember(position)
+        self.remember(position, read_since)
 
     # -- health ------------------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ from typing import Final
 # and a request's jar holds at most this many clusters.
 MAX_TOKENS: Final = 8
 MAX_TEXT: Final = 512
+# A position no replica reaches: the token of a write whose position could not be read after
+# its commit, which sends the reads that follow it to the primary.
+UNKNOWN_POSITION: Final = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +65,38 @@ def parse_tokens(text: str) -> list[WriteToken]:
 class TokenJar:
     """The latest write token of each cluster seen in one request or context.
 
+    A token of an unknown position (:data:`UNKNOWN_POSITION`) is later than any, but stands
+    only until a position read after it was kept: that one was read after the unknown write
+    had committed, so it is at least as far along the log, and replaces it.
+
     Attributes:
         changed: a token was added since the jar was made (a response must carry it).
     """
 
-    __slots__ = ("_tokens", "changed")
+    __slots__ = ("_adds", "_tokens", "_unknown_at", "changed")
 
     def __init__(self, tokens: list[WriteToken] | None = None) -> None:
         """A jar of ``tokens``, a request's: of at most MAX_TOKENS clusters, the first seen,
         however many headers and cookies brought them (each echoed back on a write)."""
         self._tokens: dict[str, WriteToken] = {}
+        # By cluster, the add that kept its unknown position (0: the request brought it).
+        self._unknown_at: dict[str, int] = {}
+        self._adds = 0
         for token in tokens or ():
             if token.cluster in self._tokens or len(self._tokens) < MAX_TOKENS:
-                self._keep(token)
+                self._keep(token, None)
         self.changed = False
 
-    def add(self, token: WriteToken) -> None:
-        """Keep ``token`` if it is later than the one of its cluster."""
-        if self._keep(token):
+    def mark(self) -> int:
+        """Where the jar is now: given to :meth:`add` with a position read after this call."""
+        return self._adds
+
+    def add(self, token: WriteToken, read_since: int | None = None) -> None:
+        """Keep ``token`` if it is later than the one of its cluster, or if that one is
+        unknown and ``token``'s position was read since it was kept (``read_since``, the
+        :meth:`mark` taken before reading it)."""
+        self._adds += 1
+        if self._keep(token, read_since):
             self.changed = True
 
     def get(self, cluster: str) -> WriteToken | None:
@@ -90,11 +107,20 @@ class TokenJar:
         """Every token, comma-separated: what a cookie or header carries."""
         return ",".join(str(token) for token in self._tokens.values())
 
-    def _keep(self, token: WriteToken) -> bool:
-        kept = self._tokens.get(token.cluster)
-        if kept is not None and kept.position >= token.position:
+    def _keep(self, token: WriteToken, read_since: int | None) -> bool:
+        cluster = token.cluster
+        kept = self._tokens.get(cluster)
+        if token.position == UNKNOWN_POSITION:
+            # The latest unknown write is the one a known position must be read after.
+            self._unknown_at[cluster] = self._adds
+        elif kept is not None and kept.position >= token.position:
+            unknown_at = self._unknown_at.get(cluster)
+            if unknown_at is None or read_since is None or read_since < unknown_at:
+                return False
+            del self._unknown_at[cluster]
+        if kept == token:
             return False
-        self._tokens[token.cluster] = token
+        self._tokens[cluster] = token
         return True
 
 
