@@ -9,7 +9,8 @@ then finds the database at head and does nothing.
 
 The lock is each server's own (``Backend.lock_migrations``): on PostgreSQL an advisory lock
 of the migrations' transaction (PgBouncer in transaction mode keeps no session's), on MariaDB
-and MySQL the session's ``GET_LOCK`` (their DDL commits by itself), and on SQLite the file's
+and MySQL the session's ``GET_LOCK`` (their DDL commits by itself, so the migrations run a
+transaction per revision, Alembic's own way there), and on SQLite the file's
 one write lock, taken at the transaction's ``BEGIN IMMEDIATE``.
 """
 
@@ -42,7 +43,8 @@ async def migrating(
 ) -> AsyncIterator[None]:
     """Take the migration lock on ``connection`` (outside any transaction), then begin the
     transaction the migrations run in; commit it, or roll it back on an error, and release
-    the lock once it has ended.
+    the lock once it has ended. Where DDL commits by itself (MariaDB, MySQL), no transaction
+    is begun here: Alembic begins one per revision, and records each as it commits.
 
     Raises:
         alembic.util.CommandError: the lock was not had within ``seconds`` (another run's
@@ -62,13 +64,12 @@ async def migrating(
         raise _not_taken(taken, schema, seconds)
     try:
         async with contextlib.AsyncExitStack() as transaction:
-            try:
-                await transaction.enter_async_context(connection.begin())
-            except DBAPIError as error:
-                # SQLite: BEGIN IMMEDIATE waited out its busy timeout for the write lock.
-                if rules.error_kind(error.orig) != "conflict":
-                    raise
-                raise _not_taken(False, schema, seconds) from None
+            # Where DDL commits by itself, one transaction of the whole run would record no
+            # revision until its end, though each revision's tables are there: a run failing
+            # (or killed) in the second would leave the first's, unrecorded, and every later
+            # run failing to make them again. There Alembic begins one per revision.
+            if not rules.commits_ddl:
+                await _begin(transaction, connection, schema, seconds)
             yield
     except BaseException:
         # The error is the one to tell; a lock not released ends with the session.
@@ -76,6 +77,21 @@ async def migrating(
             await _release(connection, name)
         raise
     await _release(connection, name)
+
+
+async def _begin(
+    transaction: contextlib.AsyncExitStack,
+    connection: AsyncConnection,
+    schema: str | None,
+    seconds: float,
+) -> None:
+    try:
+        await transaction.enter_async_context(connection.begin())
+    except DBAPIError as error:
+        # SQLite: BEGIN IMMEDIATE waited out its busy timeout for the write lock.
+        if backend(connection.dialect.name).error_kind(error.orig) != "conflict":
+            raise
+        raise _not_taken(False, schema, seconds) from None
 
 
 async def _release(connection: AsyncConnection, name: str) -> None:

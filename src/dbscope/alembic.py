@@ -132,7 +132,8 @@ async def _migrate(settings: DatabaseSettings, metadata: Metadata, options: dict
 async def upgrade(
     db: Database, revision: str = "head", *, config: str | Path | None = None
 ) -> None:
-    """Upgrade ``db``'s database to ``revision``, on one of its connections, in one transaction.
+    """Upgrade ``db``'s database to ``revision``, on one of its connections, in one transaction
+    (on MariaDB and MySQL, whose DDL commits by itself, a transaction per revision).
 
     ``db`` must be connected. The env.py of ``config`` gets the connection (and ``db``'s
     schema) through ``config.attributes``; :func:`run_migrations` uses them. The migration

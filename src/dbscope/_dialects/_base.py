@@ -111,6 +111,8 @@ class Backend:
         locks_migrations_in_transaction: whether :meth:`lock_migrations` runs in the
             migrations' own transaction, whose end lets the lock go (else before it, for the
             session, until :meth:`unlock_migrations`).
+        commits_ddl: whether each DDL statement commits by itself: the migrations then run a
+            transaction per revision, each recorded in the version table as it ends.
         connected_refuses_drop: whether a session connected to a database makes the server
             refuse to drop it (unless told to end the sessions): a test run keeps one open to
             its own database, so that another run finds it in use instead of dropping it.
@@ -133,6 +135,7 @@ class Backend:
     read_only_view: tuple[str, ...] = ()
     default_port: int | None = None
     locks_migrations_in_transaction: bool = False
+    commits_ddl: bool = False
     connected_refuses_drop: bool = False
     schema_advice: str = "."
     title: str = ""

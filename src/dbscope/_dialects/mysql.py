@@ -393,6 +393,7 @@ BACKEND: Final = MySQL(
     max_statement_timeout=31536000,
     recycle=3600,
     default_port=3306,
+    commits_ddl=True,
     title="MariaDB/MySQL",
     schema_advice=": in MariaDB and MySQL a schema is a database; name it in the URL instead.",
 )
