@@ -6,9 +6,8 @@ database stands through this module, with Alembic's own API: ``Config`` and ``co
 ``ScriptDirectory`` for the heads, ``MigrationContext`` for the revisions a database is at.
 Alembic is imported only when one is called; without it, the call says what to install.
 
-A command runs either on a connection the caller shares (Alembic's cookbook: the
-connection in ``config.attributes["connection"]``, where env.py finds it) or on a URL put
-into ``sqlalchemy.url``.
+A command runs either on a connection the caller shares (Alembic's cookbook:
+``config.attributes["connection"]``, where env.py finds it) or on ``sqlalchemy.url``'s URL.
 """
 
 from __future__ import annotations
@@ -105,10 +104,10 @@ def config_path(path: str | Path | None = None, *, required: bool = False) -> Pa
 
 
 def load_config(path: str | Path) -> Config:
-    """The Alembic configuration in the file ``path``, for a run from code.
-
-    The file's logging sections are not applied: they would replace the application's
-    logging (Alembic's CLI applies them, through env.py).
+    """The Alembic configuration in the file ``path`` (and a ``pyproject.toml`` beside it,
+    where Alembic's pyproject templates keep ``script_location``), for a run from code. Its
+    logging sections are not applied: they would replace the application's logging (Alembic's
+    CLI applies them, through env.py).
 
     Raises:
         ModuleNotFoundError: Alembic is not installed; the message has the install command.
@@ -117,7 +116,9 @@ def load_config(path: str | Path) -> Config:
     require_alembic(f"Running the migrations of {str(path)!r}")
     from alembic.config import Config
 
-    config = Config(str(require_config(path)))
+    found = require_config(path)
+    pyproject = found.with_name("pyproject.toml")
+    config = Config(str(found), toml_file=str(pyproject) if pyproject.is_file() else None)
     config.attributes[CONFIGURE_LOGGER] = False
     return config
 
@@ -288,10 +289,8 @@ async def migration_status(
 
 
 def configure_logging(config: Config) -> None:
-    """Apply alembic.ini's logging sections, as Alembic's templates do, unless told not to.
-
-    Loggers that exist already keep working (``disable_existing_loggers=False``).
-    """
+    """Apply alembic.ini's logging sections, as Alembic's templates do, unless told not to;
+    loggers that exist already keep working (``disable_existing_loggers=False``)."""
     name = config.config_file_name
     if name is None or config.attributes.get(CONFIGURE_LOGGER) is False:
         return

@@ -268,7 +268,8 @@ def _require_named_configs(options: Namespace) -> None:
     if command in COMMANDS_WITHOUT_CONFIG:
         return
     for given in options.config or (None,):  # none given: the file $ALEMBIC_CONFIG names
-        config_path(given, required=given is not None)
+        if given is None or Path(given).name != "pyproject.toml":  # TOML: Alembic reads it
+            config_path(given, required=given is not None)
 
 
 def _require_script_location(config: Any, options: Namespace) -> None:
