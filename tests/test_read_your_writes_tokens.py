@@ -164,3 +164,31 @@ async def test_a_token_of_another_process_later_write_is_honoured(notes_asyncpg:
                 stats = await app_stats(client)
     assert response.json() == {"body": "theirs", "on_replica": False}
     assert stats == {"state": "ready", "served": 0, "fallbacks": {"behind": 1}}
+
+
+async def test_a_token_is_checked_on_the_primary_only_with_a_connection_free(
+    notes_asyncpg: Pair,
+) -> None:
+    """A token of another process's later write is checked on the primary only if one of its
+    connections is free at once: in a unit holding the pool's only one, a read with it runs
+    on the replica that has the write, and no checkout waited out pool_timeout (before, the
+    check waited in the primary's line, and failed there, a timeout counted)."""
+    pair = notes_asyncpg
+    writer = Database(pair.primary, replicas=[pair.replica], pool_name="writer")
+    db = Database(
+        pair.primary, replicas=[pair.replica], pool_size=1, max_overflow=0, pool_timeout=0.5
+    )
+    async with writer, db:
+        async with writer.transaction() as session:
+            insert = text("INSERT INTO ryw_notes (body) VALUES ('theirs') RETURNING id")
+            note = (await session.execute(insert)).scalar_one()
+        token = writer.write_token()
+        await wait_for_replay(pair.primary, pair.replica)
+        async with db.transaction() as session:
+            await session.execute(text("SELECT 1"))  # the primary's one connection, held
+            async with db.transaction(read_only=True, after=token) as read:
+                query = text("SELECT body, pg_is_in_recovery() FROM ryw_notes WHERE id = :id")
+                found = (await read.execute(query, {"id": note})).one()
+        stats = db.stats()
+    assert tuple(found) == ("theirs", True)
+    assert (stats.timeouts, stats.replicas[0].served) == (0, 1)

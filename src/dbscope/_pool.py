@@ -158,6 +158,10 @@ class QueuedPool(AsyncAdaptedQueuePool):
         """How many checkouts wait in line now."""
         return 0 if self._line is None else self._line.statistics().tasks_waiting
 
+    def serves_at_once(self) -> bool:
+        """Whether a checkout now would get a connection without waiting in line."""
+        return self._line is None or self._line.available_tokens >= 1
+
     def _do_get(self) -> ConnectionPoolEntry:
         observer = self.observer
         started = 0.0 if observer is None else time.perf_counter()

@@ -39,7 +39,7 @@ from dbscope._engine import unit_bind
 from dbscope._errors import Limits, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
-from dbscope._pool import PoolCounters
+from dbscope._pool import PoolCounters, QueuedPool
 from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
 from dbscope._session import WRITER, UnitState
@@ -206,13 +206,19 @@ class Replicas:
 
     async def _written(self, token: WriteToken) -> bool:
         """Whether the primary's log has reached ``token``'s position: known, or else asked
-        of the primary (a token of another process's later write; one cheap query).
+        of the primary (a token of another process's later write; one cheap query) when one
+        of its connections is free now; when none is, taken for reached.
 
         A token further than the primary's log now names no write: a client made it up. Such
         a read waiting for a replica would hold a replica connection and ask it again and
         again for ``replica_wait``, then read the primary; it takes any ready replica instead.
         """
         if token.position <= self.checks.reached:
+            return True
+        pool = self.primary.engine.pool
+        if isinstance(pool, QueuedPool) and not pool.serves_at_once():
+            # Not worth a wait in the primary's line (pool_timeout, where the caller may
+            # hold its only connection): the token as it says, as before any check.
             return True
         try:
             async with self.primary.engine.connect() as connection:
