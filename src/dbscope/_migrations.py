@@ -309,6 +309,8 @@ def migrate_on(
     """Run env.py's migrations on ``connection``, in its transaction.
 
     The connection is expected in a transaction its owner commits; Alembic then joins it.
+    Where DDL commits by itself (MariaDB, MySQL) it is in none: Alembic then begins and
+    commits one per revision (``dbscope._migration_lock.migrating``).
     With ``schema`` the version table is there and the migrations run with that
     ``search_path`` (``SET LOCAL``: it ends with the transaction).
     """
