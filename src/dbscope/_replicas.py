@@ -139,7 +139,11 @@ class Replicas:
             return self._on_primary(make, "isolation_level")
         if token is not None and token.position == UNKNOWN_POSITION:
             return self._on_primary(make, "behind")  # no replica will ever say it has it
-        if token is not None and not await self._written(token):
+        if (
+            token is not None
+            and token.position > self.checks.reached  # else known written, nothing to ask
+            and not await self._written(token)
+        ):
             token = None  # further than the primary's log: no write to wait for (forged)
         replica = self._choose(token)
         if replica is None:
@@ -205,16 +209,14 @@ class Replicas:
             self.checks.reached = max(self.checks.reached, position)
 
     async def _written(self, token: WriteToken) -> bool:
-        """Whether the primary's log has reached ``token``'s position: known, or else asked
-        of the primary (a token of another process's later write; one cheap query) when one
-        of its connections is free now; when none is, taken for reached.
+        """Whether the primary's log has reached ``token``'s position, further than the app
+        knows it: asked of the primary (a token of another process's later write; one cheap
+        query) when one of its connections is free now; when none is, taken for reached.
 
         A token further than the primary's log now names no write: a client made it up. Such
         a read waiting for a replica would hold a replica connection and ask it again and
         again for ``replica_wait``, then read the primary; it takes any ready replica instead.
         """
-        if token.position <= self.checks.reached:
-            return True
         pool = self.primary.engine.pool
         if isinstance(pool, QueuedPool) and not pool.serves_at_once():
             # Not worth a wait in the primary's line (pool_timeout, where the caller may
