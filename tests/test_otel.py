@@ -137,14 +137,12 @@ async def test_a_checkout_that_replaces_a_dead_connection_waited_for_the_new_one
     opening, so the waits add up to the openings at least."""
     async with Database(database_url, pool_size=1, pool_pre_ping_after=0) as db:
         dbscope.otel.instrument(db, meter_provider=sdk.provider)
-        mysql = database_url.startswith("mysql")
-        server_id = "SELECT CONNECTION_ID()" if mysql else "SELECT pg_backend_pid()"
         async with db.transaction() as session:
-            backend = (await session.execute(text(server_id))).scalar_one()
+            backend = await _server_id(session)
         async with helpers.admin(database_url) as connection:
             await helpers.kill(connection, backend)
         async with db.transaction() as session:
-            replaced = (await session.execute(text(server_id))).scalar_one()
+            replaced = await _server_id(session)
         readings, stats = sdk.read(), db.stats()
     wait = readings.histogram("db.client.connection.wait_time", db.name)
     create = readings.histogram("db.client.connection.create_time", db.name)
@@ -290,12 +288,16 @@ async def test_connections_replaced_after_one_was_lost_each_count_as_invalidated
     assert readings.value("dbscope.pool.invalidations", db.name) == stats.invalidated == 3
 
 
+async def _server_id(session: AsyncSession) -> int:
+    """The server's id of the session's connection (PostgreSQL's backend, MariaDB's thread)."""
+    query = helpers.BACKEND_ID[session.get_bind().dialect.name]
+    return int((await session.execute(text(query))).scalar_one())
+
+
 async def _unit_whose_backend_ends(db: Database, database_url: str) -> None:
     """A unit of work whose server connection is ended while it runs."""
-    mysql = database_url.startswith("mysql")
-    server_id = "SELECT CONNECTION_ID()" if mysql else "SELECT pg_backend_pid()"
     async with db.transaction() as session:
-        backend = (await session.execute(text(server_id))).scalar_one()
+        backend = await _server_id(session)
         async with helpers.admin(database_url) as connection:
             await helpers.kill(connection, backend)
         await session.execute(text("SELECT 1"))
