@@ -318,7 +318,10 @@ class TcpProxy:
     ``start()`` again listens on the same port. While ``silent`` is set, new connections are
     accepted and never answered, as by a server that hangs; while ``frozen`` is set, open
     ones carry nothing either way, as by a host that froze or a NAT that dropped them.
-    ``accepted`` counts connections.
+    While ``holds_ends`` is set, a connection the server ends is not ended for the client
+    until ``cut()``: the client reads what the server said last (a FATAL) but never the end
+    of the socket. ``accepted`` counts connections, ``ends_held`` those held so, and
+    ``end_held`` is set at the first.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -327,18 +330,24 @@ class TcpProxy:
         self.accepted = 0
         self.silent = False
         self.frozen = False
+        self.holds_ends = False
+        self.ends_held = 0
+        self.end_held = asyncio.Event()
+        self._released = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Listen (on the same port as before, if any)."""
+        self._released = asyncio.Event()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def cut(self) -> None:
         """Stop listening and close every proxied connection."""
         assert self._server is not None
+        self._released.set()
         self._server.close()
         await self._server.wait_closed()
         for writer in self._writers:
@@ -364,16 +373,27 @@ class TcpProxy:
             return
         self._writers.add(upstream_writer)
         await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+            self._pipe(reader, upstream_writer),
+            self._pipe(upstream_reader, writer, from_server=True),
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        from_server: bool = False,
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if self.frozen:
                     continue  # dropped, and never acknowledged to the sender
                 writer.write(data)
                 await writer.drain()
+            if from_server and self.holds_ends:
+                self.ends_held += 1
+                self.end_held.set()
+                await self._released.wait()
         except OSError:
             pass
         finally:
