@@ -33,7 +33,7 @@ import random
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
@@ -341,6 +341,35 @@ def lease_lost(error: BaseException, rules: Backend, *, unusable: bool) -> bool:
     that the connection died: the backend's code says so, or the driver cannot go on with it.
     """
     return rules.error_kind(error) == "lost" or unusable
+
+
+def connection_gone(error: BaseException, url: URL, driver_connection: Any = None) -> bool:
+    """Tell whether ``error`` says that its connection to the database at ``url`` is gone
+    (the server ended it, or the network cut it), not that something failed on a live one.
+
+    SQLAlchemy invalidated the connection for it, or the server's code says so (the
+    backend's "lost"), or the driver cannot go on with the connection: one of its ``fatal``
+    errors (asyncpg's protocol out of step once it read the server's FATAL on an idle
+    connection, before the socket's end: "cannot switch to state 15; another operation (2) is
+    in progress"), or ``driver_connection`` (the driver's own), asked, is closed.
+    """
+    orig: BaseException | None = error
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig = error.orig
+    if backend(url.get_backend_name()).error_kind(orig) == "lost":
+        return True
+    known = driver(url.get_driver_name())
+    if known is None:
+        return False
+    if any(isinstance(said, known.fatal()) for said in (orig, getattr(orig, "__cause__", None))):
+        return True
+    return (
+        driver_connection is not None
+        and known.status is not None
+        and known.status(driver_connection) == "closed"
+    )
 
 
 def _shared_session(error: BaseException) -> bool:

@@ -36,7 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from dbscope._dialects import Backend, backend, only_read
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, translate
+from dbscope._errors import Limits, connection_gone, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import PoolCounters, QueuedPool
@@ -53,6 +53,10 @@ logger = logging.getLogger("dbscope")
 
 # On a pooled connection's info: its transaction committed (set just before the COMMIT).
 COMMITTED: Final = "dbscope.committed"
+# Said of a position not read because the server ended the connection after its commit.
+LOST_AT_POSITION: Final = (
+    ": the connection was lost (server restart, terminated backend or network cut) after the commit"
+)
 # How often a read that waits for a replica asks it again.
 CATCH_UP_STEP: Final = 0.002
 # Isolation levels whose snapshot is taken at the unit's first statement, the replay check:
@@ -83,6 +87,7 @@ class Replicas:
     ) -> None:
         self.primary = primary
         self.name = name
+        self.url = settings.url
         self.rules: Backend = backend(settings.url.get_backend_name())
         self.wait = settings.replica_wait
         self.fallbacks: Counter[str] = Counter()
@@ -305,11 +310,15 @@ class Replicas:
                 # Collected, not returned: nothing may be asked of it now.
                 raise RuntimeError("the connection was not returned by its unit")
             position = self.rules.write_position(dbapi_connection)
-        except Exception:
+        except Exception as error:
+            # A connection the server ended after the COMMIT (terminated, restarted): no
+            # fault to show a traceback of, whatever words the driver has for it.
+            lost = connection_gone(error, self.url, dbapi_connection.driver_connection)
             logger.warning(
-                "Could not read the primary's log position after a commit; the "
-                "reads that follow it go to the primary, until a later write's is read.",
-                exc_info=True,
+                "Could not read the primary's log position after a commit%s; the reads that "
+                "follow it go to the primary, until a later write's is read.",
+                LOST_AT_POSITION if lost else "",
+                exc_info=not lost,
             )
             position = UNKNOWN_POSITION
         self.remember(position, read_since)

@@ -17,7 +17,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -31,7 +31,7 @@ from dbscope._async_session import (
 from dbscope._commit_hooks import run_commit_hooks
 from dbscope._dialects import Begin
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, translate
+from dbscope._errors import Limits, connection_gone, translate
 from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
 from dbscope._session import UnitState, attach_state, watch_test_connection
 from dbscope._tags import SqlComment, SqlTagger, check_tags
@@ -40,6 +40,11 @@ from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._usage_errors import NESTED_IN_A_TEST, waiting_for_itself
 
 logger = logging.getLogger("dbscope")
+# Logged, without a traceback, when a unit's close meets its connection ended by the server.
+LOST_AT_CLOSE: Final = (
+    "the connection was lost (server restart, terminated backend or network cut), which "
+    "rolled its transaction back; the connection is dropped"
+)
 
 
 class Units:
@@ -324,13 +329,21 @@ class UnitRun:
             await rolled_back_or_dropped(session)
             if outcome is None and commits:
                 raise
-            # A unit that was never to commit lost nothing but its rollback: what it read
-            # stands (measured: a replica stopped under load answered reads 503 after
-            # their rows were read, at the rollback of their close).
-            after = "its work" if outcome is None else repr(outcome)
-            logger.warning("Closing the session failed after %s", after, exc_info=error)
+            self._close_failed(error, outcome)
         if outcome is not None and outcome is not failure:
             raise outcome
+
+    def _close_failed(self, error: Exception, outcome: BaseException | None) -> None:
+        # A unit that was never to commit lost nothing but its rollback: what it read stands
+        # (measured: a replica stopped under load answered reads 503 after their rows were
+        # read, at the rollback of their close). A connection the server ended meanwhile is
+        # no fault of the application's, and its traceback would only show the driver's
+        # words for it (asyncpg's "another operation (2) is in progress").
+        after = "its work" if outcome is None else repr(outcome)
+        if connection_gone(error, self._limits.url):
+            logger.warning("Closing the session failed after %s: %s", after, LOST_AT_CLOSE)
+        else:
+            logger.warning("Closing the session failed after %s", after, exc_info=error)
 
     def _inside_a_unit(self) -> bool:
         """Whether this unit was opened inside another of the same Database that holds a
