@@ -336,28 +336,16 @@ def _unavailable_message(
     )
 
 
-def lease_lost(error: BaseException, rules: Backend, *, unusable: bool) -> bool:
-    """Tell whether ``error``, raised by a driver connection used without SQLAlchemy, means
-    that the connection died: the backend's code says so, or the driver cannot go on with it.
-    """
-    return rules.error_kind(error) == "lost" or unusable
-
-
 def connection_gone(error: BaseException, url: URL, driver_connection: Any = None) -> bool:
-    """Tell whether ``error`` says that its connection to the database at ``url`` is gone
-    (the server ended it, or the network cut it), not that something failed on a live one.
-
-    SQLAlchemy invalidated the connection for it, or the server's code says so (the
-    backend's "lost"), or the driver cannot go on with the connection: one of its ``fatal``
-    errors (asyncpg's protocol out of step once it read the server's FATAL on an idle
-    connection, before the socket's end: "cannot switch to state 15; another operation (2) is
-    in progress"), or ``driver_connection`` (the driver's own), asked, is closed.
-    """
-    orig: BaseException | None = error
-    if isinstance(error, DBAPIError):
-        if error.connection_invalidated:
-            return True
-        orig = error.orig
+    """Whether ``error`` says its connection to ``url``'s database is gone (the server ended
+    it, the network cut it), not that something failed on a live one: SQLAlchemy invalidated
+    it, the backend's code says "lost", the error is one of the driver's ``fatal`` ones
+    (asyncpg's "another operation (2) is in progress" once it read the server's FATAL on an
+    idle connection, before the socket's end), or the driver says ``driver_connection`` (its
+    own connection, used through SQLAlchemy or lent by a lease) is closed."""
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
     if backend(url.get_backend_name()).error_kind(orig) == "lost":
         return True
     known = driver(url.get_driver_name())

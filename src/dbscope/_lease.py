@@ -45,7 +45,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from dbscope._dialects import BACKENDS, CLOSE_TIMEOUT, Driver, driver, through_cancels
-from dbscope._errors import Limits, lease_lost, translate, unavailable
+from dbscope._errors import Limits, connection_gone, translate, unavailable
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
 
@@ -99,9 +99,7 @@ def _lost(error: BaseException, known: Driver, connection: Any, limits: Limits) 
     # its own, after which asyncmy closes the connection it cut short.
     if isinstance(error, TimeoutError) or not isinstance(error, (*known.errors(), OSError)):
         return False
-    assert known.status is not None
-    unusable = isinstance(error, known.fatal()) or known.status(connection) == "closed"
-    return lease_lost(error, limits.backend, unusable=unusable)
+    return connection_gone(error, limits.url, connection)
 
 
 async def _give_back(

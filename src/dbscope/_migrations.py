@@ -310,9 +310,8 @@ def migrate_on(
 
     The connection is expected in a transaction its owner commits; Alembic then joins it.
     Where DDL commits by itself (MariaDB, MySQL) it is in none: Alembic then begins and
-    commits one per revision (``dbscope._migration_lock.migrating``).
-    With ``schema`` the version table is there and the migrations run with that
-    ``search_path`` (``SET LOCAL``: it ends with the transaction).
+    commits one per revision (``_migration_lock.migrating``). With ``schema`` the version
+    table is there and the migrations run with that ``search_path`` (``SET LOCAL``).
     """
     from alembic import context
 
