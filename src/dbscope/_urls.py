@@ -83,7 +83,7 @@ def host_alone(value: str) -> str:
             "hold a password): give a whole URL as DATABASE_URL, or the host alone"
         )
         raise ValueError(message)
-    if any(character.isspace() for character in value) and not value.startswith("/"):
+    if _blank_in_host(value):
         message = (
             "must be a host name, which holds no blank (the value is not shown: it may be a "
             "pasted password): give the host alone, e.g. 'db.internal'"
@@ -146,19 +146,24 @@ def check_user_part(url: URL) -> None:
 
 def check_hosts(url: URL) -> None:
     """Refuse a host with a blank in it (``u@bad host/db``), in ``host:port`` or the query's
-    ``?host=`` list: no host name holds one, and the driver's failed look-up was reported as
-    an outage (a 503) at every connect. A socket directory (``?host=/run/my dir``) may."""
+    ``?host=`` list: the driver's failed look-up was reported as an outage (a 503) at every
+    connect."""
     hosts = [url.host or ""]
     listed = url.query.get("host")
     if listed is not None:
         hosts += listed if isinstance(listed, tuple) else listed.split(",")
     for host in hosts:
-        if not host.startswith("/") and any(character.isspace() for character in host):
+        if _blank_in_host(host):
             message = (
                 f"The database URL's host {host!r} holds a blank, which no host name can: "
                 "remove it (a host is a name such as 'db.internal', or an IP address)."
             )
             raise ConfigurationError(message)
+
+
+def _blank_in_host(host: str) -> bool:
+    # No host name holds a blank; a socket directory (``/run/my dir``) may.
+    return not host.startswith("/") and any(character.isspace() for character in host)
 
 
 # What a query key holding a password may be spelt, whatever the case.
