@@ -1,4 +1,5 @@
-"""A connection the server ended after a unit's work is logged in one line, without a traceback.
+"""A connection the server ended after a unit's work is logged in one line, without a traceback;
+the readiness probe meeting one says the connection was lost.
 
 The backend is terminated for real (``pg_terminate_backend``, MariaDB's ``KILL``), from a
 connection of the test's own, at the two places where nothing of the unit's is lost and the
@@ -19,7 +20,13 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import (
+    ConnectionPoolEntry,
+    NullPool,
+    PoolProxiedConnection,
+    PoolResetState,
+)
 from sqlalchemy.util import await_only
 
 from dbscope import Database
@@ -36,6 +43,11 @@ def dbscope_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
         for record in caplog.records
         if record.name == "dbscope" and record.levelno >= logging.WARNING
     ]
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What any logger said at ERROR or above (SQLAlchemy's pool: "Exception during reset")."""
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def read_to_the_held_end(driver_connection: Any, proxy: helpers.TcpProxy) -> None:
@@ -79,7 +91,8 @@ async def test_a_connection_lost_before_the_log_position_is_read_is_one_line(
     urls: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A commit whose backend is ended before the primary's log position is read is kept;
-    the unread position is one WARNING line, without a traceback."""
+    the unread position is one WARNING line, without a traceback, and the pool drops the
+    connection without logging its reset (psycopg's rollback of it failed, an ERROR)."""
     caplog.set_level(logging.WARNING, logger="dbscope")
     async with replicated(urls) as db, helpers.admin(urls[0]) as admin:
         caplog.clear()  # connect()'s own warning: commits wait for no standby
@@ -104,6 +117,7 @@ async def test_a_connection_lost_before_the_log_position_is_read_is_one_line(
     assert rows == [1]
     assert [bool(record.exc_info) for record in records] == [False]  # no traceback
     assert "the connection was lost" in records[0].getMessage()
+    assert errors_logged(caplog) == []
 
 
 @pytest.mark.parametrize("postgres_url", ["asyncpg"], indirect=True)
@@ -135,3 +149,43 @@ async def test_asyncpgs_another_operation_in_progress_at_a_close_is_a_lost_conne
     assert [bool(record.exc_info) for record in records] == [False]  # no traceback
     assert "the connection was lost" in records[0].getMessage()
     assert checked_out == 0
+
+
+async def test_a_probe_whose_connection_the_server_ended_says_the_connection_was_lost(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The readiness probe's ping on a connection whose backend was ended (asyncpg having read
+    the server's FATAL but not the socket's end: InternalClientError; psycopg: AdminShutdown)
+    fails saying the connection was lost, not that the probe failed; the pool drops the
+    connection without logging its reset."""
+    asyncpg = make_url(postgres_url).get_driver_name() == "asyncpg"
+    async with (
+        helpers.proxied(postgres_url) as (proxy, through),
+        Database(through) as db,
+        helpers.admin(postgres_url) as admin,
+    ):
+        proxy.holds_ends = asyncpg
+        ended: list[int] = []
+
+        def end_at_checkout(
+            dbapi_connection: Any, record: ConnectionPoolEntry, proxied: PoolProxiedConnection
+        ) -> None:
+            if not ended:  # the probe's own connection: its engine's pool is a NullPool
+                driver_connection = dbapi_connection.driver_connection
+                ended.append(server_pid(driver_connection))
+                await_only(helpers.kill(admin, ended[0]))
+                if asyncpg:
+                    await_only(read_to_the_held_end(driver_connection, proxy))
+
+        event.listen(NullPool, "checkout", end_at_checkout)
+        try:
+            with anyio.fail_after(10):
+                health = await db.health()
+        finally:
+            event.remove(NullPool, "checkout", end_at_checkout)
+    assert len(ended) == 1
+    assert (health.status, health.checks[0].output) == (
+        "fail",
+        "the connection to the database was lost",
+    )
+    assert errors_logged(caplog) == []

@@ -1,5 +1,6 @@
 """How pooled connections end: closed within a bound, given back when setting them up fails,
-and put back where a failure still returns them to the pool.
+put back where a failure still returns them to the pool, and dropped in the pool's reset
+without the rollback that would fail on them.
 
 Each closes a gap of the drivers' or SQLAlchemy's, once for every engine dbscope builds and
 every view of one (``engine.execution_options()``) a unit runs on. The gaps were found by
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -67,6 +68,50 @@ def _closes_before_terminating(
             terminate(dbapi_connection)
 
     dialect.do_terminate = close_then_terminate  # type: ignore[method-assign]
+
+
+# On a pool entry's record_info (which, unlike info, every proxy of it reaches): the DBAPI
+# connection a reset listener found lost and dropped.
+DROPPED_IN_RESET: Final = "dbscope.dropped_in_reset"
+
+
+def drop_in_reset(dbapi_connection: Any, record: ConnectionPoolEntry, error: Exception) -> None:
+    """Drop ``dbapi_connection``, which a reset listener found lost (``error``): its pool entry
+    closes it now and opens another at its next checkout, and the reset's own rollback
+    (:func:`skips_rollback_of_dropped`) leaves it alone."""
+    record.invalidate(error)
+    if record.record_info is not None:
+        record.record_info[DROPPED_IN_RESET] = dbapi_connection
+
+
+def skips_rollback_of_dropped(engine: AsyncEngine) -> None:
+    """Let the pool's reset skip the rollback of a connection :func:`drop_in_reset` dropped.
+
+    SQLAlchemy rolls a connection back after the reset listeners, on the connection its
+    checkin began with, even once a listener invalidated the entry: psycopg's rollback of a
+    connection the server ended raises ("the connection is lost"), which the pool logged as
+    an ERROR with a traceback ("Exception during reset or similar"), after dbscope's one line
+    for the same loss. A rollback of any other connection is SQLAlchemy's own.
+    """
+    dialect = engine.sync_engine.dialect
+    rollback = dialect.do_rollback
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        if isinstance(dbapi_connection, PoolProxiedConnection) and _dropped(dbapi_connection):
+            return
+        rollback(dbapi_connection)
+
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
+def _dropped(proxied: PoolProxiedConnection) -> bool:
+    """Whether ``proxied``'s connection is the one its entry dropped (forgotten then): by
+    identity, so the entry's next connection is rolled back as any other."""
+    info = proxied.record_info  # None once detached from its entry
+    if info is None or info.get(DROPPED_IN_RESET) is not proxied.dbapi_connection:
+        return False
+    del info[DROPPED_IN_RESET]
+    return True
 
 
 class _GivesBackOnFailure(Connection):

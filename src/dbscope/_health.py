@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from dbscope._dialects import backend
-from dbscope._errors import Limits, translate
+from dbscope._errors import Limits, connection_gone, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._health_report import Health, HealthCheck, Status
 from dbscope._lifecycle import Lifecycle
@@ -250,10 +251,26 @@ def _over(task: asyncio.Task[_Reading], loop: asyncio.AbstractEventLoop) -> bool
 
 
 def _ping(connection: Connection) -> None:
-    """The dialect's own liveness round trip (as SQLAlchemy's pre-ping sends)."""
-    dbapi_connection = connection.connection.dbapi_connection
+    """The dialect's own liveness round trip (as SQLAlchemy's pre-ping sends).
+
+    The ping reaches the driver past SQLAlchemy's handling of errors, so a connection the
+    server ended (asyncpg's InternalClientError after the FATAL, its "connection is closed",
+    psycopg's AdminShutdown) is judged here, while the driver can still say so: dropped,
+    which spares it the pool's reset (psycopg's fails, logged with a traceback), and raised
+    as SQLAlchemy raises a statement's error on one, invalidated.
+    """
+    pooled = connection.connection
+    dbapi_connection = pooled.dbapi_connection
     assert dbapi_connection is not None  # a connection just opened
-    connection.dialect.do_ping(dbapi_connection)
+    try:
+        connection.dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        if not connection_gone(error, connection.engine.url, pooled.driver_connection):
+            raise
+        connection.invalidate(error)
+        raise DBAPIError.instance(
+            None, None, error, Exception, connection_invalidated=True
+        ) from error
 
 
 async def _migrations_check(
@@ -351,6 +368,8 @@ def _no_answer(timeout: float) -> str:
 def _failure(error: Exception, url: URL) -> str:
     # Phrases of our own: the driver's message names the host, and the body must not.
     translated = translate(error, Limits(url))
+    if isinstance(translated, DatabaseUnavailableError) and translated.cause == "connection_lost":
+        return "the connection to the database was lost"
     if isinstance(translated, DatabaseUnavailableError):
         return "the database could not be reached"
     if isinstance(translated, ConfigurationError):

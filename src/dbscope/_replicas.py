@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
+from dbscope._connection_ends import drop_in_reset
 from dbscope._dialects import Backend, backend, only_read
 from dbscope._engine import unit_bind
 from dbscope._errors import Limits, connection_gone, translate
@@ -320,6 +321,8 @@ class Replicas:
                 LOST_AT_POSITION if lost else "",
                 exc_info=not lost,
             )
+            if lost:  # and not rolled back by the pool next, which would fail on it too
+                drop_in_reset(dbapi_connection, record, error)
             position = UNKNOWN_POSITION
         self.remember(position, read_since)
 
