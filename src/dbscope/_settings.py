@@ -32,13 +32,8 @@ from sqlalchemy.engine import URL
 
 from dbscope._dialects import PoolerMode, backend, driver, resolve_primary_url
 from dbscope._exceptions import ConfigurationError
-from dbscope._replica_settings import (
-    REPLICA_BOUNDS,
-    Choice,
-    Least,
-    ReplicaSettings,
-    check_replicas,
-)
+from dbscope._replica_settings import REPLICA_BOUNDS, ReplicaSettings, check_replicas
+from dbscope._setting_checks import Choice, Least
 from dbscope._setting_sources import (
     NO_DATABASE,
     OwnVariablesOnly,
