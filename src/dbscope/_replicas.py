@@ -48,7 +48,7 @@ from dbscope._settings import DatabaseSettings
 from dbscope._unit import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope._urls import default_pool_name
-from dbscope._write_tokens import UNKNOWN_POSITION, WriteToken, current_jar
+from dbscope._write_tokens import UNKNOWN_POSITION, TokenJar, WriteToken, current_jar
 
 logger = logging.getLogger("dbscope")
 
@@ -205,10 +205,13 @@ class Replicas:
         bind = unit_bind(factory, self.rules, True, options.isolation_level).get("bind")
         return (bind or self.primary.engine).sync_engine
 
-    def remember(self, position: int, read_since: int | None = None) -> None:
+    def remember(
+        self, position: int, read_since: int | None = None, jar: TokenJar | None = None
+    ) -> None:
         """Keep the primary's position after a commit as this context's write token;
-        ``read_since``: the jar's mark before the position was read."""
-        jar = current_jar(create=True)
+        ``read_since``: the mark of ``jar`` (this context's, looked up if not given) before
+        the position was read."""
+        jar = jar or current_jar(create=True)
         assert jar is not None
         jar.add(WriteToken(self.cluster, position), read_since)
         if position != UNKNOWN_POSITION:
@@ -324,7 +327,7 @@ class Replicas:
             if lost:  # and not rolled back by the pool next, which would fail on it too
                 drop_in_reset(dbapi_connection, record, error)
             position = UNKNOWN_POSITION
-        self.remember(position, read_since)
+        self.remember(position, read_since, jar)
 
     # -- health ------------------------------------------------------------------------------
 
