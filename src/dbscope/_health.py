@@ -286,15 +286,9 @@ async def _migrations_check(
             f"the database is at {list(current) or 'no revision'}, the migrations' head is "
             f"{list(heads)}: run the migrations"
         )
-    return HealthCheck(
-        component="database",
-        measurement="migrations",
-        component_type="datastore",
-        status="pass" if status.at_head else "fail",
-        time=datetime.now(UTC),
-        observed_value=current,
-        observed_unit="revisions",
-        output=output,
+    verdict: Status = "pass" if status.at_head else "fail"
+    return _check(
+        "database", "migrations", verdict, datetime.now(UTC), current, "revisions", output
     )
 
 
@@ -308,57 +302,46 @@ def pool_checks(pool: QueuePool, stats: PoolStats, now: datetime) -> tuple[Healt
         capacity = pool.size() + overflow
         full = stats.checked_out >= capacity
         output = f"all {capacity} connections are in use" if full else None
-        checks += (
-            _pool_check("utilization", now, 100 * stats.checked_out // capacity, "percent", output),
-        )
+        checks += (_pool_check("utilization", now, 100 * stats.checked_out // capacity, output),)
     waiting = stats.waiting
     output = f"{waiting} requests wait for a connection" if waiting else None
-    return (*checks, _pool_check("waiting", now, waiting, "requests", output))
+    return (*checks, _pool_check("waiting", now, waiting, output))
 
 
 def replica_check(replica: ReplicaStats, now: datetime) -> HealthCheck:
     """A replica's reading: ``warn`` when it serves no reads (they go to the primary, so the
     instance still serves), with its lag in bytes; never its name, which names its host."""
-    return HealthCheck(
-        component="replica",
-        measurement="lag",
-        component_type="datastore",
-        status="pass" if replica.state == "ready" else "warn",
-        time=now,
-        observed_value=replica.lag,
-        observed_unit="bytes",
-        output=None if replica.state == "ready" else f"a replica is {replica.state}",
-    )
+    output = None if replica.state == "ready" else f"a replica is {replica.state}"
+    return _check("replica", "lag", "warn" if output else "pass", now, replica.lag, "bytes", output)
 
 
-def _pool_check(
-    measurement: str, now: datetime, value: int, unit: str, output: str | None
-) -> HealthCheck:
-    return HealthCheck(
-        component="pool",
-        measurement=measurement,
-        component_type="component",
-        status="pass" if output is None else "warn",
-        time=now,
-        observed_value=value,
-        observed_unit=unit,
-        output=output,
+def _pool_check(measurement: str, now: datetime, value: int, output: str | None) -> HealthCheck:
+    unit = "percent" if measurement == "utilization" else "requests"
+    return _check(
+        "pool", measurement, "pass" if output is None else "warn", now, value, unit, output
     )
 
 
 def _server_check(
     status: Status, now: datetime, *, elapsed: float | None = None, output: str | None = None
 ) -> HealthCheck:
-    return HealthCheck(
-        component="database",
-        measurement="responseTime",
-        component_type="datastore",
-        status=status,
-        time=now,
-        observed_value=None if elapsed is None else round(elapsed * 1000, 3),
-        observed_unit=None if elapsed is None else "ms",
-        output=output,
-    )
+    if elapsed is None:
+        return _check("database", "responseTime", status, now, output=output)
+    return _check("database", "responseTime", status, now, round(elapsed * 1000, 3), "ms", output)
+
+
+def _check(
+    component: str,
+    measurement: str,
+    status: Status,
+    now: datetime,
+    value: float | tuple[str, ...] | None = None,
+    unit: str | None = None,
+    output: str | None = None,
+) -> HealthCheck:
+    # The pool is a component of the app; the server and the replicas are datastores.
+    kind = "component" if component == "pool" else "datastore"
+    return HealthCheck(component, measurement, kind, status, now, value, unit, output)
 
 
 def _no_answer(timeout: float) -> str:
