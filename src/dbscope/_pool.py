@@ -142,12 +142,9 @@ class QueuedPool(AsyncAdaptedQueuePool):
         Its counts and observer carry over: they belong to the engine, not to one pool.
         """
         pool = super().recreate()
-        assert isinstance(pool, QueuedPool)
-        pool.max_waiters = self.max_waiters
-        pool.timeouts, pool.refused, pool.abandoned = self.timeouts, self.refused, self.abandoned
-        pool.replaced = self.replaced
-        pool.observer = self.observer
-        return pool
+        for name in ("max_waiters", "timeouts", "refused", "abandoned", "replaced", "observer"):
+            setattr(pool, name, getattr(self, name))
+        return cast(QueuedPool, pool)
 
     def limits(self) -> tuple[int, float]:
         """The most connections kept idle (``pool_size``) and open at once (inf: no bound)."""
