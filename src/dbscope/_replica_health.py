@@ -213,7 +213,8 @@ class ReplicaChecks:
                     reading = await self.rules.replication(connection)
                 unfit = await self._patroni_says(replica)
         except Exception as error:
-            self.failed(replica, why(error, replica), refused=refused(error, replica))
+            refused = isinstance(_translated(error, replica), ConfigurationError)
+            self.failed(replica, why(error, replica), refused=refused)
             return
         if unfit is not None and reading.replica:
             self.failed(replica, unfit)
@@ -321,12 +322,6 @@ def why(error: Exception, replica: Replica) -> str:
     if isinstance(translated, ConfigurationError):
         return str(translated)
     return f"checking it failed ({type(translated or error).__name__})"
-
-
-def refused(error: Exception, replica: Replica) -> bool:
-    """Whether ``error`` is the replica refusing the connection for a reason of its settings
-    (user, password, database, rights), which the next check would meet again."""
-    return isinstance(_translated(error, replica), ConfigurationError)
 
 
 def _translated(error: Exception, replica: Replica) -> Exception | None:
