@@ -138,8 +138,7 @@ class DurabilityWatch:
         taken while a new primary settles is not: Patroni's synchronous_mode runs a promoted
         standby without a synchronous one for seconds, and the one warning went to that.
         """
-        reading = None if standbys is None else Durability.of(standbys)
-        self.reading = reading
+        self.reading = None if standbys is None else Durability.of(standbys)
         if settled:
             self._warn_if_asynchronous()
 

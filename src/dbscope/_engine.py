@@ -222,9 +222,7 @@ async def verify(
                 await connection.run_sync(require_schema, settings.postgres_schema)
     except BaseException as error:
         await engine.dispose()
-        if isinstance(error, ConfigurationError):
-            raise
-        if isinstance(error, Exception):
+        if isinstance(error, Exception) and not isinstance(error, ConfigurationError):
             raise connect_error(error, url) from error
         raise
     info = ServerInfo(
@@ -277,16 +275,12 @@ def _engine_view(
     isolation_level: str | None,
     read_only: tuple[str, ...] | None,
 ) -> AsyncEngine:
-    views = _VIEWS.get(factory)
-    if views is None:
-        views = _VIEWS[factory] = {}
-    found = views.get((isolation_level, read_only))
-    if found is not None:
-        return found
-    view: dict[str, Any] = dict.fromkeys(read_only or (), True)
-    if isolation_level is not None:
-        view["isolation_level"] = isolation_level
-    puts_back_before_checkin(engine)
-    made = gives_back_on_failure(engine.execution_options(**view))
-    views[isolation_level, read_only] = made
-    return made
+    views = _VIEWS.setdefault(factory, {})
+    key = (isolation_level, read_only)
+    if key not in views:
+        view: dict[str, Any] = dict.fromkeys(read_only or (), True)
+        if isolation_level is not None:
+            view["isolation_level"] = isolation_level
+        puts_back_before_checkin(engine)
+        views[key] = gives_back_on_failure(engine.execution_options(**view))
+    return views[key]
