@@ -20,7 +20,6 @@ from pydantic import (
     ByteSize,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     field_serializer,
     field_validator,
 )
@@ -37,7 +36,7 @@ DEFAULT_MAX_LAG = 16 * 1024 * 1024
 _SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
-# Each numeric replica setting's bound.
+# Each numeric replica setting's bound (checked by DatabaseSettings, with the pool's).
 # The least check interval: each check is a query per replica (and the primary's position),
 # so a shorter one spends the app's CPU on checks (1e-6 s: 2.5 s of CPU in 3 s).
 LEAST_CHECK_INTERVAL: Final = 0.05
@@ -137,11 +136,6 @@ class ReplicaSettings(BaseSettings):
     def _dump_replica_urls(self, urls: tuple[URL, ...]) -> tuple[str, ...]:
         # A URL is a NamedTuple: dumped as it is, its password would show in plain text.
         return tuple(url.render_as_string(hide_password=True) for url in urls)
-
-    @field_validator(*REPLICA_BOUNDS)
-    @classmethod
-    def _check_replica_bounds(cls, value: float, info: ValidationInfo) -> Any:
-        return REPLICA_BOUNDS[str(info.field_name)].check(value)
 
 
 def _patroni_url_problem(given: str, which: str) -> str | None:

@@ -51,7 +51,7 @@ SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 PORT: Final = "must be a TCP port, 1 to 65535, got {value}"
 # Each numeric setting's bound (those of the replicas: _replica_settings.py).
-POOL_BOUNDS: Final = {
+BOUNDS: Final = {
     "pool_size": Least(
         1,
         "must be at least 1, got {value}: it is the number of connections kept open "
@@ -88,6 +88,7 @@ POOL_BOUNDS: Final = {
         },
     ),
     "postgres_port": Least(1, PORT, most=65535, most_message=PORT),
+    **REPLICA_BOUNDS,
 }
 
 
@@ -269,7 +270,7 @@ class DatabaseSettings(ReplicaSettings):
     def _check_postgres_host(cls, value: str | None) -> str | None:
         return None if value is None else host_alone(value)
 
-    @field_validator(*POOL_BOUNDS, *REPLICA_BOUNDS, mode="before")
+    @field_validator(*BOUNDS, mode="before")
     @classmethod
     def _refuse_bools(cls, value: Any) -> Any:
         # pydantic would take True for 1 before the bounds (Least) see it.
@@ -277,10 +278,10 @@ class DatabaseSettings(ReplicaSettings):
             raise ValueError(f"must be a number, got {value!r}")
         return value
 
-    @field_validator(*POOL_BOUNDS)
+    @field_validator(*BOUNDS)
     @classmethod
-    def _check_pool_bounds(cls, value: float | None, info: ValidationInfo) -> Any:
-        return POOL_BOUNDS[str(info.field_name)].check(value)
+    def _check_bounds(cls, value: float | None, info: ValidationInfo) -> Any:
+        return BOUNDS[str(info.field_name)].check(value)
 
     @field_validator(*CHOICES, mode="before")
     @classmethod
@@ -325,10 +326,23 @@ class DatabaseSettings(ReplicaSettings):
                 f"{self._url.get_backend_name()} database. Remove the schema{rules.schema_advice}"
             )
             raise setting_error("postgres_schema", self.postgres_schema, message)
-        if is_memory(self._url):
-            self._check_memory_pool()
-        if self.pgbouncer is not None:
-            self._check_pgbouncer_url()
+        # An in-memory SQLite database lives and dies with its one connection: a pool of
+        # exactly one connection, never recycled, is what shares it across the app.
+        if self.is_memory and "pool_size" in self.model_fields_set and self.pool_size != 1:
+            message = (
+                "an in-memory SQLite database lives in a single connection that dbscope "
+                "shares across the app, so its pool holds one. Remove the pool size, or use a "
+                "file ('sqlite+aiosqlite:///app.db') for a real pool."
+            )
+            raise setting_error("pool_size", self.pool_size, message)
+        known = driver(self._url.get_driver_name())
+        if self.pgbouncer is not None and (known is None or known.pooler_args is None):
+            message = (
+                f"PgBouncer pools PostgreSQL connections, and the URL names a "
+                f"{self._url.get_backend_name()} database. Remove pgbouncer, or name the "
+                "PgBouncer in front of PostgreSQL ('postgresql+asyncpg://user@host:6432/db')."
+            )
+            raise setting_error("pgbouncer", self.pgbouncer, message)
         if self.database_replica_urls or self.replica_patroni_urls:
             check_replicas(self._url, self.database_replica_urls, self.replica_patroni_urls)
         return self
@@ -339,16 +353,6 @@ class DatabaseSettings(ReplicaSettings):
         copy = self.model_copy(update=update)
         copy._url = url
         return copy
-
-    def _check_pgbouncer_url(self) -> None:
-        known = driver(self._url.get_driver_name())
-        if known is None or known.pooler_args is None:
-            message = (
-                f"PgBouncer pools PostgreSQL connections, and the URL names a "
-                f"{self._url.get_backend_name()} database. Remove pgbouncer, or name the "
-                "PgBouncer in front of PostgreSQL ('postgresql+asyncpg://user@host:6432/db')."
-            )
-            raise setting_error("pgbouncer", self.pgbouncer, message)
 
     def _url_from_parts(self) -> URL:
         parts = (self.postgres_user, self.postgres_host, self.postgres_db)
@@ -364,17 +368,6 @@ class DatabaseSettings(ReplicaSettings):
             port=self.postgres_port,
             database=self.postgres_db,
         )
-
-    def _check_memory_pool(self) -> None:
-        # An in-memory SQLite database lives and dies with its one connection: a pool of
-        # exactly one connection, never recycled, is what shares it across the app.
-        if "pool_size" in self.model_fields_set and self.pool_size != 1:
-            message = (
-                "an in-memory SQLite database lives in a single connection that dbscope "
-                "shares across the app, so its pool holds one. Remove the pool size, or use a "
-                "file ('sqlite+aiosqlite:///app.db') for a real pool."
-            )
-            raise setting_error("pool_size", self.pool_size, message)
 
     @property
     def url(self) -> URL:
