@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -128,7 +128,15 @@ def check_env_options(
 ) -> None:
     """Refuse an ``env_prefix`` that is no string and an ``env_file`` that is no path (nor a
     list of paths), named as ``names`` say, before pydantic-settings fails on them inside
-    (``object of type 'int' has no len()``); then :func:`check_env_files`."""
+    (``object of type 'int' has no len()``); and a dotenv file named that cannot be read.
+
+    pydantic-settings skips a missing file without a word, so a misspelled ``--env-file``
+    would run on the environment alone. A pipe (``--env-file <(...)``) is read as a file.
+
+    Raises:
+        ConfigurationError: the message names the option or file as given (never a file's
+            content) and the fix.
+    """
     if env_prefix is not None and not isinstance(env_prefix, str):
         message = f"{names[0]}={env_prefix!r} is not a prefix; use a string, e.g. 'APP_'."
         raise ConfigurationError(message)
@@ -141,22 +149,8 @@ def check_env_options(
             "Path, e.g. '.env', or a list of them."
         )
         raise ConfigurationError(message)
-    check_env_files(env_file)  # type: ignore[arg-type]  # checked above
-
-
-def check_env_files(env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> None:
-    """Refuse a dotenv file that was named and cannot be read.
-
-    pydantic-settings skips a missing file without a word, so a misspelled ``--env-file``
-    would run on the environment alone. A pipe (``--env-file <(...)``) is read as a file.
-
-    Raises:
-        ConfigurationError: a file named is missing, not a file, unreadable or not UTF-8; the
-            message names it as given (never its content) and the fix.
-    """
-    named = [env_file] if isinstance(env_file, str | os.PathLike) else list(env_file)
-    for given in named:
-        path = Path(given).expanduser()
+    for given in paths:
+        path = Path(given).expanduser()  # type: ignore[arg-type]  # checked above
         fix = "give the path of an existing dotenv file"
         if not str(given):
             problem = "names no file"
