@@ -313,11 +313,8 @@ class PostgreSQL(Backend):
             await connection.execute(text(REPLICATION), execution_options=OWN)
         ).one()
         position = replayed if replica else current
-        return Replication(
-            cluster=cluster or "",
-            replica=replica,
-            position=None if position is None else lsn_bytes(position),
-        )
+        position = None if position is None else lsn_bytes(position)
+        return Replication(cluster=cluster or "", replica=replica, position=position)
 
     async def replayed(self, connection: AsyncConnection, position: int) -> bool:
         position_text = {"position": lsn_text(position)}
@@ -327,12 +324,9 @@ class PostgreSQL(Backend):
     async def standbys(self, connection: AsyncConnection) -> Standbys | None:
         row = (await connection.execute(text(STANDBYS_QUERY), execution_options=OWN)).one()
         setting, commit, in_sync, hidden, connected = row
-        return Standbys(
-            setting=setting,
-            commit=commit,
-            in_sync=None if hidden and not in_sync else in_sync,
-            connected=connected,
-        )
+        # A user without pg_monitor sees the standbys, not their states: in sync unknown.
+        in_sync = None if hidden and not in_sync else in_sync
+        return Standbys(setting, commit, in_sync, connected)
 
 
 def _advisory_key(name: str) -> int:
