@@ -50,10 +50,28 @@ from tests.services import ServiceUnavailable
 # tests.docs_blocks: every python block of the docs is run by a test, or says why not.
 pytest_plugins = ["pytester", "tests.docs_blocks"]
 
-POSTGRES_URL = os.environ.get(
-    "DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-MYSQL_URL = os.environ.get("DBSCOPE_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+# tests/run_suite.py runs the tests that keep a CPU busy under pytest-xdist, each worker on
+# databases of its own (``<name>_gw0``): what the worker's tests, and the processes they
+# start, are given for the two servers' URLs.
+PER_WORKER = "DBSCOPE_TEST_DATABASE_PER_WORKER"
+
+
+def per_worker(url: str, worker: str) -> str:
+    """``url`` with the database of the pytest-xdist worker ``worker`` (``gw0``) for its own."""
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_{worker}").render_as_string(False)
+
+
+def _url(variable: str, default: str) -> str:
+    url = os.environ.get(variable, default)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.environ.get(PER_WORKER):
+        url = os.environ[variable] = per_worker(url, worker)
+    return url
+
+
+POSTGRES_URL = _url("DBSCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = _url("DBSCOPE_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
 
 # A service of the run's (the replica pair, PgBouncer, the Patroni cluster).
 S = TypeVar("S")

@@ -5,9 +5,11 @@ pair, PgBouncer and the Patroni cluster; tests/conftest.py marks them ``services
 talk HTTP to a uvicorn server of their own (``server``) and those of tests/reliability, storms
 of cancelled requests and slow queries (``reliability``). It runs on the test databases, as
 ``pytest`` alone would. The other run takes every other test, on databases of its own on the
-same servers (``SUITE_DATABASE``, made here and dropped at the end), so that the two never
-share a table or a run database. A failover, a replica catching up or a server starting leaves
-the CPU to the other run.
+same servers, so that the two never share a table or a run database: it keeps a CPU busy, so
+it runs under pytest-xdist, a test file at a time on each of ``WORKERS`` workers, each worker on
+databases of its own (``SUITE_DATABASE`` then the worker's id, made here and dropped at the
+end; tests/conftest.py names them to the worker). A failover, a replica catching up or a
+server starting leaves the CPU to the other run.
 
 ``python -m tests.run_suite [pytest arguments]``: the other run's output streams; the waiting
 run's follows when both are over. The exit status is the worse of the two (a run that
@@ -28,11 +30,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tests.conftest import MYSQL_URL, POSTGRES_URL
+from tests.conftest import MYSQL_URL, PER_WORKER, POSTGRES_URL, per_worker
 from tests.docs_blocks import ADVICE, RECORD, unrun_in_parts
 from tests.run_databases import create_database, drop_database
 
 SUITE_DATABASE = "dbscope_suite"
+WORKERS = 2  # the machine's two cores
 WAITING = "services or server or reliability"  # the markers of the tests that mostly wait
 # pytest's exit status when a run selected no test: not a failure here.
 NO_TESTS = 5
@@ -45,12 +48,13 @@ def beside(url: str) -> str:
 
 @contextmanager
 def own_databases() -> Iterator[dict[str, str]]:
-    """SUITE_DATABASE on each server, made anew, and the environment that names them; dropped
-    at the end. A server that cannot be reached is left to the tests to report."""
+    """SUITE_DATABASE's per worker on each server, made anew, and the environment that names
+    them; dropped at the end. A server that cannot be reached is left to the tests to report."""
     urls = {"DBSCOPE_TEST_POSTGRES_URL": beside(POSTGRES_URL)}
     urls["DBSCOPE_TEST_MYSQL_URL"] = beside(MYSQL_URL)
+    workers = [f"gw{number}" for number in range(WORKERS)]
     made = []
-    for url in urls.values():
+    for url in (per_worker(url, worker) for url in urls.values() for worker in workers):
         try:
             drop_database(url)
             create_database(url)
@@ -59,7 +63,7 @@ def own_databases() -> Iterator[dict[str, str]]:
         else:
             made.append(url)
     try:
-        yield urls
+        yield {**urls, PER_WORKER: "1"}
     finally:
         for url in made:
             drop_database(url)
@@ -82,7 +86,7 @@ def run(arguments: Sequence[str]) -> int:
         )
         try:
             others = subprocess.run(
-                [*command, "-m", f"not ({WAITING})"],
+                [*command, "-n", str(WORKERS), "--dist", "loadfile", "-m", f"not ({WAITING})"],
                 env={**os.environ, **urls, RECORD: str(others_record)},
                 check=False,
             )
