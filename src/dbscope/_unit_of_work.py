@@ -137,7 +137,7 @@ class Units:
         Raises:
             NoSessionError: no unit of work is active here.
         """
-        return _writable(self.running())
+        return self.writable_here() or self.running()
 
     def writable_here(self) -> UnitOfWork | None:
         """The unit that commits this context's writes, if any: the running one; but a
@@ -146,7 +146,10 @@ class Units:
         ``Depends(db.session)``), never commits, and the request's writes are the other's.
         ``@db.retry()`` retries that one, as ``on_commit()`` waits for its commit."""
         unit = self.current.get()
-        return None if unit is None else _writable(unit)
+        if unit is None or not unit.state.begin.read_only or unit.request_units is None:
+            return unit
+        outer = unit.opened_in
+        return outer if outer is not None and outer.request_units is unit.request_units else unit
 
     def running(self) -> UnitOfWork:
         """The unit of work of this context.
@@ -164,18 +167,6 @@ class Units:
             )
             raise NoSessionError(message)
         return unit
-
-
-def _writable(unit: UnitOfWork) -> UnitOfWork:
-    opened_in = unit.opened_in
-    if (
-        unit.state.begin.read_only
-        and opened_in is not None
-        and unit.request_units is not None
-        and opened_in.request_units is unit.request_units
-    ):
-        return opened_in
-    return unit
 
 
 # A routed unit's options, the write it must see, its comment and request id.
