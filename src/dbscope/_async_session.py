@@ -76,8 +76,6 @@ class UnitAsyncSession(AsyncSession):
     _user: asyncio.Task[Any] | None = None
     _depth = 0
     _idle: asyncio.Event | None = None
-    # Bound to a test's connection (dbscope.testing): its units take turns on it.
-    _on_test_connection = False
     # What stream() and stream_scalars() handed out, for the unit's end to close.
     streams: list[AsyncCommon[Any]] | None = None
 
@@ -109,19 +107,12 @@ class UnitAsyncSession(AsyncSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop = asyncio.get_running_loop()  # made by a unit, in its task
-        if isinstance(kwargs.get("bind"), AsyncConnection):
-            self._on_test_connection = True
+        # Bound to a test's connection (dbscope.testing): its units take turns on it.
+        self._on_test_connection = isinstance(kwargs.get("bind"), AsyncConnection)
 
     def idle(self) -> bool:
         """Whether no other task is inside one of the session's methods now."""
         return self._user is None or self._user is asyncio.current_task()
-
-    async def wait_idle(self) -> None:
-        """Return once no other task is inside one of the session's methods."""
-        while not self.idle():
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            await self._idle.wait()
 
 
 async def _forget_cursor(cursor: Any, *, lost: bool) -> None:
@@ -218,7 +209,9 @@ async def wait_idle(session: UnitAsyncSession) -> None:
         return  # the usual case, and every request's: no timer to set up
     try:
         async with asyncio.timeout(IDLE_WAIT_SECONDS):
-            await session.wait_idle()
+            while not session.idle():
+                session._idle = session._idle or asyncio.Event()
+                await session._idle.wait()
     except TimeoutError:
         logger.error("A session stayed in use by another task; its connection is dropped.")
         session._user = None  # the unit's end goes on; invalidate() discards the connection
@@ -252,15 +245,3 @@ async def rolled_back_or_dropped(session: AsyncSession) -> None:
     except Exception:
         with contextlib.suppress(Exception):
             await session.invalidate()
-
-
-async def closed_streams(
-    session: UnitAsyncSession, failure: BaseException | None
-) -> BaseException | None:
-    """What ended the unit, after closing what it streamed: a cancel or a lost connection
-    while closing ends it all the same, as its failure if it had none."""
-    try:
-        await session.close_streams()
-    except BaseException as error:
-        return failure or error
-    return failure

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
@@ -36,7 +36,6 @@ logger = logging.getLogger("dbscope")
 CommitHook = Callable[[], Any]
 # On a pooled connection's info, while a unit that tracks its writes uses it: the unit's state.
 WRITER: Final = "dbscope.writer"
-T = TypeVar("T")
 
 
 @dataclass(eq=False, slots=True)

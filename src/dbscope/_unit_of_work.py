@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from dbscope._async_session import (
     UnitAsyncSession,
-    closed_streams,
     rolled_back_or_dropped,
     wait_idle,
 )
@@ -289,7 +288,13 @@ class UnitRun:
         session = self.unit.session
         assert isinstance(session, UnitAsyncSession)
         await wait_idle(session)
-        outcome = failure if not session.streams else await closed_streams(session, failure)
+        outcome = failure
+        if session.streams:
+            try:
+                await session.close_streams()
+            except BaseException as error:
+                # A cancel or a lost connection while closing them ends the unit all the same.
+                outcome = failure or error
         # A unit that must not commit is rolled back by the close below, as a failed one is:
         # rollback() would also expire what it loaded, which its caller still reads (a
         # read-only unit's rows, returned from parallel() or serialized after the request).
