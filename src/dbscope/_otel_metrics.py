@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 from opentelemetry.metrics import (
@@ -44,23 +45,18 @@ class Instruments:
 
     def __init__(self, meter: Meter) -> None:
         self.reporters: list[PoolReporter] = []
-        self.wait_time = meter.create_histogram(
-            "db.client.connection.wait_time",
-            unit="s",
-            description="Time a checkout waited for an open connection from the pool.",
-            explicit_bucket_boundaries_advisory=BUCKETS,
-        )
-        self.use_time = meter.create_histogram(
-            "db.client.connection.use_time",
-            unit="s",
-            description="Time between a connection's checkout and its return to the pool.",
-            explicit_bucket_boundaries_advisory=BUCKETS,
-        )
-        self.create_time = meter.create_histogram(
-            "db.client.connection.create_time",
-            unit="s",
-            description="Time a new connection took to open.",
-            explicit_bucket_boundaries_advisory=BUCKETS,
+        self.wait_time, self.use_time, self.create_time = (
+            meter.create_histogram(
+                f"db.client.connection.{name}",
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=BUCKETS,
+            )
+            for name, description in (
+                ("wait_time", "Time a checkout waited for an open connection from the pool."),
+                ("use_time", "Time between a connection's checkout and its return to the pool."),
+                ("create_time", "Time a new connection took to open."),
+            )
         )
         for number, observed in enumerate(OBSERVED):
             create = (
@@ -144,21 +140,21 @@ OBSERVED: Final = (
     Observed(
         "db.client.connection.timeouts",
         True,
-        PoolReporter.timeouts,
+        lambda reporter: reporter.pool_count(attrgetter("timeouts")),
         "{timeout}",
         "Checkouts that waited pool_timeout for a connection and gave up.",
     ),
     Observed(
         "dbscope.pool.refusals",
         True,
-        PoolReporter.refusals,
+        lambda reporter: reporter.pool_count(attrgetter("refused")),
         "{request}",
         "Checkouts refused at once: pool_max_waiters were already waiting.",
     ),
     Observed(
         "dbscope.pool.abandoned",
         True,
-        PoolReporter.abandonments,
+        lambda reporter: reporter.pool_count(attrgetter("abandoned")),
         "{request}",
         "Checkouts not served when their turn came: their client had hung up while waiting.",
     ),
@@ -172,14 +168,14 @@ OBSERVED: Final = (
     Observed(
         "dbscope.pool.invalidations",
         True,
-        PoolReporter.invalidations,
+        lambda reporter: reporter.pool_count(attrgetter("invalidated")),
         "{connection}",
         "Connections thrown away: dead, failed a check, cut off mid-query, or older than one dead.",
     ),
     Observed(
         "dbscope.pool.pings",
         True,
-        PoolReporter.pings,
+        lambda reporter: reporter.pool_count(attrgetter("pinged")),
         "{ping}",
         "Connections pinged before use: idle long enough, or seen hung up.",
     ),

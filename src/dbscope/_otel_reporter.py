@@ -207,31 +207,11 @@ class PoolReporter:
     def _count(self, value: int) -> list[Observation]:
         return [Observation(value, self._attributes)]
 
-    def _pool_count(self, count: Callable[[Counts], int]) -> list[Observation]:
+    def pool_count(self, count: Callable[[Counts], int]) -> list[Observation]:
         """A count of the pool's, carried over its engines; none while a NullPool runs,
         which keeps no line, no check and no count."""
         stats, counts, running = self._figures()
         return [] if stats is None and running else self._count(count(counts))
-
-    def timeouts(self) -> list[Observation]:
-        """Checkouts that gave up after pool_timeout."""
-        return self._pool_count(lambda counts: counts.timeouts)
-
-    def refusals(self) -> list[Observation]:
-        """Checkouts refused by a full line."""
-        return self._pool_count(lambda counts: counts.refused)
-
-    def abandonments(self) -> list[Observation]:
-        """Checkouts not served: their client hung up while they waited."""
-        return self._pool_count(lambda counts: counts.abandoned)
-
-    def invalidations(self) -> list[Observation]:
-        """Connections thrown away."""
-        return self._pool_count(lambda counts: counts.invalidated)
-
-    def pings(self) -> list[Observation]:
-        """Liveness pings."""
-        return self._pool_count(lambda counts: counts.pinged)
 
     def fallbacks(self) -> list[Observation]:
         """Read-only units run on the primary instead of a replica, by why."""
@@ -247,4 +227,4 @@ class PoolReporter:
 
     def holds(self) -> list[Observation]:
         """Requests held until their client's Retry-After had passed (after a full line)."""
-        return self._pool_count(lambda _: self._lifecycle.held)
+        return self.pool_count(lambda _: self._lifecycle.held)
