@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry.metrics import Observation
@@ -57,13 +57,7 @@ class Counts:
 
     def plus(self, stats: PoolStats) -> Counts:
         """These counts with one engine's added."""
-        return Counts(
-            timeouts=self.timeouts + stats.timeouts,
-            refused=self.refused + stats.refused,
-            abandoned=self.abandoned + stats.abandoned,
-            invalidated=self.invalidated + stats.invalidated,
-            pinged=self.pinged + stats.pinged,
-        )
+        return Counts(*(getattr(self, f.name) + getattr(stats, f.name) for f in fields(self)))
 
 
 class PoolReporter:

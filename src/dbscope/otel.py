@@ -126,7 +126,11 @@ def instrument(
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("opentelemetry"):
             raise
-        raise ModuleNotFoundError(_missing(error.name), name=error.name) from None
+        message = (
+            f"dbscope.otel needs the OpenTelemetry API, which is not installed ({error.name!r} "
+            f"is missing): {INSTALL}, then set up an SDK and exporter in the application."
+        )
+        raise ModuleNotFoundError(message, name=error.name) from None
     instruments = instruments_for(meter_provider, __version__)
     existing = _instrumented.get(db)
     if existing is not None and not existing.closed:
@@ -181,14 +185,6 @@ def _check_arguments(db: object, meter_provider: object, durations: object) -> N
     if not isinstance(durations, bool):
         message = f"durations={durations!r} is no bool: True records the histograms, False not"
         raise ConfigurationError(message)
-
-
-def _missing(module: str | None) -> str:
-    """What to say when OpenTelemetry's ``module`` cannot be imported."""
-    return (
-        f"dbscope.otel needs the OpenTelemetry API, which is not installed ({module!r} is "
-        f"missing): {INSTALL}, then set up an SDK and exporter in the application."
-    )
 
 
 # The PoolMetrics of each Database, weakly: they keep no Database alive.

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations` here: FastAPI reads the dependency signatures built
 # in session_dependency(), whose annotations name local functions.
 import asyncio
-import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any, Final, cast
@@ -114,10 +113,6 @@ def _http_request(connection: HTTPConnection, dependency: str, per_message: str)
     raise NoSessionError(message)
 
 
-def _error_status(response: Response) -> bool:
-    return response.status_code is not None and response.status_code >= 400
-
-
 def session_dependency(
     db: "Database[SessionT]", options: UnitOptions
 ) -> Callable[..., Awaitable[SessionT]]:
@@ -162,7 +157,7 @@ def _session_dependency(
                 # `response` is the one FastAPI injects; an endpoint that set an error status
                 # on it reports a failure without raising. Asked at the commit, whoever makes
                 # it: the unit's end, or an attempt of @db.retry() inside the endpoint.
-                unit.failed_quietly = functools.partial(_error_status, response)
+                unit.failed_quietly = lambda: (response.status_code or 0) >= 400
                 unit.endpoint = request.scope.get("endpoint")
                 refuse_misordered(unit.endpoint)
                 # Every Database's request unit, for a @db.retry() attempt to roll back

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.exception_handlers import http_exception_handler
-from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -50,15 +49,8 @@ class UnitStreamingResponse(StreamingResponse):
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
-        background: BackgroundTask | None = None,
     ) -> None:
-        super().__init__(
-            (),
-            status_code=status_code,
-            headers=headers,
-            media_type=media_type,
-            background=background,
-        )
+        super().__init__((), status_code=status_code, headers=headers, media_type=media_type)
         self._chunks = chunks
         self._tagged = settings.sql_comments != "off"
         self._request_id_header = settings.request_id_header
@@ -81,7 +73,7 @@ class UnitStreamingResponse(StreamingResponse):
         background, self.background = self.background, None
         try:
             try:
-                first = await _first(chunks)
+                first = await anext(chunks, _NONE)
             except HANDLED as error:  # answered as Depends(db.session) answers it
                 answer = await http_exception_handler(Request(scope, receive), http_error(error))
                 await answer(scope, receive, send)
@@ -108,14 +100,6 @@ class UnitStreamingResponse(StreamingResponse):
 
 
 _NONE = object()  # the body made no chunk: its unit has ended, committed
-
-
-async def _first(chunks: AsyncGenerator[Any, None]) -> Any:
-    """The first chunk, or :data:`_NONE`."""
-    try:
-        return await anext(chunks)
-    except StopAsyncIteration:
-        return _NONE
 
 
 def _client_gone(scope: Scope, receive: Receive) -> bool:
