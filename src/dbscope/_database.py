@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy.engine import URL
@@ -198,12 +197,7 @@ class Database(RequestEntryPoints[SessionT]):
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.dispose()
 
     @contextlib.asynccontextmanager

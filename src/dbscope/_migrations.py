@@ -299,12 +299,7 @@ def configure_logging(config: Config) -> None:
 
 
 def migrate_on(
-    connection: Connection,
-    metadata: Metadata,
-    /,
-    *,
-    schema: str | None = None,
-    **options: Any,
+    connection: Connection, metadata: Metadata, /, *, schema: str | None = None, **options: Any
 ) -> None:
     """Run env.py's migrations on ``connection``, in its transaction.
 
@@ -378,8 +373,7 @@ def _run_in_transaction(schema: str | None) -> None:
     with context.begin_transaction():
         if schema is not None:
             dialect = context.get_context().dialect
-            rules = backend(dialect.name)
-            context.execute(rules.schema_statement(dialect, schema))
+            context.execute(backend(dialect.name).schema_statement(dialect, schema))
         context.run_migrations()
 
 

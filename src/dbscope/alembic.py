@@ -252,8 +252,9 @@ def command_line(
     class Command(CommandLine):
         # Alembic builds the Config from its own options (-c, -n, -x...) and hands it here.
         def run_cmd(self, config: Any, options: Namespace) -> None:
-            _require_named_configs(options)
-            _require_script_location(config, options)
+            if options.cmd[0].__name__ not in COMMANDS_WITHOUT_CONFIG:
+                _require_named_configs(options)
+                _require_script_location(config, options)
             config.attributes.update(attributes)
             super().run_cmd(config, options)
 
@@ -264,9 +265,6 @@ def _require_named_configs(options: Namespace) -> None:
     """Refuse a file named with ``-c`` or ``$ALEMBIC_CONFIG`` that is not there, and any
     alembic.ini that is no INI file, as ``dbscope check`` does; Alembic would read a missing
     one as empty and fail on a missing key, and fail on a malformed one in a traceback."""
-    command = options.cmd[0].__name__
-    if command in COMMANDS_WITHOUT_CONFIG:
-        return
     for given in options.config or (None,):  # none given: the file $ALEMBIC_CONFIG names
         if given is None or Path(given).name != "pyproject.toml":  # TOML: Alembic reads it
             config_path(given, required=given is not None)
@@ -276,8 +274,6 @@ def _require_script_location(config: Any, options: Namespace) -> None:
     """Refuse a configuration without ``script_location`` before Alembic says only "No
     'script_location' key found in configuration": say which file was read or looked for,
     and how to make one."""
-    if options.cmd[0].__name__ in COMMANDS_WITHOUT_CONFIG:
-        return
     if config.get_alembic_option("script_location") is not None:
         return
     ini = str(config.config_file_name)
@@ -334,8 +330,5 @@ def _settings(
             message = f"alembic.ini's sqlalchemy.url is invalid. {error}"
             raise ConfigurationError(message) from None
     return load_settings(
-        from_env=True,
-        env_prefix=prefix,
-        env_file=env_file,
-        default_url=default_url,
+        from_env=True, env_prefix=prefix, env_file=env_file, default_url=default_url
     )

@@ -203,13 +203,8 @@ class Counting:
     async def __aenter__(self) -> QueryLog:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        error_type: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.__exit__(error_type, error, traceback)
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
 
 
 def count_queries(db: Database, *, everything: bool = False) -> Counting:
@@ -270,9 +265,8 @@ class QueryCounter:
     ) -> Counting:
         """A counted block on the Database: checked at its end if a bound is given."""
         counting = Counting(self.db, everything=everything)
-        if exactly is None and at_most is None:
-            return counting
-        return counting._expecting(exactly, at_most)
+        unbounded = exactly is None and at_most is None
+        return counting if unbounded else counting._expecting(exactly, at_most)
 
     def __repr__(self) -> str:
         return f"QueryCounter({self.db!r})"
