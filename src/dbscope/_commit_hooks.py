@@ -109,14 +109,6 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
     state.pending.append((transaction, callback))
 
 
-def take_due_hooks(state: UnitState) -> list[CommitHook]:
-    """The callbacks whose transaction has committed, in registration order; forgets them."""
-    if not state.due:
-        return state.due  # none, as for most units: nothing to allocate
-    due, state.due = state.due, []
-    return due
-
-
 @event.listens_for(UnitSession, "after_commit")
 def _transaction_committed(session: Session) -> None:
     # SQLAlchemy calls it for a released savepoint too, which is still the session's current
@@ -155,8 +147,12 @@ def _inside(transaction: SessionTransaction | None, outer: SessionTransaction) -
 
 
 async def run_commit_hooks(state: UnitState) -> None:
-    """Run the callbacks whose transaction committed; log, never raise, their errors."""
-    for callback in take_due_hooks(state):
+    """Run the callbacks whose transaction committed, in registration order, and forget
+    them; log, never raise, their errors."""
+    if not state.due:
+        return  # none, as for most units: nothing to allocate
+    due, state.due = state.due, []
+    for callback in due:
         try:
             result = callback()
             if inspect.isawaitable(result):
