@@ -159,14 +159,11 @@ class UnitEntryPoints(Generic[SessionT]):
     def _check(self, options: UnitOptions) -> None:
         # Before connect(), the levels the driver's adapter takes; after it, the server's own.
         server = self._lifecycle.server
-        if server is not None and server.isolation_levels:
-            options.check(self._units.rules, server.isolation_levels)
-            return
-        known = driver(self._lifecycle.settings.url.get_driver_name())
-        if known is not None and known.isolation_levels is not None:
-            options.check(self._units.rules, known.isolation_levels)
-        else:
-            options.check(self._units.rules)
+        levels = None if server is None else server.isolation_levels
+        if not levels:
+            known = driver(self._lifecycle.settings.url.get_driver_name())
+            levels = None if known is None else known.isolation_levels
+        options.check(self._units.rules, levels)
 
     def on_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` after the current unit of work commits; never if it rolls back.

@@ -68,11 +68,12 @@ class UnitOptions:
             )
             raise ConfigurationError(message)
 
-    def check(self, rules: Backend, isolation_levels: tuple[str, ...] = ISOLATION_LEVELS) -> None:
+    def check(self, rules: Backend, isolation_levels: tuple[str, ...] | None = None) -> None:
         """Raise ConfigurationError for an option this backend cannot honour.
 
         ``isolation_levels``: what the connected database and driver accept, once known.
         """
+        isolation_levels = isolation_levels or ISOLATION_LEVELS
         if self.isolation_level is not None and self.isolation_level not in isolation_levels:
             message = (
                 f"isolation_level={self.isolation_level!r} is not available here; use one of "

@@ -93,10 +93,9 @@ async def _check(db: Database, config: Path | None, *, require_standby: bool) ->
         # Read at connect(), as the app reads it (db.stats().durability).
         durability = db.stats().durability
         failed = require_standby and not (durability is not None and durability.commits_wait)
-        if durability is None:
-            report.say("standby", f"not applicable to {db.url.get_backend_name()}", failed=failed)
-        else:
-            report.say("standby", durability.describe(), failed=failed)
+        backend = db.url.get_backend_name()
+        said = f"not applicable to {backend}" if durability is None else durability.describe()
+        report.say("standby", said, failed=failed)
         _replicas(db, report)
         if config is None:
             report.say("migrations", "no alembic.ini here; give one with --config to check it")

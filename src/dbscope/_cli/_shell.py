@@ -28,7 +28,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     sys.stderr.flush()
     environment = {**os.environ, **variables}
     os.execve(argv[0], argv, environment)  # noqa: S606 - the client, with no shell between
-    return 1  # not reached: execve returns only by raising
 
 
 COMMAND: Final = Command(
