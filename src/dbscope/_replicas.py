@@ -48,7 +48,7 @@ from dbscope._settings import DatabaseSettings
 from dbscope._unit import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope._urls import default_pool_name
-from dbscope._write_tokens import UNKNOWN_POSITION, TokenJar, WriteToken, current_jar
+from dbscope._write_tokens import UNKNOWN_POSITION, WriteToken, current_jar
 
 logger = logging.getLogger("dbscope")
 
@@ -205,18 +205,6 @@ class Replicas:
         bind = unit_bind(factory, self.rules, True, options.isolation_level).get("bind")
         return (bind or self.primary.engine).sync_engine
 
-    def remember(
-        self, position: int, read_since: int | None = None, jar: TokenJar | None = None
-    ) -> None:
-        """Keep the primary's position after a commit as this context's write token;
-        ``read_since``: the mark of ``jar`` (this context's, looked up if not given) before
-        the position was read."""
-        jar = jar or current_jar(create=True)
-        assert jar is not None
-        jar.add(WriteToken(self.cluster, position), read_since)
-        if position != UNKNOWN_POSITION:
-            self.checks.reached = max(self.checks.reached, position)
-
     async def _written(self, token: WriteToken) -> bool:
         """Whether the primary's log has reached ``token``'s position, further than the app
         knows it: asked of the primary (a token of another process's later write; one cheap
@@ -327,7 +315,9 @@ class Replicas:
             if lost:  # and not rolled back by the pool next, which would fail on it too
                 drop_in_reset(dbapi_connection, record, error)
             position = UNKNOWN_POSITION
-        self.remember(position, read_since, jar)
+        jar.add(WriteToken(self.cluster, position), read_since)
+        if position != UNKNOWN_POSITION:
+            self.checks.reached = max(self.checks.reached, position)
 
     # -- health ------------------------------------------------------------------------------
 

@@ -33,9 +33,6 @@ class ReadRouter(Protocol):
         """A read-only unit, on a replica that has the writes of ``after`` (a WriteToken,
         else those seen in this context) or on the primary; its connection checked out."""
 
-    def remember(self, position: int) -> None:
-        """A unit's commit left the primary's log at ``position``: later reads must see it."""
-
 
 class UnitOfWork:
     """A session and how its transaction will end.
