@@ -99,7 +99,7 @@ async def test_an_isolation_level_in_sqlalchemys_other_spellings_is_applied(leve
     ("options", "expected"),
     [
         ({"poolclass": "NullPool"}, "poolclass must be a pool class, got a str"),
-        ({"connect_args": 5}, "connect_args must be a dict of names to values, got a int"),
+        ({"connect_args": 5}, "connect_args must be a dict of names to values, got an int"),
         ({"execution_options": 5}, "execution_options must be a dict of names to values"),
     ],
 )

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from dbscope._exceptions import ConfigurationError
+from dbscope._setting_checks import a_kind
 from dbscope._settings import DatabaseSettings
 from dbscope._unit_options import ISOLATION_LEVELS
 
@@ -59,14 +60,14 @@ def check_option_types(extra: Mapping[str, Any]) -> None:
     pool = extra.get("poolclass")
     if pool is not None and not (isinstance(pool, type) and issubclass(pool, Pool)):
         message = (
-            f"poolclass must be a pool class, got a {type(pool).__name__}: pass the class "
+            f"poolclass must be a pool class, got {a_kind(pool)}: pass the class "
             "itself (poolclass=NullPool, from sqlalchemy.pool), or leave it out for dbscope's."
         )
         raise ConfigurationError(message)
     for name in ("connect_args", "execution_options"):
         value = extra.get(name)
         if value is not None and not isinstance(value, Mapping):
-            message = f"{name} must be a dict of names to values, got a {type(value).__name__}."
+            message = f"{name} must be a dict of names to values, got {a_kind(value)}."
             raise ConfigurationError(message)
     _check_isolation_level(extra)
     _check_cache_sizes({**dict(extra.get("connect_args") or {}), **extra})

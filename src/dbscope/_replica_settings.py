@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode
 from sqlalchemy.engine import URL
 
 from dbscope._dialects import backend, resolve_async_url
-from dbscope._setting_checks import Least
+from dbscope._setting_checks import Least, a_kind
 from dbscope._setting_sources import setting_error
 from dbscope._urls import describe_location, parse_url
 
@@ -195,7 +195,7 @@ def _shown(given: object) -> str:
         return repr(given)
     if isinstance(given, URL):
         return "a single URL: give a list of one, replicas=[url]"
-    return f"a {type(given).__name__} (not shown: it may hold a password)"
+    return f"{a_kind(given)} (not shown: it may hold a password)"
 
 
 def check_replicas(primary_url: URL, replicas: Sequence[URL], patroni_urls: Sequence[str]) -> None:

@@ -1,5 +1,6 @@
 """The two checks every setting's value goes through: ``Least``, a number's bounds, and
-``Choice``, the words a setting may be (used by ``_settings.py`` and ``_replica_settings.py``).
+``Choice``, the words a setting may be (used by ``_settings.py`` and ``_replica_settings.py``);
+and how a value of the wrong kind is named (``a_kind``).
 """
 
 from __future__ import annotations
@@ -8,6 +9,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def a_kind(value: object) -> str:
+    """The kind of ``value``, with its article, for a message: 'an int', 'a str'."""
+    name = type(value).__name__
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final
 from dbscope import __version__
 from dbscope._database import Database
 from dbscope._exceptions import ConfigurationError
+from dbscope._setting_checks import a_kind
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -171,14 +172,14 @@ def _check_arguments(db: object, meter_provider: object, durations: object) -> N
     # Named by their type only: a URL passed for the Database may hold a password.
     if not isinstance(db, Database):
         message = (
-            f"instrument() takes the dbscope.Database to report, got a {type(db).__name__}: "
+            f"instrument() takes the dbscope.Database to report, got {a_kind(db)}: "
             "pass the Database itself, e.g. dbscope.otel.instrument(db)."
         )
         raise ConfigurationError(message)
     if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
         message = (
-            f"meter_provider must be an OpenTelemetry MeterProvider, got a "
-            f"{type(meter_provider).__name__}: pass the SDK's MeterProvider(...), or leave it "
+            f"meter_provider must be an OpenTelemetry MeterProvider, got "
+            f"{a_kind(meter_provider)}: pass the SDK's MeterProvider(...), or leave it "
             "out for the global one."
         )
         raise ConfigurationError(message)
