@@ -7,6 +7,9 @@ as a module-level ``db`` in an application would.
 import asyncio
 import contextlib
 import gc
+import json
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
 
@@ -25,6 +28,45 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 TABLE = "lifecycle_rows"
+
+# A server preloaded before its workers fork (gunicorn --preload): the parent connected and
+# used the pool, forks, and goes on; the child does as the other-loop LifecycleError says
+# (dispose, connect again in its own loop). Prints what the child inherited, and whether
+# the parent's pooled connection is still the one it had, untouched.
+FORK_AFTER_USE = """
+import asyncio, json, os, signal, sys
+from sqlalchemy import text
+from dbscope import Database
+
+db = Database(sys.argv[1], pool_size=1, max_overflow=0)
+loop = asyncio.new_event_loop()
+
+async def driver_connection() -> int:
+    async with db.transaction() as session:
+        await session.execute(text("SELECT 1"))
+        raw = await (await session.connection()).get_raw_connection()
+        return id(raw.driver_connection)
+
+loop.run_until_complete(db.connect())
+before = loop.run_until_complete(driver_connection())
+pid = os.fork()
+if pid == 0:
+    signal.alarm(50)  # a child hung on the parent's connections ends itself
+
+    async def child() -> int:
+        inherited = db.stats().checked_in
+        await db.dispose()
+        async with db:
+            await driver_connection()
+        return inherited
+    os._exit(asyncio.run(child()))
+inherited = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+after = loop.run_until_complete(driver_connection())
+invalidated = db.stats().invalidated
+loop.run_until_complete(db.dispose())
+loop.close()
+print(json.dumps([inherited, after == before, invalidated]))
+"""
 
 
 def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
@@ -191,6 +233,35 @@ def test_a_database_connected_in_another_event_loop_is_refused_clearly(
         home.close()
     assert "was connected in another event loop" in str(error)
     assert "connect again in this loop" in str(error)
+
+
+async def test_two_connects_at_once_leave_one_engine(database_url: str) -> None:
+    """Two connect() at once (two lifespans sharing a db, or two threads' loops): the second
+    is refused while the first is under way, instead of both building an engine, the first
+    one's pool then leaked and its connection closed only by the collector."""
+    db = Database(database_url)
+    results = await asyncio.gather(db.connect(), db.connect(), return_exceptions=True)
+    await db.dispose()
+    gc.collect()  # a leaked engine's connection would warn here (warnings are errors)
+    assert results[0] is None
+    assert isinstance(results[1], LifecycleError)
+    assert "already connected" in str(results[1])
+
+
+def test_a_forked_child_leaves_the_parents_connections_alone(database_url: str) -> None:
+    """A child forked after the parent used the pool starts with an empty one: reconnecting
+    there, as the other-loop error says, closes none of the parent's connections, which the
+    parent goes on using (before, the child's dispose() ended the parent's connection:
+    PostgreSQL through asyncpg and MariaDB then hung the parent's next unit)."""
+    completed = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_USE, database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    inherited, same_connection, invalidated = json.loads(completed.stdout.splitlines()[-1])
+    assert (inherited, same_connection, invalidated) == (0, True, 0), completed.stderr
 
 
 @pytest.mark.usefixtures("lifecycle_rows")

@@ -23,7 +23,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import threading
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, Protocol
@@ -56,6 +59,20 @@ State = Literal["new", "connected", "disposed", "bound"]
 # Where the test connections that Databases are bound to lead, while they are: a Database
 # that connects elsewhere meanwhile (an app's second one, forgotten) writes for real.
 _bound_targets: Counter[tuple[str, str | None, int | None, str | None]] = Counter()
+# The lifecycles connected now, whose pools a forked child must let go of (below).
+_connected: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+
+
+def _let_go_of_inherited_pools() -> None:
+    """In a forked child, drop every pool inherited from the parent without closing its
+    connections: their sockets are the parent's too, and a child that used them (or closed
+    them, as dispose() does) would speak in the parent's conversations with the server.
+    SQLAlchemy's ``engine.dispose(close=False)``, which its docs prescribe after a fork."""
+    for lifecycle in list(_connected):
+        lifecycle.let_go_of_pool()
+
+
+os.register_at_fork(after_in_child=_let_go_of_inherited_pools)
 
 
 def _target(url: URL) -> tuple[str, str | None, int | None, str | None]:
@@ -113,6 +130,10 @@ class Lifecycle:
         # The engine connect() built and its counters, until dispose(); never a bound one.
         self._running: tuple[AsyncEngine, PoolCounters] | None = None
         self.durability = DurabilityWatch(label)
+        self._connect_guard = threading.Lock()
+        self._connecting = False
+        # Pools a forked child inherited and let go of (let_go_of_pool()).
+        self._inherited: list[object] = []
 
     def count_retry(self) -> None:
         """Count one unit of work re-run after a conflict."""
@@ -140,13 +161,26 @@ class Lifecycle:
         """Build the engine in the running loop and prove the server answers."""
         if self.state == "bound":
             return  # a test owns the connection; the app's lifespan leaves it alone
-        if self.state == "connected":
-            message = (
-                f"{self.label} is already connected: connect() was called twice, or two "
-                "lifespans share it. Call dispose() before connecting again, or use only one "
-                "of `async with db:`, `await db.connect()` and `FastAPI(lifespan=db.lifespan)`."
-            )
-            raise LifecycleError(message)
+        # Checked and marked at once, before the first await: a second connect() while the
+        # first one waits for the server (two lifespans, or two threads' loops) would build
+        # an engine of its own, and the first one's pool would be lost, never disposed.
+        with self._connect_guard:
+            if self.state == "connected" or self._connecting:
+                message = (
+                    f"{self.label} is already connected (or connecting): connect() was called "
+                    "twice, or two lifespans or event loops share it. Call dispose() before "
+                    "connecting again, or use only one of `async with db:`, `await "
+                    "db.connect()` and `FastAPI(lifespan=db.lifespan)`; a thread with an "
+                    "event loop of its own needs a Database of its own."
+                )
+                raise LifecycleError(message)
+            self._connecting = True
+        try:
+            await self._connect()
+        finally:
+            self._connecting = False
+
+    async def _connect(self) -> None:
         engine = build_engine(self.settings, self.options)
         engine, self.server, standbys = await verify(engine, self.settings, self.options)
         await self._warn_if_beside_a_test(engine)
@@ -161,6 +195,7 @@ class Lifecycle:
         )
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
+        _connected.add(self)
         self._running = (engine, self._counters)
         self.durability.update(standbys)
         self.durability.watch(engine, self.options)
@@ -212,6 +247,7 @@ class Lifecycle:
                     busy,
                 )
             self.state = "disposed"
+            _connected.discard(self)
             running, self._running = self._running, None
             if running is not None:
                 for observer in self._observers:
@@ -224,6 +260,14 @@ class Lifecycle:
             if isinstance(creator, ClosedIfCancelled):
                 await creator.settle(self.settings.connect_timeout + CLOSE_TIMEOUT)
             logger.info("Disposed the connection pool of %r", self.settings.url)
+
+    def let_go_of_pool(self) -> None:
+        """Replace the pool with an empty one, leaving its connections untouched (a forked
+        child's: they are the parent's). The inherited ones are kept, never collected, so
+        that no driver's finalizer closes or warns of a connection the parent still uses."""
+        if self._engine is not None and self.state == "connected":
+            self._inherited.append(self._engine.sync_engine.pool)
+            self._engine.sync_engine.dispose(close=False)
 
     @contextlib.contextmanager
     def bind_to(self, connection: AsyncConnection, *, raise_on_lazy_load: bool) -> Iterator[None]:
