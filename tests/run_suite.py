@@ -1,10 +1,11 @@
 """The whole suite as two pytest runs side by side: what ``make test`` (and so CI) runs.
 
 One run takes the tests that mostly wait: those of the services the suite starts (the replica
-pair, PgBouncer and the Patroni cluster; tests/conftest.py marks them ``services``), those that
-talk HTTP to a uvicorn server of their own (``server``) and those of tests/reliability, storms
-of cancelled requests and slow queries (``reliability``). It runs on the test databases, as
-``pytest`` alone would. The other run takes every other test, on databases of its own on the
+pair, PgBouncer and the Patroni cluster; tests/conftest.py marks them ``services``), whose
+faults (a failover, a stopped replica) must not meet another test's, and those of
+tests/reliability, storms of cancelled requests and slow queries (``reliability``). It runs on
+the test databases, as ``pytest`` alone would. The other run takes every other test (those that
+talk HTTP to a uvicorn server of their own, ``server``, too), on databases of its own on the
 same servers, so that the two never share a table or a run database: it keeps a CPU busy, so
 it runs under pytest-xdist, a test file at a time on each of ``WORKERS`` workers, each worker on
 databases of its own (``SUITE_DATABASE`` then the worker's id, made here and dropped at the
@@ -36,7 +37,7 @@ from tests.run_databases import create_database, drop_database
 
 SUITE_DATABASE = "dbscope_suite"
 WORKERS = 2  # the machine's two cores
-WAITING = "services or server or reliability"  # the markers of the tests that mostly wait
+WAITING = "services or reliability"  # the markers of the tests that mostly wait
 # pytest's exit status when a run selected no test: not a failure here.
 NO_TESTS = 5
 
