@@ -335,3 +335,23 @@ async def test_durations_put_aside_stay_bounded_when_nothing_collects(
     assert max(kept) <= 6
     assert readings.histogram("db.client.connection.wait_time", db.name).count == 20
     assert readings.histogram("db.client.connection.use_time", db.name).count == 20
+
+
+async def test_a_checkout_past_the_bound_records_a_few_durations_not_the_backlog(
+    sqlite_url: str, sdk: Metered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PENDING_MAX, each checkout records RECORD_BATCH of each kind on the event loop
+    (at 20,000, recording the whole backlog held the loop 880 ms); none is lost."""
+    monkeypatch.setattr(dbscope._otel_reporter, "PENDING_MAX", 30)
+    async with Database(sqlite_url) as db:
+        reporter = dbscope.otel.instrument(db, meter_provider=sdk.provider)._reporter
+        recorded = []
+        for _ in range(60):
+            before = len(reporter._waits) + len(reporter._uses)
+            async with db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+            recorded.append(before + 2 - len(reporter._waits) - len(reporter._uses))
+        readings = sdk.read()
+    assert max(recorded) == 4  # RECORD_BATCH (2) waits and as many uses
+    assert readings.histogram("db.client.connection.wait_time", db.name).count == 60
+    assert readings.histogram("db.client.connection.use_time", db.name).count == 60
