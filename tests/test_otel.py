@@ -187,7 +187,7 @@ async def test_every_measurement_carries_the_pool_name(database_url: str, sdk: M
         name: {dict(point.attributes or {}).get(POOL_NAME) for point in readings.points(name)}
         for name in readings.metrics
     }
-    assert len(names) == 13  # all but create_time: connect() opened the only connection
+    assert len(names) == 14  # all but create_time: connect() opened the only connection
     assert all(found == {"primary"} for found in names.values()), names
 
 
@@ -316,6 +316,25 @@ async def test_a_retried_conflict_counts_one_retry(postgres_url: str, sdk: Meter
                 await session.execute(text(failure if attempt.number == 1 else "SELECT 1"))
         readings = sdk.read()
     assert readings.value("dbscope.unit.retries", db.name) == attempts.retries == 1
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_read_that_lost_its_connection_before_its_first_statement_counts_one_reread(
+    database_url: str, sdk: Metered
+) -> None:
+    """The backend of a read-only unit's connection ends after its checkout: the read runs
+    again on a new connection, and dbscope.unit.rereads reads 1, as db.stats() does."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        dbscope.otel.instrument(db, meter_provider=sdk.provider)
+        async with db.transaction(read_only=True) as session:
+            backend = await _server_id(session)
+        async with db.transaction(read_only=True) as session:
+            await session.connection()
+            async with helpers.admin(database_url) as connection:
+                await helpers.kill(connection, backend)
+            assert await _server_id(session) != backend
+        stats, readings = db.stats(), sdk.read()
+    assert readings.value("dbscope.unit.rereads", db.name) == stats.rereads == 1
 
 
 async def test_durations_put_aside_stay_bounded_when_nothing_collects(

@@ -255,7 +255,7 @@ async def test_without_durations_the_pool_is_counted_and_checkouts_are_not_timed
     assert pool.observer is None
 
 
-async def test_a_pool_that_keeps_no_queue_reports_only_retries(
+async def test_a_pool_that_keeps_no_queue_reports_only_retries_and_rereads(
     sqlite_url: str, sdk: Metered, caplog: pytest.LogCaptureFixture
 ) -> None:
     """poolclass=NullPool: no counts to read, so none reported, and no callback fails."""
@@ -266,9 +266,11 @@ async def test_a_pool_that_keeps_no_queue_reports_only_retries(
         readings = sdk.read()
     assert readings.points("db.client.connection.count") == []
     assert readings.value("dbscope.unit.retries", db.name) == 0
+    assert readings.value("dbscope.unit.rereads", db.name) == 0
     # Nor a count of a line, checks or failures that a NullPool does not keep (each was a
-    # constant 0 before): only what has points, and retries is all.
-    assert [name for name in readings.metrics if readings.points(name)] == ["dbscope.unit.retries"]
+    # constant 0 before): only what has points, the units' counts.
+    counted = [name for name in readings.metrics if readings.points(name)]
+    assert counted == ["dbscope.unit.retries", "dbscope.unit.rereads"]
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 

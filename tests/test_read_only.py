@@ -5,6 +5,7 @@ state ends with the unit: with ``pool_size=1`` the next unit gets the very same 
 backend id proves it), and can write there.
 """
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database
+from dbscope import Database, DatabaseUnavailableError
 from dbscope.testing import any_loop_engine, rolled_back
 from tests import helpers
 
@@ -32,6 +33,43 @@ async def backend_of_a_unit(db: Database, **options: Any) -> Any:
     """The backend id a new unit of work with ``options`` finds."""
     async with db.transaction(**options) as session:
         return await session.scalar(text(backend_id_query(db)))
+
+
+# A first statement that ends its own connection, wherever it runs.
+ENDS_ITS_CONNECTION = {
+    "postgresql": "SELECT pg_terminate_backend(pg_backend_pid())",
+    "mysql": "KILL CONNECTION CONNECTION_ID()",
+}
+
+
+async def first_read_after_its_connection_ended(
+    db: Database, database_url: str, **options: Any
+) -> Any:
+    """The backend id a unit with ``options`` reads on a pool of one, whose connection, used
+    moments ago and checked out by the unit (its checkout check passed), is ended from
+    outside before the unit's first statement."""
+    backend = await backend_of_a_unit(db)
+    async with db.transaction(**options) as session:
+        await session.connection()
+        async with helpers.admin(database_url) as admin:
+            await helpers.kill(admin, backend)
+        return await session.scalar(text(backend_id_query(db)))
+
+
+def build_lost_first_read_app(db: Database) -> FastAPI:
+    """``/read`` takes its connection on ``db.read_session``, waits for
+    ``app.state.release``, then reads its backend id (see ``helpers.kill_mid_request``)."""
+
+    async def read(session: AsyncSession) -> dict[str, int]:
+        await session.connection()
+        app.state.started.set()
+        await app.state.release.wait()
+        return {"backend": int(await session.scalar(text(backend_id_query(db))) or 0)}
+
+    app = helpers.app_with(db.read_session, {"GET /read": read})
+    app.state.started = asyncio.Event()
+    app.state.release = asyncio.Event()
+    return app
 
 
 @pytest.fixture
@@ -229,3 +267,65 @@ async def test_a_read_only_units_commit_keeps_no_write(database_url: str) -> Non
             await session.execute(INSERT)
     assert (answers, kept) == ([500, 500], 0)
     assert await helpers.count_rows(database_url, "uo_rows") == 1
+
+
+# -- a lost connection at the first statement ------------------------------------------------
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_read_whose_connection_was_lost_before_its_first_statement_reads_on_a_new_one(
+    database_url: str,
+) -> None:
+    """The server ended the pooled connection after its checkout check: the read-only unit's
+    first statement runs again on a fresh connection, once, counted, where it raised 503."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        before = await backend_of_a_unit(db)
+        read = await first_read_after_its_connection_ended(db, database_url, read_only=True)
+        stats = db.stats()
+    assert read not in (None, before)
+    assert (stats.rereads, stats.checked_out) == (1, 0)
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_writable_unit_whose_connection_was_lost_before_its_first_statement_fails(
+    database_url: str,
+) -> None:
+    """A writable unit is never run again: its first statement may be a flush."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await first_read_after_its_connection_ended(db, database_url)
+        stats = db.stats()
+    assert info.value.cause == "connection_lost"
+    assert (stats.rereads, stats.checked_out) == (0, 0)
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_read_that_loses_its_connection_again_when_run_again_fails(
+    database_url: str,
+) -> None:
+    """A first statement that ends its own connection runs twice, then its 503 propagates:
+    one second try, no loop."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        ends = ENDS_ITS_CONNECTION[db.url.get_backend_name()]
+        with pytest.raises(DatabaseUnavailableError) as info:
+            async with db.transaction(read_only=True) as session:
+                await session.execute(text(ends))
+        stats = db.stats()
+    assert info.value.cause == "connection_lost"
+    assert (stats.rereads, stats.invalidated, stats.checked_out) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_read_only_request_whose_connection_was_lost_before_its_first_statement_reads(
+    database_url: str,
+) -> None:
+    """Over ASGI, ``Depends(db.read_session)``: 200 from a new connection, where it was 503."""
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        app = build_lost_first_read_app(db)
+        app.state.backend_id = await backend_of_a_unit(db)
+        async with helpers.client_for(app) as client:
+            response = await helpers.kill_mid_request(database_url, app, client.get("/read"))
+        stats = db.stats()
+    assert response.status_code == 200, response.text
+    assert response.json()["backend"] != app.state.backend_id
+    assert (stats.rereads, stats.checked_out) == (1, 0)

@@ -163,6 +163,7 @@ class Database(RequestEntryPoints[SessionT]):
             settings.postgres_schema,
             tagger,
             self._replicas,
+            self._lifecycle.count_reread,
         )
         self._health = HealthProbe(
             self._lifecycle, None if self._replicas is None else self._replicas.stats

@@ -105,6 +105,8 @@ class Lifecycle:
         retries: units of work re-run after a conflict, over the Database's life.
         held: requests held until their client's Retry-After had passed, over its life
             (``dbscope.fastapi``'s early retries).
+        rereads: read-only units whose first statement met a lost connection and ran again
+            on a fresh one, over its life.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class Lifecycle:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.retries = 0
         self.held = 0
+        self.rereads = 0
         self._observers: list[EngineObserver] = []
         # The engine connect() built and its counters, until dispose(); never a bound one.
         self._running: tuple[AsyncEngine, PoolCounters] | None = None
@@ -138,6 +141,10 @@ class Lifecycle:
     def count_retry(self) -> None:
         """Count one unit of work re-run after a conflict."""
         self.retries += 1
+
+    def count_reread(self) -> None:
+        """Count one read-only unit's first statement run again after a lost connection."""
+        self.rereads += 1
 
     def count_held(self) -> None:
         """Count one request held until its client's Retry-After had passed."""
@@ -377,7 +384,7 @@ class Lifecycle:
         """The pool's numbers now."""
         if self._counters is None or self._engine is None:
             raise LifecycleError(self.not_connected_message())
-        stats = dataclasses.replace(self._counters.stats(), held=self.held)
+        stats = dataclasses.replace(self._counters.stats(), held=self.held, rereads=self.rereads)
         if self.state == "connected" and self.durability.reading is not None:
             stats = dataclasses.replace(stats, durability=self.durability.reading)
         return stats

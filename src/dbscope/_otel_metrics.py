@@ -187,6 +187,13 @@ OBSERVED: Final = (
         "Units of work run again after a serialization failure or deadlock.",
     ),
     Observed(
+        "dbscope.unit.rereads",
+        True,
+        PoolReporter.rereads,
+        "{unit}",
+        "Read-only units whose first statement ran again after its connection was lost.",
+    ),
+    Observed(
         "dbscope.replica.fallbacks",
         True,
         PoolReporter.fallbacks,

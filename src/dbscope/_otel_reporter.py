@@ -227,6 +227,10 @@ class PoolReporter:
         """Units of work re-run after a conflict."""
         return self._count(self._lifecycle.retries)
 
+    def rereads(self) -> list[Observation]:
+        """Read-only units whose first statement ran again after a lost connection."""
+        return self._count(self._lifecycle.rereads)
+
     def holds(self) -> list[Observation]:
         """Requests held until their client's Retry-After had passed (after a full line)."""
         return self.pool_count(lambda _: self._lifecycle.held)

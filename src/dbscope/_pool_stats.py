@@ -62,6 +62,10 @@ class PoolStats:
         held: requests of clients that asked again before the ``Retry-After`` of such a
             refusal had passed, held until it had and answered 503 without asking the pool
             (``dbscope.fastapi``), over the Database's life.
+        rereads: read-only units whose first statement met a lost connection (the server
+            ended it: a restart, a terminated backend, a failover) and ran again, once, on a
+            fresh connection of the same engine, over the Database's life; a replica's
+            read that ran again on the primary is counted in ``fallbacks`` instead.
         replicas: each read replica's numbers (:class:`ReplicaStats`); empty without.
         fallbacks: read-only units that ran on the primary instead of a replica, by why:
             ``no_replica_ready``, ``behind`` (none had replayed the unit's write token in
@@ -85,6 +89,7 @@ class PoolStats:
     refused: int = 0
     abandoned: int = 0
     held: int = 0
+    rereads: int = 0
     replicas: tuple[ReplicaStats, ...] = ()
     fallbacks: tuple[tuple[str, int], ...] = ()
     durability: Durability | None = None

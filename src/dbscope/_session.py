@@ -55,8 +55,10 @@ class UnitState:
         request_id: shown in the server's session list during each transaction, if any.
         tracks_writes: the primary's log position is read after each of its commits, for
             read-your-writes on replicas (``_replicas.py``).
-        reroute: on a replica, until its first statement returned: where the unit goes if
-            that statement meets an outage of the replica (``_replicas.py``), else None.
+        reroute: until its first statement returned, in a read-only unit: where that
+            statement runs again if it meets an outage of its connection, else None. On a
+            replica, the primary (``_replicas.py``); on the primary, a fresh connection of
+            the same engine, for a lost one only (``_unit_of_work.py``).
         savepoint_of: bound to a test's connection (its transactions are savepoints), that
             connection, on which what ``begin`` set is put back when each one ends.
         outer: bound to a test's connection, the unit this one was opened inside, if any.
@@ -143,9 +145,9 @@ class UnitSession(Session):
         *,
         statement: bool = True,
     ) -> Any:
-        """A unit's first statement on a replica: run again on the primary if it meets an
-        outage of the replica (no connection, or one lost): reads are idempotent, and none
-        returned yet."""
+        """A read-only unit's first statement: run again where ``unit.reroute`` says if it
+        meets an outage of its connection (on a replica: none to be had, or one lost; on the
+        primary: one lost), once: reads are idempotent, and none returned yet."""
         reroute = unit.reroute
         assert reroute is not None
         if statement:  # (one statement only: scalar() runs execute())
@@ -157,11 +159,11 @@ class UnitSession(Session):
             bind = reroute(error)
             if bind is None:
                 raise
-        # Counted (db.stats().fallbacks), and the replica's change of state logged once by
-        # its health checks: a line per read would flood the log under an outage.
-        logger.debug("A read's replica could not serve it; the read runs on the primary")
-        # The replica's connection, if any, is in an unknown state (cut mid-statement): its
-        # rollback failed and its close logged a traceback. Dropped instead.
+        # Counted (db.stats().fallbacks, .rereads), and a replica's change of state logged
+        # once by its health checks: a line per read would flood the log under an outage.
+        logger.debug("A read-only unit's first statement met an outage; it runs again")
+        # The connection, if any, is in an unknown state (cut mid-statement): its rollback
+        # failed and its close logged a traceback. Dropped instead.
         with contextlib.suppress(Exception):
             self.invalidate()
         self.bind = bind

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from dbscope._async_session import (
@@ -55,6 +57,8 @@ class Units:
         schema: the Database's default schema.
         tagger: the SQL comments of its units (``sql_comments``); None when off.
         router: routes read-only units to replicas; None without replicas.
+        on_reread: counts a read-only unit's first statement run again on the primary after
+            its connection was lost (``reread``).
     """
 
     def __init__(
@@ -64,9 +68,11 @@ class Units:
         schema: str | None,
         tagger: SqlTagger | None = None,
         router: ReadRouter | None = None,
+        on_reread: Callable[[], object] | None = None,
     ) -> None:
         self.sessions = sessions
         self.router = router
+        self.on_reread = on_reread
         self.limits = limits
         self.rules = limits.backend
         self.schema = schema
@@ -116,6 +122,22 @@ class Units:
         (a WriteToken) is a write a read-only unit must see; ``primary`` keeps a read-only
         unit on the primary."""
         return UnitRun(self, options, comment, request_id, after, primary)
+
+    def reread(self, bind: Engine, error: Exception) -> Engine | None:
+        """Where a read-only unit's first statement on the primary runs again after ``error``
+        (``UnitState.reroute``): on ``bind``, its own engine, whose pool gives a fresh
+        connection, when the unit's connection was lost (the server ended it: a restart, a
+        terminated backend, a failover), counted; else None, and ``error`` propagates: no
+        connection to be had (``pool_timeout``, ``unreachable``: asking again would wait
+        again), PgBouncer's queue waited out (likewise), or the read's own error."""
+        outage = translate(error, self.limits)
+        if not isinstance(outage, DatabaseUnavailableError) or outage.cause != "connection_lost":
+            return None
+        if isinstance(error, DBAPIError) and self.rules.lost_because(error.orig) is not None:
+            return None
+        if self.on_reread is not None:
+            self.on_reread()
+        return bind
 
     def comment(self, tags: Mapping[str, str] | None) -> SqlComment | None:
         """The comment of a unit with ``tags``; None while SQL comments are off (``tags`` are
@@ -203,7 +225,7 @@ class UnitRun:
             # The unit is made in __aenter__, on the replica chosen then (or the primary).
             self._route = (options, after, comment, request_id)
             return
-        self.unit = self._make(units.sessions(), options, comment, request_id)
+        self.unit = self._make(units.sessions(), options, comment, request_id, primary=True)
         self.unit.state.tracks_writes = routed
 
     def _make(
@@ -212,7 +234,11 @@ class UnitRun:
         options: UnitOptions,
         comment: SqlComment | None,
         request_id: str | None,
+        *,
+        primary: bool,
     ) -> UnitOfWork:
+        """The unit's session and state, on ``factory``'s engine (the primary's, if
+        ``primary``: a read-only unit's first statement there may run again, ``reread``)."""
         units = self._units
         session = factory(
             **unit_bind(factory, units.rules, options.read_only, options.isolation_level)
@@ -226,6 +252,10 @@ class UnitRun:
             state.request_id = request_id
         unit = UnitOfWork(session, state)
         unit.rollback_only = options.read_only
+        bind = session.sync_session.bind
+        # Not bound to a test's connection (a Connection): the test holds its transaction.
+        if primary and options.read_only and isinstance(bind, Engine):
+            state.reroute = functools.partial(units.reread, bind)
         return unit
 
     async def __aenter__(self) -> UnitOfWork:
@@ -235,7 +265,9 @@ class UnitRun:
             assert router is not None
 
             def make(factory: async_sessionmaker[AsyncSession] | None) -> UnitOfWork:
-                return self._make(factory or self._units.sessions(), options, comment, request_id)
+                on_primary = factory is None  # a replica's unit reroutes (_replicas.py)
+                factory = factory or self._units.sessions()
+                return self._make(factory, options, comment, request_id, primary=on_primary)
 
             self.unit = await router.open_read(make, options, after)
         self._token = self._units.current.set(self.unit)
