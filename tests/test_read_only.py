@@ -329,3 +329,26 @@ async def test_a_read_only_request_whose_connection_was_lost_before_its_first_st
     assert response.status_code == 200, response.text
     assert response.json()["backend"] != app.state.backend_id
     assert (stats.rereads, stats.checked_out) == (1, 0)
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_read_that_read_through_its_connection_is_not_run_again_after_a_loss(
+    database_url: str,
+) -> None:
+    """Rows read through ``session.connection()``'s Connection came first: the session's
+    statement that then finds the connection lost is no first statement, and fails."""
+
+    async def read_then_lose_it() -> None:
+        async with db.transaction(read_only=True, isolation_level="REPEATABLE READ") as session:
+            connection = await session.connection()
+            backend = await connection.scalar(text(backend_id_query(db)))
+            async with helpers.admin(database_url) as admin:
+                await helpers.kill(admin, backend)
+            await session.scalar(text("SELECT 1"))
+
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await read_then_lose_it()
+        stats = db.stats()
+    assert info.value.cause == "connection_lost"
+    assert (stats.rereads, stats.checked_out) == (0, 0)

@@ -219,16 +219,19 @@ async def test_a_read_whose_replica_connection_is_lost_in_its_first_statement_re
     assert stats.replicas[0].served == 0
 
 
+@pytest.mark.parametrize("through", ["session", "connection"])
 async def test_a_read_whose_replica_connection_is_lost_after_its_first_result_fails(
-    urls: tuple[str, str],
+    urls: tuple[str, str], through: str
 ) -> None:
-    """Once a statement has returned rows, a lost replica connection is an outage (503), not
-    a silent second read elsewhere."""
+    """Once a statement has returned rows, through the session or through the Connection
+    ``session.connection()`` gave, a lost replica connection is an outage (503), not a silent
+    second read elsewhere (through the Connection, it read the primary)."""
     seen: list[bool] = []
 
     async def read_twice() -> None:
         async with db.transaction(read_only=True) as session:
-            seen.append(await in_recovery(session))
+            runs = session if through == "session" else await session.connection()
+            seen.append(await runs.scalar(text("SELECT pg_is_in_recovery()")))
             seen.append(await terminate_backend(session, urls[1]))
             await session.scalar(text("SELECT 1"))
 

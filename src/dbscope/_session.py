@@ -153,12 +153,16 @@ class UnitSession(Session):
         if statement:  # (one statement only: scalar() runs execute())
             unit.reroute = None
         try:
-            return run(*args, **kwargs)
+            found = run(*args, **kwargs)
         except Exception as error:
             unit.reroute = None
             bind = reroute(error)
             if bind is None:
                 raise
+        else:
+            if not statement:
+                _until_used(found, unit)
+            return found
         # Counted (db.stats().fallbacks, .rereads), and a replica's change of state logged
         # once by its health checks: a line per read would flood the log under an outage.
         logger.debug("A read-only unit's first statement met an outage; it runs again")
@@ -168,6 +172,18 @@ class UnitSession(Session):
             self.invalidate()
         self.bind = bind
         return run(*args, **kwargs)
+
+
+def _until_used(connection: Connection, unit: UnitState) -> None:
+    """Keep ``unit.reroute`` only until a statement runs on ``connection``, which
+    ``session.connection()`` handed out: the statements run on it bypass the session's, and
+    rows it returned may have been read (a unit at REPEATABLE READ run again elsewhere would
+    read two snapshots). Listened for on this Connection alone: other units pay nothing."""
+
+    def used(*_: object) -> None:
+        unit.reroute = None
+
+    event.listen(connection, "before_cursor_execute", used, once=True)
 
 
 def attach_state(session: Session, state: UnitState) -> UnitState:
