@@ -10,6 +10,7 @@ a function.
 """
 
 import contextlib
+import gc
 import time
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import ConfigurationError, Database, StatementTimeoutError
+from dbscope import ConfigurationError, Database, StatementTimeoutError, UnitOptions
 from dbscope._unit_options import IsolationLevel
 from tests import helpers
 
@@ -127,6 +128,24 @@ async def test_a_statement_timeout_does_not_outlive_a_unit_that_succeeds(
     assert not is_default_timeout(inside)
     assert backend == timed_backend
     assert is_default_timeout(timeout), timeout
+
+
+async def test_units_with_ever_new_statement_timeouts_keep_no_options_each(
+    postgres_url: str,
+) -> None:
+    """An app that gives each unit its request's remaining deadline as statement_timeout
+    makes new options per unit: they are not all kept (before: one kept per unit, for good)."""
+    units = 600
+    async with Database(postgres_url, **ONE_CONNECTION) as db:
+        for number in range(units):
+            async with db.transaction(statement_timeout=10 + number / 1000) as session:
+                await session.execute(text("SELECT 1"))
+        gc.collect()
+        kept = sum(
+            isinstance(held, UnitOptions) and held.statement_timeout is not None
+            for held in gc.get_objects()
+        )
+    assert kept < units // 2
 
 
 @pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)

@@ -46,6 +46,10 @@ LOST_AT_CLOSE: Final = (
     "the connection was lost (server restart, terminated backend or network cut), which "
     "rolled its transaction back; the connection is dropped"
 )
+# The distinct unit options whose BEGIN is kept made. An app declares a few in its code; one
+# that computes a statement_timeout per unit (a request's remaining deadline) makes a new
+# one per unit, so the cache is emptied when full rather than kept growing.
+PREPARED_KEPT: Final = 256
 
 
 class Units:
@@ -105,6 +109,8 @@ class Units:
             limits = self.limits
             if options.statement_timeout is not None:
                 limits = dataclasses.replace(limits, statement_timeout=options.statement_timeout)
+            if len(self._prepared) >= PREPARED_KEPT:
+                self._prepared.clear()
             found = self._prepared[options] = (begin, limits)
         return found
 
