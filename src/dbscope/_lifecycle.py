@@ -23,10 +23,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import warnings
-import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, Protocol
@@ -41,6 +39,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from dbscope import _forks as forks
 from dbscope._async_session import UnitAsyncSession, session_factory
 from dbscope._dialects import CLOSE_TIMEOUT, ClosedIfCancelled, backend, driver
 from dbscope._durability import DurabilityWatch
@@ -59,20 +58,6 @@ State = Literal["new", "connected", "disposed", "bound"]
 # Where the test connections that Databases are bound to lead, while they are: a Database
 # that connects elsewhere meanwhile (an app's second one, forgotten) writes for real.
 _bound_targets: Counter[tuple[str, str | None, int | None, str | None]] = Counter()
-# The lifecycles connected now, whose pools a forked child must let go of (below).
-_connected: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
-
-
-def _let_go_of_inherited_pools() -> None:
-    """In a forked child, drop every pool inherited from the parent without closing its
-    connections: their sockets are the parent's too, and a child that used them (or closed
-    them, as dispose() does) would speak in the parent's conversations with the server.
-    SQLAlchemy's ``engine.dispose(close=False)``, which its docs prescribe after a fork."""
-    for lifecycle in list(_connected):
-        lifecycle.let_go_of_pool()
-
-
-os.register_at_fork(after_in_child=_let_go_of_inherited_pools)
 
 
 def _target(url: URL) -> tuple[str, str | None, int | None, str | None]:
@@ -202,7 +187,7 @@ class Lifecycle:
         )
         self._loop = asyncio.get_running_loop()
         self.state = "connected"
-        _connected.add(self)
+        forks.connected.add(self)
         self._running = (engine, self._counters)
         self.durability.update(standbys)
         self.durability.watch(engine, self.options)
@@ -254,7 +239,7 @@ class Lifecycle:
                     busy,
                 )
             self.state = "disposed"
-            _connected.discard(self)
+            forks.connected.discard(self)
             running, self._running = self._running, None
             if running is not None:
                 for observer in self._observers:
@@ -270,8 +255,8 @@ class Lifecycle:
 
     def let_go_of_pool(self) -> None:
         """Replace the pool with an empty one, leaving its connections untouched (a forked
-        child's: they are the parent's). The inherited ones are kept, never collected, so
-        that no driver's finalizer closes or warns of a connection the parent still uses."""
+        child's, ``_forks.py``). The inherited ones are kept, never collected, so that no
+        driver's finalizer closes or warns of a connection the parent still uses."""
         if self._engine is not None and self.state == "connected":
             self._inherited.append(self._engine.sync_engine.pool)
             self._engine.sync_engine.dispose(close=False)
