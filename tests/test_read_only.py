@@ -352,3 +352,28 @@ async def test_a_read_that_read_through_its_connection_is_not_run_again_after_a_
         stats = db.stats()
     assert info.value.cause == "connection_lost"
     assert (stats.rereads, stats.checked_out) == (0, 0)
+
+
+@pytest.mark.parametrize("db_backend", helpers.SERVER_BACKENDS)
+async def test_a_first_read_in_a_savepoint_whose_connection_was_lost_fails_as_lost(
+    database_url: str,
+) -> None:
+    """In ``begin_nested()``, which cannot go on once the transaction is dropped: 503
+    ``connection_lost``, not run again (SQLAlchemy's InvalidRequestError, a 500, after a
+    reread counted)."""
+
+    async def read_in_a_savepoint(backend: Any) -> None:
+        async with db.transaction(read_only=True) as session:
+            await session.connection()
+            async with helpers.admin(database_url) as admin:
+                await helpers.kill(admin, backend)
+            async with session.begin_nested():
+                await session.scalar(text("SELECT 1"))
+
+    async with Database(database_url, **ONE_CONNECTION) as db:
+        backend = await backend_of_a_unit(db)
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await read_in_a_savepoint(backend)
+        stats = db.stats()
+    assert info.value.cause == "connection_lost"
+    assert (stats.rereads, stats.checked_out) == (0, 0)

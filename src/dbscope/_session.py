@@ -147,7 +147,8 @@ class UnitSession(Session):
     ) -> Any:
         """A read-only unit's first statement: run again where ``unit.reroute`` says if it
         meets an outage of its connection (on a replica: none to be had, or one lost; on the
-        primary: one lost), once: reads are idempotent, and none returned yet."""
+        primary: one lost), once, unless it runs in a savepoint: reads are idempotent, and
+        none returned yet."""
         reroute = unit.reroute
         assert reroute is not None
         if statement:  # (one statement only: scalar() runs execute())
@@ -156,7 +157,9 @@ class UnitSession(Session):
             found = run(*args, **kwargs)
         except Exception as error:
             unit.reroute = None
-            bind = reroute(error)
+            # Inside a savepoint (begin_nested()), whose context the statement cannot run
+            # again in once the transaction is dropped: it fails as a later statement does.
+            bind = None if self.in_nested_transaction() else reroute(error)
             if bind is None:
                 raise
         else:
