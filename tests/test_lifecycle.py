@@ -12,6 +12,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -67,6 +68,56 @@ loop.run_until_complete(db.dispose())
 loop.close()
 print(json.dumps([inherited, after == before, invalidated]))
 """
+
+# A script with a module-level db that forgets dispose() at the end of its first asyncio.run
+# and, in the next, does as the other-loop LifecycleError says. Prints the second run's
+# unit's result and every record at WARNING or above, warnings (ResourceWarning) included.
+TWO_RUNS_WITHOUT_DISPOSE = """
+import asyncio, gc, json, logging, sys, warnings
+from sqlalchemy import text
+from dbscope import Database
+
+warnings.simplefilter("always")
+logging.captureWarnings(True)
+records = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: records.append([record.name, record.levelname, record.getMessage()])
+logging.getLogger().addHandler(handler)
+db = Database(sys.argv[1])
+
+async def unit() -> int:
+    async with db.transaction() as session:
+        return (await session.execute(text("SELECT 1"))).scalar_one()
+
+async def first() -> None:
+    await db.connect()
+    await unit()
+
+async def second() -> int:
+    await db.dispose()
+    await db.connect()
+    try:
+        return await unit()
+    finally:
+        await db.dispose()
+
+asyncio.run(first())
+result = asyncio.run(second())
+gc.collect()
+print(json.dumps([result, records]))
+"""
+
+
+def run_script(script: str, database_url: str) -> Any:
+    """Run ``script`` in a process of its own on ``database_url``; what its last line says."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(completed.stdout.splitlines()[-1])
 
 
 def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:
@@ -253,15 +304,19 @@ def test_a_forked_child_leaves_the_parents_connections_alone(database_url: str) 
     there, as the other-loop error says, closes none of the parent's connections, which the
     parent goes on using (before, the child's dispose() ended the parent's connection:
     PostgreSQL through asyncpg and MariaDB then hung the parent's next unit)."""
-    completed = subprocess.run(
-        [sys.executable, "-c", FORK_AFTER_USE, database_url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    inherited, same_connection, invalidated = json.loads(completed.stdout.splitlines()[-1])
-    assert (inherited, same_connection, invalidated) == (0, True, 0), completed.stderr
+    inherited, same_connection, invalidated = run_script(FORK_AFTER_USE, database_url)
+    assert (inherited, same_connection, invalidated) == (0, True, 0)
+
+
+def test_disposing_after_its_event_loop_closed_lets_the_pool_go_quietly(database_url: str) -> None:
+    """asyncio.run() returned without dispose(): the next run's dispose() lets go of the
+    pool and closes its connections without the closed loop, saying so once, and connects
+    again (before: asyncmy's close logged an ERROR, "Event loop is closed", and asyncpg's
+    socket was left to an unclosed-transport ResourceWarning)."""
+    result, records = run_script(TWO_RUNS_WITHOUT_DISPOSE, database_url)
+    assert result == 1
+    assert [(name, level) for name, level, _ in records] == [("dbscope", "WARNING")], records
+    assert "whose event loop has closed" in records[0][2]
 
 
 @pytest.mark.usefixtures("lifecycle_rows")

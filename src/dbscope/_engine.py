@@ -9,6 +9,7 @@ connections belong to the loop that made them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ from dbscope._failed_transactions import remembers_failures
 from dbscope._migrations import require_schema
 from dbscope._pool import QueuedPool
 from dbscope._settings import DatabaseSettings
+
+logger = logging.getLogger("dbscope")
 
 
 def engine_options(settings: DatabaseSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,6 +167,32 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     if settings.defer_begin:
         rules.defer_begins(engine)
     return engine
+
+
+def let_go_of_closed_loop_pool(engine: AsyncEngine) -> None:
+    """Replace the pool of an event loop that has closed with an empty one, without I/O
+    (``engine.dispose(close=False)``), and close its idle connections without that loop.
+
+    ``asyncio.run()`` returned without ``dispose()``: a graceful close would go through the
+    closed loop, which refuses ("Event loop is closed", logged by the pool as an ERROR, or
+    left to the garbage collector's ResourceWarning of the unclosed socket). Connections
+    checked out then were lost with the tasks the loop ended.
+    """
+    pool = engine.sync_engine.pool
+    idle = pool.take_idle() if isinstance(pool, QueuedPool) else []
+    engine.sync_engine.dispose(close=False)
+    known = driver(engine.url.get_driver_name())
+    close = known.close_without_loop if known is not None else None
+    if close is not None:
+        for connection in idle:
+            close(connection)
+    logger.warning(
+        "Let go of the connection pool of %r, whose event loop has closed (asyncio.run() "
+        "returned without dispose()); its %d idle connection(s) closed without that loop. "
+        "Dispose the Database before its event loop ends.",
+        engine.url,
+        len(idle),
+    )
 
 
 def ping_after(settings: DatabaseSettings) -> float | None:

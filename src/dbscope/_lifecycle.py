@@ -43,7 +43,13 @@ from dbscope import _forks as forks
 from dbscope._async_session import UnitAsyncSession, session_factory
 from dbscope._dialects import CLOSE_TIMEOUT, ClosedIfCancelled, backend, driver
 from dbscope._durability import DurabilityWatch
-from dbscope._engine import ServerInfo, build_engine, ping_after, verify
+from dbscope._engine import (
+    ServerInfo,
+    build_engine,
+    let_go_of_closed_loop_pool,
+    ping_after,
+    verify,
+)
 from dbscope._exceptions import ConfigurationError, LifecycleError
 from dbscope._pool import PoolCounters
 from dbscope._pool_stats import PoolStats
@@ -245,7 +251,10 @@ class Lifecycle:
                 for observer in self._observers:
                     observer.engine_stopped(*running)
             await self.durability.close()
-            await engine.dispose()
+            if self._loop is not None and self._loop.is_closed():
+                let_go_of_closed_loop_pool(engine)  # its connections cannot be closed politely
+            else:
+                await engine.dispose()
             # A connect a cancel cut short goes on alone: its connection is closed before
             # the app's loop ends (a connect within connect_timeout, a close within CLOSE).
             creator = self.options.get("connect_args", {}).get("async_creator_fn")

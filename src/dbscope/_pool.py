@@ -23,6 +23,7 @@ new connection took to open is measured only while a :class:`PoolObserver` is at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import await_only
+from sqlalchemy.util.queue import Empty
 
 from dbscope._errors import LineFullError
 from dbscope._exceptions import ClientDisconnectedError
@@ -145,6 +147,17 @@ class QueuedPool(AsyncAdaptedQueuePool):
         for name in ("max_waiters", "timeouts", "refused", "abandoned", "replaced", "observer"):
             setattr(pool, name, getattr(self, name))
         return cast(QueuedPool, pool)
+
+    def take_idle(self) -> list[Any]:
+        """Take the idle connections out of the pool, without I/O: the driver connections,
+        for their owner to close (those of an event loop that has closed, ``_lifecycle``)."""
+        taken = []
+        with contextlib.suppress(Empty):
+            while True:
+                record = self._pool.get(False)
+                if record.dbapi_connection is not None:
+                    taken.append(record.dbapi_connection.driver_connection)
+        return taken
 
     def limits(self) -> tuple[int, float]:
         """The most connections kept idle (``pool_size``) and open at once (inf: no bound)."""

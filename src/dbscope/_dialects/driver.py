@@ -5,6 +5,7 @@ its connection object, and what it needs behind PgBouncer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -24,6 +25,20 @@ async def rollback_connection(connection: Any) -> None:
     """Roll back through the driver connection's own ``rollback()`` (psycopg, asyncmy,
     aiosqlite)."""
     await connection.rollback()
+
+
+def close_transport_without_loop(transport: Any) -> None:
+    """Close an asyncio transport whose event loop has closed, and its socket. Its own
+    ``close()`` asks that loop to run the end (``_call_connection_lost``: the protocol told,
+    the socket closed), which a closed loop refuses ("Event loop is closed"), leaving the
+    socket to the garbage collector's ResourceWarning; this runs that end itself. A
+    transport of another loop (uvloop's) is left as it is."""
+    with contextlib.suppress(RuntimeError):  # marked closing; the loop refuses the rest
+        transport.abort()
+    finish = getattr(transport, "_call_connection_lost", None)
+    if finish is not None and getattr(transport, "_sock", None) is not None:
+        with contextlib.suppress(RuntimeError):  # the socket is closed whatever it raises
+            finish(None)
 
 
 async def through_cancels(work: Awaitable[object], seconds: float) -> None:
@@ -130,6 +145,9 @@ class Driver:
         close: its graceful close, bounded by a timeout (seconds), where its own close waits
             for the server without bound or is left unfinished by a second cancel; None where
             closing never waits.
+        close_without_loop: close a connection, its socket or thread, at once and without its
+            event loop, which has closed (``asyncio.run`` returned without ``dispose()``);
+            None where its pool's own close of it needs no loop.
         closes_on_thread: its connection lives on a thread of its own, which terminating it
             only asks to close: what it holds (a file lock) lasts until ``close`` is done.
         set_autocommit: switch autocommit on or off, returning the previous state; None for a
@@ -167,6 +185,7 @@ class Driver:
     status: Callable[[Any], LeaseStatus] | None = None
     rollback: Callable[[Any], Awaitable[object]] | None = None
     close: Callable[[Any, float], Awaitable[object]] | None = None
+    close_without_loop: Callable[[Any], None] | None = None
     closes_on_thread: bool = False
     set_autocommit: Callable[[Any, bool], Awaitable[bool]] | None = None
     batches_inserts: bool = False

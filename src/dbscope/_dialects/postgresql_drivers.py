@@ -20,6 +20,7 @@ from dbscope._dialects.driver import (
     ClosedIfCancelled,
     Driver,
     LeaseStatus,
+    close_transport_without_loop,
     rollback_connection,
 )
 
@@ -65,6 +66,18 @@ async def _asyncpg_connect(*args: Any, **kwargs: Any) -> Any:
 
 async def _asyncpg_quit(connection: Any) -> None:
     await _asyncpg_close(connection, CLOSE_TIMEOUT)
+
+
+def _asyncpg_close_without_loop(connection: Any) -> None:
+    # asyncpg's terminate() aborts through the transport, which its closed loop refuses to
+    # finish; the transport is asyncpg's private attribute (another version: left as is).
+    transport = getattr(connection, "_transport", None)
+    if transport is not None:
+        close_transport_without_loop(transport)
+
+
+def _psycopg_close_without_loop(connection: Any) -> None:
+    connection.pgconn.finish()  # libpq's close of the socket: no event loop involved
 
 
 # What target_session_attrs takes, in libpq (PostgreSQL 14 on) and asyncpg alike.
@@ -281,6 +294,7 @@ ASYNCPG: Final = Driver(
     status=_asyncpg_status,
     rollback=_asyncpg_rollback,
     close=_asyncpg_close,
+    close_without_loop=_asyncpg_close_without_loop,
     pooler_args=pgbouncer.asyncpg_args,
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
@@ -296,6 +310,7 @@ PSYCOPG: Final = Driver(
     errors=_psycopg_errors,
     status=_psycopg_status,
     rollback=rollback_connection,
+    close_without_loop=_psycopg_close_without_loop,
     set_autocommit=_psycopg_set_autocommit,
     pooler_args=pgbouncer.psycopg_args,
     pooler_conflict=pgbouncer.psycopg_conflict,

@@ -315,6 +315,7 @@ AIOSQLITE: Final = Driver(
     status=_aiosqlite_status,
     rollback=rollback_connection,
     close=_aiosqlite_close,
+    close_without_loop=lambda connection: connection.stop(),  # queued to its thread
     closes_on_thread=True,
     isolation_levels=("READ UNCOMMITTED", "SERIALIZABLE"),
     checkin_waits=True,
