@@ -27,12 +27,16 @@ async def rollback_connection(connection: Any) -> None:
     await connection.rollback()
 
 
-def close_transport_without_loop(transport: Any) -> None:
-    """Close an asyncio transport whose event loop has closed, and its socket. Its own
+def abort_transport(connection: Any) -> None:
+    """Close the asyncio transport of ``connection`` (asyncpg's, asyncmy's: a private
+    attribute of both) whose event loop has closed, and its socket. The transport's own
     ``close()`` asks that loop to run the end (``_call_connection_lost``: the protocol told,
     the socket closed), which a closed loop refuses ("Event loop is closed"), leaving the
-    socket to the garbage collector's ResourceWarning; this runs that end itself. A
-    transport of another loop (uvloop's) is left as it is."""
+    socket to the garbage collector's ResourceWarning; this runs that end itself. Another
+    version's connection, or a transport of another loop (uvloop's), is left as it is."""
+    transport = getattr(connection, "_transport", None)
+    if transport is None:
+        return
     with contextlib.suppress(RuntimeError):  # marked closing; the loop refuses the rest
         transport.abort()
     finish = getattr(transport, "_call_connection_lost", None)

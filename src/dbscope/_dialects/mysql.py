@@ -25,12 +25,7 @@ from dbscope._dialects._base import (
     quoted_database,
     server_version,
 )
-from dbscope._dialects.driver import (
-    Driver,
-    LeaseStatus,
-    close_transport_without_loop,
-    rollback_connection,
-)
+from dbscope._dialects.driver import Driver, LeaseStatus, abort_transport, rollback_connection
 from dbscope._dialects.marks import MARK, tables_mark
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
@@ -319,13 +314,6 @@ def _connect_args(driver: str) -> Callable[[float, str | None], dict[str, Any]]:
     return connect_args
 
 
-def _asyncmy_close_without_loop(connection: Any) -> None:
-    # As _asyncmy_closing: its transport is a private attribute (another version: left as is).
-    transport = getattr(connection, "_transport", None)
-    if transport is not None:
-        close_transport_without_loop(transport)
-
-
 def _asyncmy_closing(connection: Any) -> bool:
     # asyncmy reads in the event loop too, and its transport starts closing when the server
     # hangs up. It offers no public flag for that; without the attribute (another version),
@@ -382,7 +370,7 @@ ASYNCMY: Final = Driver(
     status=_asyncmy_status,
     status_sees_reads=False,
     rollback=rollback_connection,
-    close_without_loop=_asyncmy_close_without_loop,
+    close_without_loop=abort_transport,
     set_autocommit=_asyncmy_set_autocommit,
     batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES
     url_query=_sendable_password,

@@ -20,7 +20,7 @@ from dbscope._dialects.driver import (
     ClosedIfCancelled,
     Driver,
     LeaseStatus,
-    close_transport_without_loop,
+    abort_transport,
     rollback_connection,
 )
 
@@ -66,14 +66,6 @@ async def _asyncpg_connect(*args: Any, **kwargs: Any) -> Any:
 
 async def _asyncpg_quit(connection: Any) -> None:
     await _asyncpg_close(connection, CLOSE_TIMEOUT)
-
-
-def _asyncpg_close_without_loop(connection: Any) -> None:
-    # asyncpg's terminate() aborts through the transport, which its closed loop refuses to
-    # finish; the transport is asyncpg's private attribute (another version: left as is).
-    transport = getattr(connection, "_transport", None)
-    if transport is not None:
-        close_transport_without_loop(transport)
 
 
 def _psycopg_close_without_loop(connection: Any) -> None:
@@ -294,7 +286,7 @@ ASYNCPG: Final = Driver(
     status=_asyncpg_status,
     rollback=_asyncpg_rollback,
     close=_asyncpg_close,
-    close_without_loop=_asyncpg_close_without_loop,
+    close_without_loop=abort_transport,
     pooler_args=pgbouncer.asyncpg_args,
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
