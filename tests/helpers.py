@@ -182,6 +182,19 @@ def without_tables(database_url: str, *tables: str) -> Iterator[str]:
     drop_tables(database_url, *tables)
 
 
+def run_script(script: str, *arguments: str) -> Any:
+    """Run ``script`` in a process of its own with ``arguments`` (database URLs); what its
+    last line says."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
 def without_settings(**variables: str) -> dict[str, str]:
     """This process's environment for a subprocess that must see only a test's settings:
     without any variable a Database reads (``DATABASE_URL``, ``POSTGRES_*``, ``POOL_SIZE``,

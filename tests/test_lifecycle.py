@@ -7,12 +7,8 @@ as a module-level ``db`` in an application would.
 import asyncio
 import contextlib
 import gc
-import json
-import subprocess
-import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -20,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import ConfigurationError, Database, LifecycleError, testing
-from tests.helpers import Lifespan, Tables, app_with, send
+from tests.helpers import Lifespan, Tables, app_with, run_script, send
 
 with warnings.catch_warnings():
     # Starlette 1.10 deprecates running its TestClient on httpx (it wants httpx2, which this
@@ -106,18 +102,6 @@ result = asyncio.run(second())
 gc.collect()
 print(json.dumps([result, records]))
 """
-
-
-def run_script(script: str, database_url: str) -> Any:
-    """Run ``script`` in a process of its own on ``database_url``; what its last line says."""
-    completed = subprocess.run(
-        [sys.executable, "-c", script, database_url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return json.loads(completed.stdout.splitlines()[-1])
 
 
 def build_app(db: Database, lifespan: Lifespan | None = None) -> FastAPI:

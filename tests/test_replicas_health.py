@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from dbscope import Database
 from tests.conftest import POSTGRES_URL, require_server
+from tests.helpers import run_script
 from tests.replica_cluster import ReplicaPair, replay_paused, replica_stopped
 from tests.replica_reads import (
     CHECK_INTERVAL,
@@ -30,6 +31,41 @@ from tests.replica_reads import (
 from tests.server import free_port
 
 pytest_plugins = ["tests.replica_fixtures"]
+
+# A script whose first event loop is closed without its tasks cancelled (loop.close() after
+# run_until_complete, without dispose()), the replicas' watch among them; its next run
+# disposes, connects and reads on the replica. Prints that read's recovery state and the
+# records at ERROR or above, and whether the next run's dispose() raised.
+LOOP_CLOSED_UNDER_THE_WATCH = """
+import asyncio, gc, json, logging, sys
+from sqlalchemy import text
+from dbscope import Database
+
+records = []
+handler = logging.Handler(logging.ERROR)
+handler.emit = lambda record: records.append([record.name, record.getMessage()])
+logging.getLogger().addHandler(handler)
+db = Database(sys.argv[1], replicas=[sys.argv[2]])
+
+async def second() -> object:
+    try:
+        await db.dispose()
+    except RuntimeError as error:
+        return repr(error)
+    await db.connect()
+    try:
+        async with db.transaction(read_only=True) as session:
+            return (await session.execute(text("SELECT pg_is_in_recovery()"))).scalar_one()
+    finally:
+        await db.dispose()
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(db.connect())
+loop.close()
+result = asyncio.run(second())
+gc.collect()
+print(json.dumps([result, records]))
+"""
 
 READS = 5
 # How long a state change may take to show: many check intervals, for a loaded machine.
@@ -268,3 +304,14 @@ async def test_a_member_patroni_turns_down_that_is_no_replica_shows_promoted(
         promoted = db.stats().replicas[0]
     assert (promoted.state, promoted.lag) == ("promoted", None)
     assert (promoted.reason or "").startswith("it is a primary of this cluster, not in recovery")
+
+
+async def test_a_watch_whose_event_loop_closed_unfinished_is_let_go_by_dispose(
+    urls: tuple[str, str],
+) -> None:
+    """The loop that connected was closed with the replicas' watch still pending: the next
+    loop's dispose() lets go of it and reads on the replica again, with nothing at ERROR
+    (before: cancelling it asked the closed loop, and dispose() raised "Event loop is
+    closed", the pools left open; asyncio then logged the watch destroyed pending)."""
+    found = await anyio.to_thread.run_sync(run_script, LOOP_CLOSED_UNDER_THE_WATCH, *urls)
+    assert found == [True, []]

@@ -154,7 +154,9 @@ class ReplicaChecks:
     async def dispose(self) -> None:
         """Stop watching, and close every replica's pool; the next connect() starts anew."""
         watch, self._watch = self._watch, None
-        if watch is not None:
+        if watch is not None and watch.get_loop().is_closed():
+            _drop_unfinished(watch)
+        elif watch is not None:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
@@ -331,3 +333,11 @@ def _translated(error: Exception, replica: Replica) -> Exception | None:
     if isinstance(error, DatabaseUnavailableError | ConfigurationError):
         return error  # already dbscope's: connect() translates its own
     return translate(error, Limits(replica.lifecycle.settings.url))
+
+
+def _drop_unfinished(task: asyncio.Task[None]) -> None:
+    """Let go of a task whose event loop closed without cancelling it (``loop.close()`` after
+    ``run_until_complete``): cancelling it asks that loop ("Event loop is closed"), so its
+    coroutine is closed here instead, and asyncio told not to log it as destroyed pending."""
+    task.get_coro().close()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch
