@@ -85,7 +85,8 @@ def drop_in_reset(dbapi_connection: Any, record: ConnectionPoolEntry, error: Exc
 
 
 def skips_rollback_of_dropped(engine: AsyncEngine) -> None:
-    """Let the pool's reset skip the rollback of a connection :func:`drop_in_reset` dropped.
+    """Let the pool's reset skip the rollback of a connection :func:`drop_in_reset` dropped
+    (on a primary with replicas, whose reset listener reads the log position: ``_replicas``).
 
     SQLAlchemy rolls a connection back after the reset listeners, on the connection its
     checkin began with, even once a listener invalidated the entry: psycopg's rollback of a

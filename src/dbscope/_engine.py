@@ -22,12 +22,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 
-from dbscope._connection_ends import (
-    bound_closes,
-    gives_back_on_failure,
-    puts_back_before_checkin,
-    skips_rollback_of_dropped,
-)
+from dbscope._connection_ends import bound_closes, gives_back_on_failure, puts_back_before_checkin
 from dbscope._dialects import APPLICATION_NAME_BYTES, Backend, Standbys, backend, driver
 from dbscope._engine_checks import QUEUE_POOL_OPTIONS, check_option_types
 from dbscope._errors import connect_error
@@ -157,7 +152,6 @@ def build_engine(settings: DatabaseSettings, options: Mapping[str, Any]) -> Asyn
     rules = backend(settings.url.get_backend_name())
     rules.configure(engine, memory=settings.is_memory)
     bound_closes(engine)
-    skips_rollback_of_dropped(engine)
     remembers_failures(engine, rules)
     # Now, before any checkin: a reset listener added while a checkin awaits in another one
     # breaks SQLAlchemy's loop over them ("deque mutated during iteration").

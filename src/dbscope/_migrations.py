@@ -268,8 +268,8 @@ async def migration_status(
     """Where the database on ``connection`` stands against the migrations of ``config``.
 
     Reads the version table (a query) and the scripts' heads (files, in a thread); changes
-    nothing. The
-    query begins a transaction on ``connection`` if none is open: the caller ends it.
+    nothing. The query begins a transaction on ``connection`` if none is open: the caller
+    ends it.
 
     Args:
         connection: a connection to the database.

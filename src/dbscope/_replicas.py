@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-from dbscope._connection_ends import drop_in_reset
+from dbscope._connection_ends import drop_in_reset, skips_rollback_of_dropped
 from dbscope._dialects import Backend, backend, only_read
 from dbscope._engine import unit_bind
 from dbscope._errors import Limits, connection_gone, translate
@@ -277,6 +277,9 @@ class Replicas:
         """Read the log position after each commit on ``engine`` (the primary's)."""
         event.listen(engine.sync_engine, "commit", _mark_commit)
         event.listen(engine.sync_engine, "reset", self._capture)
+        # Only here, where _capture may drop a connection: elsewhere every checkin's
+        # rollback stays SQLAlchemy's own, with no wrapper to pass through.
+        skips_rollback_of_dropped(engine)
 
     def engine_stopped(self, engine: AsyncEngine, counters: PoolCounters) -> None:
         """Stop reading positions on ``engine``."""
