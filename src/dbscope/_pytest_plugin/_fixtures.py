@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -126,11 +126,7 @@ def dbscope_app(request: pytest.FixtureRequest) -> Any:
             "FastAPI app, or a function without arguments that returns it) in "
             "[tool.pytest.ini_options], or override the fixture dbscope_app in conftest.py."
         )
-    if inspect.isfunction(found) and not any(
-        parameter.default is parameter.empty
-        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-        for parameter in inspect.signature(found).parameters.values()
-    ):
+    if inspect.isfunction(found) and _takes_no_arguments(found):
         found = found()
     if not callable(found):  # no ASGI app, nor a function making one: failed in each test
         advice = "name the FastAPI app (or a function without arguments that returns it)."
@@ -257,3 +253,12 @@ def _load(config: pytest.Config, setting: str) -> object | None:
 def _not_a(config: pytest.Config, setting: str, found: object, kind: str, advice: str) -> NoReturn:
     spec = config.getini(setting)
     fail(f"{setting} = {spec!r} is a {type(found).__name__}, not a {kind}: {advice}")
+
+
+def _takes_no_arguments(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` can be called with none (an app factory's)."""
+    return not any(
+        parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        for parameter in inspect.signature(function).parameters.values()
+    )
