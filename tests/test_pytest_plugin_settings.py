@@ -75,6 +75,26 @@ def test_the_client_needs_the_apps_database(pytester: pytest.Pytester, tmp_path:
     result.stdout.fnmatch_lines(["*dbscope_database = 'myapp.db:db'*"])
 
 
+def test_dbscope_app_may_name_a_function_that_returns_the_app(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """docs/testing.md: ``dbscope_app`` names the app, or a function without arguments (a
+    default is no argument) that returns it; the client then talks to what it returned."""
+    factory = "import plugin_app\n\n\ndef make_app(title='notes'):\n    return plugin_app.app\n"
+    pytester.makepyfile(app_factory=factory)
+    settings = settings_ini(
+        "dbscope_app = app_factory:make_app",
+        "dbscope_database = plugin_app:db",
+        "dbscope_metadata = plugin_app:Base.metadata",
+    )
+    write_project(pytester, "pytest-asyncio", ISOLATION_TESTS, settings=settings)
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    result = run(pytester, "pytest-asyncio", url, "-k", "test_rows_cross", in_process=True)
+
+    result.assert_outcomes(passed=1)
+
+
 @pytest.mark.parametrize(
     ("setting", "test", "message"),
     [
