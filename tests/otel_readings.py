@@ -115,7 +115,8 @@ class Holders:
                 await held.wait()
 
     async def _hold(self, held: asyncio.Event) -> None:
-        async with self.db.transaction() as session:
+        # Read-only: on SQLite a unit that may write holds the file's one write lock too.
+        async with self.db.transaction(read_only=True) as session:
             await session.execute(text("SELECT 1"))
             held.set()
             await self.release.wait()

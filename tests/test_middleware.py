@@ -268,7 +268,9 @@ class AroundTheCall:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        async with self.db.transaction() as session:
+        # Read-only: on SQLite a unit that may write, begun around the endpoint's, is refused
+        # (the endpoint's would wait for its write lock).
+        async with self.db.transaction(read_only=True) as session:
             await session.execute(text("SELECT 1"))
             self.seen["middleware"] = session
             await self.app(scope, receive, send)

@@ -108,7 +108,9 @@ async def test_the_durations_are_histograms_in_seconds(sqlite_url: str, sdk: Met
     """wait, use and create times are histograms with unit s, and a 0.2 s use reads ~0.2."""
     async with Database(sqlite_url, pool_size=2) as db:
         dbscope.otel.instrument(db, meter_provider=sdk.provider)
-        async with db.transaction() as first, db.transaction() as second:
+        # Read-only: on SQLite the second of two units that may write waits for the first.
+        reading = db.transaction(read_only=True)
+        async with reading as first, db.transaction(read_only=True) as second:
             await first.execute(text("SELECT 1"))
             await second.execute(text("SELECT 1"))  # a second connection: opened now
             await asyncio.sleep(0.2)

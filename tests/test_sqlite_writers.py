@@ -1,12 +1,11 @@
-"""SQLite files: a unit that reads, then writes after another unit committed, is a conflict.
+"""SQLite files: one writer at a time, and units that wait their turn instead of failing.
 
-In WAL mode a deferred transaction reads a snapshot; if another connection holds the write
-lock or has committed since, its write fails at once with "database is locked" (SQLITE_BUSY,
-SQLITE_BUSY_SNAPSHOT), whatever the busy timeout: the stale read PostgreSQL reports as a
-serialization failure. dbscope reads it as a conflict, so ``db.retrying()`` and
-``@db.retry()`` run the unit again. Units
-begin deferred, not IMMEDIATE: a unit open around another (a middleware's around the
-request's) would otherwise hold the one write lock the inner unit waits for.
+A unit that may write begins ``BEGIN IMMEDIATE``: it takes the file's one write lock at its
+first statement, waiting up to the busy timeout for another writer. Deferred, it would take
+it at its first write, and one that read first would then fail at once ("database is
+locked", SQLITE_BUSY or SQLITE_BUSY_SNAPSHOT) whenever another wrote meanwhile, whatever the
+timeout. A read-only unit begins deferred and reads beside the writer (WAL). What still
+fails (a wait past the busy timeout) is a write conflict, which retries run again.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
@@ -22,7 +21,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database, RetriesExhaustedError
+from dbscope import ConfigurationError, Database, RetriesExhaustedError
 
 from .helpers import client_for
 
@@ -44,55 +43,52 @@ async def count(db: Database) -> int:
         return int(await session.scalar(select(func.count()).select_from(text("sw_rows"))) or 0)
 
 
-async def stale_write(db: Database, attempts: int) -> int:
-    """A reads; B writes and commits; A writes, in a unit of ``attempts``: A's retries."""
-    read, committed = asyncio.Event(), asyncio.Event()
-
-    async def writer_b() -> None:
-        await read.wait()
-        async with db.transaction() as session:
-            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('b')"))
-        committed.set()
-
-    b = asyncio.create_task(writer_b())
-    retrying = db.retrying(attempts=attempts, backoff=0)
+def try_to_write(path: Path) -> bool:
+    """Whether another connection can take the file's write lock now, without waiting."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
-        async for attempt in retrying:
-            async with attempt as session:
-                await session.scalar(text("SELECT count(*) FROM sw_rows"))
-                read.set()
-                await committed.wait()
-                await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('a')"))
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if "database is locked" not in str(error):
+            raise
+        return False
     finally:
-        await b
-    return retrying.retries
+        other.close()  # rolls back
+    return True
 
 
-async def test_a_commit_between_a_units_read_and_its_write_is_a_conflict_retried(
-    db: Database,
+async def test_a_unit_that_may_write_holds_the_write_lock_from_its_first_statement(
+    db: Database, tmp_path: Path
 ) -> None:
-    """A's write after B's commit is a write conflict: A's second attempt commits. With one
-    attempt allowed, RetriesExhaustedError names it."""
+    """Once a read-write unit has read, no other writer can get in before its write: a
+    deferred BEGIN would let one, and the unit's write would then fail at once. A read-only
+    unit takes no lock."""
+    path = tmp_path / "app.db"
     async with db:
-        assert await stale_write(db, attempts=3) == 1
-        with pytest.raises(RetriesExhaustedError, match=r"write conflict \(SQLITE_BUSY"):
-            await stale_write(db, attempts=1)
-        assert await count(db) == 3  # a and b, then b alone
+        async with db.transaction() as session:
+            await session.scalar(text("SELECT count(*) FROM sw_rows"))
+            assert not try_to_write(path)
+            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('a')"))
+        async with db.transaction(read_only=True) as session:
+            await session.scalar(text("SELECT count(*) FROM sw_rows"))
+            assert try_to_write(path)
+        assert try_to_write(path)  # the unit's end let the lock go
+        assert await count(db) == 1
 
 
-async def test_concurrent_read_then_write_requests_all_succeed_with_retry(
+async def test_concurrent_read_then_write_requests_all_succeed_without_retry(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """20 requests at once, each reading then writing, under @db.retry(): none fails, and the
-    count each committed attempt read is every row committed before it."""
+    """20 requests at once, each reading then writing, none retried: each waits its turn, and
+    the count each read is every row committed before it (0 to 19), with no conflict. With a
+    deferred BEGIN all but a few failed: "database is locked"."""
     app = FastAPI()
     Session = Annotated[AsyncSession, Depends(db.session)]
 
     @app.post("/rows", status_code=201)
-    @db.retry(attempts=20, backoff=0.005, max_backoff=0.05)
     async def add(session: Session) -> dict[str, int]:
         before = int(await session.scalar(text("SELECT count(*) FROM sw_rows")) or 0)
-        await asyncio.sleep(0)  # let the other requests' units read meanwhile
+        await asyncio.sleep(0)  # let the other requests' units begin meanwhile
         await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('http')"))
         return {"before": before}
 
@@ -101,8 +97,37 @@ async def test_concurrent_read_then_write_requests_all_succeed_with_retry(
         assert [r.status_code for r in responses] == [201] * 20
         assert sorted(r.json()["before"] for r in responses) == list(range(20))
         assert await count(db) == 20
-    # The conflicts were real, and retried.
-    assert any("after a write conflict (SQLITE_BUSY" in line for line in caplog.messages)
+    assert not [line for line in caplog.messages if "SQLITE_BUSY" in line]
+
+
+async def test_a_unit_that_may_write_inside_one_that_holds_the_lock_is_refused(
+    tmp_path: Path,
+) -> None:
+    """In one task, a unit that may write opened inside one that has begun would wait for it
+    until the busy timeout: refused at once, naming the fix. A read-only one reads, and a
+    task the outer unit started waits its turn and writes once it has ended."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", connect_args={"timeout": 1})
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text(CREATE))
+
+        async def insert(origin: str) -> None:
+            async with database.transaction() as inner:
+                await inner.execute(text(f"INSERT INTO sw_rows (origin) VALUES ('{origin}')"))
+
+        async def nested() -> None:
+            async with database.transaction() as outer:
+                await outer.execute(text("INSERT INTO sw_rows (origin) VALUES ('outer')"))
+                await insert("inner")
+
+        with pytest.raises(ConfigurationError, match=r"would wait for itself.*read_only=True"):
+            await nested()
+        async with database.transaction() as outer:
+            await outer.execute(text("INSERT INTO sw_rows (origin) VALUES ('outer')"))
+            assert await count(database) == 0  # a read-only unit inside: not refused
+            later = asyncio.create_task(insert("task"))
+        await later
+        assert await count(database) == 2
 
 
 async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) -> None:

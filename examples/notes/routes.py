@@ -1,8 +1,11 @@
 """The endpoints of the notes service: one router per resource, each built on a Database.
 
 Each function takes the app's :class:`dbscope.Database` and returns an ``APIRouter`` whose
-endpoints ask for ``db.session``: one session per request, committed after the endpoint
-returns and before the response, rolled back when it raises. ``create_app()`` includes them.
+endpoints that write ask for ``db.session``: one session per request, committed after the
+endpoint returns and before the response, rolled back when it raises. Those that only read
+ask for ``db.read_session``: a read-only transaction, which on SQLite reads beside the one
+writer instead of waiting its turn, and with replicas runs on one. ``create_app()`` includes
+them.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
@@ -31,10 +34,11 @@ def authors_router(db: Database) -> APIRouter:
     """``POST /authors``, ``GET /authors`` and ``GET /authors/{author_id}``."""
     router = APIRouter()
     Session = Annotated[AsyncSession, Depends(db.session)]
+    ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
 
     @router.get("/authors")
     async def list_authors(
-        session: Session,
+        session: ReadSession,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> list[AuthorDetail]:
@@ -56,7 +60,7 @@ def authors_router(db: Database) -> APIRouter:
         return AuthorOut.model_validate(author)
 
     @router.get("/authors/{author_id}")
-    async def get_author(author_id: IdPath, session: Session) -> AuthorDetail:
+    async def get_author(author_id: IdPath, session: ReadSession) -> AuthorDetail:
         """An author with all their notes."""
         # selectinload: one more query, `WHERE author_id IN (...)`, for the collection.
         statement = select(Author).where(Author.id == author_id).options(selectinload(Author.notes))
@@ -72,6 +76,7 @@ def notes_router(db: Database) -> APIRouter:
     """``POST /notes``, ``GET /notes``, ``GET /notes/{note_id}`` and ``DELETE`` of one."""
     router = APIRouter()
     Session = Annotated[AsyncSession, Depends(db.session)]
+    ReadSession = Annotated[AsyncSession, Depends(db.read_session)]
 
     # The endpoint takes no session itself: asking for db.session in `dependencies` is what
     # makes the request a unit of work, and create_note() finds it with db.current_session().
@@ -89,7 +94,7 @@ def notes_router(db: Database) -> APIRouter:
 
     @router.get("/notes")
     async def list_notes(
-        session: Session,
+        session: ReadSession,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> list[NoteOut]:
@@ -100,7 +105,7 @@ def notes_router(db: Database) -> APIRouter:
         return [NoteOut.model_validate(note) for note in notes]
 
     @router.get("/notes/{note_id}")
-    async def get_note(note_id: IdPath, session: Session) -> NoteOut:
+    async def get_note(note_id: IdPath, session: ReadSession) -> NoteOut:
         """One note with its author."""
         note = await session.get(Note, note_id, options=[joinedload(Note.author)])
         if note is None:

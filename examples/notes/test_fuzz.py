@@ -5,6 +5,9 @@ app under a real uvicorn process: an in-process client would raise the app's exc
 the test instead of showing the 500 a client receives. Each answer must not be a 5xx and
 must match the response schema (timestamps with their time zone included).
 
+The same service then takes writes and reads from 20 clients at once: every one succeeds
+(on SQLite, where one unit at a time writes, each waits its turn).
+
 The service runs on a SQLite file of its own, then on PostgreSQL in a schema of its own,
 created and dropped here: the rows it commits never meet the other tests, which share the
 PostgreSQL tables through transactions that are rolled back.
@@ -88,6 +91,28 @@ def test_no_generated_request_gets_a_server_error(
         checks=[checks.not_a_server_error, checks.response_schema_conformance],
         timeout=10,
     )
+
+
+@pytest.mark.anyio
+async def test_concurrent_writes_and_reads_all_succeed(service_url: str) -> None:
+    """100 ``POST /notes`` (each looks its author up, then inserts) and 100 reads, 20 at
+    once, over HTTP: all answered 201 or 200, and every note stored."""
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(base_url=service_url, limits=limits, timeout=30) as client:
+        author = (await client.post("/authors", json={"name": "Grace"})).json()["id"]
+
+        async def post(number: int) -> int:
+            note = {"author_id": author, "title": f"concurrent {number}"}
+            return (await client.post("/notes", json=note)).status_code
+
+        async def read(number: int) -> int:
+            path = f"/authors/{author}" if number % 2 else "/notes?limit=5"
+            return (await client.get(path)).status_code
+
+        statuses = await asyncio.gather(*map(post, range(100)), *map(read, range(100)))
+        assert statuses == [201] * 100 + [200] * 100
+        stored = (await client.get(f"/authors/{author}")).json()["notes"]
+        assert len(stored) == 100
 
 
 @contextlib.contextmanager

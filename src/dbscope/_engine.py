@@ -272,12 +272,13 @@ def unit_bind(
     # mid-unit commit), and a pooled connection is reset when returned: bind the session to an
     # engine view with the level, which applies it at each checkout. On PostgreSQL the same
     # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
-    # then SET TRANSACTION READ ONLY. A test's bound connection keeps the transaction the test
+    # then SET TRANSACTION READ ONLY; on SQLite a unit that may write begins IMMEDIATE (its
+    # writer view). A test's bound connection keeps the transaction the test
     # began (the backend's begin() then sets read-only itself).
     bind = factory.kw.get("bind")
     if not isinstance(bind, AsyncEngine):
         return {}
-    view = rules.read_only_view if read_only else None
+    view = rules.read_only_view if read_only else rules.writer_view
     if isolation_level is None and not view:
         return {}
     return {"bind": _engine_view(factory, bind, isolation_level, view)}

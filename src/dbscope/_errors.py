@@ -16,6 +16,7 @@ read-only in a unit that writes (a demoted primary)
 wrong user, password or database, missing privilege   ConfigurationError: 500
 a statement past the unit's statement_timeout         StatementTimeoutError: 504
 one session used by two tasks at once                 SessionSharedError: 500
+a unit that would wait for its own task's write lock  ConfigurationError: 500
 a constraint violated at COMMIT                       ConstraintViolationError: 409
 ====================================================  =====================================
 
@@ -44,7 +45,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from dbscope._dialects import Backend, backend, driver
+from dbscope._dialects import Backend, WaitsForItself, backend, driver
 from dbscope._exceptions import (
     ConfigurationError,
     ConstraintViolationError,
@@ -54,7 +55,7 @@ from dbscope._exceptions import (
     UnavailableCause,
 )
 from dbscope._urls import describe_location
-from dbscope._usage_errors import shared_session
+from dbscope._usage_errors import shared_session, waits_for_its_own_lock
 
 RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
     "pool_timeout": 1,
@@ -115,6 +116,8 @@ def translate(
         return _connect_failed(error, limits)
     if _shared_session(error):
         return shared_session()
+    if isinstance(error, WaitsForItself):
+        return waits_for_its_own_lock(str(error))
     if not isinstance(error, DBAPIError):
         return None
     kind = rules.error_kind(error.orig)

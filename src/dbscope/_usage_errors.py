@@ -1,7 +1,7 @@
 """The errors of a unit of work used wrongly by the application: one session used by two tasks
-or from another event loop, a unit that waits for a connection its own outer unit holds, a
-unit opened inside another while bound to a test's connection (a warning). Made here, where
-the messages name the fix; raised where the misuse is seen (``_async_session.py``,
+or from another event loop, a unit that waits for a connection or a lock its own outer unit
+holds, a unit opened inside another while bound to a test's connection (a warning). Made
+here, where the messages name the fix; raised where the misuse is seen (``_async_session.py``,
 ``_unit_of_work.py``) and by the one door (``_errors.translate``) for what a driver says.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from dbscope._exceptions import DatabaseUnavailableError, SessionSharedError
+from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError, SessionSharedError
 
 
 def shared_session() -> SessionSharedError:
@@ -89,6 +89,20 @@ def waiting_for_itself(error: DatabaseUnavailableError) -> DatabaseUnavailableEr
     return DatabaseUnavailableError(
         message, cause=error.cause, retry_after=error.retry_after, public_message=message
     )
+
+
+def waits_for_its_own_lock(lock: str) -> ConfigurationError:
+    """The error for a unit that may write, opened inside another unit of its task that holds
+    ``lock``, the one a writer needs: it would wait for a unit that cannot end first."""
+    message = (
+        f"This unit of work may write, so it needs {lock}, which a unit of work of this same "
+        "task holds until it ends (on SQLite one transaction at a time may write, from its "
+        "first statement): waiting, it would wait for itself. Write in the outer unit "
+        "(db.current_session(); session.begin_nested() for a part that may fail on its "
+        "own), open this one after the outer one has ended, or make one of them read-only "
+        "(db.transaction(read_only=True), Depends(db.read_session))."
+    )
+    return ConfigurationError(message)
 
 
 def other_loop() -> SessionSharedError:

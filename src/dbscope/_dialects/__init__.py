@@ -26,6 +26,7 @@ from dbscope._dialects._base import (
     Client,
     DatabaseRefused,
     ErrorKind,
+    WaitsForItself,
 )
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import (
@@ -67,6 +68,7 @@ __all__ = [
     "Replication",
     "Standbys",
     "SynchronousCommit",
+    "WaitsForItself",
     "backend",
     "client_command",
     "driver",

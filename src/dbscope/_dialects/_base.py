@@ -57,6 +57,10 @@ class DatabaseRefused(Exception):
     """The server (or the file system) would not make or drop a database; its own words."""
 
 
+class WaitsForItself(Exception):
+    """A transaction would wait for a lock held by another of its task, which waits for it."""
+
+
 @dataclass(frozen=True)
 class Begin:
     """What a unit asks of each transaction it begins."""
@@ -104,8 +108,8 @@ class Backend:
             position each has replayed (``write_position`` and the readings below).
         recycle: seconds after which a pooled connection is replaced by default; -1: never.
         pinged: whether idle connections are checked before use by default.
-        read_only_view: execution options (set to True) that make a transaction begin read
-            only in its BEGIN statement, saving a statement per read-only unit.
+        read_only_view, writer_view: execution options (set to True) of a read-only unit (a
+            BEGIN READ ONLY, one statement less) and of one that may write (BEGIN IMMEDIATE).
         default_port: the server's port when a URL names none; None for a database that is a
             file, with no server to reach.
         locks_migrations_in_transaction: whether :meth:`lock_migrations` runs in the
@@ -133,6 +137,7 @@ class Backend:
     recycle: int = -1
     pinged: bool = True
     read_only_view: tuple[str, ...] = ()
+    writer_view: tuple[str, ...] = ()
     default_port: int | None = None
     locks_migrations_in_transaction: bool = False
     commits_ddl: bool = False
