@@ -130,6 +130,38 @@ async def test_a_unit_that_may_write_inside_one_that_holds_the_lock_is_refused(
         assert await count(database) == 2
 
 
+async def test_a_writer_whose_last_lock_went_to_a_read_only_unit_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """A task's write unit has ended; a read-only unit now runs on the pooled connection it
+    wrote on (pool_size=1), in this task or another. The task's next unit that may write
+    waits for nobody, and writes: the read-only unit holds no lock."""
+    database = Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", pool_size=1, connect_args={"timeout": 1}
+    )
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text(CREATE))
+        async with database.transaction(read_only=True) as reader:
+            await reader.execute(text("SELECT count(*) FROM sw_rows"))
+            async with database.transaction() as writer:  # this task's read-only unit
+                await writer.execute(text("INSERT INTO sw_rows (origin) VALUES ('inside')"))
+        reading = asyncio.Event()
+
+        async def read_in_another_task() -> None:
+            async with database.transaction(read_only=True) as other:
+                await other.execute(text("SELECT count(*) FROM sw_rows"))
+                reading.set()
+                await asyncio.sleep(0.2)
+
+        other = asyncio.create_task(read_in_another_task())
+        await reading.wait()
+        async with database.transaction() as writer:  # another task's read-only unit
+            await writer.execute(text("INSERT INTO sw_rows (origin) VALUES ('beside')"))
+        await other
+        assert await count(database) == 2
+
+
 async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) -> None:
     """A read-only unit begins DEFERRED: it reads the last commit while a writer is inside."""
     async with db:

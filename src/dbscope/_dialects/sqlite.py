@@ -56,7 +56,7 @@ WRITER_VIEW: Final = "dbscope_sqlite_writer"
 
 
 class _Writer:
-    """The task whose transaction holds an engine's write lock, and that transaction's driver
+    """The task whose transaction holds an engine's write lock, and that transaction's
     connection, weakly: a unit of that task that may write, opened inside that one's, would
     wait for it until the busy timeout, as that one cannot end first. It is refused at once.
     A task it started waits its turn: the first may end meanwhile."""
@@ -65,12 +65,15 @@ class _Writer:
 
     def __init__(self) -> None:
         self.task: weakref.ref[asyncio.Task[Any]] | None = None
-        self.connection: weakref.ref[Any] | None = None
+        self.connection: weakref.ref[Connection] | None = None
 
     def took_the_lock(self, connection: Connection) -> None:
         task = _current_task()
         self.task = None if task is None else weakref.ref(task)
-        self.connection = weakref.ref(connection.connection.driver_connection)
+        # The unit's own Connection, not the pooled one under it: once the unit has ended
+        # (or committed mid-unit) it is closed, while the pooled one may be in another
+        # unit's transaction already, a read-only one that holds no lock.
+        self.connection = weakref.ref(connection)
 
     def refuse_waiting_for_itself(self) -> None:
         task = _current_task()
@@ -80,7 +83,8 @@ class _Writer:
             and self.task is not None
             and self.task() is task
             and holder is not None
-            and holder.in_transaction
+            and not holder.closed
+            and holder.in_transaction()
         ):
             raise WaitsForItself("the file's write lock")
 
