@@ -162,6 +162,30 @@ async def test_a_writer_whose_last_lock_went_to_a_read_only_unit_is_not_refused(
         assert await count(database) == 2
 
 
+async def test_a_unit_of_another_database_on_the_file_inside_one_holding_the_lock_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Two Databases on one file share its write lock: a unit of one that may write, opened
+    in the task inside the other's that holds it, is refused at once, not left to wait."""
+    first = Database(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", connect_args={"timeout": 1})
+    second = Database(f"sqlite+aiosqlite:///{tmp_path}/./app.db", connect_args={"timeout": 1})
+    async with first, second:
+        async with first.transaction() as session:
+            await session.execute(text(CREATE))
+
+        async def nested() -> None:
+            async with first.transaction() as outer:
+                await outer.scalar(text("SELECT count(*) FROM sw_rows"))
+                async with second.transaction() as inner:
+                    await inner.execute(text("INSERT INTO sw_rows (origin) VALUES ('b')"))
+
+        with pytest.raises(ConfigurationError, match=r"would wait for itself"):
+            await nested()
+        async with second.transaction() as session:  # after it: not refused
+            await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('b')"))
+        assert await count(first) == 1
+
+
 async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) -> None:
     """A read-only unit begins DEFERRED: it reads the last commit while a writer is inside."""
     async with db:

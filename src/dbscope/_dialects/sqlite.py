@@ -61,7 +61,7 @@ class _Writer:
     wait for it until the busy timeout, as that one cannot end first. It is refused at once.
     A task it started waits its turn: the first may end meanwhile."""
 
-    __slots__ = ("connection", "task")
+    __slots__ = ("__weakref__", "connection", "task")
 
     def __init__(self) -> None:
         self.task: weakref.ref[asyncio.Task[Any]] | None = None
@@ -87,6 +87,22 @@ class _Writer:
             and holder.in_transaction()
         ):
             raise WaitsForItself("the file's write lock")
+
+
+# The files' writers, by path: two Databases on one file (an app's and an audit log's) share
+# its one write lock, and a unit of one opened inside the other's would wait for it as well.
+_WRITERS: Final[weakref.WeakValueDictionary[Path, _Writer]] = weakref.WeakValueDictionary()
+
+
+def _writer_of(url: URL) -> _Writer:
+    database = url.database or ""
+    if _is_uri(url) and database.startswith("file:"):
+        database = unquote(urlsplit(database).path)
+    path = Path(database).resolve()
+    writer = _WRITERS.get(path)
+    if writer is None:
+        writer = _WRITERS[path] = _Writer()
+    return writer
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -136,7 +152,7 @@ class SQLite(Backend):
                 cursor.execute(pragma)
             cursor.close()
 
-        writer = _Writer()
+        writer = _Writer() if memory else _writer_of(engine.url)
 
         def on_begin(connection: Connection) -> None:
             # A unit that may write takes the file's one write lock at its BEGIN (IMMEDIATE),
