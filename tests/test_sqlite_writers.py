@@ -186,6 +186,33 @@ async def test_a_unit_of_another_database_on_the_file_inside_one_holding_the_loc
         assert await count(first) == 1
 
 
+async def test_parallel_writers_inside_a_unit_holding_the_lock_are_refused(
+    tmp_path: Path,
+) -> None:
+    """db.parallel()'s units that may write, inside a unit of the caller holding the lock,
+    would wait for it while it awaits them: refused at once, not after the busy timeout.
+    Outside it they take turns."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", connect_args={"timeout": 1})
+
+    async def insert(session: AsyncSession) -> None:
+        await session.execute(text("INSERT INTO sw_rows (origin) VALUES ('parallel')"))
+
+    async def inside() -> None:
+        async with database.transaction() as outer:
+            await outer.scalar(text("SELECT count(*) FROM sw_rows"))
+            await database.parallel(insert, insert, read_only=False)
+
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text(CREATE))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ConfigurationError, match=r"would wait for itself"):
+            await inside()
+        assert asyncio.get_running_loop().time() - started < 0.5
+        await database.parallel(insert, insert, read_only=False)
+        assert await count(database) == 2
+
+
 async def test_read_only_units_read_while_a_writer_holds_the_lock(db: Database) -> None:
     """A read-only unit begins DEFERRED: it reads the last commit while a writer is inside."""
     async with db:

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbscope._dialects import AWAITED_BY
 from dbscope._retry import T
 from dbscope._unit_of_work import UnitRun
 from dbscope._write_tokens import current_jar
@@ -44,7 +45,14 @@ async def run_parallel(
         # interleave, and a rollback to one undid another's work ("savepoint does not
         # exist"). One query at a time, in order.
         return tuple([await run(query) for query in queries])
-    tasks = [asyncio.ensure_future(run(query)) for query in queries]
+    # Made in a copy of this context naming this task, which awaits them: a write lock it
+    # holds (SQLite's) refuses their units at once instead of making them wait for it.
+    caller = asyncio.current_task()
+    awaited = AWAITED_BY.set((*AWAITED_BY.get(), caller) if caller else AWAITED_BY.get())
+    try:
+        tasks = [asyncio.ensure_future(run(query)) for query in queries]
+    finally:
+        AWAITED_BY.reset(awaited)
     try:
         return tuple(await asyncio.gather(*tasks))
     except BaseException:

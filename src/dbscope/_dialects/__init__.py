@@ -19,6 +19,7 @@ from sqlalchemy.exc import NoSuchModuleError
 
 from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
+    AWAITED_BY,
     OWN,
     OWN_STATEMENT,
     Backend,
@@ -48,6 +49,7 @@ from dbscope._dialects.replication import Replication, Standbys
 
 __all__ = [
     "APPLICATION_NAME_BYTES",
+    "AWAITED_BY",
     "BACKENDS",
     "CLOSE_TIMEOUT",
     "GENERIC",

@@ -18,6 +18,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import asbool
 
 from dbscope._dialects._base import (
+    AWAITED_BY,
     OWN,
     Backend,
     Begin,
@@ -58,8 +59,9 @@ WRITER_VIEW: Final = "dbscope_sqlite_writer"
 class _Writer:
     """The task whose transaction holds an engine's write lock, and that transaction's
     connection, weakly: a unit of that task that may write, opened inside that one's, would
-    wait for it until the busy timeout, as that one cannot end first. It is refused at once.
-    A task it started waits its turn: the first may end meanwhile."""
+    wait for it until the busy timeout, as that one cannot end first. It is refused at once,
+    as is one of a task that task awaits to its end (db.parallel()'s). Another task it
+    started waits its turn: the first may end meanwhile."""
 
     __slots__ = ("__weakref__", "connection", "task")
 
@@ -81,7 +83,7 @@ class _Writer:
         if (
             task is not None
             and self.task is not None
-            and self.task() is task
+            and (self.task() is task or self.task() in AWAITED_BY.get())
             and holder is not None
             and not holder.closed
             and holder.in_transaction()
