@@ -19,7 +19,6 @@ from sqlalchemy.exc import NoSuchModuleError
 
 from dbscope._dialects import mysql, postgresql, sqlite
 from dbscope._dialects._base import (
-    AWAITED_BY,
     OWN,
     OWN_STATEMENT,
     Backend,
@@ -27,7 +26,6 @@ from dbscope._dialects._base import (
     Client,
     DatabaseRefused,
     ErrorKind,
-    WaitsForItself,
 )
 from dbscope._dialects.deferred_begin import only_read
 from dbscope._dialects.driver import (
@@ -46,6 +44,7 @@ from dbscope._dialects.postgresql import (
     SynchronousCommit,
 )
 from dbscope._dialects.replication import Replication, Standbys
+from dbscope._dialects.write_lock import AWAITED_BY, WaitsForItself
 
 __all__ = [
     "APPLICATION_NAME_BYTES",

@@ -9,10 +9,8 @@ and dropped for a test run. Each of its drivers is a :class:`~dbscope._dialects.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -57,17 +55,6 @@ NO_PARAMETERS: Final = immutabledict({"no_parameters": True})
 
 class DatabaseRefused(Exception):
     """The server (or the file system) would not make or drop a database; its own words."""
-
-
-class WaitsForItself(Exception):
-    """A transaction would wait for a lock held by another of its task, which waits for it."""
-
-
-# The tasks that await the current one to its end (db.parallel()'s caller, for its queries'
-# tasks): a lock one of them holds cannot be let go before this task ends either.
-AWAITED_BY: Final[ContextVar[tuple[asyncio.Task[Any], ...]]] = ContextVar(
-    "dbscope.awaited_by", default=()
-)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +17,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import asbool
 
 from dbscope._dialects._base import (
-    AWAITED_BY,
     OWN,
     Backend,
     Begin,
@@ -26,10 +24,10 @@ from dbscope._dialects._base import (
     Connect,
     DatabaseRefused,
     ErrorKind,
-    WaitsForItself,
 )
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
 from dbscope._dialects.marks import Found
+from dbscope._dialects.write_lock import Writer, writer_of
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
@@ -54,64 +52,6 @@ QUERY_ONLY: Final = "dbscope.query_only"
 KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
 # The execution option of the engine view of a unit that may write (Backend.writer_view).
 WRITER_VIEW: Final = "dbscope_sqlite_writer"
-
-
-class _Writer:
-    """The task whose transaction holds an engine's write lock, and that transaction's
-    connection, weakly: a unit of that task that may write, opened inside that one's, would
-    wait for it until the busy timeout, as that one cannot end first. It is refused at once,
-    as is one of a task that task awaits to its end (db.parallel()'s). Another task it
-    started waits its turn: the first may end meanwhile."""
-
-    __slots__ = ("__weakref__", "connection", "task")
-
-    def __init__(self) -> None:
-        self.task: weakref.ref[asyncio.Task[Any]] | None = None
-        self.connection: weakref.ref[Connection] | None = None
-
-    def took_the_lock(self, connection: Connection) -> None:
-        task = _current_task()
-        self.task = None if task is None else weakref.ref(task)
-        # The unit's own Connection, not the pooled one under it: once the unit has ended
-        # (or committed mid-unit) it is closed, while the pooled one may be in another
-        # unit's transaction already, a read-only one that holds no lock.
-        self.connection = weakref.ref(connection)
-
-    def refuse_waiting_for_itself(self) -> None:
-        task = _current_task()
-        holder = None if self.connection is None else self.connection()
-        if (
-            task is not None
-            and self.task is not None
-            and (self.task() is task or self.task() in AWAITED_BY.get())
-            and holder is not None
-            and not holder.closed
-            and holder.in_transaction()
-        ):
-            raise WaitsForItself("the file's write lock")
-
-
-# The files' writers, by path: two Databases on one file (an app's and an audit log's) share
-# its one write lock, and a unit of one opened inside the other's would wait for it as well.
-_WRITERS: Final[weakref.WeakValueDictionary[Path, _Writer]] = weakref.WeakValueDictionary()
-
-
-def _writer_of(url: URL) -> _Writer:
-    database = url.database or ""
-    if _is_uri(url) and database.startswith("file:"):
-        database = unquote(urlsplit(database).path)
-    path = Path(database).resolve()
-    writer = _WRITERS.get(path)
-    if writer is None:
-        writer = _WRITERS[path] = _Writer()
-    return writer
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop: a connection closed without it
-        return None
 
 
 class SQLite(Backend):
@@ -154,7 +94,7 @@ class SQLite(Backend):
                 cursor.execute(pragma)
             cursor.close()
 
-        writer = _Writer() if memory else _writer_of(engine.url)
+        writer = Writer() if memory else writer_of(_path_of(engine.url))
 
         def on_begin(connection: Connection) -> None:
             # A unit that may write takes the file's one write lock at its BEGIN (IMMEDIATE),
@@ -311,6 +251,13 @@ def _sqlite_errors() -> tuple[type[BaseException], ...]:
 def _aiosqlite_status(connection: Any) -> LeaseStatus:
     # dbscope opens SQLite connections with isolation_level=None: autocommit, BEGIN explicit.
     return "in_transaction" if connection.in_transaction else "idle"
+
+
+def _path_of(url: URL) -> Path:
+    database = url.database or ""
+    if _is_uri(url) and database.startswith("file:"):
+        database = unquote(urlsplit(database).path)
+    return Path(database).resolve()
 
 
 def _is_uri(url: URL) -> bool:
