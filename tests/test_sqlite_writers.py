@@ -205,10 +205,9 @@ async def test_parallel_writers_inside_a_unit_holding_the_lock_are_refused(
     async with database:
         async with database.transaction() as session:
             await session.execute(text(CREATE))
-        started = asyncio.get_running_loop().time()
+        # Waiting, they would fail with "database is locked" after the busy timeout instead.
         with pytest.raises(ConfigurationError, match=r"would wait for itself"):
             await inside()
-        assert asyncio.get_running_loop().time() - started < 0.5
         await database.parallel(insert, insert, read_only=False)
         assert await count(database) == 2
 

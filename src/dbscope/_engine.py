@@ -273,8 +273,8 @@ def unit_bind(
     # engine view with the level, which applies it at each checkout. On PostgreSQL the same
     # view makes a read-only unit begin with BEGIN READ ONLY, one statement instead of BEGIN
     # then SET TRANSACTION READ ONLY; on SQLite a unit that may write begins IMMEDIATE (its
-    # writer view). A test's bound connection keeps the transaction the test
-    # began (the backend's begin() then sets read-only itself).
+    # writer view). A test's bound connection keeps the transaction the test began (the
+    # backend's begin() then sets read-only itself).
     bind = factory.kw.get("bind")
     if not isinstance(bind, AsyncEngine):
         return {}
