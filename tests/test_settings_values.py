@@ -8,6 +8,7 @@ that does not exist, a port past 65535), or with SQLAlchemy's words for a misspe
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,9 @@ async def test_an_isolation_level_in_sqlalchemys_other_spellings_is_applied(leve
         ({"poolclass": "NullPool"}, "poolclass must be a pool class, got a str"),
         ({"connect_args": 5}, "connect_args must be a dict of names to values, got an int"),
         ({"execution_options": 5}, "execution_options must be a dict of names to values"),
+        # A capital U said "you": a UUID, not an UUID.
+        ({"connect_args": uuid.uuid4()}, "values, got a UUID"),
+        ({"poolclass": make_url(URL)}, "pool class, got a URL"),
     ],
 )
 def test_an_engine_option_of_the_wrong_type_is_refused_naming_it(

@@ -14,7 +14,9 @@ from typing import Any
 def a_kind(value: object) -> str:
     """The kind of ``value``, with its article, for a message: 'an int', 'a str'."""
     name = type(value).__name__
-    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+    # A capital U is said "you" in the names that start with one: a UUID, a URL.
+    vowel = name[0] in "aeiouAEIO"
+    return f"{'an' if vowel else 'a'} {name}"
 
 
 @dataclass(frozen=True)
