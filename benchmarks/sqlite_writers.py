@@ -10,7 +10,8 @@ a temporary directory, serves ``examples.notes`` on it under uvicorn on 127.0.0.
 
 It prints each batch's answers by status (or by the client's error, for a connection the
 server closed without answering) and requests per second, then stops the server. Run on a
-checkout before the change of SQLite's BEGIN to see what it was.
+checkout before the change of SQLite's BEGIN to see what it was. ``--workers 3`` serves it
+from three processes on the one file (uvicorn's ``--workers``).
 """
 
 from __future__ import annotations
@@ -66,26 +67,26 @@ async def measure(client: httpx.AsyncClient, requests: int, concurrency: int) ->
         print(f"{name:12} {counts}  {requests / elapsed:.0f} requests/s")
 
 
-def serve(database: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(database: Path, port: int, log: Path, workers: int) -> subprocess.Popen[bytes]:
     """Migrate ``database``, then serve the example on it."""
     environment = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
     migrate = [sys.executable, "-m", "dbscope._cli", "migrate", "--app", "examples.notes.app:db",
                "-c", "examples/notes/alembic.ini", "upgrade", "head"]  # fmt: skip
     subprocess.run(migrate, cwd=ROOT, env=environment, check=True, capture_output=True)
     command = [sys.executable, "-m", "uvicorn", "examples.notes.app:app", "--no-access-log",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
     with log.open("w") as output:
         return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=output)
 
 
-async def run(requests: int, concurrency: int) -> None:
+async def run(requests: int, concurrency: int, workers: int, port: int) -> None:
     """Serve the example on a new file, measure, stop it."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         port = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory() as directory:
         log = Path(directory) / "uvicorn.log"
-        server = serve(Path(directory) / "notes.db", port, log)
+        server = serve(Path(directory) / "notes.db", port, log, workers)
         limits = httpx.Limits(max_connections=concurrency)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -109,8 +110,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="per batch (1000)")
     parser.add_argument("--concurrency", type=int, default=20, help="at once (20)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (1)")
+    parser.add_argument("--port", type=int, default=0, help="on 127.0.0.1 (0: a free one)")
     arguments = parser.parse_args()
-    asyncio.run(run(arguments.requests, arguments.concurrency))
+    args = arguments.requests, arguments.concurrency, arguments.workers, arguments.port
+    asyncio.run(run(*args))
 
 
 if __name__ == "__main__":
