@@ -35,7 +35,8 @@ seen_warnings: list[str] = []
 log_lines: list[str] = []
 errors: list[str] = []
 # The sleeps of /sleep begun and completed; the background tasks of /one run.
-counters = {"started": 0, "finished": 0, "background": 0}
+counters = {"started": 0, "finished": 0, "background": 0, "buffered_chunks": 0}
+BUFFERED_CHUNKS = 2000
 
 
 def record_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -110,6 +111,21 @@ async def stream_one(tag: str, background: BackgroundTasks) -> StreamingResponse
 
     background.add_task(counters.__setitem__, "background", counters["background"] + 1)
     return db.stream_response(one, media_type="text/plain")
+
+
+@app.get("/buffered/{tag}")
+async def stream_buffered(tag: str) -> StreamingResponse:
+    """A row written, then ``BUFFERED_CHUNKS`` lines of 8 KB made without waiting for
+    anything, as from rows already fetched; counted in ``counters["buffered_chunks"]``."""
+
+    async def lines(session: AsyncSession) -> AsyncIterator[str]:
+        insert = text("INSERT INTO st_rows (tag, number) VALUES (:tag, 0)")
+        await session.execute(insert, {"tag": tag})
+        for number in range(BUFFERED_CHUNKS):
+            counters["buffered_chunks"] += 1
+            yield f"{tag} {number} {'x' * 8192}\n"
+
+    return db.stream_response(lines, media_type="text/plain")
 
 
 @app.get("/sleep")

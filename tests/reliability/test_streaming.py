@@ -89,6 +89,29 @@ async def test_clients_that_leave_a_stream_halfway_leave_no_rows_committed(
 @pytest.mark.server
 @pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
 @pytest.mark.usefixtures("st_rows")
+async def test_a_client_gone_from_a_stream_whose_chunks_never_wait_keeps_nothing(
+    database_url: str,
+) -> None:
+    """/buffered writes a row, then makes 2,000 chunks without waiting for anything (rows
+    already fetched: an ORM result read whole, asyncmy's backlog); a client that reads two
+    and hangs up leaves no row, and the body stops short (before: it ran to its end,
+    uvicorn's writes to the gone client dropped, and committed)."""
+    env = {"DATABASE_URL": database_url}
+    with running_server(APP, env) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            with anyio.fail_after(20):
+                received = await read_lines(client, "/buffered/gone", 2)
+                stats = await quiet_stats(client)
+        rows = await count_rows(database_url, "st_rows")
+    assert [line.split(" ")[:2] for line in received] == [["gone", "0"], ["gone", "1"]]
+    assert rows == 0
+    assert stats["counters"]["buffered_chunks"] < 2000
+    assert stats["pool"]["checked_out"] == 0
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("db_backend", SERVER_BACKENDS)
+@pytest.mark.usefixtures("st_rows")
 async def test_a_client_gone_while_the_first_chunk_is_made_keeps_nothing(
     database_url: str,
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class UnitStreamingResponse(StreamingResponse):
         self._tagged = settings.sql_comments != "off"
         self._request_id_header = settings.request_id_header
         self._completed = False
+        self._hung_up: Callable[[], bool] = lambda: False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # In a task of its own, on a copy of the context: the unit sets itself as the
@@ -80,6 +82,7 @@ class UnitStreamingResponse(StreamingResponse):
                 return
             if _client_gone(scope, receive):
                 return  # the client left while the first chunk was made: rolled back below
+            self._hung_up = functools.partial(_client_gone, scope, receive)
             self.body_iterator = self._after(first, chunks)
             await super().__call__(scope, receive, send)
         finally:
@@ -95,6 +98,8 @@ class UnitStreamingResponse(StreamingResponse):
             return
         yield first
         async for chunk in chunks:
+            if self._hung_up():
+                return  # not completed: the unit rolls back in _serve
             yield chunk
         self._completed = True
 
@@ -105,6 +110,14 @@ _NONE = object()  # the body made no chunk: its unit has ended, committed
 def _client_gone(scope: Scope, receive: Receive) -> bool:
     """Whether the client hung up, where the server tells without a message (uvicorn).
     Starlette listens for it only once the response has started: a body of one chunk would
-    otherwise commit for a client gone while it was made."""
+    otherwise commit for a client gone while it was made. Asked at each chunk too: chunks
+    that need no wait (rows already fetched, asyncmy's unread backlog) give the event loop
+    no turn once the client has gone (uvicorn drops the writes), so its hang-up never
+    reached Starlette, and the stream ran to its end and committed. The transport says so
+    at once, without a turn of the loop."""
     found = client_of(Request(scope, receive))
-    return found is not None and found[1].disconnected
+    if found is None:
+        return False
+    transport = getattr(found[1], "transport", None)
+    closing = transport is not None and transport.is_closing()
+    return found[1].disconnected or closing
