@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import ForeignKey, String, inspect, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbscope import Database
@@ -206,6 +208,37 @@ async def test_parallel_reads_give_each_query_its_own_session(
     namespace: dict[str, Any] = {"db": connected, "select": select, **MODELS}
     await run_async_block(code, namespace)
     assert (list(namespace["user_ids"]), list(namespace["order_ids"])) == ([1, 2], [7])
+
+
+async def test_the_documented_export_holds_a_batch_of_notes_not_the_table(
+    connected: Database,
+) -> None:
+    """``export_rows`` streams 3,000 notes, each once, and holds no more than a batch of them
+    at its first line (before, without ``yield_per``: all 3,000, read before the first)."""
+    async with connected.transaction() as session:
+        session.add_all([Note(id=n, title=f"n{n}") for n in range(1, 3001)])
+    code = block_containing("docs/units-of-work.md", "async def export_rows(")
+    namespace: dict[str, Any] = {
+        "db": connected,
+        "app": FastAPI(),
+        "select": select,
+        "AsyncIterator": AsyncIterator,
+        "AsyncSession": AsyncSession,
+        "StreamingResponse": StreamingResponse,
+        **MODELS,
+    }
+    namespace = run_block(code, "sqlite+aiosqlite://", namespace=namespace)
+    held: list[int] = []
+
+    async def counted(session: AsyncSession) -> AsyncIterator[bytes]:
+        async for line in namespace["export_rows"](session):
+            if not held:
+                held.append(len(session.identity_map))
+            yield line
+
+    lines = [line async for line in connected.stream(counted, read_only=True)]
+    assert len(lines) == 3000
+    assert held[0] <= 1000
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
