@@ -38,6 +38,12 @@ def bound_closes(engine: AsyncEngine) -> None:
         if in_greenlet():  # not in the garbage collector's finalizer: nothing may be awaited
             with contextlib.suppress(Exception):
                 await_only(close(dbapi_connection.driver_connection, CLOSE_TIMEOUT))
+            # asyncpg's adapter rolls back the transaction it began before it closes, and on
+            # the connection closed here that rollback failed, logged as an error with its
+            # traceback ("Exception closing connection") for every unit cancelled
+            # mid-statement. Its transaction went with the connection.
+            if getattr(dbapi_connection, "_transaction", None) is not None:
+                dbapi_connection._transaction = None
 
     event.listen(engine.sync_engine, "close", close_within)
     if known.closes_on_thread:
