@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -80,9 +79,9 @@ class UnitStreamingResponse(StreamingResponse):
                 answer = await http_exception_handler(Request(scope, receive), http_error(error))
                 await answer(scope, receive, send)
                 return
-            if _client_gone(scope, receive):
+            self._hung_up = _hang_up_check(scope, receive)
+            if self._hung_up():
                 return  # the client left while the first chunk was made: rolled back below
-            self._hung_up = functools.partial(_client_gone, scope, receive)
             self.body_iterator = self._after(first, chunks)
             await super().__call__(scope, receive, send)
         finally:
@@ -107,7 +106,7 @@ class UnitStreamingResponse(StreamingResponse):
 _NONE = object()  # the body made no chunk: its unit has ended, committed
 
 
-def _client_gone(scope: Scope, receive: Receive) -> bool:
+def _hang_up_check(scope: Scope, receive: Receive) -> Callable[[], bool]:
     """Whether the client hung up, where the server tells without a message (uvicorn).
     Starlette listens for it only once the response has started: a body of one chunk would
     otherwise commit for a client gone while it was made. Asked at each chunk too: chunks
@@ -117,7 +116,7 @@ def _client_gone(scope: Scope, receive: Receive) -> bool:
     at once, without a turn of the loop."""
     found = client_of(Request(scope, receive))
     if found is None:
-        return False
-    transport = getattr(found[1], "transport", None)
-    closing = transport is not None and transport.is_closing()
-    return found[1].disconnected or closing
+        return lambda: False
+    cycle = found[1]
+    transport = getattr(cycle, "transport", None)
+    return lambda: cycle.disconnected or (transport is not None and transport.is_closing())
