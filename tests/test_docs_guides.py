@@ -3,6 +3,8 @@ names the page defined before (``db``, ``app``, ``Session``) and the models they
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import ForeignKey, String, inspect, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -239,6 +242,51 @@ async def test_the_documented_export_holds_a_batch_of_notes_not_the_table(
     lines = [line async for line in connected.stream(counted, read_only=True)]
     assert len(lines) == 3000
     assert held[0] <= 1000
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_the_documented_export_leaves_sqlite_writers_free_while_it_streams(
+    connected: Database, database_url: str
+) -> None:
+    """The guide's export only reads: while its response streams (as long as the client takes
+    to read it), another writer takes the SQLite file's write lock at once. A unit that may
+    write would hold that lock to the stream's end, and the app's writes would wait out the
+    busy timeout, then fail."""
+    async with connected.transaction() as session:
+        session.add_all([Note(id=n, title=f"n{n}") for n in range(1, 4)])
+    code = block_containing("docs/units-of-work.md", "async def export_rows(")
+    namespace: dict[str, Any] = {
+        "db": connected,
+        "app": FastAPI(),
+        "select": select,
+        "AsyncIterator": AsyncIterator,
+        "AsyncSession": AsyncSession,
+        "StreamingResponse": StreamingResponse,
+        **MODELS,
+    }
+    namespace = run_block(code, "sqlite+aiosqlite://", namespace=namespace)
+    response = await namespace["export"]()
+    path = make_url(database_url).database or ""
+    free: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            other = sqlite3.connect(path, isolation_level=None, timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                free.append(True)
+            except sqlite3.OperationalError:
+                free.append(False)
+            finally:
+                other.close()
+
+    scope = {"type": "http", "method": "GET", "path": "/notes.csv", "headers": []}
+    await response(scope, receive, send)
+    assert free == [True] * 3
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
