@@ -268,9 +268,10 @@ class AroundTheCall:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Read-only: on SQLite a unit that may write, begun around the endpoint's, is refused
-        # (the endpoint's would wait for its write lock).
-        async with self.db.transaction(read_only=True) as session:
+        # On SQLite read-only: one that may write, begun around the endpoint's, is refused
+        # (the endpoint's would wait for its write lock; test_sqlite_writers.py).
+        read_only = self.db.url.get_backend_name() == "sqlite"
+        async with self.db.transaction(read_only=read_only) as session:
             await session.execute(text("SELECT 1"))
             self.seen["middleware"] = session
             await self.app(scope, receive, send)

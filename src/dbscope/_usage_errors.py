@@ -72,8 +72,9 @@ NESTED_IN_A_TEST: Final = (
     "connection; in production it is a second transaction on a connection of its own: it "
     "commits on its own (the outer one's rollback keeps it) and waits for the row locks of "
     "the outer one (for ever on PostgreSQL; on SQLite one that may write is refused inside "
-    "one that may write, as it would wait for its lock). Do the inner work in the outer unit "
-    "(session.begin_nested() for a part that may fail), or test it on a real pool."
+    "one that may write and has run a statement, as it would wait for its lock). Do the "
+    "inner work in the outer unit (session.begin_nested() for a part that may fail), or "
+    "test it on a real pool."
 )
 
 
