@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 import subprocess
@@ -92,11 +93,10 @@ async def run(requests: int, concurrency: int, workers: int, port: int) -> None:
         try:
             async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
                 for _ in range(200):  # 20 s at most for the server to answer
-                    try:
+                    with contextlib.suppress(httpx.TransportError):
                         if (await client.get("/livez")).status_code == 200:
                             break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.1)
                 await measure(client, requests, concurrency)
         finally:
             server.terminate()
