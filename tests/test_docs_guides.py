@@ -213,16 +213,12 @@ async def test_parallel_reads_give_each_query_its_own_session(
     assert (list(namespace["user_ids"]), list(namespace["order_ids"])) == ([1, 2], [7])
 
 
-async def test_the_documented_export_holds_a_batch_of_notes_not_the_table(
-    connected: Database,
-) -> None:
-    """``export_rows`` streams 3,000 notes, each once, and holds no more than a batch of them
-    at its first line (before, without ``yield_per``: all 3,000, read before the first)."""
-    async with connected.transaction() as session:
-        session.add_all([Note(id=n, title=f"n{n}") for n in range(1, 3001)])
+def documented_export(db: Database) -> dict[str, Any]:
+    """The names the streaming guide's export block defines (``export_rows``, ``export``),
+    run on ``db``."""
     code = block_containing("docs/units-of-work.md", "async def export_rows(")
     namespace: dict[str, Any] = {
-        "db": connected,
+        "db": db,
         "app": FastAPI(),
         "select": select,
         "AsyncIterator": AsyncIterator,
@@ -230,7 +226,17 @@ async def test_the_documented_export_holds_a_batch_of_notes_not_the_table(
         "StreamingResponse": StreamingResponse,
         **MODELS,
     }
-    namespace = run_block(code, "sqlite+aiosqlite://", namespace=namespace)
+    return run_block(code, "sqlite+aiosqlite://", namespace=namespace)
+
+
+async def test_the_documented_export_holds_a_batch_of_notes_not_the_table(
+    connected: Database,
+) -> None:
+    """``export_rows`` streams 3,000 notes, each once, and holds no more than a batch of them
+    at its first line (before, without ``yield_per``: all 3,000, read before the first)."""
+    async with connected.transaction() as session:
+        session.add_all([Note(id=n, title=f"n{n}") for n in range(1, 3001)])
+    namespace = documented_export(connected)
     held: list[int] = []
 
     async def counted(session: AsyncSession) -> AsyncIterator[bytes]:
@@ -254,17 +260,7 @@ async def test_the_documented_export_leaves_sqlite_writers_free_while_it_streams
     busy timeout, then fail."""
     async with connected.transaction() as session:
         session.add_all([Note(id=n, title=f"n{n}") for n in range(1, 4)])
-    code = block_containing("docs/units-of-work.md", "async def export_rows(")
-    namespace: dict[str, Any] = {
-        "db": connected,
-        "app": FastAPI(),
-        "select": select,
-        "AsyncIterator": AsyncIterator,
-        "AsyncSession": AsyncSession,
-        "StreamingResponse": StreamingResponse,
-        **MODELS,
-    }
-    namespace = run_block(code, "sqlite+aiosqlite://", namespace=namespace)
+    namespace = documented_export(connected)
     response = await namespace["export"]()
     path = make_url(database_url).database or ""
     free: list[bool] = []
