@@ -144,7 +144,7 @@ async def test_a_writer_whose_last_lock_went_to_a_read_only_unit_is_not_refused(
             await session.execute(text(CREATE))
         async with database.transaction(read_only=True) as reader:
             await reader.execute(text("SELECT count(*) FROM sw_rows"))
-            async with database.transaction() as writer:  # this task's read-only unit
+            async with database.transaction() as writer:  # inside this task's read-only unit
                 await writer.execute(text("INSERT INTO sw_rows (origin) VALUES ('inside')"))
         reading = asyncio.Event()
 
@@ -156,7 +156,7 @@ async def test_a_writer_whose_last_lock_went_to_a_read_only_unit_is_not_refused(
 
         other = asyncio.create_task(read_in_another_task())
         await reading.wait()
-        async with database.transaction() as writer:  # another task's read-only unit
+        async with database.transaction() as writer:  # beside another task's read-only unit
             await writer.execute(text("INSERT INTO sw_rows (origin) VALUES ('beside')"))
         await other
         assert await count(database) == 2

@@ -25,7 +25,7 @@ AWAITED_BY: Final[ContextVar[tuple[asyncio.Task[Any], ...]]] = ContextVar(
 
 
 class Writer:
-    """The task whose transaction holds an engine's write lock, and that transaction's
+    """The task whose transaction holds a file's write lock, and that transaction's
     connection, weakly: a unit of that task that may write, opened inside that one's, would
     wait for it until the busy timeout, as that one cannot end first. It is refused at once,
     as is one of a task that task awaits to its end (db.parallel()'s). Another task it

@@ -55,7 +55,6 @@ class UnitStreamingResponse(StreamingResponse):
         self._tagged = settings.sql_comments != "off"
         self._request_id_header = settings.request_id_header
         self._completed = False
-        self._hung_up: Callable[[], bool] = lambda: False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # In a task of its own, on a copy of the context: the unit sets itself as the
@@ -79,10 +78,10 @@ class UnitStreamingResponse(StreamingResponse):
                 answer = await http_exception_handler(Request(scope, receive), http_error(error))
                 await answer(scope, receive, send)
                 return
-            self._hung_up = _hang_up_check(scope, receive)
-            if self._hung_up():
+            hung_up = _hang_up_check(scope, receive)
+            if hung_up():
                 return  # the client left while the first chunk was made: rolled back below
-            self.body_iterator = self._after(first, chunks)
+            self.body_iterator = self._after(first, chunks, hung_up)
             await super().__call__(scope, receive, send)
         finally:
             await chunks.aclose()  # a client gone midway: the unit rolls back here
@@ -90,14 +89,14 @@ class UnitStreamingResponse(StreamingResponse):
             await background()
 
     async def _after(
-        self, first: Any, chunks: AsyncGenerator[Any, None]
+        self, first: Any, chunks: AsyncGenerator[Any, None], hung_up: Callable[[], bool]
     ) -> AsyncGenerator[Any, None]:
         if first is _NONE:
             self._completed = True
             return
         yield first
         async for chunk in chunks:
-            if self._hung_up():
+            if hung_up():
                 return  # not completed: the unit rolls back in _serve
             yield chunk
         self._completed = True
