@@ -27,6 +27,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbscope import Database
+from dbscope._dialects.write_lock import writer_of
 from tests.helpers import Tables, admin
 
 ROWS = table("cs_rows", column("tag"))
@@ -187,6 +189,12 @@ async def server_sessions(sweep: Sweep) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def turn_kept(sweep: Sweep) -> bool:
+    """Whether a unit of the sweep still has its turn in the SQLite file's line of writers."""
+    path = Path(make_url(sweep.database_url).database or "").resolve()
+    return writer_of(path).turn_taken()
+
+
 def sqlite_write_locked(path: str) -> bool:
     """Whether a write transaction is left open on the file (WAL: readers take no lock)."""
     with contextlib.closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as file:
@@ -308,6 +316,8 @@ async def check_point(sweep: Sweep, point: Point, tag: str) -> None:
     if stats.checked_out:
         pytest.fail(f"{where}: a connection is still checked out: {stats}; {await later(sweep)}")
     assert not (point.delivered and point.completed), f"{where}: the cancel was swallowed"
+    if sweep.backend == "sqlite":  # the next writer would wait out the busy timeout in line
+        assert not turn_kept(sweep), f"{where}: the unit's turn to write was not passed on"
     stored, probes = await following_unit(sweep.db, tag)
     assert probes == 0, f"{where}: an earlier following unit's rollback did not hold"
     if point.completed:

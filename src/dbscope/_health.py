@@ -341,7 +341,16 @@ def _check(
 ) -> HealthCheck:
     # The pool is a component of the app; the server and the replicas are datastores.
     kind = "component" if component == "pool" else "datastore"
-    return HealthCheck(component, measurement, kind, status, now, value, unit, output)
+    return HealthCheck(
+        component=component,
+        measurement=measurement,
+        component_type=kind,
+        status=status,
+        time=now,
+        observed_value=value,
+        observed_unit=unit,
+        output=output,
+    )
 
 
 def _no_answer(timeout: float) -> str:

@@ -27,7 +27,7 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
 from dbscope._dialects.marks import Found
-from dbscope._dialects.write_lock import Writer, writer_of
+from dbscope._dialects.write_lock import Writer, pass_turn, writer_of
 
 # SQLITE_CONSTRAINT and its extended codes (unique, foreign key, check, not null, primary key).
 CONSTRAINT: Final = 19
@@ -52,6 +52,8 @@ NEXT_BEGIN: Final = "dbscope.next_begin"
 # On a pooled connection's info, from a read-only unit's begin to its checkin: query-only.
 QUERY_ONLY: Final = "dbscope.query_only"
 KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
+# On a pooled connection's info: its busy timeout (seconds), how long a writer waits its turn.
+BUSY_TIMEOUT: Final = "dbscope.busy_timeout"
 # The execution option of the engine view of a unit that may write (Backend.writer_view).
 WRITER_VIEW: Final = "dbscope_sqlite_writer"
 
@@ -97,6 +99,8 @@ class SQLite(Backend):
             cursor = dbapi_connection.cursor()
             for pragma in pragmas:
                 cursor.execute(pragma)
+            cursor.execute("PRAGMA busy_timeout")  # sqlite3's timeout, or the app's own
+            record.info[BUSY_TIMEOUT] = cursor.fetchone()[0] / 1000
             cursor.close()
 
         writer = Writer() if memory else writer_of(_path_of(engine.url))
@@ -108,18 +112,22 @@ class SQLite(Backend):
             # not (BUSY, above): 944 of 1,000 read-then-write requests at 20 at once. Read-only
             # units, and the engine's own uses (the migrations' lock), read beside it (WAL).
             unit_writes = bool(connection.get_execution_options().get(WRITER_VIEW))
-            if unit_writes:
-                writer.refuse_waiting_for_itself()
-            begin = connection.info.get(NEXT_BEGIN) or (
-                "BEGIN IMMEDIATE" if unit_writes else "BEGIN"
-            )
-            connection.exec_driver_sql(begin, execution_options=OWN)
-            if unit_writes:
-                writer.took_the_lock(connection)
+            if not unit_writes or NEXT_BEGIN in connection.info:
+                begin = connection.info.get(NEXT_BEGIN, "BEGIN")
+                connection.exec_driver_sql(begin, execution_options=OWN)
+                return
+            writer.refuse_waiting_for_itself()
+            if memory:  # the pool's one connection: its line is the pool's
+                connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
+            else:
+                _begin_in_turn(connection, writer)
+            writer.took_the_lock(connection)
 
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
         event.listen(engine.sync_engine, "reset", _writable_again)
+        # Given back, the connection's transaction is over, whichever way it ended.
+        event.listen(engine.sync_engine, "checkin", _turn_passed)
 
     def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
         # SQLite lets one connection at a time write a file. The migrations' transaction takes
@@ -322,6 +330,32 @@ async def _aiosqlite_close(connection: Any, seconds: float) -> None:
     locked. The cancel is raised again once the close is done.
     """
     await through_cancels(connection.close(), seconds)
+
+
+def _begin_in_turn(connection: Connection, writer: Writer) -> None:
+    """BEGIN IMMEDIATE once the units of this process ahead in line have written; within the
+    busy timeout in all, so a wait that ran out asks SQLite once, without waiting: BUSY if
+    the lock is still held (another process's, or a lease's write), as SQLite alone said."""
+    info = connection.info
+    seconds = info.get(BUSY_TIMEOUT, 5.0)
+    had_turn = writer.wait_turn(info, seconds)
+    try:
+        if had_turn:
+            connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
+            return
+        connection.exec_driver_sql("PRAGMA busy_timeout = 0", execution_options=OWN)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
+        finally:
+            kept = f"PRAGMA busy_timeout = {round(seconds * 1000)}"
+            connection.exec_driver_sql(kept, execution_options=OWN)
+    except BaseException:
+        pass_turn(info)  # a BEGIN that failed, or was cancelled, holds no lock
+        raise
+
+
+def _turn_passed(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    pass_turn(record.info)
 
 
 def _writable_again(dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any) -> None:

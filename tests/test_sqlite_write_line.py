@@ -1,0 +1,202 @@
+"""SQLite files: the units of one process that may write take the write lock in the order
+they asked for it, and the turn passes on however a unit ends.
+
+SQLite's own wait for its write lock is no line: each waiter sleeps and tries again, and one
+that tries just as the lock is let go takes it ahead of those that waited longer. Under load
+some waited out the whole busy timeout while later ones wrote at once. dbscope's line keeps
+them in order; SQLite's lock is then contended only by other processes (and leases).
+"""
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, PendingRollbackError
+
+from dbscope import Database
+from dbscope._dialects.write_lock import Writer, writer_of
+
+CREATE = "CREATE TABLE wl_rows (id INTEGER PRIMARY KEY, origin TEXT)"
+INSERT = "INSERT INTO wl_rows (origin) VALUES (:origin)"
+BUSY_TIMEOUT = 0.2  # seconds: the tests that wait it out wait this long
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A connected Database on a SQLite file with a short busy timeout, and wl_rows."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    database = Database(url, pool_size=12, connect_args={"timeout": BUSY_TIMEOUT})
+    async with database:
+        async with database.transaction() as session:
+            await session.execute(text(CREATE))
+        yield database
+
+
+def line_of(db: Database) -> Writer:
+    """The record of the write lock of ``db``'s file, and its line."""
+    return writer_of(Path(db.url.database or "").resolve())
+
+
+async def until_waiting(db: Database, count: int) -> None:
+    """Until ``count`` units wait in the file's line."""
+    for _ in range(500):
+        if line_of(db).waiting() == count:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{line_of(db).waiting()} units wait in line, not {count}")
+
+
+async def write(db: Database, origin: str, written: list[str] | None = None) -> None:
+    """A unit that inserts a row of ``origin``, noted in ``written`` once inserted."""
+    async with db.transaction() as session:
+        await session.execute(text(INSERT), {"origin": origin})
+        if written is not None:
+            written.append(origin)
+
+
+def assert_line_free(db: Database) -> None:
+    """No unit has the turn or waits for it, and another connection can write."""
+    line = line_of(db)
+    assert (line.turn_taken(), line.waiting()) == (False, 0)
+    other = sqlite3.connect(db.url.database or "", isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+
+
+async def test_writers_take_their_turns_in_the_order_they_came(tmp_path: Path) -> None:
+    """Ten units that may write arrive one after another while a unit writes: each writes in
+    its turn, first come first served. SQLite's own retries gave the lock to whoever tried
+    just as it was let go."""
+    written: list[str] = []
+    async with Database(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", pool_size=12) as db:
+        async with db.transaction() as session:  # the default busy timeout: 5 s
+            await session.execute(text(CREATE))
+        async with db.transaction() as holder:
+            await holder.execute(text(INSERT), {"origin": "holder"})
+            waiting = []
+            for number in range(10):
+                waiting.append(asyncio.create_task(write(db, str(number), written)))
+                await until_waiting(db, number + 1)
+        await asyncio.gather(*waiting)
+        assert written == [str(number) for number in range(10)]
+        assert_line_free(db)
+
+
+async def test_a_read_only_unit_does_not_wait_in_line(db: Database) -> None:
+    """Read-only units read beside the writer (WAL): no turn to wait for, none taken."""
+    async with db.transaction() as holder:
+        await holder.execute(text(INSERT), {"origin": "holder"})
+        async with db.transaction(read_only=True) as reader:
+            assert await reader.scalar(text("SELECT count(*) FROM wl_rows")) == 0
+            assert line_of(db).waiting() == 0
+    assert_line_free(db)
+
+
+async def hold_turn_then(db: Database, end: Callable[[], Awaitable[None]]) -> None:
+    """Run ``end`` while a unit of another task has the turn, then let that unit commit."""
+    holding, let_go = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction() as session:
+            await session.execute(text(INSERT), {"origin": "holder"})
+            holding.set()
+            await let_go.wait()
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    try:
+        await end()
+    finally:
+        let_go.set()
+        await holder
+
+
+async def cancelled_in_line(db: Database) -> None:
+    async def in_line() -> None:
+        waiter = asyncio.create_task(write(db, "cancelled"))
+        await until_waiting(db, 1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert line_of(db).waiting() == 0
+
+    await hold_turn_then(db, in_line)
+
+
+async def waited_out_the_line(db: Database) -> None:
+    # Past the busy timeout in line, SQLite is asked at once: the lock is still held.
+    async def wait_out() -> None:
+        with pytest.raises(OperationalError, match="database is locked"):
+            await write(db, "late")
+
+    await hold_turn_then(db, wait_out)
+
+
+async def raised(db: Database) -> None:
+    async def fail_after_writing() -> None:
+        async with db.transaction() as session:
+            await session.execute(text(INSERT), {"origin": "raised"})
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await fail_after_writing()
+
+
+async def refused_by_sqlite(db: Database) -> None:
+    # Another process's connection holds the lock past the busy timeout: BEGIN fails.
+    other = sqlite3.connect(db.url.database or "", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            await write(db, "refused")
+    finally:
+        other.close()
+
+
+async def invalidated(db: Database) -> None:
+    async def throw_the_connection_away() -> None:
+        async with db.transaction() as session:
+            await session.execute(text(INSERT), {"origin": "invalidated"})
+            await (await session.connection()).invalidate()
+
+    with pytest.raises(PendingRollbackError):  # the commit, on the connection thrown away
+        await throw_the_connection_away()
+
+
+async def committed_mid_unit(db: Database) -> None:
+    async with db.transaction() as session:
+        await session.execute(text(INSERT), {"origin": "first"})
+        await session.commit()
+        assert not line_of(db).turn_taken()  # until its next statement begins again
+        await session.execute(text(INSERT), {"origin": "second"})
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        cancelled_in_line,
+        waited_out_the_line,
+        raised,
+        refused_by_sqlite,
+        invalidated,
+        committed_mid_unit,
+    ],
+)
+async def test_the_turn_passes_on_whichever_way_a_unit_ends(
+    db: Database, end: Callable[[Database], Awaitable[None]]
+) -> None:
+    """After a unit that waited in line or had its turn ends, by any way, no turn is kept
+    and nobody is left in line: the next unit writes at once, and its busy timeout is the
+    connection's own."""
+    await end(db)
+    assert_line_free(db)
+    await write(db, "next")
+    async with db.lease() as first, db.lease() as second:
+        for connection in (first, second):
+            rows = await connection.execute_fetchall("PRAGMA busy_timeout")  # aiosqlite's
+            assert list(rows) == [(BUSY_TIMEOUT * 1000,)]
