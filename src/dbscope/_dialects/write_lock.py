@@ -5,10 +5,11 @@ refused at once instead of waiting out the busy timeout and failing with "databa
 
 The line: SQLite's own wait for the lock is no line. Each waiter sleeps and tries again
 (after 1, 2, 5... up to 100 ms), and whoever tries just as the lock is let go takes it, so
-under load some wait out the whole busy timeout while later ones write at once: 2 of 3,000
-``POST /notes`` at 40 at once answered 500. The units of one process that may write wait
-first for their turn here, first come first served (anyio's ``CapacityLimiter``, as the
-pool's line), then take the lock from SQLite, which only the other processes' contend for.
+under load some wait out the whole busy timeout while later ones write at once: 16 of 3,000
+``POST /notes`` at 100 at once on three processes answered 500. The units of one process
+that may write wait first for their turn here, first come first served (anyio's
+``CapacityLimiter``, as the pool's line), then take the lock from SQLite, which only the
+other processes' contend for.
 """
 
 from __future__ import annotations
