@@ -8,13 +8,14 @@ them in order; SQLite's lock is then contended only by other processes (and leas
 """
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, PendingRollbackError
+from sqlalchemy.exc import OperationalError, PendingRollbackError, SAWarning
 
 from dbscope import Database
 from dbscope._dialects.write_lock import Writer, writer_of
@@ -176,6 +177,29 @@ async def committed_mid_unit(db: Database) -> None:
         await session.execute(text(INSERT), {"origin": "second"})
 
 
+async def garbage_collected(db: Database) -> None:
+    # A task dropped while its unit had the turn: the unit never ends, and the garbage
+    # collector's finalizer detaches its connection (an asyncio pool's), never checks it in.
+    wrote = asyncio.Event()
+
+    async def abandoned() -> None:
+        unit = db.transaction()
+        session = await unit.__aenter__()
+        await session.execute(text(INSERT), {"origin": "abandoned"})
+        wrote.set()
+        await asyncio.get_running_loop().create_future()  # never done
+
+    task = asyncio.create_task(abandoned())
+    await wrote.wait()
+    assert line_of(db).turn_taken()
+    del task
+    with pytest.warns(SAWarning, match="garbage collector"):
+        gc.collect()
+    # Its connection closes on a thread of its own, soon: the next unit meets its lock in
+    # SQLite's wait, once it has the turn.
+    await write(db, "after the collection")
+
+
 @pytest.mark.parametrize(
     "end",
     [
@@ -185,6 +209,7 @@ async def committed_mid_unit(db: Database) -> None:
         refused_by_sqlite,
         invalidated,
         committed_mid_unit,
+        garbage_collected,
     ],
 )
 async def test_the_turn_passes_on_whichever_way_a_unit_ends(

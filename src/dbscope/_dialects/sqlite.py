@@ -126,8 +126,11 @@ class SQLite(Backend):
         event.listen(engine.sync_engine, "connect", on_connect)
         event.listen(engine.sync_engine, "begin", on_begin)
         event.listen(engine.sync_engine, "reset", _writable_again)
-        # Given back, the connection's transaction is over, whichever way it ended.
+        # Given back, the connection's transaction is over, whichever way it ended. One the
+        # garbage collector found checked out is detached instead (an asyncio pool's), never
+        # checked in: its entry goes back to the pool, its info cleared at the next checkout.
         event.listen(engine.sync_engine, "checkin", _turn_passed)
+        event.listen(engine.sync_engine, "detach", _turn_passed)
 
     def lock_migrations(self, connection: Connection, name: str, seconds: float) -> bool | None:
         # SQLite lets one connection at a time write a file. The migrations' transaction takes
