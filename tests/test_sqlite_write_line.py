@@ -10,7 +10,7 @@ them in order; SQLite's lock is then contended only by other processes (and leas
 import asyncio
 import gc
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 
 import pytest
@@ -86,6 +86,87 @@ async def test_writers_take_their_turns_in_the_order_they_came(tmp_path: Path) -
         await asyncio.gather(*waiting)
         assert written == [str(number) for number in range(10)]
         assert_line_free(db)
+
+
+async def test_a_unit_that_comes_as_the_turn_is_handed_on_waits_behind(db: Database) -> None:
+    """A unit that asks for the turn just as it is handed to the one waiting (before that
+    one has run again) waits behind it: never two turns at once. Below anyio 4.15 the
+    newcomer took it too, went first, and the waiter met SQLite's lock."""
+    turns: list[tuple[str, int]] = []
+
+    async def write_noting_turns(origin: str) -> None:
+        async with db.transaction() as session:
+            await session.execute(text(INSERT), {"origin": origin})
+            turns.append((origin, taken_turns(db)))
+
+    async def then_write_again(waiter: asyncio.Task[None]) -> None:
+        await write_noting_turns("newcomer")  # the waiter has not run since the hand-off
+
+    waiter = await turn_handed_on_then(db, lambda: write_noting_turns("waiter"), then_write_again)
+    await waiter
+    assert turns == [("waiter", 1), ("newcomer", 1)]
+    assert_line_free(db)
+
+
+async def test_a_unit_cancelled_as_its_turn_comes_passes_it_on(db: Database) -> None:
+    """A waiting unit cancelled just as the turn is handed to it (a client gone, a timeout
+    run out) passes it to the next in line. Below anyio 4.10 the turn was lost: the next
+    waited out the busy timeout with the lock free, and so did every unit that came while
+    one waited."""
+    following: list[asyncio.Task[None]] = []
+
+    async def cancel_it(waiter: asyncio.Task[None]) -> None:
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        for _ in range(10):  # loop turns, for the next to take the turn
+            await asyncio.sleep(0)
+        assert (line_of(db).waiting(), taken_turns(db)) == (0, 1)  # the next has it
+
+    async def one_more_waiting() -> None:
+        following.append(asyncio.create_task(write(db, "next")))
+        await until_waiting(db, 2)
+
+    await turn_handed_on_then(db, lambda: write(db, "cancelled"), cancel_it, one_more_waiting)
+    await following[0]
+    assert_line_free(db)
+
+
+async def turn_handed_on_then(
+    db: Database,
+    waiting: Callable[[], Coroutine[None, None, None]],
+    then: Callable[[asyncio.Task[None]], Awaitable[None]],
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> asyncio.Task[None]:
+    """A unit that writes while ``waiting`` waits in line (and ``meanwhile`` runs), then
+    ends and runs ``then`` (given the waiting one's task) in its task at once, before the
+    unit its turn went to runs again. Returns the waiting one's task."""
+    holding, let_go = asyncio.Event(), asyncio.Event()
+    waiters: list[asyncio.Task[None]] = []
+
+    async def hold_then() -> None:
+        async with db.transaction() as session:
+            await session.execute(text(INSERT), {"origin": "holder"})
+            holding.set()
+            await let_go.wait()
+        await then(waiters[0])
+
+    holder = asyncio.create_task(hold_then())
+    await holding.wait()
+    waiter = asyncio.create_task(waiting())
+    waiters.append(waiter)
+    await until_waiting(db, 1)
+    if meanwhile is not None:
+        await meanwhile()
+    let_go.set()
+    await holder
+    return waiter
+
+
+def taken_turns(db: Database) -> int:
+    """How many units of the running loop have the turn now: one at most."""
+    line = line_of(db).lines.get(asyncio.get_running_loop())
+    return 0 if line is None else line.borrowed_tokens
 
 
 async def test_a_read_only_unit_does_not_wait_in_line(db: Database) -> None:
