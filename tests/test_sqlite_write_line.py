@@ -12,10 +12,12 @@ import gc
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError, PendingRollbackError, SAWarning
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope import Database
 from dbscope._dialects.write_lock import Writer, writer_of
@@ -167,6 +169,35 @@ def taken_turns(db: Database) -> int:
     """How many units of the running loop have the turn now: one at most."""
     line = line_of(db).lines.get(asyncio.get_running_loop())
     return 0 if line is None else line.borrowed_tokens
+
+
+async def test_a_wait_in_line_is_the_busy_timeout_the_app_set(tmp_path: Path) -> None:
+    """A busy timeout the app sets on its connections itself (a connect listener of its own,
+    after sqlite3's ``timeout``) is how long a unit waits in line, and what the connection
+    has again after a wait that ran out. Read at connect, before the app's listener ran, it
+    was sqlite3's: the wait ran out early, and the app's timeout was overwritten with it."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    async with Database(url, pool_size=2, max_overflow=0, connect_args={"timeout": 0.2}) as db:
+
+        @event.listens_for(db.engine.sync_engine, "connect")
+        def longer(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 400")
+            cursor.close()
+
+        await db.engine.dispose()  # the connections to come are the app's
+        async with db.transaction() as session:
+            await session.execute(text(CREATE))
+
+        async def wait_out() -> None:
+            with pytest.raises(OperationalError, match="database is locked"):
+                await write(db, "late")
+
+        await hold_turn_then(db, wait_out)
+        async with db.lease() as first, db.lease() as second:
+            for connection in (first, second):
+                rows = await connection.execute_fetchall("PRAGMA busy_timeout")
+                assert list(rows) == [(400,)]
 
 
 async def test_a_read_only_unit_does_not_wait_in_line(db: Database) -> None:

@@ -52,8 +52,6 @@ NEXT_BEGIN: Final = "dbscope.next_begin"
 # On a pooled connection's info, from a read-only unit's begin to its checkin: query-only.
 QUERY_ONLY: Final = "dbscope.query_only"
 KEPT_BUSY_TIMEOUT: Final = "dbscope.kept_busy_timeout"
-# On a pooled connection's info: its busy timeout (seconds), how long a writer waits its turn.
-BUSY_TIMEOUT: Final = "dbscope.busy_timeout"
 # The execution option of the engine view of a unit that may write (Backend.writer_view).
 WRITER_VIEW: Final = "dbscope_sqlite_writer"
 
@@ -99,8 +97,6 @@ class SQLite(Backend):
             cursor = dbapi_connection.cursor()
             for pragma in pragmas:
                 cursor.execute(pragma)
-            cursor.execute("PRAGMA busy_timeout")  # sqlite3's timeout, or the app's own
-            record.info[BUSY_TIMEOUT] = cursor.fetchone()[0] / 1000
             cursor.close()
 
         writer = Writer() if memory else writer_of(_path_of(engine.url))
@@ -340,8 +336,17 @@ def _begin_in_turn(connection: Connection, writer: Writer) -> None:
     busy timeout in all, so a wait that ran out asks SQLite once, without waiting: BUSY if
     the lock is still held (another process's, or a lease's write), as SQLite alone said."""
     info = connection.info
-    seconds = info.get(BUSY_TIMEOUT, 5.0)
-    had_turn = writer.wait_turn(info, seconds)
+    # The connection's own, read when the unit must wait: sqlite3's timeout, or what the app
+    # set since (a connect listener of its own, a lease's PRAGMA), which a reading at
+    # connect missed, then overwrote after a wait that ran out.
+    kept: list[int] = []
+
+    def busy_timeout() -> float:
+        milliseconds = connection.exec_driver_sql("PRAGMA busy_timeout", execution_options=OWN)
+        kept.append(int(milliseconds.scalar_one()))
+        return kept[0] / 1000
+
+    had_turn = writer.wait_turn(info, busy_timeout)
     try:
         if had_turn:
             connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
@@ -350,8 +355,8 @@ def _begin_in_turn(connection: Connection, writer: Writer) -> None:
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
         finally:
-            kept = f"PRAGMA busy_timeout = {round(seconds * 1000)}"
-            connection.exec_driver_sql(kept, execution_options=OWN)
+            restored = f"PRAGMA busy_timeout = {kept[0]}"
+            connection.exec_driver_sql(restored, execution_options=OWN)
     except BaseException:
         pass_turn(info)  # a BEGIN that failed, or was cancelled, holds no lock
         raise

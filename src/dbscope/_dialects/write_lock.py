@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -55,10 +56,11 @@ class Writer:
         self.lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter]
         self.lines = weakref.WeakKeyDictionary()
 
-    def wait_turn(self, info: dict[str, Any], seconds: float) -> bool:
-        """Wait up to ``seconds`` for the units of this process ahead in line to end their
-        transactions, from a BEGIN (SQLAlchemy's greenlet); the turn is kept in ``info``, the
-        pooled connection's, until :func:`pass_turn`. False if the wait ran out."""
+    def wait_turn(self, info: dict[str, Any], seconds: Callable[[], float]) -> bool:
+        """Wait up to ``seconds()`` (asked only if the unit must wait) for the units of this
+        process ahead in line to end their transactions, from a BEGIN (SQLAlchemy's greenlet);
+        the turn is kept in ``info``, the pooled connection's, until :func:`pass_turn`. False
+        if the wait ran out."""
         if TURN in info:
             return True
         loop = asyncio.get_running_loop()
@@ -69,7 +71,7 @@ class Writer:
         try:
             line.acquire_on_behalf_of_nowait(token)  # no await when no one writes
         except anyio.WouldBlock:
-            if not await_only(_wait_in_line(line, token, seconds)):
+            if not await_only(_wait_in_line(line, token, seconds())):
                 return False
         info[TURN] = _Turn(loop, line, token)
         return True
