@@ -336,30 +336,29 @@ def _begin_in_turn(connection: Connection, writer: Writer) -> None:
     busy timeout in all, so a wait that ran out asks SQLite once, without waiting: BUSY if
     the lock is still held (another process's, or a lease's write), as SQLite alone said."""
     info = connection.info
-    # The connection's own, read when the unit must wait: sqlite3's timeout, or what the app
-    # set since (a connect listener of its own, a lease's PRAGMA), which a reading at
-    # connect missed, then overwrote after a wait that ran out.
-    kept: list[int] = []
-
-    def busy_timeout() -> float:
-        milliseconds = connection.exec_driver_sql("PRAGMA busy_timeout", execution_options=OWN)
-        kept.append(int(milliseconds.scalar_one()))
-        return kept[0] / 1000
-
-    had_turn = writer.wait_turn(info, busy_timeout)
+    # The connection's own busy timeout, read when the unit must wait: sqlite3's timeout, or
+    # what the app set since (a connect listener of its own, a lease's PRAGMA), which a
+    # reading at connect missed, then overwrote after a wait that ran out.
+    had_turn = writer.wait_turn(info, lambda: _busy_timeout(connection) / 1000)
     try:
         if had_turn:
             connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
             return
+        kept = _busy_timeout(connection)
         connection.exec_driver_sql("PRAGMA busy_timeout = 0", execution_options=OWN)
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=OWN)
         finally:
-            restored = f"PRAGMA busy_timeout = {kept[0]}"
-            connection.exec_driver_sql(restored, execution_options=OWN)
+            connection.exec_driver_sql(f"PRAGMA busy_timeout = {kept}", execution_options=OWN)
     except BaseException:
         pass_turn(info)  # a BEGIN that failed, or was cancelled, holds no lock
         raise
+
+
+def _busy_timeout(connection: Connection) -> int:
+    """The connection's busy timeout, in milliseconds."""
+    result = connection.exec_driver_sql("PRAGMA busy_timeout", execution_options=OWN)
+    return int(result.scalar_one())
 
 
 def _turn_passed(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
