@@ -362,11 +362,12 @@ class TcpProxy:
         assert self._server is not None
         self._released.set()
         self._server.close()
-        await self._server.wait_closed()
         for writer in self._writers:
             writer.close()
         await asyncio.gather(*self._handlers, return_exceptions=True)
         self._writers.clear()
+        # Last: from Python 3.12.1 it waits for every accepted connection to be closed.
+        await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
