@@ -10,21 +10,25 @@ pending!" each time, found by cancelling units at random moments under CPU load.
 
 A cancel that lands while a PostgreSQL driver opens the connection ends the unit at once and
 leaves the connect to finish alone (``_dialects.driver.ClosedIfCancelled``): ``dispose()``
-waits for its own Database's, or the app's event loop could end with them running.
+waits for its own Database's, or the app's event loop could end with them running. So does
+one while aiosqlite's thread opens the file: aiosqlite dropped the sqlite3 connection of a
+connect cancelled there unclosed, to the garbage collector (on Python 3.13, a ResourceWarning).
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 from sqlalchemy import event, text
 
 from dbscope import Database
+from dbscope._dialects.sqlite import _EndsItsTransactions
 from tests import helpers
-from tests.cancel_points import nothing_reported
+from tests.cancel_points import Point, Stepped, nothing_reported, reach
 from tests.new_connections import new_connection_at_each_checkout
 
 CANCELS = 5
@@ -149,3 +153,49 @@ async def test_dispose_waits_for_its_own_connects_only(database_url: str) -> Non
     async with connect_left_running(database_url), Database(database_url) as other:
         await other.dispose()
         assert len(driver_connects()) == 1
+
+
+class ClosesCounted(_EndsItsTransactions):
+    """dbscope's sqlite3 connection, keeping the serial numbers of those not closed yet."""
+
+    serials: ClassVar[Iterator[int]] = itertools.count()
+    unclosed: ClassVar[set[int]] = set()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.serial = next(self.serials)
+        self.unclosed.add(self.serial)
+
+    def close(self) -> None:
+        self.unclosed.discard(self.serial)
+        super().close()
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_a_sqlite_connection_a_cancel_left_opening_is_closed(database_url: str) -> None:
+    """Units cancelled after each of their steps, each on a new connection: those cancelled
+    while aiosqlite's thread opened the file had their connection closed all the same, none
+    left to the garbage collector (on Python 3.13: "ResourceWarning: unclosed database")."""
+    ClosesCounted.unclosed.clear()
+    counted = {"factory": ClosesCounted}
+    db = Database(database_url, pool_size=1, max_overflow=0, connect_args=counted)
+    with nothing_reported():
+        async with db:
+            await new_connection_at_each_checkout(db)
+
+            async def unit() -> bool:
+                async with db.transaction() as session:
+                    await session.execute(text("SELECT 1"))
+                return True
+
+            for steps in range(100):
+                for late in (False, True):
+                    stepped = Stepped(unit())
+                    task = asyncio.create_task(stepped)
+                    await reach(task, stepped, Point(steps, late))
+                    task.cancel()
+                    await asyncio.wait({task})
+                if not task.cancelled():
+                    break
+            assert not task.cancelled(), "no unit ran to its end"
+        assert ClosesCounted.unclosed == set()

@@ -25,7 +25,14 @@ from dbscope._dialects._base import (
     DatabaseRefused,
     ErrorKind,
 )
-from dbscope._dialects.driver import Driver, LeaseStatus, rollback_connection, through_cancels
+from dbscope._dialects.driver import (
+    CLOSE_TIMEOUT,
+    ClosedIfCancelled,
+    Driver,
+    LeaseStatus,
+    rollback_connection,
+    through_cancels,
+)
 from dbscope._dialects.marks import Found
 from dbscope._dialects.write_lock import Writer, pass_turn, writer_of
 
@@ -316,7 +323,26 @@ class _EndsItsTransactions(sqlite3.Connection):
 
 
 def _aiosqlite_connect_args(timeout: float, application_name: str | None) -> dict[str, Any]:
-    return {"factory": _EndsItsTransactions}
+    # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
+    closed_if_cancelled = ClosedIfCancelled(_aiosqlite_connect, _aiosqlite_quit)
+    return {"factory": _EndsItsTransactions, "async_creator_fn": closed_if_cancelled}
+
+
+async def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Any:
+    """aiosqlite's connect, its thread a daemon (as SQLAlchemy makes it). Run through
+    ClosedIfCancelled: cancelled while its thread opened the file, aiosqlite dropped the
+    sqlite3 connection unclosed, to the garbage collector ("ResourceWarning: unclosed
+    database" from Python 3.13, at each unit cancelled as it connected)."""
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    thread: Any = getattr(connection, "_thread", connection)  # a Thread itself before 0.22
+    thread.daemon = True
+    return await connection
+
+
+async def _aiosqlite_quit(connection: Any) -> None:
+    await _aiosqlite_close(connection, CLOSE_TIMEOUT)
 
 
 async def _aiosqlite_close(connection: Any, seconds: float) -> None:
