@@ -11,6 +11,7 @@ fails (a wait past the busy timeout) is a write conflict, which retries run agai
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Annotated
@@ -270,7 +271,7 @@ async def test_a_commit_that_fails_leaves_no_transaction_for_the_next_user(tmp_p
             await session.execute(text("INSERT INTO sw_parent (id) VALUES (1)"))
         async with database.lease() as connection:
             await connection.execute("INSERT INTO sw_parent (id) VALUES (2)")
-    with sqlite3.connect(tmp_path / "fk.db") as reader:
+    with contextlib.closing(sqlite3.connect(tmp_path / "fk.db")) as reader:
         parents = reader.execute("SELECT id FROM sw_parent ORDER BY id").fetchall()
         children = reader.execute("SELECT count(*) FROM sw_child").fetchone()
     assert parents == [(1,), (2,)]

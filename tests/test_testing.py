@@ -410,7 +410,7 @@ def test_own_database_of_a_sqlite_uri_is_the_file_beside_the_one_it_opens(
     assert made == (str(run_file), True)
     assert not run_file.exists()
 
-    with sqlite3.connect(run_file) as theirs:
+    with contextlib.closing(sqlite3.connect(run_file)) as theirs, theirs:  # closed, committed
         theirs.execute(CREATE_NOTES)
         theirs.execute("INSERT INTO tt_notes (id) VALUES (7)")
     with (
