@@ -339,5 +339,7 @@ def _drop_unfinished(task: asyncio.Task[None]) -> None:
     """Let go of a task whose event loop closed without cancelling it (``loop.close()`` after
     ``run_until_complete``): cancelling it asks that loop ("Event loop is closed"), so its
     coroutine is closed here instead, and asyncio told not to log it as destroyed pending."""
-    task.get_coro().close()
+    coroutine = task.get_coro()  # None (Python 3.12+) only for a task run eagerly to its end
+    if coroutine is not None:
+        coroutine.close()
     task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch

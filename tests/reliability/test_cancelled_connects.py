@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import event, text
 
 from dbscope import Database
-from dbscope._dialects.sqlite import _EndsItsTransactions
+from dbscope._dialects.aiosqlite_driver import EndsItsTransactions
 from tests import helpers
 from tests.cancel_points import Point, Stepped, nothing_reported, reach
 from tests.new_connections import new_connection_at_each_checkout
@@ -155,7 +155,7 @@ async def test_dispose_waits_for_its_own_connects_only(database_url: str) -> Non
         assert len(driver_connects()) == 1
 
 
-class ClosesCounted(_EndsItsTransactions):
+class ClosesCounted(EndsItsTransactions):
     """dbscope's sqlite3 connection, keeping the serial numbers of those not closed yet."""
 
     serials: ClassVar[Iterator[int]] = itertools.count()

@@ -25,14 +25,7 @@ from dbscope._dialects._base import (
     DatabaseRefused,
     ErrorKind,
 )
-from dbscope._dialects.driver import (
-    CLOSE_TIMEOUT,
-    ClosedIfCancelled,
-    Driver,
-    LeaseStatus,
-    rollback_connection,
-    through_cancels,
-)
+from dbscope._dialects.aiosqlite_driver import AIOSQLITE, aiosqlite_status
 from dbscope._dialects.marks import Found
 from dbscope._dialects.write_lock import Writer, pass_turn, writer_of
 
@@ -82,7 +75,7 @@ class SQLite(Backend):
         # ON CONFLICT ROLLBACK, a full disk: SQLite's own rollback, which the driver's state
         # tells. The connection is in autocommit, BEGIN explicit (below): after it each
         # statement would commit by itself.
-        if _aiosqlite_status(dbapi_connection.driver_connection) != "idle":
+        if aiosqlite_status(dbapi_connection.driver_connection) != "idle":
             return False
         cursor = dbapi_connection.cursor()
         cursor.execute("BEGIN")
@@ -263,15 +256,6 @@ def _drop(path: Path) -> None:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-def _sqlite_errors() -> tuple[type[BaseException], ...]:
-    return (sqlite3.Error,)
-
-
-def _aiosqlite_status(connection: Any) -> LeaseStatus:
-    # dbscope opens SQLite connections with isolation_level=None: autocommit, BEGIN explicit.
-    return "in_transaction" if connection.in_transaction else "idle"
-
-
 def _path_of(url: URL) -> Path:
     database = url.database or ""
     if _is_uri(url) and database.startswith("file:"):
@@ -284,77 +268,6 @@ def _is_uri(url: URL) -> bool:
     other way it reads as true)."""
     value = url.query.get("uri", False)
     return isinstance(value, str) and asbool(value)
-
-
-class _EndsItsTransactions(sqlite3.Connection):
-    """A connection whose transaction ends with every COMMIT, failed or not, and before it
-    closes, so that it never hands a transaction to its next user or keeps the file's lock.
-
-    A COMMIT that fails (a deferred foreign key, SQLITE_BUSY) leaves SQLite's transaction
-    open. SQLAlchemy counts it ended, and its pool skips the rollback on return: the next
-    unit on the connection failed to BEGIN ("cannot start a transaction within a
-    transaction"), and a lease's autocommitted write stayed uncommitted, then was lost.
-    dbscope runs the whole unit again or not at all, never the COMMIT alone, so the failed
-    transaction is rolled back at once.
-
-    A cursor still alive when its connection closes (one whose unit was cancelled, kept by
-    the cancel's traceback until the garbage collector runs) keeps its statement;
-    sqlite3_close_v2 then leaves the connection open, as a "zombie", until that statement
-    is finalized, and with it the transaction it had begun: the next unit that writes found
-    the file locked. Rolled back first, the zombie holds nothing. This covers every way
-    SQLAlchemy closes a connection (aiosqlite's close, its stop when a connection is
-    invalidated, the pool's own close); Python's sqlite3 closes them all through here. A
-    ``factory`` of the app's own in ``connect_args`` replaces it.
-    """
-
-    def commit(self) -> None:
-        try:
-            super().commit()
-        except sqlite3.Error:
-            if self.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.rollback()
-            raise
-
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.rollback()  # a no-op outside a transaction
-        super().close()
-
-
-def _aiosqlite_connect_args(timeout: float, application_name: str | None) -> dict[str, Any]:
-    # SQLAlchemy's async dialects call async_creator_fn in place of the driver's connect.
-    closed_if_cancelled = ClosedIfCancelled(_aiosqlite_connect, _aiosqlite_quit)
-    return {"factory": _EndsItsTransactions, "async_creator_fn": closed_if_cancelled}
-
-
-async def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Any:
-    """aiosqlite's connect, its thread a daemon (as SQLAlchemy makes it). Run through
-    ClosedIfCancelled: cancelled while its thread opened the file, aiosqlite dropped the
-    sqlite3 connection unclosed, to the garbage collector ("ResourceWarning: unclosed
-    database" from Python 3.13, at each unit cancelled as it connected)."""
-    import aiosqlite
-
-    connection = aiosqlite.connect(*args, **kwargs)
-    thread: Any = getattr(connection, "_thread", connection)  # a Thread itself before 0.22
-    thread.daemon = True
-    return await connection
-
-
-async def _aiosqlite_quit(connection: Any) -> None:
-    await _aiosqlite_close(connection, CLOSE_TIMEOUT)
-
-
-async def _aiosqlite_close(connection: Any, seconds: float) -> None:
-    """Close on aiosqlite's thread, and wait for it through cancels: until it is done, the
-    file keeps the write lock of the transaction the connection had open.
-
-    SQLAlchemy's own close of a cancelled connection waits for one cancel only. anyio's
-    cancel scope cancels again at each await: SQLAlchemy then left the close queued behind
-    the thread's work and its task pending for ever, and the next unit found the file
-    locked. The cancel is raised again once the close is done.
-    """
-    await through_cancels(connection.close(), seconds)
 
 
 def _begin_in_turn(connection: Connection, writer: Writer) -> None:
@@ -399,19 +312,6 @@ def _writable_again(dbapi_connection: Any, record: ConnectionPoolEntry, reset_st
         cursor.close()
 
 
-AIOSQLITE: Final = Driver(
-    name="aiosqlite",
-    install="pip install aiosqlite",
-    connect_args=_aiosqlite_connect_args,
-    errors=_sqlite_errors,
-    status=_aiosqlite_status,
-    rollback=rollback_connection,
-    close=_aiosqlite_close,
-    close_without_loop=lambda connection: connection.stop(),  # queued to its thread
-    closes_on_thread=True,
-    isolation_levels=("READ UNCOMMITTED", "SERIALIZABLE"),
-    checkin_waits=True,
-)
 BACKEND: Final = SQLite(
     name="sqlite",
     aliases=(),
