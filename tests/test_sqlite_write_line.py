@@ -174,9 +174,9 @@ def taken_turns(db: Database) -> int:
 
 async def test_a_wait_in_line_is_the_busy_timeout_the_app_set(tmp_path: Path) -> None:
     """A busy timeout the app sets on its connections itself (a connect listener of its own,
-    after sqlite3's ``timeout``) is how long a unit waits in line, and what the connection
-    has again after a wait that ran out. Read at connect, before the app's listener ran, it
-    was sqlite3's: the wait ran out early, and the app's timeout was overwritten with it."""
+    after sqlite3's ``timeout``) is what the connection has again after a wait in line that
+    ran out. Read at connect, before the app's listener ran, it was sqlite3's, and the app's
+    timeout was overwritten with it."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
     async with Database(url, pool_size=2, max_overflow=0, connect_args={"timeout": 0.2}) as db:
 
