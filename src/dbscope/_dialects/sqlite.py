@@ -275,8 +275,8 @@ def _begin_in_turn(connection: Connection, writer: Writer) -> None:
     line that ran out the busy timeout asks SQLite once, without waiting: BUSY if the lock
     is still held (another process's, or a lease's write), as SQLite alone said. One that
     had its turn waits SQLite's busy timeout again if another process took the lock as the
-    turn came: shortening it to what is left would cost two statements at each turn a unit
-    waited for (10-25% fewer writes a second where units do little else)."""
+    turn came: shortening it to what is left would cost two statements (set, then put back)
+    at each turn a unit waited for, the busy path's."""
     info = connection.info
     # The connection's own busy timeout, read when the unit must wait: sqlite3's timeout, or
     # what the app set since (a connect listener of its own, a lease's PRAGMA), which a
