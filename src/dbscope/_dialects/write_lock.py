@@ -25,7 +25,7 @@ import anyio
 from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_only
 
-# On a pooled connection's info from its unit's turn to write to the end of the transaction.
+# On a pooled connection's info from its unit's turn to write until it is given back.
 TURN: Final = "dbscope.write_turn"
 
 
@@ -41,8 +41,9 @@ AWAITED_BY: Final[ContextVar[tuple[asyncio.Task[Any], ...]]] = ContextVar(
 
 
 class Writer:
-    """The task whose transaction holds a file's write lock, and that transaction's
-    connection, weakly: a unit of that task that may write, opened inside that one's, would
+    """A file's write lock as this process sees it: each event loop's line of the units
+    waiting for it, and the task whose transaction holds it with that transaction's
+    connection, weakly. A unit of that task that may write, opened inside that one's, would
     wait for it until the busy timeout, as that one cannot end first. It is refused at once,
     as is one of a task that task awaits to its end (db.parallel()'s). Another task it
     started waits its turn: the first may end meanwhile."""
@@ -128,8 +129,8 @@ class _Turn(NamedTuple):
 
 
 def pass_turn(info: dict[str, Any]) -> None:
-    """The transaction on the connection of ``info`` ended (committed, rolled back, its
-    connection invalidated or given back): the next unit in line may write."""
+    """The unit that had the turn on the connection of ``info`` is done with it (the
+    connection given back or detached, or its BEGIN failed): the next in line may write."""
     turn = info.pop(TURN, None)
     if turn is None:
         return
@@ -157,7 +158,5 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop: a connection closed without it
-        return None
+    # None with no running loop: a connection closed without it.
+    return None if _running_loop() is None else asyncio.current_task()

@@ -106,7 +106,9 @@ _NONE = object()  # the body made no chunk: its unit has ended, committed
 
 
 def _hang_up_check(scope: Scope, receive: Receive) -> Callable[[], bool]:
-    """Whether the client hung up, where the server tells without a message (uvicorn).
+    """A check of whether the client hung up, where the server tells without a message
+    (uvicorn); one that says no elsewhere.
+
     Starlette listens for it only once the response has started: a body of one chunk would
     otherwise commit for a client gone while it was made. Asked at each chunk too: chunks
     that need no wait (rows already fetched, asyncmy's unread backlog) give the event loop
