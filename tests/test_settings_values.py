@@ -102,8 +102,9 @@ async def test_an_isolation_level_in_sqlalchemys_other_spellings_is_applied(leve
         ({"poolclass": "NullPool"}, "poolclass must be a pool class, got a str"),
         ({"connect_args": 5}, "connect_args must be a dict of names to values, got an int"),
         ({"execution_options": 5}, "execution_options must be a dict of names to values"),
-        # A capital U said "you": a UUID, not an UUID.
+        # A U said "you": a UUID, not an UUID; numpy's uint8 too.
         ({"connect_args": uuid.uuid4()}, "values, got a UUID"),
+        ({"connect_args": type("uint8", (int,), {})(5)}, "values, got a uint8"),
         ({"poolclass": make_url(URL)}, "pool class, got a URL"),
     ],
 )

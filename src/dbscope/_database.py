@@ -191,8 +191,10 @@ class Database(RequestEntryPoints[SessionT]):
         """Close every pooled connection. Calling it again, or before connect(), does nothing."""
         if self._replicas is not None:
             await self._replicas.dispose()
-        await self._lifecycle.dispose()
+        # The probe first: its connect, left running by a probe out of time, is then among
+        # those the pool's dispose waits for.
         await self._health.close()
+        await self._lifecycle.dispose()
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -14,8 +14,8 @@ from typing import Any
 def a_kind(value: object) -> str:
     """The kind of ``value``, with its article, for a message: 'an int', 'a str'."""
     name = type(value).__name__
-    # A capital U is said "you" in the names that start with one: a UUID, a URL.
-    vowel = name[0] in "aeiouAEIO"
+    # A U is said "you" in the names that start with one: a UUID, a URL, a uint8.
+    vowel = name[0] in "aeioAEIO"
     return f"{'an' if vowel else 'a'} {name}"
 
 

@@ -199,3 +199,20 @@ async def test_a_sqlite_connection_a_cancel_left_opening_is_closed(database_url:
                     break
             assert not task.cancelled(), "no unit ran to its end"
         assert ClosesCounted.unclosed == set()
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_dispose_waits_for_a_connect_a_timed_out_health_probe_left(
+    database_url: str,
+) -> None:
+    """A readiness probe that ran out of time while its own connection opened (a server
+    slow to answer) leaves the connect to finish alone, as a cancelled unit does; dispose()
+    waits for it too."""
+    async with helpers.proxied(database_url) as (proxy, url):
+        db = Database(url, connect_timeout=1)
+        await db.connect()
+        proxy.silent = True
+        health = await db.health(timeout=0.1)
+        left_running = len(driver_connects())
+        await db.dispose()
+        assert (health.status, left_running, driver_connects()) == ("fail", 1, [])
