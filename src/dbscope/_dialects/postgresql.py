@@ -24,7 +24,7 @@ from dbscope._dialects._base import (
 )
 from dbscope._dialects.hosts import libpq_hosts, psql
 from dbscope._dialects.marks import MARK, tables_mark
-from dbscope._dialects.postgresql_drivers import raised_by_server, sqlstate
+from dbscope._dialects.postgresql_drivers import raised_by_server, sqlstate, stale_plan
 from dbscope._dialects.postgresql_events import (
     DRIVERS,
     READ_ONLY_SQL_TRANSACTION,
@@ -191,6 +191,12 @@ class PostgreSQL(Backend):
             return "refused"
         if code in CONFLICTS:
             return "conflict"
+        if stale_plan(orig):
+            # A prepared statement whose result columns a schema change altered: the server
+            # refused it and ended the transaction, and the drivers' caches are cleared
+            # (SQLAlchemy's for asyncpg, dropped_stale_plans for psycopg), so running the unit
+            # again prepares it anew.
+            return "conflict"
         if code == QUERY_CANCELED:
             return "timeout"
         if code.startswith("23"):
@@ -222,6 +228,8 @@ class PostgreSQL(Backend):
         return pgbouncer.statements_advice(sqlstate(orig))
 
     def conflict_name(self, orig: BaseException | None) -> str:
+        if stale_plan(orig):
+            return "prepared statement made stale by a schema change"
         return "deadlock" if sqlstate(orig) == "40P01" else "serialization failure"
 
     def constraint_name(self, orig: BaseException | None) -> str | None:

@@ -260,6 +260,56 @@ def closed_server_cursor(context: ExceptionContext) -> Exception | None:
     return None
 
 
+# What PostgreSQL says when a prepared statement's result columns changed under it (a column
+# added to a `SELECT *`'s table, a column's type changed): SQLSTATE 0A000, which other
+# unsupported features share, so the message tells it apart.
+STALE_PLAN: Final = "cached plan must not change result type"
+
+
+def stale_plan(orig: BaseException | None) -> bool:
+    """Whether the driver error ``orig`` is a prepared statement made stale by a schema
+    change: psycopg's 0A000 with PostgreSQL's words, or asyncpg's InvalidCachedStatementError
+    (on the cause of SQLAlchemy's adaptation), which asyncpg raises for it."""
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        if type(candidate).__name__ == "InvalidCachedStatementError":
+            return True
+        if getattr(candidate, "sqlstate", None) == "0A000" and str(candidate).startswith(
+            STALE_PLAN
+        ):
+            return True
+    return False
+
+
+def psycopg_error(context: ExceptionContext) -> Exception | None:
+    """The psycopg engines' ``handle_error``: a lost stream's cursor closed, stale prepared
+    statements dropped."""
+    closed_server_cursor(context)
+    dropped_stale_plans(context)
+    return None
+
+
+def dropped_stale_plans(context: ExceptionContext) -> None:
+    """Drop psycopg's prepared statements after one went stale outside a transaction.
+
+    psycopg prepares a statement run ``prepare_threshold`` (5) times on a connection and
+    forgets its prepared statements only at a ROLLBACK or DDL of its own connection. A unit's
+    reads before its first write run in autocommit (deferred_begin.py), and so does a lease:
+    no ROLLBACK follows, and every later run of that statement on that pooled connection
+    failed with the same error, for as long as the connection lived. DEALLOCATE ALL drops
+    them on the server, and psycopg, which reads the command's status, forgets them too.
+    """
+    connection = context.connection
+    if context.is_disconnect or connection is None or connection.invalidated:
+        return
+    if not stale_plan(context.original_exception):
+        return
+    driver_connection = connection.connection.driver_connection
+    if driver_connection is None or _psycopg_status(driver_connection) != "idle":
+        return  # in a transaction: its ROLLBACK makes psycopg forget them
+    with contextlib.suppress(Exception):  # a connection that fails here fails its next use
+        await_only(driver_connection.execute("DEALLOCATE ALL"))
+
+
 def _psycopg_hot_standby(connection: Any) -> bool | None:
     return _on(connection.info.parameter_status("in_hot_standby"))
 
@@ -307,6 +357,6 @@ PSYCOPG: Final = Driver(
     pooler_args=pgbouncer.psycopg_args,
     pooler_conflict=pgbouncer.psycopg_conflict,
     hot_standby=_psycopg_hot_standby,
-    on_error=closed_server_cursor,
+    on_error=psycopg_error,
     url_query=_checked_session_attrs,
 )

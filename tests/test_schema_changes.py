@@ -1,0 +1,88 @@
+"""Schema changes made while the app runs: the prepared statements they make stale.
+
+PostgreSQL refuses to run a prepared statement whose result columns changed since it was
+prepared (a column's type altered, a column added to a ``SELECT *``'s table): "cached plan
+must not change result type". Both drivers prepare: asyncpg every statement, psycopg one run
+``prepare_threshold`` (5) times on a connection. The schema change here is made from a
+connection of the test's own, as a migration run by another process would be; the units run
+on a pool of one connection, so every unit meets the statement that connection prepared.
+"""
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
+
+from dbscope import Database
+from tests.conftest import POSTGRES_DRIVERS
+from tests.helpers import Tables, admin
+
+pytestmark = pytest.mark.parametrize("db_backend", POSTGRES_DRIVERS)
+
+metadata = MetaData()
+items = Table(
+    "stale_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50)),
+    Column("qty", Integer),
+)
+# Runs enough for psycopg to have prepared the statement.
+WARM_UP = 8
+
+
+@pytest.fixture
+async def db(database_url: str, tables: Tables) -> AsyncIterator[Database]:
+    """A Database of one pooled connection, on a table of one row."""
+    await tables.create_all(metadata)
+    async with admin(database_url) as connection:
+        await connection.execute(items.insert().values(id=1, name="one", qty=0))
+    async with Database(database_url, pool_size=1, max_overflow=0) as database:
+        yield database
+
+
+async def widen_name(database_url: str) -> None:
+    """The schema change: the name column's type changes, and so the result's of a read."""
+    async with admin(database_url) as connection:
+        await connection.exec_driver_sql("ALTER TABLE stale_items ALTER COLUMN name TYPE text")
+
+
+async def read_name(db: Database) -> str | None:
+    """A read-only unit's plain read, which runs outside a transaction."""
+    async with db.transaction(read_only=True) as session:
+        return await session.scalar(select(items.c.name).where(items.c.id == 1))
+
+
+async def test_a_read_made_stale_by_a_schema_change_fails_once(
+    db: Database, database_url: str
+) -> None:
+    """A stale statement fails the unit running it, and the connection's next units read."""
+    for _ in range(WARM_UP):
+        await read_name(db)
+    await widen_name(database_url)
+    failures = 0
+    for _ in range(4):
+        try:
+            await read_name(db)
+        except Exception:
+            failures += 1
+    assert failures <= 1
+    assert await read_name(db) == "one"
+
+
+async def test_retrying_runs_again_a_unit_made_stale_by_a_schema_change(
+    db: Database, database_url: str
+) -> None:
+    """db.retrying() runs again a unit whose statement a schema change made stale."""
+    for _ in range(WARM_UP):
+        await read_name(db)
+    await widen_name(database_url)
+    retrying = db.retrying(attempts=3, backoff=0)
+    async for attempt in retrying:
+        async with attempt as session:
+            name = await session.scalar(select(items.c.name).where(items.c.id == 1))
+            await session.execute(update(items).values(qty=items.c.qty + 1))
+    assert name == "one"
+    assert retrying.retries == 1
+    async with admin(database_url) as connection:
+        assert await connection.scalar(select(items.c.qty)) == 1
