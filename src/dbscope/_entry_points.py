@@ -292,8 +292,9 @@ class UnitEntryPoints(Generic[SessionT]):
         the primary, which has every write (``after`` and ``stale_ok`` change nothing), even
         when read-only: a conflict is the primary's to settle, and a retried unit must not
         meet a replica's own (a query cancelled by replay). It is re-run when the database
-        reports a serialization failure (SQLSTATE 40001) or deadlock (40P01; MySQL 1213, and
-        1205 with ``lock_timeouts=True``; SQLite's SQLITE_BUSY, a write conflict), after an
+        reports a serialization failure (SQLSTATE 40001) or deadlock (40P01; MySQL 1213), a
+        lock wait timeout with ``lock_timeouts=True`` (55P03; MySQL 1205), or SQLite's
+        SQLITE_BUSY (a write conflict), after an
         exponential backoff with jitter; each retry is logged, and ``.retries`` counts them.
         Other errors propagate at once, unchanged. When attempts run out,
         RetriesExhaustedError is raised (409 in FastAPI).

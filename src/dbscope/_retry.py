@@ -3,9 +3,9 @@
 Under SERIALIZABLE or REPEATABLE READ, or whenever two transactions lock rows in opposite
 orders, the database aborts one of them and expects the application to run it again from the
 start. Whether an error is such a conflict is the backend's verdict from its own codes
-(``dbscope._dialects``: SQLSTATE 40001 and 40P01; MySQL/MariaDB 1213, and 1205 on request;
-SQLite's SQLITE_BUSY),
-never the exception class, which differs between asyncpg and psycopg for the same failure.
+(``dbscope._dialects``: SQLSTATE 40001 and 40P01, and 55P03 on request; MySQL/MariaDB 1213,
+and 1205 on request; SQLite's SQLITE_BUSY), never the exception class, which differs between
+asyncpg and psycopg for the same failure.
 
 There is one loop, :class:`Retrying`: ``db.retrying()`` hands its attempts to the caller, each
 a fresh unit of work, and ``@db.retry()`` runs the decorated endpoint through the same loop
@@ -55,7 +55,8 @@ class RetryPolicy:
         backoff: the first wait in seconds; each next one doubles, up to ``max_backoff``;
             the actual wait is drawn at random between 0 and that (full jitter).
         max_backoff: the longest wait in seconds.
-        lock_timeouts: also retry MySQL/MariaDB lock wait timeouts (1205).
+        lock_timeouts: also retry lock waits that timed out: MySQL/MariaDB's 1205,
+            PostgreSQL's 55P03 (``lock_timeout``, or ``NOWAIT`` finding the row locked).
 
     Raises:
         ConfigurationError: a field that is no value for it (``attempts=2.5``,

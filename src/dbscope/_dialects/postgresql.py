@@ -199,6 +199,8 @@ class PostgreSQL(Backend):
             return "conflict"
         if code == QUERY_CANCELED:
             return "timeout"
+        if code == LOCK_NOT_AVAILABLE:  # lock_timeout ran out, or NOWAIT found the lock held
+            return "lock_wait"
         if code.startswith("23"):
             return "constraint"
         if code == READ_ONLY_SQL_TRANSACTION:
