@@ -88,7 +88,7 @@ async def lease_connection(lifecycle: Lifecycle, limits: Limits) -> AsyncIterato
             if lost:
                 raise unavailable("connection_lost", limits) from error
             raise
-        await _give_back(proxied, bind.dialect, known, autocommit_was)
+        await _give_back(proxied, bind.dialect, known, autocommit_was, error)
         raise
     await _give_back(proxied, bind.dialect, known, autocommit_was)
 
@@ -103,9 +103,14 @@ def _lost(error: BaseException, known: Driver, connection: Any, limits: Limits) 
 
 
 async def _give_back(
-    proxied: PoolProxiedConnection, dialect: Dialect, known: Driver, autocommit_was: bool
+    proxied: PoolProxiedConnection,
+    dialect: Dialect,
+    known: Driver,
+    autocommit_was: bool,
+    error: Exception | None = None,
 ) -> None:
-    """Return the connection to the pool as it was lent, or discard it if that fails.
+    """Return the connection to the pool as it was lent, after the body's ``error`` if it
+    raised one, or discard it if that fails.
 
     A failure here is logged, not raised: the body's outcome stands, and a discarded
     connection leaks nothing to its next user. A cancellation propagates.
@@ -113,6 +118,8 @@ async def _give_back(
     assert known.status is not None
     assert known.rollback is not None
     try:
+        if error is not None and known.forget_stale is not None:
+            await known.forget_stale(proxied.driver_connection, error)
         status = known.status(proxied.driver_connection)
         if status in ("busy", "closed"):
             await _discard(proxied, dialect, known)

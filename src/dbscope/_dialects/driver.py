@@ -178,6 +178,9 @@ class Driver:
             can land in it.
         on_error: a ``handle_error`` listener of the engines of the driver, mending what
             SQLAlchemy leaves of its errors; None if none.
+        forget_stale: after an error raised on a lease's connection, drop the prepared
+            statements a schema change made stale, where the driver keeps them; None if it
+            needs nothing.
     """
 
     name: str
@@ -202,3 +205,4 @@ class Driver:
     status_sees_reads: bool = True
     checkin_waits: bool = False
     on_error: Callable[[ExceptionContext], Exception | None] | None = None
+    forget_stale: Callable[[Any, BaseException], Awaitable[None]] | None = None

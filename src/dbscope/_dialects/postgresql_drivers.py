@@ -289,7 +289,18 @@ def psycopg_error(context: ExceptionContext) -> Exception | None:
 
 
 def dropped_stale_plans(context: ExceptionContext) -> None:
-    """Drop psycopg's prepared statements after one went stale outside a transaction.
+    """Drop psycopg's prepared statements after a unit's statement found one stale."""
+    connection = context.connection
+    if context.is_disconnect or connection is None or connection.invalidated:
+        return
+    driver_connection = connection.connection.driver_connection
+    if driver_connection is not None:
+        await_only(_psycopg_forget_stale(driver_connection, context.original_exception))
+
+
+async def _psycopg_forget_stale(connection: Any, error: BaseException | None) -> None:
+    """Drop psycopg's prepared statements after ``error`` found one stale outside a
+    transaction; nothing for another error.
 
     psycopg prepares a statement run ``prepare_threshold`` (5) times on a connection and
     forgets its prepared statements only at a ROLLBACK or DDL of its own connection. A unit's
@@ -298,16 +309,10 @@ def dropped_stale_plans(context: ExceptionContext) -> None:
     failed with the same error, for as long as the connection lived. DEALLOCATE ALL drops
     them on the server, and psycopg, which reads the command's status, forgets them too.
     """
-    connection = context.connection
-    if context.is_disconnect or connection is None or connection.invalidated:
-        return
-    if not stale_plan(context.original_exception):
-        return
-    driver_connection = connection.connection.driver_connection
-    if driver_connection is None or _psycopg_status(driver_connection) != "idle":
+    if not stale_plan(error) or _psycopg_status(connection) != "idle":
         return  # in a transaction: its ROLLBACK makes psycopg forget them
     with contextlib.suppress(Exception):  # a connection that fails here fails its next use
-        await_only(driver_connection.execute("DEALLOCATE ALL"))
+        await connection.execute("DEALLOCATE ALL")
 
 
 def _psycopg_hot_standby(connection: Any) -> bool | None:
@@ -358,5 +363,6 @@ PSYCOPG: Final = Driver(
     pooler_conflict=pgbouncer.psycopg_conflict,
     hot_standby=_psycopg_hot_standby,
     on_error=psycopg_error,
+    forget_stale=_psycopg_forget_stale,
     url_query=_checked_session_attrs,
 )
