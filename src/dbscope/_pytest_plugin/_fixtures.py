@@ -22,7 +22,7 @@ from sqlalchemy import MetaData
 from dbscope import Database, testing
 from dbscope._pytest_plugin._options import configured_url, flag, url_setting, worker_id
 from dbscope._pytest_plugin._reporting import explained, fail, phased, say
-from dbscope._urls import move_query_password, parse_url
+from dbscope._urls import parse_url
 
 DEFAULT_DATABASE = pytest.StashKey[Database]()
 # How the messages of dbscope.testing name the URL and the options: as the settings do.
@@ -42,7 +42,7 @@ class MaskedUrl(str):
 
     def __repr__(self) -> str:
         try:
-            url = move_query_password(parse_url(str(self)))
+            url = parse_url(str(self))
         except ValueError:  # ConfigurationError, or parse_url's: text that is no URL
             return "'<a database URL dbscope refuses>'"
         return repr(url.render_as_string(hide_password=True))

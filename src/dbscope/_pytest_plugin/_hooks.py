@@ -13,7 +13,7 @@ from dbscope._pytest_plugin._fixtures import MaskedUrl
 from dbscope._pytest_plugin._options import FLAGS, flag, url_setting
 from dbscope._pytest_plugin._queries import register_marker
 from dbscope._pytest_plugin._reporting import keep_worker_lines, show_lines
-from dbscope._urls import move_query_password, parse_url
+from dbscope._urls import parse_url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,7 +89,7 @@ def _has_password(value: object) -> bool:
     if not isinstance(value, str) or "://" not in value:
         return False
     try:
-        return move_query_password(parse_url(value)).password is not None
+        return parse_url(value).password is not None
     except ValueError:  # no URL (text holding one, say): pytest's own explanation
         return False
 
