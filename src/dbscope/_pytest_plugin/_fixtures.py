@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import MetaData
 
 from dbscope import Database, testing
-from dbscope._pytest_plugin._options import configured_url, flag, url_setting, worker_id
+from dbscope._pytest_plugin._options import flag, url_setting, worker_id
 from dbscope._pytest_plugin._reporting import explained, fail, phased, say
 from dbscope._urls import parse_url
 
@@ -59,7 +59,7 @@ def _names(config: pytest.Config) -> testing.OptionNames:
 @pytest.fixture(scope="session")
 def dbscope_url(request: pytest.FixtureRequest) -> str:
     """The database the test database is named after: --dbscope-url, $DBSCOPE_TEST_URL, ini."""
-    url = configured_url(request.config)
+    url = url_setting(request.config)[0]
     if not url:
         fail(
             "dbscope needs a database to name the test database after (it runs the tests in "

@@ -77,11 +77,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(name, description, default="")
 
 
-def configured_url(config: pytest.Config) -> str:
-    """--dbscope-url, else $DBSCOPE_TEST_URL, else the dbscope_url setting; or ''."""
-    return url_setting(config)[0]
-
-
 def url_setting(config: pytest.Config) -> tuple[str, str]:
     """The URL the settings give and the one that gave it (``--dbscope-url``,
     ``DBSCOPE_TEST_URL`` or ``dbscope_url``); ``("", "")`` if none does."""
