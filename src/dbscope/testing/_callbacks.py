@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import reprlib
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Final, overload
 
 from dbscope import _commit_hooks
 from dbscope._commit_hooks import watch_failures
+from dbscope.testing._shapes import shown_path
 
 # The frames of dbscope's own that call the callback: left out of the tracebacks shown.
 _CALLER: Final = Path(_commit_hooks.__file__).resolve()
@@ -151,10 +151,5 @@ def _name(callback: object) -> str:
         return repr(callback)
     name = f"{getattr(function, '__module__', None) or '?'}.{qualname}"
     if "<" in qualname and code is not None:  # <lambda>, <locals>: found by where it is
-        name += f" ({_path(code.co_filename)}:{code.co_firstlineno})"
+        name += f" ({shown_path(code.co_filename)}:{code.co_firstlineno})"
     return name
-
-
-def _path(filename: str) -> str:
-    relative = os.path.relpath(filename)
-    return filename if relative.startswith(os.pardir) else relative

@@ -150,7 +150,7 @@ def origin() -> str | None:
         while frame is not None:
             module = str(frame.f_globals.get("__name__", ""))
             if module.partition(".")[0] not in CARRIERS:
-                return f"{_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+                return f"{shown_path(frame.f_code.co_filename)}:{frame.f_lineno}"
             frame = frame.f_back
         # A frame chain ends where a greenlet began; the one that switched to it goes on.
         current = current.parent
@@ -159,6 +159,7 @@ def origin() -> str | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _path(filename: str) -> str:
+def shown_path(filename: str) -> str:
+    """``filename`` relative to the current directory when inside it, else as it is."""
     relative = os.path.relpath(filename)
     return filename if relative.startswith(os.pardir) else relative
