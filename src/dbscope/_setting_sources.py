@@ -14,12 +14,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from pydantic import ValidationError
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, DotEnvSettingsSource
 
 from dbscope._exceptions import ConfigurationError
 
@@ -36,28 +35,6 @@ SECRET_FIELDS: Final = frozenset(
         "replica_patroni_urls",
     }
 )
-
-
-class OwnVariablesOnly(PydanticBaseSettingsSource):
-    """A dotenv file's values for dbscope's settings only.
-
-    The file is the app's, shared with its other settings (``SECRET_KEY``, ``DEBUG``);
-    pydantic-settings passes all of its variables on, which ``extra="forbid"`` (kept for
-    keyword arguments, where an unknown name is a typo) refused as unknown settings.
-    dbscope reads its own and leaves the rest, as it does in the environment; ``from_env``
-    names a near miss of a setting's name in either (``dotenv_names``).
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
-        super().__init__(settings_cls)
-        self._source = source
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._source.get_field_value(field, field_name)
-
-    def __call__(self) -> dict[str, Any]:
-        fields = self.settings_cls.model_fields
-        return {name: value for name, value in self._source().items() if name in fields}
 
 
 # Names that Database() takes as keywords, or people write, for settings that DatabaseSettings

@@ -36,7 +36,6 @@ from dbscope._replica_settings import REPLICA_BOUNDS, ReplicaSettings, check_rep
 from dbscope._setting_checks import Choice, Least
 from dbscope._setting_sources import (
     NO_DATABASE,
-    OwnVariablesOnly,
     Sources,
     check_env_options,
     describe_validation_error,
@@ -140,6 +139,11 @@ class DatabaseSettings(ReplicaSettings):
         env_ignore_empty=True,
         arbitrary_types_allowed=True,
         use_attribute_docstrings=True,
+        # The dotenv file is the app's, shared with its other settings (SECRET_KEY, DEBUG):
+        # dbscope reads its own variables and leaves the rest, as in the environment, where
+        # extra="forbid" (kept for keyword arguments, where an unknown name is a typo) would
+        # refuse them. from_env names a near miss of a setting's name in either.
+        dotenv_filtering="only_existing",
     )
 
     database_url: URL | None = None
@@ -232,8 +236,7 @@ class DatabaseSettings(ReplicaSettings):
         """
         if not cls._reads_env:  # Database(url, ...): what the code says, nothing else
             return (init_settings,)
-        dotenv = OwnVariablesOnly(settings_cls, dotenv_settings)
-        return (init_settings, env_settings, dotenv, file_secret_settings)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @classmethod
     def _sources(cls, values: Mapping[str, Any]) -> Sources:
