@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     ByteSize,
-    TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
 )
@@ -33,7 +33,6 @@ from dbscope._urls import describe_location, parse_url
 
 # 16 MiB of WAL: one segment; a replica further behind serves no reads.
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
-_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
 # Each numeric replica setting's bound (checked by DatabaseSettings, with the pool's).
@@ -115,13 +114,13 @@ class ReplicaSettings(BaseSettings):
                 raise ValueError(problem)
         return tuple(given.rstrip("/") for given in value)
 
-    @field_validator("replica_max_lag", mode="before")
+    @field_validator("replica_max_lag", mode="wrap")
     @classmethod
-    def _parse_max_lag(cls, value: Any) -> ByteSize:
+    def _parse_max_lag(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> ByteSize:
         # ByteSize's own words ("could not parse value and unit from byte string") say
         # neither what is wanted nor how to write it.
         try:
-            size = None if isinstance(value, bool) else _SIZE.validate_python(value)
+            size = None if isinstance(value, bool) else ByteSize(handler(value))
         except ValidationError:
             size = None
         if size is None or size < 0:
