@@ -1,7 +1,8 @@
 """Work after commit: ``on_commit`` callbacks, kept on the unit's state.
 
 A callback belongs to the (possibly nested) transaction it was registered in: it is dropped
-when that transaction or a savepoint around it rolls back, and becomes due when the outermost
+when that transaction or a savepoint around it rolls back (the session's, followed by its
+events, or the connection's own, by ``_savepoints.py``), and becomes due when the outermost
 transaction commits; the unit runs what is due after its end. The commits are counted too, for
 a retried unit that must not run again after one (``_retry.py``): the unit's own, and, while a
 retried attempt runs, every unit's committed in its context (another Database's, or a
@@ -24,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from dbscope._exceptions import ConfigurationError
+from dbscope._savepoints import innermost_savepoint, undo_on_rollback
 from dbscope._session import CommitHook, UnitSession, UnitState, unit_state
 
 logger = logging.getLogger("dbscope")
@@ -106,7 +108,29 @@ def add_commit_hook(session: Session, state: UnitState, callback: CommitHook) ->
     except ValueError:
         pass  # no signature to read (some builtins): taken on trust
     transaction = session.get_nested_transaction() or session.get_transaction()
-    state.pending.append((transaction, callback))
+    entry = (transaction, callback)
+    state.pending.append(entry)
+    if transaction is not None:
+        _follow_the_connections_savepoint(state, entry)
+
+
+def _follow_the_connections_savepoint(
+    state: UnitState, entry: tuple[SessionTransaction | None, CommitHook]
+) -> None:
+    """Drop ``entry`` if the innermost savepoint of the unit's connection, perhaps the
+    connection's own (which no session event tells of), rolls back."""
+    connection = state.connection
+    savepoint = innermost_savepoint(connection)
+    if connection is None or savepoint is None or savepoint is state.own_savepoint:
+        return  # none, or the unit's own transaction (in a test): the session's events do
+
+    def drop() -> None:
+        state.pending[:] = [each for each in state.pending if each is not entry]
+
+    def moot() -> bool:  # committed, or dropped already
+        return all(each is not entry for each in state.pending)
+
+    undo_on_rollback(connection, savepoint, drop, moot)
 
 
 @event.listens_for(UnitSession, "after_commit")
@@ -129,10 +153,9 @@ def _transaction_committed(session: Session) -> None:
 def _drop_rolled_back_hooks(session: Session, previous_transaction: SessionTransaction) -> None:
     state = unit_state(session)
     if state is not None and state.pending:
+        # The entries themselves, not copies: _follow_the_connections_savepoint knows them so.
         state.pending[:] = [
-            (transaction, callback)
-            for transaction, callback in state.pending
-            if not _inside(transaction, previous_transaction)
+            entry for entry in state.pending if not _inside(entry[0], previous_transaction)
         ]
 
 

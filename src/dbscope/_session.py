@@ -21,7 +21,7 @@ from typing import Any, Final
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, NestedTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -67,6 +67,8 @@ class UnitState:
             test's transaction before its current one began (the backend's
             ``settings_before``), which its end puts back; None otherwise.
         connection: the connection of the unit's current transaction, once it began.
+        own_savepoint: bound to a test's connection, the savepoint that is the unit's current
+            transaction (the session's events follow it), else None.
         before_savepoints: for each open savepoint, ``begin`` and ``applied_schema`` when it
             began, which its rollback puts back (it undoes a ``use_schema()`` run in it).
     """
@@ -87,6 +89,7 @@ class UnitState:
     tests_own: bool = False
     settings_before: Mapping[str, str] | None = None
     connection: Connection | None = None
+    own_savepoint: NestedTransaction | None = None
     before_savepoints: WeakKeyDictionary[SessionTransaction, tuple[Begin, str | None]] | None = (
         None  # made at the first savepoint: most units take none
     )
@@ -210,6 +213,7 @@ def _configure_transaction(
         return
     if transaction.parent is None:  # the unit's transaction, not a savepoint of it
         state.connection = connection
+        state.own_savepoint = connection.get_nested_transaction()
         forget(connection)  # an error of an earlier transaction on it (_failed_transactions)
         if connection.in_nested_transaction():  # bound to a test's connection: a savepoint
             # What the test set in its own transaction, which the unit's end puts back.

@@ -1,0 +1,129 @@
+"""Savepoints the application opens inside a unit: what their rollback undoes besides the rows.
+
+The session's savepoints (``session.begin_nested()``) and the connection's own
+(``(await session.connection()).begin_nested()``) alike: a rollback drops the on-commit
+callbacks registered under it, as the server undoes the rows. Each case runs on a pooled unit
+(production) and on one bound to a test's connection (the pytest plugin's, where the unit
+itself is a savepoint), and is judged by what was committed, read back in a unit of its own.
+"""
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbscope import Database, testing
+from tests.helpers import Tables, stored
+
+INSERT = text("INSERT INTO sp_rows (id) VALUES (:id)")
+# The app's Database when its units are bound to a test's connection: never connected.
+NOWHERE = "postgresql+asyncpg://nobody@127.0.0.1:9/production"
+
+
+class Boom(Exception):
+    """The error that makes a savepoint's block fail."""
+
+
+@pytest.fixture(params=["pooled", "bound"])
+async def db(
+    request: pytest.FixtureRequest, database_url: str, tables: Tables
+) -> AsyncIterator[Database]:
+    """A Database whose units run on pooled connections, or bound to a test's connection
+    (each unit a savepoint of the test's transaction); with an empty ``sp_rows`` table."""
+    await tables.create("sp_rows", "id INTEGER PRIMARY KEY")
+    if request.param == "pooled":
+        async with Database(database_url) as pooled:
+            yield pooled
+        return
+    bound = Database(NOWHERE)
+    with testing.any_loop_engine(database_url) as engine:
+        async with testing.rolled_back(bound, engine):
+            yield bound
+
+
+async def stored_ids(db: Database) -> list[int]:
+    return await stored(db, "SELECT id FROM sp_rows ORDER BY id")
+
+
+async def add(db: Database, session: AsyncSession, row: int, calls: list[int]) -> None:
+    """Insert ``row``, with a callback that appends it to ``calls``."""
+    await session.execute(INSERT, {"id": row})
+    db.on_commit(lambda: calls.append(row))
+
+
+async def _in_a_block(db: Database, session: AsyncSession, calls: list[int]) -> None:
+    connection = await session.connection()
+    with contextlib.suppress(Boom):
+        async with connection.begin_nested():
+            await add(db, session, 2, calls)
+            raise Boom
+
+
+async def _rolled_back_by_hand(db: Database, session: AsyncSession, calls: list[int]) -> None:
+    savepoint = await (await session.connection()).begin_nested()
+    await add(db, session, 2, calls)
+    await savepoint.rollback()
+
+
+ROLLBACK_WAYS: dict[str, Callable[[Database, AsyncSession, list[int]], Awaitable[None]]] = {
+    "block": _in_a_block,
+    "by-hand": _rolled_back_by_hand,
+}
+
+
+@pytest.mark.parametrize("way", ROLLBACK_WAYS)
+async def test_a_callback_under_a_connections_savepoint_is_dropped_at_its_rollback(
+    db: Database, way: str
+) -> None:
+    """The connection's own savepoint, which no session event tells of: its rollback drops
+    the callback registered under it, as the row, and keeps the unit's others."""
+    calls: list[int] = []
+    async with db.transaction() as session:
+        await add(db, session, 1, calls)
+        await ROLLBACK_WAYS[way](db, session, calls)
+        await add(db, session, 3, calls)
+    assert (calls, await stored_ids(db)) == ([1, 3], [1, 3])
+
+
+# Each level of three nested savepoints: the session's, the connection's, the session's.
+LEVELS = ("session", "connection", "session")
+ENDS = ["".join(ends) for ends in itertools.product("rc", repeat=3)]  # r: rollback, c: release
+
+
+async def _savepoint(session: AsyncSession, kind: str) -> Any:
+    if kind == "session":
+        return await session.begin_nested()
+    return await (await session.connection()).begin_nested()
+
+
+@pytest.mark.parametrize("ends", ENDS)
+async def test_callbacks_at_each_level_of_nested_savepoints_follow_how_each_ends(
+    db: Database, ends: str
+) -> None:
+    """Three savepoints deep, a row and a callback before and after the next level at each,
+    then each ended (``ends``, innermost last: r rolled back, c released): a level's rows and
+    callbacks are kept when it and every level around it were released."""
+    calls: list[int] = []
+
+    async def level(session: AsyncSession, depth: int) -> None:
+        if depth == len(LEVELS):
+            return
+        savepoint = await _savepoint(session, LEVELS[depth])
+        await add(db, session, 10 * (depth + 1), calls)
+        await level(session, depth + 1)
+        await add(db, session, 10 * (depth + 1) + 1, calls)
+        await (savepoint.rollback() if ends[depth] == "r" else savepoint.commit())
+
+    async with db.transaction() as session:
+        await add(db, session, 1, calls)
+        await level(session, 0)
+    kept = [1]
+    for depth in range(len(LEVELS)):
+        if ends[depth] == "r":
+            break
+        kept += [10 * (depth + 1), 10 * (depth + 1) + 1]
+    assert (sorted(calls), await stored_ids(db)) == (sorted(kept), sorted(kept))
