@@ -2,9 +2,10 @@
 
 The session's savepoints (``session.begin_nested()``) and the connection's own
 (``(await session.connection()).begin_nested()``) alike: a rollback drops the on-commit
-callbacks registered under it, as the server undoes the rows. Each case runs on a pooled unit
-(production) and on one bound to a test's connection (the pytest plugin's, where the unit
-itself is a savepoint), and is judged by what was committed, read back in a unit of its own.
+callbacks registered under it and undoes a ``use_schema()`` run in it, as the server undoes
+the rows and the ``SET LOCAL``. Each case runs on a pooled unit (production) and on one bound
+to a test's connection (the pytest plugin's, where the unit itself is a savepoint), and is
+judged by what was committed, read back in a unit of its own.
 """
 
 import contextlib
@@ -127,3 +128,28 @@ async def test_callbacks_at_each_level_of_nested_savepoints_follow_how_each_ends
             break
         kept += [10 * (depth + 1), 10 * (depth + 1) + 1]
     assert (sorted(calls), await stored_ids(db)) == (sorted(kept), sorted(kept))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_use_schema_under_a_connections_savepoint_is_undone_by_its_rollback(
+    db: Database,
+) -> None:
+    """PostgreSQL undoes the SET LOCAL with the savepoint; the unit targets its schema before
+    it again, and a use_schema() of the same one after it is run again, not taken as done."""
+    current = text("SELECT current_schema()")
+    async with db.transaction() as session:
+        await session.execute(text("CREATE SCHEMA IF NOT EXISTS sp_other"))
+    try:
+        async with db.transaction() as session:
+            before = await session.scalar(current)
+            savepoint = await (await session.connection()).begin_nested()
+            await db.use_schema("sp_other")
+            inside = await session.scalar(current)
+            await savepoint.rollback()
+            after = await session.scalar(current)
+            await db.use_schema("sp_other")
+            again = await session.scalar(current)
+        assert (inside, after, again) == ("sp_other", before, "sp_other")
+    finally:
+        async with db.transaction() as session:
+            await session.execute(text("DROP SCHEMA sp_other"))

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dbscope._commit_hooks import add_commit_hook
 from dbscope._dialects import OWN, Begin
 from dbscope._exceptions import ConfigurationError
+from dbscope._savepoints import innermost_savepoint, undo_on_rollback
 from dbscope._session import CommitHook, UnitState
 from dbscope._settings import validate_schema_name
 from dbscope._unit_options import UnitOptions
@@ -111,6 +112,22 @@ class UnitOfWork:
         read = state.rules.settings_before(connection, wanted, named=False)
         state.settings_before = {**read, **kept}
 
+    def _undone_with_the_connections_savepoint(self) -> None:
+        # The rollback of a savepoint of the connection's own, which no session event tells
+        # of, undoes the SET LOCAL run in it: the unit targets what it targeted before, as
+        # for the session's savepoints (_session.py's before_savepoints).
+        state = self.state
+        connection = state.connection
+        savepoint = innermost_savepoint(connection)
+        if connection is None or savepoint is None or savepoint is state.own_savepoint:
+            return
+        before = (state.begin, state.applied_schema)
+
+        def undo() -> None:
+            state.begin, state.applied_schema = before
+
+        undo_on_rollback(connection, savepoint, undo, lambda: state.ended)
+
     async def use_schema(self, name: str | None) -> None:
         """Make the unit's statements target schema ``name`` (None: the server's default)."""
         state = self.state
@@ -122,6 +139,8 @@ class UnitOfWork:
                 )
                 raise ConfigurationError(message)
             validate_schema_name(name)
+        if self.session.in_transaction():
+            self._undone_with_the_connections_savepoint()
         state.begin = dataclasses.replace(state.begin, schema=name)
         if not self.session.in_transaction():
             # The transaction's begin applies it, at the unit's first statement: no BEGIN of
