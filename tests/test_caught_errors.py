@@ -178,21 +178,27 @@ async def _conflicting_units(
     return sorted(retries), sorted(ran)
 
 
-@pytest.mark.parametrize("under_savepoint", [False, True], ids=["caught", "under-savepoint"])
+@pytest.mark.parametrize("under", ["nothing", "session-savepoint", "connection-savepoint"])
 async def test_a_caught_deadlock_is_retried_not_half_committed(
-    server_rows: str, under_savepoint: bool
+    server_rows: str, under: str
 ) -> None:
-    """The deadlock's victim catches the error (under a savepoint, or not) and goes on: the
-    server had rolled back its whole unit (InnoDB) or aborted it (PostgreSQL), so its COMMIT
-    raises the deadlock (on PostgreSQL, its next statement already), and the unit runs again
-    whole; each unit's callback runs once."""
+    """The deadlock's victim catches the error (under a savepoint, the session's or the
+    connection's own, or not) and goes on: the server had rolled back its whole unit
+    (InnoDB), aborted it (PostgreSQL), or rolled it back to the savepoint (PostgreSQL), which
+    the rest of the unit cannot stand on, so its COMMIT raises the deadlock (on PostgreSQL
+    without a savepoint, its next statement already), and the unit runs again whole; each
+    unit's callback runs once."""
 
     async def lock_other(session: AsyncSession, other: int, attempt: int) -> None:
         lock = text("UPDATE ce_rows SET id = id WHERE id = :id")
         try:
-            if under_savepoint:
+            if under == "session-savepoint":
                 async with session.begin_nested():
                     await session.execute(lock, {"id": other})
+            elif under == "connection-savepoint":
+                connection = await session.connection()
+                async with connection.begin_nested():
+                    await connection.execute(lock, {"id": other})
             else:
                 await session.execute(lock, {"id": other})
         except DBAPIError:
@@ -201,10 +207,6 @@ async def test_a_caught_deadlock_is_retried_not_half_committed(
     async with Database(server_rows) as db:
         retries, ran = await _conflicting_units(db, lock_other)
         ids = await stored_ids(db)
-    if server_rows.startswith("postgresql") and under_savepoint:
-        # PostgreSQL rolls back to the savepoint alone: the victim goes on, nothing retried.
-        assert (retries, ran, ids) == ([0, 0], [(1, 1), (2, 1)], [1, 2, 11, 12, 21, 22])
-        return
     assert retries == [0, 1]
     assert [unit for unit, _ in ran] == [1, 2]  # once each, the victim's for its second run
     assert ids == [1, 2, 11, 12, 21, 22]

@@ -5,20 +5,26 @@ The session's savepoints (``session.begin_nested()``) and the connection's own
 callbacks registered under it and undoes a ``use_schema()`` run in it, as the server undoes
 the rows and the ``SET LOCAL``. Each case runs on a pooled unit (production) and on one bound
 to a test's connection (the pytest plugin's, where the unit itself is a savepoint), and is
-judged by what was committed, read back in a unit of its own.
+judged by what was committed, read back in a unit of its own. A conflict caught under a
+savepoint runs the whole unit again.
 """
 
+import asyncio
 import contextlib
+import contextvars
+import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbscope import Database, testing
-from tests.helpers import Tables, stored
+from tests.helpers import Tables, admin, send, stored
 
 INSERT = text("INSERT INTO sp_rows (id) VALUES (:id)")
 # The app's Database when its units are bound to a test's connection: never connected.
@@ -153,3 +159,73 @@ async def test_a_use_schema_under_a_connections_savepoint_is_undone_by_its_rollb
     finally:
         async with db.transaction() as session:
             await session.execute(text("DROP SCHEMA sp_other"))
+
+
+@pytest.fixture
+async def pg_rows(database_url: str, tables: Tables) -> str:
+    """``database_url``, with ``sp_rows`` holding rows 1 and 2 at 0."""
+    await tables.create("sp_rows", "id INTEGER PRIMARY KEY, n INTEGER NOT NULL")
+    async with admin(database_url) as connection:
+        await connection.execute(text("INSERT INTO sp_rows VALUES (1, 0), (2, 0)"))
+    return database_url
+
+
+async def add_to_both(db: Database, session: AsyncSession, attempt: int, ran: list[int]) -> None:
+    """Read both rows, add 10 to row 1 under a savepoint that catches its failure, and 100
+    to row 2; on the first attempt, another unit adds 1 to row 1 after the read."""
+
+    async def concurrent_update() -> None:
+        async with db.transaction() as other:
+            await other.execute(text("UPDATE sp_rows SET n = n + 1 WHERE id = 1"))
+
+    await session.execute(text("SELECT n FROM sp_rows"))  # the snapshot
+    if attempt == 1:  # in a context of its own: no part of the attempt
+        loop = asyncio.get_running_loop()
+        await loop.create_task(concurrent_update(), context=contextvars.Context())
+    db.on_commit(functools.partial(ran.append, attempt))
+    with contextlib.suppress(DBAPIError):
+        async with session.begin_nested():
+            await session.execute(text("UPDATE sp_rows SET n = n + 10 WHERE id = 1"))
+    await session.execute(text("UPDATE sp_rows SET n = n + 100 WHERE id = 2"))
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("isolation_level", ["REPEATABLE READ", "SERIALIZABLE"])
+async def test_a_serialization_failure_caught_under_a_savepoint_runs_the_unit_again_whole(
+    pg_rows: str, isolation_level: Literal["REPEATABLE READ", "SERIALIZABLE"]
+) -> None:
+    """PostgreSQL rolls back to the savepoint alone at a serialization failure; the unit that
+    caught it there and went on would commit its other update on a stale read, without the
+    one the savepoint dropped. Its COMMIT raises the failure, and it runs again whole."""
+    ran: list[int] = []
+    async with Database(pg_rows) as db:
+        retrying = db.retrying(isolation_level=isolation_level, backoff=0)
+        async for attempt in retrying:
+            async with attempt as session:
+                await add_to_both(db, session, attempt.number, ran)
+        kept = await stored(db, "SELECT n FROM sp_rows ORDER BY id")
+    assert (retrying.retries, ran, kept) == (1, [2], [11, 100])
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+async def test_a_request_that_caught_a_serialization_failure_under_a_savepoint_is_retried(
+    pg_rows: str,
+) -> None:
+    """The same in an endpoint under ``@db.retry()``: run again whole, then 200."""
+    ran: list[int] = []
+    attempts: list[int] = []
+    async with Database(pg_rows) as db:
+        session_type = Annotated[
+            AsyncSession, Depends(db.session_with(isolation_level="REPEATABLE READ"))
+        ]
+        app = FastAPI()
+
+        @app.post("/both")
+        @db.retry(backoff=0)
+        async def both(session: session_type) -> None:
+            attempts.append(len(attempts) + 1)
+            await add_to_both(db, session, attempts[-1], ran)
+
+        response = await send(app, "POST /both")
+        kept = await stored(db, "SELECT n FROM sp_rows ORDER BY id")
+    assert (response.status_code, attempts, ran, kept) == (200, [1, 2], [2], [11, 100])

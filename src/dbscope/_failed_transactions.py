@@ -6,7 +6,8 @@ raising nothing: an application that caught a statement's error and went on had 
 whole transaction at a deadlock, and the statements after it run in a new one, which COMMIT
 keeps: half a unit. So the first error the server raises in a transaction is remembered on
 its connection (the engine's ``handle_error``), until a rollback undoes it (one to a
-savepoint the error happened under, where the server keeps the rest), and the unit's COMMIT
+savepoint the error happened under, where the server keeps the rest; never for a conflict,
+after which the rest of the unit stands on reads that may be out of date), and the unit's COMMIT
 after it raises that error instead (``_session.py`` asks, at each unit's transaction's start,
 rollback and commit): a conflict is then retried as one, a constraint answered as one.
 
@@ -37,6 +38,11 @@ class _Failure(NamedTuple):
     # savepoint, and one was open. None could be made after the error: the server refuses
     # every statement but a rollback until then.
     to_savepoint: bool
+    # A conflict (a serialization failure, a deadlock): no savepoint undoes it, even where
+    # the server rolled back to one (PostgreSQL). It says that the unit's reads may be out of
+    # date, not that one statement failed: the work after it would commit on them, without
+    # the part the savepoint dropped. The unit is run again whole, or fails.
+    conflict: bool
     # The transaction it rolled back: a record left by a use outside units (nobody forgets
     # it there) is no later transaction's.
     transaction: RootTransaction | None
@@ -77,8 +83,13 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         # then), else SQLAlchemy's wrapper.
         chained = getattr(context, "chained_exception", None)
         error = chained or context.sqlalchemy_exception or context.original_exception
-        to_savepoint = rolled_back == "to_savepoint" and connection.in_nested_transaction()
-        connection.info[FAILED] = _Failure(error, to_savepoint, connection.get_transaction())
+        conflict = rules.error_kind(context.original_exception) == "conflict"
+        to_savepoint = (
+            rolled_back == "to_savepoint" and connection.in_nested_transaction() and not conflict
+        )
+        connection.info[FAILED] = _Failure(
+            error, to_savepoint, conflict, connection.get_transaction()
+        )
 
     event.listen(engine.sync_engine, "handle_error", remember)
     # Gone at the checkin: an idle pooled connection kept a failed request's error, its
@@ -99,7 +110,7 @@ def refuse_commit(connection: Connection, rules: Backend) -> None:
     if failure is None:
         return
     # Asked before the record goes: on PostgreSQL its probe, refused for the failure, raises it.
-    undone = rules.failure_undone(connection)
+    undone = not failure.conflict and rules.failure_undone(connection)
     connection.info.pop(FAILED, None)
     if not undone:
         raise _noted(failure.error)
