@@ -6,7 +6,7 @@ callbacks registered under it and undoes a ``use_schema()`` run in it, as the se
 the rows and the ``SET LOCAL``. Each case runs on a pooled unit (production) and on one bound
 to a test's connection (the pytest plugin's, where the unit itself is a savepoint), and is
 judged by what was committed, read back in a unit of its own. A conflict caught under a
-savepoint runs the whole unit again.
+savepoint runs the whole unit again, but not in a test whose transaction it ended.
 """
 
 import asyncio
@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbscope import Database, testing
+from dbscope import Database, LifecycleError, testing
 from tests.helpers import Tables, admin, send, stored
 
 INSERT = text("INSERT INTO sp_rows (id) VALUES (:id)")
@@ -229,3 +229,49 @@ async def test_a_request_that_caught_a_serialization_failure_under_a_savepoint_i
         response = await send(app, "POST /both")
         kept = await stored(db, "SELECT n FROM sp_rows ORDER BY id")
     assert (response.status_code, attempts, ran, kept) == (200, [1, 2], [2], [11, 100])
+
+
+@pytest.mark.parametrize("db_backend", ["asyncmy"])
+@pytest.mark.parametrize("caught", [False, True], ids=["raised", "caught-under-a-savepoint"])
+async def test_a_deadlock_that_rolled_back_a_tests_transaction_is_not_retried_inside_it(
+    database_url: str, tables: Tables, caught: bool
+) -> None:
+    """InnoDB rolls back the whole transaction at a deadlock: bound to a test's connection,
+    the test's, savepoints and all. Running the unit again there failed with a
+    SessionSharedError that said nothing of the deadlock; LifecycleError says what happened."""
+    await tables.create("sp_rows", "id INTEGER PRIMARY KEY, n INTEGER NOT NULL")
+    async with admin(database_url) as connection:
+        values = ", ".join(f"({row}, 0)" for row in range(1, 101))
+        await connection.execute(text(f"INSERT INTO sp_rows VALUES {values}"))
+    bound = Database(NOWHERE)
+    lock_two = text("UPDATE sp_rows SET n = n + 10 WHERE id = 2")
+    with testing.any_loop_engine(database_url) as engine:
+        async with testing.rolled_back(bound, engine):
+            others_locked, units_locked = asyncio.Event(), asyncio.Event()
+
+            async def heavier() -> None:
+                # Outside the test's transaction, and heavier: InnoDB's victim is the unit.
+                async with engine.connect() as other:
+                    await other.execute(text("UPDATE sp_rows SET n = n + 1 WHERE id >= 2"))
+                    others_locked.set()
+                    await units_locked.wait()
+                    await other.execute(text("UPDATE sp_rows SET n = n + 1 WHERE id = 1"))
+                    await other.commit()
+
+            async def retried_unit() -> None:
+                async for attempt in bound.retrying(backoff=0):
+                    async with attempt as session:
+                        await session.execute(text("UPDATE sp_rows SET n = n + 10 WHERE id = 1"))
+                        units_locked.set()
+                        if not caught:
+                            await session.execute(lock_two)
+                            continue
+                        with contextlib.suppress(DBAPIError):
+                            async with session.begin_nested():
+                                await session.execute(lock_two)
+
+            task = asyncio.create_task(heavier())
+            await others_locked.wait()
+            with pytest.raises(LifecycleError, match="rolled back the test's whole transaction"):
+                await retried_unit()
+            await task

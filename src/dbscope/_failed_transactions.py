@@ -19,6 +19,7 @@ more instructions a request, measured).
 from __future__ import annotations
 
 from typing import Final, NamedTuple
+from weakref import WeakSet
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext, RootTransaction
@@ -27,6 +28,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from dbscope._dialects import Backend, only_read
 from dbscope._errors import CAUGHT_NOTE
+from dbscope._exceptions import LifecycleError
 
 # On a pooled connection's info, within a transaction: the first error that rolled it back.
 FAILED: Final = "dbscope.failed_transaction"
@@ -43,6 +45,9 @@ class _Failure(NamedTuple):
     # date, not that one statement failed: the work after it would commit on them, without
     # the part the savepoint dropped. The unit is run again whole, or fails.
     conflict: bool
+    # The server rolled back the whole transaction (InnoDB's deadlock, SQLite's ON CONFLICT
+    # ROLLBACK): on a test's connection, the test's own transaction with it.
+    whole: bool
     # The transaction it rolled back: a record left by a use outside units (nobody forgets
     # it there) is no later transaction's.
     transaction: RootTransaction | None
@@ -87,9 +92,15 @@ def remembers_failures(engine: AsyncEngine, rules: Backend) -> None:
         to_savepoint = (
             rolled_back == "to_savepoint" and connection.in_nested_transaction() and not conflict
         )
+        whole = rolled_back == "transaction"
         connection.info[FAILED] = _Failure(
-            error, to_savepoint, conflict, connection.get_transaction()
+            error, to_savepoint, conflict, whole, connection.get_transaction()
         )
+        if whole and conflict and connection in _test_connections:
+            # Else retried as a conflict, on a connection whose savepoints are gone: the run
+            # again failed with a SessionSharedError that said nothing of the deadlock, and
+            # could not give the test back what it wrote before.
+            raise LifecycleError(TEST_TRANSACTION_LOST) from error
 
     event.listen(engine.sync_engine, "handle_error", remember)
     # Gone at the checkin: an idle pooled connection kept a failed request's error, its
@@ -113,6 +124,8 @@ def refuse_commit(connection: Connection, rules: Backend) -> None:
     undone = not failure.conflict and rules.failure_undone(connection)
     connection.info.pop(FAILED, None)
     if not undone:
+        if failure.whole and failure.conflict and connection in _test_connections:
+            raise LifecycleError(TEST_TRANSACTION_LOST) from failure.error
         raise _noted(failure.error)
 
 
@@ -124,6 +137,26 @@ def forget(connection: Connection, *, savepoint: bool = False) -> None:
     failure = connection.info.get(FAILED)
     if failure is not None and (failure.to_savepoint or not savepoint):
         del connection.info[FAILED]
+
+
+# The connections of tests (the pytest plugin's, dbscope.testing.rolled_back()'s): a unit's
+# transaction there is a savepoint of the test's, which lives the whole test.
+_test_connections: WeakSet[Connection] = WeakSet()
+
+
+def in_a_test(connection: Connection) -> None:
+    """``connection`` is a test's: a conflict that rolls back the whole transaction on it
+    rolls back the test's (:data:`TEST_TRANSACTION_LOST`)."""
+    _test_connections.add(connection)
+
+
+TEST_TRANSACTION_LOST: Final = (
+    "The database rolled back the test's whole transaction at the conflict above (InnoDB "
+    "does at a deadlock, savepoints included): what the test wrote before it is gone, and "
+    "running the unit again (@db.retry(), db.retrying()) would not bring it back. Test "
+    "deadlocks in a test that uses no dbscope_* fixture, on a database of its own "
+    "(docs/testing.md, 'Caveats')."
+)
 
 
 def _noted(error: BaseException) -> BaseException:

@@ -27,7 +27,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from dbscope._dialects import Backend, Begin
 from dbscope._exceptions import UnitOfWorkEndedError
-from dbscope._failed_transactions import forget, refuse_commit
+from dbscope._failed_transactions import forget, in_a_test, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
 from dbscope._tags import SqlComment
 
@@ -216,6 +216,7 @@ def _configure_transaction(
         state.own_savepoint = connection.get_nested_transaction()
         forget(connection)  # an error of an earlier transaction on it (_failed_transactions)
         if connection.in_nested_transaction():  # bound to a test's connection: a savepoint
+            in_a_test(connection)
             # What the test set in its own transaction, which the unit's end puts back.
             named = state.request_id is not None
             state.settings_before = state.rules.settings_before(
