@@ -5,8 +5,9 @@ The session's savepoints (``session.begin_nested()``) and the connection's own
 callbacks registered under it and undoes a ``use_schema()`` run in it, as the server undoes
 the rows and the ``SET LOCAL``. Each case runs on a pooled unit (production) and on one bound
 to a test's connection (the pytest plugin's, where the unit itself is a savepoint), and is
-judged by what was committed, read back in a unit of its own. A conflict caught under a
-savepoint runs the whole unit again, but not in a test whose transaction it ended.
+judged by what was committed, read back in a unit of its own; so is a savepoint the unit
+left open, which its commit ends. A conflict caught under a savepoint runs the whole unit
+again, but not in a test whose transaction it ended.
 """
 
 import asyncio
@@ -94,6 +95,26 @@ async def test_a_callback_under_a_connections_savepoint_is_dropped_at_its_rollba
         await ROLLBACK_WAYS[way](db, session, calls)
         await add(db, session, 3, calls)
     assert (calls, await stored_ids(db)) == ([1, 3], [1, 3])
+
+
+@pytest.mark.parametrize("commit", ["at-the-end", "mid-unit"])
+async def test_a_connections_savepoint_left_open_ends_with_the_units_commit(
+    db: Database, commit: str
+) -> None:
+    """A savepoint of the connection's own that the unit never ends: its transaction's COMMIT
+    keeps its rows and runs its callbacks. Bound to a test's connection, the release of the
+    unit's savepoint found it still open: SQLAlchemy warned ("nested transaction already
+    deassociated from connection"), an error where warnings are."""
+    calls: list[int] = []
+    async with db.transaction() as session:
+        await add(db, session, 1, calls)
+        await (await session.connection()).begin_nested()
+        await add(db, session, 2, calls)
+        if commit == "mid-unit":
+            await session.commit()
+            await add(db, session, 3, calls)
+    kept = [1, 2] if commit == "at-the-end" else [1, 2, 3]
+    assert (calls, await stored_ids(db)) == (kept, kept)
 
 
 # Each level of three nested savepoints: the session's, the connection's, the session's.

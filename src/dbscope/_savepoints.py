@@ -57,6 +57,17 @@ def undo_on_rollback(
     found.append(_Undo(savepoint, undo, moot))
 
 
+def release_savepoints_inside(connection: Connection, outer: NestedTransaction) -> None:
+    """Release the savepoints of ``connection`` still open inside ``outer``, innermost first,
+    as the COMMIT of a transaction does with those inside it: ``outer``'s release then finds
+    itself the innermost, where SQLAlchemy warned ("nested transaction already deassociated
+    from connection") and left the connection pointing at a savepoint that was gone."""
+    savepoint = connection.get_nested_transaction()
+    while savepoint is not None and savepoint is not outer and _within(savepoint, outer):
+        savepoint.commit()
+        savepoint = connection.get_nested_transaction()
+
+
 def _rolled_back(connection: Connection, name: str, context: Any) -> None:
     # Called before the ROLLBACK TO SAVEPOINT, while its savepoint is still the innermost.
     rolled_back = connection.get_nested_transaction()

@@ -29,6 +29,7 @@ from dbscope._dialects import Backend, Begin
 from dbscope._exceptions import UnitOfWorkEndedError
 from dbscope._failed_transactions import forget, in_a_test, refuse_commit
 from dbscope._lazy_loads import STRICT_KEY, lazy_loads_refused, refuse_every_lazy_load
+from dbscope._savepoints import release_savepoints_inside
 from dbscope._tags import SqlComment
 
 logger = logging.getLogger("dbscope")
@@ -259,6 +260,9 @@ def _refuse_a_failed_commit(session: Session) -> None:
         return
     if state.connection is not None:
         refuse_commit(state.connection, state.rules)
+        if state.own_savepoint is not None:  # bound to a test's connection: a savepoint
+            # Those the unit left open on the connection end with it, as in production.
+            release_savepoints_inside(state.connection, state.own_savepoint)
 
 
 @event.listens_for(UnitSession, "after_soft_rollback")
