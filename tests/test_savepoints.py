@@ -182,6 +182,36 @@ async def test_a_use_schema_under_a_connections_savepoint_is_undone_by_its_rollb
             await session.execute(text("DROP SCHEMA sp_other"))
 
 
+@pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("end", ["rollback", "release"])
+async def test_a_use_schema_right_after_begin_nested_is_the_savepoints_alone(
+    db: Database, end: str
+) -> None:
+    """``begin_nested()`` sends its SAVEPOINT at the savepoint's first use, which a
+    ``use_schema()`` right after it was: the savepoint began with the new schema applied and
+    kept it as what its rollback puts back, so a commit after the rollback applied it again;
+    and bound to a test's connection, the unit's end put nothing back, and the test's next
+    unit ran on that schema."""
+    current = text("SELECT current_schema()")
+    async with db.transaction() as session:
+        await session.execute(text("CREATE SCHEMA IF NOT EXISTS sp_other"))
+    try:
+        async with db.transaction() as session:
+            before = await session.scalar(current)
+            savepoint = await session.begin_nested()
+            await db.use_schema("sp_other")
+            await (savepoint.rollback() if end == "rollback" else savepoint.commit())
+            await session.commit()
+            after_the_commit = await session.scalar(current)
+        async with db.transaction() as session:
+            next_unit = await session.scalar(current)
+        kept = before if end == "rollback" else "sp_other"
+        assert (after_the_commit, next_unit) == (kept, before)
+    finally:
+        async with db.transaction() as session:
+            await session.execute(text("DROP SCHEMA sp_other"))
+
+
 @pytest.fixture
 async def pg_rows(database_url: str, tables: Tables) -> str:
     """``database_url``, with ``sp_rows`` holding rows 1 and 2 at 0."""

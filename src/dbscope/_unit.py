@@ -139,14 +139,18 @@ class UnitOfWork:
                 )
                 raise ConfigurationError(message)
             validate_schema_name(name)
-        if self.session.in_transaction():
-            self._undone_with_the_connections_savepoint()
-        state.begin = dataclasses.replace(state.begin, schema=name)
         if not self.session.in_transaction():
             # The transaction's begin applies it, at the unit's first statement: no BEGIN of
             # its own here, which a retried endpoint took for statements run before it.
+            state.begin = dataclasses.replace(state.begin, schema=name)
             return
+        # Begun before the unit's target changes: a savepoint begins at its first use (right
+        # after begin_nested()), and what it keeps for its rollback to put back, and the
+        # SET LOCAL it applies, are the unit's before this call. It applied this schema, and
+        # the unit's end in a test put back nothing: the next unit of the test ran on it.
         connection = await self.session.connection()
+        self._undone_with_the_connections_savepoint()
+        state.begin = dataclasses.replace(state.begin, schema=name)
         if state.applied_schema != name:
             if state.settings_before is not None:  # bound to a test's connection
                 await connection.run_sync(self._keep_settings_before, Begin(schema=name))
