@@ -53,6 +53,19 @@ async def db(
             yield bound
 
 
+CURRENT = text("SELECT current_schema()")
+
+
+@pytest.fixture
+async def other_schema(db: Database) -> AsyncIterator[str]:
+    """The schema sp_other, made for the test and dropped after it."""
+    async with db.transaction() as session:
+        await session.execute(text("CREATE SCHEMA IF NOT EXISTS sp_other"))
+    yield "sp_other"
+    async with db.transaction() as session:
+        await session.execute(text("DROP SCHEMA sp_other"))
+
+
 async def stored_ids(db: Database) -> list[int]:
     return await stored(db, "SELECT id FROM sp_rows ORDER BY id")
 
@@ -159,57 +172,43 @@ async def test_callbacks_at_each_level_of_nested_savepoints_follow_how_each_ends
 
 @pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
 async def test_a_use_schema_under_a_connections_savepoint_is_undone_by_its_rollback(
-    db: Database,
+    db: Database, other_schema: str
 ) -> None:
     """PostgreSQL undoes the SET LOCAL with the savepoint; the unit targets its schema before
     it again, and a use_schema() of the same one after it is run again, not taken as done."""
-    current = text("SELECT current_schema()")
     async with db.transaction() as session:
-        await session.execute(text("CREATE SCHEMA IF NOT EXISTS sp_other"))
-    try:
-        async with db.transaction() as session:
-            before = await session.scalar(current)
-            savepoint = await (await session.connection()).begin_nested()
-            await db.use_schema("sp_other")
-            inside = await session.scalar(current)
-            await savepoint.rollback()
-            after = await session.scalar(current)
-            await db.use_schema("sp_other")
-            again = await session.scalar(current)
-        assert (inside, after, again) == ("sp_other", before, "sp_other")
-    finally:
-        async with db.transaction() as session:
-            await session.execute(text("DROP SCHEMA sp_other"))
+        before = await session.scalar(CURRENT)
+        savepoint = await (await session.connection()).begin_nested()
+        await db.use_schema(other_schema)
+        inside = await session.scalar(CURRENT)
+        await savepoint.rollback()
+        after = await session.scalar(CURRENT)
+        await db.use_schema(other_schema)
+        again = await session.scalar(CURRENT)
+    assert (inside, after, again) == (other_schema, before, other_schema)
 
 
 @pytest.mark.parametrize("db_backend", ["asyncpg", "psycopg"])
 @pytest.mark.parametrize("end", ["rollback", "release"])
 async def test_a_use_schema_right_after_begin_nested_is_the_savepoints_alone(
-    db: Database, end: str
+    db: Database, other_schema: str, end: str
 ) -> None:
     """``begin_nested()`` sends its SAVEPOINT at the savepoint's first use, which a
     ``use_schema()`` right after it was: the savepoint began with the new schema applied and
     kept it as what its rollback puts back, so a commit after the rollback applied it again;
     and bound to a test's connection, the unit's end put nothing back, and the test's next
     unit ran on that schema."""
-    current = text("SELECT current_schema()")
     async with db.transaction() as session:
-        await session.execute(text("CREATE SCHEMA IF NOT EXISTS sp_other"))
-    try:
-        async with db.transaction() as session:
-            before = await session.scalar(current)
-            savepoint = await session.begin_nested()
-            await db.use_schema("sp_other")
-            await (savepoint.rollback() if end == "rollback" else savepoint.commit())
-            await session.commit()
-            after_the_commit = await session.scalar(current)
-        async with db.transaction() as session:
-            next_unit = await session.scalar(current)
-        kept = before if end == "rollback" else "sp_other"
-        assert (after_the_commit, next_unit) == (kept, before)
-    finally:
-        async with db.transaction() as session:
-            await session.execute(text("DROP SCHEMA sp_other"))
+        before = await session.scalar(CURRENT)
+        savepoint = await session.begin_nested()
+        await db.use_schema(other_schema)
+        await (savepoint.rollback() if end == "rollback" else savepoint.commit())
+        await session.commit()
+        after_the_commit = await session.scalar(CURRENT)
+    async with db.transaction() as session:
+        next_unit = await session.scalar(CURRENT)
+    kept = before if end == "rollback" else other_schema
+    assert (after_the_commit, next_unit) == (kept, before)
 
 
 @pytest.fixture
@@ -302,12 +301,11 @@ async def test_a_deadlock_that_rolled_back_a_tests_transaction_is_not_retried_in
 
             async def heavier() -> None:
                 # Outside the test's transaction, and heavier: InnoDB's victim is the unit.
-                async with engine.connect() as other:
+                async with engine.begin() as other:  # committed at the block's end
                     await other.execute(text("UPDATE sp_rows SET n = n + 1 WHERE id >= 2"))
                     others_locked.set()
                     await units_locked.wait()
                     await other.execute(text("UPDATE sp_rows SET n = n + 1 WHERE id = 1"))
-                    await other.commit()
 
             async def retried_unit() -> None:
                 async for attempt in bound.retrying(backoff=0):

@@ -23,10 +23,9 @@ from tests.pgbouncer_service import Bouncers
 
 pytestmark = pytest.mark.parametrize("db_backend", POSTGRES_DRIVERS)
 
-metadata = MetaData()
 items = Table(
     "stale_items",
-    metadata,
+    MetaData(),
     Column("id", Integer, primary_key=True),
     Column("name", String(50)),
     Column("qty", Integer),
@@ -38,7 +37,7 @@ WARM_UP = 8
 @pytest.fixture
 async def one_row(database_url: str, tables: Tables) -> None:
     """The table, of one row."""
-    await tables.create_all(metadata)
+    await tables.create_all(items.metadata)
     async with admin(database_url) as connection:
         await connection.execute(items.insert().values(id=1, name="one", qty=0))
 

@@ -328,12 +328,10 @@ class Lifecycle:
         options = {name: self.options[name] for name in names if name in self.options}
         known = driver(url.get_driver_name())
         if known is not None:  # only the timeout's own arguments are replaced
-            connect_args = dict(options.get("connect_args", {}))
+            connect_args = options.get("connect_args", {})
             own_args = known.connect_args(timeout, None)
-            if isinstance(connect_args.get("async_creator_fn"), ClosedIfCancelled):
-                # The pool's: dispose() waits for the connects a cancel (a probe out of
-                # time) left running here too. It takes the timeout as an argument.
-                own_args["async_creator_fn"] = connect_args["async_creator_fn"]
+            if isinstance(creator := connect_args.get("async_creator_fn"), ClosedIfCancelled):
+                own_args["async_creator_fn"] = creator  # dispose() waits for its connects
             options["connect_args"] = {**connect_args, **own_args}
         return create_async_engine(url, poolclass=NullPool, **options)
 
