@@ -10,8 +10,9 @@ unchanged:
 the error                                             becomes
 ====================================================  =====================================
 no pooled connection within pool_timeout, or a full   DatabaseUnavailableError
-wait line; a server that cannot be reached; a         ("pool_timeout", "unreachable",
-connection lost mid-unit; a write refused as          "connection_lost"): 503
+wait line; a server that cannot be reached, or that   ("pool_timeout", "unreachable",
+refuses a connection for a connection limit; a        "connection_lost"): 503
+connection lost mid-unit; a write refused as
 read-only in a unit that writes (a demoted primary)
 wrong user, password or database, missing privilege   ConfigurationError: 500
 a statement past the unit's statement_timeout         StatementTimeoutError: 504
@@ -80,6 +81,11 @@ class LineFullError(PoolTimeoutError):
     """The pool is exhausted and ``pool_max_waiters`` checkouts already wait: refused at once."""
 
 
+class AtConnectionLimitError(PoolTimeoutError):
+    """The server refused the pool a new connection for a connection limit, and none of the
+    pool's own came back within ``pool_timeout``; its message says so, without where."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the messages quote: where the database is and the numbers that were exceeded."""
@@ -110,7 +116,9 @@ def translate(
     if isinstance(error, DbscopeError):
         return None
     if isinstance(error, PoolTimeoutError):
-        return unavailable("pool_timeout", limits, line_full=isinstance(error, LineFullError))
+        because = str(error) if isinstance(error, AtConnectionLimitError) else None
+        line_full = isinstance(error, LineFullError)
+        return unavailable("pool_timeout", limits, line_full=line_full, because=because)
     rules = limits.backend
     if _raised_while_connecting(error.__traceback__):
         return _connect_failed(error, limits)
@@ -177,6 +185,7 @@ CAUGHT_NOTE: Final = (
 
 # What a client is told of an unreachable database: not where it is, which the log says.
 UNREACHABLE: Final = "The database could not be reached."
+AT_CONNECTION_LIMIT: Final = "The database refused a new connection: a connection limit is reached."
 
 
 def connect_error(error: BaseException, url: URL) -> DbscopeError:
@@ -192,6 +201,8 @@ def connect_error(error: BaseException, url: URL) -> DbscopeError:
             "directory exists and is writable."
         )
         return ConfigurationError(message)
+    if rules.at_connection_limit(said):
+        return at_connection_limit(said, Limits(url))
     translated = translate(error, Limits(url))
     if isinstance(translated, DatabaseUnavailableError):
         message = (
@@ -235,6 +246,8 @@ def _connect_failed(error: BaseException, limits: Limits) -> DbscopeError | None
         orig = error
     else:
         return unavailable("unreachable", limits) if isinstance(error, OSError) else None
+    if limits.backend.at_connection_limit(orig):
+        return at_connection_limit(orig, limits)
     kind = limits.backend.error_kind(orig)
     if kind == "refused":
         return refused(orig, limits)
@@ -268,6 +281,23 @@ def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:
         "privileges."
     )
     return ConfigurationError(message)
+
+
+def at_connection_limit(orig: BaseException | None, limits: Limits) -> DatabaseUnavailableError:
+    """The server answered, and refused a new connection for a connection limit reached
+    (``orig``, the driver's error): it takes one again once others close."""
+    message = (
+        f"The database ({describe_location(limits.url)}) refused a new connection: a "
+        f"connection limit is reached ({str(orig).strip()}). The server takes new ones again "
+        "as others close (or as the hour of a per-hour limit passes); keep pool_size + "
+        "max_overflow, times the processes that share the limit, within it, or raise it."
+    )
+    return DatabaseUnavailableError(
+        message,
+        cause="unreachable",
+        retry_after=RETRY_AFTER["unreachable"],
+        public_message=AT_CONNECTION_LIMIT,
+    )
 
 
 def unavailable(

@@ -31,13 +31,14 @@ from typing import Final
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 
 from dbscope._dialects import backend
 from dbscope._errors import Limits, connection_gone, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._health_report import Health, HealthCheck, Status
 from dbscope._lifecycle import Lifecycle
+from dbscope._pool import QueuedPool
 from dbscope._pool_stats import PoolStats, ReplicaStats
 from dbscope._urls import describe_location
 
@@ -240,9 +241,24 @@ class HealthProbe:
         except TimeoutError:
             checks = (self._unanswered(timeout),)
         except Exception as error:  # every failure is a verdict on the server, not a crash
-            output = _failure(error, url)
-            checks = (_server_check("fail", datetime.now(UTC), output=output),)
+            checks = (_failed(error, url, engine.pool),)
         return checks, time.monotonic()
+
+
+def _failed(error: Exception, url: URL, pool: Pool) -> HealthCheck:
+    """The server's reading when the probe's connection failed with ``error``."""
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    if not backend(url.get_backend_name()).at_connection_limit(orig):
+        return _server_check("fail", datetime.now(UTC), output=_failure(error, url))
+    held = pool.checkedout() + pool.open_idle() if isinstance(pool, QueuedPool) else 0
+    if held:
+        # The app serves with the connections its pool holds, which may be those that
+        # reach the limit: busy, not down (a fail would pull out every instance that shares
+        # the limit at once, and for good while their pools keep them).
+        output = f"{AT_LIMIT}: the probe's connection was refused; the app's pool holds {held}"
+        return _server_check("warn", datetime.now(UTC), output=output)
+    output = f"{AT_LIMIT}, and the app's pool holds no connection"
+    return _server_check("fail", datetime.now(UTC), output=output)
 
 
 def _over(task: asyncio.Task[_Reading], loop: asyncio.AbstractEventLoop) -> bool:
@@ -351,6 +367,11 @@ def _check(
         observed_unit=unit,
         output=output,
     )
+
+
+# The server refused a new connection for a connection limit (the server's, a user's or a
+# database's): it answered, and takes one again once others close.
+AT_LIMIT: Final = "the database's connection limit is reached"
 
 
 def _no_answer(timeout: float) -> str:

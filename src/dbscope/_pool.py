@@ -35,13 +35,14 @@ from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
 from sqlalchemy.util.queue import Empty
 
 from dbscope._errors import LineFullError
 from dbscope._exceptions import ClientDisconnectedError
 from dbscope._liveness import LivenessCheck
+from dbscope._pool_limit import LimitedPool
 from dbscope._pool_stats import PoolStats
 
 
@@ -93,8 +94,9 @@ class _CancelledResets(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
-class QueuedPool(AsyncAdaptedQueuePool):
-    """``AsyncAdaptedQueuePool`` behind a fair wait line of at most ``max_waiters``.
+class QueuedPool(LimitedPool):
+    """``AsyncAdaptedQueuePool`` behind a fair wait line of at most ``max_waiters``, that
+    waits out the server's connection limit (``_pool_limit.py``).
 
     Args:
         creator: as for every SQLAlchemy pool.
@@ -175,10 +177,11 @@ class QueuedPool(AsyncAdaptedQueuePool):
     def _do_get(self) -> ConnectionPoolEntry:
         observer = self.observer
         started = 0.0 if observer is None else time.perf_counter()
+        arrived = time.monotonic()
         ticket = object()
         self._enter_line(ticket)
         try:
-            record = super()._do_get()
+            record = self._take_or_open(arrived)
         except BaseException:
             self._leave_line(ticket)
             raise

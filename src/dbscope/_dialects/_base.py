@@ -226,6 +226,12 @@ class Backend:
         """The error's code as this backend names it (a SQLSTATE, a MySQL error number)."""
         return None
 
+    def at_connection_limit(self, orig: BaseException | None) -> bool:
+        """Whether the driver error ``orig``, raised opening a connection, is the server's
+        refusal for a connection limit reached (the server's, a user's or a database's): it
+        answered, and will take the connection once others close. By default never."""
+        return False
+
     def lost_because(self, orig: BaseException | None) -> str | None:
         """What a connection error ``orig`` (an error_kind of "lost") says happened, when
         more is known than that the connection was lost (a pooler in front of the server

@@ -34,6 +34,9 @@ LOST: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
 # Refusals no retry cures: access denied to a database, wrong user or password (with or
 # without one), unknown database, a missing table, column or other privilege.
 REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143, 1227, 1698})
+# A new connection refused for a connection limit: the server's max_connections (1040), a
+# user's max_user_connections (1203, 1226) or MAX_CONNECTIONS_PER_HOUR (1226).
+CONNECTION_LIMITS: Final = frozenset({1040, 1203, 1226})
 DEADLOCK: Final = 1213
 # A deadlock rolls back InnoDB's whole transaction, its savepoints with it: the ROLLBACK TO
 # SAVEPOINT of a nested transaction then fails with this, which hides the deadlock.
@@ -141,6 +144,9 @@ class MySQL(Backend):
     def error_code(self, orig: BaseException | None) -> str | None:
         number = error_number(orig)
         return None if number is None else str(number)
+
+    def at_connection_limit(self, orig: BaseException | None) -> bool:
+        return error_number(orig) in CONNECTION_LIMITS
 
     def conflict_name(self, orig: BaseException | None) -> str:
         return "deadlock"  # InnoDB's only conflict code here (DEADLOCK)

@@ -70,6 +70,15 @@ PASSING_FATAL_STATES: Final = (
     "too many",
     "administrator command",
 )
+# A new connection refused for a connection limit (SQLSTATE 53300): the server's
+# (max_connections, or the slots it reserves), a role's or a database's CONNECTION LIMIT.
+TOO_MANY_CONNECTIONS: Final = "53300"
+# libpq's words for it, which psycopg gives without the SQLSTATE.
+CONNECTION_LIMIT_WORDS: Final = (
+    "too many connections for",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
 # SET LOCAL application_name, with the name as a parameter: the statement text stays the same
 # for every request, so that asyncpg prepares it once per connection, not once per request.
 NAME_TRANSACTION: Final = text("SELECT set_config('application_name', :name, true)")
@@ -222,6 +231,13 @@ class PostgreSQL(Backend):
         if sqlstate(orig) == IN_FAILED_TRANSACTION:
             return "earlier"
         return "to_savepoint" if raised_by_server(orig) else None
+
+    def at_connection_limit(self, orig: BaseException | None) -> bool:
+        code = sqlstate(orig)
+        if code is not None:
+            return code == TOO_MANY_CONNECTIONS
+        text = str(orig)
+        return "FATAL:" in text and any(words in text for words in CONNECTION_LIMIT_WORDS)
 
     def lost_because(self, orig: BaseException | None) -> str | None:
         return pgbouncer.queue_waited_out(sqlstate(orig), str(orig))
