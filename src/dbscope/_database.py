@@ -21,7 +21,6 @@ from dbscope._async_session import SessionT
 from dbscope._dialects import client_command
 from dbscope._engine import ServerInfo, engine_options
 from dbscope._engine_checks import check_engine_options
-from dbscope._errors import Limits
 from dbscope._exceptions import ConfigurationError
 from dbscope._health import DEFAULT_MAX_AGE, DEFAULT_TIMEOUT, HealthProbe, ProbeOptions
 from dbscope._health_report import Health
@@ -34,6 +33,7 @@ from dbscope._session_classes import unit_session_class
 from dbscope._settings import DatabaseSettings
 from dbscope._settings_loading import load_settings, setting_values
 from dbscope._tags import sql_tagger
+from dbscope._unavailable import Limits
 from dbscope._unit_of_work import Units
 from dbscope._urls import default_pool_name
 

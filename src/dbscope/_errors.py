@@ -31,9 +31,7 @@ error came out of the pool opening a connection.
 
 from __future__ import annotations
 
-import random
 import traceback
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -53,19 +51,19 @@ from dbscope._exceptions import (
     DatabaseUnavailableError,
     DbscopeError,
     StatementTimeoutError,
-    UnavailableCause,
+)
+from dbscope._unavailable import (
+    RETRY_AFTER,
+    UNREACHABLE,
+    AtConnectionLimitError,
+    Limits,
+    LineFullError,
+    at_connection_limit,
+    unavailable,
 )
 from dbscope._urls import describe_location
 from dbscope._usage_errors import shared_session, waits_for_its_own_lock
 
-RETRY_AFTER: Final[dict[UnavailableCause, int]] = {
-    "pool_timeout": 1,
-    "connection_lost": 1,
-    "unreachable": 5,
-}
-# Retry-After for a request refused at once because the wait line is full: requests refused
-# together come back together, and a spread of 1 to 2 s splits the crowd in two.
-SHED_RETRY_AFTER: Final = (1, 2)
 # What SQLAlchemy and the drivers say when two tasks use one session or connection at once.
 SHARED_SESSION_WORDS: Final = (
     "concurrent operations are not permitted",
@@ -75,32 +73,6 @@ SHARED_SESSION_WORDS: Final = (
 
 # What a driver raises, or raises from, on an argument it cannot take: never an outage.
 ARGUMENT_ERRORS: Final = (TypeError, ValueError, LookupError, AttributeError)
-
-
-class LineFullError(PoolTimeoutError):
-    """The pool is exhausted and ``pool_max_waiters`` checkouts already wait: refused at once."""
-
-
-class AtConnectionLimitError(PoolTimeoutError):
-    """The server refused the pool a new connection for a connection limit, and none of the
-    pool's own came back within ``pool_timeout``; its message says so, without where."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the messages quote: where the database is and the numbers that were exceeded."""
-
-    url: URL
-    pool_size: int = 0
-    max_overflow: int = 0
-    pool_timeout: float = 0.0
-    pool_max_waiters: int | None = None
-    statement_timeout: float | None = None
-
-    @property
-    def backend(self) -> Backend:
-        """The rules of the database these limits belong to."""
-        return backend(self.url.get_backend_name())
 
 
 def translate(
@@ -181,11 +153,6 @@ CAUGHT_NOTE: Final = (
     "the error end the unit, or run a statement that may fail under a savepoint: "
     "`async with session.begin_nested():`."
 )
-
-
-# What a client is told of an unreachable database: not where it is, which the log says.
-UNREACHABLE: Final = "The database could not be reached."
-AT_CONNECTION_LIMIT: Final = "The database refused a new connection: a connection limit is reached."
 
 
 def connect_error(error: BaseException, url: URL) -> DbscopeError:
@@ -281,92 +248,6 @@ def refused(orig: BaseException | None, limits: Limits) -> ConfigurationError:
         "privileges."
     )
     return ConfigurationError(message)
-
-
-def at_connection_limit(orig: BaseException | None, limits: Limits) -> DatabaseUnavailableError:
-    """The server answered, and refused a new connection for a connection limit reached
-    (``orig``, the driver's error): it takes one again once others close."""
-    message = (
-        f"The database ({describe_location(limits.url)}) refused a new connection: a "
-        f"connection limit is reached ({str(orig).strip()}). The server takes new ones again "
-        "as others close (or as the hour of a per-hour limit passes); keep pool_size + "
-        "max_overflow, times the processes that share the limit, within it, or raise it."
-    )
-    return DatabaseUnavailableError(
-        message,
-        cause="unreachable",
-        retry_after=RETRY_AFTER["unreachable"],
-        public_message=AT_CONNECTION_LIMIT,
-    )
-
-
-def unavailable(
-    cause: UnavailableCause,
-    limits: Limits,
-    *,
-    line_full: bool = False,
-    demoted: bool = False,
-    at_commit: bool = False,
-    because: str | None = None,
-) -> DatabaseUnavailableError:
-    """The DatabaseUnavailableError for ``cause``, its message naming the numbers involved.
-
-    ``line_full``: the pool's wait line was full (``pool_max_waiters``), not the wait too long.
-    ``demoted``: the connection was dropped because its server refused a write as read-only.
-    ``at_commit``: the connection was lost during the unit's own COMMIT, whose outcome is
-    then unknown (the server may have committed before the answer was lost).
-    ``because``: what the backend knows of a lost connection (``Backend.lost_because``),
-    said instead: PgBouncer's queue waited out, where nothing ran.
-    """
-    if because is not None:
-        return DatabaseUnavailableError(because, cause=cause, retry_after=RETRY_AFTER[cause])
-    if cause == "connection_lost" and at_commit and not demoted:
-        message = (
-            "The connection to the database was lost during the COMMIT: whether the "
-            "transaction committed is not known. Check before doing the work again, or make "
-            "it safe to repeat (an idempotency key, an upsert)."
-        )
-        return DatabaseUnavailableError(
-            message, cause=cause, retry_after=RETRY_AFTER[cause], outcome_unknown=True
-        )
-    message = _unavailable_message(cause, limits, line_full=line_full, demoted=demoted)
-    public = UNREACHABLE if cause == "unreachable" else None
-    retry_after = RETRY_AFTER[cause]
-    if line_full:
-        retry_after = random.choice(SHED_RETRY_AFTER)  # noqa: S311 - a spread, not a secret
-    return DatabaseUnavailableError(
-        message, cause=cause, retry_after=retry_after, public_message=public
-    )
-
-
-def _unavailable_message(
-    cause: UnavailableCause, limits: Limits, *, line_full: bool, demoted: bool
-) -> str:
-    if line_full:  # the wait line of a pool_timeout
-        return (
-            f"All database connections are busy and pool_max_waiters="
-            f"{limits.pool_max_waiters} requests already wait for one: the service is "
-            "overloaded."
-        )
-    if cause == "pool_timeout":
-        return (
-            f"No database connection was free within pool_timeout={limits.pool_timeout}s "
-            f"(pool_size={limits.pool_size}, max_overflow={limits.max_overflow}): the "
-            "service is overloaded."
-        )
-    if cause == "unreachable":
-        return f"The database ({describe_location(limits.url)}) could not be reached."
-    if demoted:
-        return (
-            "The server refused a write as read-only: it is a standby now (a failover demoted "
-            "it, or the URL names a standby). The pool drops its connections to it and "
-            "reconnects; a multi-host URL with target_session_attrs=read-write finds the "
-            "new primary."
-        )
-    return (
-        "The connection to the database was lost while in use (server restart, terminated "
-        "backend or network cut)."
-    )
 
 
 def connection_gone(error: BaseException, url: URL, driver_connection: Any = None) -> bool:

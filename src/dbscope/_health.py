@@ -34,12 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import Pool, QueuePool
 
 from dbscope._dialects import backend
-from dbscope._errors import Limits, connection_gone, translate
+from dbscope._errors import connection_gone, translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._health_report import Health, HealthCheck, Status
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import QueuedPool
 from dbscope._pool_stats import PoolStats, ReplicaStats
+from dbscope._unavailable import Limits
 from dbscope._urls import describe_location
 
 logger = logging.getLogger("dbscope")

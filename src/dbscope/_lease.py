@@ -45,9 +45,10 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from dbscope._dialects import BACKENDS, CLOSE_TIMEOUT, Driver, driver, through_cancels
-from dbscope._errors import Limits, connection_gone, translate, unavailable
+from dbscope._errors import connection_gone, translate
 from dbscope._exceptions import ConfigurationError
 from dbscope._lifecycle import Lifecycle
+from dbscope._unavailable import Limits, unavailable
 
 logger = logging.getLogger("dbscope")
 

@@ -39,11 +39,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
 from sqlalchemy.util.queue import Empty
 
-from dbscope._errors import LineFullError
 from dbscope._exceptions import ClientDisconnectedError
 from dbscope._liveness import LivenessCheck
 from dbscope._pool_limit import LimitedPool
 from dbscope._pool_stats import PoolStats
+from dbscope._unavailable import LineFullError
 
 
 class Client(Protocol):

@@ -19,7 +19,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util.queue import Empty
 
 from dbscope._dialects import backend
-from dbscope._errors import AtConnectionLimitError
+from dbscope._unavailable import AtConnectionLimitError
 
 # Seconds after a refusal for a connection limit during which checkouts wait for the pool's
 # own connections instead of asking again: every attempt costs the server a connection it

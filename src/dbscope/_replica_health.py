@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbscope._dialects import Backend, Replication
-from dbscope._errors import Limits, translate
+from dbscope._errors import translate
 from dbscope._exceptions import ConfigurationError, DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import QueuedPool
 from dbscope._pool_stats import ReplicaState, ReplicaStats
+from dbscope._unavailable import Limits
 from dbscope._urls import describe_location, host_ports
 
 if TYPE_CHECKING:

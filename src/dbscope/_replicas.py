@@ -37,7 +37,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from dbscope._connection_ends import drop_in_reset, skips_rollback_of_dropped
 from dbscope._dialects import Backend, backend, only_read
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, connection_gone, translate
+from dbscope._errors import connection_gone, translate
 from dbscope._exceptions import DatabaseUnavailableError
 from dbscope._lifecycle import Lifecycle
 from dbscope._pool import PoolCounters, QueuedPool
@@ -45,6 +45,7 @@ from dbscope._pool_stats import ReplicaStats
 from dbscope._replica_health import Replica, ReplicaChecks, why
 from dbscope._session import WRITER, UnitState
 from dbscope._settings import DatabaseSettings
+from dbscope._unavailable import Limits
 from dbscope._unit import MakeUnit, UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope._urls import default_pool_name

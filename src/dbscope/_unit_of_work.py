@@ -32,10 +32,11 @@ from dbscope._async_session import (
 from dbscope._commit_hooks import run_commit_hooks
 from dbscope._dialects import Begin
 from dbscope._engine import unit_bind
-from dbscope._errors import Limits, connection_gone, translate
+from dbscope._errors import connection_gone, translate
 from dbscope._exceptions import DatabaseUnavailableError, NoSessionError
 from dbscope._session import UnitState, attach_state, watch_test_connection
 from dbscope._tags import SqlComment, SqlTagger, check_tags
+from dbscope._unavailable import Limits
 from dbscope._unit import ReadRouter, UnitOfWork
 from dbscope._unit_options import DEFAULT_OPTIONS, UnitOptions
 from dbscope._usage_errors import NESTED_IN_A_TEST, waiting_for_itself

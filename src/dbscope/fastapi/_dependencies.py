@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from dbscope._async_session import SessionT
-from dbscope._errors import LineFullError
 from dbscope._exceptions import DatabaseUnavailableError, LifecycleError, NoSessionError
 from dbscope._pool import Client, waiting_client
 from dbscope._retry_decorator import refuse_misordered
+from dbscope._unavailable import LineFullError
 from dbscope._unit import UnitOfWork
 from dbscope._unit_options import UnitOptions
 from dbscope.fastapi._early_retries import EarlyRetries
