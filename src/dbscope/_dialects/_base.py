@@ -227,9 +227,8 @@ class Backend:
         return None
 
     def at_connection_limit(self, orig: BaseException | None) -> bool:
-        """Whether the driver error ``orig``, raised opening a connection, is the server's
-        refusal for a connection limit reached (the server's, a user's or a database's): it
-        answered, and will take the connection once others close. By default never."""
+        """Whether ``orig``, raised opening a connection, is the server refusing it for a
+        connection limit (its own, a user's, a database's); by default never."""
         return False
 
     def lost_because(self, orig: BaseException | None) -> str | None:
@@ -384,8 +383,7 @@ async def _execute(connection: AsyncConnection, statements: list[str]) -> None:
 
 
 def _quoted(connection: AsyncConnection | Connection, url: URL) -> str:
-    # The dialect's quotes, without the '%' doubling of quote_identifier() for drivers that
-    # take %s: these statements go to the driver as written (_execute).
+    # The dialect's quotes, without quote_identifier()'s '%' doubling: sent as written.
     preparer = connection.dialect.identifier_preparer
     name = (url.database or "").replace(preparer.escape_quote, preparer.escape_to_quote)
     return f"{preparer.initial_quote}{name}{preparer.final_quote}"

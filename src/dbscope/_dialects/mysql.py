@@ -34,8 +34,7 @@ LOST: Final = frozenset({1040, 1053, 2002, 2003, 2005, 2006, 2013})
 # Refusals no retry cures: access denied to a database, wrong user or password (with or
 # without one), unknown database, a missing table, column or other privilege.
 REFUSED: Final = frozenset({1044, 1045, 1049, 1142, 1143, 1227, 1698})
-# A new connection refused for a connection limit: the server's max_connections (1040), a
-# user's max_user_connections (1203, 1226) or MAX_CONNECTIONS_PER_HOUR (1226).
+# A connection limit: max_connections, max_user_connections (1203, 1226), per hour (1226).
 CONNECTION_LIMITS: Final = frozenset({1040, 1203, 1226})
 DEADLOCK: Final = 1213
 # A deadlock rolls back InnoDB's whole transaction, its savepoints with it: the ROLLBACK TO
@@ -47,8 +46,7 @@ TIMEOUTS: Final = frozenset({1969, 3024})
 # Duplicate entry, a parent row in use, no parent row, a check constraint, a NULL refused.
 NULL_REFUSED: Final = 1048
 CONSTRAINTS: Final = frozenset({1062, 1451, 1452, 3819, 4025, NULL_REFUSED})
-# Set on a connection's info while a unit's statement timeout is in force.
-TIMEOUT_FLAG: Final = "dbscope.statement_timeout"
+TIMEOUT_FLAG: Final = "dbscope.statement_timeout"  # on a connection's info, while in force
 # The session's own value (a user's MAX_STATEMENT_TIME, an init_command's) is kept in a user
 # variable and put back: DEFAULT would be the global one.
 SET_STATEMENT_TIMEOUT: Final = (
@@ -236,8 +234,7 @@ async def _end_sessions_in(connection: AsyncConnection, database: str) -> None:
 
 
 def _has_schema_comments(connection: AsyncConnection | Connection) -> bool:
-    """MariaDB 10.5 and later keep a comment on a database (dbscope's mark); MySQL does not,
-    so there a database is never known as dbscope's."""
+    """MariaDB 10.5+ keeps a comment on a database (dbscope's mark); MySQL does not."""
     is_mariadb = bool(getattr(connection.dialect, "is_mariadb", False))
     return is_mariadb and server_version(connection) >= (10, 5)
 
@@ -259,10 +256,8 @@ def _after_deadlock(orig: BaseException | None) -> bool:
     """Whether a deadlock is among the errors ``orig`` was raised in the handling of."""
     cause = orig.__context__ if orig is not None else None
     for _ in range(4):  # the driver's error, SQLAlchemy's around it, and again
-        if cause is None:
-            return False
-        if error_number(getattr(cause, "orig", cause)) == DEADLOCK:
-            return True
+        if cause is None or error_number(getattr(cause, "orig", cause)) == DEADLOCK:
+            return cause is not None
         cause = cause.__context__
     return False
 
@@ -270,8 +265,7 @@ def _after_deadlock(orig: BaseException | None) -> bool:
 def _reset_statement_timeout(
     dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: Any
 ) -> None:
-    # A unit's statement timeout is a session variable: put it back before the connection
-    # serves anyone else.
+    # A unit's statement timeout is a session variable: put back before anyone else's use.
     if record.info.pop(TIMEOUT_FLAG, False):
         cursor = dbapi_connection.cursor()
         cursor.execute(RESET_STATEMENT_TIMEOUT)
