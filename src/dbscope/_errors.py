@@ -15,7 +15,8 @@ refuses a connection for a connection limit; a        "connection_lost"): 503
 connection lost mid-unit; a write refused as
 read-only in a unit that writes (a demoted primary)
 wrong user, password or database, missing privilege   ConfigurationError: 500
-a statement past the unit's statement_timeout         StatementTimeoutError: 504
+a statement past the unit's statement_timeout, or     StatementTimeoutError: 504
+the server's own (a role's, a user's)
 one session used by two tasks at once                 SessionSharedError: 500
 a unit that would wait for its own task's write lock  ConfigurationError: 500
 a constraint violated at COMMIT                       ConstraintViolationError: 409
@@ -111,13 +112,22 @@ def translate(
         )
     if kind == "refused":
         return refused(error.orig, limits)
-    if kind == "timeout" and limits.statement_timeout is not None:
-        message = (
-            f"A statement ran longer than statement_timeout={limits.statement_timeout}s and "
-            "was cancelled; the transaction was rolled back."
-        )
-        return StatementTimeoutError(message)
+    if kind == "timeout":
+        return _statement_timeout(limits)
     return violated_at_commit(error, rules) if at_commit else None
+
+
+def _statement_timeout(limits: Limits) -> StatementTimeoutError:
+    # A limit the server holds for the role, user, database or connection (a DBA's, not the
+    # unit's) cancels the statement as the unit's own does: the same 504, not a 500.
+    if limits.statement_timeout is None:
+        limit = "the server's statement time limit (set for the role, user or database)"
+    else:
+        limit = f"statement_timeout={limits.statement_timeout}s"
+    message = (
+        f"A statement ran longer than {limit} and was cancelled; the transaction was rolled back."
+    )
+    return StatementTimeoutError(message)
 
 
 def conflict_in(error: BaseException, rules: Backend, *, lock_timeouts: bool) -> str | None:

@@ -64,7 +64,8 @@ class SessionSharedError(DbscopeError):
 
 
 class StatementTimeoutError(DbscopeError):
-    """A statement ran longer than the unit's ``statement_timeout`` and was cancelled.
+    """A statement ran longer than the unit's ``statement_timeout``, or the server's own
+    (a role's, a user's), and was cancelled.
 
     The transaction is rolled back; the connection itself is healthy and back in the pool.
     """

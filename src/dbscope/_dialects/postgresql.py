@@ -47,7 +47,22 @@ from dbscope._dialects.replication import (
 
 # Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
 # too many connections.
-LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300", "25P03", "57P05"})
+# The server ending a connection for a limit of its own (a role's or the server's setting):
+# a transaction idle between statements too long, a session idle too long. Either way the
+# server rolled back what was open, so the outcome is known.
+ENDED_FOR_IDLING: Final = {
+    "25P03": (
+        "The server ended the connection because the transaction stayed idle between "
+        "statements longer than its idle_in_transaction_session_timeout: the transaction was "
+        "rolled back, nothing of it kept. Keep waits (an external call, a sleep) out of the "
+        "unit of work, or raise the limit for the role."
+    ),
+    "57P05": (
+        "The server ended the connection because it stayed idle longer than its "
+        "idle_session_timeout: nothing of the transaction was kept."
+    ),
+}
 # Refusals no retry cures: class 28 (authentication), 3D000 (no such database), 42501 (a
 # missing privilege).
 REFUSED: Final = ("28", "3D000", "42501")
@@ -240,7 +255,10 @@ class PostgreSQL(Backend):
         return "FATAL:" in text and any(words in text for words in CONNECTION_LIMIT_WORDS)
 
     def lost_because(self, orig: BaseException | None) -> str | None:
-        return pgbouncer.queue_waited_out(sqlstate(orig), str(orig))
+        code = sqlstate(orig)
+        if code in ENDED_FOR_IDLING:
+            return ENDED_FOR_IDLING[code]
+        return pgbouncer.queue_waited_out(code, str(orig))
 
     def setup_advice(self, orig: BaseException | None) -> str | None:
         return pgbouncer.statements_advice(sqlstate(orig))
