@@ -120,14 +120,15 @@ def translate(
 def _statement_timeout(limits: Limits) -> StatementTimeoutError:
     # A limit the server holds for the role, user, database or connection (a DBA's, not the
     # unit's) cancels the statement as the unit's own does: the same 504, not a 500.
-    if limits.statement_timeout is None:
-        limit = "the server's statement time limit (set for the role, user or database)"
+    if limits.statement_timeout is None:  # an administrator's cancel has the same code
+        said = (
+            "A statement ran longer than the server's statement time limit (set for the "
+            "role, user or database), or an administrator cancelled it"
+        )
     else:
-        limit = f"statement_timeout={limits.statement_timeout}s"
-    message = (
-        f"A statement ran longer than {limit} and was cancelled; the transaction was rolled back."
-    )
-    return StatementTimeoutError(message)
+        said = f"A statement ran longer than statement_timeout={limits.statement_timeout}s"
+        said += " and was cancelled"
+    return StatementTimeoutError(f"{said}; the transaction was rolled back.")
 
 
 def conflict_in(error: BaseException, rules: Backend, *, lock_timeouts: bool) -> str | None:
