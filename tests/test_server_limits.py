@@ -62,3 +62,34 @@ async def test_a_transaction_ended_for_idling_says_so_and_that_nothing_was_kept(
             assert await session.scalar(select(func.count()).select_from(notes)) == 0
     async with admin(url) as connection:
         assert await connection.scalar(select(func.count()).select_from(notes)) == 0
+
+
+# The server ending one connection, from another: the unit's, while it is idle in its
+# transaction (an idle timeout does the same; on MariaDB no session variable sets one).
+END_CONNECTION = {
+    "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
+    "mysql": ("SELECT CONNECTION_ID()", "KILL {}"),
+}
+
+
+@pytest.mark.parametrize("db_backend", ["asyncpg", "asyncmy"])
+async def test_a_commit_the_driver_never_sent_is_known_not_committed(
+    database_url: str, tables: Tables
+) -> None:
+    """asyncpg and asyncmy see the connection gone and refuse to send the COMMIT: nothing
+    was committed, and the 503 says so instead of an unknown outcome. (psycopg sends it, and
+    reads the server's FATAL after: its outcome stays unknown, unless the server said why.)"""
+    await tables.create_all(metadata)
+    async with Database(database_url) as db, admin(database_url) as other:
+        which, end = END_CONNECTION[db.engine.dialect.name]
+        with pytest.raises(DatabaseUnavailableError) as raised:  # noqa: PT012 - the unit's end is the point
+            async with db.transaction() as session:
+                await session.execute(notes.insert().values(id=1))
+                backend_id = await session.scalar(text(which))
+                await other.execute(text(end.format(int(backend_id))))
+                await asyncio.sleep(0.3)  # the driver hears of it
+        assert "before the COMMIT was sent" in str(raised.value)
+        assert not raised.value.outcome_unknown
+        assert db.stats().checked_out == 0
+    async with admin(database_url) as connection:
+        assert await connection.scalar(select(func.count()).select_from(notes)) == 0

@@ -72,6 +72,12 @@ SHARED_SESSION_WORDS: Final = (
 )
 
 
+# A COMMIT the driver never sent, the connection known gone: its outcome is known.
+LOST_BEFORE_COMMIT: Final = (
+    "The connection to the database was lost before the COMMIT was sent (the server ended "
+    "it: a restart, a terminated backend, a timeout for idling): nothing of the transaction "
+    "was kept."
+)
 # What a driver raises, or raises from, on an argument it cannot take: never an outage.
 ARGUMENT_ERRORS: Final = (TypeError, ValueError, LookupError, AttributeError)
 
@@ -107,6 +113,9 @@ def translate(
         # the server is a standby now. In a read-only unit it is the unit's own error.
         demoted = kind == "read_only"
         because = rules.lost_because(error.orig)
+        known = driver(limits.url.get_driver_name())
+        if at_commit and known is not None and known.unsent(error.orig):
+            because, at_commit = because or LOST_BEFORE_COMMIT, False
         return unavailable(
             "connection_lost", limits, demoted=demoted, at_commit=at_commit, because=because
         )

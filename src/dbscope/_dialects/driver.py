@@ -181,6 +181,8 @@ class Driver:
         forget_stale: after an error raised on a lease's connection, drop the prepared
             statements a schema change made stale, where the driver keeps them; None if it
             needs nothing.
+        unsent: whether the driver's error says it sent nothing, the connection known gone
+            before (at a COMMIT: nothing was committed).
     """
 
     name: str
@@ -206,3 +208,4 @@ class Driver:
     checkin_waits: bool = False
     on_error: Callable[[ExceptionContext], Exception | None] | None = None
     forget_stale: Callable[[Any, BaseException], Awaitable[None]] | None = None
+    unsent: Callable[[BaseException | None], bool] = lambda error: False

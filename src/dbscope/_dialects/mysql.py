@@ -1,11 +1,9 @@
-"""MariaDB and MySQL, through asyncmy (and aiomysql, with fewer checks)."""
+"""MariaDB's and MySQL's rules (their drivers' are in ``mysql_drivers.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy import event, text
@@ -25,8 +23,8 @@ from dbscope._dialects._base import (
     quoted_database,
     server_version,
 )
-from dbscope._dialects.driver import Driver, LeaseStatus, abort_transport, rollback_connection
 from dbscope._dialects.marks import MARK, tables_mark
+from dbscope._dialects.mysql_drivers import AIOMYSQL, ASYNCMY, error_number
 
 # Client and server codes for a connection that is gone or cannot be had now: too many
 # connections, server shutdown, can't connect, unknown host, server gone away, lost.
@@ -57,12 +55,6 @@ RESET_STATEMENT_TIMEOUT: Final = "SET SESSION max_statement_time = @dbscope_stat
 # GET_LOCK's names are the server's, not a database's: the database's name goes in, the
 # whole cut to the 64 characters MySQL allows.
 LOCK_NAME: Final = "LEFT(CONCAT(:name, ' in ', IFNULL(DATABASE(), '')), 64)"
-
-
-def error_number(orig: BaseException | None) -> int | None:
-    """The MySQL error number of a driver error (its first argument)."""
-    args = getattr(orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
 
 
 # The URL's TLS options (SQLAlchemy's MySQL dialects read them into the driver's ``ssl``)
@@ -272,118 +264,6 @@ def _reset_statement_timeout(
         cursor.close()
 
 
-def _bounded_connect(driver: str, timeout: float) -> Callable[..., Awaitable[Any]]:
-    """The driver's connect, given up after ``timeout`` seconds.
-
-    asyncmy and aiomysql apply their ``connect_timeout`` to opening the socket only: a server
-    that accepts and then never greets would hang the connect, and the request, forever.
-    SQLAlchemy's async dialects call ``async_creator_fn`` in place of the driver's connect.
-    """
-    connect = importlib.import_module(driver).connect
-
-    async def connect_within_timeout(*args: Any, **kwargs: Any) -> Any:
-        # Not wait_for: on Python 3.11 it swallows a cancel that comes as the connect ends.
-        task = asyncio.current_task()
-        cancels = 0 if task is None else task.cancelling()
-        try:
-            async with asyncio.timeout(timeout):
-                connection = await connect(*args, **kwargs)
-        except RuntimeError as error:
-            # asyncmy reads the socket off the transport after connecting; under uvloop a
-            # connection reset in between leaves none, and asyncmy raises a RuntimeError.
-            if "does not expose socket" not in str(error):
-                raise
-            errors = importlib.import_module(f"{driver}.errors")
-            lost = errors.OperationalError(2013, "Lost connection to server during connect")
-            raise lost from error
-        if task is not None and task.cancelling() > cancels:
-            # The drivers' own connect_timeout is that wait_for, around opening the socket: a
-            # cancel that came as it opened was swallowed, and the unit went on (a task
-            # cancelled in a loop of units never ended). Raised here, the socket closed.
-            connection.close()
-            raise asyncio.CancelledError
-        return connection
-
-    return connect_within_timeout
-
-
-def _connect_args(driver: str) -> Callable[[float, str | None], dict[str, Any]]:
-    def connect_args(timeout: float, name: str | None) -> dict[str, Any]:
-        return {"connect_timeout": timeout, "async_creator_fn": _bounded_connect(driver, timeout)}
-
-    return connect_args
-
-
-def _asyncmy_closing(connection: Any) -> bool:
-    # asyncmy reads in the event loop too, and its transport starts closing when the server
-    # hangs up. It offers no public flag for that; without the attribute (another version),
-    # the idle ping alone remains.
-    transport = getattr(connection, "_transport", None)
-    return transport is not None and bool(transport.is_closing())
-
-
-def _asyncmy_errors() -> tuple[type[BaseException], ...]:
-    from asyncmy.errors import MySQLError
-
-    return (MySQLError,)
-
-
-def _asyncmy_status(connection: Any) -> LeaseStatus:
-    # asyncmy stays "connected" after the server hung up until it writes: a kill mid-result
-    # came out of a lease as the InternalError ("Packet sequence number wrong") its cursor's
-    # close raised reading the rest, not as the lost connection it was.
-    if not connection.connected or _asyncmy_closing(connection):
-        return "closed"
-    return "in_transaction" if connection.get_transaction_status() else "idle"
-
-
-async def _asyncmy_set_autocommit(connection: Any, value: bool) -> bool:
-    previous = bool(connection.get_autocommit())
-    if previous != value:
-        await connection.autocommit(value)  # SET AUTOCOMMIT: a round trip
-    return previous
-
-
-def _sendable_password(url: URL) -> URL:
-    # PyMySQL's rule, asyncmy's and aiomysql's: the password goes as Latin-1. Another
-    # character failed at every connect, with the driver's error quoting it.
-    password = url.password
-    try:
-        if isinstance(password, str):
-            password.encode("latin-1")
-    except UnicodeEncodeError:
-        message = (
-            f"The URL's password (not shown) has characters {url.get_driver_name()} cannot "
-            "send: it sends passwords as Latin-1. Give this user a password of Latin-1 "
-            "characters (ASCII letters, digits and punctuation are)."
-        )
-        raise ValueError(message) from None
-    return url
-
-
-ASYNCMY: Final = Driver(
-    name="asyncmy",
-    install="pip install 'dbscope[mysql]'",
-    connect_args=_connect_args("asyncmy"),
-    looks_dead=_asyncmy_closing,
-    errors=_asyncmy_errors,
-    status=_asyncmy_status,
-    status_sees_reads=False,
-    rollback=rollback_connection,
-    close_without_loop=abort_transport,
-    set_autocommit=_asyncmy_set_autocommit,
-    batches_inserts=True,  # pymysql's rule, RE_INSERT_VALUES
-    url_query=_sendable_password,
-    checkin_waits=True,
-)
-AIOMYSQL: Final = Driver(
-    name="aiomysql",
-    install="pip install aiomysql",
-    connect_args=_connect_args("aiomysql"),
-    batches_inserts=True,
-    url_query=_sendable_password,
-    checkin_waits=True,
-)
 # A MySQL wait_timeout of 8 hours is the server default; recycle well before it.
 BACKEND: Final = MySQL(
     name="mysql",

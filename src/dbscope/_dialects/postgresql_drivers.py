@@ -330,6 +330,12 @@ async def _psycopg_set_autocommit(connection: Any, value: bool) -> bool:
     return previous
 
 
+def _asyncpg_sent_nothing(error: BaseException | None) -> bool:
+    # asyncpg checks its connection before it sends: "cannot call Transaction.commit(): the
+    # underlying connection is closed". Lost while sending or waiting, it says otherwise.
+    return "the underlying connection is closed" in str(error)
+
+
 ASYNCPG: Final = Driver(
     name="asyncpg",
     install="pip install 'dbscope[asyncpg]'",
@@ -346,6 +352,7 @@ ASYNCPG: Final = Driver(
     pooler_conflict=pgbouncer.asyncpg_conflict,
     hot_standby=_asyncpg_hot_standby,
     on_error=adapted_fetch_error,
+    unsent=_asyncpg_sent_nothing,
     isolation_levels=("READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"),
 )
 PSYCOPG: Final = Driver(
