@@ -45,9 +45,6 @@ from dbscope._dialects.replication import (
     record_end,
 )
 
-# Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
-# too many connections.
-LOST: Final = frozenset({"57P01", "57P02", "57P03", "53300", "25P03", "57P05"})
 # The server ending a connection for a limit of its own (a role's or the server's setting):
 # a transaction idle between statements too long, a session idle too long. Either way the
 # server rolled back what was open, so the outcome is known.
@@ -63,6 +60,12 @@ ENDED_FOR_IDLING: Final = {
         "idle_session_timeout: nothing of the transaction was kept."
     ),
 }
+# A new connection refused for a connection limit (SQLSTATE 53300): the server's
+# (max_connections, or the slots it reserves), a role's or a database's CONNECTION LIMIT.
+TOO_MANY_CONNECTIONS: Final = "53300"
+# Connection-level failures: class 08, admin shutdown, crash shutdown, cannot connect now,
+# too many connections, the server's idle timeouts.
+LOST: Final = frozenset({"57P01", "57P02", "57P03", TOO_MANY_CONNECTIONS, *ENDED_FOR_IDLING})
 # Refusals no retry cures: class 28 (authentication), 3D000 (no such database), 42501 (a
 # missing privilege).
 REFUSED: Final = ("28", "3D000", "42501")
@@ -85,9 +88,6 @@ PASSING_FATAL_STATES: Final = (
     "too many",
     "administrator command",
 )
-# A new connection refused for a connection limit (SQLSTATE 53300): the server's
-# (max_connections, or the slots it reserves), a role's or a database's CONNECTION LIMIT.
-TOO_MANY_CONNECTIONS: Final = "53300"
 # libpq's words for it, which psycopg gives without the SQLSTATE.
 CONNECTION_LIMIT_WORDS: Final = (
     "too many connections for",
@@ -256,9 +256,7 @@ class PostgreSQL(Backend):
 
     def lost_because(self, orig: BaseException | None) -> str | None:
         code = sqlstate(orig)
-        if code in ENDED_FOR_IDLING:
-            return ENDED_FOR_IDLING[code]
-        return pgbouncer.queue_waited_out(code, str(orig))
+        return ENDED_FOR_IDLING.get(code or "") or pgbouncer.queue_waited_out(code, str(orig))
 
     def setup_advice(self, orig: BaseException | None) -> str | None:
         return pgbouncer.statements_advice(sqlstate(orig))
